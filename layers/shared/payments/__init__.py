@@ -1,0 +1,1 @@
+"""The payment backend's shared package, shipped to every function as a Lambda layer."""

@@ -1,0 +1,343 @@
+"""PostgreSQL access for the Lambdas (pg8000), the only module that talks to the driver.
+
+One connection per execution environment, opened lazily and reused across warm invocations.
+Statements go over the simple query protocol with values rendered by pg8000's own `literal()`
+(safe with `standard_conforming_strings=on`, checked at connect): one round trip per statement
+and no prepared statements, so nothing lives in the session outside a transaction and RDS Proxy
+or a transaction-mode pooler (Supabase's) can hand the connection around between statements.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from payments.errors import ConfigurationError, DatabaseUnavailable, PaymentError
+from payments.settings import DatabaseSettings, SslMode, database_settings
+
+# SQLSTATEs after which the session is gone: the connection is discarded.
+_SESSION_GONE = ("57P01", "57P02", "57P03", "08000", "08003", "08006")
+_AUTH_FAILED = ("28P01", "28000")
+
+Rows = list[list[Any]]
+
+
+class QueryError(PaymentError):
+    """The database rejected a statement (constraint, syntax, ...). `sqlstate` says which."""
+
+    code = "query_error"
+
+    def __init__(self, message: str, sqlstate: str | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@dataclass(frozen=True)
+class ConnectionParams:
+    """Everything needed to open a connection. The password never shows in a repr."""
+
+    user: str
+    database: str
+    password: str | None = field(default=None, repr=False)
+    host: str | None = "localhost"
+    port: int = 5432
+    unix_sock: str | None = None
+    ssl_mode: SslMode = "disable"
+    ssl_root_cert: str | None = None
+
+
+def parse_database_url(url: str, ssl_mode: SslMode | None = None) -> ConnectionParams:
+    """`postgresql://user:pass@host:port/db?sslmode=require`; `?host=/dir` means a Unix socket."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigurationError("DATABASE_URL must start with postgresql://")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    port = parts.port or int(query.get("port", 5432))
+    socket_dir = query.get("host") if query.get("host", "").startswith("/") else None
+    mode = ssl_mode or query.get("sslmode", "disable")
+    if mode == "prefer":  # libpq's default; pg8000 cannot fall back, so take the safe reading
+        mode = "disable" if socket_dir else "require"
+    if mode not in ("disable", "require", "verify-full"):
+        raise ConfigurationError("sslmode must be disable, require or verify-full")
+    return ConnectionParams(
+        user=unquote(parts.username or "postgres"),
+        password=unquote(parts.password) if parts.password else None,
+        host=None if socket_dir else (parts.hostname or "localhost"),
+        port=port,
+        database=unquote(parts.path.lstrip("/")) or "postgres",
+        unix_sock=f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None,
+        ssl_mode=mode,  # type: ignore[arg-type]
+        ssl_root_cert=query.get("sslrootcert"),
+    )
+
+
+def params_from_rds_secret(secret: dict[str, Any], ssl_mode: SslMode | None = None) -> ConnectionParams:
+    """A Secrets Manager secret in the RDS format: username, password, host, port, dbname."""
+    try:
+        return ConnectionParams(
+            user=str(secret["username"]),
+            password=str(secret["password"]),
+            host=str(secret["host"]),
+            port=int(secret.get("port", 5432)),
+            database=str(secret.get("dbname") or secret.get("dbInstanceIdentifier") or "postgres"),
+            ssl_mode=ssl_mode or "require",
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"database secret is not in the RDS format (missing or bad {exc})") from None
+
+
+ParamsProvider = Callable[[bool], ConnectionParams]
+"""Returns connection parameters; called with True to bypass any cache (after an auth failure)."""
+
+
+def params_provider(settings: DatabaseSettings) -> ParamsProvider:
+    """The production provider: the Secrets Manager secret when configured, else DATABASE_URL."""
+    if settings.secret_arn:
+        arn = settings.secret_arn
+
+        def from_secret(refresh: bool) -> ConnectionParams:
+            from aws_lambda_powertools.utilities import parameters
+
+            try:
+                secret = parameters.get_secret(
+                    arn, transform="json", max_age=settings.secret_max_age_seconds, force_fetch=refresh
+                )
+            except parameters.exceptions.GetParameterError as exc:
+                raise DatabaseUnavailable("could not read the database secret") from exc
+            except parameters.exceptions.TransformParameterError:
+                raise ConfigurationError("database secret is not JSON") from None
+            if not isinstance(secret, dict):
+                raise ConfigurationError("database secret is not a JSON object")
+            return params_from_rds_secret(secret, settings.ssl_mode)
+
+        return from_secret
+    if settings.url:
+        parsed = parse_database_url(settings.url, settings.ssl_mode)
+        return lambda refresh: parsed
+    raise ConfigurationError("set DB_SECRET_ARN or DATABASE_URL")
+
+
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+def bind(sql: str, **params: Any) -> str:
+    """Render `:name` placeholders as SQL literals (pg8000's `literal`); `::type` casts are left alone."""
+
+    def render(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in params:
+            raise KeyError(f"no value for :{name}")
+        return str(pg8000.native.literal(params[name]))
+
+    return _PLACEHOLDER.sub(render, sql)
+
+
+def _ssl_context(params: ConnectionParams) -> ssl.SSLContext | None:
+    if params.ssl_mode == "disable":
+        return None
+    context = ssl.create_default_context(cafile=params.ssl_root_cert)
+    if params.ssl_mode == "require":  # encrypted, not authenticated (libpq's meaning of `require`)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _sqlstate(exc: DatabaseError) -> str | None:
+    detail = exc.args[0] if exc.args else None
+    return detail.get("C") if isinstance(detail, dict) else None
+
+
+def _message(exc: DatabaseError) -> str:
+    detail = exc.args[0] if exc.args else None
+    return str(detail.get("M", "database error")) if isinstance(detail, dict) else "database error"
+
+
+Connect = Callable[..., pg8000.native.Connection]
+
+
+class Database:
+    """A lazily opened, reused pg8000 connection with reconnect-once semantics.
+
+    `run()` is for single autocommit statements that are safe to send twice: when the
+    connection turns out to be dropped it reconnects and sends the statement once more.
+    `transaction()` retries only its BEGIN; a break inside a transaction is an error
+    (the server rolls the transaction back, so nothing partial is left).
+    """
+
+    def __init__(
+        self,
+        params: ParamsProvider,
+        *,
+        connect_timeout: float = 5.0,
+        query_timeout: float = 10.0,
+        connect: Connect = pg8000.native.Connection,
+    ) -> None:
+        self._params = params
+        self._connect_timeout = connect_timeout
+        self._query_timeout = query_timeout
+        self._connect_fn = connect
+        self._conn: pg8000.native.Connection | None = None
+        self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
+        self.connects = 0
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings | None = None, *, connect: Connect | None = None) -> Database:
+        settings = settings or database_settings()
+        return cls(
+            params_provider(settings),
+            connect_timeout=settings.connect_timeout_seconds,
+            query_timeout=settings.query_timeout_seconds,
+            connect=connect or pg8000.native.Connection,
+        )
+
+    # -- connection lifecycle ---------------------------------------------------------------
+
+    def _open(self) -> pg8000.native.Connection:
+        refresh = False
+        for attempt in (1, 2):
+            params = self._params(refresh)
+            try:
+                conn = self._connect_fn(
+                    params.user,
+                    password=params.password,
+                    host=params.host if params.unix_sock is None else None,
+                    port=params.port,
+                    database=params.database,
+                    unix_sock=params.unix_sock,
+                    ssl_context=_ssl_context(params),
+                    timeout=self._connect_timeout,
+                    application_name="payments",
+                )
+            except DatabaseError as exc:
+                if _sqlstate(exc) in _AUTH_FAILED and attempt == 1:
+                    refresh = True  # the secret may have been rotated: read it again, once
+                    continue
+                raise DatabaseUnavailable(f"could not connect to the database: {_message(exc)}") from exc
+            except (InterfaceError, OSError) as exc:
+                raise DatabaseUnavailable("could not connect to the database") from exc
+            if conn.parameter_statuses.get("standard_conforming_strings") != "on":
+                conn.close()
+                raise ConfigurationError("the database must run with standard_conforming_strings=on")
+            sock = getattr(conn, "_usock", None)  # pg8000 has one timeout for both; queries get their own
+            if sock is not None:
+                sock.settimeout(self._query_timeout)
+            self.connects += 1
+            return conn
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> pg8000.native.Connection:
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # the connection is already broken; closing is best effort
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard()
+
+    # -- statements -------------------------------------------------------------------------
+
+    def _execute(self, conn: pg8000.native.Connection, sql: str) -> Rows:
+        try:
+            return conn.run(sql) or []
+        except DatabaseError as exc:
+            state = _sqlstate(exc)
+            if state in _SESSION_GONE:
+                self._discard()
+                raise _Broken(exc) from exc
+            raise QueryError(_message(exc), state) from exc
+        except (InterfaceError, OSError) as exc:  # network error, timeout, closed socket
+            self._discard()
+            raise _Broken(exc) from exc
+
+    def run(self, sql: str) -> Rows:
+        """Run one autocommit statement (safe to repeat) and return its rows."""
+        with self._lock:
+            try:
+                return self._execute(self._connection(), sql)
+            except _Broken:
+                pass
+            try:
+                return self._execute(self._connection(), sql)
+            except _Broken as exc:
+                raise DatabaseUnavailable("the database connection broke; the statement may not have run") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """BEGIN ... COMMIT on the reused connection; ROLLBACK on any error."""
+        with self._lock:
+            try:
+                conn = self._connection()
+                self._execute(conn, "BEGIN")
+            except _Broken:
+                try:
+                    conn = self._connection()
+                    self._execute(conn, "BEGIN")
+                except _Broken as exc:
+                    raise DatabaseUnavailable("could not start a database transaction") from exc
+            tx = Transaction(self, conn)
+            try:
+                yield tx
+                self._execute(conn, "COMMIT")
+            except _Broken as exc:
+                raise DatabaseUnavailable("the database connection broke inside a transaction; it was not committed") from exc
+            except BaseException:
+                if self._conn is conn:
+                    try:
+                        self._execute(conn, "ROLLBACK")
+                    except (_Broken, QueryError):
+                        self._discard()
+                raise
+
+
+class Transaction:
+    """Statements inside one open transaction."""
+
+    def __init__(self, db: Database, conn: pg8000.native.Connection) -> None:
+        self._db = db
+        self._conn = conn
+
+    def run(self, sql: str) -> Rows:
+        return self._db._execute(self._conn, sql)
+
+
+class _Broken(Exception):
+    """Internal: the connection is unusable (already discarded)."""
+
+
+_default: Database | None = None
+_default_lock = threading.Lock()
+
+
+def default_database() -> Database:
+    """The execution environment's database, built from the environment on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Database.from_settings()
+        return _default
+
+
+def reset_default_database() -> None:
+    """Forget the cached database (tests; a changed environment)."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.close()
+        _default = None

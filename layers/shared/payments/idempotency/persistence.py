@@ -1,0 +1,223 @@
+"""A PostgreSQL persistence layer for the Powertools idempotency utility.
+
+Records live in the web app's existing `idempotency_keys` table (`key` is the primary key):
+`status` is `pending` while in progress and `completed` when done, `request_hash` holds the
+payload hash, `response_data` the stored response, and `expiry_timestamp` /
+`in_progress_expiry_timestamp` (added by migration, Unix seconds / milliseconds on the Lambda's
+clock, as in the DynamoDB layer) mark the rows this layer owns. Rows without an expiry were written
+by the web app: they are never taken over, completed or deleted here.
+
+Cost: claiming is one statement that either inserts (or takes over an expired record) or returns
+the existing record, so a replay is one round trip and a first call two (claim, complete).
+Every statement is safe to send twice (the claim carries its own id, stored in the table's `id`
+column), which is what lets the connection reconnect and resend after a drop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+import uuid
+from typing import Any
+
+import pg8000.native
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+    IdempotencyPersistenceConnectionError,
+    IdempotencyPersistenceConsistencyError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
+
+from payments.adapters.db import Database, Rows, bind, default_database
+from payments.errors import DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+_TO_DB = {STATUS_CONSTANTS["INPROGRESS"]: "pending", STATUS_CONSTANTS["COMPLETED"]: "completed"}
+_FROM_DB = {db: pt for pt, db in _TO_DB.items()}
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+
+# Columns every read returns, in this order (see _row_to_record).
+_RECORD_COLUMNS = (
+    "t.id::text, t.status, t.expiry_timestamp, t.in_progress_expiry_timestamp, t.request_hash, t.response_data::text"
+)
+
+
+class PostgresPersistenceLayer(BasePersistenceLayer):
+    """Idempotency records in PostgreSQL, for `@idempotent` and `@idempotent_function`."""
+
+    def __init__(self, table_name: str = "idempotency_keys", database: Database | None = None) -> None:
+        """
+        Parameters
+        ----------
+        table_name:
+            The table (optionally `schema.table`) with the `idempotency_keys` layout.
+        database:
+            The connection to use; by default the execution environment's (`DB_SECRET_ARN` or
+            `DATABASE_URL`), opened on first use.
+        """
+        if not _TABLE_NAME.match(table_name):
+            raise ValueError(f"invalid table name: {table_name!r}")
+        super().__init__()
+        self.table_name = table_name
+        self._table = ".".join(pg8000.native.identifier(part) for part in table_name.split("."))
+        self._database = database
+        # The id of each claim this environment holds, so completing or deleting touches only our own.
+        self._claims: dict[str, str] = {}
+        self._claims_lock = threading.Lock()
+        self._sql = _Statements(self._table)
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            self._database = default_database()
+        return self._database
+
+    # -- the four operations Powertools asks for ----------------------------------------------
+
+    def _put_record(self, data_record: DataRecord) -> None:
+        now = dt.datetime.now().timestamp()
+        claim_id = str(uuid.uuid4())
+        rows = self._run(
+            self._sql.claim,
+            key=data_record.idempotency_key,
+            claim=claim_id,
+            expiry=data_record.expiry_timestamp,
+            in_progress_expiry=data_record.in_progress_expiry_timestamp,
+            hash=data_record.payload_hash or None,
+            now=int(now),
+            now_ms=int(now * 1000),
+        )
+        if rows and rows[0][0] == "claimed":
+            self._remember_claim(data_record.idempotency_key, claim_id)
+            return
+        existing = self._row_to_record(data_record.idempotency_key, rows[0][1:]) if rows else None
+        if existing is not None and rows[0][1] == claim_id:
+            # Our own claim, committed by a first attempt whose answer the dropped connection lost.
+            self._remember_claim(data_record.idempotency_key, claim_id)
+            return
+        if existing is None or self._claimable(existing, now):
+            # The statement's snapshot predates the row that beat us (a concurrent claim) or shows
+            # an older version of it: let Powertools read the current record.
+            raise IdempotencyItemAlreadyExistsError()
+        logger.debug("idempotency key already claimed", extra={"idempotency_key": data_record.idempotency_key})
+        self._validate_payload(data_payload=data_record, stored_data_record=existing)
+        self._save_to_cache(data_record=existing)
+        raise IdempotencyItemAlreadyExistsError(old_data_record=existing)
+
+    def _get_record(self, idempotency_key: str) -> DataRecord:
+        rows = self._run(self._sql.get, key=idempotency_key)
+        if not rows:
+            raise IdempotencyItemNotFoundError
+        record = self._row_to_record(idempotency_key, rows[0][1:])
+        if record is None:  # pragma: no cover - _row_to_record raises for foreign rows
+            raise IdempotencyItemNotFoundError
+        return record
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        key = data_record.idempotency_key
+        rows = self._run(
+            self._sql.complete,
+            key=key,
+            claim=self._claim_of(key),
+            data=data_record.response_data,
+            expiry=data_record.expiry_timestamp,
+            hash=data_record.payload_hash or None,
+        )
+        self._forget_claim(key)
+        if not rows:
+            # Only possible when this invocation outlived its in-progress expiry and another took over.
+            logger.warning("idempotency record was taken over before completion", extra={"idempotency_key": key})
+
+    def _delete_record(self, data_record: DataRecord) -> None:
+        key = data_record.idempotency_key
+        self._run(self._sql.delete, key=key, claim=self._claim_of(key))
+        self._forget_claim(key)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _run(self, sql: str, **params: Any) -> Rows:
+        try:
+            return self.database.run(bind(sql, **params))
+        except DatabaseUnavailable as exc:
+            raise IdempotencyPersistenceConnectionError("idempotency store unavailable", exc) from exc
+
+    def _row_to_record(self, key: str, row: list[Any]) -> DataRecord | None:
+        claim_id, status, expiry, in_progress_expiry, payload_hash, response_data = row
+        if expiry is None or status not in _FROM_DB:
+            raise IdempotencyPersistenceConsistencyError(
+                "idempotency key is held by a record this layer did not write", key
+            )
+        return DataRecord(
+            idempotency_key=key,
+            status=_FROM_DB[status],
+            expiry_timestamp=int(expiry),
+            in_progress_expiry_timestamp=int(in_progress_expiry) if in_progress_expiry is not None else None,
+            response_data=response_data or "",
+            payload_hash=payload_hash or "",
+        )
+
+    @staticmethod
+    def _claimable(record: DataRecord, now: float) -> bool:
+        if record.expiry_timestamp is not None and record.expiry_timestamp < int(now):
+            return True
+        return (
+            record.status == STATUS_CONSTANTS["INPROGRESS"]
+            and record.in_progress_expiry_timestamp is not None
+            and record.in_progress_expiry_timestamp < int(now * 1000)
+        )
+
+    def _remember_claim(self, key: str, claim_id: str) -> None:
+        with self._claims_lock:
+            self._claims[key] = claim_id
+
+    def _claim_of(self, key: str) -> str | None:
+        with self._claims_lock:
+            return self._claims.get(key)
+
+    def _forget_claim(self, key: str) -> None:
+        with self._claims_lock:
+            self._claims.pop(key, None)
+
+
+class _Statements:
+    """The layer's SQL, rendered once per table."""
+
+    def __init__(self, table: str) -> None:
+        # Insert, or take over a record of ours that expired (or whose in-progress holder ran out of
+        # time); otherwise hand back the record that is there. One statement, one round trip.
+        self.claim = f"""
+WITH claimed AS (
+    INSERT INTO {table} AS t (key, id, status, expiry_timestamp, in_progress_expiry_timestamp,
+                              request_hash, response_data, payment_id, created_at, updated_at)
+    VALUES (:key, :claim::uuid, 'pending', :expiry, :in_progress_expiry, :hash, NULL, NULL, now(), now())
+    ON CONFLICT (key) DO UPDATE SET
+        id = EXCLUDED.id, status = 'pending', expiry_timestamp = EXCLUDED.expiry_timestamp,
+        in_progress_expiry_timestamp = EXCLUDED.in_progress_expiry_timestamp,
+        request_hash = EXCLUDED.request_hash, response_data = NULL, payment_id = NULL,
+        created_at = now(), updated_at = now()
+    WHERE t.expiry_timestamp IS NOT NULL
+      AND (t.expiry_timestamp < :now
+           OR (t.status = 'pending' AND t.in_progress_expiry_timestamp < :now_ms))
+    RETURNING 1
+)
+SELECT 'claimed', NULL, NULL, NULL, NULL, NULL, NULL FROM claimed
+UNION ALL
+SELECT 'exists', {_RECORD_COLUMNS} FROM {table} t
+ WHERE t.key = :key AND NOT EXISTS (SELECT 1 FROM claimed)"""
+        self.get = f"SELECT 'exists', {_RECORD_COLUMNS} FROM {table} t WHERE t.key = :key"
+        # Completion keeps the payload hash (validation on replay depends on it).
+        self.complete = f"""
+UPDATE {table} SET status = 'completed', response_data = :data::jsonb, expiry_timestamp = :expiry,
+       in_progress_expiry_timestamp = NULL, request_hash = COALESCE(:hash, request_hash), updated_at = now()
+ WHERE key = :key AND expiry_timestamp IS NOT NULL AND (id = :claim::uuid OR :claim::uuid IS NULL)
+RETURNING 1"""
+        # Only our own in-progress claim: never a completed record, never the web app's rows.
+        self.delete = f"""
+DELETE FROM {table}
+ WHERE key = :key AND status = 'pending' AND expiry_timestamp IS NOT NULL
+   AND (id = :claim::uuid OR :claim::uuid IS NULL)"""

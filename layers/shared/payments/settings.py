@@ -1,0 +1,57 @@
+"""Settings read from the environment once, lazily (never at import time)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from payments.errors import ConfigurationError
+
+SslMode = Literal["disable", "require", "verify-full"]
+
+
+class DatabaseSettings(BaseModel):
+    """Where the database is and how to reach it.
+
+    `DB_SECRET_ARN` (a Secrets Manager secret in the RDS format) wins over `DATABASE_URL`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    secret_arn: str | None = Field(default=None, alias="DB_SECRET_ARN")
+    url: str | None = Field(default=None, alias="DATABASE_URL")
+    # Unset: whatever the URL says (sslmode=...), else `require` for a secret.
+    ssl_mode: SslMode | None = Field(default=None, alias="DB_SSLMODE")
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, alias="DB_CONNECT_TIMEOUT")
+    # Client-side socket timeout for one round trip; keeps a hung database from eating the Lambda.
+    query_timeout_seconds: float = Field(default=10.0, gt=0, alias="DB_QUERY_TIMEOUT")
+    secret_max_age_seconds: int = Field(default=300, ge=0, alias="DB_SECRET_MAX_AGE")
+
+
+class IdempotencySettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    table_name: str = Field(default="idempotency_keys", alias="IDEMPOTENCY_TABLE")
+    expires_after_seconds: int = Field(default=24 * 3600, gt=0, alias="IDEMPOTENCY_TTL_SECONDS")
+
+
+def _from_env[T: BaseModel](model: type[T]) -> T:
+    try:
+        return model.model_validate(dict(os.environ))
+    except ValidationError as exc:
+        # Only field names and messages: values may be secrets (a DATABASE_URL has a password).
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def database_settings() -> DatabaseSettings:
+    return _from_env(DatabaseSettings)
+
+
+@lru_cache(maxsize=1)
+def idempotency_settings() -> IdempotencySettings:
+    return _from_env(IdempotencySettings)

@@ -1,0 +1,1 @@
+"""Operator and developer tooling: migrations, the embedded database, the local API (`make run`)."""

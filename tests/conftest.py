@@ -1,0 +1,83 @@
+"""Shared fixtures: a real PostgreSQL server (embedded, or DATABASE_URL), throwaway databases."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.embedded import embedded_server
+from ops.migrate import migrate
+from payments import settings
+from payments.adapters import db as db_module
+from tests.support.pg import Server, counting_class, database, with_database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the session: DATABASE_URL's (external) or a private embedded cluster."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        server = Server(external)
+        yield server
+        server.close()
+        return
+    with embedded_server(tmp_path_factory.mktemp("pg") / "data", keep=False) as url:
+        server = Server(url)
+        yield server
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_server: Server) -> Iterator[str]:
+    """A database with every migration applied, to copy per test (CREATE DATABASE ... TEMPLATE)."""
+    name = pg_server.create()
+    db = database(with_database(pg_server.url, name))
+    migrate(db)
+    db.close()
+    yield name
+    pg_server.drop(name)
+
+
+@pytest.fixture
+def empty_database_url(pg_server: Server) -> Iterator[str]:
+    name = pg_server.create()
+    yield with_database(pg_server.url, name)
+    pg_server.drop(name)
+
+
+@pytest.fixture
+def database_url(pg_server: Server, migrated_template: str) -> Iterator[str]:
+    """A fresh, fully migrated database of this test's own."""
+    name = pg_server.create(template=migrated_template)
+    yield with_database(pg_server.url, name)
+    pg_server.drop(name)
+
+
+@pytest.fixture
+def counting():
+    """A connection class that counts its round trips (class attribute `round_trips`)."""
+    return counting_class()
+
+
+@pytest.fixture
+def db(database_url: str, counting) -> Iterator[db_module.Database]:
+    database_ = database(database_url, counting)
+    yield database_
+    database_.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test builds its own default database from its own environment."""
+    db_module.reset_default_database()
+    settings.database_settings.cache_clear()
+    settings.idempotency_settings.cache_clear()
+    yield
+    db_module.reset_default_database()
+    settings.database_settings.cache_clear()
+    settings.idempotency_settings.cache_clear()

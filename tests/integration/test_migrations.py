@@ -1,0 +1,142 @@
+"""Migrations take the production database (seed fixture) and an empty one to the full schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ops.migrate import MigrationError, discover, migrate
+from tests.support.pg import connect, database
+
+SEED = Path(__file__).resolve().parent.parent / "fixtures" / "seed-schema.sql"
+SEED_TABLES = ["profiles", "credit_packs", "payments", "credit_transactions", "invoices", "idempotency_keys"]
+NEW_COLUMNS = {
+    "idempotency_keys": {"expiry_timestamp", "in_progress_expiry_timestamp"},
+    "payments": {"currency", "credits", "save_card", "hypay_ccode", "review_reason"},
+}
+
+
+def snapshot(url: str) -> dict[str, list[dict]]:
+    conn = connect(url)
+    try:
+        return {
+            table: sorted(
+                (row[0] for row in conn.run(f"SELECT to_jsonb(t) FROM public.{table} t")),
+                key=lambda r: json.dumps(r, sort_keys=True),
+            )
+            for table in SEED_TABLES
+        }
+    finally:
+        conn.close()
+
+
+def columns(url: str, table: str) -> set[str]:
+    conn = connect(url)
+    try:
+        rows = conn.run(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' AND table_name = :t",
+            t=table,
+        )
+        return {r[0] for r in rows}
+    finally:
+        conn.close()
+
+
+def test_production_database_migrates_without_touching_a_row(empty_database_url: str) -> None:
+    # Given the production database as it stands, with its rows
+    conn = connect(empty_database_url)
+    conn.run(SEED.read_text(encoding="utf-8"))
+    conn.close()
+    before = snapshot(empty_database_url)
+    web_app_columns = {t: columns(empty_database_url, t) for t in SEED_TABLES}
+    db = database(empty_database_url)
+
+    # When every migration runs
+    applied = migrate(db)
+
+    # Then all were applied, the new columns exist, and every seed row and column is as it was
+    assert applied == [m.name for m in discover()]
+    after = snapshot(empty_database_url)
+    for table, rows in before.items():
+        assert len(after[table]) == len(rows), table
+        trimmed = sorted(
+            ({k: v for k, v in row.items() if k in web_app_columns[table]} for row in after[table]),
+            key=lambda r: json.dumps(r, sort_keys=True),
+        )
+        assert trimmed == rows, f"{table} rows changed"
+    for table, new in NEW_COLUMNS.items():
+        assert new <= columns(empty_database_url, table)
+    for table, cols in web_app_columns.items():
+        assert cols <= columns(empty_database_url, table), f"{table} lost a column"
+
+    # And running again is a no-op
+    assert migrate(db) == []
+    assert snapshot(empty_database_url) == after
+    db.close()
+
+
+def test_empty_database_migrates_to_the_same_schema(empty_database_url: str, database_url: str) -> None:
+    # Given an empty database / When migrated twice
+    db = database(empty_database_url)
+    assert migrate(db) == [m.name for m in discover()]
+    assert migrate(db) == []
+    db.close()
+    # Then its tables have the same columns as the fully migrated template's
+    for table in SEED_TABLES + ["saved_cards", "rate_limits"]:
+        assert columns(empty_database_url, table) == columns(database_url, table), table
+
+
+def test_every_migration_file_is_safe_to_rerun_by_hand(database_url: str) -> None:
+    # Given a migrated database / When each file is run again as psql would (outside the runner)
+    conn = connect(database_url)
+    try:
+        for migration in discover():
+            conn.run(migration.sql)
+    finally:
+        conn.close()
+    # Then nothing failed and the runner still considers it up to date
+    db = database(database_url)
+    assert migrate(db) == []
+    db.close()
+
+
+def test_changed_migration_is_refused(database_url: str, tmp_path: Path) -> None:
+    # Given a copy of sql/ whose first file changed after it was applied
+    for migration in discover():
+        (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
+    first = discover()[0]
+    (tmp_path / first.name).write_text(first.sql + "\n-- edited\n", encoding="utf-8")
+    db = database(database_url)
+    # Then the runner refuses instead of skipping it silently
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        migrate(db, tmp_path)
+    db.close()
+
+
+def test_credit_grant_constraints_hold(database_url: str) -> None:
+    # Given a user with one completed payment and its purchase grant
+    conn = connect(database_url)
+    conn.run("INSERT INTO profiles (id, email) VALUES ('33333333-3333-4333-8333-333333333333', 'a@example.com')")
+    conn.run(
+        "INSERT INTO payments (id, user_id, amount, status, hypay_transaction_id) VALUES "
+        "('cccccccc-0000-4000-8000-000000000001', '33333333-3333-4333-8333-333333333333', 10, 'completed', '555')"
+    )
+    grant = (
+        "INSERT INTO credit_transactions (user_id, amount, type, payment_id) VALUES "
+        "('33333333-3333-4333-8333-333333333333', 10, 'purchase', 'cccccccc-0000-4000-8000-000000000001')"
+    )
+    conn.run(grant)
+    # Then a second grant for the same payment, a reused Hyp transaction id and an unknown status fail
+    import pg8000.exceptions
+
+    for statement in (
+        grant,
+        "INSERT INTO payments (user_id, amount, hypay_transaction_id) VALUES "
+        "('33333333-3333-4333-8333-333333333333', 10, '555')",
+        "INSERT INTO payments (user_id, amount, status) VALUES ('33333333-3333-4333-8333-333333333333', 10, 'paid')",
+    ):
+        with pytest.raises(pg8000.exceptions.DatabaseError):
+            conn.run(statement)
+    conn.close()

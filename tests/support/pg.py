@@ -1,0 +1,70 @@
+"""Real PostgreSQL for the tests: the embedded cluster, or the server DATABASE_URL names."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import pg8000.native
+
+from payments.adapters.db import Database, ParamsProvider, parse_database_url
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server, another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def connect(url: str, connection_class: type[pg8000.native.Connection] = pg8000.native.Connection):
+    p = parse_database_url(url)
+    return connection_class(
+        p.user,
+        password=p.password,
+        host=p.host if p.unix_sock is None else None,
+        port=p.port,
+        database=p.database,
+        unix_sock=p.unix_sock,
+    )
+
+
+class CountingConnection(pg8000.native.Connection):
+    """Counts round trips: each wait for the server's ReadyForQuery is one."""
+
+    round_trips = 0
+
+    def handle_messages(self, context):  # noqa: ANN001 - pg8000's signature
+        type(self).round_trips += 1
+        return super().handle_messages(context)
+
+
+def counting_class() -> type[CountingConnection]:
+    """A fresh subclass, so each test counts only its own connections."""
+    return type("Counting", (CountingConnection,), {"round_trips": 0})
+
+
+def database(url: str, connection_class: type[pg8000.native.Connection] = pg8000.native.Connection) -> Database:
+    parsed = parse_database_url(url)
+    provider: ParamsProvider = lambda refresh: parsed  # noqa: E731
+    return Database(provider, connect=connection_class)
+
+
+class Server:
+    """Creates and drops throwaway databases on one server."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._admin = connect(url)
+
+    def create(self, template: str = "template0") -> str:
+        name = f"pt_{uuid.uuid4().hex[:12]}"
+        self._admin.run(
+            f"CREATE DATABASE {pg8000.native.identifier(name)} TEMPLATE {pg8000.native.identifier(template)}"
+        )
+        return name
+
+    def drop(self, name: str) -> None:
+        self._admin.run(f"DROP DATABASE IF EXISTS {pg8000.native.identifier(name)} WITH (FORCE)")
+
+    def close(self) -> None:
+        self._admin.close()
