@@ -68,3 +68,10 @@ class Server:
 
     def close(self) -> None:
         self._admin.close()
+
+
+def with_user(url: str, user: str) -> str:
+    """The same server and database, another role (no password: the test cluster trusts local logins)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))

@@ -1,0 +1,396 @@
+"""PostgresPersistenceLayer against real PostgreSQL, through Powertools' own decorators."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
+
+from ops.lambda_context import LocalLambdaContext
+from payments.adapters.db import Database
+from payments.idempotency import PostgresPersistenceLayer
+from tests.support.pg import connect, database
+
+
+def make_function(
+    store: PostgresPersistenceLayer,
+    body: Callable[[dict], Any] | None = None,
+    *,
+    context: LocalLambdaContext | None = None,
+    key_prefix: str | None = None,
+    **config: Any,
+) -> tuple[Callable[..., Any], list[dict]]:
+    """An idempotent function keyed on `order_id`, validated on `amount`; returns it and its call log."""
+    calls: list[dict] = []
+    cfg = IdempotencyConfig(event_key_jmespath="order_id", payload_validation_jmespath="amount", **config)
+    if context is not None:
+        cfg.register_lambda_context(context)
+
+    @idempotent_function(data_keyword_argument="order", config=cfg, persistence_store=store, key_prefix=key_prefix)
+    def charge(order: dict) -> dict:
+        calls.append(order)
+        if body is not None:
+            return body(order)
+        return {"charged": order["amount"], "order_id": order["order_id"]}
+
+    return charge, calls
+
+
+def rows(url: str, sql: str = "SELECT key, status, request_hash, response_data, expiry_timestamp FROM idempotency_keys"):
+    conn = connect(url)
+    try:
+        return conn.run(sql)
+    finally:
+        conn.close()
+
+
+def warm(db: Database, counting) -> None:
+    """Open the connection and zero the round-trip counter (connecting has its own round trips)."""
+    db.run("SELECT 1")
+    counting.round_trips = 0
+
+
+def test_first_call_runs_and_stores_in_two_round_trips(db: Database, counting, database_url: str) -> None:
+    # Given a fresh store
+    store = PostgresPersistenceLayer(database=db)
+    charge, calls = make_function(store, key_prefix="test")
+    warm(db, counting)
+
+    # When the function is called for the first time
+    result = charge(order={"order_id": "o-1", "amount": 4990})
+
+    # Then it ran once, the record is completed with response and payload hash, in 2 round trips
+    assert result == {"charged": 4990, "order_id": "o-1"}
+    assert len(calls) == 1
+    assert counting.round_trips == 2
+    [(key, status, request_hash, response, expiry)] = rows(database_url)
+    assert key.startswith("test#")
+    assert status == "completed"
+    assert request_hash and len(request_hash) == 32  # md5 of the validated part
+    assert response == {"charged": 4990, "order_id": "o-1"}
+    assert abs(expiry - (time.time() + 3600)) < 10  # Powertools' default expires_after_seconds
+
+
+def test_replay_returns_stored_result_without_running_in_one_round_trip(db: Database, counting) -> None:
+    # Given a completed call
+    store = PostgresPersistenceLayer(database=db)
+    charge, calls = make_function(store)
+    first = charge(order={"order_id": "o-2", "amount": 100})
+    counting.round_trips = 0
+
+    # When the same payload comes again
+    again = charge(order={"order_id": "o-2", "amount": 100})
+
+    # Then the stored result comes back, the function did not run, and it took one statement
+    assert again == first
+    assert len(calls) == 1
+    assert counting.round_trips == 1
+
+
+def test_replay_in_another_environment_is_validated_too(database_url: str) -> None:
+    # Given a record completed by one execution environment
+    db_a, db_b = database(database_url), database(database_url)
+    charge_a, _ = make_function(PostgresPersistenceLayer(database=db_a))
+    charge_b, calls_b = make_function(PostgresPersistenceLayer(database=db_b))
+    charge_a(order={"order_id": "o-3", "amount": 100})
+
+    # When another environment sees the same key with another amount
+    # Then payload validation fails there (the stored hash survived completion)
+    with pytest.raises(IdempotencyValidationError):
+        charge_b(order={"order_id": "o-3", "amount": 999})
+    assert calls_b == []
+    db_a.close()
+    db_b.close()
+
+
+def test_different_payload_under_same_key_is_a_validation_error(db: Database) -> None:
+    store = PostgresPersistenceLayer(database=db)
+    charge, calls = make_function(store)
+    charge(order={"order_id": "o-4", "amount": 100})
+    with pytest.raises(IdempotencyValidationError):
+        charge(order={"order_id": "o-4", "amount": 101})
+    assert len(calls) == 1
+
+
+def test_exception_deletes_the_record_so_a_retry_runs(db: Database, database_url: str) -> None:
+    # Given a function that fails the first time
+    attempts = {"n": 0}
+
+    def flaky(order: dict) -> dict:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise RuntimeError("gateway timeout")
+        return {"ok": True}
+
+    charge, calls = make_function(PostgresPersistenceLayer(database=db), flaky)
+    with pytest.raises(RuntimeError):
+        charge(order={"order_id": "o-5", "amount": 1})
+    # Then no record is left, and the retry runs
+    assert rows(database_url) == []
+    assert charge(order={"order_id": "o-5", "amount": 1}) == {"ok": True}
+    assert len(calls) == 2
+
+
+def test_expired_record_runs_again(db: Database, database_url: str) -> None:
+    # Given a completed record whose expiry has passed
+    charge, calls = make_function(PostgresPersistenceLayer(database=db))
+    charge(order={"order_id": "o-6", "amount": 1})
+    conn = connect(database_url)
+    conn.run("UPDATE idempotency_keys SET expiry_timestamp = extract(epoch FROM now())::bigint - 5")
+    conn.close()
+    # When called again / Then it runs again and the record is fresh
+    charge(order={"order_id": "o-6", "amount": 1})
+    assert len(calls) == 2
+    [(_, status, _, _, expiry)] = rows(database_url)
+    assert status == "completed" and expiry > time.time()
+
+
+def test_expires_after_seconds_and_local_cache(db: Database, counting, database_url: str) -> None:
+    # Given a store with a local cache and a 5-minute expiry
+    charge, calls = make_function(PostgresPersistenceLayer(database=db), use_local_cache=True, expires_after_seconds=300)
+    charge(order={"order_id": "o-7", "amount": 1})
+    counting.round_trips = 0
+    # When replayed in the same environment / Then the cache answers: no round trip at all
+    charge(order={"order_id": "o-7", "amount": 1})
+    assert counting.round_trips == 0 and len(calls) == 1
+    # And the cache still validates the payload
+    with pytest.raises(IdempotencyValidationError):
+        charge(order={"order_id": "o-7", "amount": 2})
+    [(_, _, _, _, expiry)] = rows(database_url)
+    assert abs(expiry - (time.time() + 300)) < 10
+
+
+def _run_blocked(charge: Callable[..., Any], order: dict, release: threading.Event, started: threading.Event):
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = charge(order=order)
+        except Exception as exc:  # recorded for the test to assert on
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    assert started.wait(5)
+    return thread, outcome
+
+
+def test_in_progress_with_time_left_is_already_in_progress(database_url: str) -> None:
+    # Given a first invocation still running with plenty of time left
+    release, started = threading.Event(), threading.Event()
+
+    def slow(order: dict) -> dict:
+        started.set()
+        release.wait(5)
+        return {"ok": 1}
+
+    db_a, db_b = database(database_url), database(database_url)
+    first, _ = make_function(PostgresPersistenceLayer(database=db_a), slow, context=LocalLambdaContext(timeout_seconds=60))
+    second, calls_b = make_function(PostgresPersistenceLayer(database=db_b), context=LocalLambdaContext())
+    thread, outcome = _run_blocked(first, {"order_id": "o-8", "amount": 1}, release, started)
+
+    # When a second invocation arrives / Then it is told the first is in progress
+    with pytest.raises(IdempotencyAlreadyInProgressError):
+        second(order={"order_id": "o-8", "amount": 1})
+    release.set()
+    thread.join(5)
+    assert outcome == {"result": {"ok": 1}} and calls_b == []
+    db_a.close()
+    db_b.close()
+
+
+def test_in_progress_past_holders_deadline_is_taken_over(database_url: str) -> None:
+    # Given a first invocation whose Lambda deadline (remaining time) has passed while it "runs"
+    release, started = threading.Event(), threading.Event()
+
+    def stuck(order: dict) -> dict:
+        started.set()
+        release.wait(5)
+        return {"by": "first"}
+
+    db_a, db_b = database(database_url), database(database_url)
+    first, _ = make_function(
+        PostgresPersistenceLayer(database=db_a), stuck, context=LocalLambdaContext(timeout_seconds=0.05)
+    )
+    second, calls_b = make_function(
+        PostgresPersistenceLayer(database=db_b), lambda o: {"by": "second"}, context=LocalLambdaContext()
+    )
+    thread, _ = _run_blocked(first, {"order_id": "o-9", "amount": 1}, release, started)
+    time.sleep(0.1)
+
+    # When another invocation arrives / Then it takes the record over and runs
+    assert second(order={"order_id": "o-9", "amount": 1}) == {"by": "second"}
+    assert len(calls_b) == 1
+    # And the late first holder cannot overwrite the new owner's result
+    release.set()
+    thread.join(5)
+    [(_, status, _, response, _)] = rows(database_url)
+    assert status == "completed" and response == {"by": "second"}
+    db_a.close()
+    db_b.close()
+
+
+def test_32_concurrent_callers_run_the_function_exactly_once(database_url: str) -> None:
+    # Given 32 execution environments, each with its own connection
+    runs: list[int] = []
+    lock = threading.Lock()
+
+    def body(order: dict) -> dict:
+        with lock:
+            runs.append(1)
+        time.sleep(0.2)  # long enough for every caller to arrive while it runs
+        return {"ok": True}
+
+    callers = []
+    for _ in range(32):
+        db = database(database_url)
+        db.run("SELECT 1")  # connected before the race starts
+        fn, _ = make_function(PostgresPersistenceLayer(database=db), body, context=LocalLambdaContext())
+        callers.append((db, fn))
+    barrier = threading.Barrier(32)
+    outcomes: list[str] = []
+
+    def call(fn: Callable[..., Any]) -> None:
+        barrier.wait()
+        try:
+            fn(order={"order_id": "o-race", "amount": 1})
+            outcomes.append("result")
+        except IdempotencyAlreadyInProgressError:
+            outcomes.append("in_progress")
+
+    # When they all call at once with the same key
+    threads = [threading.Thread(target=call, args=(fn,)) for _, fn in callers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    # Then the function ran exactly once; everyone else saw it in progress or its result
+    assert len(runs) == 1
+    assert len(outcomes) == 32 and outcomes.count("result") >= 1
+    assert set(outcomes) <= {"result", "in_progress"}
+    for db, _ in callers:
+        db.close()
+
+
+def test_dropped_connection_between_calls_reconnects_once(db: Database, database_url: str) -> None:
+    # Given a warm environment whose connection the server has since dropped
+    charge, calls = make_function(PostgresPersistenceLayer(database=db))
+    charge(order={"order_id": "o-10", "amount": 1})
+    pid = db.run("SELECT pg_backend_pid()")[0][0]
+    admin = connect(database_url)
+    admin.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+    admin.close()
+    time.sleep(0.1)
+
+    # When the next invocation comes / Then it reconnects (once) and works
+    assert charge(order={"order_id": "o-11", "amount": 1})["order_id"] == "o-11"
+    assert db.connects == 2
+    assert len(calls) == 2
+
+
+def test_connection_killed_mid_way_is_a_clear_error_then_recovers(database_url: str) -> None:
+    # Given the layer logs in as its own role, and the function's work kills that connection
+    # while the database refuses new logins (a failover in progress)
+    admin = connect(database_url)
+    admin.run("DROP ROLE IF EXISTS idem_app")
+    admin.run("CREATE ROLE idem_app LOGIN")
+    admin.run("GRANT ALL ON idempotency_keys TO idem_app")
+    from tests.support.pg import with_user
+
+    db = database(with_user(database_url, "idem_app"))
+
+    def kill_own_connection(order: dict) -> dict:
+        pid = db.run("SELECT pg_backend_pid()")[0][0]
+        admin.run("ALTER ROLE idem_app NOLOGIN")
+        admin.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+        time.sleep(0.1)
+        return {"ok": True}
+
+    charge, _ = make_function(PostgresPersistenceLayer(database=db), kill_own_connection)
+
+    # When the layer then tries to store the result / Then a clear persistence error surfaces
+    with pytest.raises(IdempotencyPersistenceLayerError) as caught:
+        charge(order={"order_id": "o-12", "amount": 1})
+    assert "unavailable" in repr(caught.value.__cause__ or caught.value)
+
+    # And once logins work again, the next call reconnects and works
+    admin.run("ALTER ROLE idem_app LOGIN")
+    ok, calls = make_function(PostgresPersistenceLayer(database=db))
+    assert ok(order={"order_id": "o-13", "amount": 1}) == {"charged": 1, "order_id": "o-13"}
+    assert len(calls) == 1
+    db.close()
+    admin.run("REVOKE ALL ON idempotency_keys FROM idem_app")
+    admin.close()
+
+
+def test_unreachable_database_is_a_persistence_error_never_a_silent_pass(tmp_path) -> None:
+    # Given a database URL where nothing listens
+    db = database(f"postgresql://postgres@/postgres?host={tmp_path}&port=1")
+    charge, calls = make_function(PostgresPersistenceLayer(database=db))
+    # Then the call fails with Powertools' persistence error and the function never ran
+    with pytest.raises(IdempotencyPersistenceLayerError):
+        charge(order={"order_id": "o-14", "amount": 1})
+    assert calls == []
+
+
+def test_web_app_rows_are_never_taken_over(db: Database, database_url: str) -> None:
+    # Given a row the web app wrote under the very key the layer will compute
+    store = PostgresPersistenceLayer(database=db)
+    charge, calls = make_function(store, key_prefix="collide")
+    order = {"order_id": "o-15", "amount": 1}
+    probe = PostgresPersistenceLayer(database=db)
+    probe.configure(IdempotencyConfig(event_key_jmespath="order_id"), key_prefix="collide")
+    key = probe._get_hashed_idempotency_key(order)
+    conn = connect(database_url)
+    conn.run(
+        "INSERT INTO idempotency_keys (key, status, response_data, updated_at) "
+        "VALUES (:k, 'pending', '{\"paymentUrl\": \"x\"}', now() - interval '30 days')",
+        k=key,
+    )
+    before = conn.run("SELECT to_jsonb(t) FROM idempotency_keys t")
+    conn.close()
+    # When the layer meets it / Then it refuses (a persistence error), runs nothing, changes nothing
+    with pytest.raises(IdempotencyPersistenceLayerError):
+        charge(order=order)
+    assert calls == []
+    assert rows(database_url, "SELECT to_jsonb(t) FROM idempotency_keys t") == before
+
+
+def test_idempotent_handler_with_context_and_configurable_table(database_url: str) -> None:
+    # Given a copy of the table under another name, and a handler decorated with @idempotent
+    admin = connect(database_url)
+    admin.run("CREATE TABLE idem_copy (LIKE idempotency_keys INCLUDING ALL)")
+    admin.close()
+    db = database(database_url)
+    store = PostgresPersistenceLayer(table_name="public.idem_copy", database=db)
+    runs: list[int] = []
+
+    @idempotent(config=IdempotencyConfig(event_key_jmespath="body"), persistence_store=store)
+    def handler(event: dict, context: Any) -> dict:
+        runs.append(1)
+        return {"statusCode": 201, "body": event["body"]}
+
+    event = {"body": '{"credit_pack_id": "p1"}'}
+    # When invoked twice with a Lambda context
+    assert handler(event, LocalLambdaContext()) == handler(event, LocalLambdaContext())
+    # Then it ran once and the record went to the configured table, with an in-progress deadline cleared
+    assert runs == [1]
+    [(status, in_progress)] = rows(database_url, "SELECT status, in_progress_expiry_timestamp FROM idem_copy")
+    assert status == "completed" and in_progress is None
+    assert rows(database_url, "SELECT count(*) FROM idempotency_keys") == [[0]]
+    db.close()
+
+
+def test_invalid_table_name_is_refused() -> None:
+    with pytest.raises(ValueError):
+        PostgresPersistenceLayer(table_name="idempotency_keys; DROP TABLE payments")
