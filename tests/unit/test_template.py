@@ -1,0 +1,79 @@
+"""template.yaml declares what the project promises, and passes cfn-lint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ops.template import TEMPLATE, load, rate_seconds
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_template_declares_functions_routes_and_schedule() -> None:
+    template = load()
+    assert set(template.functions) == {"CreatePaymentFunction", "HypayCallbackFunction", "CleanupFunction"}
+    assert {r.route_key for r in template.routes} == {
+        "POST /payments",
+        "GET /payments/{payment_id}",
+        "GET /hypay/return",
+        "GET /hypay/notify",
+        "POST /hypay/notify",
+        "POST /admin/cleanup-idempotency",
+    }
+    assert template.functions["CleanupFunction"].schedules == ("rate(1 hour)",)
+    assert rate_seconds("rate(1 hour)") == 3600
+
+
+def test_every_function_runs_python_313_with_the_shared_layer() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506
+    assert doc["Globals"]["Function"]["Runtime"] == "python3.13"
+    assert doc["Globals"]["Function"]["Layers"] == [{"Ref": "SharedLayer"}]
+    layer = doc["Resources"]["SharedLayer"]
+    # The SAM trap: BuildMethod copies ContentUri into python/, so the package sits right under it.
+    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+    assert (ROOT / layer["Properties"]["ContentUri"] / "payments" / "__init__.py").exists()
+
+
+def test_route_matching_extracts_path_parameters() -> None:
+    found = load().find_route("GET", "/payments/abc")
+    assert found is not None and found[1] == {"payment_id": "abc"}
+    assert load().find_route("DELETE", "/payments/abc") is None
+
+
+def test_template_passes_cfn_lint() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_template_passes_sam_validate_lint() -> None:
+    sam = Path(sys.executable).parent / "sam"
+    result = subprocess.run(
+        [str(sam), "validate", "--lint", "--template-file", str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "SAM_CLI_TELEMETRY": "0",
+             "AWS_DEFAULT_REGION": "eu-west-1", "HOME": str(ROOT / ".local")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_layer_requirements_match_the_runtime_dependency_group() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    runtime = sorted(pyproject["dependency-groups"]["runtime"])
+    layer = sorted(
+        line.strip()
+        for line in (ROOT / "layers/shared/requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert layer == runtime
