@@ -38,6 +38,7 @@ class Route:
     method: str
     path: str  # as in the template: /payments/{payment_id}
     function: str
+    authorizer: str | None = None
 
     @property
     def route_key(self) -> str:
@@ -95,7 +96,9 @@ def load(path: Path = TEMPLATE) -> Template:
         schedules = []
         for event in props.get("Events", {}).values():
             if event["Type"] == "HttpApi":
-                routes.append(Route(event["Properties"]["Method"].upper(), event["Properties"]["Path"], name))
+                p = event["Properties"]
+                authorizer = (p.get("Auth") or {}).get("Authorizer")
+                routes.append(Route(p["Method"].upper(), p["Path"], name, None if authorizer == "NONE" else authorizer))
             elif event["Type"] == "Schedule":
                 schedules.append(event["Properties"]["Schedule"])
         functions[name] = Function(

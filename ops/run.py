@@ -1,0 +1,76 @@
+"""`make run`: the embedded Postgres, migrations, demo data and the local API, until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from ops.embedded import LOCAL_DATA, database_url
+from ops.local_api import LOCAL_JWT_ISSUER, LocalApi, local_token
+from ops.migrate import migrate
+from ops.seed import DEMO_USER_EMAIL, DEMO_USER_ID, seed
+from ops.template import load
+from payments.adapters.db import Database
+from payments.settings import DatabaseSettings
+
+
+def main() -> int:
+    port = int(os.environ.get("PORT", "3000"))
+    data_dir = Path(os.environ.get("LOCAL_DATA_DIR", str(LOCAL_DATA)))
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    with database_url(data_dir) as url:
+        db = Database.from_settings(DatabaseSettings(DATABASE_URL=url))
+        applied = migrate(db)
+        seed(db)
+        db.close()
+
+        environment = {
+            "DATABASE_URL": url,
+            "STAGE": "local",
+            "POWERTOOLS_METRICS_NAMESPACE": "PaymentsLocal",
+            "POWERTOOLS_TRACE_DISABLED": "1",
+            "POWERTOOLS_DEV": "false",
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "eu-west-1"),
+        }
+        template = load()
+        api = LocalApi(template, environment, port=port)
+        api.start()
+        token = local_token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
+        external = "DATABASE_URL" in os.environ
+        print(
+            "\n".join(
+                [
+                    "payments backend running locally",
+                    f"  database      {'DATABASE_URL (external)' if external else f'embedded Postgres, data in {data_dir}'}"
+                    f"; migrations applied now: {', '.join(applied) or 'none (up to date)'}",
+                    f"  local API     {api.url}  (API Gateway HTTP API emulation, 3 workers per function)",
+                    *[f"    {r.method:5} {api.url}{r.path}  -> {r.function}" for r in template.routes],
+                    *[
+                        f"  schedule      {f.name}: {', '.join(f.schedules)}; run now: "
+                        f"curl -X POST {api.url}/_local/schedules/{f.name}"
+                        for f in template.functions.values()
+                        if f.schedules
+                    ],
+                    f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {LOCAL_JWT_ISSUER}",
+                    f"  demo token    {token}",
+                    f"  try           curl -i {api.url}/hypay/return",
+                    "Ctrl-C stops everything.",
+                ]
+            ),
+            flush=True,
+        )
+        stop.wait()
+        print("stopping...", flush=True)
+        api.stop()
+    print("stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

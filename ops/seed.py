@@ -1,0 +1,25 @@
+"""Demo data for `make run`: the credit packs and a demo user. Safe to run again."""
+
+from __future__ import annotations
+
+from payments.adapters.db import Database
+
+DEMO_USER_ID = "de000000-0000-4000-8000-000000000001"
+DEMO_USER_EMAIL = "demo@example.co.il"
+
+SEED_SQL = f"""
+INSERT INTO public.profiles (id, email, full_name, credits)
+VALUES ('{DEMO_USER_ID}', '{DEMO_USER_EMAIL}', 'משתמש הדגמה', 0)
+ON CONFLICT (id) DO NOTHING;
+INSERT INTO public.credit_packs (id, name, credits, price, is_active) VALUES
+  ('aaaaaaaa-0000-4000-8000-000000000001', 'Starter', 100, 49.90, true),
+  ('aaaaaaaa-0000-4000-8000-000000000002', 'Pro', 500, 199.00, true),
+  ('aaaaaaaa-0000-4000-8000-000000000004', 'Trial', 10, 10.00, true),
+  ('aaaaaaaa-0000-4000-8000-000000000003', 'Legacy', 50, 29.00, false)
+ON CONFLICT (id) DO NOTHING;
+"""
+
+
+def seed(db: Database) -> None:
+    with db.transaction() as tx:
+        tx.run(SEED_SQL)

@@ -1,0 +1,133 @@
+"""The local API: payload 2.0 events, worker processes, 404s, the authorizer, and `make run` itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.local_api import LocalApi, local_token
+from ops.template import load
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "local_api" / "template.yaml"
+
+
+def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, err.read()
+
+
+@pytest.fixture
+def sleeper_api() -> Iterator[LocalApi]:
+    api = LocalApi(load(FIXTURE), {}, port=0, workers=3, run_schedules=False)
+    api.start()
+    yield api
+    api.stop()
+
+
+def test_requests_become_payload_v2_events(sleeper_api: LocalApi) -> None:
+    # When a request with a raw query string and a JSON body arrives
+    status, _, body = request(
+        f"{sleeper_api.url}/echo?b=2&a=%20x&a=y", "POST", b'{"k": "v"}',
+        {"Content-Type": "application/json", "X-Forwarded-For": "6.6.6.6"},
+    )
+    # Then the function sees a payload 2.0 event as API Gateway builds it
+    assert status == 200
+    answer = json.loads(body)
+    event = answer["event"]
+    assert event["version"] == "2.0" and event["routeKey"] == "POST /echo"
+    assert event["rawQueryString"] == "b=2&a=%20x&a=y"  # exactly as received
+    assert event["queryStringParameters"] == {"b": "2", "a": " x,y"}
+    assert event["body"] == '{"k": "v"}' and event["isBase64Encoded"] is False
+    assert event["requestContext"]["http"]["sourceIp"] == "127.0.0.1"  # never X-Forwarded-For
+    assert answer["greeting"] == "hello" and answer["function"] == "SleeperFunction"
+    assert 0 < answer["remaining_ms"] <= 10_000
+
+
+def test_unknown_route_is_404_like_api_gateway(sleeper_api: LocalApi) -> None:
+    assert request(f"{sleeper_api.url}/nothing-here")[0] == 404
+    assert request(f"{sleeper_api.url}/echo", "GET")[0] == 404
+
+
+def test_concurrent_requests_run_in_separate_execution_environments(sleeper_api: LocalApi) -> None:
+    # When three slow requests arrive together
+    results: list[dict] = []
+
+    def call() -> None:
+        results.append(json.loads(request(f"{sleeper_api.url}/sleep/1")[2]))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # Then each ran in its own process, and they ran at the same time (their intervals overlap)
+    assert len({r["pid"] for r in results}) == 3
+    assert max(r["started"] for r in results) < min(r["ended"] for r in results)
+    # And an environment keeps its module state across warm invocations
+    again = [json.loads(request(f"{sleeper_api.url}/sleep/0")[2]) for _ in range(4)]
+    assert max(r["invocations"] for r in again) >= 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_make_run_serves_the_template_and_stops_cleanly(tmp_path: Path) -> None:
+    # Given `make run`'s program on a free port with its own data folder
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "LOCAL_DATA_DIR": str(tmp_path / "pgdata"), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops.run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything." in line:
+                break
+        out = "".join(lines)
+        assert f"http://127.0.0.1:{port}" in out, out
+        token = next(line.split()[-1] for line in lines if "demo token" in line)
+        base = f"http://127.0.0.1:{port}"
+
+        # Then every template route is served, with the authorizer emulated
+        assert request(f"{base}/hypay/return")[0] == 200  # Hyp's portal connection test
+        assert request(f"{base}/no/such/route")[0] == 404
+        assert request(f"{base}/payments", "POST", b"{}")[0] == 401
+        assert request(f"{base}/payments", "POST", b"{}", {"Authorization": f"Bearer {local_token('x')}x"})[0] == 401
+        status, headers, _ = request(
+            f"{base}/payments", "POST", b"{}", {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        )
+        assert status != 401 and headers["Cache-Control"] == "no-store"
+        # And a scheduled function can be run now
+        status, _, body = request(f"{base}/_local/schedules/CleanupFunction", "POST")
+        assert status == 200 and "purged_idempotency_records" in json.loads(body)
+    finally:
+        # When Ctrl-C arrives / Then everything stops cleanly
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "stopped." in rest
+    if "DATABASE_URL" not in os.environ:
+        postmaster = tmp_path / "pgdata" / "postmaster.pid"
+        assert not postmaster.exists(), "embedded Postgres left running"
