@@ -1,0 +1,116 @@
+"""The pg8000 adapter against real PostgreSQL: literals, reconnects, transactions, secrets."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from payments.adapters.db import Database, bind, default_database, parse_database_url
+from payments.errors import DatabaseUnavailable
+from payments.idempotency import PostgresPersistenceLayer
+from tests.support.pg import connect, database
+from tests.support.tcp_proxy import TcpProxy
+
+
+@pytest.fixture
+def proxy(database_url: str) -> Iterator[TcpProxy]:
+    params = parse_database_url(database_url)
+    if params.unix_sock is None:
+        pytest.skip("the TCP proxy fronts the embedded server's Unix socket")
+    p = TcpProxy(params.unix_sock)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["O'Reilly", "back\\slash", "$$dollar$$", "שלום עולם", "emoji 🎉", "semi; DROP TABLE payments; --", "\n\t"],
+)
+def test_literals_round_trip_exactly(db: Database, value: str) -> None:
+    assert db.run(bind("SELECT :v::text", v=value)) == [[value]]
+
+
+def test_no_session_state_outside_a_transaction(db: Database) -> None:
+    # Given the idempotency layer has done its work on this connection
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+
+    @idempotent_function(data_keyword_argument="order", config=IdempotencyConfig(event_key_jmespath="id"),
+                         persistence_store=PostgresPersistenceLayer(database=db))
+    def fn(order: dict) -> dict:
+        return {"ok": True}
+
+    fn(order={"id": "1"})
+    fn(order={"id": "1"})
+    # Then nothing was left in the session for a pooler to trip over: no prepared statements, no open transaction
+    assert db.run("SELECT count(*) FROM pg_prepared_statements") == [[0]]
+    assert db.run("SELECT now() = statement_timestamp()") == [[True]]  # autocommit: no transaction spans statements
+
+
+def test_connection_cut_by_a_proxy_reconnects_once(proxy: TcpProxy, database_url: str) -> None:
+    # Given a warm connection over TCP
+    name = parse_database_url(database_url).database
+    db = database(f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}")
+    assert db.run("SELECT 1") == [[1]]
+    # When the network drops it without a word / Then the next statement reconnects and runs
+    proxy.cut_all()
+    assert db.run("SELECT 2") == [[2]]
+    assert db.connects == 2
+    db.close()
+
+
+def test_break_inside_a_transaction_is_an_error_and_leaves_nothing(db: Database, database_url: str) -> None:
+    admin = connect(database_url)
+    # When the connection is killed between two statements of one transaction
+    with pytest.raises(DatabaseUnavailable), db.transaction() as tx:
+        tx.run("INSERT INTO rate_limits (bucket, window_start, count) VALUES ('t', now(), 1)")
+        pid = tx.run("SELECT pg_backend_pid()")[0][0]
+        admin.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+        time.sleep(0.1)
+        tx.run("UPDATE rate_limits SET count = 2")
+    # Then nothing was committed, and the next statement reconnects
+    assert db.run("SELECT count(*) FROM rate_limits") == [[0]]
+    admin.close()
+
+
+def test_error_inside_a_transaction_rolls_back(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.transaction() as tx:
+        tx.run("INSERT INTO rate_limits (bucket, window_start, count) VALUES ('t', now(), 1)")
+        raise RuntimeError("business rule failed")
+    assert db.run("SELECT count(*) FROM rate_limits") == [[0]]
+    assert db.connects == 1  # the connection survived and is reused
+
+
+def test_credentials_from_a_secrets_manager_secret_in_rds_format(
+    proxy: TcpProxy, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = parse_database_url(database_url).database
+    with mock_aws():
+        # Given an RDS-format secret and DB_SECRET_ARN (which wins over a DATABASE_URL)
+        client = boto3.client("secretsmanager", region_name="eu-west-1")
+        arn = client.create_secret(
+            Name="payments/db",
+            SecretString=json.dumps({"engine": "postgres", "username": "postgres", "password": "unused-with-trust",
+                                     "host": "127.0.0.1", "port": proxy.port, "dbname": name}),
+        )["ARN"]
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        monkeypatch.setenv("DB_SECRET_ARN", arn)
+        monkeypatch.setenv("DB_SSLMODE", "disable")
+        monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/nowhere")
+        # When the environment's database is used / Then it connected where the secret says
+        assert default_database().run("SELECT current_database()") == [[name]]
+        # And a warm invocation reuses the connection
+        default_database().run("SELECT 1")
+        assert default_database().connects == 1
+
+
+def test_unreadable_secret_is_database_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    with mock_aws():
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        monkeypatch.setenv("DB_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:missing-AbCdEf")
+        with pytest.raises(DatabaseUnavailable):
+            default_database().run("SELECT 1")
