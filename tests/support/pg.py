@@ -7,6 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pg8000.native
 
+from ops.pgcount import CountingConnection, counting_class  # noqa: F401 - re-exported for tests
 from payments.adapters.db import Database, ParamsProvider, parse_database_url
 
 
@@ -26,21 +27,6 @@ def connect(url: str, connection_class: type[pg8000.native.Connection] = pg8000.
         database=p.database,
         unix_sock=p.unix_sock,
     )
-
-
-class CountingConnection(pg8000.native.Connection):
-    """Counts round trips: each wait for the server's ReadyForQuery is one."""
-
-    round_trips = 0
-
-    def handle_messages(self, context):  # noqa: ANN001 - pg8000's signature
-        type(self).round_trips += 1
-        return super().handle_messages(context)
-
-
-def counting_class() -> type[CountingConnection]:
-    """A fresh subclass, so each test counts only its own connections."""
-    return type("Counting", (CountingConnection,), {"round_trips": 0})
 
 
 def database(url: str, connection_class: type[pg8000.native.Connection] = pg8000.native.Connection) -> Database:

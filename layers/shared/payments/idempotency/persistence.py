@@ -43,7 +43,8 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{
 
 # Columns every read returns, in this order (see _row_to_record).
 _RECORD_COLUMNS = (
-    "t.id::text, t.status, t.expiry_timestamp, t.in_progress_expiry_timestamp, t.request_hash, t.response_data::text"
+    "'exists' AS outcome, t.id::text AS id, t.status, t.expiry_timestamp, t.in_progress_expiry_timestamp,"
+    " t.request_hash, t.response_data::text AS response_data"
 )
 
 
@@ -188,28 +189,36 @@ class _Statements:
     """The layer's SQL, rendered once per table."""
 
     def __init__(self, table: str) -> None:
-        # Insert, or take over a record of ours that expired (or whose in-progress holder ran out of
-        # time); otherwise hand back the record that is there. One statement, one round trip.
+        # Read the key; insert when it is free, or take over a record of ours that expired (or whose
+        # in-progress holder ran out of time); otherwise hand back the record that is there. One
+        # statement, one round trip. A replay only reads: the INSERT is not even attempted, so no
+        # row lock and no WAL. ON CONFLICT re-checks against the latest version, so a concurrent
+        # claim committed after this statement's snapshot still wins exactly once.
+        claimable = (
+            "{r}.expiry_timestamp IS NOT NULL AND ({r}.expiry_timestamp < :now OR ({r}.status = 'pending'"
+            " AND {r}.in_progress_expiry_timestamp IS NOT NULL AND {r}.in_progress_expiry_timestamp < :now_ms))"
+        )
         self.claim = f"""
-WITH claimed AS (
+WITH existing AS (
+    SELECT {_RECORD_COLUMNS}, {claimable.format(r="t")} AS claimable FROM {table} t WHERE t.key = :key
+), claimed AS (
     INSERT INTO {table} AS t (key, id, status, expiry_timestamp, in_progress_expiry_timestamp,
                               request_hash, response_data, payment_id, created_at, updated_at)
-    VALUES (:key, :claim::uuid, 'pending', :expiry, :in_progress_expiry, :hash, NULL, NULL, now(), now())
+    SELECT :key, :claim::uuid, 'pending', :expiry, :in_progress_expiry, :hash, NULL, NULL, now(), now()
+     WHERE NOT EXISTS (SELECT 1 FROM existing WHERE NOT claimable)
     ON CONFLICT (key) DO UPDATE SET
         id = EXCLUDED.id, status = 'pending', expiry_timestamp = EXCLUDED.expiry_timestamp,
         in_progress_expiry_timestamp = EXCLUDED.in_progress_expiry_timestamp,
         request_hash = EXCLUDED.request_hash, response_data = NULL, payment_id = NULL,
         created_at = now(), updated_at = now()
-    WHERE t.expiry_timestamp IS NOT NULL
-      AND (t.expiry_timestamp < :now
-           OR (t.status = 'pending' AND t.in_progress_expiry_timestamp < :now_ms))
+    WHERE {claimable.format(r="t")}
     RETURNING 1
 )
 SELECT 'claimed', NULL, NULL, NULL, NULL, NULL, NULL FROM claimed
 UNION ALL
-SELECT 'exists', {_RECORD_COLUMNS} FROM {table} t
- WHERE t.key = :key AND NOT EXISTS (SELECT 1 FROM claimed)"""
-        self.get = f"SELECT 'exists', {_RECORD_COLUMNS} FROM {table} t WHERE t.key = :key"
+SELECT outcome, id, status, expiry_timestamp, in_progress_expiry_timestamp, request_hash, response_data
+  FROM existing WHERE NOT EXISTS (SELECT 1 FROM claimed)"""
+        self.get = f"SELECT {_RECORD_COLUMNS} FROM {table} t WHERE t.key = :key"
         # Completion keeps the payload hash (validation on replay depends on it).
         self.complete = f"""
 UPDATE {table} SET status = 'completed', response_data = :data::jsonb, expiry_timestamp = :expiry,

@@ -1,0 +1,22 @@
+"""A pg8000 connection that counts its round trips, for tests and the benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pg8000.native
+
+
+class CountingConnection(pg8000.native.Connection):
+    """Each wait for the server's ReadyForQuery is one round trip; counted on the class."""
+
+    round_trips = 0
+
+    def handle_messages(self, context: Any) -> Any:
+        type(self).round_trips += 1
+        return super().handle_messages(context)
+
+
+def counting_class() -> type[CountingConnection]:
+    """A fresh subclass, so each user counts only its own connections."""
+    return type("Counting", (CountingConnection,), {"round_trips": 0})
