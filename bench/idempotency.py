@@ -46,8 +46,14 @@ def bench(url: str) -> list[dict[str, Any]]:
     layer_cls, raw_cls = counting_class(), counting_class()
     layer_db = Database(lambda refresh: parsed, connect=layer_cls)
     migrate(layer_db)
-    raw = raw_cls(parsed.user, password=parsed.password, host=parsed.host if parsed.unix_sock is None else None,
-                  port=parsed.port, database=parsed.database, unix_sock=parsed.unix_sock)
+    raw = raw_cls(
+        parsed.user,
+        password=parsed.password,
+        host=parsed.host if parsed.unix_sock is None else None,
+        port=parsed.port,
+        database=parsed.database,
+        unix_sock=parsed.unix_sock,
+    )
 
     config = IdempotencyConfig(event_key_jmespath="order_id", payload_validation_jmespath="amount")
     store = PostgresPersistenceLayer(database=layer_db)
@@ -61,6 +67,7 @@ def bench(url: str) -> list[dict[str, Any]]:
                 return method(*args, **kwargs)
             finally:
                 inside["ms"] += (time.perf_counter() - start) * 1000
+
         return wrapper
 
     for name in ("_put_record", "_update_record", "_get_record", "_delete_record"):
@@ -72,25 +79,51 @@ def bench(url: str) -> list[dict[str, Any]]:
 
     def claim_args(key: str) -> dict[str, Any]:
         now = time.time()
-        return dict(key=key, claim=str(uuid.uuid4()), expiry=int(now) + 3600, in_progress_expiry=None,
-                    hash="0" * 32, now=int(now), now_ms=int(now * 1000))
+        return dict(
+            key=key,
+            claim=str(uuid.uuid4()),
+            expiry=int(now) + 3600,
+            in_progress_expiry=None,
+            hash="0" * 32,
+            now=int(now),
+            now_ms=int(now * 1000),
+        )
 
     # Baselines are rendered before the clock starts: they time the statements alone.
     def same_first(i: int) -> list[str]:
         key = f"same#{i}"
-        return [bind(statements.claim, **claim_args(key)),
-                bind(statements.complete, key=key, claim=None, data='{"charged": 4990}', expiry=int(time.time()) + 3600,
-                     hash="0" * 32)]
+        return [
+            bind(statements.claim, **claim_args(key)),
+            bind(
+                statements.complete,
+                key=key,
+                claim=None,
+                data='{"charged": 4990}',
+                expiry=int(time.time()) + 3600,
+                hash="0" * 32,
+            ),
+        ]
 
     def same_replay(i: int) -> list[str]:
         return [bind(statements.claim, **claim_args(f"same#{i}"))]
 
     def minimal_first(i: int) -> list[str]:
         key = f"min#{i}"
-        return [bind("INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at) "
-                     "VALUES (:k, 'pending', :e, :h, now(), now())", k=key, e=int(time.time()) + 3600, h="0" * 32),
-                bind("UPDATE idempotency_keys SET status = 'completed', response_data = :d::jsonb, updated_at = now() "
-                     "WHERE key = :k", k=key, d='{"charged": 4990}')]
+        return [
+            bind(
+                "INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at) "
+                "VALUES (:k, 'pending', :e, :h, now(), now())",
+                k=key,
+                e=int(time.time()) + 3600,
+                h="0" * 32,
+            ),
+            bind(
+                "UPDATE idempotency_keys SET status = 'completed', response_data = :d::jsonb, updated_at = now() "
+                "WHERE key = :k",
+                k=key,
+                d='{"charged": 4990}',
+            ),
+        ]
 
     def minimal_replay(i: int) -> list[str]:
         return [bind(statements.get, key=f"min#{i}")]
@@ -176,8 +209,10 @@ def report(results: list[dict[str, Any]], server: str) -> str:
         ("replay = 1 statement", replay["layer_statements"] == 1),
         ("first call = 2 statements", first["layer_statements"] == 2),
         *[
-            (f"{r['case']}: layer p50 within {RATIO_TARGET}× of the raw statements (same SQL)",
-             r["layer_p50"] / r["same_p50"] <= RATIO_TARGET)
+            (
+                f"{r['case']}: layer p50 within {RATIO_TARGET}× of the raw statements (same SQL)",
+                r["layer_p50"] / r["same_p50"] <= RATIO_TARGET,
+            )
             for r in results
         ],
     ]

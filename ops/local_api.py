@@ -107,8 +107,15 @@ _TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded",
 
 
 def build_event(
-    *, method: str, target: str, headers: Mapping[str, str], body: bytes, source_ip: str, route_key: str,
-    path_parameters: dict[str, str], claims: dict[str, Any] | None,
+    *,
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    source_ip: str,
+    route_key: str,
+    path_parameters: dict[str, str],
+    claims: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """An API Gateway HTTP API payload 2.0 event, as API Gateway would build it."""
     parts = urlsplit(target)
@@ -215,7 +222,7 @@ class LocalApi:
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     # -- lifecycle --
 
@@ -285,10 +292,14 @@ class LocalApi:
         try:
             answer = self.pools[route.function].invoke(event)
         except TimeoutError:
-            return self._reply(request, 504, {"content-type": "application/json"}, b'{"message":"Endpoint request timed out"}')
+            return self._reply(
+                request, 504, {"content-type": "application/json"}, b'{"message":"Endpoint request timed out"}'
+            )
         except Exception as exc:  # the function raised: API Gateway answers 500 and Lambda logs it
             print(f"[{route.function}] unhandled {type(exc).__name__}")
-            return self._reply(request, 500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}')
+            return self._reply(
+                request, 500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}'
+            )
         self._reply_lambda(request, answer)
 
     @staticmethod
@@ -317,7 +328,10 @@ class LocalApi:
 
     @staticmethod
     def _reply(
-        request: BaseHTTPRequestHandler, status: int, headers: Mapping[str, str], body: bytes,
+        request: BaseHTTPRequestHandler,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
         cookies: list[str] | None = None,
     ) -> None:
         request.send_response(status)

@@ -42,13 +42,12 @@ def main() -> int:
         api = LocalApi(template, environment, port=port)
         api.start()
         token = local_token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
-        external = "DATABASE_URL" in os.environ
+        where = "DATABASE_URL (external)" if "DATABASE_URL" in os.environ else f"embedded Postgres, data in {data_dir}"
         print(
             "\n".join(
                 [
                     "payments backend running locally",
-                    f"  database      {'DATABASE_URL (external)' if external else f'embedded Postgres, data in {data_dir}'}"
-                    f"; migrations applied now: {', '.join(applied) or 'none (up to date)'}",
+                    f"  database      {where}; migrations applied now: {', '.join(applied) or 'none (up to date)'}",
                     f"  local API     {api.url}  (API Gateway HTTP API emulation, 3 workers per function)",
                     *[f"    {r.method:5} {api.url}{r.path}  -> {r.function}" for r in template.routes],
                     *[

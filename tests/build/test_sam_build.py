@@ -49,7 +49,12 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "SAM_CLI_TELEMETRY": "0"}
     result = subprocess.run(
         [str(BIN / "sam"), "build", "--template-file", str(ROOT / "template.yaml"), "--build-dir", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
@@ -59,9 +64,19 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runtime_dir() -> Path:
     if not (RUNTIME_DIR / "boto3").is_dir():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--target", str(RUNTIME_DIR), "boto3"],
-            check=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+                str(RUNTIME_DIR),
+                "boto3",
+            ],
+            check=True,
+            timeout=600,
         )
     return RUNTIME_DIR
 
@@ -85,9 +100,23 @@ def test_built_function_imports_and_answers(build_dir: Path, runtime_dir: Path, 
     }
     # -S: no site-packages at all, only what sam build produced plus the runtime's boto3
     result = subprocess.run(
-        [sys.executable, "-S", "-I", "-c", RUNNER, str(build_dir / function), str(build_dir / "SharedLayer" / "python"),
-         str(runtime_dir), handler, str(ROOT / "events" / EVENTS[function])],
-        env=env, capture_output=True, text=True, check=False, timeout=120,
+        [
+            sys.executable,
+            "-S",
+            "-I",
+            "-c",
+            RUNNER,
+            str(build_dir / function),
+            str(build_dir / "SharedLayer" / "python"),
+            str(runtime_dir),
+            handler,
+            str(ROOT / "events" / EVENTS[function]),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -39,8 +39,11 @@ def test_no_session_state_outside_a_transaction(db: Database) -> None:
     # Given the idempotency layer has done its work on this connection
     from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 
-    @idempotent_function(data_keyword_argument="order", config=IdempotencyConfig(event_key_jmespath="id"),
-                         persistence_store=PostgresPersistenceLayer(database=db))
+    @idempotent_function(
+        data_keyword_argument="order",
+        config=IdempotencyConfig(event_key_jmespath="id"),
+        persistence_store=PostgresPersistenceLayer(database=db),
+    )
     def fn(order: dict) -> dict:
         return {"ok": True}
 
@@ -94,8 +97,16 @@ def test_credentials_from_a_secrets_manager_secret_in_rds_format(
         client = boto3.client("secretsmanager", region_name="eu-west-1")
         arn = client.create_secret(
             Name="payments/db",
-            SecretString=json.dumps({"engine": "postgres", "username": "postgres", "password": "unused-with-trust",
-                                     "host": "127.0.0.1", "port": proxy.port, "dbname": name}),
+            SecretString=json.dumps(
+                {
+                    "engine": "postgres",
+                    "username": "postgres",
+                    "password": "unused-with-trust",
+                    "host": "127.0.0.1",
+                    "port": proxy.port,
+                    "dbname": name,
+                }
+            ),
         )["ARN"]
         monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
         monkeypatch.setenv("DB_SECRET_ARN", arn)

@@ -45,7 +45,9 @@ def make_function(
     return charge, calls
 
 
-def rows(url: str, sql: str = "SELECT key, status, request_hash, response_data, expiry_timestamp FROM idempotency_keys"):
+def rows(
+    url: str, sql: str = "SELECT key, status, request_hash, response_data, expiry_timestamp FROM idempotency_keys"
+):
     conn = connect(url)
     try:
         return conn.run(sql)
@@ -156,7 +158,9 @@ def test_expired_record_runs_again(db: Database, database_url: str) -> None:
 
 def test_expires_after_seconds_and_local_cache(db: Database, counting, database_url: str) -> None:
     # Given a store with a local cache and a 5-minute expiry
-    charge, calls = make_function(PostgresPersistenceLayer(database=db), use_local_cache=True, expires_after_seconds=300)
+    charge, calls = make_function(
+        PostgresPersistenceLayer(database=db), use_local_cache=True, expires_after_seconds=300
+    )
     charge(order={"order_id": "o-7", "amount": 1})
     counting.round_trips = 0
     # When replayed in the same environment / Then the cache answers: no round trip at all
@@ -194,7 +198,9 @@ def test_in_progress_with_time_left_is_already_in_progress(database_url: str) ->
         return {"ok": 1}
 
     db_a, db_b = database(database_url), database(database_url)
-    first, _ = make_function(PostgresPersistenceLayer(database=db_a), slow, context=LocalLambdaContext(timeout_seconds=60))
+    first, _ = make_function(
+        PostgresPersistenceLayer(database=db_a), slow, context=LocalLambdaContext(timeout_seconds=60)
+    )
     second, calls_b = make_function(PostgresPersistenceLayer(database=db_b), context=LocalLambdaContext())
     thread, outcome = _run_blocked(first, {"order_id": "o-8", "amount": 1}, release, started)
 

@@ -43,7 +43,9 @@ def sleeper_api() -> Iterator[LocalApi]:
 def test_requests_become_payload_v2_events(sleeper_api: LocalApi) -> None:
     # When a request with a raw query string and a JSON body arrives
     status, _, body = request(
-        f"{sleeper_api.url}/echo?b=2&a=%20x&a=y", "POST", b'{"k": "v"}',
+        f"{sleeper_api.url}/echo?b=2&a=%20x&a=y",
+        "POST",
+        b'{"k": "v"}',
         {"Content-Type": "application/json", "X-Forwarded-For": "6.6.6.6"},
     )
     # Then the function sees a payload 2.0 event as API Gateway builds it
@@ -93,10 +95,20 @@ def free_port() -> int:
 def test_make_run_serves_the_template_and_stops_cleanly(tmp_path: Path) -> None:
     # Given `make run`'s program on a free port with its own data folder
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "LOCAL_DATA_DIR": str(tmp_path / "pgdata"), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}"}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "LOCAL_DATA_DIR": str(tmp_path / "pgdata"),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "ops.run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     try:

@@ -7,6 +7,7 @@ message from the server.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -43,10 +44,8 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut_all(self) -> None:
         """Drop every open connection at once, without a word to either side."""

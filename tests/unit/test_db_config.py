@@ -14,7 +14,13 @@ from payments.settings import DatabaseSettings, database_settings
 def test_tcp_url_with_password_and_sslmode() -> None:
     p = parse_database_url("postgresql://app:p%40ss@db.example.com:6543/payments?sslmode=require")
     assert (p.user, p.password, p.host, p.port, p.database, p.unix_sock, p.ssl_mode) == (
-        "app", "p@ss", "db.example.com", 6543, "payments", None, "require",
+        "app",
+        "p@ss",
+        "db.example.com",
+        6543,
+        "payments",
+        None,
+        "require",
     )
     assert "p@ss" not in repr(p)
 
@@ -36,11 +42,22 @@ def test_bad_urls_are_configuration_errors(url: str) -> None:
 
 
 def test_rds_secret_format() -> None:
-    secret = {"engine": "postgres", "username": "app", "password": "s3cret", "host": "x.rds.amazonaws.com",
-              "port": 5432, "dbname": "payments"}
+    secret = {
+        "engine": "postgres",
+        "username": "app",
+        "password": "s3cret",
+        "host": "x.rds.amazonaws.com",
+        "port": 5432,
+        "dbname": "payments",
+    }
     p = params_from_rds_secret(secret)
-    assert (p.user, p.password, p.host, p.database, p.ssl_mode) == ("app", "s3cret", "x.rds.amazonaws.com",
-                                                                    "payments", "require")
+    assert (p.user, p.password, p.host, p.database, p.ssl_mode) == (
+        "app",
+        "s3cret",
+        "x.rds.amazonaws.com",
+        "payments",
+        "require",
+    )
     with pytest.raises(ConfigurationError) as caught:
         params_from_rds_secret({"username": "app", "password": "s3cret"})
     assert "s3cret" not in str(caught.value)

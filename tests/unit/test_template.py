@@ -60,8 +60,12 @@ def test_template_passes_sam_validate_lint() -> None:
         capture_output=True,
         text=True,
         check=False,
-        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "SAM_CLI_TELEMETRY": "0",
-             "AWS_DEFAULT_REGION": "eu-west-1", "HOME": str(ROOT / ".local")},
+        env={
+            "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+            "SAM_CLI_TELEMETRY": "0",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "HOME": str(ROOT / ".local"),
+        },
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -9,6 +9,7 @@ or a transaction-mode pooler (Supabase's) can hand the connection around between
 
 from __future__ import annotations
 
+import contextlib
 import re
 import ssl
 import threading
@@ -242,10 +243,8 @@ class Database:
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # the connection is already broken; closing is best effort
                 conn.close()
-            except Exception:  # the connection is already broken; closing is best effort
-                pass
 
     def close(self) -> None:
         with self._lock:
@@ -296,7 +295,9 @@ class Database:
                 yield tx
                 self._execute(conn, "COMMIT")
             except _Broken as exc:
-                raise DatabaseUnavailable("the database connection broke inside a transaction; it was not committed") from exc
+                raise DatabaseUnavailable(
+                    "the database connection broke inside a transaction; it was not committed"
+                ) from exc
             except BaseException:
                 if self._conn is conn:
                     try:
