@@ -19,7 +19,7 @@ PYTHON313 ?= $(shell \
 			&& { echo $$p; break; }; \
 	done)
 
-.PHONY: help venv run test test-fast migrate build lint bench clean
+.PHONY: help venv run test test-pg15 test-fast migrate build lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ run: $(STAMP) ## start everything locally: embedded Postgres, local API, (later)
 
 test: $(STAMP) ## the whole suite (embedded Postgres, or DATABASE_URL)
 	$(PY) -m pytest
+
+test-pg15: $(STAMP) ## the whole suite against Debian's PostgreSQL 15 (installed if missing), via DATABASE_URL
+	@url=$$(ops/pg15.sh start) && echo "DATABASE_URL=$$url" && \
+		DATABASE_URL="$$url" $(PY) -m pytest; rc=$$?; ops/pg15.sh stop; exit $$rc
 
 test-fast: $(STAMP) ## the suite without the slow sam-build test
 	$(PY) -m pytest -m "not build"

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "local_api" / "template.yaml"
 
 
-def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
+def http(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -42,7 +42,7 @@ def sleeper_api() -> Iterator[LocalApi]:
 
 def test_requests_become_payload_v2_events(sleeper_api: LocalApi) -> None:
     # When a request with a raw query string and a JSON body arrives
-    status, _, body = request(
+    status, _, body = http(
         f"{sleeper_api.url}/echo?b=2&a=%20x&a=y",
         "POST",
         b'{"k": "v"}',
@@ -62,8 +62,8 @@ def test_requests_become_payload_v2_events(sleeper_api: LocalApi) -> None:
 
 
 def test_unknown_route_is_404_like_api_gateway(sleeper_api: LocalApi) -> None:
-    assert request(f"{sleeper_api.url}/nothing-here")[0] == 404
-    assert request(f"{sleeper_api.url}/echo", "GET")[0] == 404
+    assert http(f"{sleeper_api.url}/nothing-here")[0] == 404
+    assert http(f"{sleeper_api.url}/echo", "GET")[0] == 404
 
 
 def test_concurrent_requests_run_in_separate_execution_environments(sleeper_api: LocalApi) -> None:
@@ -71,7 +71,7 @@ def test_concurrent_requests_run_in_separate_execution_environments(sleeper_api:
     results: list[dict] = []
 
     def call() -> None:
-        results.append(json.loads(request(f"{sleeper_api.url}/sleep/1")[2]))
+        results.append(json.loads(http(f"{sleeper_api.url}/sleep/1")[2]))
 
     threads = [threading.Thread(target=call) for _ in range(3)]
     for t in threads:
@@ -82,7 +82,7 @@ def test_concurrent_requests_run_in_separate_execution_environments(sleeper_api:
     assert len({r["pid"] for r in results}) == 3
     assert max(r["started"] for r in results) < min(r["ended"] for r in results)
     # And an environment keeps its module state across warm invocations
-    again = [json.loads(request(f"{sleeper_api.url}/sleep/0")[2]) for _ in range(4)]
+    again = [json.loads(http(f"{sleeper_api.url}/sleep/0")[2]) for _ in range(4)]
     assert max(r["invocations"] for r in again) >= 2
 
 
@@ -92,8 +92,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_make_run_serves_the_template_and_stops_cleanly(tmp_path: Path) -> None:
-    # Given `make run`'s program on a free port with its own data folder
+def test_make_run_serves_the_template_and_stops_cleanly(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # Given `make run`'s program on a free port with its own data folder (or, with an external
+    # server, its own database there: never the server's maintenance database)
     port = free_port()
     env = {
         **os.environ,
@@ -102,6 +103,8 @@ def test_make_run_serves_the_template_and_stops_cleanly(tmp_path: Path) -> None:
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
     }
+    if "DATABASE_URL" in os.environ:
+        env["DATABASE_URL"] = request.getfixturevalue("empty_database_url")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ops.run"],
         cwd=ROOT,
@@ -123,16 +126,16 @@ def test_make_run_serves_the_template_and_stops_cleanly(tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{port}"
 
         # Then every template route is served, with the authorizer emulated
-        assert request(f"{base}/hypay/return")[0] == 200  # Hyp's portal connection test
-        assert request(f"{base}/no/such/route")[0] == 404
-        assert request(f"{base}/payments", "POST", b"{}")[0] == 401
-        assert request(f"{base}/payments", "POST", b"{}", {"Authorization": f"Bearer {local_token('x')}x"})[0] == 401
-        status, headers, _ = request(
+        assert http(f"{base}/hypay/return")[0] == 200  # Hyp's portal connection test
+        assert http(f"{base}/no/such/route")[0] == 404
+        assert http(f"{base}/payments", "POST", b"{}")[0] == 401
+        assert http(f"{base}/payments", "POST", b"{}", {"Authorization": f"Bearer {local_token('x')}x"})[0] == 401
+        status, headers, _ = http(
             f"{base}/payments", "POST", b"{}", {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         )
         assert status != 401 and headers["Cache-Control"] == "no-store"
         # And a scheduled function can be run now
-        status, _, body = request(f"{base}/_local/schedules/CleanupFunction", "POST")
+        status, _, body = http(f"{base}/_local/schedules/CleanupFunction", "POST")
         assert status == 200 and "purged_idempotency_records" in json.loads(body)
     finally:
         # When Ctrl-C arrives / Then everything stops cleanly
