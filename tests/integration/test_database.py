@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -125,3 +127,80 @@ def test_unreadable_secret_is_database_unavailable(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv("DB_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:missing-AbCdEf")
         with pytest.raises(DatabaseUnavailable):
             default_database().run("SELECT 1")
+
+
+@pytest.fixture
+def password_role(database_url: str) -> Iterator[str]:
+    """A role that must log in with a password (the test cluster trusts everyone else)."""
+    admin = connect(database_url)
+    hba = Path(admin.run("SHOW hba_file")[0][0])
+    if not os.access(hba, os.W_OK):
+        admin.close()
+        pytest.skip("needs write access to the server's pg_hba.conf")
+    original = hba.read_text()
+    admin.run("DROP ROLE IF EXISTS rotating_app")
+    admin.run("CREATE ROLE rotating_app LOGIN PASSWORD 'old-Pa55word'")
+    hba.write_text("local all rotating_app scram-sha-256\nhost all rotating_app all scram-sha-256\n" + original)
+    admin.run("SELECT pg_reload_conf()")
+    time.sleep(0.2)
+    try:
+        yield "rotating_app"
+    finally:
+        hba.write_text(original)
+        admin.run("SELECT pg_reload_conf()")
+        admin.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'rotating_app'")
+        time.sleep(0.1)
+        admin.run("DROP ROLE IF EXISTS rotating_app")
+        admin.close()
+
+
+def test_rotated_password_is_read_again_after_an_auth_failure(
+    proxy: TcpProxy,
+    database_url: str,
+    password_role: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = parse_database_url(database_url).database
+    admin = connect(database_url)
+    with mock_aws():
+        # Given a warm connection made with the secret's current password (cached by the function)
+        client = boto3.client("secretsmanager", region_name="eu-west-1")
+        secret = {
+            "engine": "postgres",
+            "username": password_role,
+            "password": "old-Pa55word",
+            "host": "127.0.0.1",
+            "port": proxy.port,
+            "dbname": name,
+        }
+        arn = client.create_secret(Name="payments/rotating", SecretString=json.dumps(secret))["ARN"]
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        monkeypatch.setenv("DB_SECRET_ARN", arn)
+        monkeypatch.setenv("DB_SSLMODE", "disable")
+        assert default_database().run("SELECT current_user") == [[password_role]]
+
+        # When the secret is rotated (new password in the database and the secret) and the
+        # connection drops, while the function still holds the old value in its cache
+        admin.run(f"ALTER ROLE {password_role} PASSWORD 'new-Pa55word'")
+        client.put_secret_value(SecretId=arn, SecretString=json.dumps({**secret, "password": "new-Pa55word"}))
+        admin.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :u", u=password_role)
+        time.sleep(0.1)
+
+        # Then the next statement fails to log in with the cached password, reads the secret again, and works
+        assert default_database().run("SELECT current_user") == [[password_role]]
+        assert default_database().connects == 2
+    admin.close()
+    # And neither password appeared in a log line or on the console
+    seen = caplog.text + "".join(capsys.readouterr())
+    assert "Pa55word" not in seen
+
+
+def test_connection_errors_never_carry_the_password(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = database(f"postgresql://app:Secr3t-Pa55@/postgres?host={tmp_path}&port=1")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        db.run("SELECT 1")
+    chain = [caught.value, caught.value.__cause__, caught.value.__context__]
+    assert all("Secr3t-Pa55" not in repr(e) for e in chain)
+    assert "Secr3t-Pa55" not in caplog.text
