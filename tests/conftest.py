@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,8 +20,25 @@ from tests.support.pg import Server, counting_class, database, with_database
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@contextmanager
+def private_dir() -> Iterator[Path]:
+    """A folder the embedded server's own system user can reach (pytest's tmp folders are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="payments-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def private_tmp() -> Iterator[Path]:
+    with private_dir() as path:
+        yield path
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def pg_server() -> Iterator[Server]:
     """One server for the session: DATABASE_URL's (external) or a private embedded cluster."""
     external = os.environ.get("DATABASE_URL")
     if external:
@@ -26,7 +46,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
         server.close()
         return
-    with embedded_server(tmp_path_factory.mktemp("pg") / "data", keep=False) as url:
+    with private_dir() as parent, embedded_server(parent / "data", keep=False) as url:
         server = Server(url)
         yield server
         server.close()

@@ -92,14 +92,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_make_run_serves_the_template_and_stops_cleanly(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_make_run_serves_the_template_and_stops_cleanly(private_tmp: Path, request: pytest.FixtureRequest) -> None:
     # Given `make run`'s program on a free port with its own data folder (or, with an external
     # server, its own database there: never the server's maintenance database)
     port = free_port()
     env = {
         **os.environ,
         "PORT": str(port),
-        "LOCAL_DATA_DIR": str(tmp_path / "pgdata"),
+        "LOCAL_DATA_DIR": str(private_tmp / "pgdata"),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
     }
@@ -144,5 +144,5 @@ def test_make_run_serves_the_template_and_stops_cleanly(tmp_path: Path, request:
     assert proc.returncode == 0, rest
     assert "stopped." in rest
     if "DATABASE_URL" not in os.environ:
-        postmaster = tmp_path / "pgdata" / "postmaster.pid"
+        postmaster = private_tmp / "pgdata" / "postmaster.pid"
         assert not postmaster.exists(), "embedded Postgres left running"
