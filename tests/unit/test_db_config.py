@@ -65,7 +65,7 @@ def test_rds_secret_format() -> None:
 
 def test_tls_modes() -> None:
     base = ConnectionParams(user="u", database="d")
-    assert _ssl_context(base) is None
+    assert _ssl_context(base) is False
     require = _ssl_context(ConnectionParams(user="u", database="d", ssl_mode="require"))
     assert require is not None and require.verify_mode == ssl.CERT_NONE and not require.check_hostname
     full = _ssl_context(ConnectionParams(user="u", database="d", ssl_mode="verify-full"))

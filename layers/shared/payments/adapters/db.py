@@ -142,9 +142,9 @@ def bind(sql: str, **params: Any) -> str:
     return _PLACEHOLDER.sub(render, sql)
 
 
-def _ssl_context(params: ConnectionParams) -> ssl.SSLContext | None:
+def _ssl_context(params: ConnectionParams) -> ssl.SSLContext | bool:
     if params.ssl_mode == "disable":
-        return None
+        return False  # pg8000 reads None as "try TLS, fall back to plain": disable means plain
     context = ssl.create_default_context(cafile=params.ssl_root_cert)
     if params.ssl_mode == "require":  # encrypted, not authenticated (libpq's meaning of `require`)
         context.check_hostname = False
