@@ -26,7 +26,7 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from ops.embedded import embedded_server
 from ops.migrate import migrate
 from ops.pgcount import counting_class
-from payments.adapters.db import Database, bind, parse_database_url
+from payments.adapters.db import Database, bind, connect_kwargs, parse_database_url
 from payments.idempotency import PostgresPersistenceLayer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +46,7 @@ def bench(url: str) -> list[dict[str, Any]]:
     layer_cls, raw_cls = counting_class(), counting_class()
     layer_db = Database(lambda refresh: parsed, connect=layer_cls)
     migrate(layer_db)
-    raw = raw_cls(
-        parsed.user,
-        password=parsed.password,
-        host=parsed.host if parsed.unix_sock is None else None,
-        port=parsed.port,
-        database=parsed.database,
-        unix_sock=parsed.unix_sock,
-    )
+    raw = raw_cls(parsed.user, **connect_kwargs(parsed))
 
     config = IdempotencyConfig(event_key_jmespath="order_id", payload_validation_jmespath="amount")
     store = PostgresPersistenceLayer(database=layer_db)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pg8000.native
 
 from ops.pgcount import CountingConnection, counting_class  # noqa: F401 - re-exported for tests
-from payments.adapters.db import Database, ParamsProvider, parse_database_url
+from payments.adapters.db import Database, ParamsProvider, connect_kwargs, parse_database_url
 
 
 def with_database(url: str, name: str) -> str:
@@ -19,14 +19,7 @@ def with_database(url: str, name: str) -> str:
 
 def connect(url: str, connection_class: type[pg8000.native.Connection] = pg8000.native.Connection):
     p = parse_database_url(url)
-    return connection_class(
-        p.user,
-        password=p.password,
-        host=p.host if p.unix_sock is None else None,
-        port=p.port,
-        database=p.database,
-        unix_sock=p.unix_sock,
-    )
+    return connection_class(p.user, **connect_kwargs(p))
 
 
 def database(url: str, connection_class: type[pg8000.native.Connection] = pg8000.native.Connection) -> Database:

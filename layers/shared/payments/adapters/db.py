@@ -152,6 +152,18 @@ def _ssl_context(params: ConnectionParams) -> ssl.SSLContext | bool:
     return context
 
 
+def connect_kwargs(params: ConnectionParams) -> dict[str, Any]:
+    """pg8000 `Connection(user, **connect_kwargs(params))` arguments for these parameters."""
+    return {
+        "password": params.password,
+        "host": params.host if params.unix_sock is None else None,
+        "port": params.port,
+        "database": params.database,
+        "unix_sock": params.unix_sock,
+        "ssl_context": _ssl_context(params),
+    }
+
+
 def _sqlstate(exc: DatabaseError) -> str | None:
     detail = exc.args[0] if exc.args else None
     return detail.get("C") if isinstance(detail, dict) else None
@@ -208,15 +220,7 @@ class Database:
             params = self._params(refresh)
             try:
                 conn = self._connect_fn(
-                    params.user,
-                    password=params.password,
-                    host=params.host if params.unix_sock is None else None,
-                    port=params.port,
-                    database=params.database,
-                    unix_sock=params.unix_sock,
-                    ssl_context=_ssl_context(params),
-                    timeout=self._connect_timeout,
-                    application_name="payments",
+                    params.user, **connect_kwargs(params), timeout=self._connect_timeout, application_name="payments"
                 )
             except DatabaseError as exc:
                 if _sqlstate(exc) in _AUTH_FAILED and attempt == 1:
