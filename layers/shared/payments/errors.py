@@ -41,3 +41,40 @@ class DatabaseUnavailable(PaymentError):
 
     code = "database_unavailable"
     retryable = True
+
+
+class GatewayError(PaymentError):
+    """Hypay said no, or could not be asked. `retryable` says whether asking again may help."""
+
+    code = "gateway_error"
+    retryable = False
+
+    def __init__(self, message: str, *, ccode: int | None = None, gateway_message: str | None = None) -> None:
+        super().__init__(message)
+        self.ccode = ccode
+        self.gateway_message = gateway_message
+
+
+class GatewayDeclined(GatewayError):
+    """The card or token was declined (card-network codes, bad token, ...)."""
+
+    code = "payment_declined"
+
+
+class GatewayAuthenticationError(GatewayError):
+    """Our terminal credentials or permissions were refused: a configuration problem."""
+
+    code = "gateway_authentication_error"
+
+
+class GatewayRejected(GatewayError):
+    """Hyp refused the request itself (validation, duplicate, ...)."""
+
+    code = "gateway_rejected"
+
+
+class GatewayUnavailable(GatewayError):
+    """Timeout, connection error, an HTML error page or Hyp's communication error. Retryable."""
+
+    code = "gateway_unavailable"
+    retryable = True

@@ -1,0 +1,375 @@
+"""HypayClient: the only code that talks to Hyp's endpoint.
+
+Every call is a form POST (credentials never sit in a URL) answered by a query string whose
+`CCode` decides the outcome; failures are typed (`payments.errors.Gateway*`). Idempotent calls
+(SIGN, VERIFY, getToken) are retried once on a transient failure; a charge (`action=soft`) never is.
+Credentials (`Masof`, `KEY`, `PassP`), tokens and CVVs never reach a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from payments.domain import hypay as protocol
+from payments.domain.money import CURRENCY_OF_COIN, Money
+from payments.errors import ConfigurationError, GatewayError, GatewayUnavailable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_URL = "https://pay.hyp.co.il/p/"
+
+
+@dataclass(frozen=True)
+class HypayCredentials:
+    """A terminal's credentials. Only `masof` ever shows in a repr."""
+
+    masof: str
+    key: str = field(repr=False)
+    passp: str = field(repr=False)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> HypayCredentials:
+        try:
+            masof, key, passp = str(data["Masof"]), str(data["KEY"]), str(data["PassP"])
+        except KeyError as exc:
+            raise ConfigurationError(f"Hypay credentials lack {exc.args[0]}") from None
+        if not (masof.isdigit() and len(masof) == 10):
+            raise ConfigurationError("Hypay Masof must be 10 digits")
+        return cls(masof, key, passp)
+
+
+class HypaySettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    url: str = Field(default=DEFAULT_URL, alias="HYPAY_URL")
+    secret_arn: str | None = Field(default=None, alias="HYPAY_SECRET_ARN")
+    masof: str | None = Field(default=None, alias="HYPAY_MASOF")
+    key: str | None = Field(default=None, alias="HYPAY_KEY", repr=False)
+    passp: str | None = Field(default=None, alias="HYPAY_PASSP", repr=False)
+    # Per attempt; with the one retry of an idempotent call the total stays under `budget_seconds`.
+    timeout_seconds: float = Field(default=6.0, gt=0, alias="HYPAY_TIMEOUT")
+    budget_seconds: float = Field(default=12.0, gt=0, alias="HYPAY_BUDGET")
+    secret_max_age_seconds: int = Field(default=300, ge=0, alias="HYPAY_SECRET_MAX_AGE")
+
+
+def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentials]:
+    """The Secrets Manager secret (JSON: Masof, KEY, PassP) when configured, else the environment."""
+    if settings.secret_arn:
+        arn = settings.secret_arn
+
+        def from_secret() -> HypayCredentials:
+            from aws_lambda_powertools.utilities import parameters
+
+            try:
+                secret = parameters.get_secret(arn, transform="json", max_age=settings.secret_max_age_seconds)
+            except parameters.exceptions.GetParameterError as exc:
+                raise GatewayUnavailable("could not read the Hypay secret") from exc
+            except parameters.exceptions.TransformParameterError:
+                raise ConfigurationError("the Hypay secret is not JSON") from None
+            if not isinstance(secret, dict):
+                raise ConfigurationError("the Hypay secret is not a JSON object")
+            return HypayCredentials.from_mapping(secret)
+
+        return from_secret
+    if settings.masof and settings.key and settings.passp:
+        creds = HypayCredentials.from_mapping({"Masof": settings.masof, "KEY": settings.key, "PassP": settings.passp})
+        return lambda: creds
+    raise ConfigurationError("set HYPAY_SECRET_ARN, or HYPAY_MASOF, HYPAY_KEY and HYPAY_PASSP")
+
+
+@dataclass(frozen=True)
+class Customer:
+    first_name: str = ""
+    last_name: str = ""
+    email: str = ""
+    phone: str = ""
+    israeli_id: str = "000000000"  # Hyp's `UserId`: an Israeli ID, or zeros when not asked
+
+
+@dataclass(frozen=True)
+class PaymentPage:
+    """What the payment page asks for. `order` comes back as `Order` in the redirect."""
+
+    amount: Money
+    order: str
+    description: str
+    customer: Customer = Customer()
+    language: str = "HEB"
+    max_installments: int = 1
+    invoice: bool = False  # SendHesh: Hyp issues the invoice (its number comes back as Hesh)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """An approved transaction. No card data: Hyp's transaction id, approval code and amount."""
+
+    transaction_id: str
+    approval_code: str
+    amount: Money | None
+    invoice_number: str | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    """A card token for `charge_token`. The token itself never shows in a repr."""
+
+    value: str = field(repr=False)
+    expiry_month: int
+    expiry_year: int
+
+
+Opener = Callable[[urllib.request.Request, float], bytes]
+
+
+def _urlopen(request: urllib.request.Request, timeout: float) -> bytes:
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - https URL from settings
+        return response.read()
+
+
+class HypayClient:
+    def __init__(
+        self,
+        credentials: Callable[[], HypayCredentials],
+        *,
+        url: str = DEFAULT_URL,
+        timeout_seconds: float = 6.0,
+        budget_seconds: float = 12.0,
+        opener: Opener = _urlopen,
+    ) -> None:
+        self._credentials = credentials
+        self.url = url
+        self._timeout = timeout_seconds
+        self._budget = budget_seconds
+        self._open = opener
+
+    @classmethod
+    def from_settings(cls, settings: HypaySettings | None = None) -> HypayClient:
+        settings = settings or hypay_settings()
+        return cls(
+            credentials_provider(settings),
+            url=settings.url,
+            timeout_seconds=settings.timeout_seconds,
+            budget_seconds=settings.budget_seconds,
+        )
+
+    # -- the calls ------------------------------------------------------------------------------
+
+    def payment_page_url(self, page: PaymentPage) -> str:
+        """APISign/SIGN: Hyp signs the page parameters; the page URL is the answer, verbatim."""
+        creds = self._credentials()
+        params = {
+            "action": "APISign",
+            "What": "SIGN",
+            "Masof": creds.masof,
+            "KEY": creds.key,
+            "PassP": creds.passp,
+            "Sign": "True",
+            "UTF8": "True",
+            "UTF8out": "True",
+            "MoreData": "True",
+            "Amount": page.amount.hypay_amount(),
+            "Coin": page.amount.coin,
+            "Order": page.order,
+            "Info": page.description,
+            "ClientName": page.customer.first_name,
+            "ClientLName": page.customer.last_name,
+            "email": page.customer.email,
+            "phone": page.customer.phone,
+            "UserId": page.customer.israeli_id,
+            "PageLang": page.language,
+            "Tash": str(page.max_installments),
+        }
+        if page.invoice:
+            params |= {
+                "SendHesh": "True",
+                "Pritim": "True",
+                "heshDesc": f"[0~{page.description}~1~{page.amount.hypay_amount()}]",
+            }
+        answer = self._call("SIGN", params, retry=True)
+        if "signature" not in answer.fields:
+            protocol.raise_for_ccode(answer, "SIGN")  # an error answer: CCode, no signature
+            raise GatewayUnavailable("Hypay SIGN: answer without a signature")
+        return f"{self.url}?{answer.raw}"
+
+    def verify_redirect_hmac(self, raw_query: str) -> bool:
+        """The local check of `Sign` (no network, constant-time)."""
+        return protocol.verify_redirect_signature(raw_query, self._credentials().key)
+
+    def verify_redirect(self, raw_query: str) -> bool:
+        """APISign/VERIFY, the authoritative check: every parameter as received, in order.
+
+        True when Hyp says genuine (CCode 0), False when it says not; `GatewayUnavailable` when it
+        cannot be asked (then nothing may be concluded).
+        """
+        creds = self._credentials()
+        head = urlencode(
+            {"action": "APISign", "What": "VERIFY", "Masof": creds.masof, "KEY": creds.key, "PassP": creds.passp}
+        )
+        raw = raw_query[1:] if raw_query.startswith("?") else raw_query
+        answer = self._call("VERIFY", None, retry=True, body=f"{head}&{raw}".encode())
+        if answer.ccode == protocol.APPROVED:
+            return True
+        if answer.ccode in (901,):
+            protocol.raise_for_ccode(answer, "VERIFY")
+        if answer.ccode == 999 or answer.ccode is None:
+            raise GatewayUnavailable("Hypay VERIFY could not answer")
+        return False
+
+    def get_token(self, transaction_id: str) -> Token:
+        """getToken for an approved transaction: a 19-digit token and its expiry (Tokef = YYMM)."""
+        creds = self._credentials()
+        answer = self._call(
+            "getToken",
+            {"action": "getToken", "Masof": creds.masof, "PassP": creds.passp, "TransId": transaction_id},
+            retry=True,
+        )
+        protocol.raise_for_ccode(answer, "getToken")
+        token, tokef = answer.fields.get("Token", ""), answer.fields.get("Tokef", "")
+        if not (token.isdigit() and len(tokef) == 4 and tokef.isdigit()):
+            raise GatewayUnavailable("Hypay getToken: malformed token answer")
+        return Token(token, expiry_month=int(tokef[2:]), expiry_year=2000 + int(tokef[:2]))
+
+    def charge_token(
+        self,
+        token: Token,
+        *,
+        amount: Money,
+        order: str,
+        description: str,
+        customer: Customer = Customer(),
+        cvv: str | None = None,
+    ) -> Charge:
+        """action=soft with a token. Never retried blindly: a lost answer may still be a charge."""
+        creds = self._credentials()
+        params = {
+            "action": "soft",
+            "Masof": creds.masof,
+            "PassP": creds.passp,
+            "Amount": amount.hypay_amount(),
+            "Coin": amount.coin,
+            "CC": token.value,
+            "Token": "True",
+            "Tmonth": f"{token.expiry_month:02d}",
+            "Tyear": str(token.expiry_year),
+            "UserId": customer.israeli_id,
+            "ClientName": customer.first_name,
+            "ClientLName": customer.last_name,
+            "email": customer.email,
+            "Info": description,
+            "Order": order,
+            "UTF8": "True",
+            "UTF8out": "True",
+            "MoreData": "True",
+        }
+        if cvv:
+            params["cvv"] = cvv  # passed through only: never kept, logged or echoed
+        answer = self._call("soft", params, retry=False)
+        protocol.raise_for_ccode(answer, "charge")
+        return _charge_from(answer)
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _call(
+        self, action: str, params: dict[str, str] | None, *, retry: bool, body: bytes | None = None
+    ) -> protocol.Answer:
+        data = body if body is not None else urlencode(params or {}, quote_via=quote).encode()
+        request = urllib.request.Request(
+            self.url,
+            data=data,
+            method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "User-Agent": "payments/1"},
+        )
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                answer = protocol.parse_answer(self._send(request))
+                logger.info(
+                    "hypay call",
+                    extra={
+                        "hypay_action": action,
+                        "ccode": answer.ccode,
+                        "attempt": attempt,
+                        "elapsed_ms": round((time.monotonic() - started) * 1000),
+                    },
+                )
+                if answer.ccode == 999 and retry and self._may_retry(started, attempt):
+                    continue  # Hyp's own "communication error": transient by definition
+                return answer
+            except GatewayUnavailable as exc:
+                logger.warning(
+                    "hypay unavailable", extra={"hypay_action": action, "attempt": attempt, "reason": exc.message}
+                )
+                if not (retry and self._may_retry(started, attempt)):
+                    raise
+
+    def _may_retry(self, started: float, attempt: int) -> bool:
+        return attempt == 1 and (time.monotonic() - started) + self._timeout <= self._budget
+
+    def _send(self, request: urllib.request.Request) -> bytes:
+        try:
+            return self._open(request, self._timeout)
+        except urllib.error.HTTPError as exc:
+            raise GatewayUnavailable(f"Hypay answered HTTP {exc.code}") from None
+        except TimeoutError:
+            raise GatewayUnavailable("Hypay did not answer in time") from None
+        except (urllib.error.URLError, ConnectionError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                raise GatewayUnavailable("Hypay did not answer in time") from None
+            raise GatewayUnavailable(f"could not reach Hypay ({type(reason).__name__})") from None
+
+
+def _charge_from(answer: protocol.Answer) -> Charge:
+    fields = answer.fields
+    amount = None
+    if fields.get("Amount"):
+        currency = CURRENCY_OF_COIN.get(fields.get("Coin", "1"))
+        amount = Money.of(fields["Amount"], currency) if currency else None
+    hesh = fields.get("Hesh")
+    return Charge(fields.get("Id", ""), fields.get("ACode", ""), amount, hesh if hesh not in (None, "", "0") else None)
+
+
+_settings: HypaySettings | None = None
+
+
+def hypay_settings() -> HypaySettings:
+    global _settings
+    if _settings is None:
+        _settings = HypaySettings.model_validate(dict(os.environ))
+    return _settings
+
+
+def describe(error: GatewayError) -> dict[str, Any]:
+    """A log-safe summary of a gateway error."""
+    return {
+        "code": error.code,
+        "ccode": error.ccode,
+        "retryable": error.retryable,
+        "gateway_message": error.gateway_message,
+    }
+
+
+__all__ = [
+    "Charge",
+    "Customer",
+    "HypayClient",
+    "HypayCredentials",
+    "HypaySettings",
+    "PaymentPage",
+    "Token",
+    "credentials_provider",
+    "describe",
+]

@@ -1,0 +1,154 @@
+"""Hypay's protocol, the pure part: raw query strings, the redirect `Sign`, answers and CCodes.
+
+No network here (that is `payments.adapters.hypay`): everything can be tested on strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from payments.errors import (
+    GatewayAuthenticationError,
+    GatewayDeclined,
+    GatewayError,
+    GatewayRejected,
+    GatewayUnavailable,
+)
+
+# The redirect fields covered by `Sign`, in the order they are signed. Nothing else is: `Coin`,
+# `L4digit`, `UID`, `Hesh` ... can be altered by anyone holding the URL.
+SIGNED_FIELDS = ("Id", "CCode", "Amount", "ACode", "Order", "Fild1", "Fild2", "Fild3")
+
+APPROVED = 0
+# Valid outcomes that charge nothing: J2 card check, J5 authorization, postponed.
+NOT_CHARGED = {600: "card check only (J2)", 700: "authorized, not charged (J5)", 800: "postponed"}
+_MESSAGES = {
+    4: "declined by the card issuer",
+    6: "wrong CVV or ID",
+    15: "card expired",
+    33: "more than the original amount",
+    901: "terminal has no permission for this action",
+    902: "authentication error (Masof, KEY or PassP)",
+    425: "duplicate transaction",
+    997: "invalid token",
+    998: "cancelled",
+    999: "communication error",
+}
+_PAN_LIKE = re.compile(r"\d[\d -]{10,}\d")
+
+
+def split_raw_query(raw: str) -> list[tuple[str, str]]:
+    """`a=1&b=x%20y` -> [("a", "1"), ("b", "x%20y")]: order and encoding kept exactly as received."""
+    raw = raw[1:] if raw.startswith("?") else raw
+    pairs = []
+    for part in raw.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((name, value))
+    return pairs
+
+
+def decode_value(raw_value: str) -> str:
+    """A percent-encoded value as text: UTF-8 (UTF8out=True), else windows-1255 (Hyp's default)."""
+    data = unquote_to_bytes(raw_value.replace("+", " "))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1255", errors="replace")
+
+
+def decode_query(raw: str) -> dict[str, str]:
+    """Decoded name -> value (the last one wins, as Hyp sends each name once)."""
+    return {name: decode_value(value) for name, value in split_raw_query(raw)}
+
+
+def redirect_sign_payload(raw_query: str) -> bytes | None:
+    """The bytes `Sign` covers, from the raw values; None if a signed field is missing or repeated."""
+    pairs = split_raw_query(raw_query)
+    values: dict[str, str] = {}
+    for name, value in pairs:
+        if name in SIGNED_FIELDS:
+            if name in values:
+                return None  # a repeated signed field is ambiguous: refuse rather than guess
+            values[name] = value
+    if set(values) != set(SIGNED_FIELDS):
+        return None
+    return "&".join(f"{name}={values[name]}" for name in SIGNED_FIELDS).encode("ascii", errors="replace")
+
+
+def redirect_signature(raw_query: str, key: str) -> str | None:
+    """Hex HMAC-SHA256 keyed with the terminal's KEY over the signed fields, as they arrived."""
+    payload = redirect_sign_payload(raw_query)
+    if payload is None:
+        return None
+    return hmac.new(key.encode(), payload, hashlib.sha256).hexdigest()
+
+
+def verify_redirect_signature(raw_query: str, key: str) -> bool:
+    """The local check: `Sign` matches the signed fields (constant-time). False on anything missing."""
+    signs = [value for name, value in split_raw_query(raw_query) if name == "Sign"]
+    expected = redirect_signature(raw_query, key)
+    if expected is None or len(signs) != 1:
+        return False
+    return hmac.compare_digest(expected.encode(), signs[0].lower().encode("ascii", errors="replace"))
+
+
+def redact(text: str) -> str:
+    """Masks anything that looks like a card number, for messages that came from outside."""
+    return _PAN_LIKE.sub("[redacted]", text)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A parsed Hypay answer: its fields (decoded) and CCode."""
+
+    fields: dict[str, str]
+    raw: str
+
+    @property
+    def ccode(self) -> int | None:
+        value = self.fields.get("CCode")
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+
+def parse_answer(body: bytes) -> Answer:
+    """Hyp answers HTTP 200 with a query string, even on errors; an HTML page means a system error."""
+    text = body.decode("latin-1").strip()  # bytes as-is: percent-encoded values are decoded per field
+    if not text or text.lstrip().startswith("<") or "<html" in text[:512].lower():
+        raise GatewayUnavailable("Hypay answered with an error page instead of a result")
+    if "=" not in text:
+        raise GatewayUnavailable("Hypay answered something that is not a result")
+    return Answer(decode_query(text), text)
+
+
+def raise_for_ccode(answer: Answer, action: str) -> None:
+    """Typed errors for everything but an approval (CCode 0)."""
+    code = answer.ccode
+    if code == APPROVED:
+        return
+    hyp_message = redact(answer.fields.get("errMsg", "").strip()) or None
+    if code is None:
+        raise GatewayUnavailable(f"Hypay {action}: answer without a CCode")
+    meaning = NOT_CHARGED.get(code) or _MESSAGES.get(code) or "refused"
+    message = f"Hypay {action}: CCode {code} ({meaning})"
+    error: type[GatewayError]
+    if code in (901, 902):
+        error = GatewayAuthenticationError
+    elif code == 999:
+        error = GatewayUnavailable
+    elif 1 <= code <= 200 or code in (997, 998) or code in NOT_CHARGED:
+        error = GatewayDeclined
+    else:
+        error = GatewayRejected
+    raise error(message, ccode=code, gateway_message=hyp_message or meaning)
+
+
+def ccode_message(code: int) -> str:
+    return NOT_CHARGED.get(code) or _MESSAGES.get(code) or ("approved" if code == APPROVED else "refused")

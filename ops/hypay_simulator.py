@@ -1,0 +1,500 @@
+"""A faithful local stand-in for Hyp's endpoint (`/p/`), for tests and `make run`.
+
+It speaks the documented protocol with the real parameter names, encodings and signatures:
+APISign SIGN (the signed payment page URL, or `CCode=902`), the hosted payment page (an HTML card
+form; test cards approve or decline; then the browser is redirected to the terminal's success or
+failure URL with `Id`, `CCode`, `Amount`, `ACode`, `Order`, `Fild1-3`, `Sign` and the `MoreData`
+fields), APISign VERIFY, getToken and soft (token charges). Terminals are configurable; the public
+test terminal from Hyp's documentation is the default. Faults can be injected per action: latency,
+hangs past the client's timeout, HTML error pages, HTTP 500s and chosen `CCode`s; and a redirect can
+be delivered again, or many times at once, as a reloading browser or a retrying notifier would.
+
+This is test tooling: it keeps nothing but an in-memory list of transactions (never a CVV), and
+prints nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import itertools
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import quote, unquote_plus
+
+PUBLIC_TEST_TERMINAL_MASOF = "0010131918"
+PUBLIC_TEST_TERMINAL_KEY = "7110eda4d09e062aa5e4a390b0a572ac0d2c0220"
+PUBLIC_TEST_TERMINAL_PASSP = "yaad"
+
+APPROVING_CARD = "5326105300985614"  # Hyp's public test card (CVV 125, ID 890108566)
+DECLINING_CARD = "4000000000000002"  # answers CCode 4, "declined"
+
+REDIRECT_SIGNED = ("Id", "CCode", "Amount", "ACode", "Order", "Fild1", "Fild2", "Fild3")
+# Hyp encodes redirect values like JavaScript's encodeURIComponent (the documented example has `%20(0)`).
+_REDIRECT_SAFE = "-_.!~*'()"
+
+
+@dataclass
+class Terminal:
+    masof: str
+    key: str
+    passp: str
+    success_url: str = "http://127.0.0.1:3000/hypay/return"
+    failure_url: str = "http://127.0.0.1:3000/hypay/return"
+    notify_url: str | None = None
+
+
+def public_test_terminal(**urls: str) -> Terminal:
+    return Terminal(PUBLIC_TEST_TERMINAL_MASOF, PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_PASSP, **urls)
+
+
+@dataclass
+class Transaction:
+    id: str
+    masof: str
+    ccode: int
+    amount: str
+    coin: str
+    order: str
+    card_last4: str
+    expiry_month: str
+    expiry_year: str
+    redirect_query: str = ""
+    token: str | None = None
+    page: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Fault:
+    action: str
+    kind: str  # latency | hang | html | http500 | ccode
+    remaining: int
+    ccode: int | None = None
+    seconds: float = 0.0
+
+
+class Faults:
+    """Faults to inject, per action (SIGN, VERIFY, getToken, soft, pay, submit), each for N calls."""
+
+    def __init__(self) -> None:
+        self._rules: list[_Fault] = []
+        self._lock = threading.Lock()
+        self.hang_seconds = 30.0
+
+    def add(self, action: str, kind: str, *, times: int = 1, ccode: int | None = None, seconds: float = 0.0) -> None:
+        with self._lock:
+            self._rules.append(_Fault(action, kind, times, ccode, seconds))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def take(self, action: str) -> _Fault | None:
+        with self._lock:
+            for rule in self._rules:
+                if rule.action == action and rule.remaining > 0:
+                    rule.remaining -= 1
+                    return rule
+        return None
+
+
+def page_signature(params: Iterable[tuple[str, str]], key: str) -> str:
+    """The payment page `signature`: HMAC-SHA256 over the parameters sorted by name, values quoted."""
+    message = "&".join(f"{name}={quote(value, safe='')}" for name, value in sorted(params))
+    return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def redirect_sign(encoded: dict[str, str], key: str) -> str:
+    """The redirect `Sign` over the eight signed fields, as encoded in the query string."""
+    message = "&".join(f"{name}={encoded.get(name, '')}" for name in REDIRECT_SIGNED)
+    return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def _pairs(raw: str) -> list[tuple[str, str]]:
+    return [(k, v) for k, _, v in (p.partition("=") for p in raw.lstrip("?").split("&") if p)]
+
+
+def _decoded(raw: str) -> dict[str, str]:
+    return {unquote_plus(k): unquote_plus(v) for k, v in _pairs(raw)}
+
+
+def _answer(fields: Iterable[tuple[str, str]]) -> str:
+    return "&".join(f"{k}={quote(str(v), safe='')}" for k, v in fields)
+
+
+class HypaySimulator:
+    """`HypaySimulator().start()`; `.url` is the endpoint to give HypayClient (`.../p/`)."""
+
+    def __init__(self, terminals: Iterable[Terminal] | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.terminals = {t.masof: t for t in (terminals or [public_test_terminal()])}
+        self.faults = Faults()
+        self.transactions: dict[str, Transaction] = {}
+        self.calls: list[str] = []  # actions served, in order (tests count SIGN calls with it)
+        # Card numbers stay inside the simulator (it plays the gateway, which holds them), for tokens.
+        self._cards: dict[str, str] = {}
+        self._ids = itertools.count(12_800_000 + secrets.randbelow(100_000) * 10)
+        self._lock = threading.Lock()
+        sim = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                return
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib name
+                sim._serve(self, self.path.partition("?")[2])
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length).decode("utf-8", errors="replace")
+                query = self.path.partition("?")[2]
+                sim._serve(self, "&".join(p for p in (query, body) if p))
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base_url}/p/"
+
+    def start(self) -> HypaySimulator:
+        threading.Thread(target=self.server.serve_forever, name="hypay-simulator", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # -- what tests drive ---------------------------------------------------------------------
+
+    def pay(
+        self,
+        payment_url: str,
+        card: str = APPROVING_CARD,
+        *,
+        cvv: str = "125",
+        month: str = "12",
+        year: str = "2030",
+        israeli_id: str = "890108566",
+    ) -> Transaction:
+        """What a customer does on the page: submit a card. Returns the transaction (with its redirect)."""
+        query = payment_url.partition("?")[2]
+        status, body, _ = self._submit(
+            query, {"CC": card, "Tmonth": month, "Tyear": year, "cvv": cvv, "UserId": israeli_id}
+        )
+        if status != 302:
+            raise AssertionError(f"payment page refused the submission: {status} {body[:200]}")
+        return self.last_transaction()
+
+    def last_transaction(self) -> Transaction:
+        with self._lock:
+            return list(self.transactions.values())[-1]
+
+    def redirect_url(self, transaction: Transaction) -> str:
+        terminal = self.terminals[transaction.masof]
+        target = terminal.success_url if transaction.ccode == 0 else terminal.failure_url
+        return f"{target}?{transaction.redirect_query}"
+
+    def deliver(
+        self, transaction: Transaction, *, times: int = 1, concurrently: bool = False, notify: bool = False
+    ) -> list[int]:
+        """Send the redirect (GET) or the server notification (POST form) `times` times; the statuses."""
+        terminal = self.terminals[transaction.masof]
+        if notify:
+            if not terminal.notify_url:
+                raise ValueError("terminal has no notify URL")
+            requests = [
+                urllib.request.Request(
+                    terminal.notify_url,
+                    data=transaction.redirect_query.encode(),
+                    method="POST",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+                for _ in range(times)
+            ]
+        else:
+            requests = [urllib.request.Request(self.redirect_url(transaction), method="GET") for _ in range(times)]
+
+        def send(request: urllib.request.Request) -> int:
+            opener = urllib.request.build_opener(_NoRedirect)
+            try:
+                with opener.open(request, timeout=30) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as err:
+                return int(err.code)
+
+        if concurrently:
+            with ThreadPoolExecutor(max_workers=min(times, 64)) as pool:
+                return list(pool.map(send, requests))
+        return [send(r) for r in requests]
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    def _serve(self, request: BaseHTTPRequestHandler, raw: str) -> None:
+        params = _decoded(raw)
+        action = params.get("action", "")
+        name = {"APISign": params.get("What", ""), "simpay": "submit"}.get(action, action)
+        with self._lock:
+            self.calls.append(name)
+        fault = self.faults.take(name)
+        if fault is not None:
+            if fault.kind == "latency":
+                time.sleep(fault.seconds)
+            elif fault.kind == "hang":
+                time.sleep(fault.seconds or self.faults.hang_seconds)
+                return self._send(request, 200, "text/plain", "CCode=999")
+            elif fault.kind == "html":
+                return self._send(request, 200, "text/html", "<html><body><h1>System error</h1></body></html>")
+            elif fault.kind == "http500":
+                return self._send(request, 500, "text/html", "<html><body>Internal Server Error</body></html>")
+            elif fault.kind == "ccode":
+                return self._send(request, 200, "text/plain", f"CCode={fault.ccode}")
+        if action == "APISign" and params.get("What") == "SIGN":
+            return self._send(request, 200, "text/plain", self._sign(params))
+        if action == "APISign" and params.get("What") == "VERIFY":
+            return self._send(request, 200, "text/plain", self._verify(raw, params))
+        if action == "pay":
+            return self._page(request, raw)
+        if action == "simpay":
+            status, body, location = self._submit(params.get("page", ""), params)
+            if location:
+                request.send_response(302)
+                request.send_header("Location", location)
+                request.send_header("Content-Length", "0")
+                request.end_headers()
+                return None
+            return self._send(request, status, "text/html; charset=utf-8", body)
+        if action == "getToken":
+            return self._send(request, 200, "text/plain", self._get_token(params))
+        if action == "soft":
+            return self._send(request, 200, "text/plain", self._soft(params))
+        return self._send(request, 200, "text/plain", "CCode=400")
+
+    def _terminal(self, params: dict[str, str], *, with_key: bool) -> Terminal | None:
+        terminal = self.terminals.get(params.get("Masof", ""))
+        if terminal is None or not hmac.compare_digest(terminal.passp, params.get("PassP", "")):
+            return None
+        if with_key and not hmac.compare_digest(terminal.key, params.get("KEY", "")):
+            return None
+        return terminal
+
+    def _sign(self, params: dict[str, str]) -> str:
+        terminal = self._terminal(params, with_key=True)
+        if terminal is None:
+            return "CCode=902"
+        echoed = [(k, v) for k, v in params.items() if k not in ("KEY", "PassP", "What", "action")]
+        echoed.append(("action", "pay"))
+        echoed.sort()
+        return f"{_answer(echoed)}&signature={page_signature(echoed, terminal.key)}"
+
+    def _page_params(self, raw: str) -> tuple[Terminal, dict[str, str]] | None:
+        pairs = [(unquote_plus(k), unquote_plus(v)) for k, v in _pairs(raw)]
+        given = dict(pairs)
+        terminal = self.terminals.get(given.get("Masof", ""))
+        signature = given.pop("signature", "")
+        if terminal is None or not hmac.compare_digest(page_signature(given.items(), terminal.key), signature):
+            return None
+        return terminal, given
+
+    def _page(self, request: BaseHTTPRequestHandler, raw: str) -> None:
+        found = self._page_params(raw)
+        if found is None:
+            return self._send(
+                request,
+                400,
+                "text/html; charset=utf-8",
+                "<html><body><h1>Invalid payment page signature</h1></body></html>",
+            )
+        _, page = found
+        rtl = page.get("PageLang", "HEB") == "HEB"
+        body = f"""<!doctype html>
+<html lang="{"he" if rtl else "en"}" dir="{"rtl" if rtl else "ltr"}"><head><meta charset="utf-8">
+<title>Hypay simulator - payment</title>
+<style>body{{font-family:sans-serif;max-width:28rem;margin:2rem auto}}label{{display:block;margin:.6rem 0}}
+input{{width:100%;padding:.4rem}}button{{margin-top:1rem;padding:.6rem 1.2rem}}</style></head>
+<body><h1>Hypay simulator</h1>
+<p id="summary">{html.escape(page.get("Info", ""))}: <strong id="amount">{html.escape(page.get("Amount", ""))}</strong>
+ (Coin {html.escape(page.get("Coin", "1"))})</p>
+<form method="post" action="/p/">
+<input type="hidden" name="action" value="simpay">
+<input type="hidden" name="page" value="{html.escape(raw.lstrip("?"))}">
+<label>Card number <input id="card-number" name="CC" inputmode="numeric" autocomplete="cc-number"></label>
+<label>Month <input id="expiry-month" name="Tmonth" value="12"></label>
+<label>Year <input id="expiry-year" name="Tyear" value="2030"></label>
+<label>CVV <input id="cvv" name="cvv" inputmode="numeric"></label>
+<label>ID <input id="id-number" name="UserId" value="{html.escape(page.get("UserId", ""))}"></label>
+<button id="pay" type="submit">Pay</button>
+</form>
+<p>Test cards: {APPROVING_CARD} (approves, CVV 125), {DECLINING_CARD} (declines).</p>
+</body></html>"""
+        return self._send(request, 200, "text/html; charset=utf-8", body)
+
+    def _submit(self, page_raw: str, form: dict[str, str]) -> tuple[int, str, str | None]:
+        """A card submitted on the page: records the transaction, returns the redirect location."""
+        found = self._page_params(page_raw)
+        if found is None:
+            return 400, "<html><body><h1>Invalid payment page signature</h1></body></html>", None
+        terminal, page = found
+        card = "".join(ch for ch in form.get("CC", "") if ch.isdigit())
+        cvv = form.get("cvv", "")
+        if len(card) < 12 or not (cvv.isdigit() and len(cvv) in (3, 4)):
+            return 400, "<html><body><h1>Card number and CVV are required</h1></body></html>", None
+        if card == APPROVING_CARD:
+            ccode = 0 if cvv == "125" else 6
+        elif card == DECLINING_CARD:
+            ccode = 4
+        else:
+            ccode = 4
+        transaction = self._record(terminal, page, ccode, card, form.get("Tmonth", "12"), form.get("Tyear", "2030"))
+        fields = self._redirect_fields(terminal, transaction, page, form, card)
+        transaction.redirect_query = "&".join(f"{k}={v}" for k, v in fields)
+        return 302, "", self.redirect_url(transaction)
+
+    def _record(
+        self, terminal: Terminal, page: dict[str, str], ccode: int, card: str, month: str, year: str
+    ) -> Transaction:
+        with self._lock:
+            transaction = Transaction(
+                id=str(next(self._ids)),
+                masof=terminal.masof,
+                ccode=ccode,
+                amount=page.get("Amount", ""),
+                coin=page.get("Coin", "1"),
+                order=page.get("Order", ""),
+                card_last4=card[-4:],
+                expiry_month=f"{int(month):02d}" if month.isdigit() else "12",
+                expiry_year=year,
+                page=page,
+            )
+            self.transactions[transaction.id] = transaction
+            if ccode == 0:
+                self._cards[transaction.id] = card
+            return transaction
+
+    def _redirect_fields(
+        self, terminal: Terminal, t: Transaction, page: dict[str, str], form: dict[str, str], card: str
+    ) -> list[tuple[str, str]]:
+        def enc(value: str) -> str:
+            return quote(value, safe=_REDIRECT_SAFE)
+
+        approved = t.ccode == 0
+        name = " ".join(p for p in (page.get("ClientName", ""), page.get("ClientLName", "")) if p)
+        head = {
+            "Id": enc(t.id),
+            "CCode": enc(str(t.ccode)),
+            "Amount": enc(t.amount),
+            "ACode": enc(f"{secrets.randbelow(10**7):07d}" if approved else ""),
+            "Order": enc(t.order),
+            "Fild1": enc(name),
+            "Fild2": enc(page.get("email", "")),
+            "Fild3": enc(page.get("phone", "")),
+        }
+        fields = [(k, head[k]) for k in REDIRECT_SIGNED]
+        if page.get("Sign") == "True":
+            fields.append(("Sign", redirect_sign(head, terminal.key)))
+        if page.get("MoreData") == "True":
+            hesh = str(secrets.randbelow(90_000) + 10_000) if approved and page.get("SendHesh") == "True" else "0"
+            more = {
+                "Bank": "6",
+                "TransType": "1",
+                "Payments": "1",
+                "UserId": form.get("UserId", "000000000"),
+                "Brand": "2" if card.startswith("5") else "1",
+                "Issuer": "2",
+                "L4digit": card[-4:],
+                "street": "",
+                "city": "",
+                "zip": "",
+                "cell": page.get("cell", ""),
+                "Coin": t.coin,
+                "Tmonth": t.expiry_month,
+                "Tyear": t.expiry_year,
+                "errMsg": " (0)" if approved else f" ({t.ccode})",
+                "Hesh": hesh,
+                "UID": secrets.token_hex(8),
+                "spType": "0",
+                "bincard": card[:6],
+            }
+            fields += [(k, enc(v)) for k, v in more.items()]
+        return fields
+
+    def _verify(self, raw: str, params: dict[str, str]) -> str:
+        if self._terminal(params, with_key=True) is None:
+            return "CCode=902"
+        terminal = self.terminals[params["Masof"]]
+        received = [(k, v) for k, v in _pairs(raw) if k not in ("action", "What", "Masof", "KEY", "PassP")]
+        encoded = dict(received)
+        sign = encoded.get("Sign", "")
+        transaction = self.transactions.get(unquote_plus(encoded.get("Id", "")))
+        genuine = (
+            transaction is not None
+            and hmac.compare_digest(redirect_sign(encoded, terminal.key), sign.lower())
+            and f"{'&'.join(f'{k}={v}' for k, v in received)}" == transaction.redirect_query
+        )
+        return "CCode=0" if genuine else "CCode=902"
+
+    def _get_token(self, params: dict[str, str]) -> str:
+        if self._terminal(params, with_key=False) is None:
+            return "CCode=902"
+        transaction = self.transactions.get(params.get("TransId", ""))
+        if transaction is None or transaction.ccode != 0:
+            return "CCode=402"
+        with self._lock:
+            if transaction.token is None:
+                transaction.token = "4" + "".join(str(secrets.randbelow(10)) for _ in range(18))
+        tokef = f"{transaction.expiry_year[-2:]}{transaction.expiry_month}"
+        return _answer([("Id", transaction.id), ("CCode", "0"), ("Token", transaction.token), ("Tokef", tokef)])
+
+    def _soft(self, params: dict[str, str]) -> str:
+        terminal = self._terminal(params, with_key=False)
+        if terminal is None:
+            return "CCode=902"
+        source = next((t for t in self.transactions.values() if t.token and t.token == params.get("CC")), None)
+        if params.get("Token") != "True" or source is None:
+            return "CCode=997"
+        if params.get("Tmonth") != source.expiry_month or params.get("Tyear") != source.expiry_year:
+            return "CCode=15"
+        card = self._cards[source.id]
+        ccode = 4 if card == DECLINING_CARD else 0
+        page = {"Amount": params.get("Amount", ""), "Coin": params.get("Coin", "1"), "Order": params.get("Order", "")}
+        transaction = self._record(terminal, page, ccode, card, source.expiry_month, source.expiry_year)
+        fields = [
+            ("Id", transaction.id),
+            ("CCode", str(ccode)),
+            ("Amount", transaction.amount),
+            ("ACode", f"{secrets.randbelow(10**7):07d}" if ccode == 0 else ""),
+            ("Order", transaction.order),
+            ("Coin", transaction.coin),
+            ("L4digit", transaction.card_last4),
+            ("Hesh", "0"),
+        ]
+        return _answer(fields)
+
+    @staticmethod
+    def _send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: str) -> None:
+        data = body.encode("utf-8")
+        request.send_response(status)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(data)))
+        request.end_headers()
+        request.wfile.write(data)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
