@@ -107,9 +107,11 @@ class Faults:
         return None
 
 
-def page_signature(params: Iterable[tuple[str, str]], key: str) -> str:
+def page_signature(params: Iterable[tuple[str, str]], key: str, encoding: str = "utf-8") -> str:
     """The payment page `signature`: HMAC-SHA256 over the parameters sorted by name, values quoted."""
-    message = "&".join(f"{name}={quote(value, safe='')}" for name, value in sorted(params))
+    message = "&".join(
+        f"{name}={quote(value, safe='', encoding=encoding, errors='replace')}" for name, value in sorted(params)
+    )
     return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
@@ -123,12 +125,17 @@ def _pairs(raw: str) -> list[tuple[str, str]]:
     return [(k, v) for k, _, v in (p.partition("=") for p in raw.lstrip("?").split("&") if p)]
 
 
-def _decoded(raw: str) -> dict[str, str]:
-    return {unquote_plus(k): unquote_plus(v) for k, v in _pairs(raw)}
+def _decoded(raw: str, encoding: str = "utf-8") -> dict[str, str]:
+    return {unquote_plus(k): unquote_plus(v, encoding=encoding, errors="replace") for k, v in _pairs(raw)}
 
 
-def _answer(fields: Iterable[tuple[str, str]]) -> str:
-    return "&".join(f"{k}={quote(str(v), safe='')}" for k, v in fields)
+def _charset(flag: str | None) -> str:
+    """Hyp reads and writes windows-1255 unless told UTF8=True / UTF8out=True."""
+    return "utf-8" if flag == "True" else "cp1255"
+
+
+def _answer(fields: Iterable[tuple[str, str]], encoding: str = "utf-8") -> str:
+    return "&".join(f"{k}={quote(str(v), safe='', encoding=encoding, errors='replace')}" for k, v in fields)
 
 
 class HypaySimulator:
@@ -246,7 +253,7 @@ class HypaySimulator:
     # -- the protocol -------------------------------------------------------------------------
 
     def _serve(self, request: BaseHTTPRequestHandler, raw: str) -> None:
-        params = _decoded(raw)
+        params = _decoded(raw, _charset(_decoded(raw).get("UTF8")))
         action = params.get("action", "")
         name = {"APISign": params.get("What", ""), "simpay": "submit"}.get(action, action)
         with self._lock:
@@ -300,14 +307,16 @@ class HypaySimulator:
         echoed = [(k, v) for k, v in params.items() if k not in ("KEY", "PassP", "What", "action")]
         echoed.append(("action", "pay"))
         echoed.sort()
-        return f"{_answer(echoed)}&signature={page_signature(echoed, terminal.key)}"
+        out = _charset(params.get("UTF8out"))
+        return f"{_answer(echoed, out)}&signature={page_signature(echoed, terminal.key, out)}"
 
     def _page_params(self, raw: str) -> tuple[Terminal, dict[str, str]] | None:
-        pairs = [(unquote_plus(k), unquote_plus(v)) for k, v in _pairs(raw)]
-        given = dict(pairs)
+        encoding = _charset(dict(_pairs(raw)).get("UTF8out"))
+        given = _decoded(raw, encoding)
         terminal = self.terminals.get(given.get("Masof", ""))
         signature = given.pop("signature", "")
-        if terminal is None or not hmac.compare_digest(page_signature(given.items(), terminal.key), signature):
+        expected = page_signature(given.items(), terminal.key, encoding) if terminal else ""
+        if terminal is None or not hmac.compare_digest(expected, signature):
             return None
         return terminal, given
 
@@ -389,8 +398,10 @@ input{{width:100%;padding:.4rem}}button{{margin-top:1rem;padding:.6rem 1.2rem}}<
     def _redirect_fields(
         self, terminal: Terminal, t: Transaction, page: dict[str, str], form: dict[str, str], card: str
     ) -> list[tuple[str, str]]:
+        encoding = _charset(page.get("UTF8out"))
+
         def enc(value: str) -> str:
-            return quote(value, safe=_REDIRECT_SAFE)
+            return quote(value, safe=_REDIRECT_SAFE, encoding=encoding, errors="replace")
 
         approved = t.ccode == 0
         name = " ".join(p for p in (page.get("ClientName", ""), page.get("ClientLName", "")) if p)

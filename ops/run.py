@@ -9,6 +9,13 @@ import threading
 from pathlib import Path
 
 from ops.embedded import LOCAL_DATA, database_url
+from ops.hypay_simulator import (
+    PUBLIC_TEST_TERMINAL_KEY,
+    PUBLIC_TEST_TERMINAL_MASOF,
+    PUBLIC_TEST_TERMINAL_PASSP,
+    HypaySimulator,
+    public_test_terminal,
+)
 from ops.local_api import LOCAL_JWT_ISSUER, LocalApi, local_token
 from ops.migrate import migrate
 from ops.seed import DEMO_USER_EMAIL, DEMO_USER_ID, seed
@@ -19,6 +26,7 @@ from payments.settings import DatabaseSettings
 
 def main() -> int:
     port = int(os.environ.get("PORT", "3000"))
+    sim_port = int(os.environ.get("HYPAY_SIM_PORT", "3100"))
     data_dir = Path(os.environ.get("LOCAL_DATA_DIR", str(LOCAL_DATA)))
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -30,8 +38,13 @@ def main() -> int:
         seed(db)
         db.close()
 
+        simulator = HypaySimulator([public_test_terminal()], port=sim_port).start()
         environment = {
             "DATABASE_URL": url,
+            "HYPAY_URL": simulator.url,
+            "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
+            "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
+            "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
             "STAGE": "local",
             "POWERTOOLS_METRICS_NAMESPACE": "PaymentsLocal",
             "POWERTOOLS_TRACE_DISABLED": "1",
@@ -40,6 +53,9 @@ def main() -> int:
         }
         template = load()
         api = LocalApi(template, environment, port=port)
+        terminal = simulator.terminals[PUBLIC_TEST_TERMINAL_MASOF]
+        terminal.success_url = terminal.failure_url = f"{api.url}/hypay/return"
+        terminal.notify_url = f"{api.url}/hypay/notify"
         api.start()
         token = local_token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
         where = "DATABASE_URL (external)" if "DATABASE_URL" in os.environ else f"embedded Postgres, data in {data_dir}"
@@ -56,6 +72,9 @@ def main() -> int:
                         for f in template.functions.values()
                         if f.schedules
                     ],
+                    f"  hypay         simulator {simulator.url} (public test terminal {PUBLIC_TEST_TERMINAL_MASOF},"
+                    f" redirects to {terminal.success_url})",
+                    "  test cards    listed on the simulator's payment page (one approves, one declines)",
                     f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {LOCAL_JWT_ISSUER}",
                     f"  demo token    {token}",
                     f"  try           curl -i {api.url}/hypay/return",
@@ -67,6 +86,7 @@ def main() -> int:
         stop.wait()
         print("stopping...", flush=True)
         api.stop()
+        simulator.stop()
     print("stopped.", flush=True)
     return 0
 

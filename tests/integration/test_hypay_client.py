@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import urllib.request
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, urlsplit
 
 import boto3
 import pytest
@@ -239,3 +241,58 @@ def test_live_sign_against_hyps_public_test_terminal() -> None:
     live = HypayClient(lambda: CREDS, url=DEFAULT_URL, timeout_seconds=8, budget_seconds=20)
     url = live.payment_page_url(page("10.00", order="live-test"))
     assert url.startswith(DEFAULT_URL + "?") and "signature=" in url
+
+
+def test_without_utf8out_hyp_answers_in_windows_1255_and_it_still_reads(sim: HypaySimulator) -> None:
+    # Given a SIGN request in windows-1255 without UTF8/UTF8out (Hyp's default encoding)
+    body = (
+        (
+            f"action=APISign&What=SIGN&Masof={PUBLIC_TEST_TERMINAL_MASOF}&KEY={PUBLIC_TEST_TERMINAL_KEY}"
+            f"&PassP={PUBLIC_TEST_TERMINAL_PASSP}&Sign=True&Amount=10.00&Coin=1&Order=o-1255&"
+        ).encode()
+        + b"Info="
+        + quote("חבילה".encode("cp1255")).encode()
+    )
+    with urllib.request.urlopen(urllib.request.Request(sim.url, data=body, method="POST"), timeout=5) as resp:
+        raw = resp.read()
+    # Then the answer's Hebrew is windows-1255 bytes, and the parser decodes it
+    assert quote("חבילה".encode("cp1255")).encode() in raw
+    assert protocol.parse_answer(raw).fields["Info"] == "חבילה"
+
+
+def test_redirect_can_be_delivered_twice_or_concurrently(client: HypayClient) -> None:
+    # Given a terminal whose success URL is a server that counts hits
+    hits: list[str] = []
+
+    class Counter(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(302)
+            self.send_header("Location", "/done")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Counter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = f"http://127.0.0.1:{server.server_address[1]}/hypay/return"
+    sim = HypaySimulator([public_test_terminal(success_url=target, failure_url=target)]).start()
+    try:
+        local = HypayClient(lambda: CREDS, url=sim.url)
+        transaction = sim.pay(local.payment_page_url(page(order="order-dup")), APPROVING_CARD, cvv="125")
+        # When it is delivered twice, then 10 times at once
+        assert sim.deliver(transaction, times=2) == [302, 302]
+        assert sim.deliver(transaction, times=10, concurrently=True) == [302] * 10
+    finally:
+        sim.stop()
+        server.shutdown()
+    # Then every delivery carried the very same signed query
+    assert len(hits) == 12 and len(set(hits)) == 1 and "Sign=" in hits[0]
+
+
+def test_latency_can_be_injected(client: HypayClient, sim: HypaySimulator) -> None:
+    sim.faults.add("SIGN", "latency", seconds=0.2)
+    assert client.payment_page_url(page())  # slower, still within the timeout: one call
+    assert sim.calls.count("SIGN") == 1

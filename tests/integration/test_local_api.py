@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ops.hypay_simulator import PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_MASOF, PUBLIC_TEST_TERMINAL_PASSP
 from ops.local_api import LocalApi, local_token
 from ops.template import load
 
@@ -95,10 +96,11 @@ def free_port() -> int:
 def test_make_run_serves_the_template_and_stops_cleanly(private_tmp: Path, request: pytest.FixtureRequest) -> None:
     # Given `make run`'s program on a free port with its own data folder (or, with an external
     # server, its own database there: never the server's maintenance database)
-    port = free_port()
+    port, sim_port = free_port(), free_port()
     env = {
         **os.environ,
         "PORT": str(port),
+        "HYPAY_SIM_PORT": str(sim_port),
         "LOCAL_DATA_DIR": str(private_tmp / "pgdata"),
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
@@ -134,6 +136,14 @@ def test_make_run_serves_the_template_and_stops_cleanly(private_tmp: Path, reque
             f"{base}/payments", "POST", b"{}", {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         )
         assert status != 401 and headers["Cache-Control"] == "no-store"
+        # And the Hypay simulator runs on its own port with the public test terminal, redirecting here
+        assert f"simulator http://127.0.0.1:{sim_port}/p/" in out and f"{base}/hypay/return" in out
+        sign = (
+            f"action=APISign&What=SIGN&Masof={PUBLIC_TEST_TERMINAL_MASOF}&KEY={PUBLIC_TEST_TERMINAL_KEY}"
+            f"&PassP={PUBLIC_TEST_TERMINAL_PASSP}&Amount=10.00&Coin=1&Order=x&Sign=True&UTF8=True&UTF8out=True"
+        )
+        status, _, body = http(f"http://127.0.0.1:{sim_port}/p/", "POST", sign.encode())
+        assert status == 200 and b"signature=" in body
         # And a scheduled function can be run now
         status, _, body = http(f"{base}/_local/schedules/CleanupFunction", "POST")
         assert status == 200 and "purged_idempotency_records" in json.loads(body)
