@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import html
 import itertools
+import re
 import secrets
 import threading
 import time
@@ -29,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote_plus, urlencode
 
 PUBLIC_TEST_TERMINAL_MASOF = "0010131918"
 PUBLIC_TEST_TERMINAL_KEY = "7110eda4d09e062aa5e4a390b0a572ac0d2c0220"
@@ -199,14 +200,39 @@ class HypaySimulator:
         year: str = "2030",
         israeli_id: str = "890108566",
     ) -> Transaction:
-        """What a customer does on the page: submit a card. Returns the transaction (with its redirect)."""
-        query = payment_url.partition("?")[2]
-        status, body, _ = self._submit(
-            query, {"CC": card, "Tmonth": month, "Tyear": year, "cvv": cvv, "UserId": israeli_id}
+        """What a customer's browser does: open the page, submit the form. Returns the transaction."""
+        with urllib.request.urlopen(payment_url, timeout=10) as response:  # noqa: S310 - the simulator's own URL
+            form_page = response.read().decode("utf-8")
+        hidden = re.search(r'name="page" value="([^"]*)"', form_page)
+        if hidden is None:
+            raise AssertionError("the payment page has no form")
+        fields = {
+            "action": "simpay",
+            "page": html.unescape(hidden.group(1)),
+            "CC": card,
+            "Tmonth": month,
+            "Tyear": year,
+            "cvv": cvv,
+            "UserId": israeli_id,
+        }
+        request = urllib.request.Request(
+            self.url,
+            data=urlencode(fields).encode(),
+            method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
-        if status != 302:
-            raise AssertionError(f"payment page refused the submission: {status} {body[:200]}")
-        return self.last_transaction()
+        try:
+            urllib.request.build_opener(_NoRedirect).open(request, timeout=10)
+        except urllib.error.HTTPError as err:
+            if err.code != 302:
+                raise AssertionError(f"payment page refused the submission: {err.code}") from None
+            location = err.headers["Location"]
+        else:
+            raise AssertionError("payment page did not redirect")
+        transaction = self.last_transaction()
+        if location != self.redirect_url(transaction):
+            raise AssertionError("redirected somewhere else than the transaction's redirect")
+        return transaction
 
     def last_transaction(self) -> Transaction:
         with self._lock:
