@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -112,18 +113,22 @@ def load(path: Path = TEMPLATE) -> Template:
     return Template(functions, routes)
 
 
-def load_handler(function: Function) -> Callable[[dict, Any], Any]:
-    """Import a function's handler from its code folder under a module name of its own."""
-    module_name, attr = function.handler.rsplit(".", 1)
+def load_module(function: Function) -> ModuleType:
+    """Import a function's handler module from its code folder under a module name of its own."""
+    module_name = function.handler.rsplit(".", 1)[0]
     unique = f"_lambda_{function.name}_{module_name}"
     if unique in sys.modules:
-        return getattr(sys.modules[unique], attr)
+        return sys.modules[unique]
     spec = importlib.util.spec_from_file_location(unique, function.code_uri / f"{module_name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[unique] = module
     spec.loader.exec_module(module)
-    return getattr(module, attr)
+    return module
+
+
+def load_handler(function: Function) -> Callable[[dict, Any], Any]:
+    return getattr(load_module(function), function.handler.rsplit(".", 1)[1])
 
 
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")

@@ -15,6 +15,7 @@ from ops.embedded import embedded_server
 from ops.migrate import migrate
 from payments import settings
 from payments.adapters import db as db_module
+from payments.adapters import hypay
 from tests.support.pg import Server, counting_class, database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,10 +95,17 @@ def db(database_url: str, counting) -> Iterator[db_module.Database]:
 @pytest.fixture(autouse=True)
 def _no_cached_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test builds its own default database from its own environment."""
-    db_module.reset_default_database()
-    settings.database_settings.cache_clear()
-    settings.idempotency_settings.cache_clear()
+    _reset_caches()
     yield
+    _reset_caches()
+
+
+def _reset_caches() -> None:
     db_module.reset_default_database()
-    settings.database_settings.cache_clear()
-    settings.idempotency_settings.cache_clear()
+    for cached in (
+        settings.database_settings,
+        settings.idempotency_settings,
+        settings.api_settings,
+        hypay.hypay_settings,
+    ):
+        cached.cache_clear()

@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from payments.http import problem
+from payments.http import problem, with_security_headers
 from payments.observability import logger, metrics, tracer
 
 app = APIGatewayHttpResolver()
@@ -23,11 +23,11 @@ def admin_cleanup() -> Response:
     return problem(501, "Not Implemented", "on-demand cleanup is not available yet")
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict, context: LambdaContext) -> dict[str, Any]:
     if event.get("source") == "aws.events":
         logger.info("scheduled cleanup", extra={"purged_idempotency_records": 0, "expired_payments": 0})
         return {"purged_idempotency_records": 0, "expired_payments": 0}
-    return app.resolve(event, context)
+    return with_security_headers(app.resolve(event, context))

@@ -1,32 +1,146 @@
-"""create_payment: POST /payments and GET /payments/{payment_id} (behind the JWT authorizer).
-
-Placeholder until the create-payment issue: the routes exist and answer 501 problem+json.
-"""
+"""create_payment: POST /payments and GET /payments/{payment_id}, behind the JWT authorizer."""
 
 from __future__ import annotations
 
+import json
+from functools import cache
+from typing import Annotated, Any
+from uuid import UUID
+
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Header
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from payments.http import problem
+from payments.adapters.db import default_database
+from payments.adapters.hypay import HypayClient
+from payments.adapters.payments_store import PaymentsStore
+from payments.domain.payment import CreatePaymentRequest, PaymentView, Problem
+from payments.errors import InvalidRequest, NotFound, PaymentError
+from payments.http import error_response, problem, unauthorized, validation_problem, with_security_headers
+from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics, tracer
+from payments.services.create_payment import CreatePayment, CreatePaymentDeps, get_payment
+from payments.settings import api_settings, idempotency_settings
 
-app = APIGatewayHttpResolver()
+app = APIGatewayHttpResolver(enable_validation=True)
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/problem+json": {"schema": Problem.model_json_schema()}}}
+    for status, text in {
+        400: "Malformed body, or a missing or malformed Idempotency-Key.",
+        401: "No user in the token.",
+        402: "A saved card was declined (Hyp's code and message in the body).",
+        404: "Unknown credit pack, profile or payment.",
+        409: "Inactive pack, no saved card, or the first request with this key is still running (Retry-After).",
+        422: "The Idempotency-Key was used with a different request.",
+        429: "Too many payments for this user (Retry-After).",
+        502: "The payment gateway refused, or did not confirm a saved-card charge.",
+        503: "The gateway or the database is unavailable: retry with the same Idempotency-Key.",
+    }.items()
+}
 
 
-@app.post("/payments")
-def post_payment() -> Response:
-    return problem(501, "Not Implemented", "payment creation is not available yet")
+def _user_id() -> UUID:
+    """The user is whoever the authorizer verified (`sub`); nothing the client sends says otherwise."""
+    claims = app.current_event.request_context.authorizer.jwt_claim or {}
+    try:
+        return UUID(str(claims.get("sub")))
+    except ValueError:
+        raise unauthorized() from None
 
 
-@app.get("/payments/<payment_id>")
-def get_payment(payment_id: str) -> Response:
-    return problem(501, "Not Implemented", "payment status is not available yet")
+def _idempotency_key(value: str | None) -> str:
+    if value is None or value == "":
+        raise InvalidRequest("the Idempotency-Key header is required")
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]  # the draft's structured-field form: "key"
+    if not (1 <= len(value) <= 255 and value.isascii() and value.isprintable() and value.strip()):
+        raise InvalidRequest("the Idempotency-Key header must be 1 to 255 printable ASCII characters")
+    return value
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@cache
+def _service() -> CreatePayment:
+    settings, idem = api_settings(), idempotency_settings()
+    db = default_database()
+    deps = CreatePaymentDeps(
+        store=PaymentsStore(db),
+        gateway=HypayClient.from_settings(),
+        rate_limit=settings.rate_limit,
+        rate_window_seconds=settings.rate_window_seconds,
+        page_language=settings.page_language,
+    )
+    store = PostgresPersistenceLayer(idem.table_name, database=db)
+    return CreatePayment(deps, store, expires_after_seconds=idem.expires_after_seconds)
+
+
+@app.post(
+    "/payments",
+    summary="Create a payment for a credit pack",
+    description="Prices the pack, records a pending payment and returns Hyp's signed payment page URL; "
+    "with saved_card, charges the saved card instead. Idempotent on the Idempotency-Key header.",
+    responses={
+        201: {
+            "description": "Created (or replayed: Idempotent-Replayed: true)",
+            "content": {"application/json": {"schema": PaymentView.model_json_schema()}},
+        },
+        **_PROBLEMS,
+    },
+    tags=["payments"],
+)
+def post_payment(
+    body: CreatePaymentRequest,
+    idempotency_key: Annotated[str | None, Header(description="1-255 printable characters, unique per request")] = None,
+) -> Response[Any]:
+    answer = _service()(
+        user_id=_user_id(), idempotency_key=_idempotency_key(idempotency_key), request=body, context=app.lambda_context
+    )
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    content_type = "application/problem+json" if answer.status >= 400 else "application/json"
+    return Response(answer.status, content_type, json.dumps(answer.body), headers)
+
+
+@app.get(
+    "/payments/<payment_id>",
+    summary="A payment's status, for its owner",
+    responses={
+        200: {
+            "description": "The payment",
+            "content": {"application/json": {"schema": PaymentView.model_json_schema()}},
+        },
+        404: _PROBLEMS[404],
+    },
+    tags=["payments"],
+)
+def read_payment(payment_id: str) -> Response[Any]:
+    try:
+        pid = UUID(payment_id)
+    except ValueError:
+        raise NotFound("no such payment") from None
+    body = get_payment(PaymentsStore(default_database()), user_id=_user_id(), payment_id=pid)
+    return Response(200, "application/json", json.dumps(body))
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid(exc: RequestValidationError) -> Response:
+    return validation_problem(exc.errors())
+
+
+@app.exception_handler(PaymentError)
+def _payment_error(exc: PaymentError) -> Response:
+    return error_response(exc)
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error")
+    return problem(500, "Internal Server Error", "something went wrong; retry with the same Idempotency-Key")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    return with_security_headers(app.resolve(event, context))

@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from payments.http import SECURITY_HEADERS, problem
+from payments.http import problem, with_security_headers
 from payments.observability import logger, metrics, tracer
 
 app = APIGatewayHttpResolver()
@@ -18,7 +18,7 @@ app = APIGatewayHttpResolver()
 
 def _answer() -> Response:
     if not app.current_event.raw_query_string and not app.current_event.body:
-        return Response(status_code=200, content_type="text/plain", body="OK", headers=dict(SECURITY_HEADERS))
+        return Response(status_code=200, content_type="text/plain", body="OK")
     return problem(501, "Not Implemented", "callback processing is not available yet")
 
 
@@ -32,8 +32,8 @@ def hypay_notify() -> Response:
     return _answer()
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    return with_security_headers(app.resolve(event, context))

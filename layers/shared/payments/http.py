@@ -1,11 +1,14 @@
-"""HTTP answers shared by the API functions: problem+json (RFC 9457) and security headers."""
+"""HTTP answers shared by the API functions: problem+json (RFC 9457), error mapping, security headers."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
+
+from payments import errors
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
@@ -16,12 +19,74 @@ SECURITY_HEADERS = {
 }
 
 
-def problem(status: int, title: str, detail: str, *, type_: str = "about:blank", **extra: Any) -> Response:
+class Unauthorized(errors.PaymentError):
+    code = "unauthorized"
+
+
+def unauthorized() -> Unauthorized:
+    return Unauthorized("the access token names no user")
+
+
+def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> Response:
     """An application/problem+json response. `detail` must never carry card data or secrets."""
-    body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return Response(
-        status_code=status,
-        content_type="application/problem+json",
-        body=json.dumps(body),
-        headers=dict(SECURITY_HEADERS),
+        status_code=status, content_type="application/problem+json", body=json.dumps(body), headers=headers or {}
     )
+
+
+def validation_problem(issues: Sequence[Any]) -> Response:
+    """400 for a malformed request, naming each field and what is wrong, never echoing a value."""
+    parts = []
+    for issue in issues:
+        location = ".".join(str(p) for p in issue.get("loc", ()) if p not in ("body",)) or "body"
+        parts.append(f"{location}: {issue.get('msg', 'invalid')}")
+    return problem(400, "Bad Request", "; ".join(parts) or "the request is malformed")
+
+
+def _retry_after(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(max(1, int(seconds)))}
+
+
+def error_response(exc: errors.PaymentError) -> Response:
+    """The HTTP answer for each error a caller can act on."""
+    from payments.services.create_payment import (  # the service's own errors
+        IdempotencyKeyReused,
+        PackUnavailable,
+        RateLimited,
+        RequestInProgress,
+    )
+
+    if isinstance(exc, RateLimited):
+        return problem(429, "Too Many Requests", exc.message, headers=_retry_after(exc.retry_after))
+    if isinstance(exc, RequestInProgress):
+        return problem(409, "Conflict", exc.message, headers=_retry_after(exc.retry_after))
+    if isinstance(exc, IdempotencyKeyReused):
+        return problem(422, "Unprocessable Content", exc.message)
+    if isinstance(exc, PackUnavailable | errors.Conflict):
+        return problem(409, "Conflict", exc.message)
+    if isinstance(exc, errors.InvalidRequest):
+        return problem(400, "Bad Request", exc.message)
+    if isinstance(exc, Unauthorized):
+        return problem(401, "Unauthorized", exc.message)
+    if isinstance(exc, errors.NotFound):
+        return problem(404, "Not Found", exc.message)
+    if isinstance(exc, errors.GatewayError):
+        if exc.retryable:
+            return problem(
+                503,
+                "Service Unavailable",
+                "the payment gateway is unavailable; retry with the same Idempotency-Key",
+                headers=_retry_after(5),
+            )
+        return problem(502, "Bad Gateway", "the payment gateway refused the request", ccode=exc.ccode)
+    if isinstance(exc, errors.DatabaseUnavailable):
+        return problem(503, "Service Unavailable", exc.message, headers=_retry_after(2))
+    return problem(500, "Internal Server Error", "the service is misconfigured or failed")
+
+
+def with_security_headers(result: dict[str, Any]) -> dict[str, Any]:
+    """Every answer, errors and 404s included, carries the security headers."""
+    headers = result.setdefault("headers", {}) or {}
+    result["headers"] = {**headers, **SECURITY_HEADERS}
+    return result

@@ -38,6 +38,17 @@ class IdempotencySettings(BaseModel):
     expires_after_seconds: int = Field(default=24 * 3600, gt=0, alias="IDEMPOTENCY_TTL_SECONDS")
 
 
+class ApiSettings(BaseModel):
+    """The payment API's own settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str = Field(default="dev", alias="STAGE")
+    rate_limit: int = Field(default=10, gt=0, alias="CREATE_PAYMENT_RATE_LIMIT")
+    rate_window_seconds: int = Field(default=60, gt=0, alias="CREATE_PAYMENT_RATE_WINDOW")
+    page_language: Literal["HEB", "ENG"] = Field(default="HEB", alias="HYPAY_PAGE_LANG")
+
+
 def _from_env[T: BaseModel](model: type[T]) -> T:
     try:
         return model.model_validate(dict(os.environ))
@@ -55,3 +66,8 @@ def database_settings() -> DatabaseSettings:
 @lru_cache(maxsize=1)
 def idempotency_settings() -> IdempotencySettings:
     return _from_env(IdempotencySettings)
+
+
+@lru_cache(maxsize=1)
+def api_settings() -> ApiSettings:
+    return _from_env(ApiSettings)

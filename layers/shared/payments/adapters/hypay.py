@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -342,14 +343,9 @@ def _charge_from(answer: protocol.Answer) -> Charge:
     return Charge(fields.get("Id", ""), fields.get("ACode", ""), amount, hesh if hesh not in (None, "", "0") else None)
 
 
-_settings: HypaySettings | None = None
-
-
+@lru_cache(maxsize=1)
 def hypay_settings() -> HypaySettings:
-    global _settings
-    if _settings is None:
-        _settings = HypaySettings.model_validate(dict(os.environ))
-    return _settings
+    return HypaySettings.model_validate(dict(os.environ))
 
 
 def describe(error: GatewayError) -> dict[str, Any]:

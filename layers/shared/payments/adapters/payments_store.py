@@ -1,0 +1,238 @@
+"""SQL for payments, packs, profiles, saved cards and rate limits. One statement per state change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from payments.adapters.db import Database, QueryError, Transaction, bind
+from payments.domain.money import Currency, Money
+from payments.domain.payment import PaymentStatus
+
+UNIQUE_VIOLATION = "23505"
+
+
+@dataclass(frozen=True)
+class Pack:
+    id: UUID
+    name: str
+    credits: int
+    price: Money
+    active: bool
+
+
+@dataclass(frozen=True)
+class Profile:
+    id: UUID
+    email: str | None
+    full_name: str | None
+
+
+@dataclass(frozen=True)
+class Payment:
+    id: UUID
+    user_id: UUID
+    status: PaymentStatus
+    amount: Money
+    credits: int | None
+    credit_pack_id: UUID | None
+    payment_url: str | None
+    hypay_transaction_id: str | None
+    save_card: bool
+
+
+@dataclass(frozen=True)
+class SavedCard:
+    token: str
+    expiry_month: int
+    expiry_year: int
+    last4: str | None
+
+    def __repr__(self) -> str:  # the token never shows
+        return f"SavedCard(last4={self.last4!r}, expiry={self.expiry_month:02d}/{self.expiry_year})"
+
+
+_PAYMENT_COLUMNS = (
+    "p.id::text, p.user_id::text, p.status, p.amount::text, p.currency, p.credits, p.credit_pack_id::text,"
+    " p.payment_url, p.hypay_transaction_id, p.save_card"
+)
+
+
+def _payment(row: list[Any]) -> Payment:
+    pid, user, status, amount, currency, credits, pack, url, txn, save_card = row
+    return Payment(
+        UUID(pid),
+        UUID(user),
+        PaymentStatus(status),
+        Money.of(Decimal(amount), Currency(currency)),
+        credits,
+        UUID(pack) if pack else None,
+        url,
+        txn,
+        bool(save_card),
+    )
+
+
+class PaymentsStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def pack_and_profile(self, pack_id: UUID, user_id: UUID) -> tuple[Pack | None, Profile | None]:
+        """Both in one round trip: the pack (whatever its state) and the buyer's profile."""
+        rows = self.db.run(
+            bind(
+                """
+            SELECT k.id::text, k.name, k.credits, k.price::text, k.is_active, u.id::text, u.email, u.full_name
+              FROM (SELECT 1) one
+              LEFT JOIN public.credit_packs k ON k.id = :pack::uuid
+              LEFT JOIN public.profiles u ON u.id = :user::uuid""",
+                pack=str(pack_id),
+                user=str(user_id),
+            )
+        )
+        kid, name, credits, price, active, uid, email, full_name = rows[0]
+        pack = Pack(UUID(kid), name, int(credits), Money.of(Decimal(price)), bool(active)) if kid else None
+        profile = Profile(UUID(uid), email, full_name) if uid else None
+        return pack, profile
+
+    def open_pending(self, *, user_id: UUID, pack: Pack, idempotency_key: str, save_card: bool) -> UUID | None:
+        """Insert the pending payment, or reuse the one an interrupted attempt with this key left.
+
+        None when the key already belongs to a payment that is not that (another pack, already
+        sent to Hyp, finished): the key was used for something else.
+        """
+        rows = self.db.run(
+            bind(
+                """
+            WITH inserted AS (
+                INSERT INTO public.payments (user_id, credit_pack_id, amount, currency, credits, status,
+                                             idempotency_key, save_card)
+                VALUES (:user::uuid, :pack::uuid, :amount::numeric, :currency, :credits, 'pending', :key, :save)
+                ON CONFLICT (idempotency_key) DO NOTHING
+                RETURNING id
+            )
+            SELECT id::text FROM inserted
+            UNION ALL
+            SELECT id::text FROM public.payments
+             WHERE idempotency_key = :key AND user_id = :user::uuid AND credit_pack_id = :pack::uuid
+               AND status = 'pending' AND payment_url IS NULL AND hypay_transaction_id IS NULL
+               AND NOT EXISTS (SELECT 1 FROM inserted)""",
+                user=str(user_id),
+                pack=str(pack.id),
+                amount=pack.price.amount,
+                currency=str(pack.price.currency),
+                credits=pack.credits,
+                key=idempotency_key,
+                save=save_card,
+            )
+        )
+        return UUID(rows[0][0]) if rows else None
+
+    def set_payment_url(self, payment_id: UUID, url: str) -> None:
+        self.db.run(
+            bind(
+                "UPDATE public.payments SET payment_url = :url, updated_at = now()"
+                " WHERE id = :id::uuid AND status = 'pending'",
+                url=url,
+                id=str(payment_id),
+            )
+        )
+
+    def get_for_owner(self, payment_id: UUID, user_id: UUID) -> Payment | None:
+        rows = self.db.run(
+            bind(
+                f"SELECT {_PAYMENT_COLUMNS} FROM public.payments p WHERE p.id = :id::uuid AND p.user_id = :user::uuid",
+                id=str(payment_id),
+                user=str(user_id),
+            )
+        )
+        return _payment(rows[0]) if rows else None
+
+    def get(self, payment_id: UUID) -> Payment | None:
+        rows = self.db.run(
+            bind(f"SELECT {_PAYMENT_COLUMNS} FROM public.payments p WHERE p.id = :id::uuid", id=str(payment_id))
+        )
+        return _payment(rows[0]) if rows else None
+
+    def mark_failed(self, payment_id: UUID, *, ccode: int | None, message: str | None) -> bool:
+        """pending -> failed with Hyp's code and message; False when it was not pending any more."""
+        rows = self.db.run(
+            bind(
+                "UPDATE public.payments SET status = 'failed', hypay_ccode = :ccode, hypay_message = :message,"
+                " updated_at = now() WHERE id = :id::uuid AND status = 'pending' RETURNING 1",
+                ccode=ccode,
+                message=message,
+                id=str(payment_id),
+            )
+        )
+        return bool(rows)
+
+    def flag_for_review(self, payment_id: UUID, reason: str, *, status: PaymentStatus | None = None) -> None:
+        """Note why a human must look; optionally move a pending payment to another status."""
+        self.db.run(
+            bind(
+                "UPDATE public.payments SET review_reason = :reason, status = COALESCE(:status, status),"
+                " updated_at = now() WHERE id = :id::uuid AND status = 'pending'",
+                reason=reason,
+                status=str(status) if status else None,
+                id=str(payment_id),
+            )
+        )
+
+    def saved_card(self, user_id: UUID) -> SavedCard | None:
+        rows = self.db.run(
+            bind(
+                "SELECT token, expiry_month, expiry_year, last4 FROM public.saved_cards WHERE user_id = :user::uuid",
+                user=str(user_id),
+            )
+        )
+        return SavedCard(rows[0][0], int(rows[0][1]), int(rows[0][2]), rows[0][3]) if rows else None
+
+    def save_card(
+        self, *, user_id: UUID, payment_id: UUID, token: str, expiry_month: int, expiry_year: int, last4: str | None
+    ) -> None:
+        """One saved card per user: a newer one replaces the older."""
+        self.db.run(
+            bind(
+                """
+            INSERT INTO public.saved_cards (user_id, token, expiry_month, expiry_year, last4, payment_id)
+            VALUES (:user::uuid, :token, :month, :year, :last4, :payment::uuid)
+            ON CONFLICT (user_id) DO UPDATE SET token = EXCLUDED.token, expiry_month = EXCLUDED.expiry_month,
+                expiry_year = EXCLUDED.expiry_year, last4 = EXCLUDED.last4, payment_id = EXCLUDED.payment_id,
+                updated_at = now()""",
+                user=str(user_id),
+                token=token,
+                month=expiry_month,
+                year=expiry_year,
+                last4=last4,
+                payment=str(payment_id),
+            )
+        )
+
+    def hit_rate_limit(self, bucket: str, window_seconds: int) -> tuple[int, int]:
+        """Count one request in the current fixed window (one atomic statement, the database's clock).
+
+        Returns (requests in this window so far, seconds until the window ends).
+        """
+        rows = self.db.run(
+            bind(
+                """
+            INSERT INTO public.rate_limits AS r (bucket, window_start, count)
+            VALUES (:bucket, to_timestamp(floor(extract(epoch FROM now()) / :w) * :w), 1)
+            ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + 1
+            RETURNING count,
+                      GREATEST(1, ceil(extract(epoch FROM r.window_start) + :w - extract(epoch FROM now())))::int""",
+                bucket=bucket,
+                w=window_seconds,
+            )
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+
+def is_unique_violation(exc: QueryError) -> bool:
+    return exc.sqlstate == UNIQUE_VIOLATION
+
+
+__all__ = ["Pack", "Payment", "PaymentsStore", "Profile", "SavedCard", "Transaction", "is_unique_violation"]

@@ -1,0 +1,352 @@
+"""POST /payments and GET /payments/{id} through the handler, with real Postgres and the Hypay simulator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pytest
+
+from ops.hypay_simulator import (
+    APPROVING_CARD,
+    PUBLIC_TEST_TERMINAL_KEY,
+    PUBLIC_TEST_TERMINAL_MASOF,
+    PUBLIC_TEST_TERMINAL_PASSP,
+    HypaySimulator,
+    public_test_terminal,
+)
+from ops.seed import DEMO_USER_ID, seed
+from payments.adapters.hypay import HypayClient, HypayCredentials
+from payments.adapters.payments_store import PaymentsStore
+from payments.domain import hypay as protocol
+from tests.support.api import invoke, reset_function_state
+from tests.support.pg import connect, database
+
+FN = "CreatePaymentFunction"
+STARTER = "aaaaaaaa-0000-4000-8000-000000000001"  # 49.90 ILS, 100 credits
+PRO = "aaaaaaaa-0000-4000-8000-000000000002"
+LEGACY = "aaaaaaaa-0000-4000-8000-000000000003"  # inactive
+OTHER_USER = "0e000000-0000-4000-8000-000000000002"
+CVV = "7319"
+
+
+@dataclass
+class Env:
+    url: str
+    sim: HypaySimulator
+
+    def rows(self, sql: str, **params: object) -> list[list]:
+        conn = connect(self.url)
+        try:
+            return conn.run(sql, **params)
+        finally:
+            conn.close()
+
+    def payments(self) -> list[list]:
+        return self.rows(
+            "SELECT id::text, user_id::text, status, amount::text, idempotency_key, payment_url "
+            "FROM payments ORDER BY created_at"
+        )
+
+
+@pytest.fixture
+def sim() -> Iterator[HypaySimulator]:
+    simulator = HypaySimulator([public_test_terminal()]).start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def env(database_url: str, sim: HypaySimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    db = database(database_url)
+    seed(db)
+    db.run(f"INSERT INTO profiles (id, email, full_name) VALUES ('{OTHER_USER}', 'other@example.com', 'Other User')")
+    db.close()
+    for name, value in {
+        "DATABASE_URL": database_url,
+        "HYPAY_URL": sim.url,
+        "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
+        "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
+        "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
+        "HYPAY_TIMEOUT": "0.5",
+        "HYPAY_BUDGET": "2",
+        "POWERTOOLS_METRICS_NAMESPACE": "PaymentsTest",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    reset_function_state(FN)
+    yield Env(database_url, sim)
+    reset_function_state(FN)
+
+
+def post(body: object, key: str | None = "key-1", user: str = DEMO_USER_ID, **headers: str):
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return invoke(FN, "POST", "/payments", user=user, body=body, headers=headers)
+
+
+def test_happy_path_creates_a_pending_payment_with_a_signed_page(env: Env) -> None:
+    # When the demo user buys the Starter pack
+    answer = post({"credit_pack_id": STARTER})
+
+    # Then 201 with the payment, priced from the pack
+    assert answer.status == 201, answer.body
+    body = answer.json
+    assert body["amount"] == "49.90" and body["currency"] == "ILS" and body["credits"] == 100
+    assert body["status"] == "pending" and "idempotent-replayed" not in answer.headers
+    # And a pending row holds the amount, the pack, the (user-scoped) key and the page URL
+    [(pid, user, status, amount, key, url)] = env.payments()
+    assert (pid, user, status, amount) == (body["payment_id"], DEMO_USER_ID, "pending", "49.90")
+    assert key == f"api:{DEMO_USER_ID}:key-1" and url == body["payment_url"]
+    # And the page is Hyp's, for this payment (Order = payment id), with the profile's name and email
+    fields = protocol.decode_query(urlsplit(url).query)
+    assert url.startswith(env.sim.url) and fields["Order"] == pid and fields["Amount"] == "49.90"
+    assert fields["ClientName"] == "משתמש" and fields["email"] == "demo@example.co.il"
+    assert env.sim.calls.count("SIGN") == 1
+
+
+def test_security_headers_on_every_answer(env: Env) -> None:
+    for answer in (
+        post({"credit_pack_id": STARTER}),
+        post({"credit_pack_id": "nope"}, key="k2"),
+        invoke(FN, "GET", f"/payments/{uuid.uuid4()}", user=DEMO_USER_ID),
+    ):
+        assert answer.headers["strict-transport-security"].startswith("max-age=")
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        (None, "required"),
+        ("", "required"),
+        ("x" * 256, "1 to 255"),
+        ("tab\there", "1 to 255"),
+        ("קוד", "1 to 255"),
+        ("   ", "1 to 255"),
+    ],
+)
+def test_missing_or_malformed_idempotency_key_is_400_and_writes_nothing(env: Env, key: str | None, why: str) -> None:
+    answer = post({"credit_pack_id": STARTER}, key=key)
+    assert answer.status == 400 and answer.headers["content-type"] == "application/problem+json"
+    assert why in answer.json["detail"]
+    assert env.payments() == [] and env.rows("SELECT count(*) FROM idempotency_keys") == [[0]]
+
+
+def test_quoted_structured_field_key_is_accepted(env: Env) -> None:
+    assert post({"credit_pack_id": STARTER}, key='"8e03978e-40d5-43e8-bc93-6894a57f9324"').status == 201
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not json",
+        [],
+        {},
+        {"credit_pack_id": "not-a-uuid"},
+        {"credit_pack_id": STARTER, "price": 1},
+        {"credit_pack_id": STARTER, "cvv": CVV},
+        {"credit_pack_id": STARTER, "saved_card": True, "cvv": "12ab"},
+    ],
+)
+def test_malformed_body_is_400_naming_the_problem_and_writes_nothing(env: Env, body: object) -> None:
+    answer = post(body)
+    assert answer.status == 400, answer.body
+    assert answer.json["detail"] and "12ab" not in answer.body
+    assert env.payments() == [] and env.rows("SELECT count(*) FROM idempotency_keys") == [[0]]
+
+
+def test_unknown_or_inactive_pack(env: Env) -> None:
+    unknown = post({"credit_pack_id": str(uuid.uuid4())}, key="k-unknown")
+    inactive = post({"credit_pack_id": LEGACY}, key="k-legacy")
+    assert unknown.status == 404 and "does not exist" in unknown.json["detail"]
+    assert inactive.status == 409 and "no longer sold" in inactive.json["detail"]
+    assert env.payments() == []
+
+
+def test_replay_returns_the_same_answer_without_a_second_row_or_sign(env: Env) -> None:
+    first = post({"credit_pack_id": STARTER})
+    again = post({"credit_pack_id": STARTER})
+    assert again.status == first.status == 201
+    assert again.json == first.json and again.headers["idempotent-replayed"] == "true"
+    assert len(env.payments()) == 1 and env.sim.calls.count("SIGN") == 1
+
+
+def test_same_key_with_another_body_is_422(env: Env) -> None:
+    post({"credit_pack_id": STARTER})
+    answer = post({"credit_pack_id": PRO})
+    assert answer.status == 422 and "different request" in answer.json["detail"]
+    assert len(env.payments()) == 1
+
+
+def test_same_key_while_the_first_runs_is_409_with_retry_after(env: Env) -> None:
+    env.sim.faults.add("SIGN", "latency", seconds=0.4)
+    first: dict = {}
+    thread = threading.Thread(target=lambda: first.update(answer=post({"credit_pack_id": STARTER})))
+    thread.start()
+    while "SIGN" not in env.sim.calls:  # the first request is now inside the gateway call
+        threading.Event().wait(0.01)
+    reset_function_state(FN)  # the second request comes to another execution environment
+    second = post({"credit_pack_id": STARTER})
+    thread.join(10)
+    assert second.status == 409 and int(second.headers["retry-after"]) >= 1
+    assert first["answer"].status == 201 and len(env.payments()) == 1
+
+
+def test_keys_are_scoped_per_user(env: Env) -> None:
+    mine = post({"credit_pack_id": STARTER}, key="shared-key")
+    theirs = post({"credit_pack_id": STARTER}, key="shared-key", user=OTHER_USER)
+    assert mine.status == theirs.status == 201 and "idempotent-replayed" not in theirs.headers
+    assert mine.json["payment_id"] != theirs.json["payment_id"]
+    # And nobody reads another user's payment
+    assert invoke(FN, "GET", f"/payments/{mine.json['payment_id']}", user=OTHER_USER).status == 404
+
+
+def test_gateway_unavailable_is_503_not_stored_and_the_retry_reuses_the_payment(env: Env) -> None:
+    env.sim.faults.add("SIGN", "html", times=2)
+    failed = post({"credit_pack_id": STARTER})
+    assert failed.status == 503 and failed.headers["retry-after"]
+    [(pid, _, status, _, _, url)] = env.payments()
+    assert status == "pending" and url is None
+    assert env.rows("SELECT count(*) FROM idempotency_keys") == [[0]]  # nothing stored: a retry runs again
+    retried = post({"credit_pack_id": STARTER})
+    assert retried.status == 201 and retried.json["payment_id"] == pid
+    assert len(env.payments()) == 1
+
+
+def test_gateway_refusing_our_credentials_is_502(env: Env) -> None:
+    env.sim.faults.add("SIGN", "ccode", ccode=902)
+    answer = post({"credit_pack_id": STARTER})
+    assert answer.status == 502 and PUBLIC_TEST_TERMINAL_KEY not in answer.body
+
+
+def test_rate_limit_per_user_is_429_with_retry_after(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREATE_PAYMENT_RATE_LIMIT", "3")
+    reset_function_state(FN)
+    from payments.settings import api_settings
+
+    api_settings.cache_clear()
+    answers = [post({"credit_pack_id": STARTER}, key=f"rl-{i}") for i in range(3)]
+    assert [a.status for a in answers] == [201, 201, 201]
+    assert post({"credit_pack_id": STARTER}, key="rl-0").status == 201  # a replay is not a creation
+    limited = post({"credit_pack_id": STARTER}, key="rl-3")
+    assert limited.status == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
+    assert post({"credit_pack_id": STARTER}, key="rl-x", user=OTHER_USER).status == 201  # per user
+    assert len(env.payments()) == 4
+
+
+def test_get_payment_for_its_owner(env: Env) -> None:
+    created = post({"credit_pack_id": STARTER}).json
+    mine = invoke(FN, "GET", f"/payments/{created['payment_id']}", user=DEMO_USER_ID)
+    assert mine.status == 200 and mine.json["status"] == "pending" and mine.json["amount"] == "49.90"
+    assert invoke(FN, "GET", "/payments/not-a-uuid", user=DEMO_USER_ID).status == 404
+    assert invoke(FN, "GET", f"/payments/{uuid.uuid4()}", user=DEMO_USER_ID).status == 404
+
+
+def test_no_user_in_the_token_is_401(env: Env) -> None:
+    answer = invoke(
+        FN, "POST", "/payments", user=None, body={"credit_pack_id": STARTER}, headers={"Idempotency-Key": "k"}
+    )
+    assert answer.status == 401 and env.payments() == []
+
+
+# -- saved cards ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved_card(env: Env) -> str:
+    """The demo user paid once with the approving card and agreed to keep it: a token is saved."""
+    client = HypayClient(
+        lambda: HypayCredentials(PUBLIC_TEST_TERMINAL_MASOF, PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_PASSP),
+        url=env.sim.url,
+    )
+    created = post({"credit_pack_id": STARTER, "save_card": True}, key="first-payment").json
+    transaction = env.sim.pay(created["payment_url"], APPROVING_CARD, cvv="125")
+    token = client.get_token(transaction.id)
+    store = PaymentsStore(database(env.url))
+    store.save_card(
+        user_id=uuid.UUID(DEMO_USER_ID),
+        payment_id=uuid.UUID(created["payment_id"]),
+        token=token.value,
+        expiry_month=token.expiry_month,
+        expiry_year=token.expiry_year,
+        last4=transaction.card_last4,
+    )
+    store.db.close()
+    return token.value
+
+
+def credits(env: Env, user: str = DEMO_USER_ID) -> int:
+    return env.rows("SELECT credits FROM profiles WHERE id = :u::uuid", u=user)[0][0]
+
+
+def test_saved_card_charge_completes_and_grants_credits(env: Env, saved_card: str) -> None:
+    before = credits(env)
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-1")
+    assert answer.status == 201, answer.body
+    assert answer.json["status"] == "completed" and answer.json["payment_url"] is None
+    assert credits(env) == before + 500
+    pid = answer.json["payment_id"]
+    assert env.rows("SELECT status, hypay_transaction_id IS NOT NULL FROM payments WHERE id = :p::uuid", p=pid) == [
+        ["completed", True]
+    ]
+    assert env.rows("SELECT amount, type FROM credit_transactions WHERE payment_id = :p::uuid", p=pid) == [
+        [500, "purchase"]
+    ]
+    # A replay charges nothing more
+    again = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-1")
+    assert again.json == answer.json and env.sim.calls.count("soft") == 1 and credits(env) == before + 500
+
+
+def test_declined_saved_card_is_402_with_hyps_code_and_no_credits(env: Env, saved_card: str) -> None:
+    before = credits(env)
+    env.sim.faults.add("soft", "ccode", ccode=4)
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-2")
+    assert answer.status == 402 and answer.json["ccode"] == 4 and answer.json["gateway_message"]
+    assert env.rows("SELECT status, hypay_ccode FROM payments WHERE id = :p::uuid", p=answer.json["payment_id"]) == [
+        ["failed", 4]
+    ]
+    assert credits(env) == before
+
+
+def test_saved_card_charge_with_unknown_outcome_is_never_retried(env: Env, saved_card: str) -> None:
+    env.sim.faults.add("soft", "hang", seconds=1.5)
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-3")
+    assert answer.status == 502 and "do not retry" in answer.json["detail"]
+    again = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-3")
+    assert again.status == 502 and again.headers["idempotent-replayed"] == "true"
+    assert env.sim.calls.count("soft") == 1  # the card was asked once, whatever happens
+    assert env.rows(
+        "SELECT status, review_reason IS NOT NULL FROM payments WHERE id = :p::uuid", p=answer.json["payment_id"]
+    ) == [["pending", True]]
+
+
+def test_no_saved_card_is_409(env: Env) -> None:
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-4")
+    assert answer.status == 409 and "no saved card" in answer.json["detail"]
+
+
+def test_the_cvv_is_nowhere(env: Env, saved_card: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Given every saved-card flow ran with a distinctive CVV, logs captured at DEBUG
+    caplog.set_level(logging.DEBUG)
+    post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="cvv-1")
+    env.sim.faults.add("soft", "ccode", ccode=4)
+    post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="cvv-2")
+    post({"credit_pack_id": PRO, "saved_card": True, "cvv": "12x"}, key="cvv-3")
+    # Then no table, no idempotency record and no log line holds it
+    tables = [r[0] for r in env.rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    for table in tables:
+        hits = env.rows(f"SELECT count(*) FROM {table} t WHERE to_jsonb(t)::text LIKE :p", p=f"%{CVV}%")
+        assert hits == [[0]], f"CVV found in {table}"
+    assert CVV not in caplog.text
+    assert saved_card not in caplog.text  # nor the token
+    records = env.rows("SELECT request_hash, response_data::text FROM idempotency_keys")
+    assert records and all(CVV not in json.dumps(r) for r in records)
