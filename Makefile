@@ -19,7 +19,7 @@ PYTHON313 ?= $(shell \
 			&& { echo $$p; break; }; \
 	done)
 
-.PHONY: help venv run test test-pg15 test-fast migrate build lint bench clean
+.PHONY: help venv run test test-pg15 test-fast migrate build lint openapi bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ lint: $(STAMP) ## ruff, mypy, cfn-lint, sam validate --lint
 	$(VENV)/bin/mypy
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/sam validate --lint --template-file template.yaml
+
+openapi: $(STAMP) ## regenerate docs/openapi.json from the functions' routes
+	$(PY) -m ops.openapi
 
 bench: $(STAMP) ## benchmark the Postgres idempotency layer; writes docs/benchmarks.md
 	$(PY) -m bench.idempotency

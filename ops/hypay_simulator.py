@@ -168,8 +168,11 @@ class HypaySimulator:
                 query = self.path.partition("?")[2]
                 sim._serve(self, "&".join(p for p in (query, body) if p))
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
+        self.server.request_queue_size = 128  # many concurrent deliveries queue instead of being refused
+        self.server.server_bind()
+        self.server.server_activate()
 
     @property
     def base_url(self) -> str:

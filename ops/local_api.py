@@ -185,6 +185,11 @@ def scheduled_event(function: Function) -> dict[str, Any]:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of concurrent requests queues instead of being refused
+
+
 class LocalApi:
     """The local HTTP API: routes from the template, functions in worker processes, schedules."""
 
@@ -216,8 +221,7 @@ class LocalApi:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve  # noqa: N815
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), Handler)
 
     @property
     def url(self) -> str:

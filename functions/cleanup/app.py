@@ -19,7 +19,7 @@ app = APIGatewayHttpResolver()
 
 
 @app.post("/admin/cleanup-idempotency")
-def admin_cleanup() -> Response:
+def admin_cleanup() -> Response[Any]:
     return problem(501, "Not Implemented", "on-demand cleanup is not available yet")
 
 

@@ -6,6 +6,8 @@ harmless 200; anything else answers 501 problem+json and changes nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -16,19 +18,19 @@ from payments.observability import logger, metrics, tracer
 app = APIGatewayHttpResolver()
 
 
-def _answer() -> Response:
+def _answer() -> Response[Any]:
     if not app.current_event.raw_query_string and not app.current_event.body:
         return Response(status_code=200, content_type="text/plain", body="OK")
     return problem(501, "Not Implemented", "callback processing is not available yet")
 
 
 @app.get("/hypay/return")
-def hypay_return() -> Response:
+def hypay_return() -> Response[Any]:
     return _answer()
 
 
 @app.route("/hypay/notify", method=["GET", "POST"])
-def hypay_notify() -> Response:
+def hypay_notify() -> Response[Any]:
     return _answer()
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +23,9 @@ from ops.hypay_simulator import (
     HypaySimulator,
     public_test_terminal,
 )
+from ops.local_api import LocalApi, local_token
 from ops.seed import DEMO_USER_ID, seed
+from ops.template import load
 from payments.adapters.hypay import HypayClient, HypayCredentials
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain import hypay as protocol
@@ -350,3 +355,79 @@ def test_the_cvv_is_nowhere(env: Env, saved_card: str, caplog: pytest.LogCapture
     assert saved_card not in caplog.text  # nor the token
     records = env.rows("SELECT request_hash, response_data::text FROM idempotency_keys")
     assert records and all(CVV not in json.dumps(r) for r in records)
+
+
+# -- over HTTP, through `make run`'s local API (worker processes, the emulated authorizer) ---------
+
+
+@pytest.fixture
+def local_api(env: Env) -> Iterator[LocalApi]:
+    environment = {
+        k: os.environ[k]
+        for k in (
+            "DATABASE_URL",
+            "HYPAY_URL",
+            "HYPAY_MASOF",
+            "HYPAY_KEY",
+            "HYPAY_PASSP",
+            "POWERTOOLS_METRICS_NAMESPACE",
+            "POWERTOOLS_TRACE_DISABLED",
+        )
+    }
+    api = LocalApi(
+        load(), environment | {"HYPAY_TIMEOUT": "5", "HYPAY_BUDGET": "10"}, port=0, workers=4, run_schedules=False
+    )
+    api.start()
+    yield api
+    api.stop()
+
+
+def http_post(api: LocalApi, body: dict, key: str, token: str) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(
+        f"{api.url}/payments",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, json.loads(err.read())
+
+
+def test_over_http_20_concurrent_identical_requests_make_one_payment(env: Env, local_api: LocalApi) -> None:
+    # Given a slow gateway, and 20 identical requests (same user, key and body) at once
+    env.sim.faults.add("SIGN", "latency", seconds=1.0)
+    token = local_token(DEMO_USER_ID)
+    barrier = threading.Barrier(20)
+    answers: list[tuple[int, dict, dict]] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            answers.append(http_post(local_api, {"credit_pack_id": STARTER}, "burst-key", token))
+        except Exception as exc:  # recorded, so the assertion below says what went wrong
+            answers.append((0, {}, {"error": repr(exc)}))
+
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    # Then one payment row and one SIGN call; every answer is the payment (once fresh, else replayed)
+    # or "still running, retry"
+    assert len(env.payments()) == 1 and env.sim.calls.count("SIGN") == 1
+    statuses = sorted(a[0] for a in answers)
+    assert len(answers) == 20 and set(statuses) <= {201, 409}, answers
+    fresh = [a for a in answers if a[0] == 201 and a[1].get("idempotent-replayed") != "true"]
+    assert len(fresh) == 1
+    assert all(a[2]["payment_id"] == fresh[0][2]["payment_id"] for a in answers if a[0] == 201)
+    assert all("retry-after" in a[1] for a in answers if a[0] == 409)
+
+
+def test_over_http_happy_path_and_authorizer(env: Env, local_api: LocalApi) -> None:
+    status, headers, body = http_post(local_api, {"credit_pack_id": STARTER}, "http-1", local_token(DEMO_USER_ID))
+    assert status == 201 and body["status"] == "pending" and headers["cache-control"] == "no-store"
+    assert http_post(local_api, {"credit_pack_id": STARTER}, "http-2", "not-a-token")[0] == 401
