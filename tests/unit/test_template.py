@@ -81,3 +81,20 @@ def test_layer_requirements_match_the_runtime_dependency_group() -> None:
         if line.strip() and not line.startswith("#")
     )
     assert layer == runtime
+
+
+def test_payment_routes_have_the_jwt_authorizer_cors_and_throttling() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506
+    api = doc["Resources"]["HttpApi"]["Properties"]
+    jwt = api["Auth"]["Authorizers"]["WebAppJwt"]["JwtConfiguration"]
+    assert jwt == {"issuer": {"Ref": "JwtIssuer"}, "audience": [{"Ref": "JwtAudience"}]}
+    assert api["CorsConfiguration"]["AllowOrigins"] == {"Ref": "WebAppOrigins"}
+    assert "Idempotent-Replayed" in api["CorsConfiguration"]["ExposeHeaders"]
+    assert "Idempotency-Key" in api["CorsConfiguration"]["AllowHeaders"]
+    assert api["RouteSettings"]["POST /payments"]["ThrottlingRateLimit"] > 0
+    secured = {r.route_key for r in load().routes if r.authorizer == "WebAppJwt"}
+    assert secured == {"POST /payments", "GET /payments/{payment_id}"}
