@@ -106,6 +106,7 @@ def _reset_caches() -> None:
         settings.database_settings,
         settings.idempotency_settings,
         settings.api_settings,
+        settings.callback_settings,
         hypay.hypay_settings,
     ):
         cached.cache_clear()

@@ -71,6 +71,7 @@ def _service() -> CreatePayment:
         rate_limit=settings.rate_limit,
         rate_window_seconds=settings.rate_window_seconds,
         page_language=settings.page_language,
+        send_invoice=settings.send_invoice,
     )
     store = PostgresPersistenceLayer(idem.table_name, database=db)
     return CreatePayment(deps, store, expires_after_seconds=idem.expires_after_seconds)

@@ -1,37 +1,105 @@
-"""hypay_callback: GET /hypay/return (browser redirect) and GET|POST /hypay/notify (server notice).
-
-Placeholder until the callback issue: Hyp's portal connection test (no parameters) gets a
-harmless 200; anything else answers 501 problem+json and changes nothing.
-"""
+"""hypay_callback: GET /hypay/return (the browser redirect) and GET|POST /hypay/notify (Hyp's server notice)."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
+from uuid import UUID
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from payments.adapters.db import default_database
+from payments.adapters.hypay import HypayClient
+from payments.adapters.payments_store import PaymentsStore
+from payments.domain import hypay as protocol
+from payments.errors import DatabaseUnavailable, InvalidRequest
 from payments.http import problem, with_security_headers
+from payments.hypay_middleware import HypayVerification, VerificationConfig, parse_allowlist, redirect
+from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics, tracer
+from payments.services.handle_callback import CallbackInProgress, HandleCallback, Result
+from payments.settings import callback_settings, idempotency_settings
 
 app = APIGatewayHttpResolver()
 
 
-def _answer() -> Response[Any]:
-    if not app.current_event.raw_query_string and not app.current_event.body:
-        return Response(status_code=200, content_type="text/plain", body="OK")
-    return problem(501, "Not Implemented", "callback processing is not available yet")
+@cache
+def _verification() -> VerificationConfig:
+    settings = callback_settings()
+    allowlist = parse_allowlist(settings.notify_allowed_cidrs)
+    if not allowlist:
+        logger.warning("HYPAY_NOTIFY_ALLOWED_CIDRS is empty: /hypay/notify accepts any source address")
+    return VerificationConfig(settings, allowlist, _gateway())
 
 
-@app.get("/hypay/return")
+@cache
+def _gateway() -> HypayClient:
+    return HypayClient.from_settings()
+
+
+@cache
+def _service() -> HandleCallback:
+    db = default_database()
+    return HandleCallback(
+        PaymentsStore(db), _gateway(), PostgresPersistenceLayer(idempotency_settings().table_name, database=db)
+    )
+
+
+def _order(raw: str) -> str | None:
+    """The payment id the (verified) callback names, for the pages that say 'still confirming'."""
+    order = protocol.decode_query(raw).get("Order", "")
+    try:
+        return str(UUID(order))
+    except ValueError:
+        return None
+
+
+def _connection_test() -> Response[Any]:
+    return Response(status_code=200, content_type="text/plain", body="OK")
+
+
+@app.get("/hypay/return", middlewares=[HypayVerification(_verification, notify=False)])
 def hypay_return() -> Response[Any]:
-    return _answer()
+    raw = app.context.get("hypay_raw")
+    if raw is None:
+        return _connection_test()
+    pages = callback_settings()
+    try:
+        outcome = _service()(raw, context=app.lambda_context)
+    except InvalidRequest as exc:
+        logger.warning("hypay callback malformed", extra={"reason": exc.message})
+        return redirect(pages.failure_url)
+    except (CallbackInProgress, DatabaseUnavailable):
+        return redirect(pages.pending_url, _order(raw))  # the web app polls GET /payments/{id}
+    page = {Result.COMPLETED: pages.success_url, Result.FAILED: pages.failure_url, Result.REVIEW: pages.pending_url}
+    return redirect(page.get(outcome.result, pages.failure_url), outcome.payment_id)
 
 
-@app.route("/hypay/notify", method=["GET", "POST"])
+@app.route("/hypay/notify", method=["GET", "POST"], middlewares=[HypayVerification(_verification, notify=True)])
 def hypay_notify() -> Response[Any]:
-    return _answer()
+    raw = app.context.get("hypay_raw")
+    if raw is None:
+        return _connection_test()
+    try:
+        outcome = _service()(raw, context=app.lambda_context)
+    except InvalidRequest as exc:
+        return problem(400, "Bad Request", exc.message)
+    except (CallbackInProgress, DatabaseUnavailable) as exc:
+        return problem(503, "Service Unavailable", exc.message, headers={"Retry-After": "30"})
+    if outcome.result == Result.DUPLICATE:
+        return problem(409, "Conflict", "this Hyp transaction already paid another payment")
+    if outcome.result == Result.UNKNOWN_PAYMENT:
+        return problem(404, "Not Found", "Order is not one of our payments")
+    return Response(status_code=200, content_type="text/plain", body="OK")
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response[Any]:
+    # Nothing was granted (the work is atomic); Hyp's notify retries on 5xx, the browser sees an error.
+    logger.exception("hypay callback failed")
+    return problem(500, "Internal Server Error", "the callback could not be processed")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)

@@ -10,7 +10,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,79 +19,17 @@ from ops.hypay_simulator import (
     PUBLIC_TEST_TERMINAL_KEY,
     PUBLIC_TEST_TERMINAL_MASOF,
     PUBLIC_TEST_TERMINAL_PASSP,
-    HypaySimulator,
-    public_test_terminal,
 )
 from ops.local_api import LocalApi, local_token
-from ops.seed import DEMO_USER_ID, seed
+from ops.seed import DEMO_USER_ID
 from ops.template import load
 from payments.adapters.hypay import HypayClient, HypayCredentials
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain import hypay as protocol
 from tests.support.api import invoke, reset_function_state
-from tests.support.pg import connect, database
-
-FN = "CreatePaymentFunction"
-STARTER = "aaaaaaaa-0000-4000-8000-000000000001"  # 49.90 ILS, 100 credits
-PRO = "aaaaaaaa-0000-4000-8000-000000000002"
-LEGACY = "aaaaaaaa-0000-4000-8000-000000000003"  # inactive
-OTHER_USER = "0e000000-0000-4000-8000-000000000002"
-CVV = "7319"
-
-
-@dataclass
-class Env:
-    url: str
-    sim: HypaySimulator
-
-    def rows(self, sql: str, **params: object) -> list[list]:
-        conn = connect(self.url)
-        try:
-            return conn.run(sql, **params)
-        finally:
-            conn.close()
-
-    def payments(self) -> list[list]:
-        return self.rows(
-            "SELECT id::text, user_id::text, status, amount::text, idempotency_key, payment_url "
-            "FROM payments ORDER BY created_at"
-        )
-
-
-@pytest.fixture
-def sim() -> Iterator[HypaySimulator]:
-    simulator = HypaySimulator([public_test_terminal()]).start()
-    yield simulator
-    simulator.stop()
-
-
-@pytest.fixture
-def env(database_url: str, sim: HypaySimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    db = database(database_url)
-    seed(db)
-    db.run(f"INSERT INTO profiles (id, email, full_name) VALUES ('{OTHER_USER}', 'other@example.com', 'Other User')")
-    db.close()
-    for name, value in {
-        "DATABASE_URL": database_url,
-        "HYPAY_URL": sim.url,
-        "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
-        "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
-        "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
-        "HYPAY_TIMEOUT": "0.5",
-        "HYPAY_BUDGET": "2",
-        "POWERTOOLS_METRICS_NAMESPACE": "PaymentsTest",
-        "POWERTOOLS_TRACE_DISABLED": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    reset_function_state(FN)
-    yield Env(database_url, sim)
-    reset_function_state(FN)
-
-
-def post(body: object, key: str | None = "key-1", user: str = DEMO_USER_ID, **headers: str):
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return invoke(FN, "POST", "/payments", user=user, body=body, headers=headers)
+from tests.support.payments import CREATE as FN
+from tests.support.payments import CVV, LEGACY, OTHER_USER, PRO, STARTER, Env, post
+from tests.support.pg import database
 
 
 def test_happy_path_creates_a_pending_payment_with_a_signed_page(env: Env) -> None:
@@ -289,16 +226,12 @@ def saved_card(env: Env) -> str:
     return token.value
 
 
-def credits(env: Env, user: str = DEMO_USER_ID) -> int:
-    return env.rows("SELECT credits FROM profiles WHERE id = :u::uuid", u=user)[0][0]
-
-
 def test_saved_card_charge_completes_and_grants_credits(env: Env, saved_card: str) -> None:
-    before = credits(env)
+    before = env.credits()
     answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-1")
     assert answer.status == 201, answer.body
     assert answer.json["status"] == "completed" and answer.json["payment_url"] is None
-    assert credits(env) == before + 500
+    assert env.credits() == before + 500
     pid = answer.json["payment_id"]
     assert env.rows("SELECT status, hypay_transaction_id IS NOT NULL FROM payments WHERE id = :p::uuid", p=pid) == [
         ["completed", True]
@@ -308,18 +241,18 @@ def test_saved_card_charge_completes_and_grants_credits(env: Env, saved_card: st
     ]
     # A replay charges nothing more
     again = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-1")
-    assert again.json == answer.json and env.sim.calls.count("soft") == 1 and credits(env) == before + 500
+    assert again.json == answer.json and env.sim.calls.count("soft") == 1 and env.credits() == before + 500
 
 
 def test_declined_saved_card_is_402_with_hyps_code_and_no_credits(env: Env, saved_card: str) -> None:
-    before = credits(env)
+    before = env.credits()
     env.sim.faults.add("soft", "ccode", ccode=4)
     answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-2")
     assert answer.status == 402 and answer.json["ccode"] == 4 and answer.json["gateway_message"]
     assert env.rows("SELECT status, hypay_ccode FROM payments WHERE id = :p::uuid", p=answer.json["payment_id"]) == [
         ["failed", 4]
     ]
-    assert credits(env) == before
+    assert env.credits() == before
 
 
 def test_saved_card_charge_with_unknown_outcome_is_never_retried(env: Env, saved_card: str) -> None:

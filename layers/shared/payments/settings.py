@@ -47,6 +47,24 @@ class ApiSettings(BaseModel):
     rate_limit: int = Field(default=10, gt=0, alias="CREATE_PAYMENT_RATE_LIMIT")
     rate_window_seconds: int = Field(default=60, gt=0, alias="CREATE_PAYMENT_RATE_WINDOW")
     page_language: Literal["HEB", "ENG"] = Field(default="HEB", alias="HYPAY_PAGE_LANG")
+    # Ask Hyp to issue the invoice (SendHesh; needs Hyp's invoice module on the terminal).
+    send_invoice: bool = Field(default=False, alias="HYPAY_SEND_INVOICE")
+
+
+VerifyMode = Literal["hmac", "verify", "both"]
+
+
+class CallbackSettings(BaseModel):
+    """Where hypay_callback sends the browser, and how it checks what Hyp sent."""
+
+    model_config = ConfigDict(frozen=True)
+
+    success_url: str = Field(default="http://127.0.0.1:3000/demo/result", alias="WEB_APP_SUCCESS_URL")
+    failure_url: str = Field(default="http://127.0.0.1:3000/demo/result", alias="WEB_APP_FAILURE_URL")
+    pending_url: str = Field(default="http://127.0.0.1:3000/demo/result", alias="WEB_APP_PENDING_URL")
+    verify_mode: VerifyMode = Field(default="both", alias="HYPAY_VERIFY_MODE")
+    # Comma-separated CIDRs allowed to call /hypay/notify; empty = no IP check (warned at cold start).
+    notify_allowed_cidrs: str = Field(default="", alias="HYPAY_NOTIFY_ALLOWED_CIDRS")
 
 
 def _from_env[T: BaseModel](model: type[T]) -> T:
@@ -71,3 +89,8 @@ def idempotency_settings() -> IdempotencySettings:
 @lru_cache(maxsize=1)
 def api_settings() -> ApiSettings:
     return _from_env(ApiSettings)
+
+
+@lru_cache(maxsize=1)
+def callback_settings() -> CallbackSettings:
+    return _from_env(CallbackSettings)

@@ -181,6 +181,18 @@ class PaymentsStore:
             )
         )
 
+    def flag_paid_late(self, payment_id: UUID, transaction_id: str) -> None:
+        """Hyp charged a payment we had given up on (expired, failed): keep the money's trace for review."""
+        self.db.run(
+            bind(
+                "UPDATE public.payments SET status = 'needs_review', updated_at = now(),"
+                " review_reason = 'paid by Hyp transaction ' || :txn || ' while ' || status"
+                " WHERE id = :id::uuid AND status IN ('expired', 'failed')",
+                txn=transaction_id,
+                id=str(payment_id),
+            )
+        )
+
     def saved_card(self, user_id: UUID) -> SavedCard | None:
         rows = self.db.run(
             bind(

@@ -86,6 +86,7 @@ class CreatePaymentDeps:
     rate_limit: int = 10  # creations per user per window
     rate_window_seconds: int = 60
     page_language: str = "HEB"
+    send_invoice: bool = False
 
 
 def _scoped_key(user_id: UUID, key: str) -> str:
@@ -194,7 +195,14 @@ class CreatePayment:
             return self._charge_saved_card(
                 payment_id, pack, profile, Token(card.token, card.expiry_month, card.expiry_year), cvv
             )
-        page = PaymentPage(pack.price, str(payment_id), pack.name, _customer(profile), self.deps.page_language)
+        page = PaymentPage(
+            pack.price,
+            str(payment_id),
+            pack.name,
+            _customer(profile),
+            self.deps.page_language,
+            invoice=self.deps.send_invoice,
+        )
         url = self.deps.gateway.payment_page_url(page)  # a failure raises: nothing stored, a retry runs again
         store.set_payment_url(payment_id, url)
         logger.info("payment created", extra={"payment_id": str(payment_id), "credit_pack_id": str(pack.id)})

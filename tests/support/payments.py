@@ -1,0 +1,54 @@
+"""What the payment tests share: the seeded packs and users, and calls to the payment API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ops.hypay_simulator import HypaySimulator
+from ops.seed import DEMO_USER_ID
+from tests.support.api import Answer, invoke
+from tests.support.pg import connect
+
+CREATE = "CreatePaymentFunction"
+CALLBACK = "HypayCallbackFunction"
+STARTER = "aaaaaaaa-0000-4000-8000-000000000001"  # 49.90 ILS, 100 credits
+PRO = "aaaaaaaa-0000-4000-8000-000000000002"  # 199.00 ILS, 500 credits
+LEGACY = "aaaaaaaa-0000-4000-8000-000000000003"  # inactive
+OTHER_USER = "0e000000-0000-4000-8000-000000000002"
+CVV = "7319"  # distinctive, so searching tables and logs for it cannot hit by chance
+SUCCESS_PAGE = "https://app.example.test/payments/success"
+FAILURE_PAGE = "https://app.example.test/payments/failure"
+PENDING_PAGE = "https://app.example.test/payments/confirming"
+
+
+@dataclass
+class Env:
+    """A seeded database, the simulator, and the functions' environment pointing at both."""
+
+    url: str
+    sim: HypaySimulator
+
+    def rows(self, sql: str, **params: object) -> list[list]:
+        conn = connect(self.url)
+        try:
+            return conn.run(sql, **params)
+        finally:
+            conn.close()
+
+    def payments(self) -> list[list]:
+        return self.rows(
+            "SELECT id::text, user_id::text, status, amount::text, idempotency_key, payment_url "
+            "FROM payments ORDER BY created_at"
+        )
+
+    def credits(self, user: str = DEMO_USER_ID) -> int:
+        return self.rows("SELECT credits FROM profiles WHERE id = :u::uuid", u=user)[0][0]
+
+    def status(self, payment_id: str) -> str:
+        return self.rows("SELECT status FROM payments WHERE id = :p::uuid", p=payment_id)[0][0]
+
+
+def post(body: object, key: str | None = "key-1", user: str = DEMO_USER_ID, **headers: str) -> Answer:
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return invoke(CREATE, "POST", "/payments", user=user, body=body, headers=headers)
