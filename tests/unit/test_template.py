@@ -98,3 +98,20 @@ def test_payment_routes_have_the_jwt_authorizer_cors_and_throttling() -> None:
     assert api["RouteSettings"]["POST /payments"]["ThrottlingRateLimit"] > 0
     secured = {r.route_key for r in load().routes if r.authorizer == "WebAppJwt"}
     assert secured == {"POST /payments", "GET /payments/{payment_id}"}
+
+
+def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    resources = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]  # noqa: S506
+    alarms = {r["Properties"]["MetricName"]: r["Properties"] for r in resources.values()
+              if r["Type"] == "AWS::CloudWatch::Alarm"}
+    for metric in ("VerificationFailed", "AmountMismatch"):
+        alarm = alarms[metric]
+        assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}]
+        assert alarm["Namespace"] == {"Ref": "MetricsNamespace"}
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": "hypay_callback"}]
+    subscription = resources["AlertsEmailSubscription"]
+    assert subscription["Condition"] == "HasAlertEmail" and subscription["Properties"]["Protocol"] == "email"
