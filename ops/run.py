@@ -23,6 +23,8 @@ from ops.template import load
 from payments.adapters.db import Database
 from payments.settings import DatabaseSettings
 
+LOCAL_ADMIN_TOKEN = "local-admin-token"  # local runs only; deployed stacks read it from Secrets Manager
+
 
 def main() -> int:
     port = int(os.environ.get("PORT", "3000"))
@@ -46,6 +48,7 @@ def main() -> int:
             "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
             "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
             "STAGE": "local",
+            "ADMIN_API_TOKEN": LOCAL_ADMIN_TOKEN,
             "POWERTOOLS_METRICS_NAMESPACE": "PaymentsLocal",
             "POWERTOOLS_TRACE_DISABLED": "1",
             "POWERTOOLS_DEV": "false",
@@ -75,6 +78,8 @@ def main() -> int:
                     f"  hypay         simulator {simulator.url} (public test terminal {PUBLIC_TEST_TERMINAL_MASOF},"
                     f" redirects to {terminal.success_url})",
                     "  test cards    listed on the simulator's payment page (one approves, one declines)",
+                    f"  admin token   {LOCAL_ADMIN_TOKEN}  (curl -X POST -H 'Authorization: Bearer "
+                    f"{LOCAL_ADMIN_TOKEN}' {api.url}/admin/cleanup-idempotency)",
                     f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {LOCAL_JWT_ISSUER}",
                     f"  demo token    {token}",
                     f"  try           curl -i {api.url}/hypay/return",

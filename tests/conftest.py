@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -92,6 +95,40 @@ def db(database_url: str, counting) -> Iterator[db_module.Database]:
     database_.close()
 
 
+# Never in a log line, whatever the test: credentials, card numbers, CVVs, tokens, admin tokens.
+FORBIDDEN = (
+    "7110eda4d09e062aa5e4a390b0a572ac0d2c0220",  # the test terminal's KEY
+    "PassP=yaad",
+    '"PassP": "yaad"',
+    "5326105300985614",  # the approving test card
+    "4000000000000002",  # the declining test card
+    "7319",  # the CVV the tests use
+    "test-admin-token-0123456789",
+    "s3cret-admin-token-xyz",
+    "local-admin-token",
+)
+_CARD_OR_TOKEN = re.compile(r"(?<![\d.])(\d{16}|4\d{18})(?![\d.])")
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Runs every flow of the suite with logs captured at DEBUG, then searches them."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    for phase in ("setup", "call"):
+        for record in caplog.get_records(phase):
+            text = (
+                record.getMessage()
+                + " "
+                + json.dumps(
+                    {k: v for k, v in record.__dict__.items() if k not in ("created", "msecs", "relativeCreated")},
+                    default=str,
+                )
+            )
+            leaked = [s for s in FORBIDDEN if s in text] + _CARD_OR_TOKEN.findall(text)
+            assert not leaked, f"a secret or card number reached a log record ({record.name}): {leaked[0][:4]}..."
+
+
 @pytest.fixture(autouse=True)
 def _no_cached_database(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test builds its own default database from its own environment."""
@@ -107,6 +144,7 @@ def _reset_caches() -> None:
         settings.idempotency_settings,
         settings.api_settings,
         settings.callback_settings,
+        settings.cleanup_settings,
         hypay.hypay_settings,
     ):
         cached.cache_clear()

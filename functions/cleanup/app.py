@@ -1,33 +1,95 @@
-"""cleanup: hourly (EventBridge) and on demand (POST /admin/cleanup-idempotency).
-
-Placeholder until the cleanup issue: the schedule is acknowledged and does nothing yet; the
-admin route answers 501 problem+json.
-"""
+"""cleanup: hourly (EventBridge), POST /admin/cleanup-idempotency, and (outside prod) GET /debug/test-idempotency."""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from payments.http import problem, with_security_headers
+from payments.adapters.admin_token import bearer_matches, token_provider
+from payments.adapters.db import default_database
+from payments.errors import InvalidRequest, PaymentError
+from payments.http import error_response, problem, with_security_headers
+from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics, tracer
+from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
+from payments.services.debug_idempotency import exercise
+from payments.settings import api_settings, cleanup_settings, idempotency_settings
 
 app = APIGatewayHttpResolver()
 
 
+@cache
+def _admin_token() -> Any:
+    return token_provider(cleanup_settings())
+
+
+def _authorized() -> bool:
+    return bearer_matches(app.current_event.headers.get("authorization"), _admin_token()())
+
+
+def _unauthorized() -> Response[Any]:
+    # The same answer for a missing and a wrong token: no hint which.
+    return problem(401, "Unauthorized", "a valid admin token is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _policy() -> CleanupPolicy:
+    settings = cleanup_settings()
+    return CleanupPolicy(
+        batch_size=settings.batch_size,
+        web_app_retention_seconds=settings.web_app_retention_seconds,
+        pending_payment_max_age_seconds=settings.pending_payment_max_age_seconds,
+        table=PostgresPersistenceLayer(idempotency_settings().table_name).quoted_table,
+    )
+
+
+def _cleanup(context: Any) -> CleanupReport:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    report = run_cleanup(default_database(), policy=_policy(), time_left_ms=remaining or (lambda: 60_000))
+    for name, value in report.as_dict().items():
+        if name != "complete":
+            metrics.add_metric(name=f"Cleanup_{name}", unit=MetricUnit.Count, value=int(value))
+    logger.info("cleanup finished", extra=report.as_dict())
+    return report
+
+
 @app.post("/admin/cleanup-idempotency")
 def admin_cleanup() -> Response[Any]:
-    return problem(501, "Not Implemented", "on-demand cleanup is not available yet")
+    if not _authorized():
+        return _unauthorized()
+    return Response(200, "application/json", _cleanup(app.lambda_context).as_dict())
+
+
+@app.get("/debug/test-idempotency")
+def debug_idempotency() -> Response[Any]:
+    if api_settings().stage == "prod":
+        return problem(404, "Not Found", "no such route")  # the template does not even route it in prod
+    if not _authorized():
+        return _unauthorized()
+    kind = app.current_event.get_query_string_value("type") or ""
+    return Response(
+        200, "application/json", exercise(kind, default_database(), table=idempotency_settings().table_name)
+    )
+
+
+@app.exception_handler(InvalidRequest)
+def _invalid(exc: InvalidRequest) -> Response[Any]:
+    return problem(400, "Bad Request", exc.message)
+
+
+@app.exception_handler(PaymentError)
+def _payment_error(exc: PaymentError) -> Response[Any]:
+    return error_response(exc)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict, context: LambdaContext) -> dict[str, Any]:
-    if event.get("source") == "aws.events":
-        logger.info("scheduled cleanup", extra={"purged_idempotency_records": 0, "expired_payments": 0})
-        return {"purged_idempotency_records": 0, "expired_payments": 0}
+    if event.get("source") == "aws.events":  # the hourly schedule
+        return _cleanup(context).as_dict()
     return with_security_headers(app.resolve(event, context))

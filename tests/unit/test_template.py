@@ -13,7 +13,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_template_declares_functions_routes_and_schedule() -> None:
     template = load()
-    assert set(template.functions) == {"CreatePaymentFunction", "HypayCallbackFunction", "CleanupFunction"}
+    assert set(template.functions) == {
+        "CreatePaymentFunction",
+        "HypayCallbackFunction",
+        "CleanupFunction",
+        "DebugFunction",
+    }
     assert {r.route_key for r in template.routes} == {
         "POST /payments",
         "GET /payments/{payment_id}",
@@ -21,6 +26,7 @@ def test_template_declares_functions_routes_and_schedule() -> None:
         "GET /hypay/notify",
         "POST /hypay/notify",
         "POST /admin/cleanup-idempotency",
+        "GET /debug/test-idempotency",
     }
     assert template.functions["CleanupFunction"].schedules == ("rate(1 hour)",)
     assert rate_seconds("rate(1 hour)") == 3600
@@ -106,8 +112,11 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
     from ops.template import _CfnLoader
 
     resources = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]  # noqa: S506
-    alarms = {r["Properties"]["MetricName"]: r["Properties"] for r in resources.values()
-              if r["Type"] == "AWS::CloudWatch::Alarm"}
+    alarms = {
+        r["Properties"]["MetricName"]: r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
     for metric in ("VerificationFailed", "AmountMismatch"):
         alarm = alarms[metric]
         assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}]

@@ -67,6 +67,16 @@ class CallbackSettings(BaseModel):
     notify_allowed_cidrs: str = Field(default="", alias="HYPAY_NOTIFY_ALLOWED_CIDRS")
 
 
+class CleanupSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    batch_size: int = Field(default=500, gt=0, le=10_000, alias="CLEANUP_BATCH_SIZE")
+    web_app_retention_seconds: int = Field(default=24 * 3600, ge=0, alias="CLEANUP_WEB_APP_RETENTION_SECONDS")
+    pending_payment_max_age_seconds: int = Field(default=2 * 3600, gt=0, alias="CLEANUP_PENDING_PAYMENT_MAX_AGE")
+    admin_token_secret_arn: str | None = Field(default=None, alias="ADMIN_TOKEN_SECRET_ARN")
+    admin_token: str | None = Field(default=None, alias="ADMIN_API_TOKEN", repr=False)
+
+
 def _from_env[T: BaseModel](model: type[T]) -> T:
     try:
         return model.model_validate(dict(os.environ))
@@ -94,3 +104,8 @@ def api_settings() -> ApiSettings:
 @lru_cache(maxsize=1)
 def callback_settings() -> CallbackSettings:
     return _from_env(CallbackSettings)
+
+
+@lru_cache(maxsize=1)
+def cleanup_settings() -> CleanupSettings:
+    return _from_env(CleanupSettings)

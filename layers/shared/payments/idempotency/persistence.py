@@ -73,6 +73,11 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self._sql = _Statements(self._table)
 
     @property
+    def quoted_table(self) -> str:
+        """The table as an SQL identifier (validated and quoted)."""
+        return self._table
+
+    @property
     def database(self) -> Database:
         if self._database is None:
             self._database = default_database()

@@ -1,0 +1,57 @@
+"""What GET /debug/test-idempotency runs: the real persistence layer, exercised end to end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+
+from payments.adapters.db import Database, bind
+from payments.errors import InvalidRequest
+from payments.idempotency import PostgresPersistenceLayer
+from payments.services.cleanup import CleanupPolicy, purge_expired_idempotency_records
+
+KINDS = ("basic", "duplicate", "cleanup")
+
+
+def exercise(kind: str, db: Database, *, table: str = "idempotency_keys") -> dict[str, Any]:
+    """Run one scenario on a fresh key and say what happened."""
+    if kind not in KINDS:
+        raise InvalidRequest(f"type must be one of {', '.join(KINDS)}")
+    key = f"debug-{uuid.uuid4()}"
+    runs: list[int] = []
+    store = PostgresPersistenceLayer(table, database=db)
+    config = IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=1 if kind == "cleanup" else 60)
+
+    @idempotent_function(data_keyword_argument="request", config=config, persistence_store=store, key_prefix="debug")
+    def work(request: dict) -> dict:
+        runs.append(1)
+        return {"key": request["key"], "computed_at": time.time()}
+
+    def record() -> str | None:
+        rows = db.run(
+            bind(
+                f"SELECT status FROM {store.quoted_table} WHERE key LIKE 'debug#%' AND key = :k",
+                k=store._get_hashed_idempotency_key({"key": key}),
+            )
+        )
+        return rows[0][0] if rows else None
+
+    first = work(request={"key": key})
+    report: dict[str, Any] = {"type": kind, "record_after_first_call": record()}
+    if kind == "duplicate":
+        second = work(request={"key": key})
+        report |= {"replay_equals_first": second == first}
+    if kind == "cleanup":
+        time.sleep(2.05)  # past the one-second expiry, in whole seconds as the store counts them
+        purged = purge_expired_idempotency_records(db, policy=CleanupPolicy(table=store.quoted_table))
+        report |= {"purged": purged, "record_after_cleanup": record()}
+    report["function_ran"] = len(runs)
+    report["ok"] = {
+        "basic": report["record_after_first_call"] == "completed" and len(runs) == 1,
+        "duplicate": report.get("replay_equals_first") is True and len(runs) == 1,
+        "cleanup": report.get("record_after_cleanup") is None and report.get("purged", 0) >= 1,
+    }[kind]
+    return report

@@ -1,0 +1,239 @@
+"""cleanup: what it purges and expires, what it never touches, its admin and debug endpoints."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from ops.lambda_context import LocalLambdaContext
+from payments.adapters.db import Database
+from payments.services.cleanup import CleanupPolicy, run_cleanup
+from tests.support.api import invoke, reset_function_state
+from tests.support.payments import Env
+from tests.support.pg import connect, database
+
+SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed-schema.sql"
+ADMIN_TOKEN = "test-admin-token-0123456789"
+CLEANUP = "CleanupFunction"
+DEBUG = "DebugFunction"
+
+
+@pytest.fixture
+def production(empty_database_url: str) -> Iterator[tuple[str, Database]]:
+    """The production database (seed rows) after migrations, plus records of every kind."""
+    from ops.migrate import migrate
+
+    conn = connect(empty_database_url)
+    conn.run(SEED.read_text(encoding="utf-8"))
+    conn.close()
+    db = database(empty_database_url)
+    migrate(db)
+    now = int(time.time())
+    db.run(f"""
+        INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at) VALUES
+          ('fn#expired-1', 'completed', {now - 10}, 'h', now(), now()),
+          ('fn#expired-2', 'completed', {now - 3600}, 'h', now(), now()),
+          ('fn#expired-3', 'pending', {now - 1}, 'h', now(), now()),
+          ('fn#live', 'completed', {now + 3600}, 'h', now(), now());
+        INSERT INTO idempotency_keys (key, status, created_at, updated_at) VALUES
+          ('web-recent-done', 'completed', now() - interval '1 hour', now() - interval '1 hour'),
+          ('web-old-pending', 'pending', now() - interval '3 days', now() - interval '3 days');
+        INSERT INTO payments (id, user_id, amount, status, created_at, review_reason) VALUES
+          ('cccccccc-0000-4000-8000-000000000001', '22222222-2222-4222-8222-222222222222', 10, 'pending',
+           now() - interval '3 hours', NULL),
+          ('cccccccc-0000-4000-8000-000000000002', '22222222-2222-4222-8222-222222222222', 10, 'pending',
+           now() - interval '10 minutes', NULL),
+          ('cccccccc-0000-4000-8000-000000000003', '22222222-2222-4222-8222-222222222222', 10, 'pending',
+           now() - interval '5 hours', 'saved-card charge outcome unknown (gateway unavailable)');
+        INSERT INTO rate_limits (bucket, window_start, count) VALUES
+          ('old', now() - interval '2 days', 3), ('current', now(), 1);
+    """)
+    yield empty_database_url, db
+    db.close()
+
+
+def keys(db: Database) -> set[str]:
+    return {r[0] for r in db.run("SELECT key FROM idempotency_keys")}
+
+
+def statuses(db: Database) -> dict[str, str]:
+    return {r[0]: r[1] for r in db.run("SELECT id::text, status FROM payments")}
+
+
+def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Database]) -> None:
+    _, db = production
+    report = run_cleanup(db)
+    assert report.as_dict() == {
+        "purged_idempotency_records": 3,
+        "purged_web_app_records": 1,
+        "expired_payments": 2,
+        "payments_flagged_for_review": 1,
+        "purged_rate_limit_windows": 1,
+        "complete": True,
+    }
+    # Expired layer records gone; the live one kept. The web app's: the 10-day-old finished row purged,
+    # the recent finished one and every pending one kept.
+    assert keys(db) == {"fn#live", "web-recent-done", "web-old-pending", "web-9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a"}
+    payments = statuses(db)
+    assert payments["cccccccc-0000-4000-8000-000000000001"] == "expired"  # 3 h pending
+    assert payments["cccccccc-0000-4000-8000-000000000002"] == "pending"  # 10 min: Hyp's page may still be open
+    assert payments["cccccccc-0000-4000-8000-000000000003"] == "needs_review"  # unknown charge: a human looks
+    assert payments["bbbbbbbb-0000-4000-8000-000000000002"] == "expired"  # the production seed's 2-hour-old one
+    assert payments["bbbbbbbb-0000-4000-8000-000000000001"] == "completed"
+    # And running again does nothing more
+    assert run_cleanup(db).as_dict() == {
+        "purged_idempotency_records": 0,
+        "purged_web_app_records": 0,
+        "expired_payments": 0,
+        "payments_flagged_for_review": 0,
+        "purged_rate_limit_windows": 0,
+        "complete": True,
+    }
+
+
+def test_works_in_bounded_batches(production: tuple[str, Database], counting) -> None:  # noqa: ANN001
+    url, _ = production
+    db = database(url, counting)
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1))
+    assert report.purged_idempotency_records == 3 and report.expired_payments == 2
+    # one statement per batch: 3 + 1 (empty) for the layer's records, and so on for every step
+    assert counting.round_trips >= 3 + 1 + 1 + 1 + 2 + 1
+    db.close()
+
+
+def test_stops_when_the_time_budget_is_spent(production: tuple[str, Database]) -> None:
+    _, db = production
+    report = run_cleanup(db, time_left_ms=lambda: 1_000, reserve_ms=5_000)
+    assert report.complete is False and report.purged_idempotency_records == 0
+
+
+def test_never_touches_a_payment_being_completed_and_never_waits_on_a_claim(production: tuple[str, Database]) -> None:
+    url, db = production
+    # Given a callback holds the stale payment's row (completing it), and a claim holds an expired record
+    holder = connect(url)
+    holder.run("BEGIN")
+    holder.run("SELECT 1 FROM payments WHERE id = 'cccccccc-0000-4000-8000-000000000001' FOR UPDATE")
+    holder.run("SELECT 1 FROM idempotency_keys WHERE key = 'fn#expired-1' FOR UPDATE")
+    # When the cleanup runs / Then it finishes without waiting, skipping exactly those rows
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(report=run_cleanup(database(url))))
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "cleanup waited on a lock"
+    assert result["report"].expired_payments == 1 and result["report"].purged_idempotency_records == 2
+    assert statuses(db)["cccccccc-0000-4000-8000-000000000001"] == "pending"
+    assert "fn#expired-1" in keys(db)
+    holder.run("ROLLBACK")
+    holder.close()
+
+
+def test_concurrent_runs_do_the_work_once(production: tuple[str, Database]) -> None:
+    url, db = production
+    reports: list = []
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        own = database(url)
+        barrier.wait()
+        reports.append(run_cleanup(own, policy=CleanupPolicy(batch_size=1)))
+        own.close()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(r.purged_idempotency_records for r in reports) == 3
+    assert sum(r.expired_payments for r in reports) == 2
+    assert sum(r.purged_web_app_records for r in reports) == 1
+
+
+# -- the function: schedule, admin endpoint, debug endpoint ----------------------------------------
+
+
+@pytest.fixture
+def admin(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    monkeypatch.setenv("ADMIN_API_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("STAGE", "dev")
+    for name in (CLEANUP, DEBUG):
+        reset_function_state(name)
+    yield env
+    for name in (CLEANUP, DEBUG):
+        reset_function_state(name)
+
+
+def test_admin_cleanup_needs_the_token_and_answers_counts(admin: Env) -> None:
+    admin.rows("INSERT INTO idempotency_keys (key, status, expiry_timestamp) VALUES ('fn#old', 'completed', 1)")
+    missing = invoke(CLEANUP, "POST", "/admin/cleanup-idempotency")
+    wrong = invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers={"Authorization": "Bearer nope"})
+    assert missing.status == wrong.status == 401 and missing.body == wrong.body  # no hint which
+    assert admin.rows("SELECT count(*) FROM idempotency_keys") == [[1]]
+    ok = invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert ok.status == 200 and ok.json["purged_idempotency_records"] == 1 and ok.json["complete"] is True
+
+
+def test_admin_token_from_secrets_manager(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="eu-west-1")
+        arn = client.create_secret(Name="payments/admin", SecretString=json.dumps({"token": "s3cret-admin-token-xyz"}))
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        monkeypatch.setenv("ADMIN_TOKEN_SECRET_ARN", arn["ARN"])
+        from payments.settings import cleanup_settings
+
+        cleanup_settings.cache_clear()
+        reset_function_state(CLEANUP)
+        headers = {"Authorization": "Bearer s3cret-admin-token-xyz"}
+        assert invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers=headers).status == 200
+        env_token = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # the secret wins over the environment
+        assert invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers=env_token).status == 401
+
+
+def test_schedule_runs_the_cleanup(admin: Env) -> None:
+    admin.rows("INSERT INTO idempotency_keys (key, status, expiry_timestamp) VALUES ('fn#old', 'completed', 1)")
+    event = json.loads((Path(__file__).resolve().parents[2] / "events" / "cleanup_schedule.json").read_text())
+    from ops.template import load, load_handler
+
+    report = load_handler(load().functions[CLEANUP])(event, LocalLambdaContext(function_name=CLEANUP))
+    assert report["purged_idempotency_records"] == 1
+
+
+@pytest.mark.parametrize("kind", ["basic", "duplicate", "cleanup"])
+def test_debug_endpoint_exercises_the_real_store(admin: Env, kind: str) -> None:
+    answer = invoke(
+        DEBUG, "GET", f"/debug/test-idempotency?type={kind}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert answer.status == 200, answer.body
+    body = answer.json
+    assert body["ok"] is True and body["type"] == kind and body["function_ran"] == 1, body
+    assert body["record_after_first_call"] == "completed"
+
+
+def test_debug_endpoint_refuses_unknown_types_strangers_and_prod(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    unknown = invoke(DEBUG, "GET", "/debug/test-idempotency?type=chaos", headers=auth)
+    assert unknown.status == 400 and "basic, duplicate, cleanup" in unknown.json["detail"]
+    assert invoke(DEBUG, "GET", "/debug/test-idempotency?type=basic").status == 401
+    monkeypatch.setenv("STAGE", "prod")
+    from payments.settings import api_settings
+
+    api_settings.cache_clear()
+    assert invoke(DEBUG, "GET", "/debug/test-idempotency?type=basic", headers=auth).status == 404
+
+
+def test_debug_route_exists_only_outside_prod_in_the_template() -> None:
+    import yaml
+
+    from ops.template import TEMPLATE, _CfnLoader
+
+    resources = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]  # noqa: S506
+    assert resources["DebugFunction"]["Condition"] == "IsNotProd"
+    assert resources["DebugFunction"]["Properties"]["Events"]["TestIdempotency"]["Properties"]["Path"] == (
+        "/debug/test-idempotency"
+    )
