@@ -124,3 +124,38 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
         assert alarm["Dimensions"] == [{"Name": "service", "Value": "hypay_callback"}]
     subscription = resources["AlertsEmailSubscription"]
     assert subscription["Condition"] == "HasAlertEmail" and subscription["Properties"]["Protocol"] == "email"
+
+
+def test_each_function_may_read_only_the_secrets_it_uses() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    resources = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]  # noqa: S506
+
+    def secrets(function: str) -> set[str]:
+        return {
+            p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]["Ref"]
+            for p in resources[function]["Properties"]["Policies"]
+        }
+
+    assert secrets("CreatePaymentFunction") == {"DbSecretArn", "HypaySecretArn"}
+    assert secrets("HypayCallbackFunction") == {"DbSecretArn", "HypaySecretArn"}
+    assert secrets("CleanupFunction") == {"DbSecretArn", "AdminTokenSecretArn"}
+    assert secrets("DebugFunction") == {"DbSecretArn", "AdminTokenSecretArn"}
+    # No function gets a broader policy than those
+    for name in ("CreatePaymentFunction", "HypayCallbackFunction", "CleanupFunction", "DebugFunction"):
+        assert all(
+            set(p) == {"AWSSecretsManagerGetSecretValuePolicy"} for p in resources[name]["Properties"]["Policies"]
+        )
+
+
+def test_template_outputs_the_urls_to_paste_into_hyps_portal() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    outputs = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Outputs"]  # noqa: S506
+    assert outputs["HypayReturnUrl"]["Value"]["Sub"].endswith("/hypay/return")
+    assert outputs["HypayNotifyUrl"]["Value"]["Sub"].endswith("/hypay/notify")
+    assert "ApiUrl" in outputs and "AlertsTopicArn" in outputs and "DashboardName" in outputs
