@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
@@ -30,6 +30,9 @@ import jwt
 
 from ops.lambda_context import LocalLambdaContext
 from ops.template import Function, Template, load_handler, rate_seconds
+
+Site = Callable[[str, str], tuple[int, dict[str, str], bytes] | None]
+"""Extra local pages (the demo web app): (method, path) -> (status, headers, body), or None."""
 
 LOCAL_JWT_SECRET = "local-development-jwt-secret-not-for-production"  # noqa: S105 - local only, printed at start
 LOCAL_JWT_ISSUER = "http://127.0.0.1:3000/auth/v1"
@@ -202,8 +205,10 @@ class LocalApi:
         port: int = 3000,
         workers: int = 3,
         run_schedules: bool = True,
+        site: Site | None = None,
     ) -> None:
         self.template = template
+        self._site = site
         self.pools = {name: FunctionPool(fn, environment, workers) for name, fn in template.functions.items()}
         self._run_schedules = run_schedules
         self._stop = threading.Event()
@@ -273,6 +278,11 @@ class LocalApi:
                 return self._reply(request, 404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
             result = self.run_schedule_now(name)
             return self._reply(request, 200, {"content-type": "application/json"}, json.dumps(result).encode())
+
+        if self._site is not None:
+            page = self._site(method, path)
+            if page is not None:
+                return self._reply(request, *page)
 
         found = self.template.find_route(method, path)
         if found is None:

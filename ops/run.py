@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ops.demo import DemoSite
 from ops.embedded import LOCAL_DATA, database_url
 from ops.hypay_simulator import (
     PUBLIC_TEST_TERMINAL_KEY,
@@ -19,11 +20,31 @@ from ops.hypay_simulator import (
 from ops.local_api import LOCAL_JWT_ISSUER, LocalApi, local_token
 from ops.migrate import migrate
 from ops.seed import DEMO_USER_EMAIL, DEMO_USER_ID, seed
-from ops.template import load
+from ops.template import Route, load
 from payments.adapters.db import Database
 from payments.settings import DatabaseSettings
 
 LOCAL_ADMIN_TOKEN = "local-admin-token"  # local runs only; deployed stacks read it from Secrets Manager
+
+
+CURL = {
+    "POST /payments": 'curl -i -X POST {base}/payments -H "Authorization: Bearer $TOKEN" '
+    "-H 'Content-Type: application/json' -H \"Idempotency-Key: $(uuidgen)\" "
+    '-d \'{{"credit_pack_id": "aaaaaaaa-0000-4000-8000-000000000001"}}\'',
+    "GET /payments/{payment_id}": 'curl -i {base}/payments/<payment_id> -H "Authorization: Bearer $TOKEN"',
+    "GET /hypay/return": "curl -i {base}/hypay/return    # Hyp's portal connection test",
+    "GET /hypay/notify": "curl -i {base}/hypay/notify",
+    "POST /hypay/notify": "curl -i -X POST {base}/hypay/notify",
+    "POST /admin/cleanup-idempotency": "curl -i -X POST {base}/admin/cleanup-idempotency "
+    '-H "Authorization: Bearer $ADMIN"',
+    "GET /debug/test-idempotency": 'curl -i "{base}/debug/test-idempotency?type=duplicate" '
+    '-H "Authorization: Bearer $ADMIN"',
+}
+
+
+def curl_examples(base: str, routes: list[Route]) -> list[str]:
+    """One ready curl command per route of the template."""
+    return [CURL[r.route_key].format(base=base) for r in routes]
 
 
 def main() -> int:
@@ -41,6 +62,9 @@ def main() -> int:
         db.close()
 
         simulator = HypaySimulator([public_test_terminal()], port=sim_port).start()
+        base = f"http://127.0.0.1:{port}"
+        token = local_token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
+        demo = DemoSite(url, DEMO_USER_ID, token)
         environment = {
             "DATABASE_URL": url,
             "HYPAY_URL": simulator.url,
@@ -48,6 +72,9 @@ def main() -> int:
             "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
             "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
             "STAGE": "local",
+            "WEB_APP_SUCCESS_URL": f"{base}/demo/result",
+            "WEB_APP_FAILURE_URL": f"{base}/demo/result",
+            "WEB_APP_PENDING_URL": f"{base}/demo/result",
             "ADMIN_API_TOKEN": LOCAL_ADMIN_TOKEN,
             "POWERTOOLS_METRICS_NAMESPACE": "PaymentsLocal",
             "POWERTOOLS_TRACE_DISABLED": "1",
@@ -55,43 +82,44 @@ def main() -> int:
             "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "eu-west-1"),
         }
         template = load()
-        api = LocalApi(template, environment, port=port)
+        api = LocalApi(template, environment, port=port, site=demo.handle)
         terminal = simulator.terminals[PUBLIC_TEST_TERMINAL_MASOF]
         terminal.success_url = terminal.failure_url = f"{api.url}/hypay/return"
         terminal.notify_url = f"{api.url}/hypay/notify"
         api.start()
-        token = local_token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
         where = "DATABASE_URL (external)" if "DATABASE_URL" in os.environ else f"embedded Postgres, data in {data_dir}"
-        print(
-            "\n".join(
-                [
-                    "payments backend running locally",
-                    f"  database      {where}; migrations applied now: {', '.join(applied) or 'none (up to date)'}",
-                    f"  local API     {api.url}  (API Gateway HTTP API emulation, 3 workers per function)",
-                    *[f"    {r.method:5} {api.url}{r.path}  -> {r.function}" for r in template.routes],
-                    *[
-                        f"  schedule      {f.name}: {', '.join(f.schedules)}; run now: "
-                        f"curl -X POST {api.url}/_local/schedules/{f.name}"
-                        for f in template.functions.values()
-                        if f.schedules
-                    ],
-                    f"  hypay         simulator {simulator.url} (public test terminal {PUBLIC_TEST_TERMINAL_MASOF},"
-                    f" redirects to {terminal.success_url})",
-                    "  test cards    listed on the simulator's payment page (one approves, one declines)",
-                    f"  admin token   {LOCAL_ADMIN_TOKEN}  (curl -X POST -H 'Authorization: Bearer "
-                    f"{LOCAL_ADMIN_TOKEN}' {api.url}/admin/cleanup-idempotency)",
-                    f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {LOCAL_JWT_ISSUER}",
-                    f"  demo token    {token}",
-                    f"  try           curl -i {api.url}/hypay/return",
-                    "Ctrl-C stops everything.",
-                ]
-            ),
-            flush=True,
-        )
+        lines = [
+            "payments backend running locally",
+            f"  demo web app  {api.url}/demo/  (buy credits with the simulator's test cards)",
+            f"  database      {where}; migrations applied now: {', '.join(applied) or 'none (up to date)'}",
+            f"  local API     {api.url}  (API Gateway HTTP API emulation, 3 workers per function)",
+            *[f"    {r.method:5} {api.url}{r.path}  -> {r.function}" for r in template.routes],
+            *[
+                f"  schedule      {f.name}: {', '.join(f.schedules)}; run now: "
+                f"curl -X POST {api.url}/_local/schedules/{f.name}"
+                for f in template.functions.values()
+                if f.schedules
+            ],
+            f"  hypay         simulator {simulator.url} (public test terminal {PUBLIC_TEST_TERMINAL_MASOF},"
+            f" redirects to {terminal.success_url})",
+            "  test cards    listed on the simulator's payment page (one approves, one declines)",
+            f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {LOCAL_JWT_ISSUER}",
+            f"  demo token    {token}",
+            f"  admin token   {LOCAL_ADMIN_TOKEN}",
+            "",
+            "Try each route (paste the two exports first):",
+            f"  export TOKEN={token}",
+            f"  export ADMIN={LOCAL_ADMIN_TOKEN}",
+            *[f"  {command}" for command in curl_examples(api.url, template.routes)],
+            "",
+            "Ctrl-C stops everything.",
+        ]
+        print("\n".join(lines), flush=True)
         stop.wait()
         print("stopping...", flush=True)
         api.stop()
         simulator.stop()
+        demo.close()
     print("stopped.", flush=True)
     return 0
 

@@ -144,6 +144,14 @@ def test_make_run_serves_the_template_and_stops_cleanly(private_tmp: Path, reque
         )
         status, _, body = http(f"http://127.0.0.1:{sim_port}/p/", "POST", sign.encode())
         assert status == 200 and b"signature=" in body
+        # And the demo web app, and a ready curl command for every route
+        assert f"{base}/demo/" in out and "export TOKEN=" in out
+        for route in load().routes:
+            assert any(route.path.split("{")[0] in line and "curl" in line for line in lines), route.route_key
+        status, headers, page = http(f"{base}/demo/")
+        assert status == 200 and b"demo-token" in page
+        status, _, state = http(f"{base}/demo/api/state")
+        assert status == 200 and len(json.loads(state)["packs"]) == 3  # the active ones
         # And a scheduled function can be run now
         status, _, body = http(f"{base}/_local/schedules/CleanupFunction", "POST")
         assert status == 200 and "purged_idempotency_records" in json.loads(body)

@@ -159,3 +159,13 @@ def test_template_outputs_the_urls_to_paste_into_hyps_portal() -> None:
     assert outputs["HypayReturnUrl"]["Value"]["Sub"].endswith("/hypay/return")
     assert outputs["HypayNotifyUrl"]["Value"]["Sub"].endswith("/hypay/notify")
     assert "ApiUrl" in outputs and "AlertsTopicArn" in outputs and "DashboardName" in outputs
+
+
+def test_make_run_has_a_curl_example_for_every_route() -> None:
+    from ops.run import curl_examples
+
+    routes = load().routes
+    examples = curl_examples("http://127.0.0.1:3000", routes)
+    assert len(examples) == len(routes)
+    for route, example in zip(routes, examples, strict=True):
+        assert example.startswith("curl") and route.path.split("{")[0] in example
