@@ -6,16 +6,15 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from payments.adapters.admin_token import bearer_matches, token_provider
 from payments.adapters.db import default_database
 from payments.errors import InvalidRequest, PaymentError
-from payments.http import error_response, problem, with_security_headers
+from payments.http import error_response, problem
 from payments.idempotency import PostgresPersistenceLayer
-from payments.observability import logger, metrics, tracer
+from payments.observability import http_handler, logger, metrics
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from payments.services.debug_idempotency import exercise
 from payments.settings import api_settings, cleanup_settings, idempotency_settings
@@ -86,10 +85,9 @@ def _payment_error(exc: PaymentError) -> Response[Any]:
     return error_response(exc)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
-@tracer.capture_lambda_handler(capture_response=False)
-def lambda_handler(event: dict, context: LambdaContext) -> dict[str, Any]:
-    if event.get("source") == "aws.events":  # the hourly schedule
-        return _cleanup(context).as_dict()
-    return with_security_headers(app.resolve(event, context))
+def _scheduled(event: dict, context: LambdaContext) -> dict[str, Any]:
+    """The hourly EventBridge schedule."""
+    return _cleanup(context).as_dict()
+
+
+lambda_handler = http_handler(app, other_events=_scheduled)

@@ -10,17 +10,15 @@ from uuid import UUID
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Header
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from payments.adapters.db import default_database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain.payment import CreatePaymentRequest, PaymentView, Problem
 from payments.errors import InvalidRequest, NotFound, PaymentError
-from payments.http import error_response, problem, unauthorized, validation_problem, with_security_headers
+from payments.http import error_response, problem, unauthorized, validation_problem
 from payments.idempotency import PostgresPersistenceLayer
-from payments.observability import logger, metrics, tracer
+from payments.observability import http_handler, logger
 from payments.services.create_payment import CreatePayment, CreatePaymentDeps, get_payment
 from payments.settings import api_settings, idempotency_settings
 
@@ -140,8 +138,4 @@ def _unexpected(exc: Exception) -> Response:
     return problem(500, "Internal Server Error", "something went wrong; retry with the same Idempotency-Key")
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
-@tracer.capture_lambda_handler(capture_response=False)
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return with_security_headers(app.resolve(event, context))
+lambda_handler = http_handler(app)

@@ -7,18 +7,16 @@ from typing import Any
 from uuid import UUID
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from payments.adapters.db import default_database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain import hypay as protocol
 from payments.errors import DatabaseUnavailable, InvalidRequest
-from payments.http import problem, with_security_headers
+from payments.http import problem
 from payments.hypay_middleware import HypayVerification, VerificationConfig, parse_allowlist, redirect
 from payments.idempotency import PostgresPersistenceLayer
-from payments.observability import logger, metrics, tracer
+from payments.observability import http_handler, logger
 from payments.services.handle_callback import CallbackInProgress, HandleCallback, Result
 from payments.settings import callback_settings, idempotency_settings
 
@@ -102,8 +100,4 @@ def _unexpected(exc: Exception) -> Response[Any]:
     return problem(500, "Internal Server Error", "the callback could not be processed")
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
-@tracer.capture_lambda_handler(capture_response=False)
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return with_security_headers(app.resolve(event, context))
+lambda_handler = http_handler(app)

@@ -6,6 +6,7 @@ import hmac
 import json
 from collections.abc import Callable
 
+from payments.adapters.secrets import read_secret
 from payments.errors import ConfigurationError, DatabaseUnavailable
 from payments.settings import CleanupSettings
 
@@ -16,13 +17,7 @@ def token_provider(settings: CleanupSettings) -> Callable[[], str]:
         arn = settings.admin_token_secret_arn
 
         def from_secret() -> str:
-            from aws_lambda_powertools.utilities import parameters
-
-            try:
-                value = parameters.get_secret(arn, max_age=300)
-            except parameters.exceptions.GetParameterError as exc:
-                raise DatabaseUnavailable("could not read the admin token secret") from exc
-            text = value.decode() if isinstance(value, bytes) else str(value)
+            text = str(read_secret(arn, what="admin token", unavailable=DatabaseUnavailable, json_object=False))
             if text.lstrip().startswith("{"):
                 text = str(json.loads(text).get("token", ""))
             if len(text) < 16:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
+from payments.adapters.secrets import read_secret
 from payments.errors import ConfigurationError, DatabaseUnavailable, PaymentError
 from payments.settings import DatabaseSettings, SslMode, database_settings
 
@@ -106,18 +107,13 @@ def params_provider(settings: DatabaseSettings) -> ParamsProvider:
         arn = settings.secret_arn
 
         def from_secret(refresh: bool) -> ConnectionParams:
-            from aws_lambda_powertools.utilities import parameters
-
-            try:
-                secret = parameters.get_secret(
-                    arn, transform="json", max_age=settings.secret_max_age_seconds, force_fetch=refresh
-                )
-            except parameters.exceptions.GetParameterError as exc:
-                raise DatabaseUnavailable("could not read the database secret") from exc
-            except parameters.exceptions.TransformParameterError:
-                raise ConfigurationError("database secret is not JSON") from None
-            if not isinstance(secret, dict):
-                raise ConfigurationError("database secret is not a JSON object")
+            secret = read_secret(
+                arn,
+                what="database",
+                unavailable=DatabaseUnavailable,
+                max_age=settings.secret_max_age_seconds,
+                refresh=refresh,
+            )
             return params_from_rds_secret(secret, settings.ssl_mode)
 
         return from_secret

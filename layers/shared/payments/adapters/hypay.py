@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Money
 from payments.errors import ConfigurationError, GatewayError, GatewayUnavailable
@@ -70,16 +71,9 @@ def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentia
         arn = settings.secret_arn
 
         def from_secret() -> HypayCredentials:
-            from aws_lambda_powertools.utilities import parameters
-
-            try:
-                secret = parameters.get_secret(arn, transform="json", max_age=settings.secret_max_age_seconds)
-            except parameters.exceptions.GetParameterError as exc:
-                raise GatewayUnavailable("could not read the Hypay secret") from exc
-            except parameters.exceptions.TransformParameterError:
-                raise ConfigurationError("the Hypay secret is not JSON") from None
-            if not isinstance(secret, dict):
-                raise ConfigurationError("the Hypay secret is not a JSON object")
+            secret = read_secret(
+                arn, what="Hypay", unavailable=GatewayUnavailable, max_age=settings.secret_max_age_seconds
+            )
             return HypayCredentials.from_mapping(secret)
 
         return from_secret
