@@ -11,18 +11,16 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ops.hypay_simulator import APPROVING_CARD, DECLINING_CARD
+from tests.support.make_run import MakeRun
 from tests.support.payments import STARTER
+from tests.support.pg import with_database
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / ".local" / "e2e-screenshots"
@@ -45,18 +43,6 @@ def _install_chromium() -> str | None:
         if done.returncode != 0:
             return f"could not install chromium: {' '.join(command)} failed: {done.stderr.strip()[-300:]}"
     return None if Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists() else "chromium did not install"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Running:
-    base: str
-    database_url: str | None
 
 
 @pytest.fixture(scope="module")
@@ -93,38 +79,13 @@ def browser():  # noqa: ANN201 - selenium's WebDriver
 
 
 @pytest.fixture(scope="module")
-def running(pg_server) -> Iterator[Running]:  # noqa: ANN001 - the session's Postgres server
-    """`make run`'s program on free ports, with its own database."""
-    port, sim_port = free_port(), free_port()
+def running(pg_server) -> Iterator[MakeRun]:  # noqa: ANN001 - the session's Postgres server
+    """`make run`'s program on free ports, with a database of its own."""
     name = pg_server.create()
-    from tests.support.pg import with_database
-
-    url = with_database(pg_server.url, name)
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "HYPAY_SIM_PORT": str(sim_port),
-        "DATABASE_URL": url,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "Ctrl-C stops everything." in line:
-            break
-    else:
-        pytest.fail("make run did not start")
-    yield Running(f"http://127.0.0.1:{port}", url)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    run = MakeRun({"DATABASE_URL": with_database(pg_server.url, name)}).start()
+    assert "Ctrl-C stops everything." in run.output, run.output
+    yield run
+    run.stop()
     pg_server.drop(name)
 
 
@@ -174,7 +135,7 @@ def return_urls(driver) -> list[str]:  # noqa: ANN001
     return urls
 
 
-def test_buy_pay_decline_and_reload_in_a_real_browser(browser, running: Running) -> None:  # noqa: ANN001
+def test_buy_pay_decline_and_reload_in_a_real_browser(browser, running: MakeRun) -> None:  # noqa: ANN001
     base = running.base
     # Buy -> pay with the approving card -> the result page shows it completed and the credits
     buy_starter(browser, base)

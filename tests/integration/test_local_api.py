@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -19,6 +15,7 @@ import pytest
 from ops.hypay_simulator import PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_MASOF, PUBLIC_TEST_TERMINAL_PASSP
 from ops.local_api import LocalApi, local_token
 from ops.template import load
+from tests.support.make_run import MakeRun
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "local_api" / "template.yaml"
@@ -87,42 +84,18 @@ def test_concurrent_requests_run_in_separate_execution_environments(sleeper_api:
     assert max(r["invocations"] for r in again) >= 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_make_run_serves_the_template_and_stops_cleanly(private_tmp: Path, request: pytest.FixtureRequest) -> None:
     # Given `make run`'s program on a free port with its own data folder (or, with an external
     # server, its own database there: never the server's maintenance database)
-    port, sim_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "HYPAY_SIM_PORT": str(sim_port),
-        "LOCAL_DATA_DIR": str(private_tmp / "pgdata"),
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
-    }
+    env = {"LOCAL_DATA_DIR": str(private_tmp / "pgdata")}
     if "DATABASE_URL" in os.environ:
         env["DATABASE_URL"] = request.getfixturevalue("empty_database_url")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
+    run = MakeRun(env)
+    port, sim_port = run.port, run.sim_port
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything." in line:
-                break
-        out = "".join(lines)
+        run.start()
+        lines = run.lines
+        out = run.output
         assert f"http://127.0.0.1:{port}" in out, out
         token = next(line.split()[-1] for line in lines if "demo token" in line)
         base = f"http://127.0.0.1:{port}"
@@ -157,9 +130,8 @@ def test_make_run_serves_the_template_and_stops_cleanly(private_tmp: Path, reque
         assert status == 200 and "purged_idempotency_records" in json.loads(body)
     finally:
         # When Ctrl-C arrives / Then everything stops cleanly
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, rest
+        code, rest = run.stop()
+    assert code == 0, rest
     assert "stopped." in rest
     if "DATABASE_URL" not in os.environ:
         postmaster = private_tmp / "pgdata" / "postmaster.pid"

@@ -1,0 +1,69 @@
+"""`make run`'s program (`python -m ops.run`) as a subprocess on free ports, for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MakeRun:
+    """Started by `start()`; `lines` is what it printed up to "Ctrl-C stops everything."."""
+
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    sim_port: int = field(default_factory=free_port)
+    lines: list[str] = field(default_factory=list)
+    process: subprocess.Popen[str] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def start(self) -> MakeRun:
+        env = {
+            **os.environ,
+            **self.env,
+            "PORT": str(self.port),
+            "HYPAY_SIM_PORT": str(self.sim_port),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ops.run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if "Ctrl-C stops everything." in line:
+                break
+        return self
+
+    def stop(self) -> tuple[int, str]:
+        """Ctrl-C; returns the exit code and what it printed while stopping."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        rest, _ = self.process.communicate(timeout=60)
+        return self.process.returncode, rest
