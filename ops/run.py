@@ -29,7 +29,7 @@ LOCAL_ADMIN_TOKEN = "local-admin-token"  # local runs only; deployed stacks read
 
 CURL = {
     "POST /payments": 'curl -i -X POST {base}/payments -H "Authorization: Bearer $TOKEN" '
-    "-H 'Content-Type: application/json' -H \"Idempotency-Key: $(uuidgen)\" "
+    "-H 'Content-Type: application/json' -H \"Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)\" "
     '-d \'{{"credit_pack_id": "aaaaaaaa-0000-4000-8000-000000000001"}}\'',
     "GET /payments/{payment_id}": 'curl -i {base}/payments/<payment_id> -H "Authorization: Bearer $TOKEN"',
     "GET /hypay/return": "curl -i {base}/hypay/return    # Hyp's portal connection test",
