@@ -78,3 +78,32 @@ class GatewayUnavailable(GatewayError):
 
     code = "gateway_unavailable"
     retryable = True
+
+
+class IdempotencyKeyReused(PaymentError):
+    """422: the Idempotency-Key was used before with a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class RequestInProgress(PaymentError):
+    """409: the first request with this Idempotency-Key is still running."""
+
+    code = "request_in_progress"
+    retry_after = 2
+
+
+class RateLimited(PaymentError):
+    """429: too many requests of this kind for this caller; `retry_after` seconds until the window ends."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PackUnavailable(Conflict):
+    """409: the credit pack exists but is no longer sold."""
+
+    code = "pack_unavailable"

@@ -50,20 +50,13 @@ def _retry_after(seconds: int) -> dict[str, str]:
 
 def error_response(exc: errors.PaymentError) -> Response:
     """The HTTP answer for each error a caller can act on."""
-    from payments.services.create_payment import (  # the service's own errors
-        IdempotencyKeyReused,
-        PackUnavailable,
-        RateLimited,
-        RequestInProgress,
-    )
-
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, errors.RateLimited):
         return problem(429, "Too Many Requests", exc.message, headers=_retry_after(exc.retry_after))
-    if isinstance(exc, RequestInProgress):
+    if isinstance(exc, errors.RequestInProgress):
         return problem(409, "Conflict", exc.message, headers=_retry_after(exc.retry_after))
-    if isinstance(exc, IdempotencyKeyReused):
+    if isinstance(exc, errors.IdempotencyKeyReused):
         return problem(422, "Unprocessable Content", exc.message)
-    if isinstance(exc, PackUnavailable | errors.Conflict):
+    if isinstance(exc, errors.Conflict):
         return problem(409, "Conflict", exc.message)
     if isinstance(exc, errors.InvalidRequest):
         return problem(400, "Bad Request", exc.message)

@@ -36,38 +36,16 @@ from payments.errors import (
     GatewayDeclined,
     GatewayError,
     GatewayUnavailable,
+    IdempotencyKeyReused,
     NotFound,
-    PaymentError,
+    PackUnavailable,
+    RateLimited,
+    RequestInProgress,
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.services.complete_payment import Outcome, complete_payment
 
 logger = logging.getLogger(__name__)
-
-
-class IdempotencyKeyReused(PaymentError):
-    """422: the key was used before with a different request."""
-
-    code = "idempotency_key_reused"
-
-
-class RequestInProgress(PaymentError):
-    """409: the first request with this key is still running."""
-
-    code = "request_in_progress"
-    retry_after = 2
-
-
-class RateLimited(PaymentError):
-    code = "rate_limited"
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class PackUnavailable(Conflict):
-    code = "pack_unavailable"
 
 
 @dataclass(frozen=True)

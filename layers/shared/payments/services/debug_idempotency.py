@@ -33,7 +33,7 @@ def exercise(kind: str, db: Database, *, table: str = "idempotency_keys") -> dic
     def record() -> str | None:
         rows = db.run(
             bind(
-                f"SELECT status FROM {store.quoted_table} WHERE key LIKE 'debug#%' AND key = :k",
+                f"SELECT status FROM {store.quoted_table} WHERE key = :k",
                 k=store._get_hashed_idempotency_key({"key": key}),
             )
         )
