@@ -169,3 +169,17 @@ def test_make_run_has_a_curl_example_for_every_route() -> None:
     assert len(examples) == len(routes)
     for route, example in zip(routes, examples, strict=True):
         assert example.startswith("curl") and route.path.split("{")[0] in example
+
+
+def test_traces_never_capture_responses_or_arguments() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506
+    assert doc["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_TRACER_CAPTURE_RESPONSE"] == "false"
+    sources = [*ROOT.glob("functions/*/app.py"), *ROOT.glob("layers/shared/payments/**/*.py")]
+    code = "\n".join(p.read_text() for p in sources)
+    # Only the handler is traced, without its response; no method is captured with its arguments (a CVV, a token)
+    assert "capture_method" not in code
+    assert "capture_lambda_handler(capture_response=False)" in code
