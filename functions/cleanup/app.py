@@ -13,7 +13,7 @@ from payments.adapters.admin_token import bearer_matches, token_provider
 from payments.adapters.db import default_database
 from payments.errors import InvalidRequest, PaymentError
 from payments.http import error_response, problem
-from payments.idempotency import PostgresPersistenceLayer
+from payments.idempotency import quote_table
 from payments.observability import http_handler, logger, metrics
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from payments.services.debug_idempotency import exercise
@@ -42,7 +42,7 @@ def _policy() -> CleanupPolicy:
         batch_size=settings.batch_size,
         web_app_retention_seconds=settings.web_app_retention_seconds,
         pending_payment_max_age_seconds=settings.pending_payment_max_age_seconds,
-        table=PostgresPersistenceLayer(idempotency_settings().table_name).quoted_table,
+        table=quote_table(idempotency_settings().table_name),
     )
 
 

@@ -15,8 +15,8 @@ from payments.adapters.db import default_database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain.payment import CreatePaymentRequest, PaymentView, Problem
-from payments.errors import InvalidRequest, NotFound, PaymentError
-from payments.http import error_response, problem, unauthorized, validation_problem
+from payments.errors import InvalidRequest, NotFound, PaymentError, Unauthorized
+from payments.http import error_response, problem, validation_problem
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
 from payments.services.create_payment import CreatePayment, CreatePaymentDeps, get_payment
@@ -46,7 +46,7 @@ def _user_id() -> UUID:
     try:
         return UUID(str(claims.get("sub")))
     except ValueError:
-        raise unauthorized() from None
+        raise Unauthorized("the access token names no user") from None
 
 
 def _idempotency_key(value: str | None) -> str:

@@ -22,6 +22,12 @@ class InvalidRequest(PaymentError):
     code = "invalid_request"
 
 
+class Unauthorized(PaymentError):
+    """401: the request names no user (the authorizer's claims lack one)."""
+
+    code = "unauthorized"
+
+
 class NotFound(PaymentError):
     code = "not_found"
 

@@ -19,14 +19,6 @@ SECURITY_HEADERS = {
 }
 
 
-class Unauthorized(errors.PaymentError):
-    code = "unauthorized"
-
-
-def unauthorized() -> Unauthorized:
-    return Unauthorized("the access token names no user")
-
-
 def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> Response:
     """An application/problem+json response. `detail` must never carry card data or secrets."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
@@ -60,7 +52,7 @@ def error_response(exc: errors.PaymentError) -> Response:
         return problem(409, "Conflict", exc.message)
     if isinstance(exc, errors.InvalidRequest):
         return problem(400, "Bad Request", exc.message)
-    if isinstance(exc, Unauthorized):
+    if isinstance(exc, errors.Unauthorized):
         return problem(401, "Unauthorized", exc.message)
     if isinstance(exc, errors.NotFound):
         return problem(404, "Not Found", exc.message)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Money
-from payments.errors import ConfigurationError, GatewayError, GatewayUnavailable
+from payments.errors import ConfigurationError, GatewayUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -342,16 +342,6 @@ def hypay_settings() -> HypaySettings:
     return HypaySettings.model_validate(dict(os.environ))
 
 
-def describe(error: GatewayError) -> dict[str, Any]:
-    """A log-safe summary of a gateway error."""
-    return {
-        "code": error.code,
-        "ccode": error.ccode,
-        "retryable": error.retryable,
-        "gateway_message": error.gateway_message,
-    }
-
-
 __all__ = [
     "Charge",
     "Customer",
@@ -361,5 +351,4 @@ __all__ = [
     "PaymentPage",
     "Token",
     "credentials_provider",
-    "describe",
 ]

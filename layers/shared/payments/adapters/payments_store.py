@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from payments.adapters.db import Database, QueryError, Transaction, bind
+from payments.adapters.db import Database, QueryError, bind
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
 
@@ -247,4 +247,4 @@ def is_unique_violation(exc: QueryError) -> bool:
     return exc.sqlstate == UNIQUE_VIOLATION
 
 
-__all__ = ["Pack", "Payment", "PaymentsStore", "Profile", "SavedCard", "Transaction", "is_unique_violation"]
+__all__ = ["Pack", "Payment", "PaymentsStore", "Profile", "SavedCard", "is_unique_violation"]

@@ -48,6 +48,13 @@ _RECORD_COLUMNS = (
 )
 
 
+def quote_table(table_name: str) -> str:
+    """`schema.table` or `table`, validated and quoted as an SQL identifier."""
+    if not _TABLE_NAME.match(table_name):
+        raise ValueError(f"invalid table name: {table_name!r}")
+    return ".".join(pg8000.native.identifier(part) for part in table_name.split("."))
+
+
 class PostgresPersistenceLayer(BasePersistenceLayer):
     """Idempotency records in PostgreSQL, for `@idempotent` and `@idempotent_function`."""
 
@@ -61,11 +68,9 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             The connection to use; by default the execution environment's (`DB_SECRET_ARN` or
             `DATABASE_URL`), opened on first use.
         """
-        if not _TABLE_NAME.match(table_name):
-            raise ValueError(f"invalid table name: {table_name!r}")
+        self._table = quote_table(table_name)
         super().__init__()
         self.table_name = table_name
-        self._table = ".".join(pg8000.native.identifier(part) for part in table_name.split("."))
         self._database = database
         # The id of each claim this environment holds, so completing or deleting touches only our own.
         self._claims: dict[str, str] = {}

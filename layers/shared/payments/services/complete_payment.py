@@ -16,8 +16,9 @@ from enum import StrEnum
 from uuid import UUID
 
 from payments.adapters.db import Database, QueryError, bind
-from payments.adapters.payments_store import is_unique_violation
+from payments.adapters.payments_store import PaymentsStore, is_unique_violation
 from payments.domain.money import Currency, Money
+from payments.domain.payment import PaymentStatus
 
 
 class Outcome(StrEnum):
@@ -36,6 +37,7 @@ class Completion:
     user_id: UUID | None = None
     credits_granted: int = 0
     balance: int | None = None
+    save_card: bool = False  # the buyer asked to keep the card: a token is fetched after success
 
 
 _COMPLETE = """
@@ -44,7 +46,7 @@ WITH paid AS (
        SET status = 'completed', hypay_transaction_id = :txn, hypay_ccode = 0, hypay_approval_code = :acode,
            completed_at = now(), updated_at = now()
      WHERE p.id = :id::uuid AND p.status = 'pending' AND p.amount = :amount::numeric AND p.currency = :currency
-    RETURNING p.id, p.user_id, p.amount,
+    RETURNING p.id, p.user_id, p.amount, p.save_card,
               COALESCE(p.credits,
                        (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)) AS credits,
               (SELECT k.name FROM public.credit_packs k WHERE k.id = p.credit_pack_id) AS pack_name
@@ -61,7 +63,8 @@ WITH paid AS (
     SELECT user_id, id, :invoice, amount FROM paid WHERE :invoice::text IS NOT NULL
     RETURNING 1
 )
-SELECT (SELECT user_id::text FROM paid), (SELECT amount FROM granted), (SELECT credits FROM credited)"""
+SELECT (SELECT user_id::text FROM paid), (SELECT amount FROM granted), (SELECT credits FROM credited),
+       (SELECT save_card FROM paid)"""
 
 _DIAGNOSE = """
 SELECT p.status, p.amount::text, p.currency, p.hypay_transaction_id, p.user_id::text,
@@ -88,13 +91,13 @@ def complete_payment(
         "invoice": invoice_number or None,
     }
     try:
-        user, granted, balance = db.run(bind(_COMPLETE, **params))[0]
+        user, granted, balance, save_card = db.run(bind(_COMPLETE, **params))[0]
     except QueryError as exc:
         if not is_unique_violation(exc):
             raise
         user = None  # a constraint stopped a second grant or a reused transaction id: nothing was written
     if user is not None:
-        return Completion(Outcome.COMPLETED, payment_id, UUID(user), int(granted or 0), balance)
+        return Completion(Outcome.COMPLETED, payment_id, UUID(user), int(granted or 0), balance, bool(save_card))
     return _why_not(db, payment_id, transaction_id, amount)
 
 
@@ -109,14 +112,10 @@ def _why_not(db: Database, payment_id: UUID, transaction_id: str, amount: Money)
     if used_elsewhere:
         return Completion(Outcome.DUPLICATE_TRANSACTION, payment_id, user_id)
     if status == "pending" and Money.of(Decimal(stored_amount), Currency(currency)) != amount:
-        db.run(
-            bind(
-                "UPDATE public.payments SET status = 'needs_review', review_reason = :reason, updated_at = now()"
-                " WHERE id = :id::uuid AND status = 'pending'",
-                reason=f"amount mismatch: Hyp transaction {transaction_id} paid {amount}, expected "
-                f"{stored_amount} {currency}",
-                id=str(payment_id),
-            )
+        PaymentsStore(db).flag_for_review(
+            payment_id,
+            f"amount mismatch: Hyp transaction {transaction_id} paid {amount}, expected {stored_amount} {currency}",
+            status=PaymentStatus.NEEDS_REVIEW,
         )
         return Completion(Outcome.AMOUNT_MISMATCH, payment_id, user_id)
     return Completion(Outcome.NOT_PENDING, payment_id, user_id)

@@ -204,7 +204,8 @@ class HandleCallback:
             case Outcome.COMPLETED:
                 metrics.add_metric(name="PaymentsCompleted", unit=MetricUnit.Count, value=1)
                 metrics.add_metric(name="CreditsGranted", unit=MetricUnit.Count, value=completion.credits_granted)
-                self._save_card_if_asked(callback)
+                if completion.save_card and completion.user_id is not None:
+                    self._save_card(callback, completion.user_id)
                 return CallbackOutcome(Result.COMPLETED, pid)
             case Outcome.ALREADY_COMPLETED:
                 return CallbackOutcome(Result.COMPLETED, pid)
@@ -243,21 +244,18 @@ class HandleCallback:
         logger.error("callback for an unknown payment", extra={"hypay_transaction_id": callback.transaction_id})
         return CallbackOutcome(Result.UNKNOWN_PAYMENT, None)
 
-    def _save_card_if_asked(self, callback: Callback) -> None:
-        """After success, if the buyer opted in: fetch Hyp's token and keep it (never the card number)."""
-        payment = self.store.get(callback.payment_id)
-        if payment is None or not payment.save_card:
-            return
+    def _save_card(self, callback: Callback, user_id: UUID) -> None:
+        """After success, the buyer having opted in: fetch Hyp's token and keep it (never the card number)."""
         try:
             token = self.gateway.get_token(callback.transaction_id)
         except GatewayError as exc:
             # The payment stands; only the convenience is lost. Counted, not raised.
             metrics.add_metric(name="CardNotSaved", unit=MetricUnit.Count, value=1)
-            logger.warning("card token not saved", extra={"payment_id": str(payment.id), "code": exc.code})
+            logger.warning("card token not saved", extra={"payment_id": str(callback.payment_id), "code": exc.code})
             return
         self.store.save_card(
-            user_id=payment.user_id,
-            payment_id=payment.id,
+            user_id=user_id,
+            payment_id=callback.payment_id,
             token=token.value,
             expiry_month=token.expiry_month,
             expiry_year=token.expiry_year,
