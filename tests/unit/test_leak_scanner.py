@@ -1,0 +1,39 @@
+"""The suite's leak scanner finds what it must and nothing it must not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.support.leaks import find_leaks
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4580458045804580 declined",
+        json.dumps({"ccno": "4580458045804580"}),
+        "ccno=4580458045804580&cvv=1",
+        "token 4123456789012345678",
+        "KEY=7110eda4d09e062aa5e4a390b0a572ac0d2c0220",
+        "admin token local-admin-token",
+    ],
+)
+def test_it_finds_a_secret_or_card_number(text: str) -> None:
+    assert find_leaks(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # an md5 idempotency key whose hex happens to hold sixteen digits in a row
+        "hypay_callback#2dbd079cb60ae1d2050202627102470c",
+        "amount 1234567.8901234567",
+        "order 123456789012345",  # fifteen digits
+        "id 12345678901234567",  # seventeen digits
+        "at 1795670943519",
+    ],
+)
+def test_it_passes_what_is_not_a_secret(text: str) -> None:
+    assert find_leaks(text) == []
