@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support.leaks import find_leaks
+from tests.support.leaks import fail_on_leaks, find_leaks
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,9 @@ def test_it_finds_a_secret_or_card_number(text: str) -> None:
 )
 def test_it_passes_what_is_not_a_secret(text: str) -> None:
     assert find_leaks(text) == []
+
+
+def test_a_failure_report_shows_no_more_than_four_characters() -> None:
+    with pytest.raises(pytest.fail.Exception) as failed:
+        fail_on_leaks(find_leaks("card 4580458045804580"), "a test")
+    assert "4580..." in str(failed.value) and "45804580" not in str(failed.value)
