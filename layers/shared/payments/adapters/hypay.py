@@ -291,7 +291,8 @@ class HypayClient:
         with tracer.provider.in_subsegment(f"## hypay {action}") as subsegment:
             subsegment.put_annotation(key="hypay_action", value=action)
             answer = self._attempts(action, request, retry=retry)
-            subsegment.put_annotation(key="hypay_ccode", value=answer.ccode)
+            if answer.ccode is not None:
+                subsegment.put_annotation(key="hypay_ccode", value=answer.ccode)
             return answer
 
     def _attempts(self, action: str, request: urllib.request.Request, *, retry: bool) -> protocol.Answer:
