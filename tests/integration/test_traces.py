@@ -83,7 +83,7 @@ def test_no_secret_or_card_data_reaches_xray(env: Env) -> None:
     # Tracing was really on: the handlers and the calls to Hyp were traced
     assert "## lambda_handler" in names, sorted(n for n in names if n)[:20]
     assert {"## hypay SIGN", "## hypay VERIFY", "## hypay getToken", "## hypay soft"} <= names, sorted(names)
-    declined = [e for e in entities if e["name"] == "## hypay soft" and e["annotations"]["hypay_ccode"] == 4]
+    declined = [e for e in entities if e["name"] == "## hypay soft" and e["annotations"]["hypay_ccode"] == "4"]
     assert declined and declined[0]["annotations"]["hypay_action"] == "soft"
     [[token]] = env.rows("SELECT token FROM saved_cards")
     everything = "\n".join(documents)

@@ -20,15 +20,16 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from aws_lambda_powertools import Tracer
 from pydantic import BaseModel, ConfigDict, Field
 
 from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Money
 from payments.errors import ConfigurationError, GatewayUnavailable
-from payments.observability import tracer
 
 logger = logging.getLogger(__name__)
+tracer = Tracer()  # shares the functions' tracer configuration (Powertools keeps one)
 
 DEFAULT_URL = "https://pay.hyp.co.il/p/"
 
@@ -292,7 +293,7 @@ class HypayClient:
             subsegment.put_annotation(key="hypay_action", value=action)
             answer = self._attempts(action, request, retry=retry)
             if answer.ccode is not None:
-                subsegment.put_annotation(key="hypay_ccode", value=answer.ccode)
+                subsegment.put_annotation(key="hypay_ccode", value=str(answer.ccode))
             return answer
 
     def _attempts(self, action: str, request: urllib.request.Request, *, retry: bool) -> protocol.Answer:
