@@ -27,6 +27,7 @@ from payments.adapters.hypay import HypayClient, HypayCredentials
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain import hypay as protocol
 from tests.support.api import invoke, reset_function_state
+from tests.support.leaks import holds, pg_standing
 from tests.support.payments import CREATE as FN
 from tests.support.payments import CVV, LEGACY, OTHER_USER, PRO, STARTER, Env, post
 from tests.support.pg import database
@@ -102,7 +103,7 @@ def test_quoted_structured_field_key_is_accepted(env: Env) -> None:
 def test_malformed_body_is_400_naming_the_problem_and_writes_nothing(env: Env, body: object) -> None:
     answer = post(body)
     assert answer.status == 400, answer.body
-    assert answer.json["detail"] and "12ab" not in answer.body
+    assert answer.json["detail"] and not holds(answer.body, "12ab") and not holds(answer.body, CVV)
     assert env.payments() == [] and env.rows("SELECT count(*) FROM idempotency_keys") == [[0]]
 
 
@@ -282,12 +283,12 @@ def test_the_cvv_is_nowhere(env: Env, saved_card: str, caplog: pytest.LogCapture
     # Then no table, no idempotency record and no log line holds it
     tables = [r[0] for r in env.rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
     for table in tables:
-        hits = env.rows(f"SELECT count(*) FROM {table} t WHERE to_jsonb(t)::text LIKE :p", p=f"%{CVV}%")
+        hits = env.rows(f"SELECT count(*) FROM {table} t WHERE to_jsonb(t)::text ~ :p", p=pg_standing(CVV))
         assert hits == [[0]], f"CVV found in {table}"
-    assert CVV not in caplog.text
-    assert saved_card not in caplog.text  # nor the token
+    assert not holds(caplog.text, CVV)
+    assert not holds(caplog.text, saved_card)  # nor the token
     records = env.rows("SELECT request_hash, response_data::text FROM idempotency_keys")
-    assert records and all(CVV not in json.dumps(r) for r in records)
+    assert records and not any(holds(json.dumps(r), CVV) for r in records)
 
 
 # -- over HTTP, through `make run`'s local API (worker processes, the emulated authorizer) ---------

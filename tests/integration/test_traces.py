@@ -87,5 +87,5 @@ def test_no_secret_or_card_data_reaches_xray(env: Env) -> None:
     assert declined and declined[0]["annotations"]["hypay_action"] == "soft"
     [[token]] = env.rows("SELECT token FROM saved_cards")
     everything = "\n".join(documents)
-    leaked = find_leaks(everything) + [s for s in (CVV, token, "cvv=") if s in everything]
+    leaked = find_leaks(everything, CVV, token) + (["cvv="] if "cvv=" in everything.lower() else [])
     fail_on_leaks(leaked, "a trace")

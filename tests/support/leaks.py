@@ -1,4 +1,8 @@
-"""What the suite treats as a leaked secret or card number in a log record or other output."""
+"""What the suite treats as a leaked secret or card number in a log record, a trace or a table.
+
+Values are matched standing on their own, never inside a longer word or number: an md5 in hex
+holds any four digits (the tests' CVV) and sometimes sixteen in a row (a card number) by chance.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +23,29 @@ FORBIDDEN = (
     "local-admin-token",
 )
 
-# A card number (16 digits) or a Hyp card token (19 digits, starting with 4) standing on its own.
-# A run of digits inside a longer word, such as a hex digest, is not one: an idempotency key's
-# md5 can hold sixteen digits in a row by chance.
-_CARD_OR_TOKEN = re.compile(r"(?<![\w.])(\d{16}|4\d{18})(?![\w.])")
+_BEFORE = r"(?<![0-9A-Za-z_.])"
+_AFTER = r"(?![0-9A-Za-z_.])"
+# A card number (16 digits) or a Hyp card token (19 digits, starting with 4).
+_CARD_OR_TOKEN = re.compile(_BEFORE + r"(\d{16}|4\d{18})" + _AFTER)
 
 
-def find_leaks(text: str) -> list[str]:
-    """Every forbidden value or free-standing card number/token found in `text`."""
-    return [s for s in FORBIDDEN if s in text] + _CARD_OR_TOKEN.findall(text)
+def standing(value: str) -> re.Pattern[str]:
+    """`value` not inside a longer word or number."""
+    return re.compile(_BEFORE + re.escape(value) + _AFTER)
+
+
+# The same as a PostgreSQL regular expression, for searching rows as text (POSIX: no lookaround).
+def pg_standing(value: str) -> str:
+    return "(^|[^0-9A-Za-z_.])" + re.escape(value) + "([^0-9A-Za-z_.]|$)"
+
+
+def holds(text: str, value: str) -> bool:
+    return standing(value).search(text) is not None
+
+
+def find_leaks(text: str, *values: str) -> list[str]:
+    """Every forbidden value (and each of `values`) or card number/token found in `text`."""
+    return [s for s in (*FORBIDDEN, *values) if holds(text, s)] + _CARD_OR_TOKEN.findall(text)
 
 
 def fail_on_leaks(leaked: list[str], where: str) -> None:

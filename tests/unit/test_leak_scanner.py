@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from tests.support.leaks import fail_on_leaks, find_leaks
+from ops.hypay_simulator import (
+    APPROVING_CARD,
+    DECLINING_CARD,
+    PUBLIC_TEST_TERMINAL_KEY,
+    PUBLIC_TEST_TERMINAL_PASSP,
+)
+from tests.support.leaks import fail_on_leaks, find_leaks, holds
+from tests.support.payments import CVV
 
 
 @pytest.mark.parametrize(
@@ -43,3 +50,28 @@ def test_a_failure_report_shows_no_more_than_four_characters() -> None:
     with pytest.raises(pytest.fail.Exception) as failed:
         fail_on_leaks(find_leaks("card 4580458045804580"), "a test")
     assert "4580..." in str(failed.value) and "45804580" not in str(failed.value)
+
+
+def test_the_simulators_test_terminal_and_cards_are_searched_for() -> None:
+    for secret in (
+        PUBLIC_TEST_TERMINAL_KEY,
+        f"PassP={PUBLIC_TEST_TERMINAL_PASSP}",
+        APPROVING_CARD,
+        DECLINING_CARD,
+        CVV,
+    ):
+        assert find_leaks(f"x {secret} y"), secret[:4]
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("cvv=7319&x=1", True),
+        ('{"cvv": "7319"}', True),
+        ("request_hash 9c07319ab0e2", False),  # inside a hex digest
+        ("at 1795673191234", False),
+        ("took 0.7319 s", False),
+    ],
+)
+def test_a_short_value_counts_only_standing_alone(text: str, found: bool) -> None:
+    assert holds(text, CVV) is found
