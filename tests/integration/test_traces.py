@@ -51,6 +51,18 @@ class Daemon:
         return self.documents
 
 
+XRAY_BOOKKEEPING = frozenset({"id", "parent_id", "trace_id", "start_time", "end_time"})
+
+
+def without(value: object, keys: frozenset[str]) -> object:
+    """`value` with those keys removed at every depth."""
+    if isinstance(value, dict):
+        return {k: without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [without(v, keys) for v in value]
+    return value
+
+
 def walk(entity: dict) -> list[dict]:
     return [entity, *(e for child in entity.get("subsegments", []) for e in walk(child))]
 
@@ -86,6 +98,7 @@ def test_no_secret_or_card_data_reaches_xray(env: Env) -> None:
     declined = [e for e in entities if e["name"] == "## hypay soft" and e["annotations"]["hypay_ccode"] == "4"]
     assert declined and declined[0]["annotations"]["hypay_action"] == "soft"
     [[token]] = env.rows("SELECT token FROM saved_cards")
-    everything = "\n".join(documents)
+    # Everything but X-Ray's own ids and clock: a 16-hex id is all digits (a "card number") now and then
+    everything = "\n".join(json.dumps(without(json.loads(d), XRAY_BOOKKEEPING)) for d in documents)
     leaked = find_leaks(everything, CVV, token) + (["cvv="] if "cvv=" in everything.lower() else [])
     fail_on_leaks(leaked, "a trace")
