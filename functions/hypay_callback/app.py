@@ -8,16 +8,17 @@ from uuid import UUID
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
-from payments.adapters.db import default_database
+from payments.adapters.db import QueryError, default_database
 from payments.adapters.hypay import HypayClient
+from payments.adapters.journal import Source
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain import hypay as protocol
-from payments.errors import DatabaseUnavailable, InvalidRequest
+from payments.errors import ConfigurationError, DatabaseUnavailable, InvalidRequest
 from payments.http import problem
 from payments.hypay_middleware import HypayVerification, VerificationConfig, parse_allowlist, redirect
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
-from payments.services.handle_callback import CallbackInProgress, HandleCallback, Result
+from payments.services.handle_callback import CallbackInProgress, CallbackOutcome, HandleCallback, Result
 from payments.settings import callback_settings, idempotency_settings
 
 app = APIGatewayHttpResolver()
@@ -29,7 +30,7 @@ def _verification() -> VerificationConfig:
     allowlist = parse_allowlist(settings.notify_allowed_cidrs)
     if not allowlist:
         logger.warning("HYPAY_NOTIFY_ALLOWED_CIDRS is empty: /hypay/notify accepts any source address")
-    return VerificationConfig(settings, allowlist, _gateway())
+    return VerificationConfig(settings, allowlist, _gateway(), keep_unverified=_keep_unverified)
 
 
 @cache
@@ -45,17 +46,35 @@ def _service() -> HandleCallback:
     )
 
 
+def _keep_unverified(raw: str, notify: bool, reason: str) -> None:
+    try:
+        service = _service()
+    except ConfigurationError:
+        logger.error("unverified hypay callback not kept: the database is not configured")
+        return
+    service.keep_unverified(raw, source=Source.NOTIFY if notify else Source.REDIRECT, reason=reason)
+
+
 def _order(raw: str) -> str | None:
     """The payment id the (verified) callback names, for the pages that say 'still confirming'."""
     order = protocol.decode_query(raw).get("Order", "")
     try:
-        return str(UUID(order))
+        return str(UUID(order)) if len(order) == 36 else None
     except ValueError:
         return None
 
 
 def _connection_test() -> Response[Any]:
     return Response(status_code=200, content_type="text/plain", body="OK")
+
+
+def _handle(raw: str, source: Source) -> CallbackOutcome:
+    return _service()(
+        raw,
+        source=source,
+        currency_trusted=bool(app.context.get("hypay_currency_trusted", True)),
+        context=app.lambda_context,
+    )
 
 
 @app.get("/hypay/return", middlewares=[HypayVerification(_verification, notify=False)])
@@ -65,12 +84,14 @@ def hypay_return() -> Response[Any]:
         return _connection_test()
     pages = callback_settings()
     try:
-        outcome = _service()(raw, context=app.lambda_context)
+        outcome = _handle(raw, Source.REDIRECT)
     except InvalidRequest as exc:
         logger.warning("hypay callback malformed", extra={"reason": exc.message})
         return redirect(pages.failure_url)
-    except (CallbackInProgress, DatabaseUnavailable):
-        return redirect(pages.pending_url, _order(raw))  # the web app polls GET /payments/{id}
+    except (CallbackInProgress, DatabaseUnavailable, ConfigurationError, QueryError) as exc:
+        # Ours, not the customer's: the web app polls GET /payments/{id} until Hyp's notify or a reload lands.
+        logger.warning("hypay callback not processed yet", extra={"reason": exc.code})
+        return redirect(pages.pending_url, _order(raw))
     page = {Result.COMPLETED: pages.success_url, Result.FAILED: pages.failure_url, Result.REVIEW: pages.pending_url}
     return redirect(page.get(outcome.result, pages.failure_url), outcome.payment_id)
 
@@ -81,14 +102,21 @@ def hypay_notify() -> Response[Any]:
     if raw is None:
         return _connection_test()
     try:
-        outcome = _service()(raw, context=app.lambda_context)
+        outcome = _handle(raw, Source.NOTIFY)
     except InvalidRequest as exc:
         return problem(400, "Bad Request", exc.message)
-    except (CallbackInProgress, DatabaseUnavailable) as exc:
-        return problem(503, "Service Unavailable", exc.message, headers={"Retry-After": "30"})
+    except (CallbackInProgress, DatabaseUnavailable, ConfigurationError, QueryError) as exc:
+        logger.warning("hypay notify not processed yet", extra={"reason": exc.code})
+        return problem(
+            503,
+            "Service Unavailable",
+            "the callback could not be processed yet; send it again later",
+            headers={"Retry-After": "30"},
+        )
     if outcome.result == Result.DUPLICATE:
         return problem(409, "Conflict", "this Hyp transaction already paid another payment")
     if outcome.result == Result.UNKNOWN_PAYMENT:
+        # Journaled (a paid one raises the alarm): nothing Hyp can change by sending it again.
         return problem(404, "Not Found", "Order is not one of our payments")
     return Response(status_code=200, content_type="text/plain", body="OK")
 

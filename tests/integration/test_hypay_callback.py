@@ -224,10 +224,14 @@ def test_documented_example_passes_the_hmac_check(
 ) -> None:
     hmac_only(monkeypatch)
     # Genuine (signed with the test terminal's KEY), but its Order is not one of our payments: verified,
-    # then refused by validation, not by verification
+    # then journaled as unmatched (money Hyp took for nothing of ours is never only a log line)
     answer = notify(DOCUMENTED_EXAMPLE)
-    assert answer.status == 400 and "Order" in json.loads(answer.body)["detail"]
-    assert "VerificationFailed" not in metric_totals(capsys.readouterr().out)
+    assert answer.status == 404 and "Order" in json.loads(answer.body)["detail"]
+    metrics = metric_totals(capsys.readouterr().out)
+    assert "VerificationFailed" not in metrics and metrics.get("UnmatchedTransaction") == 1
+    assert env.rows(
+        "SELECT hypay_id, payment_id, order_ref, decision, verified, amount::text FROM hypay_transactions"
+    ) == [["12788261", None, "12345678910", "unmatched", True, "10.00"]]
 
 
 @pytest.mark.parametrize("field", protocol.SIGNED_FIELDS)
@@ -264,7 +268,7 @@ def test_verify_down_credits_nothing_and_a_later_delivery_does(env: Env, capsys:
     page, query = location(browser(transaction.redirect_query))
     assert page == PENDING_PAGE and query == {"payment_id": [payment["payment_id"]]}
     assert env.status(payment["payment_id"]) == "pending"
-    assert metric_totals(capsys.readouterr().out).get("VerifyUnavailable") == 2
+    assert metric_totals(capsys.readouterr().out).get("CallbackNotVerifiable") == 2
     # When Hyp answers again, the next delivery completes it
     assert notify(transaction.redirect_query).status == 200
     assert env.status(payment["payment_id"]) == "completed"
@@ -358,15 +362,49 @@ def test_amount_mismatch_completes_nothing_flags_review_and_alarms(
     assert metric_totals(capsys.readouterr().out).get("AmountMismatch") == 1
 
 
-def test_paid_after_expiry_is_kept_for_review_not_lost(env: Env) -> None:
+@pytest.mark.parametrize("given_up", ["expired", "failed"])
+def test_paid_after_giving_up_completes_by_itself_recording_the_status_it_had(env: Env, given_up: str) -> None:
+    # Given a payment the cleanup expired (or a decline failed) before Hyp's genuine success arrived
+    before = env.credits()
     payment = buy(env)
     transaction = pay(env, payment)
-    env.rows("UPDATE payments SET status = 'expired' WHERE id = :p::uuid", p=payment["payment_id"])
+    env.rows("UPDATE payments SET status = :s WHERE id = :p::uuid", s=given_up, p=payment["payment_id"])
+    # When the success arrives, exact amount and currency
     assert notify(transaction.redirect_query).status == 200
+    # Then the payment completes, once, and the journal records what it was before
+    assert env.status(payment["payment_id"]) == "completed" and env.credits() == before + 100
+    assert env.rows(
+        "SELECT decision, previous_status FROM hypay_transactions WHERE hypay_id = :i", i=transaction.id
+    ) == [["granted", given_up]]
+    assert location(browser(transaction.redirect_query))[0] == SUCCESS_PAGE
+    assert env.credits() == before + 100
+
+
+def test_paid_after_expiry_with_another_amount_stays_in_review(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    hmac_only(monkeypatch)
+    before = env.credits()
+    payment = buy(env)
+    env.rows("UPDATE payments SET status = 'expired' WHERE id = :p::uuid", p=payment["payment_id"])
+    cheap = forge(
+        [
+            ("Id", "55500003"),
+            ("CCode", "0"),
+            ("Amount", "1.00"),
+            ("ACode", "0012345"),
+            ("Order", payment["payment_id"]),
+            ("Fild1", ""),
+            ("Fild2", ""),
+            ("Fild3", ""),
+            ("Coin", "1"),
+        ]
+    )
+    assert notify(cheap).status == 200
     [(status, reason)] = env.rows(
         "SELECT status, review_reason FROM payments WHERE id = :p::uuid", p=payment["payment_id"]
     )
-    assert status == "needs_review" and transaction.id in reason
+    assert status == "needs_review" and "55500003" in reason and "expired" in reason
+    assert env.credits() == before
+    assert env.rows("SELECT decision, previous_status FROM hypay_transactions") == [["review", "expired"]]
 
 
 def test_card_is_saved_after_success_only_when_asked(env: Env) -> None:
@@ -419,8 +457,9 @@ def test_connection_killed_inside_the_transaction_leaves_nothing_partial(env: En
     answer = notify(transaction.redirect_query)
     done.set()
     killer.join(10)
-    # Then it is not acknowledged (Hyp sends it again), and nothing of the grant was written
-    assert len(kills) == 2, kills  # the statement and its one resend
+    # Then it is not acknowledged (Hyp sends it again), and nothing of the grant was written (a transaction
+    # that broke is never resent: the next delivery decides again)
+    assert len(kills) == 1, kills
     assert answer.status == 503
     assert env.status(payment["payment_id"]) == "pending" and env.credits() == before
     assert env.rows(

@@ -14,7 +14,7 @@ SEED = Path(__file__).resolve().parent.parent / "fixtures" / "seed-schema.sql"
 SEED_TABLES = ["profiles", "credit_packs", "payments", "credit_transactions", "invoices", "idempotency_keys"]
 NEW_COLUMNS = {
     "idempotency_keys": {"expiry_timestamp", "in_progress_expiry_timestamp"},
-    "payments": {"currency", "credits", "save_card", "hypay_ccode", "review_reason"},
+    "payments": {"currency", "credits", "save_card", "hypay_ccode", "review_reason", "charge_attempt_id"},
 }
 
 
@@ -84,7 +84,7 @@ def test_empty_database_migrates_to_the_same_schema(empty_database_url: str, dat
     assert migrate(db) == []
     db.close()
     # Then its tables have the same columns as the fully migrated template's
-    for table in SEED_TABLES + ["saved_cards", "rate_limits"]:
+    for table in SEED_TABLES + ["saved_cards", "rate_limits", "hypay_transactions"]:
         assert columns(empty_database_url, table) == columns(database_url, table), table
 
 

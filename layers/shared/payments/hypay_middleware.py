@@ -10,8 +10,9 @@ The verified raw payload is handed to the route in `app.context["hypay_raw"]`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from payments.adapters.hypay import HypayClient
 from payments.domain import hypay as protocol
-from payments.errors import ConfigurationError, GatewayError
+from payments.errors import ConfigurationError, GatewayAuthenticationError, GatewayError
 from payments.http import problem
-from payments.observability import metrics
-from payments.settings import CallbackSettings
-
-logger = logging.getLogger(__name__)
+from payments.observability import logger, metrics
+from payments.settings import CallbackSettings, callback_settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -60,12 +59,34 @@ def redirect(url: str, payment_id: UUID | str | None = None) -> Response:
     return Response(status_code=302, headers={"Location": target}, body="")
 
 
+class PoisonPayload(Exception):
+    """A body that cannot be a Hypay callback whatever happens later (not ASCII, not a form)."""
+
+
 def raw_payload(app: Any) -> str:
-    """What Hyp sent, exactly: the raw query string, or the raw form body of a POST."""
+    """What Hyp sent, exactly: the raw query string, or the raw form body of a POST.
+
+    A form body is percent-encoded ASCII (Hyp's windows-1255 or UTF-8 values arrive percent-encoded):
+    bytes outside ASCII, or a body that does not decode, are poison (`PoisonPayload`).
+    """
     event = app.current_event
     if event.http_method == "POST" and event.body:
-        return event.decoded_body or ""
-    return event.raw_query_string or ""
+        body = event.body
+        if event.is_base64_encoded:
+            try:
+                data = base64.b64decode(body, validate=True)
+            except (binascii.Error, ValueError):
+                raise PoisonPayload("the body is not valid base64") from None
+        else:
+            data = body.encode("utf-8", errors="surrogateescape") if isinstance(body, str) else bytes(body)
+        try:
+            return data.decode("ascii")
+        except UnicodeDecodeError:
+            raise PoisonPayload("the form body has bytes outside ASCII (values must be percent-encoded)") from None
+    raw = event.raw_query_string or ""
+    if not raw.isascii():
+        raise PoisonPayload("the query string has characters outside ASCII")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -73,10 +94,28 @@ class VerificationConfig:
     settings: CallbackSettings
     allowlist: tuple[Network, ...]
     gateway: HypayClient
+    # Keeps a callback that could not be verified for our own reasons: (raw, notify, reason).
+    keep_unverified: Callable[[str, bool, str], None] | None = None
+
+
+class _Unverifiable(Exception):
+    """Verification could not be done for a reason that is ours (configuration, Hyp unreachable)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class HypayVerification(BaseMiddlewareHandler):
-    """`middlewares=[HypayVerification(config_factory, notify=True)]` on a Hypay route."""
+    """`middlewares=[HypayVerification(config_factory, notify=True)]` on a Hypay route.
+
+    Outcomes: genuine (the route runs, `app.context["hypay_raw"]` and `["hypay_currency_trusted"]` set);
+    forged (403 / the failure page, counted); refused before any check (a parameter that steers requests
+    to Hyp, a repeated one, poison bytes: 400 / the failure page); not verifiable yet for a reason of ours
+    (our credentials refused, terminal permission, configuration, Hyp unreachable: 503 with Retry-After /
+    the pending page, the callback kept for reconciliation and the alarm's metric counted), never a
+    rejection.
+    """
 
     def __init__(self, config: Callable[[], VerificationConfig], *, notify: bool) -> None:
         super().__init__()
@@ -84,42 +123,82 @@ class HypayVerification(BaseMiddlewareHandler):
         self.notify = notify
 
     def handler(self, app: Any, next_middleware: NextMiddleware) -> Response:
-        raw = raw_payload(app)
+        try:
+            raw = raw_payload(app)
+        except PoisonPayload as exc:
+            return self._refuse(str(exc))
         if not raw.strip():
             return next_middleware(app)  # Hyp's portal connection test: nothing to verify, nothing to do
-        config = self._config()
-        if self.notify and not allowed(app.current_event.request_context.http.source_ip, config.allowlist):
+        refusal = protocol.callback_refusal(raw)
+        if refusal is not None:
+            return self._refuse(refusal)
+        try:
+            config = self._config()
+        except ConfigurationError as exc:
+            return self._unavailable(None, raw, f"configuration: {exc.message}")
+        source_ip = app.current_event.request_context.http.source_ip
+        if self.notify and not allowed(source_ip, config.allowlist):
             metrics.add_metric(name="IpRejected", unit=MetricUnit.Count, value=1)
-            logger.warning(
-                "hypay notify from a address outside the allowlist",
-                extra={"source_ip": app.current_event.request_context.http.source_ip},
-            )
+            logger.warning("hypay notify from an address outside the allowlist", extra={"source_ip": source_ip})
             return problem(403, "Forbidden", "this address may not send Hypay notifications")
-
-        mode = config.settings.verify_mode
-        if mode in ("hmac", "both") and not config.gateway.verify_redirect_hmac(raw):
-            return self._reject(config, "hmac")
-        if mode in ("verify", "both"):
-            try:
-                genuine = config.gateway.verify_redirect(raw)
-            except GatewayError:
-                return self._unavailable(config, raw, hmac_checked=mode == "both")
-            if not genuine:
-                return self._reject(config, "verify")
-        app.append_context(hypay_raw=raw)
+        try:
+            verdict = self._verify(config, raw)
+        except _Unverifiable as exc:
+            return self._unavailable(config, raw, exc.reason)
+        if verdict is not None:
+            return self._reject(config, verdict, source_ip)
+        app.append_context(hypay_raw=raw, hypay_currency_trusted=config.settings.verify_mode != "hmac")
         return next_middleware(app)
 
-    def _reject(self, config: VerificationConfig, check: str) -> Response:
+    def _verify(self, config: VerificationConfig, raw: str) -> str | None:
+        """None when genuine; the failed check's name when forged; `_Unverifiable` when we cannot tell."""
+        mode = config.settings.verify_mode
+        gateway = config.gateway
+        try:
+            if mode in ("hmac", "both") and not gateway.verify_redirect_hmac(raw):
+                return self._forged_or_ours(gateway, "hmac")
+            if mode in ("verify", "both"):
+                try:
+                    genuine = gateway.verify_redirect(raw)
+                except GatewayAuthenticationError:
+                    raise _Unverifiable("Hyp refused our terminal's VERIFY (permission)") from None
+                if not genuine:
+                    return self._forged_or_ours(gateway, "verify")
+        except ConfigurationError as exc:
+            raise _Unverifiable(f"configuration: {exc.message}") from None
+        except GatewayError as exc:
+            raise _Unverifiable(f"Hyp could not be asked ({exc.code})") from None
+        return None
+
+    @staticmethod
+    def _forged_or_ours(gateway: HypayClient, check: str) -> str:
+        """A failed check is a forgery only if Hyp accepts our credentials; else our KEY/PassP is off."""
+        if not gateway.credentials_accepted():
+            raise _Unverifiable(f"{check} failed and Hyp refuses our terminal's credentials (KEY or PassP)")
+        return check
+
+    def _refuse(self, reason: str) -> Response:
+        metrics.add_metric(name="CallbackRefused", unit=MetricUnit.Count, value=1)
+        logger.warning("hypay callback refused", extra={"reason": reason, "notify": self.notify})
+        if self.notify:
+            return problem(400, "Bad Request", f"not a Hypay callback: {reason}")
+        return redirect(callback_pages().failure_url)
+
+    def _reject(self, config: VerificationConfig, check: str, source_ip: str) -> Response:
         metrics.add_metric(name="VerificationFailed", unit=MetricUnit.Count, value=1)
         # Never the signature, never the parameters: which check failed and where is enough.
-        logger.warning("hypay callback failed verification", extra={"check": check, "notify": self.notify})
+        logger.warning(
+            "hypay callback failed verification", extra={"check": check, "notify": self.notify, "source_ip": source_ip}
+        )
         if self.notify:
             return problem(403, "Forbidden", "the callback could not be verified")
         return redirect(config.settings.failure_url)
 
-    def _unavailable(self, config: VerificationConfig, raw: str, *, hmac_checked: bool) -> Response:
-        metrics.add_metric(name="VerifyUnavailable", unit=MetricUnit.Count, value=1)
-        logger.warning("hypay VERIFY unavailable; callback left for a later delivery", extra={"notify": self.notify})
+    def _unavailable(self, config: VerificationConfig | None, raw: str, reason: str) -> Response:
+        metrics.add_metric(name="CallbackNotVerifiable", unit=MetricUnit.Count, value=1)
+        logger.error("hypay callback cannot be verified yet", extra={"reason": reason, "notify": self.notify})
+        if config is not None and config.keep_unverified is not None:
+            config.keep_unverified(raw, self.notify, reason)
         if self.notify:
             return problem(
                 503,
@@ -127,9 +206,18 @@ class HypayVerification(BaseMiddlewareHandler):
                 "could not verify the callback yet; send it again later",
                 headers={"Retry-After": "60"},
             )
-        order = protocol.decode_query(raw).get("Order") if hmac_checked else None
+        order = protocol.decode_query(raw).get("Order", "")
         try:
-            payment_id = UUID(order) if order else None
+            payment_id = UUID(order) if len(order) == 36 else None
         except ValueError:
             payment_id = None
-        return redirect(config.settings.pending_url, payment_id)
+        pages = config.settings if config is not None else callback_pages()
+        return redirect(pages.pending_url, payment_id)
+
+
+def callback_pages() -> CallbackSettings:
+    """The web app's pages; their defaults when the settings themselves are broken."""
+    try:
+        return callback_settings()
+    except ConfigurationError:
+        return CallbackSettings.model_validate({})

@@ -10,9 +10,11 @@ or a transaction-mode pooler (Supabase's) can hand the connection around between
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +31,10 @@ from payments.settings import DatabaseSettings, SslMode, database_settings
 # SQLSTATEs after which the session is gone: the connection is discarded.
 _SESSION_GONE = ("57P01", "57P02", "57P03", "08000", "08003", "08006")
 _AUTH_FAILED = ("28P01", "28000")
+# Serialization failure and deadlock: the server rolled the statement (or transaction) back, so
+# running it again is always safe. Retried a few times with jittered backoff.
+RETRYABLE_CONFLICTS = ("40001", "40P01")
+CONFLICT_ATTEMPTS = 5
 
 Rows = list[list[Any]]
 
@@ -243,8 +249,14 @@ class Database:
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            buffered = getattr(conn, "_sock", None)
             with contextlib.suppress(Exception):  # the connection is already broken; closing is best effort
                 conn.close()
+            if buffered is not None:
+                # pg8000 drops its buffered socket without closing it when the goodbye cannot be sent;
+                # closed here, so no flush onto a dead descriptor is attempted later by the collector.
+                with contextlib.suppress(Exception):
+                    buffered.close()
 
     def close(self) -> None:
         with self._lock:
@@ -266,16 +278,50 @@ class Database:
             raise _Broken(exc) from exc
 
     def run(self, sql: str) -> Rows:
-        """Run one autocommit statement (safe to repeat) and return its rows."""
+        """Run one autocommit statement (safe to repeat) and return its rows.
+
+        A dropped connection is reopened and the statement sent once more; a serialization failure
+        or deadlock (rolled back by the server) is retried with backoff.
+        """
         with self._lock:
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                try:
+                    return self._run_once(sql)
+                except QueryError as exc:
+                    if exc.sqlstate not in RETRYABLE_CONFLICTS or attempt == CONFLICT_ATTEMPTS:
+                        raise
+                    _backoff(attempt)
+            raise AssertionError("unreachable")
+
+    def _run_once(self, sql: str) -> Rows:
+        try:
+            return self._execute(self._connection(), sql)
+        except _Broken:
+            pass
+        try:
+            return self._execute(self._connection(), sql)
+        except _Broken as exc:
+            raise DatabaseUnavailable("the database connection broke; the statement may not have run") from exc
+
+    def atomic[T](self, work: Callable[[Transaction], T], *, retry_on: tuple[str, ...] = ()) -> T:
+        """`work(tx)` inside one transaction, run again from the start when the server rolled it back.
+
+        `work` must be safe to re-run: it reads what it decides on inside the transaction. Retried on
+        serialization failures and deadlocks (and the SQLSTATEs in `retry_on`, e.g. a unique
+        violation that a concurrent writer caused), with bounded jittered backoff. A connection that
+        breaks inside the transaction is DatabaseUnavailable: nothing was committed, unless the break
+        hit the COMMIT itself, which is why `work` must also be safe to run after a success.
+        """
+        states = RETRYABLE_CONFLICTS + retry_on
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
             try:
-                return self._execute(self._connection(), sql)
-            except _Broken:
-                pass
-            try:
-                return self._execute(self._connection(), sql)
-            except _Broken as exc:
-                raise DatabaseUnavailable("the database connection broke; the statement may not have run") from exc
+                with self.transaction() as tx:
+                    return work(tx)
+            except QueryError as exc:
+                if exc.sqlstate not in states or attempt == CONFLICT_ATTEMPTS:
+                    raise
+                _backoff(attempt)
+        raise AssertionError("unreachable")
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -316,6 +362,11 @@ class Transaction:
 
     def run(self, sql: str) -> Rows:
         return self._db._execute(self._conn, sql)
+
+
+def _backoff(attempt: int) -> None:
+    """Full jitter: up to 10, 20, 40, 80 ms."""
+    time.sleep(random.uniform(0, 0.01 * 2 ** (attempt - 1)))  # noqa: S311 - jitter, not a secret
 
 
 class _Broken(Exception):

@@ -149,6 +149,7 @@ class HypayClient:
         self._timeout = timeout_seconds
         self._budget = budget_seconds
         self._open = opener
+        self._credentials_ok_until = 0.0
 
     @classmethod
     def from_settings(cls, settings: HypaySettings | None = None) -> HypayClient:
@@ -204,24 +205,62 @@ class HypayClient:
         return protocol.verify_redirect_signature(raw_query, self._credentials().key)
 
     def verify_redirect(self, raw_query: str) -> bool:
-        """APISign/VERIFY, the authoritative check: every parameter as received, in order.
+        """APISign/VERIFY, the authoritative check, built from our credentials and the documented
+        redirect fields only (in the order received, values as received): a callback's own `action`,
+        `What`, `Masof`, `KEY` or `PassP` never reach Hyp.
 
-        True when Hyp says genuine (CCode 0), False when it says not; `GatewayUnavailable` when it
-        cannot be asked (then nothing may be concluded).
+        True when Hyp says genuine (CCode 0), False when it says not. `GatewayAuthenticationError`
+        when the terminal may not verify (901), `GatewayUnavailable` when Hyp cannot be asked: then
+        nothing may be concluded.
         """
         creds = self._credentials()
         head = urlencode(
             {"action": "APISign", "What": "VERIFY", "Masof": creds.masof, "KEY": creds.key, "PassP": creds.passp}
         )
-        raw = raw_query[1:] if raw_query.startswith("?") else raw_query
-        answer = self._call("VERIFY", None, retry=True, body=f"{head}&{raw}".encode())
+        fields = "&".join(f"{name}={value}" for name, value in protocol.verify_fields(raw_query))
+        answer = self._call("VERIFY", None, retry=True, body=f"{head}&{fields}".encode())
+        if "signature" in answer.fields:
+            raise GatewayUnavailable("Hypay VERIFY answered something else than a verification")
         if answer.ccode == protocol.APPROVED:
             return True
-        if answer.ccode in (901,):
+        if answer.ccode == 901:
             protocol.raise_for_ccode(answer, "VERIFY")
         if answer.ccode == 999 or answer.ccode is None:
             raise GatewayUnavailable("Hypay VERIFY could not answer")
         return False
+
+    def credentials_accepted(self) -> bool:
+        """Does Hyp accept our terminal's Masof, KEY and PassP? A SIGN of a one-shekel page, nothing charged.
+
+        Hyp answers VERIFY with 902 both for a forged callback and for wrong credentials (a KEY being
+        rotated): this tells the two apart. A yes is cached for a minute, so forged traffic costs at
+        most one extra call a minute. `GatewayUnavailable` when Hyp cannot be asked.
+        """
+        now = time.monotonic()
+        if self._credentials_ok_until > now:
+            return True
+        creds = self._credentials()
+        params = {
+            "action": "APISign",
+            "What": "SIGN",
+            "Masof": creds.masof,
+            "KEY": creds.key,
+            "PassP": creds.passp,
+            "Sign": "True",
+            "UTF8": "True",
+            "UTF8out": "True",
+            "Amount": "1.00",
+            "Coin": "1",
+            "Order": "credentials-check",
+            "Info": "credentials check",
+        }
+        answer = self._call("SIGN", params, retry=True)
+        if "signature" in answer.fields:
+            self._credentials_ok_until = now + 60
+            return True
+        if answer.ccode in (901, 902):
+            return False
+        raise GatewayUnavailable("Hypay SIGN could not answer the credentials check")
 
     def get_token(self, transaction_id: str) -> Token:
         """getToken for an approved transaction: a 19-digit token and its expiry (Tokef = YYMM)."""

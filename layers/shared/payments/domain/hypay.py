@@ -23,6 +23,71 @@ from payments.errors import (
 # `L4digit`, `UID`, `Hesh` ... can be altered by anyone holding the URL.
 SIGNED_FIELDS = ("Id", "CCode", "Amount", "ACode", "Order", "Fild1", "Fild2", "Fild3")
 
+# Every field Hyp documents for the redirect (and notify), in no particular order. A VERIFY request
+# carries these and only these, as received: nothing else from a callback reaches Hyp.
+REDIRECT_FIELDS = frozenset(
+    {
+        *SIGNED_FIELDS,
+        "Sign",
+        "Bank",
+        "TransType",
+        "Payments",
+        "UserId",
+        "Brand",
+        "Issuer",
+        "L4digit",
+        "street",
+        "city",
+        "zip",
+        "cell",
+        "Coin",
+        "Tmonth",
+        "Tyear",
+        "Hesh",
+        "UID",
+        "spType",
+        "bincard",
+        "errMsg",
+        "HKId",
+    }
+)
+# Names our own requests to Hyp use that a callback never carries: a callback that has one is trying
+# to steer a request (turn VERIFY into SIGN, or point it at another terminal) and is refused.
+OUTGOING_ONLY_FIELDS = frozenset(
+    {
+        "action",
+        "What",
+        "Masof",
+        "KEY",
+        "PassP",
+        "TransId",
+        "CC",
+        "Token",
+        "cvv",
+        "signature",
+        "UTF8",
+        "UTF8out",
+        "MoreData",
+        "Info",
+        "ClientName",
+        "ClientLName",
+        "email",
+        "phone",
+        "PageLang",
+        "Tash",
+        "SendHesh",
+        "Pritim",
+        "heshDesc",
+        "J5",
+        "Postpone",
+        "tmp",
+        "Amount2",
+        "page",
+    }
+)
+_OUTGOING_LOWER = frozenset(name.lower() for name in OUTGOING_ONLY_FIELDS)
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,30}", re.ASCII)
+
 APPROVED = 0
 # Valid outcomes that charge nothing: J2 card check, J5 authorization, postponed.
 NOT_CHARGED = {600: "card check only (J2)", 700: "authorized, not charged (J5)", 800: "postponed"}
@@ -95,6 +160,30 @@ def verify_redirect_signature(raw_query: str, key: str) -> bool:
     if expected is None or len(signs) != 1:
         return False
     return hmac.compare_digest(expected.encode(), signs[0].lower().encode("ascii", errors="replace"))
+
+
+def callback_refusal(raw: str) -> str | None:
+    """Why a callback's parameters cannot be Hyp's, or None.
+
+    Refused: a name our outgoing requests use (`action`, `What`, `Masof`, `KEY`, `PassP` ...), a name
+    that is not plain ASCII letters and digits (a percent-encoded name would decode to one), and any
+    name given twice (which one would Hyp read?).
+    """
+    seen: set[str] = set()
+    for name, _ in split_raw_query(raw):
+        if not _NAME.fullmatch(name):
+            return "a parameter name is not a plain name"
+        if name in OUTGOING_ONLY_FIELDS or name.lower() in _OUTGOING_LOWER:
+            return f"the parameter {name} belongs to requests to Hyp, not to callbacks"
+        if name in seen:
+            return f"the parameter {name} is repeated"
+        seen.add(name)
+    return None
+
+
+def verify_fields(raw: str) -> list[tuple[str, str]]:
+    """The documented redirect fields of a callback, in the order received, values exactly as received."""
+    return [(name, value) for name, value in split_raw_query(raw) if name in REDIRECT_FIELDS]
 
 
 def redact(text: str) -> str:

@@ -26,8 +26,13 @@ class CreatePaymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     credit_pack_id: UUID = Field(description="The credit pack to buy (an active one).")
-    save_card: bool = Field(default=False, description="Keep a Hyp token of the card after this payment succeeds.")
-    saved_card: bool = Field(default=False, description="Charge the card saved earlier instead of opening a page.")
+    # strict: only JSON true/false; "yes", 1 or "true" are a 400, not a guess at what was meant.
+    save_card: bool = Field(
+        default=False, strict=True, description="Keep a Hyp token of the card after this payment succeeds."
+    )
+    saved_card: bool = Field(
+        default=False, strict=True, description="Charge the card saved earlier instead of opening a page."
+    )
     cvv: str | None = Field(
         default=None,
         description="With saved_card, when the issuer asks for it. Passed through to Hyp; never stored or logged.",

@@ -3,16 +3,15 @@
 The redirect, its reloads and the notification all carry the same parameters. They are made
 idempotent on Hyp's transaction `Id` with the Powertools utility on the Postgres store, validated on
 the fields that say what happened (`Order`, `Amount`, `Coin`, `CCode`): whichever arrives first does
-the work, the others get its outcome. Under that, `complete_payment` and the database's unique
+the work, the others get its outcome. The work is `settle()`: one transaction that locks the payment,
+decides, and writes the decision with its journal row; the journal and the database's unique
 constraints make a second grant impossible even if the idempotency record were gone.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -25,25 +24,19 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 
 from payments.adapters.hypay import HypayClient
+from payments.adapters.journal import HypTransaction, Journal, Source
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain import hypay as protocol
-from payments.domain.money import CURRENCY_OF_COIN, Money
+from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
 from payments.errors import DatabaseUnavailable, GatewayError, InvalidRequest, PaymentError
 from payments.idempotency import PostgresPersistenceLayer
-from payments.observability import metrics
-from payments.services.complete_payment import Outcome, complete_payment
+from payments.observability import logger, metrics
+from payments.services.settle import Result, settle
 
-logger = logging.getLogger(__name__)
-
-_HYP_ID = re.compile(r"^[0-9]{1,20}$")
-
-
-class Result(StrEnum):
-    COMPLETED = "completed"  # paid; credits granted (now or by an earlier delivery)
-    FAILED = "failed"  # Hyp did not charge (declined, cancelled, J5 authorization, postponed ...)
-    REVIEW = "review"  # paid, but something is off (amount, payment no longer pending): a human looks
-    DUPLICATE = "duplicate"  # this Hyp transaction already belongs to another payment: rejected
-    UNKNOWN_PAYMENT = "unknown_payment"  # Order is not one of our payments
+# ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
+_HYP_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
+_CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)
+_AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -60,63 +53,90 @@ class CallbackInProgress(PaymentError):
 
 @dataclass(frozen=True)
 class Callback:
-    """The fields of a verified callback that processing relies on."""
+    """The fields of a callback that processing relies on, each in a strict format.
+
+    Only verified fields are trusted: with the HMAC alone (`currency_trusted=False`) `Coin`, `Hesh`,
+    `L4digit` and `errMsg` are unsigned, so they are not read (the currency is the payment's own).
+    """
 
     transaction_id: str
-    payment_id: UUID
+    order_ref: str
+    payment_id: UUID | None
     ccode: int
     amount: Money
     approval_code: str
     invoice_number: str | None
     last4: str | None
     message: str | None
+    currency_trusted: bool = True
 
     @classmethod
-    def parse(cls, raw_query: str) -> Callback:
-        """Validate the format of what Hyp sent: `Id` digits, `Order` one of our ids, `CCode` a number."""
+    def parse(cls, raw_query: str, *, currency_trusted: bool = True) -> Callback:
+        """Validate the format of what Hyp sent. `Order` need not be ours: a paid unknown one is journaled."""
         fields = protocol.decode_query(raw_query)
         transaction_id = fields.get("Id", "")
-        if not _HYP_ID.match(transaction_id):
-            raise InvalidRequest("Id is not a Hyp transaction id")
+        if not _HYP_ID.fullmatch(transaction_id):
+            raise InvalidRequest("Id is not a Hyp transaction id (1 to 20 ASCII digits)")
+        ccode = fields.get("CCode", "")
+        if not _CCODE.fullmatch(ccode):
+            raise InvalidRequest("CCode is not a Hyp code (1 to 3 ASCII digits)")
+        raw_amount = fields.get("Amount", "")
+        if not _AMOUNT.fullmatch(raw_amount):
+            raise InvalidRequest("Amount is not an amount (digits, at most 2 decimals)")
+        order = fields.get("Order", "")
+        if len(order) > 200:
+            raise InvalidRequest("Order is too long to be one of our payment ids")
         try:
-            payment_id = UUID(fields.get("Order", ""))
+            payment_id: UUID | None = UUID(order) if len(order) == 36 else None
         except ValueError:
-            raise InvalidRequest("Order is not one of our payment ids") from None
-        try:
-            ccode = int(fields.get("CCode", ""))
-        except ValueError:
-            raise InvalidRequest("CCode is not a number") from None
-        currency = CURRENCY_OF_COIN.get(fields.get("Coin", "1") or "1")
-        if currency is None:
-            raise InvalidRequest("Coin is not a known currency")
-        try:
-            amount = Money.of(fields.get("Amount", ""), currency)
-        except (InvalidRequest, TypeError):
-            raise InvalidRequest("Amount is not an amount") from None
-        hesh = fields.get("Hesh", "")
-        last4 = fields.get("L4digit", "")
+            payment_id = None
+        currency = Currency.ILS
+        if currency_trusted:
+            found = CURRENCY_OF_COIN.get(fields.get("Coin", "1") or "1")
+            if found is None:
+                raise InvalidRequest("Coin is not a known currency")
+            currency = found
+        hesh = fields.get("Hesh", "") if currency_trusted else ""
+        last4 = fields.get("L4digit", "") if currency_trusted else ""
+        acode = fields.get("ACode", "")
         return cls(
             transaction_id=transaction_id,
+            order_ref=order,
             payment_id=payment_id,
-            ccode=ccode,
-            amount=amount,
-            approval_code=fields.get("ACode", ""),
-            invoice_number=hesh if hesh not in ("", "0") else None,
+            ccode=int(ccode),
+            amount=Money.of(raw_amount, currency),
+            approval_code=acode if re.fullmatch(r"[0-9A-Za-z]{0,20}", acode) else "",
+            invoice_number=hesh if re.fullmatch(r"[1-9][0-9]{0,19}", hesh) else None,
             last4=last4 if re.fullmatch(r"[0-9]{4}", last4) else None,
-            message=protocol.redact(fields.get("errMsg", "").strip()) or None,
+            message=(protocol.redact(fields.get("errMsg", "").strip())[:200] or None) if currency_trusted else None,
+            currency_trusted=currency_trusted,
+        )
+
+    def transaction(self, source: Source, *, verified: bool = True) -> HypTransaction:
+        return HypTransaction(
+            hypay_id=self.transaction_id,
+            order_ref=self.order_ref,
+            payment_id=self.payment_id,
+            ccode=self.ccode,
+            amount=self.amount,
+            source=source,
+            verified=verified,
+            approval_code=self.approval_code or None,
+            invoice_number=self.invoice_number,
+            message=self.message,
         )
 
     def fingerprint(self) -> dict[str, Any]:
         return {
-            "order": str(self.payment_id),
+            "order": self.order_ref,
             "amount": str(self.amount.amount),
-            "currency": str(self.amount.currency),
+            "currency": str(self.amount.currency) if self.currency_trusted else None,
             "ccode": self.ccode,
         }
 
 
 class HandleCallback:
-    """`HandleCallback(store, gateway, persistence)(raw_query)` -> the outcome, the same for every delivery."""
+    """`HandleCallback(store, gateway, persistence)(raw_query, source=...)`: the same outcome for every delivery."""
 
     def __init__(
         self,
@@ -141,21 +161,18 @@ class HandleCallback:
             key_prefix="hypay_callback",
         )(self._process)
 
-    def __call__(self, raw_query: str, *, context: Any = None) -> CallbackOutcome:
-        callback = Callback.parse(raw_query)
+    def __call__(
+        self, raw_query: str, *, source: Source = Source.REDIRECT, currency_trusted: bool = True, context: Any = None
+    ) -> CallbackOutcome:
+        callback = Callback.parse(raw_query, currency_trusted=currency_trusted)
         if context is not None:
             self.config.register_lambda_context(context)
         delivery = {"transaction_id": callback.transaction_id, "fingerprint": callback.fingerprint()}
         try:
-            stored = self._once(delivery=delivery, callback=callback)
+            stored = self._once(delivery=delivery, callback=callback, source=source)
         except IdempotencyValidationError:
-            # The same Hyp transaction, but for another payment or amount: never a second grant.
-            metrics.add_metric(name="DuplicateTransaction", unit=MetricUnit.Count, value=1)
-            logger.error(
-                "hyp transaction id reused",
-                extra={"hypay_transaction_id": callback.transaction_id, "payment_id": str(callback.payment_id)},
-            )
-            return CallbackOutcome(Result.DUPLICATE, None)
+            # The same Hyp Id with another Order, amount or code: the journal decides (never a second grant).
+            return self._outcome(self._settle(callback, source))
         except IdempotencyAlreadyInProgressError:
             raise CallbackInProgress("another delivery of this transaction is being processed") from None
         except IdempotencyPersistenceLayerError as exc:
@@ -163,86 +180,54 @@ class HandleCallback:
         payment = stored.get("payment_id")
         return CallbackOutcome(Result(stored["result"]), UUID(payment) if payment else None)
 
-    # -- the work, once per Hyp transaction ------------------------------------------------------
+    def keep_unverified(self, raw_query: str, *, source: Source, reason: str) -> None:
+        """A callback we cannot verify yet (our configuration, Hyp unreachable): keep it for reconciliation.
 
-    def _process(self, delivery: dict[str, Any], callback: Callback) -> dict[str, Any]:
-        outcome = self._decide(callback)
-        logger.info(
-            "hypay callback processed",
+        Best effort and never over a verified row; a malformed one has nothing to keep.
+        """
+        try:
+            callback = Callback.parse(raw_query)
+        except InvalidRequest:
+            return
+        try:
+            Journal(self.store.db).record_unverified(
+                callback.transaction(source, verified=False), detail=reason, raw_callback=raw_query
+            )
+        except PaymentError as exc:
+            logger.error(
+                "unverified hypay callback not kept",
+                extra={
+                    "hypay_transaction_id": callback.transaction_id,
+                    "payment_id": str(callback.payment_id) if callback.payment_id else None,
+                    "reason": exc.code,
+                },
+            )
+            return
+        logger.warning(
+            "unverified hypay callback kept for reconciliation",
             extra={
                 "hypay_transaction_id": callback.transaction_id,
-                "payment_id": str(callback.payment_id),
+                "payment_id": str(callback.payment_id) if callback.payment_id else None,
                 "ccode": callback.ccode,
-                "result": str(outcome.result),
+                "reason": reason,
             },
         )
+
+    # -- the work, once per Hyp transaction ------------------------------------------------------
+
+    def _process(self, delivery: dict[str, Any], callback: Callback, source: Source) -> dict[str, Any]:
+        outcome = self._outcome(self._settle(callback, source))
         return {"result": str(outcome.result), "payment_id": str(outcome.payment_id) if outcome.payment_id else None}
 
-    def _decide(self, callback: Callback) -> CallbackOutcome:
-        pid = callback.payment_id
-        if callback.ccode != protocol.APPROVED:
-            message = protocol.ccode_message(callback.ccode)
-            detail = f"{message}: {callback.message}" if callback.message else message
-            if self.store.mark_failed(pid, ccode=callback.ccode, message=detail):
-                metrics.add_metric(name="PaymentsFailed", unit=MetricUnit.Count, value=1)
-                return CallbackOutcome(Result.FAILED, pid)
-            payment = self.store.get(pid)
-            if payment is None:
-                return self._unknown(callback)
-            # Already settled: a failure redirect cannot undo a completed payment.
-            return CallbackOutcome(Result.COMPLETED if payment.status == "completed" else Result.FAILED, pid)
+    def _settle(self, callback: Callback, source: Source) -> Any:
+        settlement = settle(self.store.db, callback.transaction(source), currency_trusted=callback.currency_trusted)
+        if settlement.save_card and settlement.credits_granted and settlement.user_id is not None:
+            self._save_card(callback, settlement.user_id)
+        return settlement
 
-        completion = complete_payment(
-            self.store.db,
-            payment_id=pid,
-            transaction_id=callback.transaction_id,
-            amount=callback.amount,
-            approval_code=callback.approval_code,
-            invoice_number=callback.invoice_number,
-        )
-        match completion.outcome:
-            case Outcome.COMPLETED:
-                metrics.add_metric(name="PaymentsCompleted", unit=MetricUnit.Count, value=1)
-                metrics.add_metric(name="CreditsGranted", unit=MetricUnit.Count, value=completion.credits_granted)
-                if completion.save_card and completion.user_id is not None:
-                    self._save_card(callback, completion.user_id)
-                return CallbackOutcome(Result.COMPLETED, pid)
-            case Outcome.ALREADY_COMPLETED:
-                return CallbackOutcome(Result.COMPLETED, pid)
-            case Outcome.AMOUNT_MISMATCH:
-                metrics.add_metric(name="AmountMismatch", unit=MetricUnit.Count, value=1)
-                logger.error(
-                    "amount mismatch",
-                    extra={
-                        "payment_id": str(pid),
-                        "hypay_transaction_id": callback.transaction_id,
-                        "paid": str(callback.amount),
-                    },
-                )
-                return CallbackOutcome(Result.REVIEW, pid)
-            case Outcome.DUPLICATE_TRANSACTION:
-                metrics.add_metric(name="DuplicateTransaction", unit=MetricUnit.Count, value=1)
-                logger.error(
-                    "hyp transaction id reused",
-                    extra={"payment_id": str(pid), "hypay_transaction_id": callback.transaction_id},
-                )
-                return CallbackOutcome(Result.DUPLICATE, None)
-            case Outcome.NOT_PENDING:
-                # Hyp took the money for a payment we had given up on (expired, failed): never lose it.
-                self.store.flag_paid_late(pid, callback.transaction_id)
-                metrics.add_metric(name="PaidNotPending", unit=MetricUnit.Count, value=1)
-                logger.error(
-                    "payment paid while not pending",
-                    extra={"payment_id": str(pid), "hypay_transaction_id": callback.transaction_id},
-                )
-                return CallbackOutcome(Result.REVIEW, pid)
-            case _:
-                return self._unknown(callback)
-
-    def _unknown(self, callback: Callback) -> CallbackOutcome:
-        metrics.add_metric(name="UnknownPayment", unit=MetricUnit.Count, value=1)
-        logger.error("callback for an unknown payment", extra={"hypay_transaction_id": callback.transaction_id})
-        return CallbackOutcome(Result.UNKNOWN_PAYMENT, None)
+    @staticmethod
+    def _outcome(settlement: Any) -> CallbackOutcome:
+        return CallbackOutcome(settlement.result, settlement.payment_id)
 
     def _save_card(self, callback: Callback, user_id: UUID) -> None:
         """After success, the buyer having opted in: fetch Hyp's token and keep it (never the card number)."""
@@ -253,11 +238,21 @@ class HandleCallback:
             metrics.add_metric(name="CardNotSaved", unit=MetricUnit.Count, value=1)
             logger.warning("card token not saved", extra={"payment_id": str(callback.payment_id), "code": exc.code})
             return
-        self.store.save_card(
-            user_id=user_id,
-            payment_id=callback.payment_id,
-            token=token.value,
-            expiry_month=token.expiry_month,
-            expiry_year=token.expiry_year,
-            last4=callback.last4,
-        )
+        if callback.payment_id is None:
+            return
+        try:
+            self.store.save_card(
+                user_id=user_id,
+                payment_id=callback.payment_id,
+                token=token.value,
+                expiry_month=token.expiry_month,
+                expiry_year=token.expiry_year,
+                last4=callback.last4,
+            )
+        except PaymentError as exc:
+            # The credits are granted and journaled; only the saved card is lost.
+            metrics.add_metric(name="CardNotSaved", unit=MetricUnit.Count, value=1)
+            logger.warning("card token not saved", extra={"payment_id": str(callback.payment_id), "code": exc.code})
+
+
+__all__ = ["Callback", "CallbackInProgress", "CallbackOutcome", "HandleCallback", "Result"]

@@ -1,0 +1,280 @@
+"""SQL of the Hyp journal (`hypay_transactions`) and of settling a transaction against its payment.
+
+Settling is one transaction of two statements: `facts()` locks the payment (`FOR UPDATE`) and reads
+what a decision needs, including the journal's row for the Hyp `Id`; `apply()` changes the payment
+as decided (grant, fail, review, or nothing) and writes the journal row in the same statement. A
+concurrent settlement of the same payment waits on the lock and then sees the first one's journal
+row; the unique indexes on `payments.hypay_transaction_id` and on one purchase per payment stop
+anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Protocol
+from uuid import UUID
+
+from payments.adapters.db import Rows, bind
+from payments.domain.money import Currency, Money
+from payments.domain.payment import PaymentStatus
+
+
+class Runner(Protocol):
+    def run(self, sql: str) -> Rows: ...
+
+
+class Source(StrEnum):
+    REDIRECT = "redirect"
+    NOTIFY = "notify"
+    TOKEN_CHARGE = "token_charge"
+
+
+class Verdict(StrEnum):
+    """What was decided about a Hyp transaction (the journal's `decision`)."""
+
+    GRANTED = "granted"
+    DUPLICATE = "duplicate"
+    DECLINED = "declined"
+    REVIEW = "review"
+    UNMATCHED = "unmatched"
+    UNVERIFIED = "unverified"
+
+
+class Action(StrEnum):
+    """What settling does to the payment."""
+
+    NONE = "none"
+    GRANT = "grant"
+    FAIL = "fail"
+    REVIEW = "review"
+
+
+@dataclass(frozen=True)
+class HypTransaction:
+    """A Hyp transaction as the backend learned of it. No card data."""
+
+    hypay_id: str
+    order_ref: str
+    payment_id: UUID | None
+    ccode: int
+    amount: Money | None
+    source: Source
+    verified: bool
+    approval_code: str | None = None
+    invoice_number: str | None = None
+    message: str | None = None  # Hyp's errMsg (redacted), for a decline
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    decision: Verdict
+    payment_id: UUID | None
+    verified: bool
+
+
+@dataclass(frozen=True)
+class PaymentFacts:
+    """The locked payment, as a decision needs it, and the journal's row for the transaction."""
+
+    status: PaymentStatus
+    amount: Money
+    user_id: UUID
+    hypay_transaction_id: str | None
+    granted_before: bool  # a purchase row exists for this payment
+    transaction_used_elsewhere: bool  # another payment holds this Hyp Id
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What `apply` changed."""
+
+    journaled: Verdict  # the decision the journal holds now (an earlier verified one is never overwritten)
+    user_id: UUID | None = None
+    credits_granted: int = 0
+    balance: int | None = None
+    save_card: bool = False
+
+
+_FACTS = """
+WITH p AS (
+    SELECT p.status, p.amount::text AS amount, p.currency, p.user_id::text AS user_id, p.hypay_transaction_id,
+           EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase')
+               AS granted_before,
+           EXISTS (SELECT 1 FROM public.payments o WHERE o.hypay_transaction_id = :txn AND o.id <> p.id)
+               AS used_elsewhere
+      FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
+), j AS (
+    SELECT decision, payment_id::text AS payment_id, verified FROM public.hypay_transactions WHERE hypay_id = :txn
+)
+SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
+       j.decision, j.payment_id, j.verified
+  FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
+
+# The journal row, inserted, or on a later delivery touched (last_seen, deliveries). A verified decision
+# is never overwritten; an unverified one is, once the transaction is verified.
+_JOURNAL = """
+journal AS (
+    INSERT INTO public.hypay_transactions AS t
+        (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified, decision, detail,
+         previous_status, approval_code, raw_callback)
+    VALUES (:txn, :id::uuid, :order_ref, :ccode, :amount::numeric, :currency, :source, :verified, :decision,
+            :detail, :previous_status, :acode, :raw)
+    ON CONFLICT (hypay_id) DO UPDATE SET
+        last_seen = now(), deliveries = t.deliveries + 1,
+        payment_id = CASE WHEN t.verified THEN t.payment_id ELSE EXCLUDED.payment_id END,
+        order_ref = CASE WHEN t.verified THEN t.order_ref ELSE EXCLUDED.order_ref END,
+        ccode = CASE WHEN t.verified THEN t.ccode ELSE EXCLUDED.ccode END,
+        amount = CASE WHEN t.verified THEN t.amount ELSE EXCLUDED.amount END,
+        currency = CASE WHEN t.verified THEN t.currency ELSE EXCLUDED.currency END,
+        source = CASE WHEN t.verified THEN t.source ELSE EXCLUDED.source END,
+        decision = CASE WHEN t.verified THEN t.decision ELSE EXCLUDED.decision END,
+        detail = CASE WHEN t.verified THEN t.detail ELSE EXCLUDED.detail END,
+        previous_status = CASE WHEN t.verified THEN t.previous_status ELSE EXCLUDED.previous_status END,
+        approval_code = CASE WHEN t.verified THEN t.approval_code ELSE EXCLUDED.approval_code END,
+        raw_callback = CASE WHEN t.verified THEN t.raw_callback ELSE EXCLUDED.raw_callback END,
+        decided_at = CASE WHEN t.verified THEN t.decided_at ELSE now() END,
+        verified = t.verified OR EXCLUDED.verified
+    RETURNING decision
+)"""
+
+_GRANT = """
+WITH paid AS (
+    UPDATE public.payments p
+       SET status = 'completed', hypay_transaction_id = :txn, hypay_ccode = 0, hypay_approval_code = :acode,
+           completed_at = now(), updated_at = now()
+     WHERE p.id = :id::uuid AND p.status = :previous_status
+    RETURNING p.id, p.user_id, p.amount, p.save_card,
+              COALESCE(p.credits,
+                       (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)) AS credits,
+              (SELECT k.name FROM public.credit_packs k WHERE k.id = p.credit_pack_id) AS pack_name
+), granted AS (
+    INSERT INTO public.credit_transactions (user_id, amount, type, description, payment_id)
+    SELECT user_id, credits, 'purchase', COALESCE(pack_name, 'Credit pack'), id FROM paid WHERE credits > 0
+    RETURNING user_id, amount
+), credited AS (
+    UPDATE public.profiles u SET credits = u.credits + g.amount, updated_at = now()
+      FROM granted g WHERE u.id = g.user_id
+    RETURNING u.credits
+), invoiced AS (
+    INSERT INTO public.invoices (user_id, payment_id, invoice_number, amount)
+    SELECT user_id, id, :invoice, amount FROM paid WHERE :invoice::text IS NOT NULL
+    ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL DO NOTHING
+    RETURNING 1
+), {journal}
+SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), (SELECT amount FROM granted),
+       (SELECT credits FROM credited), (SELECT save_card FROM paid)"""
+
+_FAIL = """
+WITH failed AS (
+    UPDATE public.payments SET status = 'failed', hypay_ccode = :ccode, hypay_message = :detail, updated_at = now()
+     WHERE id = :id::uuid AND status = 'pending'
+    RETURNING 1
+), {journal}
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL, NULL"""
+
+_REVIEW = """
+WITH flagged AS (
+    UPDATE public.payments SET status = 'needs_review', review_reason = :detail, updated_at = now()
+     WHERE id = :id::uuid AND status IN ('pending', 'failed', 'expired')
+    RETURNING 1
+), {journal}
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL, NULL"""
+
+_NOTHING = """
+WITH {journal}
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL, NULL"""
+
+_STATEMENTS = {
+    Action.GRANT: _GRANT.format(journal=_JOURNAL.strip()),
+    Action.FAIL: _FAIL.format(journal=_JOURNAL.strip()),
+    Action.REVIEW: _REVIEW.format(journal=_JOURNAL.strip()),
+    Action.NONE: _NOTHING.format(journal=_JOURNAL.strip()),
+}
+
+
+class Journal:
+    """The journal's statements, on a database or inside a transaction."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def facts(self, txn: HypTransaction) -> tuple[PaymentFacts | None, JournalEntry | None]:
+        """Lock the claimed payment (when it exists) and read the journal's row for the transaction."""
+        row = self.runner.run(bind(_FACTS, id=str(txn.payment_id) if txn.payment_id else None, txn=txn.hypay_id))[0]
+        status, amount, currency, user, stored_txn, granted_before, used_elsewhere, decision, jpid, jverified = row
+        facts = (
+            PaymentFacts(
+                PaymentStatus(status),
+                Money.of(Decimal(amount), Currency(currency)),
+                UUID(user),
+                stored_txn,
+                bool(granted_before),
+                bool(used_elsewhere),
+            )
+            if status is not None
+            else None
+        )
+        entry = JournalEntry(Verdict(decision), UUID(jpid) if jpid else None, bool(jverified)) if decision else None
+        return facts, entry
+
+    def apply(
+        self,
+        txn: HypTransaction,
+        *,
+        action: Action,
+        verdict: Verdict,
+        detail: str | None,
+        previous_status: PaymentStatus | None,
+        raw_callback: str | None = None,
+    ) -> Applied:
+        """Change the payment as decided and write the journal row, in one statement."""
+        params: dict[str, Any] = {
+            "txn": txn.hypay_id,
+            "id": str(txn.payment_id) if txn.payment_id else None,
+            "order_ref": txn.order_ref[:200] or None,
+            "ccode": txn.ccode,
+            "amount": txn.amount.amount if txn.amount else None,
+            "currency": str(txn.amount.currency) if txn.amount else None,
+            "source": str(txn.source),
+            "verified": txn.verified,
+            "decision": str(verdict),
+            "detail": detail,
+            "previous_status": str(previous_status) if previous_status else None,
+            "acode": txn.approval_code or None,
+            "raw": raw_callback[:8192] if raw_callback else None,
+        }
+        if action == Action.GRANT:
+            params["invoice"] = txn.invoice_number or None
+        journaled, user, granted, balance, save_card = self.runner.run(bind(_STATEMENTS[action], **params))[0]
+        return Applied(
+            Verdict(journaled),
+            UUID(user) if user else None,
+            int(granted or 0),
+            int(balance) if balance is not None else None,
+            bool(save_card),
+        )
+
+    def record_unverified(self, txn: HypTransaction, *, detail: str, raw_callback: str) -> None:
+        """A callback that could not be verified yet (our side): kept, never over a verified row."""
+        self.apply(
+            txn,
+            action=Action.NONE,
+            verdict=Verdict.UNVERIFIED,
+            detail=detail,
+            previous_status=None,
+            raw_callback=raw_callback,
+        )
+
+
+__all__ = [
+    "Action",
+    "Applied",
+    "HypTransaction",
+    "Journal",
+    "JournalEntry",
+    "PaymentFacts",
+    "Source",
+    "Verdict",
+]

@@ -1,0 +1,143 @@
+"""How the API reads a JSON request body: media type, encoding, syntax and shape, each refused in words.
+
+Powertools' request validation picks the body parser by a case-sensitive `application/json` prefix and
+raises an unhandled error for any other media type (a 500). `JsonBodyValidation` is that same validation
+(path, query, headers, the pydantic body model) reading the body with `json_object` instead, so a body
+the API cannot take is a 4xx before any route code, and so any database write, runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
+    OpenAPIRequestValidationMiddleware,
+    OpenAPIResponseValidationMiddleware,
+)
+
+from payments.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.types import EventHandlerInstance
+
+# `application/json`, or a structured `+json` type (RFC 6838 section 4.2.8), e.g. application/merge-patch+json.
+_JSON_MEDIA_TYPE = re.compile(r"application/(json|[a-z0-9][a-z0-9!#$&^_.+-]*\+json)")
+# A well-formed type/subtype (RFC 6838 restricted names): only such a value is repeated in an answer.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_UTF8 = frozenset({"utf-8", "utf8"})
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """415: the body is not sent as JSON (a 400 wherever no 415 mapping is registered)."""
+
+    code = "unsupported_media_type"
+
+
+class _Refused(ValueError):
+    """Read by Python's parser, refused here: NaN/Infinity (not JSON), a repeated member (read two ways)."""
+
+
+def json_object(content_type: str | None, body: str | None, *, base64_encoded: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, or `UnsupportedMediaType` / `InvalidRequest` saying what is wrong.
+
+    `content_type` is the Content-Type header (None when absent); `body` is the event's body, base64
+    when API Gateway encoded it (`base64_encoded`). The detail never repeats the body's content.
+    """
+    _require_json_media_type(content_type)
+    text = _text(body, base64_encoded=base64_encoded)
+    try:
+        value = json.loads(text, object_pairs_hook=_members, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        what = exc.msg.removesuffix(" at").removesuffix(" starting")  # their sentences end in "at <position>"
+        raise InvalidRequest(f"the body is not valid JSON: line {exc.lineno}, column {exc.colno}: {what}") from None
+    except _Refused as exc:
+        raise InvalidRequest(str(exc)) from None
+    except RecursionError:
+        raise InvalidRequest("the body nests arrays or objects too deeply") from None
+    except ValueError:  # e.g. an integer past Python's digit limit: the message would repeat the number
+        raise InvalidRequest("the body holds a number too long to read") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"the body must be a JSON object, not {_kind(value)}")
+    return value
+
+
+def _require_json_media_type(content_type: str | None) -> None:
+    if content_type is None or not content_type.strip():
+        raise UnsupportedMediaType("the Content-Type header is required: send the body as application/json")
+    media_type, _, parameters = content_type.partition(";")
+    media_type = media_type.strip().lower()
+    if not _JSON_MEDIA_TYPE.fullmatch(media_type):
+        named = media_type if _MEDIA_TYPE.fullmatch(media_type) else "this Content-Type"
+        raise UnsupportedMediaType(f"{named} is not accepted: send the body as application/json")
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in _UTF8:
+            raise UnsupportedMediaType("JSON is read as UTF-8 only: send charset=utf-8 or no charset")
+
+
+def _text(body: str | None, *, base64_encoded: bool) -> str:
+    if not body:
+        raise InvalidRequest("the body is empty: send a JSON object")
+    text = _utf8(body) if base64_encoded else body  # else API Gateway decoded it already
+    if text.startswith("\ufeff"):
+        raise InvalidRequest("the body starts with a byte order mark: send UTF-8 JSON without one")
+    return text
+
+
+def _utf8(body: str) -> str:
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise InvalidRequest("the body is not valid base64 although the event says it is") from None
+    if not raw:
+        raise InvalidRequest("the body is empty: send a JSON object")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the body is not UTF-8: byte {exc.start + 1}: {exc.reason}") from None
+
+
+def _members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A repeated member is read differently by different parsers (first or last wins): refuse it.
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise _Refused("the body names the same member twice in one object")
+    return members
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"the body is not valid JSON: {name} is not a JSON number")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+class JsonBodyValidation(OpenAPIRequestValidationMiddleware):
+    """Powertools' request validation, with the body read by `json_object`."""
+
+    def _get_body(self, app: EventHandlerInstance) -> dict[str, Any]:
+        event = app.current_event
+        return json_object(event.headers.get("content-type"), event.body, base64_encoded=bool(event.is_base64_encoded))
+
+
+def json_body_validation() -> list[Callable[..., Any]]:
+    """The middlewares of a route taking a JSON object body, given with `enable_validation=False` on that route.
+
+    They are what `enable_validation=True` would add (request validation first, response validation last),
+    with the request's body read by `json_object`.
+    """
+    return [JsonBodyValidation(), OpenAPIResponseValidationMiddleware()]

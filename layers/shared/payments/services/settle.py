@@ -1,0 +1,240 @@
+"""Settling a Hyp transaction against its payment: the one code path that grants credits.
+
+Callbacks (redirect, notify) and saved-card charges all end here. In ONE database transaction the
+payment is locked, the decision is taken on what is locked (`decide`, pure), the payment is changed
+as decided and the journal row (`hypay_transactions`) is written with the decision, so there is no
+decision without its row and no paid transaction only in a log. Settling the same transaction again
+(a redelivery, a retry after a lost answer) finds the journal row and changes nothing else.
+
+| approved transaction on a payment that is | decision |
+|---|---|
+| pending / failed / expired, exact amount and currency | granted (a late payment records the status it had) |
+| pending / failed / expired, another amount or currency | review (the payment goes to needs_review) |
+| completed by this transaction | granted (already) |
+| completed by another transaction (paid twice) | review (the payment stays completed) |
+| needs_review | review |
+| unknown | unmatched |
+| any, while another payment holds this Hyp Id | duplicate |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+from uuid import UUID
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from payments.adapters.db import Database, QueryError, Transaction
+from payments.adapters.journal import (
+    Action,
+    HypTransaction,
+    Journal,
+    JournalEntry,
+    PaymentFacts,
+    Verdict,
+)
+from payments.domain import hypay as protocol
+from payments.domain.money import Money
+from payments.domain.payment import PaymentStatus
+from payments.observability import logger, metrics
+
+UNIQUE_VIOLATION = "23505"
+
+
+class Result(StrEnum):
+    """What the caller (browser page, notify answer, API) is told."""
+
+    COMPLETED = "completed"  # paid; credits granted (now or earlier)
+    FAILED = "failed"  # Hyp did not charge
+    REVIEW = "review"  # charged, but a human must look (the money is in the journal)
+    DUPLICATE = "duplicate"  # the Hyp Id already belongs to another payment
+    UNKNOWN_PAYMENT = "unknown_payment"  # Order is not one of our payments
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    verdict: Verdict
+    result: Result
+    detail: str | None = None
+    metric: str | None = None  # counted once, when the decision is first taken
+
+
+@dataclass(frozen=True)
+class Settlement:
+    result: Result
+    verdict: Verdict
+    payment_id: UUID | None
+    user_id: UUID | None = None
+    credits_granted: int = 0
+    balance: int | None = None
+    save_card: bool = False
+    first_decision: bool = True  # False when the journal already held a verified decision
+
+
+def _result_of(verdict: Verdict, facts: PaymentFacts | None) -> Result:
+    if verdict == Verdict.DECLINED:
+        if facts is not None and facts.status == PaymentStatus.COMPLETED:
+            return Result.COMPLETED
+        return Result.REVIEW if facts is not None and facts.status == PaymentStatus.NEEDS_REVIEW else Result.FAILED
+    return {
+        Verdict.GRANTED: Result.COMPLETED,
+        Verdict.REVIEW: Result.REVIEW,
+        Verdict.DUPLICATE: Result.DUPLICATE,
+        Verdict.UNMATCHED: Result.UNKNOWN_PAYMENT,
+    }.get(verdict, Result.REVIEW)
+
+
+def resolve_amount(txn: HypTransaction, facts: PaymentFacts | None, *, currency_trusted: bool) -> HypTransaction:
+    """When the currency was not verified (HMAC only: `Coin` is unsigned), it is the one the payment asked."""
+    if currency_trusted or txn.amount is None or facts is None:
+        return txn
+    return dataclasses.replace(txn, amount=Money(txn.amount.minor, facts.amount.currency))
+
+
+def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry | None) -> Decision:
+    """The decision on a verified transaction, from the locked payment and the journal's row. Pure."""
+    if entry is not None and entry.verified:
+        if entry.payment_id == txn.payment_id:  # decided before: a redelivery changes nothing
+            return Decision(Action.NONE, entry.decision, _result_of(entry.decision, facts))
+        return Decision(Action.NONE, entry.decision, Result.DUPLICATE, metric="DuplicateTransaction")
+    if facts is None:
+        return Decision(
+            Action.NONE,
+            Verdict.UNMATCHED,
+            Result.UNKNOWN_PAYMENT,
+            "Order is not one of our payments",
+            "UnmatchedTransaction" if txn.ccode == protocol.APPROVED else None,
+        )
+    if facts.transaction_used_elsewhere:
+        return Decision(
+            Action.NONE,
+            Verdict.DUPLICATE,
+            Result.DUPLICATE,
+            "this Hyp transaction already paid another payment",
+            "DuplicateTransaction",
+        )
+    status = facts.status
+    if txn.ccode != protocol.APPROVED:
+        meaning = protocol.ccode_message(txn.ccode)
+        detail = f"{meaning}: {txn.message}" if txn.message else meaning
+        if status == PaymentStatus.PENDING:
+            return Decision(Action.FAIL, Verdict.DECLINED, Result.FAILED, detail, "PaymentsFailed")
+        return Decision(
+            Action.NONE, Verdict.DECLINED, _result_of(Verdict.DECLINED, facts), f"{detail} (while {status})"
+        )
+    if status == PaymentStatus.COMPLETED:
+        if facts.hypay_transaction_id == txn.hypay_id:
+            return Decision(Action.NONE, Verdict.GRANTED, Result.COMPLETED, "granted before the journal recorded it")
+        return Decision(
+            Action.NONE,
+            Verdict.REVIEW,
+            Result.REVIEW,
+            f"second charge: the payment was already completed by Hyp transaction {facts.hypay_transaction_id}",
+            "SecondCharge",
+        )
+    if status == PaymentStatus.NEEDS_REVIEW:
+        return Decision(Action.NONE, Verdict.REVIEW, Result.REVIEW, "paid while under review", "PaidNotPending")
+    if txn.amount != facts.amount:
+        return Decision(
+            Action.REVIEW,
+            Verdict.REVIEW,
+            Result.REVIEW,
+            f"amount mismatch: Hyp transaction {txn.hypay_id} paid {txn.amount}, expected {facts.amount}"
+            f" (payment was {status})",
+            "AmountMismatch",
+        )
+    if facts.granted_before:
+        return Decision(
+            Action.REVIEW,
+            Verdict.REVIEW,
+            Result.REVIEW,
+            "a purchase was already granted for this payment",
+            "PaidNotPending",
+        )
+    late = status != PaymentStatus.PENDING
+    return Decision(
+        Action.GRANT,
+        Verdict.GRANTED,
+        Result.COMPLETED,
+        f"completed late: the payment was {status}" if late else None,
+        "LatePaymentCompleted" if late else None,
+    )
+
+
+class _JournalChanged(QueryError):
+    """Another transaction journaled this Hyp Id between our read and our write: decide again."""
+
+    def __init__(self) -> None:
+        super().__init__("the journal changed under the decision", "40001")
+
+
+def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) -> Settlement:
+    """Decide on a verified Hyp transaction and record it, atomically. Safe to call any number of times."""
+
+    def work(tx: Transaction) -> tuple[Decision, Settlement]:
+        journal = Journal(tx)
+        facts, entry = journal.facts(txn)
+        resolved = resolve_amount(txn, facts, currency_trusted=currency_trusted)
+        decision = decide(resolved, facts, entry)
+        applied = journal.apply(
+            resolved,
+            action=decision.action,
+            verdict=decision.verdict,
+            detail=decision.detail,
+            previous_status=facts.status if facts else None,
+        )
+        first = entry is None or not entry.verified
+        if first and applied.journaled != decision.verdict:
+            raise _JournalChanged()
+        return decision, Settlement(
+            decision.result,
+            decision.verdict,
+            txn.payment_id if decision.result != Result.DUPLICATE else None,
+            applied.user_id or (facts.user_id if facts else None),
+            applied.credits_granted,
+            applied.balance,
+            applied.save_card,
+            first,
+        )
+
+    decision, settlement = db.atomic(work, retry_on=(UNIQUE_VIOLATION,))
+    _report(txn, decision, settlement)
+    return settlement
+
+
+def _report(txn: HypTransaction, decision: Decision, settlement: Settlement) -> None:
+    """Metrics and the money event, once the decision is committed."""
+    keys = {
+        "payment_id": str(txn.payment_id) if txn.payment_id else None,
+        "hypay_transaction_id": txn.hypay_id,
+        "source": str(txn.source),
+        "ccode": txn.ccode,
+        "amount": str(txn.amount) if txn.amount else None,
+        "decision": str(decision.verdict),
+        "result": str(decision.result),
+    }
+    if decision.metric:
+        metrics.add_metric(name=decision.metric, unit=MetricUnit.Count, value=1)
+    if not settlement.first_decision:
+        logger.info("hyp transaction seen again", extra=keys)
+        return
+    if decision.verdict == Verdict.GRANTED and decision.action == Action.GRANT:
+        metrics.add_metric(name="PaymentsCompleted", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="CreditsGranted", unit=MetricUnit.Count, value=settlement.credits_granted)
+        logger.info(
+            "payment completed", extra={**keys, "credits": settlement.credits_granted, "detail": decision.detail}
+        )
+    elif decision.verdict == Verdict.DECLINED:
+        logger.info("payment failed", extra={**keys, "detail": decision.detail})
+    elif decision.verdict in (Verdict.REVIEW, Verdict.UNMATCHED, Verdict.DUPLICATE) and (
+        txn.ccode == protocol.APPROVED
+    ):
+        logger.info("payment needs review", extra={**keys, "detail": decision.detail})
+    else:
+        logger.info("hyp transaction recorded", extra={**keys, "detail": decision.detail})
+
+
+__all__ = ["Decision", "Result", "Settlement", "decide", "resolve_amount", "settle"]
