@@ -165,10 +165,14 @@ def test_gateway_unavailable_is_503_not_stored_and_the_retry_reuses_the_payment(
     assert len(env.payments()) == 1
 
 
-def test_gateway_refusing_our_credentials_is_502(env: Env) -> None:
+def test_gateway_refusing_our_credentials_is_503_not_yet_and_the_retry_works(env: Env) -> None:
+    # Given Hyp refuses our terminal's credentials (a KEY rotation in progress): ours, so "not yet"
     env.sim.faults.add("SIGN", "ccode", ccode=902)
     answer = post({"credit_pack_id": STARTER})
-    assert answer.status == 502 and PUBLIC_TEST_TERMINAL_KEY not in answer.body
+    assert answer.status == 503 and answer.headers["retry-after"] and PUBLIC_TEST_TERMINAL_KEY not in answer.body
+    # And once the credentials are right, the retry with the same key creates the page
+    retried = post({"credit_pack_id": STARTER})
+    assert retried.status == 201 and len(env.payments()) == 1
 
 
 def test_rate_limit_per_user_is_429_with_retry_after(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -256,16 +260,90 @@ def test_declined_saved_card_is_402_with_hyps_code_and_no_credits(env: Env, save
     assert env.credits() == before
 
 
-def test_saved_card_charge_with_unknown_outcome_is_never_retried(env: Env, saved_card: str) -> None:
+def test_saved_card_charge_with_unknown_outcome_is_never_retried(
+    env: Env, saved_card: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given Hyp does not answer the charge in time
     env.sim.faults.add("soft", "hang", seconds=1.5)
     answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-3")
-    assert answer.status == 502 and "do not retry" in answer.json["detail"]
+    # Then 202: being confirmed, the payment in review, counted for the alarm
+    assert answer.status == 202 and "being confirmed" in answer.json["detail"]
     again = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-3")
-    assert again.status == 502 and again.headers["idempotent-replayed"] == "true"
+    assert again.status == 202 and again.headers["idempotent-replayed"] == "true"
     assert env.sim.calls.count("soft") == 1  # the card was asked once, whatever happens
     assert env.rows(
-        "SELECT status, review_reason IS NOT NULL FROM payments WHERE id = :p::uuid", p=answer.json["payment_id"]
-    ) == [["pending", True]]
+        "SELECT status, review_reason IS NOT NULL, charge_attempt_id IS NOT NULL FROM payments WHERE id = :p::uuid",
+        p=answer.json["payment_id"],
+    ) == [["needs_review", True, True]]
+    assert "ChargeOutcomeUnknown" in capsys.readouterr().out
+
+
+def _expire_in_progress_records(env: Env) -> None:
+    """As if the invocation holding the key ran out of time: its in-progress expiry is past."""
+    env.rows("UPDATE idempotency_keys SET in_progress_expiry_timestamp = 1 WHERE status = 'pending'")
+
+
+def test_saved_card_approved_then_the_store_fails_never_charges_twice(env: Env, saved_card: str) -> None:
+    # Given Hyp approves the charge but writing its outcome fails (the journal refuses token charges)
+    before = env.credits()
+    env.rows("""
+        CREATE FUNCTION refuse_charge() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'storage failure' USING ERRCODE = '53100'; END $$""")
+    env.rows(
+        "CREATE TRIGGER refuse_charge BEFORE INSERT ON hypay_transactions FOR EACH ROW"
+        " WHEN (NEW.source = 'token_charge') EXECUTE FUNCTION refuse_charge()"
+    )
+    body = {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
+    answer = post(body, key="saved-4")
+    # Then the caller is told it is being confirmed (never "retry"), and the key stays locked
+    assert answer.status == 202 and "being confirmed" in answer.json["detail"], answer.body
+    assert env.rows("SELECT count(*) FROM idempotency_keys WHERE status = 'pending'") == [[1]]
+    assert post(body, key="saved-4").status == 409
+    # When the storage recovers and the lock's holder is known dead, the same key is retried
+    env.rows("DROP TRIGGER refuse_charge ON hypay_transactions")
+    _expire_in_progress_records(env)
+    retried = post(body, key="saved-4")
+    # Then no second charge: the payment goes to review, the outcome being confirmed
+    assert retried.status == 202 and retried.json["status"] == "needs_review", retried.body
+    assert env.sim.calls.count("soft") == 1 and env.credits() == before
+    assert env.status(answer.json["payment_id"]) == "needs_review"
+
+
+class _Killed(BaseException):
+    """The Lambda runtime killing the invocation: no `except Exception` runs."""
+
+
+def test_saved_card_invocation_killed_mid_charge_never_charges_twice(env: Env, saved_card: str) -> None:
+    # Given the invocation dies right after Hyp charged (its answer never read)
+    from ops.template import load_module
+    from tests.support.api import TEMPLATE
+
+    module = load_module(TEMPLATE.functions[FN])
+    gateway = module._service().deps.gateway
+    real_open = gateway._open
+
+    def charge_then_die(request, timeout):  # noqa: ANN001, ANN202 - the opener's signature
+        answer = real_open(request, timeout)
+        if b"action=soft" in request.data:
+            raise _Killed()
+        return answer
+
+    gateway._open = charge_then_die
+    body = {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
+    with pytest.raises(_Killed):
+        post(body, key="saved-5")
+    gateway._open = real_open
+    # When the client retries with the same key: first while the dead invocation's lock holds, then after
+    assert post(body, key="saved-5").status == 409
+    _expire_in_progress_records(env)
+    retried = post(body, key="saved-5")
+    # Then the card was charged once, and the payment waits for review with the charge being confirmed
+    assert retried.status == 202 and retried.json["status"] == "needs_review", retried.body
+    assert env.sim.calls.count("soft") == 1
+    [(status, reason)] = env.rows(
+        "SELECT status, review_reason FROM payments WHERE id = :p::uuid", p=retried.json["payment_id"]
+    )
+    assert status == "needs_review" and "interrupted" in reason
 
 
 def test_no_saved_card_is_409(env: Env) -> None:
@@ -365,3 +443,26 @@ def test_over_http_happy_path_and_authorizer(env: Env, local_api: LocalApi) -> N
     status, headers, body = http_post(local_api, {"credit_pack_id": STARTER}, "http-1", local_token(DEMO_USER_ID))
     assert status == 201 and body["status"] == "pending" and headers["cache-control"] == "no-store"
     assert http_post(local_api, {"credit_pack_id": STARTER}, "http-2", "not-a-token")[0] == 401
+
+
+def test_store_failure_after_the_page_was_created_answers_the_same_payment_on_retry(env: Env) -> None:
+    # Given the page is created, but storing the idempotent answer fails (the record stays in progress)
+    env.rows("""
+        CREATE FUNCTION refuse_completion() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.status = 'completed' THEN RAISE EXCEPTION 'storage failure' USING ERRCODE = '53100';
+        END IF; RETURN NEW; END $$""")
+    env.rows(
+        "CREATE TRIGGER refuse_completion BEFORE UPDATE ON idempotency_keys FOR EACH ROW"
+        " EXECUTE FUNCTION refuse_completion()"
+    )
+    failed = post({"credit_pack_id": STARTER}, key="page-1")
+    assert failed.status == 503, failed.body
+    env.rows("DROP TRIGGER refuse_completion ON idempotency_keys")
+    env.rows("UPDATE idempotency_keys SET in_progress_expiry_timestamp = 1 WHERE status = 'pending'")
+    # When the client retries with the same key, user and body
+    retried = post({"credit_pack_id": STARTER}, key="page-1")
+    # Then it answers the payment that exists, with its page, never a 422 and never a second page
+    [(pid, _, status, _, _, url)] = env.payments()
+    assert retried.status == 201, retried.body
+    assert retried.json["payment_id"] == pid and retried.json["payment_url"] == url and status == "pending"
+    assert env.sim.calls.count("SIGN") == 1

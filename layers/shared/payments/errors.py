@@ -55,10 +55,18 @@ class GatewayError(PaymentError):
     code = "gateway_error"
     retryable = False
 
-    def __init__(self, message: str, *, ccode: int | None = None, gateway_message: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        ccode: int | None = None,
+        gateway_message: str | None = None,
+        transaction_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.ccode = ccode
         self.gateway_message = gateway_message
+        self.transaction_id = transaction_id  # Hyp's Id, when its answer had one (a declined charge does)
 
 
 class GatewayDeclined(GatewayError):
@@ -84,6 +92,19 @@ class GatewayUnavailable(GatewayError):
 
     code = "gateway_unavailable"
     retryable = True
+
+
+class OutcomeUnconfirmed(PaymentError):
+    """A charge may have happened and its outcome could not be stored (the database failed after Hyp
+    answered, or the outcome is unknown). The idempotency record is kept in progress, never deleted,
+    so no retry can charge again; the caller is told the outcome is being confirmed."""
+
+    code = "outcome_unconfirmed"
+    keep_in_progress = True
+
+    def __init__(self, message: str, *, payment_id: str) -> None:
+        super().__init__(message)
+        self.payment_id = payment_id
 
 
 class IdempotencyKeyReused(PaymentError):

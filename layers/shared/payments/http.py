@@ -42,6 +42,11 @@ def _retry_after(seconds: int) -> dict[str, str]:
 
 def error_response(exc: errors.PaymentError) -> Response:
     """The HTTP answer for each error a caller can act on."""
+    if isinstance(exc, errors.OutcomeUnconfirmed):
+        body = {"payment_id": exc.payment_id, "status": "pending", "detail": exc.message}
+        return Response(status_code=202, content_type="application/json", body=json.dumps(body))
+    if isinstance(exc, errors.ConfigurationError):
+        return problem(503, "Service Unavailable", "the service is not ready; retry later", headers=_retry_after(30))
     if isinstance(exc, errors.RateLimited):
         return problem(429, "Too Many Requests", exc.message, headers=_retry_after(exc.retry_after))
     if isinstance(exc, errors.RequestInProgress):
@@ -57,7 +62,8 @@ def error_response(exc: errors.PaymentError) -> Response:
     if isinstance(exc, errors.NotFound):
         return problem(404, "Not Found", exc.message)
     if isinstance(exc, errors.GatewayError):
-        if exc.retryable:
+        if exc.retryable or isinstance(exc, errors.GatewayAuthenticationError):
+            # Hyp unreachable, or our terminal's credentials refused: ours, so "not yet", never "rejected".
             return problem(
                 503,
                 "Service Unavailable",

@@ -44,6 +44,21 @@ class Payment:
 
 
 @dataclass(frozen=True)
+class OpenedPayment:
+    """The payment behind an Idempotency-Key: new, or what an earlier attempt left."""
+
+    id: UUID
+    created: bool
+    status: PaymentStatus
+    payment_url: str | None
+    charge_attempt_id: UUID | None
+    ccode: int | None
+    message: str | None
+    credit_pack_id: UUID | None
+    save_card: bool
+
+
+@dataclass(frozen=True)
 class SavedCard:
     token: str
     expiry_month: int
@@ -97,12 +112,9 @@ class PaymentsStore:
         profile = Profile(UUID(uid), email, full_name) if uid else None
         return pack, profile
 
-    def open_pending(self, *, user_id: UUID, pack: Pack, idempotency_key: str, save_card: bool) -> UUID | None:
-        """Insert the pending payment, or reuse the one an interrupted attempt with this key left.
-
-        None when the key already belongs to a payment that is not that (another pack, already
-        sent to Hyp, finished): the key was used for something else.
-        """
+    def open_pending(self, *, user_id: UUID, pack: Pack, idempotency_key: str, save_card: bool) -> OpenedPayment | None:
+        """Insert the pending payment, or find the one an earlier attempt with this key left (whatever
+        became of it: a page sent, a charge attempted, paid). None only when the key is another user's."""
         rows = self.db.run(
             bind(
                 """
@@ -113,12 +125,12 @@ class PaymentsStore:
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id
             )
-            SELECT id::text FROM inserted
+            SELECT id::text, true, 'pending', NULL, NULL, NULL, NULL, :pack, :save FROM inserted
             UNION ALL
-            SELECT id::text FROM public.payments
-             WHERE idempotency_key = :key AND user_id = :user::uuid AND credit_pack_id = :pack::uuid
-               AND status = 'pending' AND payment_url IS NULL AND hypay_transaction_id IS NULL
-               AND NOT EXISTS (SELECT 1 FROM inserted)""",
+            SELECT id::text, false, status, payment_url, charge_attempt_id::text, hypay_ccode, hypay_message,
+                   credit_pack_id::text, save_card
+              FROM public.payments
+             WHERE idempotency_key = :key AND user_id = :user::uuid AND NOT EXISTS (SELECT 1 FROM inserted)""",
                 user=str(user_id),
                 pack=str(pack.id),
                 amount=pack.price.amount,
@@ -128,7 +140,68 @@ class PaymentsStore:
                 save=save_card,
             )
         )
-        return UUID(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        pid, created, status, url, attempt, ccode, message, pack_id, saved = rows[0]
+        return OpenedPayment(
+            UUID(pid),
+            bool(created),
+            PaymentStatus(status),
+            url,
+            UUID(attempt) if attempt else None,
+            ccode,
+            message,
+            UUID(pack_id) if pack_id else None,
+            bool(saved),
+        )
+
+    def mark_charge_attempt(self, payment_id: UUID, attempt_id: UUID) -> bool:
+        """Before asking Hyp to charge: durably mark the attempt. False when another attempt holds the payment
+        (or it is no longer pending). Resending the statement after a lost answer finds our own mark."""
+        rows = self.db.run(
+            bind(
+                "UPDATE public.payments SET charge_attempt_id = :a::uuid, charge_attempted_at = now(),"
+                " updated_at = now() WHERE id = :id::uuid AND status = 'pending'"
+                " AND (charge_attempt_id IS NULL OR charge_attempt_id = :a::uuid) RETURNING 1",
+                a=str(attempt_id),
+                id=str(payment_id),
+            )
+        )
+        return bool(rows)
+
+    def release_charge_attempt(self, payment_id: UUID, attempt_id: UUID) -> None:
+        """Hyp certainly did not charge (our credentials were refused): a retry may try again."""
+        self.db.run(
+            bind(
+                "UPDATE public.payments SET charge_attempt_id = NULL, charge_attempted_at = NULL, updated_at = now()"
+                " WHERE id = :id::uuid AND status = 'pending' AND charge_attempt_id = :a::uuid",
+                a=str(attempt_id),
+                id=str(payment_id),
+            )
+        )
+
+    def charge_state(self, payment_id: UUID) -> OpenedPayment | None:
+        rows = self.db.run(
+            bind(
+                "SELECT id::text, false, status, payment_url, charge_attempt_id::text, hypay_ccode, hypay_message,"
+                " credit_pack_id::text, save_card FROM public.payments WHERE id = :id::uuid",
+                id=str(payment_id),
+            )
+        )
+        if not rows:
+            return None
+        pid, created, status, url, attempt, ccode, message, pack_id, saved = rows[0]
+        return OpenedPayment(
+            UUID(pid),
+            False,
+            PaymentStatus(status),
+            url,
+            UUID(attempt) if attempt else None,
+            ccode,
+            message,
+            UUID(pack_id) if pack_id else None,
+            bool(saved),
+        )
 
     def set_payment_url(self, payment_id: UUID, url: str) -> None:
         self.db.run(
@@ -169,29 +242,17 @@ class PaymentsStore:
         )
         return bool(rows)
 
-    def flag_for_review(self, payment_id: UUID, reason: str, *, status: PaymentStatus | None = None) -> None:
-        """Note why a human must look; optionally move a pending payment to another status."""
-        self.db.run(
+    def flag_for_review(self, payment_id: UUID, reason: str) -> bool:
+        """A pending payment goes to needs_review, saying why. False when it was not pending any more."""
+        rows = self.db.run(
             bind(
-                "UPDATE public.payments SET review_reason = :reason, status = COALESCE(:status, status),"
-                " updated_at = now() WHERE id = :id::uuid AND status = 'pending'",
+                "UPDATE public.payments SET review_reason = :reason, status = 'needs_review',"
+                " updated_at = now() WHERE id = :id::uuid AND status = 'pending' RETURNING 1",
                 reason=reason,
-                status=str(status) if status else None,
                 id=str(payment_id),
             )
         )
-
-    def flag_paid_late(self, payment_id: UUID, transaction_id: str) -> None:
-        """Hyp charged a payment we had given up on (expired, failed): keep the money's trace for review."""
-        self.db.run(
-            bind(
-                "UPDATE public.payments SET status = 'needs_review', updated_at = now(),"
-                " review_reason = 'paid by Hyp transaction ' || :txn || ' while ' || status"
-                " WHERE id = :id::uuid AND status IN ('expired', 'failed')",
-                txn=transaction_id,
-                id=str(payment_id),
-            )
-        )
+        return bool(rows)
 
     def saved_card(self, user_id: UUID) -> SavedCard | None:
         rows = self.db.run(
@@ -247,4 +308,4 @@ def is_unique_violation(exc: QueryError) -> bool:
     return exc.sqlstate == UNIQUE_VIOLATION
 
 
-__all__ = ["Pack", "Payment", "PaymentsStore", "Profile", "SavedCard", "is_unique_violation"]
+__all__ = ["OpenedPayment", "Pack", "Payment", "PaymentsStore", "Profile", "SavedCard", "is_unique_violation"]

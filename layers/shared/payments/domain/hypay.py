@@ -236,7 +236,13 @@ def raise_for_ccode(answer: Answer, action: str) -> None:
         error = GatewayDeclined
     else:
         error = GatewayRejected
-    raise error(message, ccode=code, gateway_message=hyp_message or meaning)
+    hyp_id = answer.fields.get("Id", "")
+    raise error(
+        message,
+        ccode=code,
+        gateway_message=hyp_message or meaning,
+        transaction_id=hyp_id if hyp_id.isascii() and hyp_id.isdigit() and len(hyp_id) <= 20 else None,
+    )
 
 
 def ccode_message(code: int) -> str:

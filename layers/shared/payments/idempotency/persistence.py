@@ -144,6 +144,15 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             # Only possible when this invocation outlived its in-progress expiry and another took over.
             logger.warning("idempotency record was taken over before completion", extra={"idempotency_key": key})
 
+    def delete_record(self, data: dict[str, Any], exception: Exception) -> None:
+        """Powertools clears the in-progress record when the function raised; not when the error says an
+        irreversible action may have happened without its outcome stored (`keep_in_progress`): then the
+        record stays until its in-progress expiry, and a retry is answered 'in progress', never run."""
+        if getattr(exception, "keep_in_progress", False):
+            logger.warning("idempotency record kept in progress", extra={"reason": type(exception).__name__})
+            return
+        super().delete_record(data, exception)
+
     def _delete_record(self, data_record: DataRecord) -> None:
         key = data_record.idempotency_key
         self._run(self._sql.delete, key=key, claim=self._claim_of(key))

@@ -13,11 +13,14 @@ retry can never charge the card twice.
 
 from __future__ import annotations
 
-import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from uuid import UUID
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
@@ -26,8 +29,9 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 
-from payments.adapters.hypay import Customer, HypayClient, PaymentPage, Token
-from payments.adapters.payments_store import Pack, PaymentsStore, Profile
+from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
+from payments.adapters.journal import HypTransaction, Source
+from payments.adapters.payments_store import OpenedPayment, Pack, PaymentsStore, Profile
 from payments.domain.payment import CreatePaymentRequest, PaymentStatus
 from payments.errors import (
     Conflict,
@@ -35,17 +39,17 @@ from payments.errors import (
     GatewayAuthenticationError,
     GatewayDeclined,
     GatewayError,
-    GatewayUnavailable,
+    GatewayRejected,
     IdempotencyKeyReused,
     NotFound,
+    OutcomeUnconfirmed,
     PackUnavailable,
     RateLimited,
     RequestInProgress,
 )
 from payments.idempotency import PostgresPersistenceLayer
-from payments.services.complete_payment import Outcome, complete_payment
-
-logger = logging.getLogger(__name__)
+from payments.observability import logger, metrics
+from payments.services.settle import Result, settle
 
 
 @dataclass(frozen=True)
@@ -160,14 +164,19 @@ class CreatePayment:
         if request.saved_card and card is None:
             raise Conflict("there is no saved card for this user; pay on the payment page instead")
 
-        payment_id = store.open_pending(
+        opened = store.open_pending(
             user_id=user_id,
             pack=pack,
             idempotency_key=_scoped_key(user_id, scope["key"]),
             save_card=request.save_card,
         )
-        if payment_id is None:
+        if opened is None or opened.credit_pack_id != pack.id or opened.save_card != request.save_card:
             raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
+        payment_id = opened.id
+        if not opened.created:
+            earlier = self._earlier_attempt(opened, pack)
+            if earlier is not None:
+                return earlier
 
         if card is not None:
             return self._charge_saved_card(
@@ -186,10 +195,50 @@ class CreatePayment:
         logger.info("payment created", extra={"payment_id": str(payment_id), "credit_pack_id": str(pack.id)})
         return {"status": 201, "body": _view(payment_id, pack, url, PaymentStatus.PENDING)}
 
+    def _earlier_attempt(self, opened: OpenedPayment, pack: Pack) -> dict[str, Any] | None:
+        """What an earlier attempt with this key left, answered as such; None when it got nowhere
+        (pending, no page, no charge attempted), so this attempt does the work."""
+        if opened.charge_attempt_id is not None:
+            return self._charge_outcome(opened, pack)
+        if opened.status == PaymentStatus.PENDING and opened.payment_url is None:
+            return None
+        # The page was created (its answer lost to a store failure), or the payment finished since.
+        url = opened.payment_url if opened.status == PaymentStatus.PENDING else None
+        return {"status": 201, "body": _view(opened.id, pack, url, opened.status)}
+
+    def _charge_outcome(self, opened: OpenedPayment, pack: Pack) -> dict[str, Any]:
+        """A charge was attempted for this payment: its stored outcome, never a second charge."""
+        match opened.status:
+            case PaymentStatus.COMPLETED:
+                return {"status": 201, "body": _view(opened.id, pack, None, PaymentStatus.COMPLETED)}
+            case PaymentStatus.FAILED:
+                return _declined_answer(opened.id, opened.ccode, opened.message or "declined")
+            case PaymentStatus.PENDING:
+                # The attempt that marked it is over (Powertools let this one in only after its in-progress
+                # expiry: killed, timed out, or its outcome was never stored): nobody knows if Hyp charged.
+                self._outcome_unknown(opened.id, "saved-card charge interrupted before its outcome was stored")
+                return _confirming(opened.id, PaymentStatus.NEEDS_REVIEW)
+            case _:
+                return _confirming(opened.id, opened.status)
+
+    def _outcome_unknown(self, payment_id: UUID, reason: str) -> None:
+        """Hyp may or may not have charged: the payment goes to review, counted (the alarm fires at one)."""
+        metrics.add_metric(name="ChargeOutcomeUnknown", unit=MetricUnit.Count, value=1)
+        logger.error("saved card charge outcome unknown", extra={"payment_id": str(payment_id), "reason": reason})
+        self.deps.store.flag_for_review(payment_id, f"{reason}; check Hyp's transactions for Order {payment_id}")
+
     def _charge_saved_card(
         self, payment_id: UUID, pack: Pack, profile: Profile, token: Token, cvv: str | None
     ) -> dict[str, Any]:
+        """action=soft, at most once per payment: the attempt is marked before Hyp is asked, and after Hyp
+        answers nothing may raise without the answer stored (`OutcomeUnconfirmed` keeps the key locked)."""
         store = self.deps.store
+        attempt = uuid.uuid4()
+        if not store.mark_charge_attempt(payment_id, attempt):
+            state = store.charge_state(payment_id)
+            if state is None:
+                raise NotFound("the payment disappeared")
+            return self._charge_outcome(state, pack)
         try:
             charge = self.deps.gateway.charge_token(
                 token,
@@ -199,70 +248,117 @@ class CreatePayment:
                 customer=_customer(profile),
                 cvv=cvv,
             )
-        except GatewayDeclined as exc:
-            store.mark_failed(payment_id, ccode=exc.ccode, message=exc.gateway_message)
-            logger.info("saved card declined", extra={"payment_id": str(payment_id), "ccode": exc.ccode})
-            return {
-                "status": 402,
-                "body": _problem(
-                    402,
-                    "Payment Declined",
-                    f"the card was declined: {exc.gateway_message}",
-                    payment_id=str(payment_id),
-                    ccode=exc.ccode,
-                    gateway_message=exc.gateway_message,
-                ),
-            }
         except GatewayAuthenticationError:
-            raise  # nothing was charged; a configuration problem: not stored, the retry may run
-        except GatewayUnavailable:
-            # Hyp may or may not have charged: never ask again blindly. The payment waits for review.
-            store.flag_for_review(payment_id, "saved-card charge outcome unknown (gateway unavailable)")
-            logger.warning("saved card charge outcome unknown", extra={"payment_id": str(payment_id)})
-            return {
-                "status": 502,
-                "body": _problem(
-                    502,
-                    "Bad Gateway",
-                    "the payment gateway did not confirm the charge; the payment is being checked, do not retry it",
-                    payment_id=str(payment_id),
-                ),
-            }
+            # Our terminal's credentials were refused: Hyp charged nothing. Ours, so "not yet": released, raised.
+            store.release_charge_attempt(payment_id, attempt)
+            raise
         except GatewayError as exc:
-            store.mark_failed(payment_id, ccode=exc.ccode, message=exc.gateway_message)
-            return {
-                "status": 502,
-                "body": _problem(
-                    502,
-                    "Bad Gateway",
-                    "the payment gateway refused the charge",
-                    payment_id=str(payment_id),
-                    ccode=exc.ccode,
-                ),
-            }
-        completion = complete_payment(
-            store.db,
-            payment_id=payment_id,
-            transaction_id=charge.transaction_id,
-            amount=charge.amount or pack.price,
-            approval_code=charge.approval_code,
-            invoice_number=charge.invoice_number,
-        )
-        if completion.outcome not in (Outcome.COMPLETED, Outcome.ALREADY_COMPLETED):
+            return self._after_answer(payment_id, partial(self._not_approved, payment_id, pack, exc))
+        except Exception as exc:
+            # A bug while Hyp was being asked: the charge may exist. Never deleted, never retried.
+            raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id)) from exc
+        return self._after_answer(payment_id, partial(self._approved, payment_id, pack, charge))
+
+    def _not_approved(self, payment_id: UUID, pack: Pack, exc: GatewayError) -> dict[str, Any]:
+        if isinstance(exc, GatewayDeclined):
+            return self._declined(payment_id, pack, exc)
+        if isinstance(exc, GatewayRejected) and exc.ccode != DUPLICATE_TRANSACTION:
+            return self._refused(payment_id, exc)
+        # Unreachable, timed out, an error page, or "duplicate" (Hyp saw this charge before): it may exist.
+        return self._unknown(payment_id, f"{exc.code}, CCode {exc.ccode}")
+
+    def _after_answer(self, payment_id: UUID, store_it: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return store_it()
+        except Exception as exc:
             logger.error(
-                "saved card charge not completed",
-                extra={"payment_id": str(payment_id), "outcome": str(completion.outcome)},
+                "saved card charge answered but not stored",
+                extra={"payment_id": str(payment_id), "error": type(exc).__name__},
             )
-            return {
-                "status": 502,
-                "body": _problem(
-                    502,
-                    "Bad Gateway",
-                    "the charge could not be completed; the payment is being checked",
-                    payment_id=str(payment_id),
+            raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id)) from exc
+
+    def _approved(self, payment_id: UUID, pack: Pack, charge: Charge) -> dict[str, Any]:
+        settlement = settle(
+            self.deps.store.db,
+            HypTransaction(
+                hypay_id=charge.transaction_id,
+                order_ref=str(payment_id),
+                payment_id=payment_id,
+                ccode=0,
+                amount=charge.amount or pack.price,
+                source=Source.TOKEN_CHARGE,
+                verified=True,
+                approval_code=charge.approval_code or None,
+                invoice_number=charge.invoice_number,
+            ),
+        )
+        if settlement.result == Result.COMPLETED:
+            return {"status": 201, "body": _view(payment_id, pack, None, PaymentStatus.COMPLETED)}
+        return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
+
+    def _declined(self, payment_id: UUID, pack: Pack, exc: GatewayDeclined) -> dict[str, Any]:
+        if exc.transaction_id:
+            settle(
+                self.deps.store.db,
+                HypTransaction(
+                    hypay_id=exc.transaction_id,
+                    order_ref=str(payment_id),
+                    payment_id=payment_id,
+                    ccode=exc.ccode if exc.ccode is not None else 0,
+                    amount=pack.price,
+                    source=Source.TOKEN_CHARGE,
+                    verified=True,
+                    message=exc.gateway_message,
                 ),
-            }
-        return {"status": 201, "body": _view(payment_id, pack, None, PaymentStatus.COMPLETED)}
+            )
+        else:
+            self.deps.store.mark_failed(payment_id, ccode=exc.ccode, message=exc.gateway_message)
+        logger.info("payment failed", extra={"payment_id": str(payment_id), "ccode": exc.ccode})
+        return _declined_answer(payment_id, exc.ccode, exc.gateway_message or "declined")
+
+    def _refused(self, payment_id: UUID, exc: GatewayError) -> dict[str, Any]:
+        self.deps.store.mark_failed(payment_id, ccode=exc.ccode, message=exc.gateway_message)
+        logger.info("payment failed", extra={"payment_id": str(payment_id), "ccode": exc.ccode})
+        return {
+            "status": 502,
+            "body": _problem(
+                502,
+                "Bad Gateway",
+                "the payment gateway refused the charge",
+                payment_id=str(payment_id),
+                ccode=exc.ccode,
+            ),
+        }
+
+    def _unknown(self, payment_id: UUID, reason: str) -> dict[str, Any]:
+        self._outcome_unknown(payment_id, f"saved-card charge outcome unknown ({reason})")
+        return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
+
+
+DUPLICATE_TRANSACTION = 425
+_CONFIRMING = "the charge's outcome is being confirmed; do not retry with a new key: poll GET /payments/{id}"
+
+
+def _confirming(payment_id: UUID, status: PaymentStatus) -> dict[str, Any]:
+    """202: the charge may have happened; it is being confirmed (never charged again)."""
+    return {
+        "status": 202,
+        "body": {"payment_id": str(payment_id), "status": str(status), "detail": _CONFIRMING},
+    }
+
+
+def _declined_answer(payment_id: UUID, ccode: int | None, message: str) -> dict[str, Any]:
+    return {
+        "status": 402,
+        "body": _problem(
+            402,
+            "Payment Declined",
+            f"the card was declined: {message}",
+            payment_id=str(payment_id),
+            ccode=ccode,
+            gateway_message=message,
+        ),
+    }
 
 
 def get_payment(store: PaymentsStore, *, user_id: UUID, payment_id: UUID) -> dict[str, Any]:
