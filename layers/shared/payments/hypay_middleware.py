@@ -129,7 +129,7 @@ class HypayVerification(BaseMiddlewareHandler):
             return self._refuse(str(exc))
         if not raw.strip():
             return next_middleware(app)  # Hyp's portal connection test: nothing to verify, nothing to do
-        refusal = protocol.callback_refusal(raw)
+        refusal = protocol.callback_refusal(raw) or protocol.malformed(raw)
         if refusal is not None:
             return self._refuse(refusal)
         try:

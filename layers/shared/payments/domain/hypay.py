@@ -181,6 +181,25 @@ def callback_refusal(raw: str) -> str | None:
     return None
 
 
+_FORMATS = (
+    ("Id", re.compile(r"[0-9]{1,20}", re.ASCII), "Id is not a Hyp transaction id (1 to 20 ASCII digits)"),
+    ("CCode", re.compile(r"[0-9]{1,3}", re.ASCII), "CCode is not a Hyp code (1 to 3 ASCII digits)"),
+    ("Amount", re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII), "Amount is not an amount"),
+)
+
+
+def malformed(raw: str) -> str | None:
+    """What makes a callback's deciding fields malformed (as received, before decoding), or None.
+
+    `+0`, `٠` (an Arabic-Indic zero) or `99999999999` are never a CCode: refused before anything is asked.
+    """
+    fields = dict(split_raw_query(raw))
+    for name, pattern, problem in _FORMATS:
+        if not pattern.fullmatch(fields.get(name, "")):
+            return problem
+    return None
+
+
 def verify_fields(raw: str) -> list[tuple[str, str]]:
     """The documented redirect fields of a callback, in the order received, values exactly as received."""
     return [(name, value) for name, value in split_raw_query(raw) if name in REDIRECT_FIELDS]

@@ -38,6 +38,11 @@ class CleanupPolicy:
     table: str = "public.idempotency_keys"
 
 
+_UNVERIFIED_CALLBACK = (
+    "EXISTS (SELECT 1 FROM public.hypay_transactions j WHERE j.payment_id = q.id AND j.decision = 'unverified')"
+)
+
+
 def _steps(policy: CleanupPolicy) -> list[tuple[str, str]]:
     table = policy.table
     return [
@@ -59,23 +64,29 @@ def _steps(policy: CleanupPolicy) -> list[tuple[str, str]]:
                    AND COALESCE(updated_at, created_at) < now() - make_interval(secs => :web_retention)
                  LIMIT :batch FOR UPDATE SKIP LOCKED)""",
         ),
-        # A stale pending payment that needs a human (its charge outcome is unknown) is not expired.
+        # A stale pending payment that needs a human is never expired: a saved-card charge was attempted
+        # and its outcome never stored (it may have charged).
         (
             "payments_flagged_for_review",
             """
-            UPDATE public.payments SET status = 'needs_review', updated_at = now() WHERE id IN (
+            UPDATE public.payments p SET status = 'needs_review', updated_at = now(),
+                   review_reason = COALESCE(p.review_reason, 'saved-card charge attempted, outcome never stored')
+             WHERE id IN (
                 SELECT id FROM public.payments
-                 WHERE status = 'pending' AND review_reason IS NOT NULL
+                 WHERE status = 'pending' AND (review_reason IS NOT NULL OR charge_attempt_id IS NOT NULL)
                    AND created_at < now() - make_interval(secs => :pending_age)
                  LIMIT :batch FOR UPDATE SKIP LOCKED)""",
         ),
-        # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped.
+        # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One
+        # with a callback on record that we could not verify yet stays pending: it may be paid, and completes
+        # when Hyp sends the callback again (the journal's unverified row and the alarm bring a human).
         (
             "expired_payments",
-            """
+            f"""
             UPDATE public.payments SET status = 'expired', updated_at = now() WHERE id IN (
-                SELECT id FROM public.payments
-                 WHERE status = 'pending' AND review_reason IS NULL
+                SELECT id FROM public.payments q
+                 WHERE status = 'pending' AND review_reason IS NULL AND charge_attempt_id IS NULL
+                   AND NOT {_UNVERIFIED_CALLBACK}
                    AND created_at < now() - make_interval(secs => :pending_age)
                  LIMIT :batch FOR UPDATE SKIP LOCKED)""",
         ),
