@@ -122,6 +122,19 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
         assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}]
         assert alarm["Namespace"] == {"Ref": "MetricsNamespace"}
         assert alarm["Dimensions"] == [{"Name": "service", "Value": "hypay_callback"}]
+    # Money that needs a human alarms on the first occurrence, however quiet the shop
+    for metric, service in {
+        "AmountMismatch": "hypay_callback",
+        "PaidNotPending": "hypay_callback",
+        "CallbackNotVerifiable": "hypay_callback",
+        "SecondCharge": "hypay_callback",
+        "UnmatchedTransaction": "hypay_callback",
+        "ChargeOutcomeUnknown": "create_payment",
+    }.items():
+        alarm = alarms[metric]
+        assert (alarm["Threshold"], alarm["EvaluationPeriods"]) == (1, 1), metric
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": service}], metric
+        assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}], metric
     subscription = resources["AlertsEmailSubscription"]
     assert subscription["Condition"] == "HasAlertEmail" and subscription["Properties"]["Protocol"] == "email"
 

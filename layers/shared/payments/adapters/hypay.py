@@ -8,7 +8,6 @@ Credentials (`Masof`, `KEY`, `PassP`), tokens and CVVs never reach a log line or
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -20,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from aws_lambda_powertools import Tracer
+from aws_lambda_powertools import Logger, Tracer
 from pydantic import BaseModel, ConfigDict, Field
 
 from payments.adapters.secrets import read_secret
@@ -28,7 +27,10 @@ from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Money
 from payments.errors import ConfigurationError, GatewayUnavailable
 
-logger = logging.getLogger(__name__)
+# A child of the functions' Powertools Logger (same service, same keys); importing payments.observability
+# here would fix the metrics namespace before a test's environment is set.
+logger = Logger(child=True)
+
 tracer = Tracer()  # shares the functions' tracer configuration (Powertools keeps one)
 
 DEFAULT_URL = "https://pay.hyp.co.il/p/"

@@ -16,13 +16,13 @@ column), which is what lets the connection reconnect and resend after a drop.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import re
 import threading
 import uuid
 from typing import Any
 
 import pg8000.native
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
@@ -35,7 +35,9 @@ from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import S
 from payments.adapters.db import Database, Rows, bind, default_database
 from payments.errors import DatabaseUnavailable
 
-logger = logging.getLogger(__name__)
+# A child of the functions' Powertools Logger (same service, same keys); importing payments.observability
+# here would fix the metrics namespace before a test's environment is set.
+logger = Logger(child=True)
 
 _TO_DB = {STATUS_CONSTANTS["INPROGRESS"]: "pending", STATUS_CONSTANTS["COMPLETED"]: "completed"}
 _FROM_DB = {db: pt for pt, db in _TO_DB.items()}
