@@ -51,6 +51,26 @@ class ApiSettings(BaseModel):
     send_invoice: bool = Field(default=False, alias="HYPAY_SEND_INVOICE")
 
 
+HYPAY_URL = "https://pay.hyp.co.il/p/"
+DEFAULT_URL = HYPAY_URL
+
+
+class HypaySettings(BaseModel):
+    """Hyp's endpoint, the terminal's credentials (a secret, or the environment locally) and timeouts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str = Field(default=HYPAY_URL, alias="HYPAY_URL")
+    secret_arn: str | None = Field(default=None, alias="HYPAY_SECRET_ARN")
+    masof: str | None = Field(default=None, alias="HYPAY_MASOF")
+    key: str | None = Field(default=None, alias="HYPAY_KEY", repr=False)
+    passp: str | None = Field(default=None, alias="HYPAY_PASSP", repr=False)
+    # Per attempt; with the one retry of an idempotent call the total stays under `budget_seconds`.
+    timeout_seconds: float = Field(default=6.0, gt=0, alias="HYPAY_TIMEOUT")
+    budget_seconds: float = Field(default=12.0, gt=0, alias="HYPAY_BUDGET")
+    secret_max_age_seconds: int = Field(default=300, ge=0, alias="HYPAY_SECRET_MAX_AGE")
+
+
 VerifyMode = Literal["hmac", "verify", "both"]
 
 
@@ -109,3 +129,8 @@ def callback_settings() -> CallbackSettings:
 @lru_cache(maxsize=1)
 def cleanup_settings() -> CleanupSettings:
     return _from_env(CleanupSettings)
+
+
+@lru_cache(maxsize=1)
+def hypay_settings() -> HypaySettings:
+    return _from_env(HypaySettings)

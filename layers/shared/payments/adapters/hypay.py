@@ -8,32 +8,28 @@ Credentials (`Masof`, `KEY`, `PassP`), tokens and CVVs never reach a log line or
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from aws_lambda_powertools import Logger, Tracer
-from pydantic import BaseModel, ConfigDict, Field
 
 from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Money
 from payments.errors import ConfigurationError, GatewayUnavailable
+from payments.settings import DEFAULT_URL, HYPAY_URL, HypaySettings, hypay_settings
 
 # A child of the functions' Powertools Logger (same service, same keys); importing payments.observability
 # here would fix the metrics namespace before a test's environment is set.
 logger = Logger(child=True)
 
 tracer = Tracer()  # shares the functions' tracer configuration (Powertools keeps one)
-
-DEFAULT_URL = "https://pay.hyp.co.il/p/"
 
 
 @dataclass(frozen=True)
@@ -53,20 +49,6 @@ class HypayCredentials:
         if not (masof.isdigit() and len(masof) == 10):
             raise ConfigurationError("Hypay Masof must be 10 digits")
         return cls(masof, key, passp)
-
-
-class HypaySettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    url: str = Field(default=DEFAULT_URL, alias="HYPAY_URL")
-    secret_arn: str | None = Field(default=None, alias="HYPAY_SECRET_ARN")
-    masof: str | None = Field(default=None, alias="HYPAY_MASOF")
-    key: str | None = Field(default=None, alias="HYPAY_KEY", repr=False)
-    passp: str | None = Field(default=None, alias="HYPAY_PASSP", repr=False)
-    # Per attempt; with the one retry of an idempotent call the total stays under `budget_seconds`.
-    timeout_seconds: float = Field(default=6.0, gt=0, alias="HYPAY_TIMEOUT")
-    budget_seconds: float = Field(default=12.0, gt=0, alias="HYPAY_BUDGET")
-    secret_max_age_seconds: int = Field(default=300, ge=0, alias="HYPAY_SECRET_MAX_AGE")
 
 
 def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentials]:
@@ -141,7 +123,7 @@ class HypayClient:
         self,
         credentials: Callable[[], HypayCredentials],
         *,
-        url: str = DEFAULT_URL,
+        url: str = HYPAY_URL,
         timeout_seconds: float = 6.0,
         budget_seconds: float = 12.0,
         opener: Opener = _urlopen,
@@ -390,12 +372,8 @@ def _charge_from(answer: protocol.Answer) -> Charge:
     return Charge(fields.get("Id", ""), fields.get("ACode", ""), amount, hesh if hesh not in (None, "", "0") else None)
 
 
-@lru_cache(maxsize=1)
-def hypay_settings() -> HypaySettings:
-    return HypaySettings.model_validate(dict(os.environ))
-
-
 __all__ = [
+    "DEFAULT_URL",
     "Charge",
     "Customer",
     "HypayClient",
@@ -404,4 +382,5 @@ __all__ = [
     "PaymentPage",
     "Token",
     "credentials_provider",
+    "hypay_settings",
 ]

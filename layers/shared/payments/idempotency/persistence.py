@@ -160,6 +160,11 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self._run(self._sql.delete, key=key, claim=self._claim_of(key))
         self._forget_claim(key)
 
+    def record_status(self, idempotency_key: str) -> str | None:
+        """The table's own status of a record (`pending`, `completed`), or None: for diagnostics."""
+        rows = self._run(self._sql.status, key=idempotency_key)
+        return rows[0][0] if rows else None
+
     # -- helpers ------------------------------------------------------------------------------
 
     def _run(self, sql: str, **params: Any) -> Rows:
@@ -240,6 +245,7 @@ UNION ALL
 SELECT outcome, id, status, expiry_timestamp, in_progress_expiry_timestamp, request_hash, response_data
   FROM existing WHERE NOT EXISTS (SELECT 1 FROM claimed)"""
         self.get = f"SELECT {_RECORD_COLUMNS} FROM {table} t WHERE t.key = :key"
+        self.status = f"SELECT status FROM {table} WHERE key = :key"
         # Completion keeps the payload hash (validation on replay depends on it).
         self.complete = f"""
 UPDATE {table} SET status = 'completed', response_data = :data::jsonb, expiry_timestamp = :expiry,

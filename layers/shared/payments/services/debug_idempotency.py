@@ -8,7 +8,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 
-from payments.adapters.db import Database, bind
+from payments.adapters.db import Database
 from payments.errors import InvalidRequest
 from payments.idempotency import PostgresPersistenceLayer
 from payments.services.cleanup import CleanupPolicy, purge_expired_idempotency_records
@@ -31,13 +31,7 @@ def exercise(kind: str, db: Database, *, table: str = "idempotency_keys") -> dic
         return {"key": request["key"], "computed_at": time.time()}
 
     def record() -> str | None:
-        rows = db.run(
-            bind(
-                f"SELECT status FROM {store.quoted_table} WHERE key = :k",
-                k=store._get_hashed_idempotency_key({"key": key}),
-            )
-        )
-        return rows[0][0] if rows else None
+        return store.record_status(store._get_hashed_idempotency_key({"key": key}) or "")
 
     first = work(request={"key": key})
     report: dict[str, Any] = {"type": kind, "record_after_first_call": record()}

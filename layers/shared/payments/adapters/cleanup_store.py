@@ -1,0 +1,79 @@
+"""SQL of the housekeeping steps (see `payments.services.cleanup` for the policy and the loop).
+
+Every step deletes or updates one bounded batch of rows it locks with `FOR UPDATE SKIP LOCKED`, and
+re-checks its conditions on the locked rows. Parameters: `:now` (Unix seconds, the Lambda's clock),
+`:batch`, `:web_retention`, `:pending_age`, `:rate_retention` (seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from payments.adapters.db import Database, bind
+
+_UNVERIFIED_CALLBACK = (
+    "EXISTS (SELECT 1 FROM public.hypay_transactions j WHERE j.payment_id = q.id AND j.decision = 'unverified')"
+)
+
+
+def cleanup_steps(table: str) -> list[tuple[str, str]]:
+    """(report field, statement) for each step, in order; each statement handles one bounded batch."""
+    return [
+        (
+            "purged_idempotency_records",
+            f"""
+            DELETE FROM {table} WHERE key IN (
+                SELECT key FROM {table}
+                 WHERE expiry_timestamp IS NOT NULL AND expiry_timestamp < :now
+                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+        ),
+        # The web app's own rows have no expiry: old enough and finished.
+        (
+            "purged_web_app_records",
+            f"""
+            DELETE FROM {table} WHERE key IN (
+                SELECT key FROM {table}
+                 WHERE expiry_timestamp IS NULL AND status IS DISTINCT FROM 'pending'
+                   AND COALESCE(updated_at, created_at) < now() - make_interval(secs => :web_retention)
+                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+        ),
+        # A stale pending payment that needs a human is never expired: a saved-card charge was attempted
+        # and its outcome never stored (it may have charged).
+        (
+            "payments_flagged_for_review",
+            """
+            UPDATE public.payments p SET status = 'needs_review', updated_at = now(),
+                   review_reason = COALESCE(p.review_reason, 'saved-card charge attempted, outcome never stored')
+             WHERE id IN (
+                SELECT id FROM public.payments
+                 WHERE status = 'pending' AND (review_reason IS NOT NULL OR charge_attempt_id IS NOT NULL)
+                   AND created_at < now() - make_interval(secs => :pending_age)
+                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+        ),
+        # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One
+        # with a callback on record that we could not verify yet stays pending: it may be paid, and completes
+        # when Hyp sends the callback again (the journal's unverified row and the alarm bring a human).
+        (
+            "expired_payments",
+            f"""
+            UPDATE public.payments SET status = 'expired', updated_at = now() WHERE id IN (
+                SELECT id FROM public.payments q
+                 WHERE status = 'pending' AND review_reason IS NULL AND charge_attempt_id IS NULL
+                   AND NOT {_UNVERIFIED_CALLBACK}
+                   AND created_at < now() - make_interval(secs => :pending_age)
+                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+        ),
+        (
+            "purged_rate_limit_windows",
+            """
+            DELETE FROM public.rate_limits WHERE (bucket, window_start) IN (
+                SELECT bucket, window_start FROM public.rate_limits
+                 WHERE window_start < now() - make_interval(secs => :rate_retention)
+                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+        ),
+    ]
+
+
+def run_step(db: Database, sql: str, **params: Any) -> int:
+    """One batch of one step; how many rows it handled."""
+    return len(db.run(bind(sql + " RETURNING 1", **params)))
