@@ -147,10 +147,9 @@ class HypayClient:
 
     # -- the calls ------------------------------------------------------------------------------
 
-    def payment_page_url(self, page: PaymentPage) -> str:
-        """APISign/SIGN: Hyp signs the page parameters; the page URL is the answer, verbatim."""
+    def _sign_head(self) -> dict[str, str]:
         creds = self._credentials()
-        params = {
+        return {
             "action": "APISign",
             "What": "SIGN",
             "Masof": creds.masof,
@@ -159,6 +158,12 @@ class HypayClient:
             "Sign": "True",
             "UTF8": "True",
             "UTF8out": "True",
+        }
+
+    def payment_page_url(self, page: PaymentPage) -> str:
+        """APISign/SIGN: Hyp signs the page parameters; the page URL is the answer, verbatim."""
+        params = {
+            **self._sign_head(),
             "MoreData": "True",
             "Amount": page.amount.hypay_amount(),
             "Coin": page.amount.coin,
@@ -223,16 +228,8 @@ class HypayClient:
         now = time.monotonic()
         if self._credentials_ok_until > now:
             return True
-        creds = self._credentials()
         params = {
-            "action": "APISign",
-            "What": "SIGN",
-            "Masof": creds.masof,
-            "KEY": creds.key,
-            "PassP": creds.passp,
-            "Sign": "True",
-            "UTF8": "True",
-            "UTF8out": "True",
+            **self._sign_head(),
             "Amount": "1.00",
             "Coin": "1",
             "Order": "credentials-check",

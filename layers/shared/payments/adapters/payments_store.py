@@ -90,6 +90,21 @@ def _payment(row: list[Any]) -> Payment:
     )
 
 
+def _opened(row: list[Any]) -> OpenedPayment:
+    pid, created, status, url, attempt, ccode, message, pack_id, saved = row
+    return OpenedPayment(
+        UUID(pid),
+        bool(created),
+        PaymentStatus(status),
+        url,
+        UUID(attempt) if attempt else None,
+        ccode,
+        message,
+        UUID(pack_id) if pack_id else None,
+        bool(saved),
+    )
+
+
 class PaymentsStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -140,20 +155,7 @@ class PaymentsStore:
                 save=save_card,
             )
         )
-        if not rows:
-            return None
-        pid, created, status, url, attempt, ccode, message, pack_id, saved = rows[0]
-        return OpenedPayment(
-            UUID(pid),
-            bool(created),
-            PaymentStatus(status),
-            url,
-            UUID(attempt) if attempt else None,
-            ccode,
-            message,
-            UUID(pack_id) if pack_id else None,
-            bool(saved),
-        )
+        return _opened(rows[0]) if rows else None
 
     def mark_charge_attempt(self, payment_id: UUID, attempt_id: UUID) -> bool:
         """Before asking Hyp to charge: durably mark the attempt. False when another attempt holds the payment
@@ -188,20 +190,7 @@ class PaymentsStore:
                 id=str(payment_id),
             )
         )
-        if not rows:
-            return None
-        pid, created, status, url, attempt, ccode, message, pack_id, saved = rows[0]
-        return OpenedPayment(
-            UUID(pid),
-            False,
-            PaymentStatus(status),
-            url,
-            UUID(attempt) if attempt else None,
-            ccode,
-            message,
-            UUID(pack_id) if pack_id else None,
-            bool(saved),
-        )
+        return _opened(rows[0]) if rows else None
 
     def set_payment_url(self, payment_id: UUID, url: str) -> None:
         self.db.run(
