@@ -306,22 +306,29 @@ class Database:
     def atomic[T](self, work: Callable[[Transaction], T], *, retry_on: tuple[str, ...] = ()) -> T:
         """`work(tx)` inside one transaction, run again from the start when the server rolled it back.
 
-        `work` must be safe to re-run: it reads what it decides on inside the transaction. Retried on
-        serialization failures and deadlocks (and the SQLSTATEs in `retry_on`, e.g. a unique
-        violation that a concurrent writer caused), with bounded jittered backoff. A connection that
-        breaks inside the transaction is DatabaseUnavailable: nothing was committed, unless the break
-        hit the COMMIT itself, which is why `work` must also be safe to run after a success.
+        `work` must be safe to re-run: it reads what it decides on inside the transaction, and finds
+        its own effects when an earlier run did commit. Retried on serialization failures and deadlocks
+        (and the SQLSTATEs in `retry_on`, e.g. a unique violation that a concurrent writer caused), with
+        bounded jittered backoff; and once, on a fresh connection, when the connection broke (the
+        server rolled the transaction back, or the break hit the COMMIT and it may have committed:
+        either way running `work` again is right). A second break is DatabaseUnavailable.
         """
         states = RETRYABLE_CONFLICTS + retry_on
-        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        reconnected = False
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 with self.transaction() as tx:
                     return work(tx)
             except QueryError as exc:
-                if exc.sqlstate not in states or attempt == CONFLICT_ATTEMPTS:
+                if exc.sqlstate not in states or attempt >= CONFLICT_ATTEMPTS:
                     raise
                 _backoff(attempt)
-        raise AssertionError("unreachable")
+            except DatabaseUnavailable:
+                if reconnected:
+                    raise
+                reconnected = True
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:

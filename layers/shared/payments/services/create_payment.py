@@ -253,11 +253,12 @@ class CreatePayment:
             store.release_charge_attempt(payment_id, attempt)
             raise
         except GatewayError as exc:
-            return self._after_answer(payment_id, partial(self._not_approved, payment_id, pack, exc))
+            answered = partial(self._not_approved, payment_id, pack, exc)
+            return self._after_answer(payment_id, answered, exc.transaction_id)
         except Exception as exc:
             # A bug while Hyp was being asked: the charge may exist. Never deleted, never retried.
             raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id)) from exc
-        return self._after_answer(payment_id, partial(self._approved, payment_id, pack, charge))
+        return self._after_answer(payment_id, partial(self._approved, payment_id, pack, charge), charge.transaction_id)
 
     def _not_approved(self, payment_id: UUID, pack: Pack, exc: GatewayError) -> dict[str, Any]:
         if isinstance(exc, GatewayDeclined):
@@ -267,13 +268,18 @@ class CreatePayment:
         # Unreachable, timed out, an error page, or "duplicate" (Hyp saw this charge before): it may exist.
         return self._unknown(payment_id, f"{exc.code}, CCode {exc.ccode}")
 
-    def _after_answer(self, payment_id: UUID, store_it: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _after_answer(
+        self, payment_id: UUID, store_it: Callable[[], dict[str, Any]], hypay_id: str | None = None
+    ) -> dict[str, Any]:
         try:
             return store_it()
         except Exception as exc:
+            # The database is down even after a reconnect: the payment's charge attempt mark stays (the
+            # cleanup or the next retry sends it to review) and this line names Hyp's transaction.
+            metrics.add_metric(name="ChargeOutcomeUnknown", unit=MetricUnit.Count, value=1)
             logger.error(
                 "saved card charge answered but not stored",
-                extra={"payment_id": str(payment_id), "error": type(exc).__name__},
+                extra={"payment_id": str(payment_id), "hypay_transaction_id": hypay_id, "error": type(exc).__name__},
             )
             raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id)) from exc
 
