@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS public.hypay_transactions (
   -- The payment's status when the decision was taken (e.g. failed, expired: a late payment).
   previous_status  text,
   approval_code    text,
-  -- Only for an unverified callback: the query string as received, to verify it again later.
+  -- For an unverified row: the first such callback as received (all of them: hypay_unverified_callbacks).
   raw_callback     text CHECK (length(raw_callback) <= 8192),
   deliveries       integer NOT NULL DEFAULT 1,
   first_seen       timestamptz NOT NULL DEFAULT now(),
@@ -39,6 +39,24 @@ CREATE INDEX IF NOT EXISTS hypay_transactions_attention_idx
 COMMENT ON TABLE public.hypay_transactions IS
   'Every Hyp transaction the payment backend learned of, and what it decided (written with the decision).';
 
+-- Callbacks that could not be verified yet for a reason of ours (our credentials refused, Hyp
+-- unreachable, configuration): every distinct one kept as received, append-only, to verify again.
+-- An unverified claim can be forged, so it never changes anything: it only stops the cleanup from
+-- expiring the payment it names until its Hyp Id is verified.
+CREATE TABLE IF NOT EXISTS public.hypay_unverified_callbacks (
+  raw_sha256    text PRIMARY KEY CHECK (raw_sha256 ~ '^[0-9a-f]{64}$'),
+  hypay_id      text NOT NULL,
+  payment_id    uuid,
+  source        text NOT NULL CHECK (source IN ('redirect', 'notify')),
+  reason        text,
+  raw_callback  text NOT NULL CHECK (length(raw_callback) <= 8192),
+  deliveries    integer NOT NULL DEFAULT 1,
+  first_seen    timestamptz NOT NULL DEFAULT now(),
+  last_seen     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS hypay_unverified_callbacks_payment_idx ON public.hypay_unverified_callbacks (payment_id);
+CREATE INDEX IF NOT EXISTS hypay_unverified_callbacks_hypay_idx ON public.hypay_unverified_callbacks (hypay_id);
+
 -- A saved-card charge: the attempt is marked (a conditional update) BEFORE Hyp is asked to charge,
 -- so a retry can see that a charge may exist and never asks again.
 ALTER TABLE public.payments
@@ -47,3 +65,4 @@ ALTER TABLE public.payments
 
 -- Backend-only: with row level security on and no policy, Supabase's anon/authenticated roles see nothing.
 ALTER TABLE public.hypay_transactions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.hypay_unverified_callbacks ENABLE ROW LEVEL SECURITY;

@@ -18,7 +18,13 @@ from payments.http import problem
 from payments.hypay_middleware import HypayVerification, VerificationConfig, parse_allowlist, redirect
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
-from payments.services.handle_callback import CallbackInProgress, CallbackOutcome, HandleCallback, Result
+from payments.services.handle_callback import (
+    CallbackInProgress,
+    CallbackOutcome,
+    HandleCallback,
+    Result,
+    keep_unverified,
+)
 from payments.settings import callback_settings, idempotency_settings
 
 app = APIGatewayHttpResolver()
@@ -30,7 +36,7 @@ def _verification() -> VerificationConfig:
     allowlist = parse_allowlist(settings.notify_allowed_cidrs)
     if not allowlist:
         logger.warning("HYPAY_NOTIFY_ALLOWED_CIDRS is empty: /hypay/notify accepts any source address")
-    return VerificationConfig(settings, allowlist, _gateway(), keep_unverified=_keep_unverified)
+    return VerificationConfig(settings, allowlist, _gateway())
 
 
 @cache
@@ -47,12 +53,13 @@ def _service() -> HandleCallback:
 
 
 def _keep_unverified(raw: str, notify: bool, reason: str) -> None:
+    """Only the database is needed: the Hyp configuration may be what is broken."""
     try:
-        service = _service()
+        db = default_database()
     except ConfigurationError:
         logger.error("unverified hypay callback not kept: the database is not configured")
         return
-    service.keep_unverified(raw, source=Source.NOTIFY if notify else Source.REDIRECT, reason=reason)
+    keep_unverified(db, raw, source=Source.NOTIFY if notify else Source.REDIRECT, reason=reason)
 
 
 def _order(raw: str) -> str | None:
@@ -77,7 +84,11 @@ def _handle(raw: str, source: Source) -> CallbackOutcome:
     )
 
 
-@app.get("/hypay/return", middlewares=[HypayVerification(_verification, notify=False)])
+_BROWSER = HypayVerification(_verification, notify=False, keep_unverified=_keep_unverified)
+_SERVER = HypayVerification(_verification, notify=True, keep_unverified=_keep_unverified)
+
+
+@app.get("/hypay/return", middlewares=[_BROWSER])
 def hypay_return() -> Response[Any]:
     raw = app.context.get("hypay_raw")
     if raw is None:
@@ -96,7 +107,11 @@ def hypay_return() -> Response[Any]:
     return redirect(page.get(outcome.result, pages.failure_url), outcome.payment_id)
 
 
-@app.route("/hypay/notify", method=["GET", "POST"], middlewares=[HypayVerification(_verification, notify=True)])
+@app.route(
+    "/hypay/notify",
+    method=["GET", "POST"],
+    middlewares=[_SERVER],
+)
 def hypay_notify() -> Response[Any]:
     raw = app.context.get("hypay_raw")
     if raw is None:

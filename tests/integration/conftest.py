@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from ops.hypay_simulator import (
+    APPROVING_CARD,
     PUBLIC_TEST_TERMINAL_KEY,
     PUBLIC_TEST_TERMINAL_MASOF,
     PUBLIC_TEST_TERMINAL_PASSP,
     HypaySimulator,
     public_test_terminal,
 )
-from ops.seed import seed
+from ops.seed import DEMO_USER_ID, seed
+from payments.adapters.hypay import HypayClient, HypayCredentials
+from payments.adapters.payments_store import PaymentsStore
 from tests.support.api import reset_function_state
-from tests.support.payments import CALLBACK, CREATE, FAILURE_PAGE, OTHER_USER, PENDING_PAGE, SUCCESS_PAGE, Env
+from tests.support.payments import (
+    CALLBACK,
+    CREATE,
+    FAILURE_PAGE,
+    OTHER_USER,
+    PENDING_PAGE,
+    STARTER,
+    SUCCESS_PAGE,
+    Env,
+    post,
+)
 from tests.support.pg import database
 
 
@@ -52,3 +66,26 @@ def env(database_url: str, sim: HypaySimulator, monkeypatch: pytest.MonkeyPatch)
     yield Env(database_url, sim)
     for function in (CREATE, CALLBACK):
         reset_function_state(function)
+
+
+@pytest.fixture
+def saved_card(env: Env) -> str:
+    """The demo user paid once with the approving card and agreed to keep it: a token is saved."""
+    client = HypayClient(
+        lambda: HypayCredentials(PUBLIC_TEST_TERMINAL_MASOF, PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_PASSP),
+        url=env.sim.url,
+    )
+    created = post({"credit_pack_id": STARTER, "save_card": True}, key="first-payment").json
+    transaction = env.sim.pay(created["payment_url"], APPROVING_CARD, cvv="125")
+    token = client.get_token(transaction.id)
+    store = PaymentsStore(database(env.url))
+    store.save_card(
+        user_id=uuid.UUID(DEMO_USER_ID),
+        payment_id=uuid.UUID(created["payment_id"]),
+        token=token.value,
+        expiry_month=token.expiry_month,
+        expiry_year=token.expiry_year,
+        last4=transaction.card_last4,
+    )
+    store.db.close()
+    return token.value

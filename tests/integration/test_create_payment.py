@@ -15,22 +15,16 @@ from urllib.parse import urlsplit
 import pytest
 
 from ops.hypay_simulator import (
-    APPROVING_CARD,
     PUBLIC_TEST_TERMINAL_KEY,
-    PUBLIC_TEST_TERMINAL_MASOF,
-    PUBLIC_TEST_TERMINAL_PASSP,
 )
 from ops.local_api import LocalApi, local_token
 from ops.seed import DEMO_USER_ID
 from ops.template import load
-from payments.adapters.hypay import HypayClient, HypayCredentials
-from payments.adapters.payments_store import PaymentsStore
 from payments.domain import hypay as protocol
 from tests.support.api import invoke, reset_function_state
 from tests.support.leaks import holds, pg_standing
 from tests.support.payments import CREATE as FN
 from tests.support.payments import CVV, LEGACY, OTHER_USER, PRO, STARTER, Env, post
-from tests.support.pg import database
 
 
 def test_happy_path_creates_a_pending_payment_with_a_signed_page(env: Env) -> None:
@@ -206,29 +200,6 @@ def test_no_user_in_the_token_is_401(env: Env) -> None:
 
 
 # -- saved cards ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def saved_card(env: Env) -> str:
-    """The demo user paid once with the approving card and agreed to keep it: a token is saved."""
-    client = HypayClient(
-        lambda: HypayCredentials(PUBLIC_TEST_TERMINAL_MASOF, PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_PASSP),
-        url=env.sim.url,
-    )
-    created = post({"credit_pack_id": STARTER, "save_card": True}, key="first-payment").json
-    transaction = env.sim.pay(created["payment_url"], APPROVING_CARD, cvv="125")
-    token = client.get_token(transaction.id)
-    store = PaymentsStore(database(env.url))
-    store.save_card(
-        user_id=uuid.UUID(DEMO_USER_ID),
-        payment_id=uuid.UUID(created["payment_id"]),
-        token=token.value,
-        expiry_month=token.expiry_month,
-        expiry_year=token.expiry_year,
-        last4=transaction.card_last4,
-    )
-    store.db.close()
-    return token.value
 
 
 def test_saved_card_charge_completes_and_grants_credits(env: Env, saved_card: str) -> None:

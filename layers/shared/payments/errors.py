@@ -107,6 +107,14 @@ class OutcomeUnconfirmed(PaymentError):
         self.payment_id = payment_id
 
 
+class GatewayNotAsked(GatewayError):
+    """Hyp was not asked at all (our credentials could not be read: a secret outage, bad configuration).
+    Nothing happened at Hyp; ours, so retryable."""
+
+    code = "gateway_not_asked"
+    retryable = True
+
+
 class IdempotencyKeyReused(PaymentError):
     """422: the Idempotency-Key was used before with a different request."""
 

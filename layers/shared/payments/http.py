@@ -71,8 +71,10 @@ def error_response(exc: errors.PaymentError) -> Response:
                 headers=_retry_after(5),
             )
         return problem(502, "Bad Gateway", "the payment gateway refused the request", ccode=exc.ccode)
-    if isinstance(exc, errors.DatabaseUnavailable):
-        return problem(503, "Service Unavailable", exc.message, headers=_retry_after(2))
+    if isinstance(exc, errors.DatabaseUnavailable) or getattr(exc, "retryable", False):
+        return problem(
+            503, "Service Unavailable", "the database is busy; retry with the same key", headers=_retry_after(2)
+        )
     return problem(500, "Internal Server Error", "the service is misconfigured or failed")
 
 

@@ -94,8 +94,6 @@ class VerificationConfig:
     settings: CallbackSettings
     allowlist: tuple[Network, ...]
     gateway: HypayClient
-    # Keeps a callback that could not be verified for our own reasons: (raw, notify, reason).
-    keep_unverified: Callable[[str, bool, str], None] | None = None
 
 
 class _Unverifiable(Exception):
@@ -117,10 +115,19 @@ class HypayVerification(BaseMiddlewareHandler):
     rejection.
     """
 
-    def __init__(self, config: Callable[[], VerificationConfig], *, notify: bool) -> None:
+    def __init__(
+        self,
+        config: Callable[[], VerificationConfig],
+        *,
+        notify: bool,
+        keep_unverified: Callable[[str, bool, str], None] | None = None,
+    ) -> None:
+        """`keep_unverified(raw, notify, reason)` keeps a callback we could not verify for a reason of ours;
+        it must not depend on `config` (whose building may be what failed)."""
         super().__init__()
         self._config = config
         self.notify = notify
+        self._keep = keep_unverified
 
     def handler(self, app: Any, next_middleware: NextMiddleware) -> Response:
         try:
@@ -197,8 +204,8 @@ class HypayVerification(BaseMiddlewareHandler):
     def _unavailable(self, config: VerificationConfig | None, raw: str, reason: str) -> Response:
         metrics.add_metric(name="CallbackNotVerifiable", unit=MetricUnit.Count, value=1)
         logger.error("hypay callback cannot be verified yet", extra={"reason": reason, "notify": self.notify})
-        if config is not None and config.keep_unverified is not None:
-            config.keep_unverified(raw, self.notify, reason)
+        if self._keep is not None:
+            self._keep(raw, self.notify, reason)
         if self.notify:
             return problem(
                 503,

@@ -11,9 +11,11 @@ from typing import Any
 
 from payments.adapters.db import Database, bind
 
-_UNVERIFIED_CALLBACK = (
-    "EXISTS (SELECT 1 FROM public.hypay_transactions j WHERE j.payment_id = q.id AND j.decision = 'unverified')"
-)
+# A callback naming the payment is on record, not verified yet, and its Hyp Id not verified since.
+_UNVERIFIED_CALLBACK = """EXISTS (
+    SELECT 1 FROM public.hypay_unverified_callbacks u
+     WHERE u.payment_id = q.id
+       AND NOT EXISTS (SELECT 1 FROM public.hypay_transactions j WHERE j.hypay_id = u.hypay_id AND j.verified))"""
 
 
 def cleanup_steps(table: str) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from aws_lambda_powertools import Logger, Tracer
 from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Money
-from payments.errors import ConfigurationError, GatewayUnavailable
+from payments.errors import ConfigurationError, GatewayError, GatewayNotAsked, GatewayUnavailable
 from payments.settings import DEFAULT_URL, HYPAY_URL, HypaySettings, hypay_settings
 
 # A child of the functions' Powertools Logger (same service, same keys); importing payments.observability
@@ -267,8 +267,14 @@ class HypayClient:
         customer: Customer = Customer(),
         cvv: str | None = None,
     ) -> Charge:
-        """action=soft with a token. Never retried blindly: a lost answer may still be a charge."""
-        creds = self._credentials()
+        """action=soft with a token. Never retried blindly: a lost answer may still be a charge.
+
+        `GatewayNotAsked` when our credentials cannot be read: then nothing was sent.
+        """
+        try:
+            creds = self._credentials()
+        except (GatewayError, ConfigurationError) as exc:
+            raise GatewayNotAsked(f"Hypay not asked: credentials unavailable ({exc.code})") from None
         params = {
             "action": "soft",
             "Masof": creds.masof,

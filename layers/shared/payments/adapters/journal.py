@@ -10,6 +10,7 @@ anything else.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -65,6 +66,7 @@ class HypTransaction:
     approval_code: str | None = None
     invoice_number: str | None = None
     message: str | None = None  # Hyp's errMsg (redacted), for a decline
+    currency_known: bool = True  # False: its Coin is not a currency we sell in (the amount's currency is a stand-in)
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,12 @@ SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.gran
        j.decision, j.payment_id, j.verified
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
-# The journal row, inserted, or on a later delivery touched (last_seen, deliveries). A verified decision
-# is never overwritten; an unverified one is, once the transaction is verified.
-_JOURNAL = """
+# The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
+# a verified transaction over an unverified row, or when the decision says so (`:override`: an
+# approval arriving after Hyp declined the same Id). Unverified never overwrites anything.
+_KEEP = "NOT ((NOT t.verified AND EXCLUDED.verified) OR :override)"
+_JOURNAL = (
+    """
 journal AS (
     INSERT INTO public.hypay_transactions AS t
         (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified, decision, detail,
@@ -123,21 +128,27 @@ journal AS (
             :detail, :previous_status, :acode, :raw)
     ON CONFLICT (hypay_id) DO UPDATE SET
         last_seen = now(), deliveries = t.deliveries + 1,
-        payment_id = CASE WHEN t.verified THEN t.payment_id ELSE EXCLUDED.payment_id END,
-        order_ref = CASE WHEN t.verified THEN t.order_ref ELSE EXCLUDED.order_ref END,
-        ccode = CASE WHEN t.verified THEN t.ccode ELSE EXCLUDED.ccode END,
-        amount = CASE WHEN t.verified THEN t.amount ELSE EXCLUDED.amount END,
-        currency = CASE WHEN t.verified THEN t.currency ELSE EXCLUDED.currency END,
-        source = CASE WHEN t.verified THEN t.source ELSE EXCLUDED.source END,
-        decision = CASE WHEN t.verified THEN t.decision ELSE EXCLUDED.decision END,
-        detail = CASE WHEN t.verified THEN t.detail ELSE EXCLUDED.detail END,
-        previous_status = CASE WHEN t.verified THEN t.previous_status ELSE EXCLUDED.previous_status END,
-        approval_code = CASE WHEN t.verified THEN t.approval_code ELSE EXCLUDED.approval_code END,
-        raw_callback = CASE WHEN t.verified THEN t.raw_callback ELSE EXCLUDED.raw_callback END,
-        decided_at = CASE WHEN t.verified THEN t.decided_at ELSE now() END,
+        payment_id = CASE WHEN {keep} THEN t.payment_id ELSE EXCLUDED.payment_id END,
+        order_ref = CASE WHEN {keep} THEN t.order_ref ELSE EXCLUDED.order_ref END,
+        ccode = CASE WHEN {keep} THEN t.ccode ELSE EXCLUDED.ccode END,
+        amount = CASE WHEN {keep} THEN t.amount ELSE EXCLUDED.amount END,
+        currency = CASE WHEN {keep} THEN t.currency ELSE EXCLUDED.currency END,
+        source = CASE WHEN {keep} THEN t.source ELSE EXCLUDED.source END,
+        decision = CASE WHEN {keep} THEN t.decision ELSE EXCLUDED.decision END,
+        detail = CASE WHEN {keep} THEN t.detail ELSE EXCLUDED.detail END,
+        previous_status = CASE WHEN {keep} THEN t.previous_status ELSE EXCLUDED.previous_status END,
+        approval_code = CASE WHEN {keep} THEN t.approval_code ELSE EXCLUDED.approval_code END,
+        raw_callback = CASE WHEN {keep} THEN t.raw_callback ELSE EXCLUDED.raw_callback END,
+        decided_at = CASE WHEN {keep} THEN t.decided_at ELSE now() END,
         verified = t.verified OR EXCLUDED.verified
     RETURNING decision
 )"""
+).replace("{keep}", _KEEP)
+
+_KEEP_UNVERIFIED = """
+INSERT INTO public.hypay_unverified_callbacks AS u (raw_sha256, hypay_id, payment_id, source, reason, raw_callback)
+VALUES (:sha, :txn, :id::uuid, :source, :reason, :raw)
+ON CONFLICT (raw_sha256) DO UPDATE SET last_seen = now(), deliveries = u.deliveries + 1, reason = EXCLUDED.reason"""
 
 _GRANT = """
 WITH paid AS (
@@ -228,6 +239,7 @@ class Journal:
         detail: str | None,
         previous_status: PaymentStatus | None,
         raw_callback: str | None = None,
+        override: bool = False,
     ) -> Applied:
         """Change the payment as decided and write the journal row, in one statement."""
         params: dict[str, Any] = {
@@ -236,7 +248,7 @@ class Journal:
             "order_ref": txn.order_ref[:200] or None,
             "ccode": txn.ccode,
             "amount": txn.amount.amount if txn.amount else None,
-            "currency": str(txn.amount.currency) if txn.amount else None,
+            "currency": str(txn.amount.currency) if txn.amount and txn.currency_known else None,
             "source": str(txn.source),
             "verified": txn.verified,
             "decision": str(verdict),
@@ -244,6 +256,7 @@ class Journal:
             "previous_status": str(previous_status) if previous_status else None,
             "acode": txn.approval_code or None,
             "raw": raw_callback[:8192] if raw_callback else None,
+            "override": override,
         }
         if action == Action.GRANT:
             params["invoice"] = txn.invoice_number or None
@@ -257,14 +270,27 @@ class Journal:
         )
 
     def record_unverified(self, txn: HypTransaction, *, detail: str, raw_callback: str) -> None:
-        """A callback that could not be verified yet (our side): kept, never over a verified row."""
+        """A callback that could not be verified yet (our side): every distinct one kept as received, and
+        the journal's row for its Id (only when there is none yet: an unverified claim overwrites nothing)."""
+        raw = raw_callback[:8192]
+        self.runner.run(
+            bind(
+                _KEEP_UNVERIFIED,
+                sha=hashlib.sha256(raw.encode()).hexdigest(),
+                txn=txn.hypay_id,
+                id=str(txn.payment_id) if txn.payment_id else None,
+                source=str(txn.source),
+                reason=detail[:500],
+                raw=raw,
+            )
+        )
         self.apply(
             txn,
             action=Action.NONE,
             verdict=Verdict.UNVERIFIED,
             detail=detail,
             previous_status=None,
-            raw_callback=raw_callback,
+            raw_callback=raw,
         )
 
 

@@ -56,6 +56,8 @@ class OpenedPayment:
     message: str | None
     credit_pack_id: UUID | None
     save_card: bool
+    amount: Money  # what the payment asks: an interrupted attempt is finished at this price, whatever the pack says now
+    credits: int | None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def _payment(row: list[Any]) -> Payment:
 
 
 def _opened(row: list[Any]) -> OpenedPayment:
-    pid, created, status, url, attempt, ccode, message, pack_id, saved = row
+    pid, created, status, url, attempt, ccode, message, pack_id, saved, amount, currency, credits = row
     return OpenedPayment(
         UUID(pid),
         bool(created),
@@ -102,6 +104,8 @@ def _opened(row: list[Any]) -> OpenedPayment:
         message,
         UUID(pack_id) if pack_id else None,
         bool(saved),
+        Money.of(Decimal(amount), Currency(currency)),
+        credits,
     )
 
 
@@ -140,10 +144,12 @@ class PaymentsStore:
                 ON CONFLICT (idempotency_key) DO NOTHING
                 RETURNING id
             )
-            SELECT id::text, true, 'pending', NULL, NULL, NULL, NULL, :pack, :save FROM inserted
+            SELECT id::text, true, 'pending', NULL, NULL, NULL, NULL, :pack, :save, :amount::numeric::text,
+                   :currency, :credits
+              FROM inserted
             UNION ALL
             SELECT id::text, false, status, payment_url, charge_attempt_id::text, hypay_ccode, hypay_message,
-                   credit_pack_id::text, save_card
+                   credit_pack_id::text, save_card, amount::text, currency, credits
               FROM public.payments
              WHERE idempotency_key = :key AND user_id = :user::uuid AND NOT EXISTS (SELECT 1 FROM inserted)""",
                 user=str(user_id),
@@ -186,7 +192,8 @@ class PaymentsStore:
         rows = self.db.run(
             bind(
                 "SELECT id::text, false, status, payment_url, charge_attempt_id::text, hypay_ccode, hypay_message,"
-                " credit_pack_id::text, save_card FROM public.payments WHERE id = :id::uuid",
+                " credit_pack_id::text, save_card, amount::text, currency, credits"
+                " FROM public.payments WHERE id = :id::uuid",
                 id=str(payment_id),
             )
         )

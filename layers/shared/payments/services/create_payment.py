@@ -13,6 +13,7 @@ retry can never charge the card twice.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from payments.errors import (
     GatewayAuthenticationError,
     GatewayDeclined,
     GatewayError,
+    GatewayNotAsked,
     GatewayRejected,
     IdempotencyKeyReused,
     NotFound,
@@ -173,6 +175,7 @@ class CreatePayment:
         if opened is None or opened.credit_pack_id != pack.id or opened.save_card != request.save_card:
             raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
         payment_id = opened.id
+        pack = dataclasses.replace(pack, price=opened.amount, credits=opened.credits or pack.credits)
         if not opened.created:
             earlier = self._earlier_attempt(opened, pack)
             if earlier is not None:
@@ -248,8 +251,9 @@ class CreatePayment:
                 customer=_customer(profile),
                 cvv=cvv,
             )
-        except GatewayAuthenticationError:
-            # Our terminal's credentials were refused: Hyp charged nothing. Ours, so "not yet": released, raised.
+        except (GatewayAuthenticationError, GatewayNotAsked):
+            # Hyp was not asked, or refused our terminal's credentials: nothing charged. Ours, so "not yet":
+            # the attempt is released and the error raised (503, the retry may charge).
             store.release_charge_attempt(payment_id, attempt)
             raise
         except GatewayError as exc:

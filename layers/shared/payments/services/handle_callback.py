@@ -23,6 +23,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 
+from payments.adapters.db import Database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.journal import HypTransaction, Journal, Source
 from payments.adapters.payments_store import PaymentsStore
@@ -69,6 +70,7 @@ class Callback:
     last4: str | None
     message: str | None
     currency_trusted: bool = True
+    currency_known: bool = True
 
     @classmethod
     def parse(cls, raw_query: str, *, currency_trusted: bool = True) -> Callback:
@@ -83,19 +85,16 @@ class Callback:
         raw_amount = fields.get("Amount", "")
         if not _AMOUNT.fullmatch(raw_amount):
             raise InvalidRequest("Amount is not an amount (digits, at most 2 decimals)")
-        order = fields.get("Order", "")
-        if len(order) > 200:
-            raise InvalidRequest("Order is too long to be one of our payment ids")
+        order = fields.get("Order", "")[:200]  # longer is never ours: kept (truncated) as an unmatched claim
         try:
             payment_id: UUID | None = UUID(order) if len(order) == 36 else None
         except ValueError:
             payment_id = None
-        currency = Currency.ILS
+        currency, currency_known = Currency.ILS, True
         if currency_trusted:
             found = CURRENCY_OF_COIN.get(fields.get("Coin", "1") or "1")
-            if found is None:
-                raise InvalidRequest("Coin is not a known currency")
-            currency = found
+            # Verified but not a currency we sell in: journaled for review, never refused unrecorded
+            currency, currency_known = (found, True) if found is not None else (Currency.ILS, False)
         hesh = fields.get("Hesh", "") if currency_trusted else ""
         last4 = fields.get("L4digit", "") if currency_trusted else ""
         acode = fields.get("ACode", "")
@@ -110,6 +109,7 @@ class Callback:
             last4=last4 if re.fullmatch(r"[0-9]{4}", last4) else None,
             message=(protocol.redact(fields.get("errMsg", "").strip())[:200] or None) if currency_trusted else None,
             currency_trusted=currency_trusted,
+            currency_known=currency_known,
         )
 
     def transaction(self, source: Source, *, verified: bool = True) -> HypTransaction:
@@ -124,15 +124,51 @@ class Callback:
             approval_code=self.approval_code or None,
             invoice_number=self.invoice_number,
             message=self.message,
+            currency_known=self.currency_known,
         )
 
     def fingerprint(self) -> dict[str, Any]:
         return {
             "order": self.order_ref,
             "amount": str(self.amount.amount),
-            "currency": str(self.amount.currency) if self.currency_trusted else None,
+            "currency": str(self.amount.currency) if self.currency_trusted and self.currency_known else None,
             "ccode": self.ccode,
         }
+
+
+def keep_unverified(db: Database, raw_query: str, *, source: Source, reason: str) -> None:
+    """A callback we cannot verify yet (our configuration, Hyp unreachable): keep it for reconciliation.
+
+    Needs the database only (not the gateway, whose configuration may be what is broken). Best effort:
+    a malformed one has nothing to keep, and a database failure is logged with the Hyp Id.
+    """
+    try:
+        callback = Callback.parse(raw_query)
+    except InvalidRequest:
+        return
+    try:
+        Journal(db).record_unverified(
+            callback.transaction(source, verified=False), detail=reason, raw_callback=raw_query
+        )
+    except PaymentError as exc:
+        logger.error(
+            "unverified hypay callback not kept",
+            extra={
+                "hypay_transaction_id": callback.transaction_id,
+                "payment_id": str(callback.payment_id) if callback.payment_id else None,
+                "reason": exc.code,
+            },
+        )
+        return
+    logger.warning(
+        "unverified hypay callback kept for reconciliation",
+        extra={
+            "hypay_transaction_id": callback.transaction_id,
+            "payment_id": str(callback.payment_id) if callback.payment_id else None,
+            "ccode": callback.ccode,
+            "reason": reason,
+        },
+    )
 
 
 class HandleCallback:
@@ -181,37 +217,7 @@ class HandleCallback:
         return CallbackOutcome(Result(stored["result"]), UUID(payment) if payment else None)
 
     def keep_unverified(self, raw_query: str, *, source: Source, reason: str) -> None:
-        """A callback we cannot verify yet (our configuration, Hyp unreachable): keep it for reconciliation.
-
-        Best effort and never over a verified row; a malformed one has nothing to keep.
-        """
-        try:
-            callback = Callback.parse(raw_query)
-        except InvalidRequest:
-            return
-        try:
-            Journal(self.store.db).record_unverified(
-                callback.transaction(source, verified=False), detail=reason, raw_callback=raw_query
-            )
-        except PaymentError as exc:
-            logger.error(
-                "unverified hypay callback not kept",
-                extra={
-                    "hypay_transaction_id": callback.transaction_id,
-                    "payment_id": str(callback.payment_id) if callback.payment_id else None,
-                    "reason": exc.code,
-                },
-            )
-            return
-        logger.warning(
-            "unverified hypay callback kept for reconciliation",
-            extra={
-                "hypay_transaction_id": callback.transaction_id,
-                "payment_id": str(callback.payment_id) if callback.payment_id else None,
-                "ccode": callback.ccode,
-                "reason": reason,
-            },
-        )
+        keep_unverified(self.store.db, raw_query, source=source, reason=reason)
 
     # -- the work, once per Hyp transaction ------------------------------------------------------
 

@@ -60,6 +60,7 @@ class Decision:
     result: Result
     detail: str | None = None
     metric: str | None = None  # counted once, when the decision is first taken
+    override: bool = False  # replaces a verified journal row (an approval after a decline of the same Id)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,16 @@ def resolve_amount(txn: HypTransaction, facts: PaymentFacts | None, *, currency_
 def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry | None) -> Decision:
     """The decision on a verified transaction, from the locked payment and the journal's row. Pure."""
     if entry is not None and entry.verified:
+        if entry.payment_id == txn.payment_id and entry.decision == Verdict.DECLINED and txn.ccode == protocol.APPROVED:
+            # Hyp declined this Id, and now says it approved it: never silently either way.
+            return Decision(
+                Action.REVIEW,
+                Verdict.REVIEW,
+                Result.REVIEW,
+                f"Hyp transaction {txn.hypay_id} approved after it was declined",
+                "PaidNotPending",
+                override=True,
+            )
         if entry.payment_id == txn.payment_id:  # decided before: a redelivery changes nothing
             return Decision(Action.NONE, entry.decision, _result_of(entry.decision, facts))
         return Decision(Action.NONE, entry.decision, Result.DUPLICATE, metric="DuplicateTransaction")
@@ -137,7 +148,7 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         )
     if status == PaymentStatus.NEEDS_REVIEW:
         return Decision(Action.NONE, Verdict.REVIEW, Result.REVIEW, "paid while under review", "PaidNotPending")
-    if txn.amount != facts.amount:
+    if not txn.currency_known or txn.amount != facts.amount:
         return Decision(
             Action.REVIEW,
             Verdict.REVIEW,
@@ -185,8 +196,9 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
             verdict=decision.verdict,
             detail=decision.detail,
             previous_status=facts.status if facts else None,
+            override=decision.override,
         )
-        first = entry is None or not entry.verified
+        first = entry is None or not entry.verified or decision.override
         if first and applied.journaled != decision.verdict:
             raise _JournalChanged()
         return decision, Settlement(

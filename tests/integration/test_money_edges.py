@@ -1,0 +1,166 @@
+"""The edges an outside review found: failures of ours that must stay "not yet", unverified callbacks an
+attacker must not be able to overwrite, and verified oddities that must be journaled, never dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from ops.template import load_module
+from payments.errors import ConfigurationError, GatewayUnavailable
+from payments.services.cleanup import CleanupPolicy, run_cleanup
+from tests.integration.test_callback_attacks import use_mode
+from tests.integration.test_hypay_callback import (
+    PENDING_PAGE,
+    browser,
+    buy,
+    forge,
+    location,
+    metric_totals,
+    notify,
+    pay,
+)
+from tests.support.api import TEMPLATE, reset_function_state
+from tests.support.payments import CALLBACK, CREATE, CVV, PRO, Env, post
+from tests.support.pg import database
+
+
+def claim(payment_id: str, hyp_id: str = "77700001", ccode: str = "0", amount: str = "49.90") -> list[tuple[str, str]]:
+    return [
+        ("Id", hyp_id),
+        ("CCode", ccode),
+        ("Amount", amount),
+        ("ACode", "0012345"),
+        ("Order", payment_id),
+        ("Fild1", ""),
+        ("Fild2", ""),
+        ("Fild3", ""),
+    ]
+
+
+def hourly_cleanup_long_after(env: Env) -> None:
+    env.rows("UPDATE payments SET created_at = now() - interval '1 day'")
+    db = database(env.url)
+    run_cleanup(db, policy=CleanupPolicy(pending_payment_max_age_seconds=60))
+    db.close()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [GatewayUnavailable("could not read the Hypay secret"), ConfigurationError("Hypay credentials lack KEY")],
+    ids=["secret-outage", "bad-secret"],
+)
+def test_saved_card_credentials_unreadable_is_503_nothing_charged_and_the_retry_charges(
+    env: Env, saved_card: str, failure: Exception, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given our Hyp credentials cannot be read (Secrets Manager outage, malformed secret)
+    gateway = load_module(TEMPLATE.functions[CREATE])._service().deps.gateway
+    real = gateway._credentials
+
+    def unreadable() -> None:
+        raise failure
+
+    gateway._credentials = unreadable
+    body = {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
+    answer = post(body, key="sc-1")
+    gateway._credentials = real
+    # Then "not yet": 503 to retry, Hyp never asked, no review, no alarm
+    assert answer.status == 503 and answer.headers["retry-after"], answer.body
+    assert env.sim.calls.count("soft") == 0
+    assert "ChargeOutcomeUnknown" not in metric_totals(capsys.readouterr().out)
+    # And the retry with the same key charges, once
+    retried = post(body, key="sc-1")
+    assert retried.status == 201 and retried.json["status"] == "completed", retried.body
+    assert env.sim.calls.count("soft") == 1
+
+
+def test_missing_configuration_keeps_the_paid_callback_and_the_cleanup_never_expires_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = env.credits()
+    payment = buy(env)
+    transaction = pay(env, payment)
+    # Given the Hyp configuration is broken (PassP missing)
+    monkeypatch.delenv("HYPAY_PASSP")
+    from payments.adapters import hypay
+
+    hypay.hypay_settings.cache_clear()
+    reset_function_state(CALLBACK)
+    # When Hyp's genuine callback arrives (redirect and notify)
+    assert notify(transaction.redirect_query).status == 503
+    assert location(browser(transaction.redirect_query))[0] == PENDING_PAGE
+    # Then it is kept, and the cleanup leaves the payment pending
+    # (the redirect and the notify carry the same query string: one row, two deliveries)
+    assert env.rows("SELECT count(*), sum(deliveries) FROM hypay_unverified_callbacks") == [[1, 2]]
+    assert env.rows("SELECT decision, verified FROM hypay_transactions") == [["unverified", False]]
+    hourly_cleanup_long_after(env)
+    assert env.status(payment["payment_id"]) == "pending"
+    # And once fixed, the next delivery completes it
+    monkeypatch.setenv("HYPAY_PASSP", "yaad")
+    hypay.hypay_settings.cache_clear()
+    reset_function_state(CALLBACK)
+    assert notify(transaction.redirect_query).status == 200
+    assert env.status(payment["payment_id"]) == "completed" and env.credits() == before + 100
+
+
+def test_a_forgery_during_an_outage_cannot_overwrite_the_kept_genuine_callback(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_mode(monkeypatch, "both")
+    payment = buy(env)
+    victim = payment["payment_id"]
+    transaction = pay(env, payment)
+    attacker = buy(env, key="attacker")["payment_id"]
+    # Given Hyp is unreachable, and the genuine redirect was kept unverified
+    for action in ("VERIFY", "SIGN"):
+        env.sim.faults.add(action, "http500", times=100)
+    assert location(browser(transaction.redirect_query))[0] == PENDING_PAGE
+    # When a forgery (no KEY) claims the same Hyp Id for another payment
+    forged = forge(claim(attacker, hyp_id=transaction.id), key="0" * 40)
+    assert notify(forged).status == 503
+    # Then the genuine callback is still on record, as received, naming the victim's payment
+    [(pid, raw)] = env.rows("SELECT payment_id::text, raw_callback FROM hypay_transactions")
+    assert (pid, raw) == (victim, transaction.redirect_query)
+    kept = {r[0] for r in env.rows("SELECT raw_callback FROM hypay_unverified_callbacks")}
+    assert transaction.redirect_query in kept
+    # And the cleanup never expires the victim's payment
+    hourly_cleanup_long_after(env)
+    assert env.status(victim) == "pending"
+
+
+def test_an_approval_after_a_decline_of_the_same_id_goes_to_review_with_an_alarm(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    use_mode(monkeypatch, "hmac")
+    before = env.credits()
+    payment = buy(env)
+    assert notify(forge(claim(payment["payment_id"], ccode="4"))).status == 200
+    assert env.status(payment["payment_id"]) == "failed"
+    # When the same Hyp Id now says approved
+    assert notify(forge(claim(payment["payment_id"], ccode="0"))).status == 200
+    # Then never silently: the payment and the journal row are in review, counted for the alarm
+    assert env.status(payment["payment_id"]) == "needs_review" and env.credits() == before
+    assert env.rows("SELECT decision, ccode FROM hypay_transactions") == [["review", 0]]
+    assert metric_totals(capsys.readouterr().out).get("PaidNotPending") == 1
+
+
+def test_a_verified_callback_in_an_unknown_currency_is_journaled_for_review(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_mode(monkeypatch, "both")
+    before = env.credits()
+    payment = buy(env)
+    transaction = pay(env, payment)
+    # Given Hyp's own redirect said Coin=5 (VERIFY covers it: the simulator's record is rewritten to match)
+    odd = transaction.redirect_query.replace("Coin=1", "Coin=5")
+    transaction.redirect_query = odd
+    assert notify(odd).status == 200
+    assert env.status(payment["payment_id"]) == "needs_review" and env.credits() == before
+    assert env.rows("SELECT decision, currency FROM hypay_transactions") == [["review", None]]
+
+
+def test_a_paid_callback_with_an_overlong_order_is_journaled_unmatched(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_mode(monkeypatch, "hmac")
+    assert notify(forge(claim("x" * 500))).status == 404
+    assert env.rows("SELECT decision, length(order_ref) FROM hypay_transactions") == [["unmatched", 200]]
