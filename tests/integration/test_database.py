@@ -6,13 +6,14 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from payments.adapters.db import Database, bind, default_database, parse_database_url
+from payments.adapters.db import Database, bind, default_database, literal, parse_database_url
 from payments.errors import DatabaseUnavailable
 from payments.idempotency import PostgresPersistenceLayer
 from tests.support.pg import connect, database
@@ -204,3 +205,39 @@ def test_connection_errors_never_carry_the_password(tmp_path: Path, caplog: pyte
     chain = [caught.value, caught.value.__cause__, caught.value.__context__]
     assert all("Secr3t-Pa55" not in repr(e) for e in chain)
     assert "Secr3t-Pa55" not in caplog.text
+
+
+HOSTILE_TEXT = [
+    "plain",
+    "it's",
+    "back\\slash",
+    "\\'; DROP TABLE payments; --",
+    "\\\\'; SELECT pg_sleep(5); --",
+    "E'\\x41'",
+    "שלום",
+    "trailing\\",
+]
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_bound_values_mean_the_same_whatever_the_session_says(db: Database, setting: str) -> None:
+    # Given a session whose standard_conforming_strings was changed after connect (a pooled session)
+    db.run(f"SET standard_conforming_strings = {setting}")
+    db.run("CREATE TEMP TABLE echo (t text, n numeric)")
+    # When hostile text and negative numbers are bound next to a minus sign
+    for text in HOSTILE_TEXT:
+        [[t, n]] = db.run(bind("SELECT :t::text, 1-:n", t=text, n=-5))
+        # Then each comes back exactly as given, and no second statement ran
+        assert (t, n) == (text, 6)
+        db.run(bind("INSERT INTO echo (t, n) VALUES (:t, :n)", t=text, n=Decimal("-49.90")))
+    assert db.run("SELECT t FROM echo ORDER BY ctid") == [[t] for t in HOSTILE_TEXT]
+    assert db.run("SELECT count(*) FROM payments") == [[0]]
+
+
+def test_literals_refuse_what_cannot_be_sent_safely() -> None:
+    with pytest.raises(ValueError):
+        literal("a\x00b")
+    with pytest.raises(TypeError):
+        literal(1.5)
+    assert literal(None) == "NULL" and literal(True) == "TRUE" and literal(-3) == "(-3)"
+    assert literal("a'b\\c") == "E'a''b\\\\c'"

@@ -1,8 +1,8 @@
 """PostgreSQL access for the Lambdas (pg8000), the only module that talks to the driver.
 
 One connection per execution environment, opened lazily and reused across warm invocations.
-Statements go over the simple query protocol with values rendered by pg8000's own `literal()`
-(safe with `standard_conforming_strings=on`, checked at connect): one round trip per statement
+Statements go over the simple query protocol with values rendered by `literal()` as escape strings and
+parenthesised numbers, whose meaning no session setting can change: one round trip per statement
 and no prepared statements, so nothing lives in the session outside a transaction and RDS Proxy
 or a transaction-mode pooler (Supabase's) can hand the connection around between statements.
 """
@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+from uuid import UUID
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -136,14 +138,42 @@ def params_provider(settings: DatabaseSettings) -> ParamsProvider:
 _PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
+def literal(value: Any) -> str:
+    """An SQL literal whose meaning cannot depend on the session's settings.
+
+    Text is an escape string (`E'...'`, backslashes and quotes doubled): read the same whether
+    `standard_conforming_strings` is on or off. Numbers are parenthesised, so a negative one next to a
+    minus sign can never become a `--` comment. NUL cannot be sent (it would end the query early).
+    """
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return f"({value})"
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("a non-finite Decimal has no SQL literal here")
+        return f"({value})"
+    if isinstance(value, float):
+        raise TypeError("floats are never bound: money and counts are Decimal or int")
+    if isinstance(value, UUID):
+        value = str(value)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("a NUL character cannot be sent to PostgreSQL")
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
+
+
 def bind(sql: str, **params: Any) -> str:
-    """Render `:name` placeholders as SQL literals (pg8000's `literal`); `::type` casts are left alone."""
+    """Render `:name` placeholders as SQL literals (`literal`); `::type` casts are left alone."""
 
     def render(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in params:
             raise KeyError(f"no value for :{name}")
-        return str(pg8000.native.literal(params[name]))
+        return literal(params[name])
 
     return _PLACEHOLDER.sub(render, sql)
 

@@ -119,7 +119,7 @@ def split_raw_query(raw: str) -> list[tuple[str, str]]:
 
 def decode_value(raw_value: str) -> str:
     """A percent-encoded value as text: UTF-8 (UTF8out=True), else windows-1255 (Hyp's default)."""
-    data = unquote_to_bytes(raw_value.replace("+", " "))
+    data = unquote_to_bytes(raw_value.replace("+", " ")).replace(b"\x00", "\ufffd".encode())  # NUL: never text
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
