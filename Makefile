@@ -5,7 +5,13 @@ SHELL := /bin/bash
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
 STAMP  := $(VENV)/.installed
+# The lock is uv.lock: pyproject.toml's dependency groups resolved, with the hashes of every file. `make lock`
+# exports two requirements files from it (generated, never edited by hand): LAYER_REQS, the runtime group,
+# is what sam build installs into the layer; DEV_REQS, the dev group (runtime included), is what .venv holds.
+LAYER_REQS := layers/shared/requirements.txt
+DEV_REQS   := requirements-dev.txt
 export PYTHONPATH := $(CURDIR)/layers/shared:$(CURDIR)
 # sam build needs a python3.13 on PATH: the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -19,19 +25,44 @@ PYTHON313 ?= $(shell \
 			&& { echo $$p; break; }; \
 	done)
 
-.PHONY: help venv run test test-pg15 test-fast migrate build lint openapi bench clean
+.PHONY: help venv lock run test test-pg15 test-fast migrate build lint openapi bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml layers/shared/requirements.txt
+# pip install adds and moves versions but never removes: uninstall whatever the dev lock no longer lists,
+# so that .venv is exactly the lock.
+define PRUNE_VENV
+import importlib.metadata as md, re, subprocess, sys
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+locked = {norm(re.split(r"[=\[ ;]", line, maxsplit=1)[0]) for line in open(sys.argv[1]) if line[:1].isalnum()}
+names = {d.metadata["Name"] for d in md.distributions() if d.metadata["Name"]}
+extra = sorted(n for n in names if norm(n) not in locked)
+if extra:
+    print("not in " + sys.argv[1] + ", uninstalling:", *extra)
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *extra], check=True)
+endef
+export PRUNE_VENV
+
+# Exactly the dev lock, every file checked against its hash (pip itself and uv included, at their locked
+# versions: pip also runs sam build's installs).
+$(STAMP): $(DEV_REQS)
 	@test -n "$(PYTHON313)" || { echo "Python 3.13 not found (PATH or pyenv 3.13.x)"; exit 1; }
 	@test -x $(PY) || $(PYTHON313) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=25.1"
-	$(PY) -m pip install --quiet --disable-pip-version-check --group dev
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r $(DEV_REQS)
+	@$(PY) -I -c "$$PRUNE_VENV" $(DEV_REQS)
 	@touch $(STAMP)
 
-venv: $(STAMP) ## create or update .venv
+venv: $(STAMP) ## create or update .venv (exactly requirements-dev.txt)
+
+# After any change to pyproject.toml's dependency groups: re-lock (keeping every other locked version),
+# re-export both requirements files, update .venv. LOCK_ARGS="--upgrade" moves everything to the newest
+# versions the ranges allow, LOCK_ARGS="--upgrade-package NAME" just one.
+lock: $(STAMP) ## re-lock uv.lock from pyproject.toml, regenerate layers/shared/requirements.txt and requirements-dev.txt
+	UV_PYTHON_DOWNLOADS=never $(UV) lock --python $(PY) $(LOCK_ARGS)
+	$(UV) export --frozen --quiet --only-group runtime -o $(LAYER_REQS)
+	$(UV) export --frozen --quiet --only-group dev -o $(DEV_REQS)
+	@$(MAKE) --no-print-directory venv
 
 run: $(STAMP) ## start everything locally: embedded Postgres, local API, (later) Hypay simulator
 	$(PY) -m ops.run
@@ -49,8 +80,10 @@ test-fast: $(STAMP) ## the suite without the slow sam-build test
 migrate: $(STAMP) ## apply pending sql/ migrations (DATABASE_URL, else the make-run database)
 	$(PY) -m ops.migrate
 
+# PIP_REQUIRE_HASHES: sam build's second pip pass (a Lambda wheel for a package whose first download does not
+# fit Lambda) names no hash; rather than install an unchecked file, that fails.
 build: $(STAMP) ## sam build (function code + shared layer into .aws-sam/build)
-	$(VENV)/bin/sam build --template-file template.yaml
+	PIP_REQUIRE_HASHES=1 $(VENV)/bin/sam build --template-file template.yaml
 
 lint: $(STAMP) ## ruff, mypy, cfn-lint, sam validate --lint
 	$(VENV)/bin/ruff check .

@@ -4,14 +4,20 @@ Every HTTP route of template.yaml is served: a request becomes a payload 2.0 eve
 to its function. Like Lambda, a function runs in a few execution environments (worker processes),
 each handling one invocation at a time with its own module state, so concurrent requests run
 concurrently and never share a database connection. Unknown routes answer 404 as API Gateway does.
-Routes with the JWT authorizer get API Gateway's 401 unless the bearer token verifies against
-the local development key. Scheduled functions run on their `rate(...)`; `POST /_local/schedules/
-<FunctionName>` runs one now.
+Scheduled functions run on their `rate(...)`; `POST /_local/schedules/<FunctionName>` runs one now.
+
+Secured routes get the authorizer the template gives them in the chosen JWT mode (`LocalAuth`, rs256 by
+default), as API Gateway runs it: no Authorization header is a 401 either way. rs256 is the JWT authorizer
+(a bad token is a 401; claims in `requestContext.authorizer.jwt`), verified against the local JWKS this
+server publishes; hs256 and es256 invoke the real authorizer function (payload 2.0, simple responses) in
+its own execution environments: a denial is a 403, a failure a 500, an answer is kept for the template's
+TTL per Authorization header, and its context reaches the function as `requestContext.authorizer.lambda`.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import multiprocessing
 import os
@@ -22,38 +28,43 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import jwt
-
 from ops.lambda_context import LocalLambdaContext
-from ops.template import Function, Template, load_handler, rate_seconds
+from ops.local_auth import (
+    DEFAULT_MODE,
+    JWKS_PATH,
+    LOCAL_JWT_AUDIENCE,
+    LOCAL_JWT_ISSUER,
+    LOCAL_JWT_SECRET,
+    OPENID_CONFIGURATION_PATH,
+    LocalAuth,
+)
+from ops.template import Authorizer, Function, Template, load_handler, rate_seconds
+from payments.adapters.jwks import JwksKeys
+from payments.services.authorize import TokenPolicy, TokenRejected, TokenVerifier, bearer_token, context_claims
 
 Site = Callable[[str, str], tuple[int, dict[str, str], bytes] | None]
 """Extra local pages (the demo web app): (method, path) -> (status, headers, body), or None."""
 
-LOCAL_JWT_SECRET = "local-development-jwt-secret-not-for-production"  # noqa: S105 - local only, printed at start
-LOCAL_JWT_ISSUER = "http://127.0.0.1:3000/auth/v1"
-LOCAL_JWT_AUDIENCE = "authenticated"
+__all__ = ["LOCAL_JWT_AUDIENCE", "LOCAL_JWT_ISSUER", "LOCAL_JWT_SECRET", "LocalApi", "build_event", "local_token"]
+
 SCHEDULE_TRIGGER_PREFIX = "/_local/schedules/"
+REGION, ACCOUNT = "eu-west-1", "123456789012"
+
+
+@cache
+def default_auth() -> LocalAuth:
+    """The local issuer a LocalApi uses unless given another: the default mode with its kept key."""
+    return LocalAuth.for_mode(DEFAULT_MODE)
 
 
 def local_token(sub: str, *, email: str | None = None, ttl_seconds: int = 7 * 24 * 3600) -> str:
-    """A Supabase-shaped access token signed with the local development key."""
-    now = int(time.time())
-    claims = {
-        "sub": sub,
-        "aud": LOCAL_JWT_AUDIENCE,
-        "iss": LOCAL_JWT_ISSUER,
-        "role": "authenticated",
-        "iat": now,
-        "exp": now + ttl_seconds,
-    }
-    if email:
-        claims["email"] = email
-    return jwt.encode(claims, LOCAL_JWT_SECRET, algorithm="HS256")
+    """A Supabase-shaped access token a LocalApi in its default mode accepts."""
+    return default_auth().token(sub, email=email, ttl_seconds=ttl_seconds)
 
 
 # -- the execution environments --------------------------------------------------------------
@@ -119,8 +130,13 @@ def build_event(
     route_key: str,
     path_parameters: dict[str, str],
     claims: dict[str, Any] | None,
+    authorizer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An API Gateway HTTP API payload 2.0 event, as API Gateway would build it."""
+    """An API Gateway HTTP API payload 2.0 event, as API Gateway would build it.
+
+    `claims`: the JWT authorizer's (`requestContext.authorizer.jwt.claims`); `authorizer`: the whole
+    `requestContext.authorizer` instead (e.g. `{"lambda": {...}}`, a Lambda authorizer's context).
+    """
     parts = urlsplit(target)
     lowered: dict[str, str] = {}
     for name, value in headers.items():
@@ -171,7 +187,20 @@ def build_event(
             event["isBase64Encoded"] = True
     if claims is not None:
         event["requestContext"]["authorizer"] = {"jwt": {"claims": claims, "scopes": None}}
+    if authorizer is not None:
+        event["requestContext"]["authorizer"] = authorizer
     return event
+
+
+def build_authorizer_event(event: dict[str, Any], identity_source: list[str]) -> dict[str, Any]:
+    """The payload 2.0 REQUEST event API Gateway sends a Lambda authorizer for this request (no body)."""
+    out = copy.deepcopy({k: v for k, v in event.items() if k not in ("body", "isBase64Encoded")})
+    context = out["requestContext"]
+    method, path = context["http"]["method"], out["rawPath"]
+    out["type"] = "REQUEST"
+    out["routeArn"] = f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{context['apiId']}/{context['stage']}/{method}{path}"
+    out["identitySource"] = identity_source
+    return out
 
 
 def scheduled_event(function: Function) -> dict[str, Any]:
@@ -206,10 +235,10 @@ class LocalApi:
         workers: int = 3,
         run_schedules: bool = True,
         site: Site | None = None,
+        auth: LocalAuth | None = None,
     ) -> None:
         self.template = template
         self._site = site
-        self.pools = {name: FunctionPool(fn, environment, workers) for name, fn in template.functions.items()}
         self._run_schedules = run_schedules
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -226,12 +255,48 @@ class LocalApi:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve  # noqa: N815
 
-        self.server = _Server((host, port), Handler)
+        self.server = _Server((host, port), Handler)  # bound first: the JWKS URL names its port
+
+        secured = sorted({r.authorizer for r in template.routes if r.authorizer})
+        self.auth = auth if auth is not None else (default_auth() if secured else None)
+        self.authorizers: dict[str, Authorizer] = {}
+        if self.auth is not None:
+            parameters = self.auth.template_parameters()
+            self.authorizers = {name: template.authorizer(name, parameters) for name in secured}
+        self.pools = {name: FunctionPool(fn, environment, workers) for name, fn in template.functions.items()}
+        self._jwt_verifiers: dict[str, TokenVerifier] = {}
+        for authorizer in self.authorizers.values():
+            assert self.auth is not None
+            if authorizer.kind == "jwt":
+                self._jwt_verifiers[authorizer.name] = self._jwt_authorizer(authorizer, self.auth)
+                continue
+            if not authorizer.simple_responses or authorizer.payload_format_version != "2.0":
+                raise NotImplementedError(f"{authorizer.name}: only payload 2.0 simple responses are emulated")
+            assert authorizer.function is not None
+            if authorizer.function not in self.pools:
+                env = {**environment, **self.auth.authorizer_environment(self.jwks_url)}
+                fn = template.authorizer_functions[authorizer.function]
+                self.pools[authorizer.function] = FunctionPool(fn, env, workers)
+        self._answers: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._answers_lock = threading.Lock()
 
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    @property
+    def jwks_url(self) -> str:
+        """Where this server publishes the local issuer's keys (Supabase's path under the project URL)."""
+        return f"{self.url}{JWKS_PATH}"
+
+    def _jwt_authorizer(self, authorizer: Authorizer, auth: LocalAuth) -> TokenVerifier:
+        """API Gateway's JWT authorizer: RSA keys from the issuer's JWKS, iss, aud, exp/nbf; no role check."""
+        audience = authorizer.audience[0] if isinstance(authorizer.audience, list) else authorizer.audience
+        policy = TokenPolicy(
+            algorithm="RS256", issuer=str(authorizer.issuer), audience=str(audience), required_role=None
+        )
+        return TokenVerifier(policy, JwksKeys(self.jwks_url, refresh_cooldown_seconds=0))
 
     # -- lifecycle --
 
@@ -279,6 +344,12 @@ class LocalApi:
             result = self.run_schedule_now(name)
             return self._reply(request, 200, {"content-type": "application/json"}, json.dumps(result).encode())
 
+        if self.auth is not None and method in ("GET", "HEAD") and path in (JWKS_PATH, OPENID_CONFIGURATION_PATH):
+            document = (
+                self.auth.jwks() if path == JWKS_PATH else {"issuer": self.auth.issuer, "jwks_uri": self.jwks_url}
+            )
+            return self._reply(request, 200, {"content-type": "application/json"}, json.dumps(document).encode())
+
         if self._site is not None:
             page = self._site(method, path)
             if page is not None:
@@ -288,11 +359,6 @@ class LocalApi:
         if found is None:
             return self._reply(request, 404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
         route, path_parameters = found
-        claims = None
-        if route.authorizer:
-            claims = self._verify_jwt(request.headers.get("Authorization", ""))
-            if claims is None:
-                return self._reply(request, 401, {"content-type": "application/json"}, b'{"message":"Unauthorized"}')
         event = build_event(
             method=method,
             target=request.path,
@@ -301,8 +367,13 @@ class LocalApi:
             source_ip=request.client_address[0],
             route_key=route.route_key,
             path_parameters=path_parameters,
-            claims=claims,
+            claims=None,
         )
+        if route.authorizer:
+            refused, context = self._authorize(self.authorizers[route.authorizer], event)
+            if refused is not None:
+                return self._reply(request, *refused)
+            event["requestContext"]["authorizer"] = context
         try:
             answer = self.pools[route.function].invoke(event)
         except TimeoutError:
@@ -316,18 +387,53 @@ class LocalApi:
             )
         self._reply_lambda(request, answer)
 
-    @staticmethod
-    def _verify_jwt(authorization: str) -> dict[str, Any] | None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
+    # -- authorizers --
+
+    _UNAUTHORIZED = (401, {"content-type": "application/json"}, b'{"message":"Unauthorized"}')
+    _FORBIDDEN = (403, {"content-type": "application/json"}, b'{"message":"Forbidden"}')
+    _FAILED = (500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}')
+
+    def _authorize(
+        self, authorizer: Authorizer, event: dict[str, Any]
+    ) -> tuple[tuple[int, dict[str, str], bytes] | None, dict[str, Any] | None]:
+        """(the refusal API Gateway would answer, None) or (None, the event's `requestContext.authorizer`)."""
+        identity = event["headers"].get(authorizer.identity_header, "")
+        if not identity:
+            return self._UNAUTHORIZED, None  # the identity source is missing: the authorizer is not called
+        if authorizer.kind == "jwt":
+            try:
+                claims = self._jwt_verifiers[authorizer.name].verify(bearer_token(identity))
+            except TokenRejected:
+                return self._UNAUTHORIZED, None
+            return None, {"jwt": {"claims": context_claims(claims), "scopes": None}}
+        answer = self._lambda_answer(authorizer, event, identity)
+        if answer is None:
+            return self._FAILED, None
+        if not answer["isAuthorized"]:
+            return self._FORBIDDEN, None
+        return None, {"lambda": answer.get("context") or {}}
+
+    def _lambda_answer(self, authorizer: Authorizer, event: dict[str, Any], identity: str) -> dict[str, Any] | None:
+        """The authorizer function's answer: kept for the TTL per identity, as API Gateway caches it (a
+        failure is not kept). None when it failed or answered something API Gateway would refuse."""
+        key = (authorizer.name, identity)
+        with self._answers_lock:
+            kept = self._answers.get(key)
+        if kept is not None and kept[0] > time.monotonic():
+            return kept[1]
+        assert authorizer.function is not None
         try:
-            claims = jwt.decode(
-                token, LOCAL_JWT_SECRET, algorithms=["HS256"], audience=LOCAL_JWT_AUDIENCE, issuer=LOCAL_JWT_ISSUER
-            )
-        except jwt.PyJWTError:
+            answer = self.pools[authorizer.function].invoke(build_authorizer_event(event, [identity]))
+        except Exception as exc:  # the authorizer raised or timed out: API Gateway answers 500
+            print(f"[{authorizer.function}] failed: {type(exc).__name__}")
             return None
-        return {k: str(v) for k, v in claims.items()}  # API Gateway hands claims over as strings
+        if not isinstance(answer, dict) or not isinstance(answer.get("isAuthorized"), bool):
+            print(f"[{authorizer.function}] answered no isAuthorized boolean")
+            return None
+        if authorizer.ttl_seconds > 0:
+            with self._answers_lock:
+                self._answers[key] = (time.monotonic() + authorizer.ttl_seconds, answer)
+        return answer
 
     def _reply_lambda(self, request: BaseHTTPRequestHandler, answer: Any) -> None:
         """Turn a Lambda answer into HTTP, as the HTTP API's payload 2.0 format does."""

@@ -1,25 +1,44 @@
 """Apply the numbered plain-SQL migrations in sql/ that a database has not had yet.
 
-Each file runs in its own transaction under an advisory lock (so two runners never interleave)
-and is recorded in `schema_migrations` with its checksum; a recorded file that has since changed
-is refused rather than silently skipped. `python -m ops.migrate` uses DATABASE_URL, else the
-`make run` database.
+A live database holds what the web app wrote over the years, not what the constraints of a pending
+migration expect. So before anything changes, a preflight runs the read-only checks of the pending
+migrations (`RULES`) and lists every existing row one of them would refuse (table, id, rule; never
+personal data). Such rows stop the run with that report (`LegacyRowsFound`, exit status 2) unless the
+operator opts in to adopting them (`--adopt-legacy`, or `MIGRATE_ADOPT_LEGACY=1 make migrate`), which
+takes every row forward without deleting or rewriting it: a CHECK is added `NOT VALID` (existing rows
+keep their values, every new or changed row must satisfy it), and a duplicate is marked with
+`legacy_duplicate_of` (the id of the row kept, the earliest) and left out of the unique index.
+
+All pending migrations, the adoption and the records in `schema_migrations` run in ONE transaction
+under an advisory lock (PostgreSQL's DDL is transactional; CREATE INDEX CONCURRENTLY cannot be used
+in a migration file for that reason): a failure anywhere leaves the schema and the records exactly as
+they were. After an adoption, the backend's statements must still plan against the adopted schema (an
+`ON CONFLICT ... WHERE` arbiter must still find its index) before it commits. A recorded file that has
+since changed is refused rather than silently skipped.
+
+`python -m ops.migrate [--check] [--adopt-legacy]` uses DATABASE_URL, else the `make run` database.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import os
 import re
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from payments.adapters.db import Database, bind
+from payments.adapters.db import Database, QueryError, Transaction, bind
 from payments.settings import DatabaseSettings
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 7_304_202_611  # arbitrary, constant: the migration runner's advisory lock
+ADOPT_ENV = "MIGRATE_ADOPT_LEGACY"
+EXIT_LEGACY_ROWS = 2
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS public.schema_migrations (
@@ -28,6 +47,9 @@ CREATE TABLE IF NOT EXISTS public.schema_migrations (
   checksum    text NOT NULL,
   applied_at  timestamptz NOT NULL DEFAULT now()
 )"""
+
+# The marker of an adopted duplicate (sql/006 adds it everywhere; adoption adds it earlier when needed).
+MARKER = "legacy_duplicate_of"
 
 
 class MigrationError(Exception):
@@ -59,42 +81,445 @@ def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
     return found
 
 
-def migrate(db: Database, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply what is pending; return the names applied (empty when up to date)."""
-    applied = []
-    db.run(_LEDGER)
-    for migration in discover(sql_dir):
-        with db.transaction() as tx:
-            tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
-            rows = tx.run(bind("SELECT checksum FROM public.schema_migrations WHERE version = :v", v=migration.version))
-            if rows:
-                if rows[0][0] != migration.checksum:
-                    raise MigrationError(f"{migration.name} changed after it was applied; add a new migration instead")
-                continue
-            tx.run(migration.sql)
+# -- the rules pending migrations impose on existing rows ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckRule:
+    """A CHECK constraint a migration adds to a table the web app already has rows in.
+
+    `condition` is the migration's own, word for word (a test holds them together). Adopted: the
+    constraint is added NOT VALID before the migration, whose IF NOT EXISTS guard then skips it.
+    """
+
+    version: str
+    table: str
+    constraint: str
+    condition: str
+    column: str  # whose value the report shows (a status: no personal data)
+    text: str
+
+    @property
+    def name(self) -> str:
+        return self.constraint
+
+    def pending_sql(self) -> str:
+        return bind(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = :c AND conrelid = :t::regclass)",
+            c=self.constraint,
+            t=f"public.{self.table}",
+        )
+
+    def offending_sql(self) -> str:
+        """(id, the refused value) of every row the constraint refuses; NULL passes a CHECK, as here."""
+        return (
+            f"SELECT id::text, left({self.column}, 40) FROM public.{self.table}"
+            f" WHERE NOT ({self.condition}) ORDER BY created_at, id"
+        )
+
+    def review(self, tx: Transaction) -> list[Finding]:
+        """Adopted earlier (it exists NOT VALID): the rows that still break it."""
+        adopted = bind(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = :c AND conrelid = :t::regclass"
+            " AND NOT convalidated)",
+            c=self.constraint,
+            t=f"public.{self.table}",
+        )
+        if not tx.run(adopted)[0][0]:
+            return []
+        return [Finding(self, row_id, self.detail(value)) for row_id, value in tx.run(self.offending_sql())]
+
+    def detail(self, value: str) -> str:
+        return f"{self.column} {value!r}"
+
+    def adopt(self, tx: Transaction) -> None:
+        tx.run(f"ALTER TABLE public.{self.table} ADD CONSTRAINT {self.constraint} CHECK ({self.condition}) NOT VALID")
+
+    def how_adopted(self) -> str:
+        return (
+            f"{self.constraint} is added NOT VALID: these rows keep their {self.column}; every new or changed row "
+            f"must satisfy it (VALIDATE CONSTRAINT once none is left)"
+        )
+
+
+@dataclass(frozen=True)
+class UniqueRule:
+    """A unique index a migration creates over rows the web app already has.
+
+    `key` and `where` are the migration's own (a test holds them together). Of each set of duplicates
+    the earliest row (created_at, then id) is kept in the index; adopted, every later one is marked
+    `legacy_duplicate_of = <the kept row's id>` and left out of it.
+    """
+
+    version: str
+    table: str
+    index: str
+    key: str
+    where: str
+    text: str
+
+    @property
+    def name(self) -> str:
+        return self.index
+
+    def pending_sql(self) -> str:
+        return bind("SELECT to_regclass(:i) IS NULL", i=f"public.{self.index}")
+
+    def offending_sql(self) -> str:
+        """(id, the kept row's id) of every row after the first of its key."""
+        return (
+            f"SELECT id::text, kept::text FROM ("
+            f"SELECT id, created_at, first_value(id) OVER (PARTITION BY {self.key} ORDER BY created_at, id) AS kept"
+            f" FROM public.{self.table} WHERE {self.where}) ranked WHERE id <> kept ORDER BY created_at, id"
+        )
+
+    def review(self, tx: Transaction) -> list[Finding]:
+        """Adopted earlier: the rows marked as duplicates."""
+        if not _has_column(tx, self.table, MARKER):
+            return []
+        marked = (
+            f"SELECT id::text, {MARKER}::text FROM public.{self.table}"
+            f" WHERE {MARKER} IS NOT NULL ORDER BY created_at, id"
+        )
+        return [Finding(self, row_id, self.detail(kept)) for row_id, kept in tx.run(marked)]
+
+    def detail(self, kept: str) -> str:
+        return f"same {self.key} as {kept} (kept)"
+
+    def adopt(self, tx: Transaction) -> None:
+        tx.run(f"ALTER TABLE public.{self.table} ADD COLUMN IF NOT EXISTS {MARKER} uuid")
+        with _user_triggers_suspended(tx, self.table):  # e.g. an updated_at trigger must not restamp history
             tx.run(
-                bind(
-                    "INSERT INTO public.schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
-                    v=migration.version,
-                    n=migration.name,
-                    c=migration.checksum,
-                )
+                f"UPDATE public.{self.table} t SET {MARKER} = o.kept::uuid"
+                f" FROM ({self.offending_sql()}) o(id, kept) WHERE t.id = o.id::uuid"
             )
+        tx.run(
+            f"CREATE UNIQUE INDEX {self.index} ON public.{self.table} ({self.key})"
+            f" WHERE {self.where} AND {MARKER} IS NULL"
+        )
+
+    def how_adopted(self) -> str:
+        return f"each row gets {MARKER} = the kept row's id and is left out of {self.index}; review them"
+
+
+Rule = CheckRule | UniqueRule
+
+_STATUSES = "'pending', 'completed', 'failed', 'expired', 'needs_review'"
+RULES: tuple[Rule, ...] = (
+    CheckRule(
+        "003",
+        "payments",
+        "payments_status_check",
+        f"status IN ({_STATUSES})",
+        "status",
+        "status is one of " + _STATUSES.replace("'", ""),
+    ),
+    UniqueRule(
+        "003",
+        "payments",
+        "payments_hypay_transaction_id_key",
+        "hypay_transaction_id",
+        "hypay_transaction_id IS NOT NULL",
+        "one Hyp transaction pays for one payment",
+    ),
+    UniqueRule(
+        "003",
+        "credit_transactions",
+        "credit_transactions_one_purchase_per_payment",
+        "payment_id",
+        "type = 'purchase' AND payment_id IS NOT NULL",
+        "one purchase grant per payment",
+    ),
+    UniqueRule(
+        "003",
+        "invoices",
+        "invoices_one_per_payment",
+        "payment_id",
+        "payment_id IS NOT NULL",
+        "one invoice per payment",
+    ),
+)
+# Nothing else in sql/ can refuse an existing row: 003's currency check is on a column it adds with a
+# default, and the rest are new tables, new nullable columns and non-unique indexes.
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One existing row a rule refuses. Ids and the rule only: never personal data."""
+
+    rule: Rule
+    row_id: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Preflight:
+    pending: list[Migration]
+    findings: list[Finding]
+
+    def report(self) -> str:
+        """The offending rows, by migration and rule, and the choices."""
+        lines = ["pending: " + ", ".join(m.name for m in self.pending)]
+        if not self.findings:
+            return lines[0] + " (no existing row refused)"
+        for migration in self.pending:
+            own = [f for f in self.findings if f.rule.version == migration.version]
+            if not own:
+                continue
+            lines.append(f"{migration.name} cannot accept {len(own)} existing rows:")
+            for rule in dict.fromkeys(f.rule for f in own):
+                lines.append(f"  {rule.name}: {rule.text}")
+                lines += [f"    {f.rule.table} {f.row_id}  {f.detail}" for f in own if f.rule is rule]
+        lines.append("choices:")
+        lines.append("  - correct or remove these rows yourself, then run again; or")
+        lines.append(
+            f"  - adopt them, keeping every row as it is: {ADOPT_ENV}=1 make migrate"
+            " (python -m ops.migrate --adopt-legacy):"
+        )
+        for rule in dict.fromkeys(f.rule for f in self.findings):
+            lines.append(f"      {rule.name}: {rule.how_adopted()}")
+        return "\n".join(lines)
+
+
+class LegacyRowsFound(MigrationError):
+    """Pending migrations would refuse existing rows; nothing was applied."""
+
+    def __init__(self, preflight: Preflight) -> None:
+        super().__init__(f"{len(preflight.findings)} existing rows break a pending migration; nothing was applied")
+        self.preflight = preflight
+
+
+@dataclass(frozen=True)
+class Outcome:
+    applied: list[str]
+    adopted: list[Finding] = field(default_factory=list)
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+def check(db: Database, sql_dir: Path = SQL_DIR) -> Preflight:
+    """The preflight alone: what is pending and which existing rows it would refuse. Changes nothing."""
+    with db.transaction() as tx:
+        tx.run("SET TRANSACTION READ ONLY")
+        return _preflight(tx, discover(sql_dir))
+
+
+def review(db: Database) -> list[Finding]:
+    """Rows adopted earlier and still to be reviewed: marked duplicates, rows breaking a NOT VALID check."""
+    found: list[Finding] = []
+    with db.transaction() as tx:
+        tx.run("SET TRANSACTION READ ONLY")
+        for rule in RULES:
+            if _exists(tx, rule.table):
+                found += rule.review(tx)
+    return found
+
+
+def run(
+    db: Database,
+    sql_dir: Path = SQL_DIR,
+    *,
+    adopt_legacy: bool = False,
+    backend_statements: Sequence[str] | None = None,
+) -> Outcome:
+    """Preflight, then every pending migration in one transaction; see the module's docstring.
+
+    Raises LegacyRowsFound (nothing applied) when existing rows break a pending migration and
+    `adopt_legacy` is off, MigrationError (nothing applied) when anything fails.
+    `backend_statements`: what must still plan after an adoption (default: the Hyp journal's statements).
+    """
+    migrations = discover(sql_dir)
+    with db.transaction() as tx:
+        tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
+        tx.run(_LEDGER)
+        preflight = _preflight(tx, migrations)
+        if not preflight.pending:
+            return Outcome([])
+        if preflight.findings:
+            if not adopt_legacy:
+                raise LegacyRowsFound(preflight)
+            # Writers wait from here to the commit, so the rows adopted are the rows checked.
+            tables = dict.fromkeys(f.rule.table for f in preflight.findings)
+            tx.run("LOCK TABLE " + ", ".join(f"public.{t}" for t in tables) + " IN ACCESS EXCLUSIVE MODE")
+            preflight = _preflight(tx, migrations)
+        applied = []
+        for migration in preflight.pending:
+            step = migration.name
+            try:
+                for rule in _adoption_order(f.rule for f in preflight.findings if f.rule.version == migration.version):
+                    step = f"adopting {rule.name} before {migration.name}"
+                    rule.adopt(tx)
+                step = migration.name
+                tx.run(migration.sql)
+                tx.run(
+                    bind(
+                        "INSERT INTO public.schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
+                        v=migration.version,
+                        n=migration.name,
+                        c=migration.checksum,
+                    )
+                )
+            except QueryError as exc:
+                raise MigrationError(
+                    f"{step} failed: {exc} (SQLSTATE {exc.sqlstate}); nothing was applied, the schema is as it was"
+                ) from exc
             applied.append(migration.name)
-    return applied
+        if preflight.findings or backend_statements is not None:  # only adoption departs from the tested schema
+            _probe(tx, _journal_statements() if backend_statements is None else backend_statements)
+        return Outcome(applied, preflight.findings)
 
 
-def main() -> int:
+def migrate(db: Database, sql_dir: Path = SQL_DIR, *, adopt_legacy: bool = False) -> list[str]:
+    """Apply what is pending; return the names applied (empty when up to date). See `run`."""
+    return run(db, sql_dir, adopt_legacy=adopt_legacy).applied
+
+
+def _adoption_order(rules: Iterable[Rule]) -> list[Rule]:
+    """Each rule once; duplicates marked (an UPDATE) before any NOT VALID check, which refuses a changed row."""
+    return sorted(dict.fromkeys(rules), key=lambda rule: isinstance(rule, CheckRule))
+
+
+def _preflight(tx: Transaction, migrations: list[Migration]) -> Preflight:
+    recorded: dict[str, str] = {}
+    if _exists(tx, "schema_migrations"):
+        recorded = {v: c for v, c in tx.run("SELECT version, checksum FROM public.schema_migrations")}
+    for migration in migrations:
+        if migration.version in recorded and recorded[migration.version] != migration.checksum:
+            raise MigrationError(f"{migration.name} changed after it was applied; add a new migration instead")
+    pending = [m for m in migrations if m.version not in recorded]
+    versions = {m.version for m in pending}
+    findings = []
+    for rule in RULES:
+        if rule.version in versions and _exists(tx, rule.table) and tx.run(rule.pending_sql())[0][0]:
+            findings += [Finding(rule, row_id, rule.detail(value)) for row_id, value in tx.run(rule.offending_sql())]
+    return Preflight(pending, findings)
+
+
+def _exists(tx: Transaction, table: str) -> bool:
+    return bool(tx.run(bind("SELECT to_regclass(:t) IS NOT NULL", t=f"public.{table}"))[0][0])
+
+
+def _has_column(tx: Transaction, table: str, column: str) -> bool:
+    return bool(
+        tx.run(
+            bind(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = :t::regclass AND attname = :c"
+                " AND NOT attisdropped)",
+                t=f"public.{table}",
+                c=column,
+            )
+        )[0][0]
+    )
+
+
+_ENABLE = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
+
+
+@contextmanager
+def _user_triggers_suspended(tx: Transaction, table: str) -> Iterator[None]:
+    """The table's own (non-internal) triggers off for a marker update, then back exactly as they were.
+
+    On an error they are not touched again: the transaction rolls back, and the triggers' state with it.
+    """
+    triggers = tx.run(
+        bind(
+            "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = :t::regclass"
+            " AND NOT tgisinternal AND tgenabled <> 'D' ORDER BY tgname",
+            t=f"public.{table}",
+        )
+    )
+    for name, _ in triggers:
+        tx.run(f"ALTER TABLE public.{table} DISABLE TRIGGER {_identifier(name)}")
+    yield
+    for name, state in triggers:
+        tx.run(f"ALTER TABLE public.{table} {_ENABLE[state]} {_identifier(name)}")
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+def _journal_statements() -> list[str]:
+    """The backend's statements whose ON CONFLICT arbiters depend on the unique indexes adoption changes."""
+    from payments.adapters import journal
+
+    return list(journal._STATEMENTS.values())
+
+
+def _probe(tx: Transaction, statements: Sequence[str]) -> None:
+    """Each statement must still plan (EXPLAIN, never executed): e.g. an ON CONFLICT arbiter must be inferable."""
+    for statement in statements:
+        sql = bind(statement, **{name: None for name in _PLACEHOLDER.findall(statement)})
+        try:
+            tx.run("EXPLAIN " + sql)
+        except QueryError as exc:
+            raise MigrationError(
+                f"the backend's statements would fail on the migrated schema: {exc}; nothing was applied. "
+                f"After adopting duplicates, an ON CONFLICT must name the marker, e.g. "
+                f"ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL AND {MARKER} IS NULL"
+            ) from exc
+
+
+# -- the command ------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from ops.embedded import database_url
 
+    parser = argparse.ArgumentParser(prog="python -m ops.migrate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="the preflight only: list what is pending and refused")
+    parser.add_argument(
+        "--adopt-legacy",
+        action="store_true",
+        default=os.environ.get(ADOPT_ENV, "") not in ("", "0"),
+        help=f"take refused rows forward (NOT VALID checks, marked duplicates); also {ADOPT_ENV}=1",
+    )
+    args = parser.parse_args(argv)
     with database_url() as url:
         db = Database.from_settings(DatabaseSettings(DATABASE_URL=url))
         try:
-            applied = migrate(db)
+            if args.check:
+                return _print_check(db)
+            outcome = run(db, adopt_legacy=args.adopt_legacy)
+        except LegacyRowsFound as exc:
+            print(exc.preflight.report())
+            print("nothing was applied")
+            return EXIT_LEGACY_ROWS
+        except MigrationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         finally:
             db.close()
-    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    if outcome.adopted:
+        print(f"adopted {len(outcome.adopted)} existing rows (kept as they are; to review):")
+        print(_list(outcome.adopted))
+    print("applied: " + ", ".join(outcome.applied) if outcome.applied else "database is up to date")
     return 0
+
+
+def _print_check(db: Database) -> int:
+    try:
+        preflight = check(db)
+    except MigrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    adopted = review(db)
+    if adopted:
+        print(f"adopted earlier, to review ({len(adopted)} rows):")
+        print(_list(adopted))
+    if not preflight.pending:
+        print("database is up to date")
+        return 0
+    print(preflight.report())
+    return EXIT_LEGACY_ROWS if preflight.findings else 0
+
+
+def _list(findings: list[Finding]) -> str:
+    return "\n".join(f"  {f.rule.name}  {f.rule.table} {f.row_id}  {f.detail}" for f in findings)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""`make run`: the embedded Postgres, migrations, demo data and the local API, until Ctrl-C."""
+"""`make run`: the embedded Postgres, migrations, demo data and the local API, until Ctrl-C.
+
+AUTH_MODE (hs256, rs256 or es256; default rs256) chooses how the web app's tokens are signed and verified,
+as the template's JwtMode does when deployed: rs256 emulates API Gateway's JWT authorizer, hs256 and es256
+run the real Lambda authorizer.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from ops.hypay_simulator import (
     HypaySimulator,
     public_test_terminal,
 )
-from ops.local_api import LOCAL_JWT_ISSUER, LocalApi, local_token
+from ops.local_api import LocalApi
+from ops.local_auth import MODES, LocalAuth, mode_from
 from ops.migrate import migrate
 from ops.seed import DEMO_USER_EMAIL, DEMO_USER_ID, seed
 from ops.template import Route, load
@@ -47,6 +53,27 @@ def curl_examples(base: str, routes: list[Route]) -> list[str]:
     return [CURL[r.route_key].format(base=base) for r in routes]
 
 
+def auth_lines(api: LocalApi, auth: LocalAuth) -> list[str]:
+    """What verifies the web app's tokens in this mode, as deployed with the same JwtMode."""
+    others = "|".join(m for m in MODES if m != auth.mode)
+    lines = []
+    for authorizer in api.authorizers.values():
+        if authorizer.kind == "jwt":
+            how = "API Gateway's JWT authorizer (emulated), a bad token is a 401"
+        else:
+            how = (
+                f"the Lambda authorizer {authorizer.function} (real), a bad token is a 403, "
+                f"answers kept {authorizer.ttl_seconds} s"
+            )
+        lines.append(f"  auth          AUTH_MODE={auth.mode} (deployed: JwtMode={auth.mode}): {how}")
+    lines.append(f"                other modes: AUTH_MODE={others} make run")
+    if auth.mode == "hs256":
+        lines.append(f"  jwt secret    {auth.secret}  (HS256, local only)")
+    else:
+        lines.append(f"  jwks          {api.jwks_url}  ({auth.algorithm}, kid {auth.kid}; key in .local/auth/)")
+    return lines
+
+
 def main() -> int:
     port = int(os.environ.get("PORT", "3000"))
     sim_port = int(os.environ.get("HYPAY_SIM_PORT", "3100"))
@@ -54,6 +81,13 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    try:
+        mode = mode_from(os.environ.get("AUTH_MODE"))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    auth = LocalAuth.for_mode(mode)
 
     with database_url(data_dir) as url:
         db = Database.from_settings(DatabaseSettings(DATABASE_URL=url))
@@ -63,7 +97,7 @@ def main() -> int:
 
         simulator = HypaySimulator([public_test_terminal()], port=sim_port).start()
         base = f"http://127.0.0.1:{port}"
-        token = local_token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
+        token = auth.token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
         demo = DemoSite(url, DEMO_USER_ID, token)
         environment = {
             "DATABASE_URL": url,
@@ -82,7 +116,7 @@ def main() -> int:
             "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "eu-west-1"),
         }
         template = load()
-        api = LocalApi(template, environment, port=port, site=demo.handle)
+        api = LocalApi(template, environment, port=port, site=demo.handle, auth=auth)
         terminal = simulator.terminals[PUBLIC_TEST_TERMINAL_MASOF]
         terminal.success_url = terminal.failure_url = f"{api.url}/hypay/return"
         terminal.notify_url = f"{api.url}/hypay/notify"
@@ -103,8 +137,10 @@ def main() -> int:
             f"  hypay         simulator {simulator.url} (public test terminal {PUBLIC_TEST_TERMINAL_MASOF},"
             f" redirects to {terminal.success_url})",
             "  test cards    listed on the simulator's payment page (one approves, one declines)",
-            f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {LOCAL_JWT_ISSUER}",
+            *auth_lines(api, auth),
+            f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {auth.issuer}",
             f"  demo token    {token}",
+            f"  other user    .venv/bin/python -m ops.token --mode {mode} --user <uuid> [--email <address>]",
             f"  admin token   {LOCAL_ADMIN_TOKEN}",
             "",
             "Try each route (paste the two exports first):",

@@ -1,15 +1,16 @@
-"""What `make run` and the tests need to know of template.yaml: functions, routes, schedules."""
+"""What `make run` and the tests need to know of template.yaml: functions, routes, schedules, authorizers."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -65,9 +66,29 @@ class Function:
 
 
 @dataclass(frozen=True)
+class Authorizer:
+    """An HTTP API authorizer as the template declares it for one set of parameter values."""
+
+    name: str
+    kind: Literal["jwt", "lambda"]
+    identity_header: str  # lower-case: the header API Gateway requires (401 without it) and caches by
+    function: str | None = None  # lambda: the authorizer function's logical id
+    ttl_seconds: int = 0  # lambda: how long API Gateway keeps an answer for the same identity
+    simple_responses: bool = False
+    payload_format_version: str = "2.0"
+    issuer: Any = None  # jwt: as the template has them (resolved to parameter values when given)
+    audience: Any = None
+
+
+@dataclass(frozen=True)
 class Template:
     functions: dict[str, Function]
     routes: list[Route]
+    # Functions API Gateway calls as authorizers, not routes: kept apart from `functions` (no resolver).
+    authorizer_functions: dict[str, Function] = field(default_factory=dict)
+    security_schemes: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    conditions: dict[str, Any] = field(default_factory=dict)
 
     def find_route(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         for route in self.routes:
@@ -76,12 +97,78 @@ class Template:
                 return route, params
         return None
 
+    def parameter_values(self, given: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Every parameter's value: `given`, else its default."""
+        values = {name: str(p["Default"]) for name, p in self.parameters.items() if "Default" in p}
+        return values | dict(given or {})
+
+    def condition(self, name: str, parameters: Mapping[str, str]) -> bool:
+        return bool(resolve({"Condition": name}, self.parameter_values(parameters), self.conditions))
+
+    def authorizer(self, name: str, parameters: Mapping[str, str]) -> Authorizer:
+        """The authorizer `name` as deployed with these parameter values (JwtMode decides its kind)."""
+        values = self.parameter_values(parameters)
+        scheme = resolve(self.security_schemes[name], values, self.conditions)
+        config = scheme["x-amazon-apigateway-authorizer"]
+        source = str(config["identitySource"])
+        header = source.removeprefix("$request.header.").lower()
+        if config["type"] == "jwt":
+            jwt_config = config["jwtConfiguration"]
+            return Authorizer(name, "jwt", header, issuer=jwt_config.get("issuer"), audience=jwt_config.get("audience"))
+        uri = config["authorizerUri"]
+        found = _ARN_REF.search(json.dumps(uri))
+        return Authorizer(
+            name,
+            "lambda",
+            header,
+            function=found.group(1) if found else None,
+            ttl_seconds=int(config.get("authorizerResultTtlInSeconds", 0)),
+            simple_responses=bool(config.get("enableSimpleResponses", False)),
+            payload_format_version=str(config.get("authorizerPayloadFormatVersion")),
+        )
+
+
+_ARN_REF = re.compile(r"\$\{([A-Za-z0-9]+)\.Arn\}")
+
+
+def resolve(value: Any, parameters: Mapping[str, str], conditions: Mapping[str, Any]) -> Any:
+    """`value` with If / Condition / Equals / Not / And / Or / Ref-to-parameter worked out (as CloudFormation
+    would for these parameter values); other intrinsics are left as they are."""
+    if isinstance(value, list):
+        return [resolve(v, parameters, conditions) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if len(value) == 1:
+        ((key, arg),) = value.items()
+        fn = key.removeprefix("Fn::")
+        if fn == "If":
+            name, yes, no = arg
+            chosen = yes if resolve({"Condition": name}, parameters, conditions) else no
+            return resolve(chosen, parameters, conditions)
+        if fn == "Condition" and isinstance(arg, str):
+            return bool(resolve(conditions[arg], parameters, conditions))
+        if fn == "Equals":
+            a, b = (resolve(v, parameters, conditions) for v in arg)
+            return str(a) == str(b)
+        if fn == "Not":
+            return not resolve(arg[0], parameters, conditions)
+        if fn == "And":
+            return all(resolve(v, parameters, conditions) for v in arg)
+        if fn == "Or":
+            return any(resolve(v, parameters, conditions) for v in arg)
+        if key == "Ref" and isinstance(arg, str) and arg in parameters:
+            return parameters[arg]
+    return {k: resolve(v, parameters, conditions) for k, v in value.items()}
+
 
 def load(path: Path = TEMPLATE) -> Template:
     doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
     globals_ = doc.get("Globals", {}).get("Function", {})
     functions: dict[str, Function] = {}
     routes: list[Route] = []
+    body = _http_api_body(doc)
+    schemes: dict[str, Any] = (body.get("components") or {}).get("securitySchemes") or {}
+    authorizer_ids = {found for scheme in schemes.values() for found in _ARN_REF.findall(json.dumps(scheme))}
     for name, resource in doc["Resources"].items():
         if resource["Type"] != "AWS::Serverless::Function":
             continue
@@ -98,7 +185,7 @@ def load(path: Path = TEMPLATE) -> Template:
         for event in props.get("Events", {}).values():
             if event["Type"] == "HttpApi":
                 p = event["Properties"]
-                authorizer = (p.get("Auth") or {}).get("Authorizer")
+                authorizer = (p.get("Auth") or {}).get("Authorizer") or _body_authorizer(body, p["Path"], p["Method"])
                 routes.append(Route(p["Method"].upper(), p["Path"], name, None if authorizer == "NONE" else authorizer))
             elif event["Type"] == "Schedule":
                 schedules.append(event["Properties"]["Schedule"])
@@ -110,7 +197,34 @@ def load(path: Path = TEMPLATE) -> Template:
             environment=env,
             schedules=tuple(schedules),
         )
-    return Template(functions, routes)
+    authorizer_functions = {name: functions.pop(name) for name in sorted(authorizer_ids) if name in functions}
+    return Template(
+        functions,
+        routes,
+        authorizer_functions=authorizer_functions,
+        security_schemes=schemes,
+        parameters=doc.get("Parameters", {}),
+        conditions=doc.get("Conditions", {}),
+    )
+
+
+def _http_api_body(doc: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document of the template's HTTP API (DefinitionBody), {} without one."""
+    for resource in doc["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::HttpApi":
+            body = resource.get("Properties", {}).get("DefinitionBody")
+            if isinstance(body, dict):
+                return body
+    return {}
+
+
+def _body_authorizer(body: dict[str, Any], path: str, method: str) -> str | None:
+    """The security scheme the OpenAPI document puts on this route, if any."""
+    operation = ((body.get("paths") or {}).get(path) or {}).get(method.lower()) or {}
+    for requirement in operation.get("security") or []:
+        for name in requirement:
+            return str(name)
+    return None
 
 
 def load_module(function: Function) -> ModuleType:

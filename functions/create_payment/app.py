@@ -14,14 +14,15 @@ from aws_lambda_powertools.event_handler.openapi.params import Header
 from payments.adapters.db import default_database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.payments_store import PaymentsStore
+from payments.caller import authenticated_user
 from payments.domain.payment import CreatePaymentRequest, PaymentView, Problem
-from payments.errors import InvalidRequest, NotFound, PaymentError, Unauthorized
+from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import error_response, problem, validation_problem
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
 from payments.request_body import UnsupportedMediaType, json_body_validation
 from payments.services.create_payment import CreatePayment, CreatePaymentDeps, get_payment
-from payments.settings import api_settings, idempotency_settings
+from payments.settings import api_settings, auth_settings, idempotency_settings
 
 app = APIGatewayHttpResolver(enable_validation=True)
 
@@ -43,12 +44,9 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 
 def _user_id() -> UUID:
-    """The user is whoever the authorizer verified (`sub`); nothing the client sends says otherwise."""
-    claims = app.current_event.request_context.authorizer.jwt_claim or {}
-    try:
-        return UUID(str(claims.get("sub")))
-    except ValueError:
-        raise Unauthorized("the access token names no user") from None
+    """The user is whoever the authorizer verified (`sub`, signed in: the required role), from the JWT or the
+    Lambda authorizer's claims; nothing the client sends says otherwise."""
+    return authenticated_user(app.current_event, required_role=auth_settings().required_role)
 
 
 def _idempotency_key(value: str | None) -> str:

@@ -16,8 +16,10 @@ from ops.hypay_simulator import (
     public_test_terminal,
 )
 from ops.seed import DEMO_USER_ID, seed
+from payments.adapters import db as db_module
 from payments.adapters.hypay import HypayClient, HypayCredentials
 from payments.adapters.payments_store import PaymentsStore
+from payments.settings import database_settings
 from tests.support.api import reset_function_state
 from tests.support.payments import (
     CALLBACK,
@@ -30,7 +32,7 @@ from tests.support.payments import (
     Env,
     post,
 )
-from tests.support.pg import database
+from tests.support.pg import Server, connect, database, with_user
 
 
 @pytest.fixture
@@ -89,3 +91,26 @@ def saved_card(env: Env) -> str:
     )
     store.db.close()
     return token.value
+
+
+@pytest.fixture(scope="session")
+def backend_login(pg_server: Server, migrated_template: str) -> Iterator[str]:
+    """A LOGIN member of `payments_backend` (the role sql/005 creates), as a deployment creates one."""
+    name = f"payments_app_{uuid.uuid4().hex[:8]}"
+    admin = connect(pg_server.url)
+    admin.run(f"CREATE ROLE {name} LOGIN IN ROLE payments_backend")
+    yield name
+    admin.run(f"DROP ROLE IF EXISTS {name}")
+    admin.close()
+
+
+@pytest.fixture
+def backend_env(env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """`env` with the functions logging in as a member of `payments_backend`, not as the tables' owner.
+    `Env.url` (what the tests check and arrange with) stays the owner's."""
+    monkeypatch.setenv("DATABASE_URL", with_user(env.url, backend_login))
+    db_module.reset_default_database()
+    database_settings.cache_clear()
+    for function in (CREATE, CALLBACK):
+        reset_function_state(function)
+    return env

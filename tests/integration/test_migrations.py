@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ops.migrate import MigrationError, discover, migrate
+from tests.support import schema
 from tests.support.pg import connect, database
 
 SEED = Path(__file__).resolve().parent.parent / "fixtures" / "seed-schema.sql"
@@ -140,3 +141,38 @@ def test_credit_grant_constraints_hold(database_url: str) -> None:
         with pytest.raises(pg8000.exceptions.DatabaseError):
             conn.run(statement)
     conn.close()
+
+
+@pytest.mark.parametrize("recorded", [0, 2], ids=["nothing-recorded", "two-recorded"])
+def test_a_failure_midway_leaves_the_schema_and_the_records_as_they_were(
+    empty_database_url: str, tmp_path: Path, recorded: int
+) -> None:
+    # Given production, with the first `recorded` migrations applied and recorded
+    conn = connect(empty_database_url)
+    conn.run(SEED.read_text(encoding="utf-8"))
+    conn.close()
+    migrations = discover()
+    db = database(empty_database_url)
+    if recorded:
+        (tmp_path / "first").mkdir()
+        for migration in migrations[:recorded]:
+            (tmp_path / "first" / migration.name).write_text(migration.sql, encoding="utf-8")
+        migrate(db, tmp_path / "first")
+    # And a 004 that fails after its own statements (and 003's before it) have taken effect
+    for migration in migrations:
+        (tmp_path / migration.name).write_text(migration.sql, encoding="utf-8")
+    failing = next(m for m in migrations if m.version == "004")
+    (tmp_path / failing.name).write_text(failing.sql + "\nSELECT 1 / 0;\n", encoding="utf-8")
+    before_schema, data = schema.catalog(empty_database_url), schema.rows(empty_database_url)
+
+    # When the pending migrations run
+    with pytest.raises(MigrationError, match=f"{failing.name} failed: division by zero .*nothing was applied"):
+        migrate(db, tmp_path)
+
+    # Then the schema, every row and the records are exactly as before (003 included: one transaction)
+    assert schema.catalog(empty_database_url) == before_schema
+    assert schema.rows(empty_database_url) == data
+    # And once the file is mended, the next run applies all that was pending
+    (tmp_path / failing.name).write_text(failing.sql, encoding="utf-8")
+    assert migrate(db, tmp_path) == [m.name for m in migrations[recorded:]]
+    db.close()

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import pytest
 
-from payments.adapters.db import ConnectionParams, _ssl_context, bind, params_from_rds_secret, parse_database_url
+from payments.adapters.db import (
+    RDS_CA_BUNDLE,
+    ConnectionParams,
+    _ssl_context,
+    bind,
+    params_from_rds_secret,
+    params_provider,
+    parse_database_url,
+)
 from payments.errors import ConfigurationError
 from payments.settings import DatabaseSettings, database_settings
 
@@ -51,12 +60,13 @@ def test_rds_secret_format() -> None:
         "dbname": "payments",
     }
     p = params_from_rds_secret(secret)
-    assert (p.user, p.password, p.host, p.database, p.ssl_mode) == (
+    assert (p.user, p.password, p.host, p.database, p.ssl_mode, p.ssl_root_cert) == (
         "app",
         "s3cret",
         "x.rds.amazonaws.com",
         "payments",
-        "require",
+        "verify-full",  # a deployed function: the server's certificate and name are checked
+        None,  # the Amazon RDS bundle shipped in the layer
     )
     with pytest.raises(ConfigurationError) as caught:
         params_from_rds_secret({"username": "app", "password": "s3cret"})
@@ -67,9 +77,72 @@ def test_tls_modes() -> None:
     base = ConnectionParams(user="u", database="d")
     assert _ssl_context(base) is False
     require = _ssl_context(ConnectionParams(user="u", database="d", ssl_mode="require"))
-    assert require is not None and require.verify_mode == ssl.CERT_NONE and not require.check_hostname
+    assert isinstance(require, ssl.SSLContext)
+    assert require.verify_mode == ssl.CERT_NONE and not require.check_hostname
     full = _ssl_context(ConnectionParams(user="u", database="d", ssl_mode="verify-full"))
-    assert full is not None and full.verify_mode == ssl.CERT_REQUIRED and full.check_hostname
+    assert isinstance(full, ssl.SSLContext)
+    assert full.verify_mode == ssl.CERT_REQUIRED and full.check_hostname
+    assert full.minimum_version >= ssl.TLSVersion.TLSv1_2
+    # libpq's checks (chain, validity, host name), without Python 3.13's extra RFC 5280 strictness
+    assert not full.verify_flags & ssl.VERIFY_X509_STRICT
+
+
+def _ca_names(context: ssl.SSLContext | bool) -> list[str]:
+    assert isinstance(context, ssl.SSLContext)
+    return [dict(item[0] for item in ca["subject"])["commonName"] for ca in context.get_ca_certs()]
+
+
+def test_verify_full_trusts_the_shipped_rds_bundle_unless_given_a_ca(tmp_path: Path) -> None:
+    # No CA given: the Amazon RDS bundle in the layer, and nothing else (not the system's store)
+    names = _ca_names(_ssl_context(ConnectionParams(user="u", database="d", ssl_mode="verify-full")))
+    assert len(names) == RDS_CA_BUNDLE.read_text().count("BEGIN CERTIFICATE")
+    assert "Amazon RDS eu-central-1 Root CA RSA2048 G1" in names
+    # A CA file: that file alone
+    own = tmp_path / "own.pem"
+    own.write_bytes(RDS_CA_BUNDLE.read_bytes().split(b"\n\n")[1])  # one certificate of the bundle
+    assert len(_ca_names(_ssl_context(ConnectionParams("u", "d", ssl_mode="verify-full", ssl_root_cert=str(own))))) == 1
+    # `system`: the operating system's store (libpq 16's sslrootcert=system)
+    system = _ssl_context(ConnectionParams("u", "d", ssl_mode="verify-full", ssl_root_cert="system"))
+    assert isinstance(system, ssl.SSLContext) and system.check_hostname
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_an_unusable_ca_bundle_is_a_configuration_error_naming_the_file(tmp_path: Path, content: str | None) -> None:
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigurationError) as caught:
+        _ssl_context(ConnectionParams("u", "d", ssl_mode="verify-full", ssl_root_cert=str(path)))
+    assert str(path) in str(caught.value)
+
+
+def test_sslrootcert_from_the_url_and_the_setting_that_wins_over_it() -> None:
+    url = "postgresql://u@db.example.com/d?sslmode=verify-full&sslrootcert=/etc/ssl/supabase.crt"
+    assert parse_database_url(url).ssl_root_cert == "/etc/ssl/supabase.crt"
+    assert parse_database_url(url, None, "/opt/ca.pem").ssl_root_cert == "/opt/ca.pem"
+    assert parse_database_url("postgresql://u@h/d?sslmode=verify-full").ssl_root_cert is None  # the RDS bundle
+    secret = {"username": "u", "password": "p", "host": "h"}
+    assert params_from_rds_secret(secret, "require", "/opt/ca.pem").ssl_root_cert == "/opt/ca.pem"
+    assert params_from_rds_secret(secret, "require").ssl_mode == "require"
+
+
+def test_tls_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@db.example.com/d?sslmode=require&sslrootcert=/url.pem")
+    monkeypatch.setenv("DB_SSLMODE", "verify-full")
+    monkeypatch.setenv("DB_SSLROOTCERT", "/setting.pem")
+    params = params_provider(database_settings())(False)
+    assert (params.ssl_mode, params.ssl_root_cert) == ("verify-full", "/setting.pem")
+    # Template parameters left empty arrive as "": the defaults apply
+    settings = DatabaseSettings(DB_SSLMODE="", DB_SSLROOTCERT="", DATABASE_URL="postgresql://u@h/d")
+    assert settings.ssl_mode is None and settings.ssl_root_cert is None
+
+
+def test_no_tls_on_a_unix_socket() -> None:
+    with pytest.raises(ConfigurationError):
+        parse_database_url("postgresql://u@/d?host=/tmp&sslmode=require")
+    with pytest.raises(ConfigurationError):
+        parse_database_url("postgresql://u@/d?host=/tmp", "verify-full")
+    assert parse_database_url("postgresql://u@/d?host=/tmp&sslmode=prefer").ssl_mode == "disable"
 
 
 def test_settings_errors_never_echo_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,6 +156,6 @@ def test_settings_errors_never_echo_values(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_bind_renders_literals_and_leaves_casts() -> None:
     sql = bind("SELECT :a::text, :b, :c, :d WHERE x = :a", a="O'Reilly; DROP TABLE t", b=None, c=5, d=True)
-    assert sql == "SELECT 'O''Reilly; DROP TABLE t'::text, NULL, 5, TRUE WHERE x = 'O''Reilly; DROP TABLE t'"
+    assert sql == "SELECT E'O''Reilly; DROP TABLE t'::text, NULL, (5), TRUE WHERE x = E'O''Reilly; DROP TABLE t'"
     with pytest.raises(KeyError):
         bind("SELECT :missing")

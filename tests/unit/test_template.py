@@ -76,33 +76,22 @@ def test_template_passes_sam_validate_lint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_layer_requirements_match_the_runtime_dependency_group() -> None:
-    import tomllib
-
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    runtime = sorted(pyproject["dependency-groups"]["runtime"])
-    layer = sorted(
-        line.strip()
-        for line in (ROOT / "layers/shared/requirements.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    )
-    assert layer == runtime
-
-
-def test_payment_routes_have_the_jwt_authorizer_cors_and_throttling() -> None:
+def test_payment_routes_have_the_web_app_authorizer_cors_and_throttling() -> None:
     import yaml
 
     from ops.template import _CfnLoader
 
     doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506
     api = doc["Resources"]["HttpApi"]["Properties"]
-    jwt = api["Auth"]["Authorizers"]["WebAppJwt"]["JwtConfiguration"]
-    assert jwt == {"issuer": {"Ref": "JwtIssuer"}, "audience": [{"Ref": "JwtAudience"}]}
+    # Each JwtMode's wiring: tests/unit/test_auth_template.py
+    issuer = "https://project.supabase.co/auth/v1"
+    jwt = load().authorizer("WebApp", {"JwtMode": "rs256", "JwtIssuer": issuer, "JwtAudience": "authenticated"})
+    assert (jwt.kind, jwt.issuer, jwt.audience) == ("jwt", issuer, ["authenticated"])
     assert api["CorsConfiguration"]["AllowOrigins"] == {"Ref": "WebAppOrigins"}
     assert "Idempotent-Replayed" in api["CorsConfiguration"]["ExposeHeaders"]
     assert "Idempotency-Key" in api["CorsConfiguration"]["AllowHeaders"]
     assert api["RouteSettings"]["POST /payments"]["ThrottlingRateLimit"] > 0
-    secured = {r.route_key for r in load().routes if r.authorizer == "WebAppJwt"}
+    secured = {r.route_key for r in load().routes if r.authorizer == "WebApp"}
     assert secured == {"POST /payments", "GET /payments/{payment_id}"}
 
 

@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from payments.errors import ConfigurationError
 
@@ -23,12 +23,21 @@ class DatabaseSettings(BaseModel):
 
     secret_arn: str | None = Field(default=None, alias="DB_SECRET_ARN")
     url: str | None = Field(default=None, alias="DATABASE_URL")
-    # Unset: whatever the URL says (sslmode=...), else `require` for a secret.
+    # Unset: whatever the URL says (sslmode=...), else `verify-full` for a secret (a deployed function).
     ssl_mode: SslMode | None = Field(default=None, alias="DB_SSLMODE")
+    # The PEM file of the CAs trusted under verify-full, or `system` (the OS's store). Unset: the URL's
+    # sslrootcert, else the Amazon RDS bundle shipped in the layer (payments/certs/rds-ca-bundle.pem).
+    ssl_root_cert: str | None = Field(default=None, alias="DB_SSLROOTCERT")
     connect_timeout_seconds: float = Field(default=5.0, gt=0, alias="DB_CONNECT_TIMEOUT")
     # Client-side socket timeout for one round trip; keeps a hung database from eating the Lambda.
     query_timeout_seconds: float = Field(default=10.0, gt=0, alias="DB_QUERY_TIMEOUT")
     secret_max_age_seconds: int = Field(default=300, ge=0, alias="DB_SECRET_MAX_AGE")
+
+    @field_validator("ssl_mode", "ssl_root_cert", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """A template parameter left empty arrives as "": the default applies."""
+        return None if value == "" else value
 
 
 class IdempotencySettings(BaseModel):
@@ -134,3 +143,44 @@ def cleanup_settings() -> CleanupSettings:
 @lru_cache(maxsize=1)
 def hypay_settings() -> HypaySettings:
     return _from_env(HypaySettings)
+
+
+JwtMode = Literal["hs256", "rs256", "es256"]
+
+
+class AuthSettings(BaseModel):
+    """The web app's access tokens (Supabase): how the Lambda authorizer verifies them, and the role
+    every handler requires of the caller.
+
+    `JWT_MODE` pins the one algorithm accepted: `hs256` (the shared secret, from `JWT_SECRET_ARN`, or
+    `JWT_SECRET` locally), `rs256` / `es256` (the keys published at `JWKS_URL`, by default
+    `<JWT_ISSUER>/.well-known/jwks.json`).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: JwtMode | None = Field(default=None, alias="JWT_MODE")
+    issuer: str | None = Field(default=None, alias="JWT_ISSUER")
+    audience: str = Field(default="authenticated", min_length=1, alias="JWT_AUDIENCE")
+    required_role: str = Field(default="authenticated", min_length=1, alias="JWT_REQUIRED_ROLE")
+    # Clock skew tolerated on exp / nbf / iat.
+    leeway_seconds: int = Field(default=30, ge=0, le=300, alias="JWT_LEEWAY_SECONDS")
+    jwks_url: str | None = Field(default=None, alias="JWKS_URL")
+    jwks_cache_seconds: float = Field(default=600, gt=0, le=3600, alias="JWKS_CACHE_SECONDS")
+    # At most one refetch per this many seconds when a token names a key the cached set lacks.
+    jwks_refresh_cooldown_seconds: float = Field(default=30, ge=0, le=3600, alias="JWKS_REFRESH_COOLDOWN")
+    jwks_timeout_seconds: float = Field(default=3.0, gt=0, le=10, alias="JWKS_TIMEOUT")
+    secret_arn: str | None = Field(default=None, alias="JWT_SECRET_ARN")
+    secret: str | None = Field(default=None, alias="JWT_SECRET", repr=False)
+    secret_max_age_seconds: int = Field(default=300, ge=0, alias="JWT_SECRET_MAX_AGE")
+
+    @field_validator("mode", "issuer", "jwks_url", "secret_arn", "secret", mode="before")
+    @classmethod
+    def _auth_empty_is_unset(cls, value: object) -> object:
+        """Template parameters left empty arrive as "": unset."""
+        return None if value == "" else value
+
+
+@lru_cache(maxsize=1)
+def auth_settings() -> AuthSettings:
+    return _from_env(AuthSettings)

@@ -5,6 +5,10 @@ Statements go over the simple query protocol with values rendered by `literal()`
 parenthesised numbers, whose meaning no session setting can change: one round trip per statement
 and no prepared statements, so nothing lives in the session outside a transaction and RDS Proxy
 or a transaction-mode pooler (Supabase's) can hand the connection around between statements.
+
+Connecting: a deployed function (a Secrets Manager secret) verifies the server (`verify-full`, against the
+Amazon RDS bundle shipped in the layer unless given a CA), and `GuardedConnection` answers a request for the
+password in cleartext or as MD5 only over such a verified connection.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
@@ -29,6 +34,11 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 from payments.adapters.secrets import read_secret
 from payments.errors import ConfigurationError, DatabaseUnavailable, PaymentError
 from payments.settings import DatabaseSettings, SslMode, database_settings
+
+RDS_CA_BUNDLE = Path(__file__).resolve().parent.parent / "certs" / "rds-ca-bundle.pem"
+"""Amazon RDS's certificate authorities and RDS Proxy's roots, shipped in the layer: verify-full's default CAs."""
+SYSTEM_CAS = "system"
+"""`sslrootcert=system` / `DB_SSLROOTCERT=system`: the operating system's trust store (as libpq 16 reads it)."""
 
 # SQLSTATEs after which the session is gone: the connection is discarded.
 _SESSION_GONE = ("57P01", "57P02", "57P03", "08000", "08003", "08006")
@@ -57,7 +67,11 @@ class QueryError(PaymentError):
 
 @dataclass(frozen=True)
 class ConnectionParams:
-    """Everything needed to open a connection. The password never shows in a repr."""
+    """Everything needed to open a connection. The password never shows in a repr.
+
+    `ssl_root_cert` is the PEM file of the CAs trusted under verify-full (`system`: the OS's store);
+    None means the Amazon RDS bundle shipped in the layer (`RDS_CA_BUNDLE`).
+    """
 
     user: str
     database: str
@@ -69,8 +83,11 @@ class ConnectionParams:
     ssl_root_cert: str | None = None
 
 
-def parse_database_url(url: str, ssl_mode: SslMode | None = None) -> ConnectionParams:
-    """`postgresql://user:pass@host:port/db?sslmode=require`; `?host=/dir` means a Unix socket."""
+def parse_database_url(url: str, ssl_mode: SslMode | None = None, ssl_root_cert: str | None = None) -> ConnectionParams:
+    """`postgresql://user:pass@host:port/db?sslmode=verify-full&sslrootcert=/ca.pem`; `?host=/dir`: a Unix socket.
+
+    `ssl_mode` and `ssl_root_cert` (the settings) win over the URL's `sslmode` and `sslrootcert`.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigurationError("DATABASE_URL must start with postgresql://")
@@ -82,6 +99,8 @@ def parse_database_url(url: str, ssl_mode: SslMode | None = None) -> ConnectionP
         mode = "disable" if socket_dir else "require"
     if mode not in ("disable", "require", "verify-full"):
         raise ConfigurationError("sslmode must be disable, require or verify-full")
+    if socket_dir and mode != "disable":
+        raise ConfigurationError("PostgreSQL has no TLS on a Unix socket: use sslmode=disable there")
     return ConnectionParams(
         user=unquote(parts.username or "postgres"),
         password=unquote(parts.password) if parts.password else None,
@@ -90,12 +109,17 @@ def parse_database_url(url: str, ssl_mode: SslMode | None = None) -> ConnectionP
         database=unquote(parts.path.lstrip("/")) or "postgres",
         unix_sock=f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None,
         ssl_mode=mode,  # type: ignore[arg-type]
-        ssl_root_cert=query.get("sslrootcert"),
+        ssl_root_cert=ssl_root_cert or query.get("sslrootcert") or None,
     )
 
 
-def params_from_rds_secret(secret: dict[str, Any], ssl_mode: SslMode | None = None) -> ConnectionParams:
-    """A Secrets Manager secret in the RDS format: username, password, host, port, dbname."""
+def params_from_rds_secret(
+    secret: dict[str, Any], ssl_mode: SslMode | None = None, ssl_root_cert: str | None = None
+) -> ConnectionParams:
+    """A Secrets Manager secret in the RDS format: username, password, host, port, dbname.
+
+    A deployed function: verify-full unless told otherwise, against the shipped RDS bundle unless given a CA.
+    """
     try:
         return ConnectionParams(
             user=str(secret["username"]),
@@ -103,7 +127,8 @@ def params_from_rds_secret(secret: dict[str, Any], ssl_mode: SslMode | None = No
             host=str(secret["host"]),
             port=int(secret.get("port", 5432)),
             database=str(secret.get("dbname") or secret.get("dbInstanceIdentifier") or "postgres"),
-            ssl_mode=ssl_mode or "require",
+            ssl_mode=ssl_mode or "verify-full",
+            ssl_root_cert=ssl_root_cert,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigurationError(f"database secret is not in the RDS format (missing or bad {exc})") from None
@@ -126,11 +151,11 @@ def params_provider(settings: DatabaseSettings) -> ParamsProvider:
                 max_age=settings.secret_max_age_seconds,
                 refresh=refresh,
             )
-            return params_from_rds_secret(secret, settings.ssl_mode)
+            return params_from_rds_secret(secret, settings.ssl_mode, settings.ssl_root_cert)
 
         return from_secret
     if settings.url:
-        parsed = parse_database_url(settings.url, settings.ssl_mode)
+        parsed = parse_database_url(settings.url, settings.ssl_mode, settings.ssl_root_cert)
         return lambda refresh: parsed
     raise ConfigurationError("set DB_SECRET_ARN or DATABASE_URL")
 
@@ -179,12 +204,23 @@ def bind(sql: str, **params: Any) -> str:
 
 
 def _ssl_context(params: ConnectionParams) -> ssl.SSLContext | bool:
+    """False for plain TCP; else a TLS context: `require` encrypts only, `verify-full` checks chain and host name."""
     if params.ssl_mode == "disable":
         return False  # pg8000 reads None as "try TLS, fall back to plain": disable means plain
-    context = ssl.create_default_context(cafile=params.ssl_root_cert)
     if params.ssl_mode == "require":  # encrypted, not authenticated (libpq's meaning of `require`)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+        return context
+    cafile = params.ssl_root_cert or str(RDS_CA_BUNDLE)
+    try:
+        context = ssl.create_default_context(cafile=None if cafile == SYSTEM_CAS else cafile)  # None: the OS's
+    except (OSError, ValueError) as exc:  # missing or unreadable file, or no certificate in it
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or "no certificates"
+        raise ConfigurationError(f"cannot load the database CA bundle {cafile}: {reason}") from None
+    # CERT_REQUIRED and check_hostname come with the default context. Python 3.13's extra RFC 5280 strictness
+    # is dropped so that certificates libpq accepts (the reference for RDS and Supabase) are accepted here too.
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT
     return context
 
 
@@ -198,6 +234,46 @@ def connect_kwargs(params: ConnectionParams) -> dict[str, Any]:
         "unix_sock": params.unix_sock,
         "ssl_context": _ssl_context(params),
     }
+
+
+class InsecureAuthentication(DatabaseUnavailable):
+    """The server asked for the password in cleartext or as MD5 over a connection not TLS-verified: refused."""
+
+    code = "database_insecure_authentication"
+
+
+_AUTH_CLEARTEXT, _AUTH_MD5, _AUTH_SASL = 3, 5, 10
+
+
+def _tls_verified(sock: Any) -> bool:
+    """TLS whose certificate chain and host name were checked (verify-full): nobody else can read it."""
+    return (
+        isinstance(sock, ssl.SSLSocket)
+        and sock.context.verify_mode == ssl.CERT_REQUIRED
+        and sock.context.check_hostname
+    )
+
+
+class GuardedConnection(pg8000.native.Connection):
+    """pg8000's connection, except that it never hands out the password where an impostor could read it.
+
+    pg8000 answers any authentication request: cleartext (3) with the password itself, MD5 (5) with a salted hash
+    that can be guessed offline and relayed. Both are answered here only over verify-full TLS, where the server
+    is known; otherwise the connection fails before a byte of it is sent. SCRAM-SHA-256 (10, what RDS and Supabase
+    ask for) never sends the password, so it is answered on any connection (with TLS channel binding when offered).
+    """
+
+    def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
+        method = int.from_bytes(data[:4], "big")
+        if method in (_AUTH_CLEARTEXT, _AUTH_MD5) and not _tls_verified(self._usock):
+            asked = "in cleartext" if method == _AUTH_CLEARTEXT else "as an MD5 hash"
+            raise InsecureAuthentication(
+                f"the database server asked for the password {asked} over a connection that is not TLS-verified: "
+                "refused, nothing was sent (connect with sslmode=verify-full, or use scram-sha-256 on the server)"
+            )
+        if method in (_AUTH_CLEARTEXT, _AUTH_MD5, _AUTH_SASL) and self.password is None:
+            raise DatabaseUnavailable("the database server asks for a password and none is configured")
+        super().handle_AUTHENTICATION_REQUEST(data, context)
 
 
 def _sqlstate(exc: DatabaseError) -> str | None:
@@ -228,7 +304,7 @@ class Database:
         *,
         connect_timeout: float = 5.0,
         query_timeout: float = 10.0,
-        connect: Connect = pg8000.native.Connection,
+        connect: Connect = GuardedConnection,
     ) -> None:
         self._params = params
         self._connect_timeout = connect_timeout
@@ -245,7 +321,7 @@ class Database:
             params_provider(settings),
             connect_timeout=settings.connect_timeout_seconds,
             query_timeout=settings.query_timeout_seconds,
-            connect=connect or pg8000.native.Connection,
+            connect=connect or GuardedConnection,
         )
 
     # -- connection lifecycle ---------------------------------------------------------------
@@ -263,6 +339,11 @@ class Database:
                     refresh = True  # the secret may have been rotated: read it again, once
                     continue
                 raise DatabaseUnavailable(f"could not connect to the database: {_message(exc)}") from exc
+            except ssl.SSLCertVerificationError as exc:
+                raise DatabaseUnavailable(
+                    f"the database's TLS certificate was refused ({exc.verify_message}); check the host name and "
+                    "the CA bundle (DB_SSLROOTCERT / sslrootcert)"
+                ) from exc
             except (InterfaceError, OSError) as exc:
                 raise DatabaseUnavailable("could not connect to the database") from exc
             if conn.parameter_statuses.get("standard_conforming_strings") != "on":

@@ -1,0 +1,57 @@
+"""authorizer: the HTTP API's Lambda authorizer (payload 2.0, simple responses) for the web app's HS256 or
+ES256 access tokens. Deployed only when JwtMode is hs256 or es256; RS256 keeps API Gateway's JWT authorizer."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import event_source
+from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
+    APIGatewayAuthorizerEventV2,
+    APIGatewayAuthorizerResponseV2,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from payments.errors import PaymentError
+from payments.observability import logger, metrics, tracer
+from payments.services.authorize import (
+    TokenRejected,
+    TokenVerifier,
+    bearer_token,
+    context_claims,
+    verifier_from_settings,
+)
+from payments.settings import auth_settings
+
+
+@cache
+def _verifier() -> TokenVerifier:
+    """Built at the first invocation and kept by the warm environment, with its key cache."""
+    return verifier_from_settings(auth_settings())
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@event_source(data_class=APIGatewayAuthorizerEventV2)
+def lambda_handler(event: APIGatewayAuthorizerEventV2, context: LambdaContext) -> dict[str, Any]:
+    """Allow with the token's claims (they reach the function as `requestContext.authorizer.lambda`), or deny.
+
+    A denial is cached by API Gateway for this token; key or configuration trouble is raised instead (API
+    Gateway answers 500 and caches nothing), so an outage never sticks to a good token.
+    """
+    token = bearer_token(event.headers.get("authorization"))
+    try:
+        claims = _verifier().verify(token)
+    except TokenRejected as exc:
+        logger.info("token rejected", reason=exc.reason, route=event.route_key)
+        metrics.add_metric(name="TokenRejected", unit=MetricUnit.Count, value=1)
+        return APIGatewayAuthorizerResponseV2(authorize=False).asdict()
+    except PaymentError as exc:
+        logger.error("tokens cannot be verified", error=exc.code, reason=str(exc))
+        metrics.add_metric(name="AuthorizerUnavailable", unit=MetricUnit.Count, value=1)
+        raise
+    return APIGatewayAuthorizerResponseV2(authorize=True, context=context_claims(claims)).asdict()

@@ -1,0 +1,84 @@
+"""The web app's public signing keys, from its JWKS endpoint (PyJWT's PyJWKClient): fetched over HTTPS
+with a timeout, cached for a bounded time, fetched again (at most once per cooldown) for an unknown `kid`."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from jwt import PyJWK, PyJWKClient
+from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError, PyJWKError, PyJWKSetError
+
+from payments.errors import ConfigurationError, PaymentError
+
+
+class SigningKeysUnavailable(PaymentError):
+    """The keys to verify tokens with could not be read (JWKS endpoint down, secret unreadable): ours, retryable."""
+
+    code = "signing_keys_unavailable"
+    retryable = True
+
+
+class UnknownSigningKey(PaymentError):
+    """The token names a key (`kid`) the issuer does not publish, even after fetching its keys again."""
+
+    code = "unknown_signing_key"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_https(url: str) -> str:
+    """`url` if it is HTTPS (plain HTTP only to this machine, for the local emulation), else ConfigurationError."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname and _loopback(parts.hostname):
+        return url
+    raise ConfigurationError("the JWKS URL must be https://")
+
+
+class JwksKeys:
+    """Signing keys by `kid`, from a JWKS URL; one instance per execution environment keeps the cache warm."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cache_seconds: float = 600,
+        refresh_cooldown_seconds: float = 30,
+        timeout_seconds: float = 3.0,
+    ) -> None:
+        self.url = require_https(url)
+        self._client = PyJWKClient(
+            self.url,
+            cache_jwk_set=True,
+            lifespan=cache_seconds,
+            cooldown_duration=refresh_cooldown_seconds,
+            timeout=timeout_seconds,
+            headers={"User-Agent": "payments-authorizer"},
+        )
+
+    def key(self, kid: str | None) -> PyJWK:
+        """The published key with this `kid`: from the cache, else fetched (again, when the cooldown allows)."""
+        if not kid:
+            raise UnknownSigningKey("the token names no key (kid)")
+        try:
+            return self._client.get_signing_key(kid)
+        except PyJWKClientConnectionError as exc:
+            raise SigningKeysUnavailable("could not fetch the JWKS") from exc
+        except (PyJWKSetError, PyJWKError) as exc:
+            raise SigningKeysUnavailable("the JWKS holds no usable key") from exc
+        except PyJWKClientError as exc:
+            # Not in the set even after a refetch (or the refetch is cooling down).
+            raise UnknownSigningKey("no published key has this kid") from exc
+
+    def refreshed(self, kid: str | None) -> PyJWK | None:
+        """Asymmetric keys rotate by `kid`, which `key` already handles: a bad signature is the token's fault."""
+        return None
