@@ -330,44 +330,54 @@ def run(
     `backend_statements`: what must still plan after an adoption (default: the Hyp journal's statements).
     """
     migrations = discover(sql_dir)
-    with db.transaction() as tx:
-        tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
-        tx.run(_LEDGER)
+    try:
+        with db.transaction() as tx:
+            return _run(tx, migrations, adopt_legacy, backend_statements)
+    except QueryError as exc:  # the lock, the preflight's reads, the commit: rolled back all the same
+        raise MigrationError(f"{exc} (SQLSTATE {exc.sqlstate}); nothing was applied, the schema is as it was") from exc
+
+
+def _run(
+    tx: Transaction, migrations: list[Migration], adopt_legacy: bool, backend_statements: Sequence[str] | None
+) -> Outcome:
+    """The run inside its one transaction: lock, preflight, adoption if asked, every pending file, records."""
+    tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
+    tx.run(_LEDGER)
+    preflight = _preflight(tx, migrations)
+    if not preflight.pending:
+        return Outcome([])
+    if preflight.findings:
+        if not adopt_legacy:
+            raise LegacyRowsFound(preflight)
+        # Writers wait from here to the commit, so the rows adopted are the rows checked.
+        tables = dict.fromkeys(f.rule.table for f in preflight.findings)
+        tx.run("LOCK TABLE " + ", ".join(f"public.{t}" for t in tables) + " IN ACCESS EXCLUSIVE MODE")
         preflight = _preflight(tx, migrations)
-        if not preflight.pending:
-            return Outcome([])
-        if preflight.findings:
-            if not adopt_legacy:
-                raise LegacyRowsFound(preflight)
-            # Writers wait from here to the commit, so the rows adopted are the rows checked.
-            tables = dict.fromkeys(f.rule.table for f in preflight.findings)
-            tx.run("LOCK TABLE " + ", ".join(f"public.{t}" for t in tables) + " IN ACCESS EXCLUSIVE MODE")
-            preflight = _preflight(tx, migrations)
-        applied = []
-        for migration in preflight.pending:
+    applied = []
+    for migration in preflight.pending:
+        step = migration.name
+        try:
+            for rule in _adoption_order(f.rule for f in preflight.findings if f.rule.version == migration.version):
+                step = f"adopting {rule.name} before {migration.name}"
+                rule.adopt(tx)
             step = migration.name
-            try:
-                for rule in _adoption_order(f.rule for f in preflight.findings if f.rule.version == migration.version):
-                    step = f"adopting {rule.name} before {migration.name}"
-                    rule.adopt(tx)
-                step = migration.name
-                tx.run(migration.sql)
-                tx.run(
-                    bind(
-                        "INSERT INTO public.schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
-                        v=migration.version,
-                        n=migration.name,
-                        c=migration.checksum,
-                    )
+            tx.run(migration.sql)
+            tx.run(
+                bind(
+                    "INSERT INTO public.schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
+                    v=migration.version,
+                    n=migration.name,
+                    c=migration.checksum,
                 )
-            except QueryError as exc:
-                raise MigrationError(
-                    f"{step} failed: {exc} (SQLSTATE {exc.sqlstate}); nothing was applied, the schema is as it was"
-                ) from exc
-            applied.append(migration.name)
-        if preflight.findings or backend_statements is not None:  # only adoption departs from the tested schema
-            _probe(tx, _journal_statements() if backend_statements is None else backend_statements)
-        return Outcome(applied, preflight.findings)
+            )
+        except QueryError as exc:
+            raise MigrationError(
+                f"{step} failed: {exc} (SQLSTATE {exc.sqlstate}); nothing was applied, the schema is as it was"
+            ) from exc
+        applied.append(migration.name)
+    if preflight.findings or backend_statements is not None:  # only adoption departs from the tested schema
+        _probe(tx, _journal_statements() if backend_statements is None else backend_statements)
+    return Outcome(applied, preflight.findings)
 
 
 def migrate(db: Database, sql_dir: Path = SQL_DIR, *, adopt_legacy: bool = False) -> list[str]:

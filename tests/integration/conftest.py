@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -43,13 +44,17 @@ def sim() -> Iterator[HypaySimulator]:
 
 
 @pytest.fixture
-def env(database_url: str, sim: HypaySimulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+def env(database_url: str, sim: HypaySimulator, backend_login: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    """The functions run as a LOGIN member of `payments_backend` (least privilege, as deployed); `Env.url`,
+    what tests arrange and check with, is the owner's. A server that needs passwords (an external
+    DATABASE_URL with one) cannot log the passwordless test login in: there the functions use the owner."""
+    functions_url = database_url if urlsplit(database_url).password else with_user(database_url, backend_login)
     db = database(database_url)
     seed(db)
     db.run(f"INSERT INTO profiles (id, email, full_name) VALUES ('{OTHER_USER}', 'other@example.com', 'Other User')")
     db.close()
     for name, value in {
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": functions_url,
         "HYPAY_URL": sim.url,
         "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
         "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,

@@ -164,3 +164,24 @@ def test_a_paid_callback_with_an_overlong_order_is_journaled_unmatched(
     use_mode(monkeypatch, "hmac")
     assert notify(forge(claim("x" * 500))).status == 404
     assert env.rows("SELECT decision, length(order_ref) FROM hypay_transactions") == [["unmatched", 200]]
+
+
+@pytest.mark.parametrize("legacy", ["paid", "cancelled"])
+def test_a_payment_with_a_legacy_status_is_read_and_money_for_it_goes_to_review(
+    env: Env, monkeypatch: pytest.MonkeyPatch, legacy: str
+) -> None:
+    use_mode(monkeypatch, "hmac")
+    before = env.credits()
+    payment = buy(env)
+    # Given a status the web app wrote before this backend (kept by `make migrate --adopt-legacy`)
+    env.rows("ALTER TABLE payments DROP CONSTRAINT payments_status_check")
+    env.rows("UPDATE payments SET status = :s WHERE id = :p::uuid", s=legacy, p=payment["payment_id"])
+    # Then its owner reads it (never a 500), and a paid callback for it is journaled for review
+    from ops.seed import DEMO_USER_ID
+    from tests.support.api import invoke
+
+    read = invoke(CREATE, "GET", f"/payments/{payment['payment_id']}", user=DEMO_USER_ID)
+    assert read.status == 200 and read.json["status"] == "legacy", read.body
+    assert notify(forge(claim(payment["payment_id"]))).status == 200
+    assert env.rows("SELECT decision FROM hypay_transactions") == [["review"]]
+    assert env.status(payment["payment_id"]) == legacy and env.credits() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,7 +105,7 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
     alarms = {
         r["Properties"]["MetricName"]: r["Properties"]
         for r in resources.values()
-        if r["Type"] == "AWS::CloudWatch::Alarm"
+        if r["Type"] == "AWS::CloudWatch::Alarm" and "MetricName" in r["Properties"]
     }
     for metric in ("VerificationFailed", "AmountMismatch"):
         alarm = alarms[metric]
@@ -136,10 +137,13 @@ def test_each_function_may_read_only_the_secrets_it_uses() -> None:
     resources = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]  # noqa: S506
 
     def secrets(function: str) -> set[str]:
-        return {
-            p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]["Ref"]
-            for p in resources[function]["Properties"]["Policies"]
-        }
+        # Each is `!If [Create<X>Secret, !Ref <X>Secret, !Ref <X>SecretArn]`: the stack's secret, or the one given
+        names = set()
+        for policy in resources[function]["Properties"]["Policies"]:
+            condition, created, given = policy["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]["If"]
+            assert created["Ref"] + "Arn" == given["Ref"] and condition == f"Create{created['Ref']}"
+            names.add(given["Ref"])
+        return names
 
     assert secrets("CreatePaymentFunction") == {"DbSecretArn", "HypaySecretArn"}
     assert secrets("HypayCallbackFunction") == {"DbSecretArn", "HypaySecretArn"}
@@ -185,3 +189,66 @@ def test_traces_never_capture_responses_or_arguments() -> None:
     # Only the handler is traced, without its response; no method is captured with its arguments (a CVV, a token)
     assert "capture_method" not in code
     assert "capture_lambda_handler(capture_response=False)" in code
+
+
+def _template() -> dict:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    return yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506
+
+
+def test_every_parameter_has_a_safe_default_so_a_first_deploy_works() -> None:
+    parameters = _template()["Parameters"]
+    missing = [name for name, spec in parameters.items() if "Default" not in spec]
+    assert missing == [], f"parameters without a default: {missing}"
+    # Defaults that are safe: the database is verified, tokens from nowhere are refused, nothing is open
+    assert parameters["DbSslMode"]["Default"] == "verify-full"
+    assert ".invalid/" in parameters["JwtIssuer"]["Default"]
+    assert parameters["NotifyAllowedCidrs"]["Default"] == "" and parameters["Stage"]["Default"] == "dev"
+
+
+def test_secrets_left_empty_are_created_by_the_stack_with_placeholders_or_generated() -> None:
+    resources = _template()["Resources"]
+    for name, condition in (("DbSecret", "CreateDbSecret"), ("HypaySecret", "CreateHypaySecret")):
+        secret = resources[name]
+        assert secret["Condition"] == condition
+        assert json.loads(secret["Properties"]["SecretString"])["placeholder"]
+    admin = resources["AdminTokenSecret"]["Properties"]["GenerateSecretString"]
+    assert admin["PasswordLength"] >= 32
+
+
+def test_every_function_setting_is_a_parameter() -> None:
+    # Every environment variable the settings read is set by the template (local-only ones excepted)
+    from payments import settings
+
+    local_only = {"DATABASE_URL", "HYPAY_MASOF", "HYPAY_KEY", "HYPAY_PASSP", "ADMIN_API_TOKEN", "JWT_SECRET"}
+    declared = set()
+    for model in (
+        settings.DatabaseSettings,
+        settings.IdempotencySettings,
+        settings.ApiSettings,
+        settings.CallbackSettings,
+        settings.CleanupSettings,
+        settings.HypaySettings,
+        settings.AuthSettings,
+    ):
+        declared |= {field.alias for field in model.model_fields.values() if field.alias}
+    text = TEMPLATE.read_text()
+    unset = sorted(name for name in declared - local_only if f"{name}:" not in text)
+    assert unset == [], f"settings the template never sets: {unset}"
+
+
+def test_concurrency_cap_and_connection_alarm() -> None:
+    template = _template()
+    resources = template["Resources"]
+    for function in ("CreatePaymentFunction", "HypayCallbackFunction"):
+        cap = resources[function]["Properties"]["ReservedConcurrentExecutions"]
+        assert cap == {"If": ["HasConcurrencyCap", {"Ref": "FunctionConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    alarm = resources["DatabaseConnectFailuresAlarm"]["Properties"]
+    names = {m["MetricStat"]["Metric"]["MetricName"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert names == {"DatabaseConnectFailed"} and alarm["Threshold"] == 1
+    endpoint = resources["SecretsManagerEndpoint"]
+    assert endpoint["Condition"] == "CreatesSecretsManagerEndpoint"
+    assert endpoint["Properties"]["VpcEndpointType"] == "Interface"

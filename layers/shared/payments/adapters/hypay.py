@@ -42,6 +42,10 @@ class HypayCredentials:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> HypayCredentials:
+        if data.get("placeholder"):
+            raise ConfigurationError(
+                "the Hypay secret still holds the stack's placeholder: put the terminal's Masof, KEY and PassP in it"
+            )
         try:
             masof, key, passp = str(data["Masof"]), str(data["KEY"]), str(data["PassP"])
         except KeyError as exc:

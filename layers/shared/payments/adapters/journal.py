@@ -171,7 +171,7 @@ WITH paid AS (
 ), invoiced AS (
     INSERT INTO public.invoices (user_id, payment_id, invoice_number, amount)
     SELECT user_id, id, :invoice, amount FROM paid WHERE :invoice::text IS NOT NULL
-    ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL DO NOTHING
+    ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL AND legacy_duplicate_of IS NULL DO NOTHING
     RETURNING 1
 ), {journal}
 SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), (SELECT amount FROM granted),
@@ -217,7 +217,7 @@ class Journal:
         status, amount, currency, user, stored_txn, granted_before, used_elsewhere, decision, jpid, jverified = row
         facts = (
             PaymentFacts(
-                PaymentStatus(status),
+                PaymentStatus.from_db(status),
                 Money.of(Decimal(amount), Currency(currency)),
                 UUID(user),
                 stored_txn,

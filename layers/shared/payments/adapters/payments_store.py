@@ -82,7 +82,7 @@ def _payment(row: list[Any]) -> Payment:
     return Payment(
         UUID(pid),
         UUID(user),
-        PaymentStatus(status),
+        PaymentStatus.from_db(status),
         Money.of(Decimal(amount), Currency(currency)),
         credits,
         UUID(pack) if pack else None,
@@ -97,7 +97,7 @@ def _opened(row: list[Any]) -> OpenedPayment:
     return OpenedPayment(
         UUID(pid),
         bool(created),
-        PaymentStatus(status),
+        PaymentStatus.from_db(status),
         url,
         UUID(attempt) if attempt else None,
         ccode,

@@ -148,6 +148,9 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         )
     if status == PaymentStatus.NEEDS_REVIEW:
         return Decision(Action.NONE, Verdict.REVIEW, Result.REVIEW, "paid while under review", "PaidNotPending")
+    if status == PaymentStatus.LEGACY:
+        reason = "paid while the payment holds a status from before this backend"
+        return Decision(Action.NONE, Verdict.REVIEW, Result.REVIEW, reason, "PaidNotPending")
     if not txn.currency_known or txn.amount != facts.amount:
         return Decision(
             Action.REVIEW,
