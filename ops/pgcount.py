@@ -1,13 +1,13 @@
-"""A pg8000 connection that counts its round trips, for tests and the benchmark."""
+"""The production pg8000 connection (GuardedConnection), counting its round trips: for tests and the benchmark."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pg8000.native
+from payments.adapters.db import GuardedConnection
 
 
-class CountingConnection(pg8000.native.Connection):
+class CountingConnection(GuardedConnection):
     """Each wait for the server's ReadyForQuery is one round trip; counted on the class."""
 
     round_trips = 0

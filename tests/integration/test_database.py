@@ -241,3 +241,29 @@ def test_literals_refuse_what_cannot_be_sent_safely() -> None:
         literal(1.5)
     assert literal(None) == "NULL" and literal(True) == "TRUE" and literal(-3) == "(-3)"
     assert literal("a'b\\c") == "E'a''b\\\\c'"
+
+
+def test_a_failed_connection_is_counted_for_the_alarm(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from payments.http import error_response
+    from payments.observability import metrics
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "PaymentsTest")
+    metrics.namespace = "PaymentsTest"
+    # Given a database that does not exist
+    db = database(database_url.rsplit("/", 1)[0] + "/no_such_database")
+    with pytest.raises(DatabaseUnavailable) as raised:
+        db.run("SELECT 1")
+    metrics.flush_metrics()
+    # Then DatabaseConnectFailed is counted (the stack's alarm fires at one), and callers get a 503
+    assert '"DatabaseConnectFailed"' in capsys.readouterr().out
+    assert error_response(raised.value).status_code == 503
+
+
+def test_the_stack_placeholder_secret_is_refused_with_a_clear_error() -> None:
+    from payments.adapters.db import params_from_rds_secret
+    from payments.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="placeholder"):
+        params_from_rds_secret({"placeholder": "fill me", "username": "", "password": "", "host": ""})

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pg8000.native
 
 from ops.pgcount import CountingConnection, counting_class  # noqa: F401 - re-exported for tests
-from payments.adapters.db import Database, ParamsProvider, connect_kwargs, parse_database_url
+from payments.adapters.db import Database, GuardedConnection, ParamsProvider, connect_kwargs, parse_database_url
 
 
 def with_database(url: str, name: str) -> str:
@@ -17,12 +17,12 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
-def connect(url: str, connection_class: type[pg8000.native.Connection] = pg8000.native.Connection):
+def connect(url: str, connection_class: type[pg8000.native.Connection] = GuardedConnection):
     p = parse_database_url(url)
     return connection_class(p.user, **connect_kwargs(p))
 
 
-def database(url: str, connection_class: type[pg8000.native.Connection] = pg8000.native.Connection) -> Database:
+def database(url: str, connection_class: type[pg8000.native.Connection] = GuardedConnection) -> Database:
     parsed = parse_database_url(url)
     provider: ParamsProvider = lambda refresh: parsed  # noqa: E731
     return Database(provider, connect=connection_class)

@@ -120,6 +120,11 @@ def params_from_rds_secret(
 
     A deployed function: verify-full unless told otherwise, against the shipped RDS bundle unless given a CA.
     """
+    if secret.get("placeholder"):
+        raise ConfigurationError(
+            "the database secret still holds the stack's placeholder: put the RDS-format login of a member of"
+            " payments_backend in it (docs/deploy.md)"
+        )
     try:
         return ConnectionParams(
             user=str(secret["username"]),
@@ -327,6 +332,13 @@ class Database:
     # -- connection lifecycle ---------------------------------------------------------------
 
     def _open(self) -> pg8000.native.Connection:
+        try:
+            return self._connect()
+        except (DatabaseUnavailable, ConfigurationError) as exc:
+            _count_connect_failure(exc)
+            raise
+
+    def _connect(self) -> pg8000.native.Connection:
         refresh = False
         for attempt in (1, 2):
             params = self._params(refresh)
@@ -484,6 +496,15 @@ class Transaction:
 
     def run(self, sql: str) -> Rows:
         return self._db._execute(self._conn, sql)
+
+
+def _count_connect_failure(exc: PaymentError) -> None:
+    """`DatabaseConnectFailed` (the stack's alarm fires at one). Imported here, not at the top: the metrics
+    object reads its namespace from the environment when first imported."""
+    from payments.observability import logger, metrics
+
+    metrics.add_metric(name="DatabaseConnectFailed", unit="Count", value=1)
+    logger.error("database connection failed", extra={"reason": exc.message})
 
 
 def _backoff(attempt: int) -> None:
