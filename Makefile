@@ -25,10 +25,10 @@ PYTHON313 ?= $(shell \
 			&& { echo $$p; break; }; \
 	done)
 
-.PHONY: help venv lock run test test-pg15 test-fast migrate build lint openapi bench clean
+.PHONY: help venv lock run test test-pg15 test-fast migrate migrate-check build lint openapi bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # pip install adds and moves versions but never removes: uninstall whatever the dev lock no longer lists,
 # so that .venv is exactly the lock.
@@ -64,7 +64,7 @@ lock: $(STAMP) ## re-lock uv.lock from pyproject.toml, regenerate layers/shared/
 	$(UV) export --frozen --quiet --only-group dev -o $(DEV_REQS)
 	@$(MAKE) --no-print-directory venv
 
-run: $(STAMP) ## start everything locally: embedded Postgres, local API, (later) Hypay simulator
+run: $(STAMP) ## start everything locally: embedded Postgres, local API, Hypay simulator (AUTH_MODE=rs256|es256|hs256)
 	$(PY) -m ops.run
 
 test: $(STAMP) ## the whole suite (embedded Postgres, or DATABASE_URL)
@@ -77,8 +77,11 @@ test-pg15: $(STAMP) ## the whole suite against Debian's PostgreSQL 15 (installed
 test-fast: $(STAMP) ## the suite without the slow sam-build test
 	$(PY) -m pytest -m "not build"
 
-migrate: $(STAMP) ## apply pending sql/ migrations (DATABASE_URL, else the make-run database)
+migrate: $(STAMP) ## preflight, then apply pending sql/ migrations in one transaction (DATABASE_URL, else make run's); MIGRATE_ADOPT_LEGACY=1 adopts legacy rows
 	$(PY) -m ops.migrate
+
+migrate-check: $(STAMP) ## list the rows a pending migration cannot accept, change nothing
+	$(PY) -m ops.migrate --check
 
 # PIP_REQUIRE_HASHES: sam build's second pip pass (a Lambda wheel for a package whose first download does not
 # fit Lambda) names no hash; rather than install an unchecked file, that fails.
