@@ -159,3 +159,14 @@ def test_bind_renders_literals_and_leaves_casts() -> None:
     assert sql == "SELECT E'O''Reilly; DROP TABLE t'::text, NULL, (5), TRUE WHERE x = E'O''Reilly; DROP TABLE t'"
     with pytest.raises(KeyError):
         bind("SELECT :missing")
+
+
+def test_a_url_without_sslmode_is_verified_unless_it_is_this_machine() -> None:
+    from payments.adapters.db import parse_database_url
+
+    remote = parse_database_url("postgresql://postgres.ref:pw@aws-0-eu-central-1.pooler.supabase.com:5432/postgres")
+    assert remote.ssl_mode == "verify-full"
+    assert parse_database_url("postgresql://u@localhost:5432/db").ssl_mode == "disable"
+    assert parse_database_url("postgresql://u@127.0.0.1/db").ssl_mode == "disable"
+    assert parse_database_url("postgresql://u@/db?host=/run/postgresql").ssl_mode == "disable"
+    assert parse_database_url("postgresql://u@db.example.com/db?sslmode=require").ssl_mode == "require"

@@ -252,3 +252,17 @@ def test_concurrency_cap_and_connection_alarm() -> None:
     endpoint = resources["SecretsManagerEndpoint"]
     assert endpoint["Condition"] == "CreatesSecretsManagerEndpoint"
     assert endpoint["Properties"]["VpcEndpointType"] == "Interface"
+
+
+def test_route_settings_name_only_routes_every_stage_has() -> None:
+    # A stage's RouteSettings naming a route that does not exist (the debug route, absent in prod) fails the deploy
+    resources = _template()["Resources"]
+    always = set()
+    for resource in resources.values():
+        if resource["Type"] != "AWS::Serverless::Function" or "Condition" in resource:
+            continue
+        for event in resource["Properties"].get("Events", {}).values():
+            if event["Type"] == "HttpApi":
+                always.add(f"{event['Properties']['Method']} {event['Properties']['Path']}")
+    named = set(resources["HttpApi"]["Properties"]["RouteSettings"])
+    assert named <= always, named - always

@@ -94,7 +94,11 @@ def parse_database_url(url: str, ssl_mode: SslMode | None = None, ssl_root_cert:
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     port = parts.port or int(query.get("port", 5432))
     socket_dir = query.get("host") if query.get("host", "").startswith("/") else None
-    mode = ssl_mode or query.get("sslmode", "disable")
+    host = parts.hostname or "localhost"
+    local = bool(socket_dir) or host in ("localhost", "127.0.0.1", "::1")
+    # No sslmode: a Unix socket or this machine is plain (nothing to intercept); any other host is verified,
+    # never a silent plain connection (libpq would try TLS first; pg8000 cannot fall back).
+    mode = ssl_mode or query.get("sslmode") or ("disable" if local else "verify-full")
     if mode == "prefer":  # libpq's default; pg8000 cannot fall back, so take the safe reading
         mode = "disable" if socket_dir else "require"
     if mode not in ("disable", "require", "verify-full"):
@@ -104,7 +108,7 @@ def parse_database_url(url: str, ssl_mode: SslMode | None = None, ssl_root_cert:
     return ConnectionParams(
         user=unquote(parts.username or "postgres"),
         password=unquote(parts.password) if parts.password else None,
-        host=None if socket_dir else (parts.hostname or "localhost"),
+        host=None if socket_dir else host,
         port=port,
         database=unquote(parts.path.lstrip("/")) or "postgres",
         unix_sock=f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None,
