@@ -43,6 +43,8 @@ EXPECTED_TABLE_GRANTS = {
     "rate_limits": {"SELECT", "INSERT", "UPDATE", "DELETE"},
     "hypay_transactions": {"SELECT", "INSERT", "UPDATE"},
     "hypay_unverified_callbacks": {"SELECT", "INSERT", "UPDATE"},
+    "refunds": {"SELECT", "INSERT", "UPDATE"},
+    "admin_audit_log": {"SELECT", "INSERT"},  # append-only: never UPDATE or DELETE
 }
 EXPECTED_COLUMN_GRANTS = {
     ("profiles", "SELECT"): {"id", "email", "full_name", "credits"},
@@ -57,6 +59,8 @@ BACKEND_ONLY_TABLES = (
     "hypay_transactions",
     "hypay_unverified_callbacks",
     "schema_migrations",
+    "refunds",
+    "admin_audit_log",
 )
 SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 BROWSER_ROLES = ("anon", "authenticated")
@@ -172,8 +176,13 @@ def test_every_table_the_role_may_touch_shows_it_every_row(database_url: str) ->
         policies = conn.run(
             "SELECT tablename, cmd, roles::text[], qual, with_check FROM pg_policies WHERE :r = ANY(roles)", r=ROLE
         )
-        assert sorted(p[0] for p in policies) == sorted([*EXPECTED_TABLE_GRANTS, "profiles"])
-        assert all(p[1:] == ["ALL", [ROLE], "true", "true"] for p in policies), policies
+        # the audit log: insert and read only (append-only), every other table: all rows
+        audit = sorted(p[1:] for p in policies if p[0] == "admin_audit_log")
+        assert audit == [["INSERT", [ROLE], None, "true"], ["SELECT", [ROLE], "true", None]], audit
+        others = [p for p in policies if p[0] != "admin_audit_log"]
+        expected = [t for t in EXPECTED_TABLE_GRANTS if t != "admin_audit_log"]
+        assert sorted(p[0] for p in others) == sorted([*expected, "profiles"])
+        assert all(p[1:] == ["ALL", [ROLE], "true", "true"] for p in others), others
         rls = {r[0] for r in conn.run("SELECT relname FROM pg_class WHERE relrowsecurity")}
         assert rls == set(BACKEND_ONLY_TABLES)
     finally:
@@ -421,6 +430,12 @@ def supabase_production(empty_database_url: str, supabase_roles: tuple[str, ...]
         INSERT INTO hypay_transactions (hypay_id, source, verified, decision) VALUES ('1', 'notify', true, 'granted');
         INSERT INTO hypay_unverified_callbacks (raw_sha256, hypay_id, source, raw_callback)
           VALUES (repeat('b', 64), '2', 'notify', 'Id=2');
+        INSERT INTO payments (id, user_id, amount, status)
+          SELECT '22222222-2222-4222-8222-222222222222', id, 10, 'completed' FROM profiles LIMIT 1;
+        INSERT INTO refunds (payment_id, original_hypay_id, method, amount, currency, status, reason,
+                             idempotency_key, admin)
+          VALUES ('22222222-2222-4222-8222-222222222222', '1', 'refund', 10, 'ILS', 'succeeded', 'r', 'k', 'a');
+        INSERT INTO admin_audit_log (admin, action) VALUES ('a', 'cleanup');
     """)
     conn.close()
     yield empty_database_url  # dropped with its default privileges before the session drops the roles
