@@ -15,12 +15,14 @@ prints nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import html
 import itertools
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.error
@@ -28,6 +30,7 @@ import urllib.request
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlencode
@@ -72,12 +75,13 @@ class Transaction:
     redirect_query: str = ""
     token: str | None = None
     page: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)  # for CancelTrans's same-day rule
 
 
 @dataclass
 class _Fault:
     action: str
-    kind: str  # latency | hang | html | http500 | ccode
+    kind: str  # latency | hang | html | http500 | ccode | lost (processed, answer lost) | drop (processed, no answer)
     remaining: int
     ccode: int | None = None
     seconds: float = 0.0
@@ -147,6 +151,7 @@ class HypaySimulator:
         self.faults = Faults()
         self.transactions: dict[str, Transaction] = {}
         self.calls: list[str] = []  # actions served, in order (tests count SIGN calls with it)
+        self._init_reversals()
         # Card numbers stay inside the simulator (it plays the gateway, which holds them), for tokens.
         self._cards: dict[str, str] = {}
         self._ids = itertools.count(12_800_000 + secrets.randbelow(100_000) * 10)
@@ -288,6 +293,15 @@ class HypaySimulator:
         with self._lock:
             self.calls.append(name)
         fault = self.faults.take(name)
+        if fault is not None and fault.kind in ("lost", "drop"):
+            # Hyp does the work, then its answer never arrives: an error page, or the connection closed.
+            self._dispatch_reversal(action, params)
+            if fault.kind == "drop":
+                request.close_connection = True
+                with contextlib.suppress(OSError):
+                    request.connection.shutdown(socket.SHUT_RDWR)
+                return None
+            return self._send(request, 200, "text/html", "<html><body><h1>System error</h1></body></html>")
         if fault is not None:
             if fault.kind == "latency":
                 time.sleep(fault.seconds)
@@ -319,6 +333,8 @@ class HypaySimulator:
             return self._send(request, 200, "text/plain", self._get_token(params))
         if action == "soft":
             return self._send(request, 200, "text/plain", self._soft(params))
+        if action in ("zikoyAPI", "CancelTrans"):
+            return self._send(request, 200, "text/plain", self._dispatch_reversal(action, params))
         return self._send(request, 200, "text/plain", "CCode=400")
 
     def _terminal(self, params: dict[str, str], *, with_key: bool) -> Terminal | None:
@@ -525,6 +541,86 @@ input{{width:100%;padding:.4rem}}button{{margin-top:1rem;padding:.6rem 1.2rem}}<
         ]
         return _answer(fields)
 
+    # -- refunds and cancellations (see the notes at the end of the module) --------------------
+
+    def _init_reversals(self) -> None:
+        self.refunded: dict[str, int] = {}  # original Id -> agorot refunded so far (the "already refunded" tally)
+        self.cancelled: set[str] = set()
+        self.transmitted: set[str] = set()  # transactions sent to Shva: no longer cancellable
+        self.reversals: list[Reversal] = []
+        self.clock = time.time  # tests may move the simulator's day
+        self.cancel_until_hour = CANCEL_UNTIL_HOUR
+
+    def _dispatch_reversal(self, action: str, params: dict[str, str]) -> str:
+        if action == "zikoyAPI":
+            return self._zikoy(params)
+        if action == "CancelTrans":
+            return self._cancel_trans(params)
+        return "CCode=400"
+
+    def _zikoy(self, params: dict[str, str]) -> str:
+        terminal = self._terminal(params, with_key=False)
+        if terminal is None:
+            return "CCode=902"
+        requested = _agorot(params.get("Amount", ""))
+        if requested is None:
+            return "CCode=400"
+        with self._lock:
+            original = self.transactions.get(params.get("TransId", ""))
+            if original is None or original.ccode != 0 or original.masof != terminal.masof:
+                return f"CCode={CANNOT_CANCEL}"  # simulator's choice: Hyp documents no code for an unknown Id here
+            if original.id in self.cancelled:
+                return f"CCode={REFUND_OVER_ORIGINAL}"  # nothing remains of a cancelled transaction
+            paid = _agorot(original.amount) or 0
+            already = self.refunded.get(original.id, 0)
+            if already + requested > paid:
+                return f"CCode={REFUND_OVER_ORIGINAL}"
+            self.refunded[original.id] = already + requested
+            refund_id = str(next(self._ids))
+            self.reversals.append(Reversal(refund_id, "refund", original.id, params.get("Amount", "")))
+        return _answer(
+            [("Id", refund_id), ("CCode", "0"), ("ACode", f"{secrets.randbelow(10**7):07d}"), ("HeshASM", "0")]
+        )
+
+    def cancellable_today(self, original: Transaction) -> bool:
+        """Hyp's rule: not transmitted yet, i.e. the same Israel business day, before 22:00."""
+        import datetime as dt
+
+        now = dt.datetime.fromtimestamp(self.clock(), _ISRAEL)
+        made = dt.datetime.fromtimestamp(original.created_at, _ISRAEL)
+        return made.date() == now.date() and now.hour < self.cancel_until_hour and original.id not in self.transmitted
+
+    def _cancel_trans(self, params: dict[str, str]) -> str:
+        terminal = self._terminal(params, with_key=False)
+        if terminal is None:
+            return "CCode=902"
+        trans_id = params.get("TransId", "")
+        with self._lock:
+            original = self.transactions.get(trans_id)
+            if (
+                original is None
+                or original.ccode != 0
+                or original.masof != terminal.masof
+                or original.id in self.cancelled
+                or self.refunded.get(original.id)
+                or not self.cancellable_today(original)
+            ):
+                return f"TransId={quote(trans_id, safe='')}&CCode={CANNOT_CANCEL}"
+            self.cancelled.add(original.id)
+            self.refunded[original.id] = _agorot(original.amount) or 0
+            self.reversals.append(Reversal(None, "cancel", original.id, original.amount))
+        return _answer([("TransId", original.id), ("CCode", "0"), ("Hesh", "0"), ("ReversalStatus", "777")])
+
+    def transmit(self, transaction_id: str | None = None) -> None:
+        """The day's transmission to Shva: that transaction (or all so far) can no longer be cancelled."""
+        with self._lock:
+            self.transmitted.update([transaction_id] if transaction_id else list(self.transactions))
+
+    def refund_count(self) -> int:
+        """Money movements back to a card (refunds and cancellations) the simulator made."""
+        with self._lock:
+            return len(self.reversals)
+
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: str) -> None:
         data = body.encode("utf-8")
@@ -538,3 +634,46 @@ input{{width:100%;padding:.4rem}}button{{margin-top:1rem;padding:.6rem 1.2rem}}<
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+# -- refunds (zikoyAPI) and same-day cancellations (CancelTrans) ----------------------------------------
+# Hyp Pay's documented requests and answers (developers.hyp.co.il, "Performing Refunds" and "Cancelling
+# Transactions"): zikoyAPI Masof, PassP, TransId, Amount -> `Id=..&CCode=0&ACode=..&HeshASM=..` (a new
+# transaction); CancelTrans Masof, PassP, TransId -> `TransId=..&CCode=0&Hesh=..&ReversalStatus=777`, or
+# CCode 920 when it cannot be cancelled (transmitted, or no such transaction). Cancelling is possible until
+# 22:00 Israel time on the transaction's business day. CCode 33 for a refund beyond what remains of the
+# original is what the project's protocol notes record; the documentation page does not list it.
+
+try:
+    from zoneinfo import ZoneInfo
+
+    _ISRAEL: Any = ZoneInfo("Asia/Jerusalem")
+except Exception:  # noqa: BLE001 - no tz database: a fixed +02:00 is close enough for a simulator
+    import datetime as _dt
+
+    _ISRAEL = _dt.timezone(_dt.timedelta(hours=2))
+
+CANCEL_UNTIL_HOUR = 22  # Israel time, per Hyp's cancellation page
+REFUND_OVER_ORIGINAL = 33
+CANNOT_CANCEL = 920
+
+
+@dataclass
+class Reversal:
+    """A refund or cancellation the simulator made."""
+
+    id: str | None
+    kind: str  # refund | cancel
+    original_id: str
+    amount: str
+
+
+def _agorot(amount: str) -> int | None:
+    try:
+        value = Decimal(amount)
+    except (InvalidOperation, ValueError):
+        return None
+    minor = value * 100
+    if not value.is_finite() or minor != minor.to_integral_value() or minor <= 0:
+        return None
+    return int(minor)

@@ -43,6 +43,15 @@ CURL = {
     "POST /hypay/notify": "curl -i -X POST {base}/hypay/notify",
     "POST /admin/cleanup-idempotency": "curl -i -X POST {base}/admin/cleanup-idempotency "
     '-H "Authorization: Bearer $ADMIN"',
+    "GET /admin/review": 'curl -i "{base}/admin/review?limit=20" -H "Authorization: Bearer $ADMIN"',
+    "POST /admin/payments/{payment_id}/resolve": "curl -i -X POST {base}/admin/payments/<payment_id>/resolve "
+    '-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json" '
+    '-H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" '
+    '-d \'{{"action": "fail", "reason": "checked in Hyp: not charged"}}\'',
+    "POST /admin/payments/{payment_id}/refund": "curl -i -X POST {base}/admin/payments/<payment_id>/refund "
+    '-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json" '
+    '-H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" '
+    '-d \'{{"amount": "10.00", "reason": "customer asked"}}\'',
     "GET /debug/test-idempotency": 'curl -i "{base}/debug/test-idempotency?type=duplicate" '
     '-H "Authorization: Bearer $ADMIN"',
 }

@@ -9,26 +9,34 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from payments.adapters.admin_token import bearer_matches, token_provider
+from payments.adapters import audit
+from payments.adapters.admin_token import authenticate, tokens_provider
 from payments.adapters.db import default_database
+from payments.adapters.review_store import ReviewStore
 from payments.errors import InvalidRequest, PaymentError
 from payments.http import error_response, problem
 from payments.idempotency import quote_table
 from payments.observability import http_handler, logger, metrics
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from payments.services.debug_idempotency import exercise
+from payments.services.review import QueueQuery, review_queue
 from payments.settings import api_settings, cleanup_settings, idempotency_settings
 
 app = APIGatewayHttpResolver()
 
 
 @cache
-def _admin_token() -> Any:
-    return token_provider(cleanup_settings())
+def _admin_tokens() -> Any:
+    return tokens_provider(cleanup_settings())
+
+
+def _admin() -> str | None:
+    """The name of the admin credential the request carries (None: no valid token)."""
+    return authenticate(app.current_event.headers.get("authorization"), _admin_tokens()())
 
 
 def _authorized() -> bool:
-    return bearer_matches(app.current_event.headers.get("authorization"), _admin_token()())
+    return _admin() is not None
 
 
 def _unauthorized() -> Response[Any]:
@@ -53,14 +61,38 @@ def _cleanup(context: Any) -> CleanupReport:
         if name != "complete":
             metrics.add_metric(name=f"Cleanup_{name}", unit=MetricUnit.Count, value=int(value))
     logger.info("cleanup finished", extra=report.as_dict())
+    _measure_review_queue()
     return report
+
+
+def _measure_review_queue() -> None:
+    """The age of the oldest thing waiting for a human (the alarm fires past a day); 0 when none waits."""
+    page = review_queue(
+        ReviewStore(default_database()), QueueQuery.parse(reason=None, limit="1", after=None, page_max=1)
+    )
+    oldest = page["items"][0]["age_seconds"] if page["items"] else 0
+    metrics.add_metric(name="ReviewQueueOldestSeconds", unit=MetricUnit.Seconds, value=oldest)
 
 
 @app.post("/admin/cleanup-idempotency")
 def admin_cleanup() -> Response[Any]:
-    if not _authorized():
+    admin = _admin()
+    if admin is None:
         return _unauthorized()
-    return Response(200, "application/json", _cleanup(app.lambda_context).as_dict())
+    report = _cleanup(app.lambda_context).as_dict()
+    # The audit trail: who ran it, and what it changed (the cleanup's own batches commit as they go).
+    key = app.current_event.headers.get("idempotency-key")
+    audit.record(
+        default_database(),
+        admin=admin,
+        action=audit.AuditAction.CLEANUP,
+        payment_id=None,
+        idempotency_key=key[:255] if key else None,
+        request={"route": "POST /admin/cleanup-idempotency"},
+        before=None,
+        after=report,
+    )
+    return Response(200, "application/json", report)
 
 
 @app.get("/debug/test-idempotency")

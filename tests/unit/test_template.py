@@ -19,6 +19,7 @@ def test_template_declares_functions_routes_and_schedule() -> None:
         "HypayCallbackFunction",
         "CleanupFunction",
         "DebugFunction",
+        "AdminFunction",
     }
     assert {r.route_key for r in template.routes} == {
         "POST /payments",
@@ -28,6 +29,9 @@ def test_template_declares_functions_routes_and_schedule() -> None:
         "POST /hypay/notify",
         "POST /admin/cleanup-idempotency",
         "GET /debug/test-idempotency",
+        "GET /admin/review",
+        "POST /admin/payments/{payment_id}/resolve",
+        "POST /admin/payments/{payment_id}/refund",
     }
     assert template.functions["CleanupFunction"].schedules == ("rate(1 hour)",)
     assert rate_seconds("rate(1 hour)") == 3600
@@ -149,8 +153,9 @@ def test_each_function_may_read_only_the_secrets_it_uses() -> None:
     assert secrets("HypayCallbackFunction") == {"DbSecretArn", "HypaySecretArn"}
     assert secrets("CleanupFunction") == {"DbSecretArn", "AdminTokenSecretArn"}
     assert secrets("DebugFunction") == {"DbSecretArn", "AdminTokenSecretArn"}
+    assert secrets("AdminFunction") == {"DbSecretArn", "AdminTokenSecretArn", "HypaySecretArn"}  # refunds ask Hyp
     # No function gets a broader policy than those
-    for name in ("CreatePaymentFunction", "HypayCallbackFunction", "CleanupFunction", "DebugFunction"):
+    for name in ("CreatePaymentFunction", "HypayCallbackFunction", "CleanupFunction", "DebugFunction", "AdminFunction"):
         assert all(
             set(p) == {"AWSSecretsManagerGetSecretValuePolicy"} for p in resources[name]["Properties"]["Policies"]
         )
@@ -231,6 +236,7 @@ def test_every_function_setting_is_a_parameter() -> None:
         settings.ApiSettings,
         settings.CallbackSettings,
         settings.CleanupSettings,
+        settings.AdminSettings,
         settings.HypaySettings,
         settings.AuthSettings,
     ):

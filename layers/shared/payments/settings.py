@@ -106,6 +106,18 @@ class CleanupSettings(BaseModel):
     admin_token: str | None = Field(default=None, alias="ADMIN_API_TOKEN", repr=False)
 
 
+class AdminSettings(BaseModel):
+    """The admin function (review queue, resolving): its bearer tokens, and how many queue items a page holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    admin_token_secret_arn: str | None = Field(default=None, alias="ADMIN_TOKEN_SECRET_ARN")
+    admin_token: str | None = Field(default=None, alias="ADMIN_API_TOKEN", repr=False)
+    review_page_max: int = Field(default=200, gt=0, le=1000, alias="ADMIN_REVIEW_PAGE_MAX")
+    # A saved-card charge attempt younger than this may still be running: not resolvable by hand yet.
+    charge_settle_seconds: int = Field(default=120, ge=0, alias="ADMIN_CHARGE_SETTLE_SECONDS")
+
+
 def _from_env[T: BaseModel](model: type[T]) -> T:
     try:
         return model.model_validate(dict(os.environ))
@@ -138,6 +150,11 @@ def callback_settings() -> CallbackSettings:
 @lru_cache(maxsize=1)
 def cleanup_settings() -> CleanupSettings:
     return _from_env(CleanupSettings)
+
+
+@lru_cache(maxsize=1)
+def admin_settings() -> AdminSettings:
+    return _from_env(AdminSettings)
 
 
 @lru_cache(maxsize=1)
@@ -184,3 +201,8 @@ class AuthSettings(BaseModel):
 @lru_cache(maxsize=1)
 def auth_settings() -> AuthSettings:
     return _from_env(AuthSettings)
+
+
+def metrics_namespace() -> str | None:
+    """Powertools' own POWERTOOLS_METRICS_NAMESPACE, read now (not cached: see observability.http_handler)."""
+    return os.environ.get("POWERTOOLS_METRICS_NAMESPACE")

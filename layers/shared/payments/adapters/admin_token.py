@@ -1,45 +1,125 @@
-"""The admin endpoints' bearer token: from Secrets Manager (or the environment locally), compared in constant time."""
+"""The admin endpoints' bearer tokens: named credentials from Secrets Manager (or the environment locally),
+compared in constant time.
+
+The secret (or ADMIN_API_TOKEN) holds one of:
+- a plain string: one token, named `admin`;
+- JSON `{"token": "..."}`: the same;
+- JSON `{"tokens": {"alice": "...", "ops-bot": "..."}}`: several, each named (the name is what the audit
+  trail records, never the token). `token` beside `tokens` is kept too, as `admin`.
+Every token is at least 16 characters, names are 1-64 of `A-Z a-z 0-9 . _ @ -`, and no two names share a token.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from payments.adapters.secrets import read_secret
 from payments.errors import ConfigurationError, DatabaseUnavailable
-from payments.settings import CleanupSettings
+
+DEFAULT_NAME = "admin"
+MIN_TOKEN_LENGTH = 16
+_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 
-def token_provider(settings: CleanupSettings) -> Callable[[], str]:
-    """The secret's value (a plain string, or JSON with a `token` field), cached; else ADMIN_API_TOKEN."""
+class AdminTokenSettings(Protocol):
+    admin_token_secret_arn: str | None
+    admin_token: str | None
+
+
+def parse_tokens(text: str, *, what: str = "the admin token secret") -> dict[str, str]:
+    """{name: token} from the secret's text (any of the three forms). Errors name the problem, never a value."""
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        found: dict[str, Any] = {DEFAULT_NAME: stripped}
+    else:
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            raise ConfigurationError(f"{what} starts like JSON but is not JSON") from None
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"{what} is not a JSON object")
+        named = data.get("tokens")
+        if named is not None and not isinstance(named, dict):
+            raise ConfigurationError(f'{what}: "tokens" must be an object of name to token')
+        found = dict(named or {})
+        if "token" in data:
+            if DEFAULT_NAME in found:
+                raise ConfigurationError(f'{what}: "token" and tokens["{DEFAULT_NAME}"] both name "{DEFAULT_NAME}"')
+            found[DEFAULT_NAME] = data["token"]
+    if not found:
+        raise ConfigurationError(f"{what} holds no token")
+    seen: set[str] = set()
+    for name, token in found.items():
+        if not _NAME.match(name):
+            raise ConfigurationError(f"{what}: admin names are 1-64 of A-Z a-z 0-9 . _ @ - (got a bad one)")
+        if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigurationError(f"{what}: the token of {name!r} must be at least {MIN_TOKEN_LENGTH} characters")
+        if token in seen:
+            raise ConfigurationError(f"{what}: two admins share a token; each needs its own")
+        seen.add(token)
+    return found
+
+
+def tokens_provider(settings: AdminTokenSettings) -> Callable[[], dict[str, str]]:
+    """{name: token}: from the secret (cached by Powertools parameters), else ADMIN_API_TOKEN (local runs)."""
     if settings.admin_token_secret_arn:
         arn = settings.admin_token_secret_arn
 
-        def from_secret() -> str:
+        def from_secret() -> dict[str, str]:
             text = str(read_secret(arn, what="admin token", unavailable=DatabaseUnavailable, json_object=False))
-            if text.lstrip().startswith("{"):
-                text = str(json.loads(text).get("token", ""))
-            if len(text) < 16:
-                raise ConfigurationError("the admin token must be at least 16 characters")
-            return text
+            return parse_tokens(text)
 
         return from_secret
     if settings.admin_token:
-        if len(settings.admin_token) < 16:
-            raise ConfigurationError("ADMIN_API_TOKEN must be at least 16 characters")
-        token = settings.admin_token
-        return lambda: token
+        tokens = parse_tokens(settings.admin_token, what="ADMIN_API_TOKEN")
+        return lambda: tokens
     raise ConfigurationError("set ADMIN_TOKEN_SECRET_ARN or ADMIN_API_TOKEN")
+
+
+def _digest(value: str) -> bytes:
+    return hmac.new(b"admin-token", value.encode(), "sha256").digest()
+
+
+def authenticate(authorization: str | None, tokens: dict[str, str]) -> str | None:
+    """The name of the admin whose token `Authorization: Bearer <token>` carries, or None.
+
+    Compared against EVERY token, each in constant time on equal-length digests, with no early exit: the
+    time taken says nothing about which token (or how much of one) matched.
+    """
+    scheme, _, given = (authorization or "").partition(" ")
+    presented = _digest(given.strip())
+    matched: str | None = None
+    for name, token in tokens.items():
+        if hmac.compare_digest(presented, _digest(token)) and matched is None:
+            matched = name
+    return matched if scheme.lower() == "bearer" and given.strip() else None
+
+
+# -- the single-token interface the cleanup function started with -------------------------------
+
+
+def token_provider(settings: AdminTokenSettings) -> Callable[[], str]:
+    """One token: the `admin` one (the plain or `{"token"}` forms), else the only one there is."""
+    tokens = tokens_provider(settings)
+
+    def one() -> str:
+        found = tokens()
+        if DEFAULT_NAME in found:
+            return found[DEFAULT_NAME]
+        if len(found) == 1:
+            return next(iter(found.values()))
+        raise ConfigurationError("several admin tokens are configured: use tokens_provider")
+
+    return one
 
 
 def bearer_matches(authorization: str | None, expected: str) -> bool:
     """`Authorization: Bearer <token>` against the expected token, in constant time."""
-    scheme, _, given = (authorization or "").partition(" ")
-    ok_scheme = scheme.lower() == "bearer"
-    # compare_digest on equal-length digests: no early exit, no length leak
-    same = hmac.compare_digest(
-        hmac.new(b"admin-token", given.strip().encode(), "sha256").digest(),
-        hmac.new(b"admin-token", expected.encode(), "sha256").digest(),
-    )
-    return ok_scheme and same
+    return authenticate(authorization, {DEFAULT_NAME: expected}) is not None
+
+
+__all__ = ["DEFAULT_NAME", "authenticate", "bearer_matches", "parse_tokens", "token_provider", "tokens_provider"]

@@ -368,6 +368,88 @@ class HypayClient:
                 raise GatewayUnavailable("Hypay did not answer in time") from None
             raise GatewayUnavailable(f"could not reach Hypay ({type(reason).__name__})") from None
 
+    # -- reversals: a refund (zikoyAPI) or a same-day cancellation (CancelTrans) -----------------
+    # Both move money back and, like a charge, are never retried blindly: a lost answer may still be
+    # a reversal. Appended after the charge methods; the transport above is shared.
+
+    def refund(self, transaction_id: str, *, amount: Money) -> Reversal:
+        """action=zikoyAPI: refund `amount` (all or part) of Hyp transaction `transaction_id`.
+
+        Hyp answers `Id` (the refund's own transaction), `CCode`, `ACode`. Typed errors as for a charge
+        (`GatewayDeclined`, `GatewayRejected` e.g. CCode 33, more than the original); `GatewayNotAsked`
+        when nothing was sent (credentials unreadable, Hyp's address refused the connection);
+        `GatewayUnavailable` when the answer was lost: the refund may exist.
+        """
+        creds = self._reversal_credentials()
+        params = {
+            "action": "zikoyAPI",
+            "Masof": creds.masof,
+            "PassP": creds.passp,
+            "TransId": transaction_id,
+            "Amount": amount.hypay_amount(),
+        }
+        answer = self._reversal_call("zikoyAPI", params)
+        protocol.raise_for_ccode(answer, "refund")
+        refund_id = answer.fields.get("Id", "")
+        if not (refund_id.isascii() and refund_id.isdigit() and len(refund_id) <= 20):
+            # Approved, but without the refund's Id: the money moved and we cannot name it. A human confirms.
+            raise GatewayUnavailable("Hypay refund approved without a transaction Id")
+        return Reversal("refund", refund_id, answer.fields.get("ACode", ""), transaction_id)
+
+    def cancel(self, transaction_id: str) -> Reversal:
+        """action=CancelTrans: cancel Hyp transaction `transaction_id` in full, before it is transmitted
+        (same business day, until 22:00 Israel time per Hyp's docs).
+
+        Documented answer: `TransId=..&CCode=0&Hesh=..&ReversalStatus=777`; CCode 920 when it cannot be
+        cancelled (already transmitted, or no such transaction): nothing moved, a refund may follow.
+        """
+        creds = self._reversal_credentials()
+        params = {"action": "CancelTrans", "Masof": creds.masof, "PassP": creds.passp, "TransId": transaction_id}
+        answer = self._reversal_call("CancelTrans", params)
+        protocol.raise_for_ccode(answer, "cancel")
+        if answer.fields.get("ReversalStatus") != "777":
+            raise GatewayUnavailable("Hypay cancel approved without ReversalStatus 777")
+        # Hyp documents no new Id for a cancellation; one is kept when an answer carries it.
+        own_id = answer.fields.get("Id", "")
+        valid = own_id.isascii() and own_id.isdigit() and len(own_id) <= 20 and own_id != transaction_id
+        return Reversal("cancel", own_id if valid else None, answer.fields.get("ACode", ""), transaction_id)
+
+    def _reversal_credentials(self) -> HypayCredentials:
+        try:
+            return self._credentials()
+        except (GatewayError, ConfigurationError) as exc:
+            raise GatewayNotAsked(f"Hypay not asked: credentials unavailable ({exc.code})") from None
+
+    def _reversal_call(self, action: str, params: dict[str, str]) -> protocol.Answer:
+        """Once, never retried. A connection Hyp's address refused (or a name that did not resolve) sent
+        nothing: `GatewayNotAsked`. Anything else that fails (timeout, reset, an error page) may have
+        reached Hyp: `GatewayUnavailable`, which the caller must treat as an unknown outcome."""
+        try:
+            return self._call(action, params, retry=False)
+        except GatewayNotAsked:
+            raise
+        except GatewayUnavailable as exc:
+            if exc.message.startswith("could not reach Hypay") and any(
+                name in exc.message for name in _NOT_SENT_REASONS
+            ):
+                raise GatewayNotAsked(f"Hypay not asked: {exc.message}") from None
+            raise
+
+
+# Connection failures that prove the request never left: refused by the address, or no address at all.
+_NOT_SENT_REASONS = ("(ConnectionRefusedError)", "(gaierror)")
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """An approved refund or cancellation. `transaction_id` is Hyp's Id of the reversal itself (a refund
+    has one; a cancellation's answer documents none), `original_id` the transaction it reverses."""
+
+    method: str  # "refund" (zikoyAPI) | "cancel" (CancelTrans)
+    transaction_id: str | None
+    approval_code: str
+    original_id: str
+
 
 def _charge_from(answer: protocol.Answer) -> Charge:
     fields = answer.fields
@@ -387,6 +469,7 @@ __all__ = [
     "HypayCredentials",
     "HypaySettings",
     "PaymentPage",
+    "Reversal",
     "Token",
     "credentials_provider",
     "hypay_settings",

@@ -220,6 +220,63 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
     return settlement
 
 
+class OperatorGrantRefused(QueryError):
+    """The grant statement changed nothing (the payment was not in the status the operator saw): roll back."""
+
+    def __init__(self) -> None:
+        super().__init__("the payment changed under the operator's decision", "40001")
+
+
+def settle_by_operator(
+    tx: Transaction, txn: HypTransaction, *, previous_status: PaymentStatus, detail: str
+) -> Settlement:
+    """An operator completes a payment with a Hyp transaction they confirmed: the SAME grant statement a
+    callback uses (payment completed, one purchase row, the balance, the journal row decided `granted`),
+    inside the caller's transaction (which holds the payment's lock and writes the audit row with it).
+
+    The caller has checked what a callback's `decide` checks (the payment's status, no purchase row yet, the
+    Hyp Id held by no other payment); the unique indexes stop a second grant whatever happens. The journal
+    row is overwritten (`override`): its earlier `review` decision is history in the audit trail.
+    """
+    applied = Journal(tx).apply(
+        txn,
+        action=Action.GRANT,
+        verdict=Verdict.GRANTED,
+        detail=detail,
+        previous_status=previous_status,
+        override=True,
+    )
+    if applied.journaled != Verdict.GRANTED or applied.user_id is None:
+        raise OperatorGrantRefused()
+    settlement = Settlement(
+        Result.COMPLETED,
+        Verdict.GRANTED,
+        txn.payment_id,
+        applied.user_id,
+        applied.credits_granted,
+        applied.balance,
+        applied.save_card,
+        True,
+    )
+    return settlement
+
+
+def report_operator_grant(txn: HypTransaction, settlement: Settlement, *, admin: str) -> None:
+    """Metrics and the money event of an operator's grant, once committed."""
+    metrics.add_metric(name="PaymentsCompleted", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="CreditsGranted", unit=MetricUnit.Count, value=settlement.credits_granted)
+    metrics.add_metric(name="OperatorResolved", unit=MetricUnit.Count, value=1)
+    logger.info(
+        "payment completed by an operator",
+        extra={
+            "payment_id": str(txn.payment_id),
+            "hypay_transaction_id": txn.hypay_id,
+            "credits": settlement.credits_granted,
+            "admin": admin,
+        },
+    )
+
+
 def _report(txn: HypTransaction, decision: Decision, settlement: Settlement) -> None:
     """Metrics and the money event, once the decision is committed."""
     keys = {
@@ -252,4 +309,14 @@ def _report(txn: HypTransaction, decision: Decision, settlement: Settlement) -> 
         logger.info("hyp transaction recorded", extra={**keys, "detail": decision.detail})
 
 
-__all__ = ["Decision", "Result", "Settlement", "decide", "resolve_amount", "settle"]
+__all__ = [
+    "Decision",
+    "OperatorGrantRefused",
+    "Result",
+    "Settlement",
+    "decide",
+    "report_operator_grant",
+    "resolve_amount",
+    "settle",
+    "settle_by_operator",
+]

@@ -1,0 +1,182 @@
+"""admin: GET /admin/review, POST /admin/payments/{payment_id}/resolve and .../refund; admin token only."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+from uuid import UUID
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from payments.adapters.admin_token import authenticate, tokens_provider
+from payments.adapters.db import default_database
+from payments.adapters.hypay import HypayClient
+from payments.adapters.refunds_store import RefundsStore
+from payments.adapters.review_store import ReviewStore
+from payments.domain.money import Currency, Money
+from payments.errors import InvalidRequest, NotFound, PaymentError
+from payments.http import error_response, problem, validation_problem
+from payments.idempotency import PostgresPersistenceLayer
+from payments.observability import http_handler, logger
+from payments.request_body import UnsupportedMediaType, json_object
+from payments.services.refund import Refunds, RefundsDeps
+from payments.services.review import QueueQuery, ResolvePayment, ResolveRequest, review_queue
+from payments.settings import admin_settings, idempotency_settings
+
+app = APIGatewayHttpResolver()
+
+
+class _NotAnAdmin(PaymentError):
+    code = "unauthorized"
+
+
+@cache
+def _tokens() -> Any:
+    return tokens_provider(admin_settings())
+
+
+def _admin() -> str:
+    """The name of the admin credential the request carries; 401 otherwise (the same for missing and wrong)."""
+    name = authenticate(app.current_event.headers.get("authorization"), _tokens()())
+    if name is None:
+        raise _NotAnAdmin("a valid admin token is required")
+    return name
+
+
+def _idempotency_key() -> str:
+    value = app.current_event.headers.get("idempotency-key")
+    if not value:
+        raise InvalidRequest("the Idempotency-Key header is required")
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    if not (1 <= len(value) <= 255 and value.isascii() and value.isprintable() and value.strip()):
+        raise InvalidRequest("the Idempotency-Key header must be 1 to 255 printable ASCII characters")
+    return value
+
+
+@cache
+def _resolver() -> ResolvePayment:
+    idem, settings = idempotency_settings(), admin_settings()
+    db = default_database()
+    return ResolvePayment(
+        db,
+        PostgresPersistenceLayer(idem.table_name, database=db),
+        expires_after_seconds=idem.expires_after_seconds,
+        charge_settle_seconds=settings.charge_settle_seconds,
+    )
+
+
+@app.get("/admin/review", summary="Everything that needs a human, oldest first", tags=["admin"])
+def get_review() -> Response[Any]:
+    _admin()
+    event = app.current_event
+    query = QueueQuery.parse(
+        reason=event.get_query_string_value("reason"),
+        limit=event.get_query_string_value("limit"),
+        after=event.get_query_string_value("after"),
+        page_max=admin_settings().review_page_max,
+    )
+    return Response(200, "application/json", json.dumps(review_queue(ReviewStore(default_database()), query)))
+
+
+@app.post(
+    "/admin/payments/<payment_id>/resolve",
+    summary="Complete (grant the credits once) or fail a payment under review",
+    tags=["admin"],
+)
+def post_resolve(payment_id: str) -> Response[Any]:
+    admin = _admin()
+    try:
+        pid = UUID(payment_id)
+    except ValueError:
+        raise NotFound("no such payment") from None
+    key = _idempotency_key()
+    event = app.current_event
+    body = json_object(event.headers.get("content-type"), event.body, base64_encoded=event.is_base64_encoded)
+    try:
+        request = ResolveRequest.model_validate(body)
+    except ValidationError as exc:
+        return validation_problem(exc.errors())
+    answer = _resolver()(admin=admin, payment_id=pid, idempotency_key=key, request=request, context=app.lambda_context)
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    return Response(answer.status, "application/json", json.dumps(answer.body), headers)
+
+
+class RefundBody(BaseModel):
+    """`POST /admin/payments/{id}/refund` body. Without `amount`: all that remains of the transaction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: str = Field(min_length=1, max_length=500)
+    amount: str | None = Field(default=None, pattern=r"^[0-9]{1,9}(\.[0-9]{1,2})?$")
+    currency: Currency = Currency.ILS
+    hypay_id: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
+
+
+@cache
+def _refunds() -> Refunds:
+    idem = idempotency_settings()
+    db = default_database()
+    return Refunds(
+        RefundsDeps(RefundsStore(db), HypayClient.from_settings()),
+        PostgresPersistenceLayer(idem.table_name, database=db),
+    )
+
+
+@app.post(
+    "/admin/payments/<payment_id>/refund",
+    summary="Refund (or cancel the same day) a Hyp transaction of a payment; never twice for one key",
+    tags=["admin"],
+)
+def post_refund(payment_id: str) -> Response[Any]:
+    admin = _admin()
+    try:
+        pid = UUID(payment_id)
+    except ValueError:
+        raise NotFound("no such payment") from None
+    key = _idempotency_key()
+    event = app.current_event
+    body = json_object(event.headers.get("content-type"), event.body, base64_encoded=event.is_base64_encoded)
+    try:
+        request = RefundBody.model_validate(body)
+    except ValidationError as exc:
+        return validation_problem(exc.errors())
+    amount = Money.of(request.amount, request.currency) if request.amount else None
+    answer = _refunds()(
+        payment_id=pid,
+        amount=amount,
+        reason=request.reason,
+        admin=admin,
+        idempotency_key=key,
+        hypay_id=request.hypay_id,
+        context=app.lambda_context,
+    )
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    content_type = "application/problem+json" if answer.status >= 400 else "application/json"
+    return Response(answer.status, content_type, json.dumps(answer.body), headers)
+
+
+@app.exception_handler(_NotAnAdmin)
+def _unauthorized(exc: _NotAnAdmin) -> Response[Any]:
+    return problem(401, "Unauthorized", exc.message, headers={"WWW-Authenticate": "Bearer"})
+
+
+@app.exception_handler(UnsupportedMediaType)
+def _unsupported_media_type(exc: UnsupportedMediaType) -> Response[Any]:
+    return problem(415, "Unsupported Media Type", exc.message, headers={"Accept": "application/json"})
+
+
+@app.exception_handler(PaymentError)
+def _payment_error(exc: PaymentError) -> Response[Any]:
+    return error_response(exc)
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response[Any]:
+    logger.exception("unhandled error")
+    return problem(500, "Internal Server Error", "something went wrong; retry with the same Idempotency-Key")
+
+
+lambda_handler = http_handler(app)

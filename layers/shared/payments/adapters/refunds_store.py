@@ -1,0 +1,452 @@
+"""SQL of refunds: the `refunds` rows, and what a succeeded refund changes (journal, ledger, balance, audit).
+
+A refund is begun in one transaction that locks the payment (`FOR UPDATE`), reads what was paid and what
+is already refunded or being refunded, and inserts the `attempted` row (its `idempotency_key` unique):
+two refunds of one payment serialize on that lock, so together they never exceed what was paid. Hyp is
+asked only after that commit. Its answer is stored in a second transaction under the same lock; each
+outcome is a conditional update from `attempted`, so a late or repeated writer changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from payments.adapters.db import Database, Transaction, bind
+from payments.domain.money import Currency, Money
+from payments.domain.refund import Method, RefundStatus, credits_to_take
+
+UNIQUE_VIOLATION = "23505"
+NOT_SENT = "not sent: "  # message prefix of a row released because Hyp was never asked (ccode NULL, refused)
+
+
+@dataclass(frozen=True)
+class RefundRow:
+    id: UUID
+    payment_id: UUID
+    original_hypay_id: str
+    method: Method
+    amount: Money
+    status: RefundStatus
+    hypay_refund_id: str | None
+    ccode: int | None
+    message: str | None
+    credits_taken: int
+    reason: str
+    admin: str
+    created_at: dt.datetime
+
+    @property
+    def released(self) -> bool:
+        """Hyp was never asked for it: nothing moved, the same key may try again."""
+        return self.status == RefundStatus.REFUSED and self.ccode is None and (self.message or "").startswith(NOT_SENT)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The locked payment and the Hyp transaction a refund reverses."""
+
+    payment_id: UUID
+    user_id: UUID
+    payment_status: str
+    original_hypay_id: str
+    original: Money  # what that transaction paid
+    original_at: dt.datetime  # when we learned of it (the journal's first_seen, else the payment's completion)
+    reserved: Money  # refunds of it that moved or may have moved money (attempted, succeeded, unknown)
+    refunded: Money  # refunds of it that succeeded
+    pays_the_payment: bool  # the payment's own paying transaction (its credits were granted for it)
+
+    @property
+    def remaining(self) -> Money:
+        return Money(self.original.minor - self.reserved.minor, self.original.currency)
+
+
+@dataclass(frozen=True)
+class Planned:
+    amount: Money
+    method: Method
+    reason: str
+    admin: str
+
+
+@dataclass(frozen=True)
+class Began:
+    row: RefundRow
+    target: Target
+    created: bool  # False: the key's row existed (a retry); Hyp must not be asked again
+
+
+@dataclass(frozen=True)
+class Finished:
+    row: RefundRow
+    credits_shortfall: int  # credits the refund stood for that the balance no longer held
+    balance: int | None
+    refunded: Money  # succeeded refunds of the original, this one included
+    remaining: Money
+
+
+class NoSuchPayment(LookupError):
+    pass
+
+
+class NotRefundable(LookupError):
+    """The payment has no paying transaction, or `hypay_id` is not an approved transaction of it."""
+
+
+_COLUMNS = (
+    "id::text, payment_id::text, original_hypay_id, method, amount::text, currency, status, hypay_refund_id, ccode,"
+    " message, credits_taken, reason, admin, created_at"
+)
+
+_LOCK_PAYMENT = """
+SELECT p.status, p.user_id::text, p.amount::text, p.currency, p.hypay_transaction_id,
+       COALESCE(p.completed_at, p.updated_at)
+  FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
+
+_BY_KEY = f"SELECT {_COLUMNS} FROM public.refunds WHERE idempotency_key = :key"
+_BY_ID = f"SELECT {_COLUMNS} FROM public.refunds WHERE id = :id::uuid"
+
+_JOURNAL_ROW = """
+SELECT amount::text, currency, decision, ccode, first_seen
+  FROM public.hypay_transactions WHERE hypay_id = :txn AND payment_id = :id::uuid"""
+
+_SUMS = """
+SELECT COALESCE(sum(amount) FILTER (WHERE status IN ('attempted', 'succeeded', 'unknown')), 0)::text,
+       COALESCE(sum(amount) FILTER (WHERE status = 'succeeded' AND id IS DISTINCT FROM :me::uuid), 0)::text
+  FROM public.refunds WHERE payment_id = :id::uuid AND original_hypay_id = :txn"""
+
+_INSERT = f"""
+INSERT INTO public.refunds (payment_id, original_hypay_id, method, amount, currency, status, reason,
+                            idempotency_key, admin)
+VALUES (:id::uuid, :txn, :method, :amount::numeric, :currency, 'attempted', :reason, :key, :admin)
+RETURNING {_COLUMNS}"""
+
+# A released row (Hyp never asked) taken up again by a retry with its key.
+_RETAKE = f"""
+UPDATE public.refunds SET status = 'attempted', method = :method, amount = :amount::numeric, ccode = NULL,
+       message = NULL, updated_at = now()
+ WHERE id = :rid::uuid AND status = 'refused' AND ccode IS NULL
+RETURNING {_COLUMNS}"""
+
+_GRANTED = """
+SELECT COALESCE(sum(amount), 0) FROM public.credit_transactions WHERE payment_id = :id::uuid AND type = 'purchase'"""
+
+_BALANCE = "SELECT credits FROM public.profiles WHERE id = :user::uuid FOR UPDATE"
+
+_OUTCOME = f"""
+UPDATE public.refunds SET status = :status, hypay_refund_id = :hyp, ccode = :ccode, message = :message,
+       credits_taken = :taken, updated_at = now()
+ WHERE id = :rid::uuid AND status = 'attempted'
+RETURNING {_COLUMNS}"""
+
+_SWITCH = f"""
+UPDATE public.refunds SET method = 'refund', message = :message, updated_at = now()
+ WHERE id = :rid::uuid AND status = 'attempted' AND method = 'cancel'
+RETURNING {_COLUMNS}"""
+
+_TAKE_BACK = """
+WITH ledger AS (
+    INSERT INTO public.credit_transactions (user_id, amount, type, description, payment_id)
+    VALUES (:user::uuid, -:taken::integer, 'refund', :description, :id::uuid)
+    RETURNING user_id
+)
+UPDATE public.profiles u SET credits = u.credits - :taken::integer, updated_at = now()
+  FROM ledger l WHERE u.id = l.user_id
+RETURNING u.credits"""
+
+_JOURNAL_REFUND = """
+INSERT INTO public.hypay_transactions
+    (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified, decision, detail,
+     previous_status, approval_code)
+VALUES (:hyp, :id::uuid, :order_ref, 0, :amount::numeric, :currency, 'refund', true, 'refunded', :detail,
+        :previous_status, :acode)
+ON CONFLICT (hypay_id) DO NOTHING"""
+
+# A cancellation's answer names no new transaction (Hyp documents `TransId`, `CCode`, `ReversalStatus`):
+# the original's journal row says it was cancelled; the refunds row holds the rest.
+_JOURNAL_CANCELLED = """
+UPDATE public.hypay_transactions SET detail = concat_ws('; ', detail, :note), last_seen = now()
+ WHERE hypay_id = :txn"""
+
+_UNRESOLVED = f"""
+SELECT {_COLUMNS} FROM public.refunds
+ WHERE status = 'unknown' OR (status = 'attempted' AND updated_at < now() - make_interval(secs => :older))
+ ORDER BY created_at"""
+
+
+def _row(values: list[Any]) -> RefundRow:
+    rid, pid, orig, method, amount, currency, status, hyp, ccode, message, taken, reason, admin, created = values
+    return RefundRow(
+        UUID(rid),
+        UUID(pid),
+        orig,
+        Method(method),
+        Money.of(Decimal(amount), Currency(currency)),
+        RefundStatus(status),
+        hyp,
+        ccode,
+        message,
+        int(taken),
+        reason,
+        admin,
+        created,
+    )
+
+
+def _before(target: Target, attempted: RefundRow) -> Money:
+    """What remained before this attempt (the attempted row is already counted in `reserved`)."""
+    return Money(target.remaining.minor + attempted.amount.minor, target.remaining.currency)
+
+
+def _money(text: str, currency: Currency) -> Money:
+    return Money.of(Decimal(text), currency)
+
+
+class RefundsStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- before Hyp is asked ------------------------------------------------------------------
+
+    def _target(self, tx: Transaction, payment_id: UUID, hypay_id: str | None, me: UUID | None) -> Target:
+        rows = tx.run(bind(_LOCK_PAYMENT, id=str(payment_id)))
+        if not rows:
+            raise NoSuchPayment(str(payment_id))
+        status, user, amount, currency, paying_id, paid_at = rows[0]
+        payment_currency = Currency(currency)
+        txn = hypay_id or paying_id
+        if not txn:
+            raise NotRefundable("the payment was never paid through Hyp: there is no transaction to refund")
+        journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
+        if journal:
+            j_amount, j_currency, decision, ccode, first_seen = journal[0]
+            if ccode != 0 or decision not in ("granted", "review") or j_amount is None:
+                raise NotRefundable(f"Hyp transaction {txn} is not an approved payment of this payment ({decision})")
+            original = _money(j_amount, Currency(j_currency or payment_currency))
+            original_at = first_seen
+        elif txn == paying_id:
+            original, original_at = _money(amount, payment_currency), paid_at  # paid before the journal existed
+        else:
+            raise NotRefundable(f"Hyp transaction {txn} is not a transaction of this payment")
+        reserved, refunded = tx.run(bind(_SUMS, id=str(payment_id), txn=txn, me=str(me) if me else None))[0]
+        return Target(
+            payment_id,
+            UUID(user),
+            status,
+            txn,
+            original,
+            original_at,
+            _money(reserved, original.currency),
+            _money(refunded, original.currency),
+            txn == paying_id,
+        )
+
+    def begin(self, *, payment_id: UUID, hypay_id: str | None, key: str, plan: Callable[[Target], Planned]) -> Began:
+        """Under the payment's lock: the key's row when it exists (a retry: `created` False), else `plan`
+        decides (or raises, and nothing is written) and the `attempted` row is inserted and committed."""
+
+        def work(tx: Transaction) -> Began:
+            existing = tx.run(bind(_BY_KEY, key=key))
+            row = _row(existing[0]) if existing else None
+            if row is not None and row.payment_id != payment_id:
+                raise NotRefundable("this Idempotency-Key belongs to a refund of another payment")
+            target = self._target(tx, payment_id, row.original_hypay_id if row else hypay_id, None)
+            if row is not None and not row.released:
+                return Began(row, target, created=False)
+            planned = plan(target)
+            params = {
+                "method": str(planned.method),
+                "amount": planned.amount.amount,
+            }
+            if row is not None:
+                retaken = tx.run(bind(_RETAKE, rid=str(row.id), **params))
+                return Began(_row(retaken[0]), target, created=True)
+            inserted = tx.run(
+                bind(
+                    _INSERT,
+                    id=str(payment_id),
+                    txn=target.original_hypay_id,
+                    currency=str(planned.amount.currency),
+                    reason=planned.reason,
+                    key=key,
+                    admin=planned.admin,
+                    **params,
+                )
+            )
+            return Began(_row(inserted[0]), target, created=True)
+
+        return self.db.atomic(work, retry_on=(UNIQUE_VIOLATION,))
+
+    def switch_to_refund(self, refund_id: UUID, message: str) -> RefundRow | None:
+        """CancelTrans was refused (nothing moved): the same attempted row goes on as a zikoyAPI refund."""
+        rows = self.db.run(bind(_SWITCH, rid=str(refund_id), message=message[:500]))
+        return _row(rows[0]) if rows else None
+
+    # -- after Hyp answered ---------------------------------------------------------------------
+
+    def succeeded(
+        self,
+        refund_id: UUID,
+        *,
+        hypay_refund_id: str | None,
+        approval_code: str | None,
+        audit: Callable[[Transaction, dict[str, Any], dict[str, Any]], None],
+    ) -> Finished:
+        """In one transaction: the row, the journal, the credits taken back (never below zero), the audit."""
+
+        def work(tx: Transaction) -> Finished:
+            current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])
+            target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
+            if current.status != RefundStatus.ATTEMPTED:  # stored before (a retried transaction): as it is
+                return self._finished(current, target, shortfall=0, balance=None)
+            granted = int(tx.run(bind(_GRANTED, id=str(current.payment_id)))[0][0]) if target.pays_the_payment else 0
+            due = credits_to_take(granted, target.original.minor, target.refunded.minor, current.amount.minor)
+            balance_rows = tx.run(bind(_BALANCE, user=str(target.user_id)))
+            balance = int(balance_rows[0][0]) if balance_rows else 0
+            taken = max(0, min(due, balance))
+            shortfall = due - taken
+            message = (
+                f"{shortfall} of {due} credits not taken back: the balance held {max(balance, 0)}"
+                if shortfall
+                else None
+            )
+            row = _row(
+                tx.run(
+                    bind(
+                        _OUTCOME,
+                        rid=str(refund_id),
+                        status="succeeded",
+                        hyp=hypay_refund_id,
+                        ccode=0,
+                        message=message,
+                        taken=taken,
+                    )
+                )[0]
+            )
+            after_balance = balance
+            if taken:
+                after_balance = int(
+                    tx.run(
+                        bind(
+                            _TAKE_BACK,
+                            user=str(target.user_id),
+                            taken=taken,
+                            id=str(current.payment_id),
+                            description=f"Refund of {current.amount} (Hyp {current.original_hypay_id})",
+                        )
+                    )[0][0]
+                )
+            detail = f"{row.method} of Hyp transaction {row.original_hypay_id}: {row.reason}"[:1000]
+            if hypay_refund_id:
+                tx.run(
+                    bind(
+                        _JOURNAL_REFUND,
+                        hyp=hypay_refund_id,
+                        id=str(current.payment_id),
+                        order_ref=str(current.payment_id),
+                        amount=current.amount.amount,
+                        currency=str(current.amount.currency),
+                        detail=detail,
+                        previous_status=target.payment_status,
+                        acode=approval_code or None,
+                    )
+                )
+            else:
+                tx.run(
+                    bind(
+                        _JOURNAL_CANCELLED,
+                        txn=row.original_hypay_id,
+                        note=f"cancelled (CancelTrans) by refund {row.id}",
+                    )
+                )
+            finished = self._finished(row, target, shortfall=shortfall, balance=after_balance)
+            audit(
+                tx,
+                {"refunded": str(target.refunded), "remaining": str(_before(target, current)), "balance": balance},
+                {
+                    "refund_status": str(row.status),
+                    "refunded": str(finished.refunded),
+                    "remaining": str(finished.remaining),
+                    "balance": after_balance,
+                    "credits_taken": taken,
+                    "credits_shortfall": shortfall,
+                    "hypay_refund_id": hypay_refund_id,
+                },
+            )
+            return finished
+
+        return self.db.atomic(work)
+
+    def not_moved_or_unknown(
+        self,
+        refund_id: UUID,
+        *,
+        status: RefundStatus,
+        ccode: int | None,
+        message: str,
+        audit: Callable[[Transaction, dict[str, Any], dict[str, Any]], None] | None,
+    ) -> RefundRow:
+        """refused (Hyp said no, or was never asked), or unknown (the answer was lost), with the audit row."""
+
+        def work(tx: Transaction) -> RefundRow:
+            current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])
+            target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
+            if current.status != RefundStatus.ATTEMPTED:
+                return current
+            row = _row(
+                tx.run(
+                    bind(
+                        _OUTCOME,
+                        rid=str(refund_id),
+                        status=str(status),
+                        hyp=None,
+                        ccode=ccode,
+                        message=message[:1000],
+                        taken=0,
+                    )
+                )[0]
+            )
+            if audit is not None:
+                before = _before(target, current)
+                after = before if status == RefundStatus.REFUSED else target.remaining  # unknown: still reserved
+                audit(
+                    tx,
+                    {"refunded": str(target.refunded), "remaining": str(before)},
+                    {"refund_status": str(status), "refunded": str(target.refunded), "remaining": str(after)},
+                )
+            return row
+
+        return self.db.atomic(work)
+
+    def _finished(self, row: RefundRow, target: Target, *, shortfall: int, balance: int | None) -> Finished:
+        refunded = target.refunded
+        if row.status == RefundStatus.SUCCEEDED:
+            refunded = Money(refunded.minor + row.amount.minor, refunded.currency)
+        return Finished(row, shortfall, balance, refunded, target.remaining)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, refund_id: UUID) -> RefundRow | None:
+        rows = self.db.run(bind(_BY_ID, id=str(refund_id)))
+        return _row(rows[0]) if rows else None
+
+    def unresolved(self, *, older_than_seconds: int = 300) -> list[RefundRow]:
+        """For the review queue: refunds whose outcome is unknown, or attempted and never finished."""
+        return [_row(r) for r in self.db.run(bind(_UNRESOLVED, older=older_than_seconds))]
+
+
+__all__ = [
+    "NOT_SENT",
+    "Began",
+    "Finished",
+    "NoSuchPayment",
+    "NotRefundable",
+    "Planned",
+    "RefundRow",
+    "RefundsStore",
+    "Target",
+]

@@ -1,0 +1,359 @@
+"""SQL of the review queue (what needs a human) and of resolving a payment by hand.
+
+The queue is one keyset-paginated statement over two sources, oldest first:
+- payments in `needs_review` (their journal rows come with them, folded in);
+- journal rows (`hypay_transactions`) decided `review`, `unmatched` or `unverified` (not verified since),
+  except `review` rows of a payment that is itself in the queue.
+Resolving locks the payment (`FOR UPDATE`) and reads what the decision needs in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+from uuid import UUID
+
+from payments.adapters.db import Rows, bind
+from payments.domain.money import Currency, Money
+from payments.domain.payment import PaymentStatus
+
+
+class Runner(Protocol):
+    def run(self, sql: str) -> Rows: ...
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One item of the queue as stored: a payment (`kind = payment`) or a journal row (`kind = journal`)."""
+
+    kind: str
+    key: str  # p:<payment id> / j:<hyp id>: unique, the keyset's tie-breaker
+    since: str  # when it started needing a human (UTC, ISO 8601 with microseconds: the cursor's other half)
+    age_seconds: int
+    payment_id: UUID | None
+    hypay_id: str | None
+    decision: str | None
+    detail: str | None
+    amount: str | None  # the journal's (what Hyp charged), or the payment's
+    currency: str | None
+    source: str | None
+    ccode: int | None
+    order_ref: str | None
+    deliveries: int | None
+    last_seen: datetime | None
+    # The payment's side (None for an unmatched transaction)
+    status: str | None
+    review_reason: str | None
+    payment_amount: str | None
+    payment_currency: str | None
+    user_id: UUID | None
+    credits: int | None
+    charge_attempted_at: datetime | None
+    paid_by: str | None  # payments.hypay_transaction_id
+    hypay_ccode: int | None
+    hypay_message: str | None
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    hypay_id: str
+    payment_id: UUID | None
+    decision: str
+    detail: str | None
+    ccode: int | None
+    amount: Money | None
+    currency_known: bool
+    source: str
+    verified: bool
+    order_ref: str | None
+    approval_code: str | None
+    first_seen: datetime | None
+
+
+@dataclass(frozen=True)
+class UnverifiedSummary:
+    hypay_id: str
+    callbacks: int
+    deliveries: int
+    reasons: list[str]
+    sources: list[str]
+
+
+@dataclass(frozen=True)
+class LockedPayment:
+    """A payment, locked for the rest of the transaction, as resolving needs it."""
+
+    id: UUID
+    status: PaymentStatus
+    stored_status: str
+    review_reason: str | None
+    amount: Money
+    user_id: UUID
+    credits: int | None
+    paid_by: str | None
+    charge_attempted: bool
+    charge_attempted_at: datetime | None
+    charge_settled: bool  # the attempt is older than the settle window: no invocation can still be charging
+    granted_before: bool
+    completed_at: datetime | None
+    balance: int | None
+
+    def as_state(self) -> dict[str, Any]:
+        """What the audit trail records as `before` / `after`."""
+        return {
+            "status": self.stored_status,
+            "review_reason": self.review_reason,
+            "amount": str(self.amount.amount),
+            "currency": str(self.amount.currency),
+            "credits": self.credits,
+            "hypay_transaction_id": self.paid_by,
+            "charge_attempted_at": self.charge_attempted_at.isoformat() if self.charge_attempted_at else None,
+            "credits_granted": self.granted_before,
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "user_id": str(self.user_id),
+            "user_balance": self.balance,
+        }
+
+
+_QUEUE = """
+WITH items AS (
+    SELECT 'payment'::text AS kind, 'p:' || p.id::text AS key, p.created_at AS since, p.id AS payment_id,
+           NULL::text AS hypay_id, NULL::text AS decision, NULL::text AS detail, p.amount::text AS amount,
+           p.currency AS currency, NULL::text AS source, NULL::integer AS ccode, NULL::text AS order_ref,
+           NULL::integer AS deliveries, NULL::timestamptz AS last_seen
+      FROM public.payments p
+     WHERE p.status = 'needs_review'
+    UNION ALL
+    SELECT 'journal', 'j:' || t.hypay_id, t.first_seen, t.payment_id, t.hypay_id, t.decision, t.detail,
+           t.amount::text, t.currency, t.source, t.ccode, t.order_ref, t.deliveries, t.last_seen
+      FROM public.hypay_transactions t
+      LEFT JOIN public.payments p ON p.id = t.payment_id
+     WHERE t.decision IN ('review', 'unmatched', 'unverified')
+       AND NOT (t.decision = 'unverified' AND t.verified)
+       AND NOT (t.decision = 'review' AND COALESCE(p.status, '') = 'needs_review')
+       -- money taken back in full: nothing left to do
+       AND COALESCE((SELECT sum(r.amount) FROM public.refunds r
+                      WHERE r.original_hypay_id = t.hypay_id AND r.status = 'succeeded'), 0) < COALESCE(t.amount, 1)
+    UNION ALL
+    -- a refund whose answer was lost (or never stored): it may have moved money
+    SELECT 'refund', 'r:' || r.id::text, r.created_at, r.payment_id, r.original_hypay_id, r.status,
+           'refund outcome unknown: ' || COALESCE(r.message, 'no answer stored'), r.amount::text, r.currency,
+           r.method, r.ccode, NULL, NULL, NULL
+      FROM public.refunds r
+     WHERE r.status = 'unknown' OR (r.status = 'attempted' AND r.created_at < now() - interval '5 minutes')
+)
+SELECT i.kind, i.key, to_char(i.since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       GREATEST(0, extract(epoch FROM now() - i.since))::bigint,
+       i.payment_id::text, i.hypay_id, i.decision, i.detail, i.amount, i.currency, i.source, i.ccode, i.order_ref,
+       i.deliveries, i.last_seen,
+       p.status, p.review_reason, p.amount::text, p.currency, p.user_id::text, p.credits, p.charge_attempted_at,
+       p.hypay_transaction_id, p.hypay_ccode, p.hypay_message
+  FROM items i
+  LEFT JOIN public.payments p ON p.id = i.payment_id
+ WHERE :after_since::timestamptz IS NULL OR (i.since, i.key) > (:after_since::timestamptz, :after_key::text)
+ ORDER BY i.since, i.key
+ LIMIT :limit"""
+
+_JOURNAL_COLUMNS = (
+    "hypay_id, payment_id::text, decision, detail, ccode, amount::text, currency, source, verified, order_ref,"
+    " approval_code, first_seen"
+)
+
+_LOCK = """
+SELECT p.id::text, p.status, p.review_reason, p.amount::text, p.currency, p.user_id::text, p.credits,
+       p.hypay_transaction_id, p.charge_attempt_id IS NOT NULL, p.charge_attempted_at,
+       COALESCE(p.charge_attempted_at < now() - make_interval(secs => :settle), false),
+       EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase'),
+       p.completed_at,
+       (SELECT u.credits FROM public.profiles u WHERE u.id = p.user_id)
+  FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
+
+_FAIL = """
+UPDATE public.payments SET status = 'failed', updated_at = now()
+ WHERE id = :id::uuid AND status = :previous_status
+RETURNING 1"""
+
+
+def _money(amount: str | None, currency: str | None) -> tuple[Money | None, bool]:
+    if amount is None:
+        return None, True
+    try:
+        return Money.of(Decimal(amount), Currency(currency or "ILS")), currency is not None
+    except ValueError:
+        return Money.of(Decimal(amount)), False
+
+
+def _journal_row(row: list[Any]) -> JournalRow:
+    hypay_id, pid, decision, detail, ccode, amount, currency, source, verified, order_ref, acode, first = row
+    money, known = _money(amount, currency)
+    return JournalRow(
+        hypay_id,
+        UUID(pid) if pid else None,
+        decision,
+        detail,
+        ccode,
+        money,
+        known,
+        source,
+        bool(verified),
+        order_ref,
+        acode,
+        first,
+    )
+
+
+def _ids(values: list[str]) -> str:
+    return ",".join(values)
+
+
+class ReviewStore:
+    """The queue's reads (autocommit statements on a `Database`)."""
+
+    def __init__(self, db: Runner) -> None:
+        self.db = db
+
+    def page(self, *, after: tuple[str, str] | None, limit: int) -> list[QueueRow]:
+        """Up to `limit` items after the cursor (since, key), oldest first."""
+        rows = self.db.run(
+            bind(
+                _QUEUE,
+                after_since=after[0] if after else None,
+                after_key=after[1] if after else None,
+                limit=limit,
+            )
+        )
+        items = []
+        for row in rows:
+            (kind, key, since, age, pid, hypay_id, decision, detail, amount, currency, source, ccode, order_ref,
+             deliveries, last_seen, status, review_reason, p_amount, p_currency, user, credits, attempted, paid_by,
+             hypay_ccode, hypay_message) = row  # fmt: skip
+            items.append(
+                QueueRow(
+                    kind,
+                    key,
+                    since,
+                    int(age),
+                    UUID(pid) if pid else None,
+                    hypay_id,
+                    decision,
+                    detail,
+                    amount,
+                    currency,
+                    source,
+                    ccode,
+                    order_ref,
+                    deliveries,
+                    last_seen,
+                    status,
+                    review_reason,
+                    p_amount,
+                    p_currency,
+                    UUID(user) if user else None,
+                    credits,
+                    attempted,
+                    paid_by,
+                    hypay_ccode,
+                    hypay_message,
+                )  # fmt: skip
+            )
+        return items
+
+    def journal_of(self, payment_ids: list[UUID]) -> dict[UUID, list[JournalRow]]:
+        """Every journal row of these payments, oldest first."""
+        if not payment_ids:
+            return {}
+        rows = self.db.run(
+            bind(
+                f"SELECT {_JOURNAL_COLUMNS} FROM public.hypay_transactions"
+                " WHERE payment_id = ANY (string_to_array(:ids, ',')::uuid[]) ORDER BY first_seen, hypay_id",
+                ids=_ids([str(p) for p in payment_ids]),
+            )
+        )
+        found: dict[UUID, list[JournalRow]] = {}
+        for row in rows:
+            entry = _journal_row(row)
+            if entry.payment_id is not None:
+                found.setdefault(entry.payment_id, []).append(entry)
+        return found
+
+    def unverified_of(self, hypay_ids: list[str]) -> dict[str, UnverifiedSummary]:
+        """The callbacks kept for these Hyp Ids while they could not be verified."""
+        if not hypay_ids:
+            return {}
+        rows = self.db.run(
+            bind(
+                "SELECT hypay_id, count(*)::int, sum(deliveries)::int,"
+                " array_agg(DISTINCT COALESCE(reason, '')), array_agg(DISTINCT source)"
+                " FROM public.hypay_unverified_callbacks WHERE hypay_id = ANY (string_to_array(:ids, ','))"
+                " GROUP BY hypay_id",
+                ids=_ids(hypay_ids),
+            )
+        )
+        return {r[0]: UnverifiedSummary(r[0], int(r[1]), int(r[2]), [x for x in r[3] if x], list(r[4])) for r in rows}
+
+
+class ResolveStatements:
+    """Resolving one payment, inside the caller's transaction."""
+
+    def __init__(self, tx: Runner) -> None:
+        self.tx = tx
+
+    def lock(self, payment_id: UUID, *, settle_seconds: int) -> LockedPayment | None:
+        """The payment, locked until the transaction ends; None when there is no such payment."""
+        rows = self.tx.run(bind(_LOCK, id=str(payment_id), settle=settle_seconds))
+        if not rows:
+            return None
+        (pid, status, reason, amount, currency, user, credits, paid_by, attempted, attempted_at, settled, granted,
+         completed_at, balance) = rows[0]  # fmt: skip
+        return LockedPayment(
+            UUID(pid),
+            PaymentStatus.from_db(status),
+            status,
+            reason,
+            Money.of(Decimal(amount), Currency(currency)),
+            UUID(user),
+            credits,
+            paid_by,
+            bool(attempted),
+            attempted_at,
+            bool(settled),
+            bool(granted),
+            completed_at,
+            balance,
+        )
+
+    def journal_of(self, payment_id: UUID) -> list[JournalRow]:
+        rows = self.tx.run(
+            bind(
+                f"SELECT {_JOURNAL_COLUMNS} FROM public.hypay_transactions WHERE payment_id = :id::uuid"
+                " ORDER BY first_seen, hypay_id",
+                id=str(payment_id),
+            )
+        )
+        return [_journal_row(r) for r in rows]
+
+    def journal_row(self, hypay_id: str) -> JournalRow | None:
+        rows = self.tx.run(
+            bind(f"SELECT {_JOURNAL_COLUMNS} FROM public.hypay_transactions WHERE hypay_id = :txn", txn=hypay_id)
+        )
+        return _journal_row(rows[0]) if rows else None
+
+    def paid_another_payment(self, hypay_id: str, payment_id: UUID) -> bool:
+        """Another payment already holds this Hyp Id (the unique index would refuse it)."""
+        rows = self.tx.run(
+            bind(
+                "SELECT EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :txn AND id <> :id::uuid)",
+                txn=hypay_id,
+                id=str(payment_id),
+            )
+        )
+        return bool(rows[0][0])
+
+    def fail(self, payment_id: UUID, previous_status: str) -> bool:
+        """needs_review / pending -> failed, no credits; False when its status was not `previous_status`."""
+        return bool(self.tx.run(bind(_FAIL, id=str(payment_id), previous_status=previous_status)))
+
+
+__all__ = ["JournalRow", "LockedPayment", "QueueRow", "ResolveStatements", "ReviewStore", "UnverifiedSummary"]

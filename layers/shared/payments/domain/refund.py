@@ -1,0 +1,68 @@
+"""Refunds, the pure part: which Hyp action reverses a payment, and how many credits a refund takes back."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+
+from payments.domain.money import Money
+
+try:
+    from zoneinfo import ZoneInfo
+
+    ISRAEL: dt.tzinfo | None = ZoneInfo("Asia/Jerusalem")
+except Exception:  # noqa: BLE001 - no tz database in the runtime: never guess the day, always refund
+    ISRAEL = None
+
+# Hyp Pay: a transaction can be cancelled "up until 22:00 Israel time on the same business day it was made".
+CANCEL_UNTIL_HOUR = 22
+
+
+class Method(StrEnum):
+    CANCEL = "cancel"  # action=CancelTrans: the whole transaction, before it is transmitted; no card fees
+    REFUND = "refund"  # action=zikoyAPI: all or part, any time after; a new (credit) transaction at Hyp
+
+
+class RefundStatus(StrEnum):
+    ATTEMPTED = "attempted"  # Hyp asked (or about to be): may have moved money
+    SUCCEEDED = "succeeded"
+    REFUSED = "refused"  # Hyp said no (or was never asked: `ccode` NULL and a "not sent" message): nothing moved
+    UNKNOWN = "unknown"  # the answer was lost: may have moved money, a human confirms
+
+
+# Statuses whose amount may have left (or will leave) the merchant: they count against what remains.
+RESERVING = (RefundStatus.ATTEMPTED, RefundStatus.SUCCEEDED, RefundStatus.UNKNOWN)
+
+
+def choose_method(
+    *,
+    amount: Money,
+    original: Money,
+    reserved: Money,
+    original_at: dt.datetime,
+    now: dt.datetime,
+    cancel_until_hour: int = CANCEL_UNTIL_HOUR,
+) -> Method:
+    """CancelTrans for the whole of an untouched transaction made today (Israel time) before the cut-off;
+    zikoyAPI otherwise. Without a time zone database the day cannot be told: always zikoyAPI."""
+    if ISRAEL is None or amount != original or reserved.minor != 0:
+        return Method.REFUND
+    made, today = original_at.astimezone(ISRAEL), now.astimezone(ISRAEL)
+    if made.date() == today.date() and today.hour < cancel_until_hour:
+        return Method.CANCEL
+    return Method.REFUND
+
+
+def credits_share(granted: int, paid_minor: int, refunded_minor: int) -> int:
+    """The credits `refunded_minor` of `paid_minor` stands for, rounded half up (a full refund: all of them)."""
+    if paid_minor <= 0 or granted <= 0:
+        return 0
+    return (granted * refunded_minor * 2 + paid_minor) // (2 * paid_minor)
+
+
+def credits_to_take(granted: int, paid_minor: int, before_minor: int, amount_minor: int) -> int:
+    """Credits a refund of `amount_minor` takes back after `before_minor` was refunded already: cumulative, so
+    partial refunds that add up to the whole take back exactly what was granted, never a credit more."""
+    return credits_share(granted, paid_minor, before_minor + amount_minor) - credits_share(
+        granted, paid_minor, before_minor
+    )

@@ -1,0 +1,483 @@
+"""Refunding a payment through Hyp (an admin action): idempotent on (payment, Idempotency-Key), never twice.
+
+The saved-card charge's discipline, for money going back: under the payment's row lock what remains of the
+Hyp transaction is computed (what it paid minus its refunds that moved or may have moved money) and a
+refund larger than that is refused (422) before Hyp is called; otherwise the `refunds` row is inserted
+`attempted` and committed. Only then is Hyp asked, once, never retried blindly. Its answer is stored in one
+transaction: succeeded (the row, a journal row keyed on Hyp's refund Id, the credits taken back in
+proportion and never below a zero balance, the audit row), refused (typed, in words: nothing moved), or
+unknown (the answer was lost: `RefundOutcomeUnknown`, a human confirms at Hyp). A retry with the same key
+finds the row and never asks Hyp again. If storing the answer fails, the Powertools record stays in
+progress (`OutcomeUnconfirmed`), so no retry runs until the row shows what happened.
+
+Which Hyp action: `CancelTrans` for the whole of an untouched transaction made today (Israel time, before
+Hyp's 22:00 cut-off): no card fees, the charge disappears from the statement. `zikoyAPI` otherwise (partial,
+or an older transaction). When Hyp refuses the cancellation (CCode 920: already transmitted), nothing moved,
+so the same attempt goes on as a zikoyAPI refund: one money movement at most.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+
+from payments.adapters import audit
+from payments.adapters.db import Transaction
+from payments.adapters.hypay import HypayClient, Reversal
+from payments.adapters.refunds_store import (
+    NOT_SENT,
+    Began,
+    Finished,
+    NoSuchPayment,
+    NotRefundable,
+    Planned,
+    RefundRow,
+    RefundsStore,
+    Target,
+)
+from payments.domain import hypay as protocol
+from payments.domain.money import Money
+from payments.domain.refund import CANCEL_UNTIL_HOUR, Method, RefundStatus, choose_method
+from payments.errors import (
+    DatabaseUnavailable,
+    GatewayAuthenticationError,
+    GatewayDeclined,
+    GatewayError,
+    GatewayNotAsked,
+    GatewayRejected,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    OutcomeUnconfirmed,
+    PaymentError,
+    RequestInProgress,
+)
+from payments.idempotency import PostgresPersistenceLayer
+from payments.observability import logger, metrics
+
+CANNOT_CANCEL = 920  # CancelTrans: already transmitted, or no such transaction (Hyp's cancellation page)
+DUPLICATE_TRANSACTION = 425
+
+# Hyp's refusals of a refund or cancellation, in words for the operator.
+REFUSALS = {
+    33: "the amount is more than what remains of the original transaction at Hyp",
+    CANNOT_CANCEL: "the transaction can no longer be cancelled (already transmitted to the card company, or unknown)",
+    4: "declined by the card issuer",
+    15: "the card has expired",
+    400: "Hyp found the request invalid",
+    401: "Hyp found the request invalid",
+    402: "Hyp does not know this transaction",
+    997: "the card token is not valid",
+    998: "cancelled at Hyp",
+}
+
+_UNKNOWN = (
+    "Hyp's answer was lost: the refund may have happened. It is being confirmed at Hyp; do not retry with a new"
+    " Idempotency-Key (that could refund twice)"
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer of the service: status, JSON body, and whether it is a replay."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+AuditWriter = Callable[[Transaction, dict[str, Any], dict[str, Any]], None]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class RefundsDeps:
+    store: RefundsStore
+    gateway: HypayClient
+    clock: Callable[[], dt.datetime] = field(default=_utcnow)
+    cancel_until_hour: int = CANCEL_UNTIL_HOUR  # Israel time; the same-day cancellation's cut-off
+
+
+class _Refused(PaymentError):
+    """Refused before Hyp was asked (422, 404, 409): answered, never stored, nothing written."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.body = _problem(status, title, detail, **extra)
+
+
+def _problem(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+
+
+def refusal_words(ccode: int | None, gateway_message: str | None = None) -> str:
+    """What Hyp's refusal means, for the operator."""
+    if ccode is None:
+        return gateway_message or "refused"
+    return REFUSALS.get(ccode) or gateway_message or protocol.ccode_message(ccode)
+
+
+class Refunds:
+    """`Refunds(deps, persistence)(payment_id=..., amount=..., reason=..., admin=..., idempotency_key=...)`."""
+
+    def __init__(
+        self, deps: RefundsDeps, persistence: PostgresPersistenceLayer, *, expires_after_seconds: int = 7 * 86400
+    ) -> None:
+        self.deps = deps
+        self.config = IdempotencyConfig(
+            event_key_jmespath="[payment_id, key]",
+            payload_validation_jmespath="request",
+            expires_after_seconds=expires_after_seconds,
+            raise_on_no_idempotency_key=True,
+            response_hook=self._mark_replayed,
+        )
+        self._run = idempotent_function(
+            data_keyword_argument="scope",
+            config=self.config,
+            persistence_store=persistence,
+            key_prefix="refund",
+        )(self._refund)
+
+    @staticmethod
+    def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
+        return {**response, "replayed": True}
+
+    def __call__(
+        self,
+        *,
+        payment_id: UUID,
+        amount: Money | None,
+        reason: str,
+        admin: str,
+        idempotency_key: str,
+        hypay_id: str | None = None,
+        context: Any = None,
+    ) -> Answer:
+        """Refund `amount` (all that remains when None) of the payment's paying Hyp transaction, or of the
+        approved transaction `hypay_id` of this payment (a second charge is refunded by its own Id).
+
+        201 refunded, 202 outcome unknown (being confirmed), 502 Hyp refused (in words, final), 422 more than
+        remains (Hyp not called), 404 no such payment, 409 nothing refundable. Raises (not stored, retry with
+        the same key): `GatewayNotAsked` / `GatewayAuthenticationError` (nothing moved), `DatabaseUnavailable`,
+        `RequestInProgress`, `IdempotencyKeyReused`, `OutcomeUnconfirmed` (202: being confirmed)."""
+        if not idempotency_key or not idempotency_key.strip():
+            raise InvalidRequest("an Idempotency-Key is required for a refund")
+        reason = (reason or "").strip()
+        if not 1 <= len(reason) <= 500:
+            raise InvalidRequest("reason: 1 to 500 characters saying why the payment is refunded")
+        if not admin:
+            raise InvalidRequest("the admin's name is required")
+        if amount is not None and amount.minor <= 0:
+            raise InvalidRequest("amount: must be positive")
+        if hypay_id is not None and not (hypay_id.isascii() and hypay_id.isdigit() and len(hypay_id) <= 20):
+            raise InvalidRequest("hypay_id: a Hyp transaction id (1 to 20 digits)")
+        if context is not None:
+            self.config.register_lambda_context(context)
+        scope = {
+            "payment_id": str(payment_id),
+            "key": idempotency_key,
+            "request": {
+                "amount": f"{amount.amount:.2f}" if amount is not None else None,
+                "currency": str(amount.currency) if amount is not None else None,
+                "reason": reason,
+                "hypay_id": hypay_id,
+            },
+        }
+        try:
+            result = self._run(scope=scope, admin=admin)  # the admin beside the scope: another may retry it
+        except _Refused as refused:
+            return Answer(refused.status, refused.body)
+        except IdempotencyValidationError:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different refund request; use a new key"
+            ) from None
+        except IdempotencyAlreadyInProgressError:
+            raise RequestInProgress("a refund with this Idempotency-Key is still being processed") from None
+        except IdempotencyPersistenceLayerError as exc:
+            raise DatabaseUnavailable("the refund store is unavailable; retry with the same key") from exc
+        return Answer(result["status"], result["body"], bool(result.get("replayed")))
+
+    # -- the work, run at most once per (payment, key) -------------------------------------------
+
+    def _refund(self, scope: dict[str, Any], admin: str) -> dict[str, Any]:
+        payment_id = UUID(scope["payment_id"])
+        request = scope["request"]
+        amount = Money.of(request["amount"], request["currency"]) if request["amount"] else None
+
+        def plan(target: Target) -> Planned:
+            return self._plan(target, amount, request["reason"], admin)
+
+        try:
+            began = self.deps.store.begin(
+                payment_id=payment_id,
+                hypay_id=request["hypay_id"],
+                key=f"refund:{payment_id}:{scope['key']}",
+                plan=plan,
+            )
+        except NoSuchPayment:
+            raise _Refused(404, "Not Found", "no such payment") from None
+        except NotRefundable as exc:
+            raise _Refused(409, "Conflict", str(exc)) from None
+        if not began.created:
+            return self._earlier_attempt(began, scope)
+        return self._ask_hyp(began, scope)
+
+    def _plan(self, target: Target, amount: Money | None, reason: str, admin: str) -> Planned:
+        remaining = target.remaining
+        facts = {
+            "paid": f"{target.original.amount:.2f}",
+            "refunded_or_pending": f"{target.reserved.amount:.2f}",
+            "remaining": f"{max(remaining.minor, 0) / 100:.2f}",
+            "currency": str(target.original.currency),
+            "hypay_id": target.original_hypay_id,
+        }
+        if amount is not None and amount.currency != target.original.currency:
+            raise _Refused(
+                422,
+                "Unprocessable Content",
+                f"the transaction was paid in {target.original.currency}, not {amount.currency}",
+                **facts,
+            )
+        if remaining.minor <= 0:
+            raise _Refused(
+                422, "Unprocessable Content", "nothing remains to refund: it was refunded (or is being)", **facts
+            )
+        wanted = amount or remaining
+        if wanted.minor > remaining.minor:
+            raise _Refused(
+                422,
+                "Unprocessable Content",
+                f"a refund of {wanted} is more than what remains of Hyp transaction {target.original_hypay_id}"
+                f" ({remaining} of {target.original})",
+                **facts,
+            )
+        method = choose_method(
+            amount=wanted,
+            original=target.original,
+            reserved=target.reserved,
+            original_at=target.original_at,
+            now=self.deps.clock(),
+            cancel_until_hour=self.deps.cancel_until_hour,
+        )
+        return Planned(wanted, method, reason, admin)
+
+    def _earlier_attempt(self, began: Began, scope: dict[str, Any]) -> dict[str, Any]:
+        """This key's refund exists: its stored outcome, never a second call to Hyp."""
+        row = began.row
+        match row.status:
+            case RefundStatus.SUCCEEDED:
+                return _succeeded_answer(row, None, began.target.refunded, began.target.remaining)
+            case RefundStatus.REFUSED:
+                return _refused_answer(row)
+            case RefundStatus.UNKNOWN:
+                return _unknown_answer(row)
+            case _:
+                # Attempted, and the invocation that asked Hyp is over (Powertools let this one in only after
+                # its in-progress expiry): nobody knows whether Hyp refunded.
+                stored = self.deps.store.not_moved_or_unknown(
+                    row.id,
+                    status=RefundStatus.UNKNOWN,
+                    ccode=None,
+                    message="interrupted after Hyp was asked: check Hyp's transactions",
+                    audit=self._audit(row, scope),
+                )
+                self._outcome_unknown(row, "refund interrupted before its outcome was stored")
+                return _unknown_answer(stored)
+
+    def _ask_hyp(self, began: Began, scope: dict[str, Any]) -> dict[str, Any]:
+        row = began.row
+        store = self.deps.store
+        try:
+            reversal = self._reverse(row)
+        except (GatewayNotAsked, GatewayAuthenticationError) as exc:
+            # Nothing sent, or our terminal refused: nothing moved. Released, raised: 503, retry with the key.
+            store.not_moved_or_unknown(
+                row.id, status=RefundStatus.REFUSED, ccode=None, message=f"{NOT_SENT}{exc.message}", audit=None
+            )
+            raise
+        except GatewayError as exc:
+            refusal = exc
+            return self._after_answer(row, lambda: self._not_refunded(row, refusal, scope))
+        except Exception as exc:
+            # A bug (or the database) while Hyp was being asked: the refund may exist. Never run again.
+            self._outcome_unknown(row, f"failed while Hyp was asked ({type(exc).__name__})")
+            raise OutcomeUnconfirmed(_UNKNOWN, payment_id=str(row.payment_id)) from exc
+        return self._after_answer(row, lambda: self._succeeded(row, reversal, scope))
+
+    def _reverse(self, row: RefundRow) -> Reversal:
+        gateway = self.deps.gateway
+        if row.method == Method.CANCEL:
+            try:
+                return gateway.cancel(row.original_hypay_id)
+            except GatewayRejected as exc:
+                if exc.ccode != CANNOT_CANCEL:
+                    raise
+                # Not cancellable (transmitted): nothing moved. The same attempt becomes a refund, recorded first.
+                if (
+                    self.deps.store.switch_to_refund(row.id, f"CancelTrans refused (CCode {exc.ccode}); refunded")
+                    is None
+                ):
+                    raise RuntimeError("the refund row changed under the attempt") from None
+                logger.info("cancel refused, refunding", extra={"refund_id": str(row.id), "ccode": exc.ccode})
+        return gateway.refund(row.original_hypay_id, amount=row.amount)
+
+    def _after_answer(self, row: RefundRow, store_it: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return store_it()
+        except Exception as exc:
+            # Hyp answered and the answer could not be stored: the row stays attempted (the review queue and
+            # the next retry after the in-progress expiry show it as unknown); this line names it.
+            metrics.add_metric(name="RefundOutcomeUnknown", unit=MetricUnit.Count, value=1)
+            logger.error(
+                "refund answered but not stored",
+                extra={"refund_id": str(row.id), "payment_id": str(row.payment_id), "error": type(exc).__name__},
+            )
+            raise OutcomeUnconfirmed(_UNKNOWN, payment_id=str(row.payment_id)) from exc
+
+    def _audit(
+        self, row: RefundRow, scope: dict[str, Any]
+    ) -> Callable[[Transaction, dict[str, Any], dict[str, Any]], None]:
+        def write(tx: Transaction, before: dict[str, Any], after: dict[str, Any]) -> None:
+            audit.record(
+                tx,
+                admin=row.admin,
+                action=audit.AuditAction.REFUND,
+                payment_id=row.payment_id,
+                idempotency_key=scope["key"],
+                request={**scope["request"], "refund_id": str(row.id), "method": str(row.method)},
+                before=before,
+                after=after,
+            )
+
+        return write
+
+    def _succeeded(self, row: RefundRow, reversal: Reversal, scope: dict[str, Any]) -> dict[str, Any]:
+        finished = self.deps.store.succeeded(
+            row.id,
+            hypay_refund_id=reversal.transaction_id,
+            approval_code=reversal.approval_code,
+            audit=self._audit(row, scope),
+        )
+        metrics.add_metric(name="RefundsSucceeded", unit=MetricUnit.Count, value=1)
+        if finished.credits_shortfall:
+            metrics.add_metric(name="RefundCreditsShortfall", unit=MetricUnit.Count, value=finished.credits_shortfall)
+        logger.info(
+            "payment refunded",
+            extra={
+                "refund_id": str(row.id),
+                "payment_id": str(row.payment_id),
+                "method": str(finished.row.method),
+                "amount": str(row.amount),
+                "hypay_transaction_id": row.original_hypay_id,
+                "hypay_refund_id": reversal.transaction_id,
+                "credits_taken": finished.row.credits_taken,
+                "credits_shortfall": finished.credits_shortfall,
+            },
+        )
+        return _succeeded_answer(finished.row, finished, finished.refunded, finished.remaining)
+
+    def _not_refunded(self, row: RefundRow, exc: GatewayError, scope: dict[str, Any]) -> dict[str, Any]:
+        store = self.deps.store
+        if isinstance(exc, (GatewayDeclined, GatewayRejected)) and exc.ccode != DUPLICATE_TRANSACTION:
+            words = refusal_words(exc.ccode, exc.gateway_message)
+            stored = store.not_moved_or_unknown(
+                row.id,
+                status=RefundStatus.REFUSED,
+                ccode=exc.ccode,
+                message=words,
+                audit=self._audit(row, scope),
+            )
+            metrics.add_metric(name="RefundFailed", unit=MetricUnit.Count, value=1)
+            logger.info("refund refused", extra={"refund_id": str(row.id), "ccode": exc.ccode})
+            return _refused_answer(stored)
+        # Timed out, an error page, connection reset, Hyp's 999, "duplicate": it may have happened.
+        reason = f"{exc.message} (CCode {exc.ccode})" if exc.ccode is not None else exc.message
+        stored = store.not_moved_or_unknown(
+            row.id, status=RefundStatus.UNKNOWN, ccode=exc.ccode, message=reason, audit=self._audit(row, scope)
+        )
+        self._outcome_unknown(row, reason)
+        return _unknown_answer(stored)
+
+    @staticmethod
+    def _outcome_unknown(row: RefundRow, reason: str) -> None:
+        metrics.add_metric(name="RefundOutcomeUnknown", unit=MetricUnit.Count, value=1)
+        logger.error(
+            "refund outcome unknown",
+            extra={
+                "refund_id": str(row.id),
+                "payment_id": str(row.payment_id),
+                "hypay_transaction_id": row.original_hypay_id,
+                "reason": reason,
+            },
+        )
+
+
+def _view(row: RefundRow) -> dict[str, Any]:
+    return {
+        "refund_id": str(row.id),
+        "payment_id": str(row.payment_id),
+        "method": str(row.method),
+        "amount": f"{row.amount.amount:.2f}",
+        "currency": str(row.amount.currency),
+        "hypay_transaction_id": row.original_hypay_id,
+    }
+
+
+def _succeeded_answer(row: RefundRow, finished: Finished | None, refunded: Money, remaining: Money) -> dict[str, Any]:
+    shortfall = finished.credits_shortfall if finished else _shortfall_of(row)
+    body = {
+        **_view(row),
+        "status": str(RefundStatus.SUCCEEDED),
+        "hypay_refund_id": row.hypay_refund_id,
+        "credits_taken": row.credits_taken,
+        "credits_shortfall": shortfall,
+        "refunded": f"{refunded.amount:.2f}",
+        "remaining": f"{max(remaining.minor, 0) / 100:.2f}",
+    }
+    if shortfall:
+        body["detail"] = row.message
+    return {"status": 201, "body": body}
+
+
+def _shortfall_of(row: RefundRow) -> int:
+    """The shortfall kept in the row's message ("N of M credits not taken back ...")."""
+    head = (row.message or "").split(" ", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _refused_answer(row: RefundRow) -> dict[str, Any]:
+    words = row.message or refusal_words(row.ccode)
+    return {
+        "status": 502,
+        "body": _problem(
+            502,
+            "Bad Gateway",
+            f"Hyp refused the refund: {words}",
+            **_view(row),
+            refund_status=str(RefundStatus.REFUSED),
+            ccode=row.ccode,
+            gateway_message=words,
+        ),
+    }
+
+
+def _unknown_answer(row: RefundRow) -> dict[str, Any]:
+    return {"status": 202, "body": {**_view(row), "status": str(RefundStatus.UNKNOWN), "detail": _UNKNOWN}}
+
+
+__all__ = ["REFUSALS", "Answer", "Refunds", "RefundsDeps", "refusal_words"]

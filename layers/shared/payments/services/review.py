@@ -1,0 +1,607 @@
+"""The review queue (everything that needs a human) and resolving a payment by hand.
+
+Queue: payments in `needs_review` (with their journal rows) and journal rows decided `review`, `unmatched`
+or `unverified` (not verified since), oldest first, each with a stable `reason` (`classify`, pure), keyset
+paginated with an opaque cursor, filterable by reason.
+
+Resolving (`ResolvePayment`): `complete` grants the credits through the same statement a callback uses
+(`settle.settle_by_operator`), exactly once (the payment's row lock, then the unique indexes); `fail` closes
+the payment without credits. Only a payment in `needs_review`, or `pending` with a saved-card charge whose
+outcome never came back (and is past the settle window), can be resolved; anything else is a `Conflict`
+saying why. Every resolve needs an Idempotency-Key (Powertools idempotency on the Postgres store) and writes
+one audit row in the same transaction as the change.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+from uuid import UUID
+
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from payments.adapters import audit
+from payments.adapters.db import Database, Transaction
+from payments.adapters.journal import HypTransaction, Source
+from payments.adapters.review_store import JournalRow, LockedPayment, QueueRow, ResolveStatements, ReviewStore
+from payments.domain import hypay as protocol
+from payments.domain.payment import PaymentStatus
+from payments.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    NotFound,
+    RequestInProgress,
+)
+from payments.idempotency import PostgresPersistenceLayer
+from payments.observability import logger, metrics
+from payments.services.settle import Settlement, report_operator_grant, settle_by_operator
+
+# -- the queue -------------------------------------------------------------------------------------
+
+
+class Reason(StrEnum):
+    """Why an item needs a human: a stable category (the free text is in `detail` / `review_reason`)."""
+
+    AMOUNT_MISMATCH = "amount_mismatch"  # Hyp charged another amount or currency than the payment asked
+    SECOND_CHARGE = "second_charge"  # a completed payment paid again: refund the second transaction
+    CHARGE_OUTCOME_UNKNOWN = "charge_outcome_unknown"  # a saved-card charge whose answer never came back
+    PAID_UNDER_REVIEW = "paid_under_review"  # paid while under review, approved after a decline, granted before
+    UNMATCHED = "unmatched"  # charged for an Order that is not ours
+    UNVERIFIED = "unverified"  # a callback we could not verify yet (our side): it waits for verification
+    LEGACY = "legacy"  # paid while the payment holds a status from before this backend
+    REFUND_OUTCOME_UNKNOWN = "refund_outcome_unknown"  # a refund whose answer was lost: it may have moved money
+    OTHER = "other"
+
+
+_TEXT_REASONS: tuple[tuple[str, Reason], ...] = (
+    ("second charge", Reason.SECOND_CHARGE),
+    ("amount mismatch", Reason.AMOUNT_MISMATCH),
+    ("status from before this backend", Reason.LEGACY),
+    ("saved-card charge", Reason.CHARGE_OUTCOME_UNKNOWN),
+    ("charge outcome", Reason.CHARGE_OUTCOME_UNKNOWN),
+    ("while under review", Reason.PAID_UNDER_REVIEW),
+    ("approved after it was declined", Reason.PAID_UNDER_REVIEW),
+    ("already granted", Reason.PAID_UNDER_REVIEW),
+)
+
+
+def classify(
+    *, kind: str, decision: str | None, detail: str | None, review_reason: str | None, charge_attempted: bool
+) -> Reason:
+    """The reason category of a queue item, from what settling and the saved-card flow wrote. Pure."""
+    if kind == "refund":
+        return Reason.REFUND_OUTCOME_UNKNOWN
+    if kind == "journal":
+        if decision == "unverified":
+            return Reason.UNVERIFIED
+        if decision == "unmatched":
+            return Reason.UNMATCHED
+        text = (detail or "").lower()
+    else:
+        text = (review_reason or "").lower()
+    for needle, reason in _TEXT_REASONS:
+        if needle in text:
+            return reason
+    if kind == "payment" and charge_attempted:
+        return Reason.CHARGE_OUTCOME_UNKNOWN
+    return Reason.OTHER
+
+
+_SINCE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_KEY = re.compile(rf"^(p:{_UUID}|r:{_UUID}|j:[0-9]{{1,20}})$")
+DEFAULT_PAGE = 50
+
+
+def encode_cursor(since: str, key: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([since, key]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """The (since, key) an opaque `after` cursor stands for; InvalidRequest when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        since, key = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidRequest("after: not a cursor this API returned") from None
+    if not (isinstance(since, str) and isinstance(key, str) and _SINCE.match(since) and _KEY.match(key)):
+        raise InvalidRequest("after: not a cursor this API returned")
+    return since, key
+
+
+@dataclass(frozen=True)
+class QueueQuery:
+    reason: Reason | None = None
+    limit: int = DEFAULT_PAGE
+    after: tuple[str, str] | None = None
+
+    @classmethod
+    def parse(cls, *, reason: str | None, limit: str | None, after: str | None, page_max: int) -> QueueQuery:
+        """From the query string; InvalidRequest naming the parameter that is wrong."""
+        chosen = None
+        if reason:
+            try:
+                chosen = Reason(reason)
+            except ValueError:
+                raise InvalidRequest(f"reason: one of {', '.join(r.value for r in Reason)}") from None
+        size = DEFAULT_PAGE if page_max >= DEFAULT_PAGE else page_max
+        if limit is not None:
+            if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= page_max):
+                raise InvalidRequest(f"limit: a whole number from 1 to {page_max}")
+            size = int(limit)
+        return cls(chosen, size, decode_cursor(after) if after else None)
+
+
+def _tried(row: QueueRow, journal: list[JournalRow]) -> list[str]:
+    """What the system already did about it, in words."""
+    done = []
+    if row.charge_attempted_at is not None:
+        done.append(
+            f"saved-card charge asked of Hyp at {row.charge_attempted_at.isoformat()}; its outcome never came back"
+        )
+    if row.hypay_ccode is not None and row.kind == "payment":
+        done.append(f"Hyp answered CCode {row.hypay_ccode}" + (f": {row.hypay_message}" if row.hypay_message else ""))
+    for entry in journal:
+        done.append(
+            f"Hyp transaction {entry.hypay_id} ({entry.source}) decided {entry.decision}: {entry.detail or '-'}"
+        )
+    if row.kind == "journal" and row.deliveries:
+        done.append(
+            f"delivered {row.deliveries} time(s), last at {row.last_seen.isoformat() if row.last_seen else '-'}"
+        )
+    if row.review_reason and row.kind == "payment":
+        done.append(f"payment flagged for review: {row.review_reason}")
+    return done
+
+
+def _journal_view(entry: JournalRow) -> dict[str, Any]:
+    return {
+        "hypay_id": entry.hypay_id,
+        "decision": entry.decision,
+        "detail": entry.detail,
+        "ccode": entry.ccode,
+        "amount": f"{entry.amount.amount:.2f}" if entry.amount else None,
+        "currency": str(entry.amount.currency) if entry.amount and entry.currency_known else None,
+        "source": entry.source,
+        "verified": entry.verified,
+        "first_seen": entry.first_seen.isoformat() if entry.first_seen else None,
+    }
+
+
+_NEXT_STEP = {
+    Reason.AMOUNT_MISMATCH: "refund, or resolve: complete (grant the credits) / fail (no credits; refund the money)",
+    Reason.SECOND_CHARGE: "refund this second transaction; the payment keeps its credits",
+    Reason.CHARGE_OUTCOME_UNKNOWN: "look up Order <payment_id> in Hyp: charged -> resolve complete with hypay_id; not "
+    "charged -> resolve fail",
+    Reason.PAID_UNDER_REVIEW: "resolve complete (grant) or fail and refund",
+    Reason.UNMATCHED: "find the customer in Hyp's portal (order_ref) and refund",
+    Reason.UNVERIFIED: "fix the Hyp credentials or configuration; its next delivery is verified (docs/operations.md)",
+    Reason.LEGACY: "decide in the web app (a status from before this backend), then refund or credit by hand",
+    Reason.REFUND_OUTCOME_UNKNOWN: "look up the refund of the Hyp transaction in Hyp's portal; a retry with the same"
+    " Idempotency-Key never refunds twice",
+    Reason.OTHER: "read the detail",
+}
+
+
+def queue_item(row: QueueRow, journal: list[JournalRow], unverified: dict[str, Any] | None) -> dict[str, Any]:
+    """One queue item as the API answers it."""
+    reason = classify(
+        kind=row.kind,
+        decision=row.decision,
+        detail=row.detail,
+        review_reason=row.review_reason,
+        charge_attempted=row.charge_attempted_at is not None,
+    )
+    payment = (
+        {
+            "id": str(row.payment_id),
+            "status": row.status,
+            "amount": row.payment_amount,
+            "currency": row.payment_currency,
+            "credits": row.credits,
+            "user_id": str(row.user_id) if row.user_id else None,
+            "review_reason": row.review_reason,
+            "charge_attempted_at": row.charge_attempted_at.isoformat() if row.charge_attempted_at else None,
+            "paid_by_hypay_id": row.paid_by,
+        }
+        if row.status is not None
+        else None
+    )
+    item: dict[str, Any] = {
+        "id": row.key,
+        "kind": {"payment": "payment", "refund": "refund"}.get(row.kind, "transaction"),
+        "reason": str(reason),
+        "since": row.since,
+        "age_seconds": row.age_seconds,
+        "amount": row.amount,
+        "currency": row.currency,
+        "user_id": str(row.user_id) if row.user_id else None,
+        "payment": payment,
+        "hypay_ids": [e.hypay_id for e in journal] if row.kind == "payment" else [row.hypay_id],
+        "tried": _tried(row, journal),
+        "next_step": _NEXT_STEP[reason],
+    }
+    if row.kind == "payment":
+        item["hypay_transactions"] = [_journal_view(e) for e in journal]
+    else:
+        item["transaction"] = {
+            "hypay_id": row.hypay_id,
+            "decision": row.decision,
+            "detail": row.detail,
+            "ccode": row.ccode,
+            "amount": row.amount,
+            "currency": row.currency,
+            "source": row.source,
+            "order_ref": row.order_ref,
+            "deliveries": row.deliveries,
+            "last_seen": row.last_seen.isoformat() if row.last_seen else None,
+        }
+        if unverified is not None:
+            item["unverified_callbacks"] = unverified
+    return item
+
+
+def review_queue(store: ReviewStore, query: QueueQuery) -> dict[str, Any]:
+    """One page of the queue: `{"items": [...], "next": <cursor or null>}`. Reasons are derived here, so a
+    filtered page reads on in batches until it has `limit` items or the queue ends."""
+    wanted = query.limit + 1  # one more than asked: whether there is a next page
+    found: list[QueueRow] = []
+    after = query.after
+    batch = max(100, 2 * wanted)
+    while len(found) < wanted:
+        rows = store.page(after=after, limit=batch)
+        for row in rows:
+            charge = row.charge_attempted_at is not None
+            kind = classify(
+                kind=row.kind,
+                decision=row.decision,
+                detail=row.detail,
+                review_reason=row.review_reason,
+                charge_attempted=charge,
+            )
+            if query.reason is None or kind == query.reason:
+                found.append(row)
+                if len(found) == wanted:
+                    break
+        if len(rows) < batch:
+            break
+        after = (rows[-1].since, rows[-1].key)
+    page, more = found[: query.limit], len(found) > query.limit
+    journals = store.journal_of([r.payment_id for r in page if r.kind == "payment" and r.payment_id])
+    unverified = store.unverified_of([r.hypay_id for r in page if r.decision == "unverified" and r.hypay_id])
+    items = []
+    for row in page:
+        summary = unverified.get(row.hypay_id or "")
+        items.append(
+            queue_item(
+                row,
+                journals.get(row.payment_id, []) if row.kind == "payment" and row.payment_id else [],
+                {
+                    "count": summary.callbacks,
+                    "deliveries": summary.deliveries,
+                    "reasons": summary.reasons,
+                    "sources": summary.sources,
+                }
+                if summary
+                else None,
+            )
+        )
+    return {"items": items, "next": encode_cursor(page[-1].since, page[-1].key) if more and page else None}
+
+
+# -- resolving -------------------------------------------------------------------------------------
+
+
+class ResolveRequest(BaseModel):
+    """`POST /admin/payments/{id}/resolve` body."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["complete", "fail"]
+    reason: str = Field(min_length=1, max_length=500, description="Why: kept in the audit trail.")
+    hypay_id: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,20}$",
+        description="complete: the Hyp transaction that paid, when the journal knows none (or several).",
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("reason must say why")
+        return value.strip()
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Literal["complete", "fail"]
+    txn: HypTransaction | None = None  # complete: the transaction that paid
+
+
+def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | None:
+    """Why this payment cannot be resolved by hand now (None: it can)."""
+    pid = payment.id
+    match payment.status:
+        case PaymentStatus.NEEDS_REVIEW:
+            return None
+        case PaymentStatus.PENDING if payment.charge_attempted and payment.charge_settled:
+            return None
+        case PaymentStatus.PENDING if payment.charge_attempted:
+            return (
+                f"payment {pid} is pending with a saved-card charge started at "
+                f"{payment.charge_attempted_at.isoformat() if payment.charge_attempted_at else '?'} that may still be "
+                "running; retry in a few minutes"
+            )
+        case PaymentStatus.PENDING:
+            return f"payment {pid} is pending: waiting for Hyp (its page may still be open); the cleanup expires it"
+        case PaymentStatus.COMPLETED:
+            return (
+                f"payment {pid} is completed (credits granted for Hyp transaction {payment.paid_by}): nothing to"
+                " resolve; a second charge on it is refunded, not completed"
+            )
+        case PaymentStatus.FAILED:
+            return (
+                f"payment {pid} is failed: closed without credits (a genuine late payment completes it by itself;"
+                " money taken for it is refunded)"
+            )
+        case PaymentStatus.EXPIRED if not journal:
+            return (
+                f"payment {pid} is expired and the journal holds no Hyp transaction for it: nothing was paid as far"
+                " as the backend knows"
+            )
+        case PaymentStatus.EXPIRED:
+            return (
+                f"payment {pid} is expired; its Hyp transactions ({', '.join(e.hypay_id for e in journal)}) are"
+                " not under review"
+            )
+        case _:
+            return (
+                f"payment {pid} holds a status from before this backend ({payment.stored_status!r}): resolve it in"
+                " the web app"
+            )
+
+
+def plan_resolution(
+    payment: LockedPayment,
+    journal: list[JournalRow],
+    request: ResolveRequest,
+    *,
+    named: JournalRow | None,
+    paid_elsewhere: bool,
+) -> Plan:
+    """What resolving does, from the locked payment, its journal rows, and (with `hypay_id`) the journal's row
+    for that Id wherever it belongs. Raises Conflict (409) / InvalidRequest (400) saying why not. Pure."""
+    why_not = _not_resolvable(payment, journal)
+    if why_not:
+        raise Conflict(why_not)
+    if payment.granted_before:
+        raise Conflict(
+            f"credits were already granted for payment {payment.id} (a purchase row exists): completing would grant"
+            " twice and failing would hide the grant; refund the transaction instead"
+        )
+    if request.action == "fail":
+        return Plan("fail")
+    if request.hypay_id is None:
+        flagged = [e for e in journal if e.decision == "review" and e.ccode == protocol.APPROVED]
+        if not flagged:
+            raise InvalidRequest(
+                f"no Hyp transaction is known to have paid payment {payment.id}: name the one that did (hypay_id,"
+                f" from Hyp's transactions for Order {payment.id}), or fail it"
+            )
+        if len(flagged) > 1:
+            raise Conflict(
+                f"several Hyp transactions paid payment {payment.id} ({', '.join(e.hypay_id for e in flagged)}):"
+                " name the one to complete it with (hypay_id); refund the others"
+            )
+        return Plan("complete", _transaction(payment, flagged[0]))
+    hypay_id = request.hypay_id
+    if paid_elsewhere:
+        raise Conflict(f"Hyp transaction {hypay_id} already paid another payment")
+    if named is None:
+        if not payment.charge_attempted:
+            raise Conflict(
+                f"Hyp transaction {hypay_id} is not in the journal: only a saved-card charge whose answer was lost"
+                " can be completed with a transaction the backend never saw (a page payment's callback is"
+                " delivered again, or POST its raw callback to /hypay/notify)"
+            )
+        return Plan(
+            "complete",
+            HypTransaction(
+                hypay_id=hypay_id,
+                order_ref=str(payment.id),
+                payment_id=payment.id,
+                ccode=protocol.APPROVED,
+                amount=payment.amount,
+                source=Source.TOKEN_CHARGE,
+                verified=True,
+            ),
+        )
+    if named.payment_id != payment.id:
+        owner = f"payment {named.payment_id}" if named.payment_id else f"Order {named.order_ref!r}, not ours"
+        raise Conflict(f"Hyp transaction {hypay_id} belongs to {owner}")
+    if named.decision == "unverified":
+        raise Conflict(
+            f"Hyp transaction {hypay_id} is not verified (it may be forged): let it be verified first"
+            " (its next delivery, or POST its raw callback to /hypay/notify)"
+        )
+    if named.decision != "review" or named.ccode != protocol.APPROVED:
+        raise Conflict(
+            f"Hyp transaction {hypay_id} was decided {named.decision!r} (CCode {named.ccode}): it did not pay"
+        )
+    return Plan("complete", _transaction(payment, named))
+
+
+def _transaction(payment: LockedPayment, entry: JournalRow) -> HypTransaction:
+    """The journal's row as the transaction that paid: its own amount, currency and source are kept."""
+    try:
+        source = Source(entry.source)
+    except ValueError:
+        raise Conflict(f"Hyp transaction {entry.hypay_id} is a {entry.source!r}, not a payment") from None
+    return HypTransaction(
+        hypay_id=entry.hypay_id,
+        order_ref=entry.order_ref or str(payment.id),
+        payment_id=payment.id,
+        ccode=protocol.APPROVED,
+        amount=entry.amount or payment.amount,
+        source=source,
+        verified=True,
+        approval_code=entry.approval_code,
+        currency_known=entry.currency_known,
+    )
+
+
+@dataclass(frozen=True)
+class ResolveAnswer:
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+class ResolvePayment:
+    """`ResolvePayment(db, persistence)(admin=..., payment_id=..., idempotency_key=..., request=..., context=...)`."""
+
+    def __init__(
+        self,
+        db: Database,
+        persistence: PostgresPersistenceLayer,
+        *,
+        expires_after_seconds: int = 86400,
+        charge_settle_seconds: int = 120,
+    ) -> None:
+        self.db = db
+        self.charge_settle_seconds = charge_settle_seconds
+        self.config = IdempotencyConfig(
+            event_key_jmespath="[admin, key]",
+            payload_validation_jmespath="[payment_id, request]",
+            expires_after_seconds=expires_after_seconds,
+            raise_on_no_idempotency_key=True,
+            response_hook=self._mark_replayed,
+        )
+        self._run = idempotent_function(
+            data_keyword_argument="scope",
+            config=self.config,
+            persistence_store=persistence,
+            key_prefix="admin_resolve",
+        )(self._resolve)
+
+    @staticmethod
+    def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
+        return {**response, "replayed": True}
+
+    def __call__(
+        self, *, admin: str, payment_id: UUID, idempotency_key: str, request: ResolveRequest, context: Any = None
+    ) -> ResolveAnswer:
+        if context is not None:
+            self.config.register_lambda_context(context)
+        scope = {
+            "admin": admin,
+            "key": idempotency_key,
+            "payment_id": str(payment_id),
+            "request": request.model_dump(mode="json"),
+        }
+        try:
+            result = self._run(scope=scope)
+        except IdempotencyValidationError:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different request; use a new key"
+            ) from None
+        except IdempotencyAlreadyInProgressError:
+            raise RequestInProgress("a request with this Idempotency-Key is still being processed") from None
+        except IdempotencyPersistenceLayerError as exc:
+            raise DatabaseUnavailable("the idempotency store is unavailable; retry with the same key") from exc
+        return ResolveAnswer(result["status"], result["body"], bool(result.get("replayed")))
+
+    def _resolve(self, scope: dict[str, Any]) -> dict[str, Any]:
+        admin, key = scope["admin"], scope["key"]
+        payment_id = UUID(scope["payment_id"])
+        request = ResolveRequest.model_validate(scope["request"])
+
+        def work(tx: Transaction) -> tuple[dict[str, Any], HypTransaction | None, Settlement | None]:
+            statements = ResolveStatements(tx)
+            payment = statements.lock(payment_id, settle_seconds=self.charge_settle_seconds)
+            if payment is None:
+                raise NotFound(f"no payment {payment_id}")
+            journal = statements.journal_of(payment_id)
+            named = statements.journal_row(request.hypay_id) if request.hypay_id else None
+            elsewhere = statements.paid_another_payment(request.hypay_id, payment_id) if request.hypay_id else False
+            plan = plan_resolution(payment, journal, request, named=named, paid_elsewhere=elsewhere)
+            settlement = None
+            if plan.action == "complete" and plan.txn is not None:
+                settlement = settle_by_operator(
+                    tx,
+                    plan.txn,
+                    previous_status=payment.status,
+                    detail=_operator_detail(journal, plan.txn.hypay_id, admin, request.reason),
+                )
+            elif not statements.fail(payment_id, payment.stored_status):
+                raise Conflict(f"payment {payment_id} changed while it was being resolved; look again")
+            after = statements.lock(payment_id, settle_seconds=self.charge_settle_seconds)
+            assert after is not None  # locked by this transaction: it cannot have gone
+            audit_id = audit.record(
+                tx,
+                admin=admin,
+                action=audit.AuditAction.RESOLVE,
+                payment_id=payment_id,
+                idempotency_key=key,
+                request={"action": request.action, "reason": request.reason, "hypay_id": request.hypay_id},
+                before={**payment.as_state(), "hypay_transactions": [_journal_view(e) for e in journal]},
+                after={
+                    **after.as_state(),
+                    "hypay_id": plan.txn.hypay_id if plan.txn else None,
+                    "credits_granted_now": settlement.credits_granted if settlement else 0,
+                },
+            )
+            body = {
+                "payment_id": str(payment_id),
+                "action": request.action,
+                "status": after.stored_status,
+                "hypay_id": plan.txn.hypay_id if plan.txn else None,
+                "credits_granted": settlement.credits_granted if settlement else 0,
+                "audit_id": str(audit_id),
+                "resolved_by": admin,
+            }
+            return body, plan.txn, settlement
+
+        body, txn, settlement = self.db.atomic(work)
+        if txn is not None and settlement is not None:
+            report_operator_grant(txn, settlement, admin=admin)
+        else:
+            metrics.add_metric(name="OperatorResolved", unit="Count", value=1)
+            logger.info("payment failed by an operator", extra={"payment_id": str(payment_id), "admin": admin})
+        return {"status": 200, "body": body}
+
+
+def _operator_detail(journal: list[JournalRow], hypay_id: str, admin: str, reason: str) -> str:
+    earlier = next((e.detail for e in journal if e.hypay_id == hypay_id and e.detail), None)
+    note = f"completed by {admin}: {reason}"
+    return f"{earlier} - {note}" if earlier else note
+
+
+__all__ = [
+    "Plan",
+    "QueueQuery",
+    "Reason",
+    "ResolvePayment",
+    "ResolveRequest",
+    "classify",
+    "decode_cursor",
+    "encode_cursor",
+    "plan_resolution",
+    "queue_item",
+    "review_queue",
+]

@@ -1,0 +1,330 @@
+"""Refunds through Hyp (zikoyAPI, CancelTrans), at the service level, with real Postgres and the Hypay simulator."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from ops.hypay_simulator import (
+    PUBLIC_TEST_TERMINAL_KEY,
+    PUBLIC_TEST_TERMINAL_MASOF,
+    PUBLIC_TEST_TERMINAL_PASSP,
+    Transaction,
+)
+from payments.adapters.hypay import HypayClient, HypayCredentials
+from payments.adapters.refunds_store import RefundsStore
+from payments.domain.money import Money
+from payments.errors import GatewayNotAsked, OutcomeUnconfirmed, RequestInProgress
+from payments.idempotency import PostgresPersistenceLayer
+from tests.support.api import invoke
+from tests.support.payments import CALLBACK, STARTER, Env, post
+from tests.support.pg import database, with_user
+
+TOMORROW = dt.timedelta(days=1)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Admin:
+    """The service as the admin route will call it, logging in as a member of `payments_backend`."""
+
+    def __init__(self, env: Env, login: str, *, url: str | None = None, later: dt.timedelta = TOMORROW) -> None:
+        # Imported here: payments.observability reads the metrics namespace from the test's environment.
+        from payments.services.refund import Refunds, RefundsDeps
+
+        db_url = env.url if urlsplit(env.url).password else with_user(env.url, login)
+        self.db = database(db_url)
+        gateway = HypayClient(
+            lambda: HypayCredentials(PUBLIC_TEST_TERMINAL_MASOF, PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_PASSP),
+            url=url or env.sim.url,
+            timeout_seconds=0.5,
+            budget_seconds=2,
+        )
+        # `later`: how long after the payment the refund is asked (TOMORROW: no longer cancellable -> zikoyAPI).
+        deps = RefundsDeps(RefundsStore(self.db), gateway, clock=lambda: _now() + later, cancel_until_hour=24)
+        self.service = Refunds(deps, PostgresPersistenceLayer(database=self.db))
+
+    def refund(self, payment_id: str, key: str, amount: str | None = None, **kw: object) -> Any:
+        return self.service(
+            payment_id=uuid.UUID(payment_id),
+            amount=Money.of(amount) if amount else None,
+            reason=str(kw.pop("reason", "customer asked")),
+            admin=str(kw.pop("admin", "alice")),
+            idempotency_key=key,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@pytest.fixture
+def admin(env: Env, backend_login: str):  # noqa: ANN201
+    service = Admin(env, backend_login)
+    yield service
+    service.close()
+
+
+def redirect(transaction: Transaction) -> None:
+    """The customer's browser back from Hyp's page (the callback function verifies and settles it)."""
+    answer = invoke(CALLBACK, "GET", f"/hypay/return?{transaction.redirect_query}", headers={"accept": "text/html"})
+    assert answer.status == 302, answer.body
+
+
+def paid(env: Env, key: str = "buy-1") -> tuple[str, Transaction]:
+    """The demo user bought the Starter pack (49.90 ILS, 100 credits) on Hyp's page; the redirect completed it."""
+    created = post({"credit_pack_id": STARTER}, key=key).json
+    transaction = env.sim.pay(created["payment_url"])
+    redirect(transaction)
+    assert env.status(created["payment_id"]) == "completed"
+    return created["payment_id"], transaction
+
+
+def refunds(env: Env, pid: str) -> list[list]:
+    return env.rows(
+        "SELECT status, method, amount::text, ccode, credits_taken FROM refunds WHERE payment_id = :p::uuid"
+        " ORDER BY created_at",
+        p=pid,
+    )
+
+
+# -- approved ------------------------------------------------------------------------------------
+
+
+def test_full_refund_of_an_older_payment_uses_zikoy_journals_takes_credits_and_audits(env: Env, admin: Admin) -> None:
+    # Given a payment paid yesterday (no longer cancellable)
+    pid, txn = paid(env)
+    before = env.credits()
+    # When the admin refunds it in full (no amount)
+    answer = admin.refund(pid, "r-1", reason="duplicate purchase")
+    # Then Hyp refunded 49.90 once by zikoyAPI, with its own refund Id
+    assert answer.status == 201, answer.body
+    body = answer.body
+    assert body["method"] == "refund" and body["amount"] == "49.90" and body["status"] == "succeeded"
+    assert body["credits_taken"] == 100 and body["credits_shortfall"] == 0 and body["remaining"] == "0.00"
+    assert env.sim.calls.count("zikoyAPI") == 1 and env.sim.refunded[txn.id] == 4990
+    assert env.credits() == before - 100
+    # The journal holds Hyp's refund transaction; the ledger takes the credits back
+    assert env.rows(
+        "SELECT source, decision, amount::text, payment_id::text FROM hypay_transactions WHERE hypay_id = :h",
+        h=body["hypay_refund_id"],
+    ) == [["refund", "refunded", "49.90", pid]]
+    assert env.rows(
+        "SELECT amount, type FROM credit_transactions WHERE payment_id = :p::uuid ORDER BY created_at", p=pid
+    ) == [[100, "purchase"], [-100, "refund"]]
+    assert env.status(pid) == "completed"  # the payment keeps its status; its refunds say the rest
+    # And an audit row: who, what, which key, before and after
+    [(who, action, key, request, before_state, after_state)] = env.rows(
+        "SELECT admin, action, idempotency_key, request, before_state, after_state FROM admin_audit_log"
+        " WHERE payment_id = :p::uuid",
+        p=pid,
+    )
+    assert (who, action, key) == ("alice", "refund", "r-1")
+    assert request["reason"] == "duplicate purchase" and before_state["remaining"] == "49.90 ILS"
+    assert after_state["refund_status"] == "succeeded" and after_state["credits_taken"] == 100
+    # A retry with the same key answers the same, and Hyp is not asked again
+    again = admin.refund(pid, "r-1", reason="duplicate purchase")
+    assert again.replayed and again.status == 201 and again.body == body
+    assert env.sim.calls.count("zikoyAPI") == 1
+
+
+def test_same_day_full_refund_is_a_cancellation(env: Env, backend_login: str) -> None:
+    pid, txn = paid(env)
+    today = Admin(env, backend_login, later=dt.timedelta(0))
+    try:
+        answer = today.refund(pid, "c-1")
+    finally:
+        today.close()
+    assert answer.status == 201 and answer.body["method"] == "cancel", answer.body
+    assert env.sim.calls.count("CancelTrans") == 1 and "zikoyAPI" not in env.sim.calls
+    assert txn.id in env.sim.cancelled and answer.body["credits_taken"] == 100
+    # No new Hyp Id is documented for a cancellation: the original's journal row says it was cancelled
+    [[detail]] = env.rows("SELECT detail FROM hypay_transactions WHERE hypay_id = :h", h=txn.id)
+    assert "cancelled (CancelTrans)" in detail
+
+
+def test_cancel_refused_after_transmission_refunds_once_instead(env: Env, backend_login: str) -> None:
+    pid, txn = paid(env)
+    env.sim.transmit(txn.id)  # the day's transmission went out early: CancelTrans answers 920
+    today = Admin(env, backend_login, later=dt.timedelta(0))
+    try:
+        answer = today.refund(pid, "c-2")
+    finally:
+        today.close()
+    assert answer.status == 201 and answer.body["method"] == "refund", answer.body
+    assert env.sim.calls.count("CancelTrans") == 1 and env.sim.calls.count("zikoyAPI") == 1
+    assert env.sim.refund_count() == 1  # one money movement
+    assert refunds(env, pid) == [["succeeded", "refund", "49.90", 0, 100]]
+
+
+def test_partial_refunds_take_credits_in_proportion_and_never_more_than_paid(env: Env, admin: Admin) -> None:
+    pid, txn = paid(env)
+    first = admin.refund(pid, "p-1", "20.00")
+    second = admin.refund(pid, "p-2", "29.90")
+    assert first.status == second.status == 201, (first.body, second.body)
+    # 100 credits for 49.90: 20.00 stands for 40 of them; the rest (exactly the remaining 60) with the last
+    assert (first.body["credits_taken"], second.body["credits_taken"]) == (40, 60)
+    assert second.body["refunded"] == "49.90" and second.body["remaining"] == "0.00"
+    # Then nothing remains: 422 before Hyp is called
+    third = admin.refund(pid, "p-3", "0.01")
+    assert third.status == 422 and third.body["remaining"] == "0.00", third.body
+    assert env.sim.calls.count("zikoyAPI") == 2 and env.sim.refunded[txn.id] == 4990
+
+
+def test_credits_already_spent_are_taken_back_only_down_to_zero(env: Env, admin: Admin) -> None:
+    pid, _ = paid(env)
+    env.rows("UPDATE profiles SET credits = 30 WHERE id = (SELECT user_id FROM payments WHERE id = :p::uuid)", p=pid)
+    answer = admin.refund(pid, "s-1")
+    assert answer.status == 201, answer.body
+    assert answer.body["credits_taken"] == 30 and answer.body["credits_shortfall"] == 70
+    assert "70 of 100 credits not taken back" in answer.body["detail"]
+    assert env.credits() == 0  # never negative
+    [[after]] = env.rows("SELECT after_state FROM admin_audit_log WHERE payment_id = :p::uuid", p=pid)
+    assert after["credits_shortfall"] == 70 and after["balance"] == 0
+    # The replay shows the shortfall too
+    assert admin.refund(pid, "s-1").body["credits_shortfall"] == 70
+
+
+def test_a_second_charge_is_refunded_by_its_own_id_and_takes_no_credits(env: Env, admin: Admin) -> None:
+    # Given the same payment page paid twice: the second charge is journaled for review
+    created = post({"credit_pack_id": STARTER}, key="twice").json
+    first = env.sim.pay(created["payment_url"])
+    redirect(first)
+    second = env.sim.pay(created["payment_url"])
+    redirect(second)
+    before = env.credits()
+    answer = admin.refund(created["payment_id"], "sc-1", hypay_id=second.id, reason="paid twice")
+    assert answer.status == 201 and answer.body["hypay_transaction_id"] == second.id, answer.body
+    assert answer.body["credits_taken"] == 0 and env.credits() == before
+    assert env.sim.refunded == {second.id: 4990}
+    # A Hyp Id that is not a paying transaction of this payment is refused before Hyp
+    assert admin.refund(created["payment_id"], "sc-2", hypay_id="123").status == 409
+
+
+# -- refused -------------------------------------------------------------------------------------
+
+
+def test_over_amount_is_422_before_hyp_and_writes_nothing(env: Env, admin: Admin) -> None:
+    pid, _ = paid(env)
+    answer = admin.refund(pid, "o-1", "50.00")
+    assert answer.status == 422 and "more than what remains" in answer.body["detail"], answer.body
+    assert answer.body["remaining"] == "49.90"
+    assert "zikoyAPI" not in env.sim.calls and refunds(env, pid) == []
+    # Not stored: the same key with a valid amount then refunds
+    assert admin.refund(pid, "o-2", "49.90").status == 201
+
+
+def test_hyp_refusal_is_typed_in_words_final_and_never_asked_again(env: Env, admin: Admin) -> None:
+    pid, txn = paid(env)
+    env.sim.faults.add("zikoyAPI", "ccode", ccode=33)
+    answer = admin.refund(pid, "h-1", "10.00")
+    assert answer.status == 502, answer.body
+    assert answer.body["ccode"] == 33 and answer.body["refund_status"] == "refused"
+    assert "more than what remains of the original transaction" in answer.body["detail"]
+    assert refunds(env, pid) == [["refused", "refund", "10.00", 33, 0]]
+    again = admin.refund(pid, "h-1", "10.00")
+    assert again.replayed and again.body == answer.body and env.sim.calls.count("zikoyAPI") == 1
+    # Nothing moved: the whole amount still remains
+    assert admin.refund(pid, "h-2").body["amount"] == "49.90"
+    assert env.sim.refunded[txn.id] == 4990
+
+
+def test_gateway_outage_changes_nothing_and_the_same_key_then_refunds(
+    env: Env, admin: Admin, backend_login: str
+) -> None:
+    pid, txn = paid(env)
+    down = Admin(env, backend_login, url="http://127.0.0.1:9/p/")  # nothing listens: the connection is refused
+    try:
+        with pytest.raises(GatewayNotAsked):
+            down.refund(pid, "g-1")
+    finally:
+        down.close()
+    assert env.sim.refund_count() == 0
+    assert env.rows("SELECT status, ccode FROM refunds WHERE payment_id = :p::uuid", p=pid) == [["refused", None]]
+    answer = admin.refund(pid, "g-1")
+    assert answer.status == 201 and env.sim.refunded[txn.id] == 4990, answer.body
+    assert env.rows("SELECT count(*) FROM refunds") == [[1]]  # the same row, taken up again
+
+
+# -- unknown -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["lost", "drop", "hang"])
+def test_lost_answer_or_timeout_is_unknown_and_never_refunds_twice(
+    env: Env, admin: Admin, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pid, txn = paid(env)
+    # lost: Hyp refunded, then an error page; drop: refunded, connection closed; hang: past our timeout
+    env.sim.faults.add("zikoyAPI", fault, seconds=1.5)
+    answer = admin.refund(pid, "u-1")
+    assert answer.status == 202 and answer.body["status"] == "unknown", answer.body
+    assert "do not retry with a new Idempotency-Key" in answer.body["detail"]
+    assert refunds(env, pid)[0][0] == "unknown"
+    assert "refund outcome unknown" in caplog.text
+    # Retried with the same key: the stored answer; with a new key: 422 (the unknown refund counts), Hyp not asked
+    assert admin.refund(pid, "u-1").replayed
+    assert admin.refund(pid, "u-2").status == 422
+    assert env.sim.calls.count("zikoyAPI") == 1
+    assert env.sim.refunded.get(txn.id, 0) == (0 if fault == "hang" else 4990)
+    assert env.rows("SELECT count(*) FROM admin_audit_log WHERE payment_id = :p::uuid", p=pid) == [[1]]
+
+
+def test_answer_not_stored_keeps_the_key_in_progress_then_unknown(env: Env, admin: Admin) -> None:
+    # Given Hyp refunds but storing its answer fails
+    pid, _ = paid(env)
+    env.rows("""
+        CREATE FUNCTION refuse_refund() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'storage failure' USING ERRCODE = '53100'; END $$""")
+    env.rows(
+        "CREATE TRIGGER refuse_refund BEFORE INSERT ON hypay_transactions FOR EACH ROW"
+        " WHEN (NEW.source = 'refund') EXECUTE FUNCTION refuse_refund()"
+    )
+    with pytest.raises(OutcomeUnconfirmed):
+        admin.refund(pid, "k-1")
+    # Then the key stays locked: a retry is "in progress", never run
+    assert env.rows("SELECT count(*) FROM idempotency_keys WHERE status = 'pending' AND key LIKE 'refund%'") == [[1]]
+    with pytest.raises(RequestInProgress):
+        admin.refund(pid, "k-1")
+    # When the holder is known dead, the retry finds the attempted row: unknown, never a second call
+    env.rows("DROP TRIGGER refuse_refund ON hypay_transactions")
+    env.rows("UPDATE idempotency_keys SET in_progress_expiry_timestamp = 1 WHERE status = 'pending'")
+    retried = admin.refund(pid, "k-1")
+    assert retried.status == 202 and retried.body["status"] == "unknown", retried.body
+    assert env.sim.calls.count("zikoyAPI") == 1
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+def test_concurrent_refunds_never_exceed_what_was_paid(env: Env, backend_login: str) -> None:
+    pid, txn = paid(env)
+    answers: list[Any] = []
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        service = Admin(env, backend_login)
+        try:
+            answer = service.refund(pid, f"t-{n}", "10.00")
+        finally:
+            service.close()
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(a.status for a in answers)
+    assert statuses == [201] * 4 + [422] * 4, [a.body for a in answers]
+    assert env.sim.refunded[txn.id] == 4000 and env.sim.calls.count("zikoyAPI") == 4
+    [[total]] = env.rows("SELECT sum(amount) FROM refunds WHERE status = 'succeeded'")
+    assert Decimal(total) == Decimal("40.00")

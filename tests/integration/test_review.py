@@ -1,0 +1,437 @@
+"""The admin function: the review queue, resolving payments by hand, and the audit trail of admin actions.
+
+The functions run as a LOGIN member of `payments_backend` (the `env` fixture); the tests arrange and check as
+the tables' owner (`Env.url`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pg8000.exceptions
+import pytest
+
+from ops.seed import DEMO_USER_ID
+from payments.adapters import audit
+from payments.errors import Conflict
+from tests.integration.test_callback_attacks import unpaid_claim, use_mode
+from tests.integration.test_hypay_callback import buy, forge, notify, pay
+from tests.support.api import Answer, invoke, reset_function_state
+from tests.support.payments import CVV, PRO, Env, post
+from tests.support.pg import connect, database
+
+ADMIN = "AdminFunction"
+CLEANUP = "CleanupFunction"
+ALICE = "test-admin-token-0123456789"  # in the leak scanner's list: it must never reach a log line
+BOT = "ops-bot-token-0123456789abcdef"
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+@pytest.fixture
+def admin(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    """`env` with two named admin credentials (the secret's JSON form, from the environment locally)."""
+    monkeypatch.setenv("ADMIN_API_TOKEN", json.dumps({"tokens": {"alice": ALICE, "ops-bot": BOT}}))
+    monkeypatch.setenv("ADMIN_CHARGE_SETTLE_SECONDS", "0")
+    _reset()
+    yield env
+    _reset()
+
+
+def _reset() -> None:
+    from payments.settings import admin_settings, cleanup_settings
+
+    admin_settings.cache_clear()
+    cleanup_settings.cache_clear()
+    for name in (ADMIN, CLEANUP):
+        reset_function_state(name)
+
+
+def queue(query: str = "", token: str | None = ALICE) -> Answer:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return invoke(ADMIN, "GET", f"/admin/review{'?' + query if query else ''}", headers=headers)
+
+
+def resolve(payment_id: str, body: object, key: str | None = None, token: str | None = ALICE) -> Answer:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return invoke(ADMIN, "POST", f"/admin/payments/{payment_id}/resolve", body=body, headers=headers)
+
+
+def every_item(query: str = "") -> list[dict]:
+    answer = queue(query)
+    assert answer.status == 200, answer.body
+    return answer.json["items"]
+
+
+def amount_mismatch(env: Env, key: str, hypay_id: str) -> str:
+    """A payment Hyp (by a forged, HMAC-only callback) says was paid 1.00 instead of 49.90: needs_review."""
+    payment = buy(env, key=key)
+    claim = [(k, hypay_id if k == "Id" else v) for k, v in unpaid_claim(payment["payment_id"], amount="1.00")]
+    assert notify(forge(claim)).status == 200
+    assert env.status(payment["payment_id"]) == "needs_review"
+    return payment["payment_id"]
+
+
+def audit_rows(env: Env, payment_id: str | None = None) -> list[list]:
+    where = "WHERE payment_id = :p::uuid" if payment_id else ""
+    return env.rows(
+        f"SELECT admin, action, idempotency_key, request::text, before_state::text, after_state::text"
+        f" FROM admin_audit_log {where} ORDER BY at",
+        p=payment_id,
+    )
+
+
+# -- the audit trail --------------------------------------------------------------------------------
+
+
+def test_audit_record_appends_and_the_functions_role_can_never_change_a_row(admin: Env) -> None:
+    # Given the functions' own login (a member of payments_backend)
+    backend = database(os.environ["DATABASE_URL"])
+    payment = buy(admin, key="audited")["payment_id"]
+    # When an admin action is recorded through it
+    row_id = audit.record(
+        backend,
+        admin="alice",
+        action="refund",
+        payment_id=payment,
+        idempotency_key="k-1",
+        request={"amount": "10.00"},
+        before={"status": "completed"},
+        after={"status": "completed", "refunded": "10.00"},
+    )
+    backend.close()
+    # Then it is there, as written
+    [entry] = audit.entries(database(admin.url), payment_id=payment)
+    assert (entry.id, entry.admin, entry.action, entry.idempotency_key) == (row_id, "alice", "refund", "k-1")
+    assert entry.before == {"status": "completed"} and entry.after["refunded"] == "10.00"
+    # And the functions' role may not change or remove it
+    conn = connect(os.environ["DATABASE_URL"])
+    for sql in (
+        "UPDATE admin_audit_log SET admin = 'mallory'",
+        "DELETE FROM admin_audit_log",
+        "TRUNCATE admin_audit_log",
+    ):
+        with pytest.raises(pg8000.exceptions.DatabaseError) as refused:
+            conn.run(sql)
+        assert refused.value.args[0]["C"] == INSUFFICIENT_PRIVILEGE, sql
+    conn.close()
+    assert admin.rows("SELECT admin FROM admin_audit_log") == [["alice"]]
+
+
+# -- the queue ----------------------------------------------------------------------------------------
+
+
+def test_queue_shows_mismatch_second_charge_and_unmatched_with_what_a_human_needs(
+    admin: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an amount mismatch, a page paid twice, and a charge for an Order that is not ours
+    use_mode(monkeypatch, "hmac")
+    mismatch = amount_mismatch(admin, "mismatch", "55500002")
+    twice = buy(admin, key="twice")
+    first, second = pay(admin, twice), pay(admin, twice)
+    assert notify(first.redirect_query).status == 200 and notify(second.redirect_query).status == 200
+    stranger = str(uuid.uuid4())
+    notify(forge([(k, "77700009" if k == "Id" else v) for k, v in unpaid_claim(stranger)]))
+    # When an admin reads the queue
+    items = every_item()
+    # Then each is there once, oldest first, with its reason, money, Hyp Ids and user
+    assert [i["reason"] for i in items] == ["amount_mismatch", "second_charge", "unmatched"]
+    assert [i["since"] for i in items] == sorted(i["since"] for i in items)
+    by_reason = {i["reason"]: i for i in items}
+    flagged = by_reason["amount_mismatch"]
+    assert flagged["id"] == f"p:{mismatch}" and flagged["kind"] == "payment"
+    assert flagged["payment"]["status"] == "needs_review" and flagged["user_id"] == DEMO_USER_ID
+    assert (flagged["amount"], flagged["currency"], flagged["payment"]["credits"]) == ("49.90", "ILS", 100)
+    assert flagged["hypay_ids"] == ["55500002"]
+    assert flagged["hypay_transactions"][0]["amount"] == "1.00" and flagged["age_seconds"] >= 0
+    assert any("amount mismatch" in t for t in flagged["tried"])
+    double = by_reason["second_charge"]
+    assert double["kind"] == "transaction" and double["hypay_ids"] == [second.id]
+    assert double["payment"]["status"] == "completed" and double["payment"]["paid_by_hypay_id"] == first.id
+    assert admin.status(twice["payment_id"]) == "completed"  # a second charge does not change the payment
+    unmatched = by_reason["unmatched"]
+    assert unmatched["payment"] is None and unmatched["transaction"]["order_ref"] == stranger
+    # And the filter keeps one reason
+    assert [i["id"] for i in every_item("reason=second_charge")] == [f"j:{second.id}"]
+
+
+def test_queue_shows_unknown_charge_outcomes_and_unverified_callbacks(admin: Env, saved_card: str) -> None:
+    # Given a saved-card charge Hyp never answered, and a paid page whose callback cannot be verified yet
+    admin.sim.faults.add("soft", "hang", seconds=1.5)
+    unknown = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-hang")
+    assert unknown.status == 202
+    page = buy(admin, key="unverified")
+    paid = pay(admin, page)
+    admin.sim.faults.add("VERIFY", "hang", times=2, seconds=1.5)  # the call and its one retry
+    assert notify(paid.redirect_query).status == 503
+    # When an admin reads the queue
+    items = {i["reason"]: i for i in every_item()}
+    # Then the charge is there with when it was attempted, and the callback with what was kept of it
+    charge = items["charge_outcome_unknown"]
+    assert charge["payment"]["id"] == unknown.json["payment_id"] and charge["payment"]["charge_attempted_at"]
+    assert charge["hypay_ids"] == [] and any("saved-card charge asked" in t for t in charge["tried"])
+    waiting = items["unverified"]
+    assert waiting["hypay_ids"] == [paid.id] and waiting["payment"]["status"] == "pending"
+    assert waiting["unverified_callbacks"]["count"] >= 1
+    # And once the callback is verified, it leaves the queue
+    assert notify(paid.redirect_query).status == 200
+    assert [i["reason"] for i in every_item()] == ["charge_outcome_unknown"]
+
+
+def test_queue_pages_oldest_first_with_an_opaque_cursor_and_refuses_bad_parameters(admin: Env) -> None:
+    # Given seven payments under review, created a minute apart, and one unmatched transaction among them
+    for n in range(7):
+        admin.rows(
+            "INSERT INTO payments (user_id, amount, currency, credits, status, review_reason, created_at)"
+            " VALUES (:u::uuid, 10, 'ILS', 5, 'needs_review', :r, now() - make_interval(mins => :m))",
+            u=DEMO_USER_ID,
+            r="amount mismatch: test" if n % 2 else "saved-card charge outcome unknown (test)",
+            m=60 - n,
+        )
+    admin.rows(
+        "INSERT INTO hypay_transactions (hypay_id, order_ref, ccode, amount, currency, source, verified, decision,"
+        " first_seen) VALUES ('123', 'nope', 0, 5, 'ILS', 'notify', true, 'unmatched',"
+        " now() - interval '57 minutes 30 seconds')"
+    )
+    # When it is read three at a time
+    seen, cursor, pages = [], None, 0
+    while True:
+        answer = queue("limit=3" + (f"&after={cursor}" if cursor else ""))
+        assert answer.status == 200, answer.body
+        seen += answer.json["items"]
+        cursor, pages = answer.json["next"], pages + 1
+        if cursor is None:
+            break
+    # Then every item comes once, oldest first, over three pages
+    assert pages == 3 and len(seen) == 8 and len({i["id"] for i in seen}) == 8
+    assert [i["since"] for i in seen] == sorted(i["since"] for i in seen)
+    assert seen[3]["reason"] == "unmatched"
+    # And a filtered page reads past what it skips
+    mismatches = queue("reason=amount_mismatch&limit=2")
+    assert [i["reason"] for i in mismatches.json["items"]] == ["amount_mismatch"] * 2
+    rest = queue(f"reason=amount_mismatch&limit=2&after={mismatches.json['next']}").json
+    assert len(rest["items"]) == 1 and rest["next"] is None
+    # And bad parameters are a 400 that says which
+    for query, word in [
+        ("reason=nope", "reason"),
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=1001", "limit"),
+        ("after=bm9wZQ", "after"),
+        ("after=%%%", "after"),
+    ]:
+        bad = queue(query)
+        assert bad.status == 400 and bad.headers["content-type"] == "application/problem+json", query
+        assert bad.json["detail"].startswith(word), (query, bad.json)
+
+
+# -- resolving ----------------------------------------------------------------------------------------
+
+
+def test_complete_grants_once_through_the_grant_path_and_is_audited(
+    admin: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a payment in review after an amount mismatch
+    use_mode(monkeypatch, "hmac")
+    before = admin.credits()
+    payment = amount_mismatch(admin, "mismatch", "55500002")
+    body = {"action": "complete", "reason": "customer paid the rest by transfer"}
+    # When alice completes it
+    done = resolve(payment, body, key="r-1")
+    # Then the credits are granted once, with the purchase row, and the journal says who paid
+    assert done.status == 200, done.body
+    assert done.json | {"audit_id": None} == {
+        "payment_id": payment,
+        "action": "complete",
+        "status": "completed",
+        "hypay_id": "55500002",
+        "credits_granted": 100,
+        "audit_id": None,
+        "resolved_by": "alice",
+    }
+    assert admin.credits() == before + 100
+    assert admin.rows("SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=payment) == [[1]]
+    assert admin.rows("SELECT status, hypay_transaction_id FROM payments WHERE id = :p::uuid", p=payment) == [
+        ["completed", "55500002"]
+    ]
+    [(decision, amount, detail)] = admin.rows("SELECT decision, amount::text, detail FROM hypay_transactions")
+    assert decision == "granted" and amount == "1.00" and "completed by alice" in detail
+    # And the same request again is the same answer, replayed; another key is a 409 that says why
+    again = resolve(payment, body, key="r-1")
+    assert again.status == 200 and again.headers["idempotent-replayed"] == "true" and again.json == done.json
+    other = resolve(payment, body, key="r-2", token=BOT)
+    assert other.status == 409 and "is completed" in other.json["detail"]
+    assert admin.credits() == before + 100
+    # And the audit trail holds one row: who, the key, the request, before and after (never the token)
+    [(who, action, key, request, before_state, after_state)] = audit_rows(admin, payment)
+    assert (who, action, key) == ("alice", "resolve", "r-1")
+    assert json.loads(request)["reason"] == "customer paid the rest by transfer"
+    assert json.loads(before_state)["status"] == "needs_review" and json.loads(after_state)["status"] == "completed"
+    assert json.loads(after_state)["credits_granted_now"] == 100
+    assert admin.rows("SELECT count(*) FROM admin_audit_log WHERE admin_audit_log::text LIKE :t", t=f"%{ALICE}%") == [
+        [0]
+    ]
+    # And it has left the queue
+    assert every_item() == []
+
+
+def test_concurrent_resolves_grant_once(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (imported here: the metrics object reads its namespace from the environment on first import)
+    from payments.idempotency import PostgresPersistenceLayer
+    from payments.services.review import ResolvePayment, ResolveRequest
+
+    # Given a payment in review, and six admins' resolves (each its own key and connection) at once
+    use_mode(monkeypatch, "hmac")
+    before = admin.credits()
+    payment = uuid.UUID(amount_mismatch(admin, "mismatch", "55500002"))
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def one(n: int) -> None:
+        db = database(os.environ["DATABASE_URL"])
+        service = ResolvePayment(db, PostgresPersistenceLayer(database=db))
+        barrier.wait()
+        try:
+            service(
+                admin=f"admin-{n}",
+                payment_id=payment,
+                idempotency_key=f"k-{n}",
+                request=ResolveRequest(action="complete", reason="checked"),
+            )
+            outcomes.append("granted")
+        except Conflict:
+            outcomes.append("conflict")
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # Then exactly one granted; the others were told it is completed
+    assert sorted(outcomes) == ["conflict"] * 5 + ["granted"]
+    assert admin.credits() == before + 100
+    assert admin.rows("SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=str(payment)) == [[1]]
+    assert admin.rows("SELECT count(*) FROM admin_audit_log") == [[1]]
+
+
+def test_fail_closes_without_credits_and_the_money_stays_in_the_queue(
+    admin: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_mode(monkeypatch, "hmac")
+    before = admin.credits()
+    payment = amount_mismatch(admin, "mismatch", "55500002")
+    # When ops-bot fails it
+    failed = resolve(payment, {"action": "fail", "reason": "customer cancelled"}, key="f-1", token=BOT)
+    # Then it is failed, no credits; the transaction Hyp charged is still there to refund
+    assert failed.status == 200 and failed.json["status"] == "failed" and failed.json["credits_granted"] == 0
+    assert admin.status(payment) == "failed" and admin.credits() == before
+    [item] = every_item()
+    assert item["id"] == "j:55500002" and item["reason"] == "amount_mismatch"
+    assert item["payment"]["status"] == "failed"
+    assert [r[:3] for r in audit_rows(admin, payment)] == [["ops-bot", "resolve", "f-1"]]
+    # And it cannot be resolved again
+    again = resolve(payment, {"action": "complete", "reason": "changed my mind"}, key="f-2")
+    assert again.status == 409 and "is failed" in again.json["detail"]
+
+
+def test_unknown_charge_outcome_needs_the_hyp_id_to_complete_and_can_be_failed(admin: Env, saved_card: str) -> None:
+    # Given two saved-card charges whose outcome never came back
+    admin.sim.faults.add("soft", "hang", times=3, seconds=1.5)
+    charged = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="hang-1").json["payment_id"]
+    not_charged = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="hang-2").json["payment_id"]
+    before = admin.credits()
+    # When completed without saying which Hyp transaction paid: a 400 that asks for it
+    unnamed = resolve(charged, {"action": "complete", "reason": "Hyp shows it charged"}, key="u-1")
+    assert unnamed.status == 400 and "hypay_id" in unnamed.json["detail"]
+    # Then with it: granted, and the journal records the transaction
+    named = resolve(charged, {"action": "complete", "reason": "Hyp shows it", "hypay_id": "90000001"}, key="u-2")
+    assert named.status == 200 and named.json["credits_granted"] == 500
+    assert admin.credits() == before + 500
+    assert admin.rows(
+        "SELECT source, decision, payment_id::text FROM hypay_transactions WHERE hypay_id = '90000001'"
+    ) == [["token_charge", "granted", charged]]
+    # And the other is failed, without credits
+    assert resolve(not_charged, {"action": "fail", "reason": "not in Hyp"}, key="u-3").status == 200
+    assert admin.status(not_charged) == "failed" and admin.credits() == before + 500
+    # And the same Hyp Id cannot complete a second payment
+    third = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="hang-3").json["payment_id"]
+    reused = resolve(third, {"action": "complete", "reason": "r", "hypay_id": "90000001"}, key="u-4")
+    assert reused.status == 409 and "another payment" in reused.json["detail"]
+    assert admin.credits() == before + 500
+
+
+def test_resolve_refuses_what_makes_no_sense_with_a_409_that_says_why(admin: Env) -> None:
+    paid = buy(admin, key="paid")
+    assert notify(pay(admin, paid).redirect_query).status == 200
+    pending = buy(admin, key="pending")["payment_id"]
+    expired = buy(admin, key="expired")["payment_id"]
+    admin.rows("UPDATE payments SET status = 'expired' WHERE id = :p::uuid", p=expired)
+    complete = {"action": "complete", "reason": "r"}
+    for payment, words in [
+        (paid["payment_id"], "is completed"),
+        (pending, "is pending"),
+        (expired, "holds no Hyp transaction"),
+    ]:
+        answer = resolve(payment, complete, key=f"k-{payment}")
+        assert answer.status == 409 and words in answer.json["detail"], (words, answer.json)
+        assert answer.headers["content-type"] == "application/problem+json"
+    fail = resolve(pending, {"action": "fail", "reason": "r"}, key="k-fail")
+    assert fail.status == 409 and "is pending" in fail.json["detail"]
+    # Malformed requests and unknown payments
+    assert resolve(str(uuid.uuid4()), complete, key="k-x").status == 404
+    assert resolve("not-a-uuid", complete, key="k-y").status == 404
+    assert resolve(pending, complete).status == 400  # no Idempotency-Key
+    for body in (
+        {"action": "refund", "reason": "r"},
+        {"action": "fail"},
+        {"action": "fail", "reason": " "},
+        {"action": "complete", "reason": "r", "hypay_id": "12a"},
+        {"action": "fail", "reason": "r", "x": 1},
+    ):
+        assert resolve(pending, body, key="k-body").status == 400, body
+    # Nothing was changed, nothing audited
+    assert admin.rows("SELECT count(*) FROM admin_audit_log") == [[0]]
+    assert admin.status(pending) == "pending" and admin.status(paid["payment_id"]) == "completed"
+
+
+def test_a_hyp_id_that_paid_another_payment_is_refused(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_mode(monkeypatch, "hmac")
+    paid = buy(admin, key="paid")
+    transaction = pay(admin, paid)
+    assert notify(transaction.redirect_query).status == 200
+    payment = amount_mismatch(admin, "mismatch", "55500002")
+    body = {"action": "complete", "reason": "r", "hypay_id": transaction.id}
+    answer = resolve(payment, body, key="k-1")
+    assert answer.status == 409 and "another payment" in answer.json["detail"]
+
+
+# -- who may: the admin credentials -------------------------------------------------------------------
+
+
+def test_missing_or_wrong_token_is_401_and_the_old_single_token_still_works_as_admin(
+    admin: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payment = buy(admin, key="p")["payment_id"]
+    for token in (None, "nope", BOT + "x", ALICE[:-1]):
+        assert queue(token=token).status == 401
+        denied = resolve(payment, {"action": "fail", "reason": "r"}, key="k", token=token)
+        assert denied.status == 401 and denied.headers["www-authenticate"] == "Bearer"
+    # The earlier forms of the secret keep working, named "admin"
+    for value in (ALICE, json.dumps({"token": ALICE})):
+        monkeypatch.setenv("ADMIN_API_TOKEN", value)
+        _reset()
+        assert queue(token=ALICE).status == 200 and queue(token=BOT).status == 401
+    # And the cleanup's admin route is audited with the name
+    assert (
+        invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers={"Authorization": f"Bearer {ALICE}"}).status
+        == 200
+    )
+    [(who, action, _, request, _, after)] = audit_rows(admin)
+    assert (who, action) == ("admin", "cleanup") and json.loads(after)["complete"] is True
