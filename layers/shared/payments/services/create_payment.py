@@ -22,13 +22,11 @@ from typing import Any
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
-from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
 from payments.adapters.journal import HypTransaction, Source
@@ -51,16 +49,8 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
+from payments.services.keyed import Answer, keyed
 from payments.services.settle import Result, settle
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An HTTP answer of the service: status, JSON body, and whether it is a replay."""
-
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
 
 
 @dataclass
@@ -105,23 +95,14 @@ class CreatePayment:
         self, deps: CreatePaymentDeps, persistence: PostgresPersistenceLayer, *, expires_after_seconds: int = 86400
     ) -> None:
         self.deps = deps
-        self.config = IdempotencyConfig(
-            event_key_jmespath="[user_id, key]",
-            payload_validation_jmespath="request",
+        self.config, self._run = keyed(
+            self._create,
+            persistence=persistence,
+            key="[user_id, key]",
+            validate="request",
+            prefix="create_payment",
             expires_after_seconds=expires_after_seconds,
-            raise_on_no_idempotency_key=True,
-            response_hook=self._mark_replayed,
         )
-        self._run = idempotent_function(
-            data_keyword_argument="scope",
-            config=self.config,
-            persistence_store=persistence,
-            key_prefix="create_payment",
-        )(self._create)
-
-    @staticmethod
-    def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
-        return {**response, "replayed": True}
 
     def __call__(
         self, *, user_id: UUID, idempotency_key: str, request: CreatePaymentRequest, context: Any = None

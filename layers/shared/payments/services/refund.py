@@ -25,13 +25,11 @@ from typing import Any
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
-from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 
 from payments.adapters import audit
 from payments.adapters.db import Transaction
@@ -65,6 +63,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
+from payments.services.keyed import Answer, keyed
 
 CANNOT_CANCEL = 920  # CancelTrans: already transmitted, or no such transaction (Hyp's cancellation page)
 DUPLICATE_TRANSACTION = 425
@@ -86,15 +85,6 @@ _UNKNOWN = (
     "Hyp's answer was lost: the refund may have happened. It is being confirmed at Hyp; do not retry with a new"
     " Idempotency-Key (that could refund twice)"
 )
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An HTTP answer of the service: status, JSON body, and whether it is a replay."""
-
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
 
 
 AuditWriter = Callable[[Transaction, dict[str, Any], dict[str, Any]], None]
@@ -139,23 +129,14 @@ class Refunds:
         self, deps: RefundsDeps, persistence: PostgresPersistenceLayer, *, expires_after_seconds: int = 7 * 86400
     ) -> None:
         self.deps = deps
-        self.config = IdempotencyConfig(
-            event_key_jmespath="[payment_id, key]",
-            payload_validation_jmespath="request",
+        self.config, self._run = keyed(
+            self._refund,
+            persistence=persistence,
+            key="[payment_id, key]",
+            validate="request",
+            prefix="refund",
             expires_after_seconds=expires_after_seconds,
-            raise_on_no_idempotency_key=True,
-            response_hook=self._mark_replayed,
         )
-        self._run = idempotent_function(
-            data_keyword_argument="scope",
-            config=self.config,
-            persistence_store=persistence,
-            key_prefix="refund",
-        )(self._refund)
-
-    @staticmethod
-    def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
-        return {**response, "replayed": True}
 
     def __call__(
         self,

@@ -23,13 +23,11 @@ from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
 
-from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
-from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from payments.adapters import audit
@@ -48,6 +46,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
+from payments.services.keyed import Answer, keyed
 from payments.services.settle import Settlement, report_operator_grant, settle_by_operator
 
 # -- the queue -------------------------------------------------------------------------------------
@@ -465,13 +464,6 @@ def _transaction(payment: LockedPayment, entry: JournalRow) -> HypTransaction:
     )
 
 
-@dataclass(frozen=True)
-class ResolveAnswer:
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
-
-
 class ResolvePayment:
     """`ResolvePayment(db, persistence)(admin=..., payment_id=..., idempotency_key=..., request=..., context=...)`."""
 
@@ -485,27 +477,18 @@ class ResolvePayment:
     ) -> None:
         self.db = db
         self.charge_settle_seconds = charge_settle_seconds
-        self.config = IdempotencyConfig(
-            event_key_jmespath="[admin, key]",
-            payload_validation_jmespath="[payment_id, request]",
+        self.config, self._run = keyed(
+            self._resolve,
+            persistence=persistence,
+            key="[admin, key]",
+            validate="[payment_id, request]",
+            prefix="admin_resolve",
             expires_after_seconds=expires_after_seconds,
-            raise_on_no_idempotency_key=True,
-            response_hook=self._mark_replayed,
         )
-        self._run = idempotent_function(
-            data_keyword_argument="scope",
-            config=self.config,
-            persistence_store=persistence,
-            key_prefix="admin_resolve",
-        )(self._resolve)
-
-    @staticmethod
-    def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
-        return {**response, "replayed": True}
 
     def __call__(
         self, *, admin: str, payment_id: UUID, idempotency_key: str, request: ResolveRequest, context: Any = None
-    ) -> ResolveAnswer:
+    ) -> Answer:
         if context is not None:
             self.config.register_lambda_context(context)
         scope = {
@@ -524,7 +507,7 @@ class ResolvePayment:
             raise RequestInProgress("a request with this Idempotency-Key is still being processed") from None
         except IdempotencyPersistenceLayerError as exc:
             raise DatabaseUnavailable("the idempotency store is unavailable; retry with the same key") from exc
-        return ResolveAnswer(result["status"], result["body"], bool(result.get("replayed")))
+        return Answer(result["status"], result["body"], bool(result.get("replayed")))
 
     def _resolve(self, scope: dict[str, Any]) -> dict[str, Any]:
         admin, key = scope["admin"], scope["key"]
