@@ -47,8 +47,9 @@ from ops.template import Authorizer, Function, Template, load_handler, rate_seco
 from payments.adapters.jwks import JwksKeys
 from payments.services.authorize import TokenPolicy, TokenRejected, TokenVerifier, bearer_token, context_claims
 
-Site = Callable[[str, str], tuple[int, dict[str, str], bytes] | None]
-"""Extra local pages (the demo web app): (method, path) -> (status, headers, body), or None."""
+Site = Callable[[str, str, Mapping[str, str]], tuple[int, dict[str, str], bytes] | None]
+"""Extra local pages (the demo web app): (method, path, request headers with lower-case names) -> (status,
+headers, body), or None."""
 
 __all__ = ["LOCAL_JWT_AUDIENCE", "LOCAL_JWT_ISSUER", "LOCAL_JWT_SECRET", "LocalApi", "build_event", "local_token"]
 
@@ -351,7 +352,7 @@ class LocalApi:
             return self._reply(request, 200, {"content-type": "application/json"}, json.dumps(document).encode())
 
         if self._site is not None:
-            page = self._site(method, path)
+            page = self._site(method, path, {k.lower(): v for k, v in request.headers.items()})
             if page is not None:
                 return self._reply(request, *page)
 

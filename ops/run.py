@@ -107,7 +107,7 @@ def main() -> int:
         simulator = HypaySimulator([public_test_terminal()], port=sim_port).start()
         base = f"http://127.0.0.1:{port}"
         token = auth.token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
-        demo = DemoSite(url, DEMO_USER_ID, token)
+        demo = DemoSite(url, DEMO_USER_ID, token, admin_token=LOCAL_ADMIN_TOKEN)
         environment = {
             "DATABASE_URL": url,
             "HYPAY_URL": simulator.url,
@@ -134,6 +134,7 @@ def main() -> int:
         lines = [
             "payments backend running locally",
             f"  demo web app  {api.url}/demo/  (buy credits with the simulator's test cards)",
+            f"  operator      {api.url}/demo/operator  (review queue: resolve, refund; asks for the admin token)",
             f"  database      {where}; migrations applied now: {', '.join(applied) or 'none (up to date)'}",
             f"  local API     {api.url}  (API Gateway HTTP API emulation, 3 workers per function)",
             *[f"    {r.method:5} {api.url}{r.path}  -> {r.function}" for r in template.routes],
