@@ -8,7 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from payments.adapters.admin_token import authenticate, tokens_provider
 from payments.adapters.db import default_database
@@ -22,7 +22,7 @@ from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
 from payments.request_body import UnsupportedMediaType, json_object
 from payments.services.refund import Refunds, RefundsDeps
-from payments.services.review import QueueQuery, ResolvePayment, ResolveRequest, review_queue
+from payments.services.review import QueueQuery, ResolvePayment, ResolveRequest, operator_reason, review_queue
 from payments.settings import admin_settings, idempotency_settings
 
 app = APIGatewayHttpResolver()
@@ -113,6 +113,11 @@ class RefundBody(BaseModel):
     amount: str | None = Field(default=None, pattern=r"^[0-9]{1,9}(\.[0-9]{1,2})?$")
     currency: Currency = Currency.ILS
     hypay_id: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
+
+    @field_validator("reason")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return operator_reason(value)
 
 
 @cache

@@ -62,3 +62,47 @@ def test_refund_needs_the_admin_token_a_key_and_a_reason(env: Env) -> None:
     )
     assert no_key.status == 400 and "Idempotency-Key" in no_key.json["detail"]
     assert env.rows("SELECT count(*) FROM refunds") == [[0]]
+
+
+def _paid_while_in_review(env: Env) -> tuple[str, str]:
+    """A genuine Hyp payment arriving while its payment is under review: nothing granted, journal `review`."""
+    payment = buy(env, key="in-review")
+    pid = payment["payment_id"]
+    env.rows("UPDATE payments SET status = 'needs_review', review_reason = 'manual' WHERE id = :p::uuid", p=pid)
+    transaction = pay(env, payment)
+    assert notify(transaction.redirect_query).status == 200
+    return pid, transaction.id
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("amount", [None, "24.95"])
+def test_a_refunded_payment_cannot_then_be_completed_for_free_credits(env: Env, amount: str | None) -> None:
+    from tests.integration.test_review import resolve
+
+    # Given a payment under review whose money was refunded (all, or half)
+    before = env.credits()
+    pid, hypay_id = _paid_while_in_review(env)
+    body = {"hypay_id": hypay_id, "reason": "customer asked", **({"amount": amount} if amount else {})}
+    assert refund(pid, body, str(uuid.uuid4())).status == 201
+    # When an operator tries to complete it
+    done = resolve(pid, {"action": "complete", "reason": "looks paid"}, key=str(uuid.uuid4()))
+    # Then a 409 that says why, and no credits
+    assert done.status == 409 and "refunded" in done.json["detail"], done.body
+    assert env.credits() == before
+
+
+@pytest.mark.usefixtures("admin")
+def test_control_characters_in_a_reason_and_a_forged_cursor_are_400s(env: Env) -> None:
+    import base64
+    import json
+
+    from tests.integration.test_review import queue, resolve
+
+    pid, hypay_id = _paid_while_in_review(env)
+    assert refund(pid, {"reason": "a\u0000b"}, str(uuid.uuid4())).status == 400
+    for action in ("fail", "complete"):
+        assert resolve(pid, {"action": action, "reason": "a\u0000b"}, key=str(uuid.uuid4())).status == 400
+    for since in ("2024-13-45T99:99:99.000000Z", "0000-01-01T00:00:00.000000Z"):
+        cursor = base64.urlsafe_b64encode(json.dumps([since, f"p:{pid}"]).encode()).decode().rstrip("=")
+        assert queue(f"after={cursor}").status == 400
+    assert env.rows("SELECT count(*) FROM refunds") == [[0]] and env.status(pid) == "needs_review"

@@ -351,6 +351,18 @@ class ResolveStatements:
         )
         return bool(rows[0][0])
 
+    def refunded(self, hypay_id: str, payment_id: UUID) -> bool:
+        """A refund of this transaction moved, or may have moved, money (attempted, succeeded, unknown)."""
+        rows = self.tx.run(
+            bind(
+                "SELECT EXISTS (SELECT 1 FROM public.refunds WHERE payment_id = :id::uuid AND original_hypay_id = :txn"
+                " AND status IN ('attempted', 'succeeded', 'unknown'))",
+                txn=hypay_id,
+                id=str(payment_id),
+            )
+        )
+        return bool(rows[0][0])
+
     def fail(self, payment_id: UUID, previous_status: str) -> bool:
         """needs_review / pending -> failed, no credits; False when its status was not `previous_status`."""
         return bool(self.tx.run(bind(_FAIL, id=str(payment_id), previous_status=previous_status)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import re
 from dataclasses import dataclass
@@ -115,11 +116,23 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         since, key = json.loads(raw)
+        if not (isinstance(since, str) and isinstance(key, str) and _SINCE.match(since) and _KEY.match(key)):
+            raise ValueError("not ours")
+        dt.datetime.strptime(since, "%Y-%m-%dT%H:%M:%S.%fZ")  # a real instant, not only its shape
+        if since < "0001-01-02":
+            raise ValueError("before time")
     except (binascii.Error, ValueError, TypeError):
         raise InvalidRequest("after: not a cursor this API returned") from None
-    if not (isinstance(since, str) and isinstance(key, str) and _SINCE.match(since) and _KEY.match(key)):
-        raise InvalidRequest("after: not a cursor this API returned")
     return since, key
+
+
+def operator_reason(value: str) -> str:
+    """An operator's `reason`: said, and plain text (no control characters but new lines and tabs)."""
+    if any(ord(ch) < 32 and ch not in "\n\t" for ch in value) or "\x7f" in value:
+        raise ValueError("reason must be plain text (no control characters)")
+    if not value.strip():
+        raise ValueError("reason must say why")
+    return value.strip()
 
 
 @dataclass(frozen=True)
@@ -321,9 +334,7 @@ class ResolveRequest(BaseModel):
     @field_validator("reason")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("reason must say why")
-        return value.strip()
+        return operator_reason(value)
 
 
 @dataclass(frozen=True)
@@ -524,6 +535,14 @@ class ResolvePayment:
             elsewhere = statements.paid_another_payment(request.hypay_id, payment_id) if request.hypay_id else False
             plan = plan_resolution(payment, journal, request, named=named, paid_elsewhere=elsewhere)
             settlement = None
+            paying = plan.txn.hypay_id if plan.action == "complete" and plan.txn is not None else None
+            if paying is not None and statements.refunded(paying, payment_id):
+                # Credits for money that went back (or may have) would be free credits: under the same lock as
+                # the refund's, so no race either way.
+                raise Conflict(
+                    f"Hyp transaction {paying} was refunded (or its refund is being confirmed): "
+                    "fail the payment instead"
+                )
             if plan.action == "complete" and plan.txn is not None:
                 settlement = settle_by_operator(
                     tx,
