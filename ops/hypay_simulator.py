@@ -20,6 +20,8 @@ import hashlib
 import hmac
 import html
 import itertools
+import json
+import os
 import re
 import secrets
 import socket
@@ -29,9 +31,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlencode
 
@@ -146,8 +149,18 @@ def _answer(fields: Iterable[tuple[str, str]], encoding: str = "utf-8") -> str:
 class HypaySimulator:
     """`HypaySimulator().start()`; `.url` is the endpoint to give HypayClient (`.../p/`)."""
 
-    def __init__(self, terminals: Iterable[Terminal] | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        terminals: Iterable[Terminal] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        state_file: Path | None = None,
+    ) -> None:
+        """`state_file`: a JSON file the transactions, saved cards and reversals are kept in across restarts
+        (`make run`'s is in its data folder); None keeps them in memory only."""
         self.terminals = {t.masof: t for t in (terminals or [public_test_terminal()])}
+        self.state_file = state_file
         self.faults = Faults()
         self.transactions: dict[str, Transaction] = {}
         self.calls: list[str] = []  # actions served, in order (tests count SIGN calls with it)
@@ -156,6 +169,7 @@ class HypaySimulator:
         self._cards: dict[str, str] = {}
         self._ids = itertools.count(12_800_000 + secrets.randbelow(100_000) * 10)
         self._lock = threading.Lock()
+        self._load()
         sim = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -165,13 +179,19 @@ class HypaySimulator:
                 return
 
             def do_GET(self) -> None:  # noqa: N802 - stdlib name
-                sim._serve(self, self.path.partition("?")[2])
+                try:
+                    sim._serve(self, self.path.partition("?")[2])
+                finally:
+                    sim._save()
 
             def do_POST(self) -> None:  # noqa: N802 - stdlib name
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode("utf-8", errors="replace")
                 query = self.path.partition("?")[2]
-                sim._serve(self, "&".join(p for p in (query, body) if p))
+                try:
+                    sim._serve(self, "&".join(p for p in (query, body) if p))
+                finally:
+                    sim._save()
 
         self.server = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
@@ -195,6 +215,43 @@ class HypaySimulator:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self._save()
+
+    # -- persistence (state_file) ---------------------------------------------------------------
+
+    def _save(self) -> None:
+        """Writes the state atomically (a whole new file, renamed over the old one)."""
+        if self.state_file is None:
+            return
+        with self._lock:
+            state = {
+                "version": 1,
+                "transactions": [asdict(t) for t in self.transactions.values()],
+                "cards": self._cards,
+                "refunded": self.refunded,
+                "cancelled": sorted(self.cancelled),
+                "transmitted": sorted(self.transmitted),
+                "reversals": [asdict(r) for r in self.reversals],
+            }
+            text = json.dumps(state, indent=1)
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.state_file.with_name(f"{self.state_file.name}.{os.getpid()}.tmp")
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, self.state_file)
+
+    def _load(self) -> None:
+        if self.state_file is None or not self.state_file.exists():
+            return
+        state = json.loads(self.state_file.read_text(encoding="utf-8"))
+        self.transactions = {t["id"]: Transaction(**t) for t in state.get("transactions", [])}
+        self._cards = dict(state.get("cards", {}))
+        self.refunded.update({k: int(v) for k, v in state.get("refunded", {}).items()})
+        self.cancelled.update(state.get("cancelled", []))
+        self.transmitted.update(state.get("transmitted", []))
+        self.reversals.extend(Reversal(**r) for r in state.get("reversals", []))
+        used = [int(i) for i in [*self.transactions, *(r.id for r in self.reversals if r.id)] if str(i).isdigit()]
+        if used:  # new ids follow the kept ones: never the same Id twice
+            self._ids = itertools.count(max(used) + 1)
 
     # -- what tests drive ---------------------------------------------------------------------
 

@@ -21,17 +21,23 @@ import copy
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import yaml
 
 from ops.lambda_context import LocalLambdaContext
 from ops.local_auth import (
@@ -43,7 +49,16 @@ from ops.local_auth import (
     OPENID_CONFIGURATION_PATH,
     LocalAuth,
 )
-from ops.template import Authorizer, Function, Template, load_handler, rate_seconds
+from ops.template import (
+    TEMPLATE,
+    Authorizer,
+    Function,
+    Template,
+    _CfnLoader,
+    load_handler,
+    rate_seconds,
+    resolve,
+)
 from payments.adapters.jwks import JwksKeys
 from payments.services.authorize import TokenPolicy, TokenRejected, TokenVerifier, bearer_token, context_claims
 
@@ -51,7 +66,16 @@ Site = Callable[[str, str, Mapping[str, str]], tuple[int, dict[str, str], bytes]
 """Extra local pages (the demo web app): (method, path, request headers with lower-case names) -> (status,
 headers, body), or None."""
 
-__all__ = ["LOCAL_JWT_AUDIENCE", "LOCAL_JWT_ISSUER", "LOCAL_JWT_SECRET", "LocalApi", "build_event", "local_token"]
+__all__ = [
+    "LOCAL_JWT_AUDIENCE",
+    "LOCAL_JWT_ISSUER",
+    "LOCAL_JWT_SECRET",
+    "Cors",
+    "LocalApi",
+    "build_event",
+    "load_cors",
+    "local_token",
+]
 
 SCHEDULE_TRIGGER_PREFIX = "/_local/schedules/"
 REGION, ACCOUNT = "eu-west-1", "123456789012"
@@ -77,6 +101,9 @@ _function: Function | None = None
 def _init_worker(function: Function, environment: Mapping[str, str]) -> None:
     """Runs once in each worker process: its environment, then the cold start (import)."""
     global _handler, _function
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops the workers, they must not
+    # each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update(environment)
     _function = function
     _handler = load_handler(function)
@@ -92,40 +119,163 @@ def _pid() -> int:
     return os.getpid()
 
 
+class EnvironmentDied(Exception):
+    """A worker process died during the invocation (killed, crashed, os._exit): API Gateway answers 502."""
+
+
 class FunctionPool:
-    """A function's execution environments: up to `size` worker processes, one invocation each."""
+    """A function's execution environments: up to `size` worker processes, one invocation each.
+
+    A worker that dies is replaced, as Lambda replaces an execution environment: the invocation(s) in flight
+    fail (EnvironmentDied), the next ones run in fresh workers (a cold start)."""
 
     def __init__(self, function: Function, environment: Mapping[str, str], size: int) -> None:
         self.function = function
-        env = {**function.environment, **environment, "AWS_LAMBDA_FUNCTION_NAME": function.name}
-        self._executor = ProcessPoolExecutor(
-            max_workers=size,
+        self._size = size
+        self._env = {**function.environment, **environment, "AWS_LAMBDA_FUNCTION_NAME": function.name}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._size,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(function, env),
+            initargs=(self.function, self._env),
         )
 
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """A new set of workers for a broken executor (once, whoever notices first)."""
+        with self._lock:
+            if self._executor is broken and not self._closed:
+                print(f"[{self.function.name}] an execution environment died; starting new ones")
+                self._executor = self._new_executor()
+        broken.shutdown(wait=False, cancel_futures=True)
+
     def invoke(self, event: dict) -> Any:
-        future: Future[Any] = self._executor.submit(_invoke, event)
+        executor = self._executor
+        try:
+            future: Future[Any] = executor.submit(_invoke, event)
+        except BrokenProcessPool:  # died since the last invocation: this one runs in the new workers
+            self._replace(executor)
+            executor = self._executor
+            future = executor.submit(_invoke, event)
         try:
             return future.result(timeout=self.function.timeout + 5)
         except FutureTimeout:
             raise TimeoutError(f"{self.function.name} timed out") from None
+        except BrokenProcessPool:
+            self._replace(executor)
+            raise EnvironmentDied(f"{self.function.name}: the execution environment died") from None
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 # -- HTTP API emulation ----------------------------------------------------------------------
 
-_TEXT_TYPES = ("text/", "application/json", "application/x-www-form-urlencoded", "application/problem+json")
+# Bodies API Gateway passes as text; any other (forms, binary, no content type) arrives base64-encoded
+# with isBase64Encoded true, as the HTTP API does (the functions decode them).
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
+
+
+def _is_text(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media.startswith(_TEXT_TYPES) or media.endswith(("+json", "+xml"))
+
+
+@dataclass(frozen=True)
+class Cors:
+    """The HTTP API's CorsConfiguration: API Gateway answers preflights itself and adds the headers."""
+
+    allow_origins: tuple[str, ...] = ()
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int | None = None
+    allow_credentials: bool = False
+
+    def origin_allowed(self, origin: str) -> bool:
+        return "*" in self.allow_origins or origin in self.allow_origins
+
+    def preflight(self, origin: str, method: str, request_headers: str) -> dict[str, str]:
+        """The headers of API Gateway's 204 to a preflight: none when the origin, method or a header is not
+        allowed (the browser then refuses the request)."""
+        methods = {m.upper() for m in self.allow_methods}
+        allowed_headers = {h.lower() for h in self.allow_headers}
+        asked = [h.strip().lower() for h in request_headers.split(",") if h.strip()]
+        if not self.origin_allowed(origin) or not ("*" in methods or method.upper() in methods):
+            return {}
+        if "*" not in allowed_headers and any(h not in allowed_headers for h in asked):
+            return {}
+        out = {
+            "access-control-allow-origin": "*" if "*" in self.allow_origins and not self.allow_credentials else origin,
+            "access-control-allow-methods": ",".join(self.allow_methods),
+        }
+        if self.allow_headers:
+            out["access-control-allow-headers"] = ",".join(self.allow_headers).lower()
+        if self.max_age is not None:
+            out["access-control-max-age"] = str(self.max_age)
+        if self.allow_credentials:
+            out["access-control-allow-credentials"] = "true"
+        return out
+
+    def response_headers(self, origin: str) -> dict[str, str]:
+        """What API Gateway adds to an actual response for a cross-origin request."""
+        if not origin or not self.origin_allowed(origin):
+            return {}
+        out = {
+            "access-control-allow-origin": "*" if "*" in self.allow_origins and not self.allow_credentials else origin
+        }
+        if self.expose_headers:
+            out["access-control-expose-headers"] = ",".join(self.expose_headers).lower()
+        if self.allow_credentials:
+            out["access-control-allow-credentials"] = "true"
+        return out
+
+
+def load_cors(path: Path = TEMPLATE, parameters: Mapping[str, str] | None = None) -> Cors | None:
+    """The CorsConfiguration of the template's HTTP API, for these parameter values (default: the defaults)."""
+    doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    declared = doc.get("Parameters") or {}
+    values = {name: str(spec.get("Default", "")) for name, spec in declared.items()}
+    values.update(parameters or {})
+    lists = {name for name, spec in declared.items() if str(spec.get("Type", "")).startswith("CommaDelimitedList")}
+    for resource in doc["Resources"].values():
+        if resource["Type"] != "AWS::Serverless::HttpApi":
+            continue
+        config = (resource.get("Properties") or {}).get("CorsConfiguration")
+        if not config:
+            return None
+
+        def listed(key: str, config: dict[str, Any] = config) -> tuple[str, ...]:
+            value = config.get(key) or []
+            if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in values:
+                text = values[value["Ref"]]
+                return tuple(v.strip() for v in text.split(",") if v.strip()) if value["Ref"] in lists else (text,)
+            value = resolve(value, values, doc.get("Conditions") or {})
+            return tuple(str(v) for v in (value if isinstance(value, list) else [value]))
+
+        max_age = resolve(config.get("MaxAge"), values, doc.get("Conditions") or {})
+        return Cors(
+            allow_origins=listed("AllowOrigins"),
+            allow_methods=listed("AllowMethods"),
+            allow_headers=listed("AllowHeaders"),
+            expose_headers=listed("ExposeHeaders"),
+            max_age=None if max_age is None else int(max_age),
+            allow_credentials=bool(resolve(config.get("AllowCredentials", False), values, {})),
+        )
+    return None
 
 
 def build_event(
     *,
     method: str,
     target: str,
-    headers: Mapping[str, str],
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
     body: bytes,
     source_ip: str,
     route_key: str,
@@ -140,9 +290,13 @@ def build_event(
     """
     parts = urlsplit(target)
     lowered: dict[str, str] = {}
-    for name, value in headers.items():
+    cookies: list[str] = []
+    for name, value in headers.items() if isinstance(headers, Mapping) else headers:
         key = name.lower()
-        lowered[key] = f"{lowered[key]},{value}" if key in lowered else value
+        if key == "cookie":  # every Cookie header's cookies go to `cookies`, not to `headers`
+            cookies += [c.strip() for c in value.split(";") if c.strip()]
+            continue
+        lowered[key] = f"{lowered[key]},{value}" if key in lowered else value  # repeated: joined with commas
     now = datetime.now(UTC)
     event: dict[str, Any] = {
         "version": "2.0",
@@ -170,8 +324,8 @@ def build_event(
         },
         "isBase64Encoded": False,
     }
-    if "cookie" in lowered:
-        event["cookies"] = [c.strip() for c in lowered.pop("cookie").split(";")]
+    if cookies:
+        event["cookies"] = cookies
     if parts.query:
         query: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -180,8 +334,7 @@ def build_event(
     if path_parameters:
         event["pathParameters"] = path_parameters
     if body:
-        content_type = lowered.get("content-type", "")
-        if content_type.startswith(_TEXT_TYPES):
+        if _is_text(lowered.get("content-type", "")):
             event["body"] = body.decode("utf-8", errors="replace")
         else:
             event["body"] = base64.b64encode(body).decode()
@@ -229,7 +382,7 @@ class LocalApi:
     def __init__(
         self,
         template: Template,
-        environment: Mapping[str, str],
+        environment: Mapping[str, str] | Callable[[str], Mapping[str, str]],
         *,
         host: str = "127.0.0.1",
         port: int = 3000,
@@ -237,8 +390,11 @@ class LocalApi:
         run_schedules: bool = True,
         site: Site | None = None,
         auth: LocalAuth | None = None,
+        cors: Cors | None = None,
     ) -> None:
+        """`cors`: the HTTP API's CorsConfiguration (`load_cors()`), None for none."""
         self.template = template
+        self.cors = cors
         self._site = site
         self._run_schedules = run_schedules
         self._stop = threading.Event()
@@ -247,6 +403,11 @@ class LocalApi:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # A kept-alive connection must not stall: with Nagle on, a response written in two sends waits
+            # for the client's delayed ACK (~40 ms). TCP_NODELAY, and a buffered writer so that the head and
+            # the body go out in one send (flushed after each request).
+            disable_nagle_algorithm = True
+            wbufsize = -1
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
                 return  # the functions log; request lines would only repeat them
@@ -257,6 +418,8 @@ class LocalApi:
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve  # noqa: N815
 
         self.server = _Server((host, port), Handler)  # bound first: the JWKS URL names its port
+        if callable(environment):  # the functions' settings may name this server's URL (port 0: the bound one)
+            environment = environment(self.url)
 
         secured = sorted({r.authorizer for r in template.routes if r.authorizer})
         self.auth = auth if auth is not None else (default_auth() if secured else None)
@@ -356,14 +519,37 @@ class LocalApi:
             if page is not None:
                 return self._reply(request, *page)
 
+        origin = request.headers.get("Origin") or ""
+        if (
+            self.cors is not None
+            and method == "OPTIONS"
+            and origin
+            and request.headers.get("Access-Control-Request-Method")
+        ):
+            # A CORS preflight: API Gateway answers it itself (204), no route, no function, no authorizer
+            headers = self.cors.preflight(
+                origin,
+                request.headers.get("Access-Control-Request-Method", ""),
+                request.headers.get("Access-Control-Request-Headers", ""),
+            )
+            return self._reply(request, 204, headers, b"")
+        extra = self.cors.response_headers(origin) if self.cors is not None else {}
+        self._handle_route(request, method, path, body, extra)
+
+    def _handle_route(
+        self, request: BaseHTTPRequestHandler, method: str, path: str, body: bytes, cors: Mapping[str, str]
+    ) -> None:
+        def reply(status: int, headers: Mapping[str, str], content: bytes, cookies: list[str] | None = None) -> None:
+            self._reply(request, status, {**headers, **cors}, content, cookies)
+
         found = self.template.find_route(method, path)
         if found is None:
-            return self._reply(request, 404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
+            return reply(404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
         route, path_parameters = found
         event = build_event(
             method=method,
             target=request.path,
-            headers=dict(request.headers.items()),
+            headers=list(request.headers.items()),  # repeated headers too
             body=body,
             source_ip=request.client_address[0],
             route_key=route.route_key,
@@ -373,20 +559,19 @@ class LocalApi:
         if route.authorizer:
             refused, context = self._authorize(self.authorizers[route.authorizer], event)
             if refused is not None:
-                return self._reply(request, *refused)
+                return reply(*refused)
             event["requestContext"]["authorizer"] = context
         try:
             answer = self.pools[route.function].invoke(event)
         except TimeoutError:
-            return self._reply(
-                request, 504, {"content-type": "application/json"}, b'{"message":"Endpoint request timed out"}'
-            )
+            return reply(504, {"content-type": "application/json"}, b'{"message":"Endpoint request timed out"}')
+        except EnvironmentDied as exc:  # the runtime exited mid-invocation: API Gateway's 502
+            print(f"[{route.function}] {exc}")
+            return reply(502, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}')
         except Exception as exc:  # the function raised: API Gateway answers 500 and Lambda logs it
             print(f"[{route.function}] unhandled {type(exc).__name__}")
-            return self._reply(
-                request, 500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}'
-            )
-        self._reply_lambda(request, answer)
+            return reply(500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}')
+        self._reply_lambda(reply, answer)
 
     # -- authorizers --
 
@@ -436,16 +621,17 @@ class LocalApi:
                 self._answers[key] = (time.monotonic() + authorizer.ttl_seconds, answer)
         return answer
 
-    def _reply_lambda(self, request: BaseHTTPRequestHandler, answer: Any) -> None:
+    @staticmethod
+    def _reply_lambda(reply: Callable[..., None], answer: Any) -> None:
         """Turn a Lambda answer into HTTP, as the HTTP API's payload 2.0 format does."""
         if not isinstance(answer, dict) or "statusCode" not in answer:
-            return self._reply(request, 200, {"content-type": "application/json"}, json.dumps(answer).encode())
+            return reply(200, {"content-type": "application/json"}, json.dumps(answer).encode())
         headers = {k.lower(): str(v) for k, v in (answer.get("headers") or {}).items()}
         for k, values in (answer.get("multiValueHeaders") or {}).items():
             headers[k.lower()] = ",".join(map(str, values))
         body = answer.get("body") or ""
         raw = base64.b64decode(body) if answer.get("isBase64Encoded") else str(body).encode()
-        self._reply(request, int(answer["statusCode"]), headers, raw, cookies=answer.get("cookies") or [])
+        reply(int(answer["statusCode"]), headers, raw, answer.get("cookies") or [])
 
     @staticmethod
     def _reply(

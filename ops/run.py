@@ -7,12 +7,19 @@ run the real Lambda authorizer.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+from pydantic import BaseModel
+
+import payments.settings
 from ops.demo import DemoSite
 from ops.embedded import LOCAL_DATA, database_url
 from ops.hypay_simulator import (
@@ -22,14 +29,15 @@ from ops.hypay_simulator import (
     HypaySimulator,
     public_test_terminal,
 )
-from ops.local_api import LocalApi
-from ops.local_auth import MODES, LocalAuth, mode_from
+from ops.local_api import LocalApi, load_cors
+from ops.local_auth import MODES, LocalAuth, Mode, mode_from
 from ops.migrate import migrate
 from ops.seed import DEMO_USER_EMAIL, DEMO_USER_ID, seed
-from ops.template import Route, load
+from ops.template import TEMPLATE, Route, Template, _CfnLoader, load
 from payments.adapters.db import Database
 from payments.settings import DatabaseSettings
 
+FUNCTION_TYPE = "AWS::Serverless::Function"
 LOCAL_ADMIN_TOKEN = "local-admin-token"  # local runs only; deployed stacks read it from Secrets Manager
 
 
@@ -83,49 +91,148 @@ def auth_lines(api: LocalApi, auth: LocalAuth) -> list[str]:
     return lines
 
 
-def main() -> int:
-    port = int(os.environ.get("PORT", "3000"))
-    sim_port = int(os.environ.get("HYPAY_SIM_PORT", "3100"))
-    data_dir = Path(os.environ.get("LOCAL_DATA_DIR", str(LOCAL_DATA)))
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def setting_names(template: Template) -> set[str]:
+    """Every setting a function reads from its environment: the template's variables (`!Ref` ones too) and
+    every field of payments.settings. `make run` passes these through from its own environment."""
+    names = {f.alias for model in _settings_models() for f in model.model_fields.values() if f.alias}
+    doc = yaml.load(TEMPLATE.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    sections = [(doc.get("Globals") or {}).get("Function") or {}]
+    sections += [r.get("Properties") or {} for r in doc["Resources"].values() if r["Type"] == FUNCTION_TYPE]
+    for section in sections:
+        names.update(((section.get("Environment") or {}).get("Variables") or {}).keys())
+    names.update(name for fn in template.functions.values() for name in fn.environment)
+    return names
 
+
+def _settings_models() -> list[type[BaseModel]]:
+    return [
+        v
+        for v in vars(payments.settings).values()
+        if isinstance(v, type) and issubclass(v, BaseModel) and v is not BaseModel
+    ]
+
+
+def from_environment(names: set[str]) -> dict[str, str]:
+    """The settings given to `make run` (`HYPAY_VERIFY_MODE=hmac make run`): they win over its own values."""
+    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
+
+
+def port_from(variable: str, default: int) -> int:
+    value = os.environ.get(variable) or str(default)
+    if not value.isdigit() or int(value) > 65535:
+        raise ValueError(f"make run: {variable}={value} is not a port number (0 picks a free one)")
+    return int(value)
+
+
+class PortInUse(Exception):
+    """One line for the terminal: which port, what wanted it, how to choose another."""
+
+
+def check_port(port: int, what: str, variable: str) -> None:
+    """Raises PortInUse when the port cannot be bound (as the servers bind it: SO_REUSEADDR)."""
+    if port == 0:
+        return
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            why = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+            raise PortInUse(
+                f"make run: port {port} ({what}) {why}; choose another with {variable}=<port> make run"
+            ) from None
+
+
+def main() -> int:
     try:
+        port = port_from("PORT", 3000)
+        sim_port = port_from("HYPAY_SIM_PORT", 3100)
         mode = mode_from(os.environ.get("AUTH_MODE"))
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    auth = LocalAuth.for_mode(mode)
+    data_dir = Path(os.environ.get("LOCAL_DATA_DIR", str(LOCAL_DATA)))
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        # The ports first: a port in use is one line, before the database starts.
+        check_port(port, "the local API", "PORT")
+        check_port(sim_port, "the Hypay simulator", "HYPAY_SIM_PORT")
+        return serve(port, sim_port, mode, data_dir, stop)
+    except PortInUse as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
 
+
+def _bound[T](port: int, what: str, variable: str, make: Callable[[], T]) -> T:
+    """`make()`, a server binding `port`; taken meanwhile (after check_port) is still one line."""
+    try:
+        return make()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise PortInUse(
+            f"make run: port {port} ({what}) is already in use; choose another with {variable}=<port> make run"
+        ) from None
+
+
+def serve(port: int, sim_port: int, mode: Mode, data_dir: Path, stop: threading.Event) -> int:
+    auth = LocalAuth.for_mode(mode)
+    template = load()
+    overrides = from_environment(setting_names(template))
+
+    # The simulator's transactions and saved cards, kept across runs beside the database's folder (so an old
+    # return URL still verifies and a saved card can still be charged).
+    simulator_state = data_dir.parent / "hypay-simulator.json"
     with database_url(data_dir) as url:
         db = Database.from_settings(DatabaseSettings(DATABASE_URL=url))
         applied = migrate(db)
         seed(db)
         db.close()
 
-        simulator = HypaySimulator([public_test_terminal()], port=sim_port).start()
-        base = f"http://127.0.0.1:{port}"
+        simulator = _bound(
+            sim_port,
+            "the Hypay simulator",
+            "HYPAY_SIM_PORT",
+            lambda: HypaySimulator([public_test_terminal()], port=sim_port, state_file=simulator_state),
+        )
         token = auth.token(DEMO_USER_ID, email=DEMO_USER_EMAIL)
-        demo = DemoSite(url, DEMO_USER_ID, token, admin_token=LOCAL_ADMIN_TOKEN)
-        environment = {
-            "DATABASE_URL": url,
-            "HYPAY_URL": simulator.url,
-            "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
-            "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
-            "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
-            "STAGE": "local",
-            "WEB_APP_SUCCESS_URL": f"{base}/demo/result",
-            "WEB_APP_FAILURE_URL": f"{base}/demo/result",
-            "WEB_APP_PENDING_URL": f"{base}/demo/result",
-            "ADMIN_API_TOKEN": LOCAL_ADMIN_TOKEN,
-            "POWERTOOLS_METRICS_NAMESPACE": "PaymentsLocal",
-            "POWERTOOLS_TRACE_DISABLED": "1",
-            "POWERTOOLS_DEV": "false",
-            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "eu-west-1"),
-        }
-        template = load()
-        api = LocalApi(template, environment, port=port, site=demo.handle, auth=auth)
+        admin_token = overrides.get("ADMIN_API_TOKEN", LOCAL_ADMIN_TOKEN)
+        demo = DemoSite(url, DEMO_USER_ID, token, admin_token=admin_token)
+
+        def environment(base: str) -> dict[str, str]:
+            """The functions' settings: the bound port's URLs, then whatever `make run` was given."""
+            return {
+                "DATABASE_URL": url,
+                "HYPAY_URL": simulator.url,
+                "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
+                "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
+                "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
+                "STAGE": "local",
+                "WEB_APP_SUCCESS_URL": f"{base}/demo/result",
+                "WEB_APP_FAILURE_URL": f"{base}/demo/result",
+                "WEB_APP_PENDING_URL": f"{base}/demo/result",
+                "ADMIN_API_TOKEN": admin_token,
+                "POWERTOOLS_METRICS_NAMESPACE": "PaymentsLocal",
+                "POWERTOOLS_TRACE_DISABLED": "1",
+                "POWERTOOLS_DEV": "false",
+                "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "eu-west-1"),
+                **{k: v for k, v in overrides.items() if k != "DATABASE_URL"},  # DATABASE_URL: `url` already
+            }
+
+        try:
+            api = _bound(
+                port,
+                "the local API",
+                "PORT",
+                lambda: LocalApi(template, environment, port=port, site=demo.handle, auth=auth, cors=load_cors()),
+            )
+        except BaseException:
+            simulator.server.server_close()
+            demo.close()
+            raise
+        simulator.start()
         terminal = simulator.terminals[PUBLIC_TEST_TERMINAL_MASOF]
         terminal.success_url = terminal.failure_url = f"{api.url}/hypay/return"
         terminal.notify_url = f"{api.url}/hypay/notify"
@@ -145,17 +252,20 @@ def main() -> int:
                 if f.schedules
             ],
             f"  hypay         simulator {simulator.url} (public test terminal {PUBLIC_TEST_TERMINAL_MASOF},"
-            f" redirects to {terminal.success_url})",
+            f" redirects to {terminal.success_url}; {len(simulator.transactions)} transactions kept in"
+            f" {simulator_state})",
             "  test cards    listed on the simulator's payment page (one approves, one declines)",
             *auth_lines(api, auth),
-            f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {auth.issuer}",
+            f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {auth.issuer} (a fixed name, any port)",
             f"  demo token    {token}",
             f"  other user    .venv/bin/python -m ops.token --mode {mode} --user <uuid> [--email <address>]",
-            f"  admin token   {LOCAL_ADMIN_TOKEN}",
+            f"  admin token   {admin_token}",
+            f"  settings      from the environment: {', '.join(overrides) or 'none'}"
+            " (any function setting: NAME=value make run; ports: PORT, HYPAY_SIM_PORT)",
             "",
             "Try each route (paste the two exports first):",
             f"  export TOKEN={token}",
-            f"  export ADMIN={LOCAL_ADMIN_TOKEN}",
+            f"  export ADMIN={admin_token}",
             *[f"  {command}" for command in curl_examples(api.url, template.routes)],
             "",
             "Ctrl-C stops everything.",

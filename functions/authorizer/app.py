@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event i
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from payments.errors import PaymentError
-from payments.observability import logger, metrics, tracer
+from payments.observability import logger, metrics, tracer, with_metrics_namespace
 from payments.services.authorize import (
     TokenRejected,
     TokenVerifier,
@@ -37,7 +37,7 @@ def _verifier() -> TokenVerifier:
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @event_source(data_class=APIGatewayAuthorizerEventV2)
-def lambda_handler(event: APIGatewayAuthorizerEventV2, context: LambdaContext) -> dict[str, Any]:
+def _authorize(event: APIGatewayAuthorizerEventV2, context: LambdaContext) -> dict[str, Any]:
     """Allow with the token's claims (they reach the function as `requestContext.authorizer.lambda`), or deny.
 
     A denial is cached by API Gateway for this token; key or configuration trouble is raised instead (API
@@ -55,3 +55,6 @@ def lambda_handler(event: APIGatewayAuthorizerEventV2, context: LambdaContext) -
         metrics.add_metric(name="AuthorizerUnavailable", unit=MetricUnit.Count, value=1)
         raise
     return APIGatewayAuthorizerResponseV2(authorize=True, context=context_claims(claims)).asdict()
+
+
+lambda_handler = with_metrics_namespace(_authorize)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ class MakeRun:
     sim_port: int = field(default_factory=free_port)
     lines: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
+    _own_data: str | None = None
 
     @property
     def base(self) -> str:
@@ -38,6 +41,12 @@ class MakeRun:
         return "".join(self.lines)
 
     def start(self) -> MakeRun:
+        # Never the developer's own .local (the simulator keeps its transactions there): a folder of the run's
+        # own unless the test names one.
+        if "LOCAL_DATA_DIR" not in self.env:
+            self._own_data = tempfile.mkdtemp(prefix="make-run-")
+            os.chmod(self._own_data, 0o755)  # the embedded server's own user must reach it
+            self.env = {**self.env, "LOCAL_DATA_DIR": self._own_data}
         env = {
             **os.environ,
             **self.env,
@@ -66,4 +75,6 @@ class MakeRun:
         assert self.process is not None
         self.process.send_signal(signal.SIGINT)
         rest, _ = self.process.communicate(timeout=60)
+        if self._own_data is not None:
+            shutil.rmtree(self._own_data, ignore_errors=True)
         return self.process.returncode, rest

@@ -25,7 +25,6 @@ def http_handler(app: Any, *, other_events: LambdaHandler | None = None) -> Lamb
     are not HTTP (the schedule's).
     """
     from payments.http import with_security_headers
-    from payments.settings import metrics_namespace
 
     @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
     @metrics.log_metrics(capture_cold_start_metric=True)
@@ -35,11 +34,17 @@ def http_handler(app: Any, *, other_events: LambdaHandler | None = None) -> Lamb
             return other_events(event, context)
         return with_security_headers(app.resolve(event, context))
 
+    return with_metrics_namespace(lambda_handler)
+
+
+def with_metrics_namespace(handler: LambdaHandler) -> LambdaHandler:
+    """The namespace is read when `metrics` is built; an import before the environment was complete (tests,
+    tools) would leave it empty and every flush would fail: this entry point reads it again if so."""
+    from payments.settings import metrics_namespace
+
     def entry(event: dict, context: Any) -> Any:
-        # The namespace is read when `metrics` is built; an import before the environment was complete
-        # (tests, tools) would leave it empty and every flush would fail: read it again here.
         if not metrics.namespace:
             metrics.namespace = metrics_namespace()
-        return lambda_handler(event, context)
+        return handler(event, context)
 
     return entry

@@ -1,0 +1,105 @@
+"""`make run` as a terminal sees it: a port in use, Ctrl-C, the chosen port, settings from the environment."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.make_run import ROOT, free_port
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
+        **extra,
+    }
+
+
+def _status(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> int:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_a_port_in_use_is_one_clear_line(private_tmp: Path) -> None:
+    # Given something already listening on the port make run wants
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # When make run starts on it
+        done = subprocess.run(
+            [sys.executable, "-m", "ops.run"],
+            cwd=ROOT,
+            env=_env({"PORT": str(port), "HYPAY_SIM_PORT": str(free_port()), "LOCAL_DATA_DIR": str(private_tmp)}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    # Then it exits with one line naming the port and how to choose another, no traceback
+    out = (done.stdout + done.stderr).strip()
+    assert done.returncode == 1, out
+    assert out.count("\n") == 0 and "Traceback" not in out, out
+    assert f"port {port}" in out and "PORT=" in out
+
+
+def test_ctrl_c_stops_quietly_on_the_chosen_port_with_settings_from_the_environment(
+    private_tmp: Path, request: pytest.FixtureRequest
+) -> None:
+    # Given make run on a port the system picks (PORT=0), with a function setting in its environment,
+    # in its own process group as a terminal runs it
+    env = {"PORT": "0", "HYPAY_SIM_PORT": "0", "LOCAL_DATA_DIR": str(private_tmp / "pgdata")}
+    env["HYPAY_NOTIFY_ALLOWED_CIDRS"] = "10.99.0.0/16"
+    env["ADMIN_API_TOKEN"] = "my-own-admin-token"  # make run's own value is local-admin-token
+    if "DATABASE_URL" in os.environ:
+        env["DATABASE_URL"] = request.getfixturevalue("empty_database_url")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ops.run"],
+        cwd=ROOT,
+        env=_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything." in line:
+                break
+        out = "".join(lines)
+        # Then every URL of the banner names the bound port, never 0 or the default
+        # (but the JWT issuer: a fixed name every local token carries, ops.token's too, not an address)
+        served = "".join(line for line in lines if "JWT issuer" not in line)
+        ports = set(re.findall(r"http://127\.0\.0\.1:(\d+)", served))
+        assert "0" not in ports and "3000" not in ports and "3100" not in ports, ports
+        assert len(ports) == 2, ports  # the local API's and the simulator's
+        api = next(line.split()[2] for line in lines if line.strip().startswith("local API"))
+        assert _status(f"{api}/hypay/return") == 200
+        # And the setting reached the functions (the banner says so, and the callback applies it)
+        assert "from the environment: ADMIN_API_TOKEN, HYPAY_NOTIFY_ALLOWED_CIDRS" in out
+        assert _status(f"{api}/admin/review", headers={"Authorization": "Bearer my-own-admin-token"}) == 200
+        assert _status(f"{api}/admin/review", headers={"Authorization": "Bearer local-admin-token"}) in (401, 403)
+    finally:
+        # When Ctrl-C reaches the whole process group
+        os.killpg(process.pid, signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    # Then it stops cleanly, with no traceback from it or its workers
+    assert process.returncode == 0, rest
+    assert "stopped." in rest and "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
