@@ -21,6 +21,7 @@ from payments.http import error_response, problem, validation_problem
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
 from payments.request_body import UnsupportedMediaType, json_object
+from payments.services.keyed import Answer
 from payments.services.refund import Refunds, RefundsDeps
 from payments.services.review import QueueQuery, ResolvePayment, ResolveRequest, operator_reason, review_queue
 from payments.settings import admin_settings, idempotency_settings
@@ -68,6 +69,34 @@ def _resolver() -> ResolvePayment:
     )
 
 
+class _InvalidBody(PaymentError):
+    def __init__(self, issues: list[Any]) -> None:
+        super().__init__("the request body is malformed")
+        self.issues = issues
+
+
+def _keyed_post[M: BaseModel](payment_id: str, model: type[M]) -> tuple[str, UUID, str, M]:
+    """What every admin POST on a payment needs, each checked: the admin, the payment id, the key, the body."""
+    admin = _admin()
+    try:
+        pid = UUID(payment_id)
+    except ValueError:
+        raise NotFound("no such payment") from None
+    key = _idempotency_key()
+    event = app.current_event
+    body = json_object(event.headers.get("content-type"), event.body, base64_encoded=event.is_base64_encoded)
+    try:
+        return admin, pid, key, model.model_validate(body)
+    except ValidationError as exc:
+        raise _InvalidBody(exc.errors()) from None
+
+
+def _answer(answer: Answer) -> Response[Any]:
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
+    content_type = "application/problem+json" if answer.status >= 400 else "application/json"
+    return Response(answer.status, content_type, json.dumps(answer.body), headers)
+
+
 @app.get("/admin/review", summary="Everything that needs a human, oldest first", tags=["admin"])
 def get_review() -> Response[Any]:
     _admin()
@@ -87,21 +116,9 @@ def get_review() -> Response[Any]:
     tags=["admin"],
 )
 def post_resolve(payment_id: str) -> Response[Any]:
-    admin = _admin()
-    try:
-        pid = UUID(payment_id)
-    except ValueError:
-        raise NotFound("no such payment") from None
-    key = _idempotency_key()
-    event = app.current_event
-    body = json_object(event.headers.get("content-type"), event.body, base64_encoded=event.is_base64_encoded)
-    try:
-        request = ResolveRequest.model_validate(body)
-    except ValidationError as exc:
-        return validation_problem(exc.errors())
+    admin, pid, key, request = _keyed_post(payment_id, ResolveRequest)
     answer = _resolver()(admin=admin, payment_id=pid, idempotency_key=key, request=request, context=app.lambda_context)
-    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
-    return Response(answer.status, "application/json", json.dumps(answer.body), headers)
+    return _answer(answer)
 
 
 class RefundBody(BaseModel):
@@ -136,18 +153,7 @@ def _refunds() -> Refunds:
     tags=["admin"],
 )
 def post_refund(payment_id: str) -> Response[Any]:
-    admin = _admin()
-    try:
-        pid = UUID(payment_id)
-    except ValueError:
-        raise NotFound("no such payment") from None
-    key = _idempotency_key()
-    event = app.current_event
-    body = json_object(event.headers.get("content-type"), event.body, base64_encoded=event.is_base64_encoded)
-    try:
-        request = RefundBody.model_validate(body)
-    except ValidationError as exc:
-        return validation_problem(exc.errors())
+    admin, pid, key, request = _keyed_post(payment_id, RefundBody)
     amount = Money.of(request.amount, request.currency) if request.amount else None
     answer = _refunds()(
         payment_id=pid,
@@ -158,9 +164,12 @@ def post_refund(payment_id: str) -> Response[Any]:
         hypay_id=request.hypay_id,
         context=app.lambda_context,
     )
-    headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
-    content_type = "application/problem+json" if answer.status >= 400 else "application/json"
-    return Response(answer.status, content_type, json.dumps(answer.body), headers)
+    return _answer(answer)
+
+
+@app.exception_handler(_InvalidBody)
+def _invalid_body(exc: _InvalidBody) -> Response[Any]:
+    return validation_problem(exc.issues)
 
 
 @app.exception_handler(_NotAnAdmin)

@@ -22,11 +22,6 @@ from typing import Any
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.idempotency.exceptions import (
-    IdempotencyAlreadyInProgressError,
-    IdempotencyPersistenceLayerError,
-    IdempotencyValidationError,
-)
 
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
 from payments.adapters.journal import HypTransaction, Source
@@ -34,7 +29,6 @@ from payments.adapters.payments_store import OpenedPayment, Pack, PaymentsStore,
 from payments.domain.payment import CreatePaymentRequest, PaymentStatus
 from payments.errors import (
     Conflict,
-    DatabaseUnavailable,
     GatewayAuthenticationError,
     GatewayDeclined,
     GatewayError,
@@ -45,11 +39,10 @@ from payments.errors import (
     OutcomeUnconfirmed,
     PackUnavailable,
     RateLimited,
-    RequestInProgress,
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
-from payments.services.keyed import Answer, keyed
+from payments.services.keyed import Answer, Keyed
 from payments.services.settle import Result, settle
 
 
@@ -95,7 +88,7 @@ class CreatePayment:
         self, deps: CreatePaymentDeps, persistence: PostgresPersistenceLayer, *, expires_after_seconds: int = 86400
     ) -> None:
         self.deps = deps
-        self.config, self._run = keyed(
+        self._keyed = Keyed(
             self._create,
             persistence=persistence,
             key="[user_id, key]",
@@ -107,21 +100,9 @@ class CreatePayment:
     def __call__(
         self, *, user_id: UUID, idempotency_key: str, request: CreatePaymentRequest, context: Any = None
     ) -> Answer:
-        if context is not None:
-            self.config.register_lambda_context(context)
         scope = {"user_id": str(user_id), "key": idempotency_key, "request": request.fingerprint()}
-        try:
-            # The CVV travels beside the scope, never inside it: not hashed, not stored.
-            result = self._run(scope=scope, cvv=request.cvv)
-        except IdempotencyValidationError:
-            raise IdempotencyKeyReused(
-                "this Idempotency-Key was already used with a different request; use a new key"
-            ) from None
-        except IdempotencyAlreadyInProgressError:
-            raise RequestInProgress("a request with this Idempotency-Key is still being processed") from None
-        except IdempotencyPersistenceLayerError as exc:
-            raise DatabaseUnavailable("the payment store is unavailable; retry with the same key") from exc
-        return Answer(result["status"], result["body"], bool(result.get("replayed")))
+        # The CVV travels beside the scope, never inside it: not hashed, not stored.
+        return self._keyed(context, scope=scope, cvv=request.cvv)
 
     # -- the work, run at most once per (user, key) ----------------------------------------------
 

@@ -32,7 +32,7 @@ from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
 from payments.errors import DatabaseUnavailable, GatewayError, InvalidRequest, PaymentError
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
-from payments.services.settle import Result, settle
+from payments.services.settle import Result, Settlement, settle
 
 # ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
 _HYP_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
@@ -225,14 +225,14 @@ class HandleCallback:
         outcome = self._outcome(self._settle(callback, source))
         return {"result": str(outcome.result), "payment_id": str(outcome.payment_id) if outcome.payment_id else None}
 
-    def _settle(self, callback: Callback, source: Source) -> Any:
+    def _settle(self, callback: Callback, source: Source) -> Settlement:
         settlement = settle(self.store.db, callback.transaction(source), currency_trusted=callback.currency_trusted)
         if settlement.save_card and settlement.credits_granted and settlement.user_id is not None:
             self._save_card(callback, settlement.user_id)
         return settlement
 
     @staticmethod
-    def _outcome(settlement: Any) -> CallbackOutcome:
+    def _outcome(settlement: Settlement) -> CallbackOutcome:
         return CallbackOutcome(settlement.result, settlement.payment_id)
 
     def _save_card(self, callback: Callback, user_id: UUID) -> None:

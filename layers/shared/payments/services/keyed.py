@@ -8,8 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 
+from payments.errors import DatabaseUnavailable, IdempotencyKeyReused, RequestInProgress
 from payments.idempotency import PostgresPersistenceLayer
 
 
@@ -26,25 +32,46 @@ def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
     return {**response, "replayed": True}
 
 
-def keyed(
-    work: Callable[..., dict[str, Any]],
-    *,
-    persistence: PostgresPersistenceLayer,
-    key: str,
-    validate: str,
-    prefix: str,
-    expires_after_seconds: int,
-) -> tuple[IdempotencyConfig, Callable[..., dict[str, Any]]]:
-    """`work(scope=...)` run at most once per the scope's `key` (a JMESPath), the request checked by
-    `validate` on a replay; the stored answer comes back with `replayed: True`."""
-    config = IdempotencyConfig(
-        event_key_jmespath=key,
-        payload_validation_jmespath=validate,
-        expires_after_seconds=expires_after_seconds,
-        raise_on_no_idempotency_key=True,
-        response_hook=_mark_replayed,
-    )
-    run = idempotent_function(
-        data_keyword_argument="scope", config=config, persistence_store=persistence, key_prefix=prefix
-    )(work)
-    return config, run
+class Keyed:
+    """`Keyed(work, ...)(context, scope=..., **beside)` -> the Answer: `work(scope=..., **beside)` run at most
+    once per the scope's `key` (a JMESPath), the request checked by `validate` on a replay (the stored answer
+    comes back with `replayed`). What is `beside` the scope is neither hashed nor stored (a CVV, the admin).
+    The idempotency utility's errors become the ones a caller acts on: 422, 409 with Retry-After, 503."""
+
+    def __init__(
+        self,
+        work: Callable[..., dict[str, Any]],
+        *,
+        persistence: PostgresPersistenceLayer,
+        key: str,
+        validate: str,
+        prefix: str,
+        expires_after_seconds: int,
+        what: str = "request",
+    ) -> None:
+        self.config = IdempotencyConfig(
+            event_key_jmespath=key,
+            payload_validation_jmespath=validate,
+            expires_after_seconds=expires_after_seconds,
+            raise_on_no_idempotency_key=True,
+            response_hook=_mark_replayed,
+        )
+        self._run = idempotent_function(
+            data_keyword_argument="scope", config=self.config, persistence_store=persistence, key_prefix=prefix
+        )(work)
+        self.what = what
+
+    def __call__(self, context: Any, *, scope: dict[str, Any], **beside: Any) -> Answer:
+        if context is not None:
+            self.config.register_lambda_context(context)
+        try:
+            result = self._run(scope=scope, **beside)
+        except IdempotencyValidationError:
+            raise IdempotencyKeyReused(
+                f"this Idempotency-Key was already used with a different {self.what}; use a new key"
+            ) from None
+        except IdempotencyAlreadyInProgressError:
+            raise RequestInProgress(f"a {self.what} with this Idempotency-Key is still being processed") from None
+        except IdempotencyPersistenceLayerError as exc:
+            raise DatabaseUnavailable("the payment store is unavailable; retry with the same key") from exc
+        return Answer(result["status"], result["body"], bool(result.get("replayed")))

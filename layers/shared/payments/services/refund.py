@@ -25,11 +25,6 @@ from typing import Any
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.idempotency.exceptions import (
-    IdempotencyAlreadyInProgressError,
-    IdempotencyPersistenceLayerError,
-    IdempotencyValidationError,
-)
 
 from payments.adapters import audit
 from payments.adapters.db import Transaction
@@ -49,21 +44,18 @@ from payments.domain import hypay as protocol
 from payments.domain.money import Money
 from payments.domain.refund import CANCEL_UNTIL_HOUR, Method, RefundStatus, choose_method
 from payments.errors import (
-    DatabaseUnavailable,
     GatewayAuthenticationError,
     GatewayDeclined,
     GatewayError,
     GatewayNotAsked,
     GatewayRejected,
-    IdempotencyKeyReused,
     InvalidRequest,
     OutcomeUnconfirmed,
     PaymentError,
-    RequestInProgress,
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
-from payments.services.keyed import Answer, keyed
+from payments.services.keyed import Answer, Keyed
 
 CANNOT_CANCEL = 920  # CancelTrans: already transmitted, or no such transaction (Hyp's cancellation page)
 DUPLICATE_TRANSACTION = 425
@@ -129,13 +121,14 @@ class Refunds:
         self, deps: RefundsDeps, persistence: PostgresPersistenceLayer, *, expires_after_seconds: int = 7 * 86400
     ) -> None:
         self.deps = deps
-        self.config, self._run = keyed(
+        self._keyed = Keyed(
             self._refund,
             persistence=persistence,
             key="[payment_id, key]",
             validate="request",
             prefix="refund",
             expires_after_seconds=expires_after_seconds,
+            what="refund request",
         )
 
     def __call__(
@@ -167,8 +160,6 @@ class Refunds:
             raise InvalidRequest("amount: must be positive")
         if hypay_id is not None and not (hypay_id.isascii() and hypay_id.isdigit() and len(hypay_id) <= 20):
             raise InvalidRequest("hypay_id: a Hyp transaction id (1 to 20 digits)")
-        if context is not None:
-            self.config.register_lambda_context(context)
         scope = {
             "payment_id": str(payment_id),
             "key": idempotency_key,
@@ -180,18 +171,9 @@ class Refunds:
             },
         }
         try:
-            result = self._run(scope=scope, admin=admin)  # the admin beside the scope: another may retry it
+            return self._keyed(context, scope=scope, admin=admin)  # the admin beside the scope: another may retry
         except _Refused as refused:
             return Answer(refused.status, refused.body)
-        except IdempotencyValidationError:
-            raise IdempotencyKeyReused(
-                "this Idempotency-Key was already used with a different refund request; use a new key"
-            ) from None
-        except IdempotencyAlreadyInProgressError:
-            raise RequestInProgress("a refund with this Idempotency-Key is still being processed") from None
-        except IdempotencyPersistenceLayerError as exc:
-            raise DatabaseUnavailable("the refund store is unavailable; retry with the same key") from exc
-        return Answer(result["status"], result["body"], bool(result.get("replayed")))
 
     # -- the work, run at most once per (payment, key) -------------------------------------------
 
