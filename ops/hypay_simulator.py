@@ -29,6 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -88,6 +89,9 @@ class _Fault:
     remaining: int
     ccode: int | None = None
     seconds: float = 0.0
+
+
+CONTROL_PREFIX = "/_sim/"  # the simulator's control API, never Hyp's
 
 
 class Faults:
@@ -179,19 +183,29 @@ class HypaySimulator:
                 return
 
             def do_GET(self) -> None:  # noqa: N802 - stdlib name
+                if self.path.startswith(CONTROL_PREFIX):
+                    return sim._control(self, b"")
+                raw = self.path.partition("?")[2]
                 try:
-                    sim._serve(self, self.path.partition("?")[2])
+                    sim._serve(self, raw)
                 finally:
-                    sim._save()
+                    sim._save_after(raw)
+
+            def do_DELETE(self) -> None:  # noqa: N802 - stdlib name
+                return sim._control(self, b"")
 
             def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                if self.path.startswith(CONTROL_PREFIX):
+                    length = int(self.headers.get("Content-Length") or 0)
+                    return sim._control(self, self.rfile.read(length))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length).decode("utf-8", errors="replace")
                 query = self.path.partition("?")[2]
+                raw = "&".join(p for p in (query, body) if p)
                 try:
-                    sim._serve(self, "&".join(p for p in (query, body) if p))
+                    sim._serve(self, raw)
                 finally:
-                    sim._save()
+                    sim._save_after(raw)
 
         self.server = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
         self.server.daemon_threads = True
@@ -218,6 +232,11 @@ class HypaySimulator:
         self._save()
 
     # -- persistence (state_file) ---------------------------------------------------------------
+
+    def _save_after(self, raw: str) -> None:
+        """Saves after a call that may have changed the state (not after SIGN, VERIFY or showing the page)."""
+        if _decoded(raw).get("action") not in ("APISign", "pay"):
+            self._save()
 
     def _save(self) -> None:
         """Writes the state atomically (a whole new file, renamed over the old one)."""
@@ -340,6 +359,48 @@ class HypaySimulator:
             with ThreadPoolExecutor(max_workers=min(times, 64)) as pool:
                 return list(pool.map(send, requests))
         return [send(r) for r in requests]
+
+    # -- the simulator's own control API (not Hyp's): faults and state for the proof suite --------
+
+    def _control(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        """`POST /_sim/faults` {"action", "kind", "times", "ccode", "seconds"} adds a fault (see Faults),
+        `DELETE /_sim/faults` clears them, `GET /_sim/transactions` lists the transactions (no card data)."""
+        path = request.path.partition("?")[0]
+        if path == f"{CONTROL_PREFIX}faults" and request.command == "POST":
+            try:
+                rule = json.loads(body or b"{}")
+                self.faults.add(
+                    str(rule["action"]),
+                    str(rule["kind"]),
+                    times=int(rule.get("times", 1)),
+                    ccode=None if rule.get("ccode") is None else int(rule["ccode"]),
+                    seconds=float(rule.get("seconds", 0.0)),
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                return self._send(request, 400, "text/plain", f"bad fault: {exc}")
+            return self._send(request, 204, "text/plain", "")
+        if path == f"{CONTROL_PREFIX}faults" and request.command == "DELETE":
+            self.faults.clear()
+            return self._send(request, 204, "text/plain", "")
+        if path == f"{CONTROL_PREFIX}transactions" and request.command == "GET":
+            with self._lock:
+                listed = [
+                    {
+                        "id": t.id,
+                        "ccode": t.ccode,
+                        "amount": t.amount,
+                        "coin": t.coin,
+                        "order": t.order,
+                        "saved_card": t.token is not None,
+                        "refunded_agorot": self.refunded.get(t.id, 0),
+                        "cancelled": t.id in self.cancelled,
+                    }
+                    for t in self.transactions.values()
+                ]
+                reversals = [asdict(r) for r in self.reversals]
+            document = {"transactions": listed, "reversals": reversals, "calls": dict(Counter(self.calls))}
+            return self._send(request, 200, "application/json", json.dumps(document))
+        return self._send(request, 404, "text/plain", "no such control")
 
     # -- the protocol -------------------------------------------------------------------------
 

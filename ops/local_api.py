@@ -5,6 +5,7 @@ to its function. Like Lambda, a function runs in a few execution environments (w
 each handling one invocation at a time with its own module state, so concurrent requests run
 concurrently and never share a database connection. Unknown routes answer 404 as API Gateway does.
 Scheduled functions run on their `rate(...)`; `POST /_local/schedules/<FunctionName>` runs one now.
+`GET /_local/workers` lists each function's live worker processes (the proof suite kills them at random).
 
 Secured routes get the authorizer the template gives them in the chosen JWT mode (`LocalAuth`, rs256 by
 default), as API Gateway runs it: no Authorization header is a 401 either way. rs256 is the JWT authorizer
@@ -78,6 +79,7 @@ __all__ = [
 ]
 
 SCHEDULE_TRIGGER_PREFIX = "/_local/schedules/"
+WORKERS_PATH = "/_local/workers"  # GET: each function's live worker processes {"Name": [pid, ...]}
 REGION, ACCOUNT = "eu-west-1", "123456789012"
 
 
@@ -168,6 +170,11 @@ class FunctionPool:
         except BrokenProcessPool:
             self._replace(executor)
             raise EnvironmentDied(f"{self.function.name}: the execution environment died") from None
+
+    def pids(self) -> list[int]:
+        """The live worker processes (the proof suite kills them at random)."""
+        processes = getattr(self._executor, "_processes", None) or {}
+        return sorted(pid for pid, process in list(processes.items()) if process.is_alive())
 
     def shutdown(self) -> None:
         with self._lock:
@@ -507,6 +514,10 @@ class LocalApi:
                 return self._reply(request, 404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
             result = self.run_schedule_now(name)
             return self._reply(request, 200, {"content-type": "application/json"}, json.dumps(result).encode())
+
+        if method == "GET" and path == WORKERS_PATH:
+            workers = {name: pool.pids() for name, pool in self.pools.items()}
+            return self._reply(request, 200, {"content-type": "application/json"}, json.dumps(workers).encode())
 
         if self.auth is not None and method in ("GET", "HEAD") and path in (JWKS_PATH, OPENID_CONFIGURATION_PATH):
             document = (

@@ -206,6 +206,9 @@ def test_a_killed_execution_environment_is_replaced() -> None:
         status, _, body = http(f"{api.url}/sleep/0")
         assert status == 200
         pid = json.loads(body)["pid"]
+        # (listed where the proof suite looks for workers to kill)
+        status, _, listed = http(f"{api.url}/_local/workers")
+        assert status == 200 and pid in json.loads(listed)[next(iter(api.pools))]
         # When its worker process is killed during a slow request
         slow: list[tuple] = []
         t = threading.Thread(target=lambda: slow.append(http(f"{api.url}/sleep/5")))

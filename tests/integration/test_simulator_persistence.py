@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -64,3 +66,35 @@ def test_without_a_state_file_nothing_is_kept(private_tmp: Path) -> None:
     sim = HypaySimulator([public_test_terminal()]).start()
     sim.stop()
     assert list(private_tmp.iterdir()) == []
+
+
+def test_the_control_api_injects_faults_and_lists_transactions() -> None:
+    # Given a running simulator (the proof suite drives make run's simulator over HTTP)
+    sim = HypaySimulator([public_test_terminal()]).start()
+    try:
+        control = f"{sim.base_url}/_sim/"
+
+        def call(method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(control + path, data=data, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as err:
+                return err.code, err.read()
+
+        # When a VERIFY outage is added over HTTP
+        assert call("POST", "faults", {"action": "VERIFY", "kind": "http500", "times": 2})[0] == 204
+        # Then the next two VERIFY calls fail as Hyp's outage would, the third is served
+        assert sim.faults.take("VERIFY") is not None and sim.faults.take("VERIFY") is not None
+        assert sim.faults.take("VERIFY") is None
+        # And a malformed fault is a 400, clearing works, unknown controls are 404
+        assert call("POST", "faults", {"kind": "http500"})[0] == 400
+        call("POST", "faults", {"action": "soft", "kind": "drop"})
+        assert call("DELETE", "faults")[0] == 204 and sim.faults.take("soft") is None
+        assert call("GET", "nothing")[0] == 404
+        # And the transactions are listed without card data
+        status, body = call("GET", "transactions")
+        assert status == 200 and json.loads(body) == {"transactions": [], "reversals": [], "calls": {}}
+    finally:
+        sim.stop()
