@@ -25,7 +25,7 @@ PYTHON313 ?= $(shell \
 			&& { echo $$p; break; }; \
 	done)
 
-.PHONY: help venv lock run test test-pg15 test-fast migrate migrate-check build lint openapi bench clean
+.PHONY: help venv lock run test test-pg15 test-fast prove migrate migrate-check build lint openapi bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ test-pg15: $(STAMP) ## the whole suite against Debian's PostgreSQL 15 (installed
 
 test-fast: $(STAMP) ## the suite without the slow sam-build test
 	$(PY) -m pytest -m "not build"
+
+prove: $(STAMP) ## the proof suite at release size against make run's stack (chaos, contract and callback fuzzing, saved cards and refunds under faults); writes docs/proof.md
+	$(PY) -m proof $(PROVE_ARGS)
 
 migrate: $(STAMP) ## preflight, then apply pending sql/ migrations in one transaction (DATABASE_URL, else make run's); MIGRATE_ADOPT_LEGACY=1 adopts legacy rows
 	$(PY) -m ops.migrate

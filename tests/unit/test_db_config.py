@@ -7,16 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from pg8000.exceptions import DatabaseError, InterfaceError
+
 from payments.adapters.db import (
     RDS_CA_BUNDLE,
     ConnectionParams,
+    Database,
     _ssl_context,
     bind,
     params_from_rds_secret,
     params_provider,
     parse_database_url,
 )
-from payments.errors import ConfigurationError
+from payments.errors import ConfigurationError, DatabaseUnavailable
 from payments.settings import DatabaseSettings, database_settings
 
 
@@ -170,3 +173,38 @@ def test_a_url_without_sslmode_is_verified_unless_it_is_this_machine() -> None:
     assert parse_database_url("postgresql://u@127.0.0.1/db").ssl_mode == "disable"
     assert parse_database_url("postgresql://u@/db?host=/run/postgresql").ssl_mode == "disable"
     assert parse_database_url("postgresql://u@db.example.com/db?sslmode=require").ssl_mode == "require"
+
+
+def _masked_auth_failure(state: str) -> InterfaceError:
+    """What pg8000 raises when its close() fails while it handles the server's FATAL: a network error whose
+    context is the server's answer."""
+    try:
+        try:
+            raise DatabaseError({"S": "FATAL", "C": state, "M": 'password authentication failed for user "app"'})
+        except DatabaseError:
+            raise InterfaceError("network error") from None  # noqa: B904 - pg8000's own shape: context, no cause
+    except InterfaceError as masked:
+        masked.__suppress_context__ = False
+        return masked
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["server error", "masked by a network error"])
+def test_a_failed_login_reads_the_secret_again_even_when_masked(masked: bool) -> None:
+    # Given a login refused as a rotated password is (28P01), possibly masked by pg8000's close()
+    refreshes: list[bool] = []
+
+    def params(refresh: bool) -> ConnectionParams:
+        refreshes.append(refresh)
+        return parse_database_url("postgresql://app:pw@db.example.test/payments", ssl_mode="disable")
+
+    def refused(*_: object, **__: object) -> None:
+        error = _masked_auth_failure("28P01")
+        raise error if masked else error.__context__  # type: ignore[misc]
+
+    db = Database(params, connect=refused)  # type: ignore[arg-type]
+    # When the function connects
+    with pytest.raises(DatabaseUnavailable) as raised:
+        db.run("SELECT 1")
+    # Then the secret was read again once (refresh) before giving up, and the reason is the server's
+    assert refreshes == [False, True]
+    assert "password authentication failed" in raised.value.message

@@ -285,6 +285,18 @@ class GuardedConnection(pg8000.native.Connection):
         super().handle_AUTHENTICATION_REQUEST(data, context)
 
 
+def _server_error(exc: BaseException) -> DatabaseError | None:
+    """The server's own error (a DatabaseError carrying an SQLSTATE) in `exc`'s chain, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DatabaseError) and _sqlstate(current) is not None:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _sqlstate(exc: DatabaseError) -> str | None:
     detail = exc.args[0] if exc.args else None
     return detail.get("C") if isinstance(detail, dict) else None
@@ -350,17 +362,20 @@ class Database:
                 conn = self._connect_fn(
                     params.user, **connect_kwargs(params), timeout=self._connect_timeout, application_name="payments"
                 )
-            except DatabaseError as exc:
-                if _sqlstate(exc) in _AUTH_FAILED and attempt == 1:
-                    refresh = True  # the secret may have been rotated: read it again, once
-                    continue
-                raise DatabaseUnavailable(f"could not connect to the database: {_message(exc)}") from exc
             except ssl.SSLCertVerificationError as exc:
                 raise DatabaseUnavailable(
                     f"the database's TLS certificate was refused ({exc.verify_message}); check the host name and "
                     "the CA bundle (DB_SSLROOTCERT / sslrootcert)"
                 ) from exc
-            except (InterfaceError, OSError) as exc:
+            except (DatabaseError, InterfaceError, OSError) as exc:
+                # pg8000 may raise InterfaceError("network error") from its close() while handling the server's
+                # FATAL: the server's answer is then further down the chain, and decides as if raised itself.
+                server = _server_error(exc)
+                if server is not None and _sqlstate(server) in _AUTH_FAILED and attempt == 1:
+                    refresh = True  # the secret may have been rotated: read it again, once
+                    continue
+                if server is not None:
+                    raise DatabaseUnavailable(f"could not connect to the database: {_message(server)}") from exc
                 raise DatabaseUnavailable("could not connect to the database") from exc
             if conn.parameter_statuses.get("standard_conforming_strings") != "on":
                 conn.close()
