@@ -185,3 +185,26 @@ def test_a_payment_with_a_legacy_status_is_read_and_money_for_it_goes_to_review(
     assert notify(forge(claim(payment["payment_id"]))).status == 200
     assert env.rows("SELECT decision FROM hypay_transactions") == [["review"]]
     assert env.status(payment["payment_id"]) == legacy and env.credits() == before
+
+
+def test_a_resent_rate_limit_statement_counts_the_request_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from payments.adapters.payments_store import PaymentsStore
+    from tests.support.faults import Injector
+    from tests.support.pg import connect
+
+    store = PaymentsStore(database(env.url))
+    admin = connect(env.url)
+    injector = Injector(admin)
+    injector.install(monkeypatch)
+    try:
+        # Given the counting upsert ran, then its answer was lost (the connection dropped): Database.run resends
+        with injector.invocation(at=0, fault="drop_after"):
+            count, _ = store.hit_rate_limit("create_payment:resend", 3600, request="key-1")
+        assert injector.fired is not None and not injector.problems
+        # Then the request was counted once, and a different request counts as the second
+        assert count == 1
+        assert store.hit_rate_limit("create_payment:resend", 3600, request="key-2")[0] == 2
+        # And a client's retry with the same key right after is the same request
+        assert store.hit_rate_limit("create_payment:resend", 3600, request="key-2")[0] == 2
+    finally:
+        admin.close()

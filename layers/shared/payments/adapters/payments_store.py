@@ -280,21 +280,25 @@ class PaymentsStore:
             )
         )
 
-    def hit_rate_limit(self, bucket: str, window_seconds: int) -> tuple[int, int]:
-        """Count one request in the current fixed window (one atomic statement, the database's clock).
+    def hit_rate_limit(self, bucket: str, window_seconds: int, request: str) -> tuple[int, int]:
+        """Count `request` in the current fixed window (one atomic statement, the database's clock).
 
-        Returns (requests in this window so far, seconds until the window ends).
+        Safe to send twice (Database.run resends after a dropped connection): the same request as the window's
+        last one is not counted again. Returns (requests in this window so far, seconds until the window ends).
         """
         rows = self.db.run(
             bind(
                 """
-            INSERT INTO public.rate_limits AS r (bucket, window_start, count)
-            VALUES (:bucket, to_timestamp(floor(extract(epoch FROM now()) / :w) * :w), 1)
-            ON CONFLICT (bucket, window_start) DO UPDATE SET count = r.count + 1
+            INSERT INTO public.rate_limits AS r (bucket, window_start, count, last_request)
+            VALUES (:bucket, to_timestamp(floor(extract(epoch FROM now()) / :w) * :w), 1, :request)
+            ON CONFLICT (bucket, window_start) DO UPDATE
+               SET count = r.count + (r.last_request IS DISTINCT FROM EXCLUDED.last_request)::int,
+                   last_request = EXCLUDED.last_request
             RETURNING count,
                       GREATEST(1, ceil(extract(epoch FROM r.window_start) + :w - extract(epoch FROM now())))::int""",
                 bucket=bucket,
                 w=window_seconds,
+                request=request,
             )
         )
         return int(rows[0][0]), int(rows[0][1])

@@ -111,7 +111,9 @@ class CreatePayment:
         request = CreatePaymentRequest.model_validate(scope["request"])
         store = self.deps.store
 
-        count, retry_after = store.hit_rate_limit(f"create_payment:{user_id}", self.deps.rate_window_seconds)
+        count, retry_after = store.hit_rate_limit(
+            f"create_payment:{user_id}", self.deps.rate_window_seconds, request=scope["key"]
+        )
         if count > self.deps.rate_limit:
             raise RateLimited(
                 f"at most {self.deps.rate_limit} payments per {self.deps.rate_window_seconds} s; retry later",
