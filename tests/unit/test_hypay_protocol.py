@@ -133,3 +133,20 @@ def test_money_is_exact() -> None:
         Money.of(49.9)  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest):
         Money(0).hypay_amount()
+
+
+def test_a_non_ascii_raw_value_has_no_signature() -> None:
+    # Given a signed field whose raw value carries characters a percent-encoded query never has, signed the way a
+    # lossy encoder would (each such character as "?"): two different values with one byte form
+    lossy = replace(EXAMPLE, "Fild1", "Israel?Isareli")
+    hostile = replace(EXAMPLE, "Fild1", "Israel\u05d0Isareli")
+    lossy_sign = protocol.redirect_signature(lossy, PUBLIC_TEST_TERMINAL_KEY)
+    assert lossy_sign is not None
+    forged = replace(hostile, "Sign", lossy_sign)
+    # Then the non-ASCII value is refused outright: no payload, no signature, not genuine
+    assert protocol.redirect_sign_payload(hostile) is None
+    assert not protocol.verify_redirect_signature(forged, PUBLIC_TEST_TERMINAL_KEY)
+    # And so is a Sign that is not ASCII
+    assert not protocol.verify_redirect_signature(
+        replace(EXAMPLE, "Sign", DOCUMENTED_SIGN[:-1] + "\u0661"), PUBLIC_TEST_TERMINAL_KEY
+    )

@@ -132,17 +132,23 @@ def decode_query(raw: str) -> dict[str, str]:
 
 
 def redirect_sign_payload(raw_query: str) -> bytes | None:
-    """The bytes `Sign` covers, from the raw values; None if a signed field is missing or repeated."""
+    """The bytes `Sign` covers, from the raw values; None if a signed field is missing, repeated or not ASCII.
+
+    Hyp percent-encodes every value, so a raw value arrives as ASCII; one that does not has no single byte form
+    (which encoding would Hyp have signed?), and replacing its characters would let different values share one
+    signature: refused."""
     pairs = split_raw_query(raw_query)
     values: dict[str, str] = {}
     for name, value in pairs:
         if name in SIGNED_FIELDS:
             if name in values:
                 return None  # a repeated signed field is ambiguous: refuse rather than guess
+            if not value.isascii():
+                return None
             values[name] = value
     if set(values) != set(SIGNED_FIELDS):
         return None
-    return "&".join(f"{name}={values[name]}" for name in SIGNED_FIELDS).encode("ascii", errors="replace")
+    return "&".join(f"{name}={values[name]}" for name in SIGNED_FIELDS).encode("ascii")
 
 
 def redirect_signature(raw_query: str, key: str) -> str | None:
@@ -157,9 +163,9 @@ def verify_redirect_signature(raw_query: str, key: str) -> bool:
     """The local check: `Sign` matches the signed fields (constant-time). False on anything missing."""
     signs = [value for name, value in split_raw_query(raw_query) if name == "Sign"]
     expected = redirect_signature(raw_query, key)
-    if expected is None or len(signs) != 1:
+    if expected is None or len(signs) != 1 or not signs[0].isascii():
         return False
-    return hmac.compare_digest(expected.encode(), signs[0].lower().encode("ascii", errors="replace"))
+    return hmac.compare_digest(expected.encode(), signs[0].lower().encode("ascii"))
 
 
 def callback_refusal(raw: str) -> str | None:
