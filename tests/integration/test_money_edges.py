@@ -208,3 +208,35 @@ def test_a_resent_rate_limit_statement_counts_the_request_once(env: Env, monkeyp
         assert store.hit_rate_limit("create_payment:resend", 3600, request="key-2")[0] == 2
     finally:
         admin.close()
+
+
+def test_an_approved_charge_answer_without_a_transaction_id_goes_to_review(
+    env: Env, saved_card: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given Hyp approves the saved-card charge but its answer carries no transaction Id ("CCode=0" alone)
+    env.sim.faults.add("soft", "ccode", ccode=0)
+    answer = post({"credit_pack_id": PRO, "saved_card": True}, key="no-id-1")
+    # Then the money may have moved: never a charge recorded under a blank Id, the payment goes to review
+    assert answer.status == 202 and answer.json["status"] == "needs_review", answer.body
+    assert env.rows("SELECT count(*) FROM hypay_transactions WHERE hypay_id = '' OR hypay_id ~ '^0+$'") == [[0]]
+    assert metric_totals(capsys.readouterr().out).get("ChargeOutcomeUnknown") == 1
+    # And a retry with the same key never charges again
+    assert post({"credit_pack_id": PRO, "saved_card": True}, key="no-id-1").status == 202
+    assert env.sim.calls.count("soft") == 1
+
+
+@pytest.mark.parametrize("hyp_id", ["0", "0000"])
+def test_an_all_zero_id_is_no_hyp_transaction(env: Env, saved_card: str, hyp_id: str) -> None:
+    # Given two declines that both name the Id 0 (a charge answer, a callback)
+    env.sim.faults.add("soft", "ccode", ccode=6)
+    declined = post({"credit_pack_id": PRO, "saved_card": True}, key="zero-1")
+    assert declined.status == 402, declined.body
+    payment = buy(env, key="zero-2")
+    raw = forge(claim(payment["payment_id"], hyp_id=hyp_id, ccode="6"))
+    answer = notify(raw)
+    # Then neither is journaled under that Id (all such failures would share one row and one key): the
+    # callback is malformed (400, nothing written), the charge's decline is stored on its payment
+    assert answer.status == 400 and "not all zeros" in answer.json["detail"], answer.body
+    assert env.rows("SELECT count(*) FROM hypay_transactions WHERE hypay_id ~ '^0+$'") == [[0]]
+    assert env.status(declined.json["payment_id"]) == "failed"
+    assert env.status(payment["payment_id"]) == "pending"

@@ -6,7 +6,6 @@ import ssl
 from pathlib import Path
 
 import pytest
-
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from payments.adapters.db import (

@@ -453,12 +453,17 @@ class Reversal:
 
 def _charge_from(answer: protocol.Answer) -> Charge:
     fields = answer.fields
+    transaction_id = protocol.hyp_id(fields.get("Id"))
+    if transaction_id is None:
+        # Approved, but with no transaction Hyp could be asked about: the money may have moved, so the charge's
+        # outcome is unknown (the caller sends the payment to review), never a charge recorded under a blank Id.
+        raise GatewayUnavailable("Hypay charge: approved without a valid transaction Id")
     amount = None
     if fields.get("Amount"):
         currency = CURRENCY_OF_COIN.get(fields.get("Coin", "1"))
         amount = Money.of(fields["Amount"], currency) if currency else None
     hesh = fields.get("Hesh")
-    return Charge(fields.get("Id", ""), fields.get("ACode", ""), amount, hesh if hesh not in (None, "", "0") else None)
+    return Charge(transaction_id, fields.get("ACode", ""), amount, hesh if hesh not in (None, "", "0") else None)
 
 
 __all__ = [

@@ -187,8 +187,20 @@ def callback_refusal(raw: str) -> str | None:
     return None
 
 
+# A Hyp transaction id: 1 to 20 ASCII digits, not all zeros. Hyp's documents never show an Id of 0; were one sent
+# (say, with a failure), every such transaction would share one journal row and one idempotency key, so an
+# all-zero Id is no Id: a callback carrying one is malformed, a charge answer carrying one has no transaction.
+HYP_ID = re.compile(r"(?=[0-9]{1,20}\Z)0*[1-9][0-9]*", re.ASCII)
+HYP_ID_PROBLEM = "Id is not a Hyp transaction id (1 to 20 ASCII digits, not all zeros)"
+
+
+def hyp_id(value: str | None) -> str | None:
+    """`value` when it is a Hyp transaction id, else None."""
+    return value if value is not None and HYP_ID.fullmatch(value) else None
+
+
 _FORMATS = (
-    ("Id", re.compile(r"[0-9]{1,20}", re.ASCII), "Id is not a Hyp transaction id (1 to 20 ASCII digits)"),
+    ("Id", HYP_ID, HYP_ID_PROBLEM),
     ("CCode", re.compile(r"[0-9]{1,3}", re.ASCII), "CCode is not a Hyp code (1 to 3 ASCII digits)"),
     ("Amount", re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII), "Amount is not an amount"),
 )
@@ -261,12 +273,11 @@ def raise_for_ccode(answer: Answer, action: str) -> None:
         error = GatewayDeclined
     else:
         error = GatewayRejected
-    hyp_id = answer.fields.get("Id", "")
     raise error(
         message,
         ccode=code,
         gateway_message=hyp_message or meaning,
-        transaction_id=hyp_id if hyp_id.isascii() and hyp_id.isdigit() and len(hyp_id) <= 20 else None,
+        transaction_id=hyp_id(answer.fields.get("Id")),
     )
 
 

@@ -35,7 +35,6 @@ from payments.observability import logger, metrics
 from payments.services.settle import Result, Settlement, settle
 
 # ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
-_HYP_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
 _CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)
 _AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII)
 
@@ -77,8 +76,8 @@ class Callback:
         """Validate the format of what Hyp sent. `Order` need not be ours: a paid unknown one is journaled."""
         fields = protocol.decode_query(raw_query)
         transaction_id = fields.get("Id", "")
-        if not _HYP_ID.fullmatch(transaction_id):
-            raise InvalidRequest("Id is not a Hyp transaction id (1 to 20 ASCII digits)")
+        if protocol.hyp_id(transaction_id) is None:
+            raise InvalidRequest(protocol.HYP_ID_PROBLEM)
         ccode = fields.get("CCode", "")
         if not _CCODE.fullmatch(ccode):
             raise InvalidRequest("CCode is not a Hyp code (1 to 3 ASCII digits)")
