@@ -70,3 +70,36 @@ def test_a_database_refusal_reaches_clients_as_a_generic_503(
     # And the operator's log keeps the server's own words
     reasons = [getattr(r, "reason", "") for r in caplog.records if r.getMessage() == "database connection failed"]
     assert reasons and all(MISSING_DATABASE in reason for reason in reasons)
+
+
+def test_an_unreadable_admin_token_secret_is_not_a_database_outage(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from moto import mock_aws
+
+    from payments.settings import admin_settings, cleanup_settings
+
+    with mock_aws():
+        # Given the admin token's secret cannot be read (deleted, no permission, Secrets Manager down)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        monkeypatch.setenv("ADMIN_TOKEN_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:gone-AbCdEf")
+        monkeypatch.delenv("ADMIN_API_TOKEN", raising=False)
+        for cached in (admin_settings, cleanup_settings):
+            cached.cache_clear()
+        for name in (ADMIN, CLEANUP):
+            reset_function_state(name)
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        # When an admin route is called
+        answers = [
+            invoke(ADMIN, "GET", "/admin/review", headers=headers),
+            invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers=headers),
+        ]
+    for cached in (admin_settings, cleanup_settings):
+        cached.cache_clear()
+    for name in (ADMIN, CLEANUP):
+        reset_function_state(name)
+    # Then "not yet" (503, Retry-After) that says a credential store, not the database, is unavailable
+    for answer in answers:
+        assert answer.status == 503 and answer.headers.get("retry-after"), answer.body
+        detail = json.loads(answer.body)["detail"]
+        assert "database" not in detail and "credential" in detail, detail

@@ -28,6 +28,7 @@ Checked after every case, over the whole database and everything the simulator c
    payment none.
 4. A payment Hyp approved a transaction for ends completed or needs_review, nothing else.
 5. No 5xx answer except 503 with Retry-After; once the fault is gone the retries converge (bounded).
+6. A payment completed with "keep my card" has its card saved (or a newer one), whatever step failed.
 
 It prints (with -s, and in the failure message) how many points x faults it covered, each flow's points,
 and every case that broke an invariant; FAULT_INJECTION_VERBOSE=1 lists every case with its answers.
@@ -330,6 +331,13 @@ class Harness:
              GROUP BY p.id, p.status, p.credits, k.credits"""):
             if (state == "completed" and (grants != 1 or total != credits)) or (state != "completed" and grants):
                 found.append(f"payment {payment} is {state} with {grants} purchase grants of {total} credits")
+        # 6. a card the buyer asked to keep is kept once the payment completed (or a newer card is)
+        for (payment,) in self.rows("""
+            SELECT p.id::text FROM payments p
+             WHERE p.save_card AND p.status = 'completed'
+               AND NOT EXISTS (SELECT 1 FROM saved_cards c
+                                WHERE c.user_id = p.user_id AND c.updated_at >= p.completed_at)"""):
+            found.append(f"payment {payment} completed with 'keep my card', but no card from it is saved")
         return found
 
 

@@ -240,3 +240,28 @@ def test_an_all_zero_id_is_no_hyp_transaction(env: Env, saved_card: str, hyp_id:
     assert env.rows("SELECT count(*) FROM hypay_transactions WHERE hypay_id ~ '^0+$'") == [[0]]
     assert env.status(declined.json["payment_id"]) == "failed"
     assert env.status(payment["payment_id"]) == "pending"
+
+
+def test_a_card_not_saved_for_an_outage_is_saved_by_the_next_delivery(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a buyer who asked to keep the card pays, and Hyp's getToken is down when the notify arrives
+    payment = buy(env, key="keep-1", save_card=True)
+    transaction = pay(env, payment)
+    env.sim.faults.add("getToken", "http500", times=2)  # the first attempt and its one retry
+    first = notify(transaction.redirect_query)
+    # Then the credits are granted, the card is not saved yet, and the delivery is "not yet" (Hyp sends it again)
+    assert first.status == 503 and first.headers.get("retry-after"), first.body
+    assert env.status(payment["payment_id"]) == "completed"
+    credits = env.credits()
+    assert env.rows("SELECT count(*) FROM saved_cards") == [[0]]
+    assert metric_totals(capsys.readouterr().out).get("CardNotSavedYet") == 1
+    # When Hyp sends it again (or the browser reloads the redirect)
+    again = notify(transaction.redirect_query)
+    # Then the card is saved, and nothing is granted twice
+    assert again.status == 200, again.body
+    assert env.rows("SELECT count(*) FROM saved_cards WHERE payment_id = :p::uuid", p=payment["payment_id"]) == [[1]]
+    assert env.credits() == credits
+    # And later deliveries owe nothing more
+    assert browser(transaction.redirect_query).status == 302
+    assert env.sim.calls.count("getToken") == 3

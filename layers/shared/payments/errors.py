@@ -49,6 +49,13 @@ class DatabaseUnavailable(PaymentError):
     retryable = True
 
 
+class SecretUnavailable(PaymentError):
+    """A secret of ours (the admin tokens) could not be read from Secrets Manager: ours, so "not yet". Retryable."""
+
+    code = "secret_unavailable"
+    retryable = True
+
+
 class GatewayError(PaymentError):
     """Hypay said no, or could not be asked. `retryable` says whether asking again may help."""
 

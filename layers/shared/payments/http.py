@@ -71,6 +71,10 @@ def error_response(exc: errors.PaymentError) -> Response:
                 headers=_retry_after(5),
             )
         return problem(502, "Bad Gateway", "the payment gateway refused the request", ccode=exc.ccode)
+    if isinstance(exc, errors.SecretUnavailable):
+        return problem(
+            503, "Service Unavailable", "a credential store is unavailable; retry later", headers=_retry_after(5)
+        )
     if isinstance(exc, errors.DatabaseUnavailable) or getattr(exc, "retryable", False):
         return problem(
             503, "Service Unavailable", "the database is busy; retry with the same key", headers=_retry_after(2)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from payments.adapters.secrets import read_secret
-from payments.errors import ConfigurationError, DatabaseUnavailable
+from payments.errors import ConfigurationError, SecretUnavailable
 
 DEFAULT_NAME = "admin"
 MIN_TOKEN_LENGTH = 16
@@ -70,7 +70,7 @@ def tokens_provider(settings: AdminTokenSettings) -> Callable[[], dict[str, str]
         arn = settings.admin_token_secret_arn
 
         def from_secret() -> dict[str, str]:
-            text = str(read_secret(arn, what="admin token", unavailable=DatabaseUnavailable, json_object=False))
+            text = str(read_secret(arn, what="admin token", unavailable=SecretUnavailable, json_object=False))
             return parse_tokens(text)
 
         return from_secret

@@ -259,6 +259,22 @@ class PaymentsStore:
         )
         return SavedCard(rows[0][0], int(rows[0][1]), int(rows[0][2]), rows[0][3]) if rows else None
 
+    def card_owed(self, payment_id: UUID, hypay_id: str) -> bool:
+        """The payment, completed by Hyp transaction `hypay_id`, was bought with "keep my card", and no card from it
+        is saved (a newer card saved since counts as kept: never replace it with an older one)."""
+        rows = self.db.run(
+            bind(
+                """
+            SELECT p.save_card AND p.status = 'completed' AND p.hypay_transaction_id = :hyp
+                   AND NOT EXISTS (SELECT 1 FROM public.saved_cards c
+                                   WHERE c.user_id = p.user_id AND c.updated_at >= p.completed_at)
+              FROM public.payments p WHERE p.id = :payment::uuid""",
+                payment=str(payment_id),
+                hyp=hypay_id,
+            )
+        )
+        return bool(rows and rows[0][0])
+
     def save_card(
         self, *, user_id: UUID, payment_id: UUID, token: str, expiry_month: int, expiry_year: int, last4: str | None
     ) -> None:

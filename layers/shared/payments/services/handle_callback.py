@@ -29,7 +29,14 @@ from payments.adapters.journal import HypTransaction, Journal, Source
 from payments.adapters.payments_store import PaymentsStore
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
-from payments.errors import DatabaseUnavailable, GatewayError, InvalidRequest, PaymentError
+from payments.errors import (
+    DatabaseUnavailable,
+    GatewayAuthenticationError,
+    GatewayNotAsked,
+    GatewayUnavailable,
+    InvalidRequest,
+    PaymentError,
+)
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
 from payments.services.settle import Result, Settlement, settle
@@ -226,38 +233,57 @@ class HandleCallback:
 
     def _settle(self, callback: Callback, source: Source) -> Settlement:
         settlement = settle(self.store.db, callback.transaction(source), currency_trusted=callback.currency_trusted)
-        if settlement.save_card and settlement.credits_granted and settlement.user_id is not None:
-            self._save_card(callback, settlement.user_id)
+        if self._card_owed(callback, settlement):
+            assert settlement.user_id is not None and callback.payment_id is not None
+            self._save_card(callback, settlement.user_id, callback.payment_id)
         return settlement
+
+    def _card_owed(self, callback: Callback, settlement: Settlement) -> bool:
+        """The buyer asked to keep the card that paid this payment, and it is not kept yet.
+
+        Asked of the database, not only of this delivery's grant: when the grant's answer was lost (the
+        transaction re-run finds it granted), the invocation died before Hyp's token was fetched, or saving
+        failed, a later delivery of the same transaction still owes the card."""
+        if settlement.result != Result.COMPLETED or settlement.user_id is None or callback.payment_id is None:
+            return False
+        if settlement.credits_granted:
+            return settlement.save_card  # granted just now: the grant statement said whether the buyer opted in
+        return self.store.card_owed(callback.payment_id, callback.transaction_id)
 
     @staticmethod
     def _outcome(settlement: Settlement) -> CallbackOutcome:
         return CallbackOutcome(settlement.result, settlement.payment_id)
 
-    def _save_card(self, callback: Callback, user_id: UUID) -> None:
-        """After success, the buyer having opted in: fetch Hyp's token and keep it (never the card number)."""
+    def _save_card(self, callback: Callback, user_id: UUID, payment_id: UUID) -> None:
+        """After success, the buyer having opted in: fetch Hyp's token and keep it (never the card number).
+
+        A failure that may pass (Hyp or the database unavailable, our credentials refused) raises
+        CardNotSavedYet: the credits stay granted, the delivery is "not yet" and the next one (Hyp retries its
+        notify; the cleanup never expires a completed payment) saves the card. Hyp refusing the token is final:
+        counted, not raised."""
         try:
             token = self.gateway.get_token(callback.transaction_id)
-        except GatewayError as exc:
-            # The payment stands; only the convenience is lost. Counted, not raised.
-            metrics.add_metric(name="CardNotSaved", unit=MetricUnit.Count, value=1)
-            logger.warning("card token not saved", extra={"payment_id": str(callback.payment_id), "code": exc.code})
-            return
-        if callback.payment_id is None:
-            return
-        try:
             self.store.save_card(
                 user_id=user_id,
-                payment_id=callback.payment_id,
+                payment_id=payment_id,
                 token=token.value,
                 expiry_month=token.expiry_month,
                 expiry_year=token.expiry_year,
                 last4=callback.last4,
             )
+        except (GatewayUnavailable, GatewayAuthenticationError, GatewayNotAsked, DatabaseUnavailable) as exc:
+            metrics.add_metric(name="CardNotSavedYet", unit=MetricUnit.Count, value=1)
+            logger.warning("card token not saved yet", extra={"payment_id": str(payment_id), "code": exc.code})
+            raise CardNotSavedYet("the payment is complete; its card is not saved yet") from exc
         except PaymentError as exc:
-            # The credits are granted and journaled; only the saved card is lost.
             metrics.add_metric(name="CardNotSaved", unit=MetricUnit.Count, value=1)
-            logger.warning("card token not saved", extra={"payment_id": str(callback.payment_id), "code": exc.code})
+            logger.warning("card token not saved", extra={"payment_id": str(payment_id), "code": exc.code})
 
 
-__all__ = ["Callback", "CallbackInProgress", "CallbackOutcome", "HandleCallback", "Result"]
+class CardNotSavedYet(DatabaseUnavailable):
+    """The payment completed, but the card the buyer asked to keep could not be saved yet: "not yet" (503)."""
+
+    code = "card_not_saved_yet"
+
+
+__all__ = ["Callback", "CallbackInProgress", "CardNotSavedYet", "CallbackOutcome", "HandleCallback", "Result"]
