@@ -40,14 +40,16 @@ def parts(quick: bool, seed: int | None) -> list[Part]:
             "callback deliveries (redirects and notifies, duplicated, concurrent, out of order) while database "
             "connections are terminated, workers killed and VERIFY fails; then the money invariants",
             lambda s: chaos.run(
-                s, deliveries=400 if quick else 10_000, payments=30 if quick else 300, users=3 if quick else 12,
+                s,
+                deliveries=400 if quick else 10_000,
+                payments=30 if quick else 300,
+                users=3 if quick else 12,
                 seed=seed,
             ),
         ),
         Part(
             "contract",
-            "schemathesis, all checks, against docs/openapi.json: with a user's token, without, with the admin "
-            "token",
+            "schemathesis, all checks, against docs/openapi.json: with a user's token, without, with the admin token",
             lambda s: contract.run(s, examples=25 if quick else 300),
         ),
         Part(
