@@ -37,14 +37,6 @@ def production(empty_database_url: str) -> Iterator[tuple[str, Database]]:
     migrate(db)
     now = int(time.time())
     db.run(f"""
-        INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at) VALUES
-          ('fn#expired-1', 'completed', {now - 10}, 'h', now(), now()),
-          ('fn#expired-2', 'completed', {now - 3600}, 'h', now(), now()),
-          ('fn#expired-3', 'pending', {now - 1}, 'h', now(), now()),
-          ('fn#live', 'completed', {now + 3600}, 'h', now(), now());
-        INSERT INTO idempotency_keys (key, status, created_at, updated_at) VALUES
-          ('web-recent-done', 'completed', now() - interval '1 hour', now() - interval '1 hour'),
-          ('web-old-pending', 'pending', now() - interval '3 days', now() - interval '3 days');
         INSERT INTO payments (id, user_id, amount, status, created_at, review_reason) VALUES
           ('cccccccc-0000-4000-8000-000000000001', '22222222-2222-4222-8222-222222222222', 10, 'pending',
            now() - interval '3 hours', NULL),
@@ -52,6 +44,18 @@ def production(empty_database_url: str) -> Iterator[tuple[str, Database]]:
            now() - interval '10 minutes', NULL),
           ('cccccccc-0000-4000-8000-000000000003', '22222222-2222-4222-8222-222222222222', 10, 'pending',
            now() - interval '5 hours', 'saved-card charge outcome unknown (gateway unavailable)');
+        INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at) VALUES
+          ('fn#expired-1', 'completed', {now - 10}, 'h', now(), now()),
+          ('fn#expired-2', 'completed', {now - 3600}, 'h', now(), now()),
+          ('fn#expired-3', 'pending', {now - 1}, 'h', now(), now()),
+          ('fn#live', 'completed', {now + 3600}, 'h', now(), now());
+        INSERT INTO idempotency_keys (key, status, created_at, updated_at) VALUES
+          ('web-recent-done', 'completed', now() - interval '1 hour', now() - interval '1 hour'),
+          ('web-old-pending', 'pending', now() - interval '3 days', now() - interval '3 days'),
+          ('web-old-no-status', NULL, now() - interval '30 days', now() - interval '30 days');
+        INSERT INTO idempotency_keys (key, status, payment_id, created_at, updated_at) VALUES
+          ('web-old-done-open-payment', 'completed', 'cccccccc-0000-4000-8000-000000000003',
+           now() - interval '3 days', now() - interval '3 days');
         INSERT INTO rate_limits (bucket, window_start, count) VALUES
           ('old', now() - interval '2 days', 3), ('current', now(), 1);
     """)
@@ -67,9 +71,28 @@ def statuses(db: Database) -> dict[str, str]:
     return {r[0]: r[1] for r in db.run("SELECT id::text, status FROM payments")}
 
 
+WEB_APP_RETENTION = CleanupPolicy(web_app_retention_seconds=24 * 3600)
+WEB_APP_KEYS = {
+    "web-recent-done",
+    "web-old-pending",
+    "web-old-no-status",
+    "web-old-done-open-payment",
+    "web-9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
+}
+
+
+def test_by_default_the_web_app_rows_are_all_kept(production: tuple[str, Database]) -> None:
+    _, db = production
+    # Given the default policy (no retention for the web app's own rows, as the web app keeps them)
+    report = run_cleanup(db)
+    # Then none of them is purged, however old or finished
+    assert report.purged_web_app_records == 0
+    assert keys(db) == {"fn#live", "web-3f2c1e0a-7b7d-4d8e-9a51-1c1d2e3f4a5b"} | WEB_APP_KEYS
+
+
 def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Database]) -> None:
     _, db = production
-    report = run_cleanup(db)
+    report = run_cleanup(db, policy=WEB_APP_RETENTION)
     assert report.as_dict() == {
         "purged_idempotency_records": 3,
         "purged_web_app_records": 1,
@@ -78,9 +101,9 @@ def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Databa
         "purged_rate_limit_windows": 1,
         "complete": True,
     }
-    # Expired layer records gone; the live one kept. The web app's: the 10-day-old finished row purged,
-    # the recent finished one and every pending one kept.
-    assert keys(db) == {"fn#live", "web-recent-done", "web-old-pending", "web-9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a"}
+    # Expired layer records gone; the live one kept. The web app's: the 10-day-old finished row purged; the
+    # recent finished one, every pending one, one with no status and one naming a payment in review kept.
+    assert keys(db) == {"fn#live"} | WEB_APP_KEYS
     payments = statuses(db)
     assert payments["cccccccc-0000-4000-8000-000000000001"] == "expired"  # 3 h pending
     assert payments["cccccccc-0000-4000-8000-000000000002"] == "pending"  # 10 min: Hyp's page may still be open
@@ -88,7 +111,7 @@ def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Databa
     assert payments["bbbbbbbb-0000-4000-8000-000000000002"] == "expired"  # the production seed's 2-hour-old one
     assert payments["bbbbbbbb-0000-4000-8000-000000000001"] == "completed"
     # And running again does nothing more
-    assert run_cleanup(db).as_dict() == {
+    assert run_cleanup(db, policy=WEB_APP_RETENTION).as_dict() == {
         "purged_idempotency_records": 0,
         "purged_web_app_records": 0,
         "expired_payments": 0,
@@ -101,7 +124,7 @@ def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Databa
 def test_works_in_bounded_batches(production: tuple[str, Database], counting) -> None:  # noqa: ANN001
     url, _ = production
     db = database(url, counting)
-    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1))
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, web_app_retention_seconds=24 * 3600))
     assert report.purged_idempotency_records == 3 and report.expired_payments == 2
     # one statement per batch: 3 + 1 (empty) for the layer's records, and so on for every step
     assert counting.round_trips >= 3 + 1 + 1 + 1 + 2 + 1
@@ -142,7 +165,7 @@ def test_concurrent_runs_do_the_work_once(production: tuple[str, Database]) -> N
     def run() -> None:
         own = database(url)
         barrier.wait()
-        reports.append(run_cleanup(own, policy=CleanupPolicy(batch_size=1)))
+        reports.append(run_cleanup(own, policy=CleanupPolicy(batch_size=1, web_app_retention_seconds=24 * 3600)))
         own.close()
 
     threads = [threading.Thread(target=run) for _ in range(4)]

@@ -100,7 +100,8 @@ class CleanupSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     batch_size: int = Field(default=500, gt=0, le=10_000, alias="CLEANUP_BATCH_SIZE")
-    web_app_retention_seconds: int = Field(default=24 * 3600, ge=0, alias="CLEANUP_WEB_APP_RETENTION_SECONDS")
+    # 0 (default): the web app's own idempotency rows are kept, as the web app keeps them; docs/deploy.md.
+    web_app_retention_seconds: int = Field(default=0, ge=0, alias="CLEANUP_WEB_APP_RETENTION_SECONDS")
     pending_payment_max_age_seconds: int = Field(default=2 * 3600, gt=0, alias="CLEANUP_PENDING_PAYMENT_MAX_AGE")
     admin_token_secret_arn: str | None = Field(default=None, alias="ADMIN_TOKEN_SECRET_ARN")
     admin_token: str | None = Field(default=None, alias="ADMIN_API_TOKEN", repr=False)

@@ -29,15 +29,20 @@ def cleanup_steps(table: str) -> list[tuple[str, str]]:
                  WHERE expiry_timestamp IS NOT NULL AND expiry_timestamp < :now
                  LIMIT :batch FOR UPDATE SKIP LOCKED)""",
         ),
-        # The web app's own rows have no expiry: old enough and finished.
+        # The web app's own rows (no expiry), only when a retention is set (0, the default, keeps them all, as the
+        # web app itself does): finished ('completed' or 'failed'; a NULL or 'pending' status may still be in use),
+        # older than the retention, and naming no payment that is still open (pending or in review).
         (
             "purged_web_app_records",
             f"""
             DELETE FROM {table} WHERE key IN (
-                SELECT key FROM {table}
-                 WHERE expiry_timestamp IS NULL AND status IS DISTINCT FROM 'pending'
-                   AND COALESCE(updated_at, created_at) < now() - make_interval(secs => :web_retention)
-                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+                SELECT k.key FROM {table} k
+                 WHERE :web_retention > 0
+                   AND k.expiry_timestamp IS NULL AND k.status IN ('completed', 'failed')
+                   AND COALESCE(k.updated_at, k.created_at) < now() - make_interval(secs => :web_retention)
+                   AND NOT EXISTS (SELECT 1 FROM public.payments p
+                                    WHERE p.id = k.payment_id AND p.status IN ('pending', 'needs_review'))
+                 LIMIT :batch FOR UPDATE OF k SKIP LOCKED)""",
         ),
         # A stale pending payment that needs a human is never expired: a saved-card charge was attempted
         # and its outcome never stored (it may have charged).

@@ -33,7 +33,7 @@ class CleanupReport:
 @dataclass(frozen=True)
 class CleanupPolicy:
     batch_size: int = 500
-    web_app_retention_seconds: int = 24 * 3600
+    web_app_retention_seconds: int = 0  # 0: the web app's own idempotency rows are never purged
     pending_payment_max_age_seconds: int = 2 * 3600
     rate_limit_retention_seconds: int = 24 * 3600
     table: str = "public.idempotency_keys"
