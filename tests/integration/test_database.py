@@ -38,6 +38,14 @@ def test_literals_round_trip_exactly(db: Database, value: str) -> None:
     assert db.run(bind("SELECT :v::text", v=value)) == [[value]]
 
 
+def test_an_aware_datetime_round_trips_exactly(db: Database) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    israel = timezone(timedelta(hours=2))
+    for moment in (datetime(2026, 11, 26, 14, 0, 5, 123456, tzinfo=UTC), datetime(2026, 3, 27, 1, 30, tzinfo=israel)):
+        assert db.run(bind("SELECT :t = :u::timestamptz, :t", t=moment, u=moment.isoformat())) == [[True, moment]]
+
+
 def test_no_session_state_outside_a_transaction(db: Database) -> None:
     # Given the idempotency layer has done its work on this connection
     from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function

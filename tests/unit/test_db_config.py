@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,42 @@ def test_a_failed_login_reads_the_secret_again_even_when_masked(masked: bool) ->
     # Then the secret was read again once (refresh) before giving up, and the reason is the server's
     assert refreshes == [False, True]
     assert "password authentication failed" in raised.value.message
+
+
+def test_bind_never_rewrites_inside_literals_comments_or_casts() -> None:
+    # Given a statement whose strings, identifiers and comments hold text that looks like placeholders
+    sql = (
+        "SELECT ':a', E'it\\'s :a', 'o''clock :a', \"col:a\", $$ :a $$, $tag$ :a $tag$, x::text, "
+        "-- :a in a comment\n /* :a */ :a::uuid, :b"
+    )
+    rendered = bind(sql, a="11111111-1111-4111-8111-111111111111", b=7)
+    # Then only the two real placeholders are rendered, everything else is byte for byte as written
+    assert rendered == (
+        "SELECT ':a', E'it\\'s :a', 'o''clock :a', \"col:a\", $$ :a $$, $tag$ :a $tag$, x::text, "
+        "-- :a in a comment\n /* :a */ E'11111111-1111-4111-8111-111111111111'::uuid, (7)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (float("inf"), TypeError),
+        (1.5, TypeError),
+        ({"a": 1}, TypeError),
+        ([1], TypeError),
+        (b"bytes", TypeError),
+        (Decimal("NaN"), ValueError),
+        (datetime(2026, 1, 1), ValueError),  # naive: ambiguous
+        ("nul\x00", ValueError),
+    ],
+    ids=["inf", "float", "dict", "list", "bytes", "nan", "naive-datetime", "nul"],
+)
+def test_bind_accepts_only_the_types_the_project_binds(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        bind("SELECT :v", v=value)
+
+
+def test_bind_renders_an_aware_datetime_as_a_timestamptz() -> None:
+    assert bind("SELECT :t", t=datetime(2026, 11, 26, 14, 0, tzinfo=UTC)) == (
+        "SELECT (E'2026-11-26T14:00:00+00:00'::timestamptz)"
+    )

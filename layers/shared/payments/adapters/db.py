@@ -14,6 +14,7 @@ password in cleartext or as MD5 only over such a verified connection.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import re
 import ssl
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -169,13 +171,30 @@ def params_provider(settings: DatabaseSettings) -> ParamsProvider:
     raise ConfigurationError("set DB_SECRET_ARN or DATABASE_URL")
 
 
-_PLACEHOLDER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+# What bind() reads in a statement, left to right: the parts where a `:name` is NOT a placeholder (string
+# literals of every kind, quoted identifiers, comments, `::type` casts), then a placeholder.
+_SQL_TOKENS = re.compile(
+    r"""
+      (?P<skip>
+          (?<!\w)[Ee]'(?:[^'\\]|\\.|'')*'  # escape string: backslash escapes and doubled quotes
+        | '(?:[^']|'')*'                     # standard string
+        | "(?:[^"]|"")*"                     # quoted identifier
+        | (?P<dollar>\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$).*?(?P=dollar)   # dollar-quoted string
+        | --[^\n]*                          # line comment
+        | /\*.*?\*/                          # block comment
+        | ::                                 # a cast, never a placeholder
+      )
+    | (?<![\w:]):(?P<name>[a-z_][a-z0-9_]*)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
 
 
 def literal(value: Any) -> str:
     """An SQL literal whose meaning cannot depend on the session's settings.
 
-    Text is an escape string (`E'...'`, backslashes and quotes doubled): read the same whether
+    Only the types the project binds: None, bool, int, Decimal, UUID, str and timezone-aware datetime. Text is
+    an escape string (`E'...'`, backslashes and quotes doubled): read the same whether
     `standard_conforming_strings` is on or off. Numbers are parenthesised, so a negative one next to a
     minus sign can never become a `--` comment. NUL cannot be sent (it would end the query early).
     """
@@ -191,6 +210,10 @@ def literal(value: Any) -> str:
         return f"({value})"
     if isinstance(value, float):
         raise TypeError("floats are never bound: money and counts are Decimal or int")
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise ValueError("a naive datetime is ambiguous: bind an aware one (UTC)")
+        return f"(E'{value.isoformat()}'::timestamptz)"
     if isinstance(value, UUID):
         value = str(value)
     if isinstance(value, str):
@@ -200,16 +223,36 @@ def literal(value: Any) -> str:
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
-def bind(sql: str, **params: Any) -> str:
-    """Render `:name` placeholders as SQL literals (`literal`); `::type` casts are left alone."""
+@functools.lru_cache(maxsize=512)
+def _template(sql: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The statement split once into its fixed text and the placeholders between (statements are constants)."""
+    texts: list[str] = []
+    names: list[str] = []
+    start = 0
+    for match in _SQL_TOKENS.finditer(sql):
+        name = match.group("name")
+        if name is None:
+            continue
+        texts.append(sql[start : match.start()])
+        names.append(name)
+        start = match.end()
+    texts.append(sql[start:])
+    return tuple(texts), tuple(names)
 
-    def render(match: re.Match[str]) -> str:
-        name = match.group(1)
+
+def bind(sql: str, **params: Any) -> str:
+    """Render `:name` placeholders as SQL literals (`literal`). Never inside a string literal, a quoted identifier,
+    a comment or a `::type` cast."""
+    texts, names = _template(sql)
+    if not names:
+        return sql
+    parts = [texts[0]]
+    for name, text in zip(names, texts[1:], strict=True):
         if name not in params:
             raise KeyError(f"no value for :{name}")
-        return literal(params[name])
-
-    return _PLACEHOLDER.sub(render, sql)
+        parts.append(literal(params[name]))
+        parts.append(text)
+    return "".join(parts)
 
 
 def _ssl_context(params: ConnectionParams) -> ssl.SSLContext | bool:
