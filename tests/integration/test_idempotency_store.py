@@ -400,3 +400,84 @@ def test_idempotent_handler_with_context_and_configurable_table(database_url: st
 def test_invalid_table_name_is_refused() -> None:
     with pytest.raises(ValueError):
         PostgresPersistenceLayer(table_name="idempotency_keys; DROP TABLE payments")
+
+
+def test_a_lost_takeover_is_never_cached(database_url: str) -> None:
+    # Given a first invocation (with the local cache on) that outlives its deadline while another takes over
+    release, started = threading.Event(), threading.Event()
+
+    def stuck(order: dict) -> dict:
+        started.set()
+        release.wait(5)
+        return {"by": "first"}
+
+    db_a, db_b = database(database_url), database(database_url)
+    store_a = PostgresPersistenceLayer(database=db_a)
+    first, calls_a = make_function(
+        store_a, stuck, context=LocalLambdaContext(timeout_seconds=0.05), use_local_cache=True
+    )
+    second, _ = make_function(
+        PostgresPersistenceLayer(database=db_b), lambda o: {"by": "second"}, context=LocalLambdaContext()
+    )
+    thread, _ = _run_blocked(first, {"order_id": "o-lost", "amount": 1}, release, started)
+    time.sleep(0.1)
+    assert second(order={"order_id": "o-lost", "amount": 1}) == {"by": "second"}
+    release.set()
+    thread.join(5)
+    # When the first environment is asked again
+    again = first(order={"order_id": "o-lost", "amount": 1})
+    # Then it answers what the table holds (the new owner's result), not the result it lost with
+    assert again == {"by": "second"} and len(calls_a) == 1
+    db_a.close()
+    db_b.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "jsonb"),
+    [
+        ({"b": 1, "a": "x", "long_key": [3, 2]}, True),
+        ({"text": "nul \x00 inside"}, False),  # jsonb refuses \u0000
+        ({"ratio": float("nan"), "inf": float("inf")}, False),  # not JSON: jsonb refuses NaN
+    ],
+    ids=["key-order", "nul", "nan"],
+)
+def test_a_replay_is_the_stored_answer_byte_for_byte(
+    db: Database, database_url: str, answer: dict, jsonb: bool
+) -> None:
+    import json
+
+    # Given a function whose answer jsonb would reorder, or cannot hold at all (Powertools' own stores keep it)
+    charge, calls = make_function(PostgresPersistenceLayer(database=db), lambda o: answer)
+    first = charge(order={"order_id": "o-bytes", "amount": 1})
+    # When it is replayed
+    replay = charge(order={"order_id": "o-bytes", "amount": 1})
+    # Then the stored text is the utility's own serialization, and the replay is exactly it (NUL and NaN kept)
+    [(text, data)] = rows(database_url, "SELECT response_text, response_data FROM idempotency_keys")
+    assert text == json.dumps(first, sort_keys=True)
+    assert json.dumps(replay, sort_keys=True) == text and len(calls) == 1
+    # And the web app's jsonb column holds it wherever jsonb can (NULL where it cannot)
+    assert (data is not None) == jsonb
+
+
+def test_a_web_app_row_under_a_service_key_is_a_conflict_not_an_outage(database_url: str) -> None:
+    from payments.errors import Conflict
+    from payments.services.keyed import Keyed
+
+    # Given a row the web app wrote (no expiry) under the very key this service would use
+    db = database(database_url)
+    keyed = Keyed(
+        lambda scope: {"status": 201, "body": {"ok": True}},
+        persistence=PostgresPersistenceLayer(database=db),
+        key="key",
+        validate="key",
+        prefix="probe",
+        expires_after_seconds=60,
+    )
+    keyed(None, scope={"key": "k-1"})
+    conn = connect(database_url)
+    conn.run("UPDATE idempotency_keys SET expiry_timestamp = NULL, status = 'completed'")
+    conn.close()
+    # When a request with that key arrives / Then a 409 that says so (retrying can never help), not a 503
+    with pytest.raises(Conflict, match="did not write"):
+        keyed(None, scope={"key": "k-1"})
+    db.close()

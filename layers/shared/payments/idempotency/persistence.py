@@ -16,6 +16,7 @@ column), which is what lets the connection reconnect and resend after a drop.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import threading
 import uuid
@@ -46,8 +47,34 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{
 # Columns every read returns, in this order (see _row_to_record).
 _RECORD_COLUMNS = (
     "'exists' AS outcome, t.id::text AS id, t.status, t.expiry_timestamp, t.in_progress_expiry_timestamp,"
-    " t.request_hash, t.response_data::text AS response_data"
+    " t.request_hash, COALESCE(t.response_text, t.response_data::text) AS response_data"
 )
+
+
+def _as_jsonb(text: str | None) -> str | None:
+    """`text` when jsonb can hold it (the web app's column); None when it cannot: NaN or Infinity (not JSON), a
+    NUL character (jsonb refuses \\u0000), or no JSON at all. The exact text is kept in response_text anyway."""
+    if not text:
+        return None
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return None
+    return None if _holds_nul(value) else text
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def quote_table(table_name: str) -> str:
@@ -76,6 +103,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self._database = database
         # The id of each claim this environment holds, so completing or deleting touches only our own.
         self._claims: dict[str, str] = {}
+        self._lost: set[str] = set()  # keys whose claim another invocation took over before we completed
         self._claims_lock = threading.Lock()
         self._sql = _Statements(self._table)
 
@@ -137,14 +165,29 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             self._sql.complete,
             key=key,
             claim=self._claim_of(key),
-            data=data_record.response_data,
+            text=data_record.response_data or None,
+            data=_as_jsonb(data_record.response_data),
             expiry=data_record.expiry_timestamp,
             hash=data_record.payload_hash or None,
         )
         self._forget_claim(key)
         if not rows:
-            # Only possible when this invocation outlived its in-progress expiry and another took over.
+            # Only possible when this invocation outlived its in-progress expiry and another took over: the
+            # table holds the other's record, so this environment must not cache its own (see _save_to_cache).
             logger.warning("idempotency record was taken over before completion", extra={"idempotency_key": key})
+            with self._claims_lock:
+                self._lost.add(key)
+
+    def _save_to_cache(self, data_record: DataRecord) -> None:
+        """Powertools caches a completed record right after `_update_record`; not one whose claim was taken
+        over (the table holds the other invocation's record: the cache must never disagree with it)."""
+        with self._claims_lock:
+            lost = data_record.idempotency_key in self._lost
+            self._lost.discard(data_record.idempotency_key)
+        if lost:
+            self._delete_from_cache(idempotency_key=data_record.idempotency_key)
+            return
+        super()._save_to_cache(data_record)
 
     def delete_record(self, data: dict[str, Any], exception: Exception) -> None:
         """Powertools clears the in-progress record when the function raised; not when the error says an
@@ -235,7 +278,7 @@ WITH existing AS (
     ON CONFLICT (key) DO UPDATE SET
         id = EXCLUDED.id, status = 'pending', expiry_timestamp = EXCLUDED.expiry_timestamp,
         in_progress_expiry_timestamp = EXCLUDED.in_progress_expiry_timestamp,
-        request_hash = EXCLUDED.request_hash, response_data = NULL, payment_id = NULL,
+        request_hash = EXCLUDED.request_hash, response_data = NULL, response_text = NULL, payment_id = NULL,
         created_at = now(), updated_at = now()
     WHERE {claimable.format(r="t")}
     RETURNING 1
@@ -248,7 +291,8 @@ SELECT outcome, id, status, expiry_timestamp, in_progress_expiry_timestamp, requ
         self.status = f"SELECT status FROM {table} WHERE key = :key"
         # Completion keeps the payload hash (validation on replay depends on it).
         self.complete = f"""
-UPDATE {table} SET status = 'completed', response_data = :data::jsonb, expiry_timestamp = :expiry,
+UPDATE {table} SET status = 'completed', response_text = :text, response_data = :data::jsonb,
+       expiry_timestamp = :expiry,
        in_progress_expiry_timestamp = NULL, request_hash = COALESCE(:hash, request_hash), updated_at = now()
  WHERE key = :key AND expiry_timestamp IS NOT NULL AND (id = :claim::uuid OR :claim::uuid IS NULL)
 RETURNING 1"""

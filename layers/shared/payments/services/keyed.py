@@ -10,13 +10,15 @@ from typing import Any
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceConsistencyError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 
-from payments.errors import DatabaseUnavailable, IdempotencyKeyReused, RequestInProgress
+from payments.errors import Conflict, DatabaseUnavailable, IdempotencyKeyReused, RequestInProgress
 from payments.idempotency import PostgresPersistenceLayer
+from payments.observability import logger
 
 
 @dataclass(frozen=True)
@@ -73,5 +75,12 @@ class Keyed:
         except IdempotencyAlreadyInProgressError:
             raise RequestInProgress(f"a {self.what} with this Idempotency-Key is still being processed") from None
         except IdempotencyPersistenceLayerError as exc:
+            if isinstance(exc.__cause__, IdempotencyPersistenceConsistencyError):
+                # The key is held by a row another system (the web app) wrote: retrying can never succeed.
+                logger.error("idempotency key held by a foreign record", extra={"reason": str(exc.__cause__)})
+                raise Conflict(
+                    f"this Idempotency-Key is held by a record this service did not write; use a new key for the "
+                    f"{self.what}"
+                ) from None
             raise DatabaseUnavailable("the payment store is unavailable; retry with the same key") from exc
         return Answer(result["status"], result["body"], bool(result.get("replayed")))
