@@ -1,6 +1,6 @@
 """One root error with a stable code; subclasses a caller can act on.
 
-The HTTP mapping (problem+json) lives next to each resolver, not here.
+The HTTP mapping (problem+json) is `payments.http.error_response`, which each function's resolver uses.
 """
 
 from __future__ import annotations

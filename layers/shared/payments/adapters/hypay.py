@@ -78,7 +78,6 @@ class Customer:
     first_name: str = ""
     last_name: str = ""
     email: str = ""
-    phone: str = ""
     israeli_id: str = "000000000"  # Hyp's `UserId`: an Israeli ID, or zeros when not asked
 
 
@@ -176,7 +175,6 @@ class HypayClient:
             "ClientName": page.customer.first_name,
             "ClientLName": page.customer.last_name,
             "email": page.customer.email,
-            "phone": page.customer.phone,
             "UserId": page.customer.israeli_id,
             "PageLang": page.language,
             "Tash": str(page.max_installments),

@@ -95,7 +95,6 @@ class Applied:
     journaled: Verdict  # the decision the journal holds now (an earlier verified one is never overwritten)
     user_id: UUID | None = None
     credits_granted: int = 0
-    balance: int | None = None
     save_card: bool = False
 
 
@@ -167,7 +166,7 @@ WITH paid AS (
 ), credited AS (
     UPDATE public.profiles u SET credits = u.credits + g.amount, updated_at = now()
       FROM granted g WHERE u.id = g.user_id
-    RETURNING u.credits
+    RETURNING 1
 ), invoiced AS (
     INSERT INTO public.invoices (user_id, payment_id, invoice_number, amount)
     SELECT user_id, id, :invoice, amount FROM paid WHERE :invoice::text IS NOT NULL
@@ -175,7 +174,7 @@ WITH paid AS (
     RETURNING 1
 ), {journal}
 SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), (SELECT amount FROM granted),
-       (SELECT credits FROM credited), (SELECT save_card FROM paid)"""
+       (SELECT save_card FROM paid)"""
 
 _FAIL = """
 WITH failed AS (
@@ -183,7 +182,7 @@ WITH failed AS (
      WHERE id = :id::uuid AND status = 'pending'
     RETURNING 1
 ), {journal}
-SELECT (SELECT decision FROM journal), NULL, NULL, NULL, NULL"""
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL"""
 
 _REVIEW = """
 WITH flagged AS (
@@ -191,11 +190,11 @@ WITH flagged AS (
      WHERE id = :id::uuid AND status IN ('pending', 'failed', 'expired')
     RETURNING 1
 ), {journal}
-SELECT (SELECT decision FROM journal), NULL, NULL, NULL, NULL"""
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL"""
 
 _NOTHING = """
 WITH {journal}
-SELECT (SELECT decision FROM journal), NULL, NULL, NULL, NULL"""
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL"""
 
 _STATEMENTS = {
     Action.GRANT: _GRANT.format(journal=_JOURNAL.strip()),
@@ -260,14 +259,8 @@ class Journal:
         }
         if action == Action.GRANT:
             params["invoice"] = txn.invoice_number or None
-        journaled, user, granted, balance, save_card = self.runner.run(bind(_STATEMENTS[action], **params))[0]
-        return Applied(
-            Verdict(journaled),
-            UUID(user) if user else None,
-            int(granted or 0),
-            int(balance) if balance is not None else None,
-            bool(save_card),
-        )
+        journaled, user, granted, save_card = self.runner.run(bind(_STATEMENTS[action], **params))[0]
+        return Applied(Verdict(journaled), UUID(user) if user else None, int(granted or 0), bool(save_card))
 
     def record_unverified(self, txn: HypTransaction, *, detail: str, raw_callback: str) -> None:
         """A callback that could not be verified yet (our side): every distinct one kept as received, and

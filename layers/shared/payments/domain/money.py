@@ -21,7 +21,7 @@ COIN = {Currency.ILS: "1", Currency.USD: "2", Currency.EUR: "3", Currency.GBP: "
 CURRENCY_OF_COIN = {code: currency for currency, code in COIN.items()}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Money:
     """An amount in the smallest unit (agorot, cents) of `currency`."""
 

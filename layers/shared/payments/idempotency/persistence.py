@@ -104,6 +104,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         # The id of each claim this environment holds, so completing or deleting touches only our own.
         self._claims: dict[str, str] = {}
         self._lost: set[str] = set()  # keys whose claim another invocation took over before we completed
+        self.last_claimed_key: str | None = None  # the key of the last record this store claimed (diagnostics)
         self._claims_lock = threading.Lock()
         self._sql = _Statements(self._table)
 
@@ -135,6 +136,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         )
         if rows and rows[0][0] == "claimed":
             self._remember_claim(data_record.idempotency_key, claim_id)
+            self.last_claimed_key = data_record.idempotency_key
             return
         existing = self._row_to_record(data_record.idempotency_key, rows[0][1:]) if rows else None
         if existing is not None and rows[0][1] == claim_id:

@@ -31,7 +31,7 @@ def exercise(kind: str, db: Database, *, table: str = "idempotency_keys") -> dic
         return {"key": request["key"], "computed_at": time.time()}
 
     def record() -> str | None:
-        return store.record_status(store._get_hashed_idempotency_key({"key": key}) or "")
+        return store.record_status(store.last_claimed_key or "")
 
     first = work(request={"key": key})
     report: dict[str, Any] = {"type": kind, "record_after_first_call": record()}

@@ -70,7 +70,6 @@ class Settlement:
     payment_id: UUID | None
     user_id: UUID | None = None
     credits_granted: int = 0
-    balance: int | None = None
     save_card: bool = False
     first_decision: bool = True  # False when the journal already held a verified decision
 
@@ -210,7 +209,6 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
             txn.payment_id if decision.result != Result.DUPLICATE else None,
             applied.user_id or (facts.user_id if facts else None),
             applied.credits_granted,
-            applied.balance,
             applied.save_card,
             first,
         )
@@ -231,7 +229,7 @@ def settle_by_operator(
     tx: Transaction, txn: HypTransaction, *, previous_status: PaymentStatus, detail: str
 ) -> Settlement:
     """An operator completes a payment with a Hyp transaction they confirmed: the SAME grant statement a
-    callback uses (payment completed, one purchase row, the balance, the journal row decided `granted`),
+    callback uses (payment completed, one purchase row, the balance raised, the journal row decided `granted`),
     inside the caller's transaction (which holds the payment's lock and writes the audit row with it).
 
     The caller has checked what a callback's `decide` checks (the payment's status, no purchase row yet, the
@@ -254,7 +252,6 @@ def settle_by_operator(
         txn.payment_id,
         applied.user_id,
         applied.credits_granted,
-        applied.balance,
         applied.save_card,
         True,
     )
