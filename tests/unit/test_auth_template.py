@@ -137,3 +137,37 @@ def doc_json() -> dict[str, Any]:
     from samtranslator.yaml_helper import yaml_parse
 
     return json.loads(json.dumps(yaml_parse(TEMPLATE.read_text())))
+
+
+def test_snapstart_is_an_option_off_by_default_on_published_versions() -> None:
+    # Given SAM's translation of the template
+    from samtranslator.translator.transform import transform
+
+    template = doc_json()
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = "s3://bucket/key"
+        if resource["Type"] == "AWS::Serverless::LayerVersion":
+            resource["Properties"]["ContentUri"] = "s3://bucket/key"
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+    out = transform(template, {}, NoManagedPolicies())
+    resources = out["Resources"]
+    functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Lambda::Function"}
+    assert functions
+    # Then every function takes SnapStart on published versions only when SnapStart=on (default off)
+    assert template["Parameters"]["SnapStart"]["Default"] == "off"
+    assert out["Conditions"]["UsesSnapStart"] == {"Fn::Equals": [{"Ref": "SnapStart"}, "on"]}
+    for name, function in functions.items():
+        assert function["Properties"]["SnapStart"] == {
+            "Fn::If": ["UsesSnapStart", {"ApplyOn": "PublishedVersions"}, {"Ref": "AWS::NoValue"}]
+        }, name
+        # And each has a published version behind the alias `live` (what a snapshot is taken of)
+        assert f"{name}Aliaslive" in resources, name
+    # And the API invokes the alias, so requests get the snapshot's version
+    body = json.dumps(resources["HttpApi"]["Properties"]["Body"])
+    assert "CreatePaymentFunctionAliaslive" in body

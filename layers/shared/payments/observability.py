@@ -8,6 +8,8 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 
+import payments.snapstart  # noqa: F401 - registers the SnapStart runtime hooks in every function
+
 # Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE.
 logger = Logger()
 metrics = Metrics()

@@ -20,6 +20,7 @@ import re
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -353,6 +354,9 @@ def _message(exc: DatabaseError) -> str:
 Connect = Callable[..., pg8000.native.Connection]
 
 
+_LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
 class Database:
     """A lazily opened, reused pg8000 connection with reconnect-once semantics.
 
@@ -377,6 +381,19 @@ class Database:
         self._conn: pg8000.native.Connection | None = None
         self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
         self.connects = 0
+        _LIVE.add(self)
+
+    @classmethod
+    def close_all(cls) -> int:
+        """Close every Database's connection (each reconnects on its next statement); how many were open.
+        The SnapStart hooks call it: a connection must never be shared by environments restored from one
+        snapshot."""
+        closed = 0
+        for db in list(_LIVE):
+            if db._conn is not None:
+                closed += 1
+            db.close()
+        return closed
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings | None = None, *, connect: Connect | None = None) -> Database:

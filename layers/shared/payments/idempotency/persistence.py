@@ -20,6 +20,7 @@ import json
 import re
 import threading
 import uuid
+import weakref
 from typing import Any
 
 import pg8000.native
@@ -84,6 +85,9 @@ def quote_table(table_name: str) -> str:
     return ".".join(pg8000.native.identifier(part) for part in table_name.split("."))
 
 
+_LAYERS: weakref.WeakSet[PostgresPersistenceLayer] = weakref.WeakSet()
+
+
 class PostgresPersistenceLayer(BasePersistenceLayer):
     """Idempotency records in PostgreSQL, for `@idempotent` and `@idempotent_function`."""
 
@@ -102,11 +106,20 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self.table_name = table_name
         self._database = database
         # The id of each claim this environment holds, so completing or deleting touches only our own.
+        _LAYERS.add(self)
         self._claims: dict[str, str] = {}
         self._lost: set[str] = set()  # keys whose claim another invocation took over before we completed
         self.last_claimed_key: str | None = None  # the key of the last record this store claimed (diagnostics)
         self._claims_lock = threading.Lock()
         self._sql = _Statements(self._table)
+
+    @classmethod
+    def forget_all_claims(cls) -> None:
+        """Drop every claim id any layer holds (SnapStart: a snapshot must not carry one into many environments)."""
+        for layer in list(_LAYERS):
+            with layer._claims_lock:
+                layer._claims.clear()
+                layer._lost.clear()
 
     @property
     def quoted_table(self) -> str:
