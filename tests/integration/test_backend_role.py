@@ -338,6 +338,7 @@ def test_unverifiable_callback_is_kept_then_settled_as_the_role(
 def backend_admin(backend_env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     monkeypatch.setenv("ADMIN_API_TOKEN", ADMIN_TOKEN)
     monkeypatch.setenv("STAGE", "dev")
+    monkeypatch.setenv("CLEANUP_WEB_APP_RETENTION_SECONDS", "86400")  # the role purges the web app's rows too
     for name in (CLEANUP, DEBUG):
         reset_function_state(name)
     yield backend_env
