@@ -114,6 +114,7 @@ def test_replay_returns_the_same_answer_without_a_second_row_or_sign(env: Env) -
     again = post({"credit_pack_id": STARTER})
     assert again.status == first.status == 201
     assert again.json == first.json and again.headers["idempotent-replayed"] == "true"
+    assert again.body == first.body  # byte for byte, not only the same JSON
     assert len(env.payments()) == 1 and env.sim.calls.count("SIGN") == 1
 
 

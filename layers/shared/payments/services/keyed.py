@@ -3,6 +3,7 @@ the answer it stores and replays (status, JSON body, and whether it is a replay)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,12 @@ class Answer:
 
 def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
     return {**response, "replayed": True}
+
+
+def _as_stored(body: Any) -> Any:
+    """The body as a replay returns it: the idempotency utility stores answers with sorted keys, so the first
+    answer's keys are put in the same order, and a replay's response is the first one byte for byte."""
+    return json.loads(json.dumps(body, sort_keys=True))
 
 
 class Keyed:
@@ -83,4 +90,4 @@ class Keyed:
                     f"{self.what}"
                 ) from None
             raise DatabaseUnavailable("the payment store is unavailable; retry with the same key") from exc
-        return Answer(result["status"], result["body"], bool(result.get("replayed")))
+        return Answer(result["status"], _as_stored(result["body"]), bool(result.get("replayed")))
