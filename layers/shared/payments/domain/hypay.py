@@ -5,6 +5,7 @@ No network here (that is `payments.adapters.hypay`): everything can be tested on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -108,13 +109,15 @@ _PAN_LIKE = re.compile(r"\d[\d -]{10,}\d")
 
 def split_raw_query(raw: str) -> list[tuple[str, str]]:
     """`a=1&b=x%20y` -> [("a", "1"), ("b", "x%20y")]: order and encoding kept exactly as received."""
+    return list(_split(raw))
+
+
+# One callback is read by the refusal rules, the signature check, VERIFY's field list and the service: split
+# and decoded once per query (pure functions of the text; callers get their own list or dict).
+@functools.lru_cache(maxsize=8)
+def _split(raw: str) -> tuple[tuple[str, str], ...]:
     raw = raw[1:] if raw.startswith("?") else raw
-    pairs = []
-    for part in raw.split("&"):
-        if part:
-            name, _, value = part.partition("=")
-            pairs.append((name, value))
-    return pairs
+    return tuple((name, value) for name, _, value in (part.partition("=") for part in raw.split("&") if part))
 
 
 def decode_value(raw_value: str) -> str:
@@ -128,7 +131,12 @@ def decode_value(raw_value: str) -> str:
 
 def decode_query(raw: str) -> dict[str, str]:
     """Decoded name -> value (the last one wins, as Hyp sends each name once)."""
-    return {name: decode_value(value) for name, value in split_raw_query(raw)}
+    return dict(_decoded(raw))
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(raw: str) -> tuple[tuple[str, str], ...]:
+    return tuple({name: decode_value(value) for name, value in _split(raw)}.items())
 
 
 def redirect_sign_payload(raw_query: str) -> bytes | None:
