@@ -56,7 +56,7 @@ def parts(quick: bool, seed: int | None) -> list[Part]:
             "callback fuzz",
             "hypothesis over /hypay/return and /hypay/notify: mutated real callbacks and random ones, every "
             "content type and encoding; tables compared before and after each rejected request",
-            lambda s: callback_fuzz.run(s, examples=200 if quick else 3000),
+            lambda s: callback_fuzz.run(s, examples=200 if quick else 3000, seed=seed),
         ),
         Part(
             "saved card and refunds",
