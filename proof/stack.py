@@ -131,7 +131,7 @@ def stack(settings: Mapping[str, str] | None = None, *, auth_mode: str = "rs256"
                 "AUTH_MODE": auth_mode,
                 **(settings or {}),
             }
-            run = MakeRun(env).start()
+            run = MakeRun(env).start().drain()  # its output read on: a full pipe would block the workers
             try:
                 if run.process is None or run.process.poll() is not None:
                     raise RuntimeError("make run did not start:\n" + run.output)

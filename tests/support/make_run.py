@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class MakeRun:
     lines: list[str] = field(default_factory=list)
     process: subprocess.Popen[str] | None = None
     _own_data: str | None = None
+    _reader: threading.Thread | None = None
 
     @property
     def base(self) -> str:
@@ -70,11 +72,31 @@ class MakeRun:
                 break
         return self
 
+    def drain(self) -> MakeRun:
+        """Keep reading what it prints (into `lines`) from now on. A pipe nobody reads fills up, and then every
+        function worker that logs blocks in its write: under load, requests end in 504s."""
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+
+        def read() -> None:
+            for line in stdout:
+                self.lines.append(line)
+
+        self._reader = threading.Thread(target=read, name="make-run-output", daemon=True)
+        self._reader.start()
+        return self
+
     def stop(self) -> tuple[int, str]:
         """Ctrl-C; returns the exit code and what it printed while stopping."""
         assert self.process is not None
         self.process.send_signal(signal.SIGINT)
-        rest, _ = self.process.communicate(timeout=60)
+        if self._reader is not None:
+            printed = len(self.lines)
+            self.process.wait(timeout=60)
+            self._reader.join(timeout=10)
+            rest = "".join(self.lines[printed:])
+        else:
+            rest, _ = self.process.communicate(timeout=60)
         if self._own_data is not None:
             shutil.rmtree(self._own_data, ignore_errors=True)
         return self.process.returncode, rest
