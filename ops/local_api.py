@@ -22,6 +22,7 @@ import copy
 import json
 import multiprocessing
 import os
+import queue
 import signal
 import threading
 import time
@@ -126,10 +127,12 @@ class EnvironmentDied(Exception):
 
 
 class FunctionPool:
-    """A function's execution environments: up to `size` worker processes, one invocation each.
+    """A function's execution environments: `size` worker processes, each running one invocation at a time with
+    its own module state (one-process executors, started on first use; the warmest idle one is taken first).
 
-    A worker that dies is replaced, as Lambda replaces an execution environment: the invocation(s) in flight
-    fail (EnvironmentDied), the next ones run in fresh workers (a cold start)."""
+    A worker that dies is replaced alone, as Lambda replaces an execution environment: only the invocation it
+    was running fails (EnvironmentDied); the function's other environments and the requests waiting for one go
+    on. The next invocation in its place starts cold."""
 
     def __init__(self, function: Function, environment: Mapping[str, str], size: int) -> None:
         self.function = function
@@ -137,49 +140,67 @@ class FunctionPool:
         self._env = {**function.environment, **environment, "AWS_LAMBDA_FUNCTION_NAME": function.name}
         self._lock = threading.Lock()
         self._closed = False
-        self._executor = self._new_executor()
+        self._executors = [self._new_executor() for _ in range(size)]
+        self._idle: queue.LifoQueue[int] = queue.LifoQueue()
+        for slot in reversed(range(size)):
+            self._idle.put(slot)
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self._size,
+            max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=(self.function, self._env),
         )
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        """A new set of workers for a broken executor (once, whoever notices first)."""
+    def _replace(self, slot: int, broken: ProcessPoolExecutor) -> None:
+        """A new environment in a dead one's place (once, whoever notices first)."""
         with self._lock:
-            if self._executor is broken and not self._closed:
-                print(f"[{self.function.name}] an execution environment died; starting new ones")
-                self._executor = self._new_executor()
+            if self._executors[slot] is broken and not self._closed:
+                print(f"[{self.function.name}] an execution environment died; starting a new one")
+                self._executors[slot] = self._new_executor()
         broken.shutdown(wait=False, cancel_futures=True)
 
     def invoke(self, event: dict) -> Any:
-        executor = self._executor
+        deadline = time.monotonic() + self.function.timeout + 5  # waiting for an environment counts too
         try:
-            future: Future[Any] = executor.submit(_invoke, event)
-        except BrokenProcessPool:  # died since the last invocation: this one runs in the new workers
-            self._replace(executor)
-            executor = self._executor
-            future = executor.submit(_invoke, event)
+            slot = self._idle.get(timeout=self.function.timeout + 5)
+        except queue.Empty:
+            raise TimeoutError(f"{self.function.name} timed out") from None
+        executor = self._executors[slot]
         try:
-            return future.result(timeout=self.function.timeout + 5)
+            try:
+                future: Future[Any] = executor.submit(_invoke, event)
+            except BrokenProcessPool:  # died since its last invocation: this one runs in a new environment
+                self._replace(slot, executor)
+                executor = self._executors[slot]
+                future = executor.submit(_invoke, event)
+        except BaseException:
+            self._idle.put(slot)
+            raise
+        # The environment is busy until its invocation ends, even when the caller stopped waiting (a timeout).
+        future.add_done_callback(lambda _: self._idle.put(slot))
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             raise TimeoutError(f"{self.function.name} timed out") from None
         except BrokenProcessPool:
-            self._replace(executor)
+            self._replace(slot, executor)
             raise EnvironmentDied(f"{self.function.name}: the execution environment died") from None
 
     def pids(self) -> list[int]:
         """The live worker processes (the proof suite kills them at random)."""
-        processes = getattr(self._executor, "_processes", None) or {}
-        return sorted(pid for pid, process in list(processes.items()) if process.is_alive())
+        alive = []
+        for executor in list(self._executors):
+            processes = getattr(executor, "_processes", None) or {}
+            alive += [pid for pid, process in list(processes.items()) if process.is_alive()]
+        return sorted(alive)
 
     def shutdown(self) -> None:
         with self._lock:
             self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 # -- HTTP API emulation ----------------------------------------------------------------------
@@ -423,6 +444,8 @@ class LocalApi:
                 api._handle(self)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve  # noqa: N815
+            # No route has these methods: 404 as API Gateway answers, not http.server's 501.
+            do_TRACE = do_QUERY = _serve  # noqa: N815
 
         self.server = _Server((host, port), Handler)  # bound first: the JWKS URL names its port
         if callable(environment):  # the functions' settings may name this server's URL (port 0: the bound one)

@@ -29,6 +29,7 @@ class Part:
     name: str
     what: str
     run: Callable[[Stack], Any]
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)  # the stack's, as NAME=value make run
 
 
 def parts(quick: bool, seed: int | None) -> list[Part]:
@@ -46,6 +47,7 @@ def parts(quick: bool, seed: int | None) -> list[Part]:
                 users=3 if quick else 12,
                 seed=seed,
             ),
+            chaos.SETTINGS,
         ),
         Part(
             "contract",
@@ -63,6 +65,7 @@ def parts(quick: bool, seed: int | None) -> list[Part]:
             "saved-card charges and refunds with Hyp's answers lost, dropped, failed or slow, database "
             "connections terminated and workers killed; client retries with the same key; then the invariants",
             lambda s: flows.run(s, rounds=10 if quick else 120, seed=seed),
+            flows.SETTINGS,
         ),
     ]
 
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"prove: {part.name} ...", flush=True)
         started = time.monotonic()
-        with stack() as running:
+        with stack(part.settings) as running:
             result = part.run(running)
         seconds = time.monotonic() - started
         failures = _failures(result)
