@@ -412,8 +412,9 @@ class HypaySimulator:
             self.calls.append(name)
         fault = self.faults.take(name)
         if fault is not None and fault.kind in ("lost", "drop"):
-            # Hyp does the work, then its answer never arrives: an error page, or the connection closed.
-            self._dispatch_reversal(action, params)
+            # Hyp does the work (a charge, a token, a reversal), then its answer never arrives: an error
+            # page, or the connection closed.
+            self._done_without_answer(action, params)
             if fault.kind == "drop":
                 request.close_connection = True
                 with contextlib.suppress(OSError):
@@ -668,6 +669,14 @@ input{{width:100%;padding:.4rem}}button{{margin-top:1rem;padding:.6rem 1.2rem}}<
         self.reversals: list[Reversal] = []
         self.clock = time.time  # tests may move the simulator's day
         self.cancel_until_hour = CANCEL_UNTIL_HOUR
+
+    def _done_without_answer(self, action: str, params: dict[str, str]) -> None:
+        if action == "soft":
+            self._soft(params)
+        elif action == "getToken":
+            self._get_token(params)
+        else:
+            self._dispatch_reversal(action, params)
 
     def _dispatch_reversal(self, action: str, params: dict[str, str]) -> str:
         if action == "zikoyAPI":
