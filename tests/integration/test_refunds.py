@@ -328,3 +328,32 @@ def test_concurrent_refunds_never_exceed_what_was_paid(env: Env, backend_login: 
     assert env.sim.refunded[txn.id] == 4000 and env.sim.calls.count("zikoyAPI") == 4
     [[total]] = env.rows("SELECT sum(amount) FROM refunds WHERE status = 'succeeded'")
     assert Decimal(total) == Decimal("40.00")
+
+
+def test_a_lost_answer_to_the_attempts_commit_still_asks_hyp_once(
+    env: Env, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.faults import Injector, Point
+    from tests.support.pg import connect
+
+    injector = Injector(connect(env.url))
+    injector.install(monkeypatch)
+    # Given a clean refund's steps (where the attempt row is inserted and committed)
+    clean_pid, _ = paid(env, key="buy-clean")
+    with injector.invocation():
+        assert admin.refund(clean_pid, "r-clean").status == 201
+    trace = list(injector.trace)
+    inserted = next(i for i, p in enumerate(trace) if p.label.startswith("insert refunds"))
+    commit = next(i for i, p in enumerate(trace) if i > inserted and p == Point("db", "COMMIT"))
+    # When the attempt's COMMIT runs but its answer is lost (the transaction is re-run on a new connection)
+    pid, txn = paid(env, key="buy-2")
+    with injector.invocation(at=commit, fault="drop_after"):
+        answer = admin.refund(pid, "r-1")
+    assert injector.fired == Point("db", "COMMIT") and not injector.problems
+    # Then the re-run finds its own attempt (Hyp not asked yet) and asks Hyp, once: refunded, nothing in review
+    assert answer.status == 201 and answer.body["status"] == "succeeded", answer.body
+    assert refunds(env, pid)[0][0] == "succeeded"
+    assert (
+        env.sim.refunded.get(txn.id) == 4990
+        and env.sim.calls.count("zikoyAPI") + env.sim.calls.count("CancelTrans") == 2
+    )

@@ -10,6 +10,7 @@ outcome is a conditional update from `attempted`, so a late or repeated writer c
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -120,9 +121,9 @@ SELECT COALESCE(sum(amount) FILTER (WHERE status IN ('attempted', 'succeeded', '
   FROM public.refunds WHERE payment_id = :id::uuid AND original_hypay_id = :txn"""
 
 _INSERT = f"""
-INSERT INTO public.refunds (payment_id, original_hypay_id, method, amount, currency, status, reason,
+INSERT INTO public.refunds (id, payment_id, original_hypay_id, method, amount, currency, status, reason,
                             idempotency_key, admin)
-VALUES (:id::uuid, :txn, :method, :amount::numeric, :currency, 'attempted', :reason, :key, :admin)
+VALUES (:rid::uuid, :id::uuid, :txn, :method, :amount::numeric, :currency, 'attempted', :reason, :key, :admin)
 RETURNING {_COLUMNS}"""
 
 # A released row (Hyp never asked) taken up again by a retry with its key.
@@ -249,12 +250,19 @@ class RefundsStore:
         """Under the payment's lock: the key's row when it exists (a retry: `created` False), else `plan`
         decides (or raises, and nothing is written) and the `attempted` row is inserted and committed."""
 
+        # The row's id is chosen here, once: when the COMMIT's answer is lost and the work runs again, the row
+        # it finds with this id is its own (inserted, Hyp not asked yet), not an earlier invocation's attempt.
+        attempt = uuid.uuid4()
+        mine = {attempt}  # rows this call inserted or took up again
+
         def work(tx: Transaction) -> Began:
             existing = tx.run(bind(_BY_KEY, key=key))
             row = _row(existing[0]) if existing else None
             if row is not None and row.payment_id != payment_id:
                 raise NotRefundable("this Idempotency-Key belongs to a refund of another payment")
             target = self._target(tx, payment_id, row.original_hypay_id if row else hypay_id, None)
+            if row is not None and row.id in mine and row.status == RefundStatus.ATTEMPTED:
+                return Began(row, target, created=True)  # our own insert, committed before the connection broke
             if row is not None and not row.released:
                 return Began(row, target, created=False)
             planned = plan(target)
@@ -264,10 +272,12 @@ class RefundsStore:
             }
             if row is not None:
                 retaken = tx.run(bind(_RETAKE, rid=str(row.id), **params))
+                mine.add(row.id)
                 return Began(_row(retaken[0]), target, created=True)
             inserted = tx.run(
                 bind(
                     _INSERT,
+                    rid=str(attempt),
                     id=str(payment_id),
                     txn=target.original_hypay_id,
                     currency=str(planned.amount.currency),
