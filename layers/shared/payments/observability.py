@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
 
 import payments.snapstart  # noqa: F401 - registers the SnapStart runtime hooks in every function
+from payments.tracing import tracer  # X-Ray's SDK only when tracing is on
 
 # Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE.
 logger = Logger()
 metrics = Metrics()
-tracer = Tracer()
 
 LambdaHandler = Callable[[dict, Any], Any]
 

@@ -207,3 +207,11 @@ def auth_settings() -> AuthSettings:
 def metrics_namespace() -> str | None:
     """Powertools' own POWERTOOLS_METRICS_NAMESPACE, read now (not cached: see observability.http_handler)."""
     return os.environ.get("POWERTOOLS_METRICS_NAMESPACE")
+
+
+def tracing_enabled() -> bool:
+    """X-Ray tracing is on: in Lambda (not SAM's local emulator), unless POWERTOOLS_TRACE_DISABLED says off; the
+    same rule as Powertools' Tracer, read before building one (building one imports the X-Ray SDK)."""
+    if os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() in ("1", "true", "yes", "on", "y"):
+        return False
+    return bool(os.environ.get("LAMBDA_TASK_ROOT")) and not os.environ.get("AWS_SAM_LOCAL")

@@ -17,19 +17,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 
 from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Money
 from payments.errors import ConfigurationError, GatewayError, GatewayNotAsked, GatewayUnavailable
 from payments.settings import DEFAULT_URL, HYPAY_URL, HypaySettings, hypay_settings
+from payments.tracing import tracer
 
 # A child of the functions' Powertools Logger (same service, same keys); importing payments.observability
 # here would fix the metrics namespace before a test's environment is set.
 logger = Logger(child=True)
 
-tracer = Tracer()  # shares the functions' tracer configuration (Powertools keeps one)
 
 
 @dataclass(frozen=True)
