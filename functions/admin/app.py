@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from payments.adapters.admin_token import authenticate, tokens_provider
@@ -15,6 +16,24 @@ from payments.adapters.db import default_database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.refunds_store import RefundsStore
 from payments.adapters.review_store import ReviewStore
+from payments.api_schema import (
+    ADMIN_TOKEN,
+    IDEMPOTENCY_KEY,
+    PAYMENT_ID,
+    REPLAYED,
+    UNAUTHORIZED_ADMIN,
+    UNAVAILABLE,
+    UNSUPPORTED_MEDIA_TYPE,
+    Refund,
+    RefundConfirming,
+    Resolved,
+    ReviewPage,
+    json_answer,
+    parameter,
+    problem_json,
+    reads_itself,
+    retry_after,
+)
 from payments.domain.money import Currency, Money
 from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import error_response, problem, validation_problem
@@ -23,8 +42,16 @@ from payments.observability import http_handler, logger
 from payments.request_body import UnsupportedMediaType, json_object
 from payments.services.keyed import Answer
 from payments.services.refund import Refunds, RefundsDeps
-from payments.services.review import QueueQuery, ResolvePayment, ResolveRequest, operator_reason, review_queue
-from payments.settings import admin_settings, idempotency_settings
+from payments.services.review import (
+    OPERATOR_REASON_SCHEMA,
+    QueueQuery,
+    Reason,
+    ResolvePayment,
+    ResolveRequest,
+    operator_reason,
+    review_queue,
+)
+from payments.settings import AdminSettings, admin_settings, idempotency_settings
 
 app = APIGatewayHttpResolver()
 
@@ -97,7 +124,50 @@ def _answer(answer: Answer) -> Response[Any]:
     return Response(answer.status, content_type, json.dumps(answer.body), headers)
 
 
-@app.get("/admin/review", summary="Everything that needs a human, oldest first", tags=["admin"])
+# What every admin POST on a payment may answer besides its own success.
+_KEYED_POST_PROBLEMS: dict[int, Any] = {
+    400: problem_json("Malformed body, or a missing or malformed Idempotency-Key."),
+    401: UNAUTHORIZED_ADMIN,
+    404: problem_json("No such payment."),
+    409: problem_json(
+        "The payment cannot be changed so, or the first request with this key is still running (then Retry-After).",
+        headers=retry_after(required=False),
+    ),
+    415: UNSUPPORTED_MEDIA_TYPE,
+    503: UNAVAILABLE,
+}
+_PAGE_MAX = AdminSettings.model_fields["review_page_max"].default
+
+
+@app.get(
+    "/admin/review",
+    summary="Everything that needs a human, oldest first",
+    tags=["admin"],
+    security=ADMIN_TOKEN,
+    responses={
+        200: json_answer(ReviewPage, "One page of the queue."),
+        400: problem_json("A malformed reason, limit or after."),
+        401: UNAUTHORIZED_ADMIN,
+        503: UNAVAILABLE,
+    },
+    openapi_extensions=reads_itself(
+        parameters=[
+            parameter("query", "reason", {"type": "string", "enum": [r.value for r in Reason]}, "Only this reason."),
+            parameter(
+                "query",
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": _PAGE_MAX},
+                f"Items per page (50; at most ADMIN_REVIEW_PAGE_MAX, {_PAGE_MAX} by default).",
+            ),
+            parameter(
+                "query",
+                "after",
+                {"type": "string", "format": "review-cursor"},
+                "The `next` of the page before: an opaque cursor this API returned.",
+            ),
+        ]
+    ),
+)
 def get_review() -> Response[Any]:
     _admin()
     event = app.current_event
@@ -114,8 +184,15 @@ def get_review() -> Response[Any]:
     "/admin/payments/<payment_id>/resolve",
     summary="Complete (grant the credits once) or fail a payment under review",
     tags=["admin"],
+    security=ADMIN_TOKEN,
+    responses={
+        200: json_answer(Resolved, "Resolved (or replayed: Idempotent-Replayed: true).", headers=REPLAYED),
+        **_KEYED_POST_PROBLEMS,
+        422: problem_json("The Idempotency-Key was used with a different request."),
+    },
+    openapi_extensions=reads_itself(parameters=[IDEMPOTENCY_KEY], body=ResolveRequest),
 )
-def post_resolve(payment_id: str) -> Response[Any]:
+def post_resolve(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)]) -> Response[Any]:
     admin, pid, key, request = _keyed_post(payment_id, ResolveRequest)
     answer = _resolver()(admin=admin, payment_id=pid, idempotency_key=key, request=request, context=app.lambda_context)
     return _answer(answer)
@@ -126,8 +203,13 @@ class RefundBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    reason: str = Field(min_length=1, max_length=500)
-    amount: str | None = Field(default=None, pattern=r"^[0-9]{1,9}(\.[0-9]{1,2})?$")
+    reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
+    # Zero is refused by the service ("must be positive"): the document says so too.
+    amount: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,9}(\.[0-9]{1,2})?$",
+        json_schema_extra={"not": {"type": "string", "pattern": "^0*([.]0*)?$"}},
+    )
     currency: Currency = Currency.ILS
     hypay_id: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
 
@@ -151,8 +233,21 @@ def _refunds() -> Refunds:
     "/admin/payments/<payment_id>/refund",
     summary="Refund (or cancel the same day) a Hyp transaction of a payment; never twice for one key",
     tags=["admin"],
+    security=ADMIN_TOKEN,
+    responses={
+        201: json_answer(Refund, "Refunded (or replayed: Idempotent-Replayed: true).", headers=REPLAYED),
+        202: json_answer(
+            RefundConfirming, "Hyp's answer was lost: being confirmed, never sent again.", headers=REPLAYED
+        ),
+        **_KEYED_POST_PROBLEMS,
+        422: problem_json(
+            "More than remains, another currency, or the Idempotency-Key was used with a different request."
+        ),
+        502: problem_json("Hyp refused the refund (in words, final).", headers=REPLAYED),
+    },
+    openapi_extensions=reads_itself(parameters=[IDEMPOTENCY_KEY], body=RefundBody),
 )
-def post_refund(payment_id: str) -> Response[Any]:
+def post_refund(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)]) -> Response[Any]:
     admin, pid, key, request = _keyed_post(payment_id, RefundBody)
     amount = Money.of(request.amount, request.currency) if request.amount else None
     answer = _refunds()(

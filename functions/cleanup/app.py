@@ -13,12 +13,22 @@ from payments.adapters import audit
 from payments.adapters.admin_token import authenticate, tokens_provider
 from payments.adapters.db import default_database
 from payments.adapters.review_store import ReviewStore
+from payments.api_schema import (
+    ADMIN_TOKEN,
+    UNAUTHORIZED_ADMIN,
+    UNAVAILABLE,
+    IdempotencyExercise,
+    json_answer,
+    parameter,
+    problem_json,
+    reads_itself,
+)
 from payments.errors import InvalidRequest, PaymentError
 from payments.http import error_response, problem
 from payments.idempotency import quote_table
 from payments.observability import http_handler, logger, metrics
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
-from payments.services.debug_idempotency import exercise
+from payments.services.debug_idempotency import KINDS, exercise
 from payments.services.review import QueueQuery, review_queue
 from payments.settings import api_settings, cleanup_settings, idempotency_settings
 
@@ -74,7 +84,27 @@ def _measure_review_queue() -> None:
     metrics.add_metric(name="ReviewQueueOldestSeconds", unit=MetricUnit.Seconds, value=oldest)
 
 
-@app.post("/admin/cleanup-idempotency")
+@app.post(
+    "/admin/cleanup-idempotency",
+    summary="Run the hourly cleanup now",
+    tags=["admin"],
+    security=ADMIN_TOKEN,
+    responses={
+        200: json_answer(CleanupReport, "What the cleanup did (kept in the audit trail)."),
+        401: UNAUTHORIZED_ADMIN,
+        503: UNAVAILABLE,
+    },
+    openapi_extensions=reads_itself(
+        parameters=[
+            parameter(
+                "header",
+                "Idempotency-Key",
+                {"type": "string"},
+                "Optional: kept in the audit trail (its first 255 characters).",
+            )
+        ]
+    ),
+)
 def admin_cleanup() -> Response[Any]:
     admin = _admin()
     if admin is None:
@@ -95,7 +125,22 @@ def admin_cleanup() -> Response[Any]:
     return Response(200, "application/json", report)
 
 
-@app.get("/debug/test-idempotency")
+@app.get(
+    "/debug/test-idempotency",
+    summary="Exercise the idempotency store end to end (not routed in prod)",
+    tags=["admin"],
+    security=ADMIN_TOKEN,
+    responses={
+        200: json_answer(IdempotencyExercise, "What ran, and whether the store behaved."),
+        400: problem_json("No type, or an unknown one."),
+        401: UNAUTHORIZED_ADMIN,
+        404: problem_json("In prod: no such route."),
+        503: UNAVAILABLE,
+    },
+    openapi_extensions=reads_itself(
+        parameters=[parameter("query", "type", {"type": "string", "enum": list(KINDS)}, "The scenario.", required=True)]
+    ),
+)
 def debug_idempotency() -> Response[Any]:
     if api_settings().stage == "prod":
         return problem(404, "Not Found", "no such route")  # the template does not even route it in prod

@@ -9,13 +9,25 @@ from uuid import UUID
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Header
+from aws_lambda_powertools.event_handler.openapi.params import Header, Path
 
 from payments.adapters.db import default_database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.payments_store import PaymentsStore
+from payments.api_schema import (
+    IDEMPOTENCY_KEY_DESCRIPTION,
+    IDEMPOTENCY_KEY_SCHEMA,
+    PAYMENT_ID,
+    REPLAYED,
+    UNAVAILABLE,
+    UNSUPPORTED_MEDIA_TYPE,
+    PaymentConfirming,
+    json_answer,
+    problem_json,
+    retry_after,
+)
 from payments.caller import authenticated_user
-from payments.domain.payment import CreatePaymentRequest, PaymentView, Problem
+from payments.domain.payment import CreatePaymentRequest, PaymentView
 from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import error_response, problem, validation_problem
 from payments.idempotency import PostgresPersistenceLayer
@@ -24,22 +36,28 @@ from payments.request_body import UnsupportedMediaType, json_body_validation
 from payments.services.create_payment import CreatePayment, CreatePaymentDeps, get_payment
 from payments.settings import api_settings, auth_settings, idempotency_settings
 
-app = APIGatewayHttpResolver(enable_validation=True)
+# Validation per route (POST /payments reads its body itself): no Powertools 422 declared where none is answered.
+app = APIGatewayHttpResolver()
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"description": text, "content": {"application/problem+json": {"schema": Problem.model_json_schema()}}}
-    for status, text in {
-        400: "Malformed body, or a missing or malformed Idempotency-Key.",
-        401: "No user in the token.",
-        402: "A saved card was declined (Hyp's code and message in the body).",
-        404: "Unknown credit pack, profile or payment.",
-        409: "Inactive pack, no saved card, or the first request with this key is still running (Retry-After).",
-        415: "The body is not sent as application/json (or another +json type, in UTF-8).",
-        422: "The Idempotency-Key was used with a different request.",
-        429: "Too many payments for this user (Retry-After).",
-        502: "The payment gateway refused, or did not confirm a saved-card charge.",
-        503: "The gateway or the database is unavailable: retry with the same Idempotency-Key.",
-    }.items()
+_PROBLEMS: dict[int, Any] = {
+    400: problem_json("Malformed body, or a missing or malformed Idempotency-Key."),
+    401: problem_json("The token is not a signed-in user's."),
+    402: problem_json(
+        "A saved card was declined (payment_id, Hyp's ccode and gateway_message in the body).", headers=REPLAYED
+    ),
+    404: problem_json("Unknown credit pack, or the user has no profile."),
+    409: problem_json(
+        "Inactive pack, no saved card, or the first request with this key is still running (then Retry-After).",
+        headers=retry_after(required=False),
+    ),
+    415: UNSUPPORTED_MEDIA_TYPE,
+    422: problem_json("The Idempotency-Key was used with a different request."),
+    429: problem_json("Too many payments for this user.", headers=retry_after()),
+    502: problem_json(
+        "The payment gateway refused the request: the saved-card charge, or the payment page (ccode in the body).",
+        headers=REPLAYED,
+    ),
+    503: UNAVAILABLE,
 }
 
 
@@ -77,14 +95,23 @@ def _service() -> CreatePayment:
 
 @app.post(
     "/payments",
+    operation_id="createPayment",
     summary="Create a payment for a credit pack",
     description="Prices the pack, records a pending payment and returns Hyp's signed payment page URL; "
     "with saved_card, charges the saved card instead. Idempotent on the Idempotency-Key header.",
     responses={
         201: {
-            "description": "Created (or replayed: Idempotent-Replayed: true)",
-            "content": {"application/json": {"schema": PaymentView.model_json_schema()}},
+            **json_answer(PaymentView, "Created: the payment page's URL (saved_card: completed).", headers=REPLAYED),
+            "links": {
+                "GetPayment": {
+                    "operationId": "getPayment",
+                    "parameters": {"payment_id": "$response.body#/payment_id"},
+                }
+            },
         },
+        202: json_answer(
+            PaymentConfirming, "A saved-card charge is being confirmed: poll GET /payments/{id}.", headers=REPLAYED
+        ),
         **_PROBLEMS,
     },
     tags=["payments"],
@@ -94,7 +121,9 @@ def _service() -> CreatePayment:
 )
 def post_payment(
     body: CreatePaymentRequest,
-    idempotency_key: Annotated[str | None, Header(description="1-255 printable characters, unique per request")] = None,
+    idempotency_key: Annotated[
+        str, Header(description=IDEMPOTENCY_KEY_DESCRIPTION, json_schema_extra=IDEMPOTENCY_KEY_SCHEMA)
+    ],
 ) -> Response[Any]:
     answer = _service()(
         user_id=_user_id(), idempotency_key=_idempotency_key(idempotency_key), request=body, context=app.lambda_context
@@ -106,17 +135,17 @@ def post_payment(
 
 @app.get(
     "/payments/<payment_id>",
+    operation_id="getPayment",
     summary="A payment's status, for its owner",
     responses={
-        200: {
-            "description": "The payment",
-            "content": {"application/json": {"schema": PaymentView.model_json_schema()}},
-        },
-        404: _PROBLEMS[404],
+        200: json_answer(PaymentView, "The payment."),
+        401: _PROBLEMS[401],
+        404: problem_json("No such payment (or not this user's)."),
+        503: UNAVAILABLE,
     },
     tags=["payments"],
 )
-def read_payment(payment_id: str) -> Response[Any]:
+def read_payment(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)]) -> Response[Any]:
     try:
         pid = UUID(payment_id)
     except ValueError:

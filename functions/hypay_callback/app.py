@@ -12,6 +12,16 @@ from payments.adapters.db import QueryError, default_database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.journal import Source
 from payments.adapters.payments_store import PaymentsStore
+from payments.api_schema import (
+    CALLBACK_FORM,
+    CALLBACK_QUERY,
+    FORM,
+    problem_json,
+    reads_itself,
+    redirect_answer,
+    retry_after,
+    text_answer,
+)
 from payments.domain import hypay as protocol
 from payments.errors import ConfigurationError, DatabaseUnavailable, InvalidRequest
 from payments.http import problem
@@ -88,7 +98,23 @@ _BROWSER = HypayVerification(_verification, notify=False, keep_unverified=_keep_
 _SERVER = HypayVerification(_verification, notify=True, keep_unverified=_keep_unverified)
 
 
-@app.get("/hypay/return", middlewares=[_BROWSER])
+_CONNECTION_TEST = text_answer("`OK`: Hyp's portal connection test (no fields), or the callback was processed.")
+
+
+@app.get(
+    "/hypay/return",
+    summary="The customer's browser back from Hyp's payment page",
+    tags=["hypay"],
+    responses={
+        200: _CONNECTION_TEST,
+        302: redirect_answer(
+            "To the web app's success, failure or pending page (with payment_id when known): the failure page for a "
+            "callback that is malformed or not genuine, the pending page while it cannot be verified or processed."
+        ),
+    },
+    openapi_extensions=reads_itself(parameters=CALLBACK_QUERY),
+    middlewares=[_BROWSER],
+)
 def hypay_return() -> Response[Any]:
     raw = app.context.get("hypay_raw")
     if raw is None:
@@ -107,9 +133,33 @@ def hypay_return() -> Response[Any]:
     return redirect(page.get(outcome.result, pages.failure_url), outcome.payment_id)
 
 
-@app.route(
+_NOTIFY_ANSWERS: dict[int, Any] = {
+    200: _CONNECTION_TEST,
+    400: problem_json(
+        "Not a Hypay callback (a malformed or repeated field, a field of our requests to Hyp, bytes outside ASCII), "
+        "or one that can never be processed."
+    ),
+    403: problem_json("Not genuine, or from an address outside HYPAY_NOTIFY_ALLOWED_CIDRS."),
+    404: problem_json("Order is not one of our payments (kept in the journal)."),
+    409: problem_json("This Hyp transaction already paid another payment."),
+    503: problem_json("Not verifiable or not processed yet (ours): send it again later.", headers=retry_after()),
+}
+
+
+@app.get(
     "/hypay/notify",
-    method=["GET", "POST"],
+    summary="Hyp's server-to-server notification (query string)",
+    tags=["hypay"],
+    responses=_NOTIFY_ANSWERS,
+    openapi_extensions=reads_itself(parameters=CALLBACK_QUERY),
+    middlewares=[_SERVER],
+)
+@app.post(
+    "/hypay/notify",
+    summary="Hyp's server-to-server notification (form body)",
+    tags=["hypay"],
+    responses=_NOTIFY_ANSWERS,
+    openapi_extensions=reads_itself(body=CALLBACK_FORM, media_type=FORM, body_required=False),
     middlewares=[_SERVER],
 )
 def hypay_notify() -> Response[Any]:

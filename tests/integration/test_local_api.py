@@ -155,6 +155,15 @@ def test_unknown_route_is_404_like_api_gateway(sleeper_api: LocalApi) -> None:
     assert http(f"{sleeper_api.url}/echo", "GET")[0] == 404
 
 
+@pytest.mark.parametrize("method", ["TRACE", "QUERY"])
+def test_a_method_no_route_has_is_404_like_api_gateway(sleeper_api: LocalApi, method: str) -> None:
+    # Given a path the template routes (POST /echo), asked with a method no route has (http.server's own
+    # answer to such a method is a 501 HTML page: a 5xx outside the contract)
+    status, headers, body = http(f"{sleeper_api.url}/echo", method)
+    # Then API Gateway's own 404
+    assert (status, headers["content-type"], json.loads(body)) == (404, "application/json", {"message": "Not Found"})
+
+
 def test_concurrent_requests_run_in_separate_execution_environments(sleeper_api: LocalApi) -> None:
     # When three slow requests arrive together
     results: list[dict] = []

@@ -71,10 +71,37 @@ def test_cursor_round_trips_and_refuses_anything_else() -> None:
             decode_cursor(bad)
 
 
+@pytest.mark.parametrize(
+    ("since", "key"),
+    [
+        ("\u0662\u0660\u0662\u0664-05-01T10:11:12.123456Z", "j:1"),  # Arabic-Indic digits: strptime reads them
+        ("2024-05-01T10:11:12.\uff11\uff12\uff13\uff14\uff15\uff16Z", "j:1"),  # fullwidth digits
+        ("2024-05-01T10:11:12.123456Z\n", "j:1"),
+        ("2024-05-01T10:11:12.123456Z", "j:1\n"),
+        ("2024-05-01T10:11:12.123456Z", "j:\u0661"),
+    ],
+)
+def test_cursor_with_anything_but_ascii_digits_is_refused(since: str, key: str) -> None:
+    # Given a cursor this API never returned, whose instant or key a lax pattern would let through to the
+    # database (which then fails: a 500 for a crafted query string)
+    cursor = encode_cursor(since, key)
+    # When it is read / Then it is refused in words
+    with pytest.raises(InvalidRequest, match="^after"):
+        decode_cursor(cursor)
+
+
 def test_query_parameters_are_checked() -> None:
     assert QueueQuery.parse(reason=None, limit=None, after=None, page_max=200) == QueueQuery(None, 50, None)
     assert QueueQuery.parse(reason="unmatched", limit="7", after=None, page_max=200).limit == 7
-    for reason, limit in (("nope", None), (None, "0"), (None, "201"), (None, "-1"), (None, "1e2"), (None, "٣")):
+    for reason, limit in (
+        ("nope", None),
+        ("", None),  # `reason=`: not one of the reasons either
+        (None, "0"),
+        (None, "201"),
+        (None, "-1"),
+        (None, "1e2"),
+        (None, "٣"),
+    ):
         with pytest.raises(InvalidRequest):
             QueueQuery.parse(reason=reason, limit=limit, after=None, page_max=200)
 

@@ -31,7 +31,6 @@ from payments.tracing import tracer
 logger = Logger(child=True)
 
 
-
 @dataclass(frozen=True)
 class HypayCredentials:
     """A terminal's credentials. Only `masof` ever shows in a repr."""

@@ -7,6 +7,7 @@ from enum import StrEnum
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 
 class PaymentStatus(StrEnum):
@@ -28,13 +29,29 @@ class PaymentStatus(StrEnum):
             return cls.LEGACY
 
 
-_CVV = re.compile(r"^[0-9]{3,4}$")
+_CVV = re.compile(r"[0-9]{3,4}", re.ASCII)  # fullmatch: `$` would let "123\n" through
+
+# What the model validators below require, said in the OpenAPI document too (JSON Schema).
+_RULES: JsonDict = {
+    "allOf": [
+        {
+            "if": {"required": ["cvv"], "properties": {"cvv": {"type": "string"}}},
+            "then": {"required": ["saved_card"], "properties": {"saved_card": {"const": True}}},
+        },
+        {
+            "not": {
+                "required": ["save_card", "saved_card"],
+                "properties": {"save_card": {"const": True}, "saved_card": {"const": True}},
+            }
+        },
+    ]
+}
 
 
 class CreatePaymentRequest(BaseModel):
     """`POST /payments` body. Price, currency and credits come from the pack, never from here."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_RULES)
 
     credit_pack_id: UUID = Field(description="The credit pack to buy (an active one).")
     # strict: only JSON true/false; "yes", 1 or "true" are a 400, not a guess at what was meant.
@@ -47,14 +64,14 @@ class CreatePaymentRequest(BaseModel):
     cvv: str | None = Field(
         default=None,
         description="With saved_card, when the issuer asks for it. Passed through to Hyp; never stored or logged.",
-        json_schema_extra={"writeOnly": True},
+        json_schema_extra={"writeOnly": True, "pattern": "^[0-9]{3,4}$"},
         repr=False,
     )
 
     @field_validator("cvv")
     @classmethod
     def _cvv_digits(cls, value: str | None) -> str | None:
-        if value is not None and not _CVV.match(value):
+        if value is not None and not _CVV.fullmatch(value):
             raise ValueError("cvv must be 3 or 4 digits")  # never echo the value
         return value
 

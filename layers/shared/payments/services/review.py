@@ -25,6 +25,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from payments.adapters import audit
 from payments.adapters.db import Database, Transaction
@@ -93,9 +94,11 @@ def classify(
     return Reason.OTHER
 
 
-_SINCE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+# Whole strings of ASCII digits only (fullmatch): `\d` and `$` would let other digits and a new line through
+# to the database, which would fail on them instead of this API refusing them.
+_SINCE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_KEY = re.compile(rf"^(p:{_UUID}|r:{_UUID}|j:[0-9]{{1,20}})$")
+_KEY = re.compile(rf"p:{_UUID}|r:{_UUID}|j:[0-9]{{1,20}}")
 DEFAULT_PAGE = 50
 
 
@@ -108,12 +111,18 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         since, key = json.loads(raw)
-        if not (isinstance(since, str) and isinstance(key, str) and _SINCE.match(since) and _KEY.match(key)):
+        if not (isinstance(since, str) and isinstance(key, str) and _SINCE.fullmatch(since) and _KEY.fullmatch(key)):
             raise ValueError("not ours")
         dt.datetime.strptime(since, "%Y-%m-%dT%H:%M:%S.%fZ")  # a real instant, not only its shape
     except (binascii.Error, ValueError, TypeError):
         raise InvalidRequest("after: not a cursor this API returned") from None
     return since, key
+
+
+_PLAIN = r"[^\u0000-\u0008\u000b-\u001f\u007f]"
+_SAID = r"[^\u0000-\u0020\u007f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# What `operator_reason` accepts, for the OpenAPI document: plain text with something besides white space.
+OPERATOR_REASON_SCHEMA: JsonDict = {"pattern": f"^{_PLAIN}*{_SAID}{_PLAIN}*$"}
 
 
 def operator_reason(value: str) -> str:
@@ -135,7 +144,7 @@ class QueueQuery:
     def parse(cls, *, reason: str | None, limit: str | None, after: str | None, page_max: int) -> QueueQuery:
         """From the query string; InvalidRequest naming the parameter that is wrong."""
         chosen = None
-        if reason:
+        if reason is not None:  # `reason=` too: no reason is one of them
             try:
                 chosen = Reason(reason)
             except ValueError:
@@ -314,7 +323,12 @@ class ResolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     action: Literal["complete", "fail"]
-    reason: str = Field(min_length=1, max_length=500, description="Why: kept in the audit trail.")
+    reason: str = Field(
+        min_length=1,
+        max_length=500,
+        description="Why: kept in the audit trail.",
+        json_schema_extra=OPERATOR_REASON_SCHEMA,
+    )
     hypay_id: str | None = Field(
         default=None,
         pattern=r"^[0-9]{1,20}$",
