@@ -101,8 +101,8 @@ lint: $(STAMP) ## ruff, mypy, cfn-lint, sam validate --lint
 openapi: $(STAMP) ## regenerate docs/openapi.json from the functions' routes
 	$(PY) -m ops.openapi
 
-bench: $(STAMP) ## benchmark the Postgres idempotency layer; writes docs/benchmarks.md
-	$(PY) -m bench.idempotency
+bench: $(STAMP) ## every benchmark against its baseline, repeated and interleaved (~10 min); writes docs/benchmarks.md
+	$(PY) -m bench
 
 clean: ## remove build output and local state (keeps .venv)
 	rm -rf .aws-sam .local .pytest_cache

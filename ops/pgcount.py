@@ -20,3 +20,18 @@ class CountingConnection(GuardedConnection):
 def counting_class() -> type[CountingConnection]:
     """A fresh subclass, so each user counts only its own connections."""
     return type("Counting", (CountingConnection,), {"round_trips": 0})
+
+
+class RecordingConnection(CountingConnection):
+    """Also keeps every statement it runs, in order, as (sql, params): on the class, like the count."""
+
+    statements: list[tuple[str, dict[str, Any]]] = []
+
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        type(self).statements.append((sql, params))
+        return super().run(sql, stream=stream, types=types, **params)
+
+
+def recording_class() -> type[RecordingConnection]:
+    """A fresh subclass with its own count and its own list of statements."""
+    return type("Recording", (RecordingConnection,), {"round_trips": 0, "statements": []})

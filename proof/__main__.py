@@ -75,7 +75,8 @@ def _counts(result: Any) -> dict[str, Any]:
     if callable(counts):
         counts = counts()
     if counts is None and dataclasses.is_dataclass(result):
-        counts = {k: v for k, v in dataclasses.asdict(result).items() if k != "failures"}
+        # not dataclasses.asdict: it rebuilds a Counter from its pairs, counting each pair once
+        counts = {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "failures"}
     return dict(counts or {})
 
 
@@ -115,10 +116,12 @@ def report(rows: list[tuple[Part, dict[str, Any], list[str], float]], quick: boo
 
 def _cell(value: Any) -> str:
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+        return ", ".join(f"{k}: {_cell(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(_cell(v) for v in value) or "none"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def main(argv: list[str] | None = None) -> int:
