@@ -33,11 +33,9 @@ rate-limit windows as the superuser (setup, not what is under test).
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import random
-import re
 import signal
 import threading
 import time
@@ -47,9 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 
-from ops.hypay_simulator import APPROVING_CARD
 from payments.adapters.db import Database, bind
 from payments.settings import DatabaseSettings
 from proof.stack import Reply, Stack, http
@@ -267,26 +264,10 @@ def _setup(stack: Stack, rng: random.Random, payments: int, users: int, result: 
 
 def _pay(stack: Stack, payment_url: str, purchase: Purchase, *, cvv: str) -> str | None:
     """The customer's browser on the simulator's page; fills in purchase's Hyp Id, code and callback query."""
-    page = http(payment_url)
-    hidden = re.search(r'name="page" value="([^"]*)"', page.body.decode("utf-8", "replace"))
-    if page.status != 200 or hidden is None:
-        return f"setup: the payment page of {purchase.payment_id} answered {page.status} without a form"
-    form = {
-        "action": "simpay",
-        "page": html.unescape(hidden.group(1)),
-        "CC": APPROVING_CARD,
-        "Tmonth": "12",
-        "Tyear": "2030",
-        "cvv": cvv,
-        "UserId": "890108566",
-    }
-    submitted = http(
-        stack.simulator, "POST", urlencode(form).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
-    )
-    location = submitted.headers.get("location", "")
-    if submitted.status != 302 or "?" not in location:
-        return f"setup: paying {purchase.payment_id} answered {submitted.status} without a redirect"
-    purchase.query = location.split("?", 1)[1]
+    query, problem = stack.pay(payment_url, cvv=cvv)
+    if query is None:
+        return f"setup: paying {purchase.payment_id}: {problem}"
+    purchase.query = query
     fields = parse_qs(purchase.query)
     purchase.hyp_id = fields["Id"][0]
     purchase.ccode = int(fields["CCode"][0])

@@ -46,7 +46,6 @@ A buyer who asked to keep the card, paid, and whose card was not kept is counted
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import random
@@ -61,7 +60,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import ROUND_UP, Decimal
 from typing import Any
-from urllib.parse import urlencode
 
 from ops.hypay_simulator import APPROVING_CARD, PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_PASSP
 from payments.adapters.db import Database
@@ -190,41 +188,38 @@ _DEFERRED = _Paid("", Decimal(0))  # the first payment's notify did not land dur
 
 
 class _Output:
-    """Reads `make run`'s output (the functions log to it) so that a full pipe never blocks a worker; keeps the
-    lines where a function raised and anything shaped like a secret, for the checks."""
+    """What `make run` printed during the part (the functions log to it; `proof.stack` keeps reading it into
+    `run.lines`, so no worker ever blocks on a full pipe): the lines where a function raised, and anything
+    shaped like a secret, for the checks."""
 
     def __init__(self, stack: Stack) -> None:
-        self.unhandled: list[str] = []
-        self.suspect: list[str] = []  # token-shaped numbers and the terminal's secrets seen in the logs
-        self._lock = threading.Lock()
-        process = stack.run.process
-        stream = process.stdout if process is not None else None
-        if stream is None or getattr(stack, "_output_drained", False):
-            return
-        stack._output_drained = True  # type: ignore[attr-defined]
-        threading.Thread(target=self._read, args=(stream,), name="make-run-output", daemon=True).start()
+        self._lines = stack.run.lines
+        if getattr(stack.run, "_reader", None) is None:
+            stack.run.drain()
+        self._start = len(self._lines)
 
-    def _read(self, stream: Any) -> None:
-        try:
-            self._lines(stream)
-        except (ValueError, OSError):  # the stack stopped: its output closed
-            return
-
-    def _lines(self, stream: Any) -> None:
-        for line in stream:
-            found = _TOKENISH.findall(line)
-            secret = (
+    def _scan(self) -> tuple[list[str], list[str]]:
+        unhandled: list[str] = []
+        suspect: list[str] = []  # token-shaped numbers and the terminal's secrets seen in the logs
+        for line in self._lines[self._start :]:
+            if "] unhandled " in line:
+                unhandled.append(line.strip()[:200])
+            suspect += _TOKENISH.findall(line)
+            if (
                 APPROVING_CARD in line
                 or PUBLIC_TEST_TERMINAL_KEY in line
                 or f"PassP={PUBLIC_TEST_TERMINAL_PASSP}" in line
-            )
-            if "] unhandled " in line or found or secret:
-                with self._lock:
-                    if "] unhandled " in line:
-                        self.unhandled.append(line.strip()[:200])
-                    self.suspect += found
-                    if secret:
-                        self.suspect.append("<a card number, KEY or PassP>")
+            ):
+                suspect.append("<a card number, KEY or PassP>")
+        return unhandled, suspect
+
+    @property
+    def unhandled(self) -> list[str]:
+        return self._scan()[0]
+
+    @property
+    def suspect(self) -> list[str]:
+        return self._scan()[1]
 
 
 class _Chaos:
@@ -626,27 +621,10 @@ class _Run:
 
     def _pay(self, payment_url: str, keyed: _Keyed) -> str | None:
         """The buyer's browser on the simulator's page (Hyp's test card): the signed redirect's query."""
-        page = http(payment_url)
-        hidden = re.search(r'name="page" value="([^"]*)"', page.body.decode("utf-8", "replace"))
-        if page.status != 200 or hidden is None:
-            self.fail(f"{keyed.describe()}: the payment page answered {page.status} without a form")
-            return None
-        form = {
-            "action": "simpay",
-            "page": html.unescape(hidden.group(1)),
-            "CC": APPROVING_CARD,
-            "Tmonth": "12",
-            "Tyear": "2030",
-            "cvv": "125",
-            "UserId": "890108566",
-        }
-        form_type = {"Content-Type": "application/x-www-form-urlencoded"}
-        submitted = http(self.stack.simulator, "POST", urlencode(form).encode(), form_type)
-        location = submitted.headers.get("location", "")
-        if submitted.status != 302 or "?" not in location:
-            self.fail(f"{keyed.describe()}: paying on the page answered {submitted.status} without a redirect")
-            return None
-        return location.split("?", 1)[1]
+        query, problem = self.stack.pay(payment_url)
+        if query is None:
+            self.fail(f"{keyed.describe()}: {problem}")
+        return query
 
     def _status(self, user: str, payment_id: str) -> str:
         """The payment's status as its owner reads it (again after a 502 or 503, as the web app polls)."""

@@ -9,8 +9,10 @@ signing keys live in a temporary folder removed at the end.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -20,8 +22,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from ops.embedded import embedded_server
+from ops.hypay_simulator import APPROVING_CARD
 from ops.local_auth import LocalAuth, mode_from
 from ops.run import LOCAL_ADMIN_TOKEN
 from payments.adapters.db import Database, bind
@@ -112,6 +116,29 @@ class Stack:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
+
+    def pay(self, payment_url: str, *, cvv: str = "125", card: str = APPROVING_CARD) -> tuple[str | None, str]:
+        """The customer's browser on the simulator's payment page: (the signed redirect's query, "") when the
+        page sends the browser back, else (None, what went wrong)."""
+        page = http(payment_url)
+        hidden = re.search(r'name="page" value="([^"]*)"', page.body.decode("utf-8", "replace"))
+        if page.status != 200 or hidden is None:
+            return None, f"the payment page answered {page.status} without a form"
+        form = {
+            "action": "simpay",
+            "page": html.unescape(hidden.group(1)),
+            "CC": card,
+            "Tmonth": "12",
+            "Tyear": "2030",
+            "cvv": cvv,
+            "UserId": "890108566",
+        }
+        form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+        submitted = http(self.simulator, "POST", urlencode(form).encode(), form_type)
+        location = submitted.headers.get("location", "")
+        if submitted.status != 302 or "?" not in location:
+            return None, f"paying on the page answered {submitted.status} without a redirect"
+        return location.split("?", 1)[1], ""
 
     def alive(self) -> bool:
         return self.run.process is not None and self.run.process.poll() is None

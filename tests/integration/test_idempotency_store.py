@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -214,8 +215,28 @@ def test_in_progress_with_time_left_is_already_in_progress(database_url: str) ->
     db_b.close()
 
 
-def test_in_progress_past_holders_deadline_is_taken_over(database_url: str) -> None:
-    # Given a first invocation whose Lambda deadline (remaining time) has passed while it "runs"
+@dataclass
+class Takeover:
+    """A first invocation stuck past its Lambda deadline (released by `release`), and a second environment."""
+
+    first: Callable[..., Any]
+    first_calls: list[dict]
+    second: Callable[..., Any]
+    second_calls: list[dict]
+    release: threading.Event
+    thread: threading.Thread
+    databases: tuple[Database, Database]
+
+    def finish(self) -> None:
+        self.release.set()
+        self.thread.join(5)
+
+    def close(self) -> None:
+        for db in self.databases:
+            db.close()
+
+
+def stuck_first(database_url: str, order: dict, **first_config: Any) -> Takeover:
     release, started = threading.Event(), threading.Event()
 
     def stuck(order: dict) -> dict:
@@ -224,25 +245,28 @@ def test_in_progress_past_holders_deadline_is_taken_over(database_url: str) -> N
         return {"by": "first"}
 
     db_a, db_b = database(database_url), database(database_url)
-    first, _ = make_function(
-        PostgresPersistenceLayer(database=db_a), stuck, context=LocalLambdaContext(timeout_seconds=0.05)
+    first, calls_a = make_function(
+        PostgresPersistenceLayer(database=db_a), stuck, context=LocalLambdaContext(timeout_seconds=0.05), **first_config
     )
     second, calls_b = make_function(
         PostgresPersistenceLayer(database=db_b), lambda o: {"by": "second"}, context=LocalLambdaContext()
     )
-    thread, _ = _run_blocked(first, {"order_id": "o-9", "amount": 1}, release, started)
+    thread, _ = _run_blocked(first, order, release, started)
     time.sleep(0.1)
+    return Takeover(first, calls_a, second, calls_b, release, thread, (db_a, db_b))
 
+
+def test_in_progress_past_holders_deadline_is_taken_over(database_url: str) -> None:
+    # Given a first invocation whose Lambda deadline (remaining time) has passed while it "runs"
+    takeover = stuck_first(database_url, {"order_id": "o-9", "amount": 1})
     # When another invocation arrives / Then it takes the record over and runs
-    assert second(order={"order_id": "o-9", "amount": 1}) == {"by": "second"}
-    assert len(calls_b) == 1
+    assert takeover.second(order={"order_id": "o-9", "amount": 1}) == {"by": "second"}
+    assert len(takeover.second_calls) == 1
     # And the late first holder cannot overwrite the new owner's result
-    release.set()
-    thread.join(5)
+    takeover.finish()
     [(_, status, _, response, _)] = rows(database_url)
     assert status == "completed" and response == {"by": "second"}
-    db_a.close()
-    db_b.close()
+    takeover.close()
 
 
 def test_32_concurrent_callers_run_the_function_exactly_once(database_url: str) -> None:
@@ -404,32 +428,14 @@ def test_invalid_table_name_is_refused() -> None:
 
 def test_a_lost_takeover_is_never_cached(database_url: str) -> None:
     # Given a first invocation (with the local cache on) that outlives its deadline while another takes over
-    release, started = threading.Event(), threading.Event()
-
-    def stuck(order: dict) -> dict:
-        started.set()
-        release.wait(5)
-        return {"by": "first"}
-
-    db_a, db_b = database(database_url), database(database_url)
-    store_a = PostgresPersistenceLayer(database=db_a)
-    first, calls_a = make_function(
-        store_a, stuck, context=LocalLambdaContext(timeout_seconds=0.05), use_local_cache=True
-    )
-    second, _ = make_function(
-        PostgresPersistenceLayer(database=db_b), lambda o: {"by": "second"}, context=LocalLambdaContext()
-    )
-    thread, _ = _run_blocked(first, {"order_id": "o-lost", "amount": 1}, release, started)
-    time.sleep(0.1)
-    assert second(order={"order_id": "o-lost", "amount": 1}) == {"by": "second"}
-    release.set()
-    thread.join(5)
+    takeover = stuck_first(database_url, {"order_id": "o-lost", "amount": 1}, use_local_cache=True)
+    assert takeover.second(order={"order_id": "o-lost", "amount": 1}) == {"by": "second"}
+    takeover.finish()
     # When the first environment is asked again
-    again = first(order={"order_id": "o-lost", "amount": 1})
+    again = takeover.first(order={"order_id": "o-lost", "amount": 1})
     # Then it answers what the table holds (the new owner's result), not the result it lost with
-    assert again == {"by": "second"} and len(calls_a) == 1
-    db_a.close()
-    db_b.close()
+    assert again == {"by": "second"} and len(takeover.first_calls) == 1
+    takeover.close()
 
 
 @pytest.mark.parametrize(

@@ -94,21 +94,7 @@ def test_hs256_and_es256_use_the_lambda_authorizer_with_simple_cached_answers(mo
 
 def test_sam_turns_the_wiring_into_one_conditional_security_scheme() -> None:
     # Given SAM's own translation of the template (what cfn-lint and `sam deploy` run)
-    from samtranslator.translator.transform import transform
-
-    template = doc_json()
-    for resource in template["Resources"].values():
-        if resource["Type"] == "AWS::Serverless::Function":
-            resource["Properties"]["CodeUri"] = "s3://bucket/key"
-        if resource["Type"] == "AWS::Serverless::LayerVersion":
-            resource["Properties"]["ContentUri"] = "s3://bucket/key"
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
-    out = transform(template, {}, NoManagedPolicies())
+    template, out = sam_translated()
     resources = out["Resources"]
     body = resources["HttpApi"]["Properties"]["Body"]
     # Then exactly the payment routes carry the WebApp scheme, with their Lambda integrations
@@ -132,15 +118,8 @@ def test_sam_turns_the_wiring_into_one_conditional_security_scheme() -> None:
     assert out["Conditions"]["UsesLambdaAuthorizer"] == {"Fn::Not": [{"Condition": "UsesJwtAuthorizer"}]}
 
 
-def doc_json() -> dict[str, Any]:
-    """The template in CloudFormation's long form (Fn::..., Ref), as SAM reads it."""
-    from samtranslator.yaml_helper import yaml_parse
-
-    return json.loads(json.dumps(yaml_parse(TEMPLATE.read_text())))
-
-
-def test_snapstart_is_an_option_off_by_default_on_published_versions() -> None:
-    # Given SAM's translation of the template
+def sam_translated() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the template as SAM reads it, SAM's own translation of it: what cfn-lint and `sam deploy` run)."""
     from samtranslator.translator.transform import transform
 
     template = doc_json()
@@ -155,7 +134,19 @@ def test_snapstart_is_an_option_off_by_default_on_published_versions() -> None:
             return {}
 
     os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
-    out = transform(template, {}, NoManagedPolicies())
+    return template, transform(json.loads(json.dumps(template)), {}, NoManagedPolicies())
+
+
+def doc_json() -> dict[str, Any]:
+    """The template in CloudFormation's long form (Fn::..., Ref), as SAM reads it."""
+    from samtranslator.yaml_helper import yaml_parse
+
+    return json.loads(json.dumps(yaml_parse(TEMPLATE.read_text())))
+
+
+def test_snapstart_is_an_option_off_by_default_on_published_versions() -> None:
+    # Given SAM's translation of the template
+    template, out = sam_translated()
     resources = out["Resources"]
     functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Lambda::Function"}
     assert functions
