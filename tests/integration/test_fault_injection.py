@@ -331,12 +331,13 @@ class Harness:
              GROUP BY p.id, p.status, p.credits, k.credits"""):
             if (state == "completed" and (grants != 1 or total != credits)) or (state != "completed" and grants):
                 found.append(f"payment {payment} is {state} with {grants} purchase grants of {total} credits")
-        # 6. a card the buyer asked to keep is kept once the payment completed (or a newer card is)
+        # 6. a card the buyer asked to keep is kept once the payment completed (or the card of a payment
+        #    completed later is): judged by which payment the saved card came from, not by when it was written
         for (payment,) in self.rows("""
             SELECT p.id::text FROM payments p
              WHERE p.save_card AND p.status = 'completed'
-               AND NOT EXISTS (SELECT 1 FROM saved_cards c
-                                WHERE c.user_id = p.user_id AND c.updated_at >= p.completed_at)"""):
+               AND NOT EXISTS (SELECT 1 FROM saved_cards c JOIN payments q ON q.id = c.payment_id
+                                WHERE c.user_id = p.user_id AND (q.id = p.id OR q.completed_at > p.completed_at))"""):
             found.append(f"payment {payment} completed with 'keep my card', but no card from it is saved")
         return found
 

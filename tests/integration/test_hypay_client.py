@@ -283,3 +283,15 @@ def test_latency_can_be_injected(client: HypayClient, sim: HypaySimulator) -> No
     sim.faults.add("SIGN", "latency", seconds=0.2)
     assert client.payment_page_url(page())  # slower, still within the timeout: one call
     assert sim.calls.count("SIGN") == 1
+
+
+@pytest.mark.parametrize("answer", [b"Id=0&CCode=0&ACode=0012345", b"Id=000&CCode=0", b"CCode=0"])
+def test_a_refund_approved_without_a_hyp_id_is_an_unknown_outcome(
+    client: HypayClient, monkeypatch: pytest.MonkeyPatch, answer: bytes
+) -> None:
+    # Given Hyp approves a refund but names no transaction (no Id, or an all-zero one)
+    monkeypatch.setattr(client, "_send", lambda request: answer)
+    # Then the money may have moved and cannot be named: unavailable (the refund goes to review), never a
+    # refund recorded under an Id that names nothing
+    with pytest.raises(GatewayUnavailable, match="without a transaction Id"):
+        client.refund("12800001", amount=Money.of("10.00"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ops.seed import DEMO_USER_ID
 from ops.template import load_module
 from payments.errors import ConfigurationError, GatewayUnavailable
 from payments.services.cleanup import CleanupPolicy, run_cleanup
@@ -265,3 +266,48 @@ def test_a_card_not_saved_for_an_outage_is_saved_by_the_next_delivery(
     # And later deliveries owe nothing more
     assert browser(transaction.redirect_query).status == 302
     assert env.sim.calls.count("getToken") == 3
+
+
+def test_an_older_payments_card_never_replaces_a_newer_one(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from payments.adapters.db import QueryError
+    from payments.adapters.payments_store import PaymentsStore
+
+    # Given payment A completes but its card cannot be saved yet (getToken down: "not yet")
+    older = buy(env, key="card-a", save_card=True)
+    older_txn = pay(env, older)
+    env.sim.faults.add("getToken", "http500", times=2)
+    assert notify(older_txn.redirect_query).status == 503
+    # And then payment B completes and its card is saved
+    newer = buy(env, key="card-b", save_card=True)
+    newer_txn = pay(env, newer)
+    assert notify(newer_txn.redirect_query).status == 200
+    saved = "SELECT payment_id::text FROM saved_cards"
+    assert env.rows(saved) == [[newer["payment_id"]]]
+    # When A's notify comes again (Hyp retries) / Then nothing is owed for A any more: B's card stays
+    assert notify(older_txn.redirect_query).status == 200
+    assert env.rows(saved) == [[newer["payment_id"]]]
+    # And a late save of A's card (a slow getToken that answers after B's) never replaces B's
+    store = PaymentsStore(database(env.url))
+    store.save_card(
+        user_id=DEMO_USER_ID,
+        payment_id=older["payment_id"],
+        token="1" * 19,
+        expiry_month=1,
+        expiry_year=2031,
+        last4="1111",
+    )
+    assert env.rows(saved) == [[newer["payment_id"]]]
+
+    # And a conflict while saving a card (a database conflict that outlasted its retries) is "not yet", not lost
+    third = buy(env, key="card-c", save_card=True)
+    third_txn = pay(env, third)
+    real = PaymentsStore.save_card
+
+    def conflicted(self: PaymentsStore, **kwargs: object) -> None:
+        monkeypatch.setattr(PaymentsStore, "save_card", real)
+        raise QueryError("could not serialize access", "40001")
+
+    monkeypatch.setattr(PaymentsStore, "save_card", conflicted)
+    assert notify(third_txn.redirect_query).status == 503
+    assert notify(third_txn.redirect_query).status == 200
+    assert env.rows(saved) == [[third["payment_id"]]]

@@ -387,8 +387,8 @@ class HypayClient:
         }
         answer = self._reversal_call("zikoyAPI", params)
         protocol.raise_for_ccode(answer, "refund")
-        refund_id = answer.fields.get("Id", "")
-        if not (refund_id.isascii() and refund_id.isdigit() and len(refund_id) <= 20):
+        refund_id = protocol.hyp_id(answer.fields.get("Id"))
+        if refund_id is None:
             # Approved, but without the refund's Id: the money moved and we cannot name it. A human confirms.
             raise GatewayUnavailable("Hypay refund approved without a transaction Id")
         return Reversal("refund", refund_id, answer.fields.get("ACode", ""), transaction_id)
@@ -407,8 +407,8 @@ class HypayClient:
         if answer.fields.get("ReversalStatus") != "777":
             raise GatewayUnavailable("Hypay cancel approved without ReversalStatus 777")
         # Hyp documents no new Id for a cancellation; one is kept when an answer carries it.
-        own_id = answer.fields.get("Id", "")
-        valid = own_id.isascii() and own_id.isdigit() and len(own_id) <= 20 and own_id != transaction_id
+        own_id = protocol.hyp_id(answer.fields.get("Id"))
+        valid = own_id is not None and own_id != transaction_id
         return Reversal("cancel", own_id if valid else None, answer.fields.get("ACode", ""), transaction_id)
 
     def _reversal_credentials(self) -> HypayCredentials:

@@ -260,14 +260,18 @@ class PaymentsStore:
         return SavedCard(rows[0][0], int(rows[0][1]), int(rows[0][2]), rows[0][3]) if rows else None
 
     def card_owed(self, payment_id: UUID, hypay_id: str) -> bool:
-        """The payment, completed by Hyp transaction `hypay_id`, was bought with "keep my card", and no card from it
-        is saved (a newer card saved since counts as kept: never replace it with an older one)."""
+        """The payment, completed by Hyp transaction `hypay_id`, was bought with "keep my card", and the user's
+        saved card is neither from it nor from a payment completed after it (a newer card is never replaced by an
+        older one). Payments are compared by when they completed, never by when a card happened to be written."""
         rows = self.db.run(
             bind(
                 """
             SELECT p.save_card AND p.status = 'completed' AND p.hypay_transaction_id = :hyp
+                   AND p.completed_at IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM public.saved_cards c
-                                   WHERE c.user_id = p.user_id AND c.updated_at >= p.completed_at)
+                                     LEFT JOIN public.payments q ON q.id = c.payment_id
+                                    WHERE c.user_id = p.user_id
+                                      AND (c.payment_id = p.id OR q.completed_at > p.completed_at))
               FROM public.payments p WHERE p.id = :payment::uuid""",
                 payment=str(payment_id),
                 hyp=hypay_id,
@@ -278,15 +282,20 @@ class PaymentsStore:
     def save_card(
         self, *, user_id: UUID, payment_id: UUID, token: str, expiry_month: int, expiry_year: int, last4: str | None
     ) -> None:
-        """One saved card per user: a newer one replaces the older."""
+        """One saved card per user: the card of the payment completed last. A card from a payment that completed
+        earlier than the saved one's (a slow getToken, a late redelivery) never replaces it."""
         self.db.run(
             bind(
                 """
-            INSERT INTO public.saved_cards (user_id, token, expiry_month, expiry_year, last4, payment_id)
+            INSERT INTO public.saved_cards AS c (user_id, token, expiry_month, expiry_year, last4, payment_id)
             VALUES (:user::uuid, :token, :month, :year, :last4, :payment::uuid)
             ON CONFLICT (user_id) DO UPDATE SET token = EXCLUDED.token, expiry_month = EXCLUDED.expiry_month,
                 expiry_year = EXCLUDED.expiry_year, last4 = EXCLUDED.last4, payment_id = EXCLUDED.payment_id,
-                updated_at = now()""",
+                updated_at = now()
+             WHERE NOT EXISTS (
+                SELECT 1 FROM public.payments saved, public.payments incoming
+                 WHERE saved.id = c.payment_id AND incoming.id = EXCLUDED.payment_id
+                   AND saved.completed_at > COALESCE(incoming.completed_at, '-infinity'::timestamptz))""",
                 user=str(user_id),
                 token=token,
                 month=expiry_month,

@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 
-from payments.adapters.db import Database
+from payments.adapters.db import Database, QueryError
 from payments.adapters.hypay import HypayClient
 from payments.adapters.journal import HypTransaction, Journal, Source
 from payments.adapters.payments_store import PaymentsStore
@@ -259,8 +259,9 @@ class HandleCallback:
 
         A failure that may pass (Hyp or the database unavailable, our credentials refused) raises
         CardNotSavedYet: the credits stay granted, the delivery is "not yet" and the next one (Hyp retries its
-        notify; the cleanup never expires a completed payment) saves the card. Hyp refusing the token is final:
-        counted, not raised."""
+        notify; the cleanup never expires a completed payment) saves the card; so does a database conflict or
+        timeout. Hyp refusing the token, or the database refusing the statement for good, is final: counted
+        (CardNotSaved), logged, not raised."""
         try:
             token = self.gateway.get_token(callback.transaction_id)
             self.store.save_card(
@@ -272,12 +273,28 @@ class HandleCallback:
                 last4=callback.last4,
             )
         except (GatewayUnavailable, GatewayAuthenticationError, GatewayNotAsked, DatabaseUnavailable) as exc:
-            metrics.add_metric(name="CardNotSavedYet", unit=MetricUnit.Count, value=1)
-            logger.warning("card token not saved yet", extra={"payment_id": str(payment_id), "code": exc.code})
-            raise CardNotSavedYet("the payment is complete; its card is not saved yet") from exc
+            self._not_saved_yet(payment_id, exc)
+        except QueryError as exc:
+            if exc.retryable or exc.sqlstate == LOCK_NOT_AVAILABLE:  # a conflict or a timeout: it may pass
+                self._not_saved_yet(payment_id, exc)
+            self._not_saved(payment_id, exc)
         except PaymentError as exc:
-            metrics.add_metric(name="CardNotSaved", unit=MetricUnit.Count, value=1)
-            logger.warning("card token not saved", extra={"payment_id": str(payment_id), "code": exc.code})
+            self._not_saved(payment_id, exc)
+
+    @staticmethod
+    def _not_saved(payment_id: UUID, exc: PaymentError) -> None:
+        """Final: Hyp refused the token, or the database refuses the statement for good. The payment stands."""
+        metrics.add_metric(name="CardNotSaved", unit=MetricUnit.Count, value=1)
+        logger.error("card token not saved", extra={"payment_id": str(payment_id), "code": exc.code})
+
+    @staticmethod
+    def _not_saved_yet(payment_id: UUID, exc: PaymentError) -> None:
+        metrics.add_metric(name="CardNotSavedYet", unit=MetricUnit.Count, value=1)
+        logger.warning("card token not saved yet", extra={"payment_id": str(payment_id), "code": exc.code})
+        raise CardNotSavedYet("the payment is complete; its card is not saved yet") from exc
+
+
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 class CardNotSavedYet(DatabaseUnavailable):
