@@ -51,6 +51,7 @@ from payments.adapters.db import Database, bind
 from payments.settings import DatabaseSettings
 from proof.stack import Reply, Stack, http
 from tests.support.leaks import find_leaks
+from tests.support.payments import CVV as TESTS_CVV
 
 SETTINGS = {"CREATE_PAYMENT_RATE_LIMIT": "100000"}
 """What the stack should be started with for this part (`stack(settings=SETTINGS)`)."""
@@ -160,7 +161,9 @@ class _Output:
         unhandled: list[str] = []
         warnings: Counter[str] = Counter()
         lines = self._lines[self._start :]
-        leaked = find_leaks("".join(lines))
+        # The tests' own CVV (a bare 4-digit number: a PID or a duration in the local API's lines can equal it)
+        # is never sent here; every other forbidden value, card number and token is looked for.
+        leaked = [found for found in find_leaks("".join(lines)) if found != TESTS_CVV]
         for line in lines:
             if "] unhandled " in line:
                 unhandled.append(line.strip()[:200])
