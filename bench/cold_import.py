@@ -163,7 +163,7 @@ class ColdImportBench:
         lines += ["", f"Load (1 min) before→after each run: {self.loads.text()}.", ""]
         targets = [
             (
-                f"cold import, {name}: import CPU within {TARGET}× of the bare dependencies', median of {runs_done} "
+                f"cold import, {name}: import CPU within {TARGET}× of the bare dependencies, median of {runs_done} "
                 f"runs ({self.ratios[name, 'cpu'].median:.2f}×; wall {self.ratios[name, 'wall'].median:.2f}×)",
                 self.ratios[name, "cpu"].median <= TARGET,
             )
