@@ -211,7 +211,10 @@ class RefundBody(BaseModel):
         json_schema_extra={"not": {"type": "string", "pattern": "^0*([.]0*)?$"}},
     )
     currency: Currency = Currency.ILS
-    hypay_id: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
+    # An all-zero Id names no transaction (the one Hyp Id rule): refused by the service, and the document says so.
+    hypay_id: str | None = Field(
+        default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
+    )
 
     @field_validator("reason")
     @classmethod

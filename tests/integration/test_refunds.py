@@ -222,6 +222,15 @@ def test_over_amount_is_422_before_hyp_and_writes_nothing(env: Env, admin: Admin
     assert admin.refund(pid, "o-2", "49.90").status == 201
 
 
+def test_an_all_zero_hyp_id_names_no_transaction_to_refund(env: Env, admin: Admin) -> None:
+    from payments.errors import InvalidRequest
+
+    pid, _ = paid(env)
+    with pytest.raises(InvalidRequest, match="not all zeros"):
+        admin.refund(pid, "z-1", "10.00", hypay_id="0000")
+    assert refunds(env, pid) == [] and "zikoyAPI" not in env.sim.calls
+
+
 def test_hyp_refusal_is_typed_in_words_final_and_never_asked_again(env: Env, admin: Admin) -> None:
     pid, txn = paid(env)
     env.sim.faults.add("zikoyAPI", "ccode", ccode=33)

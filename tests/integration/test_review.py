@@ -393,6 +393,7 @@ def test_resolve_refuses_what_makes_no_sense_with_a_409_that_says_why(admin: Env
         {"action": "fail"},
         {"action": "fail", "reason": " "},
         {"action": "complete", "reason": "r", "hypay_id": "12a"},
+        {"action": "complete", "reason": "r", "hypay_id": "000"},  # an all-zero Id names no transaction
         {"action": "fail", "reason": "r", "x": 1},
     ):
         assert resolve(pending, body, key="k-body").status == 400, body

@@ -158,8 +158,8 @@ class Refunds:
             raise InvalidRequest("the admin's name is required")
         if amount is not None and amount.minor <= 0:
             raise InvalidRequest("amount: must be positive")
-        if hypay_id is not None and not (hypay_id.isascii() and hypay_id.isdigit() and len(hypay_id) <= 20):
-            raise InvalidRequest("hypay_id: a Hyp transaction id (1 to 20 digits)")
+        if hypay_id is not None and protocol.hyp_id(hypay_id) is None:
+            raise InvalidRequest(f"hypay_id: {protocol.HYP_ID_PROBLEM}")
         scope = {
             "payment_id": str(payment_id),
             "key": idempotency_key,

@@ -332,6 +332,7 @@ class ResolveRequest(BaseModel):
     hypay_id: str | None = Field(
         default=None,
         pattern=r"^[0-9]{1,20}$",
+        json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}},  # an all-zero Id names nothing
         description="complete: the Hyp transaction that paid, when the journal knows none (or several).",
     )
 
@@ -339,6 +340,13 @@ class ResolveRequest(BaseModel):
     @classmethod
     def _not_blank(cls, value: str) -> str:
         return operator_reason(value)
+
+    @field_validator("hypay_id")
+    @classmethod
+    def _a_hyp_id(cls, value: str | None) -> str | None:
+        if value is not None and protocol.hyp_id(value) is None:
+            raise ValueError(protocol.HYP_ID_PROBLEM)
+        return value
 
 
 @dataclass(frozen=True)
