@@ -21,7 +21,8 @@ from ops.lambda_context import LocalLambdaContext
 from ops.migrate import discover, migrate
 from ops.seed import DEMO_USER_ID
 from ops.template import load, load_handler
-from tests.support.api import Answer, invoke, reset_function_state
+from tests.integration.test_hypay_callback import browser, notify
+from tests.support.api import invoke, reset_function_state
 from tests.support.payments import CALLBACK, CREATE, CVV, PRO, STARTER, SUCCESS_PAGE, Env, post
 from tests.support.pg import Server, connect, database, with_user
 
@@ -225,21 +226,6 @@ def test_the_login_is_refused_what_the_backend_does_not_do(backend_env: Env, bac
 
 
 # -- the flows, as the role -------------------------------------------------------------------------
-
-
-def browser(raw: str) -> Answer:
-    return invoke(CALLBACK, "GET", f"/hypay/return?{raw}", headers={"accept": "text/html"})
-
-
-def notify(raw: str) -> Answer:
-    return invoke(
-        CALLBACK,
-        "POST",
-        "/hypay/notify",
-        body=raw,
-        source_ip="198.51.100.20",
-        headers={"content-type": "application/x-www-form-urlencoded"},
-    )
 
 
 def functions_logged_in_as(env: Env) -> set[str]:

@@ -51,7 +51,8 @@ from ops.seed import DEMO_USER_ID
 from payments.adapters import db as db_module
 from payments.services.cleanup import CleanupPolicy, run_cleanup
 from payments.settings import api_settings
-from tests.support.api import Answer, invoke, reset_function_state
+from tests.integration.test_hypay_callback import browser, notify
+from tests.support.api import Answer, reset_function_state
 from tests.support.faults import FAULTS, Injector, Killed, Point
 from tests.support.payments import (
     CALLBACK,
@@ -68,21 +69,6 @@ from tests.support.payments import (
 from tests.support.pg import connect, database
 
 ATTEMPTS = 8  # how many times a client retries before the case is reported as not converging
-
-
-def browser(raw: str) -> Answer:
-    return invoke(CALLBACK, "GET", f"/hypay/return?{raw}", headers={"accept": "text/html"})
-
-
-def notify(raw: str) -> Answer:
-    return invoke(
-        CALLBACK,
-        "POST",
-        "/hypay/notify",
-        body=raw,
-        source_ip="198.51.100.20",
-        headers={"content-type": "application/x-www-form-urlencoded"},
-    )
 
 
 def page(answer: Answer | None) -> str | None:
