@@ -191,6 +191,12 @@ _SQL_TOKENS = re.compile(
 )
 
 
+def _text_literal(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("a NUL character cannot be sent to PostgreSQL")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def literal(value: Any) -> str:
     """An SQL literal whose meaning cannot depend on the session's settings.
 
@@ -218,9 +224,7 @@ def literal(value: Any) -> str:
     if isinstance(value, UUID):
         value = str(value)
     if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("a NUL character cannot be sent to PostgreSQL")
-        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+        return _text_literal(value)
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
@@ -241,6 +245,16 @@ def _template(sql: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(texts), tuple(names)
 
 
+# The exact types bound on every request, straight to their rendering (`literal` decides everything else, and
+# subclasses: a bool is an int, a str subclass may override what is called here).
+_FAST_LITERALS: dict[type, Callable[[Any], str]] = {
+    str: _text_literal,
+    int: lambda value: f"({value})",
+    type(None): lambda value: "NULL",
+    UUID: lambda value: f"E'{value}'",
+}
+
+
 def bind(sql: str, **params: Any) -> str:
     """Render `:name` placeholders as SQL literals (`literal`). Never inside a string literal, a quoted identifier,
     a comment or a `::type` cast."""
@@ -248,10 +262,14 @@ def bind(sql: str, **params: Any) -> str:
     if not names:
         return sql
     parts = [texts[0]]
+    fast = _FAST_LITERALS.get
     for name, text in zip(names, texts[1:], strict=True):
-        if name not in params:
-            raise KeyError(f"no value for :{name}")
-        parts.append(literal(params[name]))
+        try:
+            value = params[name]
+        except KeyError:
+            raise KeyError(f"no value for :{name}") from None
+        render = fast(type(value))
+        parts.append(render(value) if render is not None else literal(value))
         parts.append(text)
     return "".join(parts)
 

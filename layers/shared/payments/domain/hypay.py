@@ -88,6 +88,12 @@ OUTGOING_ONLY_FIELDS = frozenset(
 )
 _OUTGOING_LOWER = frozenset(name.lower() for name in OUTGOING_ONLY_FIELDS)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,30}", re.ASCII)
+# The names a callback may carry without a closer look (plain, not ours): Hyp's documented fields and `Sign`.
+_ACCEPTABLE_NAMES = frozenset(
+    name
+    for name in (*REDIRECT_FIELDS, "Sign")
+    if _NAME.fullmatch(name) and name not in OUTGOING_ONLY_FIELDS and name.lower() not in _OUTGOING_LOWER
+)
 
 APPROVED = 0
 # Valid outcomes that charge nothing: J2 card check, J5 authorization, postponed.
@@ -122,6 +128,8 @@ def _split(raw: str) -> tuple[tuple[str, str], ...]:
 
 def decode_value(raw_value: str) -> str:
     """A percent-encoded value as text: UTF-8 (UTF8out=True), else windows-1255 (Hyp's default)."""
+    if raw_value.isascii() and "%" not in raw_value and "+" not in raw_value and "\x00" not in raw_value:
+        return raw_value  # nothing encoded (digits, codes, most fields): the text is the value itself
     data = unquote_to_bytes(raw_value.replace("+", " ")).replace(b"\x00", "\ufffd".encode())  # NUL: never text
     try:
         return data.decode("utf-8")
@@ -145,9 +153,8 @@ def redirect_sign_payload(raw_query: str) -> bytes | None:
     Hyp percent-encodes every value, so a raw value arrives as ASCII; one that does not has no single byte form
     (which encoding would Hyp have signed?), and replacing its characters would let different values share one
     signature: refused."""
-    pairs = split_raw_query(raw_query)
     values: dict[str, str] = {}
-    for name, value in pairs:
+    for name, value in _split(raw_query):
         if name in SIGNED_FIELDS:
             if name in values:
                 return None  # a repeated signed field is ambiguous: refuse rather than guess
@@ -169,7 +176,7 @@ def redirect_signature(raw_query: str, key: str) -> str | None:
 
 def verify_redirect_signature(raw_query: str, key: str) -> bool:
     """The local check: `Sign` matches the signed fields (constant-time). False on anything missing."""
-    signs = [value for name, value in split_raw_query(raw_query) if name == "Sign"]
+    signs = [value for name, value in _split(raw_query) if name == "Sign"]
     expected = redirect_signature(raw_query, key)
     if expected is None or len(signs) != 1 or not signs[0].isascii():
         return False
@@ -183,8 +190,11 @@ def callback_refusal(raw: str) -> str | None:
     that is not plain ASCII letters and digits (a percent-encoded name would decode to one), and any
     name given twice (which one would Hyp read?).
     """
+    names = [name for name, _ in _split(raw)]
+    if _ACCEPTABLE_NAMES.issuperset(names) and len(set(names)) == len(names):
+        return None  # the usual case: Hyp's documented names, each once
     seen: set[str] = set()
-    for name, _ in split_raw_query(raw):
+    for name in names:
         if not _NAME.fullmatch(name):
             return "a parameter name is not a plain name"
         if name in OUTGOING_ONLY_FIELDS or name.lower() in _OUTGOING_LOWER:
@@ -219,7 +229,7 @@ def malformed(raw: str) -> str | None:
 
     `+0`, `٠` (an Arabic-Indic zero) or `99999999999` are never a CCode: refused before anything is asked.
     """
-    fields = dict(split_raw_query(raw))
+    fields = dict(_split(raw))
     for name, pattern, problem in _FORMATS:
         if not pattern.fullmatch(fields.get(name, "")):
             return problem

@@ -15,23 +15,24 @@ column), which is what lets the connection reconnect and resend after a drop.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import threading
+import time
 import uuid
 import weakref
 from typing import Any
 
 import pg8000.native
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.idempotency.config import IdempotencyConfig
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyPersistenceConnectionError,
     IdempotencyPersistenceConsistencyError,
 )
-from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
+from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer, _IdempotencyKeyEncoder
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
 
 from payments.adapters.db import Database, Rows, bind, default_database
@@ -44,6 +45,10 @@ logger = Logger(child=True)
 _TO_DB = {STATUS_CONSTANTS["INPROGRESS"]: "pending", STATUS_CONSTANTS["COMPLETED"]: "completed"}
 _FROM_DB = {db: pt for pt, db in _TO_DB.items()}
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+# A JMESPath expression that is one plain identifier selects that key of an object, and nothing of anything else.
+_PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+# Powertools hashes `json.dumps(value, cls=_IdempotencyKeyEncoder, sort_keys=True)`: the same encoder, built once.
+_HASH_ENCODER = _IdempotencyKeyEncoder(sort_keys=True)
 
 # Columns every read returns, in this order (see _row_to_record).
 _RECORD_COLUMNS = (
@@ -76,6 +81,11 @@ def _holds_nul(value: Any) -> bool:
     if isinstance(value, list):
         return any(_holds_nul(v) for v in value)
     return False
+
+
+def _plain_field(expression: str | None) -> str | None:
+    """The key a JMESPath expression selects when it is one plain identifier, else None."""
+    return expression if expression and _PLAIN_FIELD.fullmatch(expression) else None
 
 
 def quote_table(table_name: str) -> str:
@@ -112,6 +122,62 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self.last_claimed_key: str | None = None  # the key of the last record this store claimed (diagnostics)
         self._claims_lock = threading.Lock()
         self._sql = _Statements(self._table)
+        # The payload the current call hashed last, with its hashes (see _get_hashed_idempotency_key).
+        self._key_memo: tuple[Any, str, str | None] | None = None
+        self._payload_memo: tuple[Any, str] | None = None
+
+    # -- the per-call work Powertools asks of every layer, without re-doing it ---------------------
+    # Same results as the base class (records written before and after stay interchangeable): a key or payload
+    # expression that is one plain field is read as `data.get(field)` (what JMESPath does), the hash encoder is
+    # built once, and the hashes of the payload a call is working on are kept for that call's next step
+    # (`save_inprogress`, then `save_success` or `delete_record`, get the same payload object).
+
+    def configure(
+        self, config: IdempotencyConfig, function_name: str | None = None, key_prefix: str | None = None
+    ) -> None:
+        first = not self.configured
+        super().configure(config, function_name, key_prefix)
+        if first:
+            self._key_field = _plain_field(self.event_key_jmespath)
+            self._payload_field = (
+                _plain_field(config.payload_validation_jmespath) if self.payload_validation_enabled else None
+            )
+            self._expires_after = int(self.expires_after_seconds)
+
+    def _get_hashed_idempotency_key(self, data: dict[str, Any]) -> str | None:
+        memo = self._key_memo
+        if memo is not None and memo[0] is data and memo[1] == self.function_name:
+            return memo[2]
+        field = getattr(self, "_key_field", None)
+        if field is None:
+            key = super()._get_hashed_idempotency_key(data)
+        else:
+            value = data.get(field) if isinstance(data, dict) else None
+            if self.is_missing_idempotency_key(data=value):
+                return super()._get_hashed_idempotency_key(data)  # raises or warns, as configured
+            key = f"{self.function_name}#{self._generate_hash(value)}"
+        self._key_memo = (data, self.function_name, key)
+        return key
+
+    def _get_hashed_payload(self, data: dict[str, Any]) -> str:
+        if not self.payload_validation_enabled:
+            return ""
+        memo = self._payload_memo
+        if memo is not None and memo[0] is data:
+            return memo[1]
+        field = getattr(self, "_payload_field", None)
+        if field is None:
+            hashed = super()._get_hashed_payload(data)
+        else:
+            hashed = self._generate_hash(data.get(field) if isinstance(data, dict) else None)
+        self._payload_memo = (data, hashed)
+        return hashed
+
+    def _generate_hash(self, data: Any) -> str:
+        return self.hash_function(_HASH_ENCODER.encode(data).encode()).hexdigest()
+
+    def _get_expiry_timestamp(self) -> int:
+        return int(time.time()) + getattr(self, "_expires_after", self.expires_after_seconds)
 
     @classmethod
     def forget_all_claims(cls) -> None:
@@ -135,7 +201,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
     # -- the four operations Powertools asks for ----------------------------------------------
 
     def _put_record(self, data_record: DataRecord) -> None:
-        now = dt.datetime.now().timestamp()
+        now = time.time()
         claim_id = str(uuid.uuid4())
         rows = self._run(
             self._sql.claim,

@@ -44,6 +44,9 @@ from payments.services.settle import Result, Settlement, settle
 # ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
 _CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)
 _AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII)
+_APPROVAL_CODE = re.compile(r"[0-9A-Za-z]{0,20}", re.ASCII)
+_INVOICE_NUMBER = re.compile(r"[1-9][0-9]{0,19}", re.ASCII)
+_LAST4 = re.compile(r"[0-9]{4}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,9 @@ class Callback:
             payment_id=payment_id,
             ccode=int(ccode),
             amount=Money.of(raw_amount, currency),
-            approval_code=acode if re.fullmatch(r"[0-9A-Za-z]{0,20}", acode) else "",
-            invoice_number=hesh if re.fullmatch(r"[1-9][0-9]{0,19}", hesh) else None,
-            last4=last4 if re.fullmatch(r"[0-9]{4}", last4) else None,
+            approval_code=acode if _APPROVAL_CODE.fullmatch(acode) else "",
+            invoice_number=hesh if _INVOICE_NUMBER.fullmatch(hesh) else None,
+            last4=last4 if _LAST4.fullmatch(last4) else None,
             message=(protocol.redact(fields.get("errMsg", "").strip())[:200] or None) if currency_trusted else None,
             currency_trusted=currency_trusted,
             currency_known=currency_known,

@@ -1,0 +1,188 @@
+"""The per-request shortcuts (issue 14) give exactly what the general code gives, for any input.
+
+Each shortcut skips work for the common case; these compare it with the general path it stands in for, over
+generated inputs, so a shortcut can never change an answer, a stored hash or a statement.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import pytest
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
+from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from payments.adapters.db import bind, literal
+from payments.domain import hypay as protocol
+from payments.idempotency import PostgresPersistenceLayer
+
+# -- bind: the exact types every request binds, rendered without the general `literal` ---------------------
+
+
+@given(st.one_of(st.none(), st.integers(), st.text(), st.uuids()))
+def test_bind_renders_the_common_types_as_literal_does(value: Any) -> None:
+    try:
+        expected = "SELECT " + literal(value)
+    except ValueError as exc:  # NUL in text: refused the same way
+        with pytest.raises(ValueError, match=str(exc)):
+            bind("SELECT :v", v=value)
+        return
+    assert bind("SELECT :v", v=value) == expected
+
+
+def test_bind_leaves_other_types_and_subclasses_to_literal() -> None:
+    class Status(StrEnum):
+        PAID = "it's paid"
+
+    assert bind("SELECT :v", v=True) == "SELECT TRUE"  # a bool is an int, rendered as a bool
+    assert bind("SELECT :v", v=Status.PAID) == "SELECT E'it''s paid'"
+    assert bind("SELECT :v", v=Decimal("49.90")) == "SELECT (49.90)"
+    with pytest.raises(TypeError):
+        bind("SELECT :v", v=1.5)
+
+
+def test_bind_still_names_a_missing_value() -> None:
+    with pytest.raises(KeyError, match="no value for :v"):
+        bind("SELECT :v")
+
+
+# -- decoding a callback value: nothing encoded means nothing to decode ---------------------------------------
+
+
+def _decoded_the_long_way(raw_value: str) -> str:
+    data = unquote_to_bytes(raw_value.replace("+", " ")).replace(b"\x00", "\ufffd".encode())
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1255", errors="replace")
+
+
+@given(st.text(alphabet=st.characters(codec="ascii")) | st.from_regex(r"[A-Za-z0-9%+.@ -]*", fullmatch=True))
+def test_decode_value_shortcut_matches_the_full_decoding(raw_value: str) -> None:
+    assert protocol.decode_value(raw_value) == _decoded_the_long_way(raw_value)
+
+
+# -- callback_refusal: Hyp's own names, each once, need no closer look -----------------------------------------
+
+
+def _refusal_the_long_way(raw: str) -> str | None:
+    seen: set[str] = set()
+    for name, _ in protocol.split_raw_query(raw):
+        if not protocol._NAME.fullmatch(name):
+            return "a parameter name is not a plain name"
+        if name in protocol.OUTGOING_ONLY_FIELDS or name.lower() in protocol._OUTGOING_LOWER:
+            return f"the parameter {name} belongs to requests to Hyp, not to callbacks"
+        if name in seen:
+            return f"the parameter {name} is repeated"
+        seen.add(name)
+    return None
+
+
+_NAMES = st.sampled_from(
+    sorted(protocol.REDIRECT_FIELDS | protocol.OUTGOING_ONLY_FIELDS | {"sign", "ID", "Id%20", "", "x y", "KEY"})
+)
+
+
+@given(st.lists(_NAMES | st.text(max_size=6), max_size=12))
+def test_callback_refusal_shortcut_matches_the_full_check(names: list[str]) -> None:
+    raw = "&".join(f"{name}=1" for name in names)
+    assert protocol.callback_refusal(raw) == _refusal_the_long_way(raw)
+
+
+# -- the idempotency layer's hashing: Powertools' own results, computed once per call --------------------------
+
+_PAYLOADS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+class _Reference(BasePersistenceLayer):
+    """Powertools' base class as it is: the reference for every hash."""
+
+    def _put_record(self, data_record: Any) -> None: ...
+    def _get_record(self, idempotency_key: str) -> Any: ...
+    def _update_record(self, data_record: Any) -> None: ...
+    def _delete_record(self, data_record: Any) -> None: ...
+
+
+def _pair(key: str, payload: str | None) -> tuple[PostgresPersistenceLayer, _Reference]:
+    config = IdempotencyConfig(event_key_jmespath=key, payload_validation_jmespath=payload)
+    ours, reference = PostgresPersistenceLayer(database=object()), _Reference()  # type: ignore[arg-type]
+    for layer in (ours, reference):
+        layer.configure(config, function_name="f", key_prefix="prefix")
+    return ours, reference
+
+
+@settings(max_examples=300)
+@pytest.mark.filterwarnings("ignore:No idempotency key value found")
+@given(
+    st.sampled_from([("id", "body"), ("a.b", "[a, b]"), ("id", "powertools_json(raw)"), ("[id, b]", "b")]),
+    st.dictionaries(st.sampled_from(["id", "body", "a", "b", "raw"]), _PAYLOADS, max_size=4),
+)
+def test_hashes_are_powertools_own(expressions: tuple[str, str], data: dict[str, Any]) -> None:
+    ours, reference = _pair(*expressions)
+    if "raw" in data:
+        data["raw"] = json.dumps(data["raw"])
+    try:
+        expected_key = reference._get_hashed_idempotency_key(data)
+    except Exception as exc:  # noqa: BLE001 - whatever Powertools raises, ours raises too
+        with pytest.raises(type(exc)):
+            ours._get_hashed_idempotency_key(data)
+        return
+    assert ours._get_hashed_idempotency_key(data) == expected_key
+    assert ours._get_hashed_idempotency_key(data) == expected_key  # the kept one, for the same call
+    try:
+        expected_payload = reference._get_hashed_payload(data)
+    except Exception as exc:  # noqa: BLE001
+        with pytest.raises(type(exc)):
+            ours._get_hashed_payload(data)
+        return
+    assert ours._get_hashed_payload(data) == expected_payload
+    assert ours._get_hashed_payload(data) == expected_payload
+
+
+def test_a_plain_field_missing_from_the_payload_is_refused_as_powertools_refuses_it() -> None:
+    config = IdempotencyConfig(event_key_jmespath="id", raise_on_no_idempotency_key=True)
+    layer = PostgresPersistenceLayer(database=object())  # type: ignore[arg-type]
+    layer.configure(config, function_name="f")
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyKeyError
+
+    for data in ({}, {"id": None}, {"id": ""}, {"id": []}):
+        with pytest.raises(IdempotencyKeyError):
+            layer._get_hashed_idempotency_key(data)
+
+
+def test_kept_hashes_are_for_the_same_payload_object_and_function_only() -> None:
+    ours, reference = _pair("id", "body")
+    first, second = {"id": "1", "body": "a"}, {"id": "2", "body": "b"}
+    assert ours._get_hashed_idempotency_key(first) == reference._get_hashed_idempotency_key(first)
+    assert ours._get_hashed_idempotency_key(second) == reference._get_hashed_idempotency_key(second)
+    equal = dict(first)  # equal, not the same: hashed again
+    assert ours._get_hashed_idempotency_key(equal) == reference._get_hashed_idempotency_key(equal)
+    ours.function_name = reference.function_name = "another"  # the same store serving another function
+    assert ours._get_hashed_idempotency_key(equal) == reference._get_hashed_idempotency_key(equal)
+    assert ours._get_hashed_payload(second) == reference._get_hashed_payload(second)
+
+
+def test_expiry_is_now_plus_the_configured_seconds() -> None:
+    ours, reference = _pair("id", "body")
+    before = int(time.time())
+    expiry = ours._get_expiry_timestamp()
+    assert before + 3600 <= expiry <= int(time.time()) + 3600
+    assert abs(expiry - reference._get_expiry_timestamp()) <= 1
+
+
+def test_uuid_payloads_hash_as_powertools_hashes_them() -> None:
+    ours, reference = _pair("id", "body")
+    value = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert ours._generate_hash({"u": value}) == reference._generate_hash({"u": value})
