@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from payments.adapters.admin_token import authenticate, tokens_provider
 from payments.adapters.db import default_database
-from payments.adapters.hypay import HypayClient
-from payments.adapters.refunds_store import RefundsStore
 from payments.adapters.review_store import ReviewStore
 from payments.api_schema import (
     ADMIN_TOKEN,
@@ -37,11 +35,8 @@ from payments.api_schema import (
 from payments.domain.money import Currency, Money
 from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import error_response, problem, validation_problem
-from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
 from payments.request_body import UnsupportedMediaType, json_object
-from payments.services.keyed import Answer
-from payments.services.refund import Refunds, RefundsDeps
 from payments.services.review import (
     OPERATOR_REASON_SCHEMA,
     QueueQuery,
@@ -52,6 +47,10 @@ from payments.services.review import (
     review_queue,
 )
 from payments.settings import AdminSettings, admin_settings, idempotency_settings
+
+if TYPE_CHECKING:
+    from payments.services.keyed import Answer
+    from payments.services.refund import Refunds
 
 app = APIGatewayHttpResolver()
 
@@ -86,6 +85,8 @@ def _idempotency_key() -> str:
 
 @cache
 def _resolver() -> ResolvePayment:
+    from payments.idempotency import PostgresPersistenceLayer  # at the first POST: it imports boto3
+
     idem, settings = idempotency_settings(), admin_settings()
     db = default_database()
     return ResolvePayment(
@@ -201,7 +202,7 @@ def post_resolve(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)])
 class RefundBody(BaseModel):
     """`POST /admin/payments/{id}/refund` body. Without `amount`: all that remains of the transaction."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
     # Zero is refused by the service ("must be positive"): the document says so too.
@@ -224,6 +225,12 @@ class RefundBody(BaseModel):
 
 @cache
 def _refunds() -> Refunds:
+    # At the first refund, not at the cold start: the gateway, the refunds and the idempotency layer (boto3).
+    from payments.adapters.hypay import HypayClient
+    from payments.adapters.refunds_store import RefundsStore
+    from payments.idempotency import PostgresPersistenceLayer
+    from payments.services.refund import Refunds, RefundsDeps
+
     idem = idempotency_settings()
     db = default_database()
     return Refunds(

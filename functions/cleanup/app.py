@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from payments.adapters import audit
 from payments.adapters.admin_token import authenticate, tokens_provider
-from payments.adapters.db import default_database
+from payments.adapters.db import default_database, quote_table
 from payments.adapters.review_store import ReviewStore
 from payments.api_schema import (
     ADMIN_TOKEN,
@@ -25,7 +25,6 @@ from payments.api_schema import (
 )
 from payments.errors import InvalidRequest, PaymentError
 from payments.http import error_response, problem
-from payments.idempotency import quote_table
 from payments.observability import http_handler, logger, metrics
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from payments.services.debug_idempotency import KINDS, exercise

@@ -116,11 +116,15 @@ CALLBACK_FORM: dict[str, Any] = {
 class GatewayMessage(BaseModel):
     """API Gateway's own answer: its authorizer's 401 (403 with the Lambda authorizer), 404 for no route."""
 
+    model_config = ConfigDict(defer_build=True)
+
     message: str
 
 
 class PaymentConfirming(BaseModel):
     """202: a saved-card charge may have happened and is being confirmed; never charged again for this key."""
+
+    model_config = ConfigDict(defer_build=True)
 
     payment_id: str
     status: PaymentStatus
@@ -193,7 +197,7 @@ UNAVAILABLE = problem_json(
 class IdempotencyExercise(BaseModel):
     """What GET /debug/test-idempotency ran, and whether the store behaved."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     type: str
     function_ran: int
@@ -203,7 +207,7 @@ class IdempotencyExercise(BaseModel):
 class ReviewItem(BaseModel):
     """One thing that needs a human (docs/operations.md); the payment, the journal and the next step."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     id: str
     kind: str = Field(description="payment, refund or transaction")
@@ -214,11 +218,15 @@ class ReviewItem(BaseModel):
 
 
 class ReviewPage(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     items: list[ReviewItem]
     next: str | None = Field(description="The cursor of the next page (`after`), or null at the end.")
 
 
 class Resolved(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     payment_id: str
     action: str
     status: str
@@ -231,7 +239,7 @@ class Resolved(BaseModel):
 class RefundConfirming(BaseModel):
     """202: a refund (or the charge behind it) may have moved money and is being confirmed."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     payment_id: str
     status: str
@@ -241,7 +249,7 @@ class RefundConfirming(BaseModel):
 class Refund(BaseModel):
     """A refund that succeeded (201)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(defer_build=True, extra="allow")
 
     refund_id: str
     payment_id: str

@@ -1,4 +1,7 @@
-"""Settings read from the environment once, lazily (never at import time)."""
+"""Settings read from the environment once, lazily (never at import time).
+
+Every model is built (`defer_build`) when it is first read: a function builds only the settings it reads.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ class DatabaseSettings(BaseModel):
     `DB_SECRET_ARN` (a Secrets Manager secret in the RDS format) wins over `DATABASE_URL`.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     secret_arn: str | None = Field(default=None, alias="DB_SECRET_ARN")
     url: str | None = Field(default=None, alias="DATABASE_URL")
@@ -41,7 +44,7 @@ class DatabaseSettings(BaseModel):
 
 
 class IdempotencySettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     table_name: str = Field(default="idempotency_keys", alias="IDEMPOTENCY_TABLE")
     expires_after_seconds: int = Field(default=24 * 3600, gt=0, alias="IDEMPOTENCY_TTL_SECONDS")
@@ -50,7 +53,7 @@ class IdempotencySettings(BaseModel):
 class ApiSettings(BaseModel):
     """The payment API's own settings."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     stage: str = Field(default="dev", alias="STAGE")
     rate_limit: int = Field(default=10, gt=0, alias="CREATE_PAYMENT_RATE_LIMIT")
@@ -67,7 +70,7 @@ DEFAULT_URL = HYPAY_URL
 class HypaySettings(BaseModel):
     """Hyp's endpoint, the terminal's credentials (a secret, or the environment locally) and timeouts."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     url: str = Field(default=HYPAY_URL, alias="HYPAY_URL")
     secret_arn: str | None = Field(default=None, alias="HYPAY_SECRET_ARN")
@@ -86,7 +89,7 @@ VerifyMode = Literal["hmac", "verify", "both"]
 class CallbackSettings(BaseModel):
     """Where hypay_callback sends the browser, and how it checks what Hyp sent."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     success_url: str = Field(default="http://127.0.0.1:3000/demo/result", alias="WEB_APP_SUCCESS_URL")
     failure_url: str = Field(default="http://127.0.0.1:3000/demo/result", alias="WEB_APP_FAILURE_URL")
@@ -97,7 +100,7 @@ class CallbackSettings(BaseModel):
 
 
 class CleanupSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     batch_size: int = Field(default=500, gt=0, le=10_000, alias="CLEANUP_BATCH_SIZE")
     # 0 (default): the web app's own idempotency rows are kept, as the web app keeps them; docs/deploy.md.
@@ -110,7 +113,7 @@ class CleanupSettings(BaseModel):
 class AdminSettings(BaseModel):
     """The admin function (review queue, resolving): its bearer tokens, and how many queue items a page holds."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     admin_token_secret_arn: str | None = Field(default=None, alias="ADMIN_TOKEN_SECRET_ARN")
     admin_token: str | None = Field(default=None, alias="ADMIN_API_TOKEN", repr=False)
@@ -175,7 +178,7 @@ class AuthSettings(BaseModel):
     `<JWT_ISSUER>/.well-known/jwks.json`).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     mode: JwtMode | None = Field(default=None, alias="JWT_MODE")
     issuer: str | None = Field(default=None, alias="JWT_ISSUER")

@@ -274,6 +274,16 @@ def bind(sql: str, **params: Any) -> str:
     return "".join(parts)
 
 
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
+
+
+def quote_table(table_name: str) -> str:
+    """`schema.table` or `table`, validated and quoted as an SQL identifier."""
+    if not _TABLE_NAME.match(table_name):
+        raise ValueError(f"invalid table name: {table_name!r}")
+    return ".".join(pg8000.native.identifier(part) for part in table_name.split("."))
+
+
 def _ssl_context(params: ConnectionParams) -> ssl.SSLContext | bool:
     """False for plain TCP; else a TLS context: `require` encrypts only, `verify-full` checks chain and host name."""
     if params.ssl_mode == "disable":

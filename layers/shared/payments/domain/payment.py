@@ -91,6 +91,8 @@ class CreatePaymentRequest(BaseModel):
 class PaymentView(BaseModel):
     """A payment as its owner sees it."""
 
+    model_config = ConfigDict(defer_build=True)
+
     payment_id: UUID
     status: PaymentStatus
     amount: str = Field(description="Decimal string in the currency's major unit, e.g. 49.90.")
@@ -101,6 +103,8 @@ class PaymentView(BaseModel):
 
 class Problem(BaseModel):
     """application/problem+json (RFC 9457)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     type: str = "about:blank"
     title: str

@@ -23,7 +23,6 @@ import uuid
 import weakref
 from typing import Any
 
-import pg8000.native
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.idempotency.config import IdempotencyConfig
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
@@ -35,7 +34,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer, _IdempotencyKeyEncoder
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
 
-from payments.adapters.db import Database, Rows, bind, default_database
+from payments.adapters.db import Database, Rows, bind, default_database, quote_table
 from payments.errors import DatabaseUnavailable
 
 # A child of the functions' Powertools Logger (same service, same keys); importing payments.observability
@@ -44,7 +43,6 @@ logger = Logger(child=True)
 
 _TO_DB = {STATUS_CONSTANTS["INPROGRESS"]: "pending", STATUS_CONSTANTS["COMPLETED"]: "completed"}
 _FROM_DB = {db: pt for pt, db in _TO_DB.items()}
-_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 # A JMESPath expression that is one plain identifier selects that key of an object, and nothing of anything else.
 _PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 # Powertools hashes `json.dumps(value, cls=_IdempotencyKeyEncoder, sort_keys=True)`: the same encoder, built once.
@@ -86,13 +84,6 @@ def _holds_nul(value: Any) -> bool:
 def _plain_field(expression: str | None) -> str | None:
     """The key a JMESPath expression selects when it is one plain identifier, else None."""
     return expression if expression and _PLAIN_FIELD.fullmatch(expression) else None
-
-
-def quote_table(table_name: str) -> str:
-    """`schema.table` or `table`, validated and quoted as an SQL identifier."""
-    if not _TABLE_NAME.match(table_name):
-        raise ValueError(f"invalid table name: {table_name!r}")
-    return ".".join(pg8000.native.identifier(part) for part in table_name.split("."))
 
 
 _LAYERS: weakref.WeakSet[PostgresPersistenceLayer] = weakref.WeakSet()

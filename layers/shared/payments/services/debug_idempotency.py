@@ -6,11 +6,8 @@ import time
 import uuid
 from typing import Any
 
-from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-
 from payments.adapters.db import Database
 from payments.errors import InvalidRequest
-from payments.idempotency import PostgresPersistenceLayer
 from payments.services.cleanup import CleanupPolicy, purge_expired_idempotency_records
 
 KINDS = ("basic", "duplicate", "cleanup")
@@ -18,6 +15,11 @@ KINDS = ("basic", "duplicate", "cleanup")
 
 def exercise(kind: str, db: Database, *, table: str = "idempotency_keys") -> dict[str, Any]:
     """Run one scenario on a fresh key and say what happened."""
+    # Imported when a scenario runs, not with the cleanup function (Powertools' idempotency utility imports boto3).
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+
+    from payments.idempotency import PostgresPersistenceLayer
+
     if kind not in KINDS:
         raise InvalidRequest(f"type must be one of {', '.join(KINDS)}")
     key = f"debug-{uuid.uuid4()}"

@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -38,10 +38,12 @@ from payments.errors import (
     InvalidRequest,
     NotFound,
 )
-from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
-from payments.services.keyed import Answer, Keyed
 from payments.services.settle import Settlement, report_operator_grant, settle_by_operator
+
+if TYPE_CHECKING:
+    from payments.idempotency import PostgresPersistenceLayer
+    from payments.services.keyed import Answer
 
 # -- the queue -------------------------------------------------------------------------------------
 
@@ -320,7 +322,7 @@ def review_queue(store: ReviewStore, query: QueueQuery) -> dict[str, Any]:
 class ResolveRequest(BaseModel):
     """`POST /admin/payments/{id}/resolve` body."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     action: Literal["complete", "fail"]
     reason: str = Field(
@@ -498,6 +500,10 @@ class ResolvePayment:
         expires_after_seconds: int = 86400,
         charge_settle_seconds: int = 120,
     ) -> None:
+        # Imported here, not with the module: the queue (admin's GET, the cleanup's metric) needs no idempotency
+        # layer, and Powertools' idempotency utility imports boto3.
+        from payments.services.keyed import Keyed
+
         self.db = db
         self.charge_settle_seconds = charge_settle_seconds
         self._keyed = Keyed(
