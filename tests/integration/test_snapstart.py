@@ -67,3 +67,21 @@ def test_the_hooks_are_registered_with_lambdas_runtime_library(monkeypatch: pyte
     # And without the library (locally) nothing is registered, nothing fails
     monkeypatch.setitem(sys.modules, "snapshot_restore_py", None)
     assert snapstart.register() is False
+
+
+def test_what_a_cold_start_leaves_to_the_first_request_goes_into_the_snapshot() -> None:
+    # Given a process where neither the idempotency utility, boto3 nor the secrets client is imported yet
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from payments import snapstart\n"
+        "utilities = 'aws_lambda_powertools.utilities.'\n"
+        "heavy = ('boto3', utilities + 'parameters', utilities + 'idempotency')\n"
+        "before = [m for m in heavy if m in sys.modules]\n"
+        "snapstart.before_snapshot()\n"
+        "print(before, [m for m in heavy if m not in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # When the before-snapshot hook runs, then all of them are in memory (the snapshot) afterwards
+    assert done.stdout.strip() == "[] []"

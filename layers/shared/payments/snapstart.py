@@ -23,6 +23,10 @@ logger = Logger(child=True)
 
 
 def before_snapshot() -> None:
+    # What a cold start leaves to the first request that needs it (the idempotency utility and boto3, the
+    # Secrets Manager client) is imported here, into the snapshot: a restored environment never pays for it.
+    import aws_lambda_powertools.utilities.parameters  # noqa: F401
+
     from payments.adapters.db import Database
     from payments.idempotency.persistence import PostgresPersistenceLayer
 
