@@ -186,3 +186,11 @@ def test_uuid_payloads_hash_as_powertools_hashes_them() -> None:
     ours, reference = _pair("id", "body")
     value = uuid.UUID("12345678-1234-5678-1234-567812345678")
     assert ours._generate_hash({"u": value}) == reference._generate_hash({"u": value})
+
+
+@given(st.lists(st.tuples(_NAMES, st.from_regex(r"[A-Za-z0-9%+.@ -]{0,8}", fullmatch=True)), max_size=12))
+def test_decoding_only_the_fields_read_gives_what_decoding_all_gives(pairs: list[tuple[str, str]]) -> None:
+    raw = "&".join(f"{name}={value}" for name, value in pairs)
+    wanted = frozenset({"Id", "Order", "errMsg", "KEY"})
+    everything = protocol.decode_query(raw)
+    assert protocol.decode_fields(raw, wanted) == {k: v for k, v in everything.items() if k in wanted}

@@ -142,6 +142,11 @@ def decode_query(raw: str) -> dict[str, str]:
     return dict(_decoded(raw))
 
 
+def decode_fields(raw: str, names: frozenset[str]) -> dict[str, str]:
+    """`decode_query(raw)` restricted to `names`: only those values are decoded."""
+    return {name: decode_value(value) for name, value in _split(raw) if name in names}
+
+
 @functools.lru_cache(maxsize=8)
 def _decoded(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple({name: decode_value(value) for name, value in _split(raw)}.items())

@@ -47,6 +47,8 @@ _AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII)
 _APPROVAL_CODE = re.compile(r"[0-9A-Za-z]{0,20}", re.ASCII)
 _INVOICE_NUMBER = re.compile(r"[1-9][0-9]{0,19}", re.ASCII)
 _LAST4 = re.compile(r"[0-9]{4}", re.ASCII)
+# The fields `Callback.parse` reads (only these are decoded).
+_PARSED_FIELDS = frozenset({"Id", "CCode", "Amount", "Order", "Coin", "Hesh", "L4digit", "ACode", "errMsg"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Callback:
     @classmethod
     def parse(cls, raw_query: str, *, currency_trusted: bool = True) -> Callback:
         """Validate the format of what Hyp sent. `Order` need not be ours: a paid unknown one is journaled."""
-        fields = protocol.decode_query(raw_query)
+        fields = protocol.decode_fields(raw_query, _PARSED_FIELDS)
         transaction_id = fields.get("Id", "")
         if protocol.hyp_id(transaction_id) is None:
             raise InvalidRequest(protocol.HYP_ID_PROBLEM)
