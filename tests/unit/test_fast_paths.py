@@ -194,3 +194,52 @@ def test_decoding_only_the_fields_read_gives_what_decoding_all_gives(pairs: list
     wanted = frozenset({"Id", "Order", "errMsg", "KEY"})
     everything = protocol.decode_query(raw)
     assert protocol.decode_fields(raw, wanted) == {k: v for k, v in everything.items() if k in wanted}
+
+
+def _sign_payload_the_long_way(raw: str) -> bytes | None:
+    values: dict[str, str] = {}
+    for name, value in protocol.split_raw_query(raw):
+        if name in protocol.SIGNED_FIELDS:
+            if name in values or not value.isascii():
+                return None
+            values[name] = value
+    if set(values) != set(protocol.SIGNED_FIELDS):
+        return None
+    return "&".join(f"{name}={values[name]}" for name in protocol.SIGNED_FIELDS).encode("ascii")
+
+
+_SIGNED_QUERY = st.lists(
+    st.tuples(
+        st.sampled_from([*protocol.SIGNED_FIELDS, "Sign", "Coin", "Hesh"]),
+        st.from_regex(r"[A-Za-z0-9%.-]{0,6}", fullmatch=True) | st.sampled_from(["é", "49.90", ""]),
+    ),
+    max_size=14,
+)
+
+
+@given(_SIGNED_QUERY, st.booleans())
+def test_the_signature_check_reads_a_query_as_the_full_walk_does(pairs: list[tuple[str, str]], whole: bool) -> None:
+    if whole:  # every signed field present once, the rest as drawn: the usual shape
+        pairs = [(name, "1") for name in protocol.SIGNED_FIELDS] + pairs
+    raw = "&".join(f"{name}={value}" for name, value in pairs)
+    assert protocol.redirect_sign_payload(raw) == _sign_payload_the_long_way(raw)
+    key = "test-key"
+    expected = protocol.redirect_signature(raw, key)
+    signs = [value for name, value in pairs if name == "Sign"]
+    genuine = expected is not None and len(signs) == 1 and signs[0].isascii() and signs[0].lower() == expected
+    assert protocol.verify_redirect_signature(raw, key) == genuine
+    raw_signed = raw + "&Sign=" + (expected or "")
+    assert protocol.verify_redirect_signature(raw_signed, key) == (expected is not None and not signs)
+
+
+def test_powertools_deep_copy_of_a_delivery_is_the_delivery_and_hashes_alike() -> None:
+    import copy
+
+    from payments.services.handle_callback import _Delivery
+
+    plain = {"transaction_id": "70000001", "fingerprint": {"order": "o", "amount": "49.90", "ccode": 0}}
+    delivery = _Delivery(plain)
+    assert copy.deepcopy(delivery) is delivery
+    ours, reference = _pair("transaction_id", "fingerprint")
+    assert ours._get_hashed_idempotency_key(delivery) == reference._get_hashed_idempotency_key(plain)
+    assert ours._get_hashed_payload(delivery) == reference._get_hashed_payload(plain)

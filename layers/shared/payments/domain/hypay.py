@@ -126,6 +126,14 @@ def _split(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple((name, value) for name, _, value in (part.partition("=") for part in raw.split("&") if part))
 
 
+@functools.lru_cache(maxsize=8)
+def _fields(raw: str) -> tuple[dict[str, str], bool]:
+    """(name -> raw value, the last one winning; whether every name came once). Internal: never changed."""
+    pairs = _split(raw)
+    last = dict(pairs)
+    return last, len(last) == len(pairs)
+
+
 def decode_value(raw_value: str) -> str:
     """A percent-encoded value as text: UTF-8 (UTF8out=True), else windows-1255 (Hyp's default)."""
     if raw_value.isascii() and "%" not in raw_value and "+" not in raw_value and "\x00" not in raw_value:
@@ -144,7 +152,8 @@ def decode_query(raw: str) -> dict[str, str]:
 
 def decode_fields(raw: str, names: frozenset[str]) -> dict[str, str]:
     """`decode_query(raw)` restricted to `names`: only those values are decoded."""
-    return {name: decode_value(value) for name, value in _split(raw) if name in names}
+    last = _fields(raw)[0]
+    return {name: decode_value(last[name]) for name in names if name in last}
 
 
 @functools.lru_cache(maxsize=8)
@@ -158,6 +167,12 @@ def redirect_sign_payload(raw_query: str) -> bytes | None:
     Hyp percent-encodes every value, so a raw value arrives as ASCII; one that does not has no single byte form
     (which encoding would Hyp have signed?), and replacing its characters would let different values share one
     signature: refused."""
+    last, unique = _fields(raw_query)
+    if unique:  # the usual case: each name once
+        signed = [last.get(name) for name in SIGNED_FIELDS]
+        if not all(value is not None and value.isascii() for value in signed):
+            return None
+        return "&".join(f"{name}={value}" for name, value in zip(SIGNED_FIELDS, signed, strict=True)).encode("ascii")
     values: dict[str, str] = {}
     for name, value in _split(raw_query):
         if name in SIGNED_FIELDS:
@@ -181,7 +196,11 @@ def redirect_signature(raw_query: str, key: str) -> str | None:
 
 def verify_redirect_signature(raw_query: str, key: str) -> bool:
     """The local check: `Sign` matches the signed fields (constant-time). False on anything missing."""
-    signs = [value for name, value in _split(raw_query) if name == "Sign"]
+    last, unique = _fields(raw_query)
+    if unique:
+        signs = [last["Sign"]] if "Sign" in last else []
+    else:
+        signs = [value for name, value in _split(raw_query) if name == "Sign"]
     expected = redirect_signature(raw_query, key)
     if expected is None or len(signs) != 1 or not signs[0].isascii():
         return False
@@ -195,11 +214,11 @@ def callback_refusal(raw: str) -> str | None:
     that is not plain ASCII letters and digits (a percent-encoded name would decode to one), and any
     name given twice (which one would Hyp read?).
     """
-    names = [name for name, _ in _split(raw)]
-    if _ACCEPTABLE_NAMES.issuperset(names) and len(set(names)) == len(names):
+    last, unique = _fields(raw)
+    if unique and _ACCEPTABLE_NAMES.issuperset(last):
         return None  # the usual case: Hyp's documented names, each once
     seen: set[str] = set()
-    for name in names:
+    for name, _ in _split(raw):
         if not _NAME.fullmatch(name):
             return "a parameter name is not a plain name"
         if name in OUTGOING_ONLY_FIELDS or name.lower() in _OUTGOING_LOWER:
@@ -234,7 +253,7 @@ def malformed(raw: str) -> str | None:
 
     `+0`, `٠` (an Arabic-Indic zero) or `99999999999` are never a CCode: refused before anything is asked.
     """
-    fields = dict(_split(raw))
+    fields = _fields(raw)[0]
     for name, pattern, problem in _FORMATS:
         if not pattern.fullmatch(fields.get(name, "")):
             return problem

@@ -182,6 +182,15 @@ def keep_unverified(db: Database, raw_query: str, *, source: Source, reason: str
     )
 
 
+class _Delivery(dict[str, Any]):
+    """What the idempotency utility hashes: built for one call and never changed after, so Powertools' defensive
+    deep copy of it (taken before the work runs, so that what is hashed at the end is what was hashed at the
+    start) can be the object itself."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Delivery:
+        return self
+
+
 class HandleCallback:
     """`HandleCallback(store, gateway, persistence)(raw_query, source=...)`: the same outcome for every delivery."""
 
@@ -214,7 +223,7 @@ class HandleCallback:
         callback = Callback.parse(raw_query, currency_trusted=currency_trusted)
         if context is not None:
             self.config.register_lambda_context(context)
-        delivery = {"transaction_id": callback.transaction_id, "fingerprint": callback.fingerprint()}
+        delivery = _Delivery(transaction_id=callback.transaction_id, fingerprint=callback.fingerprint())
         try:
             stored = self._once(delivery=delivery, callback=callback, source=source)
         except IdempotencyValidationError:
