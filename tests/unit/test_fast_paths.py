@@ -243,3 +243,8 @@ def test_powertools_deep_copy_of_a_delivery_is_the_delivery_and_hashes_alike() -
     ours, reference = _pair("transaction_id", "fingerprint")
     assert ours._get_hashed_idempotency_key(delivery) == reference._get_hashed_idempotency_key(plain)
     assert ours._get_hashed_payload(delivery) == reference._get_hashed_payload(plain)
+
+
+def test_bind_keeps_percent_signs_and_renders_a_repeated_name_each_time() -> None:
+    sql = "SELECT :n % 2, '100%' LIKE '%s%%', :n + :m -- 5% off: :n"
+    assert bind(sql, n=7, m=None) == "SELECT (7) % 2, '100%' LIKE '%s%%', (7) + NULL -- 5% off: :n"

@@ -229,20 +229,22 @@ def literal(value: Any) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _template(sql: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The statement split once into its fixed text and the placeholders between (statements are constants)."""
-    texts: list[str] = []
-    names: list[str] = []
+def _template(sql: str) -> tuple[str, tuple[str, ...]]:
+    """The statement split once (statements are constants): a %-format of its fixed text with a `%(name)s` slot
+    per placeholder, and the names it binds (each once)."""
+    parts: list[str] = []
+    names: dict[str, None] = {}
     start = 0
     for match in _SQL_TOKENS.finditer(sql):
         name = match.group("name")
         if name is None:
             continue
-        texts.append(sql[start : match.start()])
-        names.append(name)
+        parts.append(sql[start : match.start()].replace("%", "%%"))
+        parts.append(f"%({name})s")
+        names[name] = None
         start = match.end()
-    texts.append(sql[start:])
-    return tuple(texts), tuple(names)
+    parts.append(sql[start:].replace("%", "%%"))
+    return "".join(parts), tuple(names)
 
 
 # The exact types bound on every request, straight to their rendering (`literal` decides everything else, and
@@ -258,20 +260,19 @@ _FAST_LITERALS: dict[type, Callable[[Any], str]] = {
 def bind(sql: str, **params: Any) -> str:
     """Render `:name` placeholders as SQL literals (`literal`). Never inside a string literal, a quoted identifier,
     a comment or a `::type` cast."""
-    texts, names = _template(sql)
+    form, names = _template(sql)
     if not names:
         return sql
-    parts = [texts[0]]
     fast = _FAST_LITERALS.get
-    for name, text in zip(names, texts[1:], strict=True):
+    rendered: dict[str, str] = {}
+    for name in names:
         try:
             value = params[name]
         except KeyError:
             raise KeyError(f"no value for :{name}") from None
         render = fast(type(value))
-        parts.append(render(value) if render is not None else literal(value))
-        parts.append(text)
-    return "".join(parts)
+        rendered[name] = render(value) if render is not None else literal(value)
+    return form % rendered
 
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
