@@ -60,6 +60,7 @@ def _policy() -> CleanupPolicy:
         web_app_retention_seconds=settings.web_app_retention_seconds,
         pending_payment_max_age_seconds=settings.pending_payment_max_age_seconds,
         table=quote_table(idempotency_settings().table_name),
+        duty_cycle_percent=settings.duty_cycle_percent,
     )
 
 

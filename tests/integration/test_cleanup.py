@@ -178,6 +178,83 @@ def test_concurrent_runs_do_the_work_once(production: tuple[str, Database]) -> N
     assert sum(r.purged_web_app_records for r in reports) == 1
 
 
+def test_purges_commit_lazily_and_payment_changes_durably(production: tuple[str, Database]) -> None:
+    # Given triggers that note the commit mode of every row the cleanup deletes or updates
+    _, db = production
+    db.run("""
+        CREATE TABLE commit_modes (tbl text, op text, mode text);
+        CREATE FUNCTION note_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          INSERT INTO commit_modes VALUES (TG_TABLE_NAME, TG_OP, current_setting('synchronous_commit'));
+          RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+        END $$;
+        CREATE TRIGGER note BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION note_commit_mode();
+        CREATE TRIGGER note BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION note_commit_mode();
+        CREATE TRIGGER note BEFORE DELETE ON rate_limits FOR EACH ROW EXECUTE FUNCTION note_commit_mode();
+    """)
+    report = run_cleanup(db, policy=WEB_APP_RETENTION)
+    assert report.purged_idempotency_records == 3 and report.expired_payments == 2
+    modes = {(t, op, mode) for t, op, mode in db.run("SELECT tbl, op, mode FROM commit_modes")}
+    # Then purging (expired records, the web app's old rows, old windows) does not wait for its WAL flush;
+    # changing payments does
+    assert modes == {
+        ("idempotency_keys", "DELETE", "off"),
+        ("payments", "UPDATE", "on"),
+        ("rate_limits", "DELETE", "off"),
+    }
+    # And the setting lasted only for those batches: the session's own is untouched
+    assert db.run("SHOW synchronous_commit") == [["on"]]
+
+
+def test_paces_between_full_batches_in_proportion_to_their_time(production: tuple[str, Database]) -> None:
+    _, db = production
+    pauses: list[float] = []
+    started = time.monotonic()
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=25), sleep=pauses.append)
+    took = time.monotonic() - started
+    assert report.purged_idempotency_records == 3 and report.complete
+    # A pause after each full batch (3 expired records, 2 expired payments, 1 flagged, 1 window: each step
+    # pauses after every batch but its last, short one), each 3 times its batch (25 %)
+    assert len(pauses) == 3 + 2 + 1 + 1 and all(0 < p <= 3 * took for p in pauses)
+    # Back to back (100 %) it never pauses
+    pauses.clear()
+    run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100), sleep=pauses.append)
+    assert pauses == []
+
+
+def test_pacing_never_sleeps_into_the_reserve() -> None:
+    from payments.services.cleanup import MAX_PAUSE_SECONDS, _pause
+
+    assert _pause(0.01, 25, 60_000) == pytest.approx(0.03)
+    assert _pause(0.01, 50, 60_000) == pytest.approx(0.01)
+    assert _pause(0.01, 100, 60_000) == 0
+    assert _pause(10.0, 25, 60_000) == MAX_PAUSE_SECONDS  # a slow batch never parks the run
+    assert _pause(0.01, 25, 4) == pytest.approx(0.004)  # only what is left before the reserve
+    assert _pause(0.01, 25, -100) == 0
+
+
+def test_pacing_honours_the_time_budget(production: tuple[str, Database]) -> None:
+    # Given a budget that a pause would run into the reserve of
+    _, db = production
+    clock = [5_500]
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        clock[0] -= int(seconds * 1000) + 1_000  # the batches are slow: a second each
+
+    report = run_cleanup(
+        db,
+        policy=CleanupPolicy(batch_size=1, duty_cycle_percent=1),
+        time_left_ms=lambda: clock[0],
+        reserve_ms=5_000,
+        sleep=sleep,
+    )
+    # Then it stops with the reserve left, having never paused past it
+    assert report.complete is False and 1 <= report.purged_idempotency_records < 3
+    assert pauses and all(p <= 0.5 for p in pauses)
+
+
 # -- the function: schedule, admin endpoint, debug endpoint ----------------------------------------
 
 
@@ -216,6 +293,20 @@ def test_admin_token_from_secrets_manager(admin: Env, monkeypatch: pytest.Monkey
         assert invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers=headers).status == 200
         env_token = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # the secret wins over the environment
         assert invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers=env_token).status == 401
+
+
+def test_the_function_paces_as_configured(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ops.template import load, load_module
+    from payments.settings import cleanup_settings
+
+    assert CleanupPolicy().duty_cycle_percent == cleanup_settings().duty_cycle_percent == 25  # the same default
+    monkeypatch.setenv("CLEANUP_DUTY_CYCLE_PERCENT", "40")
+    cleanup_settings.cache_clear()
+    try:
+        assert load_module(load().functions[CLEANUP])._policy().duty_cycle_percent == 40
+    finally:
+        monkeypatch.delenv("CLEANUP_DUTY_CYCLE_PERCENT")
+        cleanup_settings.cache_clear()
 
 
 def test_schedule_runs_the_cleanup(admin: Env) -> None:

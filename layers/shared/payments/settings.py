@@ -99,10 +99,18 @@ class CallbackSettings(BaseModel):
     notify_allowed_cidrs: str = Field(default="", alias="HYPAY_NOTIFY_ALLOWED_CIDRS")
 
 
+DEFAULT_DUTY_CYCLE_PERCENT = 25
+
+
 class CleanupSettings(BaseModel):
     model_config = ConfigDict(defer_build=True, frozen=True)
 
     batch_size: int = Field(default=500, gt=0, le=10_000, alias="CLEANUP_BATCH_SIZE")
+    # The share of a cleanup run's time spent in its batches, the rest paced out between them (100: back to
+    # back): a purge of many records then leaves the database's CPU and WAL to the requests (docs/deploy.md).
+    duty_cycle_percent: int = Field(
+        default=DEFAULT_DUTY_CYCLE_PERCENT, gt=0, le=100, alias="CLEANUP_DUTY_CYCLE_PERCENT"
+    )
     # 0 (default): the web app's own idempotency rows are kept, as the web app keeps them; docs/deploy.md.
     web_app_retention_seconds: int = Field(default=0, ge=0, alias="CLEANUP_WEB_APP_RETENTION_SECONDS")
     pending_payment_max_age_seconds: int = Field(default=2 * 3600, gt=0, alias="CLEANUP_PENDING_PAYMENT_MAX_AGE")

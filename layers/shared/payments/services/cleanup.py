@@ -5,6 +5,11 @@ a claim, a callback completing a payment, or another cleanup running at the same
 and is simply skipped, never waited on for more than one batch. Conditions are re-checked on the
 locked rows, so a record taken over or a payment completed in between is left alone. Running it
 twice, or twice at once, does the work once.
+
+A purge of many records runs next to live requests on the same server: its batches delete the locked
+rows by their physical address (cheap for the server's CPU), and the steps that only purge commit
+without waiting for their WAL flush (`payments.adapters.cleanup_store`); the steps that change payments
+commit durably.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from dataclasses import asdict, dataclass
 
 from payments.adapters.cleanup_store import cleanup_steps, run_step
 from payments.adapters.db import Database
+from payments.settings import DEFAULT_DUTY_CYCLE_PERCENT
+
+MAX_PAUSE_SECONDS = 1.0  # however slow one batch was
 
 
 @dataclass
@@ -37,14 +45,18 @@ class CleanupPolicy:
     pending_payment_max_age_seconds: int = 2 * 3600
     rate_limit_retention_seconds: int = 24 * 3600
     table: str = "public.idempotency_keys"
+    # The share of the run's time spent in batches (100: back to back). After a full batch (more work follows)
+    # it pauses for the rest, in proportion to how long that batch took: a large purge leaves the server's
+    # CPU and WAL to the requests most of the time (CLEANUP_DUTY_CYCLE_PERCENT; the same default).
+    duty_cycle_percent: int = DEFAULT_DUTY_CYCLE_PERCENT
 
 
 def purge_expired_idempotency_records(
     db: Database, *, policy: CleanupPolicy = CleanupPolicy(), now: float | None = None
 ) -> int:
     """Only the first step, once: what the debug endpoint exercises."""
-    _, sql = cleanup_steps(policy.table)[0]
-    return run_step(db, sql, now=int(now if now is not None else time.time()), batch=policy.batch_size)
+    step = cleanup_steps(policy.table)[0]
+    return run_step(db, step, now=int(now if now is not None else time.time()), batch=policy.batch_size)
 
 
 def run_cleanup(
@@ -54,8 +66,10 @@ def run_cleanup(
     now: float | None = None,
     time_left_ms: Callable[[], int] = lambda: 60_000,
     reserve_ms: int = 5_000,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> CleanupReport:
-    """Run every step in batches until done or until only `reserve_ms` of the budget is left."""
+    """Run every step in batches until done or until only `reserve_ms` of the budget is left; between full
+    batches, pause as `policy.duty_cycle_percent` says (never into the reserve)."""
     report = CleanupReport()
     params = {
         "now": int(now if now is not None else time.time()),  # the Lambda's clock, as the store's expiry
@@ -64,13 +78,26 @@ def run_cleanup(
         "pending_age": policy.pending_payment_max_age_seconds,
         "rate_retention": policy.rate_limit_retention_seconds,
     }
-    for field, sql in cleanup_steps(policy.table):
+    for step in cleanup_steps(policy.table):
         while True:
             if time_left_ms() < reserve_ms:
                 report.complete = False
                 return report
-            done = run_step(db, sql, **params)
-            setattr(report, field, getattr(report, field) + done)
+            started = time.monotonic()
+            done = run_step(db, step, **params)
+            setattr(report, step.field, getattr(report, step.field) + done)
             if done < policy.batch_size:
                 break
+            pause = _pause(time.monotonic() - started, policy.duty_cycle_percent, time_left_ms() - reserve_ms)
+            if pause > 0:
+                sleep(pause)
     return report
+
+
+def _pause(took: float, duty_cycle_percent: int, spare_ms: int) -> float:
+    """Seconds to pause after a batch that took `took`, so that batches fill `duty_cycle_percent` of the time;
+    at most MAX_PAUSE_SECONDS, and never more than the `spare_ms` left before the reserve."""
+    if duty_cycle_percent >= 100:
+        return 0.0
+    pause = took * (100 - duty_cycle_percent) / duty_cycle_percent
+    return max(0.0, min(pause, MAX_PAUSE_SECONDS, spare_ms / 1000))
