@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import warnings
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -248,3 +249,77 @@ def test_powertools_deep_copy_of_a_delivery_is_the_delivery_and_hashes_alike() -
 def test_bind_keeps_percent_signs_and_renders_a_repeated_name_each_time() -> None:
     sql = "SELECT :n % 2, '100%' LIKE '%s%%', :n + :m -- 5% off: :n"
     assert bind(sql, n=7, m=None) == "SELECT (7) % 2, '100%' LIKE '%s%%', (7) + NULL -- 5% off: :n"
+
+
+def test_claim_ids_are_version_4_uuids_as_uuid4_writes_them() -> None:
+    from payments.idempotency.persistence import _claim_id
+
+    ids = {_claim_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in list(ids)[:500]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+@pytest.mark.parametrize("offset", [-10, -1, 0, 1, 10])
+def test_records_read_from_the_table_expire_as_powertools_records_do(offset: int) -> None:
+    from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+
+    from payments.idempotency.persistence import _Record
+
+    expiry = int(time.time()) + offset
+    fields = {"idempotency_key": "k", "status": "COMPLETED", "expiry_timestamp": expiry, "response_data": "{}"}
+    assert _Record(**fields).is_expired == DataRecord(**fields).is_expired
+    assert _Record(**fields).status == DataRecord(**fields).status
+
+
+class _Captured(PostgresPersistenceLayer):
+    def _put_record(self, data_record: Any) -> None:
+        self.put = data_record
+
+
+class _ReferenceCaptured(_Reference):
+    def _put_record(self, data_record: Any) -> None:
+        self.put = data_record
+
+
+@pytest.mark.parametrize("remaining", [None, 0, 12_345])
+def test_save_inprogress_claims_the_record_powertools_would(remaining: int | None) -> None:
+    config = IdempotencyConfig(event_key_jmespath="id", payload_validation_jmespath="body", expires_after_seconds=90)
+    ours, reference = _Captured(database=object()), _ReferenceCaptured()  # type: ignore[arg-type]
+    for layer in (ours, reference):
+        layer.configure(config, function_name="f")
+    data = {"id": "1", "body": {"a": 1}}
+    with warnings.catch_warnings(record=True) as ours_warned:
+        warnings.simplefilter("always")
+        ours.save_inprogress(data, remaining_time_in_millis=remaining)
+    with warnings.catch_warnings(record=True) as reference_warned:
+        warnings.simplefilter("always")
+        reference.save_inprogress(data, remaining_time_in_millis=remaining)
+    mine, theirs = ours.put, reference.put
+    assert (mine.idempotency_key, mine.status, mine.payload_hash) == (
+        theirs.idempotency_key,
+        theirs.status,
+        theirs.payload_hash,
+    )
+    assert abs(mine.expiry_timestamp - theirs.expiry_timestamp) <= 1
+    if remaining is None:
+        assert mine.in_progress_expiry_timestamp is None is theirs.in_progress_expiry_timestamp
+    else:
+        assert abs(mine.in_progress_expiry_timestamp - theirs.in_progress_expiry_timestamp) <= 50
+    assert [str(w.message) for w in ours_warned] == [str(w.message) for w in reference_warned]
+
+
+def test_save_inprogress_answers_from_the_local_cache_as_powertools_does() -> None:
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyItemAlreadyExistsError
+    from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+
+    config = IdempotencyConfig(event_key_jmespath="id", use_local_cache=True)
+    ours = _Captured(database=object())  # type: ignore[arg-type]
+    ours.configure(config, function_name="f")
+    data = {"id": "1"}
+    key = ours._get_hashed_idempotency_key(data)
+    ours._save_to_cache(DataRecord(idempotency_key=key, status="COMPLETED", expiry_timestamp=int(time.time()) + 60))
+    with pytest.raises(IdempotencyItemAlreadyExistsError):
+        ours.save_inprogress(data, remaining_time_in_millis=1000)
+    assert not hasattr(ours, "put")

@@ -16,10 +16,12 @@ column), which is what lets the connection reconnect and resend after a drop.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import threading
 import time
-import uuid
+import warnings
 import weakref
 from typing import Any
 
@@ -79,6 +81,20 @@ def _holds_nul(value: Any) -> bool:
     if isinstance(value, list):
         return any(_holds_nul(v) for v in value)
     return False
+
+
+class _Record(DataRecord):
+    """A record read from the table: Powertools' DataRecord, its expiry checked on the epoch clock directly."""
+
+    @property
+    def is_expired(self) -> bool:
+        return bool(self.expiry_timestamp and int(time.time()) > self.expiry_timestamp)
+
+
+def _claim_id() -> str:
+    """A random (version 4) UUID as text: `str(uuid.uuid4())` without building the UUID object."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def _plain_field(expression: str | None) -> str | None:
@@ -189,11 +205,38 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             self._database = default_database()
         return self._database
 
+    def save_inprogress(self, data: dict[str, Any], remaining_time_in_millis: int | None = None) -> None:
+        """Powertools' steps for a new call (its key, an in-progress record expiring with the invocation, the local
+        cache, the claim), on the epoch clock and without formatting a debug line nobody reads."""
+        idempotency_key = self._get_hashed_idempotency_key(data=data)
+        if idempotency_key is None:
+            return None  # no key and not required: Powertools skips the store (it has warned)
+        data_record = DataRecord(
+            idempotency_key=idempotency_key,
+            status=STATUS_CONSTANTS["INPROGRESS"],
+            expiry_timestamp=self._get_expiry_timestamp(),
+            payload_hash=self._get_hashed_payload(data=data),
+        )
+        # 0 is a time left too (Lambda about to end the invocation): only None means unknown.
+        if remaining_time_in_millis is not None:
+            data_record.in_progress_expiry_timestamp = int(time.time() * 1000 + remaining_time_in_millis)
+        else:
+            warnings.warn(
+                "Couldn't determine the remaining time left. "
+                "Did you call register_lambda_context on IdempotencyConfig?",
+                stacklevel=2,
+            )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("saving in progress record", extra={"idempotency_key": idempotency_key})
+        if self._retrieve_from_cache(idempotency_key=idempotency_key):
+            raise IdempotencyItemAlreadyExistsError
+        self._put_record(data_record=data_record)
+
     # -- the four operations Powertools asks for ----------------------------------------------
 
     def _put_record(self, data_record: DataRecord) -> None:
         now = time.time()
-        claim_id = str(uuid.uuid4())
+        claim_id = _claim_id()
         rows = self._run(
             self._sql.claim,
             key=data_record.idempotency_key,
@@ -217,7 +260,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             # The statement's snapshot predates the row that beat us (a concurrent claim) or shows
             # an older version of it: let Powertools read the current record.
             raise IdempotencyItemAlreadyExistsError()
-        logger.debug("idempotency key already claimed", extra={"idempotency_key": data_record.idempotency_key})
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("idempotency key already claimed", extra={"idempotency_key": data_record.idempotency_key})
         self._validate_payload(data_payload=data_record, stored_data_record=existing)
         self._save_to_cache(data_record=existing)
         raise IdempotencyItemAlreadyExistsError(old_data_record=existing)
@@ -253,6 +297,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
     def _save_to_cache(self, data_record: DataRecord) -> None:
         """Powertools caches a completed record right after `_update_record`; not one whose claim was taken
         over (the table holds the other invocation's record: the cache must never disagree with it)."""
+        if not self.use_local_cache and not self._lost:
+            return  # no cache, and no lost claim to forget
         with self._claims_lock:
             lost = data_record.idempotency_key in self._lost
             self._lost.discard(data_record.idempotency_key)
@@ -294,7 +340,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             raise IdempotencyPersistenceConsistencyError(
                 "idempotency key is held by a record this layer did not write", key
             )
-        return DataRecord(
+        return _Record(
             idempotency_key=key,
             status=_FROM_DB[status],
             expiry_timestamp=int(expiry),
