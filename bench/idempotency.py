@@ -12,7 +12,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 
@@ -43,7 +43,8 @@ def one_run(url: str, n: int, warmup: int) -> list[dict[str, Any]]:
     raw = layer_db._connection()
 
     config = IdempotencyConfig(event_key_jmespath="order_id", payload_validation_jmespath="amount")
-    config.register_lambda_context(_Invocation())  # as every function does: claims carry an in-progress expiry
+    # As every function does: claims carry an in-progress expiry.
+    config.register_lambda_context(cast(Any, _Invocation()))
     store = PostgresPersistenceLayer(database=layer_db)
     statements = store._sql
     inside = {"ms": 0.0}  # time spent inside the persistence layer's own operations

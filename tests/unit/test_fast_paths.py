@@ -323,3 +323,20 @@ def test_save_inprogress_answers_from_the_local_cache_as_powertools_does() -> No
     with pytest.raises(IdempotencyItemAlreadyExistsError):
         ours.save_inprogress(data, remaining_time_in_millis=1000)
     assert not hasattr(ours, "put")
+
+
+@given(
+    st.text(max_size=12) | st.sampled_from(['{"a": 1}', "[1]", "NaN", "-1", " 7", "true", "nope", "payment completed"])
+)
+def test_log_messages_become_what_powertools_makes_of_them(message: str) -> None:
+    from payments.observability import _message_json
+
+    try:
+        expected: Any = json.loads(message)
+    except (json.JSONDecodeError, TypeError, ValueError):
+        expected = message  # Powertools keeps the text when it is not a document
+    try:
+        got = _message_json(message)
+    except (json.JSONDecodeError, TypeError, ValueError):
+        got = message
+    assert got == expected or (got != got and expected != expected)  # NaN is NaN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +12,21 @@ from aws_lambda_powertools.logging import correlation_paths
 import payments.snapstart  # noqa: F401 - registers the SnapStart runtime hooks in every function
 from payments.tracing import tracer  # X-Ray's SDK only when tracing is on
 
+# What `json.loads` accepts as the first character of a document (JSON, plus Python's NaN and Infinity).
+_JSON_STARTS = frozenset(' \t\n\r{["-0123456789tfnNI')
+
+
+def _message_json(message: Any) -> Any:
+    """Powertools logs a message that is a JSON document as that document: it tries `json.loads` on every message
+    and keeps the text when that fails. A text that cannot start a document is kept as it is without the try (an
+    exception raised and caught for every log line)."""
+    if isinstance(message, str) and message[:1] not in _JSON_STARTS:
+        return message
+    return json.loads(message)
+
+
 # Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE.
-logger = Logger()
+logger = Logger(json_deserializer=_message_json)
 metrics = Metrics()
 
 LambdaHandler = Callable[[dict, Any], Any]

@@ -91,6 +91,11 @@ class _Record(DataRecord):
         return bool(self.expiry_timestamp and int(time.time()) > self.expiry_timestamp)
 
 
+def _debugging() -> bool:
+    """Whether a debug line would be written (Powertools' Logger hands `isEnabledFor` to its logging.Logger)."""
+    return bool(logger.isEnabledFor(logging.DEBUG))  # type: ignore[attr-defined]
+
+
 def _claim_id() -> str:
     """A random (version 4) UUID as text: `str(uuid.uuid4())` without building the UUID object."""
     h = os.urandom(16).hex()
@@ -226,7 +231,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 "Did you call register_lambda_context on IdempotencyConfig?",
                 stacklevel=2,
             )
-        if logger.isEnabledFor(logging.DEBUG):
+        if _debugging():
             logger.debug("saving in progress record", extra={"idempotency_key": idempotency_key})
         if self._retrieve_from_cache(idempotency_key=idempotency_key):
             raise IdempotencyItemAlreadyExistsError
@@ -260,7 +265,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             # The statement's snapshot predates the row that beat us (a concurrent claim) or shows
             # an older version of it: let Powertools read the current record.
             raise IdempotencyItemAlreadyExistsError()
-        if logger.isEnabledFor(logging.DEBUG):
+        if _debugging():
             logger.debug("idempotency key already claimed", extra={"idempotency_key": data_record.idempotency_key})
         self._validate_payload(data_payload=data_record, stored_data_record=existing)
         self._save_to_cache(data_record=existing)
