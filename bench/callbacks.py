@@ -7,12 +7,11 @@ payments, each of its own user: first every payment's first delivery (verify, cl
 then every payment's replayed delivery (the browser reloading: the stored outcome).
 
 The baseline is the floor under that: the very statements the handler sent for each callback, recorded
-once in a warm-up pass on a copy of the database, sent raw through pg8000. The prepared database holds
-two identical sets of payments, one per side; each worker process does both sides over the same database
-connection (the handler's), in turns: each phase is cut into slices, and the workers do a slice of one
-side, then of the other (ABBA order). So a change in the machine's load hits both sides alike, and so does
-where the operating system runs the server process that answers them (the same core as the worker or the
-other one, which moves a round trip by tens of microseconds).
+once in a warm-up pass on an identical copy of the database, sent raw through pg8000 by two processes
+with their own connections. Each run copies the prepared database twice (handler, raw), so both sides
+do the same work on the same rows, and runs both sides at once in turns: each phase is cut into slices,
+and one side's two workers do a slice while the other side's wait (ABBA order), so a change in the
+machine's load hits both sides alike.
 """
 
 from __future__ import annotations
@@ -117,10 +116,11 @@ def function_environment(url: str) -> dict[str, str]:
 
 # -- the worker processes --------------------------------------------------------------------------
 
-# A step of a run: every worker waits at the barrier, then does its slice of one phase for one side. Sides
-# alternate slice by slice (ABBA), so a change in the machine's load hits both alike.
+# A step of a run: every worker (handler's and raw's) waits at the barrier, then one side's two workers do their
+# slice of one phase while the other side's wait at the next barrier. Sides alternate slice by slice (ABBA), so
+# a change in the machine's load hits both alike.
 Step = tuple[str, str, int]  # (side "handler" | "raw", phase "first" | "replay", slice)
-Span = tuple[str, str, int, float, float]  # (side, phase, slice, start, end): monotonic, comparable across processes
+Span = tuple[str, int, float, float]  # (phase, slice, start, end): monotonic clock, comparable across processes
 
 
 @dataclass
@@ -145,30 +145,23 @@ def schedule(slices: int, handler_first: bool) -> list[Step]:
     return steps
 
 
-def _follow(steps: list[Step], barrier: Any, do: dict[str, Any]) -> list[Span]:
-    """Goes through the run's steps with every other worker, each with `do[side](phase, k)`: the spans it timed."""
+def _follow(steps: list[Step], side: str, barrier: Any, do: Any) -> list[Span]:
+    """Goes through the run's steps with every other worker, doing this side's: the spans it timed."""
     spans: list[Span] = []
-    for side, phase, k in steps:
+    for step_side, phase, k in steps:
         barrier.wait(timeout=300)
-        start = time.monotonic()
-        do[side](phase, k)
-        spans.append((side, phase, k, start, time.monotonic()))
+        if step_side == side:
+            start = time.monotonic()
+            do(phase, k)
+            spans.append((phase, k, start, time.monotonic()))
     barrier.wait(timeout=300)
     return spans
 
 
 def _handler_worker(
-    worker: int,
-    env: dict[str, str],
-    work: Work,
-    raw: tuple[Work, dict[str, list[Statements]]] | None,
-    steps: list[Step] | None,
-    barrier: Any,
-    results: Any,
+    worker: int, env: dict[str, str], work: Work, steps: list[Step] | None, barrier: Any, results: Any
 ) -> None:
-    """Drives the real handler: `steps` None records each callback's statements, one callback at a time; else
-    it measures, and sends `raw`'s recorded statements (its share of the other set of payments) over the
-    handler's own database connection in the other side's slices."""
+    """Drives the real handler: `steps` None records each callback's statements, one callback at a time."""
     try:
         for name in [k for k in os.environ if k.startswith(("POWERTOOLS_", "HYPAY_", "WEB_APP_", "DB_", "LOG_"))]:
             del os.environ[name]
@@ -179,15 +172,13 @@ def _handler_worker(
         # stderr too (Powertools warns there, e.g. of a replay that published no metric): a failure comes back
         # as the traceback put on the results queue.
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-        results.put({"worker": worker, **_drive_handler(work, raw, steps, barrier)})
+        results.put({"worker": worker, **_drive_handler(work, steps, barrier)})
     except BaseException:
         barrier.abort()
         results.put({"worker": worker, "error": traceback.format_exc()})
 
 
-def _drive_handler(
-    work: Work, raw: tuple[Work, dict[str, list[Statements]]] | None, steps: list[Step] | None, barrier: Any
-) -> dict[str, Any]:
+def _drive_handler(work: Work, steps: list[Step] | None, barrier: Any) -> dict[str, Any]:
     from ops.lambda_context import LocalLambdaContext
     from ops.local_api import build_event
     from ops.pgcount import recording_class
@@ -227,39 +218,44 @@ def _drive_handler(
                 call([event(i)])
                 recorded[phase].append(list(recorder.statements[before:]))
         return {"answers": answers, "recorded": recorded}
-    assert raw is not None
-    raw_work, recorded = raw
     for _ in ("first", "replay"):
         call([event(i) for i in work.warm])
-    conn = db_module.default_database()._connection()  # the connection the handler has been using
-
-    def send(batches: list[Statements]) -> None:
-        for statements in batches:
-            for sql, params in statements:
-                conn.run(sql, **params)
-
-    send(recorded["warm"])
     # Events are built before the clock starts (API Gateway builds them); each delivery its own.
     events = {phase: [event(i) for i in work.measured] for phase in ("first", "replay")}
-    spans = _follow(
-        steps,
-        barrier,
-        {
-            "handler": lambda phase, k: call(events[phase][work.slice(k)]),
-            "raw": lambda phase, k: send(recorded[phase][raw_work.slice(k)]),
-        },
-    )
-    if db_module.default_database()._conn is not conn:
-        raise RuntimeError("the handler's database connection was replaced during the run")
+    spans = _follow(steps, "handler", barrier, lambda phase, k: call(events[phase][work.slice(k)]))
     return {"answers": answers, "spans": spans}
 
 
-def _rate(count: int, spans: list[Span], side: str, phase: str) -> float:
+def _raw_worker(
+    worker: int, url: str, recorded: dict[str, list[Statements]], work: Work, steps: list[Step], barrier: Any,
+    results: Any,
+) -> None:  # fmt: skip
+    """Sends the recorded statements of its share's callbacks, slice by slice, on a connection of its own."""
+    try:
+        from bench.common import Server
+
+        conn = Server.connect(url)
+
+        def send(batches: list[Statements]) -> None:
+            for statements in batches:
+                for sql, params in statements:
+                    conn.run(sql, **params)
+
+        send(recorded["warm"])
+        spans = _follow(steps, "raw", barrier, lambda phase, k: send(recorded[phase][work.slice(k)]))
+        conn.close()
+        results.put({"worker": worker, "spans": spans})
+    except BaseException:
+        barrier.abort()
+        results.put({"worker": worker, "error": traceback.format_exc()})
+
+
+def _rate(count: int, spans: list[Span], phase: str) -> float:
     """Callbacks per second of one side's workers together: all its callbacks of `phase` ÷ the sum, over the
     slices, of the time from the first worker's start to the last worker's end."""
     busy = 0.0
-    for k in {k for s, p, k, _, _ in spans if s == side and p == phase}:
-        mine = [(start, end) for s, p, j, start, end in spans if s == side and p == phase and j == k]
+    for k in {k for p, k, _, _ in spans if p == phase}:
+        mine = [(start, end) for p, j, start, end in spans if p == phase and j == k]
         busy += max(end for _, end in mine) - min(start for start, _ in mine)
     return count / busy
 
@@ -290,11 +286,6 @@ class CallbacksBench:
             Work(list(range(w, warm, WORKERS)), list(range(warm + w, self.total, WORKERS)), self.slices)
             for w in range(WORKERS)
         ]
-        # The raw side's payments: a second set, the same as the first (their indexes follow the handler's).
-        shift = self.total
-        self.raw_work = [
-            Work([i + shift for i in work.warm], [i + shift for i in work.measured], self.slices) for work in self.work
-        ]
         self.prepared = server.create(template=server.migrated())
         db = database(server.url_of(self.prepared))
         seed(db)
@@ -303,24 +294,21 @@ class CallbacksBench:
             server.url_of(self.prepared),
             "INSERT INTO public.profiles (id, email, full_name, credits) "
             "SELECT ('bd000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, 'bench' || g || '@example.com', "
-            f"'Israel Israeli', 0 FROM generate_series(0, {2 * self.total - 1}) g",
+            f"'Israel Israeli', 0 FROM generate_series(0, {self.total - 1}) g",
             "INSERT INTO public.payments (id, user_id, credit_pack_id, amount, currency, credits, status, "
             "idempotency_key, payment_url) "
             "SELECT ('bc000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, "
             "('bd000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid, "
             f"'{STARTER}'::uuid, 49.90, 'ILS', 100, 'pending', 'bench-' || g, 'https://pay.hyp.co.il/p/?action=pay' "
-            f"FROM generate_series(0, {2 * self.total - 1}) g",
+            f"FROM generate_series(0, {self.total - 1}) g",
             "VACUUM ANALYZE",
         )
-        # The warm-up pass: the handler's own statements for every callback of the raw side's payments, recorded
-        # on a copy.
+        # The warm-up pass: the handler's own statements for every callback, recorded on a copy.
         copy = server.create(template=self.prepared)
         try:
             env = function_environment(server.url_of(copy))
-            gathered = self._processes(
-                [(_handler_worker, (w, env, work, None, None)) for w, work in enumerate(self.raw_work)]
-            )
-            self._check(copy, gathered, completed=self.total)
+            gathered = self._processes([(_handler_worker, (w, env, work, None)) for w, work in enumerate(self.work)])
+            self._check(copy, gathered)
         finally:
             server.drop(copy)
         self.recorded = [g["recorded"] for g in gathered]
@@ -348,50 +336,53 @@ class CallbacksBench:
             raise RuntimeError("a benchmark worker failed:\n" + "\n".join(errors))
         return sorted(gathered, key=lambda g: g["worker"])
 
-    def _check(self, name: str, gathered: list[dict[str, Any]], *, completed: int) -> None:
+    def _check(self, name: str, gathered: list[dict[str, Any]]) -> None:
         """Every answer the success redirect (for the handler), then the rows."""
         for g in gathered:
             for status, location in g.get("answers", []):
                 if status != 302 or not location.startswith(SUCCESS + "?payment_id="):
                     raise RuntimeError(f"hypay_callback answered {status} {location!r}, not the success redirect")
-        self._check_rows(name, completed)
+        self._check_rows(name)
 
-    def _check_rows(self, name: str, total: int) -> None:
-        """`total` payments completed, each with its credits granted once (the raw statements must have done the
-        same as the handler)."""
+    def _check_rows(self, name: str) -> None:
+        """Every payment completed, its credits granted once (the raw statements must have done the same)."""
         [[completed, grants, credits]] = execute(
             self.server.url_of(name),
             "SELECT (SELECT count(*) FROM public.payments WHERE status = 'completed'), "
             "       (SELECT count(*) FROM public.credit_transactions WHERE type = 'purchase'), "
             "       (SELECT sum(credits) FROM public.profiles WHERE id::text LIKE 'bd000000-%')",
         )
-        if (completed, grants, credits) != (total, total, 100 * total):
+        if (completed, grants, credits) != (self.total, self.total, 100 * self.total):
             raise RuntimeError(
                 f"after the callbacks: {completed} payments completed, {grants} grants, {credits} credits; "
-                f"expected {total}, {total}, {100 * total}"
+                f"expected {self.total}, {self.total}, {100 * self.total}"
             )
 
     def run(self) -> None:
-        """Both sides in turns, slice by slice, by the same workers on a fresh copy of the prepared database."""
+        """Both sides at once, slice by slice in turns, each on its own fresh copy of the prepared database."""
         count = WORKERS * self.per_worker
         steps = schedule(self.slices, handler_first=len(self.loads.pairs) % 2 == 0)
-        name = self.server.create(template=self.prepared)
+        handler_db, raw_db = self.server.create(template=self.prepared), self.server.create(template=self.prepared)
         try:
-            env = function_environment(self.server.url_of(name))
+            env = function_environment(self.server.url_of(handler_db))
+            raw_url = self.server.url_of(raw_db)
             with self.loads.around():
                 gathered = self._processes(
-                    [
-                        (_handler_worker, (w, env, work, (self.raw_work[w], self.recorded[w]), steps))
+                    [(_handler_worker, (w, env, work, steps)) for w, work in enumerate(self.work)]
+                    + [
+                        (_raw_worker, (WORKERS + w, raw_url, self.recorded[w], work, steps))
                         for w, work in enumerate(self.work)
                     ]
                 )
-            self._check(name, gathered, completed=2 * self.total)
+            self._check(handler_db, gathered[:WORKERS])
+            self._check_rows(raw_db)
         finally:
-            self.server.drop(name)
-        spans = [span for g in gathered for span in g["spans"]]
-        for side in ("handler", "raw"):
+            self.server.drop(handler_db)
+            self.server.drop(raw_db)
+        for side, part in (("handler", gathered[:WORKERS]), ("raw", gathered[WORKERS:])):
+            spans = [span for g in part for span in g["spans"]]
             for phase in ("first", "replay"):
-                self.rates[f"{side}_{phase}"].values.append(_rate(count, spans, side, phase))
+                self.rates[f"{side}_{phase}"].values.append(_rate(count, spans, phase))
 
     def close(self) -> None:
         self.server.drop(self.prepared)
@@ -415,13 +406,13 @@ class CallbacksBench:
             "  (the success redirect), and after each pass every payment is completed with its credits granted once.",
             "  **First delivery**: every payment's first callback; **replayed**: then the same callback again",
             "  (a reload).",
-            "- **raw floor**: the statements the handler sent for each callback, recorded in a warm-up pass on a",
-            "  copy of the database, sent through pg8000 (they complete and grant their payments, checked alike).",
-            "- The database holds two identical sets of payments, one per side. Each worker does both sides over the",
-            "  same connection (the handler's), so the same server process answers both. The sides take turns",
-            f"  within a run: each phase is cut into {self.slices} slices, the workers do a slice of one side, then of",
-            "  the other, in ABBA order. Callbacks/s: a side's callbacks ÷ the sum over its slices of (last worker's",
-            "  end − first worker's start).",
+            "- **raw floor**: the statements the handler sent for each callback, recorded in a warm-up pass on an",
+            "  identical copy of the database, sent through pg8000 by two processes with their own connections",
+            "  (they complete and grant the same payments, checked the same way).",
+            "- Each side works on its own fresh copy of the same prepared database. The two sides take turns within",
+            f"  a run: each phase is cut into {self.slices} slices, one side's two workers do a slice while the other",
+            "  side's wait, in ABBA order. Callbacks/s: a side's callbacks ÷ the sum over its slices of (last",
+            "  worker's end − first worker's start).",
             "",
             f"Statements per callback (recorded): first delivery {self.statements['first']:.2f}, "
             f"replayed {self.statements['replay']:.2f}.",
