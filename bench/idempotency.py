@@ -1,7 +1,7 @@
 """The Postgres idempotency layer against raw pg8000 statements.
 
 For each case the layer (Powertools' `idempotent_function` on `PostgresPersistenceLayer`) and the
-baseline (the same number of raw SQL statements sent directly through pg8000 on the same server)
+baseline (the same raw SQL statements sent directly through pg8000 on the layer's own connection)
 are measured interleaved call by call, so drift on the machine hits both alike. Each run uses a fresh
 database; the ratio of each run's medians is reported, with the min and median across runs.
 """
@@ -205,8 +205,8 @@ class IdempotencyBench:
             "  (payload validation on): hashing, the claim, the function, the completion.",
             "- **inside the layer**: the part of that spent in the persistence layer's own operations (SQL rendering,",
             "  the round trips, turning rows into records).",
-            "- **raw, same SQL**: the layer's own statements, pre-rendered, sent directly through pg8000: the",
-            "  baseline.",
+            "- **raw, same SQL**: the layer's own statements, pre-rendered, sent directly through pg8000 on the",
+            "  layer's own connection (the same server process answers both sides): the baseline.",
             "- **raw, minimal SQL**: what a naive store would send (a plain INSERT + UPDATE; a plain SELECT by key),",
             "  which cannot claim atomically: the price of the one-statement claim.",
             "",
