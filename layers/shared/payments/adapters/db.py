@@ -205,8 +205,9 @@ def literal(value: Any) -> str:
     `standard_conforming_strings` is on or off. Numbers are parenthesised, so a negative one next to a
     minus sign can never become a `--` comment. NUL cannot be sent (it would end the query early).
     """
-    if value is None:
-        return "NULL"
+    render = _FAST_LITERALS.get(type(value))
+    if render is not None:
+        return render(value)
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
@@ -247,8 +248,8 @@ def _template(sql: str) -> tuple[str, tuple[str, ...]]:
     return "".join(parts), tuple(names)
 
 
-# The exact types bound on every request, straight to their rendering (`literal` decides everything else, and
-# subclasses: a bool is an int, a str subclass may override what is called here).
+# The exact types bound on every request, rendered by `literal` without its checks (subclasses and every other
+# type go through them: a bool is an int, a str subclass may override what is called here).
 _FAST_LITERALS: dict[type, Callable[[Any], str]] = {
     str: _text_literal,
     int: lambda value: f"({value})",
@@ -263,15 +264,12 @@ def bind(sql: str, **params: Any) -> str:
     form, names = _template(sql)
     if not names:
         return sql
-    fast = _FAST_LITERALS.get
     rendered: dict[str, str] = {}
     for name in names:
         try:
-            value = params[name]
+            rendered[name] = literal(params[name])
         except KeyError:
             raise KeyError(f"no value for :{name}") from None
-        render = fast(type(value))
-        rendered[name] = render(value) if render is not None else literal(value)
     return form % rendered
 
 

@@ -137,6 +137,9 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         # The payload the current call hashed last, with its hashes (see _get_hashed_idempotency_key).
         self._key_memo: tuple[Any, str, str | None] | None = None
         self._payload_memo: tuple[Any, str] | None = None
+        # The key a plain-field key or payload expression selects (set by `configure`); None: ask JMESPath.
+        self._key_field: str | None = None
+        self._payload_field: str | None = None
 
     # -- the per-call work Powertools asks of every layer, without re-doing it ---------------------
     # Same results as the base class (records written before and after stay interchangeable): a key or payload
@@ -154,13 +157,12 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             self._payload_field = (
                 _plain_field(config.payload_validation_jmespath) if self.payload_validation_enabled else None
             )
-            self._expires_after = int(self.expires_after_seconds)
 
     def _get_hashed_idempotency_key(self, data: dict[str, Any]) -> str | None:
         memo = self._key_memo
         if memo is not None and memo[0] is data and memo[1] == self.function_name:
             return memo[2]
-        field = getattr(self, "_key_field", None)
+        field = self._key_field
         if field is None:
             key = super()._get_hashed_idempotency_key(data)
         else:
@@ -177,7 +179,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         memo = self._payload_memo
         if memo is not None and memo[0] is data:
             return memo[1]
-        field = getattr(self, "_payload_field", None)
+        field = self._payload_field
         if field is None:
             hashed = super()._get_hashed_payload(data)
         else:
@@ -189,7 +191,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return self.hash_function(_HASH_ENCODER.encode(data).encode()).hexdigest()
 
     def _get_expiry_timestamp(self) -> int:
-        return int(time.time()) + getattr(self, "_expires_after", self.expires_after_seconds)
+        return int(time.time()) + self.expires_after_seconds
 
     @classmethod
     def forget_all_claims(cls) -> None:
