@@ -7,7 +7,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,7 +34,7 @@ from payments.api_schema import (
 )
 from payments.domain.money import Currency, Money
 from payments.errors import InvalidRequest, NotFound, PaymentError
-from payments.http import error_response, problem, validation_problem
+from payments.http import HttpApi, error_response, problem, validation_problem
 from payments.observability import http_handler, logger
 from payments.request_body import UnsupportedMediaType, json_object
 from payments.services.review import (
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from payments.services.keyed import Answer
     from payments.services.refund import Refunds
 
-app = APIGatewayHttpResolver()
+app = HttpApi()
 
 
 class _NotAnAdmin(PaymentError):

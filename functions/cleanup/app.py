@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -24,14 +24,14 @@ from payments.api_schema import (
     reads_itself,
 )
 from payments.errors import InvalidRequest, PaymentError
-from payments.http import error_response, problem
+from payments.http import HttpApi, error_response, problem
 from payments.observability import http_handler, logger, metrics
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from payments.services.debug_idempotency import KINDS, exercise
 from payments.services.review import QueueQuery, review_queue
 from payments.settings import api_settings, cleanup_settings, idempotency_settings
 
-app = APIGatewayHttpResolver()
+app = HttpApi()
 
 
 @cache

@@ -7,7 +7,7 @@ from functools import cache
 from typing import Annotated, Any
 from uuid import UUID
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path
 
@@ -29,7 +29,7 @@ from payments.api_schema import (
 from payments.caller import authenticated_user
 from payments.domain.payment import CreatePaymentRequest, PaymentView
 from payments.errors import InvalidRequest, NotFound, PaymentError
-from payments.http import error_response, problem, validation_problem
+from payments.http import HttpApi, error_response, problem, validation_problem
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
 from payments.request_body import UnsupportedMediaType, json_body_validation
@@ -37,7 +37,11 @@ from payments.services.create_payment import CreatePayment, CreatePaymentDeps, g
 from payments.settings import api_settings, auth_settings, idempotency_settings
 
 # Validation per route (POST /payments reads its body itself): no Powertools 422 declared where none is answered.
-app = APIGatewayHttpResolver()
+# The request body's validator is built here, at init (a cold start's, or SnapStart's snapshot), not by the first
+# request; the model defers its build so that functions that never read it do not build it.
+CreatePaymentRequest.model_rebuild()
+
+app = HttpApi()
 
 _PROBLEMS: dict[int, Any] = {
     400: problem_json("Malformed body, or a missing or malformed Idempotency-Key."),

@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 from uuid import UUID
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import Response
 
 from payments.adapters.db import QueryError, default_database
 from payments.adapters.hypay import HypayClient
@@ -24,7 +24,7 @@ from payments.api_schema import (
 )
 from payments.domain import hypay as protocol
 from payments.errors import ConfigurationError, DatabaseUnavailable, InvalidRequest
-from payments.http import problem
+from payments.http import HttpApi, problem
 from payments.hypay_middleware import HypayVerification, VerificationConfig, parse_allowlist, redirect
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
@@ -37,7 +37,7 @@ from payments.services.handle_callback import (
 )
 from payments.settings import callback_settings, idempotency_settings
 
-app = APIGatewayHttpResolver()
+app = HttpApi()
 
 
 @cache

@@ -340,3 +340,68 @@ def test_log_messages_become_what_powertools_makes_of_them(message: str) -> None
     except (json.JSONDecodeError, TypeError, ValueError):
         got = message
     assert got == expected or (got != got and expected != expected)  # NaN is NaN
+
+
+# -- the HTTP answers: compression, the correlation id, the redirect's payment id ---------------------------
+
+_HEADERS = st.dictionaries(
+    st.sampled_from(["accept-encoding", "Accept-Encoding", "ACCEPT-ENCODING", "accept", "user-agent"]),
+    st.sampled_from(["gzip", "br, gzip", "deflate", "identity", "", "gzip;q=0", "text/html"]),
+    max_size=4,
+)
+
+
+@given(st.booleans(), st.sampled_from([None, True, False]), _HEADERS)
+def test_compression_is_decided_as_powertools_decides_it(route: bool, response: bool | None, headers: Any) -> None:
+    from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
+    from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+
+    from payments.http import _ResponseBuilder
+
+    def event() -> APIGatewayProxyEventV2:
+        return APIGatewayProxyEventV2({"headers": dict(headers)})
+
+    expected = ResponseBuilder._has_compression_enabled(route, response, event())
+    assert _ResponseBuilder._has_compression_enabled(route, response, event()) == bool(expected)
+
+
+def test_the_functions_answer_with_the_builder_that_skips_the_headers() -> None:
+    from payments.http import HttpApi, _ResponseBuilder
+
+    assert HttpApi()._response_builder_class is _ResponseBuilder
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["requestContext", "headers", "version"]),
+        _JSON | st.fixed_dictionaries({}, optional={"requestId": _JSON, "http": _JSON}),
+        max_size=3,
+    )
+)
+def test_the_correlation_id_is_what_powertools_path_selects(event: dict[str, Any]) -> None:
+    from aws_lambda_powertools.logging import correlation_paths
+    from aws_lambda_powertools.utilities.jmespath_utils import query
+
+    from payments.observability import request_id
+
+    assert request_id(event) == query(envelope=correlation_paths.API_GATEWAY_HTTP, data=event)
+
+
+@given(
+    st.uuids() | st.text(max_size=20),
+    st.sampled_from(["https://app.example.test/done", "https://app.example.test/done?x=1"]),
+)
+def test_the_redirect_carries_the_payment_id_as_urlencode_writes_it(payment_id: Any, url: str) -> None:
+    from urllib.parse import urlencode
+
+    from payments.hypay_middleware import redirect
+
+    expected = url + ("&" if "?" in url else "?") + urlencode({"payment_id": str(payment_id)})
+    assert redirect(url, payment_id).headers["Location"] == expected

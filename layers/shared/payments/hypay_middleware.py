@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 from uuid import UUID
 
 from aws_lambda_powertools.event_handler import Response
@@ -55,7 +55,9 @@ def redirect(url: str, payment_id: UUID | str | None = None) -> Response:
     """302 to a page of the web app, carrying our payment id and nothing of Hyp's."""
     target = url
     if payment_id is not None:
-        target += ("&" if "?" in url else "?") + urlencode({"payment_id": str(payment_id)})
+        # A UUID's text is hex digits and hyphens, nothing to encode; any other text is form-encoded (urlencode's).
+        value = str(payment_id) if isinstance(payment_id, UUID) else quote_plus(str(payment_id))
+        target += ("&" if "?" in url else "?") + "payment_id=" + value
     return Response(status_code=302, headers={"Location": target}, body="")
 
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.logging import correlation_paths
 
 import payments.snapstart  # noqa: F401 - registers the SnapStart runtime hooks in every function
 from payments.tracing import tracer  # X-Ray's SDK only when tracing is on
@@ -32,6 +31,13 @@ metrics = Metrics()
 LambdaHandler = Callable[[dict, Any], Any]
 
 
+def request_id(event: Any) -> Any:
+    """API Gateway's request id (`requestContext.requestId`), None when the event has none: what Powertools'
+    `correlation_paths.API_GATEWAY_HTTP` selects, read without a JMESPath search per request."""
+    context = event.get("requestContext") if isinstance(event, dict) else None
+    return context.get("requestId") if isinstance(context, dict) else None
+
+
 def http_handler(app: Any, *, other_events: LambdaHandler | None = None) -> LambdaHandler:
     """The Lambda entry point of an HTTP API resolver.
 
@@ -42,10 +48,11 @@ def http_handler(app: Any, *, other_events: LambdaHandler | None = None) -> Lamb
     """
     from payments.http import with_security_headers
 
-    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
+    @logger.inject_lambda_context(log_event=False)
     @metrics.log_metrics(capture_cold_start_metric=True)
     @tracer.capture_lambda_handler(capture_response=False)
     def lambda_handler(event: dict, context: Any) -> Any:
+        logger.set_correlation_id(request_id(event))
         if other_events is not None and "requestContext" not in event:
             return other_events(event, context)
         return with_security_headers(app.resolve(event, context))

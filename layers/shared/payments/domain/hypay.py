@@ -123,7 +123,12 @@ def split_raw_query(raw: str) -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=8)
 def _split(raw: str) -> tuple[tuple[str, str], ...]:
     raw = raw[1:] if raw.startswith("?") else raw
-    return tuple((name, value) for name, _, value in (part.partition("=") for part in raw.split("&") if part))
+    pairs = []
+    for part in raw.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((name, value))
+    return tuple(pairs)
 
 
 @functools.lru_cache(maxsize=8)

@@ -51,7 +51,8 @@ _RULES: JsonDict = {
 class CreatePaymentRequest(BaseModel):
     """`POST /payments` body. Price, currency and credits come from the pack, never from here."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_RULES)
+    # Built by the function that reads it (create_payment, at its init), not by every function importing this module.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_RULES, defer_build=True)
 
     credit_pack_id: UUID = Field(description="The credit pack to buy (an active one).")
     # strict: only JSON true/false; "yes", 1 or "true" are a 400, not a guess at what was meant.
