@@ -204,9 +204,12 @@ def _drive_handler(work: Work, steps: list[Step] | None, barrier: Any) -> dict[s
             claims=None,
         )
 
-    def call(events: list[dict[str, Any]]) -> None:
-        for e in events:
-            result = handler(e, LocalLambdaContext(function_name=CALLBACK, timeout_seconds=function.timeout))
+    def context() -> LocalLambdaContext:
+        return LocalLambdaContext(function_name=CALLBACK, timeout_seconds=function.timeout)
+
+    def call(invocations: list[tuple[dict[str, Any], LocalLambdaContext]]) -> None:
+        for e, c in invocations:
+            result = handler(e, c)
             answers.append((result["statusCode"], (result.get("headers") or {}).get("Location", "")))
 
     if steps is None:  # one callback at a time, in the measured order, so each one's statements are known
@@ -215,13 +218,15 @@ def _drive_handler(work: Work, steps: list[Step] | None, barrier: Any) -> dict[s
                                ("replay", work.measured)):  # fmt: skip
             for i in indexes:
                 before = len(recorder.statements)
-                call([event(i)])
+                call([(event(i), context())])
                 recorded[phase].append(list(recorder.statements[before:]))
         return {"answers": answers, "recorded": recorded}
     for _ in ("first", "replay"):
-        call([event(i) for i in work.warm])
-    # Events are built before the clock starts (API Gateway builds them); each delivery its own.
-    events = {phase: [event(i) for i in work.measured] for phase in ("first", "replay")}
+        call([(event(i), context()) for i in work.warm])
+    # Events and Lambda contexts are built before the clock starts (API Gateway builds the event, Lambda's runtime the
+    # context, not the function); each delivery its own. A context's deadline is its function's timeout away: never
+    # reached within a run.
+    events = {phase: [(event(i), context()) for i in work.measured] for phase in ("first", "replay")}
     spans = _follow(steps, "handler", barrier, lambda phase, k: call(events[phase][work.slice(k)]))
     return {"answers": answers, "spans": spans}
 
@@ -402,7 +407,8 @@ class CallbacksBench:
             "",
             "- **handler**: the function's real `lambda_handler` with a payload 2.0 event of `GET /hypay/return?...`,",
             "  a redirect signed with the terminal's KEY (`HYPAY_VERIFY_MODE=hmac`: the `Sign` HMAC is checked, no",
-            "  network); logs at INFO and the metrics written as in Lambda, to /dev/null. Every answer is checked",
+            "  network); logs at INFO and the metrics written as in Lambda, to /dev/null. Events and Lambda contexts",
+            "  are built before the clock starts (API Gateway and Lambda's runtime build them). Every answer is checked",
             "  (the success redirect), and after each pass every payment is completed with its credits granted once.",
             "  **First delivery**: every payment's first callback; **replayed**: then the same callback again",
             "  (a reload).",
