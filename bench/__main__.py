@@ -13,6 +13,8 @@ Environment (sizes; quick mode's in brackets):
 - BENCH_IMPORT_ROUNDS: rounds per cold-import run (5) [1]
 - BENCH_CLEANUP_RECORDS, BENCH_CLEANUP_IDLE_MS, BENCH_CLAIM_RATE: expired records, idle claiming before the
   purge, claims a second (1,000,000, 5000, 0 = back to back) [5000, 500, 0]
+- BENCH_PIN=1: the callbacks' workers each pinned to a core with the server process answering them (see
+  bench/callbacks.py: `pin`)
 - BENCH_ONLY: comma-separated measurements to run (idempotency, callbacks, cold_import, cleanup)
 - BENCH_OUT: where the document goes (docs/benchmarks.md; quick mode writes only to BENCH_OUT)
 - BENCH_QUICK=1: tiny sizes, one run each: that the benchmark still works, not numbers to keep

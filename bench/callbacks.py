@@ -38,6 +38,7 @@ CALLBACK = "HypayCallbackFunction"
 WORKERS = 2
 FIRST_TARGET = 0.9
 REPLAY_TARGET = 0.6
+PIN = os.environ.get("BENCH_PIN") == "1"
 STARTER = "aaaaaaaa-0000-4000-8000-000000000001"  # 49.90 ILS, 100 credits (ops.seed)
 SUCCESS = "https://app.example.test/payments/success"
 SIGNED = ("Id", "CCode", "Amount", "ACode", "Order", "Fild1", "Fild2", "Fild3")
@@ -145,6 +146,27 @@ def schedule(slices: int, handler_first: bool) -> list[Step]:
     return steps
 
 
+def pin(worker: int, backend_pid: int) -> bool:
+    """With BENCH_PIN=1: this worker and the server process answering its connection, both on one core (worker
+    number modulo the cores), so that each side's pairs always sit as the other side's do. Left to the scheduler
+    (the default), a worker and its server process share a core in some runs and not in others, which moves a round
+    trip by tens of microseconds: the raw side, all round trips, varies by up to a fifth from run to run. Pinned, the
+    runs agree closely, but the handler loses the scheduler's use of the other core while its pair waits, so every
+    ratio is lower: a different setting, not a truer one. False when not asked, or when the operating system does
+    not let this process move the server's (another user's, without the privilege)."""
+    if not PIN or not hasattr(os, "sched_setaffinity"):
+        return False
+    cores = sorted(os.sched_getaffinity(0))
+    core = {cores[worker % len(cores)]}
+    os.sched_setaffinity(0, core)
+    try:
+        os.sched_setaffinity(backend_pid, core)
+    except OSError:
+        os.sched_setaffinity(0, set(cores))
+        return False
+    return True
+
+
 def _follow(steps: list[Step], side: str, barrier: Any, do: Any) -> list[Span]:
     """Goes through the run's steps with every other worker, doing this side's: the spans it timed."""
     spans: list[Span] = []
@@ -172,13 +194,13 @@ def _handler_worker(
         # stderr too (Powertools warns there, e.g. of a replay that published no metric): a failure comes back
         # as the traceback put on the results queue.
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-        results.put({"worker": worker, **_drive_handler(work, steps, barrier)})
+        results.put({"worker": worker, **_drive_handler(worker, work, steps, barrier)})
     except BaseException:
         barrier.abort()
         results.put({"worker": worker, "error": traceback.format_exc()})
 
 
-def _drive_handler(work: Work, steps: list[Step] | None, barrier: Any) -> dict[str, Any]:
+def _drive_handler(worker: int, work: Work, steps: list[Step] | None, barrier: Any) -> dict[str, Any]:
     from ops.lambda_context import LocalLambdaContext
     from ops.local_api import build_event
     from ops.pgcount import recording_class
@@ -223,12 +245,15 @@ def _drive_handler(work: Work, steps: list[Step] | None, barrier: Any) -> dict[s
         return {"answers": answers, "recorded": recorded}
     for _ in ("first", "replay"):
         call([(event(i), context()) for i in work.warm])
+    # The function's own connection (opened by the warm-up): its server process is pinned with this worker.
+    [[backend]] = db_module.default_database().run("SELECT pg_backend_pid()")
+    pinned = pin(worker, backend)
     # Events and Lambda contexts are built before the clock starts (API Gateway builds the event, Lambda's runtime the
     # context, not the function); each delivery its own. A context's deadline is its function's timeout away: never
     # reached within a run.
     events = {phase: [(event(i), context()) for i in work.measured] for phase in ("first", "replay")}
     spans = _follow(steps, "handler", barrier, lambda phase, k: call(events[phase][work.slice(k)]))
-    return {"answers": answers, "spans": spans}
+    return {"answers": answers, "spans": spans, "pinned": pinned}
 
 
 def _raw_worker(
@@ -247,9 +272,11 @@ def _raw_worker(
                     conn.run(sql, **params)
 
         send(recorded["warm"])
+        [[backend]] = conn.run("SELECT pg_backend_pid()")
+        pinned = pin(worker, backend)
         spans = _follow(steps, "raw", barrier, lambda phase, k: send(recorded[phase][work.slice(k)]))
         conn.close()
-        results.put({"worker": worker, "spans": spans})
+        results.put({"worker": worker, "spans": spans, "pinned": pinned})
     except BaseException:
         barrier.abort()
         results.put({"worker": worker, "error": traceback.format_exc()})
@@ -281,6 +308,7 @@ class CallbacksBench:
         self.loads = Loads()
         self.rates = {side: Spread() for side in ("handler_first", "handler_replay", "raw_first", "raw_replay")}
         self.statements: dict[str, float] = {}
+        self.pinned: list[bool] = []  # per run: every worker pinned with its server process (BENCH_PIN=1)
         self.context = multiprocessing.get_context("spawn")
 
     def setup(self, server: Server) -> None:
@@ -384,6 +412,7 @@ class CallbacksBench:
         finally:
             self.server.drop(handler_db)
             self.server.drop(raw_db)
+        self.pinned.append(all(g.get("pinned") for g in gathered))
         for side, part in (("handler", gathered[:WORKERS]), ("raw", gathered[WORKERS:])):
             spans = [span for g in part for span in g["spans"]]
             for phase in ("first", "replay"):
@@ -407,9 +436,10 @@ class CallbacksBench:
             "",
             "- **handler**: the function's real `lambda_handler` with a payload 2.0 event of `GET /hypay/return?...`,",
             "  a redirect signed with the terminal's KEY (`HYPAY_VERIFY_MODE=hmac`: the `Sign` HMAC is checked, no",
-            "  network); logs at INFO and the metrics written as in Lambda, to /dev/null. Events and Lambda contexts",
-            "  are built before the clock starts (API Gateway and Lambda's runtime build them). Every answer is checked",
-            "  (the success redirect), and after each pass every payment is completed with its credits granted once.",
+            "  network); logs at INFO and the metrics written as in Lambda, to /dev/null. Events and Lambda",
+            "  contexts are built before the clock starts (API Gateway and Lambda's runtime build them). Every answer",
+            "  is checked (the success redirect), and after each pass every payment is completed with its credits",
+            "  granted once.",
             "  **First delivery**: every payment's first callback; **replayed**: then the same callback again",
             "  (a reload).",
             "- **raw floor**: the statements the handler sent for each callback, recorded in a warm-up pass on an",
@@ -419,6 +449,15 @@ class CallbacksBench:
             f"  a run: each phase is cut into {self.slices} slices, one side's two workers do a slice while the other",
             "  side's wait, in ABBA order. Callbacks/s: a side's callbacks ÷ the sum over its slices of (last",
             "  worker's end − first worker's start).",
+            "- Where the workers and their server processes run is left to the scheduler"
+            + (
+                ": pinned here (BENCH_PIN=1), each worker with its server process on one core."
+                if self.pinned and all(self.pinned)
+                else " (BENCH_PIN=1 pins each worker with its server process on one core: the runs then agree"
+                " closely, every ratio lower). Whether a worker and its server process share a core changes from"
+                " run to run and moves the raw side's rate most (it is all round trips): hence the spread of the"
+                " raw floor."
+            ),
             "",
             f"Statements per callback (recorded): first delivery {self.statements['first']:.2f}, "
             f"replayed {self.statements['replay']:.2f}.",
