@@ -146,15 +146,18 @@ def schedule(slices: int, handler_first: bool) -> list[Step]:
     return steps
 
 
-def pin(worker: int, backend_pid: int) -> bool:
+def pin(worker: int, backend_pid: int, url: str) -> bool:
     """With BENCH_PIN=1: this worker and the server process answering its connection, both on one core (worker
     number modulo the cores), so that each side's pairs always sit as the other side's do. Left to the scheduler
     (the default), a worker and its server process share a core in some runs and not in others, which moves a round
     trip by tens of microseconds: the raw side, all round trips, varies by up to a fifth from run to run. Pinned, the
     runs agree closely, but the handler loses the scheduler's use of the other core while its pair waits, so every
     ratio is lower: a different setting, not a truer one. False when not asked, or when the operating system does
-    not let this process move the server's (another user's, without the privilege)."""
-    if not PIN or not hasattr(os, "sched_setaffinity"):
+    not let this process move the server's (another user's, without the privilege), and for a server that is not
+    on this machine's Unix socket (a remote or containerised server's process id names no process here)."""
+    from payments.adapters.db import parse_database_url
+
+    if not PIN or not hasattr(os, "sched_setaffinity") or parse_database_url(url).unix_sock is None:
         return False
     cores = sorted(os.sched_getaffinity(0))
     core = {cores[worker % len(cores)]}
@@ -247,7 +250,7 @@ def _drive_handler(worker: int, work: Work, steps: list[Step] | None, barrier: A
         call([(event(i), context()) for i in work.warm])
     # The function's own connection (opened by the warm-up): its server process is pinned with this worker.
     [[backend]] = db_module.default_database().run("SELECT pg_backend_pid()")
-    pinned = pin(worker, backend)
+    pinned = pin(worker, backend, os.environ["DATABASE_URL"])
     # Events and Lambda contexts are built before the clock starts (API Gateway builds the event, Lambda's runtime the
     # context, not the function); each delivery its own. A context's deadline is its function's timeout away: never
     # reached within a run.
@@ -273,7 +276,7 @@ def _raw_worker(
 
         send(recorded["warm"])
         [[backend]] = conn.run("SELECT pg_backend_pid()")
-        pinned = pin(worker, backend)
+        pinned = pin(worker, backend, url)
         spans = _follow(steps, "raw", barrier, lambda phase, k: send(recorded[phase][work.slice(k)]))
         conn.close()
         results.put({"worker": worker, "spans": spans, "pinned": pinned})

@@ -37,8 +37,9 @@ from payments.services.create_payment import CreatePayment, CreatePaymentDeps, g
 from payments.settings import api_settings, auth_settings, idempotency_settings
 
 # Validation per route (POST /payments reads its body itself): no Powertools 422 declared where none is answered.
-# The request body's validator is built here, at init (a cold start's, or SnapStart's snapshot), not by the first
-# request; the model defers its build so that functions that never read it do not build it.
+# The request body model defers its build, so that functions importing its module without reading it never build
+# it; this function builds it here, at init, as it was built before (the service validates with it). Powertools'
+# own validator around it, for the route's signature, is made at the first request, as it always was.
 CreatePaymentRequest.model_rebuild()
 
 app = HttpApi()

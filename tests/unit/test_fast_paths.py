@@ -387,11 +387,15 @@ _JSON = st.recursive(
 )
 def test_the_correlation_id_is_what_powertools_path_selects(event: dict[str, Any]) -> None:
     from aws_lambda_powertools.logging import correlation_paths
+    from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
     from aws_lambda_powertools.utilities.jmespath_utils import query
 
     from payments.observability import request_id
 
-    assert request_id(event) == query(envelope=correlation_paths.API_GATEWAY_HTTP, data=event)
+    expected = query(envelope=correlation_paths.API_GATEWAY_HTTP, data=event)
+    assert request_id(event) == expected
+    # Powertools' own event class (a mapping, which its resolver also accepts): read alike
+    assert request_id(APIGatewayProxyEventV2(event)) == expected
 
 
 @given(

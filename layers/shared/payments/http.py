@@ -24,8 +24,10 @@ class _ResponseBuilder(ResponseBuilder):
     """Powertools' response builder, reading the request's headers for compression only when it can be on.
 
     Powertools reads `Accept-Encoding` first, building a case-insensitive copy of every header, and only then
-    looks at whether the route or the response asks for compression; none of ours does. Same answer in every
-    case (property-tested against Powertools' own), without the copy when compression is off anyway."""
+    looks at whether the route or the response asks for compression; none of ours does. The same decision for
+    every event API Gateway sends (string headers; property-tested against Powertools' own), without the copy
+    when compression is off anyway. (An event whose headers are not strings, which API Gateway never sends, no
+    longer fails in that copy: it is answered like any other.)"""
 
     @staticmethod
     def _has_compression_enabled(route_compression: bool, response_compression: bool | None, event: Any) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -33,9 +33,10 @@ LambdaHandler = Callable[[dict, Any], Any]
 
 def request_id(event: Any) -> Any:
     """API Gateway's request id (`requestContext.requestId`), None when the event has none: what Powertools'
-    `correlation_paths.API_GATEWAY_HTTP` selects, read without a JMESPath search per request."""
-    context = event.get("requestContext") if isinstance(event, dict) else None
-    return context.get("requestId") if isinstance(context, dict) else None
+    `correlation_paths.API_GATEWAY_HTTP` selects (from any mapping, Powertools' event classes included), read
+    without a JMESPath search per request."""
+    context = event.get("requestContext") if isinstance(event, Mapping) else None
+    return context.get("requestId") if isinstance(context, Mapping) else None
 
 
 def http_handler(app: Any, *, other_events: LambdaHandler | None = None) -> LambdaHandler:
