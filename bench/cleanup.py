@@ -22,7 +22,7 @@ from typing import Any
 from bench.common import Loads, Section, Server, Spread, database, execute, percentile, runs, size, stopwatch
 from payments.idempotency import quote_table
 from payments.services.cleanup import CleanupPolicy, run_cleanup
-from payments.settings import CleanupSettings
+from payments.settings import cleanup_settings
 
 EXPIRED = """
 INSERT INTO public.idempotency_keys (key, status, expiry_timestamp, request_hash, response_data, response_text,
@@ -106,13 +106,9 @@ class CleanupBench:
         }
         self.claims: dict[str, list[int]] = {"idle": [], "during": []}
         self.context = multiprocessing.get_context("spawn")
-        settings = CleanupSettings()
-        self.policy = CleanupPolicy(
-            batch_size=settings.batch_size,
-            web_app_retention_seconds=settings.web_app_retention_seconds,
-            pending_payment_max_age_seconds=settings.pending_payment_max_age_seconds,
-            table=quote_table("idempotency_keys"),
-        )
+        # The cleanup function's own policy (its settings from the environment: CLEANUP_BATCH_SIZE,
+        # CLEANUP_DUTY_CYCLE_PERCENT, ...).
+        self.policy = CleanupPolicy.from_settings(cleanup_settings(), quote_table("idempotency_keys"))
 
     def setup(self, server: Server) -> None:
         self.server = server

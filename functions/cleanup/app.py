@@ -54,14 +54,7 @@ def _unauthorized() -> Response[Any]:
 
 
 def _policy() -> CleanupPolicy:
-    settings = cleanup_settings()
-    return CleanupPolicy(
-        batch_size=settings.batch_size,
-        web_app_retention_seconds=settings.web_app_retention_seconds,
-        pending_payment_max_age_seconds=settings.pending_payment_max_age_seconds,
-        table=quote_table(idempotency_settings().table_name),
-        duty_cycle_percent=settings.duty_cycle_percent,
-    )
+    return CleanupPolicy.from_settings(cleanup_settings(), quote_table(idempotency_settings().table_name))
 
 
 def _cleanup(context: Any) -> CleanupReport:

@@ -309,6 +309,20 @@ def test_the_function_paces_as_configured(admin: Env, monkeypatch: pytest.Monkey
         cleanup_settings.cache_clear()
 
 
+def test_the_benchmark_purges_with_the_functions_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.cleanup import CleanupBench
+    from payments.settings import cleanup_settings
+
+    monkeypatch.setenv("CLEANUP_DUTY_CYCLE_PERCENT", "40")
+    monkeypatch.setenv("CLEANUP_BATCH_SIZE", "200")
+    cleanup_settings.cache_clear()
+    try:
+        policy = CleanupBench().policy
+    finally:
+        cleanup_settings.cache_clear()
+    assert (policy.duty_cycle_percent, policy.batch_size) == (40, 200)
+
+
 def test_schedule_runs_the_cleanup(admin: Env) -> None:
     admin.rows("INSERT INTO idempotency_keys (key, status, expiry_timestamp) VALUES ('fn#old', 'completed', 1)")
     event = json.loads((Path(__file__).resolve().parents[2] / "events" / "cleanup_schedule.json").read_text())

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 from payments.adapters.cleanup_store import cleanup_steps, run_step
 from payments.adapters.db import Database
-from payments.settings import DEFAULT_DUTY_CYCLE_PERCENT
+from payments.settings import DEFAULT_DUTY_CYCLE_PERCENT, CleanupSettings
 
 MAX_PAUSE_SECONDS = 1.0  # however slow one batch was
 
@@ -49,6 +49,17 @@ class CleanupPolicy:
     # it pauses for the rest, in proportion to how long that batch took: a large purge leaves the server's
     # CPU and WAL to the requests most of the time (CLEANUP_DUTY_CYCLE_PERCENT; the same default).
     duty_cycle_percent: int = DEFAULT_DUTY_CYCLE_PERCENT
+
+    @classmethod
+    def from_settings(cls, settings: CleanupSettings, table: str) -> CleanupPolicy:
+        """The cleanup function's policy: its settings, on `table` (a quoted identifier)."""
+        return cls(
+            batch_size=settings.batch_size,
+            web_app_retention_seconds=settings.web_app_retention_seconds,
+            pending_payment_max_age_seconds=settings.pending_payment_max_age_seconds,
+            table=table,
+            duty_cycle_percent=settings.duty_cycle_percent,
+        )
 
 
 def purge_expired_idempotency_records(
