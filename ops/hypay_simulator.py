@@ -85,7 +85,9 @@ class Transaction:
 @dataclass
 class _Fault:
     action: str
-    kind: str  # latency | hang | html | http500 | ccode | lost (processed, answer lost) | drop (processed, no answer)
+    # latency | hang | html | http500 | ccode | lost (processed, answer lost) | drop (processed, no answer)
+    # | cut (processed, the answer's body cut short of its Content-Length, then the connection closed)
+    kind: str
     remaining: int
     ccode: int | None = None
     seconds: float = 0.0
@@ -411,10 +413,21 @@ class HypaySimulator:
         with self._lock:
             self.calls.append(name)
         fault = self.faults.take(name)
-        if fault is not None and fault.kind in ("lost", "drop"):
+        if fault is not None and fault.kind in ("lost", "drop", "cut"):
             # Hyp does the work (a charge, a token, a reversal), then its answer never arrives: an error
-            # page, or the connection closed.
+            # page, the connection closed, or an answer cut off (a proxy or Hyp closing mid-body).
             self._done_without_answer(action, params)
+            if fault.kind == "cut":
+                request.close_connection = True
+                request.send_response(200)
+                request.send_header("Content-Type", "text/plain")
+                request.send_header("Content-Length", "200")
+                request.end_headers()
+                request.wfile.write(b"Id=")
+                request.wfile.flush()
+                with contextlib.suppress(OSError):
+                    request.connection.shutdown(socket.SHUT_RDWR)
+                return None
             if fault.kind == "drop":
                 request.close_connection = True
                 with contextlib.suppress(OSError):

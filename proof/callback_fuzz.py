@@ -14,7 +14,7 @@ card), declined (by CVV, by the card), a second charge of a paid page, a page si
 Hebrew name comes back in windows-1255), and customers with odd names and addresses (Hebrew, quotes, `&`,
 `%`, emoji, 2,000 characters), which Hyp echoes, signed, in `Fild1`/`Fild2`. About one request in twelve runs
 under a VERIFY outage (the simulator's faults: HTTP 500, an HTML page, CCode 999 or 901, a dropped
-connection), the contract's "not yet".
+connection, an answer cut short), the contract's "not yet".
 
 The oracle models only the transport (what the function receives: the raw query string, or the POST body
 when there is one, as the HTTP API hands it over) and Hyp's protocol (the documented fields, compared with
@@ -277,7 +277,7 @@ _ODD_HEADERS = (
     ("User-Agent", "\xff\xfe"),
 )
 # Hyp's VERIFY unavailable (the simulator's faults, for the call and its one retry): the contract's "not yet".
-OUTAGES = ("http500", "html", "ccode999", "ccode901", "drop")
+OUTAGES = ("http500", "html", "ccode999", "ccode901", "drop", "cut")
 
 Op = tuple[Any, ...]
 

@@ -10,7 +10,7 @@
    concurrent duplicates, in random order, from a pool of clients. Meanwhile a chaos thread, paced by the
    deliveries done: terminates every database connection but its own (`pg_terminate_backend`), SIGKILLs a
    worker process of HypayCallbackFunction (`GET /_local/workers`), and makes the simulator's VERIFY fail
-   (`/_sim/faults`: HTTP 500, an HTML page, a dropped connection, a short hang).
+   (`/_sim/faults`: HTTP 500, an HTML page, a dropped connection, an answer cut short, a short hang).
    What may be answered: a redirect is a 302 to the web app's result page naming the payment; a notify is a
    200, or a 503 with Retry-After ("not yet": our outage); a 502 is API Gateway's answer for an execution
    environment that died, accepted only when a worker was killed while the request was in flight (counted
@@ -58,7 +58,7 @@ SETTINGS = {"CREATE_PAYMENT_RATE_LIMIT": "100000"}
 
 CALLBACK_FUNCTION = "HypayCallbackFunction"
 KINDS = ("redirect", "notify", "notify_get")
-FAULT_KINDS = ("http500", "html", "drop", "hang")
+FAULT_KINDS = ("http500", "html", "drop", "cut", "hang")
 # A request whose execution environment was killed while it ran answers 502 (API Gateway's answer for a crashed
 # environment); the kill's moment is taken on the proof's clock just before the signal: a little slack.
 KILL_GRACE_SECONDS = 0.5

@@ -8,8 +8,8 @@
    are terminated, or a callback worker is killed during the grant or while Hyp is asked for the card's token;
 2. charges the saved card 2 to 4 times at once (`POST /payments` with `saved_card`, each its own Idempotency-Key,
    sometimes sent 2-3 times at once with the same key), while Hyp's `soft` answer is lost after the charge
-   (`lost`, `drop`), fails (`http500`, `html`), hangs past the client's timeout, is slow, or is a chosen CCode
-   (4 declined, 999 communication error, 902 our terminal refused, 425 duplicate);
+   (`lost`, `drop`, `cut` short), fails (`http500`, `html`), hangs past the client's timeout, is slow, or is a
+   chosen CCode (4 declined, 999 communication error, 902 our terminal refused, 425 duplicate);
 3. refunds the first payment (alongside the charges) and/or some charged ones (`POST /admin/payments/{id}/refund`):
    all of it (a same-day `CancelTrans`), part of it, part then the rest, two different keys racing for more
    than was paid, or the same key sent at once, while `zikoyAPI` / `CancelTrans` fail the same ways (and
@@ -83,7 +83,7 @@ LOCAL_502 = b'{"message":"Internal Server Error"}'
 SOFT_CCODES = (4, 999, 902, 425)
 REFUND_CCODES = (999, 902, 33, 4)
 CANCEL_CCODES = (920, 999, 902)
-HYP_FAULTS = ("lost", "drop", "http500", "html", "hang", "latency", "ccode")
+HYP_FAULTS = ("lost", "drop", "cut", "http500", "html", "hang", "latency", "ccode")
 SIDES = ("kill", "terminate", "flap")  # what happens on our side while Hyp is asked
 _TOKENISH = re.compile(r"(?<!\d)4\d{18}(?!\d)")  # the simulator's card tokens: 19 digits starting with 4
 

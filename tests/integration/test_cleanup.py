@@ -44,6 +44,10 @@ def production(empty_database_url: str) -> Iterator[tuple[str, Database]]:
            now() - interval '10 minutes', NULL),
           ('cccccccc-0000-4000-8000-000000000003', '22222222-2222-4222-8222-222222222222', 10, 'pending',
            now() - interval '5 hours', 'saved-card charge outcome unknown (gateway unavailable)');
+        -- An old pending payment a retry reused: its saved-card charge was marked a moment ago (Hyp being asked).
+        INSERT INTO payments (id, user_id, amount, status, created_at, charge_attempt_id, charge_attempted_at) VALUES
+          ('cccccccc-0000-4000-8000-000000000004', '22222222-2222-4222-8222-222222222222', 10, 'pending',
+           now() - interval '5 hours', 'dddddddd-0000-4000-8000-000000000004', now() - interval '5 seconds');
         INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at) VALUES
           ('fn#expired-1', 'completed', {now - 10}, 'h', now(), now()),
           ('fn#expired-2', 'completed', {now - 3600}, 'h', now(), now()),
@@ -108,6 +112,7 @@ def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Databa
     assert payments["cccccccc-0000-4000-8000-000000000001"] == "expired"  # 3 h pending
     assert payments["cccccccc-0000-4000-8000-000000000002"] == "pending"  # 10 min: Hyp's page may still be open
     assert payments["cccccccc-0000-4000-8000-000000000003"] == "needs_review"  # unknown charge: a human looks
+    assert payments["cccccccc-0000-4000-8000-000000000004"] == "pending"  # its charge is in flight: not stale
     assert payments["bbbbbbbb-0000-4000-8000-000000000002"] == "expired"  # the production seed's 2-hour-old one
     assert payments["bbbbbbbb-0000-4000-8000-000000000001"] == "completed"
     # And running again does nothing more

@@ -232,11 +232,12 @@ def test_declined_saved_card_is_402_with_hyps_code_and_no_credits(env: Env, save
     assert env.credits() == before
 
 
+@pytest.mark.parametrize(("fault", "seconds"), [("hang", 1.5), ("cut", 0.0)])
 def test_saved_card_charge_with_unknown_outcome_is_never_retried(
-    env: Env, saved_card: str, capsys: pytest.CaptureFixture[str]
+    env: Env, saved_card: str, capsys: pytest.CaptureFixture[str], fault: str, seconds: float
 ) -> None:
-    # Given Hyp does not answer the charge in time
-    env.sim.faults.add("soft", "hang", seconds=1.5)
+    # Given Hyp does not answer the charge in time, or its answer is cut short (after charging)
+    env.sim.faults.add("soft", fault, seconds=seconds)
     answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-3")
     # Then 202: being confirmed, the payment in review, counted for the alarm
     assert answer.status == 202 and "being confirmed" in answer.json["detail"]
@@ -248,6 +249,32 @@ def test_saved_card_charge_with_unknown_outcome_is_never_retried(
         p=answer.json["payment_id"],
     ) == [["needs_review", True, True]]
     assert "ChargeOutcomeUnknown" in capsys.readouterr().out
+
+
+def test_a_bug_while_hyp_is_asked_sends_the_charge_to_review(
+    env: Env, saved_card: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given Hyp charges the card and then something of ours breaks before its answer is read
+    from payments.adapters.hypay import HypayClient
+
+    charge = HypayClient.charge_token
+
+    def charged_then_broken(self: HypayClient, *args: object, **kwargs: object) -> object:
+        charge(self, *args, **kwargs)
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(HypayClient, "charge_token", charged_then_broken)
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-bug")
+    # Then 202 (being confirmed), the payment in review and counted for the alarm, and never charged again
+    assert answer.status == 202 and "being confirmed" in answer.json["detail"]
+    payment_id = answer.json["payment_id"]
+    assert env.rows(
+        "SELECT status, review_reason LIKE '%RuntimeError%' FROM payments WHERE id = :p::uuid", p=payment_id
+    ) == [["needs_review", True]]
+    assert "ChargeOutcomeUnknown" in capsys.readouterr().out
+    _expire_in_progress_records(env)
+    assert post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-bug").status == 202
+    assert env.sim.calls.count("soft") == 1
 
 
 def _expire_in_progress_records(env: Env) -> None:

@@ -277,6 +277,27 @@ def test_verify_down_credits_nothing_and_a_later_delivery_does(env: Env, capsys:
     assert env.status(payment["payment_id"]) == "completed"
 
 
+@pytest.mark.parametrize("kind", ["cut", "drop", "http500"])
+def test_a_verify_answer_cut_short_or_lost_is_not_yet_and_the_callback_is_kept(env: Env, kind: str) -> None:
+    # Hyp's VERIFY answer arrives cut short of its Content-Length (http.client's IncompleteRead, not an OSError),
+    # never arrives, or is an error page: "cannot verify yet", never a 500
+    payment = buy(env)
+    transaction = pay(env, payment)
+    env.sim.faults.add("VERIFY", kind, times=4)
+    unavailable = notify(transaction.redirect_query)
+    assert unavailable.status == 503 and unavailable.headers["retry-after"]
+    assert location(browser(transaction.redirect_query))[0] == PENDING_PAGE
+    # The paid callback is on record, waiting for its verification
+    [[kept]] = env.rows(
+        "SELECT count(*) FROM hypay_unverified_callbacks WHERE payment_id = :p::uuid", p=payment["payment_id"]
+    )
+    assert kept >= 1 and env.status(payment["payment_id"]) == "pending"
+    # And the next delivery, with Hyp answering again, completes it
+    env.sim.faults.clear()
+    assert notify(transaction.redirect_query).status == 200
+    assert env.status(payment["payment_id"]) == "completed"
+
+
 def test_ip_allowlist_applies_to_notify_only_and_ignores_x_forwarded_for(
     env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

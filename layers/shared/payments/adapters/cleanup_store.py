@@ -70,7 +70,8 @@ def cleanup_steps(table: str) -> list[Step]:
             durable=False,
         ),
         # A stale pending payment that needs a human is never expired: a saved-card charge was attempted
-        # and its outcome never stored (it may have charged).
+        # and its outcome never stored (it may have charged). Stale counts from the attempt, not the payment:
+        # a retry may reuse an old pending payment and be asking Hyp right now (no row lock is held meanwhile).
         Step(
             "payments_flagged_for_review",
             """
@@ -79,7 +80,7 @@ def cleanup_steps(table: str) -> list[Step]:
              WHERE id IN (
                 SELECT id FROM public.payments
                  WHERE status = 'pending' AND (review_reason IS NOT NULL OR charge_attempt_id IS NOT NULL)
-                   AND created_at < now() - make_interval(secs => :pending_age)
+                   AND GREATEST(created_at, charge_attempted_at) < now() - make_interval(secs => :pending_age)
                  LIMIT :batch FOR UPDATE SKIP LOCKED)""",
         ),
         # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One

@@ -8,6 +8,7 @@ Credentials (`Masof`, `KEY`, `PassP`), tokens and CVVs never reach a log line or
 
 from __future__ import annotations
 
+import http.client
 import socket
 import time
 import urllib.error
@@ -364,6 +365,10 @@ class HypayClient:
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 raise GatewayUnavailable("Hypay did not answer in time") from None
             raise GatewayUnavailable(f"could not reach Hypay ({type(reason).__name__})") from None
+        except http.client.HTTPException as exc:
+            # A cut or malformed HTTP answer (IncompleteRead, BadStatusLine, LineTooLong, ...): these are not
+            # OSErrors. The request was sent: its answer is lost, as with a timeout.
+            raise GatewayUnavailable(f"Hypay's answer was cut off or malformed ({type(exc).__name__})") from None
 
     # -- reversals: a refund (zikoyAPI) or a same-day cancellation (CancelTrans) -----------------
     # Both move money back and, like a charge, are never retried blindly: a lost answer may still be

@@ -224,7 +224,11 @@ class CreatePayment:
             answered = partial(self._not_approved, payment_id, pack, exc)
             return self._after_answer(payment_id, answered, exc.transaction_id)
         except Exception as exc:
-            # A bug while Hyp was being asked: the charge may exist. Never deleted, never retried.
+            # A bug while Hyp was being asked: the charge may exist. Never deleted, never retried: the payment
+            # goes to review (counted, alarmed) as any other unknown outcome, and the key stays locked if even
+            # that cannot be stored.
+            unknown = partial(self._unknown, payment_id, f"unexpected {type(exc).__name__} while Hyp was asked")
+            self._after_answer(payment_id, unknown)
             raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id)) from exc
         return self._after_answer(payment_id, partial(self._approved, payment_id, pack, charge), charge.transaction_id)
 
