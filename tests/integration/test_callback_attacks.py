@@ -185,6 +185,32 @@ def test_a_notify_body_that_is_not_ascii_is_a_400_that_stops_retries(
     assert answer.status == 400 and "ASCII" in answer.json["detail"], (answer.status, answer.body)
 
 
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_raw_nul_in_a_callback_is_a_400_even_while_we_cannot_verify(
+    env: Env, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    # A paid callback with a raw NUL byte in a value (no database text can hold it), while our Hyp configuration
+    # is incomplete (nothing can be verified, the callback would be kept for reconciliation): a 400 that stops
+    # retries and writes nothing (it was a 500)
+    payment = buy(env)
+    transaction = pay(env, payment)
+    monkeypatch.delenv("HYPAY_PASSP")
+    from payments.adapters import hypay
+
+    hypay.hypay_settings.cache_clear()
+    reset_function_state(CALLBACK)
+    raw = transaction.redirect_query.replace("Fild1=", "Fild1=a\x00", 1)
+    assert "\x00" in raw
+    if method == "POST":
+        form = {"content-type": "application/x-www-form-urlencoded"}
+        answer = invoke(CALLBACK, "POST", "/hypay/notify", body=raw.encode(), headers=form, source_ip="198.51.100.20")
+    else:
+        answer = invoke(CALLBACK, "GET", f"/hypay/notify?{raw}", source_ip="198.51.100.20")
+    assert answer.status == 400 and "NUL" in answer.json["detail"], (answer.status, answer.body)
+    assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks") == [[0]]
+    assert env.status(payment["payment_id"]) == "pending"
+
+
 def test_a_base64_notify_body_is_read_as_api_gateway_sends_it(env: Env) -> None:
     # API Gateway base64-encodes form bodies (isBase64Encoded): a genuine one is decoded and pays
     from ops.lambda_context import LocalLambdaContext

@@ -69,7 +69,8 @@ def raw_payload(app: Any) -> str:
     """What Hyp sent, exactly: the raw query string, or the raw form body of a POST.
 
     A form body is percent-encoded ASCII (Hyp's windows-1255 or UTF-8 values arrive percent-encoded):
-    bytes outside ASCII, or a body that does not decode, are poison (`PoisonPayload`).
+    bytes outside ASCII, a raw NUL (which no database text can hold), or a body that does not decode, are
+    poison (`PoisonPayload`).
     """
     event = app.current_event
     if event.http_method == "POST" and event.body:
@@ -82,12 +83,17 @@ def raw_payload(app: Any) -> str:
         else:
             data = body.encode("utf-8", errors="surrogateescape") if isinstance(body, str) else bytes(body)
         try:
-            return data.decode("ascii")
+            text = data.decode("ascii")
         except UnicodeDecodeError:
             raise PoisonPayload("the form body has bytes outside ASCII (values must be percent-encoded)") from None
+        if "\x00" in text:
+            raise PoisonPayload("the form body has a NUL byte (values must be percent-encoded)")
+        return text
     raw = event.raw_query_string or ""
     if not raw.isascii():
         raise PoisonPayload("the query string has characters outside ASCII")
+    if "\x00" in raw:
+        raise PoisonPayload("the query string has a NUL character")
     return raw
 
 
