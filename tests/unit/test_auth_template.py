@@ -118,16 +118,17 @@ def test_sam_turns_the_wiring_into_one_conditional_security_scheme() -> None:
     assert out["Conditions"]["UsesLambdaAuthorizer"] == {"Fn::Not": [{"Condition": "UsesJwtAuthorizer"}]}
 
 
-def sam_translated() -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the template as SAM reads it, SAM's own translation of it: what cfn-lint and `sam deploy` run)."""
+def sam_translated(code: str = "key", layer: str = "key") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the template as SAM reads it, SAM's own translation of it: what cfn-lint and `sam deploy` run), with the
+    functions' code and the layer's content uploaded under these keys (`sam package` names them by content)."""
     from samtranslator.translator.transform import transform
 
     template = doc_json()
-    for resource in template["Resources"].values():
+    for name, resource in template["Resources"].items():
         if resource["Type"] == "AWS::Serverless::Function":
-            resource["Properties"]["CodeUri"] = "s3://bucket/key"
+            resource["Properties"]["CodeUri"] = f"s3://bucket/{name}-{code}"
         if resource["Type"] == "AWS::Serverless::LayerVersion":
-            resource["Properties"]["ContentUri"] = "s3://bucket/key"
+            resource["Properties"]["ContentUri"] = f"s3://bucket/layer-{layer}"
 
     class NoManagedPolicies:
         def load(self) -> dict[str, str]:
@@ -162,3 +163,27 @@ def test_snapstart_is_an_option_off_by_default_on_published_versions() -> None:
     # And the API invokes the alias, so requests get the snapshot's version
     body = json.dumps(resources["HttpApi"]["Properties"]["Body"])
     assert "CreatePaymentFunctionAliaslive" in body
+
+
+def _versions(out: dict[str, Any]) -> dict[str, str]:
+    """Each function's published version (SAM names it by a hash of what it publishes)."""
+    return {
+        v["Properties"]["FunctionName"]["Ref"]: k
+        for k, v in out["Resources"].items()
+        if v["Type"] == "AWS::Lambda::Version"
+    }
+
+
+def test_a_deploy_publishes_new_versions_when_the_code_or_the_shared_layer_changes() -> None:
+    # The API and the schedule invoke the alias `live`: a change that publishes no version never reaches them.
+    # SAM hashes only a function's own code unless told to hash all its properties, and the layer's version
+    # counts only when the layer says so (almost all the logic is in the layer).
+    before = _versions(sam_translated()[1])
+    assert len(before) == 6
+    code_changed = _versions(sam_translated(code="new")[1])
+    layer_changed = _versions(sam_translated(layer="new")[1])
+    for function, version in before.items():
+        assert code_changed[function] != version, function
+        assert layer_changed[function] != version, function
+    # And the same code and layer publish nothing new
+    assert _versions(sam_translated()[1]) == before

@@ -106,29 +106,55 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
     from ops.template import _CfnLoader
 
     resources = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Resources"]  # noqa: S506
-    alarms = {
-        r["Properties"]["MetricName"]: r["Properties"]
-        for r in resources.values()
-        if r["Type"] == "AWS::CloudWatch::Alarm" and "MetricName" in r["Properties"]
-    }
-    for metric in ("VerificationFailed", "AmountMismatch"):
-        alarm = alarms[metric]
-        assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}]
-        assert alarm["Namespace"] == {"Ref": "MetricsNamespace"}
-        assert alarm["Dimensions"] == [{"Name": "service", "Value": "hypay_callback"}]
-    # Money that needs a human alarms on the first occurrence, however quiet the shop
-    for metric, service in {
-        "AmountMismatch": "hypay_callback",
-        "PaidNotPending": "hypay_callback",
-        "CallbackNotVerifiable": "hypay_callback",
-        "SecondCharge": "hypay_callback",
-        "UnmatchedTransaction": "hypay_callback",
-        "ChargeOutcomeUnknown": "create_payment",
+    alarms: dict[str, dict] = {}
+    watched: dict[str, set[str]] = {}  # metric -> the services whose metric an alarm sums
+    for r in resources.values():
+        if r["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        props = r["Properties"]
+        if "MetricName" in props:
+            assert props["Namespace"] == {"Ref": "MetricsNamespace"} or props["Namespace"].startswith("AWS/")
+            alarms[props["MetricName"]] = props
+            services = {d["Value"] for d in props.get("Dimensions", []) if d["Name"] == "service"}
+            watched.setdefault(props["MetricName"], set()).update(services)
+            continue
+        stats = [m["MetricStat"] for m in props["Metrics"] if "MetricStat" in m]
+        [total] = [m for m in props["Metrics"] if m.get("ReturnData")]
+        ids = [m["Id"] for m in props["Metrics"] if "MetricStat" in m]
+        assert total["Expression"] == f"SUM([{', '.join(ids)}])"  # every series counts
+        for stat in stats:
+            metric = stat["Metric"]
+            assert metric["Namespace"] == {"Ref": "MetricsNamespace"} and stat["Stat"] == "Sum"
+            alarms[metric["MetricName"]] = props
+            watched.setdefault(metric["MetricName"], set()).update(
+                d["Value"] for d in metric["Dimensions"] if d["Name"] == "service"
+            )
+    assert watched["VerificationFailed"] == {"hypay_callback"}
+    # Money that needs a human alarms on the first occurrence, however quiet the shop, from every function that
+    # settles a Hyp transaction (callbacks, and saved-card charges in create_payment)
+    for metric, services in {
+        "AmountMismatch": {"hypay_callback", "create_payment"},
+        "PaidNotPending": {"hypay_callback", "create_payment"},
+        "CallbackNotVerifiable": {"hypay_callback"},
+        "SecondCharge": {"hypay_callback", "create_payment"},
+        "UnmatchedTransaction": {"hypay_callback", "create_payment"},
+        "ChargeOutcomeUnknown": {"create_payment"},
+        "Cleanup_payments_flagged_for_review": {"cleanup"},
+        "DatabaseConnectFailed": {"create_payment", "hypay_callback", "cleanup", "admin"},
     }.items():
         alarm = alarms[metric]
         assert (alarm["Threshold"], alarm["EvaluationPeriods"]) == (1, 1), metric
-        assert alarm["Dimensions"] == [{"Name": "service", "Value": service}], metric
+        assert watched[metric] == services, metric
         assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}], metric
+    # And the topic can be published to by CloudWatch: a key of our own that lets it (not the AWS-managed SNS key)
+    topic = resources["AlertsTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "AlertsKey"}
+    [grant] = [
+        st
+        for st in resources["AlertsKey"]["Properties"]["KeyPolicy"]["Statement"]
+        if st.get("Principal", {}).get("Service") == "cloudwatch.amazonaws.com"
+    ]
+    assert set(grant["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
     subscription = resources["AlertsEmailSubscription"]
     assert subscription["Condition"] == "HasAlertEmail" and subscription["Properties"]["Protocol"] == "email"
 
