@@ -284,6 +284,34 @@ def test_admin_cleanup_needs_the_token_and_answers_counts(admin: Env) -> None:
     assert ok.status == 200 and ok.json["purged_idempotency_records"] == 1 and ok.json["complete"] is True
 
 
+def test_a_cleanup_asked_over_http_ends_within_api_gateways_30_seconds(
+    admin: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the function has minutes left (its timeout is longer than API Gateway waits for an answer)
+    from ops.template import load, load_module
+
+    monkeypatch.setattr(LocalLambdaContext, "get_remaining_time_in_millis", lambda self: 110_000)
+    module = load_module(load().functions[CLEANUP])
+    budgets: list[int] = []
+    real = module.run_cleanup
+
+    def watched(db: Database, **kwargs: object) -> object:
+        budgets.append(kwargs["time_left_ms"]())  # type: ignore[operator]
+        return real(db, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "run_cleanup", watched)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    # When it is asked over HTTP, its batches get at most the budget that answers within 30 s
+    assert invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers=headers).status == 200
+    assert 0 < budgets[-1] <= module.HTTP_BUDGET_MS < 30_000
+    # While the hourly run (EventBridge) uses the function's whole time
+    module.lambda_handler(
+        {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}},
+        LocalLambdaContext(function_name=CLEANUP, timeout_seconds=120),
+    )
+    assert budgets[-1] == 110_000
+
+
 def test_admin_token_from_secrets_manager(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     with mock_aws():
         client = boto3.client("secretsmanager", region_name="eu-west-1")
