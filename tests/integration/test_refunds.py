@@ -369,3 +369,49 @@ def test_a_lost_answer_to_the_attempts_commit_still_asks_hyp_once(
         env.sim.refunded.get(txn.id) == 4990
         and env.sim.calls.count("zikoyAPI") + env.sim.calls.count("CancelTrans") == 2
     )
+
+
+def test_two_writers_of_one_refund_outcome_never_collide(env: Env, admin: Admin) -> None:
+    # Given an attempted refund, and another writer holding its payment (an invocation storing Hyp's answer after
+    # the first one's in-progress expiry, say)
+    import time
+
+    from payments.domain.refund import RefundStatus
+    from tests.support.pg import connect
+
+    pid, txn = paid(env)
+    [[rid]] = env.rows(
+        "INSERT INTO refunds (payment_id, original_hypay_id, method, amount, currency, status, reason,"
+        " idempotency_key, admin) VALUES (:p::uuid, :h, 'refund', 10, 'ILS', 'attempted', 'race', 'race-1', 'alice')"
+        " RETURNING id::text",
+        p=pid,
+        h=txn.id,
+    )
+    holder = connect(env.url)
+    holder.run("BEGIN")
+    holder.run("SELECT 1 FROM payments WHERE id = :p::uuid FOR UPDATE", p=pid)
+    result: dict[str, Any] = {}
+
+    def store_unknown() -> None:
+        try:
+            result["row"] = RefundsStore(admin.db).not_moved_or_unknown(
+                uuid.UUID(rid), status=RefundStatus.UNKNOWN, ccode=None, message="answer lost", audit=None
+            )
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            result["error"] = exc
+
+    writer = threading.Thread(target=store_unknown)
+    writer.start()
+    # When this one has read the refund and waits for the payment, the other stores its outcome and commits
+    deadline = time.monotonic() + 10
+    while not env.rows("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0]:
+        assert time.monotonic() < deadline, "the writer never waited for the payment"
+        time.sleep(0.02)
+    holder.run("UPDATE refunds SET status = 'refused', ccode = 33 WHERE id = :r::uuid", r=rid)
+    holder.run("COMMIT")
+    holder.close()
+    writer.join(timeout=10)
+    # Then the second writer answers the outcome stored first, and writes nothing over it (no error, no 500)
+    assert "error" not in result, result
+    assert result["row"].status == RefundStatus.REFUSED
+    assert env.rows("SELECT status, ccode FROM refunds WHERE id = :r::uuid", r=rid) == [["refused", 33]]

@@ -213,6 +213,14 @@ class RefundsStore:
 
     # -- before Hyp is asked ------------------------------------------------------------------
 
+    @staticmethod
+    def _first_read(tx: Transaction, refund_id: UUID) -> RefundRow:
+        """The refund as read before its payment is locked: which payment to lock. Every writer of an outcome
+        locks the payment first, so the row is read again after `_target`: a writer that held the lock meanwhile
+        has committed, and a second outcome is never written over the first (nor a conditional update left with
+        no row)."""
+        return _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])
+
     def _target(self, tx: Transaction, payment_id: UUID, hypay_id: str | None, me: UUID | None) -> Target:
         rows = tx.run(bind(_LOCK_PAYMENT, id=str(payment_id)))
         if not rows:
@@ -309,9 +317,10 @@ class RefundsStore:
         """In one transaction: the row, the journal, the credits taken back (never below zero), the audit."""
 
         def work(tx: Transaction) -> Finished:
-            current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])
+            current = self._first_read(tx, refund_id)
             target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
-            if current.status != RefundStatus.ATTEMPTED:  # stored before (a retried transaction): as it is
+            current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])  # as it is once the payment is ours
+            if current.status != RefundStatus.ATTEMPTED:  # stored before (retried, or another writer): as it is
                 return self._finished(current, target, shortfall=0, balance=None)
             granted = int(tx.run(bind(_GRANTED, id=str(current.payment_id)))[0][0]) if target.pays_the_payment else 0
             due = credits_to_take(granted, target.original.minor, target.refunded.minor, current.amount.minor)
@@ -403,8 +412,9 @@ class RefundsStore:
         """refused (Hyp said no, or was never asked), or unknown (the answer was lost), with the audit row."""
 
         def work(tx: Transaction) -> RefundRow:
-            current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])
+            current = self._first_read(tx, refund_id)
             target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
+            current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])  # as it is once the payment is ours
             if current.status != RefundStatus.ATTEMPTED:
                 return current
             row = _row(
