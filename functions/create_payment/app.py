@@ -52,7 +52,8 @@ _PROBLEMS: dict[int, Any] = {
     ),
     404: problem_json("Unknown credit pack, or the user has no profile."),
     409: problem_json(
-        "Inactive pack, no saved card, or the first request with this key is still running (then Retry-After).",
+        "Inactive pack, no saved card, the payment expired before its saved card was charged (nothing charged: use a"
+        " new key), or the first request with this key is still running (then Retry-After).",
         headers=retry_after(required=False),
     ),
     415: UNSUPPORTED_MEDIA_TYPE,

@@ -277,6 +277,26 @@ def test_a_bug_while_hyp_is_asked_sends_the_charge_to_review(
     assert env.sim.calls.count("soft") == 1
 
 
+def test_a_payment_expired_before_its_charge_was_marked_is_a_409_with_nothing_charged(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the cleanup expires the (reused) pending payment just before this attempt marks its charge
+    from payments.adapters.payments_store import PaymentsStore
+
+    mark = PaymentsStore.mark_charge_attempt
+
+    def expired_first(self: PaymentsStore, payment_id: object, attempt_id: object) -> bool:
+        env.rows("UPDATE payments SET status = 'expired' WHERE id = :p::uuid", p=str(payment_id))
+        return mark(self, payment_id, attempt_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PaymentsStore, "mark_charge_attempt", expired_first)
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-expired")
+    # Then a 409 that says nothing was charged and to use a new key (not 202 "being confirmed, do not retry")
+    assert answer.status == 409 and "never charged" in answer.json["detail"], answer.body
+    assert env.sim.calls.count("soft") == 0
+    assert env.rows("SELECT count(*) FROM payments WHERE charge_attempt_id IS NOT NULL") == [[0]]
+
+
 def _expire_in_progress_records(env: Env) -> None:
     """As if the invocation holding the key ran out of time: its in-progress expiry is past."""
     env.rows("UPDATE idempotency_keys SET in_progress_expiry_timestamp = 1 WHERE status = 'pending'")

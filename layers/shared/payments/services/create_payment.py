@@ -205,6 +205,12 @@ class CreatePayment:
             state = store.charge_state(payment_id)
             if state is None:
                 raise NotFound("the payment disappeared")
+            if state.charge_attempt_id is None and state.status in (PaymentStatus.EXPIRED, PaymentStatus.FAILED):
+                # Nobody asked Hyp to charge it: it ended (the cleanup expired a reused pending payment) before
+                # this attempt could be marked. Nothing was charged, so not "being confirmed": a new key may buy.
+                raise Conflict(
+                    f"the payment is {state.status} and its card was never charged; retry with a new Idempotency-Key"
+                )
             return self._charge_outcome(state, pack)
         try:
             charge = self.deps.gateway.charge_token(
