@@ -298,3 +298,20 @@ def test_route_settings_name_only_routes_every_stage_has() -> None:
                 always.add(f"{event['Properties']['Method']} {event['Properties']['Path']}")
     named = set(resources["HttpApi"]["Properties"]["RouteSettings"])
     assert named <= always, named - always
+
+
+def test_secret_arns_must_be_full_arns_and_timeouts_fit_the_functions_timeout() -> None:
+    # A secret's name or partial ARN would make an IAM resource that matches nothing: every read denied at run time
+    import re
+
+    params = _template()["Parameters"]
+    for name in ("DbSecretArn", "HypaySecretArn", "AdminTokenSecretArn", "JwtSecretArn"):
+        pattern = re.compile(params[name]["AllowedPattern"])
+        assert pattern.fullmatch(""), name
+        assert pattern.fullmatch("arn:aws:secretsmanager:eu-west-1:123456789012:secret:payments/prod/db-AbC123"), name
+        for wrong in ("payments/prod/db", "arn:aws:secretsmanager:eu-west-1:secret:db", "arn:aws:s3:::bucket"):
+            assert not pattern.fullmatch(wrong), (name, wrong)
+    # Hyp's and the database's waits stay within the API functions' 20 s
+    timeout = _template()["Globals"]["Function"]["Timeout"]
+    for name in ("HypayTimeout", "HypayBudget", "DbQueryTimeout", "DbConnectTimeout"):
+        assert params[name]["MaxValue"] < timeout, name
