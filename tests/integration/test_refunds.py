@@ -168,6 +168,25 @@ def test_cancel_refused_after_transmission_refunds_once_instead(env: Env, backen
     assert refunds(env, pid) == [["succeeded", "refund", "49.90", 0, 100]]
 
 
+def test_a_terminal_that_may_not_cancel_refunds_instead(
+    env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a same-day full refund on a terminal without the cancel permission (Hyp answers CancelTrans 901)
+    monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
+    pid, txn = paid(env)
+    env.sim.faults.add("CancelTrans", "ccode", ccode=901)
+    today = Admin(env, backend_login, later=dt.timedelta(0))
+    try:
+        answer = today.refund(pid, "c-901")
+    finally:
+        today.close()
+    # Then the same attempt refunds by zikoyAPI, once (not a 503 until the next day)
+    assert answer.status == 201 and answer.body["method"] == "refund", answer.body
+    assert env.sim.calls.count("CancelTrans") == 1 and env.sim.calls.count("zikoyAPI") == 1
+    assert env.sim.refund_count() == 1 and txn.id not in env.sim.cancelled
+    assert refunds(env, pid) == [["succeeded", "refund", "49.90", 0, 100]]
+
+
 def test_partial_refunds_take_credits_in_proportion_and_never_more_than_paid(env: Env, admin: Admin) -> None:
     pid, txn = paid(env)
     first = admin.refund(pid, "p-1", "20.00")

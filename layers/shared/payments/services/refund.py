@@ -58,6 +58,7 @@ from payments.observability import logger, metrics
 from payments.services.keyed import Answer, Keyed
 
 CANNOT_CANCEL = 920  # CancelTrans: already transmitted, or no such transaction (Hyp's cancellation page)
+NOT_PERMITTED = 901  # the terminal has no permission for this action (here: CancelTrans)
 DUPLICATE_TRANSACTION = 425
 
 # Hyp's refusals of a refund or cancellation, in words for the operator.
@@ -287,10 +288,12 @@ class Refunds:
         if row.method == Method.CANCEL:
             try:
                 return gateway.cancel(row.original_hypay_id)
-            except GatewayRejected as exc:
-                if exc.ccode != CANNOT_CANCEL:
+            except (GatewayRejected, GatewayAuthenticationError) as exc:
+                # Not cancellable (transmitted: 920), or this terminal may not cancel (901, a permission Hyp grants
+                # per terminal; otherwise every same-day full refund would wait for the next day): nothing moved.
+                # The same attempt becomes a refund, recorded first. 902 (our credentials) is raised: not yet.
+                if exc.ccode not in (CANNOT_CANCEL, NOT_PERMITTED):
                     raise
-                # Not cancellable (transmitted): nothing moved. The same attempt becomes a refund, recorded first.
                 if (
                     self.deps.store.switch_to_refund(row.id, f"CancelTrans refused (CCode {exc.ccode}); refunded")
                     is None
