@@ -13,7 +13,7 @@
 3. refunds the first payment (alongside the charges) and/or some charged ones (`POST /admin/payments/{id}/refund`):
    all of it (a same-day `CancelTrans`), part of it, part then the rest, two different keys racing for more
    than was paid, or the same key sent at once, while `zikoyAPI` / `CancelTrans` fail the same ways (and
-   CCode 920: not cancellable).
+   CCode 920: not cancellable, 901: this terminal may not cancel).
 
 Around the charges and refunds: the functions' database connections terminated (once, or again and again for
 half a second) while Hyp is asked, or a worker of the function serving the call SIGKILLed once the simulator

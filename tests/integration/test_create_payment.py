@@ -297,6 +297,27 @@ def test_a_payment_expired_before_its_charge_was_marked_is_a_409_with_nothing_ch
     assert env.rows("SELECT count(*) FROM payments WHERE charge_attempt_id IS NOT NULL") == [[0]]
 
 
+def test_a_retry_after_the_cleanup_expired_the_uncharged_payment_is_the_same_409(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a saved-card purchase that failed before its charge (our Hyp credentials unreadable: 503, key released)
+    from payments.adapters.hypay import HypayClient
+    from payments.errors import GatewayNotAsked
+
+    def not_asked(self: HypayClient, *args: object, **kwargs: object) -> object:
+        raise GatewayNotAsked("credentials unreadable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(HypayClient, "charge_token", not_asked)
+        assert post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-later").status == 503
+    # And its pending payment expired by the cleanup before the client retried with the key
+    env.rows("UPDATE payments SET status = 'expired' WHERE status = 'pending' AND charge_attempt_id IS NULL")
+    again = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-later")
+    # Then the same 409 as when it expires during the attempt: nothing charged, use a new key
+    assert again.status == 409 and "never charged" in again.json["detail"], again.body
+    assert env.sim.calls.count("soft") == 0
+
+
 def _expire_in_progress_records(env: Env) -> None:
     """As if the invocation holding the key ran out of time: its in-progress expiry is past."""
     env.rows("UPDATE idempotency_keys SET in_progress_expiry_timestamp = 1 WHERE status = 'pending'")

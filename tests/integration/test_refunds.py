@@ -423,7 +423,11 @@ def test_two_writers_of_one_refund_outcome_never_collide(env: Env, admin: Admin)
     writer.start()
     # When this one has read the refund and waits for the payment, the other stores its outcome and commits
     deadline = time.monotonic() + 10
-    while not env.rows("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0]:
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        " AND position('FOR UPDATE' IN query) > 0 AND position('public.payments' IN query) > 0"
+    )
+    while not env.rows(waiting)[0][0]:
         assert time.monotonic() < deadline, "the writer never waited for the payment"
         time.sleep(0.02)
     holder.run("UPDATE refunds SET status = 'refused', ccode = 33 WHERE id = :r::uuid", r=rid)
@@ -434,3 +438,28 @@ def test_two_writers_of_one_refund_outcome_never_collide(env: Env, admin: Admin)
     assert "error" not in result, result
     assert result["row"].status == RefundStatus.REFUSED
     assert env.rows("SELECT status, ccode FROM refunds WHERE id = :r::uuid", r=rid) == [["refused", 33]]
+
+
+def test_hyps_success_answer_settles_a_refund_another_writer_stored_as_unknown(env: Env, admin: Admin) -> None:
+    # Given an attempted refund that another invocation stored as unknown (its answer from Hyp was lost)
+    from payments.domain.refund import RefundStatus
+
+    pid, txn = paid(env)
+    before = env.credits()
+    [[rid]] = env.rows(
+        "INSERT INTO refunds (payment_id, original_hypay_id, method, amount, currency, status, reason,"
+        " idempotency_key, admin) VALUES (:p::uuid, :h, 'refund', 49.90, 'ILS', 'unknown', 'late', 'late-1', 'alice')"
+        " RETURNING id::text",
+        p=pid,
+        h=txn.id,
+    )
+    # When the invocation holding Hyp's success answer stores it
+    finished = RefundsStore(admin.db).succeeded(
+        uuid.UUID(rid), hypay_refund_id="77777", approval_code="0012345", audit=lambda tx, before, after: None
+    )
+    # Then the refund is succeeded with Hyp's refund Id and the credits are taken back, once
+    assert finished.row.status == RefundStatus.SUCCEEDED
+    assert env.rows("SELECT status, hypay_refund_id, credits_taken FROM refunds WHERE id = :r::uuid", r=rid) == [
+        ["succeeded", "77777", 100]
+    ]
+    assert env.credits() == before - 100

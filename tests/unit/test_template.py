@@ -312,6 +312,11 @@ def test_secret_arns_must_be_full_arns_and_timeouts_fit_the_functions_timeout() 
         for wrong in ("payments/prod/db", "arn:aws:secretsmanager:eu-west-1:secret:db", "arn:aws:s3:::bucket"):
             assert not pattern.fullmatch(wrong), (name, wrong)
     # Hyp's and the database's waits stay within the API functions' 20 s
-    timeout = _template()["Globals"]["Function"]["Timeout"]
+    template = _template()
+    timeout = template["Globals"]["Function"]["Timeout"]
     for name in ("HypayTimeout", "HypayBudget", "DbQueryTimeout", "DbConnectTimeout"):
         assert params[name]["MaxValue"] < timeout, name
+    # And the admin function's same-day refund may ask Hyp twice in a row (CancelTrans refused, then zikoyAPI):
+    # both fit, with room for the database, under API Gateway's 30 s
+    admin = template["Resources"]["AdminFunction"]["Properties"]["Timeout"]
+    assert 2 * params["HypayTimeout"]["MaxValue"] + 5 <= admin < 30

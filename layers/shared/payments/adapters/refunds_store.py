@@ -144,6 +144,9 @@ UPDATE public.refunds SET status = :status, hypay_refund_id = :hyp, ccode = :cco
  WHERE id = :rid::uuid AND status = 'attempted'
 RETURNING {_COLUMNS}"""
 
+# Hyp's success answer settles a refund stored as unknown by another writer meanwhile (its answer had been lost).
+_SUCCEEDED_OUTCOME = _OUTCOME.replace("AND status = 'attempted'", "AND status IN ('attempted', 'unknown')")
+
 _SWITCH = f"""
 UPDATE public.refunds SET method = 'refund', message = :message, updated_at = now()
  WHERE id = :rid::uuid AND status = 'attempted' AND method = 'cancel'
@@ -320,7 +323,9 @@ class RefundsStore:
             current = self._first_read(tx, refund_id)
             target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
             current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])  # as it is once the payment is ours
-            if current.status != RefundStatus.ATTEMPTED:  # stored before (retried, or another writer): as it is
+            if current.status not in (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN):
+                # Stored before (retried, or another writer's outcome): as it is. An unknown one is settled by this
+                # answer: 'unknown' only meant that Hyp's answer was lost, and here it is.
                 return self._finished(current, target, shortfall=0, balance=None)
             granted = int(tx.run(bind(_GRANTED, id=str(current.payment_id)))[0][0]) if target.pays_the_payment else 0
             due = credits_to_take(granted, target.original.minor, target.refunded.minor, current.amount.minor)
@@ -336,7 +341,7 @@ class RefundsStore:
             row = _row(
                 tx.run(
                     bind(
-                        _OUTCOME,
+                        _SUCCEEDED_OUTCOME,
                         rid=str(refund_id),
                         status="succeeded",
                         hyp=hypay_refund_id,

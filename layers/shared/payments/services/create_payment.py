@@ -141,6 +141,8 @@ class CreatePayment:
         payment_id = opened.id
         pack = dataclasses.replace(pack, price=opened.amount, credits=opened.credits or pack.credits)
         if not opened.created:
+            if card is not None:
+                _refuse_if_never_charged(opened)
             earlier = self._earlier_attempt(opened, pack)
             if earlier is not None:
                 return earlier
@@ -205,12 +207,7 @@ class CreatePayment:
             state = store.charge_state(payment_id)
             if state is None:
                 raise NotFound("the payment disappeared")
-            if state.charge_attempt_id is None and state.status in (PaymentStatus.EXPIRED, PaymentStatus.FAILED):
-                # Nobody asked Hyp to charge it: it ended (the cleanup expired a reused pending payment) before
-                # this attempt could be marked. Nothing was charged, so not "being confirmed": a new key may buy.
-                raise Conflict(
-                    f"the payment is {state.status} and its card was never charged; retry with a new Idempotency-Key"
-                )
+            _refuse_if_never_charged(state)
             return self._charge_outcome(state, pack)
         try:
             charge = self.deps.gateway.charge_token(
@@ -317,6 +314,16 @@ class CreatePayment:
     def _unknown(self, payment_id: UUID, reason: str) -> dict[str, Any]:
         self._outcome_unknown(payment_id, f"saved-card charge outcome unknown ({reason})")
         return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
+
+
+def _refuse_if_never_charged(payment: OpenedPayment) -> None:
+    """A saved-card purchase whose payment ended before any charge was marked (the cleanup expired a reused pending
+    payment, between two attempts with the key or just before this one marked its charge): nothing was charged, so
+    not "being confirmed" (202) nor the ended payment (201) - 409, a new key may buy."""
+    if payment.charge_attempt_id is None and payment.status in (PaymentStatus.EXPIRED, PaymentStatus.FAILED):
+        raise Conflict(
+            f"the payment is {payment.status} and its card was never charged; retry with a new Idempotency-Key"
+        )
 
 
 DUPLICATE_TRANSACTION = 425

@@ -161,13 +161,13 @@ def keep_unverified(db: Database, raw_query: str, *, source: Source, reason: str
         Journal(db).record_unverified(
             callback.transaction(source, verified=False), detail=reason, raw_callback=raw_query
         )
-    except (PaymentError, ValueError) as exc:  # ValueError: a value no database text can hold (a NUL)
+    except PaymentError as exc:
         logger.error(
             "unverified hypay callback not kept",
             extra={
                 "hypay_transaction_id": callback.transaction_id,
                 "payment_id": str(callback.payment_id) if callback.payment_id else None,
-                "reason": exc.code if isinstance(exc, PaymentError) else type(exc).__name__,
+                "reason": exc.code,
             },
         )
         return

@@ -339,6 +339,8 @@ class Refunds:
             approval_code=reversal.approval_code,
             audit=self._audit(row, scope),
         )
+        if finished.row.status == RefundStatus.REFUSED:  # another writer's outcome, stored first: answered as it is
+            return _refused_answer(finished.row)
         metrics.add_metric(name="RefundsSucceeded", unit=MetricUnit.Count, value=1)
         if finished.credits_shortfall:
             metrics.add_metric(name="RefundCreditsShortfall", unit=MetricUnit.Count, value=finished.credits_shortfall)
