@@ -154,36 +154,27 @@ def test_same_day_full_refund_is_a_cancellation(env: Env, backend_login: str, mo
     assert "cancelled (CancelTrans)" in detail
 
 
-def test_cancel_refused_after_transmission_refunds_once_instead(env: Env, backend_login: str) -> None:
+@pytest.mark.parametrize("refusal", ["920: already transmitted", "901: this terminal may not cancel"])
+def test_a_cancellation_hyp_refuses_refunds_once_instead(
+    env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    # Given a same-day full refund whose CancelTrans Hyp refuses: the day's transmission went out early (920), or
+    # the terminal has no cancel permission (901)
+    monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
     pid, txn = paid(env)
-    env.sim.transmit(txn.id)  # the day's transmission went out early: CancelTrans answers 920
+    if refusal.startswith("920"):
+        env.sim.transmit(txn.id)
+    else:
+        env.sim.faults.add("CancelTrans", "ccode", ccode=901)
     today = Admin(env, backend_login, later=dt.timedelta(0))
     try:
         answer = today.refund(pid, "c-2")
     finally:
         today.close()
+    # Then nothing moved by it, and the same attempt refunds by zikoyAPI, once (901: not a 503 until the next day)
     assert answer.status == 201 and answer.body["method"] == "refund", answer.body
     assert env.sim.calls.count("CancelTrans") == 1 and env.sim.calls.count("zikoyAPI") == 1
-    assert env.sim.refund_count() == 1  # one money movement
-    assert refunds(env, pid) == [["succeeded", "refund", "49.90", 0, 100]]
-
-
-def test_a_terminal_that_may_not_cancel_refunds_instead(
-    env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a same-day full refund on a terminal without the cancel permission (Hyp answers CancelTrans 901)
-    monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
-    pid, txn = paid(env)
-    env.sim.faults.add("CancelTrans", "ccode", ccode=901)
-    today = Admin(env, backend_login, later=dt.timedelta(0))
-    try:
-        answer = today.refund(pid, "c-901")
-    finally:
-        today.close()
-    # Then the same attempt refunds by zikoyAPI, once (not a 503 until the next day)
-    assert answer.status == 201 and answer.body["method"] == "refund", answer.body
-    assert env.sim.calls.count("CancelTrans") == 1 and env.sim.calls.count("zikoyAPI") == 1
-    assert env.sim.refund_count() == 1 and txn.id not in env.sim.cancelled
+    assert env.sim.refund_count() == 1 and txn.id not in env.sim.cancelled  # one money movement
     assert refunds(env, pid) == [["succeeded", "refund", "49.90", 0, 100]]
 
 
@@ -390,6 +381,21 @@ def test_a_lost_answer_to_the_attempts_commit_still_asks_hyp_once(
     )
 
 
+def _refund_row(env: Env, pid: str, hypay_id: str, *, amount: str, status: str) -> str:
+    """A refund row as an earlier invocation left it (by zikoyAPI, in ILS); its id."""
+    [[rid]] = env.rows(
+        "INSERT INTO refunds (payment_id, original_hypay_id, method, amount, currency, status, reason,"
+        " idempotency_key, admin) VALUES (:p::uuid, :h, 'refund', :a::numeric, 'ILS', :s, 'earlier', :k, 'alice')"
+        " RETURNING id::text",
+        p=pid,
+        h=hypay_id,
+        a=amount,
+        s=status,
+        k=f"earlier-{status}",
+    )
+    return str(rid)
+
+
 def test_two_writers_of_one_refund_outcome_never_collide(env: Env, admin: Admin) -> None:
     # Given an attempted refund, and another writer holding its payment (an invocation storing Hyp's answer after
     # the first one's in-progress expiry, say)
@@ -399,13 +405,7 @@ def test_two_writers_of_one_refund_outcome_never_collide(env: Env, admin: Admin)
     from tests.support.pg import connect
 
     pid, txn = paid(env)
-    [[rid]] = env.rows(
-        "INSERT INTO refunds (payment_id, original_hypay_id, method, amount, currency, status, reason,"
-        " idempotency_key, admin) VALUES (:p::uuid, :h, 'refund', 10, 'ILS', 'attempted', 'race', 'race-1', 'alice')"
-        " RETURNING id::text",
-        p=pid,
-        h=txn.id,
-    )
+    rid = _refund_row(env, pid, txn.id, amount="10", status="attempted")
     holder = connect(env.url)
     holder.run("BEGIN")
     holder.run("SELECT 1 FROM payments WHERE id = :p::uuid FOR UPDATE", p=pid)
@@ -446,13 +446,7 @@ def test_hyps_success_answer_settles_a_refund_another_writer_stored_as_unknown(e
 
     pid, txn = paid(env)
     before = env.credits()
-    [[rid]] = env.rows(
-        "INSERT INTO refunds (payment_id, original_hypay_id, method, amount, currency, status, reason,"
-        " idempotency_key, admin) VALUES (:p::uuid, :h, 'refund', 49.90, 'ILS', 'unknown', 'late', 'late-1', 'alice')"
-        " RETURNING id::text",
-        p=pid,
-        h=txn.id,
-    )
+    rid = _refund_row(env, pid, txn.id, amount="49.90", status="unknown")
     # When the invocation holding Hyp's success answer stores it
     finished = RefundsStore(admin.db).succeeded(
         uuid.UUID(rid), hypay_refund_id="77777", approval_code="0012345", audit=lambda tx, before, after: None
