@@ -66,6 +66,16 @@ HTTP_DEADLINE_MS = 25_000
 _AFTER_THE_BATCHES_MS = 2_000
 
 
+def _arrived_ms() -> int:
+    """When API Gateway received the request (its timeEpoch, ms); now for an event without one, or one no client
+    can still be waiting for (a sample event replayed by `sam local invoke`, a clock far off)."""
+    now = int(time.time() * 1000)
+    epoch = app.current_event.raw_event.get("requestContext", {}).get("timeEpoch")
+    if isinstance(epoch, int) and now - HTTP_DEADLINE_MS < epoch <= now + 5_000:
+        return epoch
+    return now
+
+
 def _cleanup(context: Any, *, arrived_ms: int | None = None) -> CleanupReport:
     remaining = getattr(context, "get_remaining_time_in_millis", None) or (lambda: 60_000)
     time_left_ms = remaining
@@ -121,8 +131,7 @@ def admin_cleanup() -> Response[Any]:
     admin = _admin()
     if admin is None:
         return _unauthorized()
-    arrived = app.current_event.request_context.time_epoch  # ms, when API Gateway received the request
-    report = _cleanup(app.lambda_context, arrived_ms=arrived or int(time.time() * 1000)).as_dict()
+    report = _cleanup(app.lambda_context, arrived_ms=_arrived_ms()).as_dict()
     # The audit trail: who ran it, and what it changed (the cleanup's own batches commit as they go).
     key = app.current_event.headers.get("idempotency-key")
     audit.record(

@@ -319,6 +319,37 @@ def test_a_cleanup_asked_over_http_ends_within_api_gateways_30_seconds(
     assert budgets[-1] == 110_000
 
 
+@pytest.mark.parametrize("epoch", [None, 1_000], ids=["no timeEpoch", "a sample event's old timeEpoch"])
+def test_an_http_cleanup_counts_from_now_when_the_event_cannot_say_when_it_arrived(
+    admin: Env, epoch: int | None
+) -> None:
+    from ops.local_api import build_event
+    from ops.template import load_handler
+    from tests.support.api import TEMPLATE
+
+    event = build_event(
+        method="POST",
+        target="/admin/cleanup-idempotency",
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+        body=b"",
+        source_ip="203.0.113.7",
+        route_key="POST /admin/cleanup-idempotency",
+        path_parameters={},
+        claims=None,
+    )
+    if epoch is None:
+        del event["requestContext"]["timeEpoch"]
+    else:
+        event["requestContext"]["timeEpoch"] = epoch
+    admin.rows("INSERT INTO idempotency_keys (key, status, expiry_timestamp) VALUES ('fn#old', 'completed', 1)")
+    handler = load_handler(TEMPLATE.functions[CLEANUP])
+    result = handler(event, LocalLambdaContext(function_name=CLEANUP, timeout_seconds=120))
+    # Not a 500, nor a run whose deadline passed before it began: it purges
+    assert result["statusCode"] == 200, result
+    report = json.loads(result["body"])
+    assert report["complete"] is True and report["purged_idempotency_records"] == 1
+
+
 def test_admin_token_from_secrets_manager(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     with mock_aws():
         client = boto3.client("secretsmanager", region_name="eu-west-1")
