@@ -1,7 +1,8 @@
 """What the suite treats as a leaked secret or card number in a log record, a trace or a table.
 
-Values are matched standing on their own, never inside a longer word or number: an md5 in hex
-holds any four digits (the tests' CVV) and sometimes sixteen in a row (a card number) by chance.
+Values are matched standing on their own, never inside a longer word, number or hyphenated id: an md5 in
+hex holds any four digits (the tests' CVV) and sometimes sixteen in a row (a card number) by chance, and
+a random UUID's second group is the CVV once in 65,536 (`27edc178-7319-4e35-...`: a payment id).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ FORBIDDEN = (
     "local-admin-token",
 )
 
-_BEFORE = r"(?<![0-9A-Za-z_.])"
-_AFTER = r"(?![0-9A-Za-z_.])"
+_BEFORE = r"(?<![0-9A-Za-z_.-])"
+_AFTER = r"(?![0-9A-Za-z_.-])"
 # A card number (16 digits) or a Hyp card token (19 digits, starting with 4).
 _CARD_OR_TOKEN = re.compile(_BEFORE + r"(\d{16}|4\d{18})" + _AFTER)
 
@@ -36,7 +37,7 @@ def standing(value: str) -> re.Pattern[str]:
 
 # The same as a PostgreSQL regular expression, for searching rows as text (POSIX: no lookaround).
 def pg_standing(value: str) -> str:
-    return "(^|[^0-9A-Za-z_.])" + re.escape(value) + "([^0-9A-Za-z_.]|$)"
+    return "(^|[^0-9A-Za-z_.-])" + re.escape(value) + "([^0-9A-Za-z_.-]|$)"
 
 
 def holds(text: str, value: str) -> bool:

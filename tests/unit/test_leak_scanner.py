@@ -71,6 +71,7 @@ def test_the_simulators_test_terminal_and_cards_are_searched_for() -> None:
         ("request_hash 9c07319ab0e2", False),  # inside a hex digest
         ("at 1795673191234", False),
         ("took 0.7319 s", False),
+        ("payment 27edc178-7319-4e35-ad53-3577a422df96", False),  # a UUID's group, by chance
     ],
 )
 def test_a_short_value_counts_only_standing_alone(text: str, found: bool) -> None:
