@@ -183,6 +183,29 @@ def test_rate_limit_per_user_is_429_with_retry_after(env: Env, monkeypatch: pyte
     assert limited.status == 429 and 1 <= int(limited.headers["retry-after"]) <= 60
     assert post({"credit_pack_id": STARTER}, key="rl-x", user=OTHER_USER).status == 201  # per user
     assert len(env.payments()) == 4
+    # A refused request writes nothing: the 429 itself does not count
+    windows = env.rows("SELECT bucket, count, last_request FROM rate_limits ORDER BY bucket")
+    assert post({"credit_pack_id": STARTER}, key="rl-4").status == 429
+    assert env.rows("SELECT bucket, count, last_request FROM rate_limits ORDER BY bucket") == windows
+
+
+def test_requests_refused_before_any_payment_do_not_count_against_the_rate(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a limit of 2 payments a window
+    monkeypatch.setenv("CREATE_PAYMENT_RATE_LIMIT", "2")
+    reset_function_state(FN)
+    from payments.settings import api_settings
+
+    api_settings.cache_clear()
+    # When the web app asks for a retired pack, an unknown one, and a saved card the user has none of, many times
+    for i in range(5):
+        assert post({"credit_pack_id": LEGACY}, key=f"old-{i}").status == 409
+        assert post({"credit_pack_id": str(uuid.uuid4())}, key=f"unknown-{i}").status == 404
+        assert post({"credit_pack_id": STARTER, "saved_card": True, "cvv": CVV}, key=f"card-{i}").status == 409
+    # Then nothing was written, and the user can still buy
+    assert env.rows("SELECT count(*) FROM rate_limits") == [[0]]
+    assert post({"credit_pack_id": STARTER}, key="real-1").status == 201
 
 
 def test_get_payment_for_its_owner(env: Env) -> None:

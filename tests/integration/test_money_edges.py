@@ -200,13 +200,13 @@ def test_a_resent_rate_limit_statement_counts_the_request_once(env: Env, monkeyp
     try:
         # Given the counting upsert ran, then its answer was lost (the connection dropped): Database.run resends
         with injector.invocation(at=0, fault="drop_after"):
-            count, _ = store.hit_rate_limit("create_payment:resend", 3600, request="key-1")
+            count, _ = store.hit_rate_limit("create_payment:resend", 3600, request="key-1", limit=10)
         assert injector.fired is not None and not injector.problems
         # Then the request was counted once, and a different request counts as the second
         assert count == 1
-        assert store.hit_rate_limit("create_payment:resend", 3600, request="key-2")[0] == 2
+        assert store.hit_rate_limit("create_payment:resend", 3600, request="key-2", limit=10)[0] == 2
         # And a client's retry with the same key right after is the same request
-        assert store.hit_rate_limit("create_payment:resend", 3600, request="key-2")[0] == 2
+        assert store.hit_rate_limit("create_payment:resend", 3600, request="key-2", limit=10)[0] == 2
     finally:
         admin.close()
 

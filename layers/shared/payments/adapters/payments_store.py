@@ -305,25 +305,33 @@ class PaymentsStore:
             )
         )
 
-    def hit_rate_limit(self, bucket: str, window_seconds: int, request: str) -> tuple[int, int]:
-        """Count `request` in the current fixed window (one atomic statement, the database's clock).
+    def hit_rate_limit(self, bucket: str, window_seconds: int, request: str, *, limit: int) -> tuple[int, int]:
+        """Count `request` in the current fixed window, unless the window already holds `limit` requests (one
+        atomic statement, the database's clock): a refused request writes nothing.
 
         Safe to send twice (Database.run resends after a dropped connection): the same request as the window's
-        last one is not counted again. Returns (requests in this window so far, seconds until the window ends).
+        last one is not counted again. Returns (requests in this window with this one: more than `limit` when it
+        is refused, seconds until the window ends).
         """
         rows = self.db.run(
             bind(
                 """
-            INSERT INTO public.rate_limits AS r (bucket, window_start, count, last_request)
-            VALUES (:bucket, to_timestamp(floor(extract(epoch FROM now()) / :w) * :w), 1, :request)
-            ON CONFLICT (bucket, window_start) DO UPDATE
-               SET count = r.count + (r.last_request IS DISTINCT FROM EXCLUDED.last_request)::int,
-                   last_request = EXCLUDED.last_request
-            RETURNING count,
-                      GREATEST(1, ceil(extract(epoch FROM r.window_start) + :w - extract(epoch FROM now())))::int""",
+            WITH w AS (SELECT to_timestamp(floor(extract(epoch FROM now()) / :w) * :w) AS start),
+            hit AS (
+                INSERT INTO public.rate_limits AS r (bucket, window_start, count, last_request)
+                SELECT :bucket, w.start, 1, :request FROM w
+                ON CONFLICT (bucket, window_start) DO UPDATE
+                   SET count = r.count + (r.last_request IS DISTINCT FROM EXCLUDED.last_request)::int,
+                       last_request = EXCLUDED.last_request
+                 WHERE r.count < :limit OR r.last_request IS NOT DISTINCT FROM EXCLUDED.last_request
+                RETURNING count)
+            SELECT COALESCE((SELECT count FROM hit), :limit + 1),
+                   GREATEST(1, ceil(extract(epoch FROM w.start) + :w - extract(epoch FROM now())))::int
+              FROM w""",
                 bucket=bucket,
                 w=window_seconds,
                 request=request,
+                limit=limit,
             )
         )
         return int(rows[0][0]), int(rows[0][1])

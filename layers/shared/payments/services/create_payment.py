@@ -111,14 +111,8 @@ class CreatePayment:
         request = CreatePaymentRequest.model_validate(scope["request"])
         store = self.deps.store
 
-        count, retry_after = store.hit_rate_limit(
-            f"create_payment:{user_id}", self.deps.rate_window_seconds, request=scope["key"]
-        )
-        if count > self.deps.rate_limit:
-            raise RateLimited(
-                f"at most {self.deps.rate_limit} payments per {self.deps.rate_window_seconds} s; retry later",
-                retry_after,
-            )
+        # The read-only checks first: a request refused by them (unknown or retired pack, no profile, no saved card)
+        # writes nothing, and does not count against the user's rate.
         pack, profile = store.pack_and_profile(request.credit_pack_id, user_id)
         if pack is None:
             raise NotFound(f"credit pack {request.credit_pack_id} does not exist")
@@ -129,6 +123,14 @@ class CreatePayment:
         card = store.saved_card(user_id) if request.saved_card else None
         if request.saved_card and card is None:
             raise Conflict("there is no saved card for this user; pay on the payment page instead")
+        count, retry_after = store.hit_rate_limit(
+            f"create_payment:{user_id}", self.deps.rate_window_seconds, request=scope["key"], limit=self.deps.rate_limit
+        )
+        if count > self.deps.rate_limit:
+            raise RateLimited(
+                f"at most {self.deps.rate_limit} payments per {self.deps.rate_window_seconds} s; retry later",
+                retry_after,
+            )
 
         opened = store.open_pending(
             user_id=user_id,
