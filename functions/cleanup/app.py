@@ -113,6 +113,7 @@ def _measure_review_queue() -> None:
     security=ADMIN_TOKEN,
     responses={
         200: json_answer(CleanupReport, "What the cleanup did (kept in the audit trail)."),
+        400: problem_json("An Idempotency-Key that is not printable ASCII (checked before any work)."),
         401: UNAUTHORIZED_ADMIN,
         503: UNAVAILABLE,
     },
@@ -122,7 +123,7 @@ def _measure_review_queue() -> None:
                 "header",
                 "Idempotency-Key",
                 {"type": "string"},
-                "Optional: kept in the audit trail (its first 255 characters).",
+                "Optional: kept in the audit trail (its first 255 characters); printable ASCII.",
             )
         ]
     ),
@@ -131,9 +132,12 @@ def admin_cleanup() -> Response[Any]:
     admin = _admin()
     if admin is None:
         return _unauthorized()
+    # Checked before any work: the audit row must be writable once the batches have committed.
+    key = app.current_event.headers.get("idempotency-key")
+    if key is not None and not (key.isascii() and key.isprintable()):
+        raise InvalidRequest("the Idempotency-Key header must be printable ASCII")
     report = _cleanup(app.lambda_context, arrived_ms=_arrived_ms()).as_dict()
     # The audit trail: who ran it, and what it changed (the cleanup's own batches commit as they go).
-    key = app.current_event.headers.get("idempotency-key")
     audit.record(
         default_database(),
         admin=admin,
@@ -182,6 +186,12 @@ def _invalid(exc: InvalidRequest) -> Response[Any]:
 @app.exception_handler(PaymentError)
 def _payment_error(exc: PaymentError) -> Response[Any]:
     return error_response(exc)
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response[Any]:
+    logger.exception("unhandled error")
+    return problem(500, "Internal Server Error", "something went wrong")
 
 
 def _scheduled(event: dict, context: LambdaContext) -> dict[str, Any]:

@@ -350,6 +350,15 @@ def test_an_http_cleanup_counts_from_now_when_the_event_cannot_say_when_it_arriv
     assert report["complete"] is True and report["purged_idempotency_records"] == 1
 
 
+def test_an_unprintable_idempotency_key_is_a_400_before_the_cleanup_changes_anything(admin: Env) -> None:
+    # The audit row (written after the batches commit) could not hold it: the run was a 500 with no audit row
+    admin.rows("INSERT INTO idempotency_keys (key, status, expiry_timestamp) VALUES ('fn#old', 'completed', 1)")
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Idempotency-Key": "a\x00b"}
+    answer = invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers=headers)
+    assert answer.status == 400 and "Idempotency-Key" in answer.json["detail"], answer.body
+    assert admin.rows("SELECT count(*) FROM idempotency_keys WHERE key = 'fn#old'") == [[1]]
+
+
 def test_admin_token_from_secrets_manager(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     with mock_aws():
         client = boto3.client("secretsmanager", region_name="eu-west-1")

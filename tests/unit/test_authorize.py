@@ -147,6 +147,9 @@ def test_alg_none_and_tampering_are_rejected(mode: str, issuers: dict[str, Local
     assert rejected(verify, "") == "missing"
     assert rejected(verify, "not.a.token") == "malformed"
     assert rejected(verify, "x" * 20_000) == "oversized"
+    # non-ASCII, even a lone surrogate (PyJWT raised UnicodeEncodeError: the authorizer failed, a 500)
+    assert rejected(verify, good + "\ud800") == "malformed"
+    assert rejected(verify, "\ud800") == "malformed"
 
 
 @pytest.mark.parametrize("mode", ["rs256", "es256"])

@@ -188,8 +188,12 @@ _BODIES = {
 
 
 def _refund_accepted(body: Any) -> bool:
-    """The model, and then the service's own check: a positive amount."""
+    """The model, and then the service's own checks: a positive amount, a Hyp Id that is one (not all zeros)."""
+    from payments.domain import hypay as protocol
+
     if not _model_accepts(_app("AdminFunction").RefundBody)(body):
+        return False
+    if body.get("hypay_id") is not None and protocol.hyp_id(body["hypay_id"]) is None:
         return False
     return body.get("amount") is None or Money.of(body["amount"], body.get("currency", "ILS")).minor > 0
 

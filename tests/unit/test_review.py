@@ -101,6 +101,7 @@ def test_query_parameters_are_checked() -> None:
         (None, "-1"),
         (None, "1e2"),
         (None, "٣"),
+        (None, "0" * 4300 + "1"),  # past int()'s 4,300 digits: was a ValueError, a 500
     ):
         with pytest.raises(InvalidRequest):
             QueueQuery.parse(reason=reason, limit=limit, after=None, page_max=200)
@@ -216,6 +217,9 @@ def test_admin_credentials_are_named_and_matched_against_each() -> None:
     assert authenticate("Bearer " + "a" * 16, tokens) == "alice"
     assert authenticate("bearer " + "b" * 20, tokens) == "ops-bot"
     for header in (None, "", "Bearer", "Bearer ", "Basic " + "a" * 16, "Bearer " + "a" * 15, "Bearer " + "c" * 16):
+        assert authenticate(header, tokens) is None, header
+    # A lone surrogate (what non-UTF-8 header bytes can decode to) is refused, not an encoding error (a 500)
+    for header in ("Bearer \ud800", "Bearer " + "a" * 16 + "\ud800"):
         assert authenticate(header, tokens) is None, header
     assert parse_tokens("x" * 16) == {"admin": "x" * 16}
     assert parse_tokens(json.dumps({"token": "y" * 16})) == {"admin": "y" * 16}

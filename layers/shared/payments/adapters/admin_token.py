@@ -81,7 +81,8 @@ def tokens_provider(settings: AdminTokenSettings) -> Callable[[], dict[str, str]
 
 
 def _digest(value: str) -> bytes:
-    return hmac.new(b"admin-token", value.encode(), "sha256").digest()
+    # surrogatepass: a header with a lone surrogate is compared (and refused) like any other, not an encoding error
+    return hmac.new(b"admin-token", value.encode("utf-8", "surrogatepass"), "sha256").digest()
 
 
 def authenticate(authorization: str | None, tokens: dict[str, str]) -> str | None:

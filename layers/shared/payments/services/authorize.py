@@ -70,6 +70,8 @@ class TokenVerifier:
             raise TokenRejected("missing")
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenRejected("oversized")
+        if not token.isascii():  # a compact JWS is base64url and dots; PyJWT cannot even encode a lone surrogate
+            raise TokenRejected("malformed")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
