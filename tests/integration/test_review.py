@@ -367,6 +367,30 @@ def test_unknown_charge_outcome_needs_the_hyp_id_to_complete_and_can_be_failed(a
     assert admin.credits() == before + 500
 
 
+def test_a_hyp_id_an_operator_gave_to_another_payment_sends_its_payer_to_review(admin: Env, saved_card: str) -> None:
+    # Given a customer who paid on Hyp's page (Id X) and whose callback is late
+    page = buy(admin, key="late-payer")
+    paid = pay(admin, page)
+    # And an operator who completes a lost saved-card charge naming X by mistake (the wrong row in Hyp's portal)
+    admin.sim.faults.add("soft", "hang", times=3, seconds=1.5)
+    lost = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="lost-1").json["payment_id"]
+    before = admin.credits()
+    named = resolve(lost, {"action": "complete", "reason": "wrong row", "hypay_id": paid.id}, key="op-1")
+    assert named.status == 200 and admin.credits() == before + 500
+    # When the payer's genuine callback arrives
+    answer = notify(paid.redirect_query)
+    # Then the payer's payment goes to a human (it was left pending, then expired, with the money kept), nothing is
+    # granted twice, and the journal's row and the other payment stay as they were
+    assert answer.status == 200, answer.body
+    assert admin.status(page["payment_id"]) == "needs_review"
+    [[reason]] = admin.rows("SELECT review_reason FROM payments WHERE id = :p::uuid", p=page["payment_id"])
+    assert paid.id in reason and lost in reason
+    assert admin.credits() == before + 500 and admin.status(lost) == "completed"
+    assert admin.rows("SELECT payment_id::text, decision FROM hypay_transactions WHERE hypay_id = :h", h=paid.id) == [
+        [lost, "granted"]
+    ]
+
+
 def test_resolve_refuses_what_makes_no_sense_with_a_409_that_says_why(admin: Env) -> None:
     paid = buy(admin, key="paid")
     assert notify(pay(admin, paid).redirect_query).status == 200

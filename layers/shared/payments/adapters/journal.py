@@ -74,6 +74,7 @@ class JournalEntry:
     decision: Verdict
     payment_id: UUID | None
     verified: bool
+    source: str | None = None  # how the journal learned of it (a Source, or 'refund')
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,11 @@ WITH p AS (
                AS used_elsewhere
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 ), j AS (
-    SELECT decision, payment_id::text AS payment_id, verified FROM public.hypay_transactions WHERE hypay_id = :txn
+    SELECT decision, payment_id::text AS payment_id, verified, source
+      FROM public.hypay_transactions WHERE hypay_id = :txn
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
-       j.decision, j.payment_id, j.verified
+       j.decision, j.payment_id, j.verified, j.source
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -213,7 +215,9 @@ class Journal:
     def facts(self, txn: HypTransaction) -> tuple[PaymentFacts | None, JournalEntry | None]:
         """Lock the claimed payment (when it exists) and read the journal's row for the transaction."""
         row = self.runner.run(bind(_FACTS, id=str(txn.payment_id) if txn.payment_id else None, txn=txn.hypay_id))[0]
-        status, amount, currency, user, stored_txn, granted_before, used_elsewhere, decision, jpid, jverified = row
+        status, amount, currency, user, stored_txn, granted_before, used_elsewhere, decision, jpid, jverified, jsrc = (
+            row
+        )
         facts = (
             PaymentFacts(
                 PaymentStatus.from_db(status),
@@ -226,7 +230,9 @@ class Journal:
             if status is not None
             else None
         )
-        entry = JournalEntry(Verdict(decision), UUID(jpid) if jpid else None, bool(jverified)) if decision else None
+        entry = (
+            JournalEntry(Verdict(decision), UUID(jpid) if jpid else None, bool(jverified), jsrc) if decision else None
+        )
         return facts, entry
 
     def apply(

@@ -33,6 +33,7 @@ from payments.adapters.journal import (
     Journal,
     JournalEntry,
     PaymentFacts,
+    Source,
     Verdict,
 )
 from payments.domain import hypay as protocol
@@ -109,6 +110,24 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
             )
         if entry.payment_id == txn.payment_id:  # decided before: a redelivery changes nothing
             return Decision(Action.NONE, entry.decision, _result_of(entry.decision, facts))
+        if (
+            entry.source == Source.TOKEN_CHARGE
+            and txn.source != Source.TOKEN_CHARGE
+            and txn.ccode == protocol.APPROVED
+            and facts is not None
+            and facts.status in (PaymentStatus.PENDING, PaymentStatus.FAILED, PaymentStatus.EXPIRED)
+        ):
+            # Hyp's page approved this Id for this payment's Order, yet the journal holds it as another payment's
+            # saved-card charge, which no page callback ever confirmed (an operator named it there, say): this
+            # payment may have been paid. It goes to a human; the journal's row and the other payment stay as they
+            # are. (An Id a page callback already settled for another payment stays a refused duplicate.)
+            return Decision(
+                Action.REVIEW,
+                entry.decision,
+                Result.REVIEW,
+                f"Hyp transaction {txn.hypay_id} approved for this payment, journaled for payment {entry.payment_id}",
+                "DuplicateTransaction",
+            )
         return Decision(Action.NONE, entry.decision, Result.DUPLICATE, metric="DuplicateTransaction")
     if facts is None:
         return Decision(
