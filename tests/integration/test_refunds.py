@@ -299,9 +299,11 @@ def test_lost_answer_or_timeout_is_unknown_and_never_refunds_twice(
     assert env.rows("SELECT count(*) FROM admin_audit_log WHERE payment_id = :p::uuid", p=pid) == [[1]]
 
 
-def test_answer_not_stored_keeps_the_key_in_progress_then_unknown(env: Env, admin: Admin) -> None:
+def test_answer_not_stored_keeps_the_key_in_progress_then_unknown(
+    env: Env, admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
     # Given Hyp refunds but storing its answer fails
-    pid, _ = paid(env)
+    pid, txn = paid(env)
     env.rows("""
         CREATE FUNCTION refuse_refund() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'storage failure' USING ERRCODE = '53100'; END $$""")
@@ -311,7 +313,11 @@ def test_answer_not_stored_keeps_the_key_in_progress_then_unknown(env: Env, admi
     )
     with pytest.raises(OutcomeUnconfirmed):
         admin.refund(pid, "k-1")
-    # Then the key stays locked: a retry is "in progress", never run
+    # Then the error line names Hyp's refund Id (what a human would otherwise search Hyp's portal for)
+    [lost] = [r for r in caplog.records if r.getMessage() == "refund answered but not stored"]
+    [refund_id] = [r.id for r in env.sim.reversals if r.original_id == txn.id and r.kind == "refund"]
+    assert getattr(lost, "hypay_refund_id", None) == refund_id
+    # And the key stays locked: a retry is "in progress", never run
     assert env.rows("SELECT count(*) FROM idempotency_keys WHERE status = 'pending' AND key LIKE 'refund%'") == [[1]]
     with pytest.raises(RequestInProgress):
         admin.refund(pid, "k-1")

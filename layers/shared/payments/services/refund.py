@@ -281,7 +281,7 @@ class Refunds:
             # A bug (or the database) while Hyp was being asked: the refund may exist. Never run again.
             self._outcome_unknown(row, f"failed while Hyp was asked ({type(exc).__name__})")
             raise OutcomeUnconfirmed(_UNKNOWN, payment_id=str(row.payment_id)) from exc
-        return self._after_answer(row, lambda: self._succeeded(row, reversal, scope))
+        return self._after_answer(row, lambda: self._succeeded(row, reversal, scope), reversal)
 
     def _reverse(self, row: RefundRow) -> Reversal:
         gateway = self.deps.gateway
@@ -302,16 +302,25 @@ class Refunds:
                 logger.info("cancel refused, refunding", extra={"refund_id": str(row.id), "ccode": exc.ccode})
         return gateway.refund(row.original_hypay_id, amount=row.amount)
 
-    def _after_answer(self, row: RefundRow, store_it: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def _after_answer(
+        self, row: RefundRow, store_it: Callable[[], dict[str, Any]], reversal: Reversal | None = None
+    ) -> dict[str, Any]:
         try:
             return store_it()
         except Exception as exc:
             # Hyp answered and the answer could not be stored: the row stays attempted (the review queue and
-            # the next retry after the in-progress expiry show it as unknown); this line names it.
+            # the next retry after the in-progress expiry show it as unknown); this line names it, and Hyp's
+            # refund Id when Hyp gave one (the one thing a human would otherwise search Hyp's portal for).
             metrics.add_metric(name="RefundOutcomeUnknown", unit=MetricUnit.Count, value=1)
             logger.error(
                 "refund answered but not stored",
-                extra={"refund_id": str(row.id), "payment_id": str(row.payment_id), "error": type(exc).__name__},
+                extra={
+                    "refund_id": str(row.id),
+                    "payment_id": str(row.payment_id),
+                    "hypay_refund_id": reversal.transaction_id if reversal else None,
+                    "method": str(row.method),
+                    "error": type(exc).__name__,
+                },
             )
             raise OutcomeUnconfirmed(_UNKNOWN, payment_id=str(row.payment_id)) from exc
 
