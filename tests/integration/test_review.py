@@ -391,6 +391,25 @@ def test_a_hyp_id_an_operator_gave_to_another_payment_sends_its_payer_to_review(
     ]
 
 
+def test_a_saved_card_charge_failed_by_mistake_can_still_be_completed(admin: Env, saved_card: str) -> None:
+    # Given a saved-card charge Hyp made but whose answer was lost, which an operator failed (not found in Hyp)
+    admin.sim.faults.add("soft", "lost")
+    pid = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="lost-2").json["payment_id"]
+    [charge] = [t for t in admin.sim.transactions.values() if t.order == pid]
+    before = admin.credits()
+    assert resolve(pid, {"action": "fail", "reason": "not seen in Hyp"}, key="f-1").status == 200
+    assert admin.status(pid) == "failed"
+    again = resolve(pid, {"action": "fail", "reason": "again"}, key="f-2")
+    assert again.status == 409 and "failed already" in again.json["detail"]
+    # When the operator finds the charge after all: naming it completes the payment (Hyp sends no callback for a
+    # saved-card charge, so nothing else could), once; then it is refundable like any completed payment
+    done = resolve(pid, {"action": "complete", "reason": "found in Hyp", "hypay_id": charge.id}, key="f-3")
+    assert done.status == 200 and done.json["credits_granted"] == 500, done.body
+    assert admin.credits() == before + 500 and admin.status(pid) == "completed"
+    twice = resolve(pid, {"action": "complete", "reason": "again", "hypay_id": charge.id}, key="f-4")
+    assert twice.status == 409 and admin.credits() == before + 500
+
+
 def test_resolve_refuses_what_makes_no_sense_with_a_409_that_says_why(admin: Env) -> None:
     paid = buy(admin, key="paid")
     assert notify(pay(admin, paid).redirect_query).status == 200

@@ -381,6 +381,11 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
                 f"payment {pid} is completed (credits granted for Hyp transaction {payment.paid_by}): nothing to"
                 " resolve; a second charge on it is refunded, not completed"
             )
+        case PaymentStatus.FAILED if payment.charge_attempted and not journal:
+            # Failed by an operator after a saved-card charge whose answer was never known (Hyp sends no callback
+            # for those): if Hyp did charge it after all, naming the transaction completes it (then it can be
+            # refunded); nothing else can.
+            return None
         case PaymentStatus.FAILED:
             return (
                 f"payment {pid} is failed: closed without credits (a genuine late payment completes it by itself;"
@@ -422,6 +427,8 @@ def plan_resolution(
             " twice and failing would hide the grant; refund the transaction instead"
         )
     if request.action == "fail":
+        if payment.status == PaymentStatus.FAILED:
+            raise Conflict(f"payment {payment.id} is failed already")
         return Plan("fail")
     if request.hypay_id is None:
         flagged = [e for e in journal if e.decision == "review" and e.ccode == protocol.APPROVED]
