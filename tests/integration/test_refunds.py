@@ -463,3 +463,30 @@ def test_hyps_success_answer_settles_a_refund_another_writer_stored_as_unknown(e
         ["succeeded", "77777", 100]
     ]
     assert env.credits() == before - 100
+
+
+def test_a_refunds_own_hyp_id_arriving_as_a_charge_settles_nothing(env: Env, admin: Admin) -> None:
+    # Given a refunded payment: the journal holds the refund's own Hyp transaction (decision 'refunded')
+    from payments.adapters.journal import HypTransaction, Source
+    from payments.services.settle import settle
+
+    pid, txn = paid(env)
+    assert admin.refund(pid, "r-own").status == 201
+    [[refund_id]] = env.rows("SELECT hypay_refund_id FROM refunds WHERE payment_id = :p::uuid", p=pid)
+    before = env.credits()
+    journal = env.rows("SELECT hypay_id, decision, deliveries FROM hypay_transactions ORDER BY hypay_id")
+    # When that Id arrives as an approved charge of the same payment (a forged or garbled callback)
+    charge = HypTransaction(
+        hypay_id=refund_id,
+        order_ref=pid,
+        payment_id=uuid.UUID(pid),
+        ccode=0,
+        amount=Money.of("49.90"),
+        source=Source.NOTIFY,
+        verified=True,
+    )
+    settled = settle(admin.db, charge)
+    # Then it is a duplicate that changes nothing (it raised ValueError: a 500 on every delivery)
+    assert str(settled.result) == "duplicate" and env.credits() == before
+    after = env.rows("SELECT hypay_id, decision FROM hypay_transactions ORDER BY hypay_id")
+    assert after == [[h, d] for h, d, _ in journal]

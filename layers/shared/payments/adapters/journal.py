@@ -41,6 +41,7 @@ class Verdict(StrEnum):
     REVIEW = "review"
     UNMATCHED = "unmatched"
     UNVERIFIED = "unverified"
+    REFUNDED = "refunded"  # the row of a refund's own Hyp transaction (sql/007): never a charge
 
 
 class Action(StrEnum):

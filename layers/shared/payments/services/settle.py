@@ -84,6 +84,7 @@ def _result_of(verdict: Verdict, facts: PaymentFacts | None) -> Result:
         Verdict.GRANTED: Result.COMPLETED,
         Verdict.REVIEW: Result.REVIEW,
         Verdict.DUPLICATE: Result.DUPLICATE,
+        Verdict.REFUNDED: Result.DUPLICATE,  # a refund's own Id arriving as a charge: nothing to settle
         Verdict.UNMATCHED: Result.UNKNOWN_PAYMENT,
     }.get(verdict, Result.REVIEW)
 
