@@ -217,11 +217,10 @@ class RefundsStore:
     # -- before Hyp is asked ------------------------------------------------------------------
 
     @staticmethod
-    def _first_read(tx: Transaction, refund_id: UUID) -> RefundRow:
-        """The refund as read before its payment is locked: which payment to lock. Every writer of an outcome
-        locks the payment first, so the row is read again after `_target`: a writer that held the lock meanwhile
-        has committed, and a second outcome is never written over the first (nor a conditional update left with
-        no row)."""
+    def _read(tx: Transaction, refund_id: UUID) -> RefundRow:
+        """The refund row. Read once to know which payment to lock, and again after `_target` has locked it: every
+        writer of an outcome locks the payment first, so a writer that held the lock meanwhile has committed, and a
+        second outcome is never written over the first (nor a conditional update left with no row)."""
         return _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])
 
     def _target(self, tx: Transaction, payment_id: UUID, hypay_id: str | None, me: UUID | None) -> Target:
@@ -320,9 +319,9 @@ class RefundsStore:
         """In one transaction: the row, the journal, the credits taken back (never below zero), the audit."""
 
         def work(tx: Transaction) -> Finished:
-            current = self._first_read(tx, refund_id)
+            current = self._read(tx, refund_id)
             target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
-            current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])  # as it is once the payment is ours
+            current = self._read(tx, refund_id)  # as it is once the payment is ours
             if current.status not in (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN):
                 # Stored before (retried, or another writer's outcome): as it is. An unknown one is settled by this
                 # answer: 'unknown' only meant that Hyp's answer was lost, and here it is.
@@ -417,9 +416,9 @@ class RefundsStore:
         """refused (Hyp said no, or was never asked), or unknown (the answer was lost), with the audit row."""
 
         def work(tx: Transaction) -> RefundRow:
-            current = self._first_read(tx, refund_id)
+            current = self._read(tx, refund_id)
             target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
-            current = _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])  # as it is once the payment is ours
+            current = self._read(tx, refund_id)  # as it is once the payment is ours
             if current.status != RefundStatus.ATTEMPTED:
                 return current
             row = _row(

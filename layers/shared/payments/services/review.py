@@ -154,8 +154,8 @@ class QueueQuery:
         size = DEFAULT_PAGE if page_max >= DEFAULT_PAGE else page_max
         if limit is not None:
             # Its length first: int() refuses numbers past 4,300 digits with a ValueError (a 500).
-            if not (len(limit) <= len(str(page_max)) and limit.isascii() and limit.isdigit()) or not (
-                1 <= int(limit) <= page_max
+            if not (
+                len(limit) <= len(str(page_max)) and limit.isascii() and limit.isdigit() and 1 <= int(limit) <= page_max
             ):
                 raise InvalidRequest(f"limit: a whole number from 1 to {page_max}")
             size = int(limit)
