@@ -261,16 +261,24 @@ def test_claim_ids_are_version_4_uuids_as_uuid4_writes_them() -> None:
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
 
 
-@pytest.mark.parametrize("offset", [-10, -1, 0, 1, 10])
-def test_records_read_from_the_table_expire_as_powertools_records_do(offset: int) -> None:
+@pytest.mark.parametrize("status", ["COMPLETED", "INPROGRESS", "EXPIRED", "pending", ""])
+@pytest.mark.parametrize("offset", [-10, -1, 0, 1, 10, None])
+def test_records_read_from_the_table_expire_as_powertools_records_do(offset: int | None, status: str) -> None:
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyInvalidStatusError
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 
     from payments.idempotency.persistence import _Record
 
-    expiry = int(time.time()) + offset
-    fields = {"idempotency_key": "k", "status": "COMPLETED", "expiry_timestamp": expiry, "response_data": "{}"}
+    expiry = None if offset is None else int(time.time()) + offset
+    fields = {"idempotency_key": "k", "status": status, "expiry_timestamp": expiry, "response_data": "{}"}
     assert _Record(**fields).is_expired == DataRecord(**fields).is_expired
-    assert _Record(**fields).status == DataRecord(**fields).status
+    try:
+        expected = DataRecord(**fields).status
+    except IdempotencyInvalidStatusError:
+        with pytest.raises(IdempotencyInvalidStatusError):
+            _ = _Record(**fields).status
+        return
+    assert _Record(**fields).status == expected
 
 
 class _Captured(PostgresPersistenceLayer):
@@ -409,3 +417,111 @@ def test_the_redirect_carries_the_payment_id_as_urlencode_writes_it(payment_id: 
 
     expected = url + ("&" if "?" in url else "?") + urlencode({"payment_id": str(payment_id)})
     assert redirect(url, payment_id).headers["Location"] == expected
+
+
+# -- the idempotency layer's two first-call statements, rendered without `bind`'s lookups --------------------------
+
+_BOUND = st.none() | st.integers() | st.text()
+
+
+@settings(max_examples=300)
+@given(
+    st.text(),
+    st.none() | st.integers(),
+    st.none() | st.integers(),
+    st.none() | st.text(),
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+)
+def test_the_claim_is_rendered_as_bind_renders_it(
+    key: str, expiry: int | None, in_progress: int | None, payload_hash: str | None, now: float
+) -> None:
+    from payments.idempotency.persistence import _claim_id, _Statements
+
+    statements = _Statements('"public"."idempotency_keys"')
+    claim = _claim_id()
+    try:
+        expected = bind(
+            statements.claim,
+            key=key,
+            claim=claim,
+            expiry=expiry,
+            in_progress_expiry=in_progress,
+            hash=payload_hash,
+            now=int(now),
+            now_ms=int(now * 1000),
+        )
+    except ValueError as exc:  # NUL: refused the same way
+        with pytest.raises(ValueError, match=str(exc)):
+            statements.render_claim(
+                key=key, claim=claim, expiry=expiry, in_progress_expiry=in_progress, payload_hash=payload_hash, now=now
+            )
+        return
+    assert expected == statements.render_claim(
+        key=key, claim=claim, expiry=expiry, in_progress_expiry=in_progress, payload_hash=payload_hash, now=now
+    )
+
+
+@settings(max_examples=300)
+@given(st.text(), st.none() | st.text(), _BOUND, _BOUND, st.none() | st.integers(), st.none() | st.text())
+def test_the_completion_is_rendered_as_bind_renders_it(
+    key: str, claim: str | None, text: Any, data: Any, expiry: int | None, payload_hash: str | None
+) -> None:
+    from payments.idempotency.persistence import _Statements
+
+    statements = _Statements("idempotency_keys")
+    values = {"key": key, "claim": claim, "text": text, "data": data, "expiry": expiry}
+    try:
+        expected = bind(statements.complete, **values, hash=payload_hash)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=str(exc)):
+            statements.render_complete(**values, payload_hash=payload_hash)
+        return
+    assert statements.render_complete(**values, payload_hash=payload_hash) == expected
+
+
+@given(st.text() | st.integers() | st.booleans() | st.none() | st.floats(allow_nan=False))
+def test_single_values_hash_as_powertools_hashes_them(value: Any) -> None:
+    ours, reference = _pair("id", "body")
+    assert ours._generate_hash(value) == reference._generate_hash(value)
+
+
+class _Text(str):
+    """A str subclass: hashed by the general encoder, as Powertools hashes it."""
+
+
+def test_subclasses_of_str_and_int_take_the_general_encoder() -> None:
+    ours, reference = _pair("id", "body")
+    for value in (_Text("é"), True, False):
+        assert ours._generate_hash(value) == reference._generate_hash(value)
+
+
+_JSON_TEXT = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(alphabet=st.sampled_from('a\x00\\u0é"')),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(alphabet=st.sampled_from("k\x00\\u0"), max_size=3), inner, max_size=3)
+    ),
+    max_leaves=6,
+).map(json.dumps)
+
+
+def _jsonb_the_long_way(text: str) -> str | None:
+    from payments.idempotency.persistence import _holds_nul
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return None
+    return None if _holds_nul(value) else text
+
+
+@settings(max_examples=300)
+@given(_JSON_TEXT | st.text(alphabet=st.sampled_from('{}[]"\\u0:,a1 ')))
+def test_jsonb_refuses_what_the_full_walk_refuses(text: str) -> None:
+    from payments.idempotency.persistence import _as_jsonb
+
+    expected = _jsonb_the_long_way(text) if text else None
+    assert _as_jsonb(text) == expected

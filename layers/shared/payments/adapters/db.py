@@ -258,6 +258,12 @@ _FAST_LITERALS: dict[type, Callable[[Any], str]] = {
 }
 
 
+def form_of(sql: str) -> str:
+    """`sql` as a %-format with a `%(name)s` slot per placeholder, to fill by name with `literal`s: what `bind`
+    renders, for a caller that renders one constant statement on every request and knows its names."""
+    return _template(sql)[0]
+
+
 def bind(sql: str, **params: Any) -> str:
     """Render `:name` placeholders as SQL literals (`literal`). Never inside a string literal, a quoted identifier,
     a comment or a `::type` cast."""

@@ -36,7 +36,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer, _IdempotencyKeyEncoder
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
 
-from payments.adapters.db import Database, Rows, bind, default_database, quote_table
+from payments.adapters.db import Database, Rows, bind, default_database, form_of, literal, quote_table
 from payments.errors import DatabaseUnavailable
 
 # A child of the functions' Powertools Logger (same service, same keys); importing payments.observability
@@ -45,10 +45,14 @@ logger = Logger(child=True)
 
 _TO_DB = {STATUS_CONSTANTS["INPROGRESS"]: "pending", STATUS_CONSTANTS["COMPLETED"]: "completed"}
 _FROM_DB = {db: pt for pt, db in _TO_DB.items()}
+_STATUSES = frozenset(STATUS_CONSTANTS.values())
+_EXPIRED = STATUS_CONSTANTS["EXPIRED"]
 # A JMESPath expression that is one plain identifier selects that key of an object, and nothing of anything else.
 _PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 # Powertools hashes `json.dumps(value, cls=_IdempotencyKeyEncoder, sort_keys=True)`: the same encoder, built once.
 _HASH_ENCODER = _IdempotencyKeyEncoder(sort_keys=True)
+# What that encoder writes for exactly a str (ensure_ascii) or exactly an int, without building its iterator.
+_ENCODE_TEXT = json.encoder.encode_basestring_ascii
 
 # Columns every read returns, in this order (see _row_to_record).
 _RECORD_COLUMNS = (
@@ -70,7 +74,8 @@ def _as_jsonb(text: str | None) -> str | None:
         value = json.loads(text, parse_constant=refuse)
     except ValueError:
         return None
-    return None if _holds_nul(value) else text
+    # A NUL in a parsed value was written `\u0000` in the text (json.loads refuses a raw control character).
+    return None if "\\u0000" in text and _holds_nul(value) else text
 
 
 def _holds_nul(value: Any) -> bool:
@@ -89,6 +94,15 @@ class _Record(DataRecord):
     @property
     def is_expired(self) -> bool:
         return bool(self.expiry_timestamp and int(time.time()) > self.expiry_timestamp)
+
+    @property
+    def status(self) -> str:
+        """Powertools' status (read three times per replay), in one step: expired by the clock, else as stored."""
+        if self.expiry_timestamp and int(time.time()) > self.expiry_timestamp:
+            return _EXPIRED
+        if self._status in _STATUSES:
+            return self._status
+        return super().status  # raises Powertools' IdempotencyInvalidStatusError
 
 
 def _debugging() -> bool:
@@ -188,7 +202,14 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return hashed
 
     def _generate_hash(self, data: Any) -> str:
-        return self.hash_function(_HASH_ENCODER.encode(data).encode()).hexdigest()
+        kind = type(data)
+        if kind is str:
+            text = _ENCODE_TEXT(data)
+        elif kind is int:
+            text = int.__repr__(data)
+        else:
+            text = _HASH_ENCODER.encode(data)
+        return self.hash_function(text.encode()).hexdigest()
 
     def _get_expiry_timestamp(self) -> int:
         return int(time.time()) + self.expires_after_seconds
@@ -244,16 +265,15 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
     def _put_record(self, data_record: DataRecord) -> None:
         now = time.time()
         claim_id = _claim_id()
-        rows = self._run(
-            self._sql.claim,
+        sql = self._sql.render_claim(
             key=data_record.idempotency_key,
             claim=claim_id,
             expiry=data_record.expiry_timestamp,
             in_progress_expiry=data_record.in_progress_expiry_timestamp,
-            hash=data_record.payload_hash or None,
-            now=int(now),
-            now_ms=int(now * 1000),
+            payload_hash=data_record.payload_hash or None,
+            now=now,
         )
+        rows = self._send(sql)
         if rows and rows[0][0] == "claimed":
             self._remember_claim(data_record.idempotency_key, claim_id)
             self.last_claimed_key = data_record.idempotency_key
@@ -284,15 +304,15 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
 
     def _update_record(self, data_record: DataRecord) -> None:
         key = data_record.idempotency_key
-        rows = self._run(
-            self._sql.complete,
+        sql = self._sql.render_complete(
             key=key,
             claim=self._claim_of(key),
             text=data_record.response_data or None,
             data=_as_jsonb(data_record.response_data),
             expiry=data_record.expiry_timestamp,
-            hash=data_record.payload_hash or None,
+            payload_hash=data_record.payload_hash or None,
         )
+        rows = self._send(sql)
         self._forget_claim(key)
         if not rows:
             # Only possible when this invocation outlived its in-progress expiry and another took over: the
@@ -336,8 +356,11 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
     # -- helpers ------------------------------------------------------------------------------
 
     def _run(self, sql: str, **params: Any) -> Rows:
+        return self._send(bind(sql, **params))
+
+    def _send(self, sql: str) -> Rows:
         try:
-            return self.database.run(bind(sql, **params))
+            return self.database.run(sql)
         except DatabaseUnavailable as exc:
             raise IdempotencyPersistenceConnectionError("idempotency store unavailable", exc) from exc
 
@@ -412,6 +435,7 @@ SELECT 'claimed', NULL, NULL, NULL, NULL, NULL, NULL FROM claimed
 UNION ALL
 SELECT outcome, id, status, expiry_timestamp, in_progress_expiry_timestamp, request_hash, response_data
   FROM existing WHERE NOT EXISTS (SELECT 1 FROM claimed)"""
+        self._claim_form = form_of(self.claim)
         self.get = f"SELECT {_RECORD_COLUMNS} FROM {table} t WHERE t.key = :key"
         self.status = f"SELECT status FROM {table} WHERE key = :key"
         # Completion keeps the payload hash (validation on replay depends on it).
@@ -421,8 +445,47 @@ UPDATE {table} SET status = 'completed', response_text = :text, response_data = 
        in_progress_expiry_timestamp = NULL, request_hash = COALESCE(:hash, request_hash), updated_at = now()
  WHERE key = :key AND expiry_timestamp IS NOT NULL AND (id = :claim::uuid OR :claim::uuid IS NULL)
 RETURNING 1"""
+        self._complete_form = form_of(self.complete)
         # Only our own in-progress claim: never a completed record, never the web app's rows.
         self.delete = f"""
 DELETE FROM {table}
  WHERE key = :key AND status = 'pending' AND expiry_timestamp IS NOT NULL
    AND (id = :claim::uuid OR :claim::uuid IS NULL)"""
+
+    # The two statements of every first call, rendered straight into their formats: the text `bind` gives for the
+    # same values (tests/unit/test_fast_paths.py), without its per-name lookups.
+
+    def render_claim(
+        self, *, key: str, claim: str, expiry: Any, in_progress_expiry: Any, payload_hash: str | None, now: float
+    ) -> str:
+        """bind(self.claim, ...) with `now` as the epoch seconds the statement compares (`now`, `now_ms`); `claim` is
+        a claim id (`_claim_id`: hexadecimal digits and hyphens)."""
+        return self._claim_form % {
+            "key": literal(key),
+            "claim": f"E'{claim}'",
+            "expiry": literal(expiry),
+            "in_progress_expiry": literal(in_progress_expiry),
+            "hash": literal(payload_hash),
+            "now": f"({int(now)})",
+            "now_ms": f"({int(now * 1000)})",
+        }
+
+    def render_complete(
+        self,
+        *,
+        key: str,
+        claim: str | None,
+        text: str | None,
+        data: str | None,
+        expiry: Any,
+        payload_hash: str | None,
+    ) -> str:
+        """bind(self.complete, ...)."""
+        return self._complete_form % {
+            "key": literal(key),
+            "claim": literal(claim),
+            "text": literal(text),
+            "data": literal(data),
+            "expiry": literal(expiry),
+            "hash": literal(payload_hash),
+        }
