@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from payments.adapters.db import bind, literal
 from payments.domain import hypay as protocol
 from payments.idempotency import PostgresPersistenceLayer
+from payments.idempotency.persistence import _claim_id
 
 # -- bind: the exact types every request binds, rendered without the general `literal` ---------------------
 
@@ -252,8 +253,6 @@ def test_bind_keeps_percent_signs_and_renders_a_repeated_name_each_time() -> Non
 
 
 def test_claim_ids_are_version_4_uuids_as_uuid4_writes_them() -> None:
-    from payments.idempotency.persistence import _claim_id
-
     ids = {_claim_id() for _ in range(2000)}
     assert len(ids) == 2000
     for text in list(ids)[:500]:
@@ -431,14 +430,14 @@ _BOUND = st.none() | st.integers() | st.text()
     st.none() | st.integers(),
     st.none() | st.text(),
     st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    st.builds(_claim_id) | st.text(),
 )
 def test_the_claim_is_rendered_as_bind_renders_it(
-    key: str, expiry: int | None, in_progress: int | None, payload_hash: str | None, now: float
+    key: str, expiry: int | None, in_progress: int | None, payload_hash: str | None, now: float, claim: str
 ) -> None:
-    from payments.idempotency.persistence import _claim_id, _Statements
+    from payments.idempotency.persistence import _Statements
 
     statements = _Statements('"public"."idempotency_keys"')
-    claim = _claim_id()
     try:
         expected = bind(
             statements.claim,

@@ -458,11 +458,10 @@ DELETE FROM {table}
     def render_claim(
         self, *, key: str, claim: str, expiry: Any, in_progress_expiry: Any, payload_hash: str | None, now: float
     ) -> str:
-        """bind(self.claim, ...) with `now` as the epoch seconds the statement compares (`now`, `now_ms`); `claim` is
-        a claim id (`_claim_id`: hexadecimal digits and hyphens)."""
+        """bind(self.claim, ...), with `now` the epoch seconds the statement compares (as `now` and `now_ms`)."""
         return self._claim_form % {
             "key": literal(key),
-            "claim": f"E'{claim}'",
+            "claim": literal(claim),
             "expiry": literal(expiry),
             "in_progress_expiry": literal(in_progress_expiry),
             "hash": literal(payload_hash),
