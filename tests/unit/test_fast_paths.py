@@ -524,3 +524,20 @@ def test_jsonb_refuses_what_the_full_walk_refuses(text: str) -> None:
 
     expected = _jsonb_the_long_way(text) if text else None
     assert _as_jsonb(text) == expected
+
+
+@pytest.mark.parametrize("depth", [5_000, 200_000])
+def test_jsonb_refuses_json_nested_deeper_than_python_reads(depth: int) -> None:
+    from payments.idempotency.persistence import _as_jsonb
+
+    assert _as_jsonb("[" * depth + '"\\u0000"' + "]" * depth) is None  # the NUL walk would recurse too deep
+    assert _as_jsonb("[" * depth + "]" * depth) in (None, "[" * depth + "]" * depth)  # never an exception
+
+
+def test_a_record_with_a_status_of_no_string_is_refused_as_powertools_refuses_it() -> None:
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyInvalidStatusError
+
+    from payments.idempotency.persistence import _Record
+
+    with pytest.raises(IdempotencyInvalidStatusError):
+        _ = _Record(idempotency_key="k", status=["COMPLETED"], expiry_timestamp=None).status  # type: ignore[arg-type]

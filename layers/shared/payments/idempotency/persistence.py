@@ -45,7 +45,7 @@ logger = Logger(child=True)
 
 _TO_DB = {STATUS_CONSTANTS["INPROGRESS"]: "pending", STATUS_CONSTANTS["COMPLETED"]: "completed"}
 _FROM_DB = {db: pt for pt, db in _TO_DB.items()}
-_STATUSES = frozenset(STATUS_CONSTANTS.values())
+_STATUSES = tuple(STATUS_CONSTANTS.values())  # compared by equality, as Powertools compares (any value)
 _EXPIRED = STATUS_CONSTANTS["EXPIRED"]
 # A JMESPath expression that is one plain identifier selects that key of an object, and nothing of anything else.
 _PLAIN_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
@@ -63,7 +63,8 @@ _RECORD_COLUMNS = (
 
 def _as_jsonb(text: str | None) -> str | None:
     """`text` when jsonb can hold it (the web app's column); None when it cannot: NaN or Infinity (not JSON), a
-    NUL character (jsonb refuses \\u0000), or no JSON at all. The exact text is kept in response_text anyway."""
+    NUL character (jsonb refuses \\u0000), no JSON at all, or JSON nested deeper than Python reads. The exact text
+    is kept in response_text anyway."""
     if not text:
         return None
 
@@ -72,10 +73,10 @@ def _as_jsonb(text: str | None) -> str | None:
 
     try:
         value = json.loads(text, parse_constant=refuse)
-    except ValueError:
+        # A NUL in a parsed value was written `\u0000` in the text (json.loads refuses a raw control character).
+        return None if "\\u0000" in text and _holds_nul(value) else text
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read here: only the exact text is kept
         return None
-    # A NUL in a parsed value was written `\u0000` in the text (json.loads refuses a raw control character).
-    return None if "\\u0000" in text and _holds_nul(value) else text
 
 
 def _holds_nul(value: Any) -> bool:
