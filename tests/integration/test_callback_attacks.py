@@ -382,3 +382,35 @@ def test_every_decision_has_its_journal_row(env: Env, monkeypatch: pytest.Monkey
         mismatch["payment_id"]: "review",
     }
     assert env.status(declined["payment_id"]) == "failed" and env.status(mismatch["payment_id"]) == "needs_review"
+
+
+@pytest.mark.parametrize(("ccode", "amount", "said"), [("0", "99.90", "amount 99.90"), ("6", "49.90", "CCode 6")])
+def test_a_verified_redelivery_that_contradicts_the_decision_is_kept_and_counted_and_moves_no_money(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ccode: str, amount: str, said: str
+) -> None:
+    use_mode(monkeypatch, "hmac")
+    before = env.credits()
+    payment = buy(env)
+    approved = forge(unpaid_claim(payment["payment_id"]))
+    assert notify(approved).status == 200
+    assert env.status(payment["payment_id"]) == "completed" and env.credits() == before + 100
+    capsys.readouterr()
+    # When a delivery of the same transaction, signed with the terminal's KEY, says another code or amount
+    assert notify(forge(unpaid_claim(payment["payment_id"], ccode=ccode, amount=amount))).status == 200
+    # Then no money moves: the payment stays completed with its credits granted once, the decision stays
+    assert env.status(payment["payment_id"]) == "completed" and env.credits() == before + 100
+    assert env.rows(
+        "SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=payment["payment_id"]
+    ) == [[1]]
+    [(decision, journaled, deliveries, contradictions, last, stamped)] = env.rows(
+        "SELECT decision, ccode, deliveries, contradictions, last_contradiction, last_contradiction_at IS NOT NULL"
+        " FROM hypay_transactions"
+    )
+    assert (decision, journaled, deliveries, contradictions, stamped) == ("granted", 0, 2, 1, True)
+    # And what it said is on the journal's row, and counted for the alarm
+    assert "77700001" in last and said in last, last
+    assert metric_totals(capsys.readouterr().out).get("ContradictingDelivery") == 1
+    # And a redelivery that agrees with the decision (answered from its idempotency record) counts no contradiction
+    assert notify(approved).status == 200
+    assert env.rows("SELECT deliveries, contradictions FROM hypay_transactions") == [[2, 1]]
+    assert "ContradictingDelivery" not in metric_totals(capsys.readouterr().out)

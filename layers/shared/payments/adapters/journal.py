@@ -76,6 +76,8 @@ class JournalEntry:
     payment_id: UUID | None
     verified: bool
     source: str | None = None  # how the journal learned of it (a Source, or 'refund')
+    ccode: int | None = None  # what the journaled delivery said
+    amount: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -109,11 +111,11 @@ WITH p AS (
                AS used_elsewhere
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 ), j AS (
-    SELECT decision, payment_id::text AS payment_id, verified, source
+    SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount
       FROM public.hypay_transactions WHERE hypay_id = :txn
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
-       j.decision, j.payment_id, j.verified, j.source
+       j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -130,6 +132,9 @@ journal AS (
             :detail, :previous_status, :acode, :raw)
     ON CONFLICT (hypay_id) DO UPDATE SET
         last_seen = now(), deliveries = t.deliveries + 1,
+        contradictions = t.contradictions + CASE WHEN :contradiction::text IS NULL THEN 0 ELSE 1 END,
+        last_contradiction = COALESCE(:contradiction, t.last_contradiction),
+        last_contradiction_at = CASE WHEN :contradiction::text IS NULL THEN t.last_contradiction_at ELSE now() END,
         payment_id = CASE WHEN {keep} THEN t.payment_id ELSE EXCLUDED.payment_id END,
         order_ref = CASE WHEN {keep} THEN t.order_ref ELSE EXCLUDED.order_ref END,
         ccode = CASE WHEN {keep} THEN t.ccode ELSE EXCLUDED.ccode END,
@@ -216,9 +221,21 @@ class Journal:
     def facts(self, txn: HypTransaction) -> tuple[PaymentFacts | None, JournalEntry | None]:
         """Lock the claimed payment (when it exists) and read the journal's row for the transaction."""
         row = self.runner.run(bind(_FACTS, id=str(txn.payment_id) if txn.payment_id else None, txn=txn.hypay_id))[0]
-        status, amount, currency, user, stored_txn, granted_before, used_elsewhere, decision, jpid, jverified, jsrc = (
-            row
-        )
+        (
+            status,
+            amount,
+            currency,
+            user,
+            stored_txn,
+            granted_before,
+            used_elsewhere,
+            decision,
+            jpid,
+            jverified,
+            jsrc,
+            jccode,
+            jamount,
+        ) = row
         facts = (
             PaymentFacts(
                 PaymentStatus.from_db(status),
@@ -232,7 +249,16 @@ class Journal:
             else None
         )
         entry = (
-            JournalEntry(Verdict(decision), UUID(jpid) if jpid else None, bool(jverified), jsrc) if decision else None
+            JournalEntry(
+                Verdict(decision),
+                UUID(jpid) if jpid else None,
+                bool(jverified),
+                jsrc,
+                jccode,
+                Decimal(jamount) if jamount is not None else None,
+            )
+            if decision
+            else None
         )
         return facts, entry
 
@@ -246,8 +272,10 @@ class Journal:
         previous_status: PaymentStatus | None,
         raw_callback: str | None = None,
         override: bool = False,
+        contradiction: str | None = None,
     ) -> Applied:
-        """Change the payment as decided and write the journal row, in one statement."""
+        """Change the payment as decided and write the journal row, in one statement. `contradiction`: what a
+        verified redelivery said against the journal's decided row, kept on it (counted, the last one's text)."""
         params: dict[str, Any] = {
             "txn": txn.hypay_id,
             "id": str(txn.payment_id) if txn.payment_id else None,
@@ -263,6 +291,7 @@ class Journal:
             "acode": txn.approval_code or None,
             "raw": raw_callback[:8192] if raw_callback else None,
             "override": override,
+            "contradiction": contradiction[:500] if contradiction else None,
         }
         if action == Action.GRANT:
             params["invoice"] = txn.invoice_number or None

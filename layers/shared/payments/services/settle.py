@@ -62,6 +62,7 @@ class Decision:
     detail: str | None = None
     metric: str | None = None  # counted once, when the decision is first taken
     override: bool = False  # replaces a verified journal row (an approval after a decline of the same Id)
+    contradiction: str | None = None  # what a verified redelivery said against the decided row (kept on it)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,21 @@ def resolve_amount(txn: HypTransaction, facts: PaymentFacts | None, *, currency_
     return dataclasses.replace(txn, amount=Money(txn.amount.minor, facts.amount.currency))
 
 
+def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
+    """What a verified delivery says against the journal's verified row for the same payment (another CCode,
+    another amount), or None when it agrees."""
+    if entry.decision == Verdict.REFUNDED:
+        return None  # a refund's own row: its code and amount are the refund's (the Id is a duplicate anyway)
+    said = []
+    if entry.ccode is not None and txn.ccode != entry.ccode:
+        said.append(f"CCode {txn.ccode} (journaled {entry.ccode})")
+    if entry.amount is not None and txn.amount is not None and txn.amount.amount != entry.amount:
+        said.append(f"amount {txn.amount.amount} (journaled {entry.amount})")
+    if not said:
+        return None
+    return f"a verified {txn.source} delivery of Hyp transaction {txn.hypay_id} said " + ", ".join(said)
+
+
 def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry | None) -> Decision:
     """The decision on a verified transaction, from the locked payment and the journal's row. Pure."""
     if entry is not None and entry.verified:
@@ -110,7 +126,16 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
                 override=True,
             )
         if entry.payment_id == txn.payment_id:  # decided before: a redelivery changes nothing
-            return Decision(Action.NONE, entry.decision, _result_of(entry.decision, facts))
+            # ... but one that says something else is kept on the journal's row and counted (the alarm sends a
+            # human: Hyp now reports another code or amount for money that already moved as first decided).
+            contradiction = _contradiction(txn, entry)
+            return Decision(
+                Action.NONE,
+                entry.decision,
+                _result_of(entry.decision, facts),
+                metric="ContradictingDelivery" if contradiction else None,
+                contradiction=contradiction,
+            )
         if (
             entry.source == Source.TOKEN_CHARGE
             and txn.source != Source.TOKEN_CHARGE
@@ -219,6 +244,7 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
             detail=decision.detail,
             previous_status=facts.status if facts else None,
             override=decision.override,
+            contradiction=decision.contradiction,
         )
         first = entry is None or not entry.verified or decision.override
         if first and applied.journaled != decision.verdict:
@@ -308,7 +334,12 @@ def _report(txn: HypTransaction, decision: Decision, settlement: Settlement) -> 
     if decision.metric:
         metrics.add_metric(name=decision.metric, unit=MetricUnit.Count, value=1)
     if not settlement.first_decision:
-        logger.info("hyp transaction seen again", extra=keys)
+        if decision.contradiction:
+            logger.warning(
+                "hyp transaction delivered again with other facts", extra={**keys, "detail": decision.contradiction}
+            )
+        else:
+            logger.info("hyp transaction seen again", extra=keys)
         return
     if decision.verdict == Verdict.GRANTED and decision.action == Action.GRANT:
         metrics.add_metric(name="PaymentsCompleted", unit=MetricUnit.Count, value=1)

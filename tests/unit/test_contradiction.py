@@ -1,0 +1,61 @@
+"""A verified redelivery that says something else than the journal's decided row: kept, never a new decision."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from uuid import uuid4
+
+import pytest
+
+from payments.adapters.journal import Action, HypTransaction, JournalEntry, PaymentFacts, Source, Verdict
+from payments.domain.money import Currency, Money
+from payments.domain.payment import PaymentStatus
+from payments.services.settle import Result, decide
+
+PAYMENT = uuid4()
+FACTS = PaymentFacts(PaymentStatus.COMPLETED, Money.of("49.90", Currency.ILS), uuid4(), "70000001", True, False)
+
+
+def _txn(ccode: int = 0, amount: str = "49.90") -> HypTransaction:
+    return HypTransaction(
+        hypay_id="70000001",
+        order_ref=str(PAYMENT),
+        payment_id=PAYMENT,
+        ccode=ccode,
+        amount=Money.of(amount, Currency.ILS),
+        source=Source.NOTIFY,
+        verified=True,
+    )
+
+
+def _entry(decision: Verdict = Verdict.GRANTED, ccode: int | None = 0, amount: str | None = "49.90") -> JournalEntry:
+    return JournalEntry(decision, PAYMENT, True, "redirect", ccode, Decimal(amount) if amount else None)
+
+
+def test_an_agreeing_redelivery_changes_nothing_and_says_nothing() -> None:
+    decision = decide(_txn(amount="49.9"), FACTS, _entry())
+    assert (decision.action, decision.verdict, decision.result) == (Action.NONE, Verdict.GRANTED, Result.COMPLETED)
+    assert decision.contradiction is None and decision.metric is None
+
+
+@pytest.mark.parametrize(
+    ("txn", "said"),
+    [
+        (_txn(ccode=6), ["CCode 6 (journaled 0)"]),
+        (_txn(amount="99.90"), ["amount 99.90 (journaled 49.90)"]),
+        (_txn(ccode=33, amount="1.00"), ["CCode 33 (journaled 0)", "amount 1.00 (journaled 49.90)"]),
+    ],
+)
+def test_a_contradicting_redelivery_is_kept_and_counted_never_decided_again(
+    txn: HypTransaction, said: list[str]
+) -> None:
+    decision = decide(txn, FACTS, _entry())
+    assert (decision.action, decision.verdict, decision.result) == (Action.NONE, Verdict.GRANTED, Result.COMPLETED)
+    assert decision.metric == "ContradictingDelivery" and not decision.override
+    assert decision.contradiction is not None and "70000001" in decision.contradiction
+    assert all(part in decision.contradiction for part in said)
+
+
+def test_rows_that_cannot_be_compared_and_refund_rows_contradict_nothing() -> None:
+    assert decide(_txn(ccode=6), FACTS, _entry(ccode=None, amount=None)).contradiction is None
+    assert decide(_txn(amount="1.00"), FACTS, _entry(Verdict.REFUNDED, ccode=0, amount="10.00")).contradiction is None
