@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from uuid import uuid4
 
@@ -59,3 +60,9 @@ def test_a_contradicting_redelivery_is_kept_and_counted_never_decided_again(
 def test_rows_that_cannot_be_compared_and_refund_rows_contradict_nothing() -> None:
     assert decide(_txn(ccode=6), FACTS, _entry(ccode=None, amount=None)).contradiction is None
     assert decide(_txn(amount="1.00"), FACTS, _entry(Verdict.REFUNDED, ccode=0, amount="10.00")).contradiction is None
+
+
+def test_two_refusals_with_other_codes_or_amounts_moved_no_money_and_contradict_nothing() -> None:
+    facts = dataclasses.replace(FACTS, status=PaymentStatus.FAILED)
+    decision = decide(_txn(ccode=33, amount="1.00"), facts, _entry(Verdict.DECLINED, ccode=6))
+    assert (decision.action, decision.result, decision.contradiction) == (Action.NONE, Result.FAILED, None)
