@@ -17,20 +17,23 @@ PAYMENT = uuid4()
 FACTS = PaymentFacts(PaymentStatus.COMPLETED, Money.of("49.90", Currency.ILS), uuid4(), "70000001", True, False)
 
 
-def _txn(ccode: int = 0, amount: str = "49.90") -> HypTransaction:
+def _txn(
+    ccode: int = 0, amount: str = "49.90", currency: Currency = Currency.ILS, known: bool = True
+) -> HypTransaction:
     return HypTransaction(
         hypay_id="70000001",
         order_ref=str(PAYMENT),
         payment_id=PAYMENT,
         ccode=ccode,
-        amount=Money.of(amount, Currency.ILS),
+        amount=Money.of(amount, currency),
         source=Source.NOTIFY,
         verified=True,
+        currency_known=known,
     )
 
 
 def _entry(decision: Verdict = Verdict.GRANTED, ccode: int | None = 0, amount: str | None = "49.90") -> JournalEntry:
-    return JournalEntry(decision, PAYMENT, True, "redirect", ccode, Decimal(amount) if amount else None)
+    return JournalEntry(decision, PAYMENT, True, "redirect", ccode, Decimal(amount) if amount else None, "ILS")
 
 
 def test_an_agreeing_redelivery_changes_nothing_and_says_nothing() -> None:
@@ -43,8 +46,9 @@ def test_an_agreeing_redelivery_changes_nothing_and_says_nothing() -> None:
     ("txn", "said"),
     [
         (_txn(ccode=6), ["CCode 6 (journaled 0)"]),
-        (_txn(amount="99.90"), ["amount 99.90 (journaled 49.90)"]),
-        (_txn(ccode=33, amount="1.00"), ["CCode 33 (journaled 0)", "amount 1.00 (journaled 49.90)"]),
+        (_txn(amount="99.90"), ["amount 99.90 ILS (journaled 49.90 ILS)"]),
+        (_txn(ccode=33, amount="1.00"), ["CCode 33 (journaled 0)", "amount 1.00 ILS (journaled 49.90 ILS)"]),
+        (_txn(currency=Currency.USD), ["amount 49.90 USD (journaled 49.90 ILS)"]),
     ],
 )
 def test_a_contradicting_redelivery_is_kept_and_counted_never_decided_again(
@@ -66,3 +70,8 @@ def test_two_refusals_with_other_codes_or_amounts_moved_no_money_and_contradict_
     facts = dataclasses.replace(FACTS, status=PaymentStatus.FAILED)
     decision = decide(_txn(ccode=33, amount="1.00"), facts, _entry(Verdict.DECLINED, ccode=6))
     assert (decision.action, decision.result, decision.contradiction) == (Action.NONE, Result.FAILED, None)
+
+
+def test_a_currency_we_do_not_sell_in_is_not_compared() -> None:
+    # Its amount's currency is a stand-in (the journal keeps no currency for it): only the amount counts
+    assert decide(_txn(currency=Currency.USD, known=False), FACTS, _entry()).contradiction is None

@@ -78,6 +78,7 @@ class JournalEntry:
     source: str | None = None  # how the journal learned of it (a Source, or 'refund')
     ccode: int | None = None  # what the journaled delivery said
     amount: Decimal | None = None
+    currency: str | None = None  # None: a currency we do not sell in, or not read
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,11 @@ WITH p AS (
                AS used_elsewhere
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 ), j AS (
-    SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount
+    SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency
       FROM public.hypay_transactions WHERE hypay_id = :txn
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
-       j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount
+       j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount, j.currency
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -235,6 +236,7 @@ class Journal:
             jsrc,
             jccode,
             jamount,
+            jcurrency,
         ) = row
         facts = (
             PaymentFacts(
@@ -256,6 +258,7 @@ class Journal:
                 jsrc,
                 jccode,
                 Decimal(jamount) if jamount is not None else None,
+                jcurrency,
             )
             if decision
             else None

@@ -99,17 +99,25 @@ def resolve_amount(txn: HypTransaction, facts: PaymentFacts | None, *, currency_
 
 def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
     """What a verified delivery says against the journal's verified row for the same payment, or None when it
-    agrees on the money: approved where the row says not (or the other way round), or approved for another amount.
+    agrees on the money: approved where the row says not (or the other way round), or approved for another amount
+    or currency.
     Two refusals with different codes moved no money either way: not a contradiction."""
     if entry.decision == Verdict.REFUNDED or entry.ccode is None:
         return None  # a refund's own row (its code and amount are the refund's), or a row that cannot be compared
     approved_then, approved_now = entry.ccode == protocol.APPROVED, txn.ccode == protocol.APPROVED
-    other_amount = entry.amount is not None and txn.amount is not None and txn.amount.amount != entry.amount
+    amount = txn.amount
+    other_amount = entry.amount is not None and amount is not None and amount.amount != entry.amount
+    other_currency = (
+        entry.currency is not None
+        and amount is not None
+        and txn.currency_known
+        and str(amount.currency) != entry.currency
+    )
     said = []
     if approved_then != approved_now:
         said.append(f"CCode {txn.ccode} (journaled {entry.ccode})")
-    if other_amount and (approved_now or approved_then):
-        said.append(f"amount {txn.amount.amount if txn.amount else None} (journaled {entry.amount})")
+    if (other_amount or other_currency) and (approved_now or approved_then) and amount is not None:
+        said.append(f"amount {amount} (journaled {entry.amount} {entry.currency})")
     if not said:
         return None
     return f"a verified {txn.source} delivery of Hyp transaction {txn.hypay_id} said " + ", ".join(said)
