@@ -414,3 +414,72 @@ def test_a_verified_redelivery_that_contradicts_the_decision_is_kept_and_counted
     assert notify(approved).status == 200
     assert env.rows("SELECT deliveries, contradictions FROM hypay_transactions") == [[2, 1]]
     assert "ContradictingDelivery" not in metric_totals(capsys.readouterr().out)
+
+
+def test_two_verified_deliveries_racing_for_the_first_decision_keep_their_disagreement(env: Env) -> None:
+    import threading
+    import time
+    from uuid import UUID
+
+    from payments.adapters.journal import HypTransaction, Source
+    from payments.domain.money import Currency, Money
+    from payments.services.settle import Result, settle
+    from tests.support.pg import connect
+
+    before = env.credits()
+    payment_id = buy(env)["payment_id"]
+
+    def delivery(amount: str) -> HypTransaction:
+        return HypTransaction(
+            hypay_id="77700009",
+            order_ref=payment_id,
+            payment_id=UUID(payment_id),
+            ccode=0,
+            amount=Money.of(amount, Currency.ILS),
+            source=Source.NOTIFY,
+            verified=True,
+        )
+
+    # Given another session holding the payment, and two verified deliveries of one new Hyp Id waiting for it,
+    # the first for the payment's amount, the second for another
+    holder = connect(env.url)
+    holder.run("BEGIN")
+    holder.run("SELECT 1 FROM payments WHERE id = :p::uuid FOR UPDATE", p=payment_id)
+    results: dict[str, object] = {}
+
+    def deliver(name: str, amount: str) -> None:
+        db = database(env.url)
+        try:
+            results[name] = settle(db, delivery(amount))
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            results[name] = exc
+        finally:
+            db.close()
+
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        " AND position('FOR UPDATE' IN query) > 0"
+    )
+    threads = []
+    for count, (name, amount) in enumerate((("first", "49.90"), ("second", "50.00")), start=1):
+        threads.append(threading.Thread(target=deliver, args=(name, amount)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while env.rows(waiting)[0][0] < count:  # queued in this order on the payment's lock
+            assert time.monotonic() < deadline, "a delivery never waited for the payment"
+            time.sleep(0.02)
+    # When the holder lets go: the first decides and commits while the second has already read the journal
+    holder.run("COMMIT")
+    holder.close()
+    for thread in threads:
+        thread.join(timeout=20)
+    # Then the first granted once, and the second, decided again on the first's row, is kept as a contradiction
+    assert [getattr(results[n], "result", results[n]) for n in ("first", "second")] == [
+        Result.COMPLETED,
+        Result.COMPLETED,
+    ], results
+    assert env.status(payment_id) == "completed" and env.credits() == before + 100
+    [(decision, contradictions, last)] = env.rows(
+        "SELECT decision, contradictions, last_contradiction FROM hypay_transactions WHERE hypay_id = '77700009'"
+    )
+    assert (decision, contradictions) == ("granted", 1) and "amount 50.00 ILS" in last, last

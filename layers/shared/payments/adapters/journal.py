@@ -101,6 +101,7 @@ class Applied:
     user_id: UUID | None = None
     credits_granted: int = 0
     save_card: bool = False
+    existed: bool = False  # the journal already had a row for the transaction (this statement updated it)
 
 
 _FACTS = """
@@ -149,7 +150,7 @@ journal AS (
         raw_callback = CASE WHEN {keep} THEN t.raw_callback ELSE EXCLUDED.raw_callback END,
         decided_at = CASE WHEN {keep} THEN t.decided_at ELSE now() END,
         verified = t.verified OR EXCLUDED.verified
-    RETURNING decision
+    RETURNING decision, t.xmax::text <> '0' AS existed
 )"""
 ).replace("{keep}", _KEEP)
 
@@ -183,7 +184,7 @@ WITH paid AS (
     RETURNING 1
 ), {journal}
 SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), (SELECT amount FROM granted),
-       (SELECT save_card FROM paid)"""
+       (SELECT save_card FROM paid), (SELECT existed FROM journal)"""
 
 _FAIL = """
 WITH failed AS (
@@ -191,7 +192,7 @@ WITH failed AS (
      WHERE id = :id::uuid AND status = 'pending'
     RETURNING 1
 ), {journal}
-SELECT (SELECT decision FROM journal), NULL, NULL, NULL"""
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM journal)"""
 
 _REVIEW = """
 WITH flagged AS (
@@ -199,11 +200,11 @@ WITH flagged AS (
      WHERE id = :id::uuid AND status IN ('pending', 'failed', 'expired')
     RETURNING 1
 ), {journal}
-SELECT (SELECT decision FROM journal), NULL, NULL, NULL"""
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM journal)"""
 
 _NOTHING = """
 WITH {journal}
-SELECT (SELECT decision FROM journal), NULL, NULL, NULL"""
+SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM journal)"""
 
 _STATEMENTS = {
     Action.GRANT: _GRANT.format(journal=_JOURNAL.strip()),
@@ -298,8 +299,10 @@ class Journal:
         }
         if action == Action.GRANT:
             params["invoice"] = txn.invoice_number or None
-        journaled, user, granted, save_card = self.runner.run(bind(_STATEMENTS[action], **params))[0]
-        return Applied(Verdict(journaled), UUID(user) if user else None, int(granted or 0), bool(save_card))
+        journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]
+        return Applied(
+            Verdict(journaled), UUID(user) if user else None, int(granted or 0), bool(save_card), bool(existed)
+        )
 
     def record_unverified(self, txn: HypTransaction, *, detail: str, raw_callback: str) -> None:
         """A callback that could not be verified yet (our side): every distinct one kept as received, and

@@ -260,6 +260,10 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
         first = entry is None or not entry.verified or decision.override
         if first and applied.journaled != decision.verdict:
             raise _JournalChanged()
+        if entry is None and applied.existed:
+            # Another delivery journaled this Id after our read (we waited on the payment's lock while it
+            # committed): decide again on its row, so a disagreement between the two is kept, not lost.
+            raise _JournalChanged()
         return decision, Settlement(
             decision.result,
             decision.verdict,
