@@ -3,9 +3,10 @@
 Settling is one transaction of two statements: `facts()` locks the payment (`FOR UPDATE`) and reads
 what a decision needs, including the journal's row for the Hyp `Id`; `apply()` changes the payment
 as decided (grant, fail, review, or nothing) and writes the journal row in the same statement. A
-concurrent settlement of the same payment waits on the lock and then sees the first one's journal
-row; the unique indexes on `payments.hypay_transaction_id` and on one purchase per payment stop
-anything else.
+concurrent settlement of the same payment waits on the lock and then reads the payment as the first
+one left it, but not the first one's journal row (the statement's snapshot predates it): its write
+says the row existed (`Applied.existed`), and the settlement is decided again on it. The unique
+indexes on `payments.hypay_transaction_id` and on one purchase per payment stop anything else.
 """
 
 from __future__ import annotations
