@@ -60,7 +60,7 @@ class Decision:
     verdict: Verdict
     result: Result
     detail: str | None = None
-    metric: str | None = None  # counted once, when the decision is first taken
+    metric: str | None = None  # counted with the delivery it was decided on (first or again, as it says)
     override: bool = False  # replaces a verified journal row (an approval after a decline of the same Id)
     contradiction: str | None = None  # what a verified redelivery said against the decided row (kept on it)
 
@@ -100,23 +100,22 @@ def resolve_amount(txn: HypTransaction, facts: PaymentFacts | None, *, currency_
 def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
     """What a verified delivery says against the journal's verified row for the same payment, or None when it
     agrees on the money: approved where the row says not (or the other way round), or approved for another amount
-    or currency.
-    Two refusals with different codes moved no money either way: not a contradiction."""
+    or currency. Two refusals with different codes moved no money either way: not a contradiction."""
     if entry.decision == Verdict.REFUNDED or entry.ccode is None:
         return None  # a refund's own row (its code and amount are the refund's), or a row that cannot be compared
     approved_then, approved_now = entry.ccode == protocol.APPROVED, txn.ccode == protocol.APPROVED
-    amount = txn.amount
-    other_amount = entry.amount is not None and amount is not None and amount.amount != entry.amount
-    other_currency = (
-        entry.currency is not None
-        and amount is not None
-        and txn.currency_known
-        and str(amount.currency) != entry.currency
-    )
     said = []
     if approved_then != approved_now:
         said.append(f"CCode {txn.ccode} (journaled {entry.ccode})")
-    if (other_amount or other_currency) and (approved_now or approved_then) and amount is not None:
+    amount = txn.amount
+    if (
+        amount is not None
+        and (approved_then or approved_now)
+        and (
+            (entry.amount is not None and amount.amount != entry.amount)
+            or (entry.currency is not None and txn.currency_known and str(amount.currency) != entry.currency)
+        )
+    ):
         said.append(f"amount {amount} (journaled {entry.amount} {entry.currency})")
     if not said:
         return None
