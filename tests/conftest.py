@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,6 +118,16 @@ def _no_secrets_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
             )
             leaked = find_leaks(text)
             fail_on_leaks(leaked, f"a log record ({record.name})")
+
+
+@pytest.fixture(autouse=True)
+def _no_metrics_from_another_test() -> None:
+    """Metrics added outside a function's handler (a test calling a service directly) wait in Powertools' shared
+    metric set until some handler flushes them: cleared before each test, so none is counted in another's. (The
+    module is not imported here: importing it would fix the metrics namespace before a test's environment.)"""
+    observability = sys.modules.get("payments.observability")
+    if observability is not None:
+        observability.metrics.clear_metrics()
 
 
 @pytest.fixture(autouse=True)
