@@ -139,7 +139,7 @@ _NOTIFY_ANSWERS: dict[int, Any] = {
         "Not a Hypay callback (a malformed or repeated field, a field of our requests to Hyp, bytes outside ASCII), "
         "or one that can never be processed."
     ),
-    403: problem_json("Not genuine, or from an address outside HYPAY_NOTIFY_ALLOWED_CIDRS."),
+    403: problem_json("Not genuine (the signature or Hyp's VERIFY says so)."),
     404: problem_json("Order is not one of our payments (kept in the journal)."),
     409: problem_json("This Hyp transaction already paid another payment."),
     503: problem_json("Not verifiable or not processed yet (ours): send it again later.", headers=retry_after()),

@@ -298,27 +298,45 @@ def test_a_verify_answer_cut_short_or_lost_is_not_yet_and_the_callback_is_kept(e
     assert env.status(payment["payment_id"]) == "completed"
 
 
-def test_ip_allowlist_applies_to_notify_only_and_ignores_x_forwarded_for(
-    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_ip_allowlist_is_a_signal_a_genuine_notify_from_elsewhere_is_processed_a_forged_one_refused(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
+    from tests.integration.test_money_edges import claim
+
     monkeypatch.setenv("HYPAY_NOTIFY_ALLOWED_CIDRS", "198.51.100.0/24, 2001:db8::/32")
     from payments.settings import callback_settings
 
     callback_settings.cache_clear()
     reset_function_state(CALLBACK)
-    payment = buy(env)
+    before = env.credits()
+    payment, other = buy(env), buy(env, key="buy-2")
     transaction = pay(env, payment)
     raw = transaction.redirect_query
-    # From outside the list, even claiming an allowed address in X-Forwarded-For: refused
-    forged = notify(raw, source_ip="203.0.113.9", **{"x-forwarded-for": "198.51.100.20"})
-    assert forged.status == 403 and env.status(payment["payment_id"]) == "pending"
-    assert notify(raw, source_ip="not-an-ip").status == 403
-    assert metric_totals(capsys.readouterr().out).get("IpRejected") == 2
+    # A forgery from outside the list, even claiming an allowed address in X-Forwarded-For: refused as a forgery,
+    # nothing written
+    forged = forge(claim(other["payment_id"], hyp_id="99900002"), key="0" * 40)
+    assert notify(forged, source_ip="203.0.113.9", **{"x-forwarded-for": "198.51.100.20"}).status == 403
+    assert env.rows("SELECT count(*) FROM hypay_transactions WHERE hypay_id = '99900002'") == [[0]]
+    assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks WHERE hypay_id = '99900002'") == [[0]]
+    out = capsys.readouterr().out
+    assert metric_totals(out).get("VerificationFailed") == 1 and "NotifyOutsideAllowlist" not in metric_totals(out)
+    # Hyp's genuine notification from an address the list lacks (the list is ours, Hyp publishes none): processed,
+    # counted and named in a warning, so the list gets fixed; refusing it would leave a paid transaction on no row
+    assert notify(raw, source_ip="203.0.113.9", **{"x-forwarded-for": "198.51.100.20"}).status == 200
+    assert env.status(payment["payment_id"]) == "completed" and env.credits() == before + 100
+    out = capsys.readouterr().out
+    assert metric_totals(out).get("NotifyOutsideAllowlist") == 1
+    [warning] = [r for r in caplog.records if "outside HYPAY_NOTIFY_ALLOWED_CIDRS" in r.getMessage()]
+    assert warning.source_ip == "203.0.113.9"  # API Gateway's sourceIp, never X-Forwarded-For
+    assert notify(raw, source_ip="not-an-ip").status == 200
+    assert metric_totals(capsys.readouterr().out).get("NotifyOutsideAllowlist") == 1
     # The browser comes from the customer's own address: no allowlist there
     assert location(browser(raw))[0] == SUCCESS_PAGE
-    # From inside the list: processed (IPv6 too)
+    # From inside the list (IPv6 too): processed, not counted
     assert notify(raw, source_ip="198.51.100.77").status == 200
     assert notify(raw, source_ip="2001:db8::5").status == 200
+    assert "NotifyOutsideAllowlist" not in metric_totals(capsys.readouterr().out)
+    assert env.credits() == before + 100
 
 
 def test_empty_allowlist_is_a_warning_at_cold_start(env: Env, caplog: pytest.LogCaptureFixture) -> None:

@@ -3,6 +3,9 @@ attacker must not be able to overwrite, and verified oddities that must be journ
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import pytest
 
 from ops.seed import DEMO_USER_ID
@@ -311,3 +314,139 @@ def test_an_older_payments_card_never_replaces_a_newer_one(env: Env, monkeypatch
     assert notify(third_txn.redirect_query).status == 503
     assert notify(third_txn.redirect_query).status == 200
     assert env.rows(saved) == [[third["payment_id"]]]
+
+
+# -- a saved-card charge's answer in a shape we do not expect (a second outside review) -----------------------
+
+
+def _answers_rewritten(env: Env, monkeypatch: pytest.MonkeyPatch, change: Callable[[str], str]) -> list[str]:
+    """Hyp really charges (the simulator records it); its answer reaches us rewritten. The Ids it charged."""
+    real = env.sim._soft
+    charged: list[str] = []
+
+    def soft(params: dict[str, str]) -> str:
+        answer = real(params)
+        charged.append(re.search(r"(?:^|&)Id=(\d+)", answer).group(1))  # type: ignore[union-attr]
+        return change(answer)
+
+    monkeypatch.setattr(env.sim, "_soft", soft)
+    return charged
+
+
+def _field(name: str, value: str | None) -> Callable[[str], str]:
+    """The answer with `name`'s value replaced (None: the field left out)."""
+
+    def change(answer: str) -> str:
+        kept = [p for p in answer.split("&") if not p.startswith(f"{name}=")]
+        return "&".join(kept if value is None else [*kept, f"{name}={value}"])
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        pytest.param(_field("Amount", "199%2C00"), "an amount that could not be read", id="amount-with-a-comma"),
+        pytest.param(_field("Amount", "1%2C199.00"), "an amount that could not be read", id="thousands-separator"),
+        pytest.param(_field("Amount", "1e3"), "an amount that could not be read", id="exponent"),
+        pytest.param(_field("Amount", "99999999999.00"), "an amount that could not be read", id="beyond-the-journal"),
+        pytest.param(_field("Amount", None), "an amount that could not be read", id="no-amount"),
+        pytest.param(_field("Coin", "9"), "paid 199.00 ILS", id="a-coin-we-do-not-sell-in"),
+    ],
+)
+def test_an_approved_charge_whose_amount_cannot_be_read_is_journaled_for_review_never_granted_as_the_price(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch, change: Callable[[str], str], said: str
+) -> None:
+    # Given Hyp charged the saved card, and answered approved with its Id but an amount we cannot take as asked
+    before = env.credits()
+    charged = _answers_rewritten(env, monkeypatch, change)
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="odd-answer")
+    # Then the payment is "being confirmed" and in review, nothing granted, and Hyp's transaction is a journal row
+    # decided `review` (an operator can complete the payment with it), never the price taken for granted
+    assert answer.status == 202 and env.credits() == before, answer.body
+    [[decision, detail, payment_id]] = env.rows(
+        "SELECT decision, detail, payment_id::text FROM hypay_transactions WHERE hypay_id = :i", i=charged[0]
+    )
+    assert decision == "review" and said in detail and "amount mismatch" in detail
+    assert env.status(payment_id) == "needs_review" and env.sim.calls.count("soft") == 1
+    # And a retry with the key charges nothing again
+    assert post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="odd-answer").status == 202
+    assert env.sim.calls.count("soft") == 1 and env.credits() == before
+
+
+def test_a_charge_answer_without_a_ccode_names_hyps_id_on_the_payment_in_review(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given Hyp's answer carries its transaction Id but no CCode: charged or not, nobody knows
+    charged = _answers_rewritten(env, monkeypatch, _field("CCode", None))
+    before = env.credits()
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="no-ccode")
+    # Then the payment is in review and its row names that Id (a resolve can complete the payment with it), never
+    # granted, never charged again
+    assert answer.status == 202 and env.credits() == before
+    [[status, reason]] = env.rows(
+        "SELECT status, review_reason FROM payments WHERE id = :i::uuid", i=answer.json["payment_id"]
+    )
+    assert status == "needs_review" and f"check Hyp transaction {charged[0]}" in reason
+    assert post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="no-ccode").status == 202
+    assert env.sim.calls.count("soft") == 1
+
+
+def test_a_key_rotated_at_hyp_makes_genuine_callbacks_not_yet_once_the_credentials_check_is_seconds_old(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time as real_time
+    from types import SimpleNamespace
+
+    from ops.hypay_simulator import PUBLIC_TEST_TERMINAL_MASOF, redirect_sign
+    from payments.adapters import hypay as client
+    from payments.domain import hypay as protocol
+
+    payment = buy(env)
+    transaction = pay(env, payment)
+    # Given a forgery a moment ago: Hyp confirmed our credentials, and that yes is reused for a few seconds only
+    assert notify(forge(claim(payment["payment_id"], hyp_id="99900001"), key="0" * 40)).status == 403
+    # When the terminal's KEY is rotated in Hyp's portal (our secret still holds the old one), and Hyp's genuine
+    # notification, signed with the new KEY, arrives once those seconds are over
+    new_key = "f" * 40
+    env.sim.terminals[PUBLIC_TEST_TERMINAL_MASOF].key = new_key
+    pairs = protocol.split_raw_query(transaction.redirect_query)
+    sign = redirect_sign(dict(pairs), new_key)
+    genuine = "&".join(f"{k}={sign if k == 'Sign' else v}" for k, v in pairs)
+    later = client.CREDENTIALS_CHECK_REUSE_SECONDS + 0.5
+    monkeypatch.setattr(client, "time", SimpleNamespace(monotonic=lambda: real_time.monotonic() + later))
+    capsys.readouterr()
+    answer = notify(genuine)
+    # Then it is "not yet" (ours: our KEY is off), kept for reconciliation, and the alarm's metric counted; never
+    # taken for a forgery
+    assert answer.status == 503, answer.body
+    assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks WHERE hypay_id = :i", i=transaction.id) == [[1]]
+    totals = metric_totals(capsys.readouterr().out)
+    assert totals.get("CallbackNotVerifiable") == 1 and "VerificationFailed" not in totals
+    assert env.status(payment["payment_id"]) == "pending"
+
+
+def test_a_verified_callback_the_database_refuses_to_settle_is_kept_alarmed_and_never_expired(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a grant the database refuses for good (the balance would leave the integer range)
+    env.rows("UPDATE profiles SET credits = 2147483600 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    payment = buy(env)
+    transaction = pay(env, payment)
+    # When Hyp's genuine notification arrives, again and again
+    capsys.readouterr()
+    assert [notify(transaction.redirect_query).status for _ in range(3)] == [503, 503, 503]
+    # Then nothing is granted, each delivery is counted for the alarm, and the callback is kept as received (the
+    # journal's row says why), so that the hourly cleanup leaves the payment Hyp charged alone
+    assert metric_totals(capsys.readouterr().out).get("CallbackNotSettled") == 3
+    [[decision, detail]] = env.rows(
+        "SELECT decision, detail FROM hypay_transactions WHERE hypay_id = :i", i=transaction.id
+    )
+    assert decision == "unverified" and detail == "verified, but not settled: database error 22003"
+    assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks WHERE hypay_id = :i", i=transaction.id) == [[1]]
+    hourly_cleanup_long_after(env)
+    assert env.status(payment["payment_id"]) == "pending"
+    # And once the cause is fixed, the next delivery settles it: granted once
+    env.rows("UPDATE profiles SET credits = 0 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    assert notify(transaction.redirect_query).status == 200
+    assert env.status(payment["payment_id"]) == "completed" and env.credits() == 100

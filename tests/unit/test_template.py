@@ -137,6 +137,7 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
         "PaidNotPending": {"hypay_callback", "create_payment"},
         "ContradictingDelivery": {"hypay_callback", "create_payment"},
         "CallbackNotVerifiable": {"hypay_callback"},
+        "CallbackNotSettled": {"hypay_callback"},
         "SecondCharge": {"hypay_callback", "create_payment"},
         "UnmatchedTransaction": {"hypay_callback", "create_payment"},
         "ChargeOutcomeUnknown": {"create_payment"},

@@ -4,7 +4,9 @@ Shared by `/hypay/return` (the customer's browser) and `/hypay/notify` (Hyp's se
 the raw query string (payload 2.0 `rawQueryString`) or the raw form body, order and encoding kept:
 the local `Sign` HMAC first (cheap, constant-time), then Hyp's authoritative `What=VERIFY`, as the
 mode says (`hmac`, `verify`, `both`). On `/hypay/notify` only, the caller's address
-(`requestContext.http.sourceIp`, never `X-Forwarded-For`) must be in the allowlist when one is set.
+(`requestContext.http.sourceIp`, never `X-Forwarded-For`) is checked against the allowlist when one is set:
+a genuine notification from outside it is still processed (the list is ours and may be stale; the money is
+Hyp's), and counted.
 The verified raw payload is handed to the route in `app.context["hypay_raw"]`.
 """
 
@@ -152,16 +154,21 @@ class HypayVerification(BaseMiddlewareHandler):
         except ConfigurationError as exc:
             return self._unavailable(None, raw, f"configuration: {exc.message}")
         source_ip = app.current_event.request_context.http.source_ip
-        if self.notify and not allowed(source_ip, config.allowlist):
-            metrics.add_metric(name="IpRejected", unit=MetricUnit.Count, value=1)
-            logger.warning("hypay notify from an address outside the allowlist", extra={"source_ip": source_ip})
-            return problem(403, "Forbidden", "this address may not send Hypay notifications")
         try:
             verdict = self._verify(config, raw)
         except _Unverifiable as exc:
             return self._unavailable(config, raw, exc.reason)
         if verdict is not None:
             return self._reject(config, verdict, source_ip)
+        if self.notify and not allowed(source_ip, config.allowlist):
+            # Genuine, from an address the list lacks: Hyp's addresses changed (Hyp publishes none, the list is
+            # ours). Refusing it would drop money Hyp took for a mistake of ours: it is processed, and counted so
+            # that the list gets fixed.
+            metrics.add_metric(name="NotifyOutsideAllowlist", unit=MetricUnit.Count, value=1)
+            logger.warning(
+                "genuine hypay notify from an address outside HYPAY_NOTIFY_ALLOWED_CIDRS: processed",
+                extra={"source_ip": source_ip},
+            )
         app.append_context(hypay_raw=raw, hypay_currency_trusted=config.settings.verify_mode != "hmac")
         return next_middleware(app)
 

@@ -22,7 +22,7 @@ from aws_lambda_powertools import Logger
 
 from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
-from payments.domain.money import CURRENCY_OF_COIN, Money
+from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
 from payments.errors import ConfigurationError, GatewayError, GatewayNotAsked, GatewayUnavailable
 from payments.settings import DEFAULT_URL, HYPAY_URL, HypaySettings, hypay_settings
 from payments.tracing import tracer
@@ -100,8 +100,9 @@ class Charge:
 
     transaction_id: str
     approval_code: str
-    amount: Money | None
+    amount: Money | None  # None: the answer had no amount we can read (missing, or not an amount)
     invoice_number: str | None = None
+    currency_known: bool = True  # False: its Coin is not a currency we sell in (the amount's currency is a stand-in)
 
 
 @dataclass(frozen=True)
@@ -224,8 +225,10 @@ class HypayClient:
         """Does Hyp accept our terminal's Masof, KEY and PassP? A SIGN of a one-shekel page, nothing charged.
 
         Hyp answers VERIFY with 902 both for a forged callback and for wrong credentials (a KEY being
-        rotated): this tells the two apart. A yes is cached for a minute, so forged traffic costs at
-        most one extra call a minute. `GatewayUnavailable` when Hyp cannot be asked.
+        rotated): this tells the two apart. A yes is reused for `CREDENTIALS_CHECK_REUSE_SECONDS` only, so that
+        forged traffic costs at most one extra call to Hyp every few seconds, while a KEY rotated at Hyp is
+        noticed within those seconds (a genuine callback signed with the new KEY is then "not yet", kept, not
+        called forged). `GatewayUnavailable` when Hyp cannot be asked.
         """
         now = time.monotonic()
         if self._credentials_ok_until > now:
@@ -239,7 +242,7 @@ class HypayClient:
         }
         answer = self._call("SIGN", params, retry=True)
         if "signature" in answer.fields:
-            self._credentials_ok_until = now + 60
+            self._credentials_ok_until = now + CREDENTIALS_CHECK_REUSE_SECONDS
             return True
         if answer.ccode in (901, 902):
             return False
@@ -438,6 +441,11 @@ class HypayClient:
             raise
 
 
+# How long a yes of `credentials_accepted` is reused. It decides whether a callback that failed its check is a
+# forgery (403) or ours (our KEY is off: "not yet", kept): the shorter, the smaller the window in which a KEY just
+# rotated at Hyp turns genuine callbacks into "forgeries"; the longer, the fewer calls forged traffic causes.
+CREDENTIALS_CHECK_REUSE_SECONDS = 5.0
+
 # Connection failures that prove the request never left: refused by the address, or no address at all.
 _NOT_SENT_REASONS = ("(ConnectionRefusedError)", "(gaierror)")
 
@@ -460,12 +468,19 @@ def _charge_from(answer: protocol.Answer) -> Charge:
         # Approved, but with no transaction Hyp could be asked about: the money may have moved, so the charge's
         # outcome is unknown (the caller sends the payment to review), never a charge recorded under a blank Id.
         raise GatewayUnavailable("Hypay charge: approved without a valid transaction Id")
-    amount = None
-    if fields.get("Amount"):
-        currency = CURRENCY_OF_COIN.get(fields.get("Coin", "1"))
-        amount = Money.of(fields["Amount"], currency) if currency else None
+    # The answer is read as the callbacks are: an amount we cannot read, or a Coin we do not sell in, is kept as such
+    # (the charge then goes to review with its Id journaled), never taken for the price asked.
+    raw_amount = fields.get("Amount", "")
+    found = CURRENCY_OF_COIN.get(fields.get("Coin", "1") or "1")
+    amount = Money.of(raw_amount, found or Currency.ILS) if protocol.AMOUNT.fullmatch(raw_amount) else None
     hesh = fields.get("Hesh")
-    return Charge(transaction_id, fields.get("ACode", ""), amount, hesh if hesh not in (None, "", "0") else None)
+    return Charge(
+        transaction_id,
+        fields.get("ACode", ""),
+        amount,
+        hesh if hesh not in (None, "", "0") else None,
+        currency_known=found is not None,
+    )
 
 
 __all__ = [

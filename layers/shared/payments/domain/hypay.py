@@ -238,6 +238,9 @@ def callback_refusal(raw: str) -> str | None:
 # all-zero Id is no Id: a callback carrying one is malformed, a charge answer carrying one has no transaction.
 HYP_ID = re.compile(r"(?=[0-9]{1,20}\Z)0*[1-9][0-9]*", re.ASCII)
 HYP_ID_PROBLEM = "Id is not a Hyp transaction id (1 to 20 ASCII digits, not all zeros)"
+# An amount as Hyp writes it: digits, at most 2 decimals, at most 9 digits before the point (the journal keeps
+# numeric(12, 2)). Anything else ("199,00", "1,199.00", "1e3") is not read as an amount at all.
+AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII)
 
 
 def hyp_id(value: str | None) -> str | None:
@@ -307,7 +310,10 @@ def raise_for_ccode(answer: Answer, action: str) -> None:
         return
     hyp_message = redact(answer.fields.get("errMsg", "").strip()) or None
     if code is None:
-        raise GatewayUnavailable(f"Hypay {action}: answer without a CCode")
+        # Whatever happened is unknown; the Id, when the answer has one, names the transaction to look up.
+        raise GatewayUnavailable(
+            f"Hypay {action}: answer without a CCode", transaction_id=hyp_id(answer.fields.get("Id"))
+        )
     meaning = NOT_CHARGED.get(code) or _MESSAGES.get(code) or "refused"
     message = f"Hypay {action}: CCode {code} ({meaning})"
     error: type[GatewayError]

@@ -192,11 +192,16 @@ class CreatePayment:
             case _:
                 return _confirming(opened.id, opened.status)
 
-    def _outcome_unknown(self, payment_id: UUID, reason: str) -> None:
-        """Hyp may or may not have charged: the payment goes to review, counted (the alarm fires at one)."""
+    def _outcome_unknown(self, payment_id: UUID, reason: str, hypay_id: str | None = None) -> None:
+        """Hyp may or may not have charged: the payment goes to review, counted (the alarm fires at one). An Id the
+        answer carried is named on the payment's row (a resolve can complete the payment with it)."""
         metrics.add_metric(name="ChargeOutcomeUnknown", unit=MetricUnit.Count, value=1)
-        logger.error("saved card charge outcome unknown", extra={"payment_id": str(payment_id), "reason": reason})
-        self.deps.store.flag_for_review(payment_id, f"{reason}; check Hyp's transactions for Order {payment_id}")
+        logger.error(
+            "saved card charge outcome unknown",
+            extra={"payment_id": str(payment_id), "reason": reason, "hypay_transaction_id": hypay_id},
+        )
+        where = f"Hyp transaction {hypay_id}" if hypay_id else f"Hyp's transactions for Order {payment_id}"
+        self.deps.store.flag_for_review(payment_id, f"{reason}; check {where}")
 
     def _charge_saved_card(
         self, payment_id: UUID, pack: Pack, profile: Profile, token: Token, cvv: str | None
@@ -242,8 +247,9 @@ class CreatePayment:
             return self._declined(payment_id, pack, exc)
         if isinstance(exc, GatewayRejected) and exc.ccode != DUPLICATE_TRANSACTION:
             return self._refused(payment_id, exc)
-        # Unreachable, timed out, an error page, or "duplicate" (Hyp saw this charge before): it may exist.
-        return self._unknown(payment_id, f"{exc.code}, CCode {exc.ccode}")
+        # Unreachable, timed out, an error page, an answer without a CCode, or "duplicate" (Hyp saw this charge
+        # before): it may exist.
+        return self._unknown(payment_id, f"{exc.code}, CCode {exc.ccode}", exc.transaction_id)
 
     def _after_answer(
         self, payment_id: UUID, store_it: Callable[[], dict[str, Any]], hypay_id: str | None = None
@@ -268,11 +274,12 @@ class CreatePayment:
                 order_ref=str(payment_id),
                 payment_id=payment_id,
                 ccode=0,
-                amount=charge.amount or pack.price,
+                amount=charge.amount,  # None (unreadable) or another currency: review, never taken for the price
                 source=Source.TOKEN_CHARGE,
                 verified=True,
                 approval_code=charge.approval_code or None,
                 invoice_number=charge.invoice_number,
+                currency_known=charge.currency_known,
             ),
         )
         if settlement.result == Result.COMPLETED:
@@ -313,8 +320,8 @@ class CreatePayment:
             ),
         }
 
-    def _unknown(self, payment_id: UUID, reason: str) -> dict[str, Any]:
-        self._outcome_unknown(payment_id, f"saved-card charge outcome unknown ({reason})")
+    def _unknown(self, payment_id: UUID, reason: str, hypay_id: str | None = None) -> dict[str, Any]:
+        self._outcome_unknown(payment_id, f"saved-card charge outcome unknown ({reason})", hypay_id)
         return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
 
 

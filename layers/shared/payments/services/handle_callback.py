@@ -11,7 +11,7 @@ constraints make a second grant impossible even if the idempotency record were g
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -43,7 +43,6 @@ from payments.services.settle import Result, Settlement, settle
 
 # ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
 _CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)
-_AMOUNT = re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII)
 _APPROVAL_CODE = re.compile(r"[0-9A-Za-z]{0,20}", re.ASCII)
 _INVOICE_NUMBER = re.compile(r"[1-9][0-9]{0,19}", re.ASCII)
 _LAST4 = re.compile(r"[0-9]{4}", re.ASCII)
@@ -82,6 +81,7 @@ class Callback:
     message: str | None
     currency_trusted: bool = True
     currency_known: bool = True
+    raw_query: str | None = field(default=None, repr=False, compare=False)  # as received, to keep when unsettled
 
     @classmethod
     def parse(cls, raw_query: str, *, currency_trusted: bool = True) -> Callback:
@@ -94,7 +94,7 @@ class Callback:
         if not _CCODE.fullmatch(ccode):
             raise InvalidRequest("CCode is not a Hyp code (1 to 3 ASCII digits)")
         raw_amount = fields.get("Amount", "")
-        if not _AMOUNT.fullmatch(raw_amount):
+        if not protocol.AMOUNT.fullmatch(raw_amount):
             raise InvalidRequest("Amount is not an amount (digits, at most 2 decimals)")
         order = fields.get("Order", "")[:200]  # longer is never ours: kept (truncated) as an unmatched claim
         try:
@@ -121,6 +121,7 @@ class Callback:
             message=(protocol.redact(fields.get("errMsg", "").strip())[:200] or None) if currency_trusted else None,
             currency_trusted=currency_trusted,
             currency_known=currency_known,
+            raw_query=raw_query,
         )
 
     def transaction(self, source: Source, *, verified: bool = True) -> HypTransaction:
@@ -246,11 +247,37 @@ class HandleCallback:
         return {"result": str(outcome.result), "payment_id": str(outcome.payment_id) if outcome.payment_id else None}
 
     def _settle(self, callback: Callback, source: Source) -> Settlement:
-        settlement = settle(self.store.db, callback.transaction(source), currency_trusted=callback.currency_trusted)
+        try:
+            settlement = settle(self.store.db, callback.transaction(source), currency_trusted=callback.currency_trusted)
+        except QueryError as exc:
+            if not exc.retryable:
+                self._not_settled(callback, source, exc)
+            raise
         if self._card_owed(callback, settlement):
             assert settlement.user_id is not None and callback.payment_id is not None
             self._save_card(callback, settlement.user_id, callback.payment_id)
         return settlement
+
+    def _not_settled(self, callback: Callback, source: Source, exc: QueryError) -> None:
+        """A verified callback the database refused to settle (a constraint, a trigger, a bug in a statement: not
+        a conflict that passes). The delivery is answered "not yet" as any failure of ours, but Hyp's transaction
+        must not live only in a log: it is kept as an unverified callback would be (its journal row, which also
+        keeps the cleanup from expiring the payment), counted and alarmed. Best effort: the database may refuse
+        that too."""
+        metrics.add_metric(name="CallbackNotSettled", unit=MetricUnit.Count, value=1)
+        logger.error(
+            "verified hypay callback could not be settled",
+            extra={
+                "hypay_transaction_id": callback.transaction_id,
+                "payment_id": str(callback.payment_id) if callback.payment_id else None,
+                "sqlstate": exc.sqlstate,
+            },
+        )
+        raw = callback.raw_query
+        if raw is not None:
+            keep_unverified(
+                self.store.db, raw, source=source, reason=f"verified, but not settled: database error {exc.sqlstate}"
+            )
 
     def _card_owed(self, callback: Callback, settlement: Settlement) -> bool:
         """The buyer asked to keep the card that paid this payment, and it is not kept yet.

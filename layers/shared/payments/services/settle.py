@@ -210,7 +210,8 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
             Action.REVIEW,
             Verdict.REVIEW,
             Result.REVIEW,
-            f"amount mismatch: Hyp transaction {txn.hypay_id} paid {txn.amount}, expected {facts.amount}"
+            f"amount mismatch: Hyp transaction {txn.hypay_id} paid"
+            f" {txn.amount if txn.amount is not None else 'an amount that could not be read'}, expected {facts.amount}"
             f" (payment was {status})",
             "AmountMismatch",
         )
