@@ -322,3 +322,86 @@ def test_secret_arns_must_be_full_arns_and_timeouts_fit_the_functions_timeout() 
     # both fit, with room for the database, under API Gateway's 30 s
     admin = template["Resources"]["AdminFunction"]["Properties"]["Timeout"]
     assert 2 * params["HypayTimeout"]["MaxValue"] + 5 <= admin < 30
+
+
+# The functions CloudFormation allows in Rules (the rule functions, and Ref): cfn-lint does not look inside Rules,
+# and a Fn::Join there, which Conditions allow, fails the stack operation.
+_RULE_FUNCTIONS = {
+    "And",
+    "Contains",
+    "EachMemberEquals",
+    "EachMemberIn",
+    "Equals",
+    "Not",
+    "Or",
+    "RefAll",
+    "ValueOf",
+    "ValueOfAll",
+    "Ref",
+}
+
+
+def _rule_functions_used(node: object) -> set[str]:
+    if isinstance(node, list):
+        return set().union(*(_rule_functions_used(item) for item in node))
+    if not isinstance(node, dict):
+        return set()
+    found = set()
+    for key, value in node.items():
+        if key not in ("RuleCondition", "Assertions", "Assert", "AssertDescription"):
+            found.add(key.removeprefix("Fn::"))
+        found |= _rule_functions_used(value)
+    return found
+
+
+def _evaluate_rule(node: object, values: dict[str, object]) -> object:
+    """The rule functions this template uses, as CloudFormation evaluates them (an empty CommaDelimitedList is
+    [""])."""
+    if not isinstance(node, dict):
+        return node
+    [(name, args)] = node.items()
+    name = name.removeprefix("Fn::")
+    if name == "Ref":
+        return values[args]
+    evaluated = [_evaluate_rule(a, values) for a in args]
+    if name == "Not":
+        return not evaluated[0]
+    if name == "Equals":
+        return evaluated[0] == evaluated[1]
+    if name == "EachMemberEquals":
+        return all(member == evaluated[1] for member in evaluated[0])
+    raise AssertionError(f"no evaluator for {name}")
+
+
+def test_rules_use_only_rule_functions_and_catch_a_half_given_vpc() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    rules = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)["Rules"]  # noqa: S506
+    assert set().union(*(_rule_functions_used(rule) for rule in rules.values())) <= _RULE_FUNCTIONS
+
+    def failed(**given: object) -> set[str]:
+        values: dict[str, object] = {
+            "VpcSubnetIds": [""],
+            "VpcSecurityGroupIds": [""],
+            "VpcId": "",
+            "CreateSecretsManagerEndpoint": "false",
+            "JwtMode": "rs256",
+            "JwtSecretArn": "",
+            **given,
+        }
+        return {
+            name
+            for name, rule in rules.items()
+            if _evaluate_rule(rule.get("RuleCondition", True), values)
+            and not all(_evaluate_rule(a["Assert"], values) for a in rule["Assertions"])
+        }
+
+    assert failed() == set()  # the defaults deploy
+    assert failed(VpcSubnetIds=["subnet-1", "subnet-2"]) == {"SubnetsNeedSecurityGroups"}
+    assert failed(VpcSubnetIds=["subnet-1"], VpcSecurityGroupIds=["sg-1"]) == set()
+    assert failed(CreateSecretsManagerEndpoint="true") == {"SecretsManagerEndpointNeedsTheVpc"}
+    vpc = {"VpcSubnetIds": ["subnet-1"], "VpcSecurityGroupIds": ["sg-1"], "VpcId": "vpc-1"}
+    assert failed(CreateSecretsManagerEndpoint="true", **vpc) == set()
+    assert failed(JwtMode="hs256") == {"JwtSecretForHs256"}
