@@ -16,7 +16,17 @@ they were. After an adoption, the backend's statements must still plan against t
 `ON CONFLICT ... WHERE` arbiter must still find its index) before it commits. A recorded file that has
 since changed is refused rather than silently skipped.
 
-`python -m ops.migrate [--check] [--adopt-legacy]` uses DATABASE_URL, else the `make run` database.
+On a live database the web app keeps running: its requests read and write the tables a migration alters, and
+an `ALTER TABLE` waits for every transaction using the table, while every request that comes after it waits
+for the `ALTER TABLE`. So the run never waits long for a table: each lock it takes waits at most
+`--lock-timeout` seconds (`lock_timeout`, default 5), after which the whole run is rolled back (nothing
+applied, the web app's requests go on) and tried again, a few times, with growing pauses. A run that still
+cannot get its locks ends with a message naming the cause (a long transaction, often one left idle: see
+docs/deploy.md). Each statement may run as long as it needs (`--query-timeout`, default 600 s, is only the
+client's guard against a dead connection): an index built over a large table takes its time.
+
+`python -m ops.migrate [--check] [--adopt-legacy] [--lock-timeout S] [--attempts N] [--query-timeout S]` uses
+DATABASE_URL, else the `make run` database.
 """
 
 from __future__ import annotations
@@ -26,18 +36,23 @@ import hashlib
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from payments.adapters.db import Database, QueryError, Transaction, bind
+from payments.adapters.db import Database, DatabaseUnavailable, QueryError, Transaction, bind
 from payments.settings import DatabaseSettings
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 7_304_202_611  # arbitrary, constant: the migration runner's advisory lock
 ADOPT_ENV = "MIGRATE_ADOPT_LEGACY"
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
+LOCK_TIMEOUT_SECONDS = 5.0
+ATTEMPTS = 5
+QUERY_TIMEOUT_SECONDS = 600.0
 EXIT_LEGACY_ROWS = 2
 
 _LEDGER = """
@@ -322,26 +337,62 @@ def run(
     *,
     adopt_legacy: bool = False,
     backend_statements: Sequence[str] | None = None,
+    lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
+    attempts: int = ATTEMPTS,
+    say: Callable[[str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Outcome:
     """Preflight, then every pending migration in one transaction; see the module's docstring.
 
     Raises LegacyRowsFound (nothing applied) when existing rows break a pending migration and
-    `adopt_legacy` is off, MigrationError (nothing applied) when anything fails.
+    `adopt_legacy` is off, MigrationError (nothing applied) when anything fails, or when a table stayed busy
+    through `attempts` runs (each lock waited for at most `lock_timeout_seconds`; `say` hears of each retry).
     `backend_statements`: what must still plan after an adoption (default: the Hyp journal's statements).
     """
     migrations = discover(sql_dir)
-    try:
-        with db.transaction() as tx:
-            return _run(tx, migrations, adopt_legacy, backend_statements)
-    except QueryError as exc:  # the lock, the preflight's reads, the commit: rolled back all the same
-        raise MigrationError(f"{exc} (SQLSTATE {exc.sqlstate}); nothing was applied, the schema is as it was") from exc
+    for attempt in range(1, attempts + 1):
+        try:
+            with db.transaction() as tx:
+                return _run(tx, migrations, adopt_legacy, backend_statements, lock_timeout_seconds)
+        except (QueryError, MigrationError) as exc:
+            cause = exc if isinstance(exc, QueryError) else exc.__cause__
+            busy = isinstance(cause, QueryError) and cause.sqlstate == LOCK_NOT_AVAILABLE
+            if busy and attempt < attempts:
+                pause = min(2.0**attempt, 30.0)
+                if say is not None:
+                    say(
+                        f"a table is in use by another transaction (waited {lock_timeout_seconds:g} s for its lock);"
+                        f" nothing applied; trying again in {pause:g} s ({attempt + 1} of {attempts})"
+                    )
+                sleep(pause)
+                continue
+            if busy:
+                raise MigrationError(
+                    f"a table stayed in use by other transactions through {attempts} attempts (each lock waited"
+                    f" for at most {lock_timeout_seconds:g} s); nothing was applied, the schema is as it was. Look"
+                    " for long or idle-in-transaction sessions (pg_stat_activity), or run in a quieter moment"
+                ) from exc
+            if isinstance(exc, MigrationError):
+                raise
+            # the lock, the preflight's reads, the commit: rolled back all the same
+            raise MigrationError(
+                f"{exc} (SQLSTATE {exc.sqlstate}); nothing was applied, the schema is as it was"
+            ) from exc
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _run(
-    tx: Transaction, migrations: list[Migration], adopt_legacy: bool, backend_statements: Sequence[str] | None
+    tx: Transaction,
+    migrations: list[Migration],
+    adopt_legacy: bool,
+    backend_statements: Sequence[str] | None,
+    lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
 ) -> Outcome:
     """The run inside its one transaction: lock, preflight, adoption if asked, every pending file, records."""
-    tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
+    tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")  # another runner: waited for, however long
+    # From here every lock on a table waits at most this long: the web app's requests queue behind a waiting
+    # ALTER TABLE, so the run gives way (rolled back, tried again) rather than hold them up.
+    tx.run(f"SET LOCAL lock_timeout = '{max(1, round(lock_timeout_seconds * 1000))}ms'")
     tx.run(_LEDGER)
     preflight = _preflight(tx, migrations)
     if not preflight.pending:
@@ -488,19 +539,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get(ADOPT_ENV, "") not in ("", "0"),
         help=f"take refused rows forward (NOT VALID checks, marked duplicates); also {ADOPT_ENV}=1",
     )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=LOCK_TIMEOUT_SECONDS,
+        help=f"seconds a table lock may wait before the run gives way and retries (default {LOCK_TIMEOUT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=ATTEMPTS, help=f"runs tried while tables are busy (default {ATTEMPTS})"
+    )
+    parser.add_argument(
+        "--query-timeout",
+        type=float,
+        default=QUERY_TIMEOUT_SECONDS,
+        help=f"seconds the client waits for one statement (default {QUERY_TIMEOUT_SECONDS:g}: index builds take time)",
+    )
     args = parser.parse_args(argv)
     with database_url() as url:
-        db = Database.from_settings(DatabaseSettings(DATABASE_URL=url))
+        try:
+            db = Database.from_settings(DatabaseSettings(DATABASE_URL=url, DB_QUERY_TIMEOUT=args.query_timeout))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         try:
             if args.check:
                 return _print_check(db)
-            outcome = run(db, adopt_legacy=args.adopt_legacy)
+            outcome = run(
+                db,
+                adopt_legacy=args.adopt_legacy,
+                lock_timeout_seconds=args.lock_timeout,
+                attempts=max(1, args.attempts),
+                say=lambda line: print(line, file=sys.stderr),
+            )
         except LegacyRowsFound as exc:
             print(exc.preflight.report())
             print("nothing was applied")
             return EXIT_LEGACY_ROWS
         except MigrationError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except DatabaseUnavailable as exc:
+            print(f"error: {exc.message}; nothing was applied, the schema is as it was", file=sys.stderr)
             return 1
         finally:
             db.close()

@@ -34,8 +34,8 @@ from payments.api_schema import (
 )
 from payments.domain.money import Currency, Money
 from payments.errors import InvalidRequest, NotFound, PaymentError
-from payments.http import HttpApi, error_response, problem, validation_problem
-from payments.observability import http_handler, logger
+from payments.http import HttpApi, error_response, problem, unhandled_error, validation_problem
+from payments.observability import http_handler
 from payments.request_body import UnsupportedMediaType, json_object
 from payments.services.review import (
     OPERATOR_REASON_SCHEMA,
@@ -294,8 +294,7 @@ def _payment_error(exc: PaymentError) -> Response[Any]:
 
 @app.exception_handler(Exception)
 def _unexpected(exc: Exception) -> Response[Any]:
-    logger.exception("unhandled error")
-    return problem(500, "Internal Server Error", "something went wrong; retry with the same Idempotency-Key")
+    return unhandled_error("something went wrong; retry with the same Idempotency-Key")
 
 
 lambda_handler = http_handler(app)

@@ -25,7 +25,7 @@ from payments.api_schema import (
     reads_itself,
 )
 from payments.errors import InvalidRequest, PaymentError
-from payments.http import HttpApi, error_response, problem
+from payments.http import HttpApi, error_response, problem, unhandled_error
 from payments.observability import http_handler, logger, metrics
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from payments.services.debug_idempotency import KINDS, exercise
@@ -190,8 +190,7 @@ def _payment_error(exc: PaymentError) -> Response[Any]:
 
 @app.exception_handler(Exception)
 def _unexpected(exc: Exception) -> Response[Any]:
-    logger.exception("unhandled error")
-    return problem(500, "Internal Server Error", "something went wrong")
+    return unhandled_error("something went wrong")
 
 
 def _scheduled(event: dict, context: LambdaContext) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from payments.api_schema import (
 from payments.caller import authenticated_user
 from payments.domain.payment import CreatePaymentRequest, PaymentView
 from payments.errors import InvalidRequest, NotFound, PaymentError
-from payments.http import HttpApi, error_response, problem, validation_problem
+from payments.http import HttpApi, error_response, problem, unhandled_error, validation_problem
 from payments.idempotency import PostgresPersistenceLayer
-from payments.observability import http_handler, logger
+from payments.observability import http_handler
 from payments.request_body import UnsupportedMediaType, json_body_validation
 from payments.services.create_payment import CreatePayment, CreatePaymentDeps, get_payment
 from payments.settings import api_settings, auth_settings, idempotency_settings
@@ -177,8 +177,7 @@ def _payment_error(exc: PaymentError) -> Response:
 
 @app.exception_handler(Exception)
 def _unexpected(exc: Exception) -> Response:
-    logger.exception("unhandled error")
-    return problem(500, "Internal Server Error", "something went wrong; retry with the same Idempotency-Key")
+    return unhandled_error("something went wrong; retry with the same Idempotency-Key")
 
 
 lambda_handler = http_handler(app)

@@ -24,7 +24,7 @@ from payments.api_schema import (
 )
 from payments.domain import hypay as protocol
 from payments.errors import ConfigurationError, DatabaseUnavailable, InvalidRequest
-from payments.http import HttpApi, problem
+from payments.http import HttpApi, problem, unhandled_error
 from payments.hypay_middleware import HypayVerification, VerificationConfig, parse_allowlist, redirect
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler, logger
@@ -189,8 +189,7 @@ def hypay_notify() -> Response[Any]:
 @app.exception_handler(Exception)
 def _unexpected(exc: Exception) -> Response[Any]:
     # Nothing was granted (the work is atomic); Hyp's notify retries on 5xx, the browser sees an error.
-    logger.exception("hypay callback failed")
-    return problem(500, "Internal Server Error", "the callback could not be processed")
+    return unhandled_error("the callback could not be processed", "hypay callback failed")
 
 
 lambda_handler = http_handler(app)

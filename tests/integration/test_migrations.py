@@ -176,3 +176,73 @@ def test_a_failure_midway_leaves_the_schema_and_the_records_as_they_were(
     (tmp_path / failing.name).write_text(failing.sql, encoding="utf-8")
     assert migrate(db, tmp_path) == [m.name for m in migrations[recorded:]]
     db.close()
+
+
+def test_a_table_in_use_makes_the_run_give_way_instead_of_holding_up_the_web_app(empty_database_url: str) -> None:
+    import threading
+    import time
+
+    from ops.migrate import run
+
+    # Given production, with the web app in the middle of a transaction that read payments (a slow request, or a
+    # session left idle in its transaction)
+    seed = connect(empty_database_url)
+    seed.run(SEED.read_text(encoding="utf-8"))
+    seed.close()
+    web_app = connect(empty_database_url)
+    web_app.run("BEGIN")
+    web_app.run("SELECT count(*) FROM public.payments")
+    # When the migrations run, each table lock allowed to wait briefly, twice
+    said: list[str] = []
+    paused: list[float] = []
+    outcome: dict[str, BaseException] = {}
+
+    def migrating() -> None:
+        db = database(empty_database_url)
+        try:
+            run(db, lock_timeout_seconds=1.0, attempts=2, say=said.append, sleep=paused.append)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome["raised"] = exc
+        finally:
+            db.close()
+
+    runner = threading.Thread(target=migrating)
+    runner.start()
+    monitor = connect(empty_database_url)
+    deadline = time.monotonic() + 10
+    while not monitor.run("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"):
+        assert time.monotonic() < deadline, "the migration never waited for the web app's table"
+        time.sleep(0.02)
+    # And another web-app request reads payments while the migration waits for the table
+    other: dict[str, object] = {}
+    reader = threading.Thread(
+        target=lambda: other.update(rows=connect(empty_database_url).run("SELECT count(*) FROM public.payments"))
+    )
+    reader.start()
+    # Then that request is served while the first transaction is still open: the run gave way (its wait is
+    # bounded on the server, not only by the client), instead of queueing the web app behind it
+    reader.join(20)
+    assert not reader.is_alive() and "rows" in other, "a web-app request waited behind the migration"
+    runner.join(20)
+    assert not runner.is_alive()
+    assert isinstance(outcome.get("raised"), MigrationError) and "stayed in use" in str(outcome["raised"])
+    assert len(said) == 1 and "trying again" in said[0] and paused == [2.0]
+    # And nothing was applied
+    assert monitor.run("SELECT to_regclass('public.schema_migrations')") == [[None]]  # not even its ledger
+    # Once the web app's transaction ends, the run applies everything
+    web_app.run("COMMIT")
+    db = database(empty_database_url)
+    assert migrate(db) == [m.name for m in discover()]
+    db.close()
+    for conn in (web_app, monitor):
+        conn.close()
+
+
+def test_the_command_reports_an_unreachable_database_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ops.migrate import main
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/nothing")
+    assert main([]) == 1
+    assert "error: could not connect to the database; nothing was applied" in capsys.readouterr().err

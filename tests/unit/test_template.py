@@ -100,6 +100,25 @@ def test_payment_routes_have_the_web_app_authorizer_cors_and_throttling() -> Non
     assert secured == {"POST /payments", "GET /payments/{payment_id}"}
 
 
+# The functions' metrics and every alarm on them: the stage's own namespace, so that a dev stack in the same account
+# never fires prod's alarms (Powertools' metrics carry only the `service` dimension).
+OUR_NAMESPACE = {"Sub": "${MetricsNamespace}-${Stage}"}
+
+
+def test_the_functions_publish_metrics_to_their_stages_own_namespace() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506
+    assert doc["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"] == OUR_NAMESPACE
+    for name, resource in doc["Resources"].items():
+        variables = resource.get("Properties", {}).get("Environment", {}).get("Variables", {})
+        assert "POWERTOOLS_METRICS_NAMESPACE" not in variables, name  # none publishes elsewhere
+    dashboard = doc["Resources"]["PaymentsDashboard"]["Properties"]["DashboardBody"]["Sub"]
+    assert '"${MetricsNamespace}"' not in dashboard and dashboard.count('"${MetricsNamespace}-${Stage}"') == 3
+
+
 def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic() -> None:
     import yaml
 
@@ -113,7 +132,7 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
             continue
         props = r["Properties"]
         if "MetricName" in props:
-            assert props["Namespace"] == {"Ref": "MetricsNamespace"} or props["Namespace"].startswith("AWS/")
+            assert props["Namespace"] == OUR_NAMESPACE or props["Namespace"].startswith("AWS/")
             alarms[props["MetricName"]] = props
             services = {d["Value"] for d in props.get("Dimensions", []) if d["Name"] == "service"}
             watched.setdefault(props["MetricName"], set()).update(services)
@@ -124,7 +143,7 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
         assert total["Expression"] == f"SUM([{', '.join(ids)}])"  # every series counts
         for stat in stats:
             metric = stat["Metric"]
-            assert metric["Namespace"] == {"Ref": "MetricsNamespace"} and stat["Stat"] == "Sum"
+            assert metric["Namespace"] == OUR_NAMESPACE and stat["Stat"] == "Sum"
             alarms[metric["MetricName"]] = props
             watched.setdefault(metric["MetricName"], set()).update(
                 d["Value"] for d in metric["Dimensions"] if d["Name"] == "service"
@@ -143,6 +162,7 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
         "ChargeOutcomeUnknown": {"create_payment"},
         "Cleanup_payments_flagged_for_review": {"cleanup"},
         "DatabaseConnectFailed": {"create_payment", "hypay_callback", "cleanup", "admin"},
+        "UnhandledError": {"create_payment", "hypay_callback", "cleanup", "admin"},
     }.items():
         alarm = alarms[metric]
         assert (alarm["Threshold"], alarm["EvaluationPeriods"]) == (1, 1), metric

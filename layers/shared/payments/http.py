@@ -8,8 +8,10 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
+from aws_lambda_powertools.metrics import MetricUnit
 
 from payments import errors
+from payments.observability import logger, metrics
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
@@ -42,6 +44,13 @@ class HttpApi(APIGatewayHttpResolver):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._response_builder_class = _ResponseBuilder
+        # A path no route matches (API Gateway hands over the decoded path, so `/payments/%22` arrives as
+        # `/payments/"`, which no route's pattern takes): a 404 problem, never the app's catch-all 500.
+        self.not_found(_no_such_route)
+
+
+def _no_such_route(exc: Exception) -> Response[Any]:
+    return problem(404, "Not Found", "nothing here answers this path")
 
 
 def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> Response:
@@ -112,3 +121,11 @@ def with_security_headers(result: dict[str, Any]) -> dict[str, Any]:
     headers = result.setdefault("headers", {}) or {}
     result["headers"] = {**headers, **SECURITY_HEADERS}
     return result
+
+
+def unhandled_error(detail: str, log_message: str = "unhandled error") -> Response[Any]:
+    """The 500 for an exception no route handled: logged with its traceback, and counted (`UnhandledError`,
+    alarmed): the invocation itself returns, so Lambda's own Errors metric never sees it."""
+    metrics.add_metric(name="UnhandledError", unit=MetricUnit.Count, value=1)
+    logger.exception(log_message)
+    return problem(500, "Internal Server Error", detail)

@@ -83,7 +83,12 @@ def raw_payload(app: Any) -> str:
             except (binascii.Error, ValueError):
                 raise PoisonPayload("the body is not valid base64") from None
         else:
-            data = body.encode("utf-8", errors="surrogateescape") if isinstance(body, str) else bytes(body)
+            try:
+                data = body.encode("utf-8", errors="surrogateescape") if isinstance(body, str) else bytes(body)
+            except UnicodeEncodeError:  # a lone surrogate: no bytes were ever sent as that
+                raise PoisonPayload(
+                    "the form body has characters outside ASCII (values must be percent-encoded)"
+                ) from None
         try:
             text = data.decode("ascii")
         except UnicodeDecodeError:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,8 +27,35 @@ def _message_json(message: Any) -> Any:
     return json.loads(message)
 
 
+# In the text of an exception (ours, a library's, a chained database error's detail), what may be card data or a
+# secret: a run of 13 to 19 digits or 4-digit groups standing alone (a card number, a Hyp token), and the value of
+# a field named like a credential (`KEY=...`, `"PassP": "..."`, `password=...`).
+_CARD_LIKE = re.compile(r"(?<![0-9A-Za-z_.-])(?:\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?![0-9A-Za-z_.-])")
+_SECRET_FIELD = re.compile(r"""(?i)(\b(?:KEY|PassP|cvv|CC|token|password|secret)["']?\s*[:=]\s*["']?)[^"'&\s,}]+""")
+
+
+def redact_exception_text(text: str) -> str:
+    return _SECRET_FIELD.sub(r"\1[redacted]", _CARD_LIKE.sub("[redacted]", text))
+
+
+class _ExceptionRedaction(logging.Filter):
+    """A record that carries an exception is logged with the exception's text redacted (`redact_exception_text`),
+    in Powertools' own keys (`exception`, `exception_name`): an exception no code foresaw may carry anything, and a
+    database error's chained detail holds the values of the row. The record's `exc_info` is replaced, so no
+    handler (Powertools' JSON, a test's capture) sees the original text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        if isinstance(info, tuple) and info[0] is not None:
+            record.exception = redact_exception_text("".join(traceback.format_exception(*info)).rstrip())
+            record.exception_name = info[0].__name__
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 # Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE.
 logger = Logger(json_deserializer=_message_json)
+logger.addFilter(_ExceptionRedaction())
 metrics = Metrics()
 
 LambdaHandler = Callable[[dict, Any], Any]
