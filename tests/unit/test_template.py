@@ -425,3 +425,22 @@ def test_rules_use_only_rule_functions_and_catch_a_half_given_vpc() -> None:
     vpc = {"VpcSubnetIds": ["subnet-1"], "VpcSecurityGroupIds": ["sg-1"], "VpcId": "vpc-1"}
     assert failed(CreateSecretsManagerEndpoint="true", **vpc) == set()
     assert failed(JwtMode="hs256") == {"JwtSecretForHs256"}
+
+
+def test_every_function_logs_to_a_group_of_the_stacks_kept_log_retention_days() -> None:
+    import yaml
+
+    from ops.template import _CfnLoader
+
+    doc = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)  # noqa: S506
+    resources = doc["Resources"]
+    functions = {n: r for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
+    assert len(functions) == 6
+    for name, function in functions.items():
+        group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        logs = resources[group]
+        assert logs["Type"] == "AWS::Logs::LogGroup" and logs.get("Condition") == function.get("Condition"), name
+        assert logs["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+        assert logs["DeletionPolicy"] == logs["UpdateReplacePolicy"] == "Retain", name
+    assert resources["ApiAccessLogs"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert doc["Parameters"]["LogRetentionDays"]["Default"] == 90
