@@ -37,7 +37,7 @@ from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 
@@ -317,6 +317,9 @@ def build_event(
     `requestContext.authorizer` instead (e.g. `{"lambda": {...}}`, a Lambda authorizer's context).
     """
     parts = urlsplit(target)
+    # The path and its parameters as API Gateway's HTTP API hands them over: percent-decoded (`/payments/%22` is
+    # `/payments/"`); the query string is not (`rawQueryString` is exactly as received).
+    path = unquote(parts.path, errors="replace")
     lowered: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in headers.items() if isinstance(headers, Mapping) else headers:
@@ -329,7 +332,7 @@ def build_event(
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route_key,
-        "rawPath": parts.path,
+        "rawPath": path,
         "rawQueryString": parts.query,  # exactly as received: signatures are checked on it
         "headers": lowered,
         "requestContext": {
@@ -339,7 +342,7 @@ def build_event(
             "domainPrefix": "local",
             "http": {
                 "method": method,
-                "path": parts.path,
+                "path": path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": source_ip,
                 "userAgent": lowered.get("user-agent", ""),
@@ -360,7 +363,7 @@ def build_event(
             query[key] = f"{query[key]},{value}" if key in query else value
         event["queryStringParameters"] = query
     if path_parameters:
-        event["pathParameters"] = path_parameters
+        event["pathParameters"] = {name: unquote(value, errors="replace") for name, value in path_parameters.items()}
     if body:
         if _is_text(lowered.get("content-type", "")):
             event["body"] = body.decode("utf-8", errors="replace")

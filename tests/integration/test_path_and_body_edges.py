@@ -107,3 +107,23 @@ def test_a_notify_body_with_a_lone_surrogate_is_a_400_not_a_500(env: Env, caplog
     assert "\ud800" in event["body"]
     assert result["statusCode"] == 400, result
     assert env.status(payment["payment_id"]) == "pending"
+
+
+def test_the_local_api_hands_over_the_path_decoded_and_the_query_string_as_received() -> None:
+    # As API Gateway's HTTP API does: so that the local stack (make run, the proofs) meets these paths as Lambda does
+    event = build_event(
+        method="GET",
+        target="/payments/%22%F0%9F%98%80?a=%20b&Sign=AB%2F",
+        headers={},
+        body=b"",
+        source_ip="203.0.113.7",
+        route_key="GET /payments/{payment_id}",
+        path_parameters={"payment_id": "%22%F0%9F%98%80"},
+        claims=CLAIMS,
+    )
+    assert event["rawPath"] == event["requestContext"]["http"]["path"] == '/payments/"\U0001f600'
+    assert event["pathParameters"] == {"payment_id": '"\U0001f600'}
+    assert event["rawQueryString"] == "a=%20b&Sign=AB%2F"
+    # And such a path is a 404 problem from the function, as from Lambda
+    result = _call(CREATE, event)
+    assert result["statusCode"] == 404 and result["headers"]["Content-Type"] == "application/problem+json"
