@@ -42,7 +42,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from payments.adapters.db import Database, DatabaseUnavailable, QueryError, Transaction, bind
+from payments.adapters.db import Database, QueryError, Transaction, bind
+from payments.errors import ConfigurationError, DatabaseUnavailable
 from payments.settings import DatabaseSettings
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -392,7 +393,9 @@ def _run(
     tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")  # another runner: waited for, however long
     # From here every lock on a table waits at most this long: the web app's requests queue behind a waiting
     # ALTER TABLE, so the run gives way (rolled back, tried again) rather than hold them up.
-    tx.run(f"SET LOCAL lock_timeout = '{max(1, round(lock_timeout_seconds * 1000))}ms'")
+    # 0: no limit, as in PostgreSQL (the run then waits for its locks however long, the web app behind it).
+    wait_ms = 0 if lock_timeout_seconds <= 0 else max(1, round(lock_timeout_seconds * 1000))
+    tx.run(f"SET LOCAL lock_timeout = '{wait_ms}ms'")
     tx.run(_LEDGER)
     preflight = _preflight(tx, migrations)
     if not preflight.pending:
@@ -543,7 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lock-timeout",
         type=float,
         default=LOCK_TIMEOUT_SECONDS,
-        help=f"seconds a table lock may wait before the run gives way and retries (default {LOCK_TIMEOUT_SECONDS:g})",
+        help=f"seconds a table lock may wait before the run gives way and retries (default {LOCK_TIMEOUT_SECONDS:g};"
+        " 0: no limit)",
     )
     parser.add_argument(
         "--attempts", type=int, default=ATTEMPTS, help=f"runs tried while tables are busy (default {ATTEMPTS})"
@@ -558,6 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with database_url() as url:
         try:
             db = Database.from_settings(DatabaseSettings(DATABASE_URL=url, DB_QUERY_TIMEOUT=args.query_timeout))
+        except ConfigurationError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -578,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except MigrationError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, ConfigurationError) as exc:
             print(f"error: {exc.message}; nothing was applied, the schema is as it was", file=sys.stderr)
             return 1
         finally:

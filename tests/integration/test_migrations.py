@@ -246,3 +246,20 @@ def test_the_command_reports_an_unreachable_database_in_one_line(
     monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/nothing")
     assert main([]) == 1
     assert "error: could not connect to the database; nothing was applied" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("seconds", "sent"), [(5.0, "5000ms"), (0.0004, "1ms"), (0, "0ms")])
+def test_the_lock_timeout_is_sent_in_milliseconds_and_zero_means_no_limit(seconds: float, sent: str) -> None:
+    from ops.migrate import _run
+
+    statements: list[str] = []
+
+    class Tx:
+        def run(self, sql: str) -> list[list[object]]:
+            statements.append(sql)
+            return [[False]]
+
+    _run(Tx(), [], False, None, seconds)  # type: ignore[arg-type]
+    assert f"SET LOCAL lock_timeout = '{sent}'" in statements
+    # after the runners' advisory lock, which another runner waits for however long
+    assert statements.index(f"SET LOCAL lock_timeout = '{sent}'") == 1 and "pg_advisory_xact_lock" in statements[0]

@@ -479,3 +479,27 @@ def test_missing_or_wrong_token_is_401_and_the_old_single_token_still_works_as_a
     )
     [(who, action, _, request, _, after)] = audit_rows(admin)
     assert (who, action) == ("admin", "cleanup") and json.loads(after)["complete"] is True
+
+
+def test_completing_a_charge_whose_amount_hyp_gave_unreadably_keeps_the_journals_amount_unknown(
+    admin: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_money_edges import _answers_rewritten, _field
+    from tests.support.payments import CVV, PRO, post
+
+    # Given a saved-card charge Hyp approved with an amount we could not read: in review, its journal row's amount
+    # unknown
+    charged = _answers_rewritten(admin, monkeypatch, _field("Amount", "199%2C00"))
+    before = admin.credits()
+    payment = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="odd").json["payment_id"]
+    [item] = [i for i in every_item() if i["id"] == f"p:{payment}"]
+    [journaled] = item["hypay_transactions"]
+    assert (journaled["hypay_id"], journaled["amount"], journaled["decision"]) == (charged[0], None, "review")
+    # When an operator, having looked the amount up at Hyp, completes it
+    done = resolve(payment, {"action": "complete", "reason": "Hyp shows 199.00"}, key="c-1")
+    assert done.status == 200, done.body
+    # Then the credits are granted once, and the journal still says the amount is unknown (not the pack's price)
+    assert admin.credits() == before + 500 and admin.status(payment) == "completed"
+    assert admin.rows("SELECT decision, amount FROM hypay_transactions WHERE hypay_id = :i", i=charged[0]) == [
+        ["granted", None]
+    ]

@@ -75,3 +75,29 @@ def test_two_refusals_with_other_codes_or_amounts_moved_no_money_and_contradict_
 def test_a_currency_we_do_not_sell_in_is_not_compared() -> None:
     # Its amount's currency is a stand-in (the journal keeps no currency for it): only the amount counts
     assert decide(_txn(currency=Currency.USD, known=False), FACTS, _entry()).contradiction is None
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "for_good"),
+    [
+        ("22003", True),  # a value out of range
+        ("23505", True),  # a constraint
+        ("42703", True),  # a bug in a statement
+        ("P0001", True),  # a trigger's refusal
+        ("40001", False),  # a serialization conflict
+        ("40P01", False),  # a deadlock
+        ("55P03", False),  # a lock timeout
+        ("57014", False),  # a statement timeout
+        ("57P01", False),  # the server shutting down
+        ("53300", False),  # too many connections
+        ("08006", False),  # the connection broke
+        (None, True),
+    ],
+)
+def test_only_a_refusal_that_will_not_pass_counts_a_callback_as_not_settled(
+    sqlstate: str | None, for_good: bool
+) -> None:
+    from payments.adapters.db import QueryError
+    from payments.services.handle_callback import _refused_for_good
+
+    assert _refused_for_good(QueryError("refused", sqlstate)) is for_good

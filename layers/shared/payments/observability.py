@@ -28,14 +28,26 @@ def _message_json(message: Any) -> Any:
 
 
 # In the text of an exception (ours, a library's, a chained database error's detail), what may be card data or a
-# secret: a run of 13 to 19 digits or 4-digit groups standing alone (a card number, a Hyp token), and the value of
-# a field named like a credential (`KEY=...`, `"PassP": "..."`, `password=...`).
+# secret: a run of 13 to 19 digits or 4-digit groups standing alone (a card number, a Hyp token), the value of a
+# field named like a credential (`KEY=...`, `KEY%3D...` in an encoded body, `"PassP": "..."`, `password=...`), the
+# password of a connection URL, and a bearer token.
 _CARD_LIKE = re.compile(r"(?<![0-9A-Za-z_.-])(?:\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?![0-9A-Za-z_.-])")
-_SECRET_FIELD = re.compile(r"""(?i)(\b(?:KEY|PassP|cvv|CC|token|password|secret)["']?\s*[:=]\s*["']?)[^"'&\s,}]+""")
+_SECRET_NAME = r"(?<![A-Za-z_])(?:KEY|PassP|cvv|CC|token|password|secret)"
+_SECRET_QUOTED = re.compile(r"(?i)(" + _SECRET_NAME + r"""["']?\s*[:=]\s*)(["'])(?:(?!\2).)*\2""")
+_SECRET_FIELD = re.compile(r"(?i)(" + _SECRET_NAME + r"(?:=|%3D))(?:(?!%26)[^&\s\"',}])+")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+_BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"',]+")
+# A card number inside an encoded value (`CC%3D4580...`): the digits follow an escape, not a separator.
+_ENCODED_CARD = re.compile(r"(%[0-9A-Fa-f]{2})\d{13,19}(?![0-9])")
 
 
 def redact_exception_text(text: str) -> str:
-    return _SECRET_FIELD.sub(r"\1[redacted]", _CARD_LIKE.sub("[redacted]", text))
+    text = _CARD_LIKE.sub("[redacted]", text)
+    text = _ENCODED_CARD.sub(r"\1[redacted]", text)
+    text = _SECRET_QUOTED.sub(r"\1\2[redacted]\2", text)
+    text = _SECRET_FIELD.sub(r"\1[redacted]", text)
+    text = _URL_PASSWORD.sub(r"\1[redacted]@", text)
+    return _BEARER.sub(r"\1[redacted]", text)
 
 
 class _ExceptionRedaction(logging.Filter):
@@ -55,7 +67,8 @@ class _ExceptionRedaction(logging.Filter):
 
 # Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE.
 logger = Logger(json_deserializer=_message_json)
-logger.addFilter(_ExceptionRedaction())
+# On the handler, not the logger: the package's child loggers (Logger(child=True)) write through this handler too.
+logger.registered_handler.addFilter(_ExceptionRedaction())
 metrics = Metrics()
 
 LambdaHandler = Callable[[dict, Any], Any]

@@ -491,7 +491,9 @@ def _transaction(payment: LockedPayment, entry: JournalRow) -> HypTransaction:
         order_ref=entry.order_ref or str(payment.id),
         payment_id=payment.id,
         ccode=protocol.APPROVED,
-        amount=entry.amount or payment.amount,
+        # An amount Hyp's answer did not give readably stays unknown in the journal (the operator looked it up;
+        # the credits are the payment's), never recorded as the payment's price.
+        amount=entry.amount,
         source=source,
         verified=True,
         approval_code=entry.approval_code,
