@@ -495,6 +495,7 @@ def test_completing_a_charge_whose_amount_hyp_gave_unreadably_keeps_the_journals
     [item] = [i for i in every_item() if i["id"] == f"p:{payment}"]
     [journaled] = item["hypay_transactions"]
     assert (journaled["hypay_id"], journaled["amount"], journaled["decision"]) == (charged[0], None, "review")
+    assert "Hyp's answer is journaled below" in item["tried"][0] and "never came back" not in item["tried"][0]
     # When an operator, having looked the amount up at Hyp, completes it
     done = resolve(payment, {"action": "complete", "reason": "Hyp shows 199.00"}, key="c-1")
     assert done.status == 200, done.body

@@ -166,8 +166,10 @@ def _tried(row: QueueRow, journal: list[JournalRow]) -> list[str]:
     """What the system already did about it, in words."""
     done = []
     if row.charge_attempted_at is not None:
+        answered = any(entry.source == "token_charge" for entry in journal)
         done.append(
-            f"saved-card charge asked of Hyp at {row.charge_attempted_at.isoformat()}; its outcome never came back"
+            f"saved-card charge asked of Hyp at {row.charge_attempted_at.isoformat()}; "
+            + ("Hyp's answer is journaled below" if answered else "its outcome never came back")
         )
     if row.hypay_ccode is not None and row.kind == "payment":
         done.append(f"Hyp answered CCode {row.hypay_ccode}" + (f": {row.hypay_message}" if row.hypay_message else ""))
