@@ -450,3 +450,38 @@ def test_a_verified_callback_the_database_refuses_to_settle_is_kept_alarmed_and_
     env.rows("UPDATE profiles SET credits = 0 WHERE id = :u::uuid", u=DEMO_USER_ID)
     assert notify(transaction.redirect_query).status == 200
     assert env.status(payment["payment_id"]) == "completed" and env.credits() == 100
+
+
+@pytest.mark.parametrize("ccode", [901, 902])
+def test_hyp_refusing_our_own_saved_card_request_is_not_yet_and_the_same_key_then_charges_once(
+    env: Env, saved_card: str, capsys: pytest.CaptureFixture[str], ccode: int
+) -> None:
+    # Given Hyp refuses our terminal's permission or credentials for the charge. Ours: nothing moved
+    before = env.credits()
+    env.sim.faults.add("soft", "ccode", ccode=ccode)
+    capsys.readouterr()
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="own")
+    # Then "not yet" (503, counted for its alarm), never the customer's payment failed: it stays pending with its
+    # charge attempt released
+    assert answer.status == 503 and answer.headers["retry-after"], answer.body
+    assert metric_totals(capsys.readouterr().out).get("GatewayRefusedOurRequest") == 1
+    [[status, attempt]] = env.rows("SELECT status, charge_attempt_id FROM payments ORDER BY created_at DESC LIMIT 1")
+    assert (status, attempt) == ("pending", None)
+    # And once fixed, the same key charges, once
+    retried = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="own")
+    assert retried.status == 201 and env.credits() == before + 500
+    charged = [t for t in env.sim.transactions.values() if t.ccode == 0 and not t.redirect_query]  # by token
+    assert env.sim.calls.count("soft") == 2 and len(charged) == 1
+
+
+def test_hyp_refusing_our_credentials_for_a_payment_page_is_not_yet_and_alarmed(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.payments import STARTER
+
+    env.sim.faults.add("SIGN", "ccode", ccode=902)
+    capsys.readouterr()
+    answer = post({"credit_pack_id": STARTER}, key="page")
+    assert answer.status == 503 and answer.headers["retry-after"], answer.body
+    assert metric_totals(capsys.readouterr().out).get("GatewayRefusedOurRequest") == 1
+    assert post({"credit_pack_id": STARTER}, key="page").status == 201

@@ -490,3 +490,30 @@ def test_a_refunds_own_hyp_id_arriving_as_a_charge_settles_nothing(env: Env, adm
     assert str(settled.result) == "duplicate" and env.credits() == before
     after = env.rows("SELECT hypay_id, decision FROM hypay_transactions ORDER BY hypay_id")
     assert after == [[h, d] for h, d, _ in journal]
+
+
+@pytest.mark.parametrize(("action", "ccode"), [("zikoyAPI", 901), ("zikoyAPI", 902), ("CancelTrans", 902)])
+def test_hyp_refusing_our_own_request_moves_nothing_and_the_same_key_then_refunds(
+    env: Env, admin: Admin, backend_login: str, monkeypatch: pytest.MonkeyPatch, action: str, ccode: int
+) -> None:
+    from payments.errors import GatewayAuthenticationError
+
+    # Given Hyp refuses our terminal's permission (901) or credentials (902): ours
+    pid, txn = paid(env)
+    if action == "CancelTrans":  # the same day: a cancellation (the cut-off lifted, as in the test above)
+        monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
+        admin = Admin(env, backend_login, later=dt.timedelta(0))
+    env.sim.faults.add(action, "ccode", ccode=ccode)
+    with pytest.raises(GatewayAuthenticationError):
+        admin.refund(pid, "own-1")
+    # Then nothing moved and nothing is final: the attempt is released, no credits taken
+    assert env.sim.refund_count() == 0
+    assert env.rows("SELECT status, credits_taken FROM refunds WHERE payment_id = :p::uuid", p=pid) == [["refused", 0]]
+    # And once fixed, the same key refunds, once
+    env.sim.faults.clear()
+    answer = admin.refund(pid, "own-1")
+    assert answer.status == 201, answer.body
+    assert env.sim.refunded.get(txn.id) == 4990 or txn.id in env.sim.cancelled
+    assert env.rows("SELECT count(*) FROM refunds") == [[1]]
+    if action == "CancelTrans":
+        admin.close()

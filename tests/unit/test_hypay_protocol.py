@@ -105,8 +105,9 @@ def test_html_or_garbage_answers_are_gateway_unavailable() -> None:
         (902, GatewayAuthenticationError),
         (901, GatewayAuthenticationError),
         (999, GatewayUnavailable),
-        (400, GatewayRejected),
+        (400, GatewayRejected),  # validation: Hyp answers it for data too (getToken of a declined transaction)
         (425, GatewayRejected),
+        (920, GatewayRejected),
     ],
 )
 def test_ccodes_map_to_typed_errors(ccode: int, error: type) -> None:

@@ -83,7 +83,8 @@ class GatewayDeclined(GatewayError):
 
 
 class GatewayAuthenticationError(GatewayError):
-    """Our terminal credentials or permissions were refused: a configuration problem."""
+    """Hyp refused our terminal's credentials or permissions (902, 901): a configuration problem of ours that moved
+    no money, so "not yet", never a refusal of the customer."""
 
     code = "gateway_authentication_error"
 

@@ -96,8 +96,13 @@ def error_response(exc: errors.PaymentError) -> Response:
     if isinstance(exc, errors.NotFound):
         return problem(404, "Not Found", exc.message)
     if isinstance(exc, errors.GatewayError):
+        if isinstance(exc, errors.GatewayAuthenticationError):
+            # Counted for its alarm: every payment or refund waits until the configuration or the request is fixed.
+            metrics.add_metric(name="GatewayRefusedOurRequest", unit=MetricUnit.Count, value=1)
+            logger.error("hypay refused our request", extra={"ccode": exc.ccode, "reason": exc.message})
         if exc.retryable or isinstance(exc, errors.GatewayAuthenticationError):
-            # Hyp unreachable, or our terminal's credentials refused: ours, so "not yet", never "rejected".
+            # Hyp unreachable, or our terminal's credentials or request refused: ours, so "not yet", never
+            # "rejected".
             return problem(
                 503,
                 "Service Unavailable",
