@@ -3,8 +3,6 @@ and a failure that is ours is "not yet" (kept for reconciliation), never a rejec
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from ops.hypay_simulator import PUBLIC_TEST_TERMINAL_KEY
@@ -213,28 +211,12 @@ def test_a_raw_nul_in_a_callback_is_a_400_even_while_we_cannot_verify(
 
 def test_a_base64_notify_body_is_read_as_api_gateway_sends_it(env: Env) -> None:
     # API Gateway base64-encodes form bodies (isBase64Encoded): a genuine one is decoded and pays
-    from ops.lambda_context import LocalLambdaContext
-    from ops.local_api import build_event
-    from ops.template import load_handler
-    from tests.support.api import TEMPLATE
+    from tests.support.api import call, notify_event
 
     before = env.credits()
     payment = buy(env)
     transaction = pay(env, payment)
-    event = build_event(
-        method="POST",
-        target="/hypay/notify",
-        headers={"content-type": "application/x-www-form-urlencoded"},
-        body=transaction.redirect_query.encode(),
-        source_ip="198.51.100.20",
-        route_key="POST /hypay/notify",
-        path_parameters={},
-        claims=None,
-    )
-    event["body"] = base64.b64encode(transaction.redirect_query.encode()).decode()
-    event["isBase64Encoded"] = True
-    handler = load_handler(TEMPLATE.functions[CALLBACK])
-    result = handler(event, LocalLambdaContext(function_name=CALLBACK, timeout_seconds=20))
+    result = call(CALLBACK, notify_event(transaction.redirect_query, base64_encoded=True))
     assert result["statusCode"] == 200, result
     assert env.credits() == before + 100
 

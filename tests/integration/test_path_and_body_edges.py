@@ -88,20 +88,11 @@ def test_admin_post_with_an_odd_path_character_and_no_token_is_a_4xx_not_a_500(
 def test_a_notify_body_with_a_lone_surrogate_is_a_400_not_a_500(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     # Info: API Gateway hands over valid text or base64, so this event comes from a direct invocation (or a test
     # harness), not from the internet. raw_payload's surrogateescape encode raises UnicodeEncodeError for U+D800.
+    from tests.support.api import notify_event
+
     payment = buy(env)
     transaction = pay(env, payment)
-    event = build_event(
-        method="POST",
-        target="/hypay/notify",
-        headers={"content-type": "application/x-www-form-urlencoded"},
-        body=b"x",
-        source_ip="198.51.100.20",
-        route_key="POST /hypay/notify",
-        path_parameters={},
-        claims=None,
-    )
-    event["isBase64Encoded"] = False  # as for a text/plain body
-    event["body"] = transaction.redirect_query.replace("Fild1=", "Fild1=\ud800", 1)
+    event = notify_event(transaction.redirect_query.replace("Fild1=", "Fild1=\ud800", 1), base64_encoded=False)
     with caplog.at_level(logging.ERROR):
         result = _call(CALLBACK, event)
     assert "\ud800" in event["body"]

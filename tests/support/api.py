@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -65,3 +66,27 @@ def reset_function_state(function: str) -> None:
         clear = getattr(value, "cache_clear", None)
         if callable(clear) and getattr(value, "__module__", None) == module.__name__:
             clear()
+
+
+def notify_event(body: str, *, base64_encoded: bool) -> dict[str, Any]:
+    """A `POST /hypay/notify` event carrying `body` as given: base64-encoded as API Gateway hands over a form body,
+    or as text (what only a direct invocation can send)."""
+    event = build_event(
+        method="POST",
+        target="/hypay/notify",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        body=b"x",
+        source_ip="198.51.100.20",
+        route_key="POST /hypay/notify",
+        path_parameters={},
+        claims=None,
+    )
+    event["body"] = base64.b64encode(body.encode()).decode() if base64_encoded else body
+    event["isBase64Encoded"] = base64_encoded
+    return event
+
+
+def call(function: str, event: dict[str, Any]) -> dict[str, Any]:
+    """One event through the function's handler, its raw answer."""
+    handler = load_handler(TEMPLATE.functions[function])
+    return handler(event, LocalLambdaContext(function_name=function, timeout_seconds=20))

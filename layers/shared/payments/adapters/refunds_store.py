@@ -304,7 +304,13 @@ class RefundsStore:
     def switch_to_refund(self, refund_id: UUID, message: str) -> RefundRow | None:
         """CancelTrans was refused (nothing moved): the same attempted row goes on as a zikoyAPI refund."""
         rows = self.db.run(bind(_SWITCH, rid=str(refund_id), message=message[:500]))
-        return _row(rows[0]) if rows else None
+        if rows:
+            return _row(rows[0])
+        # `run` sends the statement again when the connection broke after it: the first send may have switched it
+        current = self.get(refund_id)
+        if current is not None and current.status == RefundStatus.ATTEMPTED and current.method == Method.REFUND:
+            return current
+        return None
 
     # -- after Hyp answered ---------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ Resolving locks the payment (`FOR UPDATE`) and reads what the decision needs in 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -362,6 +363,23 @@ class ResolveStatements:
             )
         )
         return bool(rows[0][0])
+
+    def own_resolution(self, payment_id: UUID, admin: str, idempotency_key: str) -> tuple[str, dict[str, Any]] | None:
+        """This admin's resolution of this payment under this key, already committed (its audit row's id and
+        `after` state): the same request run again after its commit's answer was lost."""
+        rows = self.tx.run(
+            bind(
+                "SELECT id::text, after_state FROM public.admin_audit_log WHERE action = 'resolve'"
+                " AND payment_id = :id::uuid AND admin = :admin AND idempotency_key = :key ORDER BY at LIMIT 1",
+                id=str(payment_id),
+                admin=admin,
+                key=idempotency_key,
+            )
+        )
+        if not rows:
+            return None
+        audit_id, after = rows[0]
+        return audit_id, after if isinstance(after, dict) else json.loads(after)
 
     def fail(self, payment_id: UUID, previous_status: str) -> bool:
         """needs_review / pending -> failed, no credits; False when its status was not `previous_status`."""

@@ -139,6 +139,13 @@ class Callback:
             currency_known=self.currency_known,
         )
 
+    def log_keys(self) -> dict[str, str | None]:
+        """What a log line about this callback names it by: Hyp's Id and our payment id, nothing of its fields."""
+        return {
+            "hypay_transaction_id": self.transaction_id,
+            "payment_id": str(self.payment_id) if self.payment_id else None,
+        }
+
     def fingerprint(self) -> dict[str, Any]:
         return {
             "order": self.order_ref,
@@ -163,23 +170,11 @@ def keep_unverified(db: Database, raw_query: str, *, source: Source, reason: str
             callback.transaction(source, verified=False), detail=reason, raw_callback=raw_query
         )
     except PaymentError as exc:
-        logger.error(
-            "unverified hypay callback not kept",
-            extra={
-                "hypay_transaction_id": callback.transaction_id,
-                "payment_id": str(callback.payment_id) if callback.payment_id else None,
-                "reason": exc.code,
-            },
-        )
+        logger.error("unverified hypay callback not kept", extra={**callback.log_keys(), "reason": exc.code})
         return
     logger.warning(
         "unverified hypay callback kept for reconciliation",
-        extra={
-            "hypay_transaction_id": callback.transaction_id,
-            "payment_id": str(callback.payment_id) if callback.payment_id else None,
-            "ccode": callback.ccode,
-            "reason": reason,
-        },
+        extra={**callback.log_keys(), "ccode": callback.ccode, "reason": reason},
     )
 
 
@@ -266,12 +261,7 @@ class HandleCallback:
         that too."""
         metrics.add_metric(name="CallbackNotSettled", unit=MetricUnit.Count, value=1)
         logger.error(
-            "verified hypay callback could not be settled",
-            extra={
-                "hypay_transaction_id": callback.transaction_id,
-                "payment_id": str(callback.payment_id) if callback.payment_id else None,
-                "sqlstate": exc.sqlstate,
-            },
+            "verified hypay callback could not be settled", extra={**callback.log_keys(), "sqlstate": exc.sqlstate}
         )
         raw = callback.raw_query
         if raw is not None:

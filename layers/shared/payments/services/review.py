@@ -545,11 +545,18 @@ class ResolvePayment:
         payment_id = UUID(scope["payment_id"])
         request = ResolveRequest.model_validate(scope["request"])
 
-        def work(tx: Transaction) -> tuple[dict[str, Any], HypTransaction | None, Settlement | None]:
+        def work(tx: Transaction) -> tuple[dict[str, Any], HypTransaction | None, Settlement | None, bool]:
             statements = ResolveStatements(tx)
             payment = statements.lock(payment_id, settle_seconds=self.charge_settle_seconds)
             if payment is None:
                 raise NotFound(f"no payment {payment_id}")
+            done = statements.own_resolution(payment_id, admin, key)
+            if done is not None:
+                # Committed already (this run repeats it: the commit's answer was lost): its answer, nothing again
+                done_id, done_state = done
+                status, paid_by = done_state.get("status"), done_state.get("hypay_id")
+                granted = done_state.get("credits_granted_now", 0)
+                return _resolved(payment_id, request, status, paid_by, granted, done_id, admin), None, None, False
             journal = statements.journal_of(payment_id)
             named = statements.journal_row(request.hypay_id) if request.hypay_id else None
             elsewhere = statements.paid_another_payment(request.hypay_id, payment_id) if request.hypay_id else False
@@ -588,24 +595,44 @@ class ResolvePayment:
                     "credits_granted_now": settlement.credits_granted if settlement else 0,
                 },
             )
-            body = {
-                "payment_id": str(payment_id),
-                "action": request.action,
-                "status": after.stored_status,
-                "hypay_id": plan.txn.hypay_id if plan.txn else None,
-                "credits_granted": settlement.credits_granted if settlement else 0,
-                "audit_id": str(audit_id),
-                "resolved_by": admin,
-            }
-            return body, plan.txn, settlement
+            body = _resolved(
+                payment_id,
+                request,
+                after.stored_status,
+                plan.txn.hypay_id if plan.txn else None,
+                settlement.credits_granted if settlement else 0,
+                str(audit_id),
+                admin,
+            )
+            return body, plan.txn, settlement, True
 
-        body, txn, settlement = self.db.atomic(work)
-        if txn is not None and settlement is not None:
+        body, txn, settlement, fresh = self.db.atomic(work)
+        if fresh and txn is not None and settlement is not None:
             report_operator_grant(txn, settlement, admin=admin)
-        else:
+        elif fresh:
             metrics.add_metric(name="OperatorResolved", unit="Count", value=1)
             logger.info("payment failed by an operator", extra={"payment_id": str(payment_id), "admin": admin})
         return {"status": 200, "body": body}
+
+
+def _resolved(
+    payment_id: UUID,
+    request: ResolveRequest,
+    status: str | None,
+    hypay_id: str | None,
+    credits_granted: int,
+    audit_id: str,
+    admin: str,
+) -> dict[str, Any]:
+    return {
+        "payment_id": str(payment_id),
+        "action": request.action,
+        "status": status,
+        "hypay_id": hypay_id,
+        "credits_granted": credits_granted,
+        "audit_id": audit_id,
+        "resolved_by": admin,
+    }
 
 
 def _operator_detail(journal: list[JournalRow], hypay_id: str, admin: str, reason: str) -> str:
