@@ -25,7 +25,7 @@ PYTHON313 ?= $(shell \
 			&& { echo $$p; break; }; \
 	done)
 
-.PHONY: help venv lock run test test-pg15 test-fast prove migrate migrate-check build lint openapi bench clean
+.PHONY: help venv lock run test test-pg15 test-fast prove migrate migrate-check build deploy lint openapi bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ migrate-check: $(STAMP) ## list the rows a pending migration cannot accept, chan
 # fit Lambda) names no hash; rather than install an unchecked file, that fails.
 build: $(STAMP) ## sam build (function code + shared layer into .aws-sam/build)
 	PIP_REQUIRE_HASHES=1 $(VENV)/bin/sam build --template-file template.yaml
+
+deploy: build ## sam deploy, new function versions whenever the parameters changed; ARGS="--config-env prod --parameter-overrides ..."
+	$(PY) -m ops.deploy $(ARGS)
 
 lint: $(STAMP) ## ruff, mypy, cfn-lint, sam validate --lint
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,90 @@
+"""`make deploy` publishes new function versions when only the parameters changed (SAM publishes by the template it
+reads, not by parameter values), and nothing new when they did not."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops.deploy import DeployError, parameters, with_revision
+from ops.template import TEMPLATE
+
+
+def _versions(template_text: str) -> dict[str, str]:
+    """Each function's published version as SAM's translation names it (by a hash of what it publishes)."""
+    from samtranslator.translator.transform import transform
+    from samtranslator.yaml_helper import yaml_parse
+
+    template: dict[str, Any] = json.loads(json.dumps(yaml_parse(template_text)))
+    for name, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = f"s3://bucket/{name}"
+        if resource["Type"] == "AWS::Serverless::LayerVersion":
+            resource["Properties"]["ContentUri"] = "s3://bucket/layer"
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+    out = transform(template, {}, NoManagedPolicies())
+    return {
+        v["Properties"]["FunctionName"]["Ref"]: k
+        for k, v in out["Resources"].items()
+        if v["Type"] == "AWS::Lambda::Version"
+    }
+
+
+def test_other_parameters_publish_new_versions_and_the_same_ones_nothing_new() -> None:
+    source = TEMPLATE.read_text(encoding="utf-8")
+    dev = ["Stage=dev", "WebAppSuccessUrl=https://a.example/ok"]
+    first = _versions(with_revision(source, dev))
+    assert len(first) == 6
+    # Another value of one parameter: every function gets a new version
+    changed = _versions(with_revision(source, ["Stage=dev", "WebAppSuccessUrl=https://b.example/ok"]))
+    assert all(changed[f] != first[f] for f in first)
+    # The same parameters (in any order, on a template patched before): the same versions, nothing published
+    assert _versions(with_revision(with_revision(source, ["Stage=x"]), list(reversed(dev)))) == first
+
+
+def test_the_parameters_are_the_command_lines_else_the_samconfig_environments(tmp_path: Path) -> None:
+    samconfig = tmp_path / "samconfig.toml"
+    samconfig.write_text(
+        '[default.deploy.parameters]\nparameter_overrides = "Stage=dev"\n'
+        '[prod.deploy.parameters]\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
+    )
+    assert parameters([], samconfig) == ["Stage=dev"]
+    assert parameters(["--config-env", "prod"], samconfig) == ["FunctionConcurrency=20", "Stage=prod"]
+    given = ["--config-env", "prod", "--parameter-overrides", "Stage=prod", 'WebAppOrigins="https://a b"', "--no-fail"]
+    assert parameters(given, samconfig) == ["Stage=prod", "WebAppOrigins=https://a b"]
+
+
+def test_a_template_without_one_config_revision_is_refused() -> None:
+    with pytest.raises(DeployError, match="CONFIG_REVISION"):
+        with_revision("Resources: {}\n", ["Stage=dev"])
+
+
+def test_the_command_patches_the_built_template_then_runs_sam_deploy_with_its_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ops import deploy
+
+    built = tmp_path / "template.yaml"
+    built.write_text(TEMPLATE.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setattr(deploy, "BUILT", built)
+    monkeypatch.setattr(deploy, "ROOT", tmp_path)
+    ran: list[list[str]] = []
+    monkeypatch.setattr(deploy.subprocess, "call", lambda command, cwd: ran.append(command) or 0)
+    args = ["--config-env", "prod", "--parameter-overrides", "Stage=prod", "WebAppOrigins=https://a.example"]
+    assert deploy.main(args) == 0
+    [command] = ran
+    assert command[0].endswith("/sam") and command[1:] == ["deploy", *args]
+    expected = deploy.digest(["Stage=prod", "WebAppOrigins=https://a.example"])
+    assert f'CONFIG_REVISION: "1-p{expected}"' in built.read_text(encoding="utf-8")
+    # Without a build there is nothing to deploy: refused in one line
+    built.unlink()
+    assert deploy.main(args) == 2 and len(ran) == 1
