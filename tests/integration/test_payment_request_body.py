@@ -277,3 +277,18 @@ def test_json_true_and_false_are_taken(env: Env, value: bool) -> None:
     # Then the payment is created
     assert answer.status == 201, answer.body
     assert len(env.payments()) == 1
+
+
+@pytest.mark.parametrize("member", ["5326105300985614", "cvv=7319", "card 5326 1053 0098 5614"])
+def test_a_member_named_like_card_data_is_not_repeated_in_the_400(env: Env, before: dict, member: str) -> None:
+    # Given a body with a member the request does not take, named like card data (a client's mistake)
+    answer = send(json.dumps({"credit_pack_id": STARTER, member: 1}).encode())
+    # Then the 400 says a member is not taken, without repeating what looks like card data
+    detail = assert_refused(answer, 400, env, before)
+    assert "Extra inputs are not permitted" in detail and "[redacted]" in detail
+    assert "5326105300985614" not in answer.body and "5326 1053" not in answer.body and "7319" not in answer.body
+
+
+def test_a_member_the_request_does_not_take_is_named(env: Env, before: dict) -> None:
+    answer = send(json.dumps({"credit_pack_id": STARTER, "coupon": "X"}).encode())
+    assert assert_refused(answer, 400, env, before) == "coupon: Extra inputs are not permitted"

@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
 from aws_lambda_powertools.metrics import MetricUnit
 
 from payments import errors
-from payments.observability import logger, metrics
+from payments.observability import logger, metrics, redact_exception_text
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
@@ -62,12 +62,14 @@ def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | N
 
 
 def validation_problem(issues: Sequence[Any]) -> Response:
-    """400 for a malformed request, naming each field and what is wrong, never echoing a value."""
+    """400 for a malformed request, naming each field and what is wrong, never echoing a value. A member the request
+    does not take is named as sent (what a client needs to see), unless it looks like card data or a secret (a card
+    number sent as a member's name): then it is redacted, as in a log line."""
     parts = []
     for issue in issues:
         location = ".".join(str(p) for p in issue.get("loc", ()) if p not in ("body",)) or "body"
         parts.append(f"{location}: {issue.get('msg', 'invalid')}")
-    return problem(400, "Bad Request", "; ".join(parts) or "the request is malformed")
+    return problem(400, "Bad Request", redact_exception_text("; ".join(parts)) or "the request is malformed")
 
 
 def _retry_after(seconds: int) -> dict[str, str]:
