@@ -122,7 +122,7 @@ def _measure_review_queue() -> None:
             parameter(
                 "header",
                 "Idempotency-Key",
-                {"type": "string"},
+                {"type": "string", "pattern": "^[ -~]*$"},  # printable ASCII: what the route takes
                 "Optional: kept in the audit trail (its first 255 characters); printable ASCII.",
             )
         ]
