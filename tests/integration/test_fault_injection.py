@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -132,6 +132,18 @@ class Harness:
     def status(self, payment_id: str) -> str | None:
         found = self.rows("SELECT status FROM payments WHERE id = :p::uuid", p=payment_id)
         return found[0][0] if found else None
+
+    def purchase_grant_problems(self) -> list[str]:
+        """Each completed payment holds one purchase grant of its credits; any other payment none."""
+        found = []
+        for payment, state, credits, grants, total in self.rows("""
+            SELECT p.id::text, p.status, COALESCE(p.credits, k.credits), count(c.id), COALESCE(sum(c.amount), 0)
+              FROM payments p LEFT JOIN credit_packs k ON k.id = p.credit_pack_id
+              LEFT JOIN credit_transactions c ON c.payment_id = p.id AND c.type = 'purchase'
+             GROUP BY p.id, p.status, p.credits, k.credits"""):
+            if (state == "completed" and (grants != 1 or total != credits)) or (state != "completed" and grants):
+                found.append(f"payment {payment} is {state} with {grants} purchase grants of {total} credits")
+        return found
 
     @staticmethod
     def cold_start() -> None:
@@ -310,13 +322,7 @@ class Harness:
                     f"user {user}: balance changed by {deltas[0]}, grants sum to {deltas[1]},"
                     f" completed payments hold {deltas[2]} credits"
                 )
-        for payment, state, credits, grants, total in self.rows("""
-            SELECT p.id::text, p.status, COALESCE(p.credits, k.credits), count(c.id), COALESCE(sum(c.amount), 0)
-              FROM payments p LEFT JOIN credit_packs k ON k.id = p.credit_pack_id
-              LEFT JOIN credit_transactions c ON c.payment_id = p.id AND c.type = 'purchase'
-             GROUP BY p.id, p.status, p.credits, k.credits"""):
-            if (state == "completed" and (grants != 1 or total != credits)) or (state != "completed" and grants):
-                found.append(f"payment {payment} is {state} with {grants} purchase grants of {total} credits")
+        found += self.purchase_grant_problems()
         # 6. a card the buyer asked to keep is kept once the payment completed (or the card of a payment
         #    completed later is): judged by which payment the saved card came from, not by when it was written
         for (payment,) in self.rows("""
@@ -387,6 +393,50 @@ FLOWS = (
 )
 
 
+def every_case(
+    harness: Harness, flows: Sequence[Flow], traces: dict[str, list[Point]] | None = None
+) -> tuple[list[Case], dict[str, list[Point]]]:
+    """Each flow run cleanly (recording its points in `traces`, as soon as recorded), then once per point and
+    fault: the cases, and each flow's points."""
+    cases: list[Case] = []
+    traces = {} if traces is None else traces
+    for flow in flows:
+        clean = harness.run(flow)
+        cases.append(clean)
+        traces[flow.name] = clean.trace
+        for index, point in enumerate(clean.trace):
+            for fault in FAULTS:
+                cases.append(harness.run(flow, index, fault, point))
+    return cases, traces
+
+
+def report(
+    title: str,
+    cases: list[Case],
+    traces: dict[str, list[Point]],
+    injector: Injector,
+    started: float,
+    notes: Sequence[str] = (),
+) -> tuple[str, bool]:
+    """The summary printed (and given on failure), and whether every case held."""
+    points = sum(len(t) for t in traces.values())
+    lines = [
+        f"{title}: {len(traces)} flows, {points} points x {len(FAULTS)} faults = {len(cases) - len(traces)} cases"
+        f" (+{len(traces)} clean runs) in {time.monotonic() - started:.0f} s",
+        *(f"  {name}: {len(trace)} points: " + "; ".join(str(p) for p in trace) for name, trace in traces.items()),
+    ]
+    failed = [c for c in cases if c.problems]
+    lines.append(f"  cases with a broken invariant: {len(failed)}")
+    for case in cases if os.environ.get("FAULT_INJECTION_VERBOSE") else failed:
+        lines.append(f"  - {case}:" if case.problems else f"  - {case}: ok")
+        lines += [f"      {problem}" for problem in case.problems]
+        lines.append("      answers: " + ", ".join(f"{label} {describe(a)}" for label, a in case.answers))
+    lines += notes
+    lines += [f"  injection problem: {p}" for p in injector.problems]
+    held = points >= 4 * len(traces) and not failed and not injector.problems  # each flow has steps to fault
+    return "\n".join(lines), held
+
+
 def test_crash_at_every_step_money_stays_right(
     env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -397,37 +447,13 @@ def test_crash_at_every_step_money_stays_right(
     injector = Injector(admin)
     injector.install(monkeypatch)
     started = time.monotonic()
-    cases: list[Case] = []
-    traces: dict[str, list[Point]] = {}
     try:
         harness = Harness(env, injector)
         harness.save_a_card()
-        for flow in FLOWS:
-            clean = harness.run(flow)
-            cases.append(clean)
-            traces[flow.name] = clean.trace
-            for index, point in enumerate(clean.trace):
-                for fault in FAULTS:
-                    cases.append(harness.run(flow, index, fault, point))
+        cases, traces = every_case(harness, FLOWS)
     finally:
         admin.close()
-
-    points = sum(len(t) for t in traces.values())
-    faulted = len(cases) - len(FLOWS)
-    lines = [
-        f"fault injection: {len(FLOWS)} flows, {points} points x {len(FAULTS)} faults = {faulted} cases"
-        f" (+{len(FLOWS)} clean runs) in {time.monotonic() - started:.0f} s",
-        *(f"  {name}: {len(trace)} points: " + "; ".join(str(p) for p in trace) for name, trace in traces.items()),
-    ]
-    failed = [c for c in cases if c.problems]
-    lines.append(f"  cases with a broken invariant: {len(failed)}")
-    for case in cases if os.environ.get("FAULT_INJECTION_VERBOSE") else failed:
-        lines.append(f"  - {case}:" if case.problems else f"  - {case}: ok")
-        lines += [f"      {problem}" for problem in case.problems]
-        lines.append("      answers: " + ", ".join(f"{label} {describe(a)}" for label, a in case.answers))
-    lines += [f"  injection problem: {p}" for p in injector.problems]
-    summary = "\n".join(lines)
+    summary, held = report("fault injection", cases, traces, injector, started)
     with capsys.disabled():
         print("\n" + summary)
-    assert points >= 4 * len(FLOWS), summary  # each flow has statements and calls to fault
-    assert not failed and not injector.problems, summary
+    assert held, summary

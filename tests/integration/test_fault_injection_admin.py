@@ -68,11 +68,11 @@ from payments.adapters import db as db_module
 from payments.domain.refund import credits_to_take
 from payments.settings import api_settings
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
-from tests.integration.test_fault_injection import ATTEMPTS, Case, Flow, Harness, describe, page
+from tests.integration.test_fault_injection import ATTEMPTS, Case, Flow, Harness, describe, every_case, page, report
 from tests.integration.test_hypay_callback import browser, forge, notify
 from tests.integration.test_review import ADMIN, ALICE, admin  # noqa: F401 - the `admin` fixture (admin tokens)
 from tests.support.api import Answer, invoke, reset_function_state
-from tests.support.faults import FAULTS, Injector, Point
+from tests.support.faults import Injector, Point
 from tests.support.payments import CALLBACK, CREATE, SUCCESS_PAGE, Env
 from tests.support.pg import connect
 
@@ -307,13 +307,7 @@ class AdminHarness(Harness):
             base_credits, base_total = self.baseline.get(user, [0, 0])
             if credits - base_credits != total - base_total:
                 found.append(f"user {user}: balance moved {credits - base_credits}, the ledger {total - base_total}")
-        for payment, state, credits, grants, total in self.rows("""
-            SELECT p.id::text, p.status, COALESCE(p.credits, k.credits), count(c.id), COALESCE(sum(c.amount), 0)
-              FROM payments p LEFT JOIN credit_packs k ON k.id = p.credit_pack_id
-              LEFT JOIN credit_transactions c ON c.payment_id = p.id AND c.type = 'purchase'
-             GROUP BY p.id, p.status, p.credits, k.credits"""):
-            if (state == "completed" and (grants != 1 or total != credits)) or (state != "completed" and grants):
-                found.append(f"payment {payment} is {state} with {grants} purchase grants of {total} credits")
+        found += self.purchase_grant_problems()
         # 4. the audit trail
         refund_audits = Counter(
             rid for (rid,) in self.rows("SELECT request->>'refund_id' FROM admin_audit_log WHERE action = 'refund'")
@@ -525,41 +519,17 @@ def test_crash_at_every_step_of_the_admin_flows_money_stays_right(
     injector = Injector(admin_conn)
     injector.install(monkeypatch)
     started = time.monotonic()
-    cases: list[Case] = []
     try:
         harness = AdminHarness(env, injector, asks, monkeypatch)
-        for flow in flows:
-            clean = harness.run(flow)
-            cases.append(clean)
-            harness.clean[flow.name] = clean.trace
-            for index, point in enumerate(clean.trace):
-                for fault in FAULTS:
-                    cases.append(harness.run(flow, index, fault, point))
+        cases, traces = every_case(harness, flows, harness.clean)  # its cases read their flow's clean trace
     finally:
         asks.close()
         admin_conn.close()
-
-    traces = harness.clean
-    points = sum(len(t) for t in traces.values())
-    faulted = len(cases) - len(flows)
-    lines = [
-        f"admin fault injection: {len(flows)} flows, {points} points x {len(FAULTS)} faults = {faulted} cases"
-        f" (+{len(flows)} clean runs) in {time.monotonic() - started:.0f} s",
-        *(f"  {name}: {len(trace)} points: " + "; ".join(str(p) for p in trace) for name, trace in traces.items()),
-    ]
-    failed = [c for c in cases if c.problems]
-    lines.append(f"  cases with a broken invariant: {len(failed)}")
-    for case in cases if os.environ.get("FAULT_INJECTION_VERBOSE") else failed:
-        lines.append(f"  - {case}:" if case.problems else f"  - {case}: ok")
-        lines += [f"      {problem}" for problem in case.problems]
-        lines.append("      answers: " + ", ".join(f"{label} {describe(a)}" for label, a in case.answers))
-    lines.append(f"  notes (documented answers, not failures): {len(harness.notes)} cases")
+    notes = [f"  notes (documented answers, not failures): {len(harness.notes)} cases"]
     for (flow_name, what), n in Counter((f, w) for f, w, _ in harness.notes).items():
         examples = [c.split(", ", 1)[1] for f, w, c in harness.notes if (f, w) == (flow_name, what)]
-        lines.append(f"    {flow_name}: {n} x {what}: " + "; ".join(examples))
-    lines += [f"  injection problem: {p}" for p in injector.problems]
-    summary = "\n".join(lines)
+        notes.append(f"    {flow_name}: {n} x {what}: " + "; ".join(examples))
+    summary, held = report("admin fault injection", cases, traces, injector, started, notes)
     with capsys.disabled():
         print("\n" + summary)
-    assert points >= 4 * len(flows), summary  # each flow has statements and calls to fault
-    assert not failed and not injector.problems, summary
+    assert held, summary
