@@ -98,6 +98,5 @@ def test_only_a_refusal_that_will_not_pass_counts_a_callback_as_not_settled(
     sqlstate: str | None, for_good: bool
 ) -> None:
     from payments.adapters.db import QueryError
-    from payments.services.handle_callback import _refused_for_good
 
-    assert _refused_for_good(QueryError("refused", sqlstate)) is for_good
+    assert QueryError("refused", sqlstate).refused_for_good is for_good

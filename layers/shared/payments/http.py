@@ -11,7 +11,7 @@ from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
 from aws_lambda_powertools.metrics import MetricUnit
 
 from payments import errors
-from payments.observability import logger, metrics, redact_exception_text
+from payments.observability import logger, metrics, redact_secrets
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
@@ -69,7 +69,7 @@ def validation_problem(issues: Sequence[Any]) -> Response:
     for issue in issues:
         location = ".".join(str(p) for p in issue.get("loc", ()) if p not in ("body",)) or "body"
         parts.append(f"{location}: {issue.get('msg', 'invalid')}")
-    return problem(400, "Bad Request", redact_exception_text("; ".join(parts)) or "the request is malformed")
+    return problem(400, "Bad Request", redact_secrets("; ".join(parts)) or "the request is malformed")
 
 
 def _retry_after(seconds: int) -> dict[str, str]:

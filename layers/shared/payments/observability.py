@@ -41,7 +41,7 @@ _BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"',]+")
 _ENCODED_CARD = re.compile(r"(%[0-9A-Fa-f]{2})\d{13,19}(?![0-9])")
 
 
-def redact_exception_text(text: str) -> str:
+def redact_secrets(text: str) -> str:
     text = _CARD_LIKE.sub("[redacted]", text)
     text = _ENCODED_CARD.sub(r"\1[redacted]", text)
     text = _SECRET_QUOTED.sub(r"\1\2[redacted]\2", text)
@@ -51,7 +51,7 @@ def redact_exception_text(text: str) -> str:
 
 
 class _ExceptionRedaction(logging.Filter):
-    """A record that carries an exception is logged with the exception's text redacted (`redact_exception_text`),
+    """A record that carries an exception is logged with the exception's text redacted (`redact_secrets`),
     in Powertools' own keys (`exception`, `exception_name`): an exception no code foresaw may carry anything, and a
     database error's chained detail holds the values of the row. The record's `exc_info` is replaced, so no
     handler (Powertools' JSON, a test's capture) sees the original text."""
@@ -59,7 +59,7 @@ class _ExceptionRedaction(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         info = record.exc_info
         if isinstance(info, tuple) and info[0] is not None:
-            record.exception = redact_exception_text("".join(traceback.format_exception(*info)).rstrip())
+            record.exception = redact_secrets("".join(traceback.format_exception(*info)).rstrip())
             record.exception_name = info[0].__name__
             record.exc_info, record.exc_text = None, None
         return True

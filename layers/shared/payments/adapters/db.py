@@ -56,6 +56,9 @@ CONFLICT_ATTEMPTS = 10
 Rows = list[list[Any]]
 
 
+_PASSING_CLASSES = ("08", "53", "55", "57", "58")
+
+
 class QueryError(PaymentError):
     """The database rejected a statement (constraint, syntax, ...). `sqlstate` says which."""
 
@@ -66,6 +69,14 @@ class QueryError(PaymentError):
         self.sqlstate = sqlstate
         # A conflict that outlasted its retries, or a statement cancelled by its timeout: try again later.
         self.retryable = sqlstate in (*RETRYABLE_CONFLICTS, "57014")
+
+    @property
+    def refused_for_good(self) -> bool:
+        """The statement was refused for a reason that will not pass by itself (a constraint, a trigger, bad data, a
+        bug in the statement): not a conflict or a timeout (`retryable`), nor a SQLSTATE class of failures that
+        pass: connection (08), resources (53), an object in use or a lock timeout (55), an operator's
+        intervention (57), a system error (58)."""
+        return not self.retryable and (self.sqlstate or "")[:2] not in _PASSING_CLASSES
 
 
 @dataclass(frozen=True)

@@ -245,7 +245,7 @@ class HandleCallback:
         try:
             settlement = settle(self.store.db, callback.transaction(source), currency_trusted=callback.currency_trusted)
         except QueryError as exc:
-            if _refused_for_good(exc):
+            if exc.refused_for_good:
                 self._not_settled(callback, source, exc)
             raise
         if self._card_owed(callback, settlement):
@@ -326,15 +326,6 @@ class HandleCallback:
 
 
 LOCK_NOT_AVAILABLE = "55P03"
-# SQLSTATE classes of failures that pass by themselves: connection (08), resources (53), an object in use or a lock
-# timeout (55), an operator's intervention or a cancelled statement (57), a system error (58).
-_PASSING_CLASSES = ("08", "53", "55", "57", "58")
-
-
-def _refused_for_good(exc: QueryError) -> bool:
-    """The database refused the statement for a reason that will not pass by itself (a constraint, a trigger,
-    bad data, a bug in the statement): not a conflict, a timeout or an outage, which the next delivery gets past."""
-    return not exc.retryable and (exc.sqlstate or "")[:2] not in _PASSING_CLASSES
 
 
 class CardNotSavedYet(DatabaseUnavailable):
