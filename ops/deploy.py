@@ -26,6 +26,8 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from ops import bytecode
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / ".aws-sam" / "build" / "template.yaml"
 SAMCONFIG = ROOT / "samconfig.toml"
@@ -78,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = parameters(args)
         if not BUILT.exists():
             raise DeployError(f"{BUILT.relative_to(ROOT)} is missing: run `make build` first")
+        # What `make build` did already, but a bare `sam build` before this command did not: without bytecode in the
+        # package every cold start compiles every module it imports (ops/bytecode.py).
+        bytecode.compile_artifacts(BUILT.parent)
         BUILT.write_text(with_revision(BUILT.read_text(encoding="utf-8"), values), encoding="utf-8")
-    except DeployError as exc:
+    except (DeployError, bytecode.BytecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"CONFIG_REVISION of this deploy's parameters: {digest(values)}", file=sys.stderr)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ops import bytecode
 from ops.hypay_simulator import (
     PUBLIC_TEST_TERMINAL_KEY,
     PUBLIC_TEST_TERMINAL_MASOF,
@@ -31,7 +32,13 @@ RUNTIME_DIR = ROOT / ".local" / "lambda-runtime"  # stands in for the python3.13
 pytestmark = pytest.mark.build
 
 RUNNER = r"""
-import json, sys
+import importlib._bootstrap_external as external, json, sys
+compiled = []  # modules compiled from source: importlib compiles only when no bytecode is usable
+_source_to_code = external.SourceLoader.source_to_code
+def source_to_code(self, data, path, **kwargs):
+    compiled.append(path)
+    return _source_to_code(self, data, path, **kwargs)
+external.SourceLoader.source_to_code = source_to_code
 function_dir, layer_dir, runtime_dir, handler, event_file = sys.argv[1:6]
 sys.path[:0] = [function_dir, layer_dir, runtime_dir]
 class Context:
@@ -43,7 +50,8 @@ module = __import__(module_name)
 answer = getattr(module, attr)(json.load(open(event_file)), Context())
 import payments
 print(json.dumps({"answer": answer, "payments": payments.__file__,
-                  "site": [p for p in sys.path if "site-packages" in p]}))
+                  "site": [p for p in sys.path if "site-packages" in p],
+                  "compiled": [p for p in compiled if not p.startswith(runtime_dir)]}))
 """
 
 EVENTS = {
@@ -75,6 +83,10 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    bytecode.compile_artifacts(out)  # the rest of `make build`
+    # As Lambda unpacks what sam deploy zipped: every file dated 1980-01-01 (and read-only: nothing is written back).
+    for path in out.rglob("*"):
+        os.utime(path, (315532800, 315532800))
     return out
 
 
@@ -143,12 +155,13 @@ def test_built_function_imports_and_answers(
         "POWERTOOLS_TRACE_DISABLED": "1",
         **backends,
     }
-    # -S: no site-packages at all, only what sam build produced plus the runtime's boto3
+    # -S: no site-packages at all, only what sam build produced plus the runtime's boto3; -B: nothing written
     result = subprocess.run(
         [
             sys.executable,
             "-S",
             "-I",
+            "-B",
             "-c",
             RUNNER,
             str(build_dir / function),
@@ -167,6 +180,8 @@ def test_built_function_imports_and_answers(
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["payments"].startswith(str(build_dir / "SharedLayer" / "python"))
     assert report["site"] == []
+    # The build's bytecode served every import: a cold start compiles nothing (ops/bytecode.py).
+    assert report["compiled"] == []
     answer = report["answer"]
     if function == "CleanupFunction":
         assert "purged_idempotency_records" in answer

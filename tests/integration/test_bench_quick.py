@@ -35,6 +35,7 @@ def test_quick_bench_runs_every_measurement_and_leaves_the_docs_alone(tmp_path: 
         "## Postgres idempotency layer vs raw pg8000",
         "## Verified callbacks per second",
         "## Cold import of each function",
+        "### As Lambda loads the built artifacts",
         "## Cleanup of 5,000 expired idempotency records",
     ):
         assert heading in text, heading

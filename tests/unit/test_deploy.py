@@ -79,9 +79,12 @@ def test_the_command_patches_the_built_template_then_runs_sam_deploy_with_its_ar
     monkeypatch.setattr(deploy, "ROOT", tmp_path)
     ran: list[list[str]] = []
     monkeypatch.setattr(deploy.subprocess, "call", lambda command, cwd: ran.append(command) or 0)
+    compiled: list[Path] = []
+    monkeypatch.setattr(deploy.bytecode, "compile_artifacts", lambda build_dir: compiled.append(build_dir) or 0)
     args = ["--config-env", "prod", "--parameter-overrides", "Stage=prod", "WebAppOrigins=https://a.example"]
     assert deploy.main(args) == 0
     [command] = ran
+    assert compiled == [tmp_path]  # the build's bytecode (ops/bytecode.py), even after a bare sam build
     assert command[0].endswith("/sam") and command[1:] == ["deploy", *args]
     expected = deploy.digest(["Stage=prod", "WebAppOrigins=https://a.example"])
     assert f'CONFIG_REVISION: "1-p{expected}"' in built.read_text(encoding="utf-8")
