@@ -3,6 +3,7 @@ ES256 access tokens. Deployed only when JwtMode is hs256 or es256; RS256 keeps A
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -57,4 +58,14 @@ def _authorize(event: APIGatewayAuthorizerEventV2, context: LambdaContext) -> di
     return APIGatewayAuthorizerResponseV2(authorize=True, context=context_claims(claims)).asdict()
 
 
-lambda_handler = with_metrics_namespace(_authorize)
+def _readable(event: Any, context: LambdaContext) -> dict[str, Any]:
+    """Deny an event that is not a payload 2.0 authorizer request (a direct invoke, a 1.0 TOKEN event): raising
+    would be API Gateway's 500, and the AuthorizerErrors alarm, for a request that is simply not a token's."""
+    headers = event.get("headers") if isinstance(event, Mapping) else None
+    if not isinstance(headers, Mapping):
+        logger.warning("not a payload 2.0 authorizer event: denied")
+        return APIGatewayAuthorizerResponseV2(authorize=False).asdict()
+    return _authorize(event, context)
+
+
+lambda_handler = with_metrics_namespace(_readable)

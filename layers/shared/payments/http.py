@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -11,6 +11,7 @@ from aws_lambda_powertools.event_handler.api_gateway import ResponseBuilder
 from aws_lambda_powertools.metrics import MetricUnit
 
 from payments import errors
+from payments.names import repeatable
 from payments.observability import logger, metrics, redact_secrets
 
 SECURITY_HEADERS = {
@@ -63,13 +64,19 @@ def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | N
 
 def validation_problem(issues: Sequence[Any]) -> Response:
     """400 for a malformed request, naming each field and what is wrong, never echoing a value. A member the request
-    does not take is named as sent (what a client needs to see), unless it looks like card data or a secret (a card
-    number sent as a member's name): then it is redacted, as in a log line."""
+    does not take is named as sent (what a client needs to see) when it is a plain name (`names.repeatable`);
+    any other (a card number sent as a member's name, or glued to one) is not repeated."""
     parts = []
     for issue in issues:
-        location = ".".join(str(p) for p in issue.get("loc", ()) if p not in ("body",)) or "body"
+        location = ".".join(_shown(p) for p in issue.get("loc", ()) if p not in ("body",)) or "body"
         parts.append(f"{location}: {issue.get('msg', 'invalid')}")
     return problem(400, "Bad Request", redact_secrets("; ".join(parts)) or "the request is malformed")
+
+
+def _shown(part: Any) -> str:
+    if isinstance(part, str) and not repeatable(part):
+        return "(a member, name not repeated)"
+    return str(part)
 
 
 def _retry_after(seconds: int) -> dict[str, str]:
@@ -121,6 +128,49 @@ def error_response(exc: errors.PaymentError) -> Response:
             503, "Service Unavailable", "the database is busy; retry with the same key", headers=_retry_after(2)
         )
     return problem(500, "Internal Server Error", "the service is misconfigured or failed")
+
+
+def http_event_problem(event: Any) -> str | None:
+    """Why `event` is not an API Gateway HTTP API payload 2.0 request, or None.
+
+    API Gateway never sends such an event, but a direct `lambda invoke`, a hand-written test event or a trigger
+    configured with payload format 1.0 does; Powertools' resolver would fail on it (a Lambda error, or the
+    catch-all 500). The members read are checked for their type, nothing more: a cheap check on every request.
+    """
+    if not isinstance(event, Mapping):
+        return "the event is not a JSON object"
+    if event.get("version") != "2.0":
+        return "the event is not payload format 2.0"
+    context = event.get("requestContext")
+    http = context.get("http") if isinstance(context, Mapping) else None
+    if not isinstance(http, Mapping) or not isinstance(http.get("method"), str):
+        return "the event has no requestContext.http.method"
+    if not isinstance(event.get("rawPath"), str):
+        return "the event has no rawPath"
+    for member in ("rawQueryString", "body"):
+        if not isinstance(event.get(member, ""), str | None):
+            return f"the event's {member} is not a string"
+    for member in ("headers", "queryStringParameters", "pathParameters"):
+        values = event.get(member)
+        if values is not None and not (
+            isinstance(values, Mapping) and all(type(v) is str for v in values.values())  # noqa: E721 - exact str
+        ):
+            return f"the event's {member} are not strings"
+    return None
+
+
+def event_refused(detail: str) -> dict[str, Any]:
+    """The 400 for an event that is not an HTTP API request (`http_event_problem`), as the resolver would answer it."""
+    logger.warning("not an HTTP API payload 2.0 event: refused", extra={"problem": detail})
+    body = {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": detail}
+    return with_security_headers(
+        {
+            "statusCode": 400,
+            "headers": {"Content-Type": "application/problem+json"},
+            "body": json.dumps(body),
+            "isBase64Encoded": False,
+        }
+    )
 
 
 def with_security_headers(result: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,8 @@ def raw_payload(app: Any) -> str:
     poison (`PoisonPayload`).
     """
     event = app.current_event
-    if event.http_method == "POST" and event.body:
+    # The method as Powertools routes it (any letter case): a `post` routed to the notify is read as a POST.
+    if event.http_method.upper() == "POST" and event.body:
         body = event.body
         if event.is_base64_encoded:
             try:
@@ -96,7 +97,7 @@ def raw_payload(app: Any) -> str:
         if "\x00" in text:
             raise PoisonPayload("the form body has a NUL byte (values must be percent-encoded)")
         return text
-    raw = event.raw_query_string or ""
+    raw = event.get("rawQueryString") or ""  # absent from a hand-written event: nothing was sent
     if not raw.isascii():
         raise PoisonPayload("the query string has characters outside ASCII")
     if "\x00" in raw:

@@ -90,15 +90,18 @@ def http_handler(app: Any, *, other_events: LambdaHandler | None = None) -> Lamb
     capturing responses, and the security headers on every answer. `other_events` takes events that
     are not HTTP (the schedule's).
     """
-    from payments.http import with_security_headers
+    from payments.http import event_refused, http_event_problem, with_security_headers
 
     @logger.inject_lambda_context(log_event=False)
     @metrics.log_metrics(capture_cold_start_metric=True)
     @tracer.capture_lambda_handler(capture_response=False)
     def lambda_handler(event: dict, context: Any) -> Any:
         logger.set_correlation_id(request_id(event))
-        if other_events is not None and "requestContext" not in event:
+        if other_events is not None and isinstance(event, Mapping) and "requestContext" not in event:
             return other_events(event, context)
+        refused = http_event_problem(event)
+        if refused is not None:
+            return event_refused(refused)
         return with_security_headers(app.resolve(event, context))
 
     return with_metrics_namespace(lambda_handler)

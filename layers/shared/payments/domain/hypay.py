@@ -18,6 +18,7 @@ from payments.errors import (
     GatewayRejected,
     GatewayUnavailable,
 )
+from payments.names import repeatable
 
 # The redirect fields covered by `Sign`, in the order they are signed. Nothing else is: `Coin`,
 # `L4digit`, `UID`, `Hesh` ... can be altered by anyone holding the URL.
@@ -228,7 +229,7 @@ def callback_refusal(raw: str) -> str | None:
         if name in OUTGOING_ONLY_FIELDS or name.lower() in _OUTGOING_LOWER:
             return f"the parameter {name} belongs to requests to Hyp, not to callbacks"
         if name in seen:
-            return f"the parameter {name} is repeated"
+            return f"the parameter {name} is repeated" if repeatable(name) else "a parameter is repeated"
         seen.add(name)
     return None
 

@@ -138,9 +138,11 @@ class TokenVerifier:
             raise TokenRejected("invalid") from None
 
 
-def bearer_token(authorization: str | None) -> str:
-    """The token of an `Authorization: Bearer <token>` header; "" when there is none."""
-    scheme, _, token = (authorization or "").strip().partition(" ")
+def bearer_token(authorization: object) -> str:
+    """The token of an `Authorization: Bearer <token>` header; "" when there is none (or it is not text)."""
+    if not isinstance(authorization, str):
+        return ""
+    scheme, _, token = authorization.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 

@@ -1,0 +1,14 @@
+"""Whether a name taken from a request (a JSON member's, a query parameter's) may be repeated in an answer or a log."""
+
+from __future__ import annotations
+
+import re
+
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}", re.ASCII)
+_DIGITS = re.compile(r"[0-9]{3}")
+
+
+def repeatable(name: str) -> bool:
+    """A plain identifier without three digits in a row: a name a client or Hyp would use, never one that could
+    carry a card number or a CVV, whole or glued to a word (`card_4580...`, `pan4580...`)."""
+    return _PLAIN.fullmatch(name) is not None and _DIGITS.search(name) is None
