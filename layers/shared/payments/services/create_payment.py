@@ -284,11 +284,18 @@ class CreatePayment:
         )
         if settlement.result == Result.COMPLETED:
             return {"status": 201, "body": _view(payment_id, pack, None, PaymentStatus.COMPLETED)}
-        return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
+        if settlement.result == Result.REVIEW:
+            return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
+        return self._id_of_another(payment_id, charge.transaction_id)
+
+    def _id_of_another(self, payment_id: UUID, hypay_id: str) -> dict[str, Any]:
+        """Hyp's answer to our charge named a transaction the journal holds for another payment: settling left this
+        payment as it was, and Hyp may have charged for it. A human looks (the payment in review, naming the Id)."""
+        return self._unknown(payment_id, f"Hyp's answer named transaction {hypay_id}, which belongs to another payment")
 
     def _declined(self, payment_id: UUID, pack: Pack, exc: GatewayDeclined) -> dict[str, Any]:
         if exc.transaction_id:
-            settle(
+            settlement = settle(
                 self.deps.store.db,
                 HypTransaction(
                     hypay_id=exc.transaction_id,
@@ -301,6 +308,8 @@ class CreatePayment:
                     message=exc.gateway_message,
                 ),
             )
+            if settlement.result == Result.DUPLICATE:
+                return self._id_of_another(payment_id, exc.transaction_id)
         else:
             self.deps.store.mark_failed(payment_id, ccode=exc.ccode, message=exc.gateway_message)
         logger.info("payment failed", extra={"payment_id": str(payment_id), "ccode": exc.ccode})
