@@ -60,6 +60,13 @@ class OpenedPayment:
     credits: int | None
 
 
+# An existing payment as `OpenedPayment` reads it (`created` false).
+_OPENED = (
+    "id::text, false, status, payment_url, charge_attempt_id::text, hypay_ccode, hypay_message, credit_pack_id::text,"
+    " save_card, amount::text, currency, credits"
+)
+
+
 @dataclass(frozen=True)
 class SavedCard:
     token: str
@@ -188,12 +195,21 @@ class PaymentsStore:
             )
         )
 
+    def by_key(self, user_id: UUID, idempotency_key: str) -> OpenedPayment | None:
+        """The user's payment an earlier attempt with this (scoped) key left, if any."""
+        rows = self.db.run(
+            bind(
+                f"SELECT {_OPENED} FROM public.payments WHERE idempotency_key = :key AND user_id = :user::uuid",
+                key=idempotency_key,
+                user=str(user_id),
+            )
+        )
+        return _opened(rows[0]) if rows else None
+
     def charge_state(self, payment_id: UUID) -> OpenedPayment | None:
         rows = self.db.run(
             bind(
-                "SELECT id::text, false, status, payment_url, charge_attempt_id::text, hypay_ccode, hypay_message,"
-                " credit_pack_id::text, save_card, amount::text, currency, credits"
-                " FROM public.payments WHERE id = :id::uuid",
+                f"SELECT {_OPENED} FROM public.payments WHERE id = :id::uuid",
                 id=str(payment_id),
             )
         )

@@ -25,7 +25,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
 from payments.adapters.journal import HypTransaction, Source
-from payments.adapters.payments_store import OpenedPayment, Pack, PaymentsStore, Profile
+from payments.adapters.payments_store import OpenedPayment, Pack, PaymentsStore, Profile, SavedCard
 from payments.domain.payment import CreatePaymentRequest, PaymentStatus
 from payments.errors import (
     Conflict,
@@ -111,26 +111,16 @@ class CreatePayment:
         request = CreatePaymentRequest.model_validate(scope["request"])
         store = self.deps.store
 
-        # The read-only checks first: a request refused by them (unknown or retired pack, no profile, no saved card)
-        # writes nothing, and does not count against the user's rate.
-        pack, profile = store.pack_and_profile(request.credit_pack_id, user_id)
-        if pack is None:
-            raise NotFound(f"credit pack {request.credit_pack_id} does not exist")
-        if not pack.active:
-            raise PackUnavailable(f"credit pack {request.credit_pack_id} is no longer sold")
-        if profile is None:
-            raise NotFound("the signed-in user has no profile")
-        card = store.saved_card(user_id) if request.saved_card else None
-        if request.saved_card and card is None:
-            raise Conflict("there is no saved card for this user; pay on the payment page instead")
-        count, retry_after = store.hit_rate_limit(
-            f"create_payment:{user_id}", self.deps.rate_window_seconds, request=scope["key"], limit=self.deps.rate_limit
-        )
-        if count > self.deps.rate_limit:
-            raise RateLimited(
-                f"at most {self.deps.rate_limit} payments per {self.deps.rate_window_seconds} s; retry later",
-                retry_after,
-            )
+        try:
+            pack, profile, card = self._admitted(request, user_id, scope["key"])
+        except (NotFound, PackUnavailable, Conflict, RateLimited):
+            # A retry of a key whose earlier attempt got somewhere (a page made, a charge attempted, finished) is
+            # answered by what it left, whatever today's catalogue, card or rate says: "no longer sold" about a
+            # card Hyp may have charged would leave that payment pending and out of the review queue.
+            earlier = self._left_by_key(user_id, scope["key"], saved_card=request.saved_card)
+            if earlier is not None:
+                return earlier
+            raise
 
         opened = store.open_pending(
             user_id=user_id,
@@ -165,6 +155,44 @@ class CreatePayment:
         store.set_payment_url(payment_id, url)
         logger.info("payment created", extra={"payment_id": str(payment_id), "credit_pack_id": str(pack.id)})
         return {"status": 201, "body": _view(payment_id, pack, url, PaymentStatus.PENDING)}
+
+    def _admitted(
+        self, request: CreatePaymentRequest, user_id: UUID, key: str
+    ) -> tuple[Pack, Profile, SavedCard | None]:
+        """The pack, the profile and the saved card (when asked for) of a purchase that may go on, or the refusal.
+        The read-only checks first: a request refused by them (unknown or retired pack, no profile, no saved card)
+        writes nothing, and does not count against the user's rate."""
+        store = self.deps.store
+        pack, profile = store.pack_and_profile(request.credit_pack_id, user_id)
+        if pack is None:
+            raise NotFound(f"credit pack {request.credit_pack_id} does not exist")
+        if not pack.active:
+            raise PackUnavailable(f"credit pack {request.credit_pack_id} is no longer sold")
+        if profile is None:
+            raise NotFound("the signed-in user has no profile")
+        card = store.saved_card(user_id) if request.saved_card else None
+        if request.saved_card and card is None:
+            raise Conflict("there is no saved card for this user; pay on the payment page instead")
+        count, retry_after = store.hit_rate_limit(
+            f"create_payment:{user_id}", self.deps.rate_window_seconds, request=key, limit=self.deps.rate_limit
+        )
+        if count > self.deps.rate_limit:
+            raise RateLimited(
+                f"at most {self.deps.rate_limit} payments per {self.deps.rate_window_seconds} s; retry later",
+                retry_after,
+            )
+        return pack, profile, card
+
+    def _left_by_key(self, user_id: UUID, key: str, *, saved_card: bool) -> dict[str, Any] | None:
+        """What an earlier attempt with this key left (`_earlier_attempt`), None when there is none or it got
+        nowhere. Priced and counted as the payment asked (its pack may be gone from the catalogue)."""
+        opened = self.deps.store.by_key(user_id, _scoped_key(user_id, key))
+        if opened is None or opened.credit_pack_id is None:
+            return None
+        if saved_card:
+            _refuse_if_never_charged(opened)
+        pack = Pack(opened.credit_pack_id, "", opened.credits or 0, opened.amount, active=False)
+        return self._earlier_attempt(opened, pack)
 
     def _earlier_attempt(self, opened: OpenedPayment, pack: Pack) -> dict[str, Any] | None:
         """What an earlier attempt with this key left, answered as such; None when it got nowhere
