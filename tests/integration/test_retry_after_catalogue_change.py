@@ -1,4 +1,5 @@
-"""A retry with the same Idempotency-Key is answered by its own payment, not judged against today's catalogue, card or rate."""
+"""A retry with the same Idempotency-Key is answered by its own payment, not judged against today's catalogue,
+card or rate."""
 
 from __future__ import annotations
 
