@@ -290,7 +290,7 @@ def test_a_refund_approved_without_a_hyp_id_is_an_unknown_outcome(
     client: HypayClient, monkeypatch: pytest.MonkeyPatch, answer: bytes
 ) -> None:
     # Given Hyp approves a refund but names no transaction (no Id, or an all-zero one)
-    monkeypatch.setattr(client, "_send", lambda request: answer)
+    monkeypatch.setattr(client, "_send", lambda request, timeout: answer)
     # Then the money may have moved and cannot be named: unavailable (the refund goes to review), never a
     # refund recorded under an Id that names nothing
     with pytest.raises(GatewayUnavailable, match="without a transaction Id"):

@@ -109,8 +109,8 @@ class Injector:
         def run(conn: pg8000.native.Connection, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
             return injector._statement(conn, sql, lambda: real_run(conn, sql, stream=stream, types=types, **params))
 
-        def send(client: HypayClient, request: Any) -> bytes:
-            return injector._hyp(client, request, lambda: real_send(client, request))
+        def send(client: HypayClient, request: Any, timeout: float) -> bytes:
+            return injector._hyp(client, request, lambda: real_send(client, request, timeout))
 
         monkeypatch.setattr(pg8000.native.Connection, "run", run)
         monkeypatch.setattr(HypayClient, "_send", send)

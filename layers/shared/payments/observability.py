@@ -12,6 +12,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 
 import payments.snapstart  # noqa: F401 - registers the SnapStart runtime hooks in every function
+from payments import deadline
 from payments.tracing import tracer  # X-Ray's SDK only when tracing is on
 
 # What `json.loads` accepts as the first character of a document (JSON, plus Python's NaN and Infinity).
@@ -96,6 +97,7 @@ def http_handler(app: Any, *, other_events: LambdaHandler | None = None) -> Lamb
     @metrics.log_metrics(capture_cold_start_metric=True)
     @tracer.capture_lambda_handler(capture_response=False)
     def lambda_handler(event: dict, context: Any) -> Any:
+        deadline.start(context)
         logger.set_correlation_id(request_id(event))
         if other_events is not None and isinstance(event, Mapping) and "requestContext" not in event:
             return other_events(event, context)

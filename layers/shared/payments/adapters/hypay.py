@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 
 from aws_lambda_powertools import Logger
 
+from payments import deadline
 from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
@@ -332,8 +333,9 @@ class HypayClient:
         attempt = 0
         while True:
             attempt += 1
+            timeout = self._attempt_timeout(action, moves_money=not retry, attempt=attempt)
             try:
-                answer = protocol.parse_answer(self._send(request))
+                answer = protocol.parse_answer(self._send(request, timeout))
                 logger.info(
                     "hypay call",
                     extra={
@@ -354,11 +356,34 @@ class HypayClient:
                     raise
 
     def _may_retry(self, started: float, attempt: int) -> bool:
-        return attempt == 1 and (time.monotonic() - started) + self._timeout <= self._budget
+        left = deadline.seconds_left()
+        return (
+            attempt == 1
+            and (time.monotonic() - started) + self._timeout <= self._budget
+            and (left is None or left >= MIN_ATTEMPT_SECONDS)
+        )
 
-    def _send(self, request: urllib.request.Request) -> bytes:
+    def _attempt_timeout(self, action: str, *, moves_money: bool, attempt: int) -> float:
+        """This attempt's timeout: the configured one, within what the invocation has left (`payments.deadline`).
+
+        Hyp is not asked (`GatewayNotAsked`: nothing sent, "not yet") when too little is left: a call that may move
+        money (a charge, a refund) needs its whole timeout, so that its answer is not cut short into an unknown
+        outcome; any other needs MIN_ATTEMPT_SECONDS. Killed by Lambda's timeout instead, the invocation would
+        answer a 500 and lose the answer of a call it made."""
+        left = deadline.seconds_left()
+        if left is None:
+            return self._timeout
+        if left < (self._timeout if moves_money else MIN_ATTEMPT_SECONDS):
+            logger.warning(
+                "hypay not asked: the invocation has too little time left",
+                extra={"hypay_action": action, "attempt": attempt, "seconds_left": round(left, 1)},
+            )
+            raise GatewayNotAsked("Hypay not asked: the invocation has too little time left")
+        return min(self._timeout, left)
+
+    def _send(self, request: urllib.request.Request, timeout: float) -> bytes:
         try:
-            return self._open(request, self._timeout)
+            return self._open(request, timeout)
         except urllib.error.HTTPError as exc:
             raise GatewayUnavailable(f"Hypay answered HTTP {exc.code}") from None
         except TimeoutError:
@@ -440,6 +465,10 @@ class HypayClient:
                 raise GatewayNotAsked(f"Hypay not asked: {exc.message}") from None
             raise
 
+
+# The shortest attempt worth making at a call that moves no money (VERIFY, SIGN, getToken) when the invocation is near
+# its end: with less left, Hyp is not asked ("not yet": the next delivery or retry asks again).
+MIN_ATTEMPT_SECONDS = 1.0
 
 # How long a yes of `credentials_accepted` is reused. It decides whether a callback that failed its check is a
 # forgery (403) or ours (our KEY is off: "not yet", kept): the shorter, the smaller the window in which a KEY just

@@ -1,0 +1,33 @@
+"""The time the current invocation has left, for the calls that must fit in it (Hyp's).
+
+The Lambda entry point (`observability.http_handler`) starts it from the context; a call that waits on a network
+asks `seconds_left()` first. One invocation at a time per execution environment: a module value suffices. Outside
+an invocation (tools, tests calling a service directly) there is no deadline: None.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+# Kept back from the Lambda timeout for what follows the last call: storing its answer, the response, the logs and
+# metrics. An answer Hyp gave must be stored before the invocation is killed (the money rules).
+RESERVE_SECONDS = 2.0
+
+_deadline: float | None = None
+
+
+def start(context: Any) -> None:
+    """Start the invocation's deadline from its Lambda context (none when it cannot tell its remaining time)."""
+    global _deadline
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    try:
+        millis = remaining() if callable(remaining) else None
+    except Exception:  # noqa: BLE001 - a context that cannot tell: no deadline, as outside Lambda
+        millis = None
+    _deadline = time.monotonic() + millis / 1000 - RESERVE_SECONDS if isinstance(millis, int | float) else None
+
+
+def seconds_left() -> float | None:
+    """Seconds until the invocation's deadline (may be negative), None without one."""
+    return None if _deadline is None else _deadline - time.monotonic()
