@@ -162,13 +162,19 @@ UPDATE public.profiles u SET credits = u.credits - :taken::integer, updated_at =
   FROM ledger l WHERE u.id = l.user_id
 RETURNING u.credits"""
 
+# The refund's own transaction. Hyp may have reported it first, through a callback for the payment's Order: that row
+# (in review, or unverified) becomes the refund's. Anything else Hyp journaled under that Id is kept as it is.
 _JOURNAL_REFUND = """
-INSERT INTO public.hypay_transactions
+INSERT INTO public.hypay_transactions AS t
     (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified, decision, detail,
      previous_status, approval_code)
 VALUES (:hyp, :id::uuid, :order_ref, 0, :amount::numeric, :currency, 'refund', true, 'refunded', :detail,
         :previous_status, :acode)
-ON CONFLICT (hypay_id) DO NOTHING"""
+ON CONFLICT (hypay_id) DO UPDATE SET
+    source = 'refund', decision = 'refunded', verified = true, ccode = 0, amount = EXCLUDED.amount,
+    currency = EXCLUDED.currency, detail = concat_ws('; ', t.detail, EXCLUDED.detail), decided_at = now(),
+    last_seen = now()
+ WHERE t.payment_id = EXCLUDED.payment_id AND t.decision IN ('review', 'unverified')"""
 
 # A cancellation's answer names no new transaction (Hyp documents `TransId`, `CCode`, `ReversalStatus`):
 # the original's journal row says it was cancelled; the refunds row holds the rest.

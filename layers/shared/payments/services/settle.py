@@ -190,9 +190,21 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         return Decision(
             Action.NONE, Verdict.DECLINED, _result_of(Verdict.DECLINED, facts), f"{detail} (while {status})"
         )
+    if status == PaymentStatus.COMPLETED and facts.hypay_transaction_id == txn.hypay_id:
+        return Decision(Action.NONE, Verdict.GRANTED, Result.COMPLETED, "granted before the journal recorded it")
+    if facts.refund_unnamed and (entry is None or not entry.verified):
+        # Money Hyp reports for this payment while one of its refunds has no Id of its own yet (being asked, its
+        # answer lost, or given without an Id): it may be that refund's own transaction. Granting it would give the
+        # credits for money going back; a human compares (storing the refund's answer makes the row the refund's).
+        return Decision(
+            Action.NONE,
+            Verdict.REVIEW,
+            Result.REVIEW,
+            f"Hyp transaction {txn.hypay_id} approved while a refund of this payment has no Id of its own yet:"
+            " it may be that refund's transaction (compare with Hyp's refunds)",
+            "PaidNotPending",
+        )
     if status == PaymentStatus.COMPLETED:
-        if facts.hypay_transaction_id == txn.hypay_id:
-            return Decision(Action.NONE, Verdict.GRANTED, Result.COMPLETED, "granted before the journal recorded it")
         return Decision(
             Action.NONE,
             Verdict.REVIEW,
