@@ -55,14 +55,19 @@ class Target:
     user_id: UUID
     payment_status: str
     original_hypay_id: str
-    original: Money  # what that transaction paid
+    # What that transaction paid; None when Hyp's answer gave its amount unreadably (a refund then names its amount,
+    # and Hyp's own cap, CCode 33, is the only one).
+    original: Money | None
     original_at: dt.datetime  # when we learned of it (the journal's first_seen, else the payment's completion)
     reserved: Money  # refunds of it that moved or may have moved money (attempted, succeeded, unknown)
     refunded: Money  # refunds of it that succeeded
     pays_the_payment: bool  # the payment's own paying transaction (its credits were granted for it)
+    price: Money  # what the payment asked: what the credits were granted for
 
     @property
-    def remaining(self) -> Money:
+    def remaining(self) -> Money | None:
+        if self.original is None:
+            return None
         return Money(self.original.minor - self.reserved.minor, self.original.currency)
 
 
@@ -87,7 +92,7 @@ class Finished:
     credits_shortfall: int  # credits the refund stood for that the balance no longer held
     balance: int | None
     refunded: Money  # succeeded refunds of the original, this one included
-    remaining: Money
+    remaining: Money | None  # None: the original's amount is unknown
 
 
 class NoSuchPayment(LookupError):
@@ -207,9 +212,10 @@ def _row(values: list[Any]) -> RefundRow:
     )
 
 
-def _before(target: Target, attempted: RefundRow) -> Money:
-    """What remained before this attempt (the attempted row is already counted in `reserved`)."""
-    return Money(target.remaining.minor + attempted.amount.minor, target.remaining.currency)
+def _before(target: Target, attempted: RefundRow) -> Money | None:
+    """What remained before this attempt (the attempted row is already counted in `reserved`); None: unknown."""
+    remaining = target.remaining
+    return None if remaining is None else Money(remaining.minor + attempted.amount.minor, remaining.currency)
 
 
 def _money(text: str, currency: Currency) -> Money:
@@ -239,17 +245,21 @@ class RefundsStore:
         if not txn:
             raise NotRefundable("the payment was never paid through Hyp: there is no transaction to refund")
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
+        original: Money | None
         if journal:
             j_amount, j_currency, decision, ccode, first_seen = journal[0]
-            if ccode != 0 or decision not in ("granted", "review") or j_amount is None:
+            if ccode != 0 or decision not in ("granted", "review"):
                 raise NotRefundable(f"Hyp transaction {txn} is not an approved payment of this payment ({decision})")
-            original = _money(j_amount, Currency(j_currency or payment_currency))
+            # An amount Hyp's answer gave unreadably is unknown here, not the payment's price (Hyp knows it).
+            original = _money(j_amount, Currency(j_currency or payment_currency)) if j_amount is not None else None
             original_at = first_seen
         elif txn == paying_id:
             original, original_at = _money(amount, payment_currency), paid_at  # paid before the journal existed
         else:
             raise NotRefundable(f"Hyp transaction {txn} is not a transaction of this payment")
         reserved, refunded = tx.run(bind(_SUMS, id=str(payment_id), txn=txn, me=str(me) if me else None))[0]
+        price = _money(amount, payment_currency)
+        currency = original.currency if original is not None else payment_currency
         return Target(
             payment_id,
             UUID(user),
@@ -257,9 +267,10 @@ class RefundsStore:
             txn,
             original,
             original_at,
-            _money(reserved, original.currency),
-            _money(refunded, original.currency),
+            _money(reserved, currency),
+            _money(refunded, currency),
             txn == paying_id,
+            price,
         )
 
     def begin(self, *, payment_id: UUID, hypay_id: str | None, key: str, plan: Callable[[Target], Planned]) -> Began:
@@ -339,7 +350,9 @@ class RefundsStore:
                 # answer: 'unknown' only meant that Hyp's answer was lost, and here it is.
                 return self._finished(current, target, shortfall=0, balance=None)
             granted = int(tx.run(bind(_GRANTED, id=str(current.payment_id)))[0][0]) if target.pays_the_payment else 0
-            due = credits_to_take(granted, target.original.minor, target.refunded.minor, current.amount.minor)
+            # The credits stand for the transaction's amount; for the payment's price when Hyp gave that unreadably.
+            basis = target.original if target.original is not None else target.price
+            due = credits_to_take(granted, basis.minor, target.refunded.minor, current.amount.minor)
             balance_rows = tx.run(bind(_BALANCE, user=str(target.user_id)))
             balance = int(balance_rows[0][0]) if balance_rows else 0
             taken = max(0, min(due, balance))

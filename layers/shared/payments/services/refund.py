@@ -202,7 +202,10 @@ class Refunds:
         return self._ask_hyp(began, scope)
 
     def _plan(self, target: Target, amount: Money | None, reason: str, admin: str) -> Planned:
+        if target.original is None:
+            return self._plan_unknown_original(target, amount, reason, admin)
         remaining = target.remaining
+        assert remaining is not None  # noqa: S101 - known with the original
         facts = {
             "paid": f"{target.original.amount:.2f}",
             "refunded_or_pending": f"{target.reserved.amount:.2f}",
@@ -239,6 +242,28 @@ class Refunds:
             cancel_until_hour=self.deps.cancel_until_hour,
         )
         return Planned(wanted, method, reason, admin)
+
+    @staticmethod
+    def _plan_unknown_original(target: Target, amount: Money | None, reason: str, admin: str) -> Planned:
+        """A transaction whose amount Hyp's answer gave unreadably: the operator names the amount (as Hyp's
+        transactions show it), Hyp caps it (CCode 33: more than the original), and it is always zikoyAPI (a
+        same-day cancel is for the whole, which is not known here)."""
+        facts = {
+            "paid": None,
+            "refunded_or_pending": f"{target.reserved.amount:.2f}",
+            "remaining": None,
+            "currency": None,
+            "hypay_id": target.original_hypay_id,
+        }
+        if amount is None:
+            raise _Refused(
+                422,
+                "Unprocessable Content",
+                f"Hyp's answer gave the amount of Hyp transaction {target.original_hypay_id} unreadably: name the"
+                " amount to refund (amount and currency, as Hyp's transactions show it)",
+                **facts,
+            )
+        return Planned(amount, Method.REFUND, reason, admin)
 
     def _earlier_attempt(self, began: Began, scope: dict[str, Any]) -> dict[str, Any]:
         """This key's refund exists: its stored outcome, never a second call to Hyp."""
@@ -415,7 +440,9 @@ def _view(row: RefundRow) -> dict[str, Any]:
     }
 
 
-def _succeeded_answer(row: RefundRow, finished: Finished | None, refunded: Money, remaining: Money) -> dict[str, Any]:
+def _succeeded_answer(
+    row: RefundRow, finished: Finished | None, refunded: Money, remaining: Money | None
+) -> dict[str, Any]:
     shortfall = finished.credits_shortfall if finished else _shortfall_of(row)
     body = {
         **_view(row),
@@ -424,7 +451,7 @@ def _succeeded_answer(row: RefundRow, finished: Finished | None, refunded: Money
         "credits_taken": row.credits_taken,
         "credits_shortfall": shortfall,
         "refunded": f"{refunded.amount:.2f}",
-        "remaining": f"{max(remaining.minor, 0) / 100:.2f}",
+        "remaining": f"{max(remaining.minor, 0) / 100:.2f}" if remaining is not None else None,  # None: unknown
     }
     if shortfall:
         body["detail"] = row.message
