@@ -376,13 +376,12 @@ class _Killed(BaseException):
     """The Lambda runtime killing the invocation: no `except Exception` runs."""
 
 
-def test_saved_card_invocation_killed_mid_charge_never_charges_twice(env: Env, saved_card: str) -> None:
-    # Given the invocation dies right after Hyp charged (its answer never read)
+def killed_after_the_charge(body: dict, key: str) -> None:
+    """POST /payments whose invocation dies right after Hyp charged the saved card (its answer never read)."""
     from ops.template import load_module
     from tests.support.api import TEMPLATE
 
-    module = load_module(TEMPLATE.functions[FN])
-    gateway = module._service().deps.gateway
+    gateway = load_module(TEMPLATE.functions[FN])._service().deps.gateway
     real_open = gateway._open
 
     def charge_then_die(request, timeout):  # noqa: ANN001, ANN202 - the opener's signature
@@ -392,10 +391,17 @@ def test_saved_card_invocation_killed_mid_charge_never_charges_twice(env: Env, s
         return answer
 
     gateway._open = charge_then_die
+    try:
+        with pytest.raises(_Killed):
+            post(body, key=key)
+    finally:
+        gateway._open = real_open
+
+
+def test_saved_card_invocation_killed_mid_charge_never_charges_twice(env: Env, saved_card: str) -> None:
+    # Given the invocation dies right after Hyp charged (its answer never read)
     body = {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
-    with pytest.raises(_Killed):
-        post(body, key="saved-5")
-    gateway._open = real_open
+    killed_after_the_charge(body, "saved-5")
     # When the client retries with the same key: first while the dead invocation's lock holds, then after
     assert post(body, key="saved-5").status == 409
     _expire_in_progress_records(env)

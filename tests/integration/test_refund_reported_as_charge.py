@@ -5,7 +5,10 @@ compares, which the refund's stored answer makes the refund's."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
+from payments.adapters.hypay import Reversal
 from payments.adapters.journal import HypTransaction, Source
 from payments.domain.money import Money
 from payments.services.settle import settle
@@ -20,31 +23,7 @@ def test_a_refund_reported_before_its_answer_is_stored_is_journaled_as_a_refund_
 ) -> None:
     pid, txn = paid(env)
     before = env.credits()
-    gateway = admin.service.deps.gateway
-    real_refund = gateway.refund
-    other = database(env.url)  # the callback function's own connection
-
-    def refund_then_hyp_notifies(transaction_id: str, *, amount: Money):  # noqa: ANN202
-        reversal = real_refund(transaction_id, amount=amount)
-        # Hyp reports its new (refund) transaction, Order = the payment, CCode 0, before our answer is stored:
-        # the same thing the callback function does with a verified notify
-        settle(
-            other,
-            HypTransaction(
-                hypay_id=reversal.transaction_id,
-                order_ref=pid,
-                payment_id=uuid.UUID(pid),
-                ccode=0,
-                amount=amount,
-                source=Source.NOTIFY,
-                verified=True,
-            ),
-        )
-        return reversal
-
-    gateway.refund = refund_then_hyp_notifies
-    answer = admin.refund(pid, "r-1")
-    other.close()
+    answer = _reported_before_stored(env, admin, pid, lambda: admin.refund(pid, "r-1"))
     assert answer.status == 201, answer.body
     [[refund_id]] = env.rows("SELECT hypay_refund_id FROM refunds WHERE payment_id = :p::uuid", p=pid)
     # The credits went back once
@@ -78,30 +57,10 @@ def test_refunding_the_money_of_a_failed_payment_never_grants_its_credits(env: E
     assert notify(t1.redirect_query).status == 200
     assert env.status(pid) == "needs_review"
     assert resolve(pid, {"action": "fail", "reason": "customer gave up"}, key="f-1").status == 200
-    gateway = admin.service.deps.gateway
-    real_refund = gateway.refund
-    other = database(env.url)
-
-    def refund_then_hyp_notifies(transaction_id: str, *, amount: Money):  # noqa: ANN202
-        reversal = real_refund(transaction_id, amount=amount)
-        settle(
-            other,
-            HypTransaction(
-                hypay_id=reversal.transaction_id,
-                order_ref=pid,
-                payment_id=uuid.UUID(pid),
-                ccode=0,
-                amount=amount,
-                source=Source.NOTIFY,
-                verified=True,
-            ),
-        )
-        return reversal
-
-    gateway.refund = refund_then_hyp_notifies
     # When T1 is refunded and Hyp reports the refund's transaction before our answer is stored
-    answer = admin.refund(pid, "r-1", hypay_id=t1.id, reason="failed payment: money back")
-    other.close()
+    answer = _reported_before_stored(
+        env, admin, pid, lambda: admin.refund(pid, "r-1", hypay_id=t1.id, reason="failed payment: money back")
+    )
     assert answer.status == 201, answer.body
     # Then the customer has the money back and no credits: not 100 credits "completed late" by the refund itself
     assert (env.status(pid), env.credits() - before) == ("failed", 0), env.rows(
@@ -136,3 +95,34 @@ def test_a_refund_whose_answer_was_lost_then_reported_by_hyp_grants_nothing(env:
         env.rows("SELECT detail FROM hypay_transactions WHERE hypay_id = :i", i=reversal.id)[0][0] or ""
     ), env.rows("SELECT decision, detail FROM hypay_transactions WHERE hypay_id = :i", i=reversal.id)
     assert env.credits() == before
+
+
+def _reported_before_stored(env: Env, admin: Admin, pid: str, refund: Callable[[], Any]) -> Any:
+    """`refund()`, with Hyp reporting the refund's own transaction (Order = the payment, CCode 0) through a verified
+    callback between its answer and our storing it: the callback function's settle, on its own connection."""
+    gateway = admin.service.deps.gateway
+    real_refund = gateway.refund
+    other = database(env.url)
+
+    def refund_then_hyp_notifies(transaction_id: str, *, amount: Money) -> Reversal:
+        reversal = real_refund(transaction_id, amount=amount)
+        settle(
+            other,
+            HypTransaction(
+                hypay_id=reversal.transaction_id,
+                order_ref=pid,
+                payment_id=uuid.UUID(pid),
+                ccode=0,
+                amount=amount,
+                source=Source.NOTIFY,
+                verified=True,
+            ),
+        )
+        return reversal
+
+    gateway.refund = refund_then_hyp_notifies
+    try:
+        return refund()
+    finally:
+        gateway.refund = real_refund
+        other.close()

@@ -3,33 +3,16 @@ card or rate."""
 
 from __future__ import annotations
 
-import pytest
-
-from tests.integration.test_create_payment import _expire_in_progress_records, _Killed
-from tests.support.payments import CREATE, CVV, PRO, Env, post
+from tests.integration.test_create_payment import _expire_in_progress_records, killed_after_the_charge
+from tests.support.payments import CVV, PRO, Env, post
 
 
 def test_a_saved_card_charge_whose_outcome_was_lost_is_confirmed_on_retry_even_once_its_pack_is_retired(
     env: Env, saved_card: str
 ) -> None:
-    from ops.template import load_module
-    from tests.support.api import TEMPLATE
-
     # Given the invocation dies right after Hyp charged the saved card (its answer never read)
-    gateway = load_module(TEMPLATE.functions[CREATE])._service().deps.gateway
-    real_open = gateway._open
-
-    def charge_then_die(request, timeout):  # noqa: ANN001, ANN202
-        answer = real_open(request, timeout)
-        if b"action=soft" in request.data:
-            raise _Killed()
-        return answer
-
-    gateway._open = charge_then_die
     body = {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
-    with pytest.raises(_Killed):
-        post(body, key="charged")
-    gateway._open = real_open
+    killed_after_the_charge(body, "charged")
     [(payment_id,)] = env.rows("SELECT id::text FROM payments WHERE charge_attempt_id IS NOT NULL")
     # And meanwhile the pack was retired (a price change is a new pack; the old one stops being sold)
     env.rows("UPDATE credit_packs SET is_active = false WHERE id = :p::uuid", p=PRO)
