@@ -212,6 +212,13 @@ class RefundBody(BaseModel):
         json_schema_extra={"not": {"type": "string", "pattern": "^0*([.]0*)?$"}},
     )
     currency: Currency = Currency.ILS
+    # What Hyp's transactions show the refunded transaction paid, in `currency`: only for a transaction whose amount
+    # Hyp's answer gave unreadably (the journal keeps it from then on); anywhere else it must match the journal's.
+    original_amount: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,9}(\.[0-9]{1,2})?$",
+        json_schema_extra={"not": {"type": "string", "pattern": "^0*([.]0*)?$"}},
+    )
     # An all-zero Id names no transaction (the one Hyp Id rule): refused by the service, and the document says so.
     hypay_id: str | None = Field(
         default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
@@ -260,9 +267,11 @@ def _refunds() -> Refunds:
 def post_refund(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)]) -> Response[Any]:
     admin, pid, key, request = _keyed_post(payment_id, RefundBody)
     amount = Money.of(request.amount, request.currency) if request.amount else None
+    original = Money.of(request.original_amount, request.currency) if request.original_amount else None
     answer = _refunds()(
         payment_id=pid,
         amount=amount,
+        original=original,
         reason=request.reason,
         admin=admin,
         idempotency_key=key,

@@ -421,6 +421,8 @@ class HypayClient:
         answer = self._reversal_call("zikoyAPI", params)
         protocol.raise_for_ccode(answer, "refund")
         refund_id = protocol.hyp_id(answer.fields.get("Id"))
+        if refund_id == transaction_id:
+            refund_id = None  # the refunded transaction's own Id echoed back: not the refund's
         if refund_id is None:
             # Approved, but without the refund's Id: the money moved and we cannot name it. A human confirms.
             raise GatewayUnavailable("Hypay refund approved without a transaction Id")

@@ -92,9 +92,10 @@ class PaymentFacts:
     hypay_transaction_id: str | None
     granted_before: bool  # a purchase row exists for this payment
     transaction_used_elsewhere: bool  # another payment holds this Hyp Id
-    # A refund of this payment whose own Hyp transaction is not named yet (asked, its outcome unknown, or done
-    # without its Id): an approved transaction new to the journal may be that refund's own.
-    refund_unnamed: bool = False
+    # The largest refund of this payment whose own Hyp transaction is not named yet (asked, its outcome unknown, or
+    # done without its Id), None without one: an approved transaction new to the journal, of no more than that,
+    # may be that refund's own.
+    largest_unnamed_refund: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -115,17 +116,17 @@ WITH p AS (
                AS granted_before,
            EXISTS (SELECT 1 FROM public.payments o WHERE o.hypay_transaction_id = :txn AND o.id <> p.id)
                AS used_elsewhere,
-           EXISTS (SELECT 1 FROM public.refunds r
-                    WHERE r.payment_id = p.id AND r.method = 'refund'
-                      AND (r.status IN ('attempted', 'unknown')
-                           OR (r.status = 'succeeded' AND r.hypay_refund_id IS NULL))) AS refund_unnamed
+           (SELECT max(r.amount)::text FROM public.refunds r
+             WHERE r.payment_id = p.id AND r.method = 'refund'
+               AND (r.status IN ('attempted', 'unknown')
+                    OR (r.status = 'succeeded' AND r.hypay_refund_id IS NULL))) AS unnamed_refund
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 ), j AS (
     SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency
       FROM public.hypay_transactions WHERE hypay_id = :txn
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
-       p.refund_unnamed, j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount, j.currency
+       p.unnamed_refund, j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount, j.currency
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -239,7 +240,7 @@ class Journal:
             stored_txn,
             granted_before,
             used_elsewhere,
-            refund_unnamed,
+            unnamed_refund,
             decision,
             jpid,
             jverified,
@@ -256,7 +257,7 @@ class Journal:
                 stored_txn,
                 bool(granted_before),
                 bool(used_elsewhere),
-                bool(refund_unnamed),
+                Decimal(unnamed_refund) if unnamed_refund is not None else None,
             )
             if status is not None
             else None

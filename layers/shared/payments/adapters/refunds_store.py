@@ -77,6 +77,9 @@ class Planned:
     method: Method
     reason: str
     admin: str
+    # The refunded transaction's amount as the operator read it from Hyp, for one journaled without an amount: kept
+    # on its journal row with the refund's attempt (every later cap, queue and credit reads it there).
+    learned_original: Money | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,13 @@ ON CONFLICT (hypay_id) DO UPDATE SET
     source = 'refund', decision = 'refunded', verified = true, ccode = 0, amount = EXCLUDED.amount,
     currency = EXCLUDED.currency, detail = concat_ws('; ', t.detail, EXCLUDED.detail), decided_at = now(),
     last_seen = now()
- WHERE t.payment_id = EXCLUDED.payment_id AND t.decision IN ('review', 'unverified')"""
+ WHERE t.payment_id = EXCLUDED.payment_id AND t.decision IN ('review', 'unverified') AND t.hypay_id <> :original"""
+
+# The amount of a transaction Hyp's answer gave unreadably, as an operator read it from Hyp (with a refund of it).
+_LEARN_ORIGINAL = """
+UPDATE public.hypay_transactions
+   SET amount = :amount::numeric, currency = :currency, detail = concat_ws('; ', detail, :note)
+ WHERE hypay_id = :txn AND amount IS NULL"""
 
 # A cancellation's answer names no new transaction (Hyp documents `TransId`, `CCode`, `ReversalStatus`):
 # the original's journal row says it was cancelled; the refunds row holds the rest.
@@ -293,6 +302,16 @@ class RefundsStore:
             if row is not None and not row.released:
                 return Began(row, target, created=False)
             planned = plan(target)
+            if planned.learned_original is not None:
+                tx.run(
+                    bind(
+                        _LEARN_ORIGINAL,
+                        txn=target.original_hypay_id,
+                        amount=planned.learned_original.amount,
+                        currency=str(planned.learned_original.currency),
+                        note=f"amount {planned.learned_original} as read from Hyp by {planned.admin}",
+                    )
+                )
             params = {
                 "method": str(planned.method),
                 "amount": planned.amount.amount,
@@ -394,6 +413,7 @@ class RefundsStore:
                     bind(
                         _JOURNAL_REFUND,
                         hyp=hypay_refund_id,
+                        original=row.original_hypay_id,
                         id=str(current.payment_id),
                         order_ref=str(current.payment_id),
                         amount=current.amount.amount,

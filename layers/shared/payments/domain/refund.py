@@ -57,6 +57,7 @@ def credits_share(granted: int, paid_minor: int, refunded_minor: int) -> int:
     """The credits `refunded_minor` of `paid_minor` stands for, rounded half up (a full refund: all of them)."""
     if paid_minor <= 0 or granted <= 0:
         return 0
+    refunded_minor = min(refunded_minor, paid_minor)  # never more than granted, whatever was refunded
     return (granted * refunded_minor * 2 + paid_minor) // (2 * paid_minor)
 
 

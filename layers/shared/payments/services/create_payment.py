@@ -117,7 +117,7 @@ class CreatePayment:
             # A retry of a key whose earlier attempt got somewhere (a page made, a charge attempted, finished) is
             # answered by what it left, whatever today's catalogue, card or rate says: "no longer sold" about a
             # card Hyp may have charged would leave that payment pending and out of the review queue.
-            earlier = self._left_by_key(user_id, scope["key"], saved_card=request.saved_card)
+            earlier = self._left_by_key(user_id, scope["key"], request)
             if earlier is not None:
                 return earlier
             raise
@@ -183,13 +183,22 @@ class CreatePayment:
             )
         return pack, profile, card
 
-    def _left_by_key(self, user_id: UUID, key: str, *, saved_card: bool) -> dict[str, Any] | None:
+    def _left_by_key(self, user_id: UUID, key: str, request: CreatePaymentRequest) -> dict[str, Any] | None:
         """What an earlier attempt with this key left (`_earlier_attempt`), None when there is none or it got
-        nowhere. Priced and counted as the payment asked (its pack may be gone from the catalogue)."""
+        nowhere. Priced and counted as the payment asked (its pack may be gone from the catalogue). A payment this
+        request would not have made (another pack, a page where a saved card is asked for, or the reverse) is the
+        key reused (422), as on the way that creates payments."""
         opened = self.deps.store.by_key(user_id, _scoped_key(user_id, key))
         if opened is None or opened.credit_pack_id is None:
             return None
-        if saved_card:
+        made_by_this = (
+            opened.credit_pack_id == request.credit_pack_id
+            and opened.save_card == request.save_card
+            and (opened.payment_url is None if request.saved_card else opened.charge_attempt_id is None)
+        )
+        if not made_by_this:
+            raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
+        if request.saved_card:
             _refuse_if_never_charged(opened)
         pack = Pack(opened.credit_pack_id, "", opened.credits or 0, opened.amount, active=False)
         return self._earlier_attempt(opened, pack)

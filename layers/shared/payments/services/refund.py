@@ -18,6 +18,7 @@ so the same attempt goes on as a zikoyAPI refund: one money movement at most.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ class Refunds:
         admin: str,
         idempotency_key: str,
         hypay_id: str | None = None,
+        original: Money | None = None,
         context: Any = None,
     ) -> Answer:
         """Refund `amount` (all that remains when None) of the payment's paying Hyp transaction, or of the
@@ -159,6 +161,8 @@ class Refunds:
             raise InvalidRequest("the admin's name is required")
         if amount is not None and amount.minor <= 0:
             raise InvalidRequest("amount: must be positive")
+        if original is not None and original.minor <= 0:
+            raise InvalidRequest("original_amount: must be positive")
         if hypay_id is not None and protocol.hyp_id(hypay_id) is None:
             raise InvalidRequest(f"hypay_id: {protocol.HYP_ID_PROBLEM}")
         scope = {
@@ -169,6 +173,11 @@ class Refunds:
                 "currency": str(amount.currency) if amount is not None else None,
                 "reason": reason,
                 "hypay_id": hypay_id,
+                **(
+                    {"original": f"{original.amount:.2f}", "original_currency": str(original.currency)}
+                    if original is not None
+                    else {}
+                ),
             },
         }
         try:
@@ -182,9 +191,10 @@ class Refunds:
         payment_id = UUID(scope["payment_id"])
         request = scope["request"]
         amount = Money.of(request["amount"], request["currency"]) if request["amount"] else None
+        original = Money.of(request["original"], request["original_currency"]) if request.get("original") else None
 
         def plan(target: Target) -> Planned:
-            return self._plan(target, amount, request["reason"], admin)
+            return self._plan(target, amount, request["reason"], admin, original)
 
         try:
             began = self.deps.store.begin(
@@ -201,9 +211,34 @@ class Refunds:
             return self._earlier_attempt(began, scope)
         return self._ask_hyp(began, scope)
 
-    def _plan(self, target: Target, amount: Money | None, reason: str, admin: str) -> Planned:
+    def _plan(
+        self, target: Target, amount: Money | None, reason: str, admin: str, original: Money | None = None
+    ) -> Planned:
         if target.original is None:
-            return self._plan_unknown_original(target, amount, reason, admin)
+            # Hyp's answer gave this transaction's amount unreadably: the operator reads it from Hyp, and from then on
+            # it is a transaction like any other (caps, what remains, the queue, credits).
+            if original is None:
+                raise _Refused(
+                    422,
+                    "Unprocessable Content",
+                    f"Hyp's answer gave the amount of Hyp transaction {target.original_hypay_id} unreadably: name"
+                    " original_amount (and currency), what Hyp's transactions show it paid",
+                    hypay_id=target.original_hypay_id,
+                )
+            known = dataclasses.replace(
+                target,
+                original=original,
+                reserved=Money(target.reserved.minor, original.currency),
+                refunded=Money(target.refunded.minor, original.currency),
+            )
+            return dataclasses.replace(self._plan(known, amount, reason, admin), learned_original=original)
+        if original is not None and original != target.original:
+            raise _Refused(
+                422,
+                "Unprocessable Content",
+                f"Hyp transaction {target.original_hypay_id} paid {target.original}, not {original}",
+                hypay_id=target.original_hypay_id,
+            )
         remaining = target.remaining
         assert remaining is not None  # noqa: S101 - known with the original
         facts = {
@@ -242,28 +277,6 @@ class Refunds:
             cancel_until_hour=self.deps.cancel_until_hour,
         )
         return Planned(wanted, method, reason, admin)
-
-    @staticmethod
-    def _plan_unknown_original(target: Target, amount: Money | None, reason: str, admin: str) -> Planned:
-        """A transaction whose amount Hyp's answer gave unreadably: the operator names the amount (as Hyp's
-        transactions show it), Hyp caps it (CCode 33: more than the original), and it is always zikoyAPI (a
-        same-day cancel is for the whole, which is not known here)."""
-        facts = {
-            "paid": None,
-            "refunded_or_pending": f"{target.reserved.amount:.2f}",
-            "remaining": None,
-            "currency": None,
-            "hypay_id": target.original_hypay_id,
-        }
-        if amount is None:
-            raise _Refused(
-                422,
-                "Unprocessable Content",
-                f"Hyp's answer gave the amount of Hyp transaction {target.original_hypay_id} unreadably: name the"
-                " amount to refund (amount and currency, as Hyp's transactions show it)",
-                **facts,
-            )
-        return Planned(amount, Method.REFUND, reason, admin)
 
     def _earlier_attempt(self, began: Began, scope: dict[str, Any]) -> dict[str, Any]:
         """This key's refund exists: its stored outcome, never a second call to Hyp."""

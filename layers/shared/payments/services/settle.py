@@ -192,10 +192,16 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         )
     if status == PaymentStatus.COMPLETED and facts.hypay_transaction_id == txn.hypay_id:
         return Decision(Action.NONE, Verdict.GRANTED, Result.COMPLETED, "granted before the journal recorded it")
-    if facts.refund_unnamed and (entry is None or not entry.verified):
-        # Money Hyp reports for this payment while one of its refunds has no Id of its own yet (being asked, its
-        # answer lost, or given without an Id): it may be that refund's own transaction. Granting it would give the
-        # credits for money going back; a human compares (storing the refund's answer makes the row the refund's).
+    unnamed = facts.largest_unnamed_refund
+    if (
+        unnamed is not None
+        and (entry is None or not entry.verified)
+        and (txn.amount is None or txn.amount.amount <= unnamed)
+    ):
+        # Money Hyp reports for this payment while one of its refunds, of as much or more, has no Id of its own yet
+        # (being asked, its answer lost, or given without an Id): it may be that refund's own transaction. Granting
+        # it would give the credits for money going back; a human compares (storing the refund's answer makes the
+        # row the refund's). More than any such refund cannot be one: decided as any payment.
         return Decision(
             Action.NONE,
             Verdict.REVIEW,
