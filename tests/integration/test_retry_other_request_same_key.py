@@ -34,3 +34,11 @@ def test_a_saved_card_request_reusing_a_page_payments_key_gets_no_payment_page(e
     # The user has no saved card: the saved-card request with the same key is another request
     again = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="reused-c")
     assert again.status == 422, (again.status, again.body, first)
+
+
+def test_a_saved_card_request_reusing_a_sold_page_payments_key_is_the_key_reused(env: Env, saved_card: str) -> None:
+    # The pack still sold and a saved card on file: the saved-card request with a page payment's key is another request
+    first = _page_then_record_gone(env, "reused-d")
+    again = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="reused-d")
+    assert again.status == 422, (again.status, again.body, first)
+    assert env.sim.calls.count("soft") == 0

@@ -63,6 +63,14 @@ class Target:
     refunded: Money  # refunds of it that succeeded
     pays_the_payment: bool  # the payment's own paying transaction (its credits were granted for it)
     price: Money  # what the payment asked: what the credits were granted for
+    # `original` is what an operator read from Hyp (Hyp's answer gave it unreadably), not Hyp's own figure: refunds
+    # of it are zikoyAPI only (Hyp caps them) and their credits are counted against `price`.
+    original_named: bool = False
+
+    @property
+    def credits_basis(self) -> Money:
+        """What the credits granted for this transaction stand for."""
+        return self.price if self.original is None or self.original_named else self.original
 
     @property
     def remaining(self) -> Money | None:
@@ -120,7 +128,7 @@ _BY_KEY = f"SELECT {_COLUMNS} FROM public.refunds WHERE idempotency_key = :key"
 _BY_ID = f"SELECT {_COLUMNS} FROM public.refunds WHERE id = :id::uuid"
 
 _JOURNAL_ROW = """
-SELECT amount::text, currency, decision, ccode, first_seen
+SELECT amount::text, currency, decision, ccode, first_seen, amount_named_by IS NOT NULL
   FROM public.hypay_transactions WHERE hypay_id = :txn AND payment_id = :id::uuid"""
 
 _SUMS = """
@@ -184,11 +192,13 @@ ON CONFLICT (hypay_id) DO UPDATE SET
     last_seen = now()
  WHERE t.payment_id = EXCLUDED.payment_id AND t.decision IN ('review', 'unverified') AND t.hypay_id <> :original"""
 
-# The amount of a transaction Hyp's answer gave unreadably, as an operator read it from Hyp (with a refund of it).
+# The amount of a transaction Hyp's answer gave unreadably, as an operator read it from Hyp (with a refund of it); a
+# named one may be named again (corrected) while no refund of it moved or may have moved money (`_plan` checks).
 _LEARN_ORIGINAL = """
 UPDATE public.hypay_transactions
-   SET amount = :amount::numeric, currency = :currency, detail = concat_ws('; ', detail, :note)
- WHERE hypay_id = :txn AND amount IS NULL"""
+   SET amount = :amount::numeric, currency = :currency, amount_named_by = :admin,
+       detail = concat_ws('; ', detail, :note)
+ WHERE hypay_id = :txn AND (amount IS NULL OR amount_named_by IS NOT NULL)"""
 
 # A cancellation's answer names no new transaction (Hyp documents `TransId`, `CCode`, `ReversalStatus`):
 # the original's journal row says it was cancelled; the refunds row holds the rest.
@@ -255,8 +265,9 @@ class RefundsStore:
             raise NotRefundable("the payment was never paid through Hyp: there is no transaction to refund")
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
+        named = False
         if journal:
-            j_amount, j_currency, decision, ccode, first_seen = journal[0]
+            j_amount, j_currency, decision, ccode, first_seen, named = journal[0]
             if ccode != 0 or decision not in ("granted", "review"):
                 raise NotRefundable(f"Hyp transaction {txn} is not an approved payment of this payment ({decision})")
             # An amount Hyp's answer gave unreadably is unknown here, not the payment's price (Hyp knows it).
@@ -280,6 +291,7 @@ class RefundsStore:
             _money(refunded, currency),
             txn == paying_id,
             price,
+            bool(named),
         )
 
     def begin(self, *, payment_id: UUID, hypay_id: str | None, key: str, plan: Callable[[Target], Planned]) -> Began:
@@ -309,6 +321,7 @@ class RefundsStore:
                         txn=target.original_hypay_id,
                         amount=planned.learned_original.amount,
                         currency=str(planned.learned_original.currency),
+                        admin=planned.admin,
                         note=f"amount {planned.learned_original} as read from Hyp by {planned.admin}",
                     )
                 )
@@ -369,9 +382,7 @@ class RefundsStore:
                 # answer: 'unknown' only meant that Hyp's answer was lost, and here it is.
                 return self._finished(current, target, shortfall=0, balance=None)
             granted = int(tx.run(bind(_GRANTED, id=str(current.payment_id)))[0][0]) if target.pays_the_payment else 0
-            # The credits stand for the transaction's amount; for the payment's price when Hyp gave that unreadably.
-            basis = target.original if target.original is not None else target.price
-            due = credits_to_take(granted, basis.minor, target.refunded.minor, current.amount.minor)
+            due = credits_to_take(granted, target.credits_basis.minor, target.refunded.minor, current.amount.minor)
             balance_rows = tx.run(bind(_BALANCE, user=str(target.user_id)))
             balance = int(balance_rows[0][0]) if balance_rows else 0
             taken = max(0, min(due, balance))

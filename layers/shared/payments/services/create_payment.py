@@ -128,7 +128,7 @@ class CreatePayment:
             idempotency_key=_scoped_key(user_id, scope["key"]),
             save_card=request.save_card,
         )
-        if opened is None or opened.credit_pack_id != pack.id or opened.save_card != request.save_card:
+        if opened is None or not _made_by(opened, request):
             raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
         payment_id = opened.id
         pack = dataclasses.replace(pack, price=opened.amount, credits=opened.credits or pack.credits)
@@ -191,12 +191,7 @@ class CreatePayment:
         opened = self.deps.store.by_key(user_id, _scoped_key(user_id, key))
         if opened is None or opened.credit_pack_id is None:
             return None
-        made_by_this = (
-            opened.credit_pack_id == request.credit_pack_id
-            and opened.save_card == request.save_card
-            and (opened.payment_url is None if request.saved_card else opened.charge_attempt_id is None)
-        )
-        if not made_by_this:
+        if not _made_by(opened, request):
             raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
         if request.saved_card:
             _refuse_if_never_charged(opened)
@@ -369,6 +364,16 @@ class CreatePayment:
     def _unknown(self, payment_id: UUID, reason: str, hypay_id: str | None = None) -> dict[str, Any]:
         self._outcome_unknown(payment_id, f"saved-card charge outcome unknown ({reason})", hypay_id)
         return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
+
+
+def _made_by(payment: OpenedPayment, request: CreatePaymentRequest) -> bool:
+    """Whether `request` is the one that made (or, new, makes) `payment`: its pack, its save_card, and a page where no
+    saved card is asked for (a saved card's payment has no page; a page's has no charge attempt)."""
+    return (
+        payment.credit_pack_id == request.credit_pack_id
+        and payment.save_card == request.save_card
+        and (payment.payment_url is None if request.saved_card else payment.charge_attempt_id is None)
+    )
 
 
 def _refuse_if_never_charged(payment: OpenedPayment) -> None:

@@ -214,9 +214,11 @@ class Refunds:
     def _plan(
         self, target: Target, amount: Money | None, reason: str, admin: str, original: Money | None = None
     ) -> Planned:
-        if target.original is None:
-            # Hyp's answer gave this transaction's amount unreadably: the operator reads it from Hyp, and from then on
-            # it is a transaction like any other (caps, what remains, the queue, credits).
+        correcting = target.original_named and original is not None and target.reserved.minor == 0
+        if target.original is None or correcting:
+            # Hyp's answer gave this transaction's amount unreadably: the operator reads it from Hyp (and may correct
+            # it while no refund of it moved or may have moved money). It then caps refunds and counts in the review
+            # queue; refunds of it stay zikoyAPI (Hyp caps them) and credits count against the payment's price.
             if original is None:
                 raise _Refused(
                     422,
@@ -225,13 +227,14 @@ class Refunds:
                     " original_amount (and currency), what Hyp's transactions show it paid",
                     hypay_id=target.original_hypay_id,
                 )
-            known = dataclasses.replace(
+            named = dataclasses.replace(
                 target,
                 original=original,
+                original_named=True,
                 reserved=Money(target.reserved.minor, original.currency),
                 refunded=Money(target.refunded.minor, original.currency),
             )
-            return dataclasses.replace(self._plan(known, amount, reason, admin), learned_original=original)
+            return dataclasses.replace(self._plan(named, amount, reason, admin), learned_original=original)
         if original is not None and original != target.original:
             raise _Refused(
                 422,
@@ -268,13 +271,17 @@ class Refunds:
                 f" ({remaining} of {target.original})",
                 **facts,
             )
-        method = choose_method(
-            amount=wanted,
-            original=target.original,
-            reserved=target.reserved,
-            original_at=target.original_at,
-            now=self.deps.clock(),
-            cancel_until_hour=self.deps.cancel_until_hour,
+        method = (
+            Method.REFUND
+            if target.original_named
+            else choose_method(  # a named amount: Hyp must cap it
+                amount=wanted,
+                original=target.original,
+                reserved=target.reserved,
+                original_at=target.original_at,
+                now=self.deps.clock(),
+                cancel_until_hour=self.deps.cancel_until_hour,
+            )
         )
         return Planned(wanted, method, reason, admin)
 
