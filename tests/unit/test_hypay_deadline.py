@@ -146,3 +146,27 @@ def test_a_context_that_cannot_tell_its_time_gives_no_deadline(clock: Clock) -> 
     assert deadline.seconds_left() is None
     deadline.start(object())
     assert deadline.seconds_left() is None
+
+
+def test_the_deadline_lasts_the_invocation_only(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A function's entry point starts it from the context and clears it on the way out: code that runs after an
+    # invocation (a tool, a test, the next cold path) never inherits a deadline that has passed.
+    from payments.observability import http_handler
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "DeadlineTest")
+    seen: list[float | None] = []
+
+    class App:
+        def resolve(self, event: Any, context: Any) -> dict[str, Any]:
+            seen.append(deadline.seconds_left())
+            return {"statusCode": 200, "headers": {}, "body": ""}
+
+    class LambdaContext(Context):
+        function_name, memory_limit_in_mb, aws_request_id = "fn", 256, "req-1"
+        invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:fn"
+
+    event = {"version": "2.0", "rawPath": "/", "requestContext": {"http": {"method": "GET"}}, "headers": {}}
+    handler = http_handler(App())
+    assert handler(event, LambdaContext(clock, 20))["statusCode"] == 200
+    assert seen == [20 - deadline.RESERVE_SECONDS]
+    assert deadline.seconds_left() is None

@@ -28,6 +28,12 @@ def start(context: Any) -> None:
     _deadline = time.monotonic() + millis / 1000 - RESERVE_SECONDS if isinstance(millis, int | float) else None
 
 
+def clear() -> None:
+    """The invocation is over: no deadline until the next one starts (code run between invocations has none)."""
+    global _deadline
+    _deadline = None
+
+
 def seconds_left() -> float | None:
     """Seconds until the invocation's deadline (may be negative), None without one."""
     return None if _deadline is None else _deadline - time.monotonic()

@@ -98,13 +98,16 @@ def http_handler(app: Any, *, other_events: LambdaHandler | None = None) -> Lamb
     @tracer.capture_lambda_handler(capture_response=False)
     def lambda_handler(event: dict, context: Any) -> Any:
         deadline.start(context)
-        logger.set_correlation_id(request_id(event))
-        if other_events is not None and isinstance(event, Mapping) and "requestContext" not in event:
-            return other_events(event, context)
-        refused = http_event_problem(event)
-        if refused is not None:
-            return event_refused(refused)
-        return with_security_headers(app.resolve(event, context))
+        try:
+            logger.set_correlation_id(request_id(event))
+            if other_events is not None and isinstance(event, Mapping) and "requestContext" not in event:
+                return other_events(event, context)
+            refused = http_event_problem(event)
+            if refused is not None:
+                return event_refused(refused)
+            return with_security_headers(app.resolve(event, context))
+        finally:
+            deadline.clear()
 
     return with_metrics_namespace(lambda_handler)
 
