@@ -23,6 +23,13 @@ def same_day(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     admin.sim.cancel_until_hour = 24
 
 
+@pytest.fixture
+def charged(admin: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Env, str, str]:  # noqa: F811
+    """(env, payment, Hyp Id): a saved-card charge of 199.00 whose answer gave the amount unreadably, completed by an
+    operator (500 credits granted)."""
+    return (admin, *_charged_unreadably(admin, monkeypatch, "complete"))
+
+
 def _moved(env: Env, hypay_id: str) -> str:
     """What Hyp gave back of that transaction (refunds and cancellations), in the simulator's books."""
     return f"{env.sim.refunded.get(hypay_id, 0) / 100:.2f}"
@@ -31,13 +38,10 @@ def _moved(env: Env, hypay_id: str) -> str:
 @pytest.mark.usefixtures("same_day")
 @pytest.mark.parametrize("named", ["1990.00", "1.00"])
 def test_a_whole_refund_records_what_hyp_gave_back_not_the_named_original(
-    admin: Env,  # noqa: F811 - the fixture
-    saved_card: str,
-    monkeypatch: pytest.MonkeyPatch,
+    charged: tuple[Env, str, str],
     named: str,
 ) -> None:
-    env = admin
-    payment, hypay_id = _charged_unreadably(env, monkeypatch, "complete")  # Hyp took 199.00
+    env, payment, hypay_id = charged  # Hyp took 199.00
     # The operator mistypes what Hyp's transactions show, and asks for all of it
     answer = refund(payment, {"hypay_id": hypay_id, "original_amount": named, "reason": "customer asked"}, "r-1")
     # Whatever the answer, what we record as refunded is what Hyp moved
@@ -46,12 +50,9 @@ def test_a_whole_refund_records_what_hyp_gave_back_not_the_named_original(
 
 
 def test_an_original_hyp_refused_is_not_kept_and_the_corrected_one_refunds(
-    admin: Env,  # noqa: F811 - the fixture
-    saved_card: str,
-    monkeypatch: pytest.MonkeyPatch,
+    charged: tuple[Env, str, str],
 ) -> None:
-    env = admin
-    payment, hypay_id = _charged_unreadably(env, monkeypatch, "complete")
+    env, payment, hypay_id = charged
     env.sim.transmit(hypay_id)  # no longer cancellable: a zikoyAPI refund, which Hyp caps
     credits = env.credits()
     # A typo: 1990.00 for 199.00. Hyp refuses the refund of "all that remains" (CCode 33): nothing moved
@@ -66,12 +67,9 @@ def test_an_original_hyp_refused_is_not_kept_and_the_corrected_one_refunds(
 
 
 def test_the_credits_taken_back_do_not_hang_on_the_named_original(
-    admin: Env,  # noqa: F811 - the fixture
-    saved_card: str,
-    monkeypatch: pytest.MonkeyPatch,
+    charged: tuple[Env, str, str],
 ) -> None:
-    env = admin
-    payment, hypay_id = _charged_unreadably(env, monkeypatch, "complete")  # 199.00 at Hyp, 500 credits granted
+    env, payment, hypay_id = charged  # 199.00 at Hyp, 500 credits granted
     env.sim.transmit(hypay_id)  # a zikoyAPI refund, which Hyp caps at what it took
     credits = env.credits()
     # The operator refunds all Hyp took (199.00) but mistypes the original as 1990.00: Hyp accepts (199 <= 199)
@@ -87,12 +85,9 @@ def test_the_credits_taken_back_do_not_hang_on_the_named_original(
 
 @pytest.mark.usefixtures("same_day")
 def test_a_named_amount_is_never_cancelled_but_refunded(
-    admin: Env,  # noqa: F811 - the fixture
-    saved_card: str,
-    monkeypatch: pytest.MonkeyPatch,
+    charged: tuple[Env, str, str],
 ) -> None:
-    env = admin
-    payment, hypay_id = _charged_unreadably(env, monkeypatch, "complete")
+    env, payment, hypay_id = charged
     answer = refund(payment, {"hypay_id": hypay_id, "original_amount": "199.00", "reason": "customer asked"}, "r-1")
     assert answer.status == 201 and answer.json["method"] == "refund", answer.body
     assert env.sim.calls.count("CancelTrans") == 0 and _moved(env, hypay_id) == "199.00"
