@@ -199,26 +199,24 @@ def post_resolve(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)])
     return _answer(answer)
 
 
+# An amount as the API takes it. Zero is refused by the service ("must be positive"): the document says so too.
+_POSITIVE_AMOUNT: dict[str, Any] = {
+    "pattern": r"^[0-9]{1,9}(\.[0-9]{1,2})?$",
+    "json_schema_extra": {"not": {"type": "string", "pattern": "^0*([.]0*)?$"}},
+}
+
+
 class RefundBody(BaseModel):
     """`POST /admin/payments/{id}/refund` body. Without `amount`: all that remains of the transaction."""
 
     model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
-    # Zero is refused by the service ("must be positive"): the document says so too.
-    amount: str | None = Field(
-        default=None,
-        pattern=r"^[0-9]{1,9}(\.[0-9]{1,2})?$",
-        json_schema_extra={"not": {"type": "string", "pattern": "^0*([.]0*)?$"}},
-    )
+    amount: str | None = Field(default=None, **_POSITIVE_AMOUNT)
     currency: Currency = Currency.ILS
     # What Hyp's transactions show the refunded transaction paid, in `currency`: only for a transaction whose amount
     # Hyp's answer gave unreadably (the journal keeps it from then on); anywhere else it must match the journal's.
-    original_amount: str | None = Field(
-        default=None,
-        pattern=r"^[0-9]{1,9}(\.[0-9]{1,2})?$",
-        json_schema_extra={"not": {"type": "string", "pattern": "^0*([.]0*)?$"}},
-    )
+    original_amount: str | None = Field(default=None, **_POSITIVE_AMOUNT)
     # An all-zero Id names no transaction (the one Hyp Id rule): refused by the service, and the document says so.
     hypay_id: str | None = Field(
         default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}

@@ -21,7 +21,7 @@ from ops.seed import DEMO_USER_ID
 from ops.template import load_handler
 from tests.integration.test_authorizer import SAMPLE_EVENT, authorizer, configure  # noqa: F401 - the fixture
 from tests.integration.test_review import ADMIN, ALICE, CLEANUP, admin  # noqa: F401 - the fixture
-from tests.support.api import TEMPLATE
+from tests.support.api import TEMPLATE, notify_event
 from tests.support.payments import CALLBACK, CREATE, STARTER, Env
 
 CLAIMS = {"sub": DEMO_USER_ID, "aud": "authenticated", "role": "authenticated"}
@@ -223,19 +223,12 @@ def test_a_return_event_without_raw_query_string_is_the_connection_test_not_a_50
 
 
 def test_a_notify_whose_method_is_not_upper_case_is_never_answered_ok_unread(env: Env) -> None:
-    # Powertools routes `post` to POST /hypay/notify (it upper-cases the method); the middleware reads the form body
-    # only for exactly "POST", so the body is ignored, the empty query string is taken for Hyp's connection test,
-    # and "OK" tells the sender the notification was delivered.
-    event = build_event(
-        method="post",
-        target="/hypay/notify",
-        headers={"content-type": "application/x-www-form-urlencoded"},
-        body=b"Id=12345&CCode=0&Amount=49.90&ACode=1&Order=x&Fild1=&Fild2=&Fild3=&Sign=00",
-        source_ip="198.51.100.9",
-        route_key="POST /hypay/notify",
-        path_parameters={},
-        claims=None,
+    # Powertools routes `post` to POST /hypay/notify (it upper-cases the method): its form body is read as a POST's,
+    # never taken for Hyp's connection test (an empty query string) and answered "OK" unread.
+    event = notify_event(
+        "Id=12345&CCode=0&Amount=49.90&ACode=1&Order=x&Fild1=&Fild2=&Fild3=&Sign=00", base64_encoded=False
     )
+    event["requestContext"]["http"]["method"] = "post"
     result = load_handler(TEMPLATE.functions[CALLBACK])(
         event, LocalLambdaContext(function_name=CALLBACK, timeout_seconds=20)
     )

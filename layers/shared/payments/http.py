@@ -56,10 +56,16 @@ def _no_such_route(exc: Exception) -> Response[Any]:
 
 def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> Response:
     """An application/problem+json response. `detail` must never carry card data or secrets."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     return Response(
-        status_code=status, content_type="application/problem+json", body=json.dumps(body), headers=headers or {}
+        status_code=status,
+        content_type="application/problem+json",
+        body=json.dumps(_problem_body(status, title, detail, **extra)),
+        headers=headers or {},
     )
+
+
+def _problem_body(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
 
 
 def validation_problem(issues: Sequence[Any]) -> Response:
@@ -162,12 +168,11 @@ def http_event_problem(event: Any) -> str | None:
 def event_refused(detail: str) -> dict[str, Any]:
     """The 400 for an event that is not an HTTP API request (`http_event_problem`), as the resolver would answer it."""
     logger.warning("not an HTTP API payload 2.0 event: refused", extra={"problem": detail})
-    body = {"type": "about:blank", "title": "Bad Request", "status": 400, "detail": detail}
     return with_security_headers(
         {
             "statusCode": 400,
             "headers": {"Content-Type": "application/problem+json"},
-            "body": json.dumps(body),
+            "body": json.dumps(_problem_body(400, "Bad Request", detail)),
             "isBase64Encoded": False,
         }
     )

@@ -55,8 +55,8 @@ class Target:
     user_id: UUID
     payment_status: str
     original_hypay_id: str
-    # What that transaction paid; None when Hyp's answer gave its amount unreadably (a refund then names its amount,
-    # and Hyp's own cap, CCode 33, is the only one).
+    # What that transaction paid; None when Hyp's answer gave its amount unreadably and no operator has named it yet
+    # (a refund then needs `original_amount`, see `Refunds._plan`).
     original: Money | None
     original_at: dt.datetime  # when we learned of it (the journal's first_seen, else the payment's completion)
     reserved: Money  # refunds of it that moved or may have moved money (attempted, succeeded, unknown)
