@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -119,8 +120,30 @@ Opener = Callable[[urllib.request.Request, float], bytes]
 
 
 def _urlopen(request: urllib.request.Request, timeout: float) -> bytes:
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - https URL from settings
-        return response.read()
+    """Hyp's whole answer within `timeout` seconds, or TimeoutError.
+
+    urllib's own timeout bounds each wait for bytes: an answer trickled a byte at a time, or a name lookup that
+    hangs (getaddrinfo takes no timeout), would outlast it and the invocation with it. So the call runs in a
+    thread of its own that is given `timeout` in all; past it, the call is abandoned (its thread ends at its
+    socket's next timeout, its late answer unread): for a charge or a refund, an outcome unknown, as a timeout."""
+    outcome: list[bytes | BaseException] = []
+
+    def call() -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - https URL from settings
+                outcome.append(response.read())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
+            outcome.append(exc)
+
+    worker = threading.Thread(target=call, name="hypay-call", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"Hypay's whole answer did not arrive within {timeout:g} s")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 class HypayClient:

@@ -1,0 +1,125 @@
+"""Hyp's whole answer must arrive within the call's timeout, not each of its bytes: an answer trickled a byte at a
+time, or a name lookup that hangs, used to outlast the timeout (urllib's bounds each wait only) and the invocation
+with it. Lambda then killed the function: a 500, and the outcome of a charge it had sent never stored."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from payments.adapters.hypay import HypayClient, HypayCredentials, Token
+from payments.domain.money import Money
+from payments.errors import GatewayUnavailable
+
+TIMEOUT = 0.5
+# Far below what the trickle takes (ANSWER_BYTES × GAP ≈ 12 s) and far above the timeout: not a timing measure.
+BOUND = 4.0
+ANSWER_BYTES = 60
+GAP = 0.2
+
+
+@pytest.fixture
+def trickling_hyp() -> Iterator[str]:
+    """An HTTP server that answers 200 at once, then its body one byte every GAP seconds (each wait well within the
+    socket's timeout)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                body = b"CCode=0&Id=12345678&Amount=10&ACode=0012345&" + b"x" * ANSWER_BYTES
+                try:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                    for i in range(len(body)):
+                        if stop.wait(GAP):
+                            return
+                        conn.sendall(body[i : i + 1])
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/p/"
+    stop.set()
+    listener.close()
+
+
+def _client(url: str) -> HypayClient:
+    return HypayClient(
+        lambda: HypayCredentials("0010131918", "k" * 20, "pass"), url=url, timeout_seconds=TIMEOUT, budget_seconds=2
+    )
+
+
+def _charge(client: HypayClient) -> None:
+    client.charge_token(
+        Token("1234567890123456789", 12, 2030), amount=Money.of("10.00", "ILS"), order="o-1", description="pack"
+    )
+
+
+def test_a_trickled_answer_to_a_charge_is_cut_at_the_timeout(trickling_hyp: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(GatewayUnavailable, match="did not answer in time"):
+        _charge(_client(trickling_hyp))
+    assert time.monotonic() - started < BOUND
+
+
+def test_a_trickled_answer_to_a_read_is_cut_at_the_timeout_each_attempt(trickling_hyp: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(GatewayUnavailable, match="did not answer in time"):
+        _client(trickling_hyp).get_token("12345678")
+    assert time.monotonic() - started < BOUND
+
+
+def test_a_name_lookup_that_hangs_is_cut_at_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    released = threading.Event()
+
+    def hanging_lookup(*args: object, **kwargs: object) -> list[object]:
+        released.wait(30)
+        raise socket.gaierror("released")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+    started = time.monotonic()
+    try:
+        with pytest.raises(GatewayUnavailable, match="did not answer in time"):
+            _charge(_client("http://hyp.invalid/p/"))
+        assert time.monotonic() - started < BOUND
+    finally:
+        released.set()
+
+
+def test_an_answer_in_time_and_a_refusal_pass_through_unchanged() -> None:
+    """What the call's thread got (an answer, an error) is what the caller gets, in the caller's thread."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve(status: bytes, body: bytes) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body)
+            )
+
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/p/"
+    try:
+        threading.Thread(
+            target=serve, args=(b"200 OK", b"Id=12345678&CCode=0&Amount=10&ACode=0012345"), daemon=True
+        ).start()
+        charge = _client(url).charge_token(
+            Token("1234567890123456789", 12, 2030), amount=Money.of("10.00", "ILS"), order="o-1", description="pack"
+        )
+        assert charge.transaction_id == "12345678"
+        threading.Thread(target=serve, args=(b"500 Internal Server Error", b"oops"), daemon=True).start()
+        with pytest.raises(GatewayUnavailable, match="answered HTTP 500"):
+            _charge(_client(url))
+    finally:
+        listener.close()
