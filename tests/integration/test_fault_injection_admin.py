@@ -7,7 +7,9 @@ The same method as test_fault_injection.py (its `Harness`, `Case` and `Flow`, an
   `CancelTrans`), a full refund of an older payment (`zikoyAPI`), a full refund the same day of a transaction
   Hyp already transmitted (`CancelTrans` refused with 920, the same attempt goes on as a `zikoyAPI` refund:
   two calls to Hyp in one attempt), a partial refund (`zikoyAPI`, 20.00 of 49.90: 40 credits), and the rest of
-  a payment refunded in part before (29.90 after 20.00: the other 60 credits);
+  a payment refunded in part before (29.90 after 20.00: the other 60 credits), and the whole of a saved-card charge
+  whose answer gave its amount unreadably (journaled with none, completed by an operator), the refund naming what
+  Hyp's transactions show it paid (`original_amount`: the journal learns it in the same flow);
 - resolving by hand (`POST /admin/payments/{id}/resolve`, payments.services.review): `complete` and `fail` of a
   payment in needs_review after an amount mismatch (Hyp said 1.00 was paid for 49.90).
 
@@ -73,7 +75,7 @@ from tests.integration.test_hypay_callback import browser, forge, notify
 from tests.integration.test_review import ADMIN, ALICE, admin  # noqa: F401 - the `admin` fixture (admin tokens)
 from tests.support.api import Answer, invoke, reset_function_state
 from tests.support.faults import Injector, Point
-from tests.support.payments import CALLBACK, CREATE, SUCCESS_PAGE, Env
+from tests.support.payments import CALLBACK, CREATE, CVV, STARTER, SUCCESS_PAGE, Env, post
 from tests.support.pg import connect
 
 TODAY = dt.timedelta(0)  # the refund is asked the day of the payment: a whole one is a cancellation
@@ -138,6 +140,7 @@ class AdminHarness(Harness):
         self.clean: dict[str, list[Point]] = {}  # each flow's clean trace
         self.notes: list[tuple[str, str, str]] = []  # (flow, what, case): documented answers worth knowing
         self.mismatch_ids = iter(range(55_600_001, 56_000_000))
+        self.card_saved = False  # the demo user's card, kept by a first payment on the page (a flow charges it)
         super().__init__(env, injector)
 
     @staticmethod
@@ -175,6 +178,36 @@ class AdminHarness(Harness):
         transaction = self.env.sim.pay(payment["payment_url"], APPROVING_CARD, cvv="125")
         assert page(browser(transaction.redirect_query)) == SUCCESS_PAGE
         return {"payment_id": payment["payment_id"], "txn": transaction.id}
+
+    def charged_unreadably(self, key: str) -> dict[str, Any]:
+        """The demo user bought the Starter pack with the saved card; Hyp charged 49.90 and its answer gave the
+        amount unreadably (`49,90`): journaled with no amount, the payment in review; an operator completed it naming
+        the Id."""
+        if not self.card_saved:
+            payment = self.buy("fi-admin-first-payment", save_card=True)
+            transaction = self.env.sim.pay(payment["payment_url"], APPROVING_CARD, cvv="125")
+            assert page(browser(transaction.redirect_query)) == SUCCESS_PAGE
+            self.card_saved = True
+        real = self.env.sim._soft
+        charged: list[str] = []
+
+        def soft(params: dict[str, str]) -> str:
+            answer = real(params)
+            kept = [part for part in answer.split("&") if not part.startswith("Amount=")]
+            charged.append(next(part[3:] for part in kept if part.startswith("Id=")))
+            return "&".join([*kept, "Amount=49%2C90"])
+
+        self.monkeypatch.setattr(self.env.sim, "_soft", soft)
+        try:
+            answer = post({"credit_pack_id": STARTER, "saved_card": True, "cvv": CVV}, key=key)
+        finally:
+            self.monkeypatch.setattr(self.env.sim, "_soft", real)
+        assert answer.status == 202 and len(charged) == 1, answer.body
+        payment_id, txn = answer.json["payment_id"], charged[0]
+        assert self.rows("SELECT amount FROM hypay_transactions WHERE hypay_id = :h", h=txn) == [[None]]
+        body = {"action": "complete", "reason": "Hyp shows the charge", "hypay_id": txn}
+        assert admin_post(payment_id, "resolve", body, f"{key}-complete").status == 200
+        return {"payment_id": payment_id, "txn": txn}
 
     def mismatch(self, key: str) -> dict[str, Any]:
         """A payment Hyp said (a callback signed with the terminal's KEY, HMAC-only) was paid 1.00 for 49.90."""
@@ -378,26 +411,33 @@ def refund_flow(
     amount: str | None = None,
     transmitted: bool = False,
     earlier: str | None = None,
+    named: bool = False,
 ) -> Flow:
     """A refund of a fresh paid payment (49.90, 100 credits): `amount` (None: all that remains), asked `later`
     after the payment; `transmitted`: Hyp can no longer cancel it (920); `earlier`: a partial refund of that much
-    succeeded before (with its own key, no fault), so this one is the rest and its credits are the rest."""
+    succeeded before (with its own key, no fault), so this one is the rest and its credits are the rest; `named`: the
+    payment is a saved-card charge whose amount Hyp's answer gave unreadably, and the refund names it (49.90)."""
     before = _minor(earlier) if earlier else 0
     want = amount or f"{(_minor(PAID) - before) / 100:.2f}"
-    method = "cancel" if later == TODAY and amount is None and not transmitted and not earlier else "refund"
+    cancellable = later == TODAY and amount is None and not transmitted and not earlier and not named
+    method = "cancel" if cancellable else "refund"
     # Credits in proportion, cumulative, rounded half up: 20.00 of 49.90 takes 40, the rest 60, the whole 100
     credits = credits_to_take(CREDITS, _minor(PAID), before, _minor(want))
 
     def prepare(harness: Harness, key: str) -> dict[str, Any]:
         h = _admin(harness)
         h.later = later
-        ctx = h.paid(key)
+        ctx = h.charged_unreadably(key) if named else h.paid(key)
         if transmitted:
             h.env.sim.transmit(ctx["txn"])  # the day's transmission went: CancelTrans answers 920
         if earlier:
             done = admin_post(ctx["payment_id"], "refund", {"reason": REASON, "amount": earlier}, f"{key}-earlier")
             assert done.status == 201, done.body
-        body = {"reason": REASON, **({"amount": amount} if amount else {})}
+        body = {
+            "reason": REASON,
+            **({"amount": amount} if amount else {}),
+            **({"original_amount": PAID} if named else {}),
+        }
         return {**ctx, "admin_key": f"{key}-refund", "body": body, "given_back": h.env.sim.refunded.get(ctx["txn"], 0)}
 
     def send(ctx: dict[str, Any]) -> Answer:
@@ -485,6 +525,7 @@ FLOWS = (
     refund_flow("refund_cancel_refused_then_zikoy", TODAY, transmitted=True),
     refund_flow("refund_partial", TOMORROW, amount="20.00"),
     refund_flow("refund_rest_after_partial", TOMORROW, earlier="20.00"),
+    refund_flow("refund_named_original", TODAY, named=True),
     resolve_flow("resolve_complete", "complete"),
     resolve_flow("resolve_fail", "fail"),
 )

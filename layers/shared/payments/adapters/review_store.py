@@ -71,6 +71,7 @@ class JournalRow:
     order_ref: str | None
     approval_code: str | None
     first_seen: datetime | None
+    previous_status: str | None = None  # the payment's status when the transaction was decided
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ SELECT i.kind, i.key, to_char(i.since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:
 
 _JOURNAL_COLUMNS = (
     "hypay_id, payment_id::text, decision, detail, ccode, amount::text, currency, source, verified, order_ref,"
-    " approval_code, first_seen"
+    " approval_code, first_seen, previous_status"
 )
 
 _LOCK = """
@@ -187,7 +188,7 @@ def _money(amount: str | None, currency: str | None) -> tuple[Money | None, bool
 
 
 def _journal_row(row: list[Any]) -> JournalRow:
-    hypay_id, pid, decision, detail, ccode, amount, currency, source, verified, order_ref, acode, first = row
+    hypay_id, pid, decision, detail, ccode, amount, currency, source, verified, order_ref, acode, first, before = row
     money, known = _money(amount, currency)
     return JournalRow(
         hypay_id,
@@ -202,6 +203,7 @@ def _journal_row(row: list[Any]) -> JournalRow:
         order_ref,
         acode,
         first,
+        before,
     )
 
 

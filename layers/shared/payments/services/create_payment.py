@@ -38,6 +38,7 @@ from payments.errors import (
     NotFound,
     OutcomeUnconfirmed,
     PackUnavailable,
+    PaymentError,
     RateLimited,
 )
 from payments.idempotency import PostgresPersistenceLayer
@@ -289,14 +290,28 @@ class CreatePayment:
         try:
             return store_it()
         except Exception as exc:
-            # The database is down even after a reconnect: the payment's charge attempt mark stays (the
-            # cleanup or the next retry sends it to review) and this line names Hyp's transaction.
+            # The answer could not be stored (the database down even after a reconnect, or refusing the statement
+            # for good: a constraint, a trigger, the balance out of range). Hyp's transaction must not live only
+            # in this log line: the payment goes to review naming it, in a statement of its own. If even that
+            # fails, the charge attempt mark stays (the cleanup or the next retry sends it to review).
             metrics.add_metric(name="ChargeOutcomeUnknown", unit=MetricUnit.Count, value=1)
             logger.error(
                 "saved card charge answered but not stored",
                 extra={"payment_id": str(payment_id), "hypay_transaction_id": hypay_id, "error": type(exc).__name__},
             )
+            error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
+            self._review_naming(payment_id, hypay_id, f"answered, but its answer could not be stored ({error})")
             raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id)) from exc
+
+    def _review_naming(self, payment_id: UUID, hypay_id: str | None, what: str) -> None:
+        """Best effort: the pending payment to review, its reason naming Hyp's transaction (its Id, else its Order)."""
+        where = f"Hyp transaction {hypay_id}" if hypay_id else f"Hyp's transactions for Order {payment_id}"
+        try:
+            self.deps.store.flag_for_review(payment_id, f"saved-card charge {what}; check {where}")
+        except PaymentError as exc:
+            logger.error(
+                "saved card charge not sent to review", extra={"payment_id": str(payment_id), "code": exc.code}
+            )
 
     def _approved(self, payment_id: UUID, pack: Pack, charge: Charge) -> dict[str, Any]:
         settlement = settle(

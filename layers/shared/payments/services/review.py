@@ -388,6 +388,11 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
             # for those): if Hyp did charge it after all, naming the transaction completes it (then it can be
             # refunded); nothing else can.
             return None
+        case PaymentStatus.FAILED | PaymentStatus.EXPIRED if _held(journal):
+            # Closed, then Hyp reported money for it that settling held for a human rather than completing it by
+            # itself (approved while a refund of the payment had no Id of its own yet: it may have been that refund).
+            # A human who finds it a genuine payment completes the payment with it; nothing else could.
+            return None
         case PaymentStatus.FAILED:
             return (
                 f"payment {pid} is failed: closed without credits (a genuine late payment completes it by itself;"
@@ -408,6 +413,15 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
                 f"payment {pid} holds a status from before this backend ({payment.stored_status!r}): resolve it in"
                 " the web app"
             )
+
+
+def _held(journal: list[JournalRow]) -> bool:
+    """Whether Hyp reported money for the payment after it was closed (failed or expired) that settling held for a
+    human (journal `review`, approved) instead of completing the payment by itself."""
+    return any(
+        e.decision == "review" and e.ccode == protocol.APPROVED and e.previous_status in ("failed", "expired")
+        for e in journal
+    )
 
 
 def plan_resolution(
