@@ -24,9 +24,12 @@ VALID = json.dumps({"credit_pack_id": STARTER}).encode()
 WITH_CVV = json.dumps({"credit_pack_id": STARTER, "saved_card": True, "cvv": CVV}).encode()
 
 
-def send(body: bytes, content_type: str | None = "application/json", *, binary: bool = False) -> Answer:
+def send(
+    body: bytes, content_type: str | None = "application/json", *, binary: bool = False, flagged: str | None = None
+) -> Answer:
     """One POST /payments as API Gateway hands it over: no Content-Type header when `content_type` is None;
-    `binary`: the body base64-encoded, as API Gateway passes a body it does not take for text."""
+    `binary`: the body base64-encoded, as API Gateway passes a body it does not take for text; `flagged`: this text
+    as the event's body, said to be base64 (an event API Gateway never sends: a direct invoke, a hand-written one)."""
     found = TEMPLATE.find_route("POST", "/payments")
     assert found is not None
     route, _ = found
@@ -43,6 +46,8 @@ def send(body: bytes, content_type: str | None = "application/json", *, binary: 
     )
     if binary:
         event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
+    if flagged is not None:
+        event["body"], event["isBase64Encoded"] = flagged, True
     handler = load_handler(TEMPLATE.functions[CREATE])
     result = handler(event, LocalLambdaContext(function_name=CREATE, timeout_seconds=20))
     return Answer(
@@ -122,6 +127,25 @@ def test_an_unreadable_content_type_is_not_repeated(env: Env, before: dict) -> N
     answer = send(VALID, f"{CVV} <script>")
     # Then 415 without repeating the header
     assert assert_refused(answer, 415, env, before).startswith("this Content-Type is not accepted")
+
+
+def test_a_card_number_sent_as_the_content_type_is_not_repeated(env: Env, before: dict) -> None:
+    # Given a Content-Type shaped as a media type, made of card numbers
+    pan = "4580458045804580"
+    # When it is posted
+    answer = send(VALID, f"{pan}/{pan}")
+    # Then 415 without repeating it
+    assert assert_refused(answer, 415, env, before).startswith("this Content-Type is not accepted")
+    assert pan not in answer.body
+
+
+@pytest.mark.parametrize("flagged", ["\x80", "é30=", '{"credit_pack_id": "é"}'])
+def test_a_body_said_to_be_base64_that_is_not_ascii_is_400(env: Env, before: dict, flagged: str) -> None:
+    # Given an event whose body is said to be base64 but holds a character base64 never has
+    # When it is handled
+    answer = send(b"", flagged=flagged)
+    # Then 400 saying so (it used to be the catch-all 500 and the UnhandledError alarm)
+    assert assert_refused(answer, 400, env, before) == "the body is not valid base64 although the event says it is"
 
 
 @pytest.mark.parametrize("charset", ["utf-16", "iso-8859-8", ""])

@@ -9,7 +9,6 @@ the API cannot take is a 4xx before any route code, and so any database write, r
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
 )
 
 from payments.errors import InvalidRequest
+from payments.names import without_digit_runs
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.types import EventHandlerInstance
@@ -72,7 +72,8 @@ def _require_json_media_type(content_type: str | None) -> None:
     media_type, _, parameters = content_type.partition(";")
     media_type = media_type.strip().lower()
     if not _JSON_MEDIA_TYPE.fullmatch(media_type):
-        named = media_type if _MEDIA_TYPE.fullmatch(media_type) else "this Content-Type"
+        shown = _MEDIA_TYPE.fullmatch(media_type) and without_digit_runs(media_type)
+        named = media_type if shown else "this Content-Type"
         raise UnsupportedMediaType(f"{named} is not accepted: send the body as application/json")
     for parameter in parameters.split(";"):
         name, _, value = parameter.partition("=")
@@ -92,7 +93,7 @@ def _text(body: str | None, *, base64_encoded: bool) -> str:
 def _utf8(body: str) -> str:
     try:
         raw = base64.b64decode(body, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, and the plain ValueError a str with a non-ASCII character raises
         raise InvalidRequest("the body is not valid base64 although the event says it is") from None
     if not raw:
         raise InvalidRequest("the body is empty: send a JSON object")
