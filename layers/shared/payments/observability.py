@@ -66,6 +66,23 @@ class _ExceptionRedaction(logging.Filter):
         return True
 
 
+# A run of 12 digits or more, separated or not, anywhere (glued to a word too): what a debug line must not carry.
+_DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){11,}")
+
+
+class _MessageRedaction(logging.Filter):
+    """Powertools' event handler logs, at DEBUG, the arguments it calls a route with: the Idempotency-Key and the
+    path parameters as the client sent them, which may be anything (a card number). Its lines are redacted
+    (`redact_secrets`, and every long run of digits). A filter of that logger runs only for a record it writes: at
+    any level above DEBUG, never."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _DIGIT_RUN.sub("[redacted]", redact_secrets(record.getMessage())), None
+        return True
+
+
+logging.getLogger("aws_lambda_powertools.event_handler.api_gateway").addFilter(_MessageRedaction())
+
 # Service name and metrics namespace come from POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE.
 logger = Logger(json_deserializer=_message_json)
 # On the handler, not the logger: the package's child loggers (Logger(child=True)) write through this handler too.
