@@ -89,7 +89,7 @@ migrate-check: $(STAMP) ## list the rows a pending migration cannot accept, chan
 # PIP_REQUIRE_HASHES: sam build's second pip pass (a Lambda wheel for a package whose first download does not
 # fit Lambda) names no hash; rather than install an unchecked file, that fails.
 build: $(STAMP) ## sam build (function code + shared layer into .aws-sam/build), then their bytecode (ops/bytecode.py)
-	PIP_REQUIRE_HASHES=1 $(VENV)/bin/sam build --template-file template.yaml
+	PIP_REQUIRE_HASHES=1 $(VENV)/bin/sam build --template-file template.yaml $(SAM_BUILD_ARGS)
 	$(PY) -m ops.bytecode
 
 deploy: build ## sam deploy, new function versions whenever the parameters changed; ARGS="--config-env prod --parameter-overrides ..."

@@ -9,7 +9,7 @@ read by nothing): other parameters, other literal, new versions; the same parame
 published. The template in the repository is not touched.
 
 The parameters are the command line's `--parameter-overrides`, else those of the `samconfig.toml` environment
-(`--config-env`, default `default`), as `sam deploy` itself takes them.
+(`--config-env`, default `default`), read by SAM CLI's own parser, as `sam deploy` itself takes them.
 
 `python -m ops.deploy [sam deploy's arguments]`, e.g. `--config-env prod --parameter-overrides Stage=prod ...`.
 """
@@ -19,10 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shlex
 import subprocess
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,25 +37,25 @@ class DeployError(Exception):
 
 
 def parameters(args: Sequence[str], samconfig: Path = SAMCONFIG) -> list[str]:
-    """The parameter overrides this deploy passes, each `Name=Value`, sorted: the command line's
-    `--parameter-overrides`, else the samconfig environment's (`--config-env`, default `default`)."""
-    given: list[str] | None = None
-    for i, arg in enumerate(args):
-        if arg == "--parameter-overrides":
-            given = []
-            for value in args[i + 1 :]:
-                if value.startswith("--"):
-                    break
-                given += shlex.split(value)
-    if given is None:
-        env = "default"
-        for i, arg in enumerate(args):
-            if arg == "--config-env" and i + 1 < len(args):
-                env = args[i + 1]
-        config = tomllib.loads(samconfig.read_text(encoding="utf-8")) if samconfig.exists() else {}
-        deploy = config.get(env, {}).get("deploy", {}).get("parameters", {})
-        given = shlex.split(deploy.get("parameter_overrides", ""))
-    return sorted(given)
+    """The parameter overrides this deploy passes, each `Name=Value`, sorted, read as `sam deploy` reads them: by SAM
+    CLI's own option parser and samconfig reader (the command line's `--parameter-overrides` in any spelling, else
+    those of the `--config-env` environment of the samconfig file, a string or a TOML list). A hand-written reading
+    missed `--parameter-overrides=...` and `--config-env=prod`: the digest then stayed the same and no version of
+    the new parameters was published. `DeployError` when they cannot be read: no deploy without knowing them."""
+    import click
+    from samcli.commands.deploy.command import cli
+
+    given = list(args)
+    if not any(arg == "--config-file" or arg.startswith("--config-file=") for arg in given):
+        given = ["--config-file", str(samconfig), *given]
+    try:
+        context = cli.make_context("deploy", given, resilient_parsing=True)
+    except (click.ClickException, click.exceptions.Exit, OSError, ValueError) as exc:
+        raise DeployError(f"cannot read this deploy's parameters as sam deploy would: {exc}") from None
+    overrides = context.params.get("parameter_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise DeployError(f"cannot read this deploy's parameters as sam deploy would: {overrides!r}")
+    return sorted(f"{name}={value}" for name, value in overrides.items())
 
 
 def digest(values: Sequence[str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,39 @@ def test_other_parameters_publish_new_versions_and_the_same_ones_nothing_new() -
 def test_the_parameters_are_the_command_lines_else_the_samconfig_environments(tmp_path: Path) -> None:
     samconfig = tmp_path / "samconfig.toml"
     samconfig.write_text(
-        '[default.deploy.parameters]\nparameter_overrides = "Stage=dev"\n'
+        'version = 0.1\n[default.deploy.parameters]\nparameter_overrides = "Stage=dev"\n'
         '[prod.deploy.parameters]\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
     )
     assert parameters([], samconfig) == ["Stage=dev"]
     assert parameters(["--config-env", "prod"], samconfig) == ["FunctionConcurrency=20", "Stage=prod"]
     given = ["--config-env", "prod", "--parameter-overrides", "Stage=prod", 'WebAppOrigins="https://a b"', "--no-fail"]
     assert parameters(given, samconfig) == ["Stage=prod", "WebAppOrigins=https://a b"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # `--option=value`, as sam deploy (click) also takes it
+        (
+            ["--parameter-overrides=Stage=dev WebAppSuccessUrl=https://b.example/ok"],
+            ["Stage=dev", "WebAppSuccessUrl=https://b.example/ok"],
+        ),
+        (["--config-env=prod"], ["FunctionConcurrency=20", "Stage=prod"]),
+        (["--config-env", "list"], ["LogLevel=DEBUG", "Stage=list"]),  # a TOML list in samconfig, as SAM reads it
+    ],
+)
+def test_the_parameters_are_read_in_every_spelling_sam_deploy_takes(
+    tmp_path: Path, args: list[str], expected: list[str]
+) -> None:
+    # A hand-written reading took these for samconfig's default environment (the same digest: nothing published) or
+    # crashed on the list
+    samconfig = tmp_path / "samconfig.toml"
+    samconfig.write_text(
+        'version = 0.1\n[default.deploy.parameters]\nparameter_overrides = "Stage=dev"\n'
+        '[prod.deploy.parameters]\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
+        '[list.deploy.parameters]\nparameter_overrides = ["Stage=list", "LogLevel=DEBUG"]\n'
+    )
+    assert parameters(args, samconfig) == expected
 
 
 def test_a_template_without_one_config_revision_is_refused() -> None:
@@ -91,3 +118,14 @@ def test_the_command_patches_the_built_template_then_runs_sam_deploy_with_its_ar
     # Without a build there is nothing to deploy: refused in one line
     built.unlink()
     assert deploy.main(args) == 2 and len(ran) == 1
+
+
+def test_the_build_can_run_in_sams_container() -> None:
+    # Off Linux x86_64 the layer's wheels must come from SAM's build container: `make deploy` builds first, so the
+    # option reaches its build too (docs/deploy.md)
+    root = Path(__file__).resolve().parents[2]
+    for target in ("build", "deploy"):
+        shown = subprocess.run(
+            ["make", "-n", target, "SAM_BUILD_ARGS=--use-container"], cwd=root, capture_output=True, text=True
+        ).stdout
+        assert "sam build --template-file template.yaml --use-container" in shown, shown
