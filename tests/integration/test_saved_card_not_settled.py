@@ -22,7 +22,7 @@ def test_an_approved_charge_the_database_refuses_to_settle_goes_to_review_naming
     answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="refused-grant")
     [hyp_id] = [t.id for t in env.sim.transactions.values() if t.ccode == 0 and not t.redirect_query]
     # Then the answer is "being confirmed", never a charge again ...
-    assert answer.status == 202, answer.body
+    assert answer.status == 202 and answer.json["status"] == "needs_review", answer.body
     assert env.sim.calls.count("soft") == 1
     payment_id = answer.json["payment_id"]
     # ... and the payment is in the review queue now, its reason naming Hyp's transaction

@@ -110,9 +110,10 @@ class OutcomeUnconfirmed(PaymentError):
     code = "outcome_unconfirmed"
     keep_in_progress = True
 
-    def __init__(self, message: str, *, payment_id: str) -> None:
+    def __init__(self, message: str, *, payment_id: str, status: str = "pending") -> None:
         super().__init__(message)
         self.payment_id = payment_id
+        self.status = status  # the payment's, as far as this invocation knows: pending, or needs_review once flagged
 
 
 class GatewayNotAsked(GatewayError):

@@ -92,7 +92,7 @@ def _retry_after(seconds: int) -> dict[str, str]:
 def error_response(exc: errors.PaymentError) -> Response:
     """The HTTP answer for each error a caller can act on."""
     if isinstance(exc, errors.OutcomeUnconfirmed):
-        body = {"payment_id": exc.payment_id, "status": "pending", "detail": exc.message}
+        body = {"payment_id": exc.payment_id, "status": exc.status, "detail": exc.message}
         return Response(status_code=202, content_type="application/json", body=json.dumps(body))
     if isinstance(exc, errors.ConfigurationError):
         return problem(503, "Service Unavailable", "the service is not ready; retry later", headers=_retry_after(30))
@@ -133,7 +133,17 @@ def error_response(exc: errors.PaymentError) -> Response:
         return problem(
             503, "Service Unavailable", "the database is busy; retry with the same key", headers=_retry_after(2)
         )
-    return problem(500, "Internal Server Error", "the service is misconfigured or failed")
+    # Anything else is ours and will not pass by itself: the database refusing a statement for good (a constraint,
+    # a trigger, a value out of range), or an error no mapping foresaw. "Not yet", never a rejection of the
+    # request; counted as an unhandled error (alarmed at one) so that a human fixes it. Its code and SQLSTATE are
+    # logged, never its text (a database error's detail holds the row's values).
+    metrics.add_metric(name="UnhandledError", unit=MetricUnit.Count, value=1)
+    logger.error(
+        "request failed for a reason of ours", extra={"code": exc.code, "sqlstate": getattr(exc, "sqlstate", None)}
+    )
+    return problem(
+        503, "Service Unavailable", "the service cannot complete this now; retry later", headers=_retry_after(30)
+    )
 
 
 def http_event_problem(event: Any) -> str | None:

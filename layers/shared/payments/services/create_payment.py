@@ -149,8 +149,7 @@ class CreatePayment:
         payment_id = opened.id
         pack = dataclasses.replace(pack, price=opened.amount, credits=opened.credits or pack.credits)
         if not opened.created:
-            if card is not None:
-                _refuse_if_never_charged(opened)
+            _refuse_if_never_offered(opened)
             earlier = self._earlier_attempt(opened, pack)
             if earlier is not None:
                 return earlier
@@ -212,8 +211,7 @@ class CreatePayment:
             return None
         if not _made_by(opened, request):
             raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
-        if request.saved_card:
-            _refuse_if_never_charged(opened)
+        _refuse_if_never_offered(opened)
         pack = Pack(opened.credit_pack_id, "", opened.credits or 0, opened.amount, active=False)
         return self._earlier_attempt(opened, pack)
 
@@ -265,7 +263,7 @@ class CreatePayment:
             state = store.charge_state(payment_id)
             if state is None:
                 raise NotFound("the payment disappeared")
-            _refuse_if_never_charged(state)
+            _refuse_if_never_offered(state)
             return self._charge_outcome(state, pack)
         try:
             charge = self.deps.gateway.charge_token(
@@ -318,18 +316,23 @@ class CreatePayment:
                 extra={"payment_id": str(payment_id), "hypay_transaction_id": hypay_id, "error": type(exc).__name__},
             )
             error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
-            self._review_naming(payment_id, hypay_id, f"answered, but its answer could not be stored ({error})")
-            raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id)) from exc
+            flagged = self._review_naming(
+                payment_id, hypay_id, f"answered, but its answer could not be stored ({error})"
+            )
+            status = PaymentStatus.NEEDS_REVIEW if flagged else PaymentStatus.PENDING
+            raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id), status=str(status)) from exc
 
-    def _review_naming(self, payment_id: UUID, hypay_id: str | None, what: str) -> None:
-        """Best effort: the pending payment to review, its reason naming Hyp's transaction (its Id, else its Order)."""
+    def _review_naming(self, payment_id: UUID, hypay_id: str | None, what: str) -> bool:
+        """Best effort: the pending payment to review, its reason naming Hyp's transaction (its Id, else its Order).
+        Whether it went."""
         where = f"Hyp transaction {hypay_id}" if hypay_id else f"Hyp's transactions for Order {payment_id}"
         try:
-            self.deps.store.flag_for_review(payment_id, f"saved-card charge {what}; check {where}")
+            return self.deps.store.flag_for_review(payment_id, f"saved-card charge {what}; check {where}")
         except PaymentError as exc:
             logger.error(
                 "saved card charge not sent to review", extra={"payment_id": str(payment_id), "code": exc.code}
             )
+            return False
 
     def _approved(self, payment_id: UUID, pack: Pack, charge: Charge) -> dict[str, Any]:
         settlement = settle(
@@ -409,13 +412,19 @@ def _made_by(payment: OpenedPayment, request: CreatePaymentRequest) -> bool:
     )
 
 
-def _refuse_if_never_charged(payment: OpenedPayment) -> None:
-    """A saved-card purchase whose payment ended before any charge was marked (the cleanup expired a reused pending
-    payment, between two attempts with the key or just before this one marked its charge): nothing was charged, so
-    not "being confirmed" (202) nor the ended payment (201) - 409, a new key may buy."""
-    if payment.charge_attempt_id is None and payment.status in (PaymentStatus.EXPIRED, PaymentStatus.FAILED):
+def _refuse_if_never_offered(payment: OpenedPayment) -> None:
+    """A purchase whose payment ended before anything was offered or charged (the cleanup expired a reused pending
+    payment between two attempts with the key, or just before this one made its page or marked its charge): no page
+    was made and no card charged, so not "being confirmed" (202) nor the ended payment without a page to pay on
+    (201) - 409, a new key may buy."""
+    if (
+        payment.charge_attempt_id is None
+        and payment.payment_url is None
+        and payment.status in (PaymentStatus.EXPIRED, PaymentStatus.FAILED)
+    ):
         raise Conflict(
-            f"the payment is {payment.status} and its card was never charged; retry with a new Idempotency-Key"
+            f"the payment is {payment.status} before a payment page was made or a card charged; retry with a new"
+            " Idempotency-Key"
         )
 
 
