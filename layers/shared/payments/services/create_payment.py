@@ -14,8 +14,6 @@ retry can never charge the card twice.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,22 +57,11 @@ class CreatePaymentDeps:
     send_invoice: bool = False
 
 
-# A run of 12 digits or more, separated or not: what could be a card number (or a Hyp token) a client sent as its key.
-_DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){11,}")
-
-
 def _scoped_key(user_id: UUID, key: str) -> str:
-    """The value kept in payments.idempotency_key: unique across users (the column's constraint is global). A key
-    holding what could be card data is kept as its SHA-256 only (never stored as sent); any other key as sent, so the
-    keys of payments already made stay as they were."""
-    if _DIGIT_RUN.search(key):
-        return f"api:{user_id}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    """The value kept in payments.idempotency_key: unique across users (the column's constraint is global). The key
+    is kept as sent: every payment ever made is found by it, whatever its form (an Idempotency-Key is the client's
+    opaque value and carries no card data; docs/integration.md)."""
     return f"api:{user_id}:{key}"
-
-
-def _request_digest(key: str) -> str:
-    """What rate_limits.last_request keeps to tell a request sent twice from a new one: a digest, never the key."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _customer(profile: Profile) -> Customer:
@@ -191,7 +178,7 @@ class CreatePayment:
         count, retry_after = store.hit_rate_limit(
             f"create_payment:{user_id}",
             self.deps.rate_window_seconds,
-            request=_request_digest(key),
+            request=key,
             limit=self.deps.rate_limit,
         )
         if count > self.deps.rate_limit:
