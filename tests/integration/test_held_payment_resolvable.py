@@ -73,3 +73,29 @@ def test_a_completed_payment_stays_completed_while_a_transaction_of_it_is_held(
     # Then it is held for review and the payment stays completed, its credits as they were
     assert env.rows("SELECT decision FROM hypay_transactions WHERE hypay_id = :i", i=t2.id) == [["review"]]
     assert env.status(pid) == "completed" and env.credits() == credits
+
+
+def test_a_payment_an_operator_failed_after_a_late_mismatch_stays_failed(
+    env: Env,
+    admin: Admin,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the hold above reopens a closed payment: a late payment of the wrong amount sent the payment to review
+    itself, and an operator's `fail` after it is final."""
+    monkeypatch.setenv("ADMIN_API_TOKEN", json.dumps({"tokens": {"alice": ALICE}}))
+    _reset()
+    use_mode(monkeypatch, "hmac")
+    before = env.credits()
+    # Given an expired payment that Hyp then reports paid 1.00 instead of 49.90 (to review, previous status expired)
+    pid = buy(env, key="late-mismatch")["payment_id"]
+    env.rows("UPDATE payments SET status = 'expired' WHERE id = :p::uuid", p=pid)
+    claim = [(k, "55500077" if k == "Id" else v) for k, v in unpaid_claim(pid, amount="1.00")]
+    assert notify(forge(claim)).status == 200
+    assert env.status(pid) == "needs_review"
+    # And an operator who fails it on purpose (the 1.00 is to be refunded, no credits)
+    assert resolve(pid, {"action": "fail", "reason": "wrong amount: refund it"}, key="f-1").status == 200
+    # When someone completes it afterwards
+    again = resolve(pid, {"action": "complete", "reason": "changed my mind"}, key="f-2")
+    # Then 409, as for any failed payment, and no credits
+    assert again.status == 409 and "is failed" in again.json["detail"], again.body
+    assert env.credits() == before

@@ -39,7 +39,12 @@ from payments.errors import (
     NotFound,
 )
 from payments.observability import logger, metrics
-from payments.services.settle import Settlement, report_operator_grant, settle_by_operator
+from payments.services.settle import (
+    HELD_WHILE_A_REFUND_HAS_NO_ID,
+    Settlement,
+    report_operator_grant,
+    settle_by_operator,
+)
 
 if TYPE_CHECKING:
     from payments.idempotency import PostgresPersistenceLayer
@@ -388,7 +393,7 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
             # for those): if Hyp did charge it after all, naming the transaction completes it (then it can be
             # refunded); nothing else can.
             return None
-        case PaymentStatus.FAILED | PaymentStatus.EXPIRED if _held(journal):
+        case PaymentStatus.FAILED | PaymentStatus.EXPIRED if _held(payment, journal):
             # Closed, then Hyp reported money for it that settling held for a human rather than completing it by
             # itself (approved while a refund of the payment had no Id of its own yet: it may have been that refund).
             # A human who finds it a genuine payment completes the payment with it; nothing else could.
@@ -415,11 +420,16 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
             )
 
 
-def _held(journal: list[JournalRow]) -> bool:
-    """Whether Hyp reported money for the payment after it was closed (failed or expired) that settling held for a
-    human (journal `review`, approved) instead of completing the payment by itself."""
+def _held(payment: LockedPayment, journal: list[JournalRow]) -> bool:
+    """Whether Hyp reported money for the payment after it was closed that settling held for a human instead of
+    completing the payment (approved while a refund of the payment had no Id of its own yet), the payment closed as it
+    was then. Only that hold: a transaction that sent the payment to review (an amount mismatch, say) and that an
+    operator then failed, or a payment an operator failed after the hold, stays closed."""
     return any(
-        e.decision == "review" and e.ccode == protocol.APPROVED and e.previous_status in ("failed", "expired")
+        e.decision == "review"
+        and e.ccode == protocol.APPROVED
+        and HELD_WHILE_A_REFUND_HAS_NO_ID in (e.detail or "")
+        and e.previous_status == payment.status
         for e in journal
     )
 

@@ -206,7 +206,7 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
             Action.NONE,
             Verdict.REVIEW,
             Result.REVIEW,
-            f"Hyp transaction {txn.hypay_id} approved while a refund of this payment has no Id of its own yet:"
+            f"Hyp transaction {txn.hypay_id} {HELD_WHILE_A_REFUND_HAS_NO_ID}:"
             " it may be that refund's transaction (compare with Hyp's refunds)",
             "PaidNotPending",
         )
@@ -249,6 +249,11 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         f"completed late: the payment was {status}" if late else None,
         "LatePaymentCompleted" if late else None,
     )
+
+
+# The journal detail of a transaction held because a refund of its payment had no Id of its own yet (its payment left
+# as it was): the review service lets a closed payment be completed with such a transaction, and with no other.
+HELD_WHILE_A_REFUND_HAS_NO_ID = "approved while a refund of this payment has no Id of its own yet"
 
 
 class _JournalChanged(QueryError):
