@@ -123,3 +123,40 @@ def test_an_answer_in_time_and_a_refusal_pass_through_unchanged() -> None:
             _charge(_client(url))
     finally:
         listener.close()
+
+
+def test_a_call_given_up_stops_reading_at_once(trickling_hyp: str) -> None:
+    # An abandoned call used to go on reading the trickle (holding the request: KEY, PassP, a token, a CVV) for as
+    # long as Hyp trickled, past the invocation that made it
+    with pytest.raises(GatewayUnavailable, match="did not answer in time"):
+        _charge(_client(trickling_hyp))
+    time.sleep(3 * GAP)
+    assert [t for t in threading.enumerate() if t.name == "hypay-call" and t.is_alive()] == []
+
+
+def test_a_call_given_up_during_its_name_lookup_never_sends_its_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A charge given up (an unknown outcome: the payment goes to review) is not sent after all once the lookup
+    returns: nothing reaches Hyp."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(2 * TIMEOUT)
+    port = listener.getsockname()[1]
+    released = threading.Event()
+    real_lookup = socket.getaddrinfo
+
+    def slow_lookup(host: str, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+        released.wait(10)
+        return real_lookup("127.0.0.1", *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    try:
+        with pytest.raises(GatewayUnavailable, match="did not answer in time"):
+            _charge(_client(f"http://hyp.invalid:{port}/p/"))
+        released.set()
+        # The lookup returns, the connection is made and closed: not a byte of the request is sent
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(2 * TIMEOUT)
+            assert conn.recv(65536) == b""
+    finally:
+        released.set()
+        listener.close()

@@ -8,6 +8,8 @@ Credentials (`Masof`, `KEY`, `PassP`), tokens and CVVs never reach a log line or
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import socket
 import threading
@@ -119,26 +121,88 @@ class Token:
 Opener = Callable[[urllib.request.Request, float], bytes]
 
 
+class _Call:
+    """One call's connections, so that the caller can cut them off once it gives up waiting (`abandon`)."""
+
+    def __init__(self) -> None:
+        # The sockets themselves: urllib asks for `Connection: close`, so http.client lets go of the connection's
+        # socket once the answer's headers are in, while the answer is read through it.
+        self.sockets: list[socket.socket] = []
+        self.abandoned = threading.Event()
+
+    def abandon(self) -> None:
+        """No request leaves any more, and a read in progress ends at once (its socket shut down)."""
+        self.abandoned.set()
+        for sock in list(self.sockets):
+            with contextlib.suppress(OSError):  # closed already
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+_calling = threading.local()  # the worker thread's `_Call`
+
+
+def _refuse_if_abandoned(connection: http.client.HTTPConnection) -> None:
+    """Connected (the name looked up, TLS shaken hands) after the caller gave up: nothing is sent."""
+    call = getattr(_calling, "call", None)
+    if call is not None:
+        call.sockets.append(connection.sock)
+        if call.abandoned.is_set():
+            connection.close()
+            raise TimeoutError("the call was given up before its request was sent")
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _refuse_if_abandoned(self)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _refuse_if_abandoned(self)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_HTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    """urlopen's own opener (the same handlers, proxies and TLS defaults), with connections a caller can cut off."""
+    return urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
+
+
 def _urlopen(request: urllib.request.Request, timeout: float) -> bytes:
     """Hyp's whole answer within `timeout` seconds, or TimeoutError.
 
     urllib's own timeout bounds each wait for bytes: an answer trickled a byte at a time, or a name lookup that
     hangs (getaddrinfo takes no timeout), would outlast it and the invocation with it. So the call runs in a
-    thread of its own that is given `timeout` in all; past it, the call is abandoned (its thread ends at its
-    socket's next timeout, its late answer unread): for a charge or a refund, an outcome unknown, as a timeout."""
+    thread of its own that is given `timeout` in all; past it, the call is given up: a request not sent yet is
+    never sent, a read in progress is cut (its socket shut down), and the answer, if any, is never read. For a
+    charge or a refund, that is an unknown outcome, as a timeout."""
+    call = _Call()
     outcome: list[bytes | BaseException] = []
 
-    def call() -> None:
+    def run() -> None:
+        _calling.call = call
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - https URL from settings
+            with _opener().open(request, timeout=timeout) as response:
                 outcome.append(response.read())
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
             outcome.append(exc)
 
-    worker = threading.Thread(target=call, name="hypay-call", daemon=True)
+    worker = threading.Thread(target=run, name="hypay-call", daemon=True)
     worker.start()
     worker.join(timeout)
     if not outcome:
+        call.abandon()
         raise TimeoutError(f"Hypay's whole answer did not arrive within {timeout:g} s")
     result = outcome[0]
     if isinstance(result, BaseException):
