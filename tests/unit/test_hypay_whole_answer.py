@@ -5,15 +5,20 @@ with it. Lambda then killed the function: a 500, and the outcome of a charge it 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from payments.adapters import hypay as hypay_module
 from payments.adapters.hypay import HypayClient, HypayCredentials, Token
 from payments.domain.money import Money
 from payments.errors import GatewayUnavailable
+from tests.support.tls import authority, server_files
 
 TIMEOUT = 0.5
 # Far below what the trickle takes (ANSWER_BYTES × GAP ≈ 12 s) and far above the timeout: not a timing measure.
@@ -160,3 +165,48 @@ def test_a_call_given_up_during_its_name_lookup_never_sends_its_request(monkeypa
     finally:
         released.set()
         listener.close()
+
+
+@pytest.fixture
+def hyp_over_tls(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A TLS server for 127.0.0.1 under a throwaway CA, answering one approved charge per connection: (URL, CA file)."""
+    ca_file, cert, key = server_files(tmp_path, authority())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(raw, server_side=True) as conn:
+                    conn.recv(65536)
+                    body = b"Id=12345678&CCode=0&Amount=10&ACode=0012345"
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            except (OSError, ssl.SSLError):
+                pass  # the client refused our certificate
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}/p/", ca_file
+    stop.set()
+    listener.close()
+
+
+def test_hyp_is_reached_over_verified_tls_only(hyp_over_tls: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, ca_file = hyp_over_tls
+    # A certificate no trusted authority issued is refused: nothing is sent
+    with pytest.raises(GatewayUnavailable, match="SSLCertVerificationError"):
+        _charge(_client(url))
+    # Trusting that authority (as the system's store trusts Hyp's), the call goes through the same cut-off transport
+    trusting = urllib.request.build_opener(
+        hypay_module._HTTPHandler, hypay_module._HTTPSHandler(context=ssl.create_default_context(cafile=ca_file))
+    )
+    monkeypatch.setattr(hypay_module, "_opener", lambda: trusting)
+    charge = _client(url).charge_token(
+        Token("1234567890123456789", 12, 2030), amount=Money.of("10.00", "ILS"), order="o-1", description="pack"
+    )
+    assert charge.transaction_id == "12345678"
