@@ -49,7 +49,7 @@ def parameters(args: Sequence[str], samconfig: Path = SAMCONFIG) -> list[str]:
     if not any(arg == "--config-file" or arg.startswith("--config-file=") for arg in given):
         given = ["--config-file", str(samconfig), *given]
     try:
-        context = cli.make_context("deploy", given, resilient_parsing=True)
+        context = cli.make_context("deploy", given)  # strict: what sam deploy would refuse is refused here
     except (click.ClickException, click.exceptions.Exit, OSError, ValueError) as exc:
         raise DeployError(f"cannot read this deploy's parameters as sam deploy would: {exc}") from None
     overrides = context.params.get("parameter_overrides") or {}

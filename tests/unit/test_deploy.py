@@ -55,12 +55,19 @@ def test_other_parameters_publish_new_versions_and_the_same_ones_nothing_new() -
 def test_the_parameters_are_the_command_lines_else_the_samconfig_environments(tmp_path: Path) -> None:
     samconfig = tmp_path / "samconfig.toml"
     samconfig.write_text(
-        'version = 0.1\n[default.deploy.parameters]\nparameter_overrides = "Stage=dev"\n'
-        '[prod.deploy.parameters]\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
+        'version = 0.1\n[default.deploy.parameters]\nstack_name = "payments-default"\nparameter_overrides = "Stage=dev"\n'
+        '[prod.deploy.parameters]\nstack_name = "payments-prod"\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
     )
     assert parameters([], samconfig) == ["Stage=dev"]
     assert parameters(["--config-env", "prod"], samconfig) == ["FunctionConcurrency=20", "Stage=prod"]
-    given = ["--config-env", "prod", "--parameter-overrides", "Stage=prod", 'WebAppOrigins="https://a b"', "--no-fail"]
+    given = [
+        "--config-env",
+        "prod",
+        "--parameter-overrides",
+        "Stage=prod",
+        'WebAppOrigins="https://a b"',
+        "--no-fail-on-empty-changeset",
+    ]
     assert parameters(given, samconfig) == ["Stage=prod", "WebAppOrigins=https://a b"]
 
 
@@ -83,11 +90,24 @@ def test_the_parameters_are_read_in_every_spelling_sam_deploy_takes(
     # crashed on the list
     samconfig = tmp_path / "samconfig.toml"
     samconfig.write_text(
-        'version = 0.1\n[default.deploy.parameters]\nparameter_overrides = "Stage=dev"\n'
-        '[prod.deploy.parameters]\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
-        '[list.deploy.parameters]\nparameter_overrides = ["Stage=list", "LogLevel=DEBUG"]\n'
+        'version = 0.1\n[default.deploy.parameters]\nstack_name = "payments-default"\nparameter_overrides = "Stage=dev"\n'
+        '[prod.deploy.parameters]\nstack_name = "payments-prod"\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
+        '[list.deploy.parameters]\nstack_name = "payments-list"\nparameter_overrides = ["Stage=list", "LogLevel=DEBUG"]\n'
     )
     assert parameters(args, samconfig) == expected
+
+
+@pytest.mark.parametrize(
+    "args", [["--parameter-overrides", "Stage=prod", "Bad"], ["--no-such-option"], ["--config-env"]]
+)
+def test_parameters_sam_deploy_would_refuse_stop_the_deploy(tmp_path: Path, args: list[str]) -> None:
+    # Read leniently, they were taken for none: the template patched with that digest, then sam deploy started
+    samconfig = tmp_path / "samconfig.toml"
+    samconfig.write_text(
+        'version = 0.1\n[default.deploy.parameters]\nstack_name = "payments-default"\nparameter_overrides = "Stage=dev"\n'
+    )
+    with pytest.raises(DeployError, match="as sam deploy would"):
+        parameters(args, samconfig)
 
 
 def test_a_template_without_one_config_revision_is_refused() -> None:
@@ -129,3 +149,9 @@ def test_the_build_can_run_in_sams_container() -> None:
             ["make", "-n", target, "SAM_BUILD_ARGS=--use-container"], cwd=root, capture_output=True, text=True
         ).stdout
         assert "sam build --template-file template.yaml --use-container" in shown, shown
+
+
+@pytest.mark.parametrize("args", [[], ["--config-env", "prod"]])
+def test_the_repositorys_samconfig_is_read_as_sam_deploy_reads_it(args: list[str]) -> None:
+    values = parameters(args)
+    assert any(value.startswith("Stage=") for value in values), values
