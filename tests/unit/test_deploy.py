@@ -40,6 +40,18 @@ def _versions(template_text: str) -> dict[str, str]:
     }
 
 
+def _samconfig(folder: Path, **environments: str | list[str]) -> Path:
+    """A samconfig.toml with one deploy environment per keyword: its stack and its parameter_overrides (a string or,
+    as SAM also reads it, a TOML list)."""
+    lines = ["version = 0.1"]
+    for name, overrides in environments.items():
+        lines += [f"[{name}.deploy.parameters]", f'stack_name = "payments-{name}"']
+        lines.append(f"parameter_overrides = {json.dumps(overrides)}")
+    path = folder / "samconfig.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def test_other_parameters_publish_new_versions_and_the_same_ones_nothing_new() -> None:
     source = TEMPLATE.read_text(encoding="utf-8")
     dev = ["Stage=dev", "WebAppSuccessUrl=https://a.example/ok"]
@@ -53,11 +65,7 @@ def test_other_parameters_publish_new_versions_and_the_same_ones_nothing_new() -
 
 
 def test_the_parameters_are_the_command_lines_else_the_samconfig_environments(tmp_path: Path) -> None:
-    samconfig = tmp_path / "samconfig.toml"
-    samconfig.write_text(
-        'version = 0.1\n[default.deploy.parameters]\nstack_name = "payments-default"\nparameter_overrides = "Stage=dev"\n'
-        '[prod.deploy.parameters]\nstack_name = "payments-prod"\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
-    )
+    samconfig = _samconfig(tmp_path, default="Stage=dev", prod="Stage=prod FunctionConcurrency=20")
     assert parameters([], samconfig) == ["Stage=dev"]
     assert parameters(["--config-env", "prod"], samconfig) == ["FunctionConcurrency=20", "Stage=prod"]
     given = [
@@ -88,11 +96,8 @@ def test_the_parameters_are_read_in_every_spelling_sam_deploy_takes(
 ) -> None:
     # A hand-written reading took these for samconfig's default environment (the same digest: nothing published) or
     # crashed on the list
-    samconfig = tmp_path / "samconfig.toml"
-    samconfig.write_text(
-        'version = 0.1\n[default.deploy.parameters]\nstack_name = "payments-default"\nparameter_overrides = "Stage=dev"\n'
-        '[prod.deploy.parameters]\nstack_name = "payments-prod"\nparameter_overrides = "Stage=prod FunctionConcurrency=20"\n'
-        '[list.deploy.parameters]\nstack_name = "payments-list"\nparameter_overrides = ["Stage=list", "LogLevel=DEBUG"]\n'
+    samconfig = _samconfig(
+        tmp_path, default="Stage=dev", prod="Stage=prod FunctionConcurrency=20", list=["Stage=list", "LogLevel=DEBUG"]
     )
     assert parameters(args, samconfig) == expected
 
@@ -102,10 +107,7 @@ def test_the_parameters_are_read_in_every_spelling_sam_deploy_takes(
 )
 def test_parameters_sam_deploy_would_refuse_stop_the_deploy(tmp_path: Path, args: list[str]) -> None:
     # Read leniently, they were taken for none: the template patched with that digest, then sam deploy started
-    samconfig = tmp_path / "samconfig.toml"
-    samconfig.write_text(
-        'version = 0.1\n[default.deploy.parameters]\nstack_name = "payments-default"\nparameter_overrides = "Stage=dev"\n'
-    )
+    samconfig = _samconfig(tmp_path, default="Stage=dev")
     with pytest.raises(DeployError, match="as sam deploy would"):
         parameters(args, samconfig)
 
