@@ -23,12 +23,14 @@ from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from payments.adapters.db import QueryError
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
 from payments.adapters.journal import HypTransaction, Source
 from payments.adapters.payments_store import OpenedPayment, Pack, PaymentsStore, Profile, SavedCard
 from payments.domain.payment import CreatePaymentRequest, PaymentStatus
 from payments.errors import (
     Conflict,
+    DatabaseUnavailable,
     GatewayAuthenticationError,
     GatewayDeclined,
     GatewayError,
@@ -303,7 +305,10 @@ class CreatePayment:
                 extra={"payment_id": str(payment_id), "hypay_transaction_id": hypay_id, "error": type(exc).__name__},
             )
             error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
-            flagged = self._review_naming(
+            # Not while the database is unreachable or busy: another statement would only spend the time left (a
+            # connection timeout) that the answer needs, and the attempt mark already keeps the payment for review.
+            down = isinstance(exc, DatabaseUnavailable) or (isinstance(exc, QueryError) and not exc.refused_for_good)
+            flagged = not down and self._review_naming(
                 payment_id, hypay_id, f"answered, but its answer could not be stored ({error})"
             )
             status = PaymentStatus.NEEDS_REVIEW if flagged else PaymentStatus.PENDING
