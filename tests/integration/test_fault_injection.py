@@ -22,7 +22,8 @@ Checked after every case, over the whole database and everything the simulator c
 2. Every approved Hyp transaction is in the journal (`hypay_transactions`: verified, same payment,
    decided granted or review). Only exception: a saved-card charge whose answer no live invocation
    ever read (the fault was Hyp's answer lost, or the invocation killed between asking Hyp and
-   committing the outcome); its payment must then be in needs_review.
+   committing the outcome); its payment must then be in needs_review. A saved-card charge whose answer the
+   database would not store is on its payment's row instead: in needs_review, its review reason naming the Id.
 3. Each user's balance change equals the sum of their purchase grants equals the credits of their
    completed payments; each completed payment has exactly one purchase row (of its credits), any other
    payment none.
@@ -172,10 +173,11 @@ class Harness:
         return answer.json
 
     def post_until_answered(self, ctx: dict[str, Any], first: Answer | None, case: Case) -> Answer | None:
-        """The web app: the same request and key again while there is no answer, 409 or 503."""
+        """The web app: the same request and key again while there is no answer, 503, or 409 "in progress" (with
+        Retry-After; a 409 without it is final, as docs/integration.md says)."""
         last = first
         for _ in range(ATTEMPTS):
-            if last is not None and last.status not in (409, 503):
+            if last is not None and last.status != 503 and not (last.status == 409 and "retry-after" in last.headers):
                 return last
             if last is not None and last.status == 409:
                 self.expire_in_progress()
@@ -286,6 +288,7 @@ class Harness:
         transactions = list(self.env.sim.transactions.values())
         approved = [t for t in transactions if t.ccode == 0]
         status = dict(self.rows("SELECT id::text, status FROM payments"))
+        reasons = dict(self.rows("SELECT id::text, review_reason FROM payments WHERE review_reason IS NOT NULL"))
         journal = {
             hyp_id: (payment, decision, verified)
             for hyp_id, payment, decision, verified in self.rows(
@@ -305,7 +308,9 @@ class Harness:
             entry = journal.get(t.id)
             journaled = entry is not None and entry[0] == t.order and entry[2] and entry[1] in ("granted", "review")
             exempt = is_token_charge(t) and t.id in self.lost_answers and status.get(t.order) == "needs_review"
-            if not (journaled or exempt):
+            # (or its payment in review naming it: Hyp answered, and the answer could not be stored)
+            named = status.get(t.order) == "needs_review" and f"Hyp transaction {t.id}" in reasons.get(t.order, "")
+            if not (journaled or exempt or named):
                 found.append(
                     f"approved Hyp transaction {t.id} ({kind}, payment {t.order}, now {status.get(t.order)})"
                     f" is not in the journal (row: {entry})"

@@ -461,6 +461,12 @@ def refund_flow(
                 problems.append(f"refunded {got}, expected {expected}")
             if row is None or row[0] != "succeeded":
                 problems.append(f"answered 201, the key's refunds row is {row}")
+            if named:
+                learned = h.rows(
+                    "SELECT amount::text, amount_named_by FROM hypay_transactions WHERE hypay_id = :h", h=ctx["txn"]
+                )
+                if learned != [[PAID, "alice"]]:
+                    problems.append(f"the journal did not learn the named original: {learned}")
         elif final is not None and final.status == 202 and may_be_unknown(h, case):
             if row is None or row[0] not in ("unknown", "attempted"):
                 problems.append(f"answered 202, the key's refunds row is {row} (a human must find it unknown)")
