@@ -25,6 +25,7 @@ from payments.adapters.db import bind, literal
 from payments.domain import hypay as protocol
 from payments.idempotency import PostgresPersistenceLayer
 from payments.idempotency.persistence import _claim_id
+from payments.names import repeatable
 
 # -- bind: the exact types every request binds, rendered without the general `literal` ---------------------
 
@@ -82,8 +83,8 @@ def _refusal_the_long_way(raw: str) -> str | None:
             return "a parameter name is not a plain name"
         if name in protocol.OUTGOING_ONLY_FIELDS or name.lower() in protocol._OUTGOING_LOWER:
             return f"the parameter {name} belongs to requests to Hyp, not to callbacks"
-        if name in seen:
-            return f"the parameter {name} is repeated"
+        if name in seen:  # named only when the name may be repeated (payments.names)
+            return f"the parameter {name} is repeated" if repeatable(name) else "a parameter is repeated"
         seen.add(name)
     return None
 

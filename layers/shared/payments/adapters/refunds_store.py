@@ -19,7 +19,7 @@ from uuid import UUID
 
 from payments.adapters.db import Database, Transaction, bind
 from payments.domain.money import Currency, Money
-from payments.domain.refund import Method, RefundStatus, credits_to_take
+from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID, Method, RefundStatus, credits_to_take
 
 UNIQUE_VIOLATION = "23505"
 NOT_SENT = "not sent: "  # message prefix of a row released because Hyp was never asked (ccode NULL, refused)
@@ -127,9 +127,21 @@ SELECT p.status, p.user_id::text, p.amount::text, p.currency, p.hypay_transactio
 _BY_KEY = f"SELECT {_COLUMNS} FROM public.refunds WHERE idempotency_key = :key"
 _BY_ID = f"SELECT {_COLUMNS} FROM public.refunds WHERE id = :id::uuid"
 
+# The journal's row of the transaction to refund; whether it is a refund's own transaction (money that went back);
+# whether a refund of the payment has no Id of its own yet (being asked, its answer lost, or given without one).
 _JOURNAL_ROW = """
-SELECT amount::text, currency, decision, ccode, first_seen, amount_named_by IS NOT NULL
-  FROM public.hypay_transactions WHERE hypay_id = :txn AND payment_id = :id::uuid"""
+SELECT j.amount::text, j.currency, j.decision, j.ccode, j.first_seen, j.amount_named_by IS NOT NULL, j.detail,
+       (SELECT r.id::text FROM public.refunds r WHERE r.hypay_refund_id = j.hypay_id LIMIT 1),
+       EXISTS (SELECT 1 FROM public.refunds r
+                WHERE r.payment_id = j.payment_id AND r.method = 'refund'
+                  AND (r.status IN ('attempted', 'unknown') OR (r.status = 'succeeded' AND r.hypay_refund_id IS NULL)))
+  FROM public.hypay_transactions j WHERE j.hypay_id = :txn AND j.payment_id = :id::uuid"""
+
+# A payment's approved transactions held for a human (a payment in review, or closed): what a refund without
+# `hypay_id` of a payment no transaction paid may mean.
+_HELD = """
+SELECT hypay_id FROM public.hypay_transactions
+ WHERE payment_id = :id::uuid AND decision = 'review' AND ccode = 0 ORDER BY first_seen, hypay_id"""
 
 _SUMS = """
 SELECT COALESCE(sum(amount) FILTER (WHERE status IN ('attempted', 'succeeded', 'unknown')), 0)::text,
@@ -260,16 +272,23 @@ class RefundsStore:
             raise NoSuchPayment(str(payment_id))
         status, user, amount, currency, paying_id, paid_at = rows[0]
         payment_currency = Currency(currency)
-        txn = hypay_id or paying_id
-        if not txn:
-            raise NotRefundable("the payment was never paid through Hyp: there is no transaction to refund")
+        txn = hypay_id or paying_id or self._held_one(tx, payment_id)
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
         named = False
         if journal:
-            j_amount, j_currency, decision, ccode, first_seen, named = journal[0]
+            j_amount, j_currency, decision, ccode, first_seen, named, detail, refund_of, unnamed = journal[0]
+            if refund_of is not None:
+                raise NotRefundable(f"Hyp transaction {txn} is refund {refund_of}'s own: money that went back")
             if ccode != 0 or decision not in ("granted", "review"):
                 raise NotRefundable(f"Hyp transaction {txn} is not an approved payment of this payment ({decision})")
+            if decision == "review" and unnamed and HELD_WHILE_A_REFUND_HAS_NO_ID in (detail or ""):
+                # It may be that refund's own transaction: refunding it would undo the customer's refund.
+                raise NotRefundable(
+                    f"Hyp transaction {txn} may be the own transaction of a refund of this payment whose outcome is"
+                    " not confirmed: confirm that refund first (docs/operations.md, RefundOutcomeUnknown), then"
+                    " refund this one if Hyp's refunds show it is a payment"
+                )
             # An amount Hyp's answer gave unreadably is unknown here, not the payment's price (Hyp knows it).
             original = _money(j_amount, Currency(j_currency or payment_currency)) if j_amount is not None else None
             original_at = first_seen
@@ -293,6 +312,20 @@ class RefundsStore:
             price,
             bool(named),
         )
+
+    @staticmethod
+    def _held_one(tx: Transaction, payment_id: UUID) -> str:
+        """A refund without `hypay_id` of a payment no transaction paid (in review, or closed): the one approved
+        transaction held for a human, when there is exactly one."""
+        held = [row[0] for row in tx.run(bind(_HELD, id=str(payment_id)))]
+        if not held:
+            raise NotRefundable("the payment was never paid through Hyp: there is no transaction to refund")
+        if len(held) > 1:
+            raise NotRefundable(
+                f"Hyp took several payments for it ({', '.join(held)}), none of which completed it: name the one to"
+                " refund (hypay_id)"
+            )
+        return str(held[0])
 
     def begin(self, *, payment_id: UUID, hypay_id: str | None, key: str, plan: Callable[[Target], Planned]) -> Began:
         """Under the payment's lock: the key's row when it exists (a retry: `created` False), else `plan`

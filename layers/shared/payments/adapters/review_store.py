@@ -135,6 +135,8 @@ WITH items AS (
      WHERE t.decision IN ('review', 'unmatched', 'unverified')
        AND NOT (t.decision = 'unverified' AND t.verified)
        AND NOT (t.decision = 'review' AND COALESCE(p.status, '') = 'needs_review')
+       -- a refund's own transaction, held before that refund's Id was known (confirmed since): money that went back
+       AND NOT EXISTS (SELECT 1 FROM public.refunds r WHERE r.hypay_refund_id = t.hypay_id AND r.status = 'succeeded')
        -- money taken back in full: nothing left to do
        AND COALESCE((SELECT sum(r.amount) FROM public.refunds r
                       WHERE r.original_hypay_id = t.hypay_id AND r.status = 'succeeded'), 0) < COALESCE(t.amount, 1)

@@ -67,3 +67,9 @@ def credits_to_take(granted: int, paid_minor: int, before_minor: int, amount_min
     return credits_share(granted, paid_minor, before_minor + amount_minor) - credits_share(
         granted, paid_minor, before_minor
     )
+
+
+# The journal detail of a transaction held because a refund of its payment had no Id of its own yet (its payment left
+# as it was; it may be that refund's own transaction): a closed payment may be completed with such a transaction and
+# with no other; it is not refunded while that refund is unconfirmed.
+HELD_WHILE_A_REFUND_HAS_NO_ID = "approved while a refund of this payment has no Id of its own yet"

@@ -33,18 +33,14 @@ from payments.adapters.journal import HypTransaction, Source
 from payments.adapters.review_store import JournalRow, LockedPayment, QueueRow, ResolveStatements, ReviewStore
 from payments.domain import hypay as protocol
 from payments.domain.payment import PaymentStatus
+from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID
 from payments.errors import (
     Conflict,
     InvalidRequest,
     NotFound,
 )
 from payments.observability import logger, metrics
-from payments.services.settle import (
-    HELD_WHILE_A_REFUND_HAS_NO_ID,
-    Settlement,
-    report_operator_grant,
-    settle_by_operator,
-)
+from payments.services.settle import Settlement, report_operator_grant, settle_by_operator
 
 if TYPE_CHECKING:
     from payments.idempotency import PostgresPersistenceLayer

@@ -39,6 +39,7 @@ from payments.adapters.journal import (
 from payments.domain import hypay as protocol
 from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
+from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID
 from payments.observability import logger, metrics
 
 UNIQUE_VIOLATION = "23505"
@@ -249,11 +250,6 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         f"completed late: the payment was {status}" if late else None,
         "LatePaymentCompleted" if late else None,
     )
-
-
-# The journal detail of a transaction held because a refund of its payment had no Id of its own yet (its payment left
-# as it was): the review service lets a closed payment be completed with such a transaction, and with no other.
-HELD_WHILE_A_REFUND_HAS_NO_ID = "approved while a refund of this payment has no Id of its own yet"
 
 
 class _JournalChanged(QueryError):
