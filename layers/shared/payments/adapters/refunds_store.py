@@ -69,8 +69,22 @@ class Target:
 
     @property
     def credits_basis(self) -> Money:
-        """What the credits granted for this transaction stand for."""
-        return self.price if self.original is None or self.original_named else self.original
+        """What the credits granted for this transaction stand for: the price they were sold at (an amount unknown,
+        or named by an operator, is never taken for it), or what Hyp took when that was less."""
+        if self.original is None or self.original_named:
+            return self.price
+        if self.original.currency == self.price.currency and self.original.minor > self.price.minor:
+            return self.price
+        return self.original
+
+    @property
+    def credits_free(self) -> int:
+        """Minor units that a refund gives back first without taking credits: what Hyp took above the price (an
+        overcharge, completed by an operator: the customer keeps the credits they paid for)."""
+        basis = self.credits_basis
+        if self.original is None or self.original_named or self.original.currency != basis.currency:
+            return 0
+        return max(0, self.original.minor - basis.minor)
 
     @property
     def remaining(self) -> Money | None:
@@ -415,7 +429,13 @@ class RefundsStore:
                 # answer: 'unknown' only meant that Hyp's answer was lost, and here it is.
                 return self._finished(current, target, shortfall=0, balance=None)
             granted = int(tx.run(bind(_GRANTED, id=str(current.payment_id)))[0][0]) if target.pays_the_payment else 0
-            due = credits_to_take(granted, target.credits_basis.minor, target.refunded.minor, current.amount.minor)
+            due = credits_to_take(
+                granted,
+                target.credits_basis.minor,
+                target.refunded.minor,
+                current.amount.minor,
+                free_minor=target.credits_free,
+            )
             balance_rows = tx.run(bind(_BALANCE, user=str(target.user_id)))
             balance = int(balance_rows[0][0]) if balance_rows else 0
             taken = max(0, min(due, balance))

@@ -61,12 +61,16 @@ def credits_share(granted: int, paid_minor: int, refunded_minor: int) -> int:
     return (granted * refunded_minor * 2 + paid_minor) // (2 * paid_minor)
 
 
-def credits_to_take(granted: int, paid_minor: int, before_minor: int, amount_minor: int) -> int:
+def credits_to_take(granted: int, paid_minor: int, before_minor: int, amount_minor: int, *, free_minor: int = 0) -> int:
     """Credits a refund of `amount_minor` takes back after `before_minor` was refunded already: cumulative, so
-    partial refunds that add up to the whole take back exactly what was granted, never a credit more."""
-    return credits_share(granted, paid_minor, before_minor + amount_minor) - credits_share(
-        granted, paid_minor, before_minor
-    )
+    partial refunds that add up to the whole take back exactly what was granted, never a credit more. The first
+    `free_minor` refunded take none: money Hyp took above the price the credits were sold for (an overcharge given
+    back leaves the customer what they paid for), the credits standing for `paid_minor`, the price."""
+
+    def share(refunded_minor: int) -> int:
+        return credits_share(granted, paid_minor, max(0, refunded_minor - free_minor))
+
+    return share(before_minor + amount_minor) - share(before_minor)
 
 
 # The journal detail of a transaction held because a refund of its payment had no Id of its own yet (its payment left
