@@ -19,7 +19,7 @@ from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
 from tests.integration.test_hypay_callback import buy, forge, notify, pay
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
-from tests.integration.test_review import every_item
+from tests.integration.test_review import every_item, resolve
 from tests.support.payments import Env
 
 
@@ -50,6 +50,8 @@ def test_a_transaction_held_as_a_possible_refund_is_not_sent_to_hyp_to_be_refund
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pid, held = _refund_reported_before_its_answer(env, monkeypatch)
+    [item] = [i for i in every_item() if i["id"] == f"j:{held}"]
+    assert item["next_step"].startswith("compare with Hyp's refunds"), item  # not "read the detail"
     asked = env.sim.calls.count("zikoyAPI") + env.sim.calls.count("CancelTrans")
     # When an operator refunds it while the refund's outcome is unconfirmed
     answer = refund(pid, {"hypay_id": held, "reason": "in the queue"}, key=str(uuid.uuid4()))
@@ -82,3 +84,19 @@ def test_a_refund_without_hypay_id_of_a_payment_in_review_refunds_the_transactio
     # Then the one transaction held for it is refunded (it was "never paid through Hyp")
     assert answer.status == 201, answer.json
     assert answer.json["hypay_transaction_id"] == real.id and answer.json["credits_taken"] == 0, answer.json
+
+
+@pytest.mark.usefixtures("admin")
+def test_the_queue_says_refund_for_a_transaction_of_a_payment_an_operator_failed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a payment Hyp charged 1.00 for instead of 49.90, which an operator failed (no credits)
+    use_mode(monkeypatch, "hmac")
+    payment = buy(env, key="failed-mismatch")
+    pid = payment["payment_id"]
+    claim = [(k, "55500099" if k == "Id" else v) for k, v in unpaid_claim(pid, amount="1.00")]
+    assert notify(forge(claim)).status == 200
+    assert resolve(pid, {"action": "fail", "reason": "refund the 1.00"}, key="f-1").status == 200
+    # Then its transaction's next step is the refund (resolving it again is a 409), not "resolve complete / fail"
+    [item] = [i for i in every_item() if i["id"] == "j:55500099"]
+    assert item["next_step"].startswith("refund this transaction (the payment is failed"), item

@@ -66,6 +66,9 @@ class Target:
     # `original` is what an operator read from Hyp (Hyp's answer gave it unreadably), not Hyp's own figure: refunds
     # of it are zikoyAPI only (Hyp caps them) and their credits are counted against `price`.
     original_named: bool = False
+    # A saved-card charge's transaction the journal does not hold yet (its answer was lost), named for this refund:
+    # journaled when the refund's attempt is (`RefundsStore.begin`).
+    unjournaled: bool = False
 
     @property
     def credits_basis(self) -> Money:
@@ -135,8 +138,22 @@ _COLUMNS = (
 
 _LOCK_PAYMENT = """
 SELECT p.status, p.user_id::text, p.amount::text, p.currency, p.hypay_transaction_id,
-       COALESCE(p.completed_at, p.updated_at)
+       COALESCE(p.completed_at, p.updated_at), p.charge_attempted_at
   FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
+
+# Whether a Hyp Id is known at all: journaled (for any payment), or paying any payment.
+_KNOWN = """
+SELECT EXISTS (SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :txn)
+    OR EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :txn)"""
+
+# The transaction of a saved-card charge whose answer was lost, named by an operator from Hyp's transactions for a
+# refund: journaled for its payment, held for review, its amount as the operator names it (`_LEARN_ORIGINAL`).
+_JOURNAL_NAMED_CHARGE = """
+INSERT INTO public.hypay_transactions
+    (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified, decision, detail, previous_status)
+VALUES (:txn, :id::uuid, :id, 0, NULL, NULL, 'token_charge', true, 'review', :detail, :status)
+ON CONFLICT (hypay_id) DO NOTHING
+RETURNING 1"""
 
 _BY_KEY = f"SELECT {_COLUMNS} FROM public.refunds WHERE idempotency_key = :key"
 _BY_ID = f"SELECT {_COLUMNS} FROM public.refunds WHERE id = :id::uuid"
@@ -284,12 +301,12 @@ class RefundsStore:
         rows = tx.run(bind(_LOCK_PAYMENT, id=str(payment_id)))
         if not rows:
             raise NoSuchPayment(str(payment_id))
-        status, user, amount, currency, paying_id, paid_at = rows[0]
+        status, user, amount, currency, paying_id, paid_at, charge_attempted_at = rows[0]
         payment_currency = Currency(currency)
         txn = hypay_id or paying_id or self._held_one(tx, payment_id)
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
-        named = False
+        named = unjournaled = False
         if journal:
             j_amount, j_currency, decision, ccode, first_seen, named, detail, refund_of, unnamed = journal[0]
             if refund_of is not None:
@@ -308,6 +325,16 @@ class RefundsStore:
             original_at = first_seen
         elif txn == paying_id:
             original, original_at = _money(amount, payment_currency), paid_at  # paid before the journal existed
+        elif (
+            hypay_id is not None
+            and charge_attempted_at is not None
+            and status in ("needs_review", "failed")
+            and not tx.run(bind(_KNOWN, txn=txn))[0][0]
+        ):
+            # A saved-card charge whose answer was lost (Hyp never sends a callback for those): the operator names the
+            # Id Hyp's transactions show for its Order, and the amount they show (`original_amount`, as for any
+            # amount Hyp's answer did not give). Refunded without granting first: it completed nothing.
+            original, original_at, unjournaled = None, charge_attempted_at, True
         else:
             raise NotRefundable(f"Hyp transaction {txn} is not a transaction of this payment")
         reserved, refunded = tx.run(bind(_SUMS, id=str(payment_id), txn=txn, me=str(me) if me else None))[0]
@@ -325,6 +352,7 @@ class RefundsStore:
             txn == paying_id,
             price,
             bool(named),
+            unjournaled,
         )
 
     @staticmethod
@@ -361,6 +389,19 @@ class RefundsStore:
             if row is not None and not row.released:
                 return Began(row, target, created=False)
             planned = plan(target)
+            if target.unjournaled:
+                detail = f"saved-card charge whose answer was lost, named by {planned.admin} for a refund"
+                journaled = tx.run(
+                    bind(
+                        _JOURNAL_NAMED_CHARGE,
+                        txn=target.original_hypay_id,
+                        id=str(payment_id),
+                        detail=detail,
+                        status=target.payment_status,
+                    )
+                )
+                if not journaled:
+                    raise NotRefundable(f"Hyp transaction {target.original_hypay_id} was journaled meanwhile: retry")
             if planned.learned_original is not None:
                 tx.run(
                     bind(

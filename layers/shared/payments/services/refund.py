@@ -220,11 +220,15 @@ class Refunds:
             # it while no refund of it moved or may have moved money). It then caps refunds and counts in the review
             # queue; refunds of it stay zikoyAPI (Hyp caps them) and credits count against the payment's price.
             if original is None:
+                why = (
+                    f"Hyp transaction {target.original_hypay_id} is a saved-card charge whose answer was lost"
+                    if target.unjournaled
+                    else f"Hyp's answer gave the amount of Hyp transaction {target.original_hypay_id} unreadably"
+                )
                 raise _Refused(
                     422,
                     "Unprocessable Content",
-                    f"Hyp's answer gave the amount of Hyp transaction {target.original_hypay_id} unreadably: name"
-                    " original_amount (and currency), what Hyp's transactions show it paid",
+                    f"{why}: name original_amount (and currency), what Hyp's transactions show it paid",
                     hypay_id=target.original_hypay_id,
                 )
             named = dataclasses.replace(

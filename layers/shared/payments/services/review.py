@@ -204,8 +204,8 @@ def _journal_view(entry: JournalRow) -> dict[str, Any]:
 _NEXT_STEP = {
     Reason.AMOUNT_MISMATCH: "refund, or resolve: complete (grant the credits) / fail (no credits; refund the money)",
     Reason.SECOND_CHARGE: "refund this second transaction; the payment keeps its credits",
-    Reason.CHARGE_OUTCOME_UNKNOWN: "look up Order <payment_id> in Hyp: charged -> resolve complete with hypay_id; not "
-    "charged -> resolve fail",
+    Reason.CHARGE_OUTCOME_UNKNOWN: "look up Order <payment_id> in Hyp: charged -> resolve complete with hypay_id, or"
+    " refund it (hypay_id and original_amount) and resolve fail; not charged -> resolve fail",
     Reason.PAID_UNDER_REVIEW: "resolve complete (grant) or fail and refund",
     Reason.UNMATCHED: "find the customer in Hyp's portal (order_ref) and refund",
     Reason.UNVERIFIED: "fix the Hyp credentials or configuration; its next delivery is verified (docs/operations.md)",
@@ -214,6 +214,22 @@ _NEXT_STEP = {
     " Idempotency-Key never refunds twice",
     Reason.OTHER: "read the detail",
 }
+
+
+def _next_step(reason: Reason, row: QueueRow) -> str:
+    """What to do, for this item as it stands: a transaction of a payment that resolving cannot change any more
+    (completed, or closed) is refunded, not resolved; a transaction held while a refund of its payment had no Id of its
+    own yet is compared with Hyp's refunds first."""
+    if row.kind != "payment" and HELD_WHILE_A_REFUND_HAS_NO_ID in (row.detail or ""):
+        return (
+            "compare with Hyp's refunds of this payment: the refund's own transaction -> confirm that refund"
+            " (docs/operations.md, RefundOutcomeUnknown); a payment -> resolve complete with hypay_id if the payment is"
+            " closed, else refund it once that refund is confirmed"
+        )
+    closed = row.status in (PaymentStatus.COMPLETED, PaymentStatus.FAILED, PaymentStatus.EXPIRED)
+    if row.kind != "payment" and closed and reason in (Reason.AMOUNT_MISMATCH, Reason.PAID_UNDER_REVIEW):
+        return f"refund this transaction (the payment is {row.status}: nothing to resolve)"
+    return _NEXT_STEP[reason]
 
 
 def queue_item(row: QueueRow, journal: list[JournalRow], unverified: dict[str, Any] | None) -> dict[str, Any]:
@@ -252,7 +268,7 @@ def queue_item(row: QueueRow, journal: list[JournalRow], unverified: dict[str, A
         "payment": payment,
         "hypay_ids": [e.hypay_id for e in journal] if row.kind == "payment" else [row.hypay_id],
         "tried": _tried(row, journal),
-        "next_step": _NEXT_STEP[reason],
+        "next_step": _next_step(reason, row),
     }
     if row.kind == "payment":
         item["hypay_transactions"] = [_journal_view(e) for e in journal]
