@@ -60,6 +60,10 @@ CURL = {
     '-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json" '
     '-H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" '
     '-d \'{{"amount": "10.00", "reason": "customer asked"}}\'',
+    "POST /admin/refunds/{refund_id}/outcome": "curl -i -X POST {base}/admin/refunds/<refund_id>/outcome "
+    '-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json" '
+    '-H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" '
+    '-d \'{{"outcome": "not_refunded", "reason": "no such refund in the Hyp portal"}}\'',
     "GET /debug/test-idempotency": 'curl -i "{base}/debug/test-idempotency?type=duplicate" '
     '-H "Authorization: Bearer $ADMIN"',
 }

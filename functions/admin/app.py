@@ -1,10 +1,11 @@
-"""admin: GET /admin/review, POST /admin/payments/{payment_id}/resolve and .../refund; admin token only."""
+"""admin: GET /admin/review, POST /admin/payments/{payment_id}/resolve and .../refund,
+POST /admin/refunds/{refund_id}/outcome; admin token only."""
 
 from __future__ import annotations
 
 import json
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from uuid import UUID
 
 from aws_lambda_powertools.event_handler import Response
@@ -18,12 +19,14 @@ from payments.api_schema import (
     ADMIN_TOKEN,
     IDEMPOTENCY_KEY,
     PAYMENT_ID,
+    REFUND_ID,
     REPLAYED,
     UNAUTHORIZED_ADMIN,
     UNAVAILABLE,
     UNSUPPORTED_MEDIA_TYPE,
     Refund,
     RefundConfirming,
+    RefundSettled,
     Resolved,
     ReviewPage,
     json_answer,
@@ -103,13 +106,13 @@ class _InvalidBody(PaymentError):
         self.issues = issues
 
 
-def _keyed_post[M: BaseModel](payment_id: str, model: type[M]) -> tuple[str, UUID, str, M]:
-    """What every admin POST on a payment needs, each checked: the admin, the payment id, the key, the body."""
+def _keyed_post[M: BaseModel](payment_id: str, model: type[M], *, what: str = "payment") -> tuple[str, UUID, str, M]:
+    """What every admin POST on a payment (or a refund) needs, each checked: the admin, the id, the key, the body."""
     admin = _admin()
     try:
         pid = UUID(payment_id)
     except ValueError:
-        raise NotFound("no such payment") from None
+        raise NotFound(f"no such {what}") from None
     key = _idempotency_key()
     event = app.current_event
     body = json_object(event.headers.get("content-type"), event.body, base64_encoded=event.is_base64_encoded)
@@ -277,6 +280,60 @@ def post_refund(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)]) 
         context=app.lambda_context,
     )
     return _answer(answer)
+
+
+class RefundOutcomeBody(BaseModel):
+    """`POST /admin/refunds/{refund_id}/outcome` body: what Hyp's portal shows of a refund whose answer was lost."""
+
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
+
+    outcome: Literal["refunded", "not_refunded"]
+    reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
+    # Hyp's refund transaction (zikoyAPI makes one; a cancellation none). An all-zero Id names none.
+    hypay_refund_id: str | None = Field(
+        default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return operator_reason(value)
+
+
+@app.post(
+    "/admin/refunds/<refund_id>/outcome",
+    summary="Settle a refund whose outcome is unknown from what Hyp's portal shows; nothing is sent to Hyp",
+    tags=["admin"],
+    security=ADMIN_TOKEN,
+    responses={
+        200: json_answer(RefundSettled, "Settled as found (or already so: the same answer)."),
+        400: problem_json("Malformed body, or a missing or malformed Idempotency-Key."),
+        401: UNAUTHORIZED_ADMIN,
+        404: problem_json("No such refund."),
+        409: problem_json(
+            "Settled otherwise already (a finding never overwrites an outcome stored), or the attempt may still be"
+            " asking Hyp (then Retry-After).",
+            headers=retry_after(required=False),
+        ),
+        415: UNSUPPORTED_MEDIA_TYPE,
+        503: UNAVAILABLE,
+    },
+    openapi_extensions=reads_itself(parameters=[IDEMPOTENCY_KEY], body=RefundOutcomeBody),
+)
+def post_refund_outcome(refund_id: Annotated[str, Path(json_schema_extra=REFUND_ID)]) -> Response[Any]:
+    admin, rid, key, request = _keyed_post(refund_id, RefundOutcomeBody, what="refund")
+    from payments.adapters.refunds_store import RefundsStore
+    from payments.services.refund_outcome import RefundOutcome
+
+    settled = RefundOutcome(RefundsStore(default_database()))(
+        refund_id=rid,
+        outcome=request.outcome,
+        hypay_refund_id=request.hypay_refund_id,
+        reason=request.reason,
+        admin=admin,
+        idempotency_key=key,
+    )
+    return Response(settled.status, "application/json", json.dumps(settled.body))
 
 
 @app.exception_handler(_InvalidBody)

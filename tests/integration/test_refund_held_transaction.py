@@ -18,6 +18,7 @@ import pytest
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
 from tests.integration.test_hypay_callback import buy, forge, notify, pay
+from tests.integration.test_refund_outcome import settle
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import every_item, resolve
 from tests.support.payments import Env
@@ -55,11 +56,13 @@ def test_a_transaction_held_as_a_possible_refund_is_not_sent_to_hyp_to_be_refund
     asked = env.sim.calls.count("zikoyAPI") + env.sim.calls.count("CancelTrans")
     # When an operator refunds it while the refund's outcome is unconfirmed
     answer = refund(pid, {"hypay_id": held, "reason": "in the queue"}, key=str(uuid.uuid4()))
-    # Then 409 saying to confirm that refund first; Hyp is not asked
-    assert answer.status == 409 and "confirm that refund first" in answer.json["detail"], answer.json
+    # Then 409 saying to settle that refund first; Hyp is not asked
+    assert answer.status == 409 and "settle that refund first" in answer.json["detail"], answer.json
     assert env.sim.calls.count("zikoyAPI") + env.sim.calls.count("CancelTrans") == asked
-    # When the operator confirms the refund as the runbook says (Hyp's refunds show R is its transaction)
-    env.rows("UPDATE refunds SET status = 'succeeded', hypay_refund_id = :r WHERE payment_id = :p::uuid", r=held, p=pid)
+    # When the operator settles the refund as Hyp's refunds show (R is its transaction)
+    [[refund_id]] = env.rows("SELECT id::text FROM refunds WHERE payment_id = :p::uuid", p=pid)
+    settled = settle(refund_id, {"outcome": "refunded", "hypay_refund_id": held, "reason": "Hyp: refund R"})
+    assert settled.status == 200, settled.json
     # Then R leaves the review queue, and a refund of it is refused for good: money that went back
     assert f"j:{held}" not in _queue_of(pid)
     again = refund(pid, {"hypay_id": held, "reason": "in the queue"}, key=str(uuid.uuid4()))

@@ -32,6 +32,7 @@ def test_template_declares_functions_routes_and_schedule() -> None:
         "GET /admin/review",
         "POST /admin/payments/{payment_id}/resolve",
         "POST /admin/payments/{payment_id}/refund",
+        "POST /admin/refunds/{refund_id}/outcome",
     }
     assert template.functions["CleanupFunction"].schedules == ("rate(1 hour)",)
     assert rate_seconds("rate(1 hour)") == 3600

@@ -68,6 +68,7 @@ def reads_itself(
 
 
 PAYMENT_ID: JsonDict = {"format": "uuid"}  # a path's payment_id: anything else is no payment (404)
+REFUND_ID: JsonDict = {"format": "uuid"}  # a path's refund_id: anything else is no refund (404)
 
 
 # The fields a callback is refused without (`protocol.malformed`), as JSON Schema; a test holds them to the code.
@@ -244,6 +245,23 @@ class RefundConfirming(BaseModel):
     payment_id: str
     status: str
     detail: str
+
+
+class RefundSettled(BaseModel):
+    """A refund of unknown outcome settled by an operator (200): succeeded or refused, as found at Hyp."""
+
+    model_config = ConfigDict(defer_build=True, extra="allow")
+
+    refund_id: str
+    payment_id: str
+    hypay_transaction_id: str
+    method: str
+    amount: str
+    currency: str
+    status: str
+    hypay_refund_id: str | None
+    credits_taken: int
+    detail: str | None
 
 
 class Refund(BaseModel):

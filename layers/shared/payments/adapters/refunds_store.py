@@ -206,6 +206,14 @@ RETURNING {_COLUMNS}"""
 # Hyp's success answer settles a refund stored as unknown by another writer meanwhile (its answer had been lost).
 _SUCCEEDED_OUTCOME = _OUTCOME.replace("AND status = 'attempted'", "AND status IN ('attempted', 'unknown')")
 
+# An operator found at Hyp that a refund whose outcome was unknown moved nothing: refused, its amount free again. An
+# attempt not yet older than `settle` seconds may still be asking Hyp: left as it is.
+_NOT_REFUNDED = f"""
+UPDATE public.refunds SET status = 'refused', ccode = NULL, message = :message, updated_at = now()
+ WHERE id = :rid::uuid
+   AND (status = 'unknown' OR (status = 'attempted' AND created_at < now() - make_interval(secs => :settle)))
+RETURNING {_COLUMNS}"""
+
 _SWITCH = f"""
 UPDATE public.refunds SET method = 'refund', message = :message, updated_at = now()
  WHERE id = :rid::uuid AND status = 'attempted' AND method = 'cancel'
@@ -317,7 +325,7 @@ class RefundsStore:
                 # It may be that refund's own transaction: refunding it would undo the customer's refund.
                 raise NotRefundable(
                     f"Hyp transaction {txn} may be the own transaction of a refund of this payment whose outcome is"
-                    " not confirmed: confirm that refund first (docs/operations.md, RefundOutcomeUnknown), then"
+                    " not confirmed: settle that refund first (POST /admin/refunds/{refund_id}/outcome), then"
                     " refund this one if Hyp's refunds show it is a payment"
                 )
             # An amount Hyp's answer gave unreadably is unknown here, not the payment's price (Hyp knows it).
@@ -593,6 +601,34 @@ class RefundsStore:
                     {"refund_status": str(status), "refunded": str(target.refunded), "remaining": str(after)},
                 )
             return row
+
+        return self.db.atomic(work)
+
+    def not_refunded(
+        self,
+        refund_id: UUID,
+        *,
+        message: str,
+        settle_seconds: int,
+        audit: Callable[[Transaction, dict[str, Any], dict[str, Any]], None],
+    ) -> RefundRow | None:
+        """An operator's finding that a refund of unknown outcome moved nothing (refused, with the audit row), under
+        the payment's lock; None when the row is not unknown (nor an attempt older than `settle_seconds`)."""
+
+        def work(tx: Transaction) -> RefundRow | None:
+            current = self._read(tx, refund_id)
+            target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
+            rows = tx.run(bind(_NOT_REFUNDED, rid=str(refund_id), message=message[:1000], settle=settle_seconds))
+            if not rows:
+                return None
+            before = target.remaining
+            after = Money(before.minor + current.amount.minor, before.currency) if before is not None else None
+            audit(
+                tx,
+                {"refund_status": str(current.status), "remaining": str(before)},
+                {"refund_status": str(RefundStatus.REFUSED), "remaining": str(after)},
+            )
+            return _row(rows[0])
 
         return self.db.atomic(work)
 

@@ -210,8 +210,8 @@ _NEXT_STEP = {
     Reason.UNMATCHED: "find the customer in Hyp's portal (order_ref) and refund",
     Reason.UNVERIFIED: "fix the Hyp credentials or configuration; its next delivery is verified (docs/operations.md)",
     Reason.LEGACY: "decide in the web app (a status from before this backend), then refund or credit by hand",
-    Reason.REFUND_OUTCOME_UNKNOWN: "look up the refund of the Hyp transaction in Hyp's portal; a retry with the same"
-    " Idempotency-Key never refunds twice",
+    Reason.REFUND_OUTCOME_UNKNOWN: "look up the refund of the Hyp transaction in Hyp's portal and settle it as found:"
+    " POST /admin/refunds/{refund_id}/outcome (a retry with the same Idempotency-Key never refunds twice)",
     Reason.OTHER: "read the detail",
 }
 
@@ -222,8 +222,8 @@ def _next_step(reason: Reason, row: QueueRow) -> str:
     own yet is compared with Hyp's refunds first."""
     if row.kind != "payment" and HELD_WHILE_A_REFUND_HAS_NO_ID in (row.detail or ""):
         return (
-            "compare with Hyp's refunds of this payment: the refund's own transaction -> confirm that refund"
-            " (docs/operations.md, RefundOutcomeUnknown); a payment -> resolve complete with hypay_id if the payment is"
+            "compare with Hyp's refunds of this payment: the refund's own transaction -> settle that refund"
+            " (POST /admin/refunds/{refund_id}/outcome); a payment -> resolve complete with hypay_id if the payment is"
             " closed, else refund it once that refund is confirmed"
         )
     closed = row.status in (PaymentStatus.COMPLETED, PaymentStatus.FAILED, PaymentStatus.EXPIRED)
