@@ -343,8 +343,17 @@ class AdminHarness(Harness):
         found += self.purchase_grant_problems()
         # 4. the audit trail
         refund_audits = Counter(
-            rid for (rid,) in self.rows("SELECT request->>'refund_id' FROM admin_audit_log WHERE action = 'refund'")
+            rid
+            for (rid,) in self.rows(
+                "SELECT request->>'refund_id' FROM admin_audit_log WHERE action = 'refund' AND NOT request ? 'outcome'"
+            )
         )
+        # an operator's finding settling an unknown refund: one audit row, written with the change
+        for rid, n in self.rows("""
+            SELECT request->>'refund_id', count(*) FROM admin_audit_log
+             WHERE action = 'refund' AND request ? 'outcome' GROUP BY 1"""):
+            if n != 1:
+                found.append(f"refund {rid}: {n} audit rows of an operator's finding")
         for rows in rows_of.values():
             for r in rows:
                 released = r["status"] == "refused" and r["ccode"] is None and r["message"].startswith("not sent: ")
@@ -525,6 +534,43 @@ def resolve_flow(name: str, action: str) -> Flow:
     return Flow(name, prepare, send, converge)
 
 
+def settle_flow(name: str) -> Flow:
+    """A partial refund (20.00 of 49.90, zikoyAPI) whose answer was lost (Hyp refunded: the simulator's `lost`), then
+    the operator's finding as Hyp's portal shows it, `POST /admin/refunds/{id}/outcome` refunded with Hyp's refund Id:
+    stored as Hyp's answer would have been (40 credits taken back once, Hyp's refund journaled), nothing sent to Hyp."""
+
+    def prepare(harness: Harness, key: str) -> dict[str, Any]:
+        h = _admin(harness)
+        h.later = TOMORROW
+        ctx = h.paid(key)
+        h.env.sim.faults.add("zikoyAPI", "lost")
+        lost = admin_post(ctx["payment_id"], "refund", {"amount": "20.00", "reason": REASON}, f"{key}-refund")
+        assert lost.status == 202, lost.body
+        [[refund_id]] = h.rows("SELECT id::text FROM refunds WHERE payment_id = :p::uuid", p=ctx["payment_id"])
+        [reversal] = [m for m in h.env.sim.reversals if m.original_id == ctx["txn"]]
+        body = {"outcome": "refunded", "hypay_refund_id": reversal.id, "reason": "Hyp's portal shows the refund"}
+        return {**ctx, "refund_id": refund_id, "admin_key": f"{key}-settle", "body": body, "hyp_refund": reversal.id}
+
+    def send(ctx: dict[str, Any]) -> Answer:
+        headers = {"Authorization": f"Bearer {ALICE}", "Idempotency-Key": ctx["admin_key"]}
+        return invoke(ADMIN, "POST", f"/admin/refunds/{ctx['refund_id']}/outcome", body=ctx["body"], headers=headers)
+
+    def converge(harness: Harness, ctx: dict[str, Any], first: Answer | None, case: Case) -> str | None:
+        h = _admin(harness)
+        final = h.until_final(lambda: send(ctx), first, case)
+        problems = []
+        if final is None or final.status != 200 or final.json.get("status") != "succeeded":
+            problems.append(f"the finding did not end in 200 succeeded: {describe(final)}")
+        elif final.json.get("credits_taken") != 40:
+            problems.append(f"credits taken {final.json.get('credits_taken')}, expected 40")
+        journal = h.rows("SELECT decision, source FROM hypay_transactions WHERE hypay_id = :h", h=ctx["hyp_refund"])
+        if journal != [["refunded", "refund"]]:
+            problems.append(f"Hyp's refund {ctx['hyp_refund']} journaled as {journal}")
+        return "; ".join(problems) or None
+
+    return Flow(name, prepare, send, converge)
+
+
 FLOWS = (
     refund_flow("refund_cancel_today", TODAY),
     refund_flow("refund_zikoy_older", TOMORROW),
@@ -532,6 +578,7 @@ FLOWS = (
     refund_flow("refund_partial", TOMORROW, amount="20.00"),
     refund_flow("refund_rest_after_partial", TOMORROW, earlier="20.00"),
     refund_flow("refund_named_original", TODAY, named=True),
+    settle_flow("refund_outcome_settled"),
     resolve_flow("resolve_complete", "complete"),
     resolve_flow("resolve_fail", "fail"),
 )
