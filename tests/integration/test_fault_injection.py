@@ -399,10 +399,17 @@ FLOWS = (
 
 
 def every_case(
-    harness: Harness, flows: Sequence[Flow], traces: dict[str, list[Point]] | None = None
+    harness: Harness,
+    flows: Sequence[Flow],
+    traces: dict[str, list[Point]] | None = None,
+    *,
+    faults: Sequence[str] = FAULTS,
+    points: Callable[[Point], bool] = lambda point: True,
+    run: Callable[[Flow, int, str, Point], Case] | None = None,
 ) -> tuple[list[Case], dict[str, list[Point]]]:
-    """Each flow run cleanly (recording its points in `traces`, as soon as recorded), then once per point and
-    fault: the cases, and each flow's points."""
+    """Each flow run cleanly (recording its points in `traces`, as soon as recorded), then once per point (those
+    `points` takes) and fault, by `run` (the harness's own by default): the cases, and each flow's points."""
+    run = run or (lambda flow, index, fault, point: harness.run(flow, index, fault, point))
     cases: list[Case] = []
     traces = {} if traces is None else traces
     for flow in flows:
@@ -410,8 +417,9 @@ def every_case(
         cases.append(clean)
         traces[flow.name] = clean.trace
         for index, point in enumerate(clean.trace):
-            for fault in FAULTS:
-                cases.append(harness.run(flow, index, fault, point))
+            if points(point):
+                for fault in faults:
+                    cases.append(run(flow, index, fault, point))
     return cases, traces
 
 

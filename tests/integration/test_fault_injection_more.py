@@ -19,7 +19,7 @@ was made is a 409 "retry with a new Idempotency-Key"; a card the database refuse
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,12 +37,13 @@ from tests.integration.test_fault_injection import (
     Harness,
     _paid_on_the_page,
     describe,
+    every_case,
     report,
 )
 from tests.integration.test_fault_injection_admin import AdminHarness, Asks, admin_post
 from tests.integration.test_hypay_callback import notify
 from tests.integration.test_review import admin  # noqa: F401 - the admin tokens fixture
-from tests.support.faults import FAULTS, Injector, Point, hyp_label, sql_label
+from tests.support.faults import Injector, Point, hyp_label, sql_label
 from tests.support.payments import CVV, STARTER, Env, post
 from tests.support.pg import connect, database
 
@@ -119,24 +120,22 @@ def _flows() -> list[Flow]:
     return out
 
 
-def _every(harness: Harness, flows: list[Flow], faults: tuple[str, ...]) -> tuple[list[Case], dict[str, list[Point]]]:
-    cases: list[Case] = []
-    traces: dict[str, list[Point]] = {}
-    for flow in flows:
-        clean = harness.run(flow)
-        cases.append(clean)
-        traces[flow.name] = clean.trace
-        for index, point in enumerate(clean.trace):
-            for fault in faults:
-                if fault in INTERLEAVINGS:
-                    harness.injector.mode = fault  # type: ignore[attr-defined]
-                    case = harness.run(flow, index, "killed", point)
-                    harness.injector.mode = None  # type: ignore[attr-defined]
-                    case.fault = fault
-                    cases.append(case)
-                else:
-                    cases.append(harness.run(flow, index, fault, point))
-    return cases, traces
+def _interleaved(harness: Harness) -> Callable[[Flow, int, str, Point], Case]:
+    """A case with the cleanup run at the point (`cleanup`), or run and the invocation then killed after the point
+    (`cleanup_then_killed`): the harness is given the fault `killed`, its lost-answer rule then applying."""
+
+    def run(flow: Flow, index: int, fault: str, point: Point) -> Case:
+        injector = harness.injector
+        assert isinstance(injector, Interleaver)
+        injector.mode = fault
+        try:
+            case = harness.run(flow, index, "killed", point)
+        finally:
+            injector.mode = None
+        case.fault = fault
+        return case
+
+    return run
 
 
 def test_cleanup_between_every_step_of_every_flow(
@@ -152,7 +151,7 @@ def test_cleanup_between_every_step_of_every_flow(
     try:
         harness = Harness(env, injector)
         harness.save_a_card()
-        cases, traces = _every(harness, _flows(), INTERLEAVINGS)
+        cases, traces = every_case(harness, _flows(), faults=INTERLEAVINGS, run=_interleaved(harness))
     finally:
         admin_conn.close()
     summary, held = report("cleanup interleaved", cases, traces, injector, started)
@@ -204,7 +203,7 @@ def test_unverified_callback_kept_then_verified_under_every_fault(
     started = time.monotonic()
     try:
         harness = Harness(env, injector)
-        cases, traces = _every(harness, [flow], FAULTS)
+        cases, traces = every_case(harness, [flow])
         # and each payment's journal row is verified now, its unverified callback no longer pending review
         left = harness.rows("""
             SELECT count(*) FROM hypay_unverified_callbacks u
@@ -284,7 +283,7 @@ def test_resolve_complete_of_a_lost_saved_card_charge_under_every_fault(
     try:
         harness = AdminHarness(env, injector, asks, monkeypatch)
         harness.clean = {}
-        cases, traces = _every(harness, [flow], FAULTS)
+        cases, traces = every_case(harness, [flow])
     finally:
         asks.close()
         admin_conn.close()
@@ -351,18 +350,10 @@ def test_database_refusing_each_statement_for_good(
     injector = Refuser(admin_conn)
     injector.install(monkeypatch)
     started = time.monotonic()
-    cases: list[Case] = []
-    traces: dict[str, list[Point]] = {}
     try:
         harness = RefusedHarness(env, injector)
         harness.save_a_card()
-        for flow in _flows():
-            clean = harness.run(flow)
-            cases.append(clean)
-            traces[flow.name] = clean.trace
-            for index, point in enumerate(clean.trace):
-                if point.kind == "db":
-                    cases.append(harness.run(flow, index, "refused", point))
+        cases, traces = every_case(harness, _flows(), faults=("refused",), points=lambda point: point.kind == "db")
     finally:
         admin_conn.close()
     summary, held = report("refused for good", cases, traces, injector, started)
