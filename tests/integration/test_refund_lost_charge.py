@@ -63,7 +63,7 @@ def test_a_lost_saved_card_charge_is_refunded_without_its_credits(
     assert env.rows(
         "SELECT decision, source, verified, amount::text, amount_named_by FROM hypay_transactions WHERE hypay_id = :h",
         h=hypay_id,
-    ) == [["review", "token_charge", True, "199.00", "alice"]]
+    ) == [["review", "token_charge", False, "199.00", "alice"]]  # no answer of Hyp says it charged
     # And once the payment is failed (if not yet), nothing of it is left in the review queue
     if not fail_first:
         assert resolve(pid, {"action": "fail", "reason": "refunded"}, key="f-2").status == 200

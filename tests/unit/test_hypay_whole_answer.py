@@ -41,7 +41,7 @@ def trickling_hyp() -> Iterator[str]:
             except OSError:
                 return
             with conn:
-                conn.recv(65536)
+                _read_request(conn)
                 body = b"CCode=0&Id=12345678&Amount=10&ACode=0012345&" + b"x" * ANSWER_BYTES
                 try:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
@@ -109,7 +109,7 @@ def test_an_answer_in_time_and_a_refusal_pass_through_unchanged() -> None:
     def serve(status: bytes, body: bytes) -> None:
         conn, _ = listener.accept()
         with conn:
-            conn.recv(65536)
+            _read_request(conn)
             conn.sendall(
                 b"HTTP/1.1 %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body)
             )
@@ -167,6 +167,27 @@ def test_a_call_given_up_during_its_name_lookup_never_sends_its_request(monkeypa
         listener.close()
 
 
+def _read_request(conn: socket.socket) -> bytes:
+    """An HTTP request's head and its Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 @pytest.fixture
 def hyp_over_tls(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A TLS server for 127.0.0.1 under a throwaway CA, answering one approved charge per connection: (URL, CA file)."""
@@ -184,7 +205,7 @@ def hyp_over_tls(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 return
             try:
                 with context.wrap_socket(raw, server_side=True) as conn:
-                    conn.recv(65536)
+                    _read_request(conn)  # all of it: closing with some unread would reset the connection
                     body = b"Id=12345678&CCode=0&Amount=10&ACode=0012345"
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             except (OSError, ssl.SSLError):

@@ -135,7 +135,9 @@ class _Call:
         self.abandoned.set()
         for sock in list(self.sockets):
             with contextlib.suppress(OSError):  # closed already
-                sock.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown, also for a TLS one: SSLSocket.shutdown drops its TLS state first, and a
+                # send racing it would then go out in the clear.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 _calling = threading.local()  # the worker thread's `_Call`

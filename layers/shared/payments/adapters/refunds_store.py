@@ -40,6 +40,7 @@ class RefundRow:
     reason: str
     admin: str
     created_at: dt.datetime
+    updated_at: dt.datetime  # for an attempted row: when its attempt started (inserted, or taken up again)
 
     @property
     def released(self) -> bool:
@@ -133,25 +134,34 @@ class NotRefundable(LookupError):
 
 _COLUMNS = (
     "id::text, payment_id::text, original_hypay_id, method, amount::text, currency, status, hypay_refund_id, ccode,"
-    " message, credits_taken, reason, admin, created_at"
+    " message, credits_taken, reason, admin, created_at, updated_at"
 )
 
 _LOCK_PAYMENT = """
 SELECT p.status, p.user_id::text, p.amount::text, p.currency, p.hypay_transaction_id,
-       COALESCE(p.completed_at, p.updated_at), p.charge_attempted_at
+       COALESCE(p.completed_at, p.updated_at), p.charge_attempted_at, p.hypay_ccode
   FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
 
-# Whether a Hyp Id is known at all: journaled (for any payment), or paying any payment.
-_KNOWN = """
-SELECT EXISTS (SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :txn)
-    OR EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :txn)"""
+# Whether an operator may name Hyp Id `txn` as the transaction of payment `id`'s saved-card charge whose answer was
+# lost: the Id is known nowhere (journaled for no payment, paying none), and the payment has no charge known to Hyp's
+# answers (a verified token_charge row) nor an Id named before whose refund moved or may have moved money (a typo
+# whose refund Hyp refused may be corrected).
+_NAMEABLE = """
+SELECT NOT EXISTS (SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :txn)
+   AND NOT EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :txn)
+   AND NOT EXISTS (SELECT 1 FROM public.hypay_transactions j
+                    WHERE j.payment_id = :id::uuid AND j.source = 'token_charge'
+                      AND (j.verified OR EXISTS (SELECT 1 FROM public.refunds r
+                                                  WHERE r.original_hypay_id = j.hypay_id
+                                                    AND r.status IN ('attempted', 'succeeded', 'unknown'))))"""
 
 # The transaction of a saved-card charge whose answer was lost, named by an operator from Hyp's transactions for a
-# refund: journaled for its payment, held for review, its amount as the operator names it (`_LEARN_ORIGINAL`).
+# refund: journaled for its payment, held for review, not verified (no answer of Hyp's says it charged: it never
+# completes a payment), its amount as the operator names it (`_LEARN_ORIGINAL`).
 _JOURNAL_NAMED_CHARGE = """
 INSERT INTO public.hypay_transactions
     (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified, decision, detail, previous_status)
-VALUES (:txn, :id::uuid, :id, 0, NULL, NULL, 'token_charge', true, 'review', :detail, :status)
+VALUES (:txn, :id::uuid, :id, 0, NULL, NULL, 'token_charge', false, 'review', :detail, :status)
 ON CONFLICT (hypay_id) DO NOTHING
 RETURNING 1"""
 
@@ -192,8 +202,12 @@ UPDATE public.refunds SET status = 'attempted', method = :method, amount = :amou
  WHERE id = :rid::uuid AND status = 'refused' AND ccode IS NULL
 RETURNING {_COLUMNS}"""
 
+# The credits granted for the payment, and those its other refunds took back already.
 _GRANTED = """
-SELECT COALESCE(sum(amount), 0) FROM public.credit_transactions WHERE payment_id = :id::uuid AND type = 'purchase'"""
+SELECT COALESCE((SELECT sum(amount) FROM public.credit_transactions
+                  WHERE payment_id = :id::uuid AND type = 'purchase'), 0),
+       COALESCE((SELECT sum(credits_taken) FROM public.refunds
+                  WHERE payment_id = :id::uuid AND status = 'succeeded' AND id <> :me::uuid), 0)"""
 
 _BALANCE = "SELECT credits FROM public.profiles WHERE id = :user::uuid FOR UPDATE"
 
@@ -206,12 +220,19 @@ RETURNING {_COLUMNS}"""
 # Hyp's success answer settles a refund stored as unknown by another writer meanwhile (its answer had been lost).
 _SUCCEEDED_OUTCOME = _OUTCOME.replace("AND status = 'attempted'", "AND status IN ('attempted', 'unknown')")
 
+# What the journal and the other refunds say of a Hyp Id an operator names as a refund's own transaction.
+_REFUND_ID_FACTS = """
+SELECT (SELECT payment_id::text FROM public.hypay_transactions WHERE hypay_id = :hyp),
+       (SELECT decision FROM public.hypay_transactions WHERE hypay_id = :hyp),
+       EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :hyp),
+       (SELECT id::text FROM public.refunds WHERE hypay_refund_id = :hyp AND id <> :rid::uuid LIMIT 1)"""
+
 # An operator found at Hyp that a refund whose outcome was unknown moved nothing: refused, its amount free again. An
 # attempt not yet older than `settle` seconds may still be asking Hyp: left as it is.
 _NOT_REFUNDED = f"""
 UPDATE public.refunds SET status = 'refused', ccode = NULL, message = :message, updated_at = now()
  WHERE id = :rid::uuid
-   AND (status = 'unknown' OR (status = 'attempted' AND created_at < now() - make_interval(secs => :settle)))
+   AND (status = 'unknown' OR (status = 'attempted' AND updated_at < now() - make_interval(secs => :settle)))
 RETURNING {_COLUMNS}"""
 
 _SWITCH = f"""
@@ -264,7 +285,9 @@ SELECT {_COLUMNS} FROM public.refunds
 
 
 def _row(values: list[Any]) -> RefundRow:
-    rid, pid, orig, method, amount, currency, status, hyp, ccode, message, taken, reason, admin, created = values
+    rid, pid, orig, method, amount, currency, status, hyp, ccode, message, taken, reason, admin, created, updated = (
+        values
+    )
     return RefundRow(
         UUID(rid),
         UUID(pid),
@@ -279,6 +302,7 @@ def _row(values: list[Any]) -> RefundRow:
         reason,
         admin,
         created,
+        updated,
     )
 
 
@@ -305,11 +329,17 @@ class RefundsStore:
         second outcome is never written over the first (nor a conditional update left with no row)."""
         return _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])
 
-    def _target(self, tx: Transaction, payment_id: UUID, hypay_id: str | None, me: UUID | None) -> Target:
+    def _target(
+        self, tx: Transaction, payment_id: UUID, hypay_id: str | None, me: UUID | None, *, planning: bool = False
+    ) -> Target:
+        """The locked payment and the transaction a refund reverses. `planning` (a new attempt, before Hyp is asked):
+        what may not be refunded is refused (`NotRefundable`). Otherwise (a retry answered from its row, Hyp's answer
+        being stored, an operator's finding) nothing is refused: after Hyp was asked, nothing may stand between its
+        answer and the database."""
         rows = tx.run(bind(_LOCK_PAYMENT, id=str(payment_id)))
         if not rows:
             raise NoSuchPayment(str(payment_id))
-        status, user, amount, currency, paying_id, paid_at, charge_attempted_at = rows[0]
+        status, user, amount, currency, paying_id, paid_at, charge_attempted_at, declined_code = rows[0]
         payment_currency = Currency(currency)
         txn = hypay_id or paying_id or self._held_one(tx, payment_id)
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
@@ -317,11 +347,11 @@ class RefundsStore:
         named = unjournaled = False
         if journal:
             j_amount, j_currency, decision, ccode, first_seen, named, detail, refund_of, unnamed = journal[0]
-            if refund_of is not None:
+            if planning and refund_of is not None:
                 raise NotRefundable(f"Hyp transaction {txn} is refund {refund_of}'s own: money that went back")
-            if ccode != 0 or decision not in ("granted", "review"):
+            if planning and (ccode != 0 or decision not in ("granted", "review")):
                 raise NotRefundable(f"Hyp transaction {txn} is not an approved payment of this payment ({decision})")
-            if decision == "review" and unnamed and HELD_WHILE_A_REFUND_HAS_NO_ID in (detail or ""):
+            if planning and decision == "review" and unnamed and HELD_WHILE_A_REFUND_HAS_NO_ID in (detail or ""):
                 # It may be that refund's own transaction: refunding it would undo the customer's refund.
                 raise NotRefundable(
                     f"Hyp transaction {txn} may be the own transaction of a refund of this payment whose outcome is"
@@ -336,15 +366,18 @@ class RefundsStore:
         elif (
             hypay_id is not None
             and charge_attempted_at is not None
-            and status in ("needs_review", "failed")
-            and not tx.run(bind(_KNOWN, txn=txn))[0][0]
+            # in review (its outcome unknown), or failed by an operator (a decline sets Hyp's code)
+            and (status == "needs_review" or (status == "failed" and declined_code is None))
+            and tx.run(bind(_NAMEABLE, txn=txn, id=str(payment_id)))[0][0]
         ):
             # A saved-card charge whose answer was lost (Hyp never sends a callback for those): the operator names the
             # Id Hyp's transactions show for its Order, and the amount they show (`original_amount`, as for any
             # amount Hyp's answer did not give). Refunded without granting first: it completed nothing.
             original, original_at, unjournaled = None, charge_attempted_at, True
-        else:
+        elif planning:
             raise NotRefundable(f"Hyp transaction {txn} is not a transaction of this payment")
+        else:
+            original, original_at = None, paid_at  # its row gone since (a named charge Hyp refused): amount unknown
         reserved, refunded = tx.run(bind(_SUMS, id=str(payment_id), txn=txn, me=str(me) if me else None))[0]
         price = _money(amount, payment_currency)
         currency = original.currency if original is not None else payment_currency
@@ -391,7 +424,8 @@ class RefundsStore:
             row = _row(existing[0]) if existing else None
             if row is not None and row.payment_id != payment_id:
                 raise NotRefundable("this Idempotency-Key belongs to a refund of another payment")
-            target = self._target(tx, payment_id, row.original_hypay_id if row else hypay_id, None)
+            planning = row is None or row.released
+            target = self._target(tx, payment_id, row.original_hypay_id if row else hypay_id, None, planning=planning)
             if row is not None and row.id in mine and row.status == RefundStatus.ATTEMPTED:
                 return Began(row, target, created=True)  # our own insert, committed before the connection broke
             if row is not None and not row.released:
@@ -477,7 +511,11 @@ class RefundsStore:
                 # Stored before (retried, or another writer's outcome): as it is. An unknown one is settled by this
                 # answer: 'unknown' only meant that Hyp's answer was lost, and here it is.
                 return self._finished(current, target, shortfall=0, balance=None)
-            granted = int(tx.run(bind(_GRANTED, id=str(current.payment_id)))[0][0]) if target.pays_the_payment else 0
+            granted, taken_before = (
+                (int(n) for n in tx.run(bind(_GRANTED, id=str(current.payment_id), me=str(current.id)))[0])
+                if target.pays_the_payment
+                else (0, 0)
+            )
             due = credits_to_take(
                 granted,
                 target.credits_basis.minor,
@@ -485,6 +523,9 @@ class RefundsStore:
                 current.amount.minor,
                 free_minor=target.credits_free,
             )
+            # Never more than granted in all, whatever the basis of each refund's share was when it was taken (rows
+            # written under another rule included).
+            due = min(due, max(0, granted - taken_before))
             balance_rows = tx.run(bind(_BALANCE, user=str(target.user_id)))
             balance = int(balance_rows[0][0]) if balance_rows else 0
             taken = max(0, min(due, balance))
@@ -603,6 +644,22 @@ class RefundsStore:
             return row
 
         return self.db.atomic(work)
+
+    def refund_id_problem(self, row: RefundRow, hypay_refund_id: str) -> str | None:
+        """Why `hypay_refund_id` cannot be the own transaction of refund `row` (None: it can): a transaction that paid a
+        payment, is journaled for another payment or as anything but held (review, unverified), or is another
+        refund's."""
+        journaled_for, decision, paying, other = self.db.run(
+            bind(_REFUND_ID_FACTS, hyp=hypay_refund_id, rid=str(row.id))
+        )[0]
+        if paying:
+            return f"Hyp transaction {hypay_refund_id} paid a payment: it is no refund"
+        if other is not None:
+            return f"Hyp transaction {hypay_refund_id} is refund {other}'s own"
+        if decision is not None and (journaled_for != str(row.payment_id) or decision not in ("review", "unverified")):
+            owner = f"payment {journaled_for}" if journaled_for else "no payment of ours (unmatched)"
+            return f"Hyp transaction {hypay_refund_id} is journaled for {owner}, decided {decision}: it is no refund"
+        return None
 
     def not_refunded(
         self,

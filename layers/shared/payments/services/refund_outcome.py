@@ -71,10 +71,14 @@ class RefundOutcome:
         settled = self._as_it_is(row, outcome, hypay_refund_id)
         if settled is not None:
             return settled
-        if row.status == RefundStatus.ATTEMPTED and (self._now() - row.created_at).total_seconds() < SETTLE_SECONDS:
+        if row.status == RefundStatus.ATTEMPTED and (self._now() - row.updated_at).total_seconds() < SETTLE_SECONDS:
             waiting = RequestInProgress("the refund may still be asking Hyp: settle it once its outcome is unknown")
             waiting.retry_after = SETTLE_SECONDS
             raise waiting
+        if hypay_refund_id is not None:
+            problem = self.store.refund_id_problem(row, hypay_refund_id)
+            if problem is not None:
+                raise Conflict(f"hypay_refund_id: {problem}")
         write = self._audit(row, outcome, hypay_refund_id, reason, admin, idempotency_key)
         if outcome == "refunded":
             finished = self.store.succeeded(refund_id, hypay_refund_id=hypay_refund_id, approval_code=None, audit=write)

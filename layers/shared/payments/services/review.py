@@ -469,7 +469,7 @@ def plan_resolution(
             raise Conflict(f"payment {payment.id} is failed already")
         return Plan("fail")
     if request.hypay_id is None:
-        flagged = [e for e in journal if e.decision == "review" and e.ccode == protocol.APPROVED]
+        flagged = [e for e in journal if e.decision == "review" and e.ccode == protocol.APPROVED and e.verified]
         if not flagged:
             raise InvalidRequest(
                 f"no Hyp transaction is known to have paid payment {payment.id}: name the one that did (hypay_id,"
@@ -506,7 +506,7 @@ def plan_resolution(
     if named.payment_id != payment.id:
         owner = f"payment {named.payment_id}" if named.payment_id else f"Order {named.order_ref!r}, not ours"
         raise Conflict(f"Hyp transaction {hypay_id} belongs to {owner}")
-    if named.decision == "unverified":
+    if named.decision == "unverified" or not named.verified:
         raise Conflict(
             f"Hyp transaction {hypay_id} is not verified (it may be forged): let it be verified first"
             " (its next delivery, or POST its raw callback to /hypay/notify)"

@@ -1,0 +1,90 @@
+"""An operator's finding never lands while the refund is asking Hyp. The outcome route's "may still be asking Hyp"
+guard used the row's created_at, but a released row (Hyp never asked: 503, retry with the same key) taken up again by
+its retry kept its old created_at: a not_refunded landed during the retry's call, Hyp refunded, the row said refused
+(amount free, no credits taken, Hyp's refund not journaled) and the caller was told Hyp refused. It is timed from
+when the attempt started (updated_at)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from payments.adapters.refunds_store import RefundsStore
+from payments.errors import RequestInProgress
+from payments.services.refund_outcome import RefundOutcome
+from tests.integration.test_admin_refund_http import refund
+from tests.integration.test_callback_attacks import use_mode
+from tests.integration.test_hypay_callback import buy, notify, pay
+from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
+from tests.support.payments import Env
+from tests.support.pg import database
+
+
+@pytest.mark.usefixtures("admin")
+def test_not_refunded_is_refused_while_a_retaken_attempt_is_asking_hyp(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_mode(monkeypatch, "hmac")
+    monkeypatch.setenv("HYPAY_TIMEOUT", "8")  # as deployed-ish: Hyp may take seconds to answer
+    from payments.settings import hypay_settings
+    from tests.support.api import reset_function_state
+
+    hypay_settings.cache_clear()
+    reset_function_state("AdminFunction")
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    assert notify(pay(env, payment).redirect_query).status == 200
+    credits = env.credits()
+    [[txn]] = env.rows("SELECT hypay_transaction_id FROM payments WHERE id = :p::uuid", p=pid)
+    key = str(uuid.uuid4())
+    # Ten minutes ago the refund with this key was released: Hyp never asked (503 "not yet", retry with the key)
+    [[rid]] = env.rows(
+        "INSERT INTO refunds (payment_id, original_hypay_id, method, amount, currency, status, message, reason,"
+        " idempotency_key, admin, created_at, updated_at) VALUES (:p::uuid, :t, 'refund', 20.00, 'ILS', 'refused',"
+        " 'not sent: Hypay not asked: credentials unavailable', 'partial', :k, 'alice', now() - interval '10 min',"
+        " now() - interval '10 min') RETURNING id::text",
+        p=pid,
+        t=txn,
+        k=f"refund:{pid}:{key}",
+    )
+    # Now the operator retries with the same key; Hyp takes 2 s to answer
+    env.sim.faults.add("zikoyAPI", "latency", seconds=2.0)
+    answers = []
+    worker = threading.Thread(
+        target=lambda: answers.append(refund(pid, {"amount": "20.00", "reason": "partial"}, key=key))
+    )
+    worker.start()
+    deadline = time.monotonic() + 10
+    while "zikoyAPI" not in env.sim.calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "zikoyAPI" in env.sim.calls
+    # While Hyp is being asked, another operator (the queue's advice) settles it as not refunded
+    outcome = RefundOutcome(RefundsStore(database(env.url)))
+    try:
+        settled = outcome(
+            refund_id=uuid.UUID(rid),
+            outcome="not_refunded",
+            hypay_refund_id=None,
+            reason="Hyp portal: nothing yet",
+            admin="bob",
+            idempotency_key=str(uuid.uuid4()),
+        )
+        said = (settled.status, settled.body["status"])
+    except RequestInProgress:
+        said = ("409", "in progress")
+    worker.join(30)
+    [answer] = answers
+    [[status, hyp_refund_id]] = env.rows("SELECT status, hypay_refund_id FROM refunds WHERE id = :r::uuid", r=rid)
+    assert len(env.sim.reversals) == 1, (said, status, answer.status, answer.body, env.sim.calls)
+    # Hyp's answer must win: the refund is stored as succeeded, with its credits taken back
+    assert (said, status, answer.status) == (("409", "in progress"), "succeeded", 201), (
+        said,
+        status,
+        hyp_refund_id,
+        answer.status,
+        answer.body,
+        credits - env.credits(),
+    )
