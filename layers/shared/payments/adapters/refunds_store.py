@@ -222,10 +222,11 @@ _SUCCEEDED_OUTCOME = _OUTCOME.replace("AND status = 'attempted'", "AND status IN
 
 # What the journal and the other refunds say of a Hyp Id an operator names as a refund's own transaction.
 _REFUND_ID_FACTS = """
-SELECT (SELECT payment_id::text FROM public.hypay_transactions WHERE hypay_id = :hyp),
-       (SELECT decision FROM public.hypay_transactions WHERE hypay_id = :hyp),
+SELECT j.payment_id::text, j.decision, j.detail, j.source, j.amount::text,
        EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :hyp),
-       (SELECT id::text FROM public.refunds WHERE hypay_refund_id = :hyp AND id <> :rid::uuid LIMIT 1)"""
+       (SELECT id::text FROM public.refunds WHERE hypay_refund_id = :hyp AND id <> :rid::uuid LIMIT 1),
+       EXISTS (SELECT 1 FROM public.refunds WHERE original_hypay_id = :hyp)
+  FROM (SELECT 1) one LEFT JOIN public.hypay_transactions j ON j.hypay_id = :hyp"""
 
 # An operator found at Hyp that a refund whose outcome was unknown moved nothing: refused, its amount free again. An
 # attempt not yet older than `settle` seconds may still be asking Hyp: left as it is.
@@ -314,6 +315,9 @@ def _before(target: Target, attempted: RefundRow) -> Money | None:
 
 def _money(text: str, currency: Currency) -> Money:
     return Money.of(Decimal(text), currency)
+
+
+_UNSETTLED = (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN)
 
 
 class RefundsStore:
@@ -500,13 +504,20 @@ class RefundsStore:
         hypay_refund_id: str | None,
         approval_code: str | None,
         audit: Callable[[Transaction, dict[str, Any], dict[str, Any]], None],
+        found_by_operator: bool = False,
     ) -> Finished:
-        """In one transaction: the row, the journal, the credits taken back (never below zero), the audit."""
+        """In one transaction: the row, the journal, the credits taken back (never below zero), the audit.
+        `found_by_operator`: the outcome is an operator's finding, not Hyp's answer: a `hypay_refund_id` that cannot
+        be this refund's own transaction is refused (`NotRefundable`), under the payment's lock."""
 
         def work(tx: Transaction) -> Finished:
             current = self._read(tx, refund_id)
             target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
             current = self._read(tx, refund_id)  # as it is once the payment is ours
+            if found_by_operator and hypay_refund_id is not None and current.status in _UNSETTLED:
+                problem = self._refund_id_problem(tx, current, hypay_refund_id)
+                if problem is not None:
+                    raise NotRefundable(problem)
             if current.status not in (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN):
                 # Stored before (retried, or another writer's outcome): as it is. An unknown one is settled by this
                 # answer: 'unknown' only meant that Hyp's answer was lost, and here it is.
@@ -645,20 +656,33 @@ class RefundsStore:
 
         return self.db.atomic(work)
 
-    def refund_id_problem(self, row: RefundRow, hypay_refund_id: str) -> str | None:
-        """Why `hypay_refund_id` cannot be the own transaction of refund `row` (None: it can): a transaction that paid a
-        payment, is journaled for another payment or as anything but held (review, unverified), or is another
-        refund's."""
-        journaled_for, decision, paying, other = self.db.run(
+    @staticmethod
+    def _refund_id_problem(tx: Transaction, row: RefundRow, hypay_refund_id: str) -> str | None:
+        """Why `hypay_refund_id` cannot be the own transaction of refund `row` (None: it can). A refund's own
+        transaction is known nowhere yet, or journaled for this payment as Hyp reported it before the refund's answer
+        was stored: unverified, or held for a human because a refund of the payment had no Id (for the refund's
+        amount, when known). Never a transaction that paid a payment, one refunded itself, a saved-card charge, one
+        decided otherwise (a second charge: money the customer paid), nor another refund's."""
+        journaled_for, decision, detail, source, amount, paying, other, refunded = tx.run(
             bind(_REFUND_ID_FACTS, hyp=hypay_refund_id, rid=str(row.id))
         )[0]
         if paying:
             return f"Hyp transaction {hypay_refund_id} paid a payment: it is no refund"
         if other is not None:
             return f"Hyp transaction {hypay_refund_id} is refund {other}'s own"
-        if decision is not None and (journaled_for != str(row.payment_id) or decision not in ("review", "unverified")):
+        if refunded:
+            return f"Hyp transaction {hypay_refund_id} was refunded itself: it is a payment, not a refund"
+        if decision is None:
+            return None
+        held = decision == "review" and HELD_WHILE_A_REFUND_HAS_NO_ID in (detail or "")
+        if journaled_for != str(row.payment_id) or source == "token_charge" or not (held or decision == "unverified"):
             owner = f"payment {journaled_for}" if journaled_for else "no payment of ours (unmatched)"
-            return f"Hyp transaction {hypay_refund_id} is journaled for {owner}, decided {decision}: it is no refund"
+            return (
+                f"Hyp transaction {hypay_refund_id} is journaled for {owner}, decided {decision}: not a transaction"
+                " Hyp reported for a refund of this payment"
+            )
+        if amount is not None and Decimal(amount) != row.amount.amount:
+            return f"Hyp transaction {hypay_refund_id} is of {amount}, this refund of {row.amount.amount}"
         return None
 
     def not_refunded(

@@ -21,7 +21,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from payments.adapters import audit
 from payments.adapters.db import Transaction
-from payments.adapters.refunds_store import RefundRow, RefundsStore
+from payments.adapters.refunds_store import NotRefundable, RefundRow, RefundsStore
 from payments.domain import hypay as protocol
 from payments.domain.refund import Method, RefundStatus
 from payments.errors import Conflict, InvalidRequest, NotFound, RequestInProgress
@@ -75,13 +75,14 @@ class RefundOutcome:
             waiting = RequestInProgress("the refund may still be asking Hyp: settle it once its outcome is unknown")
             waiting.retry_after = SETTLE_SECONDS
             raise waiting
-        if hypay_refund_id is not None:
-            problem = self.store.refund_id_problem(row, hypay_refund_id)
-            if problem is not None:
-                raise Conflict(f"hypay_refund_id: {problem}")
         write = self._audit(row, outcome, hypay_refund_id, reason, admin, idempotency_key)
         if outcome == "refunded":
-            finished = self.store.succeeded(refund_id, hypay_refund_id=hypay_refund_id, approval_code=None, audit=write)
+            try:
+                finished = self.store.succeeded(
+                    refund_id, hypay_refund_id=hypay_refund_id, approval_code=None, audit=write, found_by_operator=True
+                )
+            except NotRefundable as exc:
+                raise Conflict(f"hypay_refund_id: {exc}") from None
             row = finished.row
         else:
             message = f"not refunded at Hyp, found by {admin}: {reason}"

@@ -491,21 +491,15 @@ def plan_resolution(
                 " can be completed with a transaction the backend never saw (a page payment's callback is"
                 " delivered again, or POST its raw callback to /hypay/notify)"
             )
-        return Plan(
-            "complete",
-            HypTransaction(
-                hypay_id=hypay_id,
-                order_ref=str(payment.id),
-                payment_id=payment.id,
-                ccode=protocol.APPROVED,
-                amount=payment.amount,
-                source=Source.TOKEN_CHARGE,
-                verified=True,
-            ),
-        )
+        return Plan("complete", _lost_charge(payment, hypay_id))
     if named.payment_id != payment.id:
         owner = f"payment {named.payment_id}" if named.payment_id else f"Order {named.order_ref!r}, not ours"
         raise Conflict(f"Hyp transaction {hypay_id} belongs to {owner}")
+    named_for_a_refund = named.source == Source.TOKEN_CHARGE and named.decision == "review" and not named.verified
+    if named_for_a_refund and payment.charge_attempted:
+        # An Id an operator named for the refund of this payment's saved-card charge whose answer was lost (no
+        # callback ever verifies those): completing with it is the same word as naming an Id never journaled.
+        return Plan("complete", _lost_charge(payment, hypay_id))
     if named.decision == "unverified" or not named.verified:
         raise Conflict(
             f"Hyp transaction {hypay_id} is not verified (it may be forged): let it be verified first"
@@ -516,6 +510,20 @@ def plan_resolution(
             f"Hyp transaction {hypay_id} was decided {named.decision!r} (CCode {named.ccode}): it did not pay"
         )
     return Plan("complete", _transaction(payment, named))
+
+
+def _lost_charge(payment: LockedPayment, hypay_id: str) -> HypTransaction:
+    """The saved-card charge whose answer was lost, by the Id an operator read from Hyp's transactions for its Order:
+    it charged the payment's amount (what was asked)."""
+    return HypTransaction(
+        hypay_id=hypay_id,
+        order_ref=str(payment.id),
+        payment_id=payment.id,
+        ccode=protocol.APPROVED,
+        amount=payment.amount,
+        source=Source.TOKEN_CHARGE,
+        verified=True,
+    )
 
 
 def _transaction(payment: LockedPayment, entry: JournalRow) -> HypTransaction:
