@@ -138,26 +138,51 @@ def _interleaved(harness: Harness) -> Callable[[Flow, int, str, Point], Case]:
     return run
 
 
-def test_cleanup_between_every_step_of_every_flow(
-    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@contextmanager
+def _installed(env: Env, monkeypatch: pytest.MonkeyPatch, make: Callable[[Any], Injector]) -> Iterator[Injector]:
+    """A proof's run: every payment by one user (no rate limit), a cold start, the injector `make` builds on its own
+    admin connection installed; the connection closed after."""
     monkeypatch.setenv("CREATE_PAYMENT_RATE_LIMIT", "1000000")
     api_settings.cache_clear()
     Harness.cold_start()
     admin_conn = connect(env.url)
-    injector = Interleaver(admin_conn, env.url)
+    injector = make(admin_conn)
     injector.install(monkeypatch)
-    started = time.monotonic()
     try:
-        harness = Harness(env, injector)
-        harness.save_a_card()
-        cases, traces = every_case(harness, _flows(), faults=INTERLEAVINGS, run=_interleaved(harness))
+        yield injector
     finally:
         admin_conn.close()
-    summary, held = report("cleanup interleaved", cases, traces, injector, started)
+
+
+def _held(
+    title: str,
+    found: tuple[list[Case], dict[str, list[Point]]],
+    injector: Injector,
+    started: float,
+    capsys: pytest.CaptureFixture[str],
+    *,
+    extra: str = "",
+    also: bool = True,
+) -> None:
+    """The proof's report printed; every case held (and `also`)."""
+    summary, held = report(title, *found, injector, started)
     with capsys.disabled():
-        print("\n" + summary + f"\n  cleanups run inside flows: {injector.cleanups}")
-    assert held, summary
+        print("\n" + summary + (f"\n  {extra}" if extra else ""))
+    assert held and also, summary
+
+
+def test_cleanup_between_every_step_of_every_flow(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.monotonic()
+    with _installed(env, monkeypatch, lambda conn: Interleaver(conn, env.url)) as injector:
+        harness = Harness(env, injector)
+        harness.save_a_card()
+        found = every_case(harness, _flows(), faults=INTERLEAVINGS, run=_interleaved(harness))
+    assert isinstance(injector, Interleaver)
+    _held(
+        "cleanup interleaved", found, injector, started, capsys, extra=f"cleanups run inside flows: {injector.cleanups}"
+    )
 
 
 # -- 2. unverified, kept, cleaned up, then verified under faults --------------------------------------------
@@ -166,9 +191,6 @@ def test_cleanup_between_every_step_of_every_flow(
 def test_unverified_callback_kept_then_verified_under_every_fault(
     env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("CREATE_PAYMENT_RATE_LIMIT", "1000000")
-    api_settings.cache_clear()
-    Harness.cold_start()
     real_verify = HypayClient.verify_redirect
 
     def prepare(h: Harness, key: str) -> dict[str, Any]:
@@ -197,23 +219,16 @@ def test_unverified_callback_kept_then_verified_under_every_fault(
         lambda ctx: notify(ctx["raw"]),
         lambda h, ctx, first, case: h.notify_until_acknowledged(ctx["raw"], first, case),
     )
-    admin_conn = connect(env.url)
-    injector = Injector(admin_conn)
-    injector.install(monkeypatch)
     started = time.monotonic()
-    try:
+    with _installed(env, monkeypatch, Injector) as injector:
         harness = Harness(env, injector)
-        cases, traces = every_case(harness, [flow])
+        found = every_case(harness, [flow])
         # and each payment's journal row is verified now, its unverified callback no longer pending review
         left = harness.rows("""
             SELECT count(*) FROM hypay_unverified_callbacks u
              WHERE NOT EXISTS (SELECT 1 FROM hypay_transactions j WHERE j.hypay_id = u.hypay_id AND j.verified)""")
-    finally:
-        admin_conn.close()
-    summary, held = report("unverified then verified", cases, traces, injector, started)
-    with capsys.disabled():
-        print("\n" + summary + f"\n  unverified callbacks never verified: {left}")
-    assert held and left == [[0]], summary
+    extra = f"unverified callbacks never verified: {left}"
+    _held("unverified then verified", found, injector, started, capsys, extra=extra, also=left == [[0]])
 
 
 # -- 3. resolve complete naming the Id of a saved-card charge whose answer was lost ------------------------
@@ -287,10 +302,7 @@ def test_resolve_complete_of_a_lost_saved_card_charge_under_every_fault(
     finally:
         asks.close()
         admin_conn.close()
-    summary, held = report("resolve lost charge", cases, traces, injector, started)
-    with capsys.disabled():
-        print("\n" + summary)
-    assert held, summary
+    _held("resolve lost charge", (cases, traces), injector, started, capsys)
 
 
 # -- 4. the database refusing a statement for good (a constraint, an overflow) at each step ----------------
@@ -343,20 +355,9 @@ class RefusedHarness(Harness):
 def test_database_refusing_each_statement_for_good(
     env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("CREATE_PAYMENT_RATE_LIMIT", "1000000")
-    api_settings.cache_clear()
-    Harness.cold_start()
-    admin_conn = connect(env.url)
-    injector = Refuser(admin_conn)
-    injector.install(monkeypatch)
     started = time.monotonic()
-    try:
+    with _installed(env, monkeypatch, Refuser) as injector:
         harness = RefusedHarness(env, injector)
         harness.save_a_card()
-        cases, traces = every_case(harness, _flows(), faults=("refused",), points=lambda point: point.kind == "db")
-    finally:
-        admin_conn.close()
-    summary, held = report("refused for good", cases, traces, injector, started)
-    with capsys.disabled():
-        print("\n" + summary)
-    assert held, summary
+        found = every_case(harness, _flows(), faults=("refused",), points=lambda point: point.kind == "db")
+    _held("refused for good", found, injector, started, capsys)
