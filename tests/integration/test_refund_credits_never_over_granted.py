@@ -10,10 +10,8 @@ import uuid
 import pytest
 
 from tests.integration.test_admin_refund_http import refund
-from tests.integration.test_callback_attacks import unpaid_claim, use_mode
-from tests.integration.test_hypay_callback import buy, forge, notify, pay
+from tests.integration.test_refund_overcharge import overcharged_and_completed
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
-from tests.integration.test_review import resolve
 from tests.support.payments import Env
 
 
@@ -21,20 +19,14 @@ from tests.support.payments import Env
 def test_credits_taken_never_exceed_those_granted_across_the_basis_change(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    use_mode(monkeypatch, "hmac")
-    payment = buy(env, key="over")
-    pid = payment["payment_id"]
-    real = pay(env, payment)
-    claim = [(k, real.id if k == "Id" else v) for k, v in unpaid_claim(pid, amount="74.85")]
-    assert notify(forge(claim)).status == 200
-    assert resolve(pid, {"action": "complete", "reason": "keep it, refund the excess"}, key="c-1").status == 200
+    pid, real_id = overcharged_and_completed(env, monkeypatch)
     # Before the deploy: the excess 24.95 refunded, taking 33 credits (its share of 74.85, the old basis)
     env.rows(
         "INSERT INTO refunds (payment_id, original_hypay_id, method, amount, currency, status, hypay_refund_id, ccode,"
         " credits_taken, reason, idempotency_key, admin) VALUES (:p::uuid, :t, 'refund', 24.95, 'ILS', 'succeeded',"
         " '99900001', 0, 33, 'excess', 'refund:legacy', 'alice') RETURNING 1",
         p=pid,
-        t=real.id,
+        t=real_id,
     )
     env.rows(
         "UPDATE profiles SET credits = credits - 33 WHERE id = (SELECT user_id FROM payments WHERE id = :p::uuid)"

@@ -16,11 +16,9 @@ from tests.integration.test_review import resolve
 from tests.support.payments import Env
 
 
-@pytest.mark.usefixtures("admin")
-def test_the_excess_of_an_overcharge_goes_back_without_credits_and_the_price_takes_them(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given Hyp charged 74.85 for a 49.90 pack of 100 credits (an amount mismatch), which the operator completed
+def overcharged_and_completed(env: Env, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """Hyp (a callback signed with the terminal's KEY) said 74.85 was paid for a 49.90 pack of 100 credits: in review,
+    then completed by an operator. (payment id, Hyp Id; the simulator itself took 49.90)"""
     use_mode(monkeypatch, "hmac")
     payment = buy(env, key="over")
     pid = payment["payment_id"]
@@ -28,8 +26,17 @@ def test_the_excess_of_an_overcharge_goes_back_without_credits_and_the_price_tak
     claim = [(k, real.id if k == "Id" else v) for k, v in unpaid_claim(pid, amount="74.85")]
     assert notify(forge(claim)).status == 200
     assert env.status(pid) == "needs_review"
-    before = env.credits()
     assert resolve(pid, {"action": "complete", "reason": "keep it, refund the excess"}, key="c-1").status == 200
+    return pid, real.id
+
+
+@pytest.mark.usefixtures("admin")
+def test_the_excess_of_an_overcharge_goes_back_without_credits_and_the_price_takes_them(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given Hyp charged 74.85 for a 49.90 pack of 100 credits (an amount mismatch), which the operator completed
+    before = env.credits()
+    pid, _ = overcharged_and_completed(env, monkeypatch)
     assert env.credits() == before + 100
     # When the operator refunds the 24.95 too much
     excess = refund(pid, {"amount": "24.95", "reason": "excess"}, key=str(uuid.uuid4()))
