@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
 from tests.integration.test_hypay_callback import buy, forge, notify, pay
+from tests.integration.test_refund_reported_as_charge import paid_under_review_then_failed
 from tests.integration.test_refunds import Admin
 from tests.integration.test_refunds import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import ALICE, _reset, resolve
@@ -24,18 +25,10 @@ def test_a_failed_payment_whose_transaction_was_held_can_be_completed_with_it(
     admin: Admin,  # noqa: F811 - the fixture
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ADMIN_API_TOKEN", json.dumps({"tokens": {"alice": ALICE}}))
-    _reset()
-    use_mode(monkeypatch, "hmac")
     before = env.credits()
     # Given a payment under review, then paid 49.90 on its page (T1, "paid while under review"), which the operator
     # fails and refunds; Hyp's answer to that refund is lost (its outcome unknown, being confirmed)
-    payment = buy(env)
-    pid = payment["payment_id"]
-    assert notify(forge(unpaid_claim(pid, amount="1.00"))).status == 200
-    t1 = pay(env, payment)
-    assert notify(t1.redirect_query).status == 200
-    assert resolve(pid, {"action": "fail", "reason": "customer gave up"}, key="f-1").status == 200
+    payment, pid, t1 = paid_under_review_then_failed(env, monkeypatch)
     env.sim.faults.add("zikoyAPI", "lost")
     refund = admin.refund(pid, "r-1", hypay_id=t1.id, reason="failed payment: money back")
     assert refund.status == 202 and refund.body["status"] == "unknown", refund.body

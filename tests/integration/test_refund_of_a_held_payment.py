@@ -6,6 +6,7 @@ Hyp refunded and the answer could never be stored, not even by an operator's fin
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -17,30 +18,35 @@ from tests.integration.test_review import admin as admin  # noqa: F401 - the fix
 from tests.support.payments import Env
 
 
-@pytest.mark.usefixtures("admin")
-def test_refunding_a_held_payment_after_the_refund_is_confirmed_stores_hyps_answer(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _paid_twice_around_a_lost_refund(env: Env, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any]:
+    """A payment paid two days ago, refunded in full (zikoyAPI) with Hyp's answer lost, paid a second time meanwhile
+    (held, as a refund has no Id yet), then the lost refund settled by an operator as Hyp's portal shows (its own Id
+    the reversal, not the second charge): (payment id, the second charge)."""
     use_mode(monkeypatch, "hmac")
     payment = buy(env, key=str(uuid.uuid4()))
     pid = payment["payment_id"]
     assert notify(pay(env, payment).redirect_query).status == 200
-    # Paid two days ago; a full refund (zikoyAPI) whose answer is lost
     env.rows("UPDATE hypay_transactions SET first_seen = now() - interval '2 days' RETURNING 1")
     env.rows("UPDATE payments SET completed_at = now() - interval '2 days' RETURNING 1")
     env.sim.faults.add("zikoyAPI", "lost")
     lost = refund(pid, {"reason": "money back"}, key=str(uuid.uuid4()))
     assert lost.status == 202, lost.json
     [reversal] = env.sim.reversals
-    # Meanwhile the customer pays a second time (another tab): held, as a refund has no Id yet
     second = pay(env, payment)
     assert notify(second.redirect_query).status == 200
     [[detail]] = env.rows("SELECT detail FROM hypay_transactions WHERE hypay_id = :h", h=second.id)
     assert "no Id of its own yet" in detail
-    # The operator settles the lost refund as Hyp's portal shows (its own Id is the reversal, not the second charge)
     [[refund_id]] = env.rows("SELECT id::text FROM refunds WHERE payment_id = :p::uuid", p=pid)
     ok = settle(refund_id, {"outcome": "refunded", "hypay_refund_id": reversal.id, "reason": "Hyp: refund R"})
     assert ok.status == 200, ok.json
+    return pid, second
+
+
+@pytest.mark.usefixtures("admin")
+def test_refunding_a_held_payment_after_the_refund_is_confirmed_stores_hyps_answer(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid, second = _paid_twice_around_a_lost_refund(env, monkeypatch)
     # The queue's advice: "a payment -> refund it once that refund is confirmed". Refund 10.00 of the second charge
     answer = refund(pid, {"hypay_id": second.id, "amount": "10.00", "reason": "paid twice"}, key=str(uuid.uuid4()))
     assert len(env.sim.reversals) == 2  # Hyp was asked, and refunded
@@ -51,19 +57,7 @@ def test_refunding_a_held_payment_after_the_refund_is_confirmed_stores_hyps_answ
 
 @pytest.mark.usefixtures("admin")
 def test_the_operator_can_settle_that_refund_afterwards(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    use_mode(monkeypatch, "hmac")
-    payment = buy(env, key=str(uuid.uuid4()))
-    pid = payment["payment_id"]
-    assert notify(pay(env, payment).redirect_query).status == 200
-    env.rows("UPDATE hypay_transactions SET first_seen = now() - interval '2 days' RETURNING 1")
-    env.rows("UPDATE payments SET completed_at = now() - interval '2 days' RETURNING 1")
-    env.sim.faults.add("zikoyAPI", "lost")
-    assert refund(pid, {"reason": "money back"}, key=str(uuid.uuid4())).status == 202
-    [reversal] = env.sim.reversals
-    second = pay(env, payment)
-    assert notify(second.redirect_query).status == 200
-    [[refund_id]] = env.rows("SELECT id::text FROM refunds WHERE payment_id = :p::uuid", p=pid)
-    assert settle(refund_id, {"outcome": "refunded", "hypay_refund_id": reversal.id, "reason": "R"}).status == 200
+    pid, second = _paid_twice_around_a_lost_refund(env, monkeypatch)
     refund(pid, {"hypay_id": second.id, "amount": "10.00", "reason": "paid twice"}, key=str(uuid.uuid4()))
     [second_refund] = env.sim.reversals[1:]
     [[rid2]] = env.rows("SELECT id::text FROM refunds WHERE original_hypay_id = :h", h=second.id)

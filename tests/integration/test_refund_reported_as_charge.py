@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from payments.adapters.hypay import Reversal
 from payments.adapters.journal import HypTransaction, Source
 from payments.domain.money import Money
@@ -37,7 +39,9 @@ def test_a_refund_reported_before_its_answer_is_stored_is_journaled_as_a_refund_
     assert again.status == 409 and asked == 1
 
 
-def test_refunding_the_money_of_a_failed_payment_never_grants_its_credits(env: Env, admin: Admin, monkeypatch) -> None:
+def paid_under_review_then_failed(env: Env, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, str, Any]:
+    """A payment under review (Hyp reported 1.00 for it, HMAC-only), then paid 49.90 on its page (T1, "paid while
+    under review"), which an operator (alice) failed: (the payment as bought, its id, T1)."""
     import json
 
     from tests.integration.test_callback_attacks import unpaid_claim, use_mode
@@ -47,9 +51,6 @@ def test_refunding_the_money_of_a_failed_payment_never_grants_its_credits(env: E
     monkeypatch.setenv("ADMIN_API_TOKEN", json.dumps({"tokens": {"alice": ALICE}}))
     _reset()
     use_mode(monkeypatch, "hmac")
-    before = env.credits()
-    # Given a payment under review (Hyp reported 1.00 for it), then genuinely paid 49.90 on its page (T1: "paid
-    # while under review"), which the operator closes without credits: fail, then refund T1, as the queue says
     payment = buy(env)
     pid = payment["payment_id"]
     assert notify(forge(unpaid_claim(pid, amount="1.00"))).status == 200
@@ -57,6 +58,14 @@ def test_refunding_the_money_of_a_failed_payment_never_grants_its_credits(env: E
     assert notify(t1.redirect_query).status == 200
     assert env.status(pid) == "needs_review"
     assert resolve(pid, {"action": "fail", "reason": "customer gave up"}, key="f-1").status == 200
+    return payment, pid, t1
+
+
+def test_refunding_the_money_of_a_failed_payment_never_grants_its_credits(env: Env, admin: Admin, monkeypatch) -> None:
+    before = env.credits()
+    # Given a payment under review (Hyp reported 1.00 for it), then genuinely paid 49.90 on its page (T1: "paid
+    # while under review"), which the operator closes without credits: fail, then refund T1, as the queue says
+    _, pid, t1 = paid_under_review_then_failed(env, monkeypatch)
     # When T1 is refunded and Hyp reports the refund's transaction before our answer is stored
     answer = _reported_before_stored(
         env, admin, pid, lambda: admin.refund(pid, "r-1", hypay_id=t1.id, reason="failed payment: money back")

@@ -19,7 +19,7 @@ from uuid import UUID
 
 from payments.adapters.db import Database, Transaction, bind
 from payments.domain.money import Currency, Money
-from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID, Method, RefundStatus, credits_to_take
+from payments.domain.refund import Method, RefundStatus, credits_to_take, held_while_a_refund_has_no_id
 
 UNIQUE_VIOLATION = "23505"
 NOT_SENT = "not sent: "  # message prefix of a row released because Hyp was never asked (ccode NULL, refused)
@@ -84,11 +84,11 @@ class Target:
     @property
     def credits_free(self) -> int:
         """Minor units that a refund gives back first without taking credits: what Hyp took above the price (an
-        overcharge, completed by an operator: the customer keeps the credits they paid for)."""
-        basis = self.credits_basis
-        if self.original is None or self.original_named or self.original.currency != basis.currency:
+        overcharge, completed by an operator: the customer keeps the credits they paid for). The basis is the price
+        only then (or for an amount unknown or named, which frees nothing)."""
+        if self.original is None or self.original_named:
             return 0
-        return max(0, self.original.minor - basis.minor)
+        return self.original.minor - self.credits_basis.minor
 
     @property
     def remaining(self) -> Money | None:
@@ -355,7 +355,7 @@ class RefundsStore:
                 raise NotRefundable(f"Hyp transaction {txn} is refund {refund_of}'s own: money that went back")
             if planning and (ccode != 0 or decision not in ("granted", "review")):
                 raise NotRefundable(f"Hyp transaction {txn} is not an approved payment of this payment ({decision})")
-            if planning and decision == "review" and unnamed and HELD_WHILE_A_REFUND_HAS_NO_ID in (detail or ""):
+            if planning and unnamed and held_while_a_refund_has_no_id(decision, detail):
                 # It may be that refund's own transaction: refunding it would undo the customer's refund.
                 raise NotRefundable(
                     f"Hyp transaction {txn} may be the own transaction of a refund of this payment whose outcome is"
@@ -381,7 +381,8 @@ class RefundsStore:
         elif planning:
             raise NotRefundable(f"Hyp transaction {txn} is not a transaction of this payment")
         else:
-            original, original_at = None, paid_at  # its row gone since (a named charge Hyp refused): amount unknown
+            # Not refused once Hyp was asked: a transaction the journal does not tie to this payment, its amount unknown
+            original, original_at = None, paid_at
         reserved, refunded = tx.run(bind(_SUMS, id=str(payment_id), txn=txn, me=str(me) if me else None))[0]
         price = _money(amount, payment_currency)
         currency = original.currency if original is not None else payment_currency
@@ -518,15 +519,13 @@ class RefundsStore:
                 problem = self._refund_id_problem(tx, current, hypay_refund_id)
                 if problem is not None:
                     raise NotRefundable(problem)
-            if current.status not in (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN):
+            if current.status not in _UNSETTLED:
                 # Stored before (retried, or another writer's outcome): as it is. An unknown one is settled by this
                 # answer: 'unknown' only meant that Hyp's answer was lost, and here it is.
                 return self._finished(current, target, shortfall=0, balance=None)
-            granted, taken_before = (
-                (int(n) for n in tx.run(bind(_GRANTED, id=str(current.payment_id), me=str(current.id)))[0])
-                if target.pays_the_payment
-                else (0, 0)
-            )
+            granted = taken_before = 0
+            if target.pays_the_payment:
+                granted, taken_before = tx.run(bind(_GRANTED, id=str(current.payment_id), me=str(current.id)))[0]
             due = credits_to_take(
                 granted,
                 target.credits_basis.minor,
@@ -536,7 +535,7 @@ class RefundsStore:
             )
             # Never more than granted in all, whatever the basis of each refund's share was when it was taken (rows
             # written under another rule included).
-            due = min(due, max(0, granted - taken_before))
+            due = min(due, max(0, int(granted) - int(taken_before)))
             balance_rows = tx.run(bind(_BALANCE, user=str(target.user_id)))
             balance = int(balance_rows[0][0]) if balance_rows else 0
             taken = max(0, min(due, balance))
@@ -674,7 +673,7 @@ class RefundsStore:
             return f"Hyp transaction {hypay_refund_id} was refunded itself: it is a payment, not a refund"
         if decision is None:
             return None
-        held = decision == "review" and HELD_WHILE_A_REFUND_HAS_NO_ID in (detail or "")
+        held = held_while_a_refund_has_no_id(decision, detail)
         if journaled_for != str(row.payment_id) or source == "token_charge" or not (held or decision == "unverified"):
             owner = f"payment {journaled_for}" if journaled_for else "no payment of ours (unmatched)"
             return (

@@ -77,3 +77,8 @@ def credits_to_take(granted: int, paid_minor: int, before_minor: int, amount_min
 # as it was; it may be that refund's own transaction): a closed payment may be completed with such a transaction and
 # with no other; it is not refunded while that refund is unconfirmed.
 HELD_WHILE_A_REFUND_HAS_NO_ID = "approved while a refund of this payment has no Id of its own yet"
+
+
+def held_while_a_refund_has_no_id(decision: str | None, detail: str | None) -> bool:
+    """Whether a journal row is such a transaction (decided `review` with that detail)."""
+    return decision == "review" and HELD_WHILE_A_REFUND_HAS_NO_ID in (detail or "")

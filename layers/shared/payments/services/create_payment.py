@@ -178,10 +178,7 @@ class CreatePayment:
         if request.saved_card and card is None:
             raise Conflict("there is no saved card for this user; pay on the payment page instead")
         count, retry_after = store.hit_rate_limit(
-            f"create_payment:{user_id}",
-            self.deps.rate_window_seconds,
-            request=key,
-            limit=self.deps.rate_limit,
+            f"create_payment:{user_id}", self.deps.rate_window_seconds, request=key, limit=self.deps.rate_limit
         )
         if count > self.deps.rate_limit:
             raise RateLimited(
@@ -238,8 +235,7 @@ class CreatePayment:
             "saved card charge outcome unknown",
             extra={"payment_id": str(payment_id), "reason": reason, "hypay_transaction_id": hypay_id},
         )
-        where = f"Hyp transaction {hypay_id}" if hypay_id else f"Hyp's transactions for Order {payment_id}"
-        self.deps.store.flag_for_review(payment_id, f"{reason}; check {where}")
+        self.deps.store.flag_for_review(payment_id, f"{reason}; check {_where(payment_id, hypay_id)}")
 
     def _charge_saved_card(
         self, payment_id: UUID, pack: Pack, profile: Profile, token: Token, cvv: str | None
@@ -317,9 +313,10 @@ class CreatePayment:
     def _review_naming(self, payment_id: UUID, hypay_id: str | None, what: str) -> bool:
         """Best effort: the pending payment to review, its reason naming Hyp's transaction (its Id, else its Order).
         Whether it went."""
-        where = f"Hyp transaction {hypay_id}" if hypay_id else f"Hyp's transactions for Order {payment_id}"
         try:
-            return self.deps.store.flag_for_review(payment_id, f"saved-card charge {what}; check {where}")
+            return self.deps.store.flag_for_review(
+                payment_id, f"saved-card charge {what}; check {_where(payment_id, hypay_id)}"
+            )
         except PaymentError as exc:
             logger.error(
                 "saved card charge not sent to review", extra={"payment_id": str(payment_id), "code": exc.code}
@@ -392,6 +389,11 @@ class CreatePayment:
     def _unknown(self, payment_id: UUID, reason: str, hypay_id: str | None = None) -> dict[str, Any]:
         self._outcome_unknown(payment_id, f"saved-card charge outcome unknown ({reason})", hypay_id)
         return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
+
+
+def _where(payment_id: UUID, hypay_id: str | None) -> str:
+    """Where a human finds a saved-card charge at Hyp: its Id when Hyp's answer gave one, else its Order."""
+    return f"Hyp transaction {hypay_id}" if hypay_id else f"Hyp's transactions for Order {payment_id}"
 
 
 def _made_by(payment: OpenedPayment, request: CreatePaymentRequest) -> bool:

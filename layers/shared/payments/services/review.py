@@ -33,7 +33,7 @@ from payments.adapters.journal import HypTransaction, Source
 from payments.adapters.review_store import JournalRow, LockedPayment, QueueRow, ResolveStatements, ReviewStore
 from payments.domain import hypay as protocol
 from payments.domain.payment import PaymentStatus
-from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID
+from payments.domain.refund import held_while_a_refund_has_no_id
 from payments.errors import (
     Conflict,
     InvalidRequest,
@@ -220,7 +220,7 @@ def _next_step(reason: Reason, row: QueueRow) -> str:
     """What to do, for this item as it stands: a transaction of a payment that resolving cannot change any more
     (completed, or closed) is refunded, not resolved; a transaction held while a refund of its payment had no Id of its
     own yet is compared with Hyp's refunds first."""
-    if row.kind != "payment" and HELD_WHILE_A_REFUND_HAS_NO_ID in (row.detail or ""):
+    if row.kind != "payment" and held_while_a_refund_has_no_id(row.decision, row.detail):
         return (
             "compare with Hyp's refunds of this payment: the refund's own transaction -> settle that refund"
             " (POST /admin/refunds/{refund_id}/outcome); a payment -> resolve complete with hypay_id if the payment is"
@@ -438,9 +438,8 @@ def _held(payment: LockedPayment, journal: list[JournalRow]) -> bool:
     was then. Only that hold: a transaction that sent the payment to review (an amount mismatch, say) and that an
     operator then failed, or a payment an operator failed after the hold, stays closed."""
     return any(
-        e.decision == "review"
+        held_while_a_refund_has_no_id(e.decision, e.detail)
         and e.ccode == protocol.APPROVED
-        and HELD_WHILE_A_REFUND_HAS_NO_ID in (e.detail or "")
         and e.previous_status == payment.status
         for e in journal
     )
