@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler import Response
 
 from payments.adapters.db import QueryError, default_database
 from payments.adapters.hypay import HypayClient
-from payments.adapters.journal import Source
+from payments.adapters.journal import Journal, Source
 from payments.adapters.payments_store import PaymentsStore
 from payments.api_schema import (
     CALLBACK_FORM,
@@ -23,7 +23,7 @@ from payments.api_schema import (
     text_answer,
 )
 from payments.domain import hypay as protocol
-from payments.errors import ConfigurationError, DatabaseUnavailable, InvalidRequest
+from payments.errors import ConfigurationError, DatabaseUnavailable, InvalidRequest, PaymentError
 from payments.http import HttpApi, problem, unhandled_error
 from payments.hypay_middleware import HypayVerification, VerificationConfig, parse_allowlist, redirect
 from payments.idempotency import PostgresPersistenceLayer
@@ -72,6 +72,19 @@ def _keep_unverified(raw: str, notify: bool, reason: str) -> None:
     keep_unverified(db, raw, source=Source.NOTIFY if notify else Source.REDIRECT, reason=reason)
 
 
+def _found_forged(raw: str) -> None:
+    """A callback found forged: if it was kept unverified before (the same text), it is marked so, and its Hyp Id
+    leaves the review queue once every callback kept for it is. Best effort: the answer is the 403 / failure page
+    whatever happens here."""
+    try:
+        hypay_id = Journal(default_database()).found_forged(raw)
+    except PaymentError as exc:  # the database not configured or unavailable, or the statement refused
+        logger.error("forged hypay callback not marked on its kept copy", extra={"reason": exc.code})
+        return
+    if hypay_id is not None:
+        logger.warning("kept unverified hypay callback found forged", extra={"hypay_transaction_id": hypay_id})
+
+
 def _order(raw: str) -> str | None:
     """The payment id the (verified) callback names, for the pages that say 'still confirming'."""
     order = protocol.decode_query(raw).get("Order", "")
@@ -94,8 +107,8 @@ def _handle(raw: str, source: Source) -> CallbackOutcome:
     )
 
 
-_BROWSER = HypayVerification(_verification, notify=False, keep_unverified=_keep_unverified)
-_SERVER = HypayVerification(_verification, notify=True, keep_unverified=_keep_unverified)
+_BROWSER = HypayVerification(_verification, notify=False, keep_unverified=_keep_unverified, found_forged=_found_forged)
+_SERVER = HypayVerification(_verification, notify=True, keep_unverified=_keep_unverified, found_forged=_found_forged)
 
 
 _CONNECTION_TEST = text_answer("`OK`: Hyp's portal connection test (no fields), or the callback was processed.")

@@ -137,13 +137,16 @@ class HypayVerification(BaseMiddlewareHandler):
         *,
         notify: bool,
         keep_unverified: Callable[[str, bool, str], None] | None = None,
+        found_forged: Callable[[str], None] | None = None,
     ) -> None:
         """`keep_unverified(raw, notify, reason)` keeps a callback we could not verify for a reason of ours;
-        it must not depend on `config` (whose building may be what failed)."""
+        it must not depend on `config` (whose building may be what failed). `found_forged(raw)` is told of every
+        callback found forged (one kept before, sent again, is marked so); it must not raise."""
         super().__init__()
         self._config = config
         self.notify = notify
         self._keep = keep_unverified
+        self._found_forged = found_forged
 
     def handler(self, app: Any, next_middleware: NextMiddleware) -> Response:
         try:
@@ -165,7 +168,7 @@ class HypayVerification(BaseMiddlewareHandler):
         except _Unverifiable as exc:
             return self._unavailable(config, raw, exc.reason)
         if verdict is not None:
-            return self._reject(config, verdict, source_ip)
+            return self._reject(config, verdict, source_ip, raw)
         if self.notify and not allowed(source_ip, config.allowlist):
             # Genuine, from an address the list lacks: Hyp's addresses changed (Hyp publishes none, the list is
             # ours). Refusing it would drop money Hyp took for a mistake of ours: it is processed, and counted so
@@ -212,12 +215,14 @@ class HypayVerification(BaseMiddlewareHandler):
             return problem(400, "Bad Request", f"not a Hypay callback: {reason}")
         return redirect(callback_pages().failure_url)
 
-    def _reject(self, config: VerificationConfig, check: str, source_ip: str) -> Response:
+    def _reject(self, config: VerificationConfig, check: str, source_ip: str, raw: str) -> Response:
         metrics.add_metric(name="VerificationFailed", unit=MetricUnit.Count, value=1)
         # Never the signature, never the parameters: which check failed and where is enough.
         logger.warning(
             "hypay callback failed verification", extra={"check": check, "notify": self.notify, "source_ip": source_ip}
         )
+        if self._found_forged is not None:
+            self._found_forged(raw)
         if self.notify:
             return problem(403, "Forbidden", "the callback could not be verified")
         return redirect(config.settings.failure_url)

@@ -168,6 +168,13 @@ INSERT INTO public.hypay_unverified_callbacks AS u (raw_sha256, hypay_id, paymen
 VALUES (:sha, :txn, :id::uuid, :source, :reason, :raw)
 ON CONFLICT (raw_sha256) DO UPDATE SET last_seen = now(), deliveries = u.deliveries + 1, reason = EXCLUDED.reason"""
 
+# A kept callback sent again and found forged: marked (its text, not its Id: a forger's copy of a genuine Id marks only
+# the forger's text).
+_FOUND_FORGED = """
+UPDATE public.hypay_unverified_callbacks SET found_forged_at = now()
+ WHERE raw_sha256 = :sha AND found_forged_at IS NULL
+RETURNING hypay_id"""
+
 _GRANT = """
 WITH paid AS (
     UPDATE public.payments p
@@ -214,6 +221,14 @@ SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM jo
 _NOTHING = """
 WITH {journal}
 SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM journal)"""
+
+_RAW_KEPT = 8192  # the longest callback text kept (hypay_unverified_callbacks.raw_callback's check)
+
+
+def _raw_sha256(raw_callback: str) -> str:
+    """The key of a kept callback: the SHA-256 of its text as kept."""
+    return hashlib.sha256(raw_callback[:_RAW_KEPT].encode()).hexdigest()
+
 
 _STATEMENTS = {
     Action.GRANT: _GRANT.format(journal=_JOURNAL.strip()),
@@ -304,7 +319,7 @@ class Journal:
             "detail": detail,
             "previous_status": str(previous_status) if previous_status else None,
             "acode": txn.approval_code or None,
-            "raw": raw_callback[:8192] if raw_callback else None,
+            "raw": raw_callback[:_RAW_KEPT] if raw_callback else None,
             "override": override,
             "contradiction": contradiction[:500] if contradiction else None,
         }
@@ -315,14 +330,20 @@ class Journal:
             Verdict(journaled), UUID(user) if user else None, int(granted or 0), bool(save_card), bool(existed)
         )
 
+    def found_forged(self, raw_callback: str) -> str | None:
+        """A callback a check found forged: if it is one kept unverified (the same text), it is marked so. The Hyp Id
+        it named, or None (not kept: the usual forgery)."""
+        rows = self.runner.run(bind(_FOUND_FORGED, sha=_raw_sha256(raw_callback)))
+        return rows[0][0] if rows else None
+
     def record_unverified(self, txn: HypTransaction, *, detail: str, raw_callback: str) -> None:
         """A callback that could not be verified yet (our side): every distinct one kept as received, and
         the journal's row for its Id (only when there is none yet: an unverified claim overwrites nothing)."""
-        raw = raw_callback[:8192]
+        raw = raw_callback[:_RAW_KEPT]
         self.runner.run(
             bind(
                 _KEEP_UNVERIFIED,
-                sha=hashlib.sha256(raw.encode()).hexdigest(),
+                sha=_raw_sha256(raw),
                 txn=txn.hypay_id,
                 id=str(txn.payment_id) if txn.payment_id else None,
                 source=str(txn.source),

@@ -134,6 +134,12 @@ WITH items AS (
       LEFT JOIN public.payments p ON p.id = t.payment_id
      WHERE t.decision IN ('review', 'unmatched', 'unverified')
        AND NOT (t.decision = 'unverified' AND t.verified)
+       -- every callback kept for the Id found forged since (sent again and checked): no money of Hyp's behind it
+       AND NOT (t.decision = 'unverified'
+                AND EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
+                             WHERE u.hypay_id = t.hypay_id AND u.found_forged_at IS NOT NULL)
+                AND NOT EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
+                                 WHERE u.hypay_id = t.hypay_id AND u.found_forged_at IS NULL))
        AND NOT (t.decision = 'review' AND COALESCE(p.status, '') = 'needs_review')
        -- a refund's own transaction, held before that refund's Id was known (confirmed since): money that went back
        AND NOT EXISTS (SELECT 1 FROM public.refunds r WHERE r.hypay_refund_id = t.hypay_id AND r.status = 'succeeded')

@@ -208,7 +208,8 @@ _NEXT_STEP = {
     " refund it (hypay_id and original_amount) and resolve fail; not charged -> resolve fail",
     Reason.PAID_UNDER_REVIEW: "resolve complete (grant) or fail and refund",
     Reason.UNMATCHED: "find the customer in Hyp's portal (order_ref) and refund",
-    Reason.UNVERIFIED: "fix the Hyp credentials or configuration; its next delivery is verified (docs/operations.md)",
+    Reason.UNVERIFIED: "fix the Hyp credentials or configuration; its next delivery is verified, or POST its raw"
+    " callback to /hypay/notify: genuine -> processed, forged -> marked so, it leaves this queue (docs/operations.md)",
     Reason.LEGACY: "decide in the web app (a status from before this backend), then refund or credit by hand",
     Reason.REFUND_OUTCOME_UNKNOWN: "look up the refund of the Hyp transaction in Hyp's portal and settle it as found:"
     " POST /admin/refunds/{refund_id}/outcome (a retry with the same Idempotency-Key never refunds twice)",
