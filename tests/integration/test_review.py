@@ -410,6 +410,22 @@ def test_a_saved_card_charge_failed_by_mistake_can_still_be_completed(admin: Env
     assert twice.status == 409 and admin.credits() == before + 500
 
 
+@pytest.mark.parametrize("ccode", [4, 33], ids=["declined", "refused"])
+def test_a_saved_card_charge_hyp_declined_cannot_be_completed(admin: Env, saved_card: str, ccode: int) -> None:
+    # Given a saved-card charge Hyp answered with a decline or a refusal and no Id: closed by Hyp's own answer
+    admin.sim.faults.add("soft", "ccode", ccode=ccode)
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key=f"declined-{ccode}")
+    assert answer.status in (402, 502), answer.body
+    pid, before = answer.json["payment_id"], admin.credits()
+    assert admin.status(pid) == "failed"
+    # When an operator completes it naming an Id (a typo, the wrong ticket)
+    done = resolve(pid, {"action": "complete", "reason": "ticket 7", "hypay_id": "55555555"}, key="d-1")
+    # Then it is refused, saying Hyp did not charge it, and nothing is granted or journaled
+    assert done.status == 409 and f"CCode {ccode}" in done.json["detail"], done.body
+    assert admin.status(pid) == "failed" and admin.credits() == before
+    assert admin.rows("SELECT count(*) FROM hypay_transactions WHERE payment_id = :p::uuid", p=pid) == [[0]]
+
+
 def test_resolve_refuses_what_makes_no_sense_with_a_409_that_says_why(admin: Env) -> None:
     paid = buy(admin, key="paid")
     assert notify(pay(admin, paid).redirect_query).status == 200

@@ -101,6 +101,7 @@ class LockedPayment:
     granted_before: bool
     completed_at: datetime | None
     balance: int | None
+    declined_code: int | None = None  # Hyp's CCode when Hyp's own answer closed it (a decline or refusal), else None
 
     def as_state(self) -> dict[str, Any]:
         """What the audit trail records as `before` / `after`."""
@@ -177,7 +178,7 @@ SELECT p.id::text, p.status, p.review_reason, p.amount::text, p.currency, p.user
        COALESCE(p.charge_attempted_at < now() - make_interval(secs => :settle), false),
        EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase'),
        p.completed_at,
-       (SELECT u.credits FROM public.profiles u WHERE u.id = p.user_id)
+       (SELECT u.credits FROM public.profiles u WHERE u.id = p.user_id), p.hypay_ccode
   FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
 
 _FAIL = """
@@ -317,7 +318,7 @@ class ResolveStatements:
         if not rows:
             return None
         (pid, status, reason, amount, currency, user, credits, paid_by, attempted, attempted_at, settled, granted,
-         completed_at, balance) = rows[0]  # fmt: skip
+         completed_at, balance, declined_code) = rows[0]  # fmt: skip
         return LockedPayment(
             UUID(pid),
             PaymentStatus.from_db(status),
@@ -333,6 +334,7 @@ class ResolveStatements:
             bool(granted),
             completed_at,
             balance,
+            declined_code,
         )
 
     def journal_of(self, payment_id: UUID) -> list[JournalRow]:

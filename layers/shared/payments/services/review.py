@@ -401,11 +401,16 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
                 f"payment {pid} is completed (credits granted for Hyp transaction {payment.paid_by}): nothing to"
                 " resolve; a second charge on it is refunded, not completed"
             )
-        case PaymentStatus.FAILED if payment.charge_attempted and not journal:
+        case PaymentStatus.FAILED if payment.charge_attempted and not journal and payment.declined_code is None:
             # Failed by an operator after a saved-card charge whose answer was never known (Hyp sends no callback
             # for those): if Hyp did charge it after all, naming the transaction completes it (then it can be
-            # refunded); nothing else can.
+            # refunded); nothing else can. Not one Hyp's own answer closed (declined, refused): nothing was charged.
             return None
+        case PaymentStatus.FAILED if payment.declined_code is not None and not journal:
+            return (
+                f"payment {pid} is failed: Hyp's answer to its charge was CCode {payment.declined_code} (not charged);"
+                " nothing to resolve"
+            )
         case PaymentStatus.FAILED | PaymentStatus.EXPIRED if _held(payment, journal):
             # Closed, then Hyp reported money for it that settling held for a human rather than completing it by
             # itself (approved while a refund of the payment had no Id of its own yet: it may have been that refund).
