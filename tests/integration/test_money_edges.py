@@ -3,6 +3,7 @@ attacker must not be able to overwrite, and verified oddities that must be journ
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
@@ -485,3 +486,31 @@ def test_hyp_refusing_our_credentials_for_a_payment_page_is_not_yet_and_alarmed(
     assert answer.status == 503 and answer.headers["retry-after"], answer.body
     assert metric_totals(capsys.readouterr().out).get("GatewayRefusedOurRequest") == 1
     assert post({"credit_pack_id": STARTER}, key="page").status == 201
+
+
+def test_a_hyp_configuration_missing_is_not_yet_logged_and_alarmed(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from payments.settings import hypay_settings
+    from tests.support.payments import STARTER
+
+    # Given the terminal's PassP missing (a secret still holding its placeholder, a rotation half done)
+    passp = os.environ["HYPAY_PASSP"]
+    monkeypatch.delenv("HYPAY_PASSP")
+    hypay_settings.cache_clear()
+    reset_function_state(CREATE)
+    capsys.readouterr()
+    try:
+        answer = post({"credit_pack_id": STARTER}, key="unconfigured")
+    finally:
+        monkeypatch.setenv("HYPAY_PASSP", passp)
+        hypay_settings.cache_clear()
+        reset_function_state(CREATE)
+    # Then "not yet" for the caller, and for a human an alarmed count and a log line that names what is missing
+    assert answer.status == 503 and answer.headers["retry-after"], answer.body
+    out = capsys.readouterr().out
+    assert metric_totals(out).get("NotConfigured") == 1
+    [line] = [r for r in caplog.records if r.getMessage() == "the service is not configured"]
+    assert line.levelname == "ERROR" and "HYPAY_PASSP" in line.reason, line.__dict__  # type: ignore[attr-defined]
+    # And once fixed, the same key creates the payment
+    assert post({"credit_pack_id": STARTER}, key="unconfigured").status == 201

@@ -164,6 +164,7 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
         "Cleanup_payments_flagged_for_review": {"cleanup"},
         "DatabaseConnectFailed": {"create_payment", "hypay_callback", "cleanup", "admin"},
         "UnhandledError": {"create_payment", "hypay_callback", "cleanup", "admin"},
+        "NotConfigured": {"create_payment", "hypay_callback", "cleanup", "admin"},
         "GatewayRefusedOurRequest": {"create_payment", "admin"},
     }.items():
         alarm = alarms[metric]

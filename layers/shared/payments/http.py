@@ -95,6 +95,10 @@ def error_response(exc: errors.PaymentError) -> Response:
         body = {"payment_id": exc.payment_id, "status": exc.status, "detail": exc.message}
         return Response(status_code=202, content_type="application/json", body=json.dumps(body))
     if isinstance(exc, errors.ConfigurationError):
+        # Ours (a setting or a secret missing or malformed): "not yet" for the caller, and for a human a log line
+        # naming what is wrong (the message names the setting or secret, never its value) and an alarmed count.
+        metrics.add_metric(name="NotConfigured", unit=MetricUnit.Count, value=1)
+        logger.error("the service is not configured", extra={"reason": redact_secrets(exc.message)})
         return problem(503, "Service Unavailable", "the service is not ready; retry later", headers=_retry_after(30))
     if isinstance(exc, errors.RateLimited):
         return problem(429, "Too Many Requests", exc.message, headers=_retry_after(exc.retry_after))
