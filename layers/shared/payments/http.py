@@ -73,10 +73,17 @@ def validation_problem(issues: Sequence[Any]) -> Response:
     does not take is named as sent (what a client needs to see) when it is a plain name (`names.repeatable`);
     any other (a card number sent as a member's name, or glued to one) is not repeated."""
     parts = []
-    for issue in issues:
+    for issue in issues[:_ISSUES_SHOWN]:
         location = ".".join(_shown(p) for p in issue.get("loc", ()) if p not in ("body",)) or "body"
-        parts.append(f"{location}: {issue.get('msg', 'invalid')}")
+        parts.append(f"{location}: {issue.get('msg', 'invalid')}"[:_ISSUE_CHARACTERS])
+    if len(issues) > _ISSUES_SHOWN:
+        parts.append(f"and {len(issues) - _ISSUES_SHOWN} more")
     return problem(400, "Bad Request", redact_secrets("; ".join(parts)) or "the request is malformed")
+
+
+# An answer stays small whatever the request held: the first issues, each cut short, then how many more there were.
+_ISSUES_SHOWN = 10
+_ISSUE_CHARACTERS = 300
 
 
 def _shown(part: Any) -> str:
