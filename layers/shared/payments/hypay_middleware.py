@@ -67,6 +67,11 @@ class PoisonPayload(Exception):
     """A body that cannot be a Hypay callback whatever happens later (not ASCII, not a form)."""
 
 
+# Hyp's callbacks are about a kilobyte (some thirty short fields); anything far larger is not one, and would only be
+# echoed to Hyp's VERIFY, kept or hashed at length.
+MAX_CALLBACK_CHARACTERS = 16 * 1024
+
+
 def raw_payload(app: Any) -> str:
     """What Hyp sent, exactly: the raw query string, or the raw form body of a POST.
 
@@ -96,12 +101,20 @@ def raw_payload(app: Any) -> str:
             raise PoisonPayload("the form body has bytes outside ASCII (values must be percent-encoded)") from None
         if "\x00" in text:
             raise PoisonPayload("the form body has a NUL byte (values must be percent-encoded)")
+        if len(text) > MAX_CALLBACK_CHARACTERS:
+            raise PoisonPayload(
+                f"the form body is larger than a callback ({MAX_CALLBACK_CHARACTERS} characters at most)"
+            )
         return text
     raw = event.get("rawQueryString") or ""  # absent from a hand-written event: nothing was sent
     if not raw.isascii():
         raise PoisonPayload("the query string has characters outside ASCII")
     if "\x00" in raw:
         raise PoisonPayload("the query string has a NUL character")
+    if len(raw) > MAX_CALLBACK_CHARACTERS:
+        raise PoisonPayload(
+            f"the query string is larger than a callback ({MAX_CALLBACK_CHARACTERS} characters at most)"
+        )
     return raw
 
 

@@ -269,8 +269,21 @@ def malformed(raw: str) -> str | None:
 
 
 def verify_fields(raw: str) -> list[tuple[str, str]]:
-    """The documented redirect fields of a callback, in the order received, values exactly as received."""
-    return [(name, value) for name, value in split_raw_query(raw) if name in REDIRECT_FIELDS]
+    """The documented redirect fields of a callback, in the order received, each value as received but for what Hyp
+    never sends unencoded: a separator (`;`, a raw `=`), a space, a quote, a control character or a lone `%` is
+    percent-encoded, so no value can add to or split the request it is echoed in (Hyp reads the same value back)."""
+    return [(name, _as_form_value(value)) for name, value in split_raw_query(raw) if name in REDIRECT_FIELDS]
+
+
+# What a value Hyp sends holds: percent-encoded bytes, and characters form encoding leaves as they are.
+_FORM_VALUE = re.compile(r"(?:%[0-9A-Fa-f]{2}|[A-Za-z0-9._~()!*'+-])*")
+_NOT_FORM_VALUE = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9._~()!*'+%-]")
+
+
+def _as_form_value(raw_value: str) -> str:
+    if _FORM_VALUE.fullmatch(raw_value):
+        return raw_value  # the usual case: as Hyp sent it
+    return _NOT_FORM_VALUE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), raw_value)
 
 
 def redact(text: str) -> str:
