@@ -48,7 +48,7 @@ def _authorize(event: APIGatewayAuthorizerEventV2, context: LambdaContext) -> di
     try:
         claims = _verifier().verify(token)
     except TokenRejected as exc:
-        logger.info("token rejected", reason=exc.reason, route=event.route_key)
+        logger.info("token rejected", reason=exc.reason, route=event.get("routeKey"))
         metrics.add_metric(name="TokenRejected", unit=MetricUnit.Count, value=1)
         return APIGatewayAuthorizerResponseV2(authorize=False).asdict()
     except PaymentError as exc:

@@ -114,7 +114,33 @@ def _header_number(event: dict[str, Any]) -> Any:
     return event
 
 
+def _no_stage(event: dict[str, Any]) -> Any:
+    del event["requestContext"]["stage"]  # Powertools' event.path reads it
+    return event
+
+
+def _no_source_ip(event: dict[str, Any]) -> Any:
+    del event["requestContext"]["http"]["sourceIp"]
+    return event
+
+
+def _claims(claims: object) -> Callable[[dict[str, Any]], Any]:
+    def shape(event: dict[str, Any]) -> Any:
+        event["requestContext"]["authorizer"] = {"jwt": {"claims": claims, "scopes": None}}
+        return event
+
+    return shape
+
+
 SHAPES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "no requestContext.stage": _no_stage,
+    "no requestContext.http.sourceIp": _no_source_ip,
+    "claims that are a number": _claims(5131841),
+    "claims that are a list": _claims(["sub"]),
+    "an authorizer that is a string": lambda event: {
+        **event,
+        "requestContext": {**event["requestContext"], "authorizer": "x"},
+    },
     "payload 1.0": _v1,
     "no requestContext": _without("requestContext"),
     "requestContext without http": _no_http,
@@ -233,3 +259,27 @@ def test_a_notify_whose_method_is_not_upper_case_is_never_answered_ok_unread(env
         event, LocalLambdaContext(function_name=CALLBACK, timeout_seconds=20)
     )
     assert not (result["statusCode"] == 200 and result["body"] == "OK"), result
+
+
+def test_the_authorizer_denies_a_bad_token_in_an_event_without_a_route_key(
+    authorizer: ModuleType,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.integration.test_authorizer import call
+
+    configure(monkeypatch, LocalAuth("hs256"), JWT_SECRET=LOCAL_JWT_SECRET)
+    event = json.loads(SAMPLE_EVENT.read_text())
+    event["headers"]["authorization"] = "Bearer nope"
+    del event["routeKey"]
+    assert call(authorizer, event) == {"isAuthorized": False}
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_review_cursor_that_is_not_ours_is_a_400_however_deep_or_long(env: Env) -> None:
+    import base64
+
+    from tests.integration.test_review import queue
+
+    for raw in (b"[" * 10_000, b'["x", "' + b"y" * 300 + b'"]'):
+        answer = queue(f"after={base64.urlsafe_b64encode(raw).decode().rstrip('=')}")
+        assert answer.status == 400 and "not a cursor" in answer.json["detail"], (answer.status, answer.body)

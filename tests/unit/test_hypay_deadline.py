@@ -165,7 +165,12 @@ def test_the_deadline_lasts_the_invocation_only(clock: Clock, monkeypatch: pytes
         function_name, memory_limit_in_mb, aws_request_id = "fn", 256, "req-1"
         invoked_function_arn = "arn:aws:lambda:eu-west-1:123456789012:function:fn"
 
-    event = {"version": "2.0", "rawPath": "/", "requestContext": {"http": {"method": "GET"}}, "headers": {}}
+    event = {
+        "version": "2.0",
+        "rawPath": "/",
+        "requestContext": {"stage": "$default", "http": {"method": "GET", "sourceIp": "203.0.113.7"}},
+        "headers": {},
+    }
     handler = http_handler(App())
     assert handler(event, LambdaContext(clock, 20))["statusCode"] == 200
     assert seen == [20 - deadline.RESERVE_SECONDS]

@@ -172,6 +172,19 @@ def http_event_problem(event: Any) -> str | None:
     http = context.get("http") if isinstance(context, Mapping) else None
     if not isinstance(http, Mapping) or not isinstance(http.get("method"), str):
         return "the event has no requestContext.http.method"
+    assert isinstance(context, Mapping)  # http is one of its members
+    if not isinstance(context.get("stage"), str):
+        return "the event has no requestContext.stage"
+    if not isinstance(http.get("sourceIp"), str):
+        return "the event has no requestContext.http.sourceIp"
+    authorizer = context.get("authorizer") or {}
+    jwt = (authorizer.get("jwt") or {}) if isinstance(authorizer, Mapping) else None
+    if not (
+        isinstance(jwt, Mapping)
+        and isinstance(jwt.get("claims") or {}, Mapping)
+        and isinstance(authorizer.get("lambda") or {}, Mapping)
+    ):
+        return "the event's requestContext.authorizer is not an object of objects"
     if not isinstance(event.get("rawPath"), str):
         return "the event has no rawPath"
     for member in ("rawQueryString", "body"):

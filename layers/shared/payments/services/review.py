@@ -111,13 +111,15 @@ def encode_cursor(since: str, key: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[str, str]:
     """The (since, key) an opaque `after` cursor stands for; InvalidRequest when it is not one of ours."""
+    if len(cursor) > 200:  # ours are about 90 characters
+        raise InvalidRequest("after: not a cursor this API returned")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         since, key = json.loads(raw)
         if not (isinstance(since, str) and isinstance(key, str) and _SINCE.fullmatch(since) and _KEY.fullmatch(key)):
             raise ValueError("not ours")
         dt.datetime.strptime(since, "%Y-%m-%dT%H:%M:%S.%fZ")  # a real instant, not only its shape
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise InvalidRequest("after: not a cursor this API returned") from None
     return since, key
 
