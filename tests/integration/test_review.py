@@ -391,6 +391,23 @@ def test_a_hyp_id_an_operator_gave_to_another_payment_sends_its_payer_to_review(
     ]
 
 
+def test_a_retry_of_a_charge_an_operator_failed_is_told_so_not_declined(admin: Env, saved_card: str) -> None:
+    # Given a saved-card charge whose answer was lost, which an operator failed (no charge found in Hyp)
+    admin.sim.faults.add("soft", "lost")
+    first = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="failed-by-hand")
+    assert first.status == 202, first.body
+    pid = first.json["payment_id"]
+    assert resolve(pid, {"action": "fail", "reason": "no charge in Hyp"}, key="fh-1").status == 200
+    # When the web app retries with the same key after its stored answer expired (the "being confirmed" 202 is
+    # replayed until then)
+    admin.rows("DELETE FROM idempotency_keys WHERE key LIKE 'create_payment#%'")
+    again = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="failed-by-hand")
+    # Then it is told the payment was closed without a charge (a new key may buy), not that the card was declined,
+    # and nothing is charged again
+    assert again.status == 409 and "closed without a charge" in again.json["detail"], again.body
+    assert admin.sim.calls.count("soft") == 1
+
+
 def test_a_saved_card_charge_failed_by_mistake_can_still_be_completed(admin: Env, saved_card: str) -> None:
     # Given a saved-card charge Hyp made but whose answer was lost, which an operator failed (not found in Hyp)
     admin.sim.faults.add("soft", "lost")

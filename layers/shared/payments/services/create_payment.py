@@ -217,6 +217,13 @@ class CreatePayment:
         match opened.status:
             case PaymentStatus.COMPLETED:
                 return {"status": 201, "body": _view(opened.id, pack, None, PaymentStatus.COMPLETED)}
+            case PaymentStatus.FAILED if opened.ccode is None:
+                # Failed by an operator after its outcome was unknown (Hyp's transactions showed no charge): nothing
+                # was declined; a new key may buy.
+                raise Conflict(
+                    "the payment was closed without a charge after its outcome was checked; retry with a new"
+                    " Idempotency-Key"
+                )
             case PaymentStatus.FAILED:
                 return _declined_answer(opened.id, opened.ccode, opened.message or "declined")
             case PaymentStatus.PENDING:
