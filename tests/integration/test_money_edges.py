@@ -514,3 +514,34 @@ def test_a_hyp_configuration_missing_is_not_yet_logged_and_alarmed(
     assert line.levelname == "ERROR" and "HYPAY_PASSP" in line.reason, line.__dict__  # type: ignore[attr-defined]
     # And once fixed, the same key creates the payment
     assert post({"credit_pack_id": STARTER}, key="unconfigured").status == 201
+
+
+def test_a_hyp_secret_that_cannot_be_read_for_good_is_not_yet_logged_and_alarmed(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from moto import mock_aws
+
+    from payments.settings import hypay_settings
+    from tests.support.payments import STARTER
+
+    # Given the Hyp secret's ARN naming no secret (a typo, another region; the same for a role or a key policy
+    # that does not let the function read it)
+    with mock_aws():
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        monkeypatch.setenv(
+            "HYPAY_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:payments/nope-AbCdEf"
+        )
+        hypay_settings.cache_clear()
+        reset_function_state(CREATE)
+        capsys.readouterr()
+        try:
+            answer = post({"credit_pack_id": STARTER}, key="unreadable")
+        finally:
+            monkeypatch.delenv("HYPAY_SECRET_ARN")
+            hypay_settings.cache_clear()
+            reset_function_state(CREATE)
+    # Then "not yet" for the caller, and for a human an alarmed count and a log line naming the secret and the error
+    assert answer.status == 503, answer.body
+    assert metric_totals(capsys.readouterr().out).get("NotConfigured") == 1
+    [line] = [r for r in caplog.records if r.getMessage() == "a secret cannot be read"]
+    assert (line.secret, line.error) == ("Hypay", "ResourceNotFoundException"), line.__dict__  # type: ignore[attr-defined]

@@ -28,6 +28,7 @@ def read_secret(
             arn, transform="json" if json_object else None, max_age=max_age, force_fetch=refresh
         )
     except parameters.exceptions.GetParameterError as exc:
+        _count_unreadable(what, exc)
         raise unavailable(f"could not read the {what} secret") from exc
     except parameters.exceptions.TransformParameterError:
         raise ConfigurationError(f"the {what} secret is not JSON") from None
@@ -36,3 +37,30 @@ def read_secret(
     if not json_object and isinstance(value, bytes):
         return value.decode()
     return value
+
+
+# Secrets Manager's answers that no retry changes: the secret's ARN, the role's permissions or the key's policy are
+# wrong (a deployment problem), not an outage.
+_FOR_GOOD = {
+    "AccessDeniedException",
+    "ResourceNotFoundException",
+    "DecryptionFailure",
+    "InvalidRequestException",
+    "InvalidParameterException",
+}
+
+
+def _count_unreadable(what: str, exc: Exception) -> None:
+    """Logged with Secrets Manager's error code (never a value); one no retry changes is also counted `NotConfigured`
+    (alarmed at one): every request needing the secret answers "not yet" until it is fixed. Imported here: the metrics
+    object reads its namespace from the environment when first imported."""
+    from payments.observability import logger, metrics
+
+    cause = exc.__cause__ or exc.__context__
+    response = getattr(cause, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    if code in _FOR_GOOD:
+        metrics.add_metric(name="NotConfigured", unit="Count", value=1)
+        logger.error("a secret cannot be read", extra={"secret": what, "error": code})
+    else:
+        logger.warning("a secret could not be read", extra={"secret": what, "error": code or type(cause).__name__})
