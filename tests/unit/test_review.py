@@ -235,3 +235,8 @@ def test_admin_credentials_are_named_and_matched_against_each() -> None:
         with pytest.raises(ConfigurationError) as refused:
             parse_tokens(bad)
         assert "z" * 16 not in refused.value.message
+    # A mapping written the wrong way round (token to name): the message never repeats a key, which is then a token
+    token = "Zq3vK8pW1xN7rT2mB5cY9hJ4dF6gL0sA"
+    with pytest.raises(ConfigurationError) as refused:
+        parse_tokens(json.dumps({"tokens": {token: "alice"}}))
+    assert token not in refused.value.message and "admin #1" in refused.value.message

@@ -53,11 +53,15 @@ def parse_tokens(text: str, *, what: str = "the admin token secret") -> dict[str
     if not found:
         raise ConfigurationError(f"{what} holds no token")
     seen: set[str] = set()
-    for name, token in found.items():
+    for position, (name, token) in enumerate(found.items(), start=1):
         if not _NAME.match(name):
             raise ConfigurationError(f"{what}: admin names are 1-64 of A-Z a-z 0-9 . _ @ - (got a bad one)")
         if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
-            raise ConfigurationError(f"{what}: the token of {name!r} must be at least {MIN_TOKEN_LENGTH} characters")
+            # By position, never by name: a mapping written the wrong way round has tokens for names.
+            raise ConfigurationError(
+                f"{what}: the token of admin #{position} (in the secret's order) must be at least {MIN_TOKEN_LENGTH}"
+                " characters"
+            )
         if token in seen:
             raise ConfigurationError(f"{what}: two admins share a token; each needs its own")
         seen.add(token)

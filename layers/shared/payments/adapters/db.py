@@ -153,8 +153,10 @@ def params_from_rds_secret(
             ssl_mode=ssl_mode or "verify-full",
             ssl_root_cert=ssl_root_cert,
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigurationError(f"database secret is not in the RDS format (missing or bad {exc})") from None
+    except KeyError as exc:
+        raise ConfigurationError(f"database secret is not in the RDS format (missing {exc})") from None
+    except (TypeError, ValueError):  # their text would repeat the value
+        raise ConfigurationError("database secret is not in the RDS format (port is not a number)") from None
 
 
 ParamsProvider = Callable[[bool], ConnectionParams]
