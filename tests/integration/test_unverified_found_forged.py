@@ -1,12 +1,13 @@
-"""A callback kept because it could not be verified, later found forged: it no longer holds its payment or the queue.
+"""A callback kept because it could not be verified, later found forged: an operator can close its payment.
 
 Kept unverified, a callback keeps its payment pending (the cleanup never expires it) and its Hyp Id in the review
-queue, so that money Hyp may hold is never lost from view. Without a way to find it forged, a forgery that arrived
-while verification was down held both forever: resolving refuses a pending payment ("the cleanup expires it"),
-and the cleanup skips it. Sent again (Hyp's redelivery, or an operator posting it to /hypay/notify) and found
-forged, the kept text is marked; once every text kept for an Id is, the Id leaves the queue and the payment expires
-as any payment Hyp never paid. Only the text found forged is marked: a forger's copy of a genuine Id marks nothing
-of the genuine callback.
+queue, so that money Hyp may hold is never lost from view. A forgery that arrived while verification was down held
+both forever: resolving refused a pending payment ("the cleanup expires it"), and the cleanup skipped it. Sent again
+(Hyp's redelivery, or an operator posting it to /hypay/notify) and found forged, the kept text is marked. One check
+of a public text is no proof (a VERIFY answering 902 once, a KEY rotated since): the mark changes nothing by itself.
+It lets an operator who finds no such transaction in Hyp's portal fail the payment; then, and only then, the Id
+leaves the queue. Only the text found forged is marked: a forger's copy of a genuine Id marks nothing of the genuine
+callback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from payments.services.cleanup import CleanupPolicy, run_cleanup
 from tests.integration.test_callback_attacks import unpaid_claim
 from tests.integration.test_hypay_callback import buy, forge, notify, pay
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
-from tests.integration.test_review import every_item
+from tests.integration.test_review import every_item, resolve
 from tests.support.payments import Env
 from tests.support.pg import database
 
@@ -45,29 +46,54 @@ def _expire_stale(env: Env) -> None:
         db.close()
 
 
-def test_a_kept_forgery_found_forged_leaves_the_queue_and_its_payment_expires(verify_down: Env) -> None:
+def test_a_kept_forgery_found_forged_can_be_failed_by_an_operator_and_then_leaves_the_queue(verify_down: Env) -> None:
     env = verify_down
     # Given a pending payment, and a forged approval for it (its Sign right: only Hyp's VERIFY can tell) that
     # arrived while VERIFY could not be asked: kept
     page = buy(env, key="forged-kept")
-    forged = forge(unpaid_claim(page["payment_id"]))
+    pid = page["payment_id"]
+    forged = forge(unpaid_claim(pid))
     env.hang_verify()  # type: ignore[attr-defined]
     assert notify(forged).status == 503
     assert [i["reason"] for i in every_item()] == ["unverified"]
-    # And the cleanup keeps the payment pending for it
+    # And resolving refuses a pending payment it holds: nothing known says it is forged
+    refused = resolve(pid, {"action": "fail", "reason": "looks forged"}, key="r-0")
+    assert refused.status == 409 and "pending" in refused.json["detail"], refused.body
+    # When the kept text is sent again with VERIFY working: found forged (403), and marked
+    assert notify(forged).status == 403
+    assert env.rows("SELECT found_forged_at IS NOT NULL FROM hypay_unverified_callbacks") == [[True]]
+    # Then the mark alone changes nothing: still in the queue, saying what to do, and the payment still held pending
+    [item] = every_item()
+    assert item["unverified_callbacks"]["found_forged"] == 1 and "Hyp's portal" in item["next_step"], item
+    _expire_stale(env)
+    assert env.status(pid) == "pending"
+    # And an operator can fail it (not complete it), audited; then the Id leaves the queue, nothing granted
+    complete = resolve(pid, {"action": "complete", "reason": "?", "hypay_id": "77700001"}, key="r-1")
+    assert complete.status == 409 and "found forged" in complete.json["detail"], complete.body
+    failed = resolve(pid, {"action": "fail", "reason": "no such transaction in Hyp's portal"}, key="r-2")
+    assert failed.status == 200, failed.body
+    assert env.status(pid) == "failed" and every_item() == []
+    assert env.rows("SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=pid) == [[0]]
+    assert env.rows("SELECT count(*) FROM admin_audit_log WHERE payment_id = :p::uuid", p=pid) == [[1]]
+
+
+def test_a_genuine_callback_a_flaky_check_found_forged_stays_held_and_completes_later(verify_down: Env) -> None:
+    env = verify_down
+    # Given a genuine paid callback kept while VERIFY was down, then sent again while VERIFY answered 902 once
+    page = buy(env, key="genuine-flaky")
+    paid = pay(env, page)
+    env.hang_verify()  # type: ignore[attr-defined]
+    assert notify(paid.redirect_query).status == 503
+    env.sim.faults.add("VERIFY", "ccode", ccode=902)
+    assert notify(paid.redirect_query).status == 403
+    assert env.rows("SELECT found_forged_at IS NOT NULL FROM hypay_unverified_callbacks") == [[True]]
+    # Then it stays in the queue and its payment pending, whatever the cleanup does
+    assert [i["hypay_ids"] for i in every_item()] == [[paid.id]]
     _expire_stale(env)
     assert env.status(page["payment_id"]) == "pending"
-    # When the kept text is sent again with VERIFY working: found forged
-    assert notify(forged).status == 403
-    # Then it is marked, the Id leaves the queue, and nothing was granted
-    assert env.rows("SELECT found_forged_at IS NOT NULL FROM hypay_unverified_callbacks") == [[True]]
-    assert every_item() == []
-    assert env.rows("SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=page["payment_id"]) == [
-        [0]
-    ]
-    # And the cleanup expires the payment as any payment Hyp never paid
-    _expire_stale(env)
-    assert env.status(page["payment_id"]) == "expired"
+    # And its next delivery, verified, completes the payment once and leaves the queue
+    assert notify(paid.redirect_query).status == 200
+    assert env.status(page["payment_id"]) == "completed" and every_item() == []
 
 
 def test_a_forgers_copy_of_a_genuine_id_marks_nothing_of_the_genuine_callback(verify_down: Env) -> None:
@@ -88,6 +114,8 @@ def test_a_forgers_copy_of_a_genuine_id_marks_nothing_of_the_genuine_callback(ve
     assert [(i["reason"], i["hypay_ids"]) for i in every_item()] == [("unverified", [paid.id])]
     _expire_stale(env)
     assert env.status(page["payment_id"]) == "pending"
+    refused = resolve(page["payment_id"], {"action": "fail", "reason": "forged?"}, key="r-3")
+    assert refused.status == 409, refused.body
     # And its next delivery completes the payment, once
     assert notify(paid.redirect_query).status == 200
     assert env.status(page["payment_id"]) == "completed" and every_item() == []

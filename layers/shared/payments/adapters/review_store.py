@@ -81,6 +81,7 @@ class UnverifiedSummary:
     deliveries: int
     reasons: list[str]
     sources: list[str]
+    found_forged: int = 0  # how many of them a later check found forged
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class LockedPayment:
     completed_at: datetime | None
     balance: int | None
     declined_code: int | None = None  # Hyp's CCode when Hyp's own answer closed it (a decline or refusal), else None
+    # Callbacks naming it were kept unverified, and a later check found every one of them forged
+    kept_found_forged: bool = False
 
     def as_state(self) -> dict[str, Any]:
         """What the audit trail records as `before` / `after`."""
@@ -135,8 +138,9 @@ WITH items AS (
       LEFT JOIN public.payments p ON p.id = t.payment_id
      WHERE t.decision IN ('review', 'unmatched', 'unverified')
        AND NOT (t.decision = 'unverified' AND t.verified)
-       -- every callback kept for the Id found forged since (sent again and checked): no money of Hyp's behind it
-       AND NOT (t.decision = 'unverified'
+       -- every callback kept for the Id found forged by a check, and its payment failed by an operator since (who
+       -- confirmed with Hyp's portal): no money of Hyp's behind it
+       AND NOT (t.decision = 'unverified' AND COALESCE(p.status, '') = 'failed'
                 AND EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
                              WHERE u.hypay_id = t.hypay_id AND u.found_forged_at IS NOT NULL)
                 AND NOT EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
@@ -178,7 +182,10 @@ SELECT p.id::text, p.status, p.review_reason, p.amount::text, p.currency, p.user
        COALESCE(p.charge_attempted_at < now() - make_interval(secs => :settle), false),
        EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase'),
        p.completed_at,
-       (SELECT u.credits FROM public.profiles u WHERE u.id = p.user_id), p.hypay_ccode
+       (SELECT u.credits FROM public.profiles u WHERE u.id = p.user_id), p.hypay_ccode,
+       EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u WHERE u.payment_id = p.id)
+       AND NOT EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
+                        WHERE u.payment_id = p.id AND u.found_forged_at IS NULL)
   FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
 
 _FAIL = """
@@ -297,13 +304,17 @@ class ReviewStore:
         rows = self.db.run(
             bind(
                 "SELECT hypay_id, count(*)::int, sum(deliveries)::int,"
-                " array_agg(DISTINCT COALESCE(reason, '')), array_agg(DISTINCT source)"
+                " array_agg(DISTINCT COALESCE(reason, '')), array_agg(DISTINCT source),"
+                " count(*) FILTER (WHERE found_forged_at IS NOT NULL)::int"
                 " FROM public.hypay_unverified_callbacks WHERE hypay_id = ANY (string_to_array(:ids, ','))"
                 " GROUP BY hypay_id",
                 ids=_ids(hypay_ids),
             )
         )
-        return {r[0]: UnverifiedSummary(r[0], int(r[1]), int(r[2]), [x for x in r[3] if x], list(r[4])) for r in rows}
+        return {
+            r[0]: UnverifiedSummary(r[0], int(r[1]), int(r[2]), [x for x in r[3] if x], list(r[4]), int(r[5]))
+            for r in rows
+        }
 
 
 class ResolveStatements:
@@ -318,7 +329,7 @@ class ResolveStatements:
         if not rows:
             return None
         (pid, status, reason, amount, currency, user, credits, paid_by, attempted, attempted_at, settled, granted,
-         completed_at, balance, declined_code) = rows[0]  # fmt: skip
+         completed_at, balance, declined_code, kept_found_forged) = rows[0]  # fmt: skip
         return LockedPayment(
             UUID(pid),
             PaymentStatus.from_db(status),
@@ -335,6 +346,7 @@ class ResolveStatements:
             completed_at,
             balance,
             declined_code,
+            bool(kept_found_forged),
         )
 
     def journal_of(self, payment_id: UUID) -> list[JournalRow]:

@@ -211,7 +211,7 @@ _NEXT_STEP = {
     Reason.PAID_UNDER_REVIEW: "resolve complete (grant) or fail and refund",
     Reason.UNMATCHED: "find the customer in Hyp's portal (order_ref) and refund",
     Reason.UNVERIFIED: "fix the Hyp credentials or configuration; its next delivery is verified, or POST its raw"
-    " callback to /hypay/notify: genuine -> processed, forged -> marked so, it leaves this queue (docs/operations.md)",
+    " callback to /hypay/notify: genuine -> processed, forged -> marked so (docs/operations.md)",
     Reason.LEGACY: "decide in the web app (a status from before this backend), then refund or credit by hand",
     Reason.REFUND_OUTCOME_UNKNOWN: "look up the refund of the Hyp transaction in Hyp's portal and settle it as found:"
     " POST /admin/refunds/{refund_id}/outcome (a retry with the same Idempotency-Key never refunds twice)",
@@ -290,7 +290,16 @@ def queue_item(row: QueueRow, journal: list[JournalRow], unverified: dict[str, A
         }
         if unverified is not None:
             item["unverified_callbacks"] = unverified
+            if unverified["count"] and unverified.get("found_forged") == unverified["count"]:
+                item["next_step"] = _FOUND_FORGED_STEP
     return item
+
+
+_FOUND_FORGED_STEP = (
+    "every callback kept for this Id was found forged by a later check (one check is no proof): if Hyp's portal shows"
+    " no such transaction, resolve its payment fail (it then leaves this queue); if it does, POST the raw callback"
+    " to /hypay/notify once verification works"
+)
 
 
 def review_queue(store: ReviewStore, query: QueueQuery) -> dict[str, Any]:
@@ -333,6 +342,7 @@ def review_queue(store: ReviewStore, query: QueueQuery) -> dict[str, Any]:
                     "deliveries": summary.deliveries,
                     "reasons": summary.reasons,
                     "sources": summary.sources,
+                    "found_forged": summary.found_forged,
                 }
                 if summary
                 else None,
@@ -390,6 +400,11 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
             return None
         case PaymentStatus.PENDING if payment.charge_attempted and payment.charge_settled:
             return None
+        case PaymentStatus.PENDING if _held_by_forgeries(payment, journal):
+            # Held pending (the cleanup never expires a payment with a callback kept unverified) by callbacks a later
+            # check found forged. One check of a public text is no proof (a flaky VERIFY, a rotated KEY): a human who
+            # finds no such transaction in Hyp's portal fails it; nothing else closes it.
+            return None
         case PaymentStatus.PENDING if payment.charge_attempted:
             return (
                 f"payment {pid} is pending with a saved-card charge started at "
@@ -440,6 +455,16 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
             )
 
 
+def _held_by_forgeries(payment: LockedPayment, journal: list[JournalRow]) -> bool:
+    """A page payment whose every journal row is a callback kept unverified, each found forged by a later check."""
+    return (
+        payment.kept_found_forged
+        and not payment.charge_attempted
+        and bool(journal)
+        and all(e.decision == "unverified" and not e.verified for e in journal)
+    )
+
+
 def _held(payment: LockedPayment, journal: list[JournalRow]) -> bool:
     """Whether Hyp reported money for the payment after it was closed that settling held for a human instead of
     completing the payment (approved while a refund of the payment had no Id of its own yet), the payment closed as it
@@ -475,6 +500,11 @@ def plan_resolution(
         if payment.status == PaymentStatus.FAILED:
             raise Conflict(f"payment {payment.id} is failed already")
         return Plan("fail")
+    if payment.status == PaymentStatus.PENDING and _held_by_forgeries(payment, journal):
+        raise Conflict(
+            f"payment {payment.id} is held only by callbacks found forged: fail it if Hyp's portal shows no such"
+            " transaction; if it does, POST the raw callback to /hypay/notify (a genuine one completes the payment)"
+        )
     if request.hypay_id is None:
         flagged = [e for e in journal if e.decision == "review" and e.ccode == protocol.APPROVED and e.verified]
         if not flagged:
