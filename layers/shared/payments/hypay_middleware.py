@@ -125,6 +125,10 @@ class VerificationConfig:
     gateway: HypayClient
 
 
+# The verdict on a callback whose Sign is right but that Hyp's VERIFY does not confirm.
+SIGNED_NOT_VERIFIED = "verify (its Sign right)"
+
+
 class _Unverifiable(Exception):
     """Verification could not be done for a reason that is ours (configuration, Hyp unreachable)."""
 
@@ -180,6 +184,10 @@ class HypayVerification(BaseMiddlewareHandler):
             verdict = self._verify(config, raw)
         except _Unverifiable as exc:
             return self._unavailable(config, raw, exc.reason)
+        if verdict == SIGNED_NOT_VERIFIED:
+            if self._keep is not None:
+                self._keep(raw, self.notify, "its Sign is right, but Hyp's VERIFY says it is not genuine")
+            return self._reject(config, verdict, source_ip, None)
         if verdict is not None:
             return self._reject(config, verdict, source_ip, raw)
         if self.notify and not allowed(source_ip, config.allowlist):
@@ -199,13 +207,21 @@ class HypayVerification(BaseMiddlewareHandler):
         mode = config.settings.verify_mode
         gateway = config.gateway
         try:
-            if mode in ("hmac", "both") and not gateway.verify_redirect_hmac(raw):
+            signed = mode in ("hmac", "both")
+            if signed and not gateway.verify_redirect_hmac(raw):
                 return self._forged_or_ours(gateway, "hmac")
             if mode in ("verify", "both"):
                 try:
                     genuine = gateway.verify_redirect(raw)
                 except GatewayAuthenticationError:
                     raise _Unverifiable("Hyp refused our terminal's VERIFY (permission)") from None
+                if not genuine and signed:
+                    # Its Sign is right (made with our terminal's KEY: Hyp reported this transaction paid), yet VERIFY
+                    # says no: an unsigned field was altered (the holder of a redirect may edit them), or a terminal
+                    # setting. Not processed, as any callback VERIFY refuses, but the paid transaction is kept for a
+                    # human, and never marked forged.
+                    self._forged_or_ours(gateway, "verify")  # our credentials refused: "not yet" instead
+                    return SIGNED_NOT_VERIFIED
                 if not genuine:
                     return self._forged_or_ours(gateway, "verify")
         except ConfigurationError as exc:
@@ -228,13 +244,14 @@ class HypayVerification(BaseMiddlewareHandler):
             return problem(400, "Bad Request", f"not a Hypay callback: {reason}")
         return redirect(callback_pages().failure_url)
 
-    def _reject(self, config: VerificationConfig, check: str, source_ip: str, raw: str) -> Response:
+    def _reject(self, config: VerificationConfig, check: str, source_ip: str, raw: str | None) -> Response:
+        """Refused as not genuine; `raw` (when the check makes it a forgery) is told to `found_forged`."""
         metrics.add_metric(name="VerificationFailed", unit=MetricUnit.Count, value=1)
         # Never the signature, never the parameters: which check failed and where is enough.
         logger.warning(
             "hypay callback failed verification", extra={"check": check, "notify": self.notify, "source_ip": source_ip}
         )
-        if self._found_forged is not None:
+        if self._found_forged is not None and raw is not None:
             self._found_forged(raw)
         if self.notify:
             return problem(403, "Forbidden", "the callback could not be verified")

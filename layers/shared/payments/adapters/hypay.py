@@ -309,6 +309,8 @@ class HypayClient:
             protocol.raise_for_ccode(answer, "VERIFY")
         if answer.ccode == 999 or answer.ccode is None:
             raise GatewayUnavailable("Hypay VERIFY could not answer")
+        if answer.ccode in protocol.VALIDATION_CODES:  # our request refused: nothing is known of the callback
+            raise GatewayUnavailable(f"Hypay VERIFY refused our request (CCode {answer.ccode})")
         return False
 
     def credentials_accepted(self) -> bool:

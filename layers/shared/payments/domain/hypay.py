@@ -96,6 +96,8 @@ _ACCEPTABLE_NAMES = frozenset(
 )
 
 APPROVED = 0
+# Hyp's answers that our request did not validate (the protocol's 400-402).
+VALIDATION_CODES = frozenset({400, 401, 402})
 # Valid outcomes that charge nothing: J2 card check, J5 authorization, postponed.
 NOT_CHARGED = {600: "card check only (J2)", 700: "authorized, not charged (J5)", 800: "postponed"}
 _MESSAGES = {
