@@ -202,7 +202,27 @@ def redirect_signature(raw_query: str, key: str) -> str | None:
 
 
 def verify_redirect_signature(raw_query: str, key: str) -> bool:
-    """The local check: `Sign` matches the signed fields (constant-time). False on anything missing."""
+    """The local check: `Sign` matches the signed fields (constant-time), as received or as Hyp sent them before a
+    browser re-encoded them (`as_hyp_sent`). False on anything missing."""
+    if _signature_matches(raw_query, key):
+        return True
+    before_browser = as_hyp_sent(raw_query)
+    return before_browser != raw_query and _signature_matches(before_browser, key)
+
+
+# Hyp encodes values as JavaScript's encodeURIComponent does, which leaves `'` as it is (its documented example shows
+# `(0)` unencoded, from the same set); a browser following Hyp's redirect then sends `'` in a URL's query as `%27`
+# (the URL standard's special-query percent-encode set), so the values that arrive are not the ones Hyp signed.
+_BROWSER_APOSTROPHE = re.compile("%27", re.IGNORECASE)
+
+
+def as_hyp_sent(raw_query: str) -> str:
+    """A callback's raw text with a browser's `%27` back to the `'` Hyp sent (the only change a browser makes to
+    what encodeURIComponent left)."""
+    return _BROWSER_APOSTROPHE.sub("'", raw_query) if "%" in raw_query else raw_query
+
+
+def _signature_matches(raw_query: str, key: str) -> bool:
     last, unique = _fields(raw_query)
     if unique:
         signs = [last["Sign"]] if "Sign" in last else []
@@ -283,6 +303,7 @@ _NOT_FORM_VALUE = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9._~()!*'+%-]")
 
 
 def _as_form_value(raw_value: str) -> str:
+    raw_value = as_hyp_sent(raw_value)  # what Hyp signed and VERIFY compares: `'`, not a browser's `%27`
     if _FORM_VALUE.fullmatch(raw_value):
         return raw_value  # the usual case: as Hyp sent it
     return _NOT_FORM_VALUE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), raw_value)
