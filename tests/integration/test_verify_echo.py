@@ -86,3 +86,16 @@ def test_a_callback_far_larger_than_hyps_is_refused_before_anything_is_asked(
     assert len(env.sim.calls) == calls and env.rows("SELECT count(*) FROM hypay_transactions") == [[0]]
     # And the same notification as Hyp sent it is processed
     assert notify(transaction.redirect_query).status == 200
+
+
+def test_a_profile_name_of_any_length_never_makes_its_callback_too_large(env: Env) -> None:
+    from ops.seed import DEMO_USER_ID
+
+    # Given a buyer whose profile holds a name of 3,000 Hebrew letters (Hyp echoes the name in its signed Fild1)
+    env.rows("UPDATE profiles SET full_name = :n WHERE id = :u::uuid", n="א" * 1500 + " " + "ב" * 1500, u=DEMO_USER_ID)
+    payment = buy(env)
+    paid = pay(env, payment)
+    # Then its callback stays far below the limit and completes the payment
+    assert len(paid.redirect_query) < 2000
+    assert notify(paid.redirect_query).status == 200
+    assert env.status(payment["payment_id"]) == "completed"

@@ -66,9 +66,21 @@ def _scoped_key(user_id: UUID, key: str) -> str:
     return f"api:{user_id}:{key}"
 
 
+# What of the buyer goes to Hyp. Hyp echoes the name back in its callbacks (Fild1, signed; a Hebrew letter is six
+# characters percent-encoded), so each part is cut short: a profile's name of any length never makes a callback too
+# large to be taken. An address longer than any valid one is not sent.
+_NAME_PART_MAX = 50
+_EMAIL_MAX = 254
+
+
 def _customer(profile: Profile) -> Customer:
     first, _, last = (profile.full_name or "").strip().partition(" ")
-    return Customer(first_name=first, last_name=last, email=profile.email or "")
+    email = profile.email or ""
+    return Customer(
+        first_name=first[:_NAME_PART_MAX].strip(),
+        last_name=last.strip()[:_NAME_PART_MAX].strip(),
+        email=email if len(email) <= _EMAIL_MAX else "",
+    )
 
 
 def _view(payment_id: UUID, pack: Pack, url: str | None, status: PaymentStatus) -> dict[str, Any]:
