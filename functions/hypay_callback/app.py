@@ -141,6 +141,12 @@ def hypay_return() -> Response[Any]:
     except (CallbackInProgress, DatabaseUnavailable, ConfigurationError, QueryError) as exc:
         # Ours, not the customer's: the web app polls GET /payments/{id} until Hyp's notify or a reload lands.
         logger.warning("hypay callback not processed yet", extra={"reason": exc.code})
+        if isinstance(exc, QueryError) and not exc.refused_for_good:
+            # The database answered, but the statement did not pass this time (a lock wait, a conflict past its
+            # retries, a timeout). Hyp may never send this again (a terminal without notifications, a customer who
+            # never reloads): kept, so that the cleanup does not expire a paid payment and the queue shows it.
+            # (Refused for good, it was kept already; the database out of reach, keeping would only wait again.)
+            _keep_unverified(raw, False, f"verified, not processed yet: database error {exc.sqlstate}")
         return redirect(pages.pending_url, _order(raw))
     page = {Result.COMPLETED: pages.success_url, Result.FAILED: pages.failure_url, Result.REVIEW: pages.pending_url}
     return redirect(page.get(outcome.result, pages.failure_url), outcome.payment_id)

@@ -63,3 +63,32 @@ def test_a_kept_paid_callback_is_not_marked_forged_when_verify_refuses_it_later(
     assert notify(paid.redirect_query).status == 403
     # Then the kept copy is not marked forged: it still holds the payment for a human
     assert _kept(env, paid.id)[1] == [[True]]
+
+
+def test_a_verified_redirect_the_database_could_not_settle_this_time_is_kept(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pg8000.native
+    from pg8000.exceptions import DatabaseError
+
+    # Given a paid transaction whose settling statement the database does not pass once (a lock wait timed out)
+    payment = buy(env)
+    paid = pay(env, payment)
+    real_run = pg8000.native.Connection.run
+    failed: list[str] = []
+
+    def run(conn: pg8000.native.Connection, sql: str, stream: object = None, types: object = None, **params: object):  # type: ignore[no-untyped-def]
+        if "credit_transactions" in sql and not failed:
+            failed.append(sql)
+            raise DatabaseError({"S": "ERROR", "C": "55P03", "M": "canceling statement due to lock timeout"})
+        return real_run(conn, sql, stream=stream, types=types, **params)
+
+    monkeypatch.setattr(pg8000.native.Connection, "run", run)
+    # When the customer's browser brings the redirect (a terminal without notifications: nothing else will)
+    page, _ = location(browser(paid.redirect_query))
+    # Then the browser is told to wait, and the paid transaction is kept: the cleanup will not expire the payment
+    assert failed and page == "https://app.example.test/payments/confirming"
+    assert _kept(env, paid.id) == ([["unverified", False]], [[True]])
+    # And a reload completes the payment
+    assert location(browser(paid.redirect_query))[0] == "https://app.example.test/payments/success"
+    assert env.status(payment["payment_id"]) == "completed"
