@@ -131,3 +131,27 @@ def test_a_forgery_never_kept_writes_nothing(verify_down: Env) -> None:
     assert notify(forge(unpaid_claim(page["payment_id"]), key=WRONG_KEY)).status == 403
     assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks") == [[0]]
     assert env.rows("SELECT count(*) FROM hypay_transactions") == [[0]]
+
+
+def test_a_forgery_kept_for_a_payment_closed_otherwise_leaves_the_queue_only_on_an_operators_word(
+    verify_down: Env,
+) -> None:
+    from ops.hypay_simulator import DECLINING_CARD
+
+    env = verify_down
+    # Given a forgery kept for a payment and found forged later, and the payment then closed by Hyp's own decline
+    page = buy(env, key="forged-then-declined")
+    pid = page["payment_id"]
+    forged = forge(unpaid_claim(pid), key=WRONG_KEY)
+    env.hang_sign()  # type: ignore[attr-defined]
+    assert notify(forged).status == 503
+    assert notify(forged).status == 403
+    declined = pay(env, page, card=DECLINING_CARD)
+    assert notify(declined.redirect_query).status == 200 and env.status(pid) == "failed"
+    # Then the forged Id stays in the queue: nobody confirmed there is no such transaction
+    assert [i["hypay_ids"] for i in every_item()] == [["77700001"]]
+    # And an operator who finds none in Hyp's portal confirms it (resolve fail on the failed payment, audited)
+    assert resolve(pid, {"action": "complete", "reason": "?"}, key="c-1").status in (400, 409)
+    confirmed = resolve(pid, {"action": "fail", "reason": "no such transaction in Hyp's portal"}, key="c-2")
+    assert confirmed.status == 200, confirmed.body
+    assert every_item() == [] and env.status(pid) == "failed"

@@ -185,9 +185,7 @@ class HypayVerification(BaseMiddlewareHandler):
         except _Unverifiable as exc:
             return self._unavailable(config, raw, exc.reason)
         if verdict == SIGNED_NOT_VERIFIED:
-            if self._keep is not None:
-                self._keep(raw, self.notify, "its Sign is right, but Hyp's VERIFY says it is not genuine")
-            return self._reject(config, verdict, source_ip, None)
+            return self._reject(config, verdict, source_ip, None)  # never marks a kept copy forged
         if verdict is not None:
             return self._reject(config, verdict, source_ip, raw)
         if self.notify and not allowed(source_ip, config.allowlist):
@@ -203,27 +201,31 @@ class HypayVerification(BaseMiddlewareHandler):
         return next_middleware(app)
 
     def _verify(self, config: VerificationConfig, raw: str) -> str | None:
-        """None when genuine; the failed check's name when forged; `_Unverifiable` when we cannot tell."""
+        """None when genuine; the failed check's name when forged (`SIGNED_NOT_VERIFIED`: refused, but its Sign was
+        right, so it is no proof of a forgery); `_Unverifiable` when we cannot tell."""
         mode = config.settings.verify_mode
         gateway = config.gateway
         try:
             signed = mode in ("hmac", "both")
-            if signed and not gateway.verify_redirect_hmac(raw):
-                return self._forged_or_ours(gateway, "hmac")
+            text: str | None = raw
+            if signed:
+                text = gateway.signed_text(raw)  # as received, or as Hyp sent it before a browser re-encoded it
+                if text is None:
+                    return self._forged_or_ours(gateway, "hmac")
             if mode in ("verify", "both"):
+                assert text is not None
                 try:
-                    genuine = gateway.verify_redirect(raw)
+                    genuine = gateway.verify_redirect(text)
+                    before_browser = protocol.as_hyp_sent(raw)
+                    if not genuine and not signed and before_browser != raw:
+                        genuine = gateway.verify_redirect(before_browser)  # no Sign told which form Hyp sent
                 except GatewayAuthenticationError:
                     raise _Unverifiable("Hyp refused our terminal's VERIFY (permission)") from None
-                if not genuine and signed:
-                    # Its Sign is right (made with our terminal's KEY: Hyp reported this transaction paid), yet VERIFY
-                    # says no: an unsigned field was altered (the holder of a redirect may edit them), or a terminal
-                    # setting. Not processed, as any callback VERIFY refuses, but the paid transaction is kept for a
-                    # human, and never marked forged.
-                    self._forged_or_ours(gateway, "verify")  # our credentials refused: "not yet" instead
-                    return SIGNED_NOT_VERIFIED
                 if not genuine:
-                    return self._forged_or_ours(gateway, "verify")
+                    check = self._forged_or_ours(gateway, "verify")
+                    # Its Sign right (made with our terminal's KEY), VERIFY says no: an unsigned field edited by the
+                    # redirect's holder, or a terminal setting. Refused, but no proof that the text is forged.
+                    return SIGNED_NOT_VERIFIED if signed else check
         except ConfigurationError as exc:
             raise _Unverifiable(f"configuration: {exc.message}") from None
         except GatewayError as exc:

@@ -284,7 +284,12 @@ class HypayClient:
 
     def verify_redirect_hmac(self, raw_query: str) -> bool:
         """The local check of `Sign` (no network, constant-time)."""
-        return protocol.verify_redirect_signature(raw_query, self._credentials().key)
+        return self.signed_text(raw_query) is not None
+
+    def signed_text(self, raw_query: str) -> str | None:
+        """The callback's text as Hyp signed it (as received, or before a browser re-encoded it), or None when its
+        `Sign` matches neither."""
+        return protocol.signed_text(raw_query, self._credentials().key)
 
     def verify_redirect(self, raw_query: str) -> bool:
         """APISign/VERIFY, the authoritative check, built from our credentials and the documented

@@ -138,13 +138,16 @@ WITH items AS (
       LEFT JOIN public.payments p ON p.id = t.payment_id
      WHERE t.decision IN ('review', 'unmatched', 'unverified')
        AND NOT (t.decision = 'unverified' AND t.verified)
-       -- every callback kept for the Id found forged by a check, and its payment failed by an operator since (who
-       -- confirmed with Hyp's portal): no money of Hyp's behind it
+       -- every callback kept for the Id found forged by a check, and its payment failed by an operator after the
+       -- last of those checks (who confirmed with Hyp's portal): no money of Hyp's behind it
        AND NOT (t.decision = 'unverified' AND COALESCE(p.status, '') = 'failed'
-                AND EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
-                             WHERE u.hypay_id = t.hypay_id AND u.found_forged_at IS NOT NULL)
                 AND NOT EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
-                                 WHERE u.hypay_id = t.hypay_id AND u.found_forged_at IS NULL))
+                                 WHERE u.hypay_id = t.hypay_id AND u.found_forged_at IS NULL)
+                AND EXISTS (SELECT 1 FROM public.admin_audit_log a
+                             WHERE a.payment_id = p.id AND a.action = 'resolve'
+                               AND a.after_state ->> 'status' = 'failed'
+                               AND a.at >= (SELECT max(u.found_forged_at) FROM public.hypay_unverified_callbacks u
+                                             WHERE u.hypay_id = t.hypay_id)))
        AND NOT (t.decision = 'review' AND COALESCE(p.status, '') = 'needs_review')
        -- a refund's own transaction, held before that refund's Id was known (confirmed since): money that went back
        AND NOT EXISTS (SELECT 1 FROM public.refunds r WHERE r.hypay_refund_id = t.hypay_id AND r.status = 'succeeded')

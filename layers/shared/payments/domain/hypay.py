@@ -204,10 +204,16 @@ def redirect_signature(raw_query: str, key: str) -> str | None:
 def verify_redirect_signature(raw_query: str, key: str) -> bool:
     """The local check: `Sign` matches the signed fields (constant-time), as received or as Hyp sent them before a
     browser re-encoded them (`as_hyp_sent`). False on anything missing."""
+    return signed_text(raw_query, key) is not None
+
+
+def signed_text(raw_query: str, key: str) -> str | None:
+    """The text whose signed fields `Sign` matches: as received, else as Hyp sent it before a browser re-encoded it;
+    None when neither. What VERIFY is then asked about (Hyp compares what it signed)."""
     if _signature_matches(raw_query, key):
-        return True
+        return raw_query
     before_browser = as_hyp_sent(raw_query)
-    return before_browser != raw_query and _signature_matches(before_browser, key)
+    return before_browser if before_browser != raw_query and _signature_matches(before_browser, key) else None
 
 
 # Hyp encodes values as JavaScript's encodeURIComponent does, which leaves `'` as it is (its documented example shows
@@ -303,7 +309,6 @@ _NOT_FORM_VALUE = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9._~()!*'+%-]")
 
 
 def _as_form_value(raw_value: str) -> str:
-    raw_value = as_hyp_sent(raw_value)  # what Hyp signed and VERIFY compares: `'`, not a browser's `%27`
     if _FORM_VALUE.fullmatch(raw_value):
         return raw_value  # the usual case: as Hyp sent it
     return _NOT_FORM_VALUE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), raw_value)

@@ -428,6 +428,10 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
                 f"payment {pid} is failed: Hyp's answer to its charge was CCode {payment.declined_code} (not charged);"
                 " nothing to resolve"
             )
+        case PaymentStatus.FAILED if payment.kept_found_forged:
+            # Closed, and callbacks kept for it were all found forged by a later check: an operator who finds no such
+            # transaction in Hyp's portal confirms it (resolve fail, audited), and the queue lets their Id go.
+            return None
         case PaymentStatus.FAILED | PaymentStatus.EXPIRED if _held(payment, journal):
             # Closed, then Hyp reported money for it that settling held for a human rather than completing it by
             # itself (approved while a refund of the payment had no Id of its own yet: it may have been that refund).
@@ -497,9 +501,14 @@ def plan_resolution(
             " twice and failing would hide the grant; refund the transaction instead"
         )
     if request.action == "fail":
-        if payment.status == PaymentStatus.FAILED:
+        if payment.status == PaymentStatus.FAILED and not payment.kept_found_forged:
             raise Conflict(f"payment {payment.id} is failed already")
-        return Plan("fail")
+        return Plan("fail")  # a failed one: the operator's word on the callbacks found forged, audited
+    if payment.status == PaymentStatus.FAILED and payment.kept_found_forged and not _held(payment, journal):
+        raise Conflict(
+            f"payment {payment.id} is failed; callbacks kept for it were found forged: confirm with resolve fail once"
+            " Hyp's portal shows no such transaction"
+        )
     if payment.status == PaymentStatus.PENDING and _held_by_forgeries(payment, journal):
         raise Conflict(
             f"payment {payment.id} is held only by callbacks found forged: fail it if Hyp's portal shows no such"
