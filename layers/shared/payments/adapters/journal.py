@@ -333,6 +333,8 @@ class Journal:
     def found_forged(self, raw_callback: str) -> str | None:
         """A callback a check found forged: if it is one kept unverified (the same text), it is marked so. The Hyp Id
         it named, or None (not kept: the usual forgery)."""
+        if len(raw_callback) > _RAW_KEPT:
+            return None  # kept cut short: a text sharing its first part with a genuine one must not mark it
         rows = self.runner.run(bind(_FOUND_FORGED, sha=_raw_sha256(raw_callback)))
         return rows[0][0] if rows else None
 
