@@ -61,9 +61,9 @@ def test_a_kept_forgery_found_forged_can_be_failed_by_an_operator_and_then_leave
     env.hang_sign()  # type: ignore[attr-defined]
     assert notify(forged).status == 503
     assert [i["reason"] for i in every_item()] == ["unverified"]
-    # And resolving refuses a pending payment it holds: nothing known says it is forged
-    refused = resolve(pid, {"action": "fail", "reason": "looks forged"}, key="r-0")
-    assert refused.status == 409 and "pending" in refused.json["detail"], refused.body
+    # And resolving it complete is refused, saying what to do
+    refused = resolve(pid, {"action": "complete", "reason": "?", "hypay_id": "77700001"}, key="r-0")
+    assert refused.status == 409 and "not verified yet" in refused.json["detail"], refused.body
     # When the kept text is sent again with Hyp answering: found forged (403), and marked
     assert notify(forged).status == 403
     assert env.rows("SELECT found_forged_at IS NOT NULL FROM hypay_unverified_callbacks") == [[True]]
@@ -118,7 +118,7 @@ def test_a_forgers_copy_of_a_genuine_id_marks_nothing_of_the_genuine_callback(ve
     assert [(i["reason"], i["hypay_ids"]) for i in every_item()] == [("unverified", [paid.id])]
     _expire_stale(env)
     assert env.status(page["payment_id"]) == "pending"
-    refused = resolve(page["payment_id"], {"action": "fail", "reason": "forged?"}, key="r-3")
+    refused = resolve(page["payment_id"], {"action": "complete", "reason": "?", "hypay_id": paid.id}, key="r-3")
     assert refused.status == 409, refused.body
     # And its next delivery completes the payment, once
     assert notify(paid.redirect_query).status == 200
@@ -155,3 +155,21 @@ def test_a_forgery_kept_for_a_payment_closed_otherwise_leaves_the_queue_only_on_
     confirmed = resolve(pid, {"action": "fail", "reason": "no such transaction in Hyp's portal"}, key="c-2")
     assert confirmed.status == 200, confirmed.body
     assert every_item() == [] and env.status(pid) == "failed"
+
+
+def test_a_payment_held_by_a_kept_callback_nobody_can_verify_can_be_failed_and_its_id_stays_in_the_queue(
+    verify_down: Env,
+) -> None:
+    env = verify_down
+    # Given a pending payment held by a callback kept while VERIFY was down (Hyp may never send it again)
+    page = buy(env, key="held-genuine")
+    paid = pay(env, page)
+    env.hang_verify()  # type: ignore[attr-defined]
+    assert notify(paid.redirect_query).status == 503
+    # When an operator fails it (audited): the cleanup would never expire it
+    failed = resolve(page["payment_id"], {"action": "fail", "reason": "not in Hyp's portal"}, key="h-1")
+    assert failed.status == 200, failed.body
+    # Then its Id stays in the queue (nothing found it forged), and the genuine callback still completes the payment
+    assert [i["hypay_ids"] for i in every_item()] == [[paid.id]]
+    assert notify(paid.redirect_query).status == 200
+    assert env.status(page["payment_id"]) == "completed" and every_item() == []

@@ -400,10 +400,11 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
             return None
         case PaymentStatus.PENDING if payment.charge_attempted and payment.charge_settled:
             return None
-        case PaymentStatus.PENDING if _held_by_forgeries(payment, journal):
-            # Held pending (the cleanup never expires a payment with a callback kept unverified) by callbacks a later
-            # check found forged. One check of a public text is no proof (a flaky VERIFY, a rotated KEY): a human who
-            # finds no such transaction in Hyp's portal fails it; nothing else closes it.
+        case PaymentStatus.PENDING if _held_by_kept(payment, journal):
+            # Held pending (the cleanup never expires a payment with a callback kept unverified) by callbacks nobody
+            # could verify since, found forged by a later check or not (one check of a public text is no proof): a
+            # human who finds no such transaction in Hyp's portal fails it (its Ids stay in the queue until all are
+            # found forged; a genuine one arriving later still completes the payment); nothing else closes it.
             return None
         case PaymentStatus.PENDING if payment.charge_attempted:
             return (
@@ -459,11 +460,10 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
             )
 
 
-def _held_by_forgeries(payment: LockedPayment, journal: list[JournalRow]) -> bool:
-    """A page payment whose every journal row is a callback kept unverified, each found forged by a later check."""
+def _held_by_kept(payment: LockedPayment, journal: list[JournalRow]) -> bool:
+    """A page payment whose every journal row is a callback kept unverified (not verified since)."""
     return (
-        payment.kept_found_forged
-        and not payment.charge_attempted
+        not payment.charge_attempted
         and bool(journal)
         and all(e.decision == "unverified" and not e.verified for e in journal)
     )
@@ -509,9 +509,10 @@ def plan_resolution(
             f"payment {payment.id} is failed; callbacks kept for it were found forged: confirm with resolve fail once"
             " Hyp's portal shows no such transaction"
         )
-    if payment.status == PaymentStatus.PENDING and _held_by_forgeries(payment, journal):
+    if payment.status == PaymentStatus.PENDING and _held_by_kept(payment, journal):
+        forged = "found forged by a later check" if payment.kept_found_forged else "not verified yet"
         raise Conflict(
-            f"payment {payment.id} is held only by callbacks found forged: fail it if Hyp's portal shows no such"
+            f"payment {payment.id} is held only by callbacks {forged}: fail it if Hyp's portal shows no such"
             " transaction; if it does, POST the raw callback to /hypay/notify (a genuine one completes the payment)"
         )
     if request.hypay_id is None:
