@@ -173,3 +173,61 @@ def test_a_payment_held_by_a_kept_callback_nobody_can_verify_can_be_failed_and_i
     assert [i["hypay_ids"] for i in every_item()] == [[paid.id]]
     assert notify(paid.redirect_query).status == 200
     assert env.status(page["payment_id"]) == "completed" and every_item() == []
+
+
+def test_a_kept_forgery_for_an_expired_payment_can_be_confirmed_and_leaves_the_queue(verify_down: Env) -> None:
+    env = verify_down
+    # Given a payment the cleanup expired, and a forged approval for it kept, then found forged when sent again
+    page = buy(env, key="expired-then-forged")
+    pid = page["payment_id"]
+    _expire_stale(env)
+    assert env.status(pid) == "expired"
+    forged = forge(unpaid_claim(pid), key=WRONG_KEY)
+    env.hang_sign()  # type: ignore[attr-defined]
+    assert notify(forged).status == 503
+    assert notify(forged).status == 403
+    [item] = every_item()
+    assert "resolve its payment fail" in item["next_step"], item
+    # When the operator does what the queue says, it works, and the Id leaves the queue
+    answer = resolve(pid, {"action": "fail", "reason": "no such transaction in Hyp's portal"}, key="x-1")
+    assert answer.status == 200, answer.body
+    assert every_item() == [] and env.status(pid) == "failed"
+
+
+def test_a_kept_callback_whose_id_the_journal_gives_another_payment_does_not_pin_its_own(verify_down: Env) -> None:
+    env = verify_down
+    # Given two pending payments, and two forged approvals with one Hyp Id, one naming each, kept (the journal's row
+    # for the Id names the first: an unverified claim overwrites nothing)
+    first = buy(env, key="pin-1")["payment_id"]
+    second = buy(env, key="pin-2")["payment_id"]
+    for order in (first, second):
+        env.hang_sign()  # type: ignore[attr-defined]
+        assert notify(forge(unpaid_claim(order), key=WRONG_KEY)).status == 503
+    # Then the cleanup expires the second as any payment Hyp never paid (nothing in the queue names it), and the
+    # first stays held, its Id in the queue
+    _expire_stale(env)
+    assert (env.status(first), env.status(second)) == ("pending", "expired")
+    assert [i["payment"]["id"] for i in every_item()] == [first]
+
+
+def test_a_lost_saved_card_charge_failed_by_mistake_completes_despite_a_kept_page_callback(
+    verify_down: Env, saved_card: str
+) -> None:
+    from tests.support.payments import CVV, PRO, post
+
+    env = verify_down
+    # Given a saved-card charge Hyp made whose answer was lost, failed by an operator by mistake, and a forged page
+    # callback for the same payment kept and found forged
+    env.sim.faults.add("soft", "lost")
+    pid = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="lost-kept").json["payment_id"]
+    [charge] = [t for t in env.sim.transactions.values() if t.order == pid]
+    assert resolve(pid, {"action": "fail", "reason": "not seen in Hyp"}, key="l-1").status == 200
+    forged = forge(unpaid_claim(pid), key=WRONG_KEY)
+    env.hang_sign()  # type: ignore[attr-defined]
+    assert notify(forged).status == 503
+    assert notify(forged).status == 403
+    # When the operator finds the charge after all: naming it completes the payment, once
+    before = env.credits()
+    done = resolve(pid, {"action": "complete", "reason": "found in Hyp", "hypay_id": charge.id}, key="l-2")
+    assert done.status == 200 and done.json["credits_granted"] == 500, done.body
+    assert env.credits() == before + 500 and env.status(pid) == "completed"

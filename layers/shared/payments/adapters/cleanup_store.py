@@ -19,12 +19,14 @@ from typing import Any, NamedTuple
 
 from payments.adapters.db import Database, bind
 
-# A callback naming the payment is on record, not verified yet, and its Hyp Id not verified since (one a check found
-# forged too: a single check of a public text is no proof; an operator fails such a payment, docs/operations.md).
+# A callback naming the payment is on record, not verified yet, and the journal's row for its Hyp Id (its only row,
+# shown in the review queue) is this payment's and not verified since. One a check found forged holds it too (a single
+# check of a public text is no proof; an operator fails such a payment, docs/operations.md). A kept callback whose Id
+# the journal gives to another payment holds nothing here: that Id is in the queue under the other payment.
 _UNVERIFIED_CALLBACK = """EXISTS (
     SELECT 1 FROM public.hypay_unverified_callbacks u
-     WHERE u.payment_id = q.id
-       AND NOT EXISTS (SELECT 1 FROM public.hypay_transactions j WHERE j.hypay_id = u.hypay_id AND j.verified))"""
+      JOIN public.hypay_transactions j ON j.hypay_id = u.hypay_id
+     WHERE u.payment_id = q.id AND j.payment_id = q.id AND NOT j.verified)"""
 
 
 class Step(NamedTuple):

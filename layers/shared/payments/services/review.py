@@ -419,7 +419,9 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
                 f"payment {pid} is completed (credits granted for Hyp transaction {payment.paid_by}): nothing to"
                 " resolve; a second charge on it is refunded, not completed"
             )
-        case PaymentStatus.FAILED if payment.charge_attempted and not journal and payment.declined_code is None:
+        case PaymentStatus.FAILED if (
+            payment.charge_attempted and not _decided(journal) and payment.declined_code is None
+        ):
             # Failed by an operator after a saved-card charge whose answer was never known (Hyp sends no callback
             # for those): if Hyp did charge it after all, naming the transaction completes it (then it can be
             # refunded); nothing else can. Not one Hyp's own answer closed (declined, refused): nothing was charged.
@@ -429,14 +431,15 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
                 f"payment {pid} is failed: Hyp's answer to its charge was CCode {payment.declined_code} (not charged);"
                 " nothing to resolve"
             )
-        case PaymentStatus.FAILED if payment.kept_found_forged:
-            # Closed, and callbacks kept for it were all found forged by a later check: an operator who finds no such
-            # transaction in Hyp's portal confirms it (resolve fail, audited), and the queue lets their Id go.
-            return None
         case PaymentStatus.FAILED | PaymentStatus.EXPIRED if _held(payment, journal):
             # Closed, then Hyp reported money for it that settling held for a human rather than completing it by
             # itself (approved while a refund of the payment had no Id of its own yet: it may have been that refund).
             # A human who finds it a genuine payment completes the payment with it; nothing else could.
+            return None
+        case PaymentStatus.FAILED | PaymentStatus.EXPIRED if payment.kept_found_forged:
+            # Closed, and callbacks kept for it were all found forged by a later check: an operator who finds no such
+            # transaction in Hyp's portal confirms it (resolve fail, audited; an expired one becomes failed), and the
+            # queue lets their Id go.
             return None
         case PaymentStatus.FAILED:
             return (
@@ -458,6 +461,11 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
                 f"payment {pid} holds a status from before this backend ({payment.stored_status!r}): resolve it in"
                 " the web app"
             )
+
+
+def _decided(journal: list[JournalRow]) -> list[JournalRow]:
+    """The journal's rows that say what Hyp did (all but callbacks kept unverified and not verified since)."""
+    return [e for e in journal if e.verified or e.decision != "unverified"]
 
 
 def _held_by_kept(payment: LockedPayment, journal: list[JournalRow]) -> bool:
@@ -504,10 +512,15 @@ def plan_resolution(
         if payment.status == PaymentStatus.FAILED and not payment.kept_found_forged:
             raise Conflict(f"payment {payment.id} is failed already")
         return Plan("fail")  # a failed one: the operator's word on the callbacks found forged, audited
-    if payment.status == PaymentStatus.FAILED and payment.kept_found_forged and not _held(payment, journal):
+    if (
+        payment.status in (PaymentStatus.FAILED, PaymentStatus.EXPIRED)
+        and payment.kept_found_forged
+        and not payment.charge_attempted
+        and not _held(payment, journal)
+    ):
         raise Conflict(
-            f"payment {payment.id} is failed; callbacks kept for it were found forged: confirm with resolve fail once"
-            " Hyp's portal shows no such transaction"
+            f"payment {payment.id} is {payment.status}; callbacks kept for it were found forged: confirm with resolve"
+            " fail once Hyp's portal shows no such transaction"
         )
     if payment.status == PaymentStatus.PENDING and _held_by_kept(payment, journal):
         forged = "found forged by a later check" if payment.kept_found_forged else "not verified yet"
