@@ -33,3 +33,30 @@ def test_a_paid_redirect_the_browser_re_encoded_completes_the_payment(
     # Then the payment completes, once
     assert page == SUCCESS_PAGE and env.status(payment["payment_id"]) == "completed"
     assert env.credits() == before + 100
+
+
+def test_a_paid_redirect_with_an_apostrophe_in_an_unsigned_field_completes(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.parse import quote
+
+    from ops.hypay_simulator import HypaySimulator
+
+    # Given Hyp echoing an address with an apostrophe in an unsigned field (encodeURIComponent leaves it as it is),
+    # the signed fields without one: the Sign matches the text as the browser delivers it
+    real = HypaySimulator._redirect_fields
+
+    def with_city(self: HypaySimulator, *args: object) -> list[tuple[str, str]]:
+        fields = real(self, *args)  # type: ignore[arg-type]
+        return [(k, quote("Ma'ale Adumim", safe="-_.!~*'()") if k == "city" else v) for k, v in fields]
+
+    monkeypatch.setattr(HypaySimulator, "_redirect_fields", with_city)
+    before = env.credits()
+    payment = buy(env)
+    paid = pay(env, payment)
+    assert "city=Ma'ale" in paid.redirect_query
+    # When the browser delivers it, ' as %27
+    page, _ = location(browser(paid.redirect_query.replace("'", "%27")))
+    # Then VERIFY is also asked about the text as Hyp sent it, and the payment completes
+    assert page == SUCCESS_PAGE and env.status(payment["payment_id"]) == "completed"
+    assert env.credits() == before + 100

@@ -231,3 +231,52 @@ def test_a_lost_saved_card_charge_failed_by_mistake_completes_despite_a_kept_pag
     done = resolve(pid, {"action": "complete", "reason": "found in Hyp", "hypay_id": charge.id}, key="l-2")
     assert done.status == 200 and done.json["credits_granted"] == 500, done.body
     assert env.credits() == before + 500 and env.status(pid) == "completed"
+
+
+def test_a_forgery_found_forged_never_makes_a_declined_saved_card_charge_completable(
+    verify_down: Env, saved_card: str
+) -> None:
+    from tests.support.payments import CVV, PRO, post
+
+    env = verify_down
+    # Given a saved-card charge Hyp declined (no Id), and a forged approval naming it kept, then found forged
+    env.sim.faults.add("soft", "ccode", ccode=4)
+    pid = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="declined-x").json["payment_id"]
+    before = env.credits()
+    forged = forge(unpaid_claim(pid, amount="149.90"), key=WRONG_KEY)
+    env.hang_sign()  # type: ignore[attr-defined]
+    assert notify(forged).status == 503
+    assert notify(forged).status == 403
+    # When an operator completes it naming an Id: refused (Hyp's answer was a decline), nothing granted
+    done = resolve(pid, {"action": "complete", "reason": "ticket 7", "hypay_id": "55555555"}, key="dx-1")
+    assert (done.status, env.credits(), env.status(pid)) == (409, before, "failed"), done.body
+    # And the forged Id can be confirmed (resolve fail, once) and leaves the queue
+    assert resolve(pid, {"action": "fail", "reason": "no such transaction"}, key="dx-2").status == 200
+    assert every_item() == []
+    again = resolve(pid, {"action": "fail", "reason": "again"}, key="dx-3")
+    assert again.status == 409, again.body
+    assert env.rows("SELECT count(*) FROM admin_audit_log WHERE payment_id = :p::uuid", p=pid) == [[1]]
+
+
+def test_a_genuine_kept_callback_whose_id_a_forger_planted_first_is_named_in_the_queue(verify_down: Env) -> None:
+    from tests.support.payments import PRO, post
+
+    env = verify_down
+    # Given the victim's payment A paid at Hyp as X, and a forger's payment B; during an outage, first the forger's
+    # claim of Id X naming B, then Hyp's genuine callback for A: both kept, the journal's row for X naming B
+    a = buy(env, key="victim")
+    b = post({"credit_pack_id": PRO}, key="forger").json["payment_id"]
+    paid = pay(env, a)
+    forged = forge([(k, paid.id if k == "Id" else v) for k, v in unpaid_claim(b, amount="149.90")], key=WRONG_KEY)
+    env.hang_sign()  # type: ignore[attr-defined]
+    assert notify(forged).status == 503
+    env.hang_verify()  # type: ignore[attr-defined]
+    assert notify(paid.redirect_query).status == 503
+    # Then the queue's item for X names both payments its kept callbacks name (A expires: nothing holds it)
+    _expire_stale(env)
+    [item] = every_item()
+    assert item["hypay_ids"] == [paid.id]
+    assert sorted(item["unverified_callbacks"]["payment_ids"]) == sorted([a["payment_id"], b])
+    # And Hyp's verified redelivery still completes A
+    assert notify(paid.redirect_query).status == 200
+    assert env.status(a["payment_id"]) == "completed"

@@ -216,9 +216,11 @@ class HypayVerification(BaseMiddlewareHandler):
                 assert text is not None
                 try:
                     genuine = gateway.verify_redirect(text)
-                    before_browser = protocol.as_hyp_sent(raw)
-                    if not genuine and not signed and before_browser != raw:
-                        genuine = gateway.verify_redirect(before_browser)  # no Sign told which form Hyp sent
+                    before_browser = protocol.as_hyp_sent(text)
+                    if not genuine and before_browser != text:
+                        # A browser re-encoded an apostrophe Hyp sent as it is, in a field the Sign does not cover (or
+                        # no Sign told which form Hyp sent): asked again about the text as Hyp sent it.
+                        genuine = gateway.verify_redirect(before_browser)
                 except GatewayAuthenticationError:
                     raise _Unverifiable("Hyp refused our terminal's VERIFY (permission)") from None
                 if not genuine:

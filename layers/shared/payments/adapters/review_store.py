@@ -82,6 +82,7 @@ class UnverifiedSummary:
     reasons: list[str]
     sources: list[str]
     found_forged: int = 0  # how many of them a later check found forged
+    payment_ids: tuple[str, ...] = ()  # the payments their Order names (the journal's row names one of them)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class LockedPayment:
     completed_at: datetime | None
     balance: int | None
     declined_code: int | None = None  # Hyp's CCode when Hyp's own answer closed it (a decline or refusal), else None
-    # Callbacks naming it were kept unverified, and a later check found every one of them forged
+    # Callbacks naming it were kept unverified, a later check found every one of them forged, and no operator failed it
+    # since the last of those checks (confirming there is no such transaction)
     kept_found_forged: bool = False
 
     def as_state(self) -> dict[str, Any]:
@@ -189,6 +191,11 @@ SELECT p.id::text, p.status, p.review_reason, p.amount::text, p.currency, p.user
        EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u WHERE u.payment_id = p.id)
        AND NOT EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
                         WHERE u.payment_id = p.id AND u.found_forged_at IS NULL)
+       -- not confirmed yet: no operator's fail since the last mark
+       AND (SELECT max(u.found_forged_at) FROM public.hypay_unverified_callbacks u WHERE u.payment_id = p.id)
+           > COALESCE((SELECT max(a.at) FROM public.admin_audit_log a
+                        WHERE a.payment_id = p.id AND a.action = 'resolve' AND a.after_state ->> 'status' = 'failed'),
+                      '-infinity'::timestamptz)
   FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
 
 _FAIL = """
@@ -308,14 +315,17 @@ class ReviewStore:
             bind(
                 "SELECT hypay_id, count(*)::int, sum(deliveries)::int,"
                 " array_agg(DISTINCT COALESCE(reason, '')), array_agg(DISTINCT source),"
-                " count(*) FILTER (WHERE found_forged_at IS NOT NULL)::int"
+                " count(*) FILTER (WHERE found_forged_at IS NOT NULL)::int,"
+                " array_agg(DISTINCT payment_id::text) FILTER (WHERE payment_id IS NOT NULL)"
                 " FROM public.hypay_unverified_callbacks WHERE hypay_id = ANY (string_to_array(:ids, ','))"
                 " GROUP BY hypay_id",
                 ids=_ids(hypay_ids),
             )
         )
         return {
-            r[0]: UnverifiedSummary(r[0], int(r[1]), int(r[2]), [x for x in r[3] if x], list(r[4]), int(r[5]))
+            r[0]: UnverifiedSummary(
+                r[0], int(r[1]), int(r[2]), [x for x in r[3] if x], list(r[4]), int(r[5]), tuple(r[6] or ())
+            )
             for r in rows
         }
 

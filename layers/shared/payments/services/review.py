@@ -343,6 +343,7 @@ def review_queue(store: ReviewStore, query: QueueQuery) -> dict[str, Any]:
                     "reasons": summary.reasons,
                     "sources": summary.sources,
                     "found_forged": summary.found_forged,
+                    "payment_ids": list(summary.payment_ids),
                 }
                 if summary
                 else None,
@@ -426,7 +427,9 @@ def _not_resolvable(payment: LockedPayment, journal: list[JournalRow]) -> str | 
             # for those): if Hyp did charge it after all, naming the transaction completes it (then it can be
             # refunded); nothing else can. Not one Hyp's own answer closed (declined, refused): nothing was charged.
             return None
-        case PaymentStatus.FAILED if payment.declined_code is not None and not journal:
+        case PaymentStatus.FAILED if (
+            payment.declined_code is not None and not _decided(journal) and not payment.kept_found_forged
+        ):
             return (
                 f"payment {pid} is failed: Hyp's answer to its charge was CCode {payment.declined_code} (not charged);"
                 " nothing to resolve"
@@ -545,7 +548,7 @@ def plan_resolution(
     if paid_elsewhere:
         raise Conflict(f"Hyp transaction {hypay_id} already paid another payment")
     if named is None:
-        if not payment.charge_attempted:
+        if not payment.charge_attempted or payment.declined_code is not None:
             raise Conflict(
                 f"Hyp transaction {hypay_id} is not in the journal: only a saved-card charge whose answer was lost"
                 " can be completed with a transaction the backend never saw (a page payment's callback is"
