@@ -165,10 +165,10 @@ def keep_unverified(db: Database, raw_query: str, *, source: Source, reason: str
         callback = Callback.parse(raw_query)
     except InvalidRequest:
         return
+    txn = callback.transaction(source, verified=False)
     try:
-        Journal(db).record_unverified(
-            callback.transaction(source, verified=False), detail=reason, raw_callback=raw_query
-        )
+        # Both rows or neither: the journal's row is what the queue shows and what holds the payment pending.
+        db.atomic(lambda tx: Journal(tx).record_unverified(txn, detail=reason, raw_callback=raw_query))
     except PaymentError as exc:
         logger.error("unverified hypay callback not kept", extra={**callback.log_keys(), "reason": exc.code})
         return
