@@ -350,6 +350,10 @@ def test_cleanup_schedule_admin_and_debug_endpoints_as_the_role(backend_admin: E
            NULL, NULL);
         INSERT INTO hypay_unverified_callbacks (raw_sha256, hypay_id, payment_id, source, raw_callback)
           VALUES (repeat('a', 64), '777', 'cccccccc-0000-4000-8000-000000000003', 'notify', 'Id=777');
+        INSERT INTO hypay_transactions (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified,
+                                        decision)
+          VALUES ('777', 'cccccccc-0000-4000-8000-000000000003', 'cccccccc-0000-4000-8000-000000000003', 0, 10,
+                  'ILS', 'notify', false, 'unverified');
         INSERT INTO rate_limits (bucket, window_start, count) VALUES ('old', now() - interval '2 days', 3);
         INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash)
           VALUES ('fn#old-2', 'completed', {now - 60}, 'h');
