@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -488,24 +489,38 @@ def test_hyp_refusing_our_credentials_for_a_payment_page_is_not_yet_and_alarmed(
     assert post({"credit_pack_id": STARTER}, key="page").status == 201
 
 
+@contextmanager
+def _hyp_settings(monkeypatch: pytest.MonkeyPatch, **values: str | None) -> Iterator[None]:
+    """create_payment with these Hyp settings (None: unset), then as before."""
+    from payments.settings import hypay_settings
+
+    before = {name: os.environ.get(name) for name in values}
+
+    def use(settings: dict[str, str | None]) -> None:
+        for name, value in settings.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        hypay_settings.cache_clear()
+        reset_function_state(CREATE)
+
+    use(values)
+    try:
+        yield
+    finally:
+        use(before)
+
+
 def test_a_hyp_configuration_missing_is_not_yet_logged_and_alarmed(
     env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from payments.settings import hypay_settings
     from tests.support.payments import STARTER
 
     # Given the terminal's PassP missing (a secret still holding its placeholder, a rotation half done)
-    passp = os.environ["HYPAY_PASSP"]
-    monkeypatch.delenv("HYPAY_PASSP")
-    hypay_settings.cache_clear()
-    reset_function_state(CREATE)
     capsys.readouterr()
-    try:
+    with _hyp_settings(monkeypatch, HYPAY_PASSP=None):
         answer = post({"credit_pack_id": STARTER}, key="unconfigured")
-    finally:
-        monkeypatch.setenv("HYPAY_PASSP", passp)
-        hypay_settings.cache_clear()
-        reset_function_state(CREATE)
     # Then "not yet" for the caller, and for a human an alarmed count and a log line that names what is missing
     assert answer.status == 503 and answer.headers["retry-after"], answer.body
     out = capsys.readouterr().out
@@ -521,25 +536,14 @@ def test_a_hyp_secret_that_cannot_be_read_for_good_is_not_yet_logged_and_alarmed
 ) -> None:
     from moto import mock_aws
 
-    from payments.settings import hypay_settings
     from tests.support.payments import STARTER
 
     # Given the Hyp secret's ARN naming no secret (a typo, another region; the same for a role or a key policy
     # that does not let the function read it)
-    with mock_aws():
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-        monkeypatch.setenv(
-            "HYPAY_SECRET_ARN", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:payments/nope-AbCdEf"
-        )
-        hypay_settings.cache_clear()
-        reset_function_state(CREATE)
-        capsys.readouterr()
-        try:
-            answer = post({"credit_pack_id": STARTER}, key="unreadable")
-        finally:
-            monkeypatch.delenv("HYPAY_SECRET_ARN")
-            hypay_settings.cache_clear()
-            reset_function_state(CREATE)
+    nowhere = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:payments/nope-AbCdEf"
+    capsys.readouterr()
+    with mock_aws(), _hyp_settings(monkeypatch, AWS_DEFAULT_REGION="eu-west-1", HYPAY_SECRET_ARN=nowhere):
+        answer = post({"credit_pack_id": STARTER}, key="unreadable")
     # Then "not yet" for the caller, and for a human an alarmed count and a log line naming the secret and the error
     assert answer.status == 503, answer.body
     assert metric_totals(capsys.readouterr().out).get("NotConfigured") == 1

@@ -51,15 +51,24 @@ def _expire_stale(env: Env) -> None:
         db.close()
 
 
+def _kept_forgery(env: Env, payment_id: str, *, found_forged: bool = True, amount: str = "49.90") -> str:
+    """A forged approval for `payment_id` (its Sign wrong) that arrived while Hyp could not be asked whether our
+    credentials are the reason (kept, 503), then, with `found_forged`, sent again and found forged (403). Its text."""
+    forged = forge(unpaid_claim(payment_id, amount=amount), key=WRONG_KEY)
+    env.hang_sign()  # type: ignore[attr-defined]
+    assert notify(forged).status == 503
+    if found_forged:
+        assert notify(forged).status == 403
+    return forged
+
+
 def test_a_kept_forgery_found_forged_can_be_failed_by_an_operator_and_then_leaves_the_queue(verify_down: Env) -> None:
     env = verify_down
     # Given a pending payment, and a forged approval for it (its Sign wrong) that arrived while Hyp could not be asked
     # whether our credentials are the reason: kept
     page = buy(env, key="forged-kept")
     pid = page["payment_id"]
-    forged = forge(unpaid_claim(pid), key=WRONG_KEY)
-    env.hang_sign()  # type: ignore[attr-defined]
-    assert notify(forged).status == 503
+    forged = _kept_forgery(env, pid, found_forged=False)
     assert [i["reason"] for i in every_item()] == ["unverified"]
     # And resolving it complete is refused, saying what to do
     refused = resolve(pid, {"action": "complete", "reason": "?", "hypay_id": "77700001"}, key="r-0")
@@ -142,10 +151,7 @@ def test_a_forgery_kept_for_a_payment_closed_otherwise_leaves_the_queue_only_on_
     # Given a forgery kept for a payment and found forged later, and the payment then closed by Hyp's own decline
     page = buy(env, key="forged-then-declined")
     pid = page["payment_id"]
-    forged = forge(unpaid_claim(pid), key=WRONG_KEY)
-    env.hang_sign()  # type: ignore[attr-defined]
-    assert notify(forged).status == 503
-    assert notify(forged).status == 403
+    _kept_forgery(env, pid)
     declined = pay(env, page, card=DECLINING_CARD)
     assert notify(declined.redirect_query).status == 200 and env.status(pid) == "failed"
     # Then the forged Id stays in the queue: nobody confirmed there is no such transaction
@@ -182,10 +188,7 @@ def test_a_kept_forgery_for_an_expired_payment_can_be_confirmed_and_leaves_the_q
     pid = page["payment_id"]
     _expire_stale(env)
     assert env.status(pid) == "expired"
-    forged = forge(unpaid_claim(pid), key=WRONG_KEY)
-    env.hang_sign()  # type: ignore[attr-defined]
-    assert notify(forged).status == 503
-    assert notify(forged).status == 403
+    _kept_forgery(env, pid)
     [item] = every_item()
     assert "resolve its payment fail" in item["next_step"], item
     # When the operator does what the queue says, it works, and the Id leaves the queue
@@ -222,10 +225,7 @@ def test_a_lost_saved_card_charge_failed_by_mistake_completes_despite_a_kept_pag
     pid = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="lost-kept").json["payment_id"]
     [charge] = [t for t in env.sim.transactions.values() if t.order == pid]
     assert resolve(pid, {"action": "fail", "reason": "not seen in Hyp"}, key="l-1").status == 200
-    forged = forge(unpaid_claim(pid), key=WRONG_KEY)
-    env.hang_sign()  # type: ignore[attr-defined]
-    assert notify(forged).status == 503
-    assert notify(forged).status == 403
+    _kept_forgery(env, pid)
     # When the operator finds the charge after all: naming it completes the payment, once
     before = env.credits()
     done = resolve(pid, {"action": "complete", "reason": "found in Hyp", "hypay_id": charge.id}, key="l-2")
@@ -243,10 +243,7 @@ def test_a_forgery_found_forged_never_makes_a_declined_saved_card_charge_complet
     env.sim.faults.add("soft", "ccode", ccode=4)
     pid = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="declined-x").json["payment_id"]
     before = env.credits()
-    forged = forge(unpaid_claim(pid, amount="149.90"), key=WRONG_KEY)
-    env.hang_sign()  # type: ignore[attr-defined]
-    assert notify(forged).status == 503
-    assert notify(forged).status == 403
+    _kept_forgery(env, pid, amount="149.90")
     # When an operator completes it naming an Id: refused (Hyp's answer was a decline), nothing granted
     done = resolve(pid, {"action": "complete", "reason": "ticket 7", "hypay_id": "55555555"}, key="dx-1")
     assert (done.status, env.credits(), env.status(pid)) == (409, before, "failed"), done.body
