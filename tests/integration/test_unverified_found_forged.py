@@ -13,6 +13,7 @@ callback.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,16 @@ def _kept_forgery(env: Env, payment_id: str, *, found_forged: bool = True, amoun
     return forged
 
 
+def _kept_genuine(env: Env, key: str) -> tuple[dict, Any]:
+    """A payment paid at Hyp whose callback arrived while VERIFY was down (kept, 503): (the payment, Hyp's
+    transaction)."""
+    page = buy(env, key=key)
+    paid = pay(env, page)
+    env.hang_verify()  # type: ignore[attr-defined]
+    assert notify(paid.redirect_query).status == 503
+    return page, paid
+
+
 def test_a_kept_forgery_found_forged_can_be_failed_by_an_operator_and_then_leaves_the_queue(verify_down: Env) -> None:
     env = verify_down
     # Given a pending payment, and a forged approval for it (its Sign wrong) that arrived while Hyp could not be asked
@@ -95,10 +106,7 @@ def test_a_genuine_callback_a_check_found_forged_stays_held_and_completes_later(
     env = verify_down
     # Given a genuine paid callback kept while VERIFY was down, which a later check found forged by mistake (a KEY
     # rotated since makes its Sign fail)
-    page = buy(env, key="genuine-marked")
-    paid = pay(env, page)
-    env.hang_verify()  # type: ignore[attr-defined]
-    assert notify(paid.redirect_query).status == 503
+    page, paid = _kept_genuine(env, "genuine-marked")
     env.rows("UPDATE hypay_unverified_callbacks SET found_forged_at = now()")
     # Then it stays in the queue and its payment pending, whatever the cleanup does
     assert [i["hypay_ids"] for i in every_item()] == [[paid.id]]
@@ -112,10 +120,7 @@ def test_a_genuine_callback_a_check_found_forged_stays_held_and_completes_later(
 def test_a_forgers_copy_of_a_genuine_id_marks_nothing_of_the_genuine_callback(verify_down: Env) -> None:
     env = verify_down
     # Given a genuine payment whose callback was kept unverified (VERIFY down)
-    page = buy(env, key="genuine-kept")
-    paid = pay(env, page)
-    env.hang_verify()  # type: ignore[attr-defined]
-    assert notify(paid.redirect_query).status == 503
+    page, paid = _kept_genuine(env, "genuine-kept")
     # When a forgery naming the same Hyp Id (another amount) arrives and is found forged: first kept, then sent again
     fields = [(k, v) for k, v in unpaid_claim(page["payment_id"], amount="1.00") if k != "Id"]
     forged = forge([("Id", paid.id), *fields], key=WRONG_KEY)
@@ -168,10 +173,7 @@ def test_a_payment_held_by_a_kept_callback_nobody_can_verify_can_be_failed_and_i
 ) -> None:
     env = verify_down
     # Given a pending payment held by a callback kept while VERIFY was down (Hyp may never send it again)
-    page = buy(env, key="held-genuine")
-    paid = pay(env, page)
-    env.hang_verify()  # type: ignore[attr-defined]
-    assert notify(paid.redirect_query).status == 503
+    page, paid = _kept_genuine(env, "held-genuine")
     # When an operator fails it (audited): the cleanup would never expire it
     failed = resolve(page["payment_id"], {"action": "fail", "reason": "not in Hyp's portal"}, key="h-1")
     assert failed.status == 200, failed.body
