@@ -279,3 +279,16 @@ def test_a_genuine_kept_callback_whose_id_a_forger_planted_first_is_named_in_the
     # And Hyp's verified redelivery still completes A
     assert notify(paid.redirect_query).status == 200
     assert env.status(a["payment_id"]) == "completed"
+
+
+def test_a_forgery_found_forged_for_a_completed_payment_says_it_cannot_be_dismissed_yet(verify_down: Env) -> None:
+    env = verify_down
+    # Given a completed payment, and a forged approval for it kept, then found forged
+    page = buy(env, key="completed-then-forged")
+    assert notify(pay(env, page).redirect_query).status == 200
+    _kept_forgery(env, page["payment_id"])
+    # Then its queue item does not ask for a resolve the API refuses
+    [item] = every_item()
+    assert "no action dismisses an Id" in item["next_step"], item
+    refused = resolve(page["payment_id"], {"action": "fail", "reason": "forged"}, key="cf-1")
+    assert refused.status == 409 and env.status(page["payment_id"]) == "completed"

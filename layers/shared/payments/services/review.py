@@ -291,7 +291,11 @@ def queue_item(row: QueueRow, journal: list[JournalRow], unverified: dict[str, A
         if unverified is not None:
             item["unverified_callbacks"] = unverified
             if unverified["count"] and unverified.get("found_forged") == unverified["count"]:
-                item["next_step"] = _FOUND_FORGED_STEP
+                item["next_step"] = (
+                    _FOUND_FORGED_OPEN_STEP
+                    if row.status in (PaymentStatus.COMPLETED, PaymentStatus.NEEDS_REVIEW)
+                    else _FOUND_FORGED_STEP
+                )
     return item
 
 
@@ -299,6 +303,13 @@ _FOUND_FORGED_STEP = (
     "every callback kept for this Id was found forged by a later check (one check is no proof): if Hyp's portal shows"
     " no such transaction, resolve its payment fail (it then leaves this queue); if it does, POST the raw callback"
     " to /hypay/notify once verification works"
+)
+
+
+_FOUND_FORGED_OPEN_STEP = (
+    "every callback kept for this Id was found forged by a later check (one check is no proof), and its payment is"
+    " completed or under review: if Hyp's portal shows the transaction, refund it or POST the raw callback to"
+    " /hypay/notify; if not, nothing to do yet (no action dismisses an Id; docs/operations.md)"
 )
 
 
