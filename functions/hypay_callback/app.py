@@ -73,9 +73,9 @@ def _keep_unverified(raw: str, notify: bool, reason: str) -> None:
 
 
 def _found_forged(raw: str) -> None:
-    """A callback found forged: if it was kept unverified before (the same text), it is marked so, and its Hyp Id
-    leaves the review queue once every callback kept for it is. Best effort: the answer is the 403 / failure page
-    whatever happens here."""
+    """A callback found forged: if it was kept unverified before (the same text), it is marked so (the mark alone
+    changes nothing: it lets an operator fail the payment it holds, docs/operations.md). Best effort: the answer is
+    the 403 / failure page whatever happens here."""
     try:
         hypay_id = Journal(default_database()).found_forged(raw)
     except PaymentError as exc:  # the database not configured or unavailable, or the statement refused

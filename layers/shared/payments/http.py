@@ -169,10 +169,11 @@ def http_event_problem(event: Any) -> str | None:
     if event.get("version") != "2.0":
         return "the event is not payload format 2.0"
     context = event.get("requestContext")
-    http = context.get("http") if isinstance(context, Mapping) else None
+    if not isinstance(context, Mapping):
+        return "the event has no requestContext.http.method"
+    http = context.get("http")
     if not isinstance(http, Mapping) or not isinstance(http.get("method"), str):
         return "the event has no requestContext.http.method"
-    assert isinstance(context, Mapping)  # http is one of its members
     if not isinstance(context.get("stage"), str):
         return "the event has no requestContext.stage"
     if not isinstance(http.get("sourceIp"), str):

@@ -101,21 +101,19 @@ def raw_payload(app: Any) -> str:
             raise PoisonPayload("the form body has bytes outside ASCII (values must be percent-encoded)") from None
         if "\x00" in text:
             raise PoisonPayload("the form body has a NUL byte (values must be percent-encoded)")
-        if len(text) > MAX_CALLBACK_CHARACTERS:
-            raise PoisonPayload(
-                f"the form body is larger than a callback ({MAX_CALLBACK_CHARACTERS} characters at most)"
-            )
-        return text
+        return _no_larger_than_a_callback(text, "the form body")
     raw = event.get("rawQueryString") or ""  # absent from a hand-written event: nothing was sent
     if not raw.isascii():
         raise PoisonPayload("the query string has characters outside ASCII")
     if "\x00" in raw:
         raise PoisonPayload("the query string has a NUL character")
-    if len(raw) > MAX_CALLBACK_CHARACTERS:
-        raise PoisonPayload(
-            f"the query string is larger than a callback ({MAX_CALLBACK_CHARACTERS} characters at most)"
-        )
-    return raw
+    return _no_larger_than_a_callback(raw, "the query string")
+
+
+def _no_larger_than_a_callback(text: str, what: str) -> str:
+    if len(text) > MAX_CALLBACK_CHARACTERS:
+        raise PoisonPayload(f"{what} is larger than a callback ({MAX_CALLBACK_CHARACTERS} characters at most)")
+    return text
 
 
 @dataclass(frozen=True)
@@ -207,17 +205,16 @@ class HypayVerification(BaseMiddlewareHandler):
         gateway = config.gateway
         try:
             signed = mode in ("hmac", "both")
-            text: str | None = raw
+            text = raw
             if signed:
-                text = gateway.signed_text(raw)  # as received, or as Hyp sent it before a browser re-encoded it
-                if text is None:
+                matched = gateway.signed_text(raw)  # as received, or as Hyp sent it before a browser re-encoded it
+                if matched is None:
                     return self._forged_or_ours(gateway, "hmac")
+                text = matched
             if mode in ("verify", "both"):
-                assert text is not None
                 try:
                     genuine = gateway.verify_redirect(text)
-                    before_browser = protocol.as_hyp_sent(text)
-                    if not genuine and before_browser != text:
+                    if not genuine and (before_browser := protocol.as_hyp_sent(text)) != text:
                         # A browser re-encoded an apostrophe Hyp sent as it is, in a field the Sign does not cover (or
                         # no Sign told which form Hyp sent): asked again about the text as Hyp sent it.
                         genuine = gateway.verify_redirect(before_browser)

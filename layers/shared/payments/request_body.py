@@ -84,21 +84,18 @@ def _require_json_media_type(content_type: str | None) -> None:
 # Every body this API takes is a small JSON object (a few hundred bytes): anything much larger is refused before it
 # is parsed or validated, so that no body costs seconds of CPU or an answer past Lambda's 6 MB limit.
 MAX_BODY_CHARACTERS = 16 * 1024
+_TOO_LARGE = f"the body is too large: this API takes JSON objects of at most {MAX_BODY_CHARACTERS} characters"
 
 
 def _text(body: str | None, *, base64_encoded: bool) -> str:
     if not body:
         raise InvalidRequest("the body is empty: send a JSON object")
-    # base64 is 4/3 of its bytes: either form past the limit is refused before anything else is done with it
+    # base64 is 4/3 of its bytes: a body past the limit in either form is refused before anything else is done with it
     if len(body) > (MAX_BODY_CHARACTERS * 4 // 3 + 4 if base64_encoded else MAX_BODY_CHARACTERS):
-        raise InvalidRequest(
-            f"the body is too large: this API takes JSON objects of at most {MAX_BODY_CHARACTERS} characters"
-        )
+        raise InvalidRequest(_TOO_LARGE)
     text = _utf8(body) if base64_encoded else body  # else API Gateway decoded it already
-    if len(text) > MAX_BODY_CHARACTERS:
-        raise InvalidRequest(
-            f"the body is too large: this API takes JSON objects of at most {MAX_BODY_CHARACTERS} characters"
-        )
+    if len(text) > MAX_BODY_CHARACTERS:  # decoded base64 (its padding allowance aside, the same limit)
+        raise InvalidRequest(_TOO_LARGE)
     if text.startswith("\ufeff"):
         raise InvalidRequest("the body starts with a byte order mark: send UTF-8 JSON without one")
     return text

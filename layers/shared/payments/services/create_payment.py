@@ -77,7 +77,7 @@ def _customer(profile: Profile) -> Customer:
     first, _, last = (profile.full_name or "").strip().partition(" ")
     email = profile.email or ""
     return Customer(
-        first_name=first[:_NAME_PART_MAX].strip(),
+        first_name=first[:_NAME_PART_MAX],  # no space in it: the name's first word
         last_name=last.strip()[:_NAME_PART_MAX].strip(),
         email=email if len(email) <= _EMAIL_MAX else "",
     )

@@ -484,11 +484,7 @@ def _decided(journal: list[JournalRow]) -> list[JournalRow]:
 
 def _held_by_kept(payment: LockedPayment, journal: list[JournalRow]) -> bool:
     """A page payment whose every journal row is a callback kept unverified (not verified since)."""
-    return (
-        not payment.charge_attempted
-        and bool(journal)
-        and all(e.decision == "unverified" and not e.verified for e in journal)
-    )
+    return not payment.charge_attempted and bool(journal) and not _decided(journal)
 
 
 def _held(payment: LockedPayment, journal: list[JournalRow]) -> bool:
