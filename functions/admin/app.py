@@ -140,7 +140,7 @@ _KEYED_POST_PROBLEMS: dict[int, Any] = {
     415: UNSUPPORTED_MEDIA_TYPE,
     503: UNAVAILABLE,
 }
-_PAGE_MAX = AdminSettings.model_fields["review_page_max"].default
+_PAGE_MAX = AdminSettings.default("review_page_max")
 
 
 @app.get(

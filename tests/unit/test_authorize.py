@@ -266,21 +266,21 @@ def test_a_rotated_shared_secret_is_read_again_at_most_once_per_cooldown() -> No
 
 def test_short_or_missing_secrets_and_settings_are_configuration_errors() -> None:
     with pytest.raises(ConfigurationError):
-        SharedSecret.from_settings(AuthSettings.model_validate({"JWT_MODE": "hs256", "JWT_SECRET": "short"})).key(None)
+        SharedSecret.from_settings(AuthSettings.from_mapping({"JWT_MODE": "hs256", "JWT_SECRET": "short"})).key(None)
     with pytest.raises(ConfigurationError):
-        SharedSecret.from_settings(AuthSettings.model_validate({"JWT_MODE": "hs256"}))
+        SharedSecret.from_settings(AuthSettings.from_mapping({"JWT_MODE": "hs256"}))
     with pytest.raises(ConfigurationError):
-        verifier_from_settings(AuthSettings.model_validate({"JWT_ISSUER": "https://p.supabase.co/auth/v1"}))
+        verifier_from_settings(AuthSettings.from_mapping({"JWT_ISSUER": "https://p.supabase.co/auth/v1"}))
     with pytest.raises(ConfigurationError):
-        verifier_from_settings(AuthSettings.model_validate({"JWT_MODE": "es256"}))
+        verifier_from_settings(AuthSettings.from_mapping({"JWT_MODE": "es256"}))
     with pytest.raises(ConfigurationError):  # a plain-HTTP JWKS
         verifier_from_settings(
-            AuthSettings.model_validate({"JWT_MODE": "es256", "JWT_ISSUER": "http://p.supabase.co/auth/v1"})
+            AuthSettings.from_mapping({"JWT_MODE": "es256", "JWT_ISSUER": "http://p.supabase.co/auth/v1"})
         )
 
 
 def test_settings_from_the_template_pin_the_mode_and_default_the_jwks_url() -> None:
-    settings = AuthSettings.model_validate(
+    settings = AuthSettings.from_mapping(
         {"JWT_MODE": "es256", "JWT_ISSUER": "https://p.supabase.co/auth/v1/", "JWKS_URL": "", "JWT_SECRET_ARN": ""}
     )
     verify = verifier_from_settings(settings)

@@ -284,4 +284,4 @@ def callback_pages() -> CallbackSettings:
     try:
         return callback_settings()
     except ConfigurationError:
-        return CallbackSettings.model_validate({})
+        return CallbackSettings()
