@@ -21,7 +21,8 @@ import yaml
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 
 from ops.template import ROOT, TEMPLATE, _CfnLoader, load, load_module
-from payments.api_schema import JSON, GatewayMessage
+from payments import api_models
+from payments.api_schema import JSON, REF_TEMPLATE
 
 OUT = ROOT / "docs" / "openapi.json"
 TITLE = "Payments API"
@@ -59,7 +60,6 @@ def build() -> dict[str, Any]:
         for kind, items in schema.get("components", {}).items():
             document.setdefault("components", {}).setdefault(kind, {}).update(items)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    schemas["GatewayMessage"] = GatewayMessage.model_json_schema()
     secured = {(r.method.lower(), r.path) for r in template.routes if r.authorizer}
     throttled = _throttled({(r.method.lower(), r.path) for r in template.routes})
     for path, operations in document.get("paths", {}).items():
@@ -81,8 +81,23 @@ def build() -> dict[str, Any]:
                 if answer.get("content") == {}:
                     del answer["content"]  # a redirect: no body, no media type
             _merge_reads(operation, schemas)
+    _add_named_models(document, schemas)
     _drop_unused(document)
     return document
+
+
+def _add_named_models(document: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """The models routes name (`payments.api_schema.model_ref`) and `_GATEWAY`, from `payments.api_models`, with
+    the models they refer to in turn."""
+    while True:
+        text = json.dumps(document)
+        named = {n for n in vars(api_models) if f'"{REF_TEMPLATE.format(model=n)}"' in text} - set(schemas)
+        if not named:
+            return
+        for name in sorted(named):
+            schema = getattr(api_models, name).model_json_schema(ref_template=REF_TEMPLATE)
+            schemas.update(schema.pop("$defs", {}))
+            schemas[name] = schema
 
 
 def _throttled(routes: set[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -109,10 +124,13 @@ def _gateway_answer(responses: dict[str, Any], status: str, description: str) ->
 
 def _merge_reads(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
     """A route that reads its request itself declares it under `x-reads` (`payments.api_schema.reads_itself`):
-    its parameters join the signature's (a path parameter), its body's model `$defs` go to the components."""
+    its parameters join the signature's (a path parameter; one it names too is its own), its body's model `$defs`
+    go to the components."""
     reads = operation.pop("x-reads", {})
     if reads.get("parameters"):
-        operation["parameters"] = [*operation.get("parameters", []), *reads["parameters"]]
+        declared = {(p["name"], p["in"]) for p in reads["parameters"]}
+        signature = [p for p in operation.get("parameters", []) if (p["name"], p["in"]) not in declared]
+        operation["parameters"] = [*signature, *reads["parameters"]]
     if "requestBody" in reads:
         operation["requestBody"] = reads["requestBody"]
         for content in reads["requestBody"]["content"].values():

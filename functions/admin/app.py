@@ -24,11 +24,6 @@ from payments.api_schema import (
     UNAUTHORIZED_ADMIN,
     UNAVAILABLE,
     UNSUPPORTED_MEDIA_TYPE,
-    Refund,
-    RefundConfirming,
-    RefundSettled,
-    Resolved,
-    ReviewPage,
     json_answer,
     parameter,
     problem_json,
@@ -149,7 +144,7 @@ _PAGE_MAX = AdminSettings.default("review_page_max")
     tags=["admin"],
     security=ADMIN_TOKEN,
     responses={
-        200: json_answer(ReviewPage, "One page of the queue."),
+        200: json_answer("ReviewPage", "One page of the queue."),
         400: problem_json("A malformed reason, limit or after."),
         401: UNAUTHORIZED_ADMIN,
         503: UNAVAILABLE,
@@ -190,7 +185,7 @@ def get_review() -> Response[Any]:
     tags=["admin"],
     security=ADMIN_TOKEN,
     responses={
-        200: json_answer(Resolved, "Resolved (or replayed: Idempotent-Replayed: true).", headers=REPLAYED),
+        200: json_answer("Resolved", "Resolved (or replayed: Idempotent-Replayed: true).", headers=REPLAYED),
         **_KEYED_POST_PROBLEMS,
         422: problem_json("The Idempotency-Key was used with a different request."),
     },
@@ -253,9 +248,9 @@ def _refunds() -> Refunds:
     tags=["admin"],
     security=ADMIN_TOKEN,
     responses={
-        201: json_answer(Refund, "Refunded (or replayed: Idempotent-Replayed: true).", headers=REPLAYED),
+        201: json_answer("Refund", "Refunded (or replayed: Idempotent-Replayed: true).", headers=REPLAYED),
         202: json_answer(
-            RefundConfirming, "Hyp's answer was lost: being confirmed, never sent again.", headers=REPLAYED
+            "RefundConfirming", "Hyp's answer was lost: being confirmed, never sent again.", headers=REPLAYED
         ),
         **_KEYED_POST_PROBLEMS,
         422: problem_json(
@@ -306,7 +301,7 @@ class RefundOutcomeBody(BaseModel):
     tags=["admin"],
     security=ADMIN_TOKEN,
     responses={
-        200: json_answer(RefundSettled, "Settled as found (or already so: the same answer)."),
+        200: json_answer("RefundSettled", "Settled as found (or already so: the same answer)."),
         400: problem_json("Malformed body, or a missing or malformed Idempotency-Key."),
         401: UNAUTHORIZED_ADMIN,
         404: problem_json("No such refund."),

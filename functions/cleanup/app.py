@@ -18,7 +18,6 @@ from payments.api_schema import (
     ADMIN_TOKEN,
     UNAUTHORIZED_ADMIN,
     UNAVAILABLE,
-    IdempotencyExercise,
     json_answer,
     parameter,
     problem_json,
@@ -157,7 +156,7 @@ def admin_cleanup() -> Response[Any]:
     tags=["admin"],
     security=ADMIN_TOKEN,
     responses={
-        200: json_answer(IdempotencyExercise, "What ran, and whether the store behaved."),
+        200: json_answer("IdempotencyExercise", "What ran, and whether the store behaved."),
         400: problem_json("No type, or an unknown one."),
         401: UNAUTHORIZED_ADMIN,
         404: problem_json("In prod: no such route."),

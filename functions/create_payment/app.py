@@ -4,44 +4,39 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from typing import Annotated, Any
+from typing import Any
 from uuid import UUID
 
 from aws_lambda_powertools.event_handler import Response
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Header, Path
+from pydantic_core import ValidationError
 
 from payments.adapters.db import default_database
 from payments.adapters.hypay import HypayClient
 from payments.adapters.payments_store import PaymentsStore
 from payments.api_schema import (
-    IDEMPOTENCY_KEY_DESCRIPTION,
-    IDEMPOTENCY_KEY_SCHEMA,
+    IDEMPOTENCY_KEY,
     PAYMENT_ID,
     REPLAYED,
     UNAVAILABLE,
     UNSUPPORTED_MEDIA_TYPE,
-    PaymentConfirming,
     json_answer,
+    parameter,
     problem_json,
+    reads_itself,
     retry_after,
 )
 from payments.caller import authenticated_user
-from payments.domain.payment import CreatePaymentRequest, PaymentView
+from payments.domain.payment import CreatePaymentRequest
 from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import HttpApi, error_response, problem, unhandled_error, validation_problem
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import http_handler
-from payments.request_body import UnsupportedMediaType, json_body_validation
+from payments.request_body import UnsupportedMediaType, json_object
 from payments.services.create_payment import CreatePayment, CreatePaymentDeps, get_payment
 from payments.settings import api_settings, auth_settings, idempotency_settings
 
-# Validation per route (POST /payments reads its body itself): no Powertools 422 declared where none is answered.
-# The request body model defers its build, so that functions importing its module without reading it never build
-# it; this function builds it here, at init, as it was built before (the service validates with it). Powertools'
-# own validator around it, for the route's signature, is made at the first request, as it always was.
-CreatePaymentRequest.model_rebuild()
-
+# The routes read their requests themselves (body, Idempotency-Key, path), as `reads_itself` declares them for the
+# OpenAPI document: no Powertools request validation, so no pydantic model is made at a cold start.
 app = HttpApi()
 
 _PROBLEMS: dict[int, Any] = {
@@ -107,7 +102,7 @@ def _service() -> CreatePayment:
     "with saved_card, charges the saved card instead. Idempotent on the Idempotency-Key header.",
     responses={
         201: {
-            **json_answer(PaymentView, "Created: the payment page's URL (saved_card: completed).", headers=REPLAYED),
+            **json_answer("PaymentView", "Created: the payment page's URL (saved_card: completed).", headers=REPLAYED),
             "links": {
                 "GetPayment": {
                     "operationId": "getPayment",
@@ -116,24 +111,19 @@ def _service() -> CreatePayment:
             },
         },
         202: json_answer(
-            PaymentConfirming, "A saved-card charge is being confirmed: poll GET /payments/{id}.", headers=REPLAYED
+            "PaymentConfirming", "A saved-card charge is being confirmed: poll GET /payments/{id}.", headers=REPLAYED
         ),
         **_PROBLEMS,
     },
     tags=["payments"],
-    # Powertools' own validation 500s on media types it does not parse: the same validation, our body reading.
-    enable_validation=False,
-    middlewares=json_body_validation(),
+    openapi_extensions=reads_itself(parameters=[IDEMPOTENCY_KEY], body="CreatePaymentRequest"),
 )
-def post_payment(
-    body: CreatePaymentRequest,
-    idempotency_key: Annotated[
-        str, Header(description=IDEMPOTENCY_KEY_DESCRIPTION, json_schema_extra=IDEMPOTENCY_KEY_SCHEMA)
-    ],
-) -> Response[Any]:
-    answer = _service()(
-        user_id=_user_id(), idempotency_key=_idempotency_key(idempotency_key), request=body, context=app.lambda_context
-    )
+def post_payment() -> Response[Any]:
+    event = app.current_event
+    body = json_object(event.headers.get("content-type"), event.body, base64_encoded=bool(event.is_base64_encoded))
+    request = CreatePaymentRequest.model_validate(body)
+    key = _idempotency_key(event.headers.get("idempotency-key"))
+    answer = _service()(user_id=_user_id(), idempotency_key=key, request=request, context=app.lambda_context)
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
     content_type = "application/problem+json" if answer.status >= 400 else "application/json"
     return Response(answer.status, content_type, json.dumps(answer.body), headers)
@@ -144,14 +134,17 @@ def post_payment(
     operation_id="getPayment",
     summary="A payment's status, for its owner",
     responses={
-        200: json_answer(PaymentView, "The payment."),
+        200: json_answer("PaymentView", "The payment."),
         401: _PROBLEMS[401],
         404: problem_json("No such payment (or not this user's)."),
         503: UNAVAILABLE,
     },
     tags=["payments"],
+    openapi_extensions=reads_itself(
+        parameters=[parameter("path", "payment_id", {"type": "string", **PAYMENT_ID}, "The payment.", required=True)]
+    ),
 )
-def read_payment(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)]) -> Response[Any]:
+def read_payment(payment_id: str) -> Response[Any]:
     try:
         pid = UUID(payment_id)
     except ValueError:
@@ -160,8 +153,8 @@ def read_payment(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)])
     return Response(200, "application/json", json.dumps(body))
 
 
-@app.exception_handler(RequestValidationError)
-def _invalid(exc: RequestValidationError) -> Response:
+@app.exception_handler(ValidationError)
+def _invalid(exc: ValidationError) -> Response:
     return validation_problem(exc.errors())
 
 

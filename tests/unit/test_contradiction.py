@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from decimal import Decimal
 from uuid import uuid4
 
@@ -67,7 +66,7 @@ def test_rows_that_cannot_be_compared_and_refund_rows_contradict_nothing() -> No
 
 
 def test_two_refusals_with_other_codes_or_amounts_moved_no_money_and_contradict_nothing() -> None:
-    facts = dataclasses.replace(FACTS, status=PaymentStatus.FAILED)
+    facts = FACTS._replace(status=PaymentStatus.FAILED)
     decision = decide(_txn(ccode=33, amount="1.00"), facts, _entry(Verdict.DECLINED, ccode=6))
     assert (decision.action, decision.result, decision.contradiction) == (Action.NONE, Result.FAILED, None)
 

@@ -51,7 +51,7 @@ def test_openapi_document_is_up_to_date() -> None:
 def test_openapi_documents_the_payment_contract() -> None:
     create = _operation("post", "/payments")
     assert create["security"] == [{"webAppJwt": []}]
-    assert [(p["name"], p["required"]) for p in create["parameters"]] == [("idempotency-key", True)]
+    assert [(p["name"], p["required"]) for p in create["parameters"]] == [("Idempotency-Key", True)]
     assert set(create["responses"]) == {"201", "202", "400", "401", "402", "403", "404", "409", "415", "422", "429"} | {
         "502",
         "503",

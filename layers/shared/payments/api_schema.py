@@ -1,19 +1,21 @@
 """What the HTTP routes declare in OpenAPI beside their request models: every answer's status, media type,
 body and headers, so that docs/openapi.json (`make openapi`) holds all a route can answer.
 
-The bodies are built as dicts where they are answered (the services, `payments.http`); the models here
-only describe them. `proof/contract.py` fuzzes the running stack against the document.
+The bodies are built as dicts where they are answered (the services, `payments.http`); the models of
+`payments.api_models` only describe them. A route names such a model (`json_answer("PaymentView", ...)`): its
+schema is a `$ref` that `ops/openapi.py` fills from `payments.api_models`, so that a function's cold start
+creates no pydantic model it never validates with. `proof/contract.py` fuzzes the running stack against the
+document.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.config import JsonDict
+from typing import TYPE_CHECKING, Any
 
 from payments.domain import hypay as protocol
-from payments.domain.payment import PaymentStatus, Problem
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
@@ -35,6 +37,14 @@ IDEMPOTENCY_KEY_DESCRIPTION = (
 )
 
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+
+def model_ref(name: str) -> dict[str, Any]:
+    """A schema naming a model of `payments.api_models`, which `ops/openapi.py` adds to the components."""
+    return {"schema": {"$ref": REF_TEMPLATE.format(model=name)}}
+
+
 # -- requests a route reads itself -------------------------------------------------------------------
 
 
@@ -50,25 +60,31 @@ IDEMPOTENCY_KEY = parameter(
 def reads_itself(
     *,
     parameters: list[Any] | None = None,
-    body: type[BaseModel] | dict[str, Any] | None = None,
+    body: type[BaseModel] | str | dict[str, Any] | None = None,
     media_type: str = JSON,
     body_required: bool = True,
 ) -> dict[str, Any]:
     """The request of a route that reads it itself instead of through Powertools' validation (the admin
     routes check the admin first; the Hypay routes verify the raw bytes), for the decorator's
     `openapi_extensions`: `x-reads`, which `ops/openapi.py` merges into the operation (Powertools would
-    replace a plain `parameters` with the signature's), a model's `$defs` into the components."""
+    replace a plain `parameters` with the signature's), a model's `$defs` into the components. A body named
+    by a string is a model of `payments.api_models`."""
     declared: dict[str, Any] = {}
     if parameters:
         declared["parameters"] = parameters
     if body is not None:
-        schema = body if isinstance(body, dict) else body.model_json_schema(ref_template="#/components/schemas/{model}")
+        if isinstance(body, str):
+            schema = model_ref(body)["schema"]
+        elif isinstance(body, dict):
+            schema = body
+        else:
+            schema = body.model_json_schema(ref_template=REF_TEMPLATE)
         declared["requestBody"] = {"required": body_required, "content": {media_type: {"schema": schema}}}
     return {"x-reads": declared}
 
 
-PAYMENT_ID: JsonDict = {"format": "uuid"}  # a path's payment_id: anything else is no payment (404)
-REFUND_ID: JsonDict = {"format": "uuid"}  # a path's refund_id: anything else is no refund (404)
+PAYMENT_ID: dict[str, Any] = {"format": "uuid"}  # a path's payment_id: anything else is no payment (404)
+REFUND_ID: dict[str, Any] = {"format": "uuid"}  # a path's refund_id: anything else is no refund (404)
 
 
 # The fields a callback is refused without (`protocol.malformed`), as JSON Schema; a test holds them to the code.
@@ -114,24 +130,6 @@ CALLBACK_FORM: dict[str, Any] = {
 # -- answers -------------------------------------------------------------------------------------------
 
 
-class GatewayMessage(BaseModel):
-    """API Gateway's own answer: its authorizer's 401 (403 with the Lambda authorizer), 404 for no route."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    message: str
-
-
-class PaymentConfirming(BaseModel):
-    """202: a saved-card charge may have happened and is being confirmed; never charged again for this key."""
-
-    model_config = ConfigDict(defer_build=True)
-
-    payment_id: str
-    status: PaymentStatus
-    detail: str
-
-
 def header(description: str, schema: dict[str, Any], *, required: bool = False) -> Any:
     """A response header (Powertools' `OpenAPIResponseHeader` has no `required`; OpenAPI has)."""
     return {"description": description, "schema": schema, "required": required}
@@ -155,14 +153,16 @@ REPLAYED = {
 
 def problem_json(description: str, *, headers: dict[str, Any] | None = None) -> Any:
     """An application/problem+json answer (RFC 9457). What API Gateway answers itself is added by ops/openapi.py."""
-    answer: dict[str, Any] = {"description": description, "content": {PROBLEM_JSON: {"model": Problem}}}
+    answer: dict[str, Any] = {"description": description, "content": {PROBLEM_JSON: model_ref("Problem")}}
     if headers:
         answer["headers"] = headers
     return answer
 
 
-def json_answer(model: type, description: str, *, headers: dict[str, Any] | None = None) -> Any:
-    answer: dict[str, Any] = {"description": description, "content": {JSON: {"model": model}}}
+def json_answer(model: type | str, description: str, *, headers: dict[str, Any] | None = None) -> Any:
+    """A JSON answer; its body a model, or the name of one of `payments.api_models`."""
+    body = model_ref(model) if isinstance(model, str) else {"model": model}
+    answer: dict[str, Any] = {"description": description, "content": {JSON: body}}
     if headers:
         answer["headers"] = headers
     return answer
@@ -193,86 +193,3 @@ UNAVAILABLE = problem_json(
     "The database (or the payment gateway, or a setting) is unavailable: retry later, with the same key.",
     headers=retry_after(),
 )
-
-
-class IdempotencyExercise(BaseModel):
-    """What GET /debug/test-idempotency ran, and whether the store behaved."""
-
-    model_config = ConfigDict(defer_build=True, extra="allow")
-
-    type: str
-    function_ran: int
-    ok: bool
-
-
-class ReviewItem(BaseModel):
-    """One thing that needs a human (docs/operations.md); the payment, the journal and the next step."""
-
-    model_config = ConfigDict(defer_build=True, extra="allow")
-
-    id: str
-    kind: str = Field(description="payment, refund or transaction")
-    reason: str
-    since: str
-    age_seconds: float
-    next_step: str
-
-
-class ReviewPage(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
-    items: list[ReviewItem]
-    next: str | None = Field(description="The cursor of the next page (`after`), or null at the end.")
-
-
-class Resolved(BaseModel):
-    model_config = ConfigDict(defer_build=True)
-
-    payment_id: str
-    action: str
-    status: str
-    hypay_id: str | None
-    credits_granted: int
-    audit_id: str
-    resolved_by: str
-
-
-class RefundConfirming(BaseModel):
-    """202: a refund (or the charge behind it) may have moved money and is being confirmed."""
-
-    model_config = ConfigDict(defer_build=True, extra="allow")
-
-    payment_id: str
-    status: str
-    detail: str
-
-
-class RefundSettled(BaseModel):
-    """A refund of unknown outcome settled by an operator (200): succeeded or refused, as found at Hyp."""
-
-    model_config = ConfigDict(defer_build=True, extra="allow")
-
-    refund_id: str
-    payment_id: str
-    hypay_transaction_id: str
-    method: str
-    amount: str
-    currency: str
-    status: str
-    hypay_refund_id: str | None
-    credits_taken: int
-    detail: str | None
-
-
-class Refund(BaseModel):
-    """A refund that succeeded (201)."""
-
-    model_config = ConfigDict(defer_build=True, extra="allow")
-
-    refund_id: str
-    payment_id: str
-    method: str
-    amount: str
-    currency: str
-    hypay_transaction_id: str
-    status: str

@@ -16,8 +16,7 @@ import base64
 import binascii
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote_plus
 from uuid import UUID
 
@@ -116,8 +115,7 @@ def _no_larger_than_a_callback(text: str, what: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class VerificationConfig:
+class VerificationConfig(NamedTuple):
     settings: CallbackSettings
     allowlist: tuple[Network, ...]
     gateway: HypayClient

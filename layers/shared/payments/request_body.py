@@ -1,9 +1,8 @@
 """How the API reads a JSON request body: media type, encoding, syntax and shape, each refused in words.
 
-Powertools' request validation picks the body parser by a case-sensitive `application/json` prefix and
-raises an unhandled error for any other media type (a 500). `JsonBodyValidation` is that same validation
-(path, query, headers, the pydantic body model) reading the body with `json_object` instead, so a body
-the API cannot take is a 4xx before any route code, and so any database write, runs.
+Every route taking a body reads it with `json_object` before anything else, so a body the API cannot take is
+a 4xx before any database write. (Powertools' request validation picks the body parser by a case-sensitive
+`application/json` prefix and raises an unhandled error for any other media type: a 500.)
 """
 
 from __future__ import annotations
@@ -11,19 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
-    OpenAPIRequestValidationMiddleware,
-    OpenAPIResponseValidationMiddleware,
-)
+from typing import Any
 
 from payments.errors import InvalidRequest
 from payments.names import without_digit_runs
-
-if TYPE_CHECKING:
-    from aws_lambda_powertools.event_handler.types import EventHandlerInstance
 
 # `application/json`, or a structured `+json` type (RFC 6838 section 4.2.8), e.g. application/merge-patch+json.
 _JSON_MEDIA_TYPE = re.compile(r"application/(json|[a-z0-9][a-z0-9!#$&^_.+-]*\+json)")
@@ -136,20 +126,3 @@ def _kind(value: Any) -> str:
     if value is None:
         return "null"
     return "a number"
-
-
-class JsonBodyValidation(OpenAPIRequestValidationMiddleware):
-    """Powertools' request validation, with the body read by `json_object`."""
-
-    def _get_body(self, app: EventHandlerInstance) -> dict[str, Any]:
-        event = app.current_event
-        return json_object(event.headers.get("content-type"), event.body, base64_encoded=bool(event.is_base64_encoded))
-
-
-def json_body_validation() -> list[Callable[..., Any]]:
-    """The middlewares of a route taking a JSON object body, given with `enable_validation=False` on that route.
-
-    They are what `enable_validation=True` would add (request validation first, response validation last),
-    with the request's body read by `json_object`.
-    """
-    return [JsonBodyValidation(), OpenAPIResponseValidationMiddleware()]

@@ -17,8 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 from aws_lambda_powertools import Logger
@@ -36,13 +35,15 @@ from payments.tracing import tracer
 logger = Logger(child=True)
 
 
-@dataclass(frozen=True)
-class HypayCredentials:
+class HypayCredentials(NamedTuple):
     """A terminal's credentials. Only `masof` ever shows in a repr."""
 
     masof: str
-    key: str = field(repr=False)
-    passp: str = field(repr=False)
+    key: str
+    passp: str
+
+    def __repr__(self) -> str:
+        return f"HypayCredentials(masof={self.masof!r})"
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> HypayCredentials:
@@ -77,29 +78,29 @@ def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentia
     raise ConfigurationError("set HYPAY_SECRET_ARN, or HYPAY_MASOF, HYPAY_KEY and HYPAY_PASSP")
 
 
-@dataclass(frozen=True)
-class Customer:
+class Customer(NamedTuple):
     first_name: str = ""
     last_name: str = ""
     email: str = ""
     israeli_id: str = "000000000"  # Hyp's `UserId`: an Israeli ID, or zeros when not asked
 
 
-@dataclass(frozen=True)
-class PaymentPage:
+NO_CUSTOMER = Customer()
+
+
+class PaymentPage(NamedTuple):
     """What the payment page asks for. `order` comes back as `Order` in the redirect."""
 
     amount: Money
     order: str
     description: str
-    customer: Customer = Customer()
+    customer: Customer = NO_CUSTOMER
     language: str = "HEB"
     max_installments: int = 1
     invoice: bool = False  # SendHesh: Hyp issues the invoice (its number comes back as Hesh)
 
 
-@dataclass(frozen=True)
-class Charge:
+class Charge(NamedTuple):
     """An approved transaction. No card data: Hyp's transaction id, approval code and amount."""
 
     transaction_id: str
@@ -109,13 +110,15 @@ class Charge:
     currency_known: bool = True  # False: its Coin is not a currency we sell in (the amount's currency is a stand-in)
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     """A card token for `charge_token`. The token itself never shows in a repr."""
 
-    value: str = field(repr=False)
+    value: str
     expiry_month: int
     expiry_year: int
+
+    def __repr__(self) -> str:
+        return f"Token(expiry_month={self.expiry_month!r}, expiry_year={self.expiry_year!r})"
 
 
 Opener = Callable[[urllib.request.Request, float], bytes]
@@ -366,7 +369,7 @@ class HypayClient:
         amount: Money,
         order: str,
         description: str,
-        customer: Customer = Customer(),
+        customer: Customer = NO_CUSTOMER,
         cvv: str | None = None,
     ) -> Charge:
         """action=soft with a token. Never retried blindly: a lost answer may still be a charge.
@@ -577,8 +580,7 @@ CREDENTIALS_CHECK_REUSE_SECONDS = 5.0
 _NOT_SENT_REASONS = ("(ConnectionRefusedError)", "(gaierror)")
 
 
-@dataclass(frozen=True)
-class Reversal:
+class Reversal(NamedTuple):
     """An approved refund or cancellation. `transaction_id` is Hyp's Id of the reversal itself (a refund
     has one; a cancellation's answer documents none), `original_id` the transaction it reverses."""
 

@@ -12,10 +12,9 @@ indexes on `payments.hypay_transaction_id` and on one purchase per payment stop 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from payments.adapters.db import Rows, bind
@@ -54,8 +53,7 @@ class Action(StrEnum):
     REVIEW = "review"
 
 
-@dataclass(frozen=True)
-class HypTransaction:
+class HypTransaction(NamedTuple):
     """A Hyp transaction as the backend learned of it. No card data."""
 
     hypay_id: str
@@ -71,8 +69,7 @@ class HypTransaction:
     currency_known: bool = True  # False: its Coin is not a currency we sell in (the amount's currency is a stand-in)
 
 
-@dataclass(frozen=True)
-class JournalEntry:
+class JournalEntry(NamedTuple):
     decision: Verdict
     payment_id: UUID | None
     verified: bool
@@ -82,8 +79,7 @@ class JournalEntry:
     currency: str | None = None  # None: a currency we do not sell in, or not read
 
 
-@dataclass(frozen=True)
-class PaymentFacts:
+class PaymentFacts(NamedTuple):
     """The locked payment, as a decision needs it, and the journal's row for the transaction."""
 
     status: PaymentStatus
@@ -98,8 +94,7 @@ class PaymentFacts:
     largest_unnamed_refund: Decimal | None = None
 
 
-@dataclass(frozen=True)
-class Applied:
+class Applied(NamedTuple):
     """What `apply` changed."""
 
     journaled: Verdict  # the decision the journal holds now (an earlier verified one is never overwritten)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from payments.adapters.db import Database, QueryError, bind
@@ -14,8 +13,7 @@ from payments.domain.payment import PaymentStatus
 UNIQUE_VIOLATION = "23505"
 
 
-@dataclass(frozen=True)
-class Pack:
+class Pack(NamedTuple):
     id: UUID
     name: str
     credits: int
@@ -23,15 +21,13 @@ class Pack:
     active: bool
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     id: UUID
     email: str | None
     full_name: str | None
 
 
-@dataclass(frozen=True)
-class Payment:
+class Payment(NamedTuple):
     id: UUID
     user_id: UUID
     status: PaymentStatus
@@ -43,8 +39,7 @@ class Payment:
     save_card: bool
 
 
-@dataclass(frozen=True)
-class OpenedPayment:
+class OpenedPayment(NamedTuple):
     """The payment behind an Idempotency-Key: new, or what an earlier attempt left."""
 
     id: UUID
@@ -67,8 +62,7 @@ _OPENED = (
 )
 
 
-@dataclass(frozen=True)
-class SavedCard:
+class SavedCard(NamedTuple):
     token: str
     expiry_month: int
     expiry_year: int

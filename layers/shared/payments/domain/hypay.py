@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import hmac
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from payments.errors import (
@@ -319,8 +319,7 @@ def redact(text: str) -> str:
     return _PAN_LIKE.sub("[redacted]", text)
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """A parsed Hypay answer: its fields (decoded) and CCode."""
 
     fields: dict[str, str]

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
+from functools import cache
 
 from payments.domain.money import Money
 
-try:
-    from zoneinfo import ZoneInfo
 
-    ISRAEL: dt.tzinfo | None = ZoneInfo("Asia/Jerusalem")
-except Exception:  # noqa: BLE001 - no tz database in the runtime: never guess the day, always refund
-    ISRAEL = None
+@cache
+def israel() -> dt.tzinfo | None:
+    """Israel's time zone; None without a tz database in the runtime (loaded by the first refund, not at import)."""
+    try:
+        from zoneinfo import ZoneInfo  # noqa: PLC0415 - a refund's rare path, off every cold start
+
+        return ZoneInfo("Asia/Jerusalem")
+    except Exception:  # noqa: BLE001 - no tz database: never guess the day, always refund
+        return None
+
 
 # Hyp Pay: a transaction can be cancelled "up until 22:00 Israel time on the same business day it was made".
 CANCEL_UNTIL_HOUR = 22
@@ -45,9 +51,10 @@ def choose_method(
 ) -> Method:
     """CancelTrans for the whole of an untouched transaction made today (Israel time) before the cut-off;
     zikoyAPI otherwise. Without a time zone database the day cannot be told: always zikoyAPI."""
-    if ISRAEL is None or amount != original or reserved.minor != 0:
+    zone = israel()
+    if zone is None or amount != original or reserved.minor != 0:
         return Method.REFUND
-    made, today = original_at.astimezone(ISRAEL), now.astimezone(ISRAEL)
+    made, today = original_at.astimezone(zone), now.astimezone(zone)
     if made.date() == today.date() and today.hour < cancel_until_hour:
         return Method.CANCEL
     return Method.REFUND

@@ -13,7 +13,6 @@ retry can never charge the card twice.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,7 +147,7 @@ class CreatePayment:
         if opened is None or not _made_by(opened, request):
             raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
         payment_id = opened.id
-        pack = dataclasses.replace(pack, price=opened.amount, credits=opened.credits or pack.credits)
+        pack = pack._replace(price=opened.amount, credits=opened.credits or pack.credits)
         if not opened.created:
             _refuse_if_never_offered(opened)
             earlier = self._earlier_attempt(opened, pack)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -50,8 +50,7 @@ _LAST4 = re.compile(r"[0-9]{4}", re.ASCII)
 _PARSED_FIELDS = frozenset({"Id", "CCode", "Amount", "Order", "Coin", "Hesh", "L4digit", "ACode", "errMsg"})
 
 
-@dataclass(frozen=True)
-class CallbackOutcome:
+class CallbackOutcome(NamedTuple):
     result: Result
     payment_id: UUID | None
 

@@ -19,9 +19,8 @@ decision without its row and no paid transaction only in a log. Settling the sam
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -55,8 +54,7 @@ class Result(StrEnum):
     UNKNOWN_PAYMENT = "unknown_payment"  # Order is not one of our payments
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     action: Action
     verdict: Verdict
     result: Result
@@ -66,8 +64,7 @@ class Decision:
     contradiction: str | None = None  # what a verified redelivery said against the decided row (kept on it)
 
 
-@dataclass(frozen=True)
-class Settlement:
+class Settlement(NamedTuple):
     result: Result
     verdict: Verdict
     payment_id: UUID | None
@@ -95,7 +92,7 @@ def resolve_amount(txn: HypTransaction, facts: PaymentFacts | None, *, currency_
     """When the currency was not verified (HMAC only: `Coin` is unsigned), it is the one the payment asked."""
     if currency_trusted or txn.amount is None or facts is None:
         return txn
-    return dataclasses.replace(txn, amount=Money(txn.amount.minor, facts.amount.currency))
+    return txn._replace(amount=Money(txn.amount.minor, facts.amount.currency))
 
 
 def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
