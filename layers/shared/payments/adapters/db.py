@@ -23,11 +23,10 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
@@ -79,8 +78,7 @@ class QueryError(PaymentError):
         return not self.retryable and (self.sqlstate or "")[:2] not in _PASSING_CLASSES
 
 
-@dataclass(frozen=True)
-class ConnectionParams:
+class ConnectionParams(NamedTuple):
     """Everything needed to open a connection. The password never shows in a repr.
 
     `ssl_root_cert` is the PEM file of the CAs trusted under verify-full (`system`: the OS's store);
@@ -89,12 +87,18 @@ class ConnectionParams:
 
     user: str
     database: str
-    password: str | None = field(default=None, repr=False)
+    password: str | None = None
     host: str | None = "localhost"
     port: int = 5432
     unix_sock: str | None = None
     ssl_mode: SslMode = "disable"
     ssl_root_cert: str | None = None
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True) if name != "password"
+        )
+        return f"ConnectionParams({shown})"
 
 
 def parse_database_url(url: str, ssl_mode: SslMode | None = None, ssl_root_cert: str | None = None) -> ConnectionParams:
