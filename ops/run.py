@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel
 
 import payments.settings
 from ops.demo import DemoSite
@@ -35,7 +34,7 @@ from ops.migrate import migrate
 from ops.seed import DEMO_USER_EMAIL, DEMO_USER_ID, seed
 from ops.template import TEMPLATE, Route, Template, _CfnLoader, load
 from payments.adapters.db import Database
-from payments.settings import DatabaseSettings
+from payments.settings import DatabaseSettings, EnvSettings
 
 FUNCTION_TYPE = "AWS::Serverless::Function"
 LOCAL_ADMIN_TOKEN = "local-admin-token"  # local runs only; deployed stacks read it from Secrets Manager
@@ -98,7 +97,7 @@ def auth_lines(api: LocalApi, auth: LocalAuth) -> list[str]:
 def setting_names(template: Template) -> set[str]:
     """Every setting a function reads from its environment: the template's variables (`!Ref` ones too) and
     every field of payments.settings. `make run` passes these through from its own environment."""
-    names = {f.alias for model in _settings_models() for f in model.model_fields.values() if f.alias}
+    names = {name for settings in _settings_classes() for name in settings.variable_names()}
     doc = yaml.load(TEMPLATE.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
     sections = [(doc.get("Globals") or {}).get("Function") or {}]
     sections += [r.get("Properties") or {} for r in doc["Resources"].values() if r["Type"] == FUNCTION_TYPE]
@@ -108,11 +107,11 @@ def setting_names(template: Template) -> set[str]:
     return names
 
 
-def _settings_models() -> list[type[BaseModel]]:
+def _settings_classes() -> list[type[EnvSettings]]:
     return [
         v
         for v in vars(payments.settings).values()
-        if isinstance(v, type) and issubclass(v, BaseModel) and v is not BaseModel
+        if isinstance(v, type) and issubclass(v, EnvSettings) and v is not EnvSettings
     ]
 
 

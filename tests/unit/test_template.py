@@ -449,3 +449,14 @@ def test_every_function_logs_to_a_group_of_the_stacks_kept_log_retention_days() 
         assert (logs["DeletionPolicy"], logs["UpdateReplacePolicy"]) == ("RetainExceptOnCreate", "Retain"), name
     assert resources["ApiAccessLogs"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
     assert doc["Parameters"]["LogRetentionDays"]["Default"] == 90
+
+
+def test_make_run_passes_every_setting_through() -> None:
+    # `HYPAY_VERIFY_MODE=hmac make run`: every variable payments.settings reads, not only the template's
+    from ops.run import setting_names
+    from payments import settings
+
+    names = setting_names(load())
+    for read in (settings.DatabaseSettings, settings.AuthSettings, settings.CleanupSettings, settings.HypaySettings):
+        assert set(read.variable_names()) <= names, read
+    assert {"DB_CONNECT_TIMEOUT", "JWKS_TIMEOUT", "HYPAY_KEY"} <= names
