@@ -234,7 +234,9 @@ class ColdImportBench:
             "its rounds ÷ the baseline's median in the same run. **Dependencies + one pydantic model** (a reference,",
             "no target): the baseline plus one class with one `int` field. The baseline's `import pydantic` loads",
             "none of pydantic's model machinery; the first model class loads it: the floor of any function that",
-            "validates with pydantic (CreatePayment's request, every function's settings) when imported.",
+            "creates a pydantic model when imported. CreatePayment and HypayCallback create none (their settings and",
+            "CreatePayment's request are validated by pydantic-core schemas; the OpenAPI document's models are",
+            "`payments.api_models`, which no function imports); the admin and cleanup functions do.",
             "",
             "| module | import CPU ms (median) | import CPU ÷ baseline, each run | min | **median** "
             "| import wall ms · ÷ baseline (medians) | process ms · ÷ baseline (medians) |",
