@@ -8,7 +8,7 @@ from payments.adapters.db import ConnectionParams
 from payments.adapters.hypay import HypayCredentials, Token
 from payments.adapters.payments_store import SavedCard
 from payments.domain.payment import CreatePaymentRequest
-from payments.settings import AdminSettings, AuthSettings, CleanupSettings, HypaySettings
+from payments.settings import AdminSettings, AuthSettings, CleanupSettings, DatabaseSettings, HypaySettings
 
 SECRET = "s3cr3t-value-4580458045804580"
 
@@ -21,6 +21,7 @@ SECRET = "s3cr3t-value-4580458045804580"
         Token(value=SECRET, expiry_month=12, expiry_year=2030),
         SavedCard(token=SECRET, expiry_month=12, expiry_year=2030, last4="4580"),
         HypaySettings(HYPAY_KEY=SECRET, HYPAY_PASSP=SECRET),
+        DatabaseSettings(DATABASE_URL=f"postgresql://app:{SECRET}@db/payments"),
         AuthSettings(JWT_SECRET=SECRET),
         AdminSettings(ADMIN_API_TOKEN=SECRET),
         CleanupSettings(ADMIN_API_TOKEN=SECRET),
@@ -43,4 +44,7 @@ def test_the_records_are_frozen() -> None:
     with pytest.raises(AttributeError):
         HypaySettings().url = "https://elsewhere.example/"  # type: ignore[misc]
     with pytest.raises(AttributeError):
+        del HypaySettings().secret_arn
+    with pytest.raises(AttributeError):
         ConnectionParams("user", "db").host = "elsewhere"  # type: ignore[misc]
+    assert HypaySettings(HYPAY_TIMEOUT="3") == HypaySettings(HYPAY_TIMEOUT=3.0) != HypaySettings()

@@ -88,6 +88,15 @@ class EnvSettings:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(vars(self).values())))
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{a}={self.__dict__[a]!r}" for a, v in self._variables.items() if not v.secret)
         return f"{type(self).__name__}({shown})"
@@ -103,7 +112,7 @@ class DatabaseSettings(EnvSettings):
     """
 
     secret_arn: str | None = env("DB_SECRET_ARN", OPTIONAL_TEXT)
-    url: str | None = env("DATABASE_URL", OPTIONAL_TEXT)
+    url: str | None = env("DATABASE_URL", OPTIONAL_TEXT, secret=True)  # it may carry the password
     # Unset (or empty): whatever the URL says (sslmode=...), else `verify-full` for a secret (a deployed function).
     ssl_mode: SslMode | None = env(
         "DB_SSLMODE", optional(cs.literal_schema(["disable", "require", "verify-full"]), empty_is_unset=True)
