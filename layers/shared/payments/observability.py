@@ -7,6 +7,7 @@ import logging
 import re
 import traceback
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -32,23 +33,37 @@ def _message_json(message: Any) -> Any:
 # secret: a run of 13 to 19 digits or 4-digit groups standing alone (a card number, a Hyp token), the value of a
 # field named like a credential (`KEY=...`, `KEY%3D...` in an encoded body, `"PassP": "..."`, `password=...`), the
 # password of a connection URL, and a bearer token.
-_CARD_LIKE = re.compile(r"(?<![0-9A-Za-z_.-])(?:\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?![0-9A-Za-z_.-])")
+_CARD_LIKE = r"(?<![0-9A-Za-z_.-])(?:\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?![0-9A-Za-z_.-])"
 _SECRET_NAME = r"(?<![A-Za-z_])(?:KEY|PassP|cvv|CC|token|password|secret)"
-_SECRET_QUOTED = re.compile(r"(?i)(" + _SECRET_NAME + r"""["']?\s*[:=]\s*)(["'])(?:(?!\2).)*\2""")
-_SECRET_FIELD = re.compile(r"(?i)(" + _SECRET_NAME + r"(?:=|%3D))(?:(?!%26)[^&\s\"',}])+")
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
-_BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"',]+")
+_SECRET_QUOTED = r"(?i)(" + _SECRET_NAME + r"""["']?\s*[:=]\s*)(["'])(?:(?!\2).)*\2"""
+_SECRET_FIELD = r"(?i)(" + _SECRET_NAME + r"(?:=|%3D))(?:(?!%26)[^&\s\"',}])+"
+_URL_PASSWORD = r"(://[^:/@\s]+:)[^@\s]+@"
+_BEARER = r"(?i)(\bbearer\s+)[^\s\"',]+"
 # A card number inside an encoded value (`CC%3D4580...`): the digits follow an escape, not a separator.
-_ENCODED_CARD = re.compile(r"(%[0-9A-Fa-f]{2})\d{13,19}(?![0-9])")
+_ENCODED_CARD = r"(%[0-9A-Fa-f]{2})\d{13,19}(?![0-9])"
+
+
+@cache
+def _redactions() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Each pattern with what replaces it, in order; compiled by the first text redacted (an error's, a DEBUG
+    line's), not at every cold start."""
+    return tuple(
+        (re.compile(pattern), replacement)
+        for pattern, replacement in (
+            (_CARD_LIKE, "[redacted]"),
+            (_ENCODED_CARD, r"\1[redacted]"),
+            (_SECRET_QUOTED, r"\1\2[redacted]\2"),
+            (_SECRET_FIELD, r"\1[redacted]"),
+            (_URL_PASSWORD, r"\1[redacted]@"),
+            (_BEARER, r"\1[redacted]"),
+        )
+    )
 
 
 def redact_secrets(text: str) -> str:
-    text = _CARD_LIKE.sub("[redacted]", text)
-    text = _ENCODED_CARD.sub(r"\1[redacted]", text)
-    text = _SECRET_QUOTED.sub(r"\1\2[redacted]\2", text)
-    text = _SECRET_FIELD.sub(r"\1[redacted]", text)
-    text = _URL_PASSWORD.sub(r"\1[redacted]@", text)
-    return _BEARER.sub(r"\1[redacted]", text)
+    for pattern, replacement in _redactions():
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class _ExceptionRedaction(logging.Filter):
@@ -67,7 +82,7 @@ class _ExceptionRedaction(logging.Filter):
 
 
 # A run of 12 digits or more, separated or not, anywhere (glued to a word too): what a debug line must not carry.
-_DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){11,}")
+_DIGIT_RUN = r"[0-9](?:[ -]?[0-9]){11,}"
 
 
 class _MessageRedaction(logging.Filter):
@@ -77,7 +92,7 @@ class _MessageRedaction(logging.Filter):
     any level above DEBUG, never."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = _DIGIT_RUN.sub("[redacted]", redact_secrets(record.getMessage())), None
+        record.msg, record.args = re.sub(_DIGIT_RUN, "[redacted]", redact_secrets(record.getMessage())), None
         return True
 
 

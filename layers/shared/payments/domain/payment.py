@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from pydantic_core import PydanticUndefined, SchemaValidator
@@ -79,14 +78,19 @@ def _request_validator() -> SchemaValidator:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CreatePaymentRequest:
+class CreatePaymentRequest(NamedTuple):
     """`POST /payments` body. Price, currency and credits come from the pack, never from here."""
 
     credit_pack_id: UUID
     save_card: bool = False  # keep a Hyp token of the card after this payment succeeds
     saved_card: bool = False  # charge the card saved earlier instead of opening a page
-    cvv: str | None = field(default=None, repr=False)  # with saved_card; passed through to Hyp, never stored or logged
+    cvv: str | None = None  # with saved_card; passed through to Hyp, never stored, logged or in the repr
+
+    def __repr__(self) -> str:
+        return (
+            f"CreatePaymentRequest(credit_pack_id={self.credit_pack_id!r}, save_card={self.save_card!r},"
+            f" saved_card={self.saved_card!r})"
+        )
 
     @classmethod
     def model_validate(cls, body: object) -> CreatePaymentRequest:

@@ -11,7 +11,6 @@ constraints make a second grant impossible even if the idempotency record were g
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -61,8 +60,7 @@ class CallbackInProgress(PaymentError):
     code = "callback_in_progress"
 
 
-@dataclass(frozen=True)
-class Callback:
+class Callback(NamedTuple):
     """The fields of a callback that processing relies on, each in a strict format.
 
     Only verified fields are trusted: with the HMAC alone (`currency_trusted=False`) `Coin`, `Hesh`,
@@ -80,7 +78,11 @@ class Callback:
     message: str | None
     currency_trusted: bool = True
     currency_known: bool = True
-    raw_query: str | None = field(default=None, repr=False, compare=False)  # as received, to keep when unsettled
+    raw_query: str | None = None  # as received, to keep when unsettled; not in the repr
+
+    def __repr__(self) -> str:
+        shown = (f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True) if name != "raw_query")
+        return f"Callback({', '.join(shown)})"
 
     @classmethod
     def parse(cls, raw_query: str, *, currency_trusted: bool = True) -> Callback:
