@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 import re
 import ssl
@@ -37,7 +38,7 @@ from payments.adapters.secrets import read_secret
 from payments.errors import ConfigurationError, DatabaseUnavailable, PaymentError
 from payments.settings import DatabaseSettings, SslMode, database_settings
 
-RDS_CA_BUNDLE = Path(__file__).resolve().parent.parent / "certs" / "rds-ca-bundle.pem"
+RDS_CA_BUNDLE = Path(os.path.abspath(__file__)).parent.parent / "certs" / "rds-ca-bundle.pem"  # no syscall
 """Amazon RDS's certificate authorities and RDS Proxy's roots, shipped in the layer: verify-full's default CAs."""
 SYSTEM_CAS = "system"
 """`sslrootcert=system` / `DB_SSLROOTCERT=system`: the operating system's trust store (as libpq 16 reads it)."""

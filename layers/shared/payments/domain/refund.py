@@ -13,7 +13,7 @@ from payments.domain.money import Money
 def israel() -> dt.tzinfo | None:
     """Israel's time zone; None without a tz database in the runtime (loaded by the first refund, not at import)."""
     try:
-        from zoneinfo import ZoneInfo  # noqa: PLC0415 - a refund's rare path, off every cold start
+        from zoneinfo import ZoneInfo  # a refund's rare path, off every cold start
 
         return ZoneInfo("Asia/Jerusalem")
     except Exception:  # noqa: BLE001 - no tz database: never guess the day, always refund

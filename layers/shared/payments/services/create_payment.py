@@ -24,7 +24,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from payments.adapters.db import QueryError
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
-from payments.adapters.journal import HypTransaction, Source
 from payments.adapters.payments_store import OpenedPayment, Pack, PaymentsStore, Profile, SavedCard
 from payments.domain.payment import CreatePaymentRequest, PaymentStatus
 from payments.errors import (
@@ -45,7 +44,6 @@ from payments.errors import (
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
 from payments.services.keyed import Answer, Keyed
-from payments.services.settle import Result, settle
 
 
 @dataclass
@@ -342,6 +340,9 @@ class CreatePayment:
             return False
 
     def _approved(self, payment_id: UUID, pack: Pack, charge: Charge) -> dict[str, Any]:
+        from payments.adapters.journal import HypTransaction, Source  # saved-card charges only: off the cold start
+        from payments.services.settle import Result, settle
+
         settlement = settle(
             self.deps.store.db,
             HypTransaction(
@@ -370,6 +371,9 @@ class CreatePayment:
 
     def _declined(self, payment_id: UUID, pack: Pack, exc: GatewayDeclined) -> dict[str, Any]:
         if exc.transaction_id:
+            from payments.adapters.journal import HypTransaction, Source  # saved-card charges only
+            from payments.services.settle import Result, settle
+
             settlement = settle(
                 self.deps.store.db,
                 HypTransaction(
