@@ -34,7 +34,8 @@ import payments.settings as s
 for read in (s.database_settings, s.idempotency_settings, s.hypay_settings, s.auth_settings, {settings}):
     read()
 {after}
-print(json.dumps([loaded, sorted(m for m in {watched!r} if m in sys.modules)]))
+import gc
+print(json.dumps([loaded, sorted(m for m in {watched!r} if m in sys.modules), gc.get_freeze_count()]))
 """
 BODY = (
     "from payments.domain.payment import CreatePaymentRequest\n"
@@ -75,5 +76,6 @@ def test_a_cold_start_and_its_first_request_load_none_of_it(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    at_import, after_reading = json.loads(out.stdout.strip().splitlines()[-1])
+    at_import, after_reading, frozen = json.loads(out.stdout.strip().splitlines()[-1])
     assert at_import == [] and after_reading == [], (at_import, after_reading)
+    assert frozen > 10_000  # the dependencies imported before the package (payments/__init__.py)
