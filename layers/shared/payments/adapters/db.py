@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
@@ -36,6 +36,7 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 
 from payments.adapters.secrets import read_secret
 from payments.errors import ConfigurationError, DatabaseUnavailable, PaymentError
+from payments.records import Secretive
 from payments.settings import DatabaseSettings, SslMode, database_settings
 
 RDS_CA_BUNDLE = Path(os.path.abspath(__file__)).parent.parent / "certs" / "rds-ca-bundle.pem"  # no syscall
@@ -79,27 +80,45 @@ class QueryError(PaymentError):
         return not self.retryable and (self.sqlstate or "")[:2] not in _PASSING_CLASSES
 
 
-class ConnectionParams(NamedTuple):
+class ConnectionParams(Secretive):
     """Everything needed to open a connection. The password never shows in a repr.
 
     `ssl_root_cert` is the PEM file of the CAs trusted under verify-full (`system`: the OS's store);
     None means the Amazon RDS bundle shipped in the layer (`RDS_CA_BUNDLE`).
     """
 
+    __slots__ = ("user", "database", "password", "host", "port", "unix_sock", "ssl_mode", "ssl_root_cert")
+    _hidden = frozenset({"password"})
     user: str
     database: str
-    password: str | None = None
-    host: str | None = "localhost"
-    port: int = 5432
-    unix_sock: str | None = None
-    ssl_mode: SslMode = "disable"
-    ssl_root_cert: str | None = None
+    password: str | None
+    host: str | None
+    port: int
+    unix_sock: str | None
+    ssl_mode: SslMode
+    ssl_root_cert: str | None
 
-    def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True) if name != "password"
+    def __init__(
+        self,
+        user: str,
+        database: str,
+        password: str | None = None,
+        host: str | None = "localhost",
+        port: int = 5432,
+        unix_sock: str | None = None,
+        ssl_mode: SslMode = "disable",
+        ssl_root_cert: str | None = None,
+    ) -> None:
+        self._set(
+            user=user,
+            database=database,
+            password=password,
+            host=host,
+            port=port,
+            unix_sock=unix_sock,
+            ssl_mode=ssl_mode,
+            ssl_root_cert=ssl_root_cert,
         )
-        return f"ConnectionParams({shown})"
 
 
 def parse_database_url(url: str, ssl_mode: SslMode | None = None, ssl_root_cert: str | None = None) -> ConnectionParams:

@@ -27,6 +27,7 @@ from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
 from payments.errors import ConfigurationError, GatewayError, GatewayNotAsked, GatewayUnavailable
+from payments.records import Secretive
 from payments.settings import DEFAULT_URL, HYPAY_URL, HypaySettings, hypay_settings
 from payments.tracing import tracer
 
@@ -35,15 +36,17 @@ from payments.tracing import tracer
 logger = Logger(child=True)
 
 
-class HypayCredentials(NamedTuple):
+class HypayCredentials(Secretive):
     """A terminal's credentials. Only `masof` ever shows in a repr."""
 
+    __slots__ = ("masof", "key", "passp")
+    _hidden = frozenset({"key", "passp"})
     masof: str
     key: str
     passp: str
 
-    def __repr__(self) -> str:
-        return f"HypayCredentials(masof={self.masof!r})"
+    def __init__(self, masof: str, key: str, passp: str) -> None:
+        self._set(masof=masof, key=key, passp=passp)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> HypayCredentials:
@@ -110,15 +113,17 @@ class Charge(NamedTuple):
     currency_known: bool = True  # False: its Coin is not a currency we sell in (the amount's currency is a stand-in)
 
 
-class Token(NamedTuple):
+class Token(Secretive):
     """A card token for `charge_token`. The token itself never shows in a repr."""
 
+    __slots__ = ("value", "expiry_month", "expiry_year")
+    _hidden = frozenset({"value"})
     value: str
     expiry_month: int
     expiry_year: int
 
-    def __repr__(self) -> str:
-        return f"Token(expiry_month={self.expiry_month!r}, expiry_year={self.expiry_year!r})"
+    def __init__(self, value: str, expiry_month: int, expiry_year: int) -> None:
+        self._set(value=value, expiry_month=expiry_month, expiry_year=expiry_year)
 
 
 Opener = Callable[[urllib.request.Request, float], bytes]

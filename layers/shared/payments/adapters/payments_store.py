@@ -9,6 +9,7 @@ from uuid import UUID
 from payments.adapters.db import Database, QueryError, bind
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
+from payments.records import Secretive
 
 UNIQUE_VIOLATION = "23505"
 
@@ -62,14 +63,18 @@ _OPENED = (
 )
 
 
-class SavedCard(NamedTuple):
+class SavedCard(Secretive):
+    """A user's saved card (Hyp's token of it). The token never shows in a repr."""
+
+    __slots__ = ("token", "expiry_month", "expiry_year", "last4")
+    _hidden = frozenset({"token"})
     token: str
     expiry_month: int
     expiry_year: int
     last4: str | None
 
-    def __repr__(self) -> str:  # the token never shows
-        return f"SavedCard(last4={self.last4!r}, expiry={self.expiry_month:02d}/{self.expiry_year})"
+    def __init__(self, token: str, expiry_month: int, expiry_year: int, last4: str | None) -> None:
+        self._set(token=token, expiry_month=expiry_month, expiry_year=expiry_year, last4=last4)
 
 
 _PAYMENT_COLUMNS = (

@@ -38,6 +38,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
+from payments.records import Secretive
 from payments.services.settle import Result, Settlement, settle
 
 # ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
@@ -60,13 +61,29 @@ class CallbackInProgress(PaymentError):
     code = "callback_in_progress"
 
 
-class Callback(NamedTuple):
+class Callback(Secretive):
     """The fields of a callback that processing relies on, each in a strict format.
 
     Only verified fields are trusted: with the HMAC alone (`currency_trusted=False`) `Coin`, `Hesh`,
     `L4digit` and `errMsg` are unsigned, so they are not read (the currency is the payment's own).
+    `raw_query` is the callback as received (kept when it cannot be settled yet); never in the repr.
     """
 
+    __slots__ = (
+        "transaction_id",
+        "order_ref",
+        "payment_id",
+        "ccode",
+        "amount",
+        "approval_code",
+        "invoice_number",
+        "last4",
+        "message",
+        "currency_trusted",
+        "currency_known",
+        "raw_query",
+    )
+    _hidden = frozenset({"raw_query"})
     transaction_id: str
     order_ref: str
     payment_id: UUID | None
@@ -76,13 +93,40 @@ class Callback(NamedTuple):
     invoice_number: str | None
     last4: str | None
     message: str | None
-    currency_trusted: bool = True
-    currency_known: bool = True
-    raw_query: str | None = None  # as received, to keep when unsettled; not in the repr
+    currency_trusted: bool
+    currency_known: bool
+    raw_query: str | None
 
-    def __repr__(self) -> str:
-        shown = (f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True) if name != "raw_query")
-        return f"Callback({', '.join(shown)})"
+    def __init__(
+        self,
+        *,
+        transaction_id: str,
+        order_ref: str,
+        payment_id: UUID | None,
+        ccode: int,
+        amount: Money,
+        approval_code: str,
+        invoice_number: str | None,
+        last4: str | None,
+        message: str | None,
+        currency_trusted: bool = True,
+        currency_known: bool = True,
+        raw_query: str | None = None,
+    ) -> None:
+        self._set(
+            transaction_id=transaction_id,
+            order_ref=order_ref,
+            payment_id=payment_id,
+            ccode=ccode,
+            amount=amount,
+            approval_code=approval_code,
+            invoice_number=invoice_number,
+            last4=last4,
+            message=message,
+            currency_trusted=currency_trusted,
+            currency_known=currency_known,
+            raw_query=raw_query,
+        )
 
     @classmethod
     def parse(cls, raw_query: str, *, currency_trusted: bool = True) -> Callback:
