@@ -16,7 +16,7 @@ import base64
 import binascii
 import ipaddress
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote_plus
 from uuid import UUID
 
@@ -29,6 +29,7 @@ from payments.domain import hypay as protocol
 from payments.errors import ConfigurationError, GatewayAuthenticationError, GatewayError
 from payments.http import problem
 from payments.observability import logger, metrics
+from payments.records import Record
 from payments.settings import CallbackSettings, callback_settings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -115,7 +116,7 @@ def _no_larger_than_a_callback(text: str, what: str) -> str:
     return text
 
 
-class VerificationConfig(NamedTuple):
+class VerificationConfig(Record):
     settings: CallbackSettings
     allowlist: tuple[Network, ...]
     gateway: HypayClient

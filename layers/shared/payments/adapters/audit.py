@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from payments.adapters.db import Rows, bind
+from payments.records import Record
 
 
 class Runner(Protocol):
@@ -30,7 +31,7 @@ class AuditAction(StrEnum):
     CLEANUP = "cleanup"
 
 
-class AuditEntry(NamedTuple):
+class AuditEntry(Record):
     id: UUID
     at: datetime
     admin: str

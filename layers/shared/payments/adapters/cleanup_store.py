@@ -15,9 +15,10 @@ server (any request's, or the audit row of an admin run) flushes them as well.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from payments.adapters.db import Database, bind
+from payments.records import Record
 
 # A callback naming the payment is on record, not verified yet, and the journal's row for its Hyp Id (its only row,
 # shown in the review queue) is this payment's and not verified since. One a check found forged holds it too (a single
@@ -29,7 +30,7 @@ _UNVERIFIED_CALLBACK = """EXISTS (
      WHERE u.payment_id = q.id AND j.payment_id = q.id AND NOT j.verified)"""
 
 
-class Step(NamedTuple):
+class Step(Record):
     field: str  # the report's field
     sql: str  # one bounded batch
     durable: bool = True  # False: the batch commits without waiting for its WAL flush (it only purges)

@@ -36,7 +36,7 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 
 from payments.adapters.secrets import read_secret
 from payments.errors import ConfigurationError, DatabaseUnavailable, PaymentError
-from payments.records import Secretive
+from payments.records import Record
 from payments.settings import DatabaseSettings, SslMode, database_settings
 
 RDS_CA_BUNDLE = Path(os.path.abspath(__file__)).parent.parent / "certs" / "rds-ca-bundle.pem"  # no syscall
@@ -80,45 +80,22 @@ class QueryError(PaymentError):
         return not self.retryable and (self.sqlstate or "")[:2] not in _PASSING_CLASSES
 
 
-class ConnectionParams(Secretive):
+class ConnectionParams(Record):
     """Everything needed to open a connection. The password never shows in a repr.
 
     `ssl_root_cert` is the PEM file of the CAs trusted under verify-full (`system`: the OS's store);
     None means the Amazon RDS bundle shipped in the layer (`RDS_CA_BUNDLE`).
     """
 
-    __slots__ = ("user", "database", "password", "host", "port", "unix_sock", "ssl_mode", "ssl_root_cert")
     _hidden = frozenset({"password"})
     user: str
     database: str
-    password: str | None
-    host: str | None
-    port: int
-    unix_sock: str | None
-    ssl_mode: SslMode
-    ssl_root_cert: str | None
-
-    def __init__(
-        self,
-        user: str,
-        database: str,
-        password: str | None = None,
-        host: str | None = "localhost",
-        port: int = 5432,
-        unix_sock: str | None = None,
-        ssl_mode: SslMode = "disable",
-        ssl_root_cert: str | None = None,
-    ) -> None:
-        self._set(
-            user=user,
-            database=database,
-            password=password,
-            host=host,
-            port=port,
-            unix_sock=unix_sock,
-            ssl_mode=ssl_mode,
-            ssl_root_cert=ssl_root_cert,
-        )
+    password: str | None = None
+    host: str | None = "localhost"
+    port: int = 5432
+    unix_sock: str | None = None
+    ssl_mode: SslMode = "disable"
+    ssl_root_cert: str | None = None
 
 
 def parse_database_url(url: str, ssl_mode: SslMode | None = None, ssl_root_cert: str | None = None) -> ConnectionParams:

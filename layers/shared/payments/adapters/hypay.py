@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from aws_lambda_powertools import Logger
@@ -27,7 +27,7 @@ from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
 from payments.errors import ConfigurationError, GatewayError, GatewayNotAsked, GatewayUnavailable
-from payments.records import Secretive
+from payments.records import Record
 from payments.settings import DEFAULT_URL, HYPAY_URL, HypaySettings, hypay_settings
 from payments.tracing import tracer
 
@@ -36,17 +36,13 @@ from payments.tracing import tracer
 logger = Logger(child=True)
 
 
-class HypayCredentials(Secretive):
+class HypayCredentials(Record):
     """A terminal's credentials. Only `masof` ever shows in a repr."""
 
-    __slots__ = ("masof", "key", "passp")
     _hidden = frozenset({"key", "passp"})
     masof: str
     key: str
     passp: str
-
-    def __init__(self, masof: str, key: str, passp: str) -> None:
-        self._set(masof=masof, key=key, passp=passp)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> HypayCredentials:
@@ -81,7 +77,7 @@ def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentia
     raise ConfigurationError("set HYPAY_SECRET_ARN, or HYPAY_MASOF, HYPAY_KEY and HYPAY_PASSP")
 
 
-class Customer(NamedTuple):
+class Customer(Record):
     first_name: str = ""
     last_name: str = ""
     email: str = ""
@@ -91,7 +87,7 @@ class Customer(NamedTuple):
 NO_CUSTOMER = Customer()
 
 
-class PaymentPage(NamedTuple):
+class PaymentPage(Record):
     """What the payment page asks for. `order` comes back as `Order` in the redirect."""
 
     amount: Money
@@ -103,7 +99,7 @@ class PaymentPage(NamedTuple):
     invoice: bool = False  # SendHesh: Hyp issues the invoice (its number comes back as Hesh)
 
 
-class Charge(NamedTuple):
+class Charge(Record):
     """An approved transaction. No card data: Hyp's transaction id, approval code and amount."""
 
     transaction_id: str
@@ -113,17 +109,13 @@ class Charge(NamedTuple):
     currency_known: bool = True  # False: its Coin is not a currency we sell in (the amount's currency is a stand-in)
 
 
-class Token(Secretive):
+class Token(Record):
     """A card token for `charge_token`. The token itself never shows in a repr."""
 
-    __slots__ = ("value", "expiry_month", "expiry_year")
     _hidden = frozenset({"value"})
     value: str
     expiry_month: int
     expiry_year: int
-
-    def __init__(self, value: str, expiry_month: int, expiry_year: int) -> None:
-        self._set(value=value, expiry_month=expiry_month, expiry_year=expiry_year)
 
 
 Opener = Callable[[urllib.request.Request, float], bytes]
@@ -585,7 +577,7 @@ CREDENTIALS_CHECK_REUSE_SECONDS = 5.0
 _NOT_SENT_REASONS = ("(ConnectionRefusedError)", "(gaierror)")
 
 
-class Reversal(NamedTuple):
+class Reversal(Record):
     """An approved refund or cancellation. `transaction_id` is Hyp's Id of the reversal itself (a refund
     has one; a cancellation's answer documents none), `original_id` the transaction it reverses."""
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from payments.adapters.db import Rows, bind
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
+from payments.records import Record
 
 
 class Runner(Protocol):
@@ -53,7 +54,7 @@ class Action(StrEnum):
     REVIEW = "review"
 
 
-class HypTransaction(NamedTuple):
+class HypTransaction(Record):
     """A Hyp transaction as the backend learned of it. No card data."""
 
     hypay_id: str
@@ -69,7 +70,7 @@ class HypTransaction(NamedTuple):
     currency_known: bool = True  # False: its Coin is not a currency we sell in (the amount's currency is a stand-in)
 
 
-class JournalEntry(NamedTuple):
+class JournalEntry(Record):
     decision: Verdict
     payment_id: UUID | None
     verified: bool
@@ -79,7 +80,7 @@ class JournalEntry(NamedTuple):
     currency: str | None = None  # None: a currency we do not sell in, or not read
 
 
-class PaymentFacts(NamedTuple):
+class PaymentFacts(Record):
     """The locked payment, as a decision needs it, and the journal's row for the transaction."""
 
     status: PaymentStatus
@@ -94,7 +95,7 @@ class PaymentFacts(NamedTuple):
     largest_unnamed_refund: Decimal | None = None
 
 
-class Applied(NamedTuple):
+class Applied(Record):
     """What `apply` changed."""
 
     journaled: Verdict  # the decision the journal holds now (an earlier verified one is never overwritten)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import UUID
 
 from payments.adapters.db import Database, QueryError, bind
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
-from payments.records import Secretive
+from payments.records import Record
 
 UNIQUE_VIOLATION = "23505"
 
 
-class Pack(NamedTuple):
+class Pack(Record):
     id: UUID
     name: str
     credits: int
@@ -22,13 +22,13 @@ class Pack(NamedTuple):
     active: bool
 
 
-class Profile(NamedTuple):
+class Profile(Record):
     id: UUID
     email: str | None
     full_name: str | None
 
 
-class Payment(NamedTuple):
+class Payment(Record):
     id: UUID
     user_id: UUID
     status: PaymentStatus
@@ -40,7 +40,7 @@ class Payment(NamedTuple):
     save_card: bool
 
 
-class OpenedPayment(NamedTuple):
+class OpenedPayment(Record):
     """The payment behind an Idempotency-Key: new, or what an earlier attempt left."""
 
     id: UUID
@@ -63,18 +63,14 @@ _OPENED = (
 )
 
 
-class SavedCard(Secretive):
+class SavedCard(Record):
     """A user's saved card (Hyp's token of it). The token never shows in a repr."""
 
-    __slots__ = ("token", "expiry_month", "expiry_year", "last4")
     _hidden = frozenset({"token"})
     token: str
     expiry_month: int
     expiry_year: int
     last4: str | None
-
-    def __init__(self, token: str, expiry_month: int, expiry_year: int, last4: str | None) -> None:
-        self._set(token=token, expiry_month=expiry_month, expiry_year=expiry_year, last4=last4)
 
 
 _PAYMENT_COLUMNS = (

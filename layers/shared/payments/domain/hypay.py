@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hmac
 import re
-from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from payments.errors import (
@@ -19,6 +18,7 @@ from payments.errors import (
     GatewayUnavailable,
 )
 from payments.names import repeatable
+from payments.records import Record
 
 # The redirect fields covered by `Sign`, in the order they are signed. Nothing else is: `Coin`,
 # `L4digit`, `UID`, `Hesh` ... can be altered by anyone holding the URL.
@@ -319,7 +319,7 @@ def redact(text: str) -> str:
     return _PAN_LIKE.sub("[redacted]", text)
 
 
-class Answer(NamedTuple):
+class Answer(Record):
     """A parsed Hypay answer: its fields (decoded) and CCode."""
 
     fields: dict[str, str]

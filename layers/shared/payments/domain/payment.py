@@ -11,7 +11,7 @@ from uuid import UUID
 from pydantic_core import PydanticUndefined, SchemaValidator
 from pydantic_core import core_schema as cs
 
-from payments.records import Secretive
+from payments.records import Record
 
 
 class PaymentStatus(StrEnum):
@@ -80,20 +80,14 @@ def _request_validator() -> SchemaValidator:
     )
 
 
-class CreatePaymentRequest(Secretive):
+class CreatePaymentRequest(Record):
     """`POST /payments` body. Price, currency and credits come from the pack, never from here."""
 
-    __slots__ = ("credit_pack_id", "save_card", "saved_card", "cvv")
     _hidden = frozenset({"cvv"})
     credit_pack_id: UUID
-    save_card: bool  # keep a Hyp token of the card after this payment succeeds
-    saved_card: bool  # charge the card saved earlier instead of opening a page
-    cvv: str | None  # with saved_card; passed through to Hyp, never stored, logged or in the repr
-
-    def __init__(
-        self, credit_pack_id: UUID, save_card: bool = False, saved_card: bool = False, cvv: str | None = None
-    ) -> None:
-        self._set(credit_pack_id=credit_pack_id, save_card=save_card, saved_card=saved_card, cvv=cvv)
+    save_card: bool = False  # keep a Hyp token of the card after this payment succeeds
+    saved_card: bool = False  # charge the card saved earlier instead of opening a page
+    cvv: str | None = None  # with saved_card; passed through to Hyp, never stored, logged or in the repr
 
     @classmethod
     def model_validate(cls, body: object) -> CreatePaymentRequest:

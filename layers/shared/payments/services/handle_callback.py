@@ -11,7 +11,7 @@ constraints make a second grant impossible even if the idempotency record were g
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -38,7 +38,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
-from payments.records import Secretive
+from payments.records import Record
 from payments.services.settle import Result, Settlement, settle
 
 # ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
@@ -50,7 +50,7 @@ _LAST4 = re.compile(r"[0-9]{4}", re.ASCII)
 _PARSED_FIELDS = frozenset({"Id", "CCode", "Amount", "Order", "Coin", "Hesh", "L4digit", "ACode", "errMsg"})
 
 
-class CallbackOutcome(NamedTuple):
+class CallbackOutcome(Record):
     result: Result
     payment_id: UUID | None
 
@@ -61,7 +61,7 @@ class CallbackInProgress(PaymentError):
     code = "callback_in_progress"
 
 
-class Callback(Secretive):
+class Callback(Record):
     """The fields of a callback that processing relies on, each in a strict format.
 
     Only verified fields are trusted: with the HMAC alone (`currency_trusted=False`) `Coin`, `Hesh`,
@@ -69,20 +69,6 @@ class Callback(Secretive):
     `raw_query` is the callback as received (kept when it cannot be settled yet); never in the repr.
     """
 
-    __slots__ = (
-        "transaction_id",
-        "order_ref",
-        "payment_id",
-        "ccode",
-        "amount",
-        "approval_code",
-        "invoice_number",
-        "last4",
-        "message",
-        "currency_trusted",
-        "currency_known",
-        "raw_query",
-    )
     _hidden = frozenset({"raw_query"})
     transaction_id: str
     order_ref: str
@@ -93,40 +79,9 @@ class Callback(Secretive):
     invoice_number: str | None
     last4: str | None
     message: str | None
-    currency_trusted: bool
-    currency_known: bool
-    raw_query: str | None
-
-    def __init__(
-        self,
-        *,
-        transaction_id: str,
-        order_ref: str,
-        payment_id: UUID | None,
-        ccode: int,
-        amount: Money,
-        approval_code: str,
-        invoice_number: str | None,
-        last4: str | None,
-        message: str | None,
-        currency_trusted: bool = True,
-        currency_known: bool = True,
-        raw_query: str | None = None,
-    ) -> None:
-        self._set(
-            transaction_id=transaction_id,
-            order_ref=order_ref,
-            payment_id=payment_id,
-            ccode=ccode,
-            amount=amount,
-            approval_code=approval_code,
-            invoice_number=invoice_number,
-            last4=last4,
-            message=message,
-            currency_trusted=currency_trusted,
-            currency_known=currency_known,
-            raw_query=raw_query,
-        )
+    currency_trusted: bool = True
+    currency_known: bool = True
+    raw_query: str | None = None
 
     @classmethod
     def parse(cls, raw_query: str, *, currency_trusted: bool = True) -> Callback:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
@@ -19,9 +19,10 @@ from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import D
 from payments.errors import Conflict, DatabaseUnavailable, IdempotencyKeyReused, RequestInProgress
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger
+from payments.records import Record
 
 
-class Answer(NamedTuple):
+class Answer(Record):
     """An HTTP answer of a service: status, JSON body, and whether it is a replay."""
 
     status: int

@@ -20,7 +20,6 @@ decision without its row and no paid transaction only in a log. Settling the sam
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -40,6 +39,7 @@ from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
 from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID
 from payments.observability import logger, metrics
+from payments.records import Record
 
 UNIQUE_VIOLATION = "23505"
 
@@ -54,7 +54,7 @@ class Result(StrEnum):
     UNKNOWN_PAYMENT = "unknown_payment"  # Order is not one of our payments
 
 
-class Decision(NamedTuple):
+class Decision(Record):
     action: Action
     verdict: Verdict
     result: Result
@@ -64,7 +64,7 @@ class Decision(NamedTuple):
     contradiction: str | None = None  # what a verified redelivery said against the decided row (kept on it)
 
 
-class Settlement(NamedTuple):
+class Settlement(Record):
     result: Result
     verdict: Verdict
     payment_id: UUID | None
