@@ -58,3 +58,12 @@ def test_a_subclass_adds_fields() -> None:
 
     assert Dated._fields == (*Card._fields, "day")
     assert Dated("tok", None, day=5).day == 5 and "token" not in repr(Dated("tok", None))
+
+
+def test_post_init_checks_the_fields_once_set() -> None:
+    from payments.domain.money import Currency, Money
+
+    assert Money(4990) == Money(4990, Currency.ILS) and str(Money(4990)) == "49.90 ILS"
+    for minor in (49.9, True, "4990"):
+        with pytest.raises(TypeError):
+            Money(minor)  # type: ignore[arg-type]

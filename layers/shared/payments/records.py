@@ -7,7 +7,8 @@ compiles its `__init__` alone (about 0.03 ms); the rest is shared here. Records 
 written as their repr (`default=str`), which leaves out the fields named in `_hidden`.
 
 Fields are the class's annotated names (a `ClassVar` is not one), in order; a value given in the class body is
-that field's default. Type checkers read a record as a frozen dataclass (`dataclass_transform`).
+that field's default; a `__post_init__` runs once they are set. Type checkers read a record as a frozen dataclass
+(`dataclass_transform`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Record:
                     break
         parameters = ", ".join(f"{n}=_defaults[{n!r}]" if n in defaults else n for n in cls._fields)
         body = "".join(f"\n    _d[{n!r}] = {n}" for n in cls._fields) or "\n    pass"
+        if hasattr(cls, "__post_init__"):  # checks of the fields, once they are set (as a dataclass's)
+            body += "\n    self.__post_init__()"
         source = f"def __init__(self, {parameters}):\n    _d = self.__dict__{body}\n"
         namespace: dict[str, Any] = {"_defaults": defaults}
         exec(compile(source, f"<record {cls.__qualname__}>", "exec"), namespace)  # noqa: S102 - our own field names

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
 from payments.errors import InvalidRequest
+from payments.records import Record
 
 
 class Currency(StrEnum):
@@ -21,8 +21,7 @@ COIN = {Currency.ILS: "1", Currency.USD: "2", Currency.EUR: "3", Currency.GBP: "
 CURRENCY_OF_COIN = {code: currency for currency, code in COIN.items()}
 
 
-@dataclass(frozen=True)
-class Money:
+class Money(Record):
     """An amount in the smallest unit (agorot, cents) of `currency`."""
 
     minor: int

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -43,11 +42,11 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
+from payments.records import Record
 from payments.services.keyed import Answer, Keyed
 
 
-@dataclass
-class CreatePaymentDeps:
+class CreatePaymentDeps(Record):
     store: PaymentsStore
     gateway: HypayClient
     rate_limit: int = 10  # creations per user per window
