@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
+import typing
 from typing import ClassVar
+from unittest import mock
 
 import pytest
 
 from payments.records import Record
+
+ORDER_ID = "bc000000-0000-4000-8000-000000000001"
 
 
 class Card(Record):
@@ -67,3 +71,49 @@ def test_post_init_checks_the_fields_once_set() -> None:
     for minor in (49.9, True, "4990"):
         with pytest.raises(TypeError):
             Money(minor)  # type: ignore[arg-type]
+
+
+def test_a_record_matches_a_positional_class_pattern() -> None:
+    match Card("tok", "4580"):
+        case Card(_, last4):
+            assert last4 == "4580"
+        case _:
+            pytest.fail("no match")
+
+
+def test_replace_checks_the_copy_as_a_new_record() -> None:
+    from payments.domain.money import Money
+
+    with pytest.raises(TypeError):
+        Money(4990)._replace(minor=49.9)  # __post_init__ refuses a float
+    assert copy.replace(Money(1), minor=2) == Money(2)
+
+
+def test_uncompared_fields_are_out_of_equality_and_the_hash() -> None:
+    from payments.services.handle_callback import Callback
+
+    raw = f"Id=12345678&CCode=0&Amount=49.90&ACode=0012345&Order={ORDER_ID}"
+    one, other = Callback.parse(raw), Callback.parse(raw + "&Fild1=x")  # the same callback, its raw text aside
+    assert one == other and hash(one) == hash(other)
+
+
+def test_another_type_has_its_say_in_equality() -> None:
+    assert Card("tok", None).__eq__(object()) is NotImplemented
+    assert Card("tok", None) == mock.ANY
+
+
+def test_fields_as_a_dataclass_finds_them() -> None:
+    class Base(Record):
+        kind: typing.ClassVar[str] = "base"  # a ClassVar, however typing is named
+        a: int
+        b: int = 1
+
+    class Child(Base):
+        b: int = 2  # declared again: keeps its place, takes the new default
+
+    class Odd(Record):
+        _d: int  # a name the generated __init__ could have shadowed
+        self_: int = 0
+
+    assert Base._fields == ("a", "b") and Child._fields == ("a", "b") and Child(0).b == 2
+    assert Odd(5)._d == 5

@@ -70,6 +70,7 @@ class Callback(Record):
     """
 
     _hidden = frozenset({"raw_query"})
+    _uncompared = frozenset({"raw_query"})
     transaction_id: str
     order_ref: str
     payment_id: UUID | None
