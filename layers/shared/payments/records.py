@@ -28,7 +28,7 @@ class Record:
     _fields: ClassVar[tuple[str, ...]] = ()
     _hidden: ClassVar[frozenset[str]] = frozenset()
     _uncompared: ClassVar[frozenset[str]] = frozenset()
-    _compared: ClassVar[Any] = None  # the compared fields' values from an instance's __dict__, as a tuple
+    _compared: ClassVar[Any] = None  # the compared fields' values from an instance's __dict__ (itemgetter)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -37,8 +37,7 @@ class Record:
         cls._fields = tuple(dict.fromkeys((*cls._fields, *added)))
         cls.__match_args__ = cls._fields  # type: ignore[attr-defined,misc]
         compared = [n for n in cls._fields if n not in cls._uncompared]
-        getter = itemgetter(*compared) if compared else (lambda _values: ())
-        cls._compared = getter if len(compared) != 1 else (lambda values, _get=getter: (_get(values),))
+        cls._compared = itemgetter(*compared) if compared else (lambda _values: ())
         defaults = {}
         for name in cls._fields:  # a default given here, or by the record this one extends
             for base in cls.__mro__:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, get_args
 
 from pydantic_core import SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
@@ -41,6 +41,11 @@ def optional(schema: cs.CoreSchema, *, empty_is_unset: bool = False) -> cs.CoreS
     """The schema, or None (also for "" when `empty_is_unset`)."""
     nullable = cs.nullable_schema(schema)
     return cs.no_info_before_validator_function(_empty_is_unset, nullable) if empty_is_unset else nullable
+
+
+def one_of(choices: Any) -> cs.CoreSchema:
+    """One of a `Literal`'s values (the type the field is annotated with says them once)."""
+    return cs.literal_schema(list(get_args(choices)))
 
 
 TEXT = cs.str_schema()
@@ -114,9 +119,7 @@ class DatabaseSettings(EnvSettings):
     secret_arn: str | None = env("DB_SECRET_ARN", OPTIONAL_TEXT)
     url: str | None = env("DATABASE_URL", OPTIONAL_TEXT, secret=True)  # it may carry the password
     # Unset (or empty): whatever the URL says (sslmode=...), else `verify-full` for a secret (a deployed function).
-    ssl_mode: SslMode | None = env(
-        "DB_SSLMODE", optional(cs.literal_schema(["disable", "require", "verify-full"]), empty_is_unset=True)
-    )
+    ssl_mode: SslMode | None = env("DB_SSLMODE", optional(one_of(SslMode), empty_is_unset=True))
     # The PEM file of the CAs trusted under verify-full, or `system` (the OS's store). Unset (or empty): the URL's
     # sslrootcert, else the Amazon RDS bundle shipped in the layer (payments/certs/rds-ca-bundle.pem).
     ssl_root_cert: str | None = env("DB_SSLROOTCERT", optional(TEXT, empty_is_unset=True))
@@ -131,13 +134,16 @@ class IdempotencySettings(EnvSettings):
     expires_after_seconds: int = env("IDEMPOTENCY_TTL_SECONDS", cs.int_schema(gt=0), 24 * 3600)
 
 
+PageLanguage = Literal["HEB", "ENG"]
+
+
 class ApiSettings(EnvSettings):
     """The payment API's own settings."""
 
     stage: str = env("STAGE", TEXT, "dev")
     rate_limit: int = env("CREATE_PAYMENT_RATE_LIMIT", cs.int_schema(gt=0), 10)
     rate_window_seconds: int = env("CREATE_PAYMENT_RATE_WINDOW", cs.int_schema(gt=0), 60)
-    page_language: Literal["HEB", "ENG"] = env("HYPAY_PAGE_LANG", cs.literal_schema(["HEB", "ENG"]), "HEB")
+    page_language: PageLanguage = env("HYPAY_PAGE_LANG", one_of(PageLanguage), "HEB")
     # Ask Hyp to issue the invoice (SendHesh; needs Hyp's invoice module on the terminal).
     send_invoice: bool = env("HYPAY_SEND_INVOICE", cs.bool_schema(), False)
 
@@ -170,7 +176,7 @@ class CallbackSettings(EnvSettings):
     success_url: str = env("WEB_APP_SUCCESS_URL", TEXT, _LOCAL_RESULT_PAGE)
     failure_url: str = env("WEB_APP_FAILURE_URL", TEXT, _LOCAL_RESULT_PAGE)
     pending_url: str = env("WEB_APP_PENDING_URL", TEXT, _LOCAL_RESULT_PAGE)
-    verify_mode: VerifyMode = env("HYPAY_VERIFY_MODE", cs.literal_schema(["hmac", "verify", "both"]), "both")
+    verify_mode: VerifyMode = env("HYPAY_VERIFY_MODE", one_of(VerifyMode), "both")
     # Comma-separated CIDRs allowed to call /hypay/notify; empty = no IP check (warned at cold start).
     notify_allowed_cidrs: str = env("HYPAY_NOTIFY_ALLOWED_CIDRS", TEXT, "")
 
@@ -256,9 +262,7 @@ class AuthSettings(EnvSettings):
     `<JWT_ISSUER>/.well-known/jwks.json`). Template parameters left empty arrive as "": unset.
     """
 
-    mode: JwtMode | None = env(
-        "JWT_MODE", optional(cs.literal_schema(["hs256", "rs256", "es256"]), empty_is_unset=True)
-    )
+    mode: JwtMode | None = env("JWT_MODE", optional(one_of(JwtMode), empty_is_unset=True))
     issuer: str | None = env("JWT_ISSUER", optional(TEXT, empty_is_unset=True))
     audience: str = env("JWT_AUDIENCE", cs.str_schema(min_length=1), "authenticated")
     required_role: str = env("JWT_REQUIRED_ROLE", cs.str_schema(min_length=1), "authenticated")
