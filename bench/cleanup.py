@@ -191,9 +191,9 @@ class CleanupBench:
             "(`generate_series`), then `VACUUM ANALYZE`. A separate process claims fresh keys through the layer",
             f"({pace}; claim, the function, completion, each timed from its start): for {self.idle_seconds:g} s with",
             "nothing else running (**idle**), then while",
-            f"`run_cleanup` (batches of {self.policy.batch_size}, `FOR UPDATE SKIP LOCKED`, paced to "
-            f"{self.policy.duty_cycle_percent} % of the time; a time budget that never runs out) purges them all "
-            "(**during**).",
+            f"`run_cleanup` (batches of {self.policy.batch_size}, `FOR UPDATE SKIP LOCKED`, run on the server in "
+            f"statements of about a second, paced to at most {self.policy.duty_cycle_percent} % of the time with at "
+            "least a millisecond between batches; a time budget that never runs out) purges them all (**during**).",
             "",
             "| figure | each run | min | **median** |",
             "|---|---|---|---|",

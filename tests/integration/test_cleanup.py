@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -13,7 +13,8 @@ import pytest
 from moto import mock_aws
 
 from ops.lambda_context import LocalLambdaContext
-from payments.adapters.db import Database
+from payments.adapters.cleanup_store import cleanup_steps, run_paced
+from payments.adapters.db import Database, QueryError, parse_database_url
 from payments.services.cleanup import CleanupPolicy, run_cleanup
 from tests.support.api import invoke, reset_function_state
 from tests.support.payments import Env
@@ -127,13 +128,43 @@ def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Databa
 
 
 def test_works_in_bounded_batches(production: tuple[str, Database], counting) -> None:  # noqa: ANN001
-    url, _ = production
-    db = database(url, counting)
-    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, web_app_retention_seconds=24 * 3600))
+    # Given a trigger noting the transaction of every row the cleanup deletes or updates
+    url, db = production
+    note_transactions(db)
+    counted = database(url, counting)
+    report = run_cleanup(counted, policy=CleanupPolicy(batch_size=1, web_app_retention_seconds=24 * 3600))
     assert report.purged_idempotency_records == 3 and report.expired_payments == 2
-    # one statement per batch: 3 + 1 (empty) for the layer's records, and so on for every step
-    assert counting.round_trips >= 3 + 1 + 1 + 1 + 2 + 1
-    db.close()
+    # Then every batch of one row was a transaction of its own, the purges' (on the server) as the payments'
+    per_table = db.run("SELECT tbl, count(*), count(DISTINCT xid) FROM row_transactions GROUP BY tbl ORDER BY tbl")
+    assert per_table == [["idempotency_keys", 4, 4], ["payments", 3, 3], ["rate_limits", 1, 1]]
+    # And the payments' steps sent a statement per batch (2 expired + an empty one, 1 flagged + an empty one), the
+    # purges one a step (its block)
+    assert counting.round_trips >= (2 + 1) + (1 + 1) + 3
+    counted.close()
+
+
+def note_transactions(db: Database) -> None:
+    """A trigger on the cleanup's tables noting the transaction of every row deleted or updated."""
+    db.run("""
+        CREATE TABLE row_transactions (tbl text, xid xid8, at timestamptz);
+        CREATE FUNCTION note_transaction() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          INSERT INTO row_transactions VALUES (TG_TABLE_NAME, pg_current_xact_id(), clock_timestamp());
+          RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+        END $$;
+        CREATE TRIGGER note_xid BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION note_transaction();
+        CREATE TRIGGER note_xid BEFORE UPDATE ON payments FOR EACH ROW EXECUTE FUNCTION note_transaction();
+        CREATE TRIGGER note_xid BEFORE DELETE ON rate_limits FOR EACH ROW EXECUTE FUNCTION note_transaction();
+    """)
+
+
+def slow_deletes(db: Database, seconds: float) -> None:
+    """Every row deleted from the idempotency table takes `seconds` (a trigger sleeping)."""
+    db.run(f"""
+        CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep({seconds}); RETURN OLD; END $$;
+        CREATE TRIGGER slow BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION slow_delete();
+    """)
 
 
 def test_stops_when_the_time_budget_is_spent(production: tuple[str, Database]) -> None:
@@ -218,13 +249,69 @@ def test_paces_between_full_batches_in_proportion_to_their_time(production: tupl
     report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=25), sleep=pauses.append)
     took = time.monotonic() - started
     assert report.purged_idempotency_records == 3 and report.complete
-    # A pause after each full batch (3 expired records, 2 expired payments, 1 flagged, 1 window: each step
-    # pauses after every batch but its last, short one), each 3 times its batch (25 %)
-    assert len(pauses) == 3 + 2 + 1 + 1 and all(0 < p <= 3 * took for p in pauses)
+    # The steps that change payments pause here after each full batch (2 expired payments, 1 flagged: each step
+    # pauses after every batch but its last, short one), each 3 times its batch (25 %); the purges pause on the
+    # server (the next test)
+    assert len(pauses) == 2 + 1 and all(0 < p <= 3 * took for p in pauses)
     # Back to back (100 %) it never pauses
     pauses.clear()
     run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100), sleep=pauses.append)
     assert pauses == []
+
+
+def test_purges_pause_on_the_server_in_proportion_to_their_batches(production: tuple[str, Database]) -> None:
+    # Given deletes that take 30 ms a row, and the time of each noted
+    _, db = production
+    slow_deletes(db, 0.03)
+    note_transactions(db)
+    sent: list[str] = []
+    real_run = db.run
+
+    def run(sql: str) -> list:
+        sent.append(sql)
+        return real_run(sql)
+
+    db.run = run  # type: ignore[method-assign]
+    # When the expired records are purged a row a batch, batches filling 25 % of the time
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=25), sleep=lambda _: None)
+    assert report.purged_idempotency_records == 3
+    # Then each batch after the first started at least its own time (30 ms) plus 3 times that (the pause) after the
+    # one before: the pauses are the server's, one statement ran them all
+    at = [r[0] for r in real_run("SELECT at FROM row_transactions WHERE tbl = 'idempotency_keys' ORDER BY at")]
+    assert len(at) == 3
+    assert all((b - a).total_seconds() >= 0.03 + 3 * 0.03 for a, b in zip(at, at[1:], strict=False))
+    blocks = [sql for sql in sent if sql.startswith("DO")]
+    assert len(blocks) == 3  # one a purge step: the expired records, the web app's old rows, old windows
+    assert all("pg_sleep" in sql for sql in blocks)
+    # And back to back (100 %) the block never sleeps
+    sent.clear()
+    run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100), sleep=lambda _: None)
+    assert [sql for sql in sent if "pg_sleep" in sql] == []
+
+
+def test_a_purge_statement_runs_at_most_half_the_query_timeout(production: tuple[str, Database]) -> None:
+    # Given deletes that take 40 ms a row, and a database whose answers are awaited 0.2 s at most
+    url, db = production
+    slow_deletes(db, 0.04)
+    parsed = parse_database_url(url)
+    short = Database(lambda refresh: parsed, query_timeout=0.2)
+    statements: list[str] = []
+    real_run = short.run
+
+    def run(sql: str) -> list:
+        statements.append(sql)
+        return real_run(sql)
+
+    short.run = run  # type: ignore[method-assign]
+    # When the expired records are purged a row a batch, back to back
+    report = run_cleanup(short, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
+    # Then they are all purged, in statements that each stop starting batches after 0.1 s (half the timeout),
+    # none of them taken for a broken connection
+    assert report.purged_idempotency_records == 3 and report.complete
+    assert short.connects == 1
+    blocks = [sql for sql in statements if sql.startswith("DO")]
+    assert blocks and all("interval '100 milliseconds'" in sql for sql in blocks)
+    short.close()
 
 
 def test_pacing_never_sleeps_into_the_reserve() -> None:
@@ -239,25 +326,71 @@ def test_pacing_never_sleeps_into_the_reserve() -> None:
 
 
 def test_pacing_honours_the_time_budget(production: tuple[str, Database]) -> None:
-    # Given a budget that a pause would run into the reserve of
+    # Given deletes that take 0.3 s a row
     _, db = production
-    clock = [5_500]
-    pauses: list[float] = []
+    slow_deletes(db, 0.3)
 
-    def sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        clock[0] -= int(seconds * 1000) + 1_000  # the batches are slow: a second each
+    def budget() -> Callable[[], int]:
+        """Half a second left before a reserve of 5 s."""
+        deadline = time.monotonic() + 5.5
+        return lambda: int((deadline - time.monotonic()) * 1000)
 
-    report = run_cleanup(
-        db,
-        policy=CleanupPolicy(batch_size=1, duty_cycle_percent=1),
-        time_left_ms=lambda: clock[0],
-        reserve_ms=5_000,
-        sleep=sleep,
-    )
-    # Then it stops with the reserve left, having never paused past it
-    assert report.complete is False and 1 <= report.purged_idempotency_records < 3
-    assert pauses and all(p <= 0.5 for p in pauses)
+    # When the purge runs a row a batch, paced to 1 %: the pause after a batch would be 99 times the batch
+    time_left_ms = budget()
+    policy = CleanupPolicy(batch_size=1, duty_cycle_percent=1)
+    report = run_cleanup(db, policy=policy, time_left_ms=time_left_ms, reserve_ms=5_000)
+    # Then it stops with the reserve left: the server's statement paused only until its half second was up (not the
+    # second a pause may take), and no statement followed it
+    assert report.complete is False and report.purged_idempotency_records == 1
+    assert time_left_ms() > 5_000 - 400
+    # And back to back, the statement starts no batch after its half second: 2 of the 2 left (0.3 s each), then it
+    # ends with more possibly left, and the run with it
+    time_left_ms = budget()
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100), time_left_ms=time_left_ms,
+                         reserve_ms=5_000)  # fmt: skip
+    assert report.complete is False and report.purged_idempotency_records == 2
+
+
+def test_a_paced_purge_reports_only_what_committed(production: tuple[str, Database]) -> None:
+    # Given a purge whose second batch the database refuses
+    _, db = production
+    db.run("""
+        CREATE FUNCTION refuse_second() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.key = 'fn#expired-2' THEN RAISE EXCEPTION 'refused' USING ERRCODE = 'check_violation'; END IF;
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER refuse BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION refuse_second();
+    """)
+    step = cleanup_steps("public.idempotency_keys")[0]
+    params = {"now": int(time.time()), "batch": 1}
+    # When it runs: Then the refusal is raised, and the batch before it stays committed
+    with pytest.raises(QueryError):
+        run_paced(db, step, run_ms=1_000, duty_cycle_percent=100, max_pause_seconds=1.0, **params)
+    left = keys(db) & {"fn#expired-1", "fn#expired-2", "fn#expired-3"}
+    assert "fn#expired-2" in left and len(left) < 3
+    # And a later run on the same session counts only its own batches, never the one before
+    db.run("DROP TRIGGER refuse ON idempotency_keys")
+    done = run_paced(db, step, run_ms=1_000, duty_cycle_percent=100, max_pause_seconds=1.0, **params)
+    assert (done.handled, done.more) == (len(left), False)
+    assert keys(db) & {"fn#expired-1", "fn#expired-2", "fn#expired-3"} == set()
+    # And a step that changes payments is never run on the server's loop (its commits are durable, one a statement)
+    with pytest.raises(ValueError, match="durabl"):
+        run_paced(db, cleanup_steps("public.idempotency_keys")[2], run_ms=1_000, duty_cycle_percent=100,
+                  max_pause_seconds=1.0, **params)  # fmt: skip
+
+
+def test_a_paced_purge_is_counted_whatever_the_sessions_messages_setting(production: tuple[str, Database]) -> None:
+    # Given a session (a role's default, say) that is sent no notices
+    _, db = production
+    db.run("SET client_min_messages = error")
+    # When the expired records are purged: Then the count is still told, and nothing is left in the session
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=2))
+    assert report.purged_idempotency_records == 3 and report.complete
+    assert db.run("SHOW client_min_messages") == [["error"]]
+    assert db.run("SHOW synchronous_commit") == [["on"]]
+    # And a statement that tells nothing is no count: an error, not a guess
+    assert db.run_noticed("SELECT 1") == ([[1]], [])
 
 
 # -- the function: schedule, admin endpoint, debug endpoint ----------------------------------------

@@ -182,10 +182,12 @@ class CallbackSettings(EnvSettings):
 
 
 DEFAULT_DUTY_CYCLE_PERCENT = 25
+DEFAULT_BATCH_SIZE = 50
 
 
 class CleanupSettings(EnvSettings):
-    batch_size: int = env("CLEANUP_BATCH_SIZE", cs.int_schema(gt=0, le=10_000), 500)
+    # Rows a batch; the purges' batches are short bursts on the server with pauses between (docs/deploy.md).
+    batch_size: int = env("CLEANUP_BATCH_SIZE", cs.int_schema(gt=0, le=10_000), DEFAULT_BATCH_SIZE)
     # The share of a cleanup run's time spent in its batches, the rest paced out between them (100: back to
     # back): a purge of many records then leaves the database's CPU and WAL to the requests (docs/deploy.md).
     duty_cycle_percent: int = env("CLEANUP_DUTY_CYCLE_PERCENT", cs.int_schema(gt=0, le=100), DEFAULT_DUTY_CYCLE_PERCENT)

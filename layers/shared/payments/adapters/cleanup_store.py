@@ -4,20 +4,27 @@ Every step deletes or updates one bounded batch of rows it locks with `FOR UPDAT
 re-checks its conditions on the locked rows. Parameters: `:now` (Unix seconds, the Lambda's clock),
 `:batch`, `:web_retention`, `:pending_age`, `:rate_retention` (seconds).
 
-The steps that only delete what is already dead (expired records, the web app's old rows, old rate-limit
-windows) commit each batch with `synchronous_commit = off` (`SET LOCAL`, in the same round trip): the
-batch does not wait for its own WAL flush, so a purge of many records does not compete with the requests'
-commits for the WAL flush nor wake up hundreds of times a second. A crash may lose the last fraction of a
-second of such batches: the rows come back, still expired (claims treat them as absent), and the next run
-purges them again. The steps that change payments keep durable commits. The next durable commit on the
-server (any request's, or the audit row of an admin run) flushes them as well.
+The steps that change payments send one batch per statement and commit it durably (`run_step`); the
+service paces them. The steps that only delete what is already dead (expired records, the web app's old
+rows, old rate-limit windows) run on the server, batch after batch, for about a second per statement
+(`run_paced`, a `DO` block):
+- each batch commits on its own with `synchronous_commit = off` (`SET LOCAL`): it does not wait for its
+  own WAL flush, so a purge of many records does not compete with the requests' commits for the flush.
+  A crash may lose the last fraction of a second of such batches: the rows come back, still expired
+  (claims treat them as absent), and the next run purges them again. The next durable commit on the
+  server (any request's) flushes them as well;
+- after each full batch the server pauses (`pg_sleep`) in proportion to the batch's time, and at least
+  a millisecond or two: a purge is many short bursts of the server's CPU with the requests' statements
+  in between, where batches sent one per round trip had to be ten times larger to cost as little per
+  row, and each of those bursts delayed every request that came during it. No round trip and no
+  planning per batch: plpgsql keeps the statement's plan.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from payments.adapters.db import Database, bind
+from payments.adapters.db import Database, QueryError, bind
 from payments.records import Record
 
 # A callback naming the payment is on record, not verified yet, and the journal's row for its Hyp Id (its only row,
@@ -117,3 +124,83 @@ def run_step(db: Database, step: Step, **params: Any) -> int:
     sql = bind(f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done", **params)
     [[count]] = db.run(sql if step.durable else _LAZY_COMMIT + sql)
     return int(count)
+
+
+# The shortest pause after a full batch. pg_sleep wakes on whole milliseconds, rounding up (a pause asked for 0.2 ms
+# or 1 ms lasts about 1 or 2): the block asks for half a millisecond less than the pause it means, so that a pause
+# lasts the whole number of milliseconds nearest to it, at least one. (A pause cut short by the statement's end is
+# asked for whole: it must not end before it.)
+PAUSE_FLOOR_SECONDS = 0.001
+_SLEEP_ROUNDING_SECONDS = 0.0005
+
+# The server's loop. Each batch is a transaction of its own (a DO block sent alone, outside any transaction block,
+# may COMMIT). What it did is told in a notice after its last batch (a block returns no rows): nothing is kept in the
+# session, so a transaction-mode pooler or RDS Proxy may hand the connection on after it (docs/architecture.md).
+# The notice is sent whatever the role's client_min_messages, and not logged (NOTICE is below log_min_messages).
+_PACED = """DO $paced$
+DECLARE
+  began CONSTANT timestamptz := clock_timestamp();
+  batch_began timestamptz;
+  took double precision;
+  handled bigint := 0;
+  n bigint;
+BEGIN
+  LOOP
+    PERFORM set_config('synchronous_commit', 'off', true);
+    batch_began := clock_timestamp();
+    {statement};
+    GET DIAGNOSTICS n = ROW_COUNT;
+    handled := handled + n;
+    COMMIT;
+    EXIT WHEN n < {batch} OR clock_timestamp() >= began + interval '{run_ms} milliseconds';{pause}
+  END LOOP;
+  PERFORM set_config('client_min_messages', 'notice', true);
+  RAISE NOTICE '{told} % %', handled, (n >= {batch})::int;
+END
+$paced$"""
+# After a full batch: its time × rest, at least the floor, at most max_pause, never past the statement's end (nor a
+# batch started after it).
+_PAUSE = """
+    took := extract(epoch FROM clock_timestamp() - batch_began);
+    PERFORM pg_sleep(least(greatest(took * {rest}, {floor}) - {rounding}, {max_pause},
+                           extract(epoch FROM began + interval '{run_ms} milliseconds' - clock_timestamp())));
+    EXIT WHEN clock_timestamp() >= began + interval '{run_ms} milliseconds';"""
+_TOLD = "paced batches:"
+
+
+class Paced(Record):
+    """What one `run_paced` statement did: rows handled (committed), and whether its last batch was full (more may
+    be left)."""
+
+    handled: int
+    more: bool
+
+
+def run_paced(
+    db: Database, step: Step, *, run_ms: int, duty_cycle_percent: int, max_pause_seconds: float, **params: Any
+) -> Paced:
+    """Batches of a purge-only step (not `durable`), one after another on the server for about `run_ms` (the last
+    batch started before then runs to its end), paced so that batches fill `duty_cycle_percent` of the time: after
+    each full batch, a pause of its time × (100 - duty) / duty, at least PAUSE_FLOOR_SECONDS (none at 100 %), at
+    most `max_pause_seconds`, never past `run_ms`. One round trip."""
+    if step.durable:
+        raise ValueError(f"{step.field} changes payments: its batches commit durably, one per statement (run_step)")
+    statement = bind(step.sql, **params)
+    run_ms = max(1, int(run_ms))
+    pause = ""  # back to back at 100 %
+    if duty_cycle_percent < 100:
+        pause = _PAUSE.format(
+            rest=repr((100 - duty_cycle_percent) / duty_cycle_percent),
+            floor=repr(PAUSE_FLOOR_SECONDS),
+            rounding=repr(_SLEEP_ROUNDING_SECONDS),
+            max_pause=repr(float(max_pause_seconds)),
+            run_ms=run_ms,
+        )
+    sql = _PACED.format(statement=statement, told=_TOLD, batch=int(params["batch"]), run_ms=run_ms, pause=pause)
+    if sql.count("$paced$") != 2:  # a bound value can never end the block early (only numbers are bound here)
+        raise ValueError("a value bound into a paced step holds the block's quote")
+    for notice in reversed(db.run_noticed(sql)[1]):
+        if notice.startswith(_TOLD):
+            handled, more = notice.removeprefix(_TOLD).split()
+            return Paced(int(handled), more == "1")
+    raise QueryError("the paced batches told nothing of what they did", None)

@@ -393,6 +393,10 @@ def _sqlstate(exc: DatabaseError) -> str | None:
     return detail.get("C") if isinstance(detail, dict) else None
 
 
+def _notice_text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
 def _message(exc: DatabaseError) -> str:
     detail = exc.args[0] if exc.args else None
     return str(detail.get("M", "database error")) if isinstance(detail, dict) else "database error"
@@ -429,6 +433,11 @@ class Database:
         self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
         self.connects = 0
         _LIVE.add(self)
+
+    @property
+    def query_timeout(self) -> float:
+        """Seconds a statement's answer is waited for (the connection is then taken as broken)."""
+        return self._query_timeout
 
     @classmethod
     def close_all(cls) -> int:
@@ -545,6 +554,17 @@ class Database:
                         raise
                     _backoff(attempt)
             raise AssertionError("unreachable")
+
+    def run_noticed(self, sql: str) -> tuple[Rows, list[str]]:
+        """`run`, and the messages of the notices the server sent while running it (`RAISE NOTICE`), in order (the
+        last hundred). When the statement was sent again on a new connection, that one's."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.notices.clear()
+            rows = self.run(sql)
+            conn = self._conn
+            heard = list(conn.notices) if conn is not None else []
+            return rows, [_notice_text(n.get(b"M", n.get("M", b""))) for n in heard]
 
     def _run_once(self, sql: str) -> Rows:
         try:

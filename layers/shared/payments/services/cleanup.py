@@ -7,9 +7,10 @@ locked rows, so a record taken over or a payment completed in between is left al
 twice, or twice at once, does the work once.
 
 A purge of many records runs next to live requests on the same server: its batches delete the locked
-rows by their physical address (cheap for the server's CPU), and the steps that only purge commit
-without waiting for their WAL flush (`payments.adapters.cleanup_store`); the steps that change payments
-commit durably.
+rows by their physical address (cheap for the server's CPU); the steps that only purge run on the server
+in small batches, each committed without waiting for its WAL flush and followed by a pause, about a
+second per statement (`payments.adapters.cleanup_store.run_paced`); the steps that change payments send
+one batch per statement, commit durably and are paced here.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from payments.adapters.cleanup_store import cleanup_steps, run_step
+from payments.adapters.cleanup_store import Step, cleanup_steps, run_paced, run_step
 from payments.adapters.db import Database
-from payments.settings import DEFAULT_DUTY_CYCLE_PERCENT, CleanupSettings
+from payments.settings import DEFAULT_BATCH_SIZE, DEFAULT_DUTY_CYCLE_PERCENT, CleanupSettings
 
 MAX_PAUSE_SECONDS = 1.0  # however slow one batch was
+# How long one statement of a purge-only step runs its batches on the server (at most half the query timeout).
+PACED_RUN_MS = 1_000
 
 
 @dataclass
@@ -40,7 +43,7 @@ class CleanupReport:
 
 @dataclass(frozen=True)
 class CleanupPolicy:
-    batch_size: int = 500
+    batch_size: int = DEFAULT_BATCH_SIZE
     web_app_retention_seconds: int = 0  # 0: the web app's own idempotency rows are never purged
     pending_payment_max_age_seconds: int = 2 * 3600
     rate_limit_retention_seconds: int = 24 * 3600
@@ -90,6 +93,11 @@ def run_cleanup(
         "rate_retention": policy.rate_limit_retention_seconds,
     }
     for step in cleanup_steps(policy.table):
+        if not step.durable:
+            if not _run_paced(db, step, policy, params, time_left_ms, reserve_ms, report):
+                report.complete = False
+                return report
+            continue
         while True:
             if time_left_ms() < reserve_ms:
                 report.complete = False
@@ -103,6 +111,31 @@ def run_cleanup(
             if pause > 0:
                 sleep(pause)
     return report
+
+
+def _run_paced(
+    db: Database,
+    step: Step,
+    policy: CleanupPolicy,
+    params: dict[str, int],
+    time_left_ms: Callable[[], int],
+    reserve_ms: int,
+    report: CleanupReport,
+) -> bool:
+    """A purge-only step, a statement of about PACED_RUN_MS at a time (never past the reserve, nor half the query
+    timeout): False when the budget ran out before the step was done."""
+    while True:
+        spare = time_left_ms() - reserve_ms
+        if spare <= 0:
+            return False
+        run_ms = min(PACED_RUN_MS, spare, int(db.query_timeout * 500))
+        done = run_paced(
+            db, step, run_ms=run_ms, duty_cycle_percent=policy.duty_cycle_percent,
+            max_pause_seconds=MAX_PAUSE_SECONDS, **params,
+        )  # fmt: skip
+        setattr(report, step.field, getattr(report, step.field) + done.handled)
+        if not done.more:
+            return True
 
 
 def _pause(took: float, duty_cycle_percent: int, spare_ms: int) -> float:
