@@ -310,8 +310,20 @@ def test_a_purge_statement_runs_at_most_half_the_query_timeout(production: tuple
     assert report.purged_idempotency_records == 3 and report.complete
     assert short.connects == 1
     blocks = [sql for sql in statements if sql.startswith("DO")]
-    assert blocks and all("interval '100 milliseconds'" in sql for sql in blocks)
+    assert blocks and all("ELSE 100 END" in sql for sql in blocks)
     short.close()
+
+
+def test_a_purge_statement_ends_well_within_the_sessions_statement_timeout(production: tuple[str, Database]) -> None:
+    # Given deletes that take 0.2 s a row, and a session whose statements are cancelled after 0.5 s (a role's setting)
+    _, db = production
+    slow_deletes(db, 0.2)
+    db.run("SET statement_timeout = '500ms'")
+    # When the expired records are purged a row a batch, back to back (0.6 s in all: one statement of a second would be cancelled)
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
+    # Then none was cancelled: each statement ended after half the timeout
+    assert report.purged_idempotency_records == 3 and report.complete
+    assert db.run("SHOW statement_timeout") == [["500ms"]]
 
 
 def test_pacing_never_sleeps_into_the_reserve() -> None:

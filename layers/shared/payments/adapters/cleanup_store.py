@@ -140,6 +140,10 @@ _SLEEP_ROUNDING_SECONDS = 0.0005
 _PACED = """DO $paced$
 DECLARE
   began CONSTANT timestamptz := clock_timestamp();
+  -- The session's statement_timeout (ms, 0: none) would cancel the block: it ends well before.
+  timeout_ms CONSTANT bigint := (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout');
+  ends CONSTANT timestamptz := began + interval '1 millisecond'
+                               * CASE WHEN timeout_ms > 0 THEN least({run_ms}, timeout_ms / 2) ELSE {run_ms} END;
   batch_began timestamptz;
   took double precision;
   handled bigint := 0;
@@ -152,7 +156,7 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     handled := handled + n;
     COMMIT;
-    EXIT WHEN n < {batch} OR clock_timestamp() >= began + interval '{run_ms} milliseconds';{pause}
+    EXIT WHEN n < {batch} OR clock_timestamp() >= ends;{pause}
   END LOOP;
   PERFORM set_config('client_min_messages', 'notice', true);
   RAISE NOTICE '{told} % %', handled, (n >= {batch})::int;
@@ -163,8 +167,8 @@ $paced$"""
 _PAUSE = """
     took := extract(epoch FROM clock_timestamp() - batch_began);
     PERFORM pg_sleep(least(greatest(took * {rest}, {floor}) - {rounding}, {max_pause},
-                           extract(epoch FROM began + interval '{run_ms} milliseconds' - clock_timestamp())));
-    EXIT WHEN clock_timestamp() >= began + interval '{run_ms} milliseconds';"""
+                           extract(epoch FROM ends - clock_timestamp())));
+    EXIT WHEN clock_timestamp() >= ends;"""
 _TOLD = "paced batches:"
 
 
@@ -179,8 +183,8 @@ class Paced(Record):
 def run_paced(
     db: Database, step: Step, *, run_ms: int, duty_cycle_percent: int, max_pause_seconds: float, **params: Any
 ) -> Paced:
-    """Batches of a purge-only step (not `durable`), one after another on the server for about `run_ms` (the last
-    batch started before then runs to its end), paced so that batches fill `duty_cycle_percent` of the time: after
+    """Batches of a purge-only step (not `durable`), one after another on the server for about `run_ms`, or half the
+    session's statement_timeout if less (the last batch started before then runs to its end), paced so that batches fill `duty_cycle_percent` of the time: after
     each full batch, a pause of its time × (100 - duty) / duty, at least PAUSE_FLOOR_SECONDS (none at 100 %), at
     most `max_pause_seconds`, never past `run_ms`. One round trip."""
     if step.durable:
@@ -194,7 +198,6 @@ def run_paced(
             floor=repr(PAUSE_FLOOR_SECONDS),
             rounding=repr(_SLEEP_ROUNDING_SECONDS),
             max_pause=repr(float(max_pause_seconds)),
-            run_ms=run_ms,
         )
     sql = _PACED.format(statement=statement, told=_TOLD, batch=int(params["batch"]), run_ms=run_ms, pause=pause)
     if sql.count("$paced$") != 2:  # a bound value can never end the block early (only numbers are bound here)
