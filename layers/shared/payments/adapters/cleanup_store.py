@@ -183,10 +183,10 @@ class Paced(Record):
 def run_paced(
     db: Database, step: Step, *, run_ms: int, duty_cycle_percent: int, max_pause_seconds: float, **params: Any
 ) -> Paced:
-    """Batches of a purge-only step (not `durable`), one after another on the server for about `run_ms`, or half the
-    session's statement_timeout if less (the last batch started before then runs to its end), paced so that batches fill `duty_cycle_percent` of the time: after
-    each full batch, a pause of its time × (100 - duty) / duty, at least PAUSE_FLOOR_SECONDS (none at 100 %), at
-    most `max_pause_seconds`, never past `run_ms`. One round trip."""
+    """Batches of a purge-only step (not `durable`), one after another on the server for about `run_ms`, or half
+    the session's statement_timeout if less (the last batch started before then runs to its end), paced so that
+    batches fill `duty_cycle_percent` of the time: after each full batch, a pause of its time × (100 - duty) / duty,
+    at least PAUSE_FLOOR_SECONDS (none at 100 %), at most `max_pause_seconds`, never past the end. One round trip."""
     if step.durable:
         raise ValueError(f"{step.field} changes payments: its batches commit durably, one per statement (run_step)")
     statement = bind(step.sql, **params)
