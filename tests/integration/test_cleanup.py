@@ -319,7 +319,8 @@ def test_a_purge_statement_ends_well_within_the_sessions_statement_timeout(produ
     _, db = production
     slow_deletes(db, 0.2)
     db.run("SET statement_timeout = '500ms'")
-    # When the expired records are purged a row a batch, back to back (0.6 s in all: one statement of a second would be cancelled)
+    # When the expired records are purged a row a batch, back to back (0.6 s in all: a statement of a second would
+    # be cancelled)
     report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
     # Then none was cancelled: each statement ended after half the timeout
     assert report.purged_idempotency_records == 3 and report.complete
