@@ -289,7 +289,7 @@ def test_purges_pause_on_the_server_in_proportion_to_their_batches(production: t
     assert [sql for sql in sent if "pg_sleep" in sql] == []
 
 
-def test_a_purge_statement_runs_at_most_half_the_query_timeout(production: tuple[str, Database]) -> None:
+def test_a_purge_statement_runs_at_most_a_quarter_of_the_query_timeout(production: tuple[str, Database]) -> None:
     # Given deletes that take 40 ms a row, and a database whose answers are awaited 0.2 s at most
     url, db = production
     slow_deletes(db, 0.04)
@@ -305,12 +305,74 @@ def test_a_purge_statement_runs_at_most_half_the_query_timeout(production: tuple
     short.run = run  # type: ignore[method-assign]
     # When the expired records are purged a row a batch, back to back
     report = run_cleanup(short, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
-    # Then they are all purged, in statements that each stop starting batches after 0.1 s (half the timeout),
+    # Then they are all purged, in statements that each stop starting batches after 0.05 s (a quarter of the timeout),
     # none of them taken for a broken connection
     assert report.purged_idempotency_records == 3 and report.complete
     assert short.connects == 1
     blocks = [sql for sql in statements if sql.startswith("DO")]
-    assert blocks and all("ELSE 100 END" in sql for sql in blocks)
+    assert blocks and all("ELSE 50 END" in sql for sql in blocks)
+    short.close()
+
+
+def add_expired(db: Database, n: int) -> int:
+    """`n` more expired records; how many expired ones there are then."""
+    now = int(time.time())
+    db.run(f"""INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash)
+               SELECT 'x#' || g, 'completed', {now - 100}, 'h' FROM generate_series(1, {n}) g""")
+    return expired_left(db)
+
+
+def expired_left(db: Database) -> int:
+    return int(db.run(f"SELECT count(*) FROM idempotency_keys WHERE expiry_timestamp < {int(time.time())}")[0][0])
+
+
+def test_a_purge_whose_connection_is_killed_midway_counts_what_committed(production: tuple[str, Database]) -> None:
+    # Given 23 expired records, each delete taking 20 ms, and the statement's server process killed after 0.25 s
+    url, db = production
+    before = add_expired(db, 20)
+    slow_deletes(db, 0.02)
+    admin = connect(url)
+    cleaner = Database(db._params)
+
+    def kill() -> None:
+        time.sleep(0.25)
+        admin.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'DO $paced$%' AND pid <> pg_backend_pid()"
+        )
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    # When the purge runs a row a batch, back to back
+    report = run_cleanup(cleaner, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
+    killer.join()
+    admin.close()
+    # Then the statement was sent again on a new connection, everything was purged, and the count is exact: the
+    # batches the killed statement committed (told batch by batch) and the new one's
+    assert cleaner.connects == 2
+    assert expired_left(db) == 0
+    assert report.purged_idempotency_records == before and report.complete
+    cleaner.close()
+
+
+def test_a_batch_of_up_to_half_the_query_timeout_never_outlasts_it(production: tuple[str, Database]) -> None:
+    # Given answers awaited 0.2 s, batches of a row taking 10 ms, and one row taking 100 ms (half the timeout)
+    _, db = production
+    db.run(f"INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash) "
+           f"VALUES ('slow', 'completed', {int(time.time()) - 100}, 'h')")  # fmt: skip
+    before = add_expired(db, 6)
+    db.run("""
+        CREATE FUNCTION uneven_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(CASE WHEN OLD.key = 'slow' THEN 0.1 ELSE 0.01 END); RETURN OLD; END $$;
+        CREATE TRIGGER uneven BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION uneven_delete();
+    """)
+    short = Database(db._params, query_timeout=0.2)
+    # When the purge runs a row a batch, back to back
+    report = run_cleanup(short, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
+    # Then no statement outlasted the timeout (it would have been sent again on a new connection), and the count is
+    # exact
+    assert short.connects == 1
+    assert report.purged_idempotency_records == before and expired_left(db) == 0
     short.close()
 
 
@@ -403,7 +465,7 @@ def test_a_paced_purge_is_counted_whatever_the_sessions_messages_setting(product
     assert db.run("SHOW client_min_messages") == [["error"]]
     assert db.run("SHOW synchronous_commit") == [["on"]]
     # And a statement that tells nothing is no count: an error, not a guess
-    assert db.run_noticed("SELECT 1") == ([[1]], [])
+    assert db.run_noticed("SELECT 1") == ([[1]], [[]])
 
 
 # -- the function: schedule, admin endpoint, debug endpoint ----------------------------------------

@@ -134,9 +134,10 @@ PAUSE_FLOOR_SECONDS = 0.001
 _SLEEP_ROUNDING_SECONDS = 0.0005
 
 # The server's loop. Each batch is a transaction of its own (a DO block sent alone, outside any transaction block,
-# may COMMIT). What it did is told in a notice after its last batch (a block returns no rows): nothing is kept in the
-# session, so a transaction-mode pooler or RDS Proxy may hand the connection on after it (docs/architecture.md).
-# The notice is sent whatever the role's client_min_messages, and not logged (NOTICE is below log_min_messages).
+# may COMMIT). After each batch's commit the block tells the rows committed so far in a notice (a block returns no
+# rows): nothing is kept in the session, so a transaction-mode pooler or RDS Proxy may hand the connection on after it
+# (docs/architecture.md), and a connection that breaks midway has told what its batches committed. The notice is sent
+# whatever the role's client_min_messages, and not logged (NOTICE is below log_min_messages).
 _PACED = """DO $paced$
 DECLARE
   began CONSTANT timestamptz := clock_timestamp();
@@ -156,10 +157,10 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     handled := handled + n;
     COMMIT;
+    PERFORM set_config('client_min_messages', 'notice', true);
+    RAISE NOTICE '{told} % %', handled, (n >= {batch})::int;
     EXIT WHEN n < {batch} OR clock_timestamp() >= ends;{pause}
   END LOOP;
-  PERFORM set_config('client_min_messages', 'notice', true);
-  RAISE NOTICE '{told} % %', handled, (n >= {batch})::int;
 END
 $paced$"""
 # After a full batch: its time × rest, at least the floor, at most max_pause, never past the statement's end (nor a
@@ -202,8 +203,18 @@ def run_paced(
     sql = _PACED.format(statement=statement, told=_TOLD, batch=int(params["batch"]), run_ms=run_ms, pause=pause)
     if sql.count("$paced$") != 2:  # a bound value can never end the block early (only numbers are bound here)
         raise ValueError("a value bound into a paced step holds the block's quote")
-    for notice in reversed(db.run_noticed(sql)[1]):
+    # The statement is sent again on a new connection when the first one broke (Database.run): the batches each
+    # connection told of were all committed. (Those a server process whose client broke away still runs after its
+    # last notice reached us are not counted: at most one statement's worth.)
+    told = [_last_told(notices) for notices in db.run_noticed(sql)[1]]
+    if told[-1] is None:
+        raise QueryError("the paced batches told nothing of what they did", None)
+    return Paced(sum(t.handled for t in told if t is not None), told[-1].more)
+
+
+def _last_told(notices: list[str]) -> Paced | None:
+    for notice in reversed(notices):
         if notice.startswith(_TOLD):
             handled, more = notice.removeprefix(_TOLD).split()
             return Paced(int(handled), more == "1")
-    raise QueryError("the paced batches told nothing of what they did", None)
+    return None

@@ -573,16 +573,21 @@ class Database:
                     _backoff(attempt)
             raise AssertionError("unreachable")
 
-    def run_noticed(self, sql: str) -> tuple[Rows, list[str]]:
+    def run_noticed(self, sql: str) -> tuple[Rows, list[list[str]]]:
         """`run`, and the messages of the notices the server sent while running it (`RAISE NOTICE`), in order (the
-        last hundred). When the statement was sent again on a new connection, that one's."""
+        last hundred a connection): one list for each connection it was sent on, the one that broke first."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.notices.clear()
+            try:
+                first: pg8000.native.Connection | None = self._connection()
+            except DatabaseUnavailable:
+                first = None  # run() connects again, and says so if it cannot
+            if first is not None:
+                first.notices.clear()
             rows = self.run(sql)
-            conn = self._conn
-            heard = list(conn.notices) if conn is not None else []
-            return rows, [_notice_text(n.get(b"M", n.get("M", b""))) for n in heard]
+            conns = [c for c in (first, self._conn) if c is not None]
+            if len(conns) == 2 and conns[0] is conns[1]:
+                conns = conns[:1]
+            return rows, [[_notice_text(n.get(b"M", n.get("M", b""))) for n in c.notices] for c in conns]
 
     def _run_once(self, sql: str) -> Rows:
         try:

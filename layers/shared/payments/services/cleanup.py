@@ -24,7 +24,7 @@ from payments.adapters.db import Database
 from payments.settings import DEFAULT_BATCH_SIZE, DEFAULT_DUTY_CYCLE_PERCENT, CleanupSettings
 
 MAX_PAUSE_SECONDS = 1.0  # however slow one batch was
-# How long one statement of a purge-only step runs its batches on the server (at most half the query timeout).
+# How long one statement of a purge-only step runs its batches on the server (at most a quarter of the query timeout).
 PACED_RUN_MS = 1_000
 
 
@@ -122,13 +122,13 @@ def _run_paced(
     reserve_ms: int,
     report: CleanupReport,
 ) -> bool:
-    """A purge-only step, a statement of about PACED_RUN_MS at a time (never past the reserve, nor half the query
-    timeout): False when the budget ran out before the step was done."""
+    """A purge-only step, a statement of about PACED_RUN_MS at a time (never past the reserve, nor a quarter of the
+    query timeout: room for a batch started just before its end): False when the budget ran out before the step was done."""
     while True:
         spare = time_left_ms() - reserve_ms
         if spare <= 0:
             return False
-        run_ms = min(PACED_RUN_MS, spare, int(db.query_timeout * 500))
+        run_ms = min(PACED_RUN_MS, spare, int(db.query_timeout * 250))
         done = run_paced(
             db, step, run_ms=run_ms, duty_cycle_percent=policy.duty_cycle_percent,
             max_pause_seconds=MAX_PAUSE_SECONDS, **params,
