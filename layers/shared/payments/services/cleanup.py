@@ -123,7 +123,8 @@ def _run_paced(
     report: CleanupReport,
 ) -> bool:
     """A purge-only step, a statement of about PACED_RUN_MS at a time (never past the reserve, nor a quarter of the
-    query timeout: room for a batch started just before its end): False when the budget ran out before the step was done."""
+    query timeout: room for a batch started just before its end): False when the budget ran out before the step was
+    done."""
     while True:
         spare = time_left_ms() - reserve_ms
         if spare <= 0:
