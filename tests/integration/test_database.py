@@ -275,21 +275,3 @@ def test_the_stack_placeholder_secret_is_refused_with_a_clear_error() -> None:
 
     with pytest.raises(ConfigurationError, match="placeholder"):
         params_from_rds_secret({"placeholder": "fill me", "username": "", "password": "", "host": ""})
-
-
-def test_rows_read_the_same_with_descriptions_kept_per_connection(db: Database) -> None:
-    # Given a table read, then changed (its rows described anew), then read again
-    db.run("CREATE TABLE described (id int, name text)")
-    db.run("INSERT INTO described VALUES (1, 'one'), (2, NULL)")
-    first = db.run("SELECT * FROM described ORDER BY id")
-    assert db.run("SELECT * FROM described ORDER BY id") == first == [[1, "one"], [2, None]]
-    db.run("ALTER TABLE described ALTER COLUMN id TYPE numeric, ADD COLUMN at date")
-    # Then each read is typed by its own description: the same statement, another description, other types
-    assert db.run("SELECT * FROM described ORDER BY id") == [[Decimal(1), "one", None], [Decimal(2), None, None]]
-    assert db.run("SELECT id::int AS id, name FROM described ORDER BY id") == first
-    # And the descriptions kept are bounded: past the bound, each is parsed as pg8000 does, rows still right
-    conn = db._connection()
-    bound = type(conn)._ROW_DESCRIPTIONS_KEPT
-    for i in range(bound + 5):
-        assert db.run(f"SELECT {i} AS c{i}") == [[i]]
-    assert len(conn.__dict__["_row_descriptions"]) == bound

@@ -363,24 +363,6 @@ class GuardedConnection(pg8000.native.Connection):
     ask for) never sends the password, so it is answered on any connection (with TLS channel binding when offered).
     """
 
-    _ROW_DESCRIPTIONS_KEPT = 256
-
-    def handle_ROW_DESCRIPTION(self, data: bytes, context: Any) -> None:
-        """pg8000's, once per distinct description on this connection: the same statement's rows are described by the
-        same bytes (column names, table, type and format), which pg8000 parses field by field for every statement.
-        The parse depends on the bytes and this connection's type map alone (never changed here); the lists are
-        shared between statements, so nothing may change them (nothing here reads `columns` at all)."""
-        kept = self.__dict__.setdefault("_row_descriptions", {})
-        parsed = kept.get(data)
-        if parsed is None:
-            super().handle_ROW_DESCRIPTION(data, context)
-            if len(kept) < self._ROW_DESCRIPTIONS_KEPT:
-                kept[bytes(data)] = (context.columns, context.input_funcs)
-            return
-        context.columns, context.input_funcs = parsed
-        if context.rows is None:
-            context.rows = []
-
     def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
         method = int.from_bytes(data[:4], "big")
         if method in (_AUTH_CLEARTEXT, _AUTH_MD5) and not _tls_verified(self._usock):
