@@ -158,6 +158,19 @@ def note_transactions(db: Database) -> None:
     """)
 
 
+def record_statements(db: Database) -> list[str]:
+    """Every statement `db` runs from now on, in order (the list fills as it runs)."""
+    sent: list[str] = []
+    real_run = db.run
+
+    def run(sql: str) -> list:
+        sent.append(sql)
+        return real_run(sql)
+
+    db.run = run  # type: ignore[method-assign]
+    return sent
+
+
 def slow_deletes(db: Database, seconds: float) -> None:
     """Every row deleted from the idempotency table takes `seconds` (a trigger sleeping)."""
     db.run(f"""
@@ -264,20 +277,13 @@ def test_purges_pause_on_the_server_in_proportion_to_their_batches(production: t
     _, db = production
     slow_deletes(db, 0.03)
     note_transactions(db)
-    sent: list[str] = []
-    real_run = db.run
-
-    def run(sql: str) -> list:
-        sent.append(sql)
-        return real_run(sql)
-
-    db.run = run  # type: ignore[method-assign]
+    sent = record_statements(db)
     # When the expired records are purged a row a batch, batches filling 25 % of the time
     report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=25), sleep=lambda _: None)
     assert report.purged_idempotency_records == 3
     # Then each batch after the first started at least its own time (30 ms) plus 3 times that (the pause) after the
     # one before: the pauses are the server's, one statement ran them all
-    at = [r[0] for r in real_run("SELECT at FROM row_transactions WHERE tbl = 'idempotency_keys' ORDER BY at")]
+    at = [r[0] for r in db.run("SELECT at FROM row_transactions WHERE tbl = 'idempotency_keys' ORDER BY at")]
     assert len(at) == 3
     assert all((b - a).total_seconds() >= 0.03 + 3 * 0.03 for a, b in zip(at, at[1:], strict=False))
     blocks = [sql for sql in sent if sql.startswith("DO")]
@@ -295,14 +301,7 @@ def test_a_purge_statement_runs_at_most_a_quarter_of_the_query_timeout(productio
     slow_deletes(db, 0.04)
     parsed = parse_database_url(url)
     short = Database(lambda refresh: parsed, query_timeout=0.2)
-    statements: list[str] = []
-    real_run = short.run
-
-    def run(sql: str) -> list:
-        statements.append(sql)
-        return real_run(sql)
-
-    short.run = run  # type: ignore[method-assign]
+    statements = record_statements(short)
     # When the expired records are purged a row a batch, back to back
     report = run_cleanup(short, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
     # Then they are all purged, in statements that each stop starting batches after 0.05 s (a quarter of the timeout),
