@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,8 +15,9 @@ from moto import mock_aws
 
 from ops.lambda_context import LocalLambdaContext
 from payments.adapters.cleanup_store import cleanup_steps, run_paced
-from payments.adapters.db import Database, QueryError, parse_database_url
-from payments.services.cleanup import CleanupPolicy, run_cleanup
+from payments.adapters.db import ConnectionParams, Database, QueryError, parse_database_url
+from payments.errors import DatabaseUnavailable
+from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from tests.support.api import invoke, reset_function_state
 from tests.support.payments import Env
 from tests.support.pg import connect, database
@@ -159,15 +161,15 @@ def note_transactions(db: Database) -> None:
 
 
 def record_statements(db: Database) -> list[str]:
-    """Every statement `db` runs from now on, in order (the list fills as it runs)."""
+    """Every statement `db` sends from now on, in order (the list fills as it runs)."""
     sent: list[str] = []
-    real_run = db.run
+    real_execute = db._execute
 
-    def run(sql: str) -> list:
+    def execute(conn: object, sql: str) -> list:
         sent.append(sql)
-        return real_run(sql)
+        return real_execute(conn, sql)  # type: ignore[arg-type]
 
-    db.run = run  # type: ignore[method-assign]
+    db._execute = execute  # type: ignore[method-assign]
     return sent
 
 
@@ -325,13 +327,10 @@ def expired_left(db: Database) -> int:
     return int(db.run(f"SELECT count(*) FROM idempotency_keys WHERE expiry_timestamp < {int(time.time())}")[0][0])
 
 
-def test_a_purge_whose_connection_is_killed_midway_counts_what_committed(production: tuple[str, Database]) -> None:
-    # Given 23 expired records, each delete taking 20 ms, and the statement's server process killed after 0.25 s
-    url, db = production
-    before = add_expired(db, 20)
-    slow_deletes(db, 0.02)
+def purged_with_the_block_killed(url: str, cleaner: Database) -> CleanupReport:
+    """A cleanup a row a batch, back to back, whose paced statement's server process another connection kills after
+    0.25 s."""
     admin = connect(url)
-    cleaner = Database(db._params)
 
     def kill() -> None:
         time.sleep(0.25)
@@ -342,10 +341,21 @@ def test_a_purge_whose_connection_is_killed_midway_counts_what_committed(product
 
     killer = threading.Thread(target=kill)
     killer.start()
+    try:
+        return run_cleanup(cleaner, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
+    finally:
+        killer.join()
+        admin.close()
+
+
+def test_a_purge_whose_connection_is_killed_midway_counts_what_committed(production: tuple[str, Database]) -> None:
+    # Given 23 expired records, each delete taking 20 ms, and the statement's server process killed after 0.25 s
+    url, db = production
+    before = add_expired(db, 20)
+    slow_deletes(db, 0.02)
+    cleaner = Database(db._params)
     # When the purge runs a row a batch, back to back
-    report = run_cleanup(cleaner, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
-    killer.join()
-    admin.close()
+    report = purged_with_the_block_killed(url, cleaner)
     # Then the statement was sent again on a new connection, everything was purged, and the count is exact: the
     # batches the killed statement committed (told batch by batch) and the new one's
     assert cleaner.connects == 2
@@ -373,6 +383,86 @@ def test_a_batch_of_up_to_half_the_query_timeout_never_outlasts_it(production: t
     assert short.connects == 1
     assert report.purged_idempotency_records == before and expired_left(db) == 0
     short.close()
+
+
+def test_a_purge_sent_again_after_a_conflict_counts_every_attempts_batches(production: tuple[str, Database]) -> None:
+    # Given 8 expired records and one batch that fails once with a serialization failure (40001; as a deadlock
+    # 40P01 or a SERIALIZABLE default_transaction_isolation would), after earlier batches committed
+    _, db = production
+    before = add_expired(db, 5)
+    db.run("""
+        CREATE SEQUENCE conflict_once;
+        CREATE FUNCTION conflict_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF OLD.key = 'x#5' AND nextval('conflict_once') = 1 THEN
+            RAISE EXCEPTION 'conflict' USING ERRCODE = '40001';
+          END IF;
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER conflict BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION conflict_once();
+    """)
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
+    # Then everything was purged (the block was sent again on the same connection)
+    assert expired_left(db) == 0 and report.complete
+    # And the count is exact: the first attempt's committed batches and the second's
+    assert report.purged_idempotency_records == before
+
+
+def test_a_noticed_statement_connects_once_when_the_database_is_down() -> None:
+    attempts: list[int] = []
+
+    def params(refresh: bool) -> ConnectionParams:
+        return parse_database_url("postgresql://app:pw@db.example.test/payments", ssl_mode="disable")
+
+    def refused(*_: object, **__: object) -> None:
+        attempts.append(1)
+        raise OSError("connection refused")
+
+    db = Database(params, connect=refused)  # type: ignore[arg-type]
+    with pytest.raises(DatabaseUnavailable):
+        db.run("SELECT 1")
+    assert len(attempts) == 1
+    attempts.clear()
+    with pytest.raises(DatabaseUnavailable):
+        db.run_noticed("SELECT 1")
+    assert len(attempts) == 1  # as run: one attempt, one failure counted
+
+
+def test_a_stale_connection_broken_on_send_counts_nothing_twice(production: tuple[str, Database]) -> None:
+    _, db = production
+    step = cleanup_steps("public.idempotency_keys")[0]
+    params = {"now": int(time.time()), "batch": 1}
+    first = run_paced(db, step, run_ms=1000, duty_cycle_percent=100, max_pause_seconds=1.0, **params)
+    assert (first.handled, first.more) == (3, False)
+    before = add_expired(db, 4)
+    # the proxy drops the idle connection: our socket is shut, pg8000 raises on send
+    db._conn._usock.shutdown(socket.SHUT_RDWR)
+    second = run_paced(
+        db, step, run_ms=1000, duty_cycle_percent=100, max_pause_seconds=1.0, now=int(time.time()), batch=1
+    )
+    assert db.connects == 2
+    assert (second.handled, second.more) == (before, False)
+
+
+def test_a_triggers_notice_is_never_taken_for_the_count(production: tuple[str, Database]) -> None:
+    # Given a trigger on the table raising notices that look like the block's, and the statement killed midway
+    url, db = production
+    before = add_expired(db, 20)
+    db.run("""
+        CREATE FUNCTION chatty_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          RAISE NOTICE 'paced batches: 1000000 1';
+          RAISE NOTICE 'paced batches 0123456789abcdef0123456789abcdef: 1000000 1';
+          PERFORM pg_sleep(0.02);
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER chatty BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION chatty_delete();
+    """)
+    cleaner = Database(db._params)
+    report = purged_with_the_block_killed(url, cleaner)
+    # Then only the statement's own notices (its token) were counted
+    assert cleaner.connects == 2 and expired_left(db) == 0
+    assert report.purged_idempotency_records == before
 
 
 def test_a_purge_statement_ends_well_within_the_sessions_statement_timeout(production: tuple[str, Database]) -> None:

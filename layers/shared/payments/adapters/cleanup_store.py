@@ -22,6 +22,7 @@ rows, old rate-limit windows) run on the server, batch after batch, for about a 
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from payments.adapters.db import Database, QueryError, bind
@@ -158,7 +159,7 @@ BEGIN
     handled := handled + n;
     COMMIT;
     PERFORM set_config('client_min_messages', 'notice', true);
-    RAISE NOTICE '{told} % %', handled, (n >= {batch})::int;
+    RAISE NOTICE '{told}% %', handled, (n >= {batch})::int;
     EXIT WHEN n < {batch} OR clock_timestamp() >= ends;{pause}
   END LOOP;
 END
@@ -170,7 +171,7 @@ _PAUSE = """
     PERFORM pg_sleep(least(greatest(took * {rest}, {floor}) - {rounding}, {max_pause},
                            extract(epoch FROM ends - clock_timestamp())));
     EXIT WHEN clock_timestamp() >= ends;"""
-_TOLD = "paced batches:"
+_TOLD = "paced batches"
 
 
 class Paced(Record):
@@ -200,21 +201,23 @@ def run_paced(
             rounding=repr(_SLEEP_ROUNDING_SECONDS),
             max_pause=repr(float(max_pause_seconds)),
         )
-    sql = _PACED.format(statement=statement, told=_TOLD, batch=int(params["batch"]), run_ms=run_ms, pause=pause)
+    # The statement's own token: only its notices count (a trigger on the table may raise notices of its own).
+    told = f"{_TOLD} {uuid.uuid4().hex}: "
+    sql = _PACED.format(statement=statement, told=told, batch=int(params["batch"]), run_ms=run_ms, pause=pause)
     if sql.count("$paced$") != 2:  # a bound value can never end the block early (only numbers are bound here)
         raise ValueError("a value bound into a paced step holds the block's quote")
-    # The statement is sent again on a new connection when the first one broke (Database.run): the batches each
-    # connection told of were all committed. (Those a server process whose client broke away still runs after its
-    # last notice reached us are not counted: at most one statement's worth.)
-    told = [_last_told(notices) for notices in db.run_noticed(sql)[1]]
-    if told[-1] is None:
+    # The statement is sent again on a new connection when the first one broke, and again after a conflict
+    # (Database.run_noticed): the batches each sending told of were all committed. (A batch that a server process whose
+    # client broke away still runs after its last notice reached us is not counted: at most one.)
+    sendings = [_last_told(notices, told) for notices in db.run_noticed(sql)[1]]
+    if sendings[-1] is None:
         raise QueryError("the paced batches told nothing of what they did", None)
-    return Paced(sum(t.handled for t in told if t is not None), told[-1].more)
+    return Paced(sum(t.handled for t in sendings if t is not None), sendings[-1].more)
 
 
-def _last_told(notices: list[str]) -> Paced | None:
+def _last_told(notices: list[str], told: str) -> Paced | None:
     for notice in reversed(notices):
-        if notice.startswith(_TOLD):
-            handled, more = notice.removeprefix(_TOLD).split()
+        if notice.startswith(told):
+            handled, more = notice.removeprefix(told).split()
             return Paced(int(handled), more == "1")
     return None

@@ -556,20 +556,38 @@ class Database:
             raise AssertionError("unreachable")
 
     def run_noticed(self, sql: str) -> tuple[Rows, list[list[str]]]:
-        """`run`, and the messages of the notices the server sent while running it (`RAISE NOTICE`), in order (the
-        last hundred a connection): one list for each connection it was sent on, the one that broke first."""
+        """`run`, and the messages of the notices the server sent (`RAISE NOTICE`), one list for each sending of the
+        statement: a broken connection's, a conflict's rolled-back attempt's, then the one that answered (the last
+        hundred each). Sent again as `run` sends it: once more on a new connection, and after a conflict."""
         with self._lock:
-            try:
-                first: pg8000.native.Connection | None = self._connection()
-            except DatabaseUnavailable:
-                first = None  # run() connects again, and says so if it cannot
-            if first is not None:
-                first.notices.clear()
-            rows = self.run(sql)
-            conns = [c for c in (first, self._conn) if c is not None]
-            if len(conns) == 2 and conns[0] is conns[1]:
-                conns = conns[:1]
-            return rows, [[_notice_text(n.get(b"M", n.get("M", b""))) for n in c.notices] for c in conns]
+            heard: list[list[str]] = []
+
+            def take(conn: pg8000.native.Connection) -> None:
+                heard.append([_notice_text(n.get(b"M", n.get("M", b""))) for n in conn.notices])
+                conn.notices.clear()
+
+            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+                for sending in (1, 2):
+                    conn = self._connection()
+                    conn.notices.clear()
+                    try:
+                        rows = self._execute(conn, sql)
+                    except _Broken as exc:
+                        take(conn)
+                        if sending == 2:
+                            raise DatabaseUnavailable(
+                                "the database connection broke; the statement may not have run"
+                            ) from exc
+                        continue
+                    except QueryError as exc:
+                        take(conn)
+                        if exc.sqlstate not in RETRYABLE_CONFLICTS or attempt == CONFLICT_ATTEMPTS:
+                            raise
+                        _backoff(attempt)
+                        break
+                    take(conn)
+                    return rows, heard
+            raise AssertionError("unreachable")
 
     def _run_once(self, sql: str) -> Rows:
         try:
