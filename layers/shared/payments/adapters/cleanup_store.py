@@ -41,7 +41,7 @@ _UNVERIFIED_CALLBACK = """EXISTS (
 class Step(Record):
     field: str  # the report's field
     sql: str  # one bounded batch
-    durable: bool = True  # False: the batch commits without waiting for its WAL flush (it only purges)
+    durable: bool = True  # False: it only purges: paced batches on the server, committed without waiting for the WAL
 
 
 # Each batch commits on its own (an autocommit statement); for a step that is not durable, in one round trip:

@@ -545,59 +545,46 @@ class Database:
         A dropped connection is reopened and the statement sent once more; a serialization failure
         or deadlock (rolled back by the server) is retried with backoff.
         """
+        return self._run(sql, None)
+
+    def run_noticed(self, sql: str) -> tuple[Rows, list[list[str]]]:
+        """`run`, and the messages of the notices the server sent (`RAISE NOTICE`), one list for each sending of the
+        statement: a broken connection's, a conflict's rolled-back attempt's, then the one that answered (the last
+        hundred each)."""
+        heard: list[list[str]] = []
+        return self._run(sql, heard), heard
+
+    def _run(self, sql: str, heard: list[list[str]] | None) -> Rows:
         with self._lock:
             for attempt in range(1, CONFLICT_ATTEMPTS + 1):
                 try:
-                    return self._run_once(sql)
+                    return self._run_once(sql, heard)
                 except QueryError as exc:
                     if exc.sqlstate not in RETRYABLE_CONFLICTS or attempt == CONFLICT_ATTEMPTS:
                         raise
                     _backoff(attempt)
             raise AssertionError("unreachable")
 
-    def run_noticed(self, sql: str) -> tuple[Rows, list[list[str]]]:
-        """`run`, and the messages of the notices the server sent (`RAISE NOTICE`), one list for each sending of the
-        statement: a broken connection's, a conflict's rolled-back attempt's, then the one that answered (the last
-        hundred each). Sent again as `run` sends it: once more on a new connection, and after a conflict."""
-        with self._lock:
-            heard: list[list[str]] = []
-
-            def take(conn: pg8000.native.Connection) -> None:
-                heard.append([_notice_text(n.get(b"M", n.get("M", b""))) for n in conn.notices])
-                conn.notices.clear()
-
-            for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-                for sending in (1, 2):
-                    conn = self._connection()
-                    conn.notices.clear()
-                    try:
-                        rows = self._execute(conn, sql)
-                    except _Broken as exc:
-                        take(conn)
-                        if sending == 2:
-                            raise DatabaseUnavailable(
-                                "the database connection broke; the statement may not have run"
-                            ) from exc
-                        continue
-                    except QueryError as exc:
-                        take(conn)
-                        if exc.sqlstate not in RETRYABLE_CONFLICTS or attempt == CONFLICT_ATTEMPTS:
-                            raise
-                        _backoff(attempt)
-                        break
-                    take(conn)
-                    return rows, heard
-            raise AssertionError("unreachable")
-
-    def _run_once(self, sql: str) -> Rows:
+    def _run_once(self, sql: str, heard: list[list[str]] | None) -> Rows:
         try:
-            return self._execute(self._connection(), sql)
+            return self._send(self._connection(), sql, heard)
         except _Broken:
             pass
         try:
-            return self._execute(self._connection(), sql)
+            return self._send(self._connection(), sql, heard)
         except _Broken as exc:
             raise DatabaseUnavailable("the database connection broke; the statement may not have run") from exc
+
+    def _send(self, conn: pg8000.native.Connection, sql: str, heard: list[list[str]] | None) -> Rows:
+        """`_execute`; with `heard`, this sending's notices appended to it, whatever the outcome."""
+        if heard is None:
+            return self._execute(conn, sql)
+        conn.notices.clear()
+        try:
+            return self._execute(conn, sql)
+        finally:
+            heard.append([_notice_text(n.get(b"M", n.get("M", b""))) for n in conn.notices])
+            conn.notices.clear()
 
     def atomic[T](self, work: Callable[[Transaction], T], *, retry_on: tuple[str, ...] = ()) -> T:
         """`work(tx)` inside one transaction, run again from the start when the server rolled it back.
