@@ -14,9 +14,10 @@ rows, old rate-limit windows) run on the server, batch after batch, for about a 
   (claims treat them as absent), and the next run purges them again. The next durable commit on the
   server (any request's) flushes them as well;
 - after each full batch the server pauses (`pg_sleep`) in proportion to the batch's time, and at least
-  a millisecond or two: a purge is many short bursts of the server's CPU with the requests' statements
-  in between, where batches sent one per round trip had to be ten times larger to cost as little per
-  row, and each of those bursts delayed every request that came during it. No round trip and no
+  about a millisecond (PAUSE_FLOOR_SECONDS; at the default batch size the floor sets the pace): a purge
+  is many short bursts of the server's CPU with the requests' statements in between, where batches sent
+  one per round trip had to be ten times larger to cost as little per row, and each of those bursts
+  delayed every request that came during it. No round trip and no
   planning per batch: plpgsql keeps the statement's plan.
 """
 
