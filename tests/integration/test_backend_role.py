@@ -370,6 +370,7 @@ def test_cleanup_schedule_admin_and_debug_endpoints_as_the_role(backend_admin: E
         "payments_flagged_for_review": 1,
         "purged_rate_limit_windows": 1,
         "complete": True,
+        "counts_exact": True,
     }
     assert env.status("cccccccc-0000-4000-8000-000000000003") == "pending"  # a callback is on record
 

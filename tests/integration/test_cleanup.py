@@ -17,10 +17,12 @@ from ops.lambda_context import LocalLambdaContext
 from payments.adapters.cleanup_store import cleanup_steps, run_paced
 from payments.adapters.db import ConnectionParams, Database, QueryError, parse_database_url
 from payments.errors import DatabaseUnavailable
+from payments.services import cleanup as cleanup_service
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from tests.support.api import invoke, reset_function_state
 from tests.support.payments import Env
 from tests.support.pg import connect, database
+from tests.support.tcp_proxy import TcpProxy
 
 SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed-schema.sql"
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -107,6 +109,7 @@ def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Databa
         "payments_flagged_for_review": 1,
         "purged_rate_limit_windows": 1,
         "complete": True,
+        "counts_exact": True,
     }
     # Expired layer records gone; the live one kept. The web app's: the 10-day-old finished row purged; the
     # recent finished one, every pending one, one with no status and one naming a payment in review kept.
@@ -126,6 +129,7 @@ def test_purges_and_expires_exactly_what_it_should(production: tuple[str, Databa
         "payments_flagged_for_review": 0,
         "purged_rate_limit_windows": 0,
         "complete": True,
+        "counts_exact": True,
     }
 
 
@@ -555,6 +559,43 @@ def test_a_paced_purge_is_counted_whatever_the_sessions_messages_setting(product
     assert db.run("SHOW synchronous_commit") == [["on"]]
     # And a statement that tells nothing is no count: an error, not a guess
     assert db.run_noticed("SELECT 1") == ([[1]], [[]])
+
+
+def test_a_purge_goes_on_when_a_pooler_drops_the_servers_notices(
+    production: tuple[str, Database], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a connection through a pooler that does not pass the server's notices on (the paced block tells what
+    # its batches did in notices only)
+    url, db = production
+    params = parse_database_url(url)
+    if params.unix_sock is None:
+        pytest.skip("the TCP proxy fronts the embedded server's Unix socket")
+    proxy = TcpProxy(params.unix_sock, drop_notices=True)
+    pooled = database(f"postgresql://postgres@127.0.0.1:{proxy.port}/{params.database}")
+    try:
+        assert pooled.run_noticed("DO $$ BEGIN RAISE NOTICE 'heard?'; END $$") == ([], [[]])
+        with pytest.raises(QueryError, match="told nothing"):  # (its batches purged the 3 expired records)
+            run_paced(pooled, cleanup_steps("public.idempotency_keys")[0], run_ms=1_000, duty_cycle_percent=100,
+                      max_pause_seconds=1.0, now=int(time.time()), batch=2)  # fmt: skip
+        db.run("""INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at)
+                  SELECT 'fn#more-' || g, 'completed', 1, 'h', now(), now() FROM generate_series(1, 7) g""")
+        # When the cleanup runs through it, its paced statements short enough to do one batch each
+        monkeypatch.setattr(cleanup_service, "PACED_RUN_MS", 1)
+        with caplog.at_level("WARNING"):
+            report = run_cleanup(pooled, policy=CleanupPolicy(batch_size=2, duty_cycle_percent=50))
+    finally:
+        pooled.close()
+        proxy.close()
+    # Then every step still ran to the end: the purges went on one batch per statement, counted by their rows (of the
+    # 7 expired records, the first statement's batch of 2 done but uncounted, and the report says so)
+    assert report.complete and not report.counts_exact
+    assert not {k for k in keys(db) if k.startswith("fn#expired") or k.startswith("fn#more-")}
+    assert report.purged_idempotency_records == 5
+    assert statuses(db)["cccccccc-0000-4000-8000-000000000001"] == "expired"
+    assert db.run("SELECT bucket FROM rate_limits") == [["current"]]
+    # And the lost notices were said once
+    lost = [r for r in caplog.records if "notices" in r.getMessage()]
+    assert len(lost) == 1 and lost[0].levelname == "WARNING"
 
 
 # -- the function: schedule, admin endpoint, debug endpoint ----------------------------------------

@@ -1,20 +1,26 @@
 """A loopback TCP listener forwarding to the test server's Unix socket.
 
-It gives tests a TCP database endpoint (what RDS, RDS Proxy and Supabase look like) and a way to
+It gives tests a TCP database endpoint (what RDS, RDS Proxy and Supabase look like), a way to
 cut every connection abruptly, as an idle-timeout in a proxy or a NAT would, with no goodbye
-message from the server.
+message from the server, and (`drop_notices`) a pooler that does not pass the server's notices on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
+
+NOTICE = ord("N")  # NoticeResponse: a type byte and a length like every message after the start-up
 
 
 class TcpProxy:
-    def __init__(self, unix_path: str) -> None:
+    def __init__(self, unix_path: str, *, drop_notices: bool = False) -> None:
+        """`drop_notices`: the server's NoticeResponse messages never reach the client (everything else does). Only
+        for plain connections (no SSLRequest, whose one-byte answer has no length)."""
         self._unix_path = unix_path
+        self._drop_notices = drop_notices
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -33,13 +39,38 @@ class TcpProxy:
             with self._lock:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+            back = self._pipe_without_notices if self._drop_notices else self._pipe
+            threading.Thread(target=back, args=(upstream, client), daemon=True).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    @classmethod
+    def _pipe_without_notices(cls, src: socket.socket, dst: socket.socket) -> None:
+        """The server's messages, whole, but for its notices."""
+        pending = b""
+        try:
+            while data := src.recv(65536):
+                pending += data
+                out = bytearray()
+                while len(pending) >= 5:
+                    size = 1 + struct.unpack_from("!i", pending, 1)[0]
+                    if len(pending) < size:
+                        break
+                    if pending[0] != NOTICE:
+                        out += pending[:size]
+                    pending = pending[size:]
+                if out:
+                    dst.sendall(out)
         except OSError:
             pass
         finally:

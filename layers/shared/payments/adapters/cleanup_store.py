@@ -175,6 +175,17 @@ _PAUSE = """
 _TOLD = "paced batches"
 
 
+class NoticesLost(QueryError):
+    """A paced statement ended without a word: its batches ran (and committed), but none of its notices reached us.
+    Something between us and the server (a pooler, a proxy) does not pass notices on: how many rows it handled, and
+    whether more are left, is not known here."""
+
+    code = "notices_lost"
+
+    def __init__(self) -> None:
+        super().__init__("the paced batches told nothing of what they did (their notices did not reach us)", None)
+
+
 class Paced(Record):
     """What one `run_paced` statement did: rows handled (committed), and whether its last batch was full (more may
     be left)."""
@@ -212,7 +223,7 @@ def run_paced(
     # client broke away still runs after its last notice reached us is not counted: at most one.)
     sendings = [_last_told(notices, told) for notices in db.run_noticed(sql)[1]]
     if sendings[-1] is None:
-        raise QueryError("the paced batches told nothing of what they did", None)
+        raise NoticesLost()
     return Paced(sum(t.handled for t in sendings if t is not None), sendings[-1].more)
 
 
