@@ -66,22 +66,40 @@ def test_a_kept_paid_callback_is_not_marked_forged_when_verify_refuses_it_later(
     assert _kept(env, paid.id)[1] == [[True]]
 
 
+def _claim(sql: str) -> bool:
+    return "INSERT INTO" in sql and "idempotency_keys" in sql
+
+
+def _settling(sql: str) -> bool:
+    return "credit_transactions" in sql
+
+
+@pytest.mark.parametrize(
+    ("statement", "sqlstate"),
+    [
+        (_settling, "55P03"),  # a lock wait timed out
+        (_claim, "55P03"),  # the same, on the idempotency claim: the first statement of the delivery
+        (_claim, "57014"),  # the claim cancelled by its statement timeout
+        (_claim, "23514"),  # the claim refused for good (a check a trigger or constraint of the web app's makes)
+    ],
+    ids=["settling-lock-timeout", "claim-lock-timeout", "claim-statement-timeout", "claim-refused-for-good"],
+)
 def test_a_verified_redirect_the_database_could_not_settle_this_time_is_kept(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, monkeypatch: pytest.MonkeyPatch, statement: object, sqlstate: str
 ) -> None:
     import pg8000.native
     from pg8000.exceptions import DatabaseError
 
-    # Given a paid transaction whose settling statement the database does not pass once (a lock wait timed out)
+    # Given a paid transaction, and a statement of its delivery the database does not pass once
     payment = buy(env)
     paid = pay(env, payment)
     real_run = pg8000.native.Connection.run
     failed: list[str] = []
 
     def run(conn: pg8000.native.Connection, sql: str, stream: object = None, types: object = None, **params: object):  # type: ignore[no-untyped-def]
-        if "credit_transactions" in sql and not failed:
+        if statement(sql) and not failed:  # type: ignore[operator]
             failed.append(sql)
-            raise DatabaseError({"S": "ERROR", "C": "55P03", "M": "canceling statement due to lock timeout"})
+            raise DatabaseError({"S": "ERROR", "C": sqlstate, "M": "the statement did not pass"})
         return real_run(conn, sql, stream=stream, types=types, **params)
 
     monkeypatch.setattr(pg8000.native.Connection, "run", run)

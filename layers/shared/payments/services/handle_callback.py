@@ -18,6 +18,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyInconsistentStateError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
@@ -221,14 +222,25 @@ class HandleCallback:
         if context is not None:
             self.config.register_lambda_context(context)
         delivery = _Delivery(transaction_id=callback.transaction_id, fingerprint=callback.fingerprint())
+        began: list[bool] = []  # the work's own mark: it began (the claim passed)
         try:
-            stored = self._once(delivery=delivery, callback=callback, source=source)
+            stored = self._once(delivery=delivery, callback=callback, source=source, began=began)
         except IdempotencyValidationError:
             # The same Hyp Id with another Order, amount or code: the journal decides (never a second grant).
             return self._outcome(self._settle(callback, source))
-        except IdempotencyAlreadyInProgressError:
+        except (IdempotencyAlreadyInProgressError, IdempotencyInconsistentStateError):
+            # Another delivery holds the claim, or the record changed under ours past Powertools' retries: not yet.
             raise CallbackInProgress("another delivery of this transaction is being processed") from None
         except IdempotencyPersistenceLayerError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, QueryError) and not began:
+                # The database answered the claim (or the read of the record) but did not pass it this time (a lock
+                # wait, a timeout, a conflict past its retries) or refused it for good: the work never began. As a
+                # settling statement's failure: the caller keeps a verified callback the database did not take (a
+                # redirect may never come again), and one refused for good is kept here, counted and alarmed.
+                if cause.refused_for_good:
+                    self._not_settled(callback, source, cause)
+                raise cause from exc
             raise DatabaseUnavailable("the payment store is unavailable") from exc
         payment = stored.get("payment_id")
         return CallbackOutcome(Result(stored["result"]), UUID(payment) if payment else None)
@@ -238,7 +250,10 @@ class HandleCallback:
 
     # -- the work, once per Hyp transaction ------------------------------------------------------
 
-    def _process(self, delivery: dict[str, Any], callback: Callback, source: Source) -> dict[str, Any]:
+    def _process(
+        self, delivery: dict[str, Any], callback: Callback, source: Source, began: list[bool]
+    ) -> dict[str, Any]:
+        began.append(True)
         outcome = self._outcome(self._settle(callback, source))
         return {"result": str(outcome.result), "payment_id": str(outcome.payment_id) if outcome.payment_id else None}
 
