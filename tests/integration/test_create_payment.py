@@ -539,3 +539,29 @@ def test_store_failure_after_the_page_was_created_answers_the_same_payment_on_re
     assert retried.status == 201, retried.body
     assert retried.json["payment_id"] == pid and retried.json["payment_url"] == url and status == "pending"
     assert env.sim.calls.count("SIGN") == 1
+
+
+def test_a_record_that_changes_under_the_claim_past_the_retries_is_409_not_a_500(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the store says the key is taken, then that no record holds it, every time (a record purged or taken over
+    # between the claim and its read, again and again): Powertools gives up with its inconsistent-state error
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyItemAlreadyExistsError,
+        IdempotencyItemNotFoundError,
+    )
+
+    from payments.idempotency import PostgresPersistenceLayer
+
+    def taken(self: object, data_record: object) -> None:
+        raise IdempotencyItemAlreadyExistsError()
+
+    def absent(self: object, idempotency_key: str) -> None:
+        raise IdempotencyItemNotFoundError()
+
+    monkeypatch.setattr(PostgresPersistenceLayer, "_put_record", taken)
+    monkeypatch.setattr(PostgresPersistenceLayer, "_get_record", absent)
+    # When a payment is asked for / Then "still being processed, retry" (ours, not yet), nothing written
+    answer = post({"credit_pack_id": STARTER})
+    assert answer.status == 409 and int(answer.headers["retry-after"]) >= 1
+    assert env.payments() == []

@@ -569,3 +569,38 @@ def test_50_concurrent_deliveries_mixed_grant_credits_once(env: Env, served: tup
         "SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=payment["payment_id"]
     ) == [[1]]
     assert env.status(payment["payment_id"]) == "completed"
+
+
+def test_a_record_that_changes_under_the_claim_past_the_retries_is_not_yet(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a paid transaction, and a store that says its key is taken, then that no record holds it, every time:
+    # Powertools gives up with its inconsistent-state error
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyItemAlreadyExistsError,
+        IdempotencyItemNotFoundError,
+    )
+
+    from payments.idempotency import PostgresPersistenceLayer
+
+    payment = buy(env)
+    paid = pay(env, payment)
+    real_put = PostgresPersistenceLayer._put_record
+
+    def taken(self: PostgresPersistenceLayer, data_record: object) -> None:
+        raise IdempotencyItemAlreadyExistsError()
+
+    def absent(self: object, idempotency_key: str) -> None:
+        raise IdempotencyItemNotFoundError()
+
+    monkeypatch.setattr(PostgresPersistenceLayer, "_put_record", taken)
+    monkeypatch.setattr(PostgresPersistenceLayer, "_get_record", absent)
+    # When Hyp's notify and the browser's redirect arrive: Then "not yet" (503 with Retry-After, the pending page)
+    answer = notify(paid.redirect_query)
+    assert answer.status == 503 and "retry-after" in answer.headers
+    assert location(browser(paid.redirect_query))[0] == "https://app.example.test/payments/confirming"
+    assert env.status(payment["payment_id"]) == "pending"
+    # And once the store answers again, the next delivery completes the payment
+    monkeypatch.setattr(PostgresPersistenceLayer, "_put_record", real_put)
+    assert notify(paid.redirect_query).status == 200
+    assert env.status(payment["payment_id"]) == "completed"

@@ -10,6 +10,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyInconsistentStateError,
     IdempotencyPersistenceConsistencyError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
@@ -78,7 +79,8 @@ class Keyed:
             raise IdempotencyKeyReused(
                 f"this Idempotency-Key was already used with a different {self.what}; use a new key"
             ) from None
-        except IdempotencyAlreadyInProgressError:
+        except (IdempotencyAlreadyInProgressError, IdempotencyInconsistentStateError):
+            # (The record changed under the claim past Powertools' retries: another request is at it; not yet.)
             raise RequestInProgress(f"a {self.what} with this Idempotency-Key is still being processed") from None
         except IdempotencyPersistenceLayerError as exc:
             if isinstance(exc.__cause__, IdempotencyPersistenceConsistencyError):
