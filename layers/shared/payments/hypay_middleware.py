@@ -176,6 +176,10 @@ class HypayVerification(BaseMiddlewareHandler):
             config = self._config()
         except ConfigurationError as exc:
             return self._unavailable(None, raw, f"configuration: {exc.message}")
+        if config.settings.verify_mode in ("hmac", "both") and (unsigned := protocol.unsignable(raw)) is not None:
+            # Not Hyp's whatever Hyp would say of our credentials: refused even when Hyp cannot be asked (never
+            # kept as a callback we could not verify: anyone could write such rows without our KEY).
+            return self._refuse(unsigned)
         source_ip = app.current_event.request_context.http.source_ip
         try:
             verdict = self._verify(config, raw)

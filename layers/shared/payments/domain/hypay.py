@@ -240,6 +240,26 @@ def _signature_matches(raw_query: str, key: str) -> bool:
     return hmac.compare_digest(expected.encode(), signs[0].lower().encode("ascii"))
 
 
+# What `Sign` is: an HMAC-SHA256 in hex.
+_SIGN = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
+
+
+def unsignable(raw: str) -> str | None:
+    """Why no KEY (ours, or one rotated since) could have signed this callback, or None: it has no `Sign`, or more
+    than one, or one that is not an HMAC-SHA256 in hex, or a field the Sign covers is missing or repeated. Our pages
+    are all made with `Sign=True`, so Hyp signs every callback of ours: where the Sign is checked, such a callback
+    is not Hyp's whatever Hyp would say of our credentials."""
+    last, unique = _fields(raw)
+    signs = ([last["Sign"]] if "Sign" in last else []) if unique else [v for n, v in _split(raw) if n == "Sign"]
+    if len(signs) != 1:
+        return "it has no Sign" if not signs else "its Sign is repeated"
+    if not _SIGN.fullmatch(signs[0]):
+        return "its Sign is not an HMAC-SHA256 in hex"
+    if redirect_sign_payload(raw) is None:
+        return "a field its Sign covers is missing, repeated or not ASCII"
+    return None
+
+
 def callback_refusal(raw: str) -> str | None:
     """Why a callback's parameters cannot be Hyp's, or None.
 
