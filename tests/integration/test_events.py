@@ -77,3 +77,16 @@ def test_event_runs_through_its_handler(events_env: Env, event_file: Path) -> No
     else:
         assert answer["statusCode"] == expected, answer
         assert answer["headers"]["Cache-Control"] == "no-store"
+
+
+def test_the_readmes_sam_local_invoke_names_a_function_and_an_event_of_its() -> None:
+    # `sam local invoke -e` alone is refused by SAM when the template has more than one function: the README's
+    # command names the function's logical ID, and the event is one of that function's
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"sam local invoke (\S+) -e (events/\S+\.json)", readme)
+    assert commands and "sam local invoke -e" not in readme
+    for function, event in commands:
+        assert function in TEMPLATE.functions and (ROOT / event).is_file()
+        assert event.removeprefix("events/").startswith(TEMPLATE.functions[function].code_uri.name)
