@@ -168,6 +168,7 @@ def _decoded(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple({name: decode_value(value) for name, value in _split(raw)}.items())
 
 
+@functools.lru_cache(maxsize=8)  # read by `unsignable` and by the signature check of the same callback
 def redirect_sign_payload(raw_query: str) -> bytes | None:
     """The bytes `Sign` covers, from the raw values; None if a signed field is missing, repeated or not ASCII.
 
