@@ -111,3 +111,40 @@ def test_a_verified_redirect_the_database_could_not_settle_this_time_is_kept(
     # And a reload completes the payment
     assert location(browser(paid.redirect_query))[0] == "https://app.example.test/payments/success"
     assert env.status(payment["payment_id"]) == "completed"
+
+
+def _clearing_the_claim(sql: str) -> bool:
+    return sql.lstrip().startswith("DELETE FROM") and "idempotency_keys" in sql and "status = 'pending'" in sql
+
+
+@pytest.mark.parametrize("delete_sqlstate", ["55P03", "57014"])
+def test_a_verified_redirect_whose_settling_and_claim_clearing_both_fail_is_kept(
+    env: Env, monkeypatch: pytest.MonkeyPatch, delete_sqlstate: str
+) -> None:
+    import pg8000.native
+    from pg8000.exceptions import DatabaseError
+
+    # Given a paid transaction whose settling statement times out on a lock once, and the statement that then clears
+    # the in-progress idempotency claim is not passed either (a lock wait / statement timeout under the same load)
+    payment = buy(env)
+    paid = pay(env, payment)
+    real_run = pg8000.native.Connection.run
+    failed: list[str] = []
+
+    def run(conn: pg8000.native.Connection, sql: str, stream: object = None, types: object = None, **params: object):  # type: ignore[no-untyped-def]
+        if _settling(sql) and not failed:
+            failed.append("settle")
+            raise DatabaseError({"S": "ERROR", "C": "55P03", "M": "canceling statement due to lock timeout"})
+        if _clearing_the_claim(sql) and failed == ["settle"]:
+            failed.append("delete")
+            raise DatabaseError({"S": "ERROR", "C": delete_sqlstate, "M": "the statement did not pass"})
+        return real_run(conn, sql, stream=stream, types=types, **params)
+
+    monkeypatch.setattr(pg8000.native.Connection, "run", run)
+    # When the customer's browser brings the redirect (a terminal without notifications: nothing else will)
+    page, _ = location(browser(paid.redirect_query))
+    # Then the browser waits, and the paid transaction must be kept (as when only the settling statement failed):
+    # otherwise no row names Hyp's paid transaction and the cleanup expires the payment Hyp charged
+    assert failed == ["settle", "delete"] and page == "https://app.example.test/payments/confirming"
+    assert env.status(payment["payment_id"]) == "pending"
+    assert _kept(env, paid.id) == ([["unverified", False]], [[True]])

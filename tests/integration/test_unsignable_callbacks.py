@@ -71,3 +71,31 @@ def test_a_well_formed_sign_that_does_not_match_is_still_kept_while_hyp_is_unrea
     raw = _callback(payment["payment_id"], "no Sign") + "&Sign=" + "0" * 64
     assert notify(raw).status == 503
     assert env.rows(TABLES) == [[1, 1]]
+
+
+def test_a_kept_unsignable_callback_is_still_marked_forged_by_the_runbooks_post(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_callback_attacks import use_mode
+
+    # Given a callback with no Sign, naming a pending payment, kept as one we could not verify while Hyp was
+    # unreachable (in `verify` mode, or in any mode before this deploy: the rows the unsignable check now prevents)
+    payment = buy(env)
+    raw = _callback(payment["payment_id"], "no Sign")
+    use_mode(monkeypatch, "verify")
+    env.sim.faults.add("VERIFY", "html", times=100)
+    assert notify(raw).status == 503
+    assert env.rows("SELECT found_forged_at IS NULL FROM hypay_unverified_callbacks WHERE hypay_id = '99000001'") == [
+        [True]
+    ]
+    # When the operator follows docs/operations.md (CallbackNotVerifiable, step 3) in the default mode, Hyp reachable:
+    # POST its raw_callback to /hypay/notify, "a forged one is still rejected (403) ... marked (found_forged_at)"
+    env.sim.faults.clear()
+    use_mode(monkeypatch, "both")
+    answer = notify(raw)
+    # Then it is found forged and its kept copy marked (else the Id stays in the review queue for ever: no action
+    # dismisses an Id, and the queue lets an unverified Id go only once every kept text of it is marked)
+    assert answer.status in (400, 403), (answer.status, answer.json)
+    assert env.rows("SELECT found_forged_at IS NULL FROM hypay_unverified_callbacks WHERE hypay_id = '99000001'") == [
+        [False]
+    ]

@@ -189,6 +189,17 @@ class _Delivery(dict[str, Any]):
         return self
 
 
+class _Progress:
+    """How far one delivery's work got: whether it began (its claim passed), and the statement the database did not
+    pass in it, if one did (what the caller acts on even when clearing the claim afterwards failed too)."""
+
+    __slots__ = ("began", "failed")
+
+    def __init__(self) -> None:
+        self.began = False
+        self.failed: QueryError | None = None
+
+
 class HandleCallback:
     """`HandleCallback(store, gateway, persistence)(raw_query, source=...)`: the same outcome for every delivery."""
 
@@ -222,9 +233,9 @@ class HandleCallback:
         if context is not None:
             self.config.register_lambda_context(context)
         delivery = _Delivery(transaction_id=callback.transaction_id, fingerprint=callback.fingerprint())
-        began: list[bool] = []  # the work's own mark: it began (the claim passed)
+        progress = _Progress()
         try:
-            stored = self._once(delivery=delivery, callback=callback, source=source, began=began)
+            stored = self._once(delivery=delivery, callback=callback, source=source, progress=progress)
         except IdempotencyValidationError:
             # The same Hyp Id with another Order, amount or code: the journal decides (never a second grant).
             return self._outcome(self._settle(callback, source))
@@ -233,7 +244,7 @@ class HandleCallback:
             raise CallbackInProgress("another delivery of this transaction is being processed") from None
         except IdempotencyPersistenceLayerError as exc:
             cause = exc.__cause__
-            if isinstance(cause, QueryError) and not began:
+            if isinstance(cause, QueryError) and not progress.began:
                 # The database answered the claim (or the read of the record) but did not pass it this time (a lock
                 # wait, a timeout, a conflict past its retries) or refused it for good: the work never began. As a
                 # settling statement's failure: the caller keeps a verified callback the database did not take (a
@@ -241,6 +252,10 @@ class HandleCallback:
                 if cause.refused_for_good:
                     self._not_settled(callback, source, cause)
                 raise cause from exc
+            if progress.failed is not None:
+                # The work's own statement did not pass (kept already if refused for good), and clearing the claim
+                # after it failed too: the work's failure is what the caller acts on (a verified redirect is kept).
+                raise progress.failed from exc
             raise DatabaseUnavailable("the payment store is unavailable") from exc
         payment = stored.get("payment_id")
         return CallbackOutcome(Result(stored["result"]), UUID(payment) if payment else None)
@@ -251,10 +266,14 @@ class HandleCallback:
     # -- the work, once per Hyp transaction ------------------------------------------------------
 
     def _process(
-        self, delivery: dict[str, Any], callback: Callback, source: Source, began: list[bool]
+        self, delivery: dict[str, Any], callback: Callback, source: Source, progress: _Progress
     ) -> dict[str, Any]:
-        began.append(True)
-        outcome = self._outcome(self._settle(callback, source))
+        progress.began = True
+        try:
+            outcome = self._outcome(self._settle(callback, source))
+        except QueryError as exc:
+            progress.failed = exc
+            raise
         return {"result": str(outcome.result), "payment_id": str(outcome.payment_id) if outcome.payment_id else None}
 
     def _settle(self, callback: Callback, source: Source) -> Settlement:
