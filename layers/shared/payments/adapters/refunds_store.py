@@ -460,8 +460,13 @@ class RefundsStore:
                         note=f"amount {planned.learned_original} as read from Hyp by {planned.admin}",
                     )
                 )
+            method = planned.method
+            if row is not None and row.method == Method.REFUND:
+                # A released attempt that had become a refund (Hyp refused to cancel it, then was not asked to
+                # refund): taken up as a refund, Hyp never asked to cancel it again.
+                method = Method.REFUND
             params = {
-                "method": str(planned.method),
+                "method": str(method),
                 "amount": planned.amount.amount,
             }
             if row is not None:

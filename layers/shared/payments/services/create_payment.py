@@ -21,7 +21,6 @@ from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from payments.adapters.db import QueryError
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
 from payments.adapters.payments_store import OpenedPayment, Pack, PaymentsStore, Profile, SavedCard
 from payments.domain.payment import CreatePaymentRequest, PaymentStatus
@@ -43,6 +42,7 @@ from payments.errors import (
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
 from payments.records import Record
+from payments.services.answers import store_answer, time_for_another
 from payments.services.keyed import Answer, Keyed
 
 
@@ -304,21 +304,22 @@ class CreatePayment:
         self, payment_id: UUID, store_it: Callable[[], dict[str, Any]], hypay_id: str | None = None
     ) -> dict[str, Any]:
         try:
-            return store_it()
+            return store_answer(store_it)
         except Exception as exc:
-            # The answer could not be stored (the database down even after a reconnect, or refusing the statement
-            # for good: a constraint, a trigger, the balance out of range). Hyp's transaction must not live only
-            # in this log line: the payment goes to review naming it, in a statement of its own. If even that
-            # fails, the charge attempt mark stays (the cleanup or the next retry sends it to review).
+            # The answer could not be stored (the database down even after a reconnect, refusing the statement
+            # for good: a constraint, a trigger, the balance out of range; or not passing it again and again: a lock
+            # wait, a timeout). Hyp's transaction must not live only in this log line: the payment goes to review
+            # naming it, in a statement of its own. If even that fails, the charge attempt mark stays (the cleanup
+            # or the next retry sends it to review).
             metrics.add_metric(name="ChargeOutcomeUnknown", unit=MetricUnit.Count, value=1)
             logger.error(
                 "saved card charge answered but not stored",
                 extra={"payment_id": str(payment_id), "hypay_transaction_id": hypay_id, "error": type(exc).__name__},
             )
             error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
-            # Not while the database is unreachable or busy: another statement would only spend the time left (a
-            # connection timeout) that the answer needs, and the attempt mark already keeps the payment for review.
-            down = isinstance(exc, DatabaseUnavailable) or (isinstance(exc, QueryError) and not exc.refused_for_good)
+            # Not while the database is unreachable (a connection attempt would only spend the time left), nor without
+            # time for another statement: the attempt mark already keeps the payment for review.
+            down = isinstance(exc, DatabaseUnavailable) or not time_for_another()
             flagged = not down and self._review_naming(
                 payment_id, hypay_id, f"answered, but its answer could not be stored ({error})"
             )

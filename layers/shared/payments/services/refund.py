@@ -56,6 +56,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
+from payments.services.answers import store_answer
 from payments.services.keyed import Answer, Keyed
 
 CANNOT_CANCEL = 920  # CancelTrans: already transmitted, or no such transaction (Hyp's cancellation page)
@@ -343,10 +344,10 @@ class Refunds:
                 # The same attempt becomes a refund, recorded first. 902 (our credentials) is raised: not yet.
                 if exc.ccode not in (CANNOT_CANCEL, NOT_PERMITTED):
                     raise
-                if (
-                    self.deps.store.switch_to_refund(row.id, f"CancelTrans refused (CCode {exc.ccode}); refunded")
-                    is None
-                ):
+                # Hyp's refusal stored (again, when the database did not pass it this time).
+                note = f"CancelTrans refused (CCode {exc.ccode}); refunded"
+                switched = store_answer(lambda: self.deps.store.switch_to_refund(row.id, note))
+                if switched is None:
                     raise RuntimeError("the refund row changed under the attempt") from None
                 logger.info("cancel refused, refunding", extra={"refund_id": str(row.id), "ccode": exc.ccode})
         return gateway.refund(row.original_hypay_id, amount=row.amount)
@@ -355,7 +356,7 @@ class Refunds:
         self, row: RefundRow, store_it: Callable[[], dict[str, Any]], reversal: Reversal | None = None
     ) -> dict[str, Any]:
         try:
-            return store_it()
+            return store_answer(store_it)
         except Exception as exc:
             # Hyp answered and the answer could not be stored: the row stays attempted (the review queue and
             # the next retry after the in-progress expiry show it as unknown); this line names it, and Hyp's
