@@ -519,6 +519,24 @@ def test_pacing_honours_the_time_budget(production: tuple[str, Database]) -> Non
     assert report.complete is False and report.purged_idempotency_records == 2
 
 
+def test_the_payment_steps_run_before_a_purge_that_uses_up_the_time(production: tuple[str, Database]) -> None:
+    # Given a purge that cannot finish in the run's time (deletes of 0.3 s a row, half a second left before the
+    # reserve: a backlog larger than a run can purge)
+    _, db = production
+    slow_deletes(db, 0.3)
+    deadline = time.monotonic() + 5.5
+    report = run_cleanup(
+        db,
+        policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100),
+        time_left_ms=lambda: int((deadline - time.monotonic()) * 1000),
+        reserve_ms=5_000,
+    )
+    # Then the run ends unfinished, but the stale payments were expired and the charged one sent to review first
+    assert report.complete is False and report.purged_idempotency_records < 3
+    assert (report.expired_payments, report.payments_flagged_for_review) == (2, 1)
+    assert statuses(db)["cccccccc-0000-4000-8000-000000000003"] == "needs_review"
+
+
 def test_a_paced_purge_reports_only_what_committed(production: tuple[str, Database]) -> None:
     # Given a purge whose second batch the database refuses
     _, db = production

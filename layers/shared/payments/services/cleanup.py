@@ -99,7 +99,10 @@ def run_cleanup(
         "rate_retention": policy.rate_limit_retention_seconds,
     }
     paced = True  # until the server's notices turn out not to reach us
-    for step in cleanup_steps(policy.table):
+    steps = cleanup_steps(policy.table)
+    # The steps that change payments first (few rows, and they send charged payments to review): a purge of a large
+    # backlog may use up the run's time, and must not keep them waiting for the next run.
+    for step in [s for s in steps if s.durable] + [s for s in steps if not s.durable]:
         if not step.durable and paced:
             try:
                 done = _run_paced(db, step, policy, params, time_left_ms, reserve_ms, report)
