@@ -103,11 +103,18 @@ def parse_database_url(url: str, ssl_mode: SslMode | None = None, ssl_root_cert:
 
     `ssl_mode` and `ssl_root_cert` (the settings) win over the URL's `sslmode` and `sslrootcert`.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        port = parts.port or int(query.get("port", 5432))
+    except ValueError:
+        # Never the parser's own words: for a password holding a raw `#`, `/` or `?` they quote part of it (as the
+        # "port"). From None: not chained either.
+        raise ConfigurationError(
+            "DATABASE_URL is malformed (percent-encode the user name and password, e.g. # as %23)"
+        ) from None
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigurationError("DATABASE_URL must start with postgresql://")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    port = parts.port or int(query.get("port", 5432))
     socket_dir = query.get("host") if query.get("host", "").startswith("/") else None
     host = parts.hostname or "localhost"
     local = bool(socket_dir) or host in ("localhost", "127.0.0.1", "::1")
@@ -526,9 +533,9 @@ class Database:
 
     # -- statements -------------------------------------------------------------------------
 
-    def _execute(self, conn: pg8000.native.Connection, sql: str) -> Rows:
+    def _execute(self, conn: pg8000.native.Connection, sql: str, params: dict[str, Any] | None = None) -> Rows:
         try:
-            return conn.run(sql) or []
+            return (conn.run(sql, **params) if params else conn.run(sql)) or []
         except DatabaseError as exc:
             state = _sqlstate(exc)
             if state in _SESSION_GONE:
@@ -652,6 +659,14 @@ class Transaction:
 
     def run(self, sql: str) -> Rows:
         return self._db._execute(self._conn, sql)
+
+    def run_with_parameters(self, sql: str, **params: Any) -> Rows:
+        """`sql` with `:name` placeholders, its values sent apart from its text (the extended protocol, an unnamed
+        statement): for a value the server must never write to its log, as it does with the text of a statement
+        that fails (`log_min_error_statement`, ERROR by default; the parameters are not logged with it unless
+        `log_parameter_max_length_on_error` is set). Inside the transaction, which keeps a transaction-mode pooler
+        on one server connection for the statement's round trips."""
+        return self._db._execute(self._conn, sql, params)
 
 
 def _count_connect_failure(exc: PaymentError) -> None:

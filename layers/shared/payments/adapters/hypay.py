@@ -59,6 +59,32 @@ class HypayCredentials(Record):
         return cls(masof, key, passp)
 
 
+# What we send that must never come back out of an answer: the terminal's credentials, the card (a token) and
+# its CVV. Hyp's free text (`errMsg`) reaches answers, rows and logs: any of these repeated in it is masked.
+_SECRET_PARAMS = ("KEY", "PassP", "CC", "cvv")
+_CREDENTIAL_NAMES = frozenset({"key", "passp", "cc", "cvv"})
+
+
+def _without_our_secrets(answer: protocol.Answer, creds: HypayCredentials, params: dict[str, str]) -> protocol.Answer:
+    """`answer` with every secret value we sent masked in its free text (`errMsg`). Structured fields (Id, CCode,
+    Amount...) are never rewritten: a CVV's digits may well occur inside an Id."""
+    message = answer.fields.get("errMsg")
+    if not message:
+        return answer
+    secrets = {creds.key, creds.passp, *(params.get(name) or "" for name in _SECRET_PARAMS)}
+    masked = message
+    for value in sorted((v for v in secrets if len(v) >= 3), key=len, reverse=True):
+        masked = masked.replace(value, "[redacted]")
+    if masked == message:
+        return answer
+    return protocol.Answer({**answer.fields, "errMsg": masked}, answer.raw)
+
+
+def _repeats_credentials(answer: protocol.Answer, creds: HypayCredentials) -> bool:
+    """The answer names a credential or the card (KEY, PassP, CC, cvv, in any case), or holds our KEY."""
+    return bool(_CREDENTIAL_NAMES & {name.lower() for name in answer.fields}) or creds.key in answer.raw
+
+
 def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentials]:
     """The Secrets Manager secret (JSON: Masof, KEY, PassP) when configured, else the environment."""
     if settings.secret_arn:
@@ -280,6 +306,10 @@ class HypayClient:
         if "signature" not in answer.fields:
             protocol.raise_for_ccode(answer, "SIGN")  # an error answer: CCode, no signature
             raise GatewayUnavailable("Hypay SIGN: answer without a signature")
+        if _repeats_credentials(answer, self._credentials()):
+            # The page's URL goes to the customer's browser, the payment's row and the idempotency record: never
+            # with our KEY or PassP in it. Nothing was charged; "not yet".
+            raise GatewayUnavailable("Hypay SIGN: the answer repeats our terminal's credentials")
         return f"{self.url}?{answer.raw}"
 
     def verify_redirect_hmac(self, raw_query: str) -> bool:
@@ -422,7 +452,7 @@ class HypayClient:
             answer = self._attempts(action, request, retry=retry)
             if answer.ccode is not None:
                 subsegment.put_annotation(key="hypay_ccode", value=str(answer.ccode))
-            return answer
+            return _without_our_secrets(answer, self._credentials(), params or {})
 
     def _attempts(self, action: str, request: urllib.request.Request, *, retry: bool) -> protocol.Answer:
         started = time.monotonic()

@@ -294,27 +294,19 @@ class PaymentsStore:
         self, *, user_id: UUID, payment_id: UUID, token: str, expiry_month: int, expiry_year: int, last4: str | None
     ) -> None:
         """One saved card per user: the card of the payment completed last. A card from a payment that completed
-        earlier than the saved one's (a slow getToken, a late redelivery) never replaces it."""
-        self.db.run(
-            bind(
-                """
-            INSERT INTO public.saved_cards AS c (user_id, token, expiry_month, expiry_year, last4, payment_id)
-            VALUES (:user::uuid, :token, :month, :year, :last4, :payment::uuid)
-            ON CONFLICT (user_id) DO UPDATE SET token = EXCLUDED.token, expiry_month = EXCLUDED.expiry_month,
-                expiry_year = EXCLUDED.expiry_year, last4 = EXCLUDED.last4, payment_id = EXCLUDED.payment_id,
-                updated_at = now()
-             WHERE NOT EXISTS (
-                SELECT 1 FROM public.payments saved, public.payments incoming
-                 WHERE saved.id = c.payment_id AND incoming.id = EXCLUDED.payment_id
-                   AND saved.completed_at > COALESCE(incoming.completed_at, '-infinity'::timestamptz))""",
-                user=str(user_id),
-                token=token,
-                month=expiry_month,
-                year=expiry_year,
-                last4=last4,
-                payment=str(payment_id),
-            )
-        )
+        earlier than the saved one's (a slow getToken, a late redelivery) never replaces it.
+
+        The token is sent as a parameter, never in the statement's text: the server logs the text of a statement
+        that fails (a constraint, a timeout), and its log is exported (CloudWatch Logs on RDS)."""
+        values = {
+            "user": str(user_id),
+            "token": token,
+            "month": expiry_month,
+            "year": expiry_year,
+            "last4": last4,
+            "payment": str(payment_id),
+        }
+        self.db.atomic(lambda tx: tx.run_with_parameters(_SAVE_CARD, **values))
 
     def hit_rate_limit(self, bucket: str, window_seconds: int, request: str, *, limit: int) -> tuple[int, int]:
         """Count `request` in the current fixed window, unless the window already holds `limit` requests (one
@@ -351,5 +343,16 @@ class PaymentsStore:
 def is_unique_violation(exc: QueryError) -> bool:
     return exc.sqlstate == UNIQUE_VIOLATION
 
+
+_SAVE_CARD = """
+INSERT INTO public.saved_cards AS c (user_id, token, expiry_month, expiry_year, last4, payment_id)
+VALUES (CAST(:user AS uuid), :token, :month, :year, :last4, CAST(:payment AS uuid))
+ON CONFLICT (user_id) DO UPDATE SET token = EXCLUDED.token, expiry_month = EXCLUDED.expiry_month,
+    expiry_year = EXCLUDED.expiry_year, last4 = EXCLUDED.last4, payment_id = EXCLUDED.payment_id,
+    updated_at = now()
+ WHERE NOT EXISTS (
+    SELECT 1 FROM public.payments saved, public.payments incoming
+     WHERE saved.id = c.payment_id AND incoming.id = EXCLUDED.payment_id
+       AND saved.completed_at > COALESCE(incoming.completed_at, '-infinity'::timestamptz))"""
 
 __all__ = ["OpenedPayment", "Pack", "Payment", "PaymentsStore", "Profile", "SavedCard", "is_unique_violation"]
