@@ -202,12 +202,20 @@ UPDATE public.refunds SET status = 'attempted', method = :method, amount = :amou
  WHERE id = :rid::uuid AND status = 'refused' AND ccode IS NULL
 RETURNING {_COLUMNS}"""
 
-# The credits granted for the payment, and those its other refunds took back already.
+# The credits the payment left granted before any refund of ours, and those its other refunds took back already. The
+# first is what its purchase rows granted, less what the web app itself reversed: its ledger (purchase and refund rows:
+# a double grant the web app's old code made and reversed, our own take-backs) with what our refunds took added back,
+# never more than the purchases (a refund of ours whose take-back has no ledger row, written under another rule).
 _GRANTED = """
-SELECT COALESCE((SELECT sum(amount) FROM public.credit_transactions
-                  WHERE payment_id = :id::uuid AND type = 'purchase'), 0),
-       COALESCE((SELECT sum(credits_taken) FROM public.refunds
-                  WHERE payment_id = :id::uuid AND status = 'succeeded' AND id <> :me::uuid), 0)"""
+WITH taken AS (
+    SELECT COALESCE(sum(credits_taken), 0) AS credits FROM public.refunds
+     WHERE payment_id = :id::uuid AND status = 'succeeded' AND id <> :me::uuid
+), ledger AS (
+    SELECT COALESCE(sum(amount) FILTER (WHERE type = 'purchase'), 0) AS purchased,
+           COALESCE(sum(amount) FILTER (WHERE type IN ('purchase', 'refund')), 0) AS net
+      FROM public.credit_transactions WHERE payment_id = :id::uuid
+)
+SELECT LEAST(ledger.purchased, ledger.net + taken.credits), taken.credits FROM ledger, taken"""
 
 _BALANCE = "SELECT credits FROM public.profiles WHERE id = :user::uuid FOR UPDATE"
 

@@ -180,6 +180,10 @@ class CreatePayment:
             raise NotFound(f"credit pack {request.credit_pack_id} does not exist")
         if not pack.active:
             raise PackUnavailable(f"credit pack {request.credit_pack_id} is no longer sold")
+        if pack.credits <= 0 or pack.price.minor <= 0:
+            # The web app's catalogue row is not a sale: charged for nothing, or nothing to charge. Not sold, and
+            # nothing written (never a pending payment of 0.00, never a charge that grants no credits).
+            raise PackUnavailable(f"credit pack {request.credit_pack_id} is not sold (no credits, or no price)")
         if profile is None:
             raise NotFound("the signed-in user has no profile")
         card = store.saved_card(user_id) if request.saved_card else None

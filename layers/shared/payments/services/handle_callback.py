@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyInconsistentStateError,
+    IdempotencyPersistenceConsistencyError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
@@ -244,6 +245,14 @@ class HandleCallback:
             raise CallbackInProgress("another delivery of this transaction is being processed") from None
         except IdempotencyPersistenceLayerError as exc:
             cause = exc.__cause__
+            if isinstance(cause, IdempotencyPersistenceConsistencyError) and not progress.began:
+                # A row another system (the web app) wrote holds this transaction's key: the record can never be
+                # ours. As for a changed payload, the journal decides, once (its unique constraints make a second
+                # grant impossible without the record), on every delivery.
+                logger.error(
+                    "hypay callback key held by a record this service did not write", extra=callback.log_keys()
+                )
+                return self._outcome(self._settle(callback, source))
             if isinstance(cause, QueryError) and not progress.began:
                 # The database answered the claim (or the read of the record) but did not pass it this time (a lock
                 # wait, a timeout, a conflict past its retries) or refused it for good: the work never began. As a
