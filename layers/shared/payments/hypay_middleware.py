@@ -176,14 +176,12 @@ class HypayVerification(BaseMiddlewareHandler):
             config = self._config()
         except ConfigurationError as exc:
             return self._unavailable(None, raw, f"configuration: {exc.message}")
-        if config.settings.verify_mode in ("hmac", "both") and (unsigned := protocol.unsignable(raw)) is not None:
-            # Not Hyp's whatever Hyp would say of our credentials: refused even when Hyp cannot be asked (never
-            # kept as a callback we could not verify: anyone could write such rows without our KEY). A copy kept
-            # before (another mode, or before this check) is marked forged, as a failed check would mark it.
-            if self._found_forged is not None:
-                self._found_forged(raw)
-            return self._refuse(unsigned)
         source_ip = app.current_event.request_context.http.source_ip
+        if config.settings.verify_mode in ("hmac", "both") and protocol.unsignable(raw) is not None:
+            # No KEY could have signed it: not genuine whatever Hyp would say of our credentials, so refused (403)
+            # even when Hyp cannot be asked, never kept as a callback we could not verify (anyone could write such
+            # rows without our KEY). A copy kept before (another mode, or before this check) is marked forged.
+            return self._reject(config, "hmac", source_ip, raw)
         try:
             verdict = self._verify(config, raw)
         except _Unverifiable as exc:
