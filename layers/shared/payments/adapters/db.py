@@ -435,6 +435,14 @@ class Database:
         self._params = params
         self._connect_timeout = connect_timeout
         self._query_timeout = query_timeout
+        # A transaction's statements wait for a lock at most a quarter of the query timeout, and run at most a second
+        # less than it (`SET LOCAL`, with BEGIN in one round trip; nothing outlives the transaction, as poolers
+        # need): a lock another session holds (the web app's transaction left open) or a slow statement is then
+        # the server's own error (55P03, 57014: "not yet", the connection intact, the caller's fallbacks able to
+        # run on it), never the client's socket timing out, which leaves the connection broken and the time gone.
+        lock_ms = max(100, int(query_timeout * 250))
+        statement_ms = max(lock_ms + 100, int(query_timeout * 1000) - 1000)
+        self._begin = f"BEGIN; SET LOCAL lock_timeout = {lock_ms}; SET LOCAL statement_timeout = {statement_ms}"
         self._connect_fn = connect
         self._conn: pg8000.native.Connection | None = None
         self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
@@ -626,11 +634,11 @@ class Database:
         with self._lock:
             try:
                 conn = self._connection()
-                self._execute(conn, "BEGIN")
+                self._execute(conn, self._begin)
             except _Broken:
                 try:
                     conn = self._connection()
-                    self._execute(conn, "BEGIN")
+                    self._execute(conn, self._begin)
                 except _Broken as exc:
                     raise DatabaseUnavailable("could not start a database transaction") from exc
             tx = Transaction(self, conn)

@@ -244,6 +244,11 @@ UPDATE public.refunds SET status = 'refused', ccode = NULL, message = :message, 
    AND (status = 'unknown' OR (status = 'attempted' AND updated_at < now() - make_interval(secs => :settle)))
 RETURNING {_COLUMNS}"""
 
+_NOTE_ANSWER = """
+UPDATE public.refunds SET message = :message, updated_at = now()
+ WHERE id = :rid::uuid AND status = 'attempted'
+RETURNING 1"""
+
 _SWITCH = f"""
 UPDATE public.refunds SET method = 'refund', message = :message, updated_at = now()
  WHERE id = :rid::uuid AND status = 'attempted' AND method = 'cancel'
@@ -508,6 +513,12 @@ class RefundsStore:
         if current is not None and current.status == RefundStatus.ATTEMPTED and current.method == Method.REFUND:
             return current
         return None
+
+    def note_answer(self, refund_id: UUID, message: str) -> bool:
+        """Hyp's answer, in words, on a row still attempted (the one statement it takes: no lock on the payment or
+        the balance), for when storing the outcome itself failed: a human settles the refund with it. Whether the
+        row took it."""
+        return bool(self.db.run(bind(_NOTE_ANSWER, rid=str(refund_id), message=message[:1000])))
 
     # -- after Hyp answered ---------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from payments.domain import hypay as protocol
 from payments.domain.money import Money
 from payments.domain.refund import CANCEL_UNTIL_HOUR, Method, RefundStatus, choose_method
 from payments.errors import (
+    DatabaseUnavailable,
     GatewayAuthenticationError,
     GatewayDeclined,
     GatewayError,
@@ -56,7 +57,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
-from payments.services.answers import store_answer
+from payments.services.answers import store_answer, time_for_another
 from payments.services.keyed import Answer, Keyed
 
 CANNOT_CANCEL = 920  # CancelTrans: already transmitted, or no such transaction (Hyp's cancellation page)
@@ -372,7 +373,24 @@ class Refunds:
                     "error": type(exc).__name__,
                 },
             )
+            self._note_answer(row, reversal, exc)
             raise OutcomeUnconfirmed(_UNKNOWN, payment_id=str(row.payment_id)) from exc
+
+    def _note_answer(self, row: RefundRow, reversal: Reversal | None, exc: Exception) -> None:
+        """Best effort: what Hyp answered, in words on the refund's row (not only in a log line), in one statement
+        that takes no lock of the payment's or the balance's. Not while the database is unreachable, nor without
+        time for another statement."""
+        if isinstance(exc, DatabaseUnavailable) or not time_for_another():
+            return
+        error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
+        if reversal is not None:
+            said = f"Hyp refunded it (refund Id {reversal.transaction_id or 'none: a cancellation'})"
+        else:
+            said = "Hyp did not refund it"
+        try:
+            self.deps.store.note_answer(row.id, f"{said}; its answer could not be stored ({error}): settle it so")
+        except PaymentError as exc2:
+            logger.error("refund answer not noted", extra={"refund_id": str(row.id), "code": exc2.code})
 
     def _audit(
         self, row: RefundRow, scope: dict[str, Any]
