@@ -12,6 +12,8 @@ bring it again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tests.integration.test_hypay_callback import browser, buy, location, notify, pay
@@ -74,6 +76,27 @@ def _settling(sql: str) -> bool:
     return "credit_transactions" in sql
 
 
+def _failing_once(monkeypatch: pytest.MonkeyPatch, *faults: tuple[Callable[[str], bool], str]) -> list[str]:
+    """Each (statement, SQLSTATE) in turn: the first statement `statement` takes, after the faults before it, fails with
+    that SQLSTATE without running; the list returned fills with the SQLSTATEs raised."""
+    import pg8000.native
+    from pg8000.exceptions import DatabaseError
+
+    real_run = pg8000.native.Connection.run
+    raised: list[str] = []
+
+    def run(conn: pg8000.native.Connection, sql: str, stream: object = None, types: object = None, **params: object):  # type: ignore[no-untyped-def]
+        if len(raised) < len(faults):
+            statement, sqlstate = faults[len(raised)]
+            if statement(sql):
+                raised.append(sqlstate)
+                raise DatabaseError({"S": "ERROR", "C": sqlstate, "M": "the statement did not pass"})
+        return real_run(conn, sql, stream=stream, types=types, **params)
+
+    monkeypatch.setattr(pg8000.native.Connection, "run", run)
+    return raised
+
+
 @pytest.mark.parametrize(
     ("statement", "sqlstate"),
     [
@@ -85,24 +108,12 @@ def _settling(sql: str) -> bool:
     ids=["settling-lock-timeout", "claim-lock-timeout", "claim-statement-timeout", "claim-refused-for-good"],
 )
 def test_a_verified_redirect_the_database_could_not_settle_this_time_is_kept(
-    env: Env, monkeypatch: pytest.MonkeyPatch, statement: object, sqlstate: str
+    env: Env, monkeypatch: pytest.MonkeyPatch, statement: Callable[[str], bool], sqlstate: str
 ) -> None:
-    import pg8000.native
-    from pg8000.exceptions import DatabaseError
-
     # Given a paid transaction, and a statement of its delivery the database does not pass once
     payment = buy(env)
     paid = pay(env, payment)
-    real_run = pg8000.native.Connection.run
-    failed: list[str] = []
-
-    def run(conn: pg8000.native.Connection, sql: str, stream: object = None, types: object = None, **params: object):  # type: ignore[no-untyped-def]
-        if statement(sql) and not failed:  # type: ignore[operator]
-            failed.append(sql)
-            raise DatabaseError({"S": "ERROR", "C": sqlstate, "M": "the statement did not pass"})
-        return real_run(conn, sql, stream=stream, types=types, **params)
-
-    monkeypatch.setattr(pg8000.native.Connection, "run", run)
+    failed = _failing_once(monkeypatch, (statement, sqlstate))
     # When the customer's browser brings the redirect (a terminal without notifications: nothing else will)
     page, _ = location(browser(paid.redirect_query))
     # Then the browser is told to wait, and the paid transaction is kept: the cleanup will not expire the payment
@@ -121,30 +132,15 @@ def _clearing_the_claim(sql: str) -> bool:
 def test_a_verified_redirect_whose_settling_and_claim_clearing_both_fail_is_kept(
     env: Env, monkeypatch: pytest.MonkeyPatch, delete_sqlstate: str
 ) -> None:
-    import pg8000.native
-    from pg8000.exceptions import DatabaseError
-
     # Given a paid transaction whose settling statement times out on a lock once, and the statement that then clears
     # the in-progress idempotency claim is not passed either (a lock wait / statement timeout under the same load)
     payment = buy(env)
     paid = pay(env, payment)
-    real_run = pg8000.native.Connection.run
-    failed: list[str] = []
-
-    def run(conn: pg8000.native.Connection, sql: str, stream: object = None, types: object = None, **params: object):  # type: ignore[no-untyped-def]
-        if _settling(sql) and not failed:
-            failed.append("settle")
-            raise DatabaseError({"S": "ERROR", "C": "55P03", "M": "canceling statement due to lock timeout"})
-        if _clearing_the_claim(sql) and failed == ["settle"]:
-            failed.append("delete")
-            raise DatabaseError({"S": "ERROR", "C": delete_sqlstate, "M": "the statement did not pass"})
-        return real_run(conn, sql, stream=stream, types=types, **params)
-
-    monkeypatch.setattr(pg8000.native.Connection, "run", run)
+    failed = _failing_once(monkeypatch, (_settling, "55P03"), (_clearing_the_claim, delete_sqlstate))
     # When the customer's browser brings the redirect (a terminal without notifications: nothing else will)
     page, _ = location(browser(paid.redirect_query))
     # Then the browser waits, and the paid transaction must be kept (as when only the settling statement failed):
     # otherwise no row names Hyp's paid transaction and the cleanup expires the payment Hyp charged
-    assert failed == ["settle", "delete"] and page == "https://app.example.test/payments/confirming"
+    assert failed == ["55P03", delete_sqlstate] and page == "https://app.example.test/payments/confirming"
     assert env.status(payment["payment_id"]) == "pending"
     assert _kept(env, paid.id) == ([["unverified", False]], [[True]])

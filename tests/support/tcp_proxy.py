@@ -39,38 +39,19 @@ class TcpProxy:
             with self._lock:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            back = self._pipe_without_notices if self._drop_notices else self._pipe
-            threading.Thread(target=back, args=(upstream, client), daemon=True).start()
+            back = (upstream, client, self._drop_notices)
+            threading.Thread(target=self._pipe, args=back, daemon=True).start()
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    @classmethod
-    def _pipe_without_notices(cls, src: socket.socket, dst: socket.socket) -> None:
-        """The server's messages, whole, but for its notices."""
+    def _pipe(src: socket.socket, dst: socket.socket, without_notices: bool = False) -> None:
+        """What `src` sends, to `dst`; `without_notices`: the server's messages, whole, but for its notices."""
         pending = b""
         try:
             while data := src.recv(65536):
-                pending += data
-                out = bytearray()
-                while len(pending) >= 5:
-                    size = 1 + struct.unpack_from("!i", pending, 1)[0]
-                    if len(pending) < size:
-                        break
-                    if pending[0] != NOTICE:
-                        out += pending[:size]
-                    pending = pending[size:]
-                if out:
-                    dst.sendall(out)
+                if without_notices:
+                    data, pending = _but_notices(pending + data)
+                if data:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
@@ -94,3 +75,16 @@ class TcpProxy:
         self._closed = True
         self.cut_all()
         self._listener.close()
+
+
+def _but_notices(data: bytes) -> tuple[bytes, bytes]:
+    """(the whole messages of `data` but its notices, the incomplete message left at its end)."""
+    out = bytearray()
+    while len(data) >= 5:
+        size = 1 + struct.unpack_from("!i", data, 1)[0]
+        if len(data) < size:
+            break
+        if data[0] != NOTICE:
+            out += data[:size]
+        data = data[size:]
+    return bytes(out), data

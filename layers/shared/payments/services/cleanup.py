@@ -98,6 +98,7 @@ def run_cleanup(
         "pending_age": policy.pending_payment_max_age_seconds,
         "rate_retention": policy.rate_limit_retention_seconds,
     }
+    run = _Run(db, policy, params, time_left_ms, reserve_ms, sleep, report)
     paced = True  # until the server's notices turn out not to reach us
     steps = cleanup_steps(policy.table)
     # The steps that change payments first (few rows, and they send charged payments to review): a purge of a large
@@ -105,7 +106,7 @@ def run_cleanup(
     for step in [s for s in steps if s.durable] + [s for s in steps if not s.durable]:
         if not step.durable and paced:
             try:
-                done = _run_paced(db, step, policy, params, time_left_ms, reserve_ms, report)
+                done = run.paced(step)
             except NoticesLost:
                 # The batches of the statement that told nothing are done but uncounted; the step goes on below.
                 paced = report.counts_exact = False
@@ -119,60 +120,58 @@ def run_cleanup(
                     report.complete = False
                     return report
                 continue
-        if not _run_batches(db, step, policy, params, time_left_ms, reserve_ms, sleep, report):
+        if not run.batches(step):
             report.complete = False
             return report
     return report
 
 
-def _run_batches(
-    db: Database,
-    step: Step,
-    policy: CleanupPolicy,
-    params: dict[str, int],
-    time_left_ms: Callable[[], int],
-    reserve_ms: int,
-    sleep: Callable[[float], None],
-    report: CleanupReport,
-) -> bool:
-    """A step one batch per statement, paced here: False when the budget ran out before the step was done."""
-    while True:
-        if time_left_ms() < reserve_ms:
-            return False
-        started = time.monotonic()
-        done = run_step(db, step, **params)
-        setattr(report, step.field, getattr(report, step.field) + done)
-        if done < policy.batch_size:
-            return True
-        pause = _pause(time.monotonic() - started, policy.duty_cycle_percent, time_left_ms() - reserve_ms)
-        if pause > 0:
-            sleep(pause)
+@dataclass
+class _Run:
+    """One cleanup run: its database, policy, statements' values, time budget and report."""
 
+    db: Database
+    policy: CleanupPolicy
+    params: dict[str, int]
+    time_left_ms: Callable[[], int]
+    reserve_ms: int
+    sleep: Callable[[float], None]
+    report: CleanupReport
 
-def _run_paced(
-    db: Database,
-    step: Step,
-    policy: CleanupPolicy,
-    params: dict[str, int],
-    time_left_ms: Callable[[], int],
-    reserve_ms: int,
-    report: CleanupReport,
-) -> bool:
-    """A purge-only step, a statement of about PACED_RUN_MS at a time (never past the reserve, nor a quarter of the
-    query timeout: room for a batch started just before its end): False when the budget ran out before the step was
-    done."""
-    while True:
-        spare = time_left_ms() - reserve_ms
-        if spare <= 0:
-            return False
-        run_ms = min(PACED_RUN_MS, spare, int(db.query_timeout * 250))
-        done = run_paced(
-            db, step, run_ms=run_ms, duty_cycle_percent=policy.duty_cycle_percent,
-            max_pause_seconds=MAX_PAUSE_SECONDS, **params,
-        )  # fmt: skip
-        setattr(report, step.field, getattr(report, step.field) + done.handled)
-        if not done.more:
-            return True
+    def _count(self, step: Step, done: int) -> None:
+        setattr(self.report, step.field, getattr(self.report, step.field) + done)
+
+    def batches(self, step: Step) -> bool:
+        """A step one batch per statement, paced here: False when the budget ran out before the step was done."""
+        while True:
+            if self.time_left_ms() < self.reserve_ms:
+                return False
+            started = time.monotonic()
+            done = run_step(self.db, step, **self.params)
+            self._count(step, done)
+            if done < self.policy.batch_size:
+                return True
+            spare_ms = self.time_left_ms() - self.reserve_ms
+            pause = _pause(time.monotonic() - started, self.policy.duty_cycle_percent, spare_ms)
+            if pause > 0:
+                self.sleep(pause)
+
+    def paced(self, step: Step) -> bool:
+        """A purge-only step, a statement of about PACED_RUN_MS at a time (never past the reserve, nor a quarter of
+        the query timeout: room for a batch started just before its end): False when the budget ran out before the
+        step was done. NoticesLost when a statement told nothing (its batches done, uncounted)."""
+        while True:
+            spare = self.time_left_ms() - self.reserve_ms
+            if spare <= 0:
+                return False
+            run_ms = min(PACED_RUN_MS, spare, int(self.db.query_timeout * 250))
+            done = run_paced(
+                self.db, step, run_ms=run_ms, duty_cycle_percent=self.policy.duty_cycle_percent,
+                max_pause_seconds=MAX_PAUSE_SECONDS, **self.params,
+            )  # fmt: skip
+            self._count(step, done.handled)
+            if not done.more:
+                return True
 
 
 def _pause(took: float, duty_cycle_percent: int, spare_ms: int) -> float:
