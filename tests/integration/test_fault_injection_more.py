@@ -43,7 +43,7 @@ from tests.integration.test_fault_injection import (
 from tests.integration.test_fault_injection_admin import AdminHarness, Asks, admin_post
 from tests.integration.test_hypay_callback import notify
 from tests.integration.test_review import admin  # noqa: F401 - the admin tokens fixture
-from tests.support.faults import Injector, Point, hyp_label, sql_label
+from tests.support.faults import DatabaseFaults, Injector, Point, sql_label
 from tests.support.payments import CVV, STARTER, Env, post
 from tests.support.pg import connect, database
 
@@ -308,7 +308,7 @@ def test_resolve_complete_of_a_lost_saved_card_charge_under_every_fault(
 # -- 4. the database refusing a statement for good (a constraint, an overflow) at each step ----------------
 
 
-class Refuser(Injector):
+class Refuser(DatabaseFaults):
     """At point `at` (a statement), the database refuses it for good (SQLSTATE 22003, numeric value out of range, as a
     balance leaving the integer range would): it, and every later send of the same statement in that invocation, is
     refused without running. The retries after it run on a fixed database (the fix deployed)."""
@@ -330,11 +330,6 @@ class Refuser(Injector):
             raise DatabaseError({"S": "ERROR", "C": "22003", "M": "integer out of range"})
         self._point(Point("db", label))
         return run()
-
-    def _hyp(self, client: Any, request: Any, send: Any) -> bytes:
-        if self.armed:
-            self._point(Point("hyp", hyp_label(request)))
-        return send()
 
     @contextmanager
     def invocation(self, at: int | None = None, fault: str | None = None) -> Iterator[None]:

@@ -34,14 +34,14 @@ from tests.integration.test_fault_injection_admin import FLOWS as ADMIN_FLOWS
 from tests.integration.test_fault_injection_admin import AdminHarness, Asks
 from tests.integration.test_fault_injection_more import _flows
 from tests.integration.test_review import admin  # noqa: F401 - the admin tokens fixture
-from tests.support.faults import FAULTS, Injector, Killed, Point, hyp_label, sql_label
+from tests.support.faults import FAULTS, DatabaseFaults, Injector, Killed, Point, sql_label
 from tests.support.payments import CVV, PRO, Env, post
 from tests.support.pg import connect, database
 
 TRANSIENT = {"statement_timeout": "57014", "lock_timeout": "55P03"}
 
 
-class Transient(Injector):
+class Transient(DatabaseFaults):
     """At point `at`: a statement fails with a passing SQLSTATE without running (`statement_timeout`,
     `lock_timeout`), or a Hyp call is not made because the invocation's deadline is near (`no_time`)."""
 
@@ -70,11 +70,6 @@ class Transient(Injector):
         if self.armed:
             self._point(Point("db", sql_label(sql)))
         return run()
-
-    def _hyp(self, client: Any, request: Any, send: Any) -> bytes:
-        if self.armed:
-            self._point(Point("hyp", hyp_label(request)))
-        return send()
 
 
 @contextmanager

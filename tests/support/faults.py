@@ -189,3 +189,13 @@ class Injector:
         [[done]] = self.admin_run("SELECT pg_terminate_backend(:pid, 5000)", pid=pid)
         if not done:
             self.problems.append(f"backend {pid} did not exit")
+
+
+class DatabaseFaults(Injector):
+    """An injector whose faults are the database's own (its `_statement`): Hyp's calls are points of the trace, sent
+    as they are."""
+
+    def _hyp(self, client: HypayClient, request: Any, send: Callable[[], bytes]) -> bytes:
+        if self.armed:
+            self._point(Point("hyp", hyp_label(request)))
+        return send()
