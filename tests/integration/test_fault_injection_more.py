@@ -139,12 +139,17 @@ def _interleaved(harness: Harness) -> Callable[[Flow, int, str, Point], Case]:
 
 
 @contextmanager
-def _installed(env: Env, monkeypatch: pytest.MonkeyPatch, make: Callable[[Any], Injector]) -> Iterator[Injector]:
-    """A proof's run: every payment by one user (no rate limit), a cold start, the injector `make` builds on its own
-    admin connection installed; the connection closed after."""
+def _installed(
+    env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[Any], Injector],
+    cold: Callable[[], None] = Harness.cold_start,
+) -> Iterator[Injector]:
+    """A proof's run: every payment by one user (no rate limit), a cold start (`cold`: the customer functions', by
+    default), the injector `make` builds on its own admin connection installed; the connection closed after."""
     monkeypatch.setenv("CREATE_PAYMENT_RATE_LIMIT", "1000000")
     api_settings.cache_clear()
-    Harness.cold_start()
+    cold()
     admin_conn = connect(env.url)
     injector = make(admin_conn)
     injector.install(monkeypatch)

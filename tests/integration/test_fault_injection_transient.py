@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -28,15 +26,14 @@ from pg8000.exceptions import DatabaseError
 from payments import deadline
 from payments.adapters.hypay import HypayClient
 from payments.services.cleanup import CleanupPolicy, run_cleanup
-from payments.settings import api_settings
-from tests.integration.test_fault_injection import Case, Flow, Harness, describe, every_case, report
+from tests.integration.test_fault_injection import Case, Flow, Harness, describe, every_case
 from tests.integration.test_fault_injection_admin import FLOWS as ADMIN_FLOWS
 from tests.integration.test_fault_injection_admin import AdminHarness, Asks
-from tests.integration.test_fault_injection_more import _flows
+from tests.integration.test_fault_injection_more import _flows, _held, _installed
 from tests.integration.test_review import admin  # noqa: F401 - the admin tokens fixture
 from tests.support.faults import FAULTS, DatabaseFaults, Injector, Killed, Point, sql_label
 from tests.support.payments import CVV, PRO, Env, post
-from tests.support.pg import connect, database
+from tests.support.pg import database
 
 TRANSIENT = {"statement_timeout": "57014", "lock_timeout": "55P03"}
 
@@ -70,27 +67,6 @@ class Transient(DatabaseFaults):
         if self.armed:
             self._point(Point("db", sql_label(sql)))
         return run()
-
-
-@contextmanager
-def _installed(env: Env, monkeypatch: pytest.MonkeyPatch, make: Any, cold: Any) -> Iterator[Injector]:
-    monkeypatch.setenv("CREATE_PAYMENT_RATE_LIMIT", "1000000")
-    api_settings.cache_clear()
-    cold()
-    admin_conn = connect(env.url)
-    injector = make(admin_conn)
-    injector.install(monkeypatch)
-    try:
-        yield injector
-    finally:
-        admin_conn.close()
-
-
-def _held(title: str, found: Any, injector: Injector, started: float, capsys: pytest.CaptureFixture[str]) -> None:
-    summary, held = report(title, *found, injector, started)
-    with capsys.disabled():
-        print("\n" + summary)
-    assert held, summary
 
 
 def _wanted(flows: Any) -> list[Flow]:
