@@ -165,8 +165,8 @@ class Refunds:
             raise InvalidRequest("amount: must be positive")
         if original is not None and original.minor <= 0:
             raise InvalidRequest("original_amount: must be positive")
-        if hypay_id is not None and protocol.hyp_id(hypay_id) is None:
-            raise InvalidRequest(f"hypay_id: {protocol.HYP_ID_PROBLEM}")
+        if hypay_id is not None and protocol.named_hyp_id(hypay_id) is None:
+            raise InvalidRequest(f"hypay_id: {protocol.NAMED_HYP_ID_PROBLEM}")
         scope = {
             "payment_id": str(payment_id),
             "key": idempotency_key,

@@ -59,8 +59,8 @@ class RefundOutcome:
         reason = (reason or "").strip()
         if not 1 <= len(reason) <= 500:
             raise InvalidRequest("reason: 1 to 500 characters saying what Hyp's portal shows")
-        if hypay_refund_id is not None and protocol.hyp_id(hypay_refund_id) is None:
-            raise InvalidRequest(f"hypay_refund_id: {protocol.HYP_ID_PROBLEM}")
+        if hypay_refund_id is not None and protocol.named_hyp_id(hypay_refund_id) is None:
+            raise InvalidRequest(f"hypay_refund_id: {protocol.NAMED_HYP_ID_PROBLEM}")
         row = self.store.get(refund_id)
         if row is None:
             raise NotFound("no such refund")

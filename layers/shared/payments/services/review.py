@@ -40,7 +40,7 @@ from payments.errors import (
     NotFound,
 )
 from payments.observability import logger, metrics
-from payments.services.settle import Settlement, report_operator_grant, settle_by_operator
+from payments.services.settle import UNIQUE_VIOLATION, Settlement, report_operator_grant, settle_by_operator
 
 if TYPE_CHECKING:
     from payments.idempotency import PostgresPersistenceLayer
@@ -380,8 +380,7 @@ class ResolveRequest(BaseModel):
     )
     hypay_id: str | None = Field(
         default=None,
-        pattern=r"^[0-9]{1,20}$",
-        json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}},  # an all-zero Id names nothing
+        pattern=protocol.NAMED_HYP_ID_PATTERN,  # as Hyp writes it: no leading zero (nor an all-zero Id)
         description="complete: the Hyp transaction that paid, when the journal knows none (or several).",
     )
 
@@ -393,8 +392,8 @@ class ResolveRequest(BaseModel):
     @field_validator("hypay_id")
     @classmethod
     def _a_hyp_id(cls, value: str | None) -> str | None:
-        if value is not None and protocol.hyp_id(value) is None:
-            raise ValueError(protocol.HYP_ID_PROBLEM)
+        if value is not None and protocol.named_hyp_id(value) is None:
+            raise ValueError(protocol.NAMED_HYP_ID_PROBLEM)
         return value
 
 
@@ -720,7 +719,9 @@ class ResolvePayment:
             )
             return body, plan.txn, settlement, True
 
-        body, txn, settlement, fresh = self.db.atomic(work)
+        # Another resolve naming the same Hyp Id committing meanwhile trips the journal's unique key: run again, it
+        # reads that payment's row and answers 409 (already paid another payment), not a 5xx.
+        body, txn, settlement, fresh = self.db.atomic(work, retry_on=(UNIQUE_VIOLATION,))
         if fresh and txn is not None and settlement is not None:
             report_operator_grant(txn, settlement, admin=admin)
         elif fresh:
