@@ -390,7 +390,9 @@ def _run(
     lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
 ) -> Outcome:
     """The run inside its one transaction: lock, preflight, adoption if asked, every pending file, records."""
-    tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")  # another runner: waited for, however long
+    # Another runner: waited for, however long (the transaction's own lock timeout, Database.transaction's, lifted).
+    tx.run("SET LOCAL lock_timeout = 0")
+    tx.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
     # From here every lock on a table waits at most this long: the web app's requests queue behind a waiting
     # ALTER TABLE, so the run gives way (rolled back, tried again) rather than hold them up.
     # 0: no limit, as in PostgreSQL (the run then waits for its locks however long, the web app behind it).

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
 from aws_lambda_powertools import Logger
 
@@ -65,24 +65,40 @@ _SECRET_PARAMS = ("KEY", "PassP", "CC", "cvv")
 _CREDENTIAL_NAMES = frozenset({"key", "passp", "cc", "cvv"})
 
 
-def _without_our_secrets(answer: protocol.Answer, creds: HypayCredentials, params: dict[str, str]) -> protocol.Answer:
-    """`answer` with every secret value we sent masked in its free text (`errMsg`). Structured fields (Id, CCode,
-    Amount...) are never rewritten: a CVV's digits may well occur inside an Id."""
+def _secrets_sent(params: dict[str, str]) -> list[str]:
+    """The secret values of a request, each also as it went out percent-encoded (and as a form would encode it): a
+    repeated request may come back in either form. Longest first; none shorter than 3 characters."""
+    forms: set[str] = set()
+    for name in _SECRET_PARAMS:
+        value = params.get(name) or ""
+        if len(value) >= 3:
+            forms |= {value, quote(value, safe=""), quote_plus(value)}
+    return sorted(forms, key=len, reverse=True)
+
+
+def _without_our_secrets(answer: protocol.Answer, secrets: list[str]) -> protocol.Answer:
+    """`answer` with every secret value we sent (`_secrets_sent`) masked in its free text (`errMsg`). Structured
+    fields (Id, CCode, Amount...) are never rewritten: a CVV's digits may well occur inside an Id."""
     message = answer.fields.get("errMsg")
     if not message:
         return answer
-    secrets = {creds.key, creds.passp, *(params.get(name) or "" for name in _SECRET_PARAMS)}
     masked = message
-    for value in sorted((v for v in secrets if len(v) >= 3), key=len, reverse=True):
+    for value in secrets:
         masked = masked.replace(value, "[redacted]")
     if masked == message:
         return answer
     return protocol.Answer({**answer.fields, "errMsg": masked}, answer.raw)
 
 
-def _repeats_credentials(answer: protocol.Answer, creds: HypayCredentials) -> bool:
-    """The answer names a credential or the card (KEY, PassP, CC, cvv, in any case), or holds our KEY."""
-    return bool(_CREDENTIAL_NAMES & {name.lower() for name in answer.fields}) or creds.key in answer.raw
+def _repeats_credentials(answer: protocol.Answer, params: dict[str, str]) -> bool:
+    """The answer names a credential or the card (KEY, PassP, CC, cvv, in any case), or a field of it that is not
+    what we sent under its name holds one of our secrets (in any form: `_secrets_sent`). A field we sent, echoed as
+    we sent it (a customer's name), is ours whatever it holds."""
+    fields = protocol.decode_query(answer.raw)  # as the text reaches the browser (answer.fields' errMsg is masked)
+    if _CREDENTIAL_NAMES & {name.lower() for name in fields}:
+        return True
+    secrets = _secrets_sent(params)
+    return any(secret in value for name, value in fields.items() if params.get(name) != value for secret in secrets)
 
 
 def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentials]:
@@ -306,7 +322,7 @@ class HypayClient:
         if "signature" not in answer.fields:
             protocol.raise_for_ccode(answer, "SIGN")  # an error answer: CCode, no signature
             raise GatewayUnavailable("Hypay SIGN: answer without a signature")
-        if _repeats_credentials(answer, self._credentials()):
+        if _repeats_credentials(answer, params):
             # The page's URL goes to the customer's browser, the payment's row and the idempotency record: never
             # with our KEY or PassP in it. Nothing was charged; "not yet".
             raise GatewayUnavailable("Hypay SIGN: the answer repeats our terminal's credentials")
@@ -439,6 +455,9 @@ class HypayClient:
         self, action: str, params: dict[str, str] | None, *, retry: bool, body: bytes | None = None
     ) -> protocol.Answer:
         data = body if body is not None else urlencode(params or {}, quote_via=quote).encode()
+        # What the answer's free text is cleaned of: read from the request itself, never from the credentials again
+        # after Hyp answered (a read that fails then would lose an answer that moved money).
+        secrets = _secrets_sent(params if params is not None else dict(parse_qsl(data.decode("ascii", "replace"))))
         request = urllib.request.Request(
             self.url,
             data=data,
@@ -452,7 +471,7 @@ class HypayClient:
             answer = self._attempts(action, request, retry=retry)
             if answer.ccode is not None:
                 subsegment.put_annotation(key="hypay_ccode", value=str(answer.ccode))
-            return _without_our_secrets(answer, self._credentials(), params or {})
+            return _without_our_secrets(answer, secrets)
 
     def _attempts(self, action: str, request: urllib.request.Request, *, retry: bool) -> protocol.Answer:
         started = time.monotonic()

@@ -304,11 +304,13 @@ class Refunds:
             case _:
                 # Attempted, and the invocation that asked Hyp is over (Powertools let this one in only after
                 # its in-progress expiry): nobody knows whether Hyp refunded.
+                interrupted = "interrupted after Hyp was asked: check Hyp's transactions"
                 stored = self.deps.store.not_moved_or_unknown(
                     row.id,
                     status=RefundStatus.UNKNOWN,
                     ccode=None,
-                    message="interrupted after Hyp was asked: check Hyp's transactions",
+                    # Hyp's answer noted on the row (note_answer) stays: the one place its refund Id may be
+                    message=f"{row.message}; {interrupted}" if row.message else interrupted,
                     audit=self._audit(row, scope),
                 )
                 self._outcome_unknown(row, "refund interrupted before its outcome was stored")
@@ -327,7 +329,7 @@ class Refunds:
             raise
         except GatewayError as exc:
             refusal = exc
-            return self._after_answer(row, lambda: self._not_refunded(row, refusal, scope))
+            return self._after_answer(row, lambda: self._not_refunded(row, refusal, scope), refusal=refusal)
         except Exception as exc:
             # A bug (or the database) while Hyp was being asked: the refund may exist. Never run again.
             self._outcome_unknown(row, f"failed while Hyp was asked ({type(exc).__name__})")
@@ -354,7 +356,12 @@ class Refunds:
         return gateway.refund(row.original_hypay_id, amount=row.amount)
 
     def _after_answer(
-        self, row: RefundRow, store_it: Callable[[], dict[str, Any]], reversal: Reversal | None = None
+        self,
+        row: RefundRow,
+        store_it: Callable[[], dict[str, Any]],
+        reversal: Reversal | None = None,
+        *,
+        refusal: GatewayError | None = None,
     ) -> dict[str, Any]:
         try:
             return store_answer(store_it)
@@ -373,10 +380,12 @@ class Refunds:
                     "error": type(exc).__name__,
                 },
             )
-            self._note_answer(row, reversal, exc)
+            self._note_answer(row, reversal, refusal, exc)
             raise OutcomeUnconfirmed(_UNKNOWN, payment_id=str(row.payment_id)) from exc
 
-    def _note_answer(self, row: RefundRow, reversal: Reversal | None, exc: Exception) -> None:
+    def _note_answer(
+        self, row: RefundRow, reversal: Reversal | None, refusal: GatewayError | None, exc: Exception
+    ) -> None:
         """Best effort: what Hyp answered, in words on the refund's row (not only in a log line), in one statement
         that takes no lock of the payment's or the balance's. Not while the database is unreachable, nor without
         time for another statement."""
@@ -385,8 +394,10 @@ class Refunds:
         error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
         if reversal is not None:
             said = f"Hyp refunded it (refund Id {reversal.transaction_id or 'none: a cancellation'})"
+        elif refusal is not None and _refused(refusal):
+            said = f"Hyp refused it (CCode {refusal.ccode})"
         else:
-            said = "Hyp did not refund it"
+            said = "its outcome is unknown (Hyp's answer was lost or unclear): check Hyp's transactions"
         try:
             self.deps.store.note_answer(row.id, f"{said}; its answer could not be stored ({error}): settle it so")
         except PaymentError as exc2:
@@ -438,7 +449,7 @@ class Refunds:
 
     def _not_refunded(self, row: RefundRow, exc: GatewayError, scope: dict[str, Any]) -> dict[str, Any]:
         store = self.deps.store
-        if isinstance(exc, (GatewayDeclined, GatewayRejected)) and exc.ccode != DUPLICATE_TRANSACTION:
+        if _refused(exc):
             words = refusal_words(exc.ccode, exc.gateway_message)
             stored = store.not_moved_or_unknown(
                 row.id,
@@ -470,6 +481,11 @@ class Refunds:
                 "reason": reason,
             },
         )
+
+
+def _refused(exc: GatewayError | None) -> bool:
+    """Hyp said no (nothing moved): declined or rejected, but not "duplicate" (it may have happened)."""
+    return isinstance(exc, (GatewayDeclined, GatewayRejected)) and exc.ccode != DUPLICATE_TRANSACTION
 
 
 def _view(row: RefundRow) -> dict[str, Any]:
