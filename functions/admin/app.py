@@ -30,7 +30,6 @@ from payments.api_schema import (
     reads_itself,
     retry_after,
 )
-from payments.domain.hypay import NAMED_HYP_ID_PATTERN
 from payments.domain.money import Currency, Money
 from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import HttpApi, error_response, problem, unhandled_error, validation_problem
@@ -216,8 +215,11 @@ class RefundBody(BaseModel):
     # What Hyp's transactions show the refunded transaction paid, in `currency`: only for a transaction whose amount
     # Hyp's answer gave unreadably (the journal keeps it from then on); anywhere else it must match the journal's.
     original_amount: str | None = Field(default=None, **_POSITIVE_AMOUNT)
-    # As Hyp writes it: no leading zero, so never all zeros (refused by the service too; the document says so).
-    hypay_id: str | None = Field(default=None, pattern=NAMED_HYP_ID_PATTERN)
+    # An all-zero Id names no transaction (the one Hyp Id rule): refused by the service, and the document says so. One
+    # with a leading zero is taken only when the journal holds it so written (the service).
+    hypay_id: str | None = Field(
+        default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
+    )
 
     @field_validator("reason")
     @classmethod
@@ -283,8 +285,11 @@ class RefundOutcomeBody(BaseModel):
 
     outcome: Literal["refunded", "not_refunded"]
     reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
-    # Hyp's refund transaction (zikoyAPI makes one; a cancellation none), as Hyp writes it: no leading zero.
-    hypay_refund_id: str | None = Field(default=None, pattern=NAMED_HYP_ID_PATTERN)
+    # Hyp's refund transaction (zikoyAPI makes one; a cancellation none). An all-zero Id names none; one with a leading
+    # zero is taken only when the journal holds it so written (the service).
+    hypay_refund_id: str | None = Field(
+        default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
+    )
 
     @field_validator("reason")
     @classmethod

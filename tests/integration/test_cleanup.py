@@ -505,7 +505,8 @@ def test_pacing_honours_the_time_budget(production: tuple[str, Database]) -> Non
 
     # When the purge runs a row a batch, paced to 1 %: the pause after a batch would be 99 times the batch
     time_left_ms = budget()
-    policy = CleanupPolicy(batch_size=1, duty_cycle_percent=1)
+    # (no payment old enough for the payment steps, which run first: one short statement each)
+    policy = CleanupPolicy(batch_size=1, duty_cycle_percent=1, pending_payment_max_age_seconds=10**9)
     report = run_cleanup(db, policy=policy, time_left_ms=time_left_ms, reserve_ms=5_000)
     # Then it stops with the reserve left: the server's statement paused only until its half second was up (not the
     # second a pause may take), and no statement followed it
@@ -514,8 +515,8 @@ def test_pacing_honours_the_time_budget(production: tuple[str, Database]) -> Non
     # And back to back, the statement starts no batch after its half second: 2 of the 2 left (0.3 s each), then it
     # ends with more possibly left, and the run with it
     time_left_ms = budget()
-    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100), time_left_ms=time_left_ms,
-                         reserve_ms=5_000)  # fmt: skip
+    policy = CleanupPolicy(batch_size=1, duty_cycle_percent=100, pending_payment_max_age_seconds=10**9)
+    report = run_cleanup(db, policy=policy, time_left_ms=time_left_ms, reserve_ms=5_000)
     assert report.complete is False and report.purged_idempotency_records == 2
 
 

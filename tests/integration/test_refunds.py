@@ -239,7 +239,7 @@ def test_an_all_zero_hyp_id_names_no_transaction_to_refund(env: Env, admin: Admi
     from payments.errors import InvalidRequest
 
     pid, _ = paid(env)
-    with pytest.raises(InvalidRequest, match="the first not 0"):
+    with pytest.raises(InvalidRequest, match="not all zeros"):
         admin.refund(pid, "z-1", "10.00", hypay_id="0000")
     assert refunds(env, pid) == [] and "zikoyAPI" not in env.sim.calls
 

@@ -68,8 +68,9 @@ class QueryError(PaymentError):
     def __init__(self, message: str, sqlstate: str | None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
-        # A conflict that outlasted its retries, or a statement cancelled by its timeout: try again later.
-        self.retryable = sqlstate in (*RETRYABLE_CONFLICTS, "57014")
+        # A conflict that outlasted its retries, a statement cancelled by its timeout, or a lock not granted within a
+        # transaction's lock timeout (another session holds it: the web app's transaction left open): try again later.
+        self.retryable = sqlstate in (*RETRYABLE_CONFLICTS, "57014", "55P03")
 
     @property
     def refused_for_good(self) -> bool:

@@ -90,6 +90,11 @@ def _without_our_secrets(answer: protocol.Answer, secrets: list[str]) -> protoco
     return protocol.Answer({**answer.fields, "errMsg": masked}, answer.raw)
 
 
+# The fields a SIGN answer adds of its own: `action=pay`, and the page's `signature` (64 hex digits, which a short PassP
+# may well occur in by chance: and the same page's signature every time, so a refusal would never pass).
+_SIGN_OWN_FIELDS = frozenset({"action", "signature"})
+
+
 def _repeats_credentials(answer: protocol.Answer, params: dict[str, str]) -> bool:
     """The answer names a credential or the card (KEY, PassP, CC, cvv, in any case), or a field of it that is not
     what we sent under its name holds one of our secrets (in any form: `_secrets_sent`). A field we sent, echoed as
@@ -98,7 +103,12 @@ def _repeats_credentials(answer: protocol.Answer, params: dict[str, str]) -> boo
     if _CREDENTIAL_NAMES & {name.lower() for name in fields}:
         return True
     secrets = _secrets_sent(params)
-    return any(secret in value for name, value in fields.items() if params.get(name) != value for secret in secrets)
+    return any(
+        secret in value
+        for name, value in fields.items()
+        if params.get(name) != value and name not in _SIGN_OWN_FIELDS
+        for secret in secrets
+    )
 
 
 def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentials]:

@@ -240,6 +240,10 @@ class Journal:
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
 
+    def holds(self, hypay_id: str) -> bool:
+        """Whether the journal has a row for this Hyp Id, written exactly so."""
+        return bool(self.runner.run(bind("SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :h", h=hypay_id)))
+
     def facts(self, txn: HypTransaction) -> tuple[PaymentFacts | None, JournalEntry | None]:
         """Lock the claimed payment (when it exists) and read the journal's row for the transaction."""
         row = self.runner.run(bind(_FACTS, id=str(txn.payment_id) if txn.payment_id else None, txn=txn.hypay_id))[0]

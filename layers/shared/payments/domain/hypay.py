@@ -298,17 +298,10 @@ def hyp_id(value: str | None) -> str | None:
     return value if value is not None and HYP_ID.fullmatch(value) else None
 
 
-# A Hyp transaction id as an operator names one: as Hyp writes it, with no leading zero. The journal keeps Ids as Hyp
-# sent them and compares them as text: "0123" would name no transaction the journal holds, and slip past the checks
-# that an Id already paid another payment (one Hyp transaction credited twice).
-NAMED_HYP_ID_PATTERN = "^[1-9][0-9]{0,19}$"
-NAMED_HYP_ID_PROBLEM = "not a Hyp transaction id as Hyp writes it (1 to 20 ASCII digits, the first not 0)"
-_NAMED_HYP_ID = re.compile(NAMED_HYP_ID_PATTERN[1:-1], re.ASCII)
-
-
-def named_hyp_id(value: str | None) -> str | None:
-    """`value` when it is a Hyp transaction id written as Hyp writes it (no leading zero), else None."""
-    return value if value is not None and _NAMED_HYP_ID.fullmatch(value) else None
+# A Hyp transaction id an operator names with a leading zero: Hyp writes none, and the journal keeps Ids as Hyp sent
+# them and compares them as text, so "0123" would name no transaction it holds and slip past the checks that an Id
+# already paid another payment (one Hyp transaction credited twice). Taken only when the journal holds it so written.
+LEADING_ZERO_PROBLEM = "a Hyp transaction id with a leading zero that the journal does not hold: write it as Hyp does"
 
 
 _FORMATS = (

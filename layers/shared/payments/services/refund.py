@@ -58,6 +58,7 @@ from payments.errors import (
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
 from payments.services.answers import store_answer, time_for_another
+from payments.services.hyp_ids import as_named
 from payments.services.keyed import Answer, Keyed
 
 CANNOT_CANCEL = 920  # CancelTrans: already transmitted, or no such transaction (Hyp's cancellation page)
@@ -165,8 +166,9 @@ class Refunds:
             raise InvalidRequest("amount: must be positive")
         if original is not None and original.minor <= 0:
             raise InvalidRequest("original_amount: must be positive")
-        if hypay_id is not None and protocol.named_hyp_id(hypay_id) is None:
-            raise InvalidRequest(f"hypay_id: {protocol.NAMED_HYP_ID_PROBLEM}")
+        if hypay_id is not None and protocol.hyp_id(hypay_id) is None:
+            raise InvalidRequest(f"hypay_id: {protocol.HYP_ID_PROBLEM}")
+        as_named(self.deps.store.db, "hypay_id", hypay_id)
         scope = {
             "payment_id": str(payment_id),
             "key": idempotency_key,

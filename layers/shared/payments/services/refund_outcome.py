@@ -26,6 +26,7 @@ from payments.domain import hypay as protocol
 from payments.domain.refund import Method, RefundStatus
 from payments.errors import Conflict, InvalidRequest, NotFound, RequestInProgress
 from payments.observability import logger, metrics
+from payments.services.hyp_ids import as_named
 
 # How long an attempt may still be asking Hyp: well past the admin function's timeout (29 s).
 SETTLE_SECONDS = 300
@@ -59,8 +60,9 @@ class RefundOutcome:
         reason = (reason or "").strip()
         if not 1 <= len(reason) <= 500:
             raise InvalidRequest("reason: 1 to 500 characters saying what Hyp's portal shows")
-        if hypay_refund_id is not None and protocol.named_hyp_id(hypay_refund_id) is None:
-            raise InvalidRequest(f"hypay_refund_id: {protocol.NAMED_HYP_ID_PROBLEM}")
+        if hypay_refund_id is not None and protocol.hyp_id(hypay_refund_id) is None:
+            raise InvalidRequest(f"hypay_refund_id: {protocol.HYP_ID_PROBLEM}")
+        as_named(self.store.db, "hypay_refund_id", hypay_refund_id)
         row = self.store.get(refund_id)
         if row is None:
             raise NotFound("no such refund")

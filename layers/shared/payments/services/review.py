@@ -40,6 +40,7 @@ from payments.errors import (
     NotFound,
 )
 from payments.observability import logger, metrics
+from payments.services.hyp_ids import as_named
 from payments.services.settle import UNIQUE_VIOLATION, Settlement, report_operator_grant, settle_by_operator
 
 if TYPE_CHECKING:
@@ -380,7 +381,8 @@ class ResolveRequest(BaseModel):
     )
     hypay_id: str | None = Field(
         default=None,
-        pattern=protocol.NAMED_HYP_ID_PATTERN,  # as Hyp writes it: no leading zero (nor an all-zero Id)
+        pattern=r"^[0-9]{1,20}$",
+        json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}},  # an all-zero Id names nothing
         description="complete: the Hyp transaction that paid, when the journal knows none (or several).",
     )
 
@@ -392,8 +394,8 @@ class ResolveRequest(BaseModel):
     @field_validator("hypay_id")
     @classmethod
     def _a_hyp_id(cls, value: str | None) -> str | None:
-        if value is not None and protocol.named_hyp_id(value) is None:
-            raise ValueError(protocol.NAMED_HYP_ID_PROBLEM)
+        if value is not None and protocol.hyp_id(value) is None:
+            raise ValueError(protocol.HYP_ID_PROBLEM)
         return value
 
 
@@ -657,6 +659,7 @@ class ResolvePayment:
         admin, key = scope["admin"], scope["key"]
         payment_id = UUID(scope["payment_id"])
         request = ResolveRequest.model_validate(scope["request"])
+        as_named(self.db, "hypay_id", request.hypay_id)
 
         def work(tx: Transaction) -> tuple[dict[str, Any], HypTransaction | None, Settlement | None, bool]:
             statements = ResolveStatements(tx)

@@ -1,0 +1,38 @@
+"""A Hyp Id with a leading zero, accepted from a callback (Hyp's Sign covers it) and journaled as sent, can be named by
+the operator as the queue shows it; one the journal does not hold so written is refused (test_operator_hyp_ids)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.integration.test_admin_refund_http import refund
+from tests.integration.test_callback_attacks import unpaid_claim, use_mode
+from tests.integration.test_hypay_callback import buy, forge, notify, pay
+from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
+from tests.integration.test_review import every_item
+from tests.support.payments import Env
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_second_charge_journaled_with_a_leading_zero_can_be_named_by_the_operator(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_mode(monkeypatch, "hmac")  # the callback below is then genuine (signed with our KEY)
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    first = pay(env, payment)
+    assert notify(first.redirect_query).status == 200
+    # Hyp charges the Order a second time; its callback's Id is written with a leading zero: accepted, journaled
+    second = "077700042"
+    assert notify(forge([(k, second if k == "Id" else v) for k, v in unpaid_claim(pid)])).status == 200
+    assert env.rows("SELECT decision FROM hypay_transactions WHERE hypay_id = :h", h=second) == [["review"]]
+    queued = [i for i in every_item() if i["reason"] == "second_charge"]
+    assert [i["hypay_ids"] for i in queued] == [[second]]  # the queue tells the operator to refund '077700042'
+    # When the operator refunds it, naming it as the queue shows it: Then the refund goes to Hyp for that transaction
+    # (the simulator, which never made '077700042', refuses it: nothing moved), neither refused as an Id (400) nor as
+    # another payment's (409)
+    as_queued = refund(pid, {"hypay_id": second, "reason": "paid twice"}, str(uuid.uuid4()))
+    assert (as_queued.status, as_queued.json.get("refund_status")) == (502, "refused"), as_queued.body
+    assert env.rows("SELECT original_hypay_id FROM refunds") == [[second]]
