@@ -10,8 +10,9 @@ import pytest
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
 from tests.integration.test_hypay_callback import buy, forge, notify, pay
+from tests.integration.test_operator_hyp_ids import _lost_charge
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
-from tests.integration.test_review import every_item
+from tests.integration.test_review import every_item, resolve
 from tests.support.payments import Env
 
 
@@ -36,3 +37,24 @@ def test_a_second_charge_journaled_with_a_leading_zero_can_be_named_by_the_opera
     as_queued = refund(pid, {"hypay_id": second, "reason": "paid twice"}, str(uuid.uuid4()))
     assert (as_queued.status, as_queued.json.get("refund_status")) == (502, "refused"), as_queued.body
     assert env.rows("SELECT original_hypay_id FROM refunds") == [[second]]
+
+
+def test_a_lost_charge_is_not_completed_with_another_payments_hyp_id_journaled_with_a_leading_zero(
+    admin: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = admin
+    use_mode(monkeypatch, "hmac")  # the callback below is genuine (signed with our KEY)
+    # Given payment P completed by Hyp transaction '077700042' (Hyp's callback wrote it so; journaled as sent)
+    page = buy(env, key=str(uuid.uuid4()))
+    pid = page["payment_id"]
+    zero_x = "077700042"
+    assert notify(forge([(k, zero_x if k == "Id" else v) for k, v in unpaid_claim(pid)])).status == 200
+    assert env.status(pid) == "completed"
+    # And a saved-card charge A whose answer was lost
+    a, _ = _lost_charge(env, "lost-a")
+    before = env.credits()
+    # When an operator completes A naming P's transaction as Hyp's portal would show it, without the leading zero
+    done = resolve(a, {"action": "complete", "reason": "charged in Hyp", "hypay_id": zero_x[1:]}, key=str(uuid.uuid4()))
+    # Then it is refused: one Hyp transaction is never credited twice ('077700042' for P, '77700042' for A)
+    assert (done.status, env.credits() - before) == (400, 0), (done.status, done.body, env.credits() - before)
+    assert "the journal holds this Hyp transaction as 077700042" in done.json["detail"]

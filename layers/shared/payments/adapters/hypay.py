@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
+import re
 import socket
 import threading
 import time
@@ -90,9 +91,14 @@ def _without_our_secrets(answer: protocol.Answer, secrets: list[str]) -> protoco
     return protocol.Answer({**answer.fields, "errMsg": masked}, answer.raw)
 
 
-# The fields a SIGN answer adds of its own: `action=pay`, and the page's `signature` (64 hex digits, which a short PassP
-# may well occur in by chance: and the same page's signature every time, so a refusal would never pass).
-_SIGN_OWN_FIELDS = frozenset({"action", "signature"})
+# The fields a SIGN answer adds of its own, as they must be: `action=pay`, and the page's `signature` (64 hex digits,
+# which a short PassP may well occur in by chance: and the same page's signature every time, so a refusal would never
+# pass). Anything else in them is searched like any other field.
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
+
+
+def _sign_own_field(name: str, value: str) -> bool:
+    return (name == "action" and value == "pay") or (name == "signature" and _SIGNATURE.fullmatch(value) is not None)
 
 
 def _repeats_credentials(answer: protocol.Answer, params: dict[str, str]) -> bool:
@@ -106,7 +112,7 @@ def _repeats_credentials(answer: protocol.Answer, params: dict[str, str]) -> boo
     return any(
         secret in value
         for name, value in fields.items()
-        if params.get(name) != value and name not in _SIGN_OWN_FIELDS
+        if params.get(name) != value and not _sign_own_field(name, value)
         for secret in secrets
     )
 

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
-from payments.adapters.db import Rows, bind
+from payments.adapters.db import Rows, bind, literal
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
 from payments.records import Record
@@ -240,9 +240,12 @@ class Journal:
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
 
-    def holds(self, hypay_id: str) -> bool:
-        """Whether the journal has a row for this Hyp Id, written exactly so."""
-        return bool(self.runner.run(bind("SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :h", h=hypay_id)))
+    def spellings(self, hypay_id: str) -> list[str]:
+        """The Ids the journal holds that are this Hyp Id, with or without leading zeros ("123", "0123"), as held."""
+        number = hypay_id.lstrip("0")
+        written = ", ".join(literal("0" * zeros + number) for zeros in range(21 - len(number)))
+        rows = self.runner.run(f"SELECT hypay_id FROM public.hypay_transactions WHERE hypay_id IN ({written})")
+        return [row[0] for row in rows]
 
     def facts(self, txn: HypTransaction) -> tuple[PaymentFacts | None, JournalEntry | None]:
         """Lock the claimed payment (when it exists) and read the journal's row for the transaction."""

@@ -9,7 +9,14 @@ from payments.errors import InvalidRequest
 
 
 def as_named(db: Database, field: str, value: str | None) -> None:
-    """An operator's Hyp Id (already a Hyp Id: 1 to 20 digits, not all zeros) with a leading zero is taken only when
-    the journal holds it written so (Hyp sent it so); else InvalidRequest naming `field`."""
-    if value is not None and value.startswith("0") and not Journal(db).holds(value):
+    """An operator's Hyp Id (already a Hyp Id: 1 to 20 digits, not all zeros) is taken only written as the journal
+    holds it: the journal compares Ids as text, so "0123" and "123" would be two transactions, and one Hyp transaction
+    could be credited twice. One the journal holds with or without leading zeros must be named so; one it does not
+    hold, written with no leading zero, as Hyp writes it. Else InvalidRequest naming `field`."""
+    if value is None:
+        return
+    held = Journal(db).spellings(value)
+    if held and value not in held:
+        raise InvalidRequest(f"{field}: the journal holds this Hyp transaction as {held[0]}: name it so")
+    if value.startswith("0") and value not in held:
         raise InvalidRequest(f"{field}: {protocol.LEADING_ZERO_PROBLEM}")
