@@ -10,7 +10,7 @@ import pytest
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
 from tests.integration.test_hypay_callback import buy, forge, notify, pay
-from tests.integration.test_operator_hyp_ids import _lost_charge
+from tests.integration.test_refund_lost_charge import _lost_charge
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import every_item, resolve
 from tests.support.payments import Env

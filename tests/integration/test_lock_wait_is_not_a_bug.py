@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tests.integration.test_hypay_callback import metric_totals
-from tests.integration.test_operator_hyp_ids import _lost_charge
+from tests.integration.test_refund_lost_charge import _lost_charge
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import resolve
 from tests.integration.test_web_app_locks import short_query_timeout as short_query_timeout  # noqa: F401

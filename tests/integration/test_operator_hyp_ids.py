@@ -9,22 +9,12 @@ import uuid
 import pytest
 
 from tests.integration.test_hypay_callback import buy, notify, pay
+from tests.integration.test_refund_lost_charge import _lost_charge
 from tests.integration.test_refund_outcome import _lost_refund, settle
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import resolve
-from tests.support.payments import CVV, PRO, Env, post
+from tests.support.payments import Env
 from tests.support.pg import connect
-
-
-def _lost_charge(env: Env, key: str) -> tuple[str, str]:
-    """A saved-card charge (PRO, 199.00, 500 credits) Hyp made, its answer lost: (payment id, Hyp Id)."""
-    env.sim.faults.add("soft", "lost")
-    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key=key)
-    assert answer.status == 202, answer.body
-    pid = answer.json["payment_id"]
-    [charge] = [t for t in env.sim.transactions.values() if t.order == pid]
-    assert env.status(pid) == "needs_review"
-    return pid, charge.id
 
 
 def test_a_lost_charge_is_not_completed_with_another_payments_hyp_id_written_with_a_leading_zero(
