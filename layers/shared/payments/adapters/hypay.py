@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.client
-import re
 import socket
 import threading
 import time
@@ -94,11 +93,10 @@ def _without_our_secrets(answer: protocol.Answer, secrets: list[str]) -> protoco
 # The fields a SIGN answer adds of its own, as they must be: `action=pay`, and the page's `signature` (64 hex digits,
 # which a short PassP may well occur in by chance: and the same page's signature every time, so a refusal would never
 # pass). Anything else in them is searched like any other field.
-_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
-
-
 def _sign_own_field(name: str, value: str) -> bool:
-    return (name == "action" and value == "pay") or (name == "signature" and _SIGNATURE.fullmatch(value) is not None)
+    return (name == "action" and value == "pay") or (
+        name == "signature" and protocol.HMAC_SHA256_HEX.fullmatch(value) is not None
+    )
 
 
 def _repeats_credentials(answer: protocol.Answer, params: dict[str, str]) -> bool:

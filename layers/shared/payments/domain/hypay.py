@@ -241,8 +241,8 @@ def _signature_matches(raw_query: str, key: str) -> bool:
     return hmac.compare_digest(expected.encode(), signs[0].lower().encode("ascii"))
 
 
-# What `Sign` is: an HMAC-SHA256 in hex.
-_SIGN = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
+# An HMAC-SHA256 in hex: what a callback's `Sign` and a SIGN answer's `signature` are.
+HMAC_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 
 
 def unsignable(raw: str) -> str | None:
@@ -254,7 +254,7 @@ def unsignable(raw: str) -> str | None:
     signs = ([last["Sign"]] if "Sign" in last else []) if unique else [v for n, v in _split(raw) if n == "Sign"]
     if len(signs) != 1:
         return "it has no Sign" if not signs else "its Sign is repeated"
-    if not _SIGN.fullmatch(signs[0]):
+    if not HMAC_SHA256_HEX.fullmatch(signs[0]):
         return "its Sign is not an HMAC-SHA256 in hex"
     if redirect_sign_payload(raw) is None:
         return "a field its Sign covers is missing, repeated or not ASCII"

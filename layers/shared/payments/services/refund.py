@@ -166,8 +166,6 @@ class Refunds:
             raise InvalidRequest("amount: must be positive")
         if original is not None and original.minor <= 0:
             raise InvalidRequest("original_amount: must be positive")
-        if hypay_id is not None and protocol.hyp_id(hypay_id) is None:
-            raise InvalidRequest(f"hypay_id: {protocol.HYP_ID_PROBLEM}")
         as_named(self.deps.store.db, "hypay_id", hypay_id)
         scope = {
             "payment_id": str(payment_id),

@@ -22,7 +22,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 from payments.adapters import audit
 from payments.adapters.db import Transaction
 from payments.adapters.refunds_store import NotRefundable, RefundRow, RefundsStore
-from payments.domain import hypay as protocol
 from payments.domain.refund import Method, RefundStatus
 from payments.errors import Conflict, InvalidRequest, NotFound, RequestInProgress
 from payments.observability import logger, metrics
@@ -60,8 +59,6 @@ class RefundOutcome:
         reason = (reason or "").strip()
         if not 1 <= len(reason) <= 500:
             raise InvalidRequest("reason: 1 to 500 characters saying what Hyp's portal shows")
-        if hypay_refund_id is not None and protocol.hyp_id(hypay_refund_id) is None:
-            raise InvalidRequest(f"hypay_refund_id: {protocol.HYP_ID_PROBLEM}")
         as_named(self.store.db, "hypay_refund_id", hypay_refund_id)
         row = self.store.get(refund_id)
         if row is None:
