@@ -216,7 +216,7 @@ class RefundBody(BaseModel):
     # Hyp's answer gave unreadably (the journal keeps it from then on); anywhere else it must match the journal's.
     original_amount: str | None = Field(default=None, **_POSITIVE_AMOUNT)
     # An all-zero Id names no transaction (the one Hyp Id rule): refused by the service, and the document says so. One
-    # with a leading zero is taken only when the journal holds it so written (the service).
+    # with leading zeros is taken as the journal holds that number, or as Hyp writes it (services.hyp_ids.as_named).
     hypay_id: str | None = Field(
         default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
     )

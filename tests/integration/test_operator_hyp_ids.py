@@ -1,5 +1,6 @@
-"""The operator's actions that name a Hyp Id: written as Hyp writes it (a leading zero would name no transaction the
-journal holds and slip past "already paid another payment"), and two resolves racing for one Id (409, not a 5xx)."""
+"""The operator's actions that name a Hyp Id: taken as the journal holds that number, or as Hyp writes it (a leading
+zero must never name no transaction the journal holds and slip past "already paid another payment"), and two resolves
+racing for one Id (409, not a 5xx)."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ def test_a_lost_charge_is_not_completed_with_another_payments_hyp_id_written_wit
     before = env.credits()
     # When an operator completes A naming X with a leading zero
     done = resolve(a, {"action": "complete", "reason": "charged in Hyp", "hypay_id": "0" + x.id}, key=str(uuid.uuid4()))
-    # Then it is refused (not an Id as Hyp writes it), and nothing is granted: one Hyp transaction is never credited
-    # twice ('13579951' for P, '013579951' for A)
-    assert (done.status, env.credits() - before) == (400, 0), (done.status, done.body)
+    # Then it is refused as X itself would be (already paid another payment), and nothing is granted: one Hyp
+    # transaction is never credited twice ('13579951' for P, '013579951' for A)
+    assert (done.status, env.credits() - before) == (409, 0), (done.status, done.body)
+    assert "another payment" in done.json["detail"], done.body
 
 
 @pytest.mark.usefixtures("admin")
@@ -45,8 +47,8 @@ def test_another_payments_transaction_with_a_leading_zero_is_not_taken_as_a_refu
     plain = settle(refund_id, {"outcome": "refunded", "hypay_refund_id": paid.id, "reason": "Hyp: refunded"})
     zero = settle(refund_id, {"outcome": "refunded", "hypay_refund_id": "0" + paid.id, "reason": "Hyp: refunded"})
     assert plain.status == 409  # another payment's transaction (test_refund_outcome_foreign_id)
-    # And written with a leading zero: refused as not an Id (never stored as "Hyp transaction 0<X>")
-    assert zero.status == 400, (zero.status, zero.body)
+    # And written with a leading zero: refused as that same transaction (never stored as "Hyp transaction 0<X>")
+    assert (zero.status, zero.json["detail"]) == (plain.status, plain.json["detail"]), (zero.status, zero.body)
 
 
 def test_resolves_of_two_payments_racing_for_one_hyp_id_answer_409_not_503(admin: Env, saved_card: str) -> None:
@@ -67,3 +69,31 @@ def test_resolves_of_two_payments_racing_for_one_hyp_id_answer_409_not_503(admin
     assert env.credits() == before and env.status(b) == "needs_review"
     # As one after the other: 409 "already paid another payment" (it was a 503 counted as an unhandled error)
     assert answer.status == 409, (answer.status, answer.body)
+
+
+def test_an_id_the_journal_does_not_hold_is_taken_as_hyp_writes_it(admin: Env, saved_card: str) -> None:
+    """A lost charge completed naming its Id with a leading zero is stored as Hyp writes that Id, so Hyp's callback for
+    it later finds it, never a second transaction."""
+    env = admin
+    a, x = _lost_charge(env, "lost-a")
+    done = resolve(a, {"action": "complete", "reason": "charged in Hyp", "hypay_id": "00" + x}, key=str(uuid.uuid4()))
+    assert (done.status, done.json.get("hypay_id")) == (200, x), (done.status, done.body)
+    assert env.rows("SELECT hypay_transaction_id FROM payments WHERE id = :a::uuid", a=a) == [[x]]
+    assert env.rows("SELECT count(*) FROM hypay_transactions WHERE hypay_id LIKE '0%'") == [[0]]
+
+
+def test_a_number_the_journal_holds_in_two_spellings_is_a_conflict(admin: Env, saved_card: str) -> None:
+    env = admin
+    a, x = _lost_charge(env, "lost-a")
+    b, _ = _lost_charge(env, "lost-b")
+    done = resolve(a, {"action": "complete", "reason": "charged in Hyp", "hypay_id": x}, key=str(uuid.uuid4()))
+    assert done.status == 200, done.body
+    env.rows(
+        "INSERT INTO hypay_transactions (hypay_id, payment_id, source, verified, decision) SELECT '0' || hypay_id,"
+        " payment_id, source, verified, decision FROM hypay_transactions WHERE hypay_id = :x",
+        x=x,
+    )
+    before = env.credits()
+    twice = resolve(b, {"action": "complete", "reason": "charged in Hyp", "hypay_id": x}, key=str(uuid.uuid4()))
+    assert (twice.status, env.credits() - before) == (409, 0), (twice.status, twice.body)
+    assert f"as 0{x} and as {x}" in twice.json["detail"], twice.body

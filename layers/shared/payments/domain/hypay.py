@@ -298,12 +298,6 @@ def hyp_id(value: str | None) -> str | None:
     return value if value is not None and HYP_ID.fullmatch(value) else None
 
 
-# A Hyp transaction id an operator names with a leading zero: Hyp writes none, and the journal keeps Ids as Hyp sent
-# them and compares them as text, so "0123" would name no transaction it holds and slip past the checks that an Id
-# already paid another payment (one Hyp transaction credited twice). Taken only when the journal holds it so written.
-LEADING_ZERO_PROBLEM = "a Hyp transaction id with a leading zero that the journal does not hold: write it as Hyp does"
-
-
 _FORMATS = (
     ("Id", HYP_ID, HYP_ID_PROBLEM),
     ("CCode", re.compile(r"[0-9]{1,3}", re.ASCII), "CCode is not a Hyp code (1 to 3 ASCII digits)"),

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+from typing import overload
+
 from payments.adapters.db import Database
 from payments.adapters.journal import Journal
 from payments.domain import hypay as protocol
-from payments.errors import InvalidRequest
+from payments.errors import Conflict, InvalidRequest
 
 
-def as_named(db: Database, field: str, value: str | None) -> None:
-    """An operator's Hyp Id is a Hyp Id (1 to 20 digits, not all zeros), taken only written as the journal holds it:
-    the journal compares Ids as text, so "0123" and "123" would be two transactions, and one Hyp transaction could be
-    credited twice. One the journal holds with or without leading zeros must be named so; one it does not hold,
-    written with no leading zero, as Hyp writes it. Else InvalidRequest naming `field`."""
+@overload
+def as_named(db: Database, field: str, value: str) -> str: ...
+@overload
+def as_named(db: Database, field: str, value: None) -> None: ...
+@overload
+def as_named(db: Database, field: str, value: str | None) -> str | None: ...
+
+
+def as_named(db: Database, field: str, value: str | None) -> str | None:
+    """An operator's Hyp Id (1 to 20 digits, not all zeros, else InvalidRequest naming `field`), spelled as the journal
+    holds it. The journal compares Ids as text, so "0123" and "123" would be two transactions and one Hyp transaction
+    could be credited twice: a number the journal holds, with or without leading zeros, is taken as it holds it; one
+    it does not hold is taken as Hyp writes it, with no leading zero. A number the journal holds in two spellings is a
+    Conflict for a human to sort out, never a guess."""
     if value is None:
-        return
+        return None
     if protocol.hyp_id(value) is None:
         raise InvalidRequest(f"{field}: {protocol.HYP_ID_PROBLEM}")
     held = Journal(db).spellings(value)
-    if held and value not in held:
-        raise InvalidRequest(f"{field}: the journal holds this Hyp transaction as {held[0]}: name it so")
-    if value.startswith("0") and value not in held:
-        raise InvalidRequest(f"{field}: {protocol.LEADING_ZERO_PROBLEM}")
+    if len(held) > 1:
+        raise Conflict(f"{field}: the journal holds this Hyp transaction number as {' and as '.join(sorted(held))}")
+    return held[0] if held else value.lstrip("0")

@@ -166,7 +166,7 @@ class Refunds:
             raise InvalidRequest("amount: must be positive")
         if original is not None and original.minor <= 0:
             raise InvalidRequest("original_amount: must be positive")
-        as_named(self.deps.store.db, "hypay_id", hypay_id)
+        hypay_id = as_named(self.deps.store.db, "hypay_id", hypay_id)
         scope = {
             "payment_id": str(payment_id),
             "key": idempotency_key,

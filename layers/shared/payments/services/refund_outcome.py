@@ -59,7 +59,7 @@ class RefundOutcome:
         reason = (reason or "").strip()
         if not 1 <= len(reason) <= 500:
             raise InvalidRequest("reason: 1 to 500 characters saying what Hyp's portal shows")
-        as_named(self.store.db, "hypay_refund_id", hypay_refund_id)
+        hypay_refund_id = as_named(self.store.db, "hypay_refund_id", hypay_refund_id)
         row = self.store.get(refund_id)
         if row is None:
             raise NotFound("no such refund")

@@ -659,7 +659,7 @@ class ResolvePayment:
         admin, key = scope["admin"], scope["key"]
         payment_id = UUID(scope["payment_id"])
         request = ResolveRequest.model_validate(scope["request"])
-        as_named(self.db, "hypay_id", request.hypay_id)
+        request = request.model_copy(update={"hypay_id": as_named(self.db, "hypay_id", request.hypay_id)})
 
         def work(tx: Transaction) -> tuple[dict[str, Any], HypTransaction | None, Settlement | None, bool]:
             statements = ResolveStatements(tx)
