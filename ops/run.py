@@ -63,6 +63,10 @@ CURL = {
     '-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json" '
     '-H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" '
     '-d \'{{"outcome": "not_refunded", "reason": "no such refund in the Hyp portal"}}\'',
+    "POST /admin/transactions/{hypay_id}/close": "curl -i -X POST {base}/admin/transactions/<hypay_id>/close "
+    '-H "Authorization: Bearer $ADMIN" -H "Content-Type: application/json" '
+    '-H "Idempotency-Key: $(cat /proc/sys/kernel/random/uuid)" '
+    '-d \'{{"outcome": "refunded_in_hyp", "reason": "refunded in the Hyp portal, ticket #42"}}\'',
     "GET /debug/test-idempotency": 'curl -i "{base}/debug/test-idempotency?type=duplicate" '
     '-H "Authorization: Bearer $ADMIN"',
 }

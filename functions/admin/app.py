@@ -1,5 +1,5 @@
 """admin: GET /admin/review, POST /admin/payments/{payment_id}/resolve and .../refund,
-POST /admin/refunds/{refund_id}/outcome; admin token only."""
+POST /admin/refunds/{refund_id}/outcome, POST /admin/transactions/{hypay_id}/close; admin token only."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from payments.adapters.db import default_database
 from payments.adapters.review_store import ReviewStore
 from payments.api_schema import (
     ADMIN_TOKEN,
+    HYPAY_ID,
     IDEMPOTENCY_KEY,
     PAYMENT_ID,
     REFUND_ID,
@@ -30,6 +31,7 @@ from payments.api_schema import (
     reads_itself,
     retry_after,
 )
+from payments.domain import hypay as protocol
 from payments.domain.money import Currency, Money
 from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import HttpApi, error_response, problem, unhandled_error, validation_problem
@@ -108,11 +110,15 @@ def _keyed_post[M: BaseModel](payment_id: str, model: type[M], *, what: str = "p
         pid = UUID(payment_id)
     except ValueError:
         raise NotFound(f"no such {what}") from None
+    return admin, pid, *_key_and_body(model)
+
+
+def _key_and_body[M: BaseModel](model: type[M]) -> tuple[str, M]:
     key = _idempotency_key()
     event = app.current_event
     body = json_object(event.headers.get("content-type"), event.body, base64_encoded=event.is_base64_encoded)
     try:
-        return admin, pid, key, model.model_validate(body)
+        return key, model.model_validate(body)
     except ValidationError as exc:
         raise _InvalidBody(exc.errors()) from None
 
@@ -285,8 +291,8 @@ class RefundOutcomeBody(BaseModel):
 
     outcome: Literal["refunded", "not_refunded"]
     reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
-    # Hyp's refund transaction (zikoyAPI makes one; a cancellation none). An all-zero Id names none; one with a leading
-    # zero is taken only when the journal holds it so written (the service).
+    # Hyp's refund transaction (zikoyAPI makes one; a cancellation none). An all-zero Id names none; one with leading
+    # zeros is taken as the journal holds that number, or as Hyp writes it (services.hyp_ids.as_named).
     hypay_refund_id: str | None = Field(
         default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
     )
@@ -331,6 +337,53 @@ def post_refund_outcome(refund_id: Annotated[str, Path(json_schema_extra=REFUND_
         idempotency_key=key,
     )
     return Response(settled.status, "application/json", json.dumps(settled.body))
+
+
+class CloseBody(BaseModel):
+    """`POST /admin/transactions/{hypay_id}/close` body: what Hyp's portal shows of a transaction no action of ours
+    settles."""
+
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
+
+    outcome: Literal["refunded_in_hyp"]
+    reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
+
+    @field_validator("reason")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        return operator_reason(value)
+
+
+@app.post(
+    "/admin/transactions/<hypay_id>/close",
+    summary="Close a Hyp transaction no action of ours settles (refunded in Hyp's portal); nothing is sent to Hyp",
+    tags=["admin"],
+    security=ADMIN_TOKEN,
+    responses={
+        200: json_answer("TransactionClosed", "Closed as found (or already so: the same answer)."),
+        400: problem_json("Malformed body, or a missing or malformed Idempotency-Key."),
+        401: UNAUTHORIZED_ADMIN,
+        404: problem_json("No such Hyp transaction in the journal."),
+        409: problem_json(
+            "Not one to close so (its payment under review, not verified, not charged, a refund of it unsettled,"
+            " refunded in full already), or closed otherwise already."
+        ),
+        415: UNSUPPORTED_MEDIA_TYPE,
+        503: UNAVAILABLE,
+    },
+    openapi_extensions=reads_itself(parameters=[IDEMPOTENCY_KEY], body=CloseBody),
+)
+def post_close(hypay_id: Annotated[str, Path(json_schema_extra=HYPAY_ID)]) -> Response[Any]:
+    admin = _admin()
+    if protocol.hyp_id(hypay_id) is None:
+        raise NotFound("no such Hyp transaction in the journal")
+    key, request = _key_and_body(CloseBody)
+    from payments.services.close_transaction import CloseTransaction
+
+    closed = CloseTransaction(default_database())(
+        hypay_id=hypay_id, outcome=request.outcome, reason=request.reason, admin=admin, idempotency_key=key
+    )
+    return Response(closed.status, "application/json", json.dumps(closed.body))
 
 
 @app.exception_handler(_InvalidBody)

@@ -33,6 +33,7 @@ def test_template_declares_functions_routes_and_schedule() -> None:
         "POST /admin/payments/{payment_id}/resolve",
         "POST /admin/payments/{payment_id}/refund",
         "POST /admin/refunds/{refund_id}/outcome",
+        "POST /admin/transactions/{hypay_id}/close",
     }
     assert template.functions["CleanupFunction"].schedules == ("rate(1 hour)",)
     assert rate_seconds("rate(1 hour)") == 3600

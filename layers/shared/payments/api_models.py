@@ -164,6 +164,22 @@ class RefundSettled(BaseModel):
     detail: str | None
 
 
+class TransactionClosed(BaseModel):
+    """A Hyp transaction closed by an operator (200): what Hyp's portal shows, by whom, when and why."""
+
+    model_config = ConfigDict(defer_build=True, extra="allow")
+
+    hypay_id: str
+    payment_id: str | None
+    decision: str
+    amount: str | None
+    currency: str | None
+    closed_as: str
+    closed_by: str
+    closed_at: str
+    reason: str
+
+
 class Refund(BaseModel):
     """A refund that succeeded (201)."""
 

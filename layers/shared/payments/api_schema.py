@@ -85,6 +85,8 @@ def reads_itself(
 
 PAYMENT_ID: dict[str, Any] = {"format": "uuid"}  # a path's payment_id: anything else is no payment (404)
 REFUND_ID: dict[str, Any] = {"format": "uuid"}  # a path's refund_id: anything else is no refund (404)
+# A path's hypay_id: a Hyp Id (any other text is no transaction: 404, as the document says by this pattern)
+HYPAY_ID: dict[str, Any] = {"pattern": "^0*[1-9][0-9]*$", "maxLength": 20}
 
 
 # The fields a callback is refused without (`protocol.malformed`), as JSON Schema; a test holds them to the code.

@@ -29,6 +29,7 @@ class AuditAction(StrEnum):
     RESOLVE = "resolve"
     REFUND = "refund"
     CLEANUP = "cleanup"
+    CLOSE = "close"
 
 
 class AuditEntry(Record):

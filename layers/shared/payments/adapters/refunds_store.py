@@ -168,10 +168,12 @@ RETURNING 1"""
 _BY_KEY = f"SELECT {_COLUMNS} FROM public.refunds WHERE idempotency_key = :key"
 _BY_ID = f"SELECT {_COLUMNS} FROM public.refunds WHERE id = :id::uuid"
 
-# The journal's row of the transaction to refund; whether it is a refund's own transaction (money that went back);
-# whether a refund of the payment has no Id of its own yet (being asked, its answer lost, or given without one).
+# The journal's row of the transaction to refund (closed by an operator: refunded through Hyp's portal); whether it is
+# a refund's own transaction (money that went back); whether a refund of the payment has no Id of its own yet (being
+# asked, its answer lost, or given without one).
 _JOURNAL_ROW = """
 SELECT j.amount::text, j.currency, j.decision, j.ccode, j.first_seen, j.amount_named_by IS NOT NULL, j.detail,
+       j.closed_as, j.closed_by,
        (SELECT r.id::text FROM public.refunds r WHERE r.hypay_refund_id = j.hypay_id LIMIT 1),
        EXISTS (SELECT 1 FROM public.refunds r
                 WHERE r.payment_id = j.payment_id AND r.method = 'refund'
@@ -363,9 +365,13 @@ class RefundsStore:
         original: Money | None
         named = unjournaled = False
         if journal:
-            j_amount, j_currency, decision, ccode, first_seen, named, detail, refund_of, unnamed = journal[0]
+            (j_amount, j_currency, decision, ccode, first_seen, named, detail, closed_as, closed_by, refund_of,
+             unnamed) = journal[0]  # fmt: skip
             if planning and refund_of is not None:
                 raise NotRefundable(f"Hyp transaction {txn} is refund {refund_of}'s own: money that went back")
+            if planning and closed_as is not None:
+                # Refunded through Hyp's portal, as an operator found (services.close_transaction): never again here
+                raise NotRefundable(f"Hyp transaction {txn} was closed as {closed_as} by {closed_by}")
             if planning and (ccode != 0 or decision not in ("granted", "review")):
                 raise NotRefundable(f"Hyp transaction {txn} is not an approved payment of this payment ({decision})")
             if planning and unnamed and held_while_a_refund_has_no_id(decision, detail):

@@ -139,6 +139,7 @@ WITH items AS (
       FROM public.hypay_transactions t
       LEFT JOIN public.payments p ON p.id = t.payment_id
      WHERE t.decision IN ('review', 'unmatched', 'unverified')
+       AND t.closed_at IS NULL  -- closed by an operator from what Hyp's portal shows (services.close_transaction)
        AND NOT (t.decision = 'unverified' AND t.verified)
        -- every callback kept for the Id found forged by a check, and its payment failed by an operator after the
        -- last of those checks (who confirmed with Hyp's portal): no money of Hyp's behind it
@@ -390,11 +391,13 @@ class ResolveStatements:
         return bool(rows[0][0])
 
     def refunded(self, hypay_id: str, payment_id: UUID) -> bool:
-        """A refund of this transaction moved, or may have moved, money (attempted, succeeded, unknown)."""
+        """A refund of this transaction moved, or may have moved, money (attempted, succeeded, unknown), or an operator
+        closed it as refunded through Hyp's portal."""
         rows = self.tx.run(
             bind(
                 "SELECT EXISTS (SELECT 1 FROM public.refunds WHERE payment_id = :id::uuid AND original_hypay_id = :txn"
-                " AND status IN ('attempted', 'succeeded', 'unknown'))",
+                " AND status IN ('attempted', 'succeeded', 'unknown'))"
+                " OR EXISTS (SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :txn AND closed_as IS NOT NULL)",
                 txn=hypay_id,
                 id=str(payment_id),
             )

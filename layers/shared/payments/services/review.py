@@ -683,8 +683,8 @@ class ResolvePayment:
                 # Credits for money that went back (or may have) would be free credits: under the same lock as
                 # the refund's, so no race either way.
                 raise Conflict(
-                    f"Hyp transaction {paying} was refunded (or its refund is being confirmed): "
-                    "fail the payment instead"
+                    f"Hyp transaction {paying} was refunded (or its refund is being confirmed, or it was closed as"
+                    " refunded in Hyp's portal): fail the payment instead"
                 )
             if plan.action == "complete" and plan.txn is not None:
                 settlement = settle_by_operator(
