@@ -330,7 +330,7 @@ class HypayClient:
             params |= {
                 "SendHesh": "True",
                 "Pritim": "True",
-                "heshDesc": f"[0~{page.description}~1~{page.amount.hypay_amount()}]",
+                "heshDesc": protocol.invoice_line(page.description, page.amount.hypay_amount()),
             }
         answer = self._call("SIGN", params, retry=True)
         if "signature" not in answer.fields:

@@ -335,6 +335,16 @@ def _as_form_value(raw_value: str) -> str:
     return _NOT_FORM_VALUE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), raw_value)
 
 
+# Hyp's invoice lines (`heshDesc` with `Pritim=True`): `[code~description~quantity~price]`, one bracket a line. Its
+# separators in the item's text (a pack's name is the web app's row) would add lines or move the quantity and price.
+_INVOICE_SEPARATORS = str.maketrans({"[": "(", "]": ")", "~": "-"})
+
+
+def invoice_line(description: str, price: str) -> str:
+    """The one invoice line of a page: code 0, `description` with Hyp's separators replaced, quantity 1, `price`."""
+    return f"[0~{description.translate(_INVOICE_SEPARATORS)}~1~{price}]"
+
+
 def redact(text: str) -> str:
     """Masks anything that looks like a card number, for messages that came from outside."""
     return _PAN_LIKE.sub("[redacted]", text)

@@ -127,16 +127,32 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 _PLAIN = r"[^\u0000-\u0008\u000b-\u001f\u007f]"
 _SAID = r"[^\u0000-\u0020\u007f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
-# What `operator_reason` accepts, for the OpenAPI document: plain text with something besides white space.
-OPERATOR_REASON_SCHEMA: JsonDict = {"pattern": f"^{_PLAIN}*{_SAID}{_PLAIN}*$"}
+# A number as long as a card number: 13 digits or more, single spaces or dashes between them allowed ("5326 1053 0098
+# 5614", "5326-1053-0098-5614"). An operator's reason is kept for good (the audit trail, which nobody may change; the
+# refund's and the journal's rows): a card number pasted into it would be stored in clear, so it is refused, and the
+# operator writes the reason again without it (a Hyp Id or the payment's id names what is meant).
+_CARD_LENGTH_NUMBER = "[0-9](?:[ -]?[0-9]){12}"
+_CARD_LENGTH = re.compile(_CARD_LENGTH_NUMBER, re.ASCII)
+# What `operator_reason` accepts, for the OpenAPI document: plain text with something besides white space, and no
+# number as long as a card number.
+OPERATOR_REASON_SCHEMA: JsonDict = {
+    "pattern": f"^{_PLAIN}*{_SAID}{_PLAIN}*$",
+    "not": {"type": "string", "pattern": _CARD_LENGTH_NUMBER},
+}
 
 
 def operator_reason(value: str) -> str:
-    """An operator's `reason`: said, and plain text (no control characters but new lines and tabs)."""
+    """An operator's `reason`: said, plain text (no control characters but new lines and tabs), and no number as long
+    as a card number (never repeated in the error)."""
     if any(ord(ch) < 32 and ch not in "\n\t" for ch in value) or "\x7f" in value:
         raise ValueError("reason must be plain text (no control characters)")
     if not value.strip():
         raise ValueError("reason must say why")
+    if _CARD_LENGTH.search(value):
+        raise ValueError(
+            "reason holds a number as long as a card number (13 digits or more): write no card number; a Hyp Id or"
+            " the payment's id names what is meant"
+        )
     return value.strip()
 
 

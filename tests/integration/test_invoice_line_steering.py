@@ -1,0 +1,57 @@
+"""A credit pack's name (a web-app row) never adds or reprices lines on the invoice Hyp issues: Hyp's invoice lines
+are `[code~description~quantity~price]`, and the name goes into the description (an outside review sent SIGN requests
+with two lines, one priced 0.01, by naming a pack `Starter~1~0.01][0~Bonus pack`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+
+from payments.adapters import hypay
+from payments.domain import hypay as protocol
+from tests.support.api import reset_function_state
+from tests.support.payments import STARTER, Env, post
+
+_LINE = re.compile(r"\[([^\[\]]*)\]")
+HOSTILE = ["Starter~1~0.01][0~Bonus pack", "Starter~100~49.90", "Starter] [0~Gift~1~0", "[[~~]]", "~"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_an_invoice_line_is_one_line_of_four_fields_at_our_price(name: str) -> None:
+    line = protocol.invoice_line(name, "49.90")
+    [fields] = [found.split("~") for found in _LINE.findall(line)]
+    assert _LINE.fullmatch(line) and fields[0] == "0" and fields[2:] == ["1", "49.90"], line
+    assert len(fields) == 4
+
+
+@pytest.mark.parametrize("name", HOSTILE[:3])
+def test_a_pack_name_never_adds_or_reprices_invoice_lines(env: Env, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    from payments.settings import api_settings
+
+    # Given invoices issued by Hyp and a pack whose name holds Hyp's separators
+    monkeypatch.setenv("HYPAY_SEND_INVOICE", "true")
+    api_settings.cache_clear()
+    reset_function_state("CreatePaymentFunction")
+    env.rows("UPDATE credit_packs SET name = :n WHERE id = :p::uuid", n=name, p=STARTER)
+    sent: list[dict[str, str]] = []
+    real = hypay._opener()
+
+    class Recording:
+        def open(self, request: Any, timeout: float) -> Any:
+            sent.append(dict(parse_qsl(request.data.decode(), keep_blank_values=True)))
+            return real.open(request, timeout=timeout)
+
+    monkeypatch.setattr(hypay, "_opener", lambda: Recording())
+    # When the payment page is asked for
+    page = post({"credit_pack_id": STARTER}, key="invoice-lines")
+    assert page.status == 201, page.body
+    [sign] = [s for s in sent if s.get("What") == "SIGN" and s.get("Order") == page.json["payment_id"]]
+    # Then the invoice has the one line we priced: quantity 1 at the payment's amount
+    lines = [line.split("~") for line in _LINE.findall(sign["heshDesc"])]
+    assert len(lines) == 1 and len(lines[0]) == 4, sign["heshDesc"]
+    assert lines[0][2:] == ["1", sign["Amount"]], sign["heshDesc"]
+    api_settings.cache_clear()
+    reset_function_state("CreatePaymentFunction")

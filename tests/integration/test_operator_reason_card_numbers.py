@@ -1,0 +1,67 @@
+"""An operator's reason is kept for good (the append-only audit trail, the refund's row, the journal's detail): one
+holding a number as long as a card number is refused (400, never repeating it), and nothing is written or sent to Hyp
+(an outside review found a pasted card number stored in clear in all three)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.integration.test_admin_refund_http import refund
+from tests.integration.test_close_transaction import close
+from tests.integration.test_hypay_callback import buy, notify, pay
+from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
+from tests.integration.test_review import resolve
+from tests.support.payments import Env
+
+PAN = "5326105300985614"
+WRITTEN = [PAN, "5326 1053 0098 5614", "5326-1053-0098-5614", "4580000000000000000", "card:5326105300985614."]
+
+
+def _nothing_holds_it(env: Env) -> None:
+    for table in ("admin_audit_log", "idempotency_keys", "refunds", "hypay_transactions", "payments"):
+        text = "\n".join(r[0] for r in env.rows(f"SELECT row_to_json(t)::text FROM {table} t"))
+        digits = text.replace(" ", "").replace("-", "")
+        assert PAN not in digits and "4580000000000000000" not in digits, table
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("written", WRITTEN)
+def test_a_card_number_in_a_reason_is_refused_and_never_stored(env: Env, written: str) -> None:
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    paid = pay(env, payment)
+    assert notify(paid.redirect_query).status == 200
+    reversals = len(env.sim.reversals)
+    reason = f"customer asked, card {written}"
+    answers = [
+        refund(pid, {"reason": reason}, str(uuid.uuid4())),
+        resolve(pid, {"action": "fail", "reason": reason}, str(uuid.uuid4())),
+        close(paid.id, {"outcome": "refunded_in_hyp", "reason": reason}),
+    ]
+    for answer in answers:
+        assert answer.status == 400 and "card number" in answer.json["detail"], answer.body
+        assert written not in answer.body and PAN not in answer.body.replace(" ", "").replace("-", "")
+    assert len(env.sim.reversals) == reversals
+    assert env.rows("SELECT count(*) FROM refunds") == [[0]]
+    assert env.rows("SELECT count(*) FROM admin_audit_log") == [[0]]
+    _nothing_holds_it(env)
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "charged in Hyp (Id 12345678), ticket #42",
+        "phone 052-123-4567, 2026-11-27",
+        "payment 6ad5da40-b476-5340-9805-ab624d10cb6e paid twice",
+        "Hyp Id 123456789012 refunded",  # 12 digits
+    ],
+)
+def test_ordinary_reasons_with_numbers_are_taken(env: Env, reason: str) -> None:
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    assert notify(pay(env, payment).redirect_query).status == 200
+    answer = refund(pid, {"reason": reason, "amount": "1.00"}, str(uuid.uuid4()))
+    assert answer.status == 201, answer.body
