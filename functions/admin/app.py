@@ -32,6 +32,7 @@ from payments.api_schema import (
     retry_after,
 )
 from payments.domain import hypay as protocol
+from payments.domain.ids import canonical_uuid
 from payments.domain.money import Currency, Money
 from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import HttpApi, error_response, problem, unhandled_error, validation_problem
@@ -106,10 +107,9 @@ class _InvalidBody(PaymentError):
 def _keyed_post[M: BaseModel](payment_id: str, model: type[M], *, what: str = "payment") -> tuple[str, UUID, str, M]:
     """What every admin POST on a payment (or a refund) needs, each checked: the admin, the id, the key, the body."""
     admin = _admin()
-    try:
-        pid = UUID(payment_id)
-    except ValueError:
-        raise NotFound(f"no such {what}") from None
+    pid = canonical_uuid(payment_id)
+    if pid is None:
+        raise NotFound(f"no such {what}")
     return admin, pid, *_key_and_body(model)
 
 
@@ -284,10 +284,19 @@ def post_refund(payment_id: Annotated[str, Path(json_schema_extra=PAYMENT_ID)]) 
     return _answer(answer)
 
 
+# Hyp's refund Id is only said of a refund found made: with `not_refunded` it is malformed (the document says so).
+_NO_REFUND_ID_UNLESS_REFUNDED: dict[str, Any] = {
+    "if": {"required": ["outcome"], "properties": {"outcome": {"const": "not_refunded"}}},
+    "then": {"properties": {"hypay_refund_id": {"type": "null"}}},
+}
+
+
 class RefundOutcomeBody(BaseModel):
     """`POST /admin/refunds/{refund_id}/outcome` body: what Hyp's portal shows of a refund whose answer was lost."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        defer_build=True, extra="forbid", frozen=True, json_schema_extra=_NO_REFUND_ID_UNLESS_REFUNDED
+    )
 
     outcome: Literal["refunded", "not_refunded"]
     reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)

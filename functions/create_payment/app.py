@@ -26,6 +26,7 @@ from payments.api_schema import (
     retry_after,
 )
 from payments.caller import authenticated_user
+from payments.domain.ids import canonical_uuid
 from payments.domain.payment import CreatePaymentRequest
 from payments.errors import InvalidRequest, NotFound, PaymentError
 from payments.http import HttpApi, error_response, problem, unhandled_error, validation_problem
@@ -145,10 +146,9 @@ def post_payment() -> Response[Any]:
     ),
 )
 def read_payment(payment_id: str) -> Response[Any]:
-    try:
-        pid = UUID(payment_id)
-    except ValueError:
-        raise NotFound("no such payment") from None
+    pid = canonical_uuid(payment_id)
+    if pid is None:
+        raise NotFound("no such payment")
     body = get_payment(PaymentsStore(default_database()), user_id=_user_id(), payment_id=pid)
     return Response(200, "application/json", json.dumps(body))
 

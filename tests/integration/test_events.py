@@ -22,6 +22,7 @@ EXPECTED = {
     "admin_resolve.json": 409,  # the events' payment is pending (its page may still be open): not resolvable
     "admin_refund.json": 409,  # ... and nothing of it was paid: nothing to refund
     "admin_refund_outcome.json": 404,  # ... nor any refund to settle
+    "admin_close_transaction.json": 404,  # ... nor any Hyp transaction to close
     "cleanup_admin.json": 200,
     "cleanup_debug_test_idempotency.json": 200,
     "cleanup_schedule.json": None,  # not HTTP: the cleanup report

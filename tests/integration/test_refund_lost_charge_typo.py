@@ -28,7 +28,7 @@ def test_a_mistyped_id_hyp_refuses_never_completes_the_payment_and_the_right_one
     assert env.rows("SELECT verified FROM hypay_transactions WHERE hypay_id = :h", h=typo) == [[False]]
     # Then 'complete' without an Id finds no transaction known to have paid (only an Id the operator names again
     # completes it, as any Id of a lost charge the journal never saw)
-    assert resolve(pid, {"action": "complete", "reason": "Hyp shows the charge"}, key="c-1").status == 400
+    assert resolve(pid, {"action": "complete", "reason": "Hyp shows the charge"}, key="c-1").status == 409
     assert env.rows("SELECT hypay_transaction_id FROM payments WHERE id = :p::uuid", p=pid) == [[None]]
     assert env.credits() == before
     # And the right Id is refunded (a typo whose refund Hyp refused may be corrected)

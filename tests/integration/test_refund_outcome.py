@@ -95,7 +95,7 @@ def test_a_lost_refund_not_found_at_hyp_frees_its_amount_for_a_new_refund(
 @pytest.mark.parametrize(
     ("body", "status", "said"),
     [
-        ({"outcome": "refunded", "reason": "x"}, 400, "hypay_refund_id: required"),
+        ({"outcome": "refunded", "reason": "x"}, 409, "hypay_refund_id: required"),
         ({"outcome": "refunded", "hypay_refund_id": "0", "reason": "x"}, 400, "hypay_refund_id"),
         ({"outcome": "maybe", "reason": "x"}, 400, "outcome"),
         ({"outcome": "not_refunded", "hypay_refund_id": "12345678", "reason": "x"}, 400, "only with the outcome"),

@@ -347,9 +347,10 @@ def test_unknown_charge_outcome_needs_the_hyp_id_to_complete_and_can_be_failed(a
     charged = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="hang-1").json["payment_id"]
     not_charged = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="hang-2").json["payment_id"]
     before = admin.credits()
-    # When completed without saying which Hyp transaction paid: a 400 that asks for it
+    # When completed without saying which Hyp transaction paid: a 409 that asks for it (the body is well formed: the
+    # payment's state, no transaction known to have paid it, refuses it)
     unnamed = resolve(charged, {"action": "complete", "reason": "Hyp shows it charged"}, key="u-1")
-    assert unnamed.status == 400 and "hypay_id" in unnamed.json["detail"]
+    assert unnamed.status == 409 and "hypay_id" in unnamed.json["detail"]
     # Then with it: granted, and the journal records the transaction
     named = resolve(charged, {"action": "complete", "reason": "Hyp shows it", "hypay_id": "90000001"}, key="u-2")
     assert named.status == 200 and named.json["credits_granted"] == 500

@@ -11,6 +11,7 @@ from uuid import UUID
 from pydantic_core import PydanticUndefined, SchemaValidator
 from pydantic_core import core_schema as cs
 
+from payments.domain.ids import canonical_uuid
 from payments.records import Record
 
 
@@ -42,6 +43,14 @@ def _cvv_digits(value: str | None) -> str | None:
     return value
 
 
+def _canonical_pack_id(value: object) -> object:
+    """A string `credit_pack_id` is a UUID only as the document writes one (8-4-4-4-12): pydantic-core's UUID also
+    takes 32 bare digits, braces or `urn:uuid:`. Anything else goes on to its own check (a type error, as before)."""
+    if isinstance(value, str) and canonical_uuid(value) is None:
+        raise ValueError("credit_pack_id must be a UUID written 8-4-4-4-12")
+    return value
+
+
 def _one_card(fields: dict[str, Any]) -> dict[str, Any]:
     if fields["cvv"] is not None and not fields["saved_card"]:
         raise ValueError("cvv is only accepted with saved_card")
@@ -65,7 +74,9 @@ def _request_validator() -> SchemaValidator:
             _one_card,
             cs.typed_dict_schema(
                 {
-                    "credit_pack_id": _field(cs.uuid_schema()),
+                    "credit_pack_id": _field(
+                        cs.no_info_before_validator_function(_canonical_pack_id, cs.uuid_schema())
+                    ),
                     # strict: only JSON true/false; "yes", 1 or "true" are a 400, not a guess at what was meant.
                     "save_card": _field(cs.bool_schema(strict=True), default=False),
                     "saved_card": _field(cs.bool_schema(strict=True), default=False),

@@ -99,12 +99,13 @@ class RefundOutcome:
 
     @staticmethod
     def _check_refund_id(row: RefundRow, hypay_refund_id: str | None) -> None:
+        """What the refund itself refuses of a well-formed finding: 409 (the document's 400 is a malformed body)."""
         if row.method == Method.CANCEL and hypay_refund_id is not None:
-            raise InvalidRequest("hypay_refund_id: a cancellation (CancelTrans) makes no transaction of its own")
+            raise Conflict("hypay_refund_id: a cancellation (CancelTrans) makes no transaction of its own")
         if row.method == Method.REFUND and hypay_refund_id is None:
-            raise InvalidRequest("hypay_refund_id: required, the Id of Hyp's refund transaction (zikoyAPI)")
+            raise Conflict("hypay_refund_id: required, the Id of Hyp's refund transaction (zikoyAPI)")
         if hypay_refund_id is not None and hypay_refund_id == row.original_hypay_id:
-            raise InvalidRequest("hypay_refund_id: that is the refunded transaction's own Id, not the refund's")
+            raise Conflict("hypay_refund_id: that is the refunded transaction's own Id, not the refund's")
 
     @staticmethod
     def _as_it_is(row: RefundRow, outcome: Outcome, hypay_refund_id: str | None) -> Settled | None:

@@ -526,7 +526,8 @@ def plan_resolution(
     paid_elsewhere: bool,
 ) -> Plan:
     """What resolving does, from the locked payment, its journal rows, and (with `hypay_id`) the journal's row
-    for that Id wherever it belongs. Raises Conflict (409) / InvalidRequest (400) saying why not. Pure."""
+    for that Id wherever it belongs. Raises Conflict (409) saying why not: the body was well formed (400 is the
+    document's malformed body), the payment's state refuses it. Pure."""
     why_not = _not_resolvable(payment, journal)
     if why_not:
         raise Conflict(why_not)
@@ -558,7 +559,7 @@ def plan_resolution(
     if request.hypay_id is None:
         flagged = [e for e in journal if e.decision == "review" and e.ccode == protocol.APPROVED and e.verified]
         if not flagged:
-            raise InvalidRequest(
+            raise Conflict(
                 f"no Hyp transaction is known to have paid payment {payment.id}: name the one that did (hypay_id,"
                 f" from Hyp's transactions for Order {payment.id}), or fail it"
             )
