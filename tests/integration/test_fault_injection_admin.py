@@ -11,7 +11,9 @@ The same method as test_fault_injection.py (its `Harness`, `Case` and `Flow`, an
   whose answer gave its amount unreadably (journaled with none, completed by an operator), the refund naming what
   Hyp's transactions show it paid (`original_amount`: the journal learns it in the same flow);
 - resolving by hand (`POST /admin/payments/{id}/resolve`, payments.services.review): `complete` and `fail` of a
-  payment in needs_review after an amount mismatch (Hyp said 1.00 was paid for 49.90).
+  payment in needs_review after an amount mismatch (Hyp said 1.00 was paid for 49.90);
+- closing by hand (`POST /admin/transactions/{hypay_id}/close`, payments.services.close_transaction) that
+  mismatch's transaction once its payment was failed: refunded in Hyp's portal, audited once.
 
 Each flow is run once cleanly with the Injector recording its points (every database statement the function
 sends, every call to Hyp); then, for every point and every fault (`drop_before`, `drop_after`, `killed`), a
@@ -571,6 +573,42 @@ def settle_flow(name: str) -> Flow:
     return Flow(name, prepare, send, converge)
 
 
+def close_flow(name: str) -> Flow:
+    """A payment failed by an operator after an amount mismatch, whose transaction (held for review) the operator
+    refunded in Hyp's portal: `POST /admin/transactions/{id}/close` marks it so, audited once, out of the queue.
+    Nothing is sent to Hyp and no credits move."""
+
+    def prepare(harness: Harness, key: str) -> dict[str, Any]:
+        h = _admin(harness)
+        ctx = h.mismatch(key)
+        failed = admin_post(ctx["payment_id"], "resolve", {"action": "fail", "reason": REASON}, f"{key}-fail")
+        assert failed.status == 200, failed.body
+        body = {"outcome": "refunded_in_hyp", "reason": "refunded in Hyp's portal"}
+        return {**ctx, "admin_key": f"{key}-close", "body": body}
+
+    def send(ctx: dict[str, Any]) -> Answer:
+        headers = {"Authorization": f"Bearer {ALICE}", "Idempotency-Key": ctx["admin_key"]}
+        return invoke(ADMIN, "POST", f"/admin/transactions/{ctx['txn']}/close", body=ctx["body"], headers=headers)
+
+    def converge(harness: Harness, ctx: dict[str, Any], first: Answer | None, case: Case) -> str | None:
+        h = _admin(harness)
+        final = h.until_final(lambda: send(ctx), first, case)
+        problems = []
+        if final is None or final.status != 200 or final.json.get("closed_as") != "refunded_in_hyp":
+            problems.append(f"the close did not end in 200 closed: {describe(final)}")
+        closed = h.rows("SELECT closed_as, closed_by FROM hypay_transactions WHERE hypay_id = :h", h=ctx["txn"])
+        audits = h.rows("SELECT admin, idempotency_key FROM admin_audit_log WHERE action = 'close'")
+        audited = [a for a in audits if a[1] == ctx["admin_key"]]
+        if closed != [["refunded_in_hyp", "alice"]] or audited != [["alice", ctx["admin_key"]]]:
+            problems.append(f"journal {closed}, close audit rows {audited}")
+        [[grants]] = h.rows("SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=ctx["payment_id"])
+        if grants or h.status(ctx["payment_id"]) != "failed":
+            problems.append(f"payment {h.status(ctx['payment_id'])}, {grants} ledger rows")
+        return "; ".join(problems) or None
+
+    return Flow(name, prepare, send, converge)
+
+
 FLOWS = (
     refund_flow("refund_cancel_today", TODAY),
     refund_flow("refund_zikoy_older", TOMORROW),
@@ -581,6 +619,7 @@ FLOWS = (
     settle_flow("refund_outcome_settled"),
     resolve_flow("resolve_complete", "complete"),
     resolve_flow("resolve_fail", "fail"),
+    close_flow("close_refunded_in_hyp"),
 )
 
 
