@@ -58,3 +58,21 @@ def test_a_lost_charge_is_not_completed_with_another_payments_hyp_id_journaled_w
     # Then it is taken as the journal holds it, P's: refused, one Hyp transaction is never credited twice
     assert (done.status, env.credits() - before) == (409, 0), (done.status, done.body, env.credits() - before)
     assert "another payment" in done.json["detail"], done.body
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize(("first", "second"), [("77700042", "077700042"), ("077700042", "77700042")])
+def test_one_hyp_transaction_in_two_spellings_is_credited_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch, first: str, second: str
+) -> None:
+    """Were Hyp to send one transaction's Id in both spellings (for two payments), the journal's unique number refuses
+    the second row: that delivery is 'not yet' and alarmed, never a second credit."""
+    use_mode(monkeypatch, "hmac")  # the callbacks below are genuine (signed with our KEY)
+    a, b = buy(env, key=str(uuid.uuid4())), buy(env, key=str(uuid.uuid4()))
+    before = env.credits()
+    assert notify(forge([(k, first if k == "Id" else v) for k, v in unpaid_claim(a["payment_id"])])).status == 200
+    again = notify(forge([(k, second if k == "Id" else v) for k, v in unpaid_claim(b["payment_id"])]))
+    assert again.status == 503, again.body
+    assert (env.status(a["payment_id"]), env.status(b["payment_id"])) == ("completed", "pending")
+    assert env.credits() == before + 100
+    assert env.rows("SELECT hypay_id FROM hypay_transactions") == [[first]]

@@ -80,20 +80,3 @@ def test_an_id_the_journal_does_not_hold_is_taken_as_hyp_writes_it(admin: Env, s
     assert (done.status, done.json.get("hypay_id")) == (200, x), (done.status, done.body)
     assert env.rows("SELECT hypay_transaction_id FROM payments WHERE id = :a::uuid", a=a) == [[x]]
     assert env.rows("SELECT count(*) FROM hypay_transactions WHERE hypay_id LIKE '0%'") == [[0]]
-
-
-def test_a_number_the_journal_holds_in_two_spellings_is_a_conflict(admin: Env, saved_card: str) -> None:
-    env = admin
-    a, x = _lost_charge(env, "lost-a")
-    b, _ = _lost_charge(env, "lost-b")
-    done = resolve(a, {"action": "complete", "reason": "charged in Hyp", "hypay_id": x}, key=str(uuid.uuid4()))
-    assert done.status == 200, done.body
-    env.rows(
-        "INSERT INTO hypay_transactions (hypay_id, payment_id, source, verified, decision) SELECT '0' || hypay_id,"
-        " payment_id, source, verified, decision FROM hypay_transactions WHERE hypay_id = :x",
-        x=x,
-    )
-    before = env.credits()
-    twice = resolve(b, {"action": "complete", "reason": "charged in Hyp", "hypay_id": x}, key=str(uuid.uuid4()))
-    assert (twice.status, env.credits() - before) == (409, 0), (twice.status, twice.body)
-    assert f"as 0{x} and as {x}" in twice.json["detail"], twice.body

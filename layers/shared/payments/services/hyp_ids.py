@@ -7,7 +7,7 @@ from typing import overload
 from payments.adapters.db import Database
 from payments.adapters.journal import Journal
 from payments.domain import hypay as protocol
-from payments.errors import Conflict, InvalidRequest
+from payments.errors import InvalidRequest
 
 
 @overload
@@ -21,14 +21,12 @@ def as_named(db: Database, field: str, value: str | None) -> str | None: ...
 def as_named(db: Database, field: str, value: str | None) -> str | None:
     """An operator's Hyp Id (1 to 20 digits, not all zeros, else InvalidRequest naming `field`), spelled as the journal
     holds it. The journal compares Ids as text, so "0123" and "123" would be two transactions and one Hyp transaction
-    could be credited twice: a number the journal holds, with or without leading zeros, is taken as it holds it; one
-    it does not hold is taken as Hyp writes it, with no leading zero. A number the journal holds in two spellings is a
-    Conflict for a human to sort out, never a guess."""
+    could be credited twice: a number the journal holds, with or without leading zeros, is taken as it holds it (one
+    spelling at most: sql/014's unique index on the number); one it does not hold is taken as Hyp writes it, with no
+    leading zero."""
     if value is None:
         return None
     if protocol.hyp_id(value) is None:
         raise InvalidRequest(f"{field}: {protocol.HYP_ID_PROBLEM}")
     held = Journal(db).spellings(value)
-    if len(held) > 1:
-        raise Conflict(f"{field}: the journal holds this Hyp transaction number as {' and as '.join(sorted(held))}")
     return held[0] if held else value.lstrip("0")
