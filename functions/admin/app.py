@@ -10,13 +10,14 @@ from uuid import UUID
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Path
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from payments.adapters.admin_token import authenticate, tokens_provider
 from payments.adapters.db import default_database
 from payments.adapters.review_store import ReviewStore
 from payments.api_schema import (
     ADMIN_TOKEN,
+    AUDITED_KEY,
     HYPAY_ID,
     IDEMPOTENCY_KEY,
     PAYMENT_ID,
@@ -39,12 +40,11 @@ from payments.http import HttpApi, error_response, problem, unhandled_error, val
 from payments.observability import http_handler
 from payments.request_body import UnsupportedMediaType, json_object
 from payments.services.review import (
-    OPERATOR_REASON_SCHEMA,
+    OperatorBody,
     QueueQuery,
     Reason,
     ResolvePayment,
     ResolveRequest,
-    operator_reason,
     review_queue,
 )
 from payments.settings import AdminSettings, admin_settings, idempotency_settings
@@ -210,12 +210,9 @@ _POSITIVE_AMOUNT: dict[str, Any] = {
 }
 
 
-class RefundBody(BaseModel):
+class RefundBody(OperatorBody):
     """`POST /admin/payments/{id}/refund` body. Without `amount`: all that remains of the transaction."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
-
-    reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
     amount: str | None = Field(default=None, **_POSITIVE_AMOUNT)
     currency: Currency = Currency.ILS
     # What Hyp's transactions show the refunded transaction paid, in `currency`: only for a transaction whose amount
@@ -226,11 +223,6 @@ class RefundBody(BaseModel):
     hypay_id: str | None = Field(
         default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
     )
-
-    @field_validator("reason")
-    @classmethod
-    def _plain(cls, value: str) -> str:
-        return operator_reason(value)
 
 
 @cache
@@ -291,25 +283,17 @@ _NO_REFUND_ID_UNLESS_REFUNDED: dict[str, Any] = {
 }
 
 
-class RefundOutcomeBody(BaseModel):
+class RefundOutcomeBody(OperatorBody):
     """`POST /admin/refunds/{refund_id}/outcome` body: what Hyp's portal shows of a refund whose answer was lost."""
 
-    model_config = ConfigDict(
-        defer_build=True, extra="forbid", frozen=True, json_schema_extra=_NO_REFUND_ID_UNLESS_REFUNDED
-    )
+    model_config = ConfigDict(json_schema_extra=_NO_REFUND_ID_UNLESS_REFUNDED)
 
     outcome: Literal["refunded", "not_refunded"]
-    reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
     # Hyp's refund transaction (zikoyAPI makes one; a cancellation none). An all-zero Id names none; one with leading
     # zeros is taken as the journal holds that number, or as Hyp writes it (services.hyp_ids.as_named).
     hypay_refund_id: str | None = Field(
         default=None, pattern=r"^[0-9]{1,20}$", json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}}
     )
-
-    @field_validator("reason")
-    @classmethod
-    def _plain(cls, value: str) -> str:
-        return operator_reason(value)
 
 
 @app.post(
@@ -330,7 +314,7 @@ class RefundOutcomeBody(BaseModel):
         415: UNSUPPORTED_MEDIA_TYPE,
         503: UNAVAILABLE,
     },
-    openapi_extensions=reads_itself(parameters=[IDEMPOTENCY_KEY], body=RefundOutcomeBody),
+    openapi_extensions=reads_itself(parameters=[AUDITED_KEY], body=RefundOutcomeBody),
 )
 def post_refund_outcome(refund_id: Annotated[str, Path(json_schema_extra=REFUND_ID)]) -> Response[Any]:
     admin, rid, key, request = _keyed_post(refund_id, RefundOutcomeBody, what="refund")
@@ -348,19 +332,11 @@ def post_refund_outcome(refund_id: Annotated[str, Path(json_schema_extra=REFUND_
     return Response(settled.status, "application/json", json.dumps(settled.body))
 
 
-class CloseBody(BaseModel):
+class CloseBody(OperatorBody):
     """`POST /admin/transactions/{hypay_id}/close` body: what Hyp's portal shows of a transaction no action of ours
     settles."""
 
-    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
-
     outcome: Literal["refunded_in_hyp"]
-    reason: str = Field(min_length=1, max_length=500, json_schema_extra=OPERATOR_REASON_SCHEMA)
-
-    @field_validator("reason")
-    @classmethod
-    def _plain(cls, value: str) -> str:
-        return operator_reason(value)
 
 
 @app.post(
@@ -380,7 +356,7 @@ class CloseBody(BaseModel):
         415: UNSUPPORTED_MEDIA_TYPE,
         503: UNAVAILABLE,
     },
-    openapi_extensions=reads_itself(parameters=[IDEMPOTENCY_KEY], body=CloseBody),
+    openapi_extensions=reads_itself(parameters=[AUDITED_KEY], body=CloseBody),
 )
 def post_close(hypay_id: Annotated[str, Path(json_schema_extra=HYPAY_ID)]) -> Response[Any]:
     admin = _admin()

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from ops.seed import DEMO_USER_ID
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
 from tests.integration.test_hypay_callback import buy, forge, notify, pay
@@ -145,3 +146,27 @@ def test_the_journal_spelling_of_the_number_is_closed(admin: Env) -> None:
     txn = _unmatched("077700042")  # Hyp's callback wrote it with a leading zero: journaled so
     done = close("77700042")
     assert (done.status, done.json.get("hypay_id")) == (200, txn), done.body
+
+
+def test_a_transaction_whose_payment_stands_on_it_is_not_closed(admin: Env) -> None:
+    """A payment the web app completed before this backend ('paid', its credits granted by the web app) whose Hyp
+    transaction the journal holds for review: closing it would leave its credits with the customer for money refunded
+    in the portal. It is refused; a refund through the API takes them back (an outside review)."""
+    statuses = "('pending', 'completed', 'failed', 'expired', 'needs_review')"
+    payment = buy(admin, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    paid = pay(admin, payment)
+    admin.rows("ALTER TABLE payments DROP CONSTRAINT payments_status_check")
+    admin.rows("UPDATE payments SET status = 'paid', hypay_transaction_id = :t WHERE id = :p::uuid", t=paid.id, p=pid)
+    admin.rows(f"ALTER TABLE payments ADD CONSTRAINT payments_status_check CHECK (status IN {statuses}) NOT VALID")
+    admin.rows(
+        "INSERT INTO credit_transactions (user_id, amount, type, description, payment_id)"
+        " VALUES (:u::uuid, 100, 'purchase', 'Starter', :p::uuid)",
+        u=DEMO_USER_ID,
+        p=pid,
+    )
+    assert notify(paid.redirect_query).status == 200
+    assert admin.rows("SELECT decision FROM hypay_transactions WHERE hypay_id = :t", t=paid.id) == [["review"]]
+    answer = close(paid.id)
+    assert answer.status == 409 and "refund it through the API" in answer.json["detail"], answer.body
+    assert admin.rows("SELECT count(*) FROM hypay_transactions WHERE closed_at IS NOT NULL") == [[0]]

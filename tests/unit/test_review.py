@@ -181,7 +181,7 @@ def test_complete_takes_the_one_flagged_transaction_with_its_own_amount() -> Non
         ),
         (_payment(PaymentStatus.LEGACY, stored_status="paid"), [], None, None, False, Conflict, "before this backend"),
         (_payment(granted_before=True), [_row()], None, None, False, Conflict, "already granted"),
-        (_payment(), [], None, None, False, InvalidRequest, "hypay_id"),
+        (_payment(), [], None, None, False, Conflict, "hypay_id"),
         (_payment(), [_row("1"), _row("2")], None, None, False, Conflict, "several"),
         (_payment(), [], "9", None, True, Conflict, "another payment"),
         (_payment(), [], "9", None, False, Conflict, "not in the journal"),

@@ -55,6 +55,17 @@ def parameter(where: str, name: str, schema: dict[str, Any], description: str, *
 IDEMPOTENCY_KEY = parameter(
     "header", "Idempotency-Key", IDEMPOTENCY_KEY_SCHEMA, IDEMPOTENCY_KEY_DESCRIPTION, required=True
 )
+# An operator's finding (a refund's outcome, a transaction closed) is not stored under its key: the key is recorded
+# in the audit trail with the change, and repeating the finding is safe by the state it leaves.
+AUDITED_KEY = parameter(
+    "header",
+    "Idempotency-Key",
+    IDEMPOTENCY_KEY_SCHEMA,
+    "1 to 255 printable ASCII characters (or the same in double quotes), recorded in the audit trail with the"
+    " change. Repeating a finding is safe by state: one the row already holds answers as it is (200), another is"
+    " a 409; the key itself is not replayed.",
+    required=True,
+)
 
 
 def reads_itself(

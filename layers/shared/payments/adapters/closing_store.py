@@ -24,6 +24,7 @@ SELECT p.id FROM public.payments p
 _FACTS = """
 SELECT t.hypay_id, t.payment_id::text, t.decision, t.verified, t.ccode, t.amount::text, t.currency, t.order_ref,
        t.closed_as, t.closed_by, t.closed_at, t.closed_reason, p.status,
+       COALESCE(p.hypay_transaction_id = t.hypay_id, false),
        EXISTS (SELECT 1 FROM public.refunds r
                 WHERE r.original_hypay_id = t.hypay_id AND r.status IN ('attempted', 'unknown')),
        COALESCE((SELECT sum(r.amount) FROM public.refunds r
@@ -58,6 +59,7 @@ class Closable:
     closed_at: dt.datetime | None
     closed_reason: str | None
     payment_status: str | None  # None: the row names no payment of ours
+    paid_it: bool  # it is its payment's paying transaction (payments.hypay_transaction_id): credits stand on it
     refund_unsettled: bool  # a refund of it may be moving money (attempted, or its outcome unknown)
     refunded: Decimal  # what refunds of it through this API took back
     refund_of: str | None  # the refund whose own transaction it is (money that went back), if any
@@ -90,7 +92,7 @@ class CloseStatements:
         if not rows:
             return None
         (txn, payment, decision, verified, ccode, amount, currency, order_ref, closed_as, closed_by, closed_at,
-         closed_reason, status, unsettled, refunded, refund_of) = rows[0]  # fmt: skip
+         closed_reason, status, paid_it, unsettled, refunded, refund_of) = rows[0]  # fmt: skip
         return Closable(
             txn,
             payment,
@@ -105,6 +107,7 @@ class CloseStatements:
             closed_at,
             closed_reason,
             status,
+            bool(paid_it),
             bool(unsettled),
             Decimal(refunded),
             refund_of,

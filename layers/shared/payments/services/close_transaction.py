@@ -11,7 +11,8 @@ What may be closed: a journal row in the review queue as a transaction of its ow
 Nothing is sent to Hyp and no credits move: such a transaction never granted any. Closed, it leaves the queue, is never
 refunded again through this API, and is never taken to complete a payment (a resolve naming it is a 409, as for a
 refunded one). Refused (409, nothing written): a row whose payment is under review (resolve the payment first), one not
-verified yet (it settles when verified), one Hyp did not charge or that credits were granted for, one a refund of ours
+verified yet (it settles when verified), one Hyp did not charge or that credits were granted for (decided `granted`,
+or its payment's paying transaction, as a payment completed before this backend's is), one a refund of ours
 is still moving money for (settle that refund first), and one refunded in full through this API already.
 
 Repeating the request is safe: a row closed already as asked is answered as it is (no second audit row); the audit
@@ -53,6 +54,13 @@ def close_refusal(row: Closable) -> str | None:
         )
     if row.decision not in ("unmatched", "review"):
         return f"Hyp transaction {row.hypay_id} needs no human ({row.decision}): there is nothing to close"
+    if row.paid_it:
+        # Its payment's credits stand on it (a payment the web app completed before this backend, say): closed, they
+        # would stay with the customer for money refunded in the portal. A refund through the API takes them back.
+        return (
+            f"Hyp transaction {row.hypay_id} paid payment {row.payment_id}, whose credits stand on it: refund it"
+            " through the API (POST /admin/payments/{id}/refund), which takes them back"
+        )
     if row.ccode != 0:
         return f"Hyp did not charge transaction {row.hypay_id} (CCode {row.ccode}): there is nothing to close"
     if row.decision == "review" and row.payment_status == "needs_review":

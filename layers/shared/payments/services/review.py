@@ -32,6 +32,7 @@ from payments.adapters.db import Database, Transaction
 from payments.adapters.journal import HypTransaction, Source
 from payments.adapters.review_store import JournalRow, LockedPayment, QueueRow, ResolveStatements, ReviewStore
 from payments.domain import hypay as protocol
+from payments.domain.ids import CANONICAL_UUID
 from payments.domain.payment import PaymentStatus
 from payments.domain.refund import held_while_a_refund_has_no_id
 from payments.errors import (
@@ -127,12 +128,19 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 _PLAIN = r"[^\u0000-\u0008\u000b-\u001f\u007f]"
 _SAID = r"[^\u0000-\u0020\u007f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
-# A number as long as a card number: 13 digits or more, single spaces or dashes between them allowed ("5326 1053 0098
-# 5614", "5326-1053-0098-5614"). An operator's reason is kept for good (the audit trail, which nobody may change; the
-# refund's and the journal's rows): a card number pasted into it would be stored in clear, so it is refused, and the
-# operator writes the reason again without it (a Hyp Id or the payment's id names what is meant).
-_CARD_LENGTH_NUMBER = "[0-9](?:[ -]?[0-9]){12}"
-_CARD_LENGTH = re.compile(_CARD_LENGTH_NUMBER, re.ASCII)
+# A number as long as a card number: 13 digits or more (ASCII or full-width), in one run of digits and separators
+# (up to 3 between two digits: spaces of any kind, dots, slashes, underscores, hyphens and dashes), "5326 1053 0098
+# 5614", "5326-1053-0098-5614", "5326 - 1053 - 0098 - 5614". The run is whole: no letter or digit just before or after
+# it, and a UUID written 8-4-4-4-12 is no card number (the document's pattern, which cannot say that, refuses the rare
+# UUID whose digit groups run 13 digits: stricter, never looser, than the code). An operator's reason is kept for good
+# (the audit trail, which nobody may change; the refund's and the journal's rows): a card number pasted into it would
+# be stored in clear, so it is refused, and the operator writes the reason again without it (a Hyp Id or the
+# payment's id names what is meant). Python's and the OpenAPI tools' `re` read the same pattern (`\s` is Unicode
+# white space in both).
+_DIGIT = "[0-9\uff10-\uff19]"
+_NEAR = "[0-9A-Za-z\uff10-\uff19]"
+_CARD_LENGTH_NUMBER = f"(?<!{_NEAR}){_DIGIT}(?:[\\s._/\\-\u2010-\u2015]{{0,3}}{_DIGIT}){{12,}}(?!{_NEAR})"
+_CARD_LENGTH = re.compile(_CARD_LENGTH_NUMBER)
 # What `operator_reason` accepts, for the OpenAPI document: plain text with something besides white space, and no
 # number as long as a card number.
 OPERATOR_REASON_SCHEMA: JsonDict = {
@@ -148,7 +156,7 @@ def operator_reason(value: str) -> str:
         raise ValueError("reason must be plain text (no control characters)")
     if not value.strip():
         raise ValueError("reason must say why")
-    if _CARD_LENGTH.search(value):
+    if _CARD_LENGTH.search(CANONICAL_UUID.sub("#", value)):  # a payment's id is no card number, however its digits fall
         raise ValueError(
             "reason holds a number as long as a card number (13 digits or more): write no card number; a Hyp Id or"
             " the payment's id names what is meant"
@@ -383,29 +391,34 @@ def review_queue(store: ReviewStore, query: QueueQuery) -> dict[str, Any]:
 # -- resolving -------------------------------------------------------------------------------------
 
 
-class ResolveRequest(BaseModel):
-    """`POST /admin/payments/{id}/resolve` body."""
+class OperatorBody(BaseModel):
+    """What every admin action's body has: the operator's `reason`, kept in the audit trail (`operator_reason`)."""
 
     model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
-    action: Literal["complete", "fail"]
     reason: str = Field(
         min_length=1,
         max_length=500,
-        description="Why: kept in the audit trail.",
+        description="Why: kept in the audit trail (plain text, no card number).",
         json_schema_extra=OPERATOR_REASON_SCHEMA,
     )
+
+    @field_validator("reason")
+    @classmethod
+    def _said_plainly(cls, value: str) -> str:
+        return operator_reason(value)
+
+
+class ResolveRequest(OperatorBody):
+    """`POST /admin/payments/{id}/resolve` body."""
+
+    action: Literal["complete", "fail"]
     hypay_id: str | None = Field(
         default=None,
         pattern=r"^[0-9]{1,20}$",
         json_schema_extra={"not": {"type": "string", "pattern": "^0+$"}},  # an all-zero Id names nothing
         description="complete: the Hyp transaction that paid, when the journal knows none (or several).",
     )
-
-    @field_validator("reason")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        return operator_reason(value)
 
     @field_validator("hypay_id")
     @classmethod
