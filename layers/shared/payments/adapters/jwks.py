@@ -44,6 +44,22 @@ def require_https(url: str) -> str:
     raise ConfigurationError("the JWKS URL must be https://")
 
 
+class _Client(PyJWKClient):
+    """PyJWT's client, except that trouble with the set itself is ours: PyJWT raises one PyJWKClientError for a set
+    that is not a JSON object, a set with no signing key (none with a `kid`, all for encryption) and a `kid` the set
+    lacks. Only the last is the token's (UnknownSigningKey); the others, and a body that is not JSON at all, would
+    deny every good token (a 403 API Gateway caches), so they are SigningKeysUnavailable: the call fails (500,
+    nothing cached, alarmed)."""
+
+    def get_signing_keys(self, refresh: bool = False) -> list[PyJWK]:
+        try:
+            return super().get_signing_keys(refresh)
+        except PyJWKClientConnectionError:
+            raise
+        except (PyJWKClientError, PyJWKSetError, PyJWKError, ValueError) as exc:
+            raise SigningKeysUnavailable("the JWKS holds no usable signing key") from exc
+
+
 class JwksKeys:
     """Signing keys by `kid`, from a JWKS URL; one instance per execution environment keeps the cache warm."""
 
@@ -56,7 +72,7 @@ class JwksKeys:
         timeout_seconds: float = 3.0,
     ) -> None:
         self.url = require_https(url)
-        self._client = PyJWKClient(
+        self._client = _Client(
             self.url,
             cache_jwk_set=True,
             lifespan=cache_seconds,

@@ -21,6 +21,22 @@ def _checked(text: str) -> str:
     return text
 
 
+def _shared_secret(text: str) -> str:
+    """The secret's text: plain (the white space around it, a newline pasted from a file, dropped), or a JSON object
+    whose `secret` is a string. Any other shape is a ConfigurationError: taken as the key, it would deny every
+    signed-in user's token as forged (a 403 API Gateway caches) rather than fail the call (500, alarmed)."""
+    text = text.strip()
+    if not text.startswith(("{", "[", '"')):
+        return text
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ConfigurationError("the JWT secret starts like JSON but is not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("secret"), str):
+        raise ConfigurationError('the JWT secret must be plain text or a JSON object {"secret": "..."}')
+    return str(data["secret"]).strip()
+
+
 class SharedSecret:
     """The HS256 key. `kid` is ignored: there is one secret."""
 
@@ -53,9 +69,7 @@ class SharedSecret:
                         json_object=False,
                     )
                 )
-                if text.lstrip().startswith("{"):
-                    text = str(json.loads(text).get("secret", ""))
-                return _checked(text)
+                return _checked(_shared_secret(text))
 
             return cls(from_secret, refresh_cooldown_seconds=settings.jwks_refresh_cooldown_seconds)
         if settings.secret:

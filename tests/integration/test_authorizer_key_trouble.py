@@ -1,0 +1,74 @@
+"""Key trouble of ours in the authorizer fails the call (API Gateway's 500: nothing cached, the authorizer-errors
+alarm), never denies a good token (a 403 API Gateway caches for 300 s per token): a JWKS that answers but holds no
+usable signing key, and a JWT secret stored in the wrong shape (an outside review found both denied every user)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from ops.local_auth import LocalAuth
+from payments.adapters.jwks import SigningKeysUnavailable
+from payments.errors import ConfigurationError
+from tests.integration.test_authorizer import authorizer, call, configure, request_with  # noqa: F401
+from tests.support.tokens import claims, jwks_server, sign
+
+
+def _documents(auth: LocalAuth) -> dict[str, Any]:
+    key = auth.jwks()["keys"][0]
+    no_kid = {k: v for k, v in key.items() if k != "kid"}
+    return {
+        "JSON null": None,
+        "JSON array": [],
+        "a string": "maintenance",
+        "keys without kid": {"keys": [no_kid]},
+        "keys marked enc": {"keys": [{**key, "use": "enc"}]},
+    }
+
+
+@pytest.mark.parametrize("case", ["JSON null", "JSON array", "a string", "keys without kid", "keys marked enc"])
+def test_unusable_jwks_fails_the_call_instead_of_denying_a_good_token(
+    authorizer,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,  # noqa: F811
+) -> None:
+    auth = LocalAuth.generated("es256")
+    with jwks_server(auth) as server:
+        server.document = _documents(auth)[case]
+        configure(monkeypatch, auth, JWKS_URL=server.url)
+        good = sign(auth, claims(auth))
+        with pytest.raises(SigningKeysUnavailable):  # raised: API Gateway answers 500 and caches nothing
+            call(authorizer, request_with(good))
+
+
+SECRET = "supabase-legacy-jwt-secret-" + "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        json.dumps({"secret": {"value": SECRET}}),  # nested one level too deep
+        json.dumps({"secret": [SECRET]}),  # a list
+        json.dumps([SECRET]),  # a JSON array, not the documented object
+        SECRET + "\n",  # pasted from a file
+    ],
+    ids=["secret-is-object", "secret-is-list", "top-level-array", "trailing-newline"],
+)
+def test_wrong_shaped_secret_is_not_a_silent_denial(authorizer, monkeypatch: pytest.MonkeyPatch, stored: str) -> None:  # noqa: F811
+    auth = LocalAuth.generated("hs256", secret=SECRET)
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="eu-west-1")
+        arn = client.create_secret(Name=f"payments/jwt-{uuid.uuid4().hex}", SecretString=stored)["ARN"]
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        configure(monkeypatch, auth, JWT_SECRET_ARN=arn)
+        good = sign(auth, claims(auth))
+        if stored.strip() == SECRET:  # a newline pasted from a file is no part of the secret
+            assert call(authorizer, request_with(good))["isAuthorized"] is True
+        else:  # a configuration error: 500, alarmed, nothing cached
+            with pytest.raises(ConfigurationError):
+                call(authorizer, request_with(good))
