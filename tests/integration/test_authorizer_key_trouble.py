@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from types import ModuleType
 from typing import Any
 
 import boto3
@@ -15,7 +16,8 @@ from moto import mock_aws
 from ops.local_auth import LocalAuth
 from payments.adapters.jwks import SigningKeysUnavailable
 from payments.errors import ConfigurationError
-from tests.integration.test_authorizer import authorizer, call, configure, request_with  # noqa: F401
+from tests.integration.test_authorizer import authorizer as authorizer  # noqa: F401 - the fixture
+from tests.integration.test_authorizer import call, configure, request_with
 from tests.support.tokens import claims, jwks_server, sign
 
 
@@ -33,9 +35,9 @@ def _documents(auth: LocalAuth) -> dict[str, Any]:
 
 @pytest.mark.parametrize("case", ["JSON null", "JSON array", "a string", "keys without kid", "keys marked enc"])
 def test_unusable_jwks_fails_the_call_instead_of_denying_a_good_token(
-    authorizer,
+    authorizer: ModuleType,
     monkeypatch: pytest.MonkeyPatch,
-    case: str,  # noqa: F811
+    case: str,
 ) -> None:
     auth = LocalAuth.generated("es256")
     with jwks_server(auth) as server:
@@ -59,7 +61,9 @@ SECRET = "supabase-legacy-jwt-secret-" + "0123456789abcdef" * 2
     ],
     ids=["secret-is-object", "secret-is-list", "top-level-array", "trailing-newline"],
 )
-def test_wrong_shaped_secret_is_not_a_silent_denial(authorizer, monkeypatch: pytest.MonkeyPatch, stored: str) -> None:  # noqa: F811
+def test_wrong_shaped_secret_is_not_a_silent_denial(
+    authorizer: ModuleType, monkeypatch: pytest.MonkeyPatch, stored: str
+) -> None:
     auth = LocalAuth.generated("hs256", secret=SECRET)
     with mock_aws():
         client = boto3.client("secretsmanager", region_name="eu-west-1")

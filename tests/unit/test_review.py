@@ -180,7 +180,6 @@ def test_complete_takes_the_one_flagged_transaction_with_its_own_amount() -> Non
             "may still be running",
         ),
         (_payment(PaymentStatus.LEGACY, stored_status="paid"), [], None, None, False, Conflict, "before this backend"),
-        (_payment(granted_before=True), [_row()], None, None, False, Conflict, "already granted"),
         (_payment(), [], None, None, False, Conflict, "hypay_id"),
         (_payment(), [_row("1"), _row("2")], None, None, False, Conflict, "several"),
         (_payment(), [], "9", None, True, Conflict, "another payment"),
@@ -202,6 +201,15 @@ def test_resolve_refuses_with_a_reason(
 ) -> None:
     with pytest.raises(error, match=words):
         _plan(payment, journal, hypay_id=hypay_id, named=named, elsewhere=elsewhere)
+
+
+def test_a_payment_granted_before_is_completed_by_its_transaction_never_failed() -> None:
+    # Credits the web app granted while the payment was pending: completing binds them to the transaction that paid
+    # (no second grant: settle_by_operator's BIND); failing would hide them
+    granted = _payment(granted_before=True)
+    assert _plan(granted, [_row()]).action == "complete"
+    with pytest.raises(Conflict, match="already granted"):
+        _plan(granted, [_row()], action="fail")
 
 
 def test_fail_needs_review_or_a_settled_unknown_charge() -> None:

@@ -50,6 +50,7 @@ class Action(StrEnum):
 
     NONE = "none"
     GRANT = "grant"
+    BIND = "bind"  # an operator's complete of a payment whose credits were granted before (by the web app): no grant
     FAIL = "fail"
     REVIEW = "review"
 
@@ -198,6 +199,25 @@ WITH paid AS (
 SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), (SELECT amount FROM granted),
        (SELECT save_card FROM paid), (SELECT existed FROM journal)"""
 
+# The payment completed by the transaction as _GRANT does, without a purchase row or a balance change: the payment's
+# credits were granted before (a purchase row the web app wrote while it was pending); they now stand on this
+# transaction (a refund of it takes them back).
+_BIND = """
+WITH paid AS (
+    UPDATE public.payments p
+       SET status = 'completed', hypay_transaction_id = :txn, hypay_ccode = 0, hypay_approval_code = :acode,
+           completed_at = now(), updated_at = now()
+     WHERE p.id = :id::uuid AND p.status = :previous_status
+       AND EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase')
+    RETURNING p.id, p.user_id, p.amount
+), invoiced AS (
+    INSERT INTO public.invoices (user_id, payment_id, invoice_number, amount)
+    SELECT user_id, id, :invoice, amount FROM paid WHERE :invoice::text IS NOT NULL
+    ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL AND legacy_duplicate_of IS NULL DO NOTHING
+    RETURNING 1
+), {journal}
+SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), 0, false, (SELECT existed FROM journal)"""
+
 _FAIL = """
 WITH failed AS (
     UPDATE public.payments SET status = 'failed', hypay_ccode = :ccode, hypay_message = :detail, updated_at = now()
@@ -228,6 +248,7 @@ def _raw_sha256(raw_callback: str) -> str:
 
 _STATEMENTS = {
     Action.GRANT: _GRANT.format(journal=_JOURNAL.strip()),
+    Action.BIND: _BIND.format(journal=_JOURNAL.strip()),
     Action.FAIL: _FAIL.format(journal=_JOURNAL.strip()),
     Action.REVIEW: _REVIEW.format(journal=_JOURNAL.strip()),
     Action.NONE: _NOTHING.format(journal=_JOURNAL.strip()),
@@ -326,7 +347,7 @@ class Journal:
             "override": override,
             "contradiction": contradiction[:500] if contradiction else None,
         }
-        if action == Action.GRANT:
+        if action in (Action.GRANT, Action.BIND):
             params["invoice"] = txn.invoice_number or None
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]
         return Applied(

@@ -152,6 +152,9 @@ WITH items AS (
                                AND a.at >= (SELECT max(u.found_forged_at) FROM public.hypay_unverified_callbacks u
                                              WHERE u.hypay_id = t.hypay_id)))
        AND NOT (t.decision = 'review' AND COALESCE(p.status, '') = 'needs_review')
+       -- its payment completed by it outside this backend (the web app, deciding a payment of a status from before
+       -- this backend, completed it with this transaction and credited it): settled, its credits standing on it
+       AND NOT (t.decision = 'review' AND p.status = 'completed' AND p.hypay_transaction_id = t.hypay_id)
        -- a refund's own transaction, held before that refund's Id was known (confirmed since): money that went back
        AND NOT EXISTS (SELECT 1 FROM public.refunds r WHERE r.hypay_refund_id = t.hypay_id AND r.status = 'succeeded')
        -- money taken back in full: nothing left to do

@@ -544,10 +544,11 @@ def plan_resolution(
     why_not = _not_resolvable(payment, journal)
     if why_not:
         raise Conflict(why_not)
-    if payment.granted_before:
+    if payment.granted_before and request.action == "fail":
         raise Conflict(
-            f"credits were already granted for payment {payment.id} (a purchase row exists): completing would grant"
-            " twice and failing would hide the grant; refund the transaction instead"
+            f"credits were already granted for payment {payment.id} (a purchase row exists): failing would hide the"
+            " grant; complete it with the transaction that paid (no second grant: the credits then stand on it), and"
+            " refund that transaction if the money must go back"
         )
     if request.action == "fail":
         if payment.status == PaymentStatus.FAILED and not payment.kept_found_forged:
@@ -722,6 +723,7 @@ class ResolvePayment:
                     plan.txn,
                     previous_status=payment.status,
                     detail=_operator_detail(journal, plan.txn.hypay_id, admin, request.reason),
+                    granted_before=payment.granted_before,
                 )
             elif not statements.fail(payment_id, payment.stored_status):
                 raise Conflict(f"payment {payment_id} changed while it was being resolved; look again")

@@ -303,7 +303,7 @@ class OperatorGrantRefused(QueryError):
 
 
 def settle_by_operator(
-    tx: Transaction, txn: HypTransaction, *, previous_status: PaymentStatus, detail: str
+    tx: Transaction, txn: HypTransaction, *, previous_status: PaymentStatus, detail: str, granted_before: bool = False
 ) -> Settlement:
     """An operator completes a payment with a Hyp transaction they confirmed: the SAME grant statement a
     callback uses (payment completed, one purchase row, the balance raised, the journal row decided `granted`),
@@ -312,10 +312,13 @@ def settle_by_operator(
     The caller has checked what a callback's `decide` checks (the payment's status, no purchase row yet, the
     Hyp Id held by no other payment); the unique indexes stop a second grant whatever happens. The journal
     row is overwritten (`override`): its earlier `review` decision is history in the audit trail.
+
+    `granted_before`: the payment's credits were granted already (a purchase row the web app wrote while it was
+    pending): it is completed by the transaction without a second grant (`Action.BIND`), its credits standing on it.
     """
     applied = Journal(tx).apply(
         txn,
-        action=Action.GRANT,
+        action=Action.BIND if granted_before else Action.GRANT,
         verdict=Verdict.GRANTED,
         detail=detail,
         previous_status=previous_status,
