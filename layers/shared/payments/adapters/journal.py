@@ -172,19 +172,25 @@ UPDATE public.hypay_unverified_callbacks SET found_forged_at = now()
  WHERE raw_sha256 = :sha AND found_forged_at IS NULL
 RETURNING hypay_id"""
 
+# `:bind` (Action.BIND, an operator's complete of a payment whose credits were granted before: a purchase row the web
+# app wrote while it was pending): the payment is completed by the transaction without a second purchase row or a
+# balance change; its credits then stand on the transaction (a refund of it takes them back).
 _GRANT = """
 WITH paid AS (
     UPDATE public.payments p
        SET status = 'completed', hypay_transaction_id = :txn, hypay_ccode = 0, hypay_approval_code = :acode,
            completed_at = now(), updated_at = now()
      WHERE p.id = :id::uuid AND p.status = :previous_status
+       AND (NOT :bind OR EXISTS (SELECT 1 FROM public.credit_transactions c
+                                  WHERE c.payment_id = p.id AND c.type = 'purchase'))
     RETURNING p.id, p.user_id, p.amount, p.save_card,
               COALESCE(p.credits,
                        (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)) AS credits,
               (SELECT k.name FROM public.credit_packs k WHERE k.id = p.credit_pack_id) AS pack_name
 ), granted AS (
     INSERT INTO public.credit_transactions (user_id, amount, type, description, payment_id)
-    SELECT user_id, credits, 'purchase', COALESCE(pack_name, 'Credit pack'), id FROM paid WHERE credits > 0
+    SELECT user_id, credits, 'purchase', COALESCE(pack_name, 'Credit pack'), id FROM paid
+     WHERE credits > 0 AND NOT :bind
     RETURNING user_id, amount
 ), credited AS (
     UPDATE public.profiles u SET credits = u.credits + g.amount, updated_at = now()
@@ -198,25 +204,6 @@ WITH paid AS (
 ), {journal}
 SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), (SELECT amount FROM granted),
        (SELECT save_card FROM paid), (SELECT existed FROM journal)"""
-
-# The payment completed by the transaction as _GRANT does, without a purchase row or a balance change: the payment's
-# credits were granted before (a purchase row the web app wrote while it was pending); they now stand on this
-# transaction (a refund of it takes them back).
-_BIND = """
-WITH paid AS (
-    UPDATE public.payments p
-       SET status = 'completed', hypay_transaction_id = :txn, hypay_ccode = 0, hypay_approval_code = :acode,
-           completed_at = now(), updated_at = now()
-     WHERE p.id = :id::uuid AND p.status = :previous_status
-       AND EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase')
-    RETURNING p.id, p.user_id, p.amount
-), invoiced AS (
-    INSERT INTO public.invoices (user_id, payment_id, invoice_number, amount)
-    SELECT user_id, id, :invoice, amount FROM paid WHERE :invoice::text IS NOT NULL
-    ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL AND legacy_duplicate_of IS NULL DO NOTHING
-    RETURNING 1
-), {journal}
-SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), 0, false, (SELECT existed FROM journal)"""
 
 _FAIL = """
 WITH failed AS (
@@ -248,7 +235,7 @@ def _raw_sha256(raw_callback: str) -> str:
 
 _STATEMENTS = {
     Action.GRANT: _GRANT.format(journal=_JOURNAL.strip()),
-    Action.BIND: _BIND.format(journal=_JOURNAL.strip()),
+    Action.BIND: _GRANT.format(journal=_JOURNAL.strip()),
     Action.FAIL: _FAIL.format(journal=_JOURNAL.strip()),
     Action.REVIEW: _REVIEW.format(journal=_JOURNAL.strip()),
     Action.NONE: _NOTHING.format(journal=_JOURNAL.strip()),
@@ -348,7 +335,7 @@ class Journal:
             "contradiction": contradiction[:500] if contradiction else None,
         }
         if action in (Action.GRANT, Action.BIND):
-            params["invoice"] = txn.invoice_number or None
+            params |= {"invoice": txn.invoice_number or None, "bind": action == Action.BIND}
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]
         return Applied(
             Verdict(journaled), UUID(user) if user else None, int(granted or 0), bool(save_card), bool(existed)
