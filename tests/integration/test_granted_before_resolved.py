@@ -8,24 +8,34 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from ops.seed import DEMO_USER_ID
 from tests.integration.test_admin_refund_http import refund
+from tests.integration.test_callback_attacks import use_mode
 from tests.integration.test_hypay_callback import buy, notify, pay
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
-from tests.integration.test_review import every_item, resolve
+from tests.integration.test_review import amount_mismatch, every_item, resolve
 from tests.support.payments import Env
+
+
+def _web_app_wrote(env: Env, pid: str, *entries: tuple[str, int]) -> None:
+    for kind, amount in entries:
+        env.rows(
+            "INSERT INTO credit_transactions (user_id, amount, type, description, payment_id)"
+            " VALUES (:u::uuid, :a, :t, 'web app', :p::uuid)",
+            u=DEMO_USER_ID,
+            a=amount,
+            t=kind,
+            p=pid,
+        )
+        env.rows("UPDATE profiles SET credits = credits + :a WHERE id = :u::uuid", a=amount, u=DEMO_USER_ID)
 
 
 def _granted_then_paid(env: Env) -> tuple[str, str]:
     page = buy(env, key=str(uuid.uuid4()))
     pid = page["payment_id"]
-    env.rows(
-        "INSERT INTO credit_transactions (user_id, amount, type, description, payment_id)"
-        " VALUES (:u::uuid, 100, 'purchase', 'web app', :p::uuid)",
-        u=DEMO_USER_ID,
-        p=pid,
-    )
-    env.rows("UPDATE profiles SET credits = credits + 100 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    _web_app_wrote(env, pid, ("purchase", 100))
     paid = pay(env, page)
     assert notify(paid.redirect_query).status == 200
     assert env.status(pid) == "needs_review"
@@ -68,4 +78,46 @@ def test_a_legacy_item_the_web_app_completed_with_its_transaction_leaves_the_que
         h=paid.id,
         p=pid,
     )
+    # Completed without the credits yet: it still needs a human
+    assert f"j:{paid.id}" in [i["id"] for i in every_item()]
+    _web_app_wrote(admin, pid, ("purchase", 100))
     assert f"j:{paid.id}" not in [i["id"] for i in every_item()]
+
+
+@pytest.mark.parametrize(
+    "ledger",
+    [
+        [("purchase", 100), ("refund", -100)],  # granted, then reversed by the web app while pending
+        [("purchase", 0)],  # a purchase row of 0 credits
+        [("purchase", 40)],  # a purchase row of another amount
+    ],
+    ids=["granted-then-reversed", "zero-credit-purchase", "partial-purchase"],
+)
+def test_a_payment_whose_credits_do_not_stand_in_full_is_not_completed(admin: Env, ledger: list) -> None:
+    """Completing binds the credits the ledger holds: only when they are the payment's in full (an outside review:
+    a bind of a purchase the web app reversed, or wrote for 0 or 40 credits, left the customer paid without them)."""
+    page = buy(admin, key=str(uuid.uuid4()))
+    pid = page["payment_id"]
+    _web_app_wrote(admin, pid, *ledger)
+    assert notify(pay(admin, page).redirect_query).status == 200
+    assert admin.status(pid) == "needs_review"
+    before = admin.credits()
+    done = resolve(pid, {"action": "complete", "reason": "Hyp shows it paid"}, key=str(uuid.uuid4()))
+    assert done.status == 409 and "in full" in done.json["detail"], done.body
+    assert (admin.status(pid), admin.credits()) == ("needs_review", before)
+    assert f"p:{pid}" in [i["id"] for i in every_item()]
+
+
+def test_an_amount_mismatch_the_web_app_marks_completed_stays_in_the_queue(
+    admin: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_mode(monkeypatch, "hmac")
+    pid = amount_mismatch(admin, key=str(uuid.uuid4()), hypay_id="70000123")  # 1.00 paid for 49.90
+    admin.rows(
+        "UPDATE payments SET status = 'completed', hypay_transaction_id = '70000123', completed_at = now()"
+        " WHERE id = :p::uuid",
+        p=pid,
+    )
+    _web_app_wrote(admin, pid, ("purchase", 100))
+    ids = [i["id"] for i in every_item()]
+    assert f"p:{pid}" in ids or "j:70000123" in ids, "the amount mismatch left the queue without a human"

@@ -206,10 +206,14 @@ def test_resolve_refuses_with_a_reason(
 def test_a_payment_granted_before_is_completed_by_its_transaction_never_failed() -> None:
     # Credits the web app granted while the payment was pending: completing binds them to the transaction that paid
     # (no second grant: settle_by_operator's BIND); failing would hide them
-    granted = _payment(granted_before=True)
+    granted = _payment(granted_before=True, granted_in_full=True)
     assert _plan(granted, [_row()]).action == "complete"
     with pytest.raises(Conflict, match="already granted"):
         _plan(granted, [_row()], action="fail")
+    # Not in full (a purchase of another amount, or reversed): neither
+    for action in ("complete", "fail"):
+        with pytest.raises(Conflict):
+            _plan(_payment(granted_before=True), [_row()], action=action)
 
 
 def test_fail_needs_review_or_a_settled_unknown_charge() -> None:

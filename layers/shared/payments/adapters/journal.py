@@ -172,17 +172,25 @@ UPDATE public.hypay_unverified_callbacks SET found_forged_at = now()
  WHERE raw_sha256 = :sha AND found_forged_at IS NULL
 RETURNING hypay_id"""
 
+# Whether the ledger holds payment `p`'s credits in full: its purchase rows net of the web app's own reversals ('refund'
+# rows of it, as refunds_store._GRANTED counts them) make the credits it sells. A purchase row alone is not enough:
+# the web app may have written one of another amount, or reversed it.
+GRANTED_IN_FULL = """(
+    (SELECT COALESCE(sum(c.amount), 0) FROM public.credit_transactions c
+      WHERE c.payment_id = p.id AND c.type IN ('purchase', 'refund'))
+    = COALESCE(p.credits, (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)))"""
+
 # `:bind` (Action.BIND, an operator's complete of a payment whose credits were granted before: a purchase row the web
-# app wrote while it was pending): the payment is completed by the transaction without a second purchase row or a
-# balance change; its credits then stand on the transaction (a refund of it takes them back).
+# app wrote while it was pending, the ledger holding its credits in full): the payment is completed by the transaction
+# without a second purchase row or a balance change; its credits then stand on the transaction (a refund of it takes
+# them back).
 _GRANT = """
 WITH paid AS (
     UPDATE public.payments p
        SET status = 'completed', hypay_transaction_id = :txn, hypay_ccode = 0, hypay_approval_code = :acode,
            completed_at = now(), updated_at = now()
      WHERE p.id = :id::uuid AND p.status = :previous_status
-       AND (NOT :bind OR EXISTS (SELECT 1 FROM public.credit_transactions c
-                                  WHERE c.payment_id = p.id AND c.type = 'purchase'))
+       AND (NOT :bind OR COALESCE({granted_in_full}, false))
     RETURNING p.id, p.user_id, p.amount, p.save_card,
               COALESCE(p.credits,
                        (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)) AS credits,
@@ -234,8 +242,8 @@ def _raw_sha256(raw_callback: str) -> str:
 
 
 _STATEMENTS = {
-    Action.GRANT: _GRANT.format(journal=_JOURNAL.strip()),
-    Action.BIND: _GRANT.format(journal=_JOURNAL.strip()),
+    Action.GRANT: _GRANT.replace("{granted_in_full}", GRANTED_IN_FULL).format(journal=_JOURNAL.strip()),
+    Action.BIND: _GRANT.replace("{granted_in_full}", GRANTED_IN_FULL).format(journal=_JOURNAL.strip()),
     Action.FAIL: _FAIL.format(journal=_JOURNAL.strip()),
     Action.REVIEW: _REVIEW.format(journal=_JOURNAL.strip()),
     Action.NONE: _NOTHING.format(journal=_JOURNAL.strip()),

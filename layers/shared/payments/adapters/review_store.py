@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from payments.adapters.db import Rows, bind
+from payments.adapters.journal import GRANTED_IN_FULL
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
 
@@ -107,6 +108,8 @@ class LockedPayment:
     # Callbacks naming it were kept unverified, a later check found every one of them forged, and no operator failed it
     # since the last of those checks (confirming there is no such transaction)
     kept_found_forged: bool = False
+    # The ledger holds its credits in full (GRANTED_IN_FULL): what completing one granted before needs
+    granted_in_full: bool = False
 
     def as_state(self) -> dict[str, Any]:
         """What the audit trail records as `before` / `after`."""
@@ -152,9 +155,11 @@ WITH items AS (
                                AND a.at >= (SELECT max(u.found_forged_at) FROM public.hypay_unverified_callbacks u
                                              WHERE u.hypay_id = t.hypay_id)))
        AND NOT (t.decision = 'review' AND COALESCE(p.status, '') = 'needs_review')
-       -- its payment completed by it outside this backend (the web app, deciding a payment of a status from before
-       -- this backend, completed it with this transaction and credited it): settled, its credits standing on it
-       AND NOT (t.decision = 'review' AND p.status = 'completed' AND p.hypay_transaction_id = t.hypay_id)
+       -- a legacy item the web app settled: the payment (of a status from before this backend when it was paid) since
+       -- completed with this very transaction, for the amount it asked, its credits in the ledger in full
+       AND NOT COALESCE(t.decision = 'review' AND p.status = 'completed' AND p.hypay_transaction_id = t.hypay_id
+                AND t.previous_status NOT IN ('pending', 'completed', 'failed', 'expired', 'needs_review')
+                AND t.amount = p.amount AND t.currency = p.currency AND {granted_in_full}, false)
        -- a refund's own transaction, held before that refund's Id was known (confirmed since): money that went back
        AND NOT EXISTS (SELECT 1 FROM public.refunds r WHERE r.hypay_refund_id = t.hypay_id AND r.status = 'succeeded')
        -- money taken back in full: nothing left to do
@@ -178,7 +183,7 @@ SELECT i.kind, i.key, to_char(i.since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:
   LEFT JOIN public.payments p ON p.id = i.payment_id
  WHERE :after_since::timestamptz IS NULL OR (i.since, i.key) > (:after_since::timestamptz, :after_key::text)
  ORDER BY i.since, i.key
- LIMIT :limit"""
+ LIMIT :limit""".replace("{granted_in_full}", GRANTED_IN_FULL)
 
 _JOURNAL_COLUMNS = (
     "hypay_id, payment_id::text, decision, detail, ccode, amount::text, currency, source, verified, order_ref,"
@@ -199,8 +204,9 @@ SELECT p.id::text, p.status, p.review_reason, p.amount::text, p.currency, p.user
        AND (SELECT max(u.found_forged_at) FROM public.hypay_unverified_callbacks u WHERE u.payment_id = p.id)
            > COALESCE((SELECT max(a.at) FROM public.admin_audit_log a
                         WHERE a.payment_id = p.id AND a.action = 'resolve' AND a.after_state ->> 'status' = 'failed'),
-                      '-infinity'::timestamptz)
-  FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
+                      '-infinity'::timestamptz),
+       COALESCE({granted_in_full}, false)
+  FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE""".replace("{granted_in_full}", GRANTED_IN_FULL)
 
 _FAIL = """
 UPDATE public.payments SET status = 'failed', updated_at = now()
@@ -346,7 +352,7 @@ class ResolveStatements:
         if not rows:
             return None
         (pid, status, reason, amount, currency, user, credits, paid_by, attempted, attempted_at, settled, granted,
-         completed_at, balance, declined_code, kept_found_forged) = rows[0]  # fmt: skip
+         completed_at, balance, declined_code, kept_found_forged, in_full) = rows[0]  # fmt: skip
         return LockedPayment(
             UUID(pid),
             PaymentStatus.from_db(status),
@@ -364,6 +370,7 @@ class ResolveStatements:
             balance,
             declined_code,
             bool(kept_found_forged),
+            bool(in_full),
         )
 
     def journal_of(self, payment_id: UUID) -> list[JournalRow]:
