@@ -76,3 +76,37 @@ def test_wrong_shaped_secret_is_not_a_silent_denial(
         else:  # a configuration error: 500, alarmed, nothing cached
             with pytest.raises(ConfigurationError):
                 call(authorizer, request_with(good))
+
+
+@pytest.mark.parametrize("trouble", ["http-503", "not-an-object"])
+def test_made_up_kids_do_not_fetch_the_jwks_each_while_it_misbehaves(trouble: str) -> None:
+    """An attacker's tokens naming keys nobody publishes, while the endpoint misbehaves (the good set still cached): one
+    fetch per cooldown, not one a request (each waiting up to the timeout); each answer is 'the keys cannot be read
+    now' (500, nothing cached: a key rotated meanwhile is no verdict on the token), never an allow."""
+    import time
+
+    from payments.services.authorize import TokenRejected
+    from tests.unit.test_authorize import verifier
+
+    auth = LocalAuth.generated("es256")
+    with jwks_server(auth) as server:
+        verify = verifier(auth, server, refresh_cooldown_seconds=0.5, timeout_seconds=1)
+        assert verify.verify(sign(auth, claims(auth)))
+        assert server.fetches == 1
+        if trouble == "http-503":
+            server.status = 503
+        else:
+            server.document = "maintenance"
+        time.sleep(0.6)  # one cooldown after the last good fetch (30 s deployed); the set stays cached (600 s)
+        outcomes = []
+        for n in range(20):
+            try:
+                verify.verify(sign(auth, claims(auth), kid=f"made-up-{n}"))
+                outcomes.append("allowed")
+            except TokenRejected as rejected:
+                outcomes.append(rejected.reason)
+            except SigningKeysUnavailable:
+                outcomes.append("keys unavailable")
+        assert (outcomes, server.fetches) == (["keys unavailable"] * 20, 2)
+        # A good token still verifies with the cached set meanwhile
+        assert verify.verify(sign(auth, claims(auth)))

@@ -4,6 +4,8 @@ with a timeout, cached for a bounded time, fetched again (at most once per coold
 from __future__ import annotations
 
 import ipaddress
+import time
+from typing import Any
 from urllib.parse import urlsplit
 
 from jwt import PyJWK, PyJWKClient
@@ -50,6 +52,25 @@ class _Client(PyJWKClient):
     lacks. Only the last is the token's (UnknownSigningKey); the others, and a body that is not JSON at all, would
     deny every good token (a 403 API Gateway caches), so they are SigningKeysUnavailable: the call fails (500,
     nothing cached, alarmed)."""
+
+    _failed_at: float | None = None
+
+    def fetch_data(self) -> Any:
+        """As PyJWT's, except that after a fetch that failed (unreachable, not JSON, not an object) the endpoint is
+        not asked again for one cooldown: PyJWT's own cooldown counts from the last fetch that succeeded, so while
+        the endpoint misbehaves, every token naming a key the cached set lacks (an attacker's made-up `kid`) would
+        fetch it again, each fetch waiting up to the timeout. The answer meanwhile is the same: the keys cannot be
+        read now (500, nothing cached), never a verdict on the token."""
+        failed_at = self._failed_at
+        if failed_at is not None and time.monotonic() - failed_at < self.cooldown_duration:
+            raise PyJWKClientConnectionError("the JWKS could not be read moments ago: not asked again yet")
+        try:
+            data = super().fetch_data()
+        except (PyJWKClientError, ValueError):
+            self._failed_at = time.monotonic()
+            raise
+        self._failed_at = None
+        return data
 
     def get_signing_keys(self, refresh: bool = False) -> list[PyJWK]:
         try:
