@@ -110,3 +110,73 @@ def test_made_up_kids_do_not_fetch_the_jwks_each_while_it_misbehaves(trouble: st
         assert (outcomes, server.fetches) == (["keys unavailable"] * 20, 2)
         # A good token still verifies with the cached set meanwhile
         assert verify.verify(sign(auth, claims(auth)))
+
+
+@pytest.mark.parametrize("trouble", ["no keys", "unusable key", "keys marked enc", "http-503"])
+def test_made_up_kids_do_not_fetch_the_jwks_each_while_it_answers_no_usable_key(trouble: str) -> None:
+    """As above, for an endpoint that answers a set with no usable signing key (a review of the fix above)."""
+    import time
+
+    from payments.services.authorize import TokenRejected
+    from tests.unit.test_authorize import verifier
+
+    auth = LocalAuth.generated("es256")
+    key = auth.jwks()["keys"][0]
+    with jwks_server(auth) as server:
+        verify = verifier(auth, server, refresh_cooldown_seconds=0.5, timeout_seconds=1)
+        assert verify.verify(sign(auth, claims(auth)))
+        if trouble == "http-503":
+            server.status = 503
+        else:
+            server.document = {
+                "no keys": {"keys": []},
+                "unusable key": {"keys": [{"kty": "EC", "kid": "k"}]},
+                "keys marked enc": {"keys": [{**key, "use": "enc"}]},
+            }[trouble]
+        time.sleep(0.6)
+        outcomes = []
+        for n in range(20):
+            try:
+                verify.verify(sign(auth, claims(auth), kid=f"made-up-{n}"))
+                outcomes.append("allowed")
+            except TokenRejected as rejected:
+                outcomes.append(rejected.reason)
+            except SigningKeysUnavailable:
+                outcomes.append("keys unavailable")
+        # Never allowed; one fetch per cooldown (a made-up kid after the failed refetch may be refused as unknown to
+        # the good set still cached: PyJWT counts that answer as a fetch, and a bogus token's 401 is cached harmlessly)
+        assert set(outcomes) <= {"keys unavailable", "unknown_key"} and server.fetches == 2, (outcomes, server.fetches)
+
+
+@pytest.mark.parametrize("trouble", ["keys marked enc", "no keys", "http-503"])
+def test_a_good_token_verifies_once_the_endpoint_recovered(trouble: str) -> None:
+    """One bad answer of the endpoint (a refetch for an unknown kid meets it), then the endpoint is right again: a good
+    token verifies, at most one cooldown later: a set with no signing key never replaces the good one cached."""
+    import time
+
+    from payments.services.authorize import TokenRejected
+    from tests.unit.test_authorize import verifier
+
+    auth = LocalAuth.generated("es256")
+    key = auth.jwks()["keys"][0]
+    with jwks_server(auth) as server:
+        verify = verifier(auth, server, refresh_cooldown_seconds=0.5, timeout_seconds=1)
+        good_document = server.document
+        assert verify.verify(sign(auth, claims(auth)))
+        time.sleep(0.6)
+        if trouble == "http-503":
+            server.status = 503
+        else:
+            server.document = {"no keys": {"keys": []}, "keys marked enc": {"keys": [{**key, "use": "enc"}]}}[trouble]
+        with pytest.raises((SigningKeysUnavailable, TokenRejected)):
+            verify.verify(sign(auth, claims(auth), kid="made-up"))
+        server.status, server.document = 200, good_document  # recovered
+        time.sleep(0.6)  # past one cooldown
+        outcome = []
+        for _ in range(3):
+            try:
+                outcome.append(bool(verify.verify(sign(auth, claims(auth)))))
+            except SigningKeysUnavailable:
+                outcome.append("keys unavailable")
+            time.sleep(0.3)
+        assert outcome == [True] * 3, (outcome, server.fetches)

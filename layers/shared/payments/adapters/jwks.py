@@ -8,7 +8,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from jwt import PyJWK, PyJWKClient
+from jwt import PyJWK, PyJWKClient, PyJWKSet
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError, PyJWKError, PyJWKSetError
 
 from payments.errors import ConfigurationError, PaymentError
@@ -46,6 +46,11 @@ def require_https(url: str) -> str:
     raise ConfigurationError("the JWKS URL must be https://")
 
 
+def _signing_keys(jwk_set: PyJWKSet) -> list[PyJWK]:
+    """The set's keys PyJWT would verify a signature with: for signatures (or of no stated use), with a `kid`."""
+    return [key for key in jwk_set.keys if key.public_key_use in ("sig", None) and key.key_id]
+
+
 class _Client(PyJWKClient):
     """PyJWT's client, except that trouble with the set itself is ours: PyJWT raises one PyJWKClientError for a set
     that is not a JSON object, a set with no signing key (none with a `kid`, all for encryption) and a `kid` the set
@@ -64,9 +69,17 @@ class _Client(PyJWKClient):
         failed_at = self._failed_at
         if failed_at is not None and time.monotonic() - failed_at < self.cooldown_duration:
             raise PyJWKClientConnectionError("the JWKS could not be read moments ago: not asked again yet")
+        cache = self.jwk_set_cache
+        kept = cache.jwk_set_with_timestamp if cache is not None else None
         try:
             data = super().fetch_data()
-        except (PyJWKClientError, ValueError):
+            if not _signing_keys(PyJWKSet.from_dict(data)):
+                raise PyJWKClientError("the JWKS holds no signing key (none with a kid, for signatures)")
+        except (PyJWKClientError, PyJWKSetError, PyJWKError, ValueError):
+            # A set with no signing key is no answer either: the last good set stays cached (its keys still verify
+            # tokens until it expires), and the endpoint is not asked again for one cooldown.
+            if cache is not None:
+                cache.jwk_set_with_timestamp = kept
             self._failed_at = time.monotonic()
             raise
         self._failed_at = None
