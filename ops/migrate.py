@@ -218,7 +218,61 @@ class UniqueRule:
         return f"each row gets {MARKER} = the kept row's id and is left out of {self.index}; review them"
 
 
-Rule = CheckRule | UniqueRule
+@dataclass(frozen=True)
+class JournalNumberRule:
+    """sql/014's unique index on the journal's transaction numbers (`ltrim(hypay_id, '0')`), over rows the backend
+    may already hold: one Hyp transaction journaled twice, its Id written with and without leading zeros (Hyp's
+    callbacks were journaled as sent). Of each number the earliest row (first_seen, then hypay_id) is kept in the index;
+    adopted, the later ones are left out of it (its predicate names them) and stay as they are for a human to settle
+    (docs/operations.md, CallbackNotSettled step 3)."""
+
+    version: str = "014"
+    table: str = "hypay_transactions"
+    index: str = "hypay_transactions_number_key"
+    text: str = "one journal row per Hyp transaction number, however its Id is written"
+
+    @property
+    def name(self) -> str:
+        return self.index
+
+    def pending_sql(self) -> str:
+        return bind("SELECT to_regclass(:i) IS NULL", i=f"public.{self.index}")
+
+    def offending_sql(self) -> str:
+        """(hypay_id, the kept row's hypay_id) of every row after the first of its number."""
+        return (
+            "SELECT hypay_id, kept FROM (SELECT hypay_id, first_seen, first_value(hypay_id) OVER"
+            " (PARTITION BY ltrim(hypay_id, '0') ORDER BY first_seen, hypay_id) AS kept"
+            " FROM public.hypay_transactions) ranked WHERE hypay_id <> kept ORDER BY first_seen, hypay_id"
+        )
+
+    def review(self, tx: Transaction) -> list[Finding]:
+        """Adopted earlier (the index leaves rows out): the rows sharing a number with a kept one."""
+        partial = bind(
+            "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = 'public' AND indexname = :i"
+            " AND indexdef LIKE '% WHERE %')",
+            i=self.index,
+        )
+        if not tx.run(partial)[0][0]:
+            return []
+        return [Finding(self, row_id, self.detail(kept)) for row_id, kept in tx.run(self.offending_sql())]
+
+    def detail(self, kept: str) -> str:
+        return f"the same Hyp transaction number as {kept} (kept)"
+
+    def adopt(self, tx: Transaction) -> None:
+        later = [row_id for row_id, _ in tx.run(self.offending_sql())]
+        left_out = ", ".join(bind(":h", h=hypay_id) for hypay_id in later)
+        tx.run(
+            f"CREATE UNIQUE INDEX {self.index} ON public.{self.table} ((ltrim(hypay_id, '0')))"
+            f" WHERE hypay_id NOT IN ({left_out})"
+        )
+
+    def how_adopted(self) -> str:
+        return f"the later rows of each number are left out of {self.index} as they are; settle them by hand"
+
+
+Rule = CheckRule | UniqueRule | JournalNumberRule
 
 _STATUSES = "'pending', 'completed', 'failed', 'expired', 'needs_review'"
 RULES: tuple[Rule, ...] = (
@@ -254,9 +308,10 @@ RULES: tuple[Rule, ...] = (
         "payment_id IS NOT NULL",
         "one invoice per payment",
     ),
+    JournalNumberRule(),
 )
 # Nothing else in sql/ can refuse an existing row: 003's currency check is on a column it adds with a
-# default, and the rest are new tables, new nullable columns and non-unique indexes.
+# default, and the rest are new tables, new nullable columns and non-unique indexes (014's is unique: its rule).
 
 
 @dataclass(frozen=True)

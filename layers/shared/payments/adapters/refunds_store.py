@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from payments.adapters.db import Database, Transaction, bind
+from payments.adapters.journal import Journal
 from payments.domain.money import Currency, Money
 from payments.domain.refund import Method, RefundStatus, credits_to_take, held_while_a_refund_has_no_id
 
@@ -335,6 +336,14 @@ def _money(text: str, currency: Currency) -> Money:
 _UNSETTLED = (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN)
 
 
+def _as_journaled(tx: Transaction, hypay_id: str | None) -> str | None:
+    """`hypay_id` as the journal holds that number (with or without leading zeros), else as given."""
+    if hypay_id is None:
+        return None
+    held = Journal(tx).spellings(hypay_id)
+    return held[0] if held else hypay_id
+
+
 class RefundsStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -540,11 +549,16 @@ class RefundsStore:
         """In one transaction: the row, the journal, the credits taken back (never below zero), the audit.
         `found_by_operator`: the outcome is an operator's finding, not Hyp's answer: a `hypay_refund_id` that cannot
         be this refund's own transaction is refused (`NotRefundable`), under the payment's lock."""
+        answered_id = hypay_refund_id
 
         def work(tx: Transaction) -> Finished:
             current = self._read(tx, refund_id)
             target = self._target(tx, current.payment_id, current.original_hypay_id, current.id)
             current = self._read(tx, refund_id)  # as it is once the payment is ours
+            # Hyp's refund transaction as the journal holds that number, if it does (a callback of Hyp's may have
+            # reported it first, written with leading zeros): one row per number (sql/014), so the answer is stored on
+            # it rather than refused by the unique index after Hyp has refunded.
+            hypay_refund_id = _as_journaled(tx, answered_id)
             if found_by_operator and hypay_refund_id is not None and current.status in _UNSETTLED:
                 problem = self._refund_id_problem(tx, current, hypay_refund_id)
                 if problem is not None:
