@@ -30,6 +30,7 @@ WRITTEN = [
     "5326.1053.0098.5614",
     "5326 - 1053 - 0098 - 5614",
     "5326\u20131053\u20130098\u20135614",
+    "3782 822463 10005",  # American Express's groups
     "\uff15\uff13\uff12\uff16\uff11\uff10\uff15\uff13\uff10\uff10\uff19\uff18\uff15\uff16\uff11\uff14",
 ]
 
@@ -76,6 +77,10 @@ def test_a_card_number_in_a_reason_is_refused_and_never_stored(env: Env, written
         # payments' ids, whose digit groups run 13 digits and more across their hyphens
         "paid twice: the same order as payment 7dad6732-9655-4321-9cc7-29e70e0a0a23",
         "payment 12345678-1234-1234-1234-123456789012 paid twice",
+        # two Hyp Ids side by side, an Id and an amount: no card's groups (a review of the first rule)
+        "charged twice: 13532200 13532201",
+        "Hyp 13532200 / 13532201",
+        "Hyp 13532201 149.90 ILS",
     ],
 )
 def test_ordinary_reasons_with_numbers_are_taken(env: Env, reason: str) -> None:
