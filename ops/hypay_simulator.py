@@ -751,6 +751,14 @@ input{{width:100%;padding:.4rem}}button{{margin-top:1rem;padding:.6rem 1.2rem}}<
             self.reversals.append(Reversal(None, "cancel", original.id, original.amount))
         return _answer([("TransId", original.id), ("CCode", "0"), ("Hesh", "0"), ("ReversalStatus", "777")])
 
+    def refund_in_portal(self, transaction_id: str, amount: str) -> str:
+        """An operator refunds `amount` of a transaction in Hyp's portal (as zikoyAPI does, without our request):
+        Hyp's answer, in its own form."""
+        original = self.transactions.get(transaction_id)
+        if original is None:
+            return f"CCode={CANNOT_CANCEL}"
+        return self._zikoy({"Masof": original.masof, "TransId": transaction_id, "Amount": amount})
+
     def transmit(self, transaction_id: str | None = None) -> None:
         """The day's transmission to Shva: that transaction (or all so far) can no longer be cancelled."""
         with self._lock:
