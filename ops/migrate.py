@@ -219,7 +219,7 @@ class UniqueRule:
 
 
 @dataclass(frozen=True)
-class JournalNumberRule:
+class JournalNumberRule(UniqueRule):
     """sql/014's unique index on the journal's transaction numbers (`ltrim(hypay_id, '0')`), over rows the backend
     may already hold: one Hyp transaction journaled twice, its Id written with and without leading zeros (Hyp's
     callbacks were journaled as sent). Of each number the earliest row (first_seen, then hypay_id) is kept in the index;
@@ -229,14 +229,9 @@ class JournalNumberRule:
     version: str = "014"
     table: str = "hypay_transactions"
     index: str = "hypay_transactions_number_key"
+    key: str = "(ltrim(hypay_id, '0'))"
+    where: str = "true"
     text: str = "one journal row per Hyp transaction number, however its Id is written"
-
-    @property
-    def name(self) -> str:
-        return self.index
-
-    def pending_sql(self) -> str:
-        return bind("SELECT to_regclass(:i) IS NULL", i=f"public.{self.index}")
 
     def offending_sql(self) -> str:
         """(hypay_id, the kept row's hypay_id) of every row after the first of its number."""
@@ -263,16 +258,14 @@ class JournalNumberRule:
     def adopt(self, tx: Transaction) -> None:
         later = [row_id for row_id, _ in tx.run(self.offending_sql())]
         left_out = ", ".join(bind(":h", h=hypay_id) for hypay_id in later)
-        tx.run(
-            f"CREATE UNIQUE INDEX {self.index} ON public.{self.table} ((ltrim(hypay_id, '0')))"
-            f" WHERE hypay_id NOT IN ({left_out})"
-        )
+        where = f"hypay_id NOT IN ({left_out})"
+        tx.run(f"CREATE UNIQUE INDEX {self.index} ON public.{self.table} ({self.key}) WHERE {where}")
 
     def how_adopted(self) -> str:
         return f"the later rows of each number are left out of {self.index} as they are; settle them by hand"
 
 
-Rule = CheckRule | UniqueRule | JournalNumberRule
+Rule = CheckRule | UniqueRule
 
 _STATUSES = "'pending', 'completed', 'failed', 'expired', 'needs_review'"
 RULES: tuple[Rule, ...] = (
