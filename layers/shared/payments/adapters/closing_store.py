@@ -10,7 +10,7 @@ the close, or the close for it.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -113,6 +113,9 @@ class CloseStatements:
             refund_of,
         )
 
-    def close(self, hypay_id: str, *, closed_as: str, admin: str, reason: str) -> bool:
-        """Marks the row closed, unless it is already: whether it did."""
-        return bool(self.tx.run(bind(_CLOSE, txn=hypay_id, closed_as=closed_as, admin=admin, reason=reason)))
+    def close(self, row: Closable, *, closed_as: str, admin: str, reason: str) -> Closable | None:
+        """Marks the row (locked by `lock`) closed, unless it is already: the row as closed, or None."""
+        done = self.tx.run(bind(_CLOSE, txn=row.hypay_id, closed_as=closed_as, admin=admin, reason=reason))
+        if not done:
+            return None
+        return replace(row, closed_as=closed_as, closed_by=admin, closed_at=done[0][0], closed_reason=reason)

@@ -180,17 +180,17 @@ GRANTED_IN_FULL = """(
       WHERE c.payment_id = p.id AND c.type IN ('purchase', 'refund'))
     = COALESCE(p.credits, (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)))"""
 
-# `:bind` (Action.BIND, an operator's complete of a payment whose credits were granted before: a purchase row the web
-# app wrote while it was pending, the ledger holding its credits in full): the payment is completed by the transaction
-# without a second purchase row or a balance change; its credits then stand on the transaction (a refund of it takes
-# them back).
+# Action.BIND (an operator's complete of a payment whose credits were granted before: a purchase row the web app wrote
+# while it was pending, the ledger holding its credits in full) is this statement with `{bound}` requiring that, and no
+# purchase row or balance change (`{granting}` false): its credits then stand on the transaction (a refund of it takes
+# them back). A callback's grant (Action.GRANT) has neither condition in its text, so nothing more to plan.
 _GRANT = """
 WITH paid AS (
     UPDATE public.payments p
        SET status = 'completed', hypay_transaction_id = :txn, hypay_ccode = 0, hypay_approval_code = :acode,
            completed_at = now(), updated_at = now()
      WHERE p.id = :id::uuid AND p.status = :previous_status
-       AND (NOT :bind OR COALESCE({granted_in_full}, false))
+       {bound}
     RETURNING p.id, p.user_id, p.amount, p.save_card,
               COALESCE(p.credits,
                        (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)) AS credits,
@@ -198,7 +198,7 @@ WITH paid AS (
 ), granted AS (
     INSERT INTO public.credit_transactions (user_id, amount, type, description, payment_id)
     SELECT user_id, credits, 'purchase', COALESCE(pack_name, 'Credit pack'), id FROM paid
-     WHERE credits > 0 AND NOT :bind
+     WHERE credits > 0 AND {granting}
     RETURNING user_id, amount
 ), credited AS (
     UPDATE public.profiles u SET credits = u.credits + g.amount, updated_at = now()
@@ -242,8 +242,10 @@ def _raw_sha256(raw_callback: str) -> str:
 
 
 _STATEMENTS = {
-    Action.GRANT: _GRANT.replace("{granted_in_full}", GRANTED_IN_FULL).format(journal=_JOURNAL.strip()),
-    Action.BIND: _GRANT.replace("{granted_in_full}", GRANTED_IN_FULL).format(journal=_JOURNAL.strip()),
+    Action.GRANT: _GRANT.format(journal=_JOURNAL.strip(), bound="", granting="true"),
+    Action.BIND: _GRANT.format(
+        journal=_JOURNAL.strip(), bound=f"AND COALESCE({GRANTED_IN_FULL}, false)", granting="false"
+    ),
     Action.FAIL: _FAIL.format(journal=_JOURNAL.strip()),
     Action.REVIEW: _REVIEW.format(journal=_JOURNAL.strip()),
     Action.NONE: _NOTHING.format(journal=_JOURNAL.strip()),
@@ -343,7 +345,7 @@ class Journal:
             "contradiction": contradiction[:500] if contradiction else None,
         }
         if action in (Action.GRANT, Action.BIND):
-            params |= {"invoice": txn.invoice_number or None, "bind": action == Action.BIND}
+            params["invoice"] = txn.invoice_number or None
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]
         return Applied(
             Verdict(journaled), UUID(user) if user else None, int(granted or 0), bool(save_card), bool(existed)

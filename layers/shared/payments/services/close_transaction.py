@@ -104,10 +104,9 @@ class CloseTransaction:
             refusal = close_refusal(row)
             if refusal is not None:
                 raise Conflict(refusal)
-            if not statements.close(txn, closed_as=outcome, admin=admin, reason=reason):
+            after = statements.close(row, closed_as=outcome, admin=admin, reason=reason)
+            if after is None:
                 raise Conflict(f"Hyp transaction {txn} changed while it was being closed; look again")
-            after = statements.lock(txn)
-            assert after is not None  # locked by this transaction: it cannot have gone
             audit.record(
                 tx,
                 admin=admin,
