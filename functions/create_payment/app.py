@@ -49,7 +49,8 @@ _PROBLEMS: dict[int, Any] = {
     404: problem_json("Unknown credit pack, or the user has no profile."),
     409: problem_json(
         "Inactive pack, no saved card, the payment expired before its saved card was charged (nothing charged: use a"
-        " new key), or the first request with this key is still running (then Retry-After).",
+        " new key), another saved-card charge of the user has no confirmed outcome yet (nothing charged; then"
+        " Retry-After), or the first request with this key is still running (then Retry-After).",
         headers=retry_after(required=False),
     ),
     415: UNSUPPORTED_MEDIA_TYPE,

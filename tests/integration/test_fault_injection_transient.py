@@ -147,14 +147,15 @@ def test_cleanup_faulted_at_every_step(
                 post(body, key=f"{key}-probe-trace")
                 soft_at["soft"] = inj.trace.index(Point("hyp", "soft"))
         before = set(h.env.sim.transactions)
+        user = h.own_user(key)  # its charge left unsettled would refuse the next case's by the same user
         # the charge's invocation is killed while Hyp answers: Hyp charged, nothing stored
         with inj.invocation(at=soft_at["soft"], fault="killed"), contextlib.suppress(Killed):
-            post(body, key=key)
+            post(body, key=key, user=user)
         h.cold_start()
         h.lost_answers |= {t.id for i, t in h.env.sim.transactions.items() if i not in before and not t.redirect_query}
         [[pid]] = h.rows("SELECT id::text FROM payments WHERE idempotency_key LIKE :k", k=f"%:{key}")
         assert h.status(pid) == "pending"
-        return {"payment_id": pid, "key": key, "body": body}
+        return {"payment_id": pid, "key": key, "body": body, "user": user}
 
     def act(ctx: dict[str, Any]) -> Any:
         db = database(env.url)

@@ -14,7 +14,7 @@ from tests.integration.test_refund_lost_charge import _lost_charge
 from tests.integration.test_refund_outcome import _lost_refund, settle
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import resolve
-from tests.support.payments import Env
+from tests.support.payments import Env, user_with_the_saved_card
 from tests.support.pg import connect
 
 
@@ -56,7 +56,7 @@ def test_resolves_of_two_payments_racing_for_one_hyp_id_answer_409_not_503(admin
     write of X is held open by a transaction of the owner that commits 0.5 s later)."""
     env = admin
     a, x = _lost_charge(env, "lost-a")
-    b, _ = _lost_charge(env, "lost-b")
+    b, _ = _lost_charge(env, "lost-b", user_with_the_saved_card(env.rows, "lost-b"))  # one unsettled charge a user
     before = env.credits()
     blocker = connect(env.url)
     blocker.run("BEGIN")

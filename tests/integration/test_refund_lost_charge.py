@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from ops.hypay_simulator import APPROVING_CARD
+from ops.seed import DEMO_USER_ID
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_hypay_callback import browser
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
@@ -18,10 +19,10 @@ from tests.integration.test_review import every_item, resolve
 from tests.support.payments import CVV, PRO, STARTER, Env, post
 
 
-def _lost_charge(env: Env, key: str) -> tuple[str, str]:
+def _lost_charge(env: Env, key: str, user: str = DEMO_USER_ID) -> tuple[str, str]:
     """A saved-card charge of the PRO pack (199.00) Hyp made, its answer lost: (payment id, Hyp Id)."""
     env.sim.faults.add("soft", "lost")
-    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key=key)
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key=key, user=user)
     assert answer.status == 202, answer.body
     pid = answer.json["payment_id"]
     [charge] = [t for t in env.sim.transactions.values() if t.order == pid]

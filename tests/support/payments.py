@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ops.hypay_simulator import HypaySimulator
 from ops.seed import DEMO_USER_ID
@@ -52,3 +55,22 @@ def post(body: object, key: str | None = "key-1", user: str = DEMO_USER_ID, **he
     if key is not None:
         headers["Idempotency-Key"] = key
     return invoke(CREATE, "POST", "/payments", user=user, body=body, headers=headers)
+
+
+def user_with_the_saved_card(rows: Callable[..., Any], name: str) -> str:
+    """A new user (no credits) whose saved card is the demo user's, the same token at Hyp: `rows` runs a statement as
+    the database's owner. A user's card is charged by one payment at a time, so a test or case that needs another
+    saved-card charge while one is unsettled (in review) charges it as another user."""
+    user = str(uuid.uuid4())
+    rows(
+        "INSERT INTO profiles (id, email, full_name, credits) VALUES (:u::uuid, :e, 'Israel Israeli', 0)",
+        u=user,
+        e=f"{name}@example.com",
+    )
+    rows(
+        "INSERT INTO saved_cards (user_id, token, expiry_month, expiry_year, last4)"
+        " SELECT :u::uuid, token, expiry_month, expiry_year, last4 FROM saved_cards WHERE user_id = :d::uuid",
+        u=user,
+        d=DEMO_USER_ID,
+    )
+    return user

@@ -542,3 +542,33 @@ def test_a_record_with_a_status_of_no_string_is_refused_as_powertools_refuses_it
 
     with pytest.raises(IdempotencyInvalidStatusError):
         _ = _Record(idempotency_key="k", status=["COMPLETED"], expiry_timestamp=None).status  # type: ignore[arg-type]
+
+
+# -- the event's string maps: every value exactly a str ----------------------------------------------------------
+
+
+class _Text(str):
+    pass
+
+
+@given(
+    st.sampled_from(["headers", "queryStringParameters", "pathParameters"]),
+    st.none()
+    | st.lists(st.sampled_from(["x", _Text("x"), 1, None, b"x", ["x"]]), max_size=4).map(
+        lambda values: {f"k{i}": v for i, v in enumerate(values)}
+    )
+    | st.sampled_from([[], "x"]),
+)
+def test_the_event_check_takes_string_maps_as_the_walk_over_their_values_does(member: str, values: Any) -> None:
+    from payments.http import http_event_problem
+
+    event = {
+        "version": "2.0",
+        "rawPath": "/",
+        "requestContext": {"stage": "$default", "http": {"method": "GET", "sourceIp": "203.0.113.7"}},
+        member: values,
+    }
+    strings = values is None or (
+        isinstance(values, dict) and all(type(v) is str for v in values.values())  # noqa: E721 - exact str
+    )
+    assert (http_event_problem(event) is None) == strings

@@ -36,6 +36,14 @@ class Conflict(PaymentError):
     code = "conflict"
 
 
+class AnotherChargeUnsettled(Conflict):
+    """409 with Retry-After: another saved-card charge of the same user has no stored outcome yet (Hyp is being
+    asked, or its answer was lost and the charge is being checked). Nothing was charged."""
+
+    code = "another_charge_unsettled"
+    retry_after = 30
+
+
 class ConfigurationError(PaymentError):
     """A setting is missing or malformed: a deployment problem, not the caller's."""
 

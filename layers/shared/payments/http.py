@@ -113,6 +113,8 @@ def error_response(exc: errors.PaymentError) -> Response:
         return problem(409, "Conflict", exc.message, headers=_retry_after(exc.retry_after))
     if isinstance(exc, errors.IdempotencyKeyReused):
         return problem(422, "Unprocessable Content", exc.message)
+    if isinstance(exc, errors.AnotherChargeUnsettled):
+        return problem(409, "Conflict", exc.message, headers=_retry_after(exc.retry_after))
     if isinstance(exc, errors.Conflict):
         return problem(409, "Conflict", exc.message)
     if isinstance(exc, errors.InvalidRequest):
@@ -194,10 +196,13 @@ def http_event_problem(event: Any) -> str | None:
     for member in ("headers", "queryStringParameters", "pathParameters"):
         values = event.get(member)
         if values is not None and not (
-            isinstance(values, Mapping) and all(type(v) is str for v in values.values())  # noqa: E721 - exact str
+            isinstance(values, Mapping) and _ONLY_STR.issuperset(map(type, values.values()))
         ):
             return f"the event's {member} are not strings"
     return None
+
+
+_ONLY_STR = frozenset({str})  # exactly str: a subclass of it is not what a JSON event holds
 
 
 def event_refused(detail: str) -> dict[str, Any]:

@@ -1,17 +1,30 @@
-"""SQL for payments, packs, profiles, saved cards and rate limits. One statement per state change."""
+"""SQL for payments, packs, profiles, saved cards and rate limits. One statement per state change (a saved-card
+charge's mark: one transaction, under the user's lock)."""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from payments.adapters.db import Database, QueryError, bind
+from payments.adapters.db import Database, QueryError, Transaction, bind
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
 from payments.records import Record
 
 UNIQUE_VIOLATION = "23505"
+# The advisory lock (first key) under which a user's saved-card charges are marked one at a time; arbitrary, constant.
+_CHARGE_LOCK = 1_213_223_251
+# A payment whose saved-card charge has no stored outcome while it is in one of these (asked of Hyp now; its answer
+# lost and sent to review): a charge may exist.
+_UNSETTLED = "('pending', 'needs_review')"
+
+
+class ChargeMark(StrEnum):
+    MARKED = "marked"
+    HELD = "held"  # another attempt holds the payment, or it is no longer pending
+    ANOTHER_UNSETTLED = "another_unsettled"  # another payment of the user has a charge with no stored outcome
 
 
 class Pack(Record):
@@ -165,19 +178,51 @@ class PaymentsStore:
         )
         return _opened(rows[0]) if rows else None
 
-    def mark_charge_attempt(self, payment_id: UUID, attempt_id: UUID) -> bool:
-        """Before asking Hyp to charge: durably mark the attempt. False when another attempt holds the payment
-        (or it is no longer pending). Resending the statement after a lost answer finds our own mark."""
-        rows = self.db.run(
-            bind(
-                "UPDATE public.payments SET charge_attempt_id = :a::uuid, charge_attempted_at = now(),"
-                " updated_at = now() WHERE id = :id::uuid AND status = 'pending'"
-                " AND (charge_attempt_id IS NULL OR charge_attempt_id = :a::uuid) RETURNING 1",
-                a=str(attempt_id),
-                id=str(payment_id),
+    def mark_charge_attempt(self, payment_id: UUID, attempt_id: UUID) -> ChargeMark:
+        """Before asking Hyp to charge: durably mark the attempt. `HELD` when another attempt holds the payment (or
+        it is no longer pending); `ANOTHER_UNSETTLED` when another payment of the same user has a saved-card charge
+        whose outcome is not stored (asked of Hyp right now, or its answer lost and a human checking it): a user's
+        card is charged by one payment at a time, so a purchase retried with a new key while the first one's
+        outcome is unknown never charges the card a second time. The user's charges are marked one at a time (a
+        transaction-scoped advisory lock on the user), and the mark is decided by a statement sent after the lock
+        is held, whose snapshot sees every mark committed before. Resending after a lost answer (the transaction
+        runs again) finds our own mark."""
+
+        def mark(tx: Transaction) -> ChargeMark:
+            locked = tx.run(
+                bind(
+                    f"SELECT pg_advisory_xact_lock({_CHARGE_LOCK}, hashtext(user_id::text)) FROM public.payments"
+                    " WHERE id = :id::uuid",
+                    id=str(payment_id),
+                )
             )
-        )
-        return bool(rows)
+            if not locked:
+                return ChargeMark.HELD
+            rows = tx.run(
+                bind(
+                    "WITH this AS (SELECT id, user_id, status = 'pending'"
+                    " AND (charge_attempt_id IS NULL OR charge_attempt_id = :a::uuid) AS markable"
+                    " FROM public.payments WHERE id = :id::uuid),"
+                    " other AS (SELECT EXISTS (SELECT 1 FROM public.payments o, this WHERE o.user_id = this.user_id"
+                    f" AND o.id <> this.id AND o.charge_attempt_id IS NOT NULL AND o.status IN {_UNSETTLED})"
+                    " AS unsettled),"
+                    # The payment's own conditions on the row itself, so that a change committed meanwhile (the
+                    # cleanup expiring it) is seen when the row's lock is granted (READ COMMITTED rechecks them).
+                    " marked AS (UPDATE public.payments p SET charge_attempt_id = :a::uuid,"
+                    " charge_attempted_at = now(), updated_at = now() FROM other WHERE p.id = :id::uuid"
+                    " AND p.status = 'pending' AND (p.charge_attempt_id IS NULL OR p.charge_attempt_id = :a::uuid)"
+                    " AND NOT other.unsettled RETURNING 1)"
+                    " SELECT this.markable, other.unsettled, EXISTS (SELECT 1 FROM marked) FROM this, other",
+                    a=str(attempt_id),
+                    id=str(payment_id),
+                )
+            )
+            markable, unsettled, marked = rows[0] if rows else (False, False, False)
+            if marked:
+                return ChargeMark.MARKED
+            return ChargeMark.ANOTHER_UNSETTLED if markable and unsettled else ChargeMark.HELD
+
+        return self.db.atomic(mark)
 
     def release_charge_attempt(self, payment_id: UUID, attempt_id: UUID) -> None:
         """Hyp certainly did not charge (our credentials were refused): a retry may try again."""

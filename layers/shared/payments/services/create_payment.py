@@ -22,9 +22,10 @@ from uuid import UUID
 from aws_lambda_powertools.metrics import MetricUnit
 
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
-from payments.adapters.payments_store import OpenedPayment, Pack, PaymentsStore, Profile, SavedCard
+from payments.adapters.payments_store import ChargeMark, OpenedPayment, Pack, PaymentsStore, Profile, SavedCard
 from payments.domain.payment import CreatePaymentRequest, PaymentStatus
 from payments.errors import (
+    AnotherChargeUnsettled,
     Conflict,
     DatabaseUnavailable,
     GatewayAuthenticationError,
@@ -263,7 +264,19 @@ class CreatePayment:
         answers nothing may raise without the answer stored (`OutcomeUnconfirmed` keeps the key locked)."""
         store = self.deps.store
         attempt = uuid.uuid4()
-        if not store.mark_charge_attempt(payment_id, attempt):
+        mark = store.mark_charge_attempt(payment_id, attempt)
+        if mark is ChargeMark.ANOTHER_UNSETTLED:
+            # Nothing asked of Hyp, nothing stored for the key: once the other charge's outcome is stored, a retry
+            # (this key or another) charges.
+            logger.warning(
+                "saved card charge refused: another of the user's charges is unsettled",
+                extra={"payment_id": str(payment_id)},
+            )
+            raise AnotherChargeUnsettled(
+                "another saved-card charge of this user has no confirmed outcome yet; nothing was charged. Retry"
+                " once it is settled, or pay on the payment page"
+            )
+        if mark is not ChargeMark.MARKED:
             state = store.charge_state(payment_id)
             if state is None:
                 raise NotFound("the payment disappeared")
