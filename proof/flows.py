@@ -26,7 +26,9 @@ notify) is sent again until it has one.
 
 What may be answered: no 500 (nor 504, nor no answer) anywhere; API Gateway's 502 only for a request in flight
 while a worker of its function was killed; our failures are "not yet" (503, 409, 202), never "rejected" (a 502
-problem only when Hyp refused a refund; a charge's final answer is 201, 402, 202 or 409 no saved card).
+problem only when Hyp refused a refund; a charge's final answer is 201, 402, 202, 409 no saved card, or 409 another
+charge of the user unsettled: a user's card is charged by one payment at a time, so of the charges sent at once one
+goes to Hyp and the others are refused, as are the user's later ones while a charge's answer is lost).
 
 Invariants, from Hyp's side (`GET /_sim/transactions`: transactions and reversals) against ours (the tables as
 the superuser, `GET /admin/review`):
@@ -36,7 +38,8 @@ the superuser, `GET /admin/review`):
   no completed payment without Hyp's approved transaction of its amount;
 - each user's balance is the sum of their credit rows; a purchase grant at most once per payment;
 - the answers agree with the tables (201 completed, 402 failed and not charged, 202 in review, a refused
-  request wrote nothing, a 409 "no saved card" only for a user without one);
+  request wrote nothing, a 409 "no saved card" only for a user without one; a 409 "another charge unsettled" asked
+  Hyp nothing, and wrote at most a pending payment no charge was marked on, when refused at its mark);
 - refunds: never more than paid, at Hyp nor reserved in our table; every reversal Hyp made is a succeeded
   `refunds` row (its Id, or the cancellation) or covered by one whose outcome is unknown and in the review
   queue; no succeeded row without its reversal at Hyp; so no refund key reached Hyp twice;
@@ -779,8 +782,13 @@ def _charge_words(final: Reply | None) -> str:
         201: f"201 {body.get('status')}",
         202: f"202 being confirmed ({body.get('status')})",
         402: "402 declined",
-        409: "409 no saved card",
+        409: "409 another charge unsettled" if _another_charge(final) else "409 no saved card",
     }.get(final.status, f"{final.status}")
+
+
+def _another_charge(reply: Reply) -> bool:
+    """The final 409 of a saved-card charge asked while another charge of the user had no stored outcome."""
+    return reply.status == 409 and b"another saved-card charge" in reply.body
 
 
 def _refund_words(final: Reply | None) -> str:
@@ -820,6 +828,7 @@ class _Check:
         self.by_key = {r[6]: r[0] for r in payments}
         pids = ",".join(self.payments) or None
         self.transactions = [t for t in sim["transactions"] if t["order"] in self.payments]
+        self.orders = {t["order"] for t in self.transactions}  # the payments Hyp was asked to charge
         originals = {t["id"] for t in self.transactions}
         self.reversals = [r for r in sim["reversals"] if r["original_id"] in originals]
         self.journal = {
@@ -903,6 +912,8 @@ class _Check:
             if len(keyed.payment_ids) > 1 or (keyed.payment_ids and stored not in keyed.payment_ids):
                 self.fail(f"{keyed.describe()}: answers named payments {sorted(keyed.payment_ids)}, stored {stored}")
             if keyed.final is not None and keyed.final.status == 409 and stored is not None:
+                if _another_charge(keyed.final) and not self.payments[stored][7] and stored not in self.orders:
+                    continue  # refused at its mark (another charge marked meanwhile): pending, Hyp never asked
                 self.fail(f"{keyed.describe()}: refused with 409 but a payment {stored} was written")
 
     def charges_at_hyp(self) -> None:
@@ -987,6 +998,9 @@ class _Check:
                 self.fail(f"{keyed.describe()}: 402 but the payment is {status}, charged at Hyp: {pid in charged}")
             elif final.status == 202 and (status != "needs_review" or f"p:{pid}" not in self.queue):
                 self.fail(f"{keyed.describe()}: 202 but the payment is {status} and not in the review queue")
+            elif final.status == 409 and _another_charge(final):
+                if pid is not None and (self.payments[pid][7] or pid in self.orders):
+                    self.fail(f"{keyed.describe()}: 409 another charge unsettled, but its own payment was charged")
             elif final.status == 409 and keyed.user in self.cards:
                 self.fail(f"{keyed.describe()}: 409 no saved card, but the user has one")
             elif final.status not in (201, 202, 402, 409):

@@ -49,9 +49,10 @@ _PROBLEMS: dict[int, Any] = {
     404: problem_json("Unknown credit pack, or the user has no profile."),
     409: problem_json(
         "Inactive pack, no saved card, the payment expired before its saved card was charged (nothing charged: use a"
-        " new key), another saved-card charge of the user has no confirmed outcome yet (nothing charged; then"
-        " Retry-After), or the first request with this key is still running (then Retry-After).",
-        headers=retry_after(required=False),
+        " new key), another saved-card charge of the user has no confirmed outcome yet (nothing charged; stored for"
+        " the key: once that charge is settled, use a new key), or the first request with this key is still running"
+        " (then Retry-After).",
+        headers={**retry_after(required=False), **REPLAYED},
     ),
     415: UNSUPPORTED_MEDIA_TYPE,
     422: problem_json("The Idempotency-Key was used with a different request."),

@@ -21,7 +21,7 @@ from payments.errors import Conflict
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
 from tests.integration.test_hypay_callback import buy, forge, notify, pay
 from tests.support.api import Answer, invoke, reset_function_state
-from tests.support.payments import CVV, PRO, Env, post
+from tests.support.payments import CVV, PRO, Env, post, user_with_the_saved_card
 from tests.support.pg import connect, database
 
 ADMIN = "AdminFunction"
@@ -345,7 +345,10 @@ def test_unknown_charge_outcome_needs_the_hyp_id_to_complete_and_can_be_failed(a
     # Given two saved-card charges whose outcome never came back
     admin.sim.faults.add("soft", "hang", times=3, seconds=1.5)
     charged = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="hang-1").json["payment_id"]
-    not_charged = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="hang-2").json["payment_id"]
+    other = user_with_the_saved_card(admin.rows, "hang-2")  # a user's card: one unsettled charge at a time
+    not_charged = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="hang-2", user=other).json[
+        "payment_id"
+    ]
     before = admin.credits()
     # When completed without saying which Hyp transaction paid: a 409 that asks for it (the body is well formed: the
     # payment's state, no transaction known to have paid it, refuses it)

@@ -37,11 +37,10 @@ class Conflict(PaymentError):
 
 
 class AnotherChargeUnsettled(Conflict):
-    """409 with Retry-After: another saved-card charge of the same user has no stored outcome yet (Hyp is being
-    asked, or its answer was lost and the charge is being checked). Nothing was charged."""
+    """Another saved-card charge of the same user has no stored outcome yet (Hyp is being asked, or its answer was
+    lost and the charge is being checked): the request is answered 409, stored for its key, nothing charged."""
 
     code = "another_charge_unsettled"
-    retry_after = 30
 
 
 class ConfigurationError(PaymentError):

@@ -113,8 +113,6 @@ def error_response(exc: errors.PaymentError) -> Response:
         return problem(409, "Conflict", exc.message, headers=_retry_after(exc.retry_after))
     if isinstance(exc, errors.IdempotencyKeyReused):
         return problem(422, "Unprocessable Content", exc.message)
-    if isinstance(exc, errors.AnotherChargeUnsettled):
-        return problem(409, "Conflict", exc.message, headers=_retry_after(exc.retry_after))
     if isinstance(exc, errors.Conflict):
         return problem(409, "Conflict", exc.message)
     if isinstance(exc, errors.InvalidRequest):

@@ -189,6 +189,10 @@ class PaymentsStore:
         runs again) finds our own mark."""
 
         def mark(tx: Transaction) -> ChargeMark:
+            # Each statement its own snapshot, whatever the database's default isolation: under REPEATABLE READ or
+            # SERIALIZABLE the snapshot would be the lock statement's, taken before it waited, blind to the mark the
+            # lock's holder committed. (The user's lock serializes the marks; no snapshot is taken before this.)
+            tx.run("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             locked = tx.run(
                 bind(
                     f"SELECT pg_advisory_xact_lock({_CHARGE_LOCK}, hashtext(user_id::text)) FROM public.payments"
@@ -223,6 +227,20 @@ class PaymentsStore:
             return ChargeMark.ANOTHER_UNSETTLED if markable and unsettled else ChargeMark.HELD
 
         return self.db.atomic(mark)
+
+    def charge_unsettled(self, user_id: UUID, idempotency_key: str) -> bool:
+        """Whether another payment of the user than the one of this (scoped) key has a saved-card charge with no
+        stored outcome: the read-only check before anything is written (the mark decides, under the user's lock)."""
+        rows = self.db.run(
+            bind(
+                "SELECT EXISTS (SELECT 1 FROM public.payments"
+                " WHERE user_id = :u::uuid AND charge_attempt_id IS NOT NULL"
+                f" AND status IN {_UNSETTLED} AND idempotency_key IS DISTINCT FROM :k)",
+                u=str(user_id),
+                k=idempotency_key,
+            )
+        )
+        return bool(rows[0][0])
 
     def release_charge_attempt(self, payment_id: UUID, attempt_id: UUID) -> None:
         """Hyp certainly did not charge (our credentials were refused): a retry may try again."""

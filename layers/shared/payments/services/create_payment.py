@@ -91,6 +91,20 @@ def _view(payment_id: UUID, pack: Pack, url: str | None, status: PaymentStatus) 
     }
 
 
+def _another_charge_unsettled() -> dict[str, Any]:
+    """The answer (stored for the key, as a decline is) to a saved-card charge asked while another charge of the user
+    has no stored outcome: final for the key (no Retry-After: a human may have to settle the other)."""
+    return {
+        "status": 409,
+        "body": _problem(
+            409,
+            "Conflict",
+            "another saved-card charge of this user has no confirmed outcome yet; nothing was charged. Pay on the"
+            " payment page, or with the saved card and a new Idempotency-Key once that charge is settled",
+        ),
+    }
+
+
 def _problem(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
 
@@ -127,6 +141,9 @@ class CreatePayment:
 
         try:
             pack, profile, card = self._admitted(request, user_id, scope["key"])
+        except AnotherChargeUnsettled:
+            # Stored as the key's answer (every copy of the request gets the same one), nothing else written.
+            return self._left_by_key(user_id, scope["key"], request) or _another_charge_unsettled()
         except (NotFound, PackUnavailable, Conflict, RateLimited):
             # A retry of a key whose earlier attempt got somewhere (a page made, a charge attempted, finished) is
             # answered by what it left, whatever today's catalogue, card or rate says: "no longer sold" about a
@@ -190,6 +207,9 @@ class CreatePayment:
         card = store.saved_card(user_id) if request.saved_card else None
         if request.saved_card and card is None:
             raise Conflict("there is no saved card for this user; pay on the payment page instead")
+        if card is not None and store.charge_unsettled(user_id, _scoped_key(user_id, key)):
+            # Before anything is written, and not counted against the rate (the mark decides for good).
+            raise AnotherChargeUnsettled("another saved-card charge of this user has no confirmed outcome yet")
         count, retry_after = store.hit_rate_limit(
             f"create_payment:{user_id}", self.deps.rate_window_seconds, request=key, limit=self.deps.rate_limit
         )
@@ -268,14 +288,13 @@ class CreatePayment:
         if mark is ChargeMark.ANOTHER_UNSETTLED:
             # Nothing asked of Hyp, nothing stored for the key: once the other charge's outcome is stored, a retry
             # (this key or another) charges.
+            # Another charge was marked between the check before anything was written and this mark: this payment
+            # stays pending with nothing asked of Hyp (the cleanup expires it), the refusal stored as the key's answer.
             logger.warning(
                 "saved card charge refused: another of the user's charges is unsettled",
                 extra={"payment_id": str(payment_id)},
             )
-            raise AnotherChargeUnsettled(
-                "another saved-card charge of this user has no confirmed outcome yet; nothing was charged. Retry"
-                " once it is settled, or pay on the payment page"
-            )
+            return _another_charge_unsettled()
         if mark is not ChargeMark.MARKED:
             state = store.charge_state(payment_id)
             if state is None:
