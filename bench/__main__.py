@@ -11,8 +11,8 @@ Environment (sizes; quick mode's in brackets):
 - BENCH_CALLBACKS, BENCH_CALLBACKS_WARMUP, BENCH_CALLBACK_SLICES: callbacks per phase for the two workers
   together, warm-up payments per worker, slices per phase (2000, 50, 20) [20, 3, 2]
 - BENCH_IMPORT_ROUNDS: rounds per cold-import run (5) [1]
-- BENCH_CLEANUP_RECORDS, BENCH_CLEANUP_IDLE_MS, BENCH_CLAIM_RATE: expired records, idle claiming before the
-  purge, claims a second (1,000,000, 5000, 0 = back to back) [5000, 500, 0]
+- BENCH_CLEANUP_RECORDS, BENCH_CLEANUP_SLICE_MS, BENCH_CLAIM_RATE: expired records, the length of each purge slice
+  and of the idle one before it, claims a second (1,000,000, 2000, 0 = back to back) [5000, 100, 0]
 - BENCH_PIN=1: the callbacks' workers each pinned to a core with the server process answering them (see
   bench/callbacks.py: `pin`)
 - BENCH_ONLY: comma-separated measurements to run (idempotency, callbacks, cold_import, cleanup)

@@ -2,18 +2,20 @@
 
 Each run: a fresh database gets BENCH_CLEANUP_RECORDS expired Powertools records (one INSERT from
 generate_series; then VACUUM ANALYZE and CHECKPOINT, as a table that grew over time would be: analyzed, its
-pages written long ago). A separate process
-claims fresh keys through the layer in a loop, BENCH_CLAIM_RATE a second as requests would come (0: back
-to back; Powertools' `idempotent_function` on `PostgresPersistenceLayer`: claim, the function,
-completion): first while nothing else runs (idle),
-then while `run_cleanup` (the cleanup function's service, with its batch size and a time budget that
-never runs out) purges every expired record. Reported: the purge's time, and the claims' latency
-during the purge against idle.
+pages written long ago). A separate process claims fresh keys through the layer in a loop, BENCH_CLAIM_RATE a
+second as requests would come (0: back to back; Powertools' `idempotent_function` on `PostgresPersistenceLayer`:
+claim, the function, completion), while `run_cleanup` (the cleanup function's service, with its batch size)
+purges every expired record in slices of BENCH_CLEANUP_SLICE_MS, each followed by as long with nothing else
+running: idle and purge take turns, so the claims of both see the same machine (its drift, its background
+work, as many of them). A claim is counted as during the purge from the slice's start until half a second after
+its end (what the purge leaves the server to finish, its commits' WAL, counts against it), as idle otherwise.
+Reported: the purge's time (the sum of its slices), and the claims' latency during the purge against idle.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import time
 import traceback
@@ -35,9 +37,17 @@ SELECT 'HypayCallbackFunction.handle#' || md5(g::text), 'completed', {now} - 60 
 """
 
 
-def _claimer(url: str, rate: int, idle_seconds: float, idle_done: Any, purge_done: Any, results: Any) -> None:
-    """Claims fresh keys, `rate` a second (0: back to back); latencies (ms) while idle, then until the purge
-    is done. Paced, a claim starts on its schedule (never in a burst to catch up) and is timed from its start."""
+# What the claiming process is told: the phase a claim starting now belongs to (2 × the slice's number, + 1 during
+# the purge: even is idle, odd is the purge), or to stop.
+STOP = -1
+# After a purge slice ends, claims still count as during the purge for this long: the server finishes its work.
+AFTERMATH_SECONDS = 0.5
+
+
+def _claimer(url: str, rate: int, phase: Any, warmed: Any, results: Any, core: int | None) -> None:
+    """Claims fresh keys, `rate` a second (0: back to back), each latency (ms) kept under the phase its claim
+    started in, until told to stop. Paced, a claim starts on its schedule (never in a burst to catch up) and is timed
+    from its start. With `core`, this process and the server process answering it run on that core alone."""
     try:
         warnings.simplefilter("ignore")  # no Lambda context here: Powertools says so on every claim
         from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
@@ -46,6 +56,10 @@ def _claimer(url: str, rate: int, idle_seconds: float, idle_done: Any, purge_don
         from payments.idempotency import PostgresPersistenceLayer
 
         db = database(url)
+        if core is not None:
+            [[server_process]] = db.run("SELECT pg_backend_pid()")
+            os.sched_setaffinity(0, {core})
+            os.sched_setaffinity(server_process, {core})
         store = PostgresPersistenceLayer(database=db)
         config = IdempotencyConfig(event_key_jmespath="order_id", payload_validation_jmespath="amount")
 
@@ -70,19 +84,36 @@ def _claimer(url: str, rate: int, idle_seconds: float, idle_done: Any, purge_don
 
         for _ in range(100):
             claim()
-        idle: list[float] = []
-        until = time.monotonic() + idle_seconds
-        while time.monotonic() < until:
-            idle.append(claim())
-        idle_done.set()
-        during: list[float] = []
-        while not purge_done.is_set():
-            during.append(claim())
+        warmed.set()
+        latencies: dict[int, list[float]] = {}
+        while (now := phase.value) != STOP:
+            latencies.setdefault(now, []).append(claim())
         db.close()
-        results.put({"idle": idle, "during": during})
+        results.put({"phases": latencies})
     except BaseException:
-        idle_done.set()
+        warmed.set()
         results.put({"error": traceback.format_exc()})
+
+
+def _can_pin(url: str) -> bool:
+    """Whether server processes can be put on cores here: two cores or more, a server on this machine's Unix socket
+    (a remote or containerised server's process id names no process here), and the right to move its processes (the
+    same user, or the privilege): tried on one."""
+    from payments.adapters.db import parse_database_url
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        return False
+    if parse_database_url(url).unix_sock is None:
+        return False
+    db = database(url)
+    try:
+        [[server_process]] = db.run("SELECT pg_backend_pid()")
+        os.sched_setaffinity(server_process, os.sched_getaffinity(server_process))
+    except OSError:
+        return False
+    finally:
+        db.close()
+    return True
 
 
 def _checkpoint(url: str) -> bool:
@@ -110,15 +141,34 @@ class CleanupBench:
     def __init__(self) -> None:
         self.runs = runs(3)
         self.records = size("BENCH_CLEANUP_RECORDS", 1_000_000, 5_000)
-        self.idle_seconds = size("BENCH_CLEANUP_IDLE_MS", 5_000, 500) / 1000
+        self.slice_seconds = size("BENCH_CLEANUP_SLICE_MS", 2_000, 100) / 1000
         self.claim_rate = size("BENCH_CLAIM_RATE", 0, 0)  # claims a second (paced, as requests would come); 0: flat out
         self.loads = Loads()
-        self.figures: dict[str, Spread] = {
-            k: Spread()
-            for k in ("insert_s", "purge_s", "idle_p50", "idle_p99", "during_p50", "during_p99", "p50_x", "p99_x")
+        # Each run measures the setting the targets are judged on ("shared": the claims' process, its server process
+        # and the purge's server process left to the scheduler on this machine's cores), then, where it can, the same
+        # with the purge's server process on a core of its own ("pinned": the claims' process and its server process
+        # on another), as a database server with cores to spare would run them. Their order alternates.
+        self.variants = ["shared"]
+        self.figures: dict[str, dict[str, Spread]] = {
+            variant: {
+                k: Spread()
+                for k in (
+                    "insert_s",
+                    "purge_s",
+                    "idle_p50",
+                    "idle_p99",
+                    "first_idle_p99",
+                    "during_p50",
+                    "during_p99",
+                    "p50_x",
+                    "p99_x",
+                )
+            }
+            for variant in ("shared", "pinned")
         }
         self.claims: dict[str, list[int]] = {"idle": [], "during": []}
         self.checkpointed: list[bool] = []
+        self.slices: list[int] = []
         self.context = multiprocessing.get_context("spawn")
         # The cleanup function's own policy (its settings from the environment: CLEANUP_BATCH_SIZE,
         # CLEANUP_DUTY_CYCLE_PERCENT, ...).
@@ -126,8 +176,15 @@ class CleanupBench:
 
     def setup(self, server: Server) -> None:
         self.server = server
+        if _can_pin(server.url_of("postgres")):
+            self.variants.append("pinned")
 
     def run(self) -> None:
+        for variant in self.variants if len(self.slices) % 2 == 0 else reversed(self.variants):
+            self._measure(variant)
+
+    def _measure(self, variant: str) -> None:
+        pinned = variant == "pinned"
         name = self.server.create(template=self.server.migrated())
         url = self.server.url_of(name)
         db = database(url)
@@ -137,18 +194,22 @@ class CleanupBench:
                     execute(url, EXPIRED.format(now=int(time.time()), n=int(self.records)))
                 execute(url, "VACUUM ANALYZE public.idempotency_keys")
                 self.checkpointed.append(_checkpoint(url))
-                idle_done, purge_done = self.context.Event(), self.context.Event()
+                phase, warmed = self.context.Value("i", 0), self.context.Event()
                 results = self.context.Queue()
                 claimer = self.context.Process(
-                    target=_claimer, args=(url, self.claim_rate, self.idle_seconds, idle_done, purge_done, results)
+                    target=_claimer, args=(url, self.claim_rate, phase, warmed, results, 0 if pinned else None)
                 )
                 claimer.start()
+                if pinned:
+                    [[server_process]] = db.run("SELECT pg_backend_pid()")
+                    os.sched_setaffinity(server_process, {sorted(os.sched_getaffinity(0))[1]})
                 try:
-                    idle_done.wait(timeout=300)
-                    with stopwatch() as purged:
-                        report = run_cleanup(db, policy=self.policy, time_left_ms=lambda: 3_600_000)
+                    warmed.wait(timeout=300)
+                    purged, slices = self._purge_in_slices(db, phase)
+                    if not pinned:
+                        self.slices.append(slices)
                 finally:
-                    purge_done.set()
+                    phase.value = STOP
                 try:
                     claims = results.get(timeout=300)
                 finally:
@@ -160,37 +221,65 @@ class CleanupBench:
             [[left]] = execute(
                 url, "SELECT count(*) FROM public.idempotency_keys WHERE expiry_timestamp < extract(epoch FROM now())"
             )
-            if report.purged_idempotency_records != self.records or not report.complete or left:
-                raise RuntimeError(
-                    f"the cleanup purged {report.purged_idempotency_records} of {self.records} records "
-                    f"(complete: {report.complete}, {left} expired left)"
-                )
-            if not claims["during"]:
-                raise RuntimeError("no claim was made during the purge")
+            if purged != self.records or left:
+                raise RuntimeError(f"the cleanup purged {purged} of {self.records} records ({left} expired left)")
+            phases = claims["phases"]
+            idle = [ms for n, took in sorted(phases.items()) if n % 2 == 0 for ms in took]
+            during = [ms for n, took in sorted(phases.items()) if n % 2 == 1 for ms in took]
+            if not during or not phases.get(0):
+                raise RuntimeError("no claim was made during the purge, or before it")
         finally:
             db.close()
             self.server.drop(name)
-        idle, during = claims["idle"], claims["during"]
         figures = {
             "insert_s": inserted[0],
-            "purge_s": purged[0],
+            "purge_s": self._purge_seconds,
             "idle_p50": statistics.median(idle),
             "idle_p99": percentile(idle, 0.99),
+            "first_idle_p99": percentile(phases[0], 0.99),
             "during_p50": statistics.median(during),
             "during_p99": percentile(during, 0.99),
         }
         figures["p50_x"] = figures["during_p50"] / figures["idle_p50"]
         figures["p99_x"] = figures["during_p99"] / figures["idle_p99"]
         for key, value in figures.items():
-            self.figures[key].values.append(value)
-        self.claims["idle"].append(len(idle))
-        self.claims["during"].append(len(during))
+            self.figures[variant][key].values.append(value)
+        if not pinned:
+            self.claims["idle"].append(len(idle))
+            self.claims["during"].append(len(during))
+
+    def _purge_in_slices(self, db: Any, phase: Any) -> tuple[int, int]:
+        """`run_cleanup` until it is complete, each call given one slice of time, each followed by a slice with
+        nothing else running; the claims' phase set as it goes. (Records purged, slices taken); the purge's seconds
+        (the sum of its slices) are kept for `run`."""
+        purged, slices, seconds = 0, 0, 0.0
+        while True:
+            phase.value = 2 * slices
+            time.sleep(self.slice_seconds)
+            phase.value = 2 * slices + 1
+            slices += 1
+            end = time.monotonic() + self.slice_seconds
+
+            def time_left_ms(end: float = end) -> int:
+                return int((end - time.monotonic()) * 1000)
+
+            with stopwatch() as took:
+                report = run_cleanup(db, policy=self.policy, time_left_ms=time_left_ms, reserve_ms=0)
+            seconds += took[0]
+            purged += report.purged_idempotency_records
+            if report.complete:
+                break
+            time.sleep(AFTERMATH_SECONDS)  # what the slice left the server to finish counts as during the purge
+        time.sleep(AFTERMATH_SECONDS)
+        self._purge_seconds = seconds
+        return purged, slices
 
     def close(self) -> None:
         pass
 
     def section(self) -> Section:
-        f = self.figures
+        f = self.figures["shared"]
+        pinned = self.figures["pinned"]
         runs_done = len(f["purge_s"].values)
         pace = f"{self.claim_rate} a second, on a schedule" if self.claim_rate else "back to back"
         checkpoint = (
@@ -212,11 +301,16 @@ class CleanupBench:
             "that grew over time",
             "would have them, rather than by a checkpoint running on through the claims). A separate process claims "
             "fresh keys through the layer",
-            f"({pace}; claim, the function, completion, each timed from its start): for {self.idle_seconds:g} s with",
-            "nothing else running (**idle**), then while",
-            f"`run_cleanup` (batches of {self.policy.batch_size}, `FOR UPDATE SKIP LOCKED`, run on the server in "
-            f"statements of about a second, paced to at most {self.policy.duty_cycle_percent} % of the time with at "
-            "least a millisecond between batches; a time budget that never runs out) purges them all (**during**).",
+            f"({pace}; claim, the function, completion, each timed from its start) while `run_cleanup` (batches of "
+            f"{self.policy.batch_size}, `FOR UPDATE SKIP LOCKED`, run on the server in statements of about a second, "
+            f"paced to at most {self.policy.duty_cycle_percent} % of the time with at least a millisecond between "
+            f"batches) purges them all in slices of {self.slice_seconds:g} s, each slice preceded by as long with "
+            "nothing else running. Idle and purge take turns, so the claims of both see the same machine (its drift "
+            "and background work) for about as long (before this, 5 s of idle claims came first and the purge's "
+            f"about 30 s after). A claim is counted **during** the purge from a slice's start to "
+            f"{AFTERMATH_SECONDS:g} s after its end (what the purge leaves the server to finish counts against it), "
+            f"**idle** otherwise. Slices per run: {' · '.join(map(str, self.slices))}; purge time is the sum of its "
+            "slices.",
             "",
             "| figure | each run | min | **median** |",
             "|---|---|---|---|",
@@ -226,13 +320,30 @@ class CleanupBench:
             row("claim p50 ms, idle", f["idle_p50"], "{:.3f}"),
             row("claim p50 ms, during", f["during_p50"], "{:.3f}"),
             row("claim p99 ms, idle", f["idle_p99"], "{:.3f}"),
+            row("claim p99 ms, idle: its first slice alone (before any purge)", f["first_idle_p99"], "{:.3f}"),
             row("claim p99 ms, during", f["during_p99"], "{:.3f}"),
             row("claim p50 during ÷ idle", f["p50_x"], "{:.2f}×"),
             row("claim p99 during ÷ idle", f["p99_x"], "{:.2f}×"),
             "",
-            f"Load (1 min) before→after each run: {self.loads.text()}.",
-            "",
         ]
+        if pinned["purge_s"].values:
+            lines += [
+                "The same measurement with the purge's server process on a core of its own, the claims' process and "
+                "its server process on another (each run's right after or before the one above, in turn): on this "
+                "2-core machine the claims' process, its server process and the purge's share the cores, and what "
+                "raises the claims' p99 during the purge is waiting for a core, not the purge's locks or writes. A "
+                "database server with a core to spare runs them so; the targets are judged on the table above.",
+                "",
+                "| figure, pinned | each run | min | **median** |",
+                "|---|---|---|---|",
+                row("purge, s", pinned["purge_s"], "{:.1f}"),
+                row("claim p99 ms, idle", pinned["idle_p99"], "{:.3f}"),
+                row("claim p99 ms, during", pinned["during_p99"], "{:.3f}"),
+                row("claim p50 during ÷ idle", pinned["p50_x"], "{:.2f}×"),
+                row("claim p99 during ÷ idle", pinned["p99_x"], "{:.2f}×"),
+                "",
+            ]
+        lines += [f"Load (1 min) before→after each measurement: {self.loads.text()}.", ""]
         targets = []
         if runs_done:
             targets = [
