@@ -23,6 +23,7 @@ import warnings
 from typing import Any
 
 from bench.common import Loads, Section, Server, Spread, database, execute, percentile, runs, size, stopwatch
+from payments.errors import PaymentError
 from payments.idempotency import quote_table
 from payments.services.cleanup import CleanupPolicy, run_cleanup
 from payments.settings import cleanup_settings
@@ -37,10 +38,12 @@ SELECT 'HypayCallbackFunction.handle#' || md5(g::text), 'completed', {now} - 60 
 """
 
 
-# What the claiming process is told: the phase a claim starting now belongs to (2 × the slice's number, + 1 during
-# the purge: even is idle, odd is the purge), or to stop.
+# What the claiming process is told: the phase a claim starting now belongs to (3 × the slice's number, then + 0
+# idle before the slice, + 1 during the purge's slice, + 2 in the aftermath after it), or to stop.
 STOP = -1
-# After a purge slice ends, claims still count as during the purge for this long: the server finishes its work.
+IDLE, PURGE, AFTERMATH = 0, 1, 2
+# After a purge slice ends, claims are kept apart for this long (what the purge left the server to finish): neither
+# idle nor during the purge, shown on their own.
 AFTERMATH_SECONDS = 0.5
 
 
@@ -57,9 +60,8 @@ def _claimer(url: str, rate: int, phase: Any, warmed: Any, results: Any, core: i
 
         db = database(url)
         if core is not None:
-            [[server_process]] = db.run("SELECT pg_backend_pid()")
             os.sched_setaffinity(0, {core})
-            os.sched_setaffinity(server_process, {core})
+            os.sched_setaffinity(_server_process(db), {core})
         store = PostgresPersistenceLayer(database=db)
         config = IdempotencyConfig(event_key_jmespath="order_id", payload_validation_jmespath="amount")
 
@@ -71,23 +73,27 @@ def _claimer(url: str, rate: int, phase: Any, warmed: Any, results: Any, core: i
         interval = 1 / rate if rate else 0.0
         due = time.monotonic()
 
-        def claim() -> float:
+        def claim() -> tuple[int, float]:
+            """(The phase when the claim started, after waiting for its turn; its latency in ms.)"""
             nonlocal count, due
             now = time.monotonic()
             if due > now:
                 time.sleep(due - now)
             due = max(due, now) + interval
             count += 1
+            started_in = phase.value
             start = time.perf_counter()
             charge(order={"order_id": f"claim-{count}", "amount": 4990})
-            return (time.perf_counter() - start) * 1000
+            return started_in, (time.perf_counter() - start) * 1000
 
         for _ in range(100):
             claim()
         warmed.set()
         latencies: dict[int, list[float]] = {}
-        while (now := phase.value) != STOP:
-            latencies.setdefault(now, []).append(claim())
+        while phase.value != STOP:
+            started_in, took = claim()
+            if started_in != STOP:
+                latencies.setdefault(started_in, []).append(took)
         db.close()
         results.put({"phases": latencies})
     except BaseException:
@@ -95,21 +101,41 @@ def _claimer(url: str, rate: int, phase: Any, warmed: Any, results: Any, core: i
         results.put({"error": traceback.format_exc()})
 
 
+def _server_process(db: Any) -> int:
+    """The process id of the server process answering `db`, checked to be one here: a `postgres` process working in
+    the server's data directory (a server in another process namespace, a container's, answers an id that names
+    some other process on this machine: never moved). `PermissionError` when it is not one here."""
+    [[pid]] = db.run("SELECT pg_backend_pid()")
+    [[data_directory]] = db.run("SHOW data_directory")
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            name = comm.read().strip()
+        working = os.path.realpath(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        raise PermissionError(f"process {pid} is not this machine's server process") from None
+    if name != "postgres" or working != os.path.realpath(data_directory):
+        raise PermissionError(f"process {pid} is not this machine's server process")
+    return int(pid)
+
+
+def _cores() -> list[int]:
+    """The first two cores this process may use (the claims' and the purge's), or fewer."""
+    return sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
+
+
 def _can_pin(url: str) -> bool:
     """Whether server processes can be put on cores here: two cores or more, a server on this machine's Unix socket
-    (a remote or containerised server's process id names no process here), and the right to move its processes (the
-    same user, or the privilege): tried on one."""
+    whose process answering a connection is one here (`_server_process`), and the right to move it (the same user,
+    or the privilege): tried on one, moved to the cores it already has."""
     from payments.adapters.db import parse_database_url
 
-    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
-        return False
-    if parse_database_url(url).unix_sock is None:
+    if len(_cores()) < 2 or parse_database_url(url).unix_sock is None:
         return False
     db = database(url)
     try:
-        [[server_process]] = db.run("SELECT pg_backend_pid()")
+        server_process = _server_process(db)
         os.sched_setaffinity(server_process, os.sched_getaffinity(server_process))
-    except OSError:
+    except (OSError, PaymentError):  # PermissionError: not one here, or not ours to move; SHOW refused to the role
         return False
     finally:
         db.close()
@@ -160,6 +186,7 @@ class CleanupBench:
                     "first_idle_p99",
                     "during_p50",
                     "during_p99",
+                    "aftermath_p99",
                     "p50_x",
                     "p99_x",
                 )
@@ -196,13 +223,13 @@ class CleanupBench:
                 self.checkpointed.append(_checkpoint(url))
                 phase, warmed = self.context.Value("i", 0), self.context.Event()
                 results = self.context.Queue()
+                cores = _cores()  # the claims' core, the purge's
                 claimer = self.context.Process(
-                    target=_claimer, args=(url, self.claim_rate, phase, warmed, results, 0 if pinned else None)
+                    target=_claimer, args=(url, self.claim_rate, phase, warmed, results, cores[0] if pinned else None)
                 )
                 claimer.start()
                 if pinned:
-                    [[server_process]] = db.run("SELECT pg_backend_pid()")
-                    os.sched_setaffinity(server_process, {sorted(os.sched_getaffinity(0))[1]})
+                    os.sched_setaffinity(_server_process(db), {cores[1]})
                 try:
                     warmed.wait(timeout=300)
                     purged, slices = self._purge_in_slices(db, phase)
@@ -224,8 +251,10 @@ class CleanupBench:
             if purged != self.records or left:
                 raise RuntimeError(f"the cleanup purged {purged} of {self.records} records ({left} expired left)")
             phases = claims["phases"]
-            idle = [ms for n, took in sorted(phases.items()) if n % 2 == 0 for ms in took]
-            during = [ms for n, took in sorted(phases.items()) if n % 2 == 1 for ms in took]
+            idle, during, aftermath = (
+                [ms for n, took in sorted(phases.items()) if n % 3 == kind for ms in took]
+                for kind in (IDLE, PURGE, AFTERMATH)
+            )
             if not during or not phases.get(0):
                 raise RuntimeError("no claim was made during the purge, or before it")
         finally:
@@ -239,6 +268,7 @@ class CleanupBench:
             "first_idle_p99": percentile(phases[0], 0.99),
             "during_p50": statistics.median(during),
             "during_p99": percentile(during, 0.99),
+            "aftermath_p99": percentile(aftermath, 0.99) if aftermath else 0.0,
         }
         figures["p50_x"] = figures["during_p50"] / figures["idle_p50"]
         figures["p99_x"] = figures["during_p99"] / figures["idle_p99"]
@@ -249,15 +279,14 @@ class CleanupBench:
             self.claims["during"].append(len(during))
 
     def _purge_in_slices(self, db: Any, phase: Any) -> tuple[int, int]:
-        """`run_cleanup` until it is complete, each call given one slice of time, each followed by a slice with
-        nothing else running; the claims' phase set as it goes. (Records purged, slices taken); the purge's seconds
-        (the sum of its slices) are kept for `run`."""
+        """`run_cleanup` until it is complete, each call given one slice of time, preceded by a slice with nothing else
+        running and followed by its aftermath; the claims' phase set as it goes. (Records purged, slices taken); the
+        purge's seconds (the sum of its slices) are kept for `run`."""
         purged, slices, seconds = 0, 0, 0.0
         while True:
-            phase.value = 2 * slices
+            phase.value = 3 * slices + IDLE
             time.sleep(self.slice_seconds)
-            phase.value = 2 * slices + 1
-            slices += 1
+            phase.value = 3 * slices + PURGE
             end = time.monotonic() + self.slice_seconds
 
             def time_left_ms(end: float = end) -> int:
@@ -265,12 +294,13 @@ class CleanupBench:
 
             with stopwatch() as took:
                 report = run_cleanup(db, policy=self.policy, time_left_ms=time_left_ms, reserve_ms=0)
+            phase.value = 3 * slices + AFTERMATH
+            slices += 1
             seconds += took[0]
             purged += report.purged_idempotency_records
+            time.sleep(AFTERMATH_SECONDS)  # what the slice left the server to finish: counted apart
             if report.complete:
                 break
-            time.sleep(AFTERMATH_SECONDS)  # what the slice left the server to finish counts as during the purge
-        time.sleep(AFTERMATH_SECONDS)
         self._purge_seconds = seconds
         return purged, slices
 
@@ -292,6 +322,12 @@ class CleanupBench:
         def row(label: str, spread: Spread, fmt: str) -> str:
             return f"| {label} | {spread.each(fmt)} | {fmt.format(spread.min)} | **{fmt.format(spread.median)}** |"
 
+        def ratios(figures: dict[str, Spread]) -> list[str]:
+            return [
+                row("claim p50 during ÷ idle", figures["p50_x"], "{:.2f}×"),
+                row("claim p99 during ÷ idle", figures["p99_x"], "{:.2f}×"),
+            ]
+
         lines = [
             f"## Cleanup of {self.records:,} expired idempotency records, and claims during the purge",
             "",
@@ -307,10 +343,12 @@ class CleanupBench:
             f"batches) purges them all in slices of {self.slice_seconds:g} s, each slice preceded by as long with "
             "nothing else running. Idle and purge take turns, so the claims of both see the same machine (its drift "
             "and background work) for about as long (before this, 5 s of idle claims came first and the purge's "
-            f"about 30 s after). A claim is counted **during** the purge from a slice's start to "
-            f"{AFTERMATH_SECONDS:g} s after its end (what the purge leaves the server to finish counts against it), "
-            f"**idle** otherwise. Slices per run: {' · '.join(map(str, self.slices))}; purge time is the sum of its "
-            "slices.",
+            "about 30 s after). A claim is **during** the purge when it starts within a slice, **idle** when it "
+            f"starts within an idle slice; those starting in the {AFTERMATH_SECONDS:g} s after a slice (what the "
+            "purge left the server to finish) are neither, shown on their own. Slices per run: "
+            f"{' · '.join(map(str, self.slices))}; purge time is the sum of its slices. The first idle slice, before "
+            "any purge, is shown alone too (a smaller sample): later idle slices may still carry what earlier purge "
+            "slices left (the WAL writer, the checkpointer, autovacuum).",
             "",
             "| figure | each run | min | **median** |",
             "|---|---|---|---|",
@@ -322,25 +360,27 @@ class CleanupBench:
             row("claim p99 ms, idle", f["idle_p99"], "{:.3f}"),
             row("claim p99 ms, idle: its first slice alone (before any purge)", f["first_idle_p99"], "{:.3f}"),
             row("claim p99 ms, during", f["during_p99"], "{:.3f}"),
-            row("claim p50 during ÷ idle", f["p50_x"], "{:.2f}×"),
-            row("claim p99 during ÷ idle", f["p99_x"], "{:.2f}×"),
+            row("claim p99 ms, aftermath (apart)", f["aftermath_p99"], "{:.3f}"),
+            *ratios(f),
             "",
         ]
         if pinned["purge_s"].values:
+            cores = len(os.sched_getaffinity(0))
             lines += [
-                "The same measurement with the purge's server process on a core of its own, the claims' process and "
-                "its server process on another (each run's right after or before the one above, in turn): on this "
-                "2-core machine the claims' process, its server process and the purge's share the cores, and what "
-                "raises the claims' p99 during the purge is waiting for a core, not the purge's locks or writes. A "
-                "database server with a core to spare runs them so; the targets are judged on the table above.",
+                "The same measurement with the purge's server process pinned to one core, the claims' process and "
+                "its server process to another (each run's right after or before the one above, in turn; the "
+                "server's other processes, the WAL writer, the checkpointer, autovacuum, stay free to use both). On "
+                f"this {cores}-core machine the claims' process, its server process and the purge's share the cores: "
+                "where the pinned ratios stay low and the shared ones rise, most of the rise of the claims' p99 "
+                "during the purge is waiting for a core, not the purge's locks or writes. A database server with a "
+                "core to spare runs them so; the targets are judged on the table above.",
                 "",
                 "| figure, pinned | each run | min | **median** |",
                 "|---|---|---|---|",
                 row("purge, s", pinned["purge_s"], "{:.1f}"),
                 row("claim p99 ms, idle", pinned["idle_p99"], "{:.3f}"),
                 row("claim p99 ms, during", pinned["during_p99"], "{:.3f}"),
-                row("claim p50 during ÷ idle", pinned["p50_x"], "{:.2f}×"),
-                row("claim p99 during ÷ idle", pinned["p99_x"], "{:.2f}×"),
+                *ratios(pinned),
                 "",
             ]
         lines += [f"Load (1 min) before→after each measurement: {self.loads.text()}.", ""]
