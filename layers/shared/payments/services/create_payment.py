@@ -286,8 +286,6 @@ class CreatePayment:
         attempt = uuid.uuid4()
         mark = store.mark_charge_attempt(payment_id, attempt)
         if mark is ChargeMark.ANOTHER_UNSETTLED:
-            # Nothing asked of Hyp, nothing stored for the key: once the other charge's outcome is stored, a retry
-            # (this key or another) charges.
             # Another charge was marked between the check before anything was written and this mark: this payment
             # stays pending with nothing asked of Hyp (the cleanup expires it), the refusal stored as the key's answer.
             logger.warning(
