@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -25,12 +24,10 @@ from tests.support.api import reset_function_state
 from tests.support.payments import (
     CALLBACK,
     CREATE,
-    FAILURE_PAGE,
     OTHER_USER,
-    PENDING_PAGE,
     STARTER,
-    SUCCESS_PAGE,
     Env,
+    functions_environment,
     post,
 )
 from tests.support.pg import Server, connect, database, with_user
@@ -45,28 +42,13 @@ def sim() -> Iterator[HypaySimulator]:
 
 @pytest.fixture
 def env(database_url: str, sim: HypaySimulator, backend_login: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
-    """The functions run as a LOGIN member of `payments_backend` (least privilege, as deployed); `Env.url`,
-    what tests arrange and check with, is the owner's. A server that needs passwords (an external
-    DATABASE_URL with one) cannot log the passwordless test login in: there the functions use the owner."""
-    functions_url = database_url if urlsplit(database_url).password else with_user(database_url, backend_login)
+    """The functions run as a LOGIN member of `payments_backend` (`functions_environment`); `Env.url`, what tests
+    arrange and check with, is the owner's."""
     db = database(database_url)
     seed(db)
     db.run(f"INSERT INTO profiles (id, email, full_name) VALUES ('{OTHER_USER}', 'other@example.com', 'Other User')")
     db.close()
-    for name, value in {
-        "DATABASE_URL": functions_url,
-        "HYPAY_URL": sim.url,
-        "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
-        "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
-        "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
-        "HYPAY_TIMEOUT": "0.5",
-        "HYPAY_BUDGET": "2",
-        "WEB_APP_SUCCESS_URL": SUCCESS_PAGE,
-        "WEB_APP_FAILURE_URL": FAILURE_PAGE,
-        "WEB_APP_PENDING_URL": PENDING_PAGE,
-        "POWERTOOLS_METRICS_NAMESPACE": "PaymentsTest",
-        "POWERTOOLS_TRACE_DISABLED": "1",
-    }.items():
+    for name, value in functions_environment(database_url, backend_login, sim.url).items():
         monkeypatch.setenv(name, value)
     for function in (CREATE, CALLBACK):
         reset_function_state(function)

@@ -106,9 +106,10 @@ def test_a_refund_whose_answer_was_lost_then_reported_by_hyp_grants_nothing(env:
     assert env.credits() == before
 
 
-def _reported_before_stored(env: Env, admin: Admin, pid: str, refund: Callable[[], Any]) -> Any:
+def _reported_before_stored(env: Env, admin: Admin, pid: str, refund: Callable[[], Any], *, spelled: str = "{}") -> Any:
     """`refund()`, with Hyp reporting the refund's own transaction (Order = the payment, CCode 0) through a verified
-    callback between its answer and our storing it: the callback function's settle, on its own connection."""
+    callback between its answer and our storing it: the callback function's settle, on its own connection. The
+    callback's Id is the refund's, written as `spelled` says (`"0{}"`: with a leading zero)."""
     gateway = admin.service.deps.gateway
     real_refund = gateway.refund
     other = database(env.url)
@@ -118,7 +119,7 @@ def _reported_before_stored(env: Env, admin: Admin, pid: str, refund: Callable[[
         settle(
             other,
             HypTransaction(
-                hypay_id=reversal.transaction_id,
+                hypay_id=spelled.format(reversal.transaction_id),
                 order_ref=pid,
                 payment_id=uuid.UUID(pid),
                 ccode=0,

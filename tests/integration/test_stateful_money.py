@@ -30,7 +30,6 @@ import uuid
 from collections import Counter
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -40,9 +39,6 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, 
 from ops.hypay_simulator import (
     APPROVING_CARD,
     DECLINING_CARD,
-    PUBLIC_TEST_TERMINAL_KEY,
-    PUBLIC_TEST_TERMINAL_MASOF,
-    PUBLIC_TEST_TERMINAL_PASSP,
     HypaySimulator,
     public_test_terminal,
 )
@@ -57,13 +53,11 @@ from tests.support.payments import (
     CALLBACK,
     CREATE,
     CVV,
-    FAILURE_PAGE,
-    PENDING_PAGE,
     PRO,
     STARTER,
-    SUCCESS_PAGE,
+    functions_environment,
 )
-from tests.support.pg import connect, database, with_database, with_user
+from tests.support.pg import connect, database, with_database
 
 ADMIN = "AdminFunction"
 CLEANUP = "CleanupFunction"
@@ -97,20 +91,10 @@ def make_machine(pg_server: Any, template: str, login: str, mp: pytest.MonkeyPat
             self.conn = connect(self.url)
             self.sim = HypaySimulator([public_test_terminal()]).start()
             self.sim.faults.hang_seconds = 1.0
-            self.fn_url = with_user(self.url, login) if not urlsplit(self.url).password else self.url
+            environment = functions_environment(self.url, login, self.sim.url)
+            self.fn_url = environment["DATABASE_URL"]  # the functions' login
             for k, v in {
-                "DATABASE_URL": self.fn_url,
-                "HYPAY_URL": self.sim.url,
-                "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
-                "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
-                "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
-                "HYPAY_TIMEOUT": "0.5",
-                "HYPAY_BUDGET": "2",
-                "WEB_APP_SUCCESS_URL": SUCCESS_PAGE,
-                "WEB_APP_FAILURE_URL": FAILURE_PAGE,
-                "WEB_APP_PENDING_URL": PENDING_PAGE,
-                "POWERTOOLS_METRICS_NAMESPACE": "PaymentsTest",
-                "POWERTOOLS_TRACE_DISABLED": "1",
+                **environment,
                 "ADMIN_API_TOKEN": json.dumps({"tokens": {"alice": ALICE}}),
                 "ADMIN_CHARGE_SETTLE_SECONDS": "0",
                 "HYPAY_VERIFY_MODE": "both",

@@ -6,11 +6,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from ops.hypay_simulator import HypaySimulator
+from ops.hypay_simulator import (
+    PUBLIC_TEST_TERMINAL_KEY,
+    PUBLIC_TEST_TERMINAL_MASOF,
+    PUBLIC_TEST_TERMINAL_PASSP,
+    HypaySimulator,
+)
 from ops.seed import DEMO_USER_ID
 from tests.support.api import Answer, invoke
-from tests.support.pg import connect
+from tests.support.pg import connect, with_user
 
 CREATE = "CreatePaymentFunction"
 CALLBACK = "HypayCallbackFunction"
@@ -74,3 +80,25 @@ def user_with_the_saved_card(rows: Callable[..., Any], name: str) -> str:
         d=DEMO_USER_ID,
     )
     return user
+
+
+def functions_environment(database_url: str, login: str, sim_url: str) -> dict[str, str]:
+    """What the functions read from the environment in these tests: the database as the LOGIN member of
+    `payments_backend` (least privilege, as deployed; a server that needs passwords, an external DATABASE_URL with
+    one, cannot log the passwordless test login in: there the owner), the simulator's test terminal, the web app's
+    pages, and metrics and tracing set for tests."""
+    functions_url = database_url if urlsplit(database_url).password else with_user(database_url, login)
+    return {
+        "DATABASE_URL": functions_url,
+        "HYPAY_URL": sim_url,
+        "HYPAY_MASOF": PUBLIC_TEST_TERMINAL_MASOF,
+        "HYPAY_KEY": PUBLIC_TEST_TERMINAL_KEY,
+        "HYPAY_PASSP": PUBLIC_TEST_TERMINAL_PASSP,
+        "HYPAY_TIMEOUT": "0.5",
+        "HYPAY_BUDGET": "2",
+        "WEB_APP_SUCCESS_URL": SUCCESS_PAGE,
+        "WEB_APP_FAILURE_URL": FAILURE_PAGE,
+        "WEB_APP_PENDING_URL": PENDING_PAGE,
+        "POWERTOOLS_METRICS_NAMESPACE": "PaymentsTest",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+    }

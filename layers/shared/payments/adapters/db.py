@@ -444,6 +444,7 @@ class Database:
         lock_ms = max(100, int(query_timeout * 250))
         statement_ms = max(lock_ms + 100, int(query_timeout * 1000) - 1000)
         self._begin = f"BEGIN; SET LOCAL lock_timeout = {lock_ms}; SET LOCAL statement_timeout = {statement_ms}"
+        self._begin_read_committed = self._begin.replace("BEGIN;", "BEGIN ISOLATION LEVEL READ COMMITTED;", 1)
         self._connect_fn = connect
         self._conn: pg8000.native.Connection | None = None
         self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
@@ -602,8 +603,14 @@ class Database:
             heard.append([_notice_text(n.get(b"M", n.get("M", b""))) for n in conn.notices])
             conn.notices.clear()
 
-    def atomic[T](self, work: Callable[[Transaction], T], *, retry_on: tuple[str, ...] = ()) -> T:
+    def atomic[T](
+        self, work: Callable[[Transaction], T], *, retry_on: tuple[str, ...] = (), read_committed: bool = False
+    ) -> T:
         """`work(tx)` inside one transaction, run again from the start when the server rolled it back.
+
+        `read_committed`: the transaction is READ COMMITTED whatever the database's default isolation (each
+        statement its own snapshot: one sent after a lock was granted sees what its holder committed), set by the
+        BEGIN itself.
 
         `work` must be safe to re-run: it reads what it decides on inside the transaction, and finds
         its own effects when an earlier run did commit. Retried on serialization failures and deadlocks
@@ -618,7 +625,7 @@ class Database:
         while True:
             attempt += 1
             try:
-                with self.transaction() as tx:
+                with self.transaction(read_committed=read_committed) as tx:
                     return work(tx)
             except QueryError as exc:
                 if exc.sqlstate not in states or attempt >= CONFLICT_ATTEMPTS:
@@ -630,16 +637,17 @@ class Database:
                 reconnected = True
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """BEGIN ... COMMIT on the reused connection; ROLLBACK on any error."""
+    def transaction(self, *, read_committed: bool = False) -> Iterator[Transaction]:
+        """BEGIN ... COMMIT on the reused connection; ROLLBACK on any error. `read_committed`: as `atomic`'s."""
+        begin = self._begin_read_committed if read_committed else self._begin
         with self._lock:
             try:
                 conn = self._connection()
-                self._execute(conn, self._begin)
+                self._execute(conn, begin)
             except _Broken:
                 try:
                     conn = self._connection()
-                    self._execute(conn, self._begin)
+                    self._execute(conn, begin)
                 except _Broken as exc:
                     raise DatabaseUnavailable("could not start a database transaction") from exc
             tx = Transaction(self, conn)

@@ -189,10 +189,6 @@ class PaymentsStore:
         runs again) finds our own mark."""
 
         def mark(tx: Transaction) -> ChargeMark:
-            # Each statement its own snapshot, whatever the database's default isolation: under REPEATABLE READ or
-            # SERIALIZABLE the snapshot would be the lock statement's, taken before it waited, blind to the mark the
-            # lock's holder committed. (The user's lock serializes the marks; no snapshot is taken before this.)
-            tx.run("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             locked = tx.run(
                 bind(
                     f"SELECT pg_advisory_xact_lock({_CHARGE_LOCK}, hashtext(user_id::text)) FROM public.payments"
@@ -226,7 +222,10 @@ class PaymentsStore:
                 return ChargeMark.MARKED
             return ChargeMark.ANOTHER_UNSETTLED if markable and unsettled else ChargeMark.HELD
 
-        return self.db.atomic(mark)
+        # READ COMMITTED whatever the database's default isolation: under REPEATABLE READ or SERIALIZABLE the
+        # deciding statement's snapshot would be the lock statement's, taken before it waited, blind to the mark the
+        # lock's holder committed. (The user's lock serializes the marks.)
+        return self.db.atomic(mark, read_committed=True)
 
     def charge_unsettled(self, user_id: UUID, idempotency_key: str) -> bool:
         """Whether another payment of the user than the one of this (scoped) key has a saved-card charge with no
