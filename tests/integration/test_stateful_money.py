@@ -8,7 +8,10 @@ signed with our KEY for another amount or code (HMAC only); a saved-card charge 
 answer lost); the web app's own ledger rows (a usage, a reversal, a grant of its own); the admin's resolve (complete
 or fail, naming a transaction or not), refund (whole or part, naming one or not; Hyp's answer lost or late), a refund's
 outcome as Hyp's portal shows it, a close of a transaction refunded in Hyp's portal; the cleanup (now, or as if the
-payments were old).
+payments were old). Besides the admin's actions on random payments and transactions (most rightly refused), two
+steps take what the queue lists and act as docs/operations.md says: resolve a payment in review (as Hyp's portal
+shows its Order: complete naming the charge, else fail; or a random action), close a transaction held for review or
+unmatched after refunding the rest of it in the portal.
 
 Invariants: no 5xx but a 503 with Retry-After (or the documented 502 "Hyp refused the refund"); each balance moves
 exactly as its ledger; a completed payment has one purchase row (or its credits standing in full), no payment more
@@ -17,10 +20,11 @@ transaction Hyp approved and told us of has a row; no credits grow for a transac
 closed one never pays a completed payment; the review queue lists every payment in review, every refund of unknown
 outcome and every charged transaction whose money is not settled, and nothing settled or never charged.
 
-STATEFUL_EXAMPLES / STATEFUL_STEPS / STATEFUL_SEED make a run longer or another one. The suite's run is short (about
-half a minute, the same sequences every time): it reaches grants, deliveries, forged callbacks, saved-card charges,
-refunds and the cleanup often, operators' successful resolves and closes of portal refunds seldom (most admin actions
-on random payments are rightly refused); a longer run (STATEFUL_EXAMPLES=200) reaches them more."""
+STATEFUL_EXAMPLES / STATEFUL_STEPS / STATEFUL_SEED make a run longer or another one; STATEFUL_DUMP=1 prints each
+example's resolves and closes. The suite's run is short (about half a minute, the same sequences every time): it
+reaches grants, deliveries, forged callbacks, saved-card charges, refunds, refund outcomes and the cleanup often,
+successful resolves and closes of what the queue lists a few times (it prints the count of each step's answers); a
+longer run (STATEFUL_EXAMPLES=200) reaches them more."""
 
 from __future__ import annotations
 
@@ -34,7 +38,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from ops.hypay_simulator import (
     APPROVING_CARD,
@@ -73,6 +84,17 @@ def _minor(v: Any) -> int:
 
 class Problem(AssertionError):
     pass
+
+
+def _tally(line: str) -> str:
+    """A step's kind and answer, for the counts printed after a run: an admin call by its action."""
+    what, _, answer = line.partition(" -> ")
+    words = what.split(" ")
+    kind = words[1].rstrip("/").rsplit("/", 1)[-1] if words[0] in ("POST", "GET") and len(words) > 1 else words[0]
+    kind = kind.split("?")[0]
+    if words[0] == "POST" and len(words) > 1 and "/review" not in words[1]:
+        kind = "admin " + kind + (" (listed)" if "test, listed" in what or "test, runbook" in what else "")
+    return f"{kind} {answer[:3]}".strip()
 
 
 def make_machine(pg_server: Any, template: str, login: str, mp: pytest.MonkeyPatch) -> type:
@@ -118,9 +140,9 @@ def make_machine(pg_server: Any, template: str, login: str, mp: pytest.MonkeyPat
                 reset_function_state(f)
 
         def teardown(self) -> None:
-            TOTAL.update(
-                line.split(" ")[0] + " " + (line.split(" -> ")[1][:3] if " -> " in line else "") for line in LOG
-            )
+            TOTAL.update(_tally(line) for line in LOG)
+            if os.environ.get("STATEFUL_DUMP"):
+                print("\n".join(line for line in LOG if "resolve" in line or "close" in line))
             TOTAL["examples"] += 1
             self.sim.stop()
             self.conn.close()
@@ -345,6 +367,39 @@ def make_machine(pg_server: Any, template: str, login: str, mp: pytest.MonkeyPat
                 self.admin(f"/admin/payments/{p['id']}/refund", body)
             finally:
                 self.sim.faults.clear()
+
+        # The two rules above reach a payment in review only when the drawn one happens to be in it; these take one
+        # the queue lists and act as its runbook says (docs/operations.md), so that resolving and closing succeed
+        # often enough to be tested, not only to be refused.
+        def _in_review(self) -> list[list[Any]]:
+            return self.rows("SELECT id::text FROM payments WHERE status = 'needs_review' ORDER BY id")
+
+        def _closable(self) -> list[list[Any]]:
+            return self.rows(
+                "SELECT hypay_id, payment_id::text FROM hypay_transactions"
+                " WHERE source <> 'refund' AND closed_at IS NULL AND decision IN ('review', 'unmatched')"
+                " ORDER BY hypay_id"
+            )
+
+        @precondition(lambda self: bool(self._in_review()))
+        @rule(runbook=st.booleans(), action=st.sampled_from(["complete", "fail"]), data=st.data())
+        def resolve_listed(self, runbook: bool, action: str, data: Any) -> None:
+            [pid] = data.draw(st.sampled_from(self._in_review()))
+            body: dict[str, Any] = {"action": action, "reason": "stateful test, listed"}
+            if runbook:
+                # Hyp's transactions of this Order, as its portal shows them: charged -> complete naming it; else fail
+                charged = sorted(t.id for t in self.sim.transactions.values() if t.order == pid and t.ccode == 0)
+                body = {"action": "complete", "hypay_id": charged[0]} if charged else {"action": "fail"}
+                body["reason"] = "stateful test, runbook"
+            elif data.draw(st.booleans()) and (ids := self._journal_ids(pid)):
+                body["hypay_id"] = data.draw(st.sampled_from(ids))
+            self.admin(f"/admin/payments/{pid}/resolve", body)
+
+        @precondition(lambda self: bool(self._closable()))
+        @rule(data=st.data())
+        def close_listed(self, data: Any) -> None:
+            hid, pid = data.draw(st.sampled_from(self._closable()))
+            self.close({"id": hid, "payment": pid, "forged": hid in self.forged}, in_portal=True)
 
         @rule(t=txns, data=st.data())
         def refund_outcome(self, t: Any, data: Any) -> None:
