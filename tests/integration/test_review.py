@@ -393,6 +393,10 @@ def test_a_hyp_id_an_operator_gave_to_another_payment_sends_its_payer_to_review(
     assert admin.rows("SELECT payment_id::text, decision FROM hypay_transactions WHERE hypay_id = :h", h=paid.id) == [
         [lost, "granted"]
     ]
+    # And the queue lists it under a reason of its own, with what to do, filterable
+    [item] = every_item("reason=transaction_of_another_payment")
+    assert item["id"] == f"p:{page['payment_id']}"
+    assert "refund the transaction through the payment" in item["next_step"]
 
 
 def test_a_retry_of_a_charge_an_operator_failed_is_told_so_not_declined(admin: Env, saved_card: str) -> None:

@@ -39,6 +39,13 @@ from payments.services.review import (
         ("payment", None, None, True, "charge_outcome_unknown"),
         ("payment", None, "Hyp transaction 5 approved after it was declined", False, "paid_under_review"),
         ("payment", None, "a purchase was already granted for this payment", False, "paid_under_review"),
+        (
+            "payment",
+            None,
+            "Hyp transaction 7 approved for this payment, journaled for payment 1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+            False,
+            "transaction_of_another_payment",
+        ),
         ("payment", None, "something new", False, "other"),
         (
             "journal",

@@ -62,6 +62,9 @@ class Reason(StrEnum):
     UNVERIFIED = "unverified"  # a callback we could not verify yet (our side): it waits for verification
     LEGACY = "legacy"  # paid while the payment holds a status from before this backend
     REFUND_OUTCOME_UNKNOWN = "refund_outcome_unknown"  # a refund whose answer was lost: it may have moved money
+    # Hyp's page approved a transaction for this payment that the journal holds as another payment's saved-card
+    # charge (an operator named it there by mistake)
+    TRANSACTION_OF_ANOTHER_PAYMENT = "transaction_of_another_payment"
     OTHER = "other"
 
 
@@ -74,6 +77,7 @@ _TEXT_REASONS: tuple[tuple[str, Reason], ...] = (
     ("while under review", Reason.PAID_UNDER_REVIEW),
     ("approved after it was declined", Reason.PAID_UNDER_REVIEW),
     ("already granted", Reason.PAID_UNDER_REVIEW),
+    ("journaled for payment", Reason.TRANSACTION_OF_ANOTHER_PAYMENT),  # settle's detail of that decision
 )
 
 
@@ -246,6 +250,9 @@ _NEXT_STEP = {
     Reason.LEGACY: "decide in the web app (a status from before this backend), then refund or credit by hand",
     Reason.REFUND_OUTCOME_UNKNOWN: "look up the refund of the Hyp transaction in Hyp's portal and settle it as found:"
     " POST /admin/refunds/{refund_id}/outcome (a retry with the same Idempotency-Key never refunds twice)",
+    Reason.TRANSACTION_OF_ANOTHER_PAYMENT: "refund the transaction through the payment the detail names"
+    " (POST /admin/payments/{that payment}/refund with the hypay_id: its credits are taken back), then resolve this"
+    " one fail; settle that payment's own lost charge as its runbook says (docs/operations.md, DuplicateTransaction)",
     Reason.OTHER: "read the detail",
 }
 
