@@ -32,10 +32,11 @@ def _lost_refund(env: Env, monkeypatch: pytest.MonkeyPatch, amount: str = "20.00
     pid = payment["payment_id"]
     assert notify(pay(env, payment).redirect_query).status == 200
     env.sim.faults.add("zikoyAPI", "lost")
+    reversals = len(env.sim.reversals)
     answer = refund(pid, {"amount": amount, "reason": "partial"}, key=str(uuid.uuid4()))
     assert answer.status == 202 and answer.json["status"] == "unknown", answer.json
     [[refund_id]] = env.rows("SELECT id::text FROM refunds WHERE payment_id = :p::uuid", p=pid)
-    [reversal] = env.sim.reversals
+    [reversal] = env.sim.reversals[reversals:]
     return pid, refund_id, reversal.id
 
 

@@ -161,7 +161,7 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
         "CallbackNotSettled": {"hypay_callback"},
         "SecondCharge": {"hypay_callback", "create_payment"},
         "UnmatchedTransaction": {"hypay_callback", "create_payment"},
-        "DuplicateTransaction": {"hypay_callback", "create_payment"},
+        "DuplicateTransaction": {"hypay_callback", "create_payment", "admin"},
         "ChargeOutcomeUnknown": {"create_payment"},
         "Cleanup_payments_flagged_for_review": {"cleanup"},
         "DatabaseConnectFailed": {"create_payment", "hypay_callback", "cleanup", "admin"},

@@ -123,6 +123,9 @@ class Finished:
     balance: int | None
     refunded: Money  # succeeded refunds of the original, this one included
     remaining: Money | None  # None: the original's amount is unknown
+    # Hyp answered with a refund transaction the journal holds as something else (another payment's, say, where an
+    # operator named it): the refund is stored as Hyp answered, and this says what the journal holds instead.
+    journal_conflict: str | None = None
 
 
 class NoSuchPayment(LookupError):
@@ -279,7 +282,18 @@ ON CONFLICT (hypay_id) DO UPDATE SET
     source = 'refund', decision = 'refunded', verified = true, ccode = 0, amount = EXCLUDED.amount,
     currency = EXCLUDED.currency, detail = concat_ws('; ', t.detail, EXCLUDED.detail), decided_at = now(),
     last_seen = now()
- WHERE t.payment_id = EXCLUDED.payment_id AND t.decision IN ('review', 'unverified') AND t.hypay_id <> :original"""
+ WHERE t.payment_id = EXCLUDED.payment_id AND t.decision IN ('review', 'unverified') AND t.hypay_id <> :original
+RETURNING 1"""
+
+_JOURNALED_AS = """
+SELECT COALESCE(payment_id::text, 'none (unmatched)'), decision, source FROM public.hypay_transactions
+ WHERE hypay_id = :hyp"""
+
+# A note on a refund stored as Hyp answered it whose own transaction the journal holds as something else.
+_NOTE_CONFLICT = f"""
+UPDATE public.refunds SET message = concat_ws('; ', message, :note), updated_at = now()
+ WHERE id = :rid::uuid
+RETURNING {_COLUMNS}"""
 
 # The amount of a transaction Hyp's answer gave unreadably, as an operator read it from Hyp (with a refund of it); a
 # named one may be named again (corrected) while no refund of it moved or may have moved money (`_plan` checks).
@@ -616,8 +630,9 @@ class RefundsStore:
                     )[0][0]
                 )
             detail = f"{row.method} of Hyp transaction {row.original_hypay_id}: {row.reason}"[:1000]
+            conflict = None
             if hypay_refund_id:
-                tx.run(
+                journaled = tx.run(
                     bind(
                         _JOURNAL_REFUND,
                         hyp=hypay_refund_id,
@@ -631,6 +646,20 @@ class RefundsStore:
                         acode=approval_code or None,
                     )
                 )
+                problem = None if journaled else self._refund_id_problem(tx, row, hypay_refund_id)
+                if problem is not None:
+                    # The journal holds that number as another decision's: written while this one waited on its row (an
+                    # operator naming it for another payment at the same moment), or before.
+                    if found_by_operator:
+                        raise NotRefundable(problem)  # a finding never takes it: refused, nothing of it stored
+                    # Hyp's own answer: stored as it is (the money went back), what the journal holds said on the row.
+                    held = tx.run(bind(_JOURNALED_AS, hyp=hypay_refund_id))
+                    where = f"; the journal holds it for payment {held[0][0]} as its {held[0][2]} ({held[0][1]})"
+                    conflict = (
+                        f"Hyp answered with refund transaction {hypay_refund_id}, but {problem}{where if held else ''}:"
+                        " compare the two and correct the wrong one"
+                    )
+                    row = _row(tx.run(bind(_NOTE_CONFLICT, rid=str(row.id), note=conflict))[0])
             else:
                 tx.run(
                     bind(
@@ -639,7 +668,7 @@ class RefundsStore:
                         note=f"cancelled (CancelTrans) by refund {row.id}",
                     )
                 )
-            finished = self._finished(row, target, shortfall=shortfall, balance=after_balance)
+            finished = self._finished(row, target, shortfall=shortfall, balance=after_balance, conflict=conflict)
             audit(
                 tx,
                 {"refunded": str(target.refunded), "remaining": str(_before(target, current)), "balance": balance},
@@ -756,11 +785,13 @@ class RefundsStore:
 
         return self.db.atomic(work)
 
-    def _finished(self, row: RefundRow, target: Target, *, shortfall: int, balance: int | None) -> Finished:
+    def _finished(
+        self, row: RefundRow, target: Target, *, shortfall: int, balance: int | None, conflict: str | None = None
+    ) -> Finished:
         refunded = target.refunded
         if row.status == RefundStatus.SUCCEEDED:
             refunded = Money(refunded.minor + row.amount.minor, refunded.currency)
-        return Finished(row, shortfall, balance, refunded, target.remaining)
+        return Finished(row, shortfall, balance, refunded, target.remaining, conflict)
 
     # -- reading ---------------------------------------------------------------------------------
 

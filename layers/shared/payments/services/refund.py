@@ -432,6 +432,20 @@ class Refunds:
         metrics.add_metric(name="RefundsSucceeded", unit=MetricUnit.Count, value=1)
         if finished.credits_shortfall:
             metrics.add_metric(name="RefundCreditsShortfall", unit=MetricUnit.Count, value=finished.credits_shortfall)
+        if finished.journal_conflict:
+            # Hyp's refund transaction is another decision's in the journal (an operator named it for a payment): the
+            # refund stands as Hyp answered, and a human compares the two (its row's message says what the journal
+            # holds).
+            metrics.add_metric(name="DuplicateTransaction", unit=MetricUnit.Count, value=1)
+            logger.error(
+                "hyp's refund transaction is journaled as another decision",
+                extra={
+                    "refund_id": str(row.id),
+                    "payment_id": str(row.payment_id),
+                    "hypay_refund_id": reversal.transaction_id,
+                    "detail": finished.journal_conflict,
+                },
+            )
         logger.info(
             "payment refunded",
             extra={

@@ -1,0 +1,143 @@
+"""One Hyp transaction Id, two decisions at the same moment (an outside review: the checks that an operator's finding
+names a transaction no other decision holds ran under the lock of the refund's own payment only, so two findings, or
+a finding and a resolve, each naming the same Id, both passed and both were stored).
+
+Each decision's journal row for the Id is written in its own transaction; the second waits on the first's row and
+then finds it another decision's. An operator's finding is then refused, nothing of it stored; Hyp's own answer is
+stored as Hyp gave it (the money went back), with what the journal holds said on its row, counted and alarmed.
+
+A second-long trigger on storing a refund as succeeded stands in for a busy server: the window in which both read."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.integration.test_admin_refund_http import refund
+from tests.integration.test_hypay_callback import buy, metric_totals, notify, pay
+from tests.integration.test_money_races import envs as envs  # noqa: F401 - the fixture
+from tests.integration.test_refund_outcome import _lost_refund, settle
+from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
+from tests.integration.test_review import resolve
+from tests.integration.test_serializable import Environments
+from tests.support.payments import CVV, PRO, Env, post, user_with_the_saved_card
+
+
+def _slow_success(env: Env) -> None:
+    env.rows("""
+        CREATE FUNCTION test_slow_refund_success() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(1.0); RETURN NEW; END $$""")
+    env.rows(
+        "CREATE TRIGGER test_slow_refund_success BEFORE UPDATE ON refunds FOR EACH ROW"
+        " WHEN (OLD.status <> 'succeeded' AND NEW.status = 'succeeded') EXECUTE FUNCTION test_slow_refund_success()"
+    )
+
+
+def _lost_charge(env: Env) -> tuple[str, str]:
+    """Another customer's saved-card charge whose answer was lost (in review): (user, payment)."""
+    env.sim.faults.add("soft", "hang", times=1, seconds=1.5)
+    user = user_with_the_saved_card(env.rows, "races")
+    payment = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="races-lost", user=user)
+    assert env.status(payment.json["payment_id"]) == "needs_review"
+    return user, payment.json["payment_id"]
+
+
+@pytest.mark.usefixtures("admin")
+def test_two_findings_naming_one_hyp_refund_at_once_store_one(
+    env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    envs: Environments,  # noqa: F811
+) -> None:
+    # Given two payments, each with a refund of 20.00 whose answer was lost
+    _, first, hyp_refund = _lost_refund(env, monkeypatch)
+    _, second, _ = _lost_refund(env, monkeypatch)
+    env.rows("UPDATE refunds SET updated_at = now() - interval '1 hour'")
+    credits = env.credits()
+    _slow_success(env)
+    # When two operators settle them at once, both naming the one refund transaction Hyp's portal shows
+    body = {"outcome": "refunded", "hypay_refund_id": hyp_refund, "reason": "Hyp portal: refunded 20.00"}
+    answers = [f.result(60) for f in [envs.submit(settle, r, body, str(uuid.uuid4())) for r in (first, second)]]
+    # Then one is stored and the other refused, saying whose it is: Hyp refunded 20.00 once, 40 credits come back once
+    assert sorted(a.status for a in answers) == [200, 409], [a.body for a in answers]
+    [refused] = [a for a in answers if a.status == 409]
+    assert hyp_refund in refused.json["detail"]
+    assert env.rows("SELECT count(*) FROM refunds WHERE hypay_refund_id = :h", h=hyp_refund) == [[1]]
+    assert credits - env.credits() == 40
+    assert env.rows("SELECT count(*) FROM refunds WHERE status = 'unknown'") == [[1]]  # the other waits for a human
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_finding_and_a_resolve_naming_one_hyp_id_at_once_store_one(
+    env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    saved_card: str,
+    envs: Environments,  # noqa: F811
+) -> None:
+    # Given a refund whose answer was lost (Hyp's refund transaction Z), and another customer's lost saved-card charge
+    refunded_payment, refund_id, z = _lost_refund(env, monkeypatch)
+    env.rows("UPDATE refunds SET updated_at = now() - interval '1 hour'")
+    other, charge = _lost_charge(env)
+    credits, others = env.credits(), env.credits(other)
+    _slow_success(env)
+    # When one operator settles the refund as Z while another completes the charge naming Z (one of them is wrong)
+    finding = envs.submit(settle, refund_id, {"outcome": "refunded", "hypay_refund_id": z, "reason": "portal"})
+    time.sleep(0.4)
+    completing = envs.submit(resolve, charge, {"action": "complete", "reason": "portal", "hypay_id": z}, "races-r")
+    answers = [finding.result(60), completing.result(60)]
+    # Then Z is one of the two, never both: no credits granted for money that went back while taken back for it
+    [[paid_by]] = env.rows("SELECT hypay_transaction_id FROM payments WHERE id = :p::uuid", p=charge)
+    owned = env.rows("SELECT id::text FROM refunds WHERE hypay_refund_id = :z AND status = 'succeeded'", z=z)
+    assert sorted(a.status for a in answers) == [200, 409], [a.body for a in answers]
+    assert (paid_by == z) != bool(owned)
+    [[journaled_for]] = env.rows("SELECT payment_id::text FROM hypay_transactions WHERE hypay_id = :z", z=z)
+    assert journaled_for == (charge if paid_by == z else refunded_payment)
+    assert (credits - env.credits(), env.credits(other) - others) in ((40, 0), (0, 500))
+
+
+@pytest.mark.usefixtures("admin")
+def test_hyps_refund_answer_naming_an_id_an_operator_gave_another_payment_is_stored_and_said(
+    env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    saved_card: str,
+    envs: Environments,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.integration.test_callback_attacks import use_mode
+
+    # Given a paid payment, and another customer's lost saved-card charge in review
+    use_mode(monkeypatch, "hmac")
+    payment = buy(env, key="races-paid")
+    assert notify(pay(env, payment).redirect_query).status == 200
+    other, charge = _lost_charge(env)
+    credits, others = env.credits(), env.credits(other)
+    _slow_success(env)
+    reversals = len(env.sim.reversals)
+
+    def wrong_resolve() -> Any:
+        # An operator completes the charge naming Hyp's refund transaction (the wrong row of the portal), in an
+        # execution environment of its own, while the refund's answer is being stored
+        deadline = time.monotonic() + 10
+        while len(env.sim.reversals) == reversals and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        body = {"action": "complete", "reason": "portal", "hypay_id": env.sim.reversals[-1].id}
+        return envs.submit(resolve, charge, body, "races-r").result(60)
+
+    # When the refund is sent and Hyp answers it while the operator's resolve names that answer's Id
+    capsys.readouterr()
+    with ThreadPoolExecutor(1) as watcher:
+        resolving: Future[Any] = watcher.submit(wrong_resolve)
+        answer = refund(payment["payment_id"], {"amount": "20.00", "reason": "partial"}, key="races-refund")
+        assert resolving.result(60).status == 200
+    # Then the refund stands as Hyp answered (the money went back, its credits taken back once), the charge keeps the
+    # credits the operator granted, and the refund's row says what the journal holds instead, counted for the alarm
+    z = env.sim.reversals[-1].id
+    assert answer.status == 201, answer.body
+    [[status, message]] = env.rows("SELECT status, message FROM refunds WHERE hypay_refund_id = :z", z=z)
+    assert status == "succeeded" and z in message and charge in message
+    assert (credits - env.credits(), env.credits(other) - others) == (40, 500)
+    assert metric_totals(capsys.readouterr().out).get("DuplicateTransaction") == 1
