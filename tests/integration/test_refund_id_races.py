@@ -17,6 +17,10 @@ from typing import Any
 
 import pytest
 
+from payments.adapters.journal import HypTransaction, Source
+from payments.domain.money import Money
+from payments.domain.payment import PaymentStatus
+from payments.services.settle import OperatorGrantRefused, settle_by_operator
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_hypay_callback import buy, metric_totals, notify, pay
 from tests.integration.test_money_races import envs as envs  # noqa: F401 - the fixture
@@ -25,6 +29,7 @@ from tests.integration.test_review import admin as admin  # noqa: F401 - the fix
 from tests.integration.test_review import resolve
 from tests.integration.test_serializable import Environments
 from tests.support.payments import CVV, PRO, Env, post, user_with_the_saved_card
+from tests.support.pg import database
 
 
 def _slow_success(env: Env) -> None:
@@ -141,3 +146,45 @@ def test_hyps_refund_answer_naming_an_id_an_operator_gave_another_payment_is_sto
     assert status == "succeeded" and z in message and charge in message
     assert (credits - env.credits(), env.credits(other) - others) == (40, 500)
     assert metric_totals(capsys.readouterr().out).get("DuplicateTransaction") == 1
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("held_as", ["a refund's own", "another payment's second charge"])
+def test_an_operators_grant_never_takes_over_an_id_another_decision_journaled_since_its_check(
+    env: Env, monkeypatch: pytest.MonkeyPatch, saved_card: str, held_as: str
+) -> None:
+    # Given a Hyp Id the journal holds as another decision's: Hyp's refund transaction of a payment, or another
+    # payment's second charge (one that paid a payment is another's by the unique index on payments already)
+    if held_as == "a refund's own":
+        _, refund_id, z = _lost_refund(env, monkeypatch)
+        body = {"outcome": "refunded", "hypay_refund_id": z, "reason": "portal"}
+        assert settle(refund_id, body).status == 200
+    else:  # its page paid twice: the second charge, journaled for it in review (money to give back, not its payment)
+        payment = buy(env, key="races-other")
+        first, second = pay(env, payment), pay(env, payment)
+        assert notify(first.redirect_query).status == 200 and notify(second.redirect_query).status == 200
+        z = second.id
+    # And a lost saved-card charge in review, whose resolve checked the Id before that decision was journaled
+    other, charge = _lost_charge(env)
+    before = env.rows("SELECT * FROM hypay_transactions WHERE hypay_id = :z", z=z)
+    credits = env.credits(other)
+    txn = HypTransaction(
+        hypay_id=z,
+        order_ref=charge,
+        payment_id=uuid.UUID(charge),
+        ccode=0,
+        amount=Money.of("199.00", "ILS"),
+        source=Source.TOKEN_CHARGE,
+        verified=False,
+    )
+    # When its grant is applied
+    db = database(env.url)
+    try:
+        with pytest.raises(OperatorGrantRefused):
+            db.atomic(lambda tx: settle_by_operator(tx, txn, previous_status=PaymentStatus.NEEDS_REVIEW, detail="op"))
+    finally:
+        db.close()
+    # Then the statement itself refuses it (the resolve decides again, and answers 409): the journal's row, the charge
+    # and the customer's credits are as they were
+    assert env.rows("SELECT * FROM hypay_transactions WHERE hypay_id = :z", z=z) == before
+    assert env.status(charge) == "needs_review" and env.credits(other) == credits
