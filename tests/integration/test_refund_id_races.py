@@ -24,11 +24,12 @@ from payments.services.settle import OperatorGrantRefused, settle_by_operator
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_hypay_callback import buy, metric_totals, notify, pay
 from tests.integration.test_money_races import envs as envs  # noqa: F401 - the fixture
+from tests.integration.test_refund_lost_charge import _lost_charge
 from tests.integration.test_refund_outcome import _lost_refund, settle
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import resolve
 from tests.integration.test_serializable import Environments
-from tests.support.payments import CVV, PRO, Env, post, user_with_the_saved_card
+from tests.support.payments import Env, user_with_the_saved_card
 from tests.support.pg import database
 
 
@@ -42,13 +43,10 @@ def _slow_success(env: Env) -> None:
     )
 
 
-def _lost_charge(env: Env) -> tuple[str, str]:
+def _others_lost_charge(env: Env) -> tuple[str, str]:
     """Another customer's saved-card charge whose answer was lost (in review): (user, payment)."""
-    env.sim.faults.add("soft", "hang", times=1, seconds=1.5)
     user = user_with_the_saved_card(env.rows, "races")
-    payment = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="races-lost", user=user)
-    assert env.status(payment.json["payment_id"]) == "needs_review"
-    return user, payment.json["payment_id"]
+    return user, _lost_charge(env, "races-lost", user)[0]
 
 
 @pytest.mark.usefixtures("admin")
@@ -85,7 +83,7 @@ def test_a_finding_and_a_resolve_naming_one_hyp_id_at_once_store_one(
     # Given a refund whose answer was lost (Hyp's refund transaction Z), and another customer's lost saved-card charge
     refunded_payment, refund_id, z = _lost_refund(env, monkeypatch)
     env.rows("UPDATE refunds SET updated_at = now() - interval '1 hour'")
-    other, charge = _lost_charge(env)
+    other, charge = _others_lost_charge(env)
     credits, others = env.credits(), env.credits(other)
     _slow_success(env)
     # When one operator settles the refund as Z while another completes the charge naming Z (one of them is wrong)
@@ -117,7 +115,7 @@ def test_hyps_refund_answer_naming_an_id_an_operator_gave_another_payment_is_sto
     use_mode(monkeypatch, "hmac")
     payment = buy(env, key="races-paid")
     assert notify(pay(env, payment).redirect_query).status == 200
-    other, charge = _lost_charge(env)
+    other, charge = _others_lost_charge(env)
     credits, others = env.credits(), env.credits(other)
     _slow_success(env)
     reversals = len(env.sim.reversals)
@@ -165,7 +163,7 @@ def test_an_operators_grant_never_takes_over_an_id_another_decision_journaled_si
         assert notify(first.redirect_query).status == 200 and notify(second.redirect_query).status == 200
         z = second.id
     # And a lost saved-card charge in review, whose resolve checked the Id before that decision was journaled
-    other, charge = _lost_charge(env)
+    other, charge = _others_lost_charge(env)
     before = env.rows("SELECT * FROM hypay_transactions WHERE hypay_id = :z", z=z)
     credits = env.credits(other)
     txn = HypTransaction(
@@ -188,3 +186,37 @@ def test_an_operators_grant_never_takes_over_an_id_another_decision_journaled_si
     # and the customer's credits are as they were
     assert env.rows("SELECT * FROM hypay_transactions WHERE hypay_id = :z", z=z) == before
     assert env.status(charge) == "needs_review" and env.credits(other) == credits
+
+
+@pytest.mark.usefixtures("admin")
+def test_an_operators_grant_never_takes_over_an_id_a_refund_named_meanwhile_for_another_lost_charge(
+    env: Env,
+    saved_card: str,
+    envs: Environments,  # noqa: F811
+) -> None:
+    # Given two lost saved-card charges: Q (Hyp Id X) and another customer's P
+    q, x = _lost_charge(env, "races-q")
+    other = user_with_the_saved_card(env.rows, "races-p")
+    p, _ = _lost_charge(env, "races-p", other)
+    credits = env.credits(other)
+    # And an operator's grant held between its check and its write (a busy server)
+    env.rows("""
+        CREATE FUNCTION test_slow_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$""")
+    env.rows(
+        "CREATE TRIGGER test_slow_grant BEFORE INSERT ON hypay_transactions FOR EACH ROW"
+        " WHEN (NEW.decision = 'granted' AND NEW.source = 'token_charge') EXECUTE FUNCTION test_slow_grant()"
+    )
+    # When one operator completes P naming X (wrong: it is Q's) while another refunds Q's charge X (which journals X
+    # for Q, unverified, before asking Hyp)
+    body = {"action": "complete", "reason": "portal", "hypay_id": x}
+    completing = envs.submit(resolve, p, body, str(uuid.uuid4()))
+    time.sleep(0.4)
+    refunded = refund(q, {"hypay_id": x, "original_amount": "199.00", "reason": "money back"}, key=str(uuid.uuid4()))
+    resolved = completing.result(60)
+    # Then X stays Q's: the refund goes through, the grant is refused saying whose it is, no credits for P
+    assert (refunded.status, resolved.status) == (201, 409), (refunded.body, resolved.body)
+    assert q in resolved.json["detail"]
+    journaled = env.rows("SELECT payment_id::text, source FROM hypay_transactions WHERE hypay_id = :x", x=x)
+    assert journaled == [[q, "token_charge"]]
+    assert env.status(p) == "needs_review" and env.credits(other) == credits

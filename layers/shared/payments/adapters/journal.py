@@ -129,10 +129,11 @@ SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.gran
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
 # a verified transaction over an unverified row, or when the decision says so (`:override`: an
 # approval arriving after Hyp declined the same Id, an operator's complete naming the Id): never, then, a row of another
-# payment's or a refund's own transaction, whatever the caller read before (another decision may have journaled the Id
-# since: the statement then answers `duplicate`, and the caller decides again). Unverified never overwrites anything.
+# payment's (verified or not: a refund's naming of a lost charge's Id journals it unverified) or a refund's own
+# transaction, whatever the caller read before (another decision may have journaled the Id since: the statement then
+# answers `duplicate`, and the caller decides again). Unverified never overwrites anything.
 _FOREIGN = "(t.source = 'refund' OR (t.payment_id IS NOT NULL AND t.payment_id IS DISTINCT FROM EXCLUDED.payment_id))"
-_KEEP = f"NOT ((NOT t.verified AND EXCLUDED.verified) OR (:override AND NOT {_FOREIGN}))"
+_KEEP = f"((:override AND {_FOREIGN}) OR NOT ((NOT t.verified AND EXCLUDED.verified) OR :override))"
 _JOURNAL = (
     """
 journal AS (
