@@ -33,6 +33,7 @@ from tests.support.payments import (
     SUCCESS_PAGE,
     Env,
     post,
+    slow_down,
 )
 from tests.support.pg import connect
 
@@ -468,12 +469,7 @@ def test_card_is_saved_after_success_only_when_asked(env: Env) -> None:
 def test_connection_killed_inside_the_transaction_leaves_nothing_partial(env: Env) -> None:
     # Given the grant is slowed down inside the completing statement (a trigger sleeps), so the
     # connection can be killed while the transaction is open
-    env.rows("""
-        CREATE FUNCTION slow_grant() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$""")
-    env.rows(
-        "CREATE TRIGGER slow_grant BEFORE INSERT ON credit_transactions FOR EACH ROW EXECUTE FUNCTION slow_grant()"
-    )
+    slow_down(env.rows, "slow_grant", "BEFORE INSERT ON credit_transactions FOR EACH ROW")
     before = env.credits()
     payment = buy(env)
     transaction = pay(env, payment)

@@ -29,17 +29,15 @@ from tests.integration.test_refund_outcome import _lost_refund, settle
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import resolve
 from tests.integration.test_serializable import Environments
-from tests.support.payments import Env, user_with_the_saved_card
+from tests.support.payments import Env, slow_down, user_with_the_saved_card
 from tests.support.pg import database
 
 
 def _slow_success(env: Env) -> None:
-    env.rows("""
-        CREATE FUNCTION test_slow_refund_success() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep(1.0); RETURN NEW; END $$""")
-    env.rows(
-        "CREATE TRIGGER test_slow_refund_success BEFORE UPDATE ON refunds FOR EACH ROW"
-        " WHEN (OLD.status <> 'succeeded' AND NEW.status = 'succeeded') EXECUTE FUNCTION test_slow_refund_success()"
+    slow_down(
+        env.rows,
+        "test_slow_refund_success",
+        "BEFORE UPDATE ON refunds FOR EACH ROW WHEN (OLD.status <> 'succeeded' AND NEW.status = 'succeeded')",
     )
 
 
@@ -200,12 +198,12 @@ def test_an_operators_grant_never_takes_over_an_id_a_refund_named_meanwhile_for_
     p, _ = _lost_charge(env, "races-p", other)
     credits = env.credits(other)
     # And an operator's grant held between its check and its write (a busy server)
-    env.rows("""
-        CREATE FUNCTION test_slow_grant() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep(1.5); RETURN NEW; END $$""")
-    env.rows(
-        "CREATE TRIGGER test_slow_grant BEFORE INSERT ON hypay_transactions FOR EACH ROW"
-        " WHEN (NEW.decision = 'granted' AND NEW.source = 'token_charge') EXECUTE FUNCTION test_slow_grant()"
+    slow_down(
+        env.rows,
+        "test_slow_grant",
+        "BEFORE INSERT ON hypay_transactions FOR EACH ROW"
+        " WHEN (NEW.decision = 'granted' AND NEW.source = 'token_charge')",
+        seconds=1.5,
     )
     # When one operator completes P naming X (wrong: it is Q's) while another refunds Q's charge X (which journals X
     # for Q, unverified, before asking Hyp)

@@ -25,7 +25,7 @@ from tests.integration.test_review import admin as admin  # noqa: F401 - the fix
 from tests.integration.test_review import resolve
 from tests.integration.test_serializable import Environments
 from tests.support.api import Answer
-from tests.support.payments import CVV, PRO, STARTER, Env, post
+from tests.support.payments import CVV, PRO, STARTER, Env, post, slow_down
 
 SAVED = {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
 
@@ -119,12 +119,11 @@ def test_a_charge_marked_while_another_held_the_users_lock_sees_it_whatever_the_
     name = urlsplit(database_url).path.lstrip("/")
     env.rows(f"ALTER DATABASE {pg8000.native.identifier(name)} SET default_transaction_isolation = '{level}'")
     # The first charge's mark takes a second (a slow disk, a busy server): it holds the user's lock meanwhile
-    env.rows("""
-        CREATE FUNCTION slow_mark() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep(1.0); RETURN NEW; END $$""")
-    env.rows(
-        "CREATE TRIGGER slow_mark BEFORE UPDATE ON payments FOR EACH ROW"
-        " WHEN (OLD.charge_attempt_id IS NULL AND NEW.charge_attempt_id IS NOT NULL) EXECUTE FUNCTION slow_mark()"
+    slow_down(
+        env.rows,
+        "slow_mark",
+        "BEFORE UPDATE ON payments FOR EACH ROW"
+        " WHEN (OLD.charge_attempt_id IS NULL AND NEW.charge_attempt_id IS NOT NULL)",
     )
     charged = env.sim.calls.count("soft")
     first = envs.submit(post, SAVED, "lock-1")

@@ -82,6 +82,15 @@ def user_with_the_saved_card(rows: Callable[..., Any], name: str) -> str:
     return user
 
 
+def slow_down(rows: Callable[..., Any], name: str, fires: str, seconds: float = 1.0) -> None:
+    """A trigger `name` that sleeps `seconds` (a busy server, a slow disk), e.g. `fires` = "BEFORE UPDATE ON refunds
+    FOR EACH ROW WHEN (...)": it widens the window between a statement's start and its commit."""
+    rows(f"""
+        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$""")
+    rows(f"CREATE TRIGGER {name} {fires} EXECUTE FUNCTION {name}()")
+
+
 def functions_environment(database_url: str, login: str, sim_url: str) -> dict[str, str]:
     """What the functions read from the environment in these tests: the database as the LOGIN member of
     `payments_backend` (least privilege, as deployed; a server that needs passwords, an external DATABASE_URL with
