@@ -22,14 +22,14 @@ from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
 from payments.services.settle import OperatorGrantRefused, settle_by_operator
 from tests.integration.test_admin_refund_http import refund
-from tests.integration.test_hypay_callback import buy, metric_totals, notify, pay
+from tests.integration.test_hypay_callback import browser, buy, metric_totals, notify, pay
 from tests.integration.test_money_races import envs as envs  # noqa: F401 - the fixture
 from tests.integration.test_refund_lost_charge import _lost_charge
 from tests.integration.test_refund_outcome import _lost_refund, settle
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
-from tests.integration.test_review import resolve
+from tests.integration.test_review import every_item, resolve
 from tests.integration.test_serializable import Environments
-from tests.support.payments import Env, slow_down, user_with_the_saved_card
+from tests.support.payments import PRO, Env, slow_down, user_with_the_saved_card
 from tests.support.pg import database
 
 
@@ -218,3 +218,32 @@ def test_an_operators_grant_never_takes_over_an_id_a_refund_named_meanwhile_for_
     journaled = env.rows("SELECT payment_id::text, source FROM hypay_transactions WHERE hypay_id = :x", x=x)
     assert journaled == [[q, "token_charge"]]
     assert env.status(p) == "needs_review" and env.credits(other) == credits
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_page_callback_never_grants_a_transaction_a_refund_of_another_payment_sent_back(
+    env: Env, saved_card: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a page payment of 199.00 paid on Hyp's page, its callbacks not delivered yet (Hyp Id X)
+    page = buy(env, pack=PRO, key="races-page")
+    x = pay(env, page)
+    # And an operator who refunds another customer's lost saved-card charge naming X (the wrong row of the portal; X is
+    # in no journal row yet, so nothing refuses it): Hyp refunds X in full
+    other = user_with_the_saved_card(env.rows, "races-p")
+    lost, _ = _lost_charge(env, "races-p", other)
+    body = {"hypay_id": x.id, "original_amount": "199.00", "reason": "money back"}
+    assert refund(lost, body, key=str(uuid.uuid4())).status == 201
+    assert env.sim.refunded.get(x.id) == 19900
+    before = env.credits()
+    capsys.readouterr()
+    # When the page's callback arrives (Hyp's signed word that X paid it)
+    assert browser(x.redirect_query).status == 302
+    # Then no credits for money that went back: the payment goes to a human, counted for the alarm, listed with a
+    # reason of its own; a resolve cannot complete it with X either
+    assert env.credits() == before and env.status(page["payment_id"]) == "needs_review"
+    assert metric_totals(capsys.readouterr().out).get("DuplicateTransaction") == 1
+    [item] = every_item("reason=refunded_through_another_payment")
+    assert item["id"] == f"p:{page['payment_id']}" and "resolve this one fail" in item["next_step"]
+    answer = resolve(page["payment_id"], {"action": "complete", "reason": "portal", "hypay_id": x.id}, "races-c")
+    assert answer.status == 409 and "refunded" in answer.json["detail"], answer.body
+    assert env.credits() == before

@@ -94,6 +94,9 @@ class PaymentFacts(Record):
     # done without its Id), None without one: an approved transaction new to the journal, of no more than that,
     # may be that refund's own.
     largest_unnamed_refund: Decimal | None = None
+    # A refund of another payment that sent this transaction's money back, or may have (attempted, succeeded, its
+    # outcome unknown): an operator named it as that payment's lost saved-card charge. None without one.
+    refunded_by_another: UUID | None = None
 
 
 class Applied(Record):
@@ -116,14 +119,19 @@ WITH p AS (
            (SELECT max(r.amount)::text FROM public.refunds r
              WHERE r.payment_id = p.id AND r.method = 'refund'
                AND (r.status IN ('attempted', 'unknown')
-                    OR (r.status = 'succeeded' AND r.hypay_refund_id IS NULL))) AS unnamed_refund
+                    OR (r.status = 'succeeded' AND r.hypay_refund_id IS NULL))) AS unnamed_refund,
+           (SELECT r.id::text FROM public.refunds r
+             WHERE ltrim(r.original_hypay_id, '0') = ltrim(:txn, '0') AND r.payment_id <> p.id
+               AND r.status IN ('attempted', 'succeeded', 'unknown')
+             ORDER BY r.created_at LIMIT 1) AS refunded_by_another
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 ), j AS (
     SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency
       FROM public.hypay_transactions WHERE hypay_id = :txn
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
-       p.unnamed_refund, j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount, j.currency
+       p.unnamed_refund, p.refunded_by_another, j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount,
+       j.currency
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -283,6 +291,7 @@ class Journal:
             granted_before,
             used_elsewhere,
             unnamed_refund,
+            refunded_by_another,
             decision,
             jpid,
             jverified,
@@ -300,6 +309,7 @@ class Journal:
                 bool(granted_before),
                 bool(used_elsewhere),
                 Decimal(unnamed_refund) if unnamed_refund is not None else None,
+                UUID(refunded_by_another) if refunded_by_another else None,
             )
             if status is not None
             else None

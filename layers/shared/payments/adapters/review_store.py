@@ -400,16 +400,16 @@ class ResolveStatements:
         )
         return bool(rows[0][0])
 
-    def refunded(self, hypay_id: str, payment_id: UUID) -> bool:
-        """A refund of this transaction moved, or may have moved, money (attempted, succeeded, unknown), or an operator
-        closed it as refunded through Hyp's portal."""
+    def refunded(self, hypay_id: str) -> bool:
+        """A refund of this transaction moved, or may have moved, money (attempted, succeeded, unknown), whichever
+        payment's refund it is (an operator may have named it as another payment's lost charge), or an operator closed
+        it as refunded through Hyp's portal."""
         rows = self.tx.run(
             bind(
-                "SELECT EXISTS (SELECT 1 FROM public.refunds WHERE payment_id = :id::uuid AND original_hypay_id = :txn"
+                "SELECT EXISTS (SELECT 1 FROM public.refunds WHERE ltrim(original_hypay_id, '0') = ltrim(:txn, '0')"
                 " AND status IN ('attempted', 'succeeded', 'unknown'))"
                 " OR EXISTS (SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :txn AND closed_as IS NOT NULL)",
                 txn=hypay_id,
-                id=str(payment_id),
             )
         )
         return bool(rows[0][0])

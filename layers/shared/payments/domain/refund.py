@@ -84,6 +84,9 @@ def credits_to_take(granted: int, paid_minor: int, before_minor: int, amount_min
 # as it was; it may be that refund's own transaction): a closed payment may be completed with such a transaction and
 # with no other; it is not refunded while that refund is unconfirmed.
 HELD_WHILE_A_REFUND_HAS_NO_ID = "approved while a refund of this payment has no Id of its own yet"
+# The detail's words for a transaction approved for a payment whose money a refund of another payment sent back (an
+# operator named it as that payment's lost saved-card charge), followed by the refund's id; the review queue's reason.
+SENT_BACK_BY_ANOTHER = "sent back by refund"
 
 
 def held_while_a_refund_has_no_id(decision: str | None, detail: str | None) -> bool:

@@ -34,7 +34,7 @@ from payments.adapters.review_store import JournalRow, LockedPayment, QueueRow, 
 from payments.domain import hypay as protocol
 from payments.domain.ids import CANONICAL_UUID
 from payments.domain.payment import PaymentStatus
-from payments.domain.refund import held_while_a_refund_has_no_id
+from payments.domain.refund import SENT_BACK_BY_ANOTHER, held_while_a_refund_has_no_id
 from payments.errors import (
     Conflict,
     InvalidRequest,
@@ -65,6 +65,9 @@ class Reason(StrEnum):
     # Hyp's page approved a transaction for this payment that the journal holds as another payment's saved-card
     # charge (an operator named it there by mistake)
     TRANSACTION_OF_ANOTHER_PAYMENT = "transaction_of_another_payment"
+    # Hyp's page approved a transaction for this payment whose money a refund of another payment sent back (an
+    # operator named it as that payment's lost saved-card charge)
+    REFUNDED_THROUGH_ANOTHER_PAYMENT = "refunded_through_another_payment"
     OTHER = "other"
 
 
@@ -78,6 +81,7 @@ _TEXT_REASONS: tuple[tuple[str, Reason], ...] = (
     ("approved after it was declined", Reason.PAID_UNDER_REVIEW),
     ("already granted", Reason.PAID_UNDER_REVIEW),
     ("journaled for payment", Reason.TRANSACTION_OF_ANOTHER_PAYMENT),  # settle's detail of that decision
+    (SENT_BACK_BY_ANOTHER, Reason.REFUNDED_THROUGH_ANOTHER_PAYMENT),
 )
 
 
@@ -253,6 +257,10 @@ _NEXT_STEP = {
     Reason.TRANSACTION_OF_ANOTHER_PAYMENT: "refund the transaction through the payment the detail names"
     " (POST /admin/payments/{that payment}/refund with the hypay_id: its credits are taken back), then resolve this"
     " one fail; settle that payment's own lost charge as its runbook says (docs/operations.md, DuplicateTransaction)",
+    Reason.REFUNDED_THROUGH_ANOTHER_PAYMENT: "its money went back already, through the refund the detail names (an"
+    " operator named this transaction as another payment's lost charge): resolve this one fail, close its transaction"
+    " as refunded in Hyp (POST /admin/transactions/{hypay_id}/close) and tell the customer; the other payment's lost"
+    " charge still has its own transaction to find (docs/operations.md, DuplicateTransaction)",
     Reason.OTHER: "read the detail",
 }
 
@@ -729,7 +737,7 @@ class ResolvePayment:
             plan = plan_resolution(payment, journal, request, named=named, paid_elsewhere=elsewhere)
             settlement = None
             paying = plan.txn.hypay_id if plan.action == "complete" and plan.txn is not None else None
-            if paying is not None and statements.refunded(paying, payment_id):
+            if paying is not None and statements.refunded(paying):
                 # Credits for money that went back (or may have) would be free credits: under the same lock as
                 # the refund's, so no race either way.
                 raise Conflict(

@@ -37,7 +37,7 @@ from payments.adapters.journal import (
 from payments.domain import hypay as protocol
 from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
-from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID
+from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID, SENT_BACK_BY_ANOTHER
 from payments.observability import logger, metrics
 from payments.records import Record
 
@@ -190,6 +190,18 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         )
     if status == PaymentStatus.COMPLETED and facts.hypay_transaction_id == txn.hypay_id:
         return Decision(Action.NONE, Verdict.GRANTED, Result.COMPLETED, "granted before the journal recorded it")
+    if facts.refunded_by_another is not None:
+        # Hyp approved this transaction for this payment, and a refund of another payment sent its money back (an
+        # operator named it there as that payment's lost saved-card charge): granting would give credits for money
+        # that went back. A human settles both.
+        return Decision(
+            Action.REVIEW,
+            Verdict.REVIEW,
+            Result.REVIEW,
+            f"Hyp transaction {txn.hypay_id} approved for this payment, {SENT_BACK_BY_ANOTHER}"
+            f" {facts.refunded_by_another} of another payment (named there as that payment's charge)",
+            "DuplicateTransaction",
+        )
     unnamed = facts.largest_unnamed_refund
     if (
         unnamed is not None
