@@ -247,3 +247,39 @@ def test_a_page_callback_never_grants_a_transaction_a_refund_of_another_payment_
     answer = resolve(page["payment_id"], {"action": "complete", "reason": "portal", "hypay_id": x.id}, "races-c")
     assert answer.status == 409 and "refunded" in answer.json["detail"], answer.body
     assert env.credits() == before
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_refund_tried_again_while_the_page_callback_settles_never_leaves_credits_for_money_sent_back(
+    env: Env,
+    saved_card: str,
+    envs: Environments,  # noqa: F811
+) -> None:
+    # Given a page payment paid at Hyp (Id X), its callback not delivered yet
+    page = buy(env, pack=PRO, key="races-page")
+    x = pay(env, page)
+    # And an operator who named X (wrongly) for another customer's lost saved-card charge: Hyp refused that first
+    # refund (the issuer declined), so nothing moved; X stays journaled for that payment, unverified
+    other = user_with_the_saved_card(env.rows, "races-p")
+    lost, _ = _lost_charge(env, "races-p", other)
+    env.sim.faults.add("zikoyAPI", "ccode", ccode=4)
+    body = {"hypay_id": x.id, "original_amount": "199.00", "reason": "money back"}
+    assert refund(lost, body, key=str(uuid.uuid4())).status == 502
+    before = env.credits()
+    # And a busy server: the callback's grant statement is slow (after its reading statement found no refund)
+    slow_down(
+        env.rows, "test_slow_completion", "BEFORE UPDATE ON payments FOR EACH ROW WHEN (NEW.status = 'completed')", 2.0
+    )
+    # When the page's callback is settled while the operator tries the refund again
+    callback = envs.submit(browser, x.redirect_query)
+    time.sleep(0.6)
+    again = refund(lost, {"hypay_id": x.id, "reason": "money back, again"}, key=str(uuid.uuid4()))
+    assert callback.result(60).status == 302
+    # Then never both: either the refund is refused (the callback proved X the page's first), or Hyp refunded X and the
+    # page's payment went to a human with no credits
+    refunded = env.sim.refunded.get(x.id, 0)
+    assert (again.status, refunded) in ((409, 0), (201, 19900)), again.body
+    if refunded:
+        assert env.credits() == before and env.status(page["payment_id"]) == "needs_review"
+    else:
+        assert env.credits() == before + 500 and env.status(page["payment_id"]) == "completed"

@@ -79,6 +79,8 @@ class JournalEntry(Record):
     ccode: int | None = None  # what the journaled delivery said
     amount: Decimal | None = None
     currency: str | None = None  # None: a currency we do not sell in, or not read
+    # The row's version when read (its xmin): the write that follows changes it only if no one else did meanwhile.
+    version: str | None = None
 
 
 class PaymentFacts(Record):
@@ -102,7 +104,9 @@ class PaymentFacts(Record):
 class Applied(Record):
     """What `apply` changed."""
 
-    journaled: Verdict  # the decision the journal holds now (an earlier verified one is never overwritten)
+    # The decision the journal holds now (an earlier verified one is never overwritten); None when the row changed
+    # since it was read (`seen`) and was left as it is: the caller decides again.
+    journaled: Verdict | None
     user_id: UUID | None = None
     credits_granted: int = 0
     save_card: bool = False
@@ -126,12 +130,13 @@ WITH p AS (
              ORDER BY r.created_at LIMIT 1) AS refunded_by_another
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 ), j AS (
-    SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency
+    SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
+           xmin::text AS version
       FROM public.hypay_transactions WHERE hypay_id = :txn
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
        p.unnamed_refund, p.refunded_by_another, j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount,
-       j.currency
+       j.currency, j.version
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -168,6 +173,7 @@ journal AS (
         raw_callback = CASE WHEN {keep} THEN t.raw_callback ELSE EXCLUDED.raw_callback END,
         decided_at = CASE WHEN {keep} THEN t.decided_at ELSE now() END,
         verified = t.verified OR EXCLUDED.verified
+     WHERE :seen::text IS NULL OR t.xmin::text = :seen
     RETURNING CASE WHEN :override AND (t.source = 'refund' OR t.payment_id IS DISTINCT FROM :id::uuid)
                    THEN 'duplicate' ELSE t.decision END,
               t.xmax::text <> '0' AS existed
@@ -299,6 +305,7 @@ class Journal:
             jccode,
             jamount,
             jcurrency,
+            jversion,
         ) = row
         facts = (
             PaymentFacts(
@@ -323,6 +330,7 @@ class Journal:
                 jccode,
                 Decimal(jamount) if jamount is not None else None,
                 jcurrency,
+                jversion,
             )
             if decision
             else None
@@ -340,9 +348,12 @@ class Journal:
         raw_callback: str | None = None,
         override: bool = False,
         contradiction: str | None = None,
+        seen: str | None = None,
     ) -> Applied:
         """Change the payment as decided and write the journal row, in one statement. `contradiction`: what a
-        verified redelivery said against the journal's decided row, kept on it (counted, the last one's text)."""
+        verified redelivery said against the journal's decided row, kept on it (counted, the last one's text). `seen`:
+        the row's version the decision was taken on (`JournalEntry.version`); changed since (a refund's attempt on it,
+        say), the row is left as it is and `journaled` is None."""
         params: dict[str, Any] = {
             "txn": txn.hypay_id,
             "id": str(txn.payment_id) if txn.payment_id else None,
@@ -359,12 +370,17 @@ class Journal:
             "raw": raw_callback[:_RAW_KEPT] if raw_callback else None,
             "override": override,
             "contradiction": contradiction[:500] if contradiction else None,
+            "seen": seen,
         }
         if action in (Action.GRANT, Action.BIND):
             params["invoice"] = txn.invoice_number or None
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]
         return Applied(
-            Verdict(journaled), UUID(user) if user else None, int(granted or 0), bool(save_card), bool(existed)
+            Verdict(journaled) if journaled is not None else None,
+            UUID(user) if user else None,
+            int(granted or 0),
+            bool(save_card),
+            bool(existed),
         )
 
     def found_forged(self, raw_callback: str) -> str | None:

@@ -71,6 +71,9 @@ class Target:
     # A saved-card charge's transaction the journal does not hold yet (its answer was lost), named for this refund:
     # journaled when the refund's attempt is (`RefundsStore.begin`).
     unjournaled: bool = False
+    # The journal holds that transaction for this payment unverified (named for an earlier refund of a lost charge, or
+    # a callback not verified yet): a page callback may prove it another payment's at any moment.
+    journaled_unverified: bool = False
 
     @property
     def credits_basis(self) -> Money:
@@ -169,6 +172,12 @@ VALUES (:txn, :id::uuid, :id, 0, NULL, NULL, 'token_charge', false, 'review', :d
 ON CONFLICT (hypay_id) DO NOTHING
 RETURNING 1"""
 
+# A refund's attempt on a transaction the journal holds for its payment unverified: written with it (see `begin`).
+_TOUCH_UNVERIFIED = """
+UPDATE public.hypay_transactions SET last_seen = now()
+ WHERE hypay_id = :txn AND payment_id = :id::uuid AND NOT verified
+RETURNING 1"""
+
 _BY_KEY = f"SELECT {_COLUMNS} FROM public.refunds WHERE idempotency_key = :key"
 _BY_ID = f"SELECT {_COLUMNS} FROM public.refunds WHERE id = :id::uuid"
 
@@ -177,7 +186,7 @@ _BY_ID = f"SELECT {_COLUMNS} FROM public.refunds WHERE id = :id::uuid"
 # asked, its answer lost, or given without one).
 _JOURNAL_ROW = """
 SELECT j.amount::text, j.currency, j.decision, j.ccode, j.first_seen, j.amount_named_by IS NOT NULL, j.detail,
-       j.closed_as, j.closed_by,
+       j.closed_as, j.closed_by, NOT j.verified,
        (SELECT r.id::text FROM public.refunds r WHERE r.hypay_refund_id = j.hypay_id LIMIT 1),
        EXISTS (SELECT 1 FROM public.refunds r
                 WHERE r.payment_id = j.payment_id AND r.method = 'refund'
@@ -386,10 +395,10 @@ class RefundsStore:
         txn = hypay_id or paying_id or self._held_one(tx, payment_id)
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
-        named = unjournaled = False
+        named = unjournaled = unverified = False
         if journal:
-            (j_amount, j_currency, decision, ccode, first_seen, named, detail, closed_as, closed_by, refund_of,
-             unnamed) = journal[0]  # fmt: skip
+            (j_amount, j_currency, decision, ccode, first_seen, named, detail, closed_as, closed_by, unverified,
+             refund_of, unnamed) = journal[0]  # fmt: skip
             if planning and refund_of is not None:
                 raise NotRefundable(f"Hyp transaction {txn} is refund {refund_of}'s own: money that went back")
             if planning and closed_as is not None:
@@ -441,6 +450,7 @@ class RefundsStore:
             price,
             bool(named),
             unjournaled,
+            bool(unverified),
         )
 
     @staticmethod
@@ -490,6 +500,14 @@ class RefundsStore:
                     )
                 )
                 if not journaled:
+                    raise NotRefundable(f"Hyp transaction {target.original_hypay_id} was journaled meanwhile: retry")
+            elif target.journaled_unverified:
+                # Its row is written with the attempt, still this payment's and unverified, or the refund is refused: a
+                # callback settling it meanwhile (a page payment's, proving the operator named another payment's
+                # transaction) either committed first (the row is no longer ours) or finds the row changed when it
+                # writes and decides again, seeing this attempt (journal.py, `seen`).
+                touched = tx.run(bind(_TOUCH_UNVERIFIED, txn=target.original_hypay_id, id=str(payment_id)))
+                if not touched:
                     raise NotRefundable(f"Hyp transaction {target.original_hypay_id} was journaled meanwhile: retry")
             if planned.learned_original is not None:
                 tx.run(

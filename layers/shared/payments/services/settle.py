@@ -284,6 +284,7 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
             previous_status=facts.status if facts else None,
             override=decision.override,
             contradiction=decision.contradiction,
+            seen=entry.version if entry is not None else None,
         )
         first = entry is None or not entry.verified or decision.override
         if first and applied.journaled != decision.verdict:
