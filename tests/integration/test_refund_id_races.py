@@ -22,6 +22,7 @@ from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
 from payments.services.settle import OperatorGrantRefused, settle_by_operator
 from tests.integration.test_admin_refund_http import refund
+from tests.integration.test_close_transaction import close
 from tests.integration.test_hypay_callback import browser, buy, metric_totals, notify, pay
 from tests.integration.test_money_races import envs as envs  # noqa: F401 - the fixture
 from tests.integration.test_refund_lost_charge import _lost_charge
@@ -283,3 +284,35 @@ def test_a_refund_tried_again_while_the_page_callback_settles_never_leaves_credi
         assert env.credits() == before and env.status(page["payment_id"]) == "needs_review"
     else:
         assert env.credits() == before + 500 and env.status(page["payment_id"]) == "completed"
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_page_callback_never_grants_a_transaction_an_operator_closed_as_refunded_in_hyp(
+    env: Env, saved_card: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a page payment paid at Hyp (Id X), its callback not delivered yet
+    page = buy(env, pack=PRO, key="races-page")
+    x = pay(env, page)
+    # And an operator who named X (wrongly) for another customer's lost saved-card charge: Hyp refused that refund, so
+    # the operator failed the charge, refunded X in Hyp's portal and closed X's row as refunded there
+    other = user_with_the_saved_card(env.rows, "races-p")
+    lost, _ = _lost_charge(env, "races-p", other)
+    env.sim.faults.add("zikoyAPI", "ccode", ccode=4)
+    body = {"hypay_id": x.id, "original_amount": "199.00", "reason": "money back"}
+    assert refund(lost, body, key=str(uuid.uuid4())).status == 502
+    assert resolve(lost, {"action": "fail", "reason": "the customer has the money back"}, "races-f").status == 200
+    env.sim.refund_in_portal(x.id, "199.00")
+    assert close(x.id).status == 200
+    before = env.credits()
+    capsys.readouterr()
+    # When the page's callback arrives
+    assert browser(x.redirect_query).status == 302
+    # Then no credits for money that went back: the page's payment goes to a human, counted, listed with its reason;
+    # X's row is the page's now (Hyp's word), still closed as refunded, so no resolve can complete it with X
+    assert env.credits() == before and env.status(page["payment_id"]) == "needs_review"
+    assert metric_totals(capsys.readouterr().out).get("DuplicateTransaction") == 1
+    assert [i["id"] for i in every_item("reason=refunded_through_another_payment")] == [f"p:{page['payment_id']}"]
+    journaled = env.rows("SELECT payment_id::text, closed_as FROM hypay_transactions WHERE hypay_id = :x", x=x.id)
+    assert journaled == [[page["payment_id"], "refunded_in_hyp"]]
+    answer = resolve(page["payment_id"], {"action": "complete", "reason": "portal", "hypay_id": x.id}, "races-c")
+    assert answer.status == 409 and env.credits() == before, answer.body

@@ -81,6 +81,8 @@ class JournalEntry(Record):
     currency: str | None = None  # None: a currency we do not sell in, or not read
     # The row's version when read (its xmin): the write that follows changes it only if no one else did meanwhile.
     version: str | None = None
+    # An operator closed it as refunded through Hyp's portal (`services.close_transaction`): its money went back.
+    closed_as: str | None = None
 
 
 class PaymentFacts(Record):
@@ -131,12 +133,12 @@ WITH p AS (
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 ), j AS (
     SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
-           xmin::text AS version
+           xmin::text AS version, closed_as
       FROM public.hypay_transactions WHERE hypay_id = :txn
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
        p.unnamed_refund, p.refunded_by_another, j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount,
-       j.currency, j.version
+       j.currency, j.version, j.closed_as
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -306,6 +308,7 @@ class Journal:
             jamount,
             jcurrency,
             jversion,
+            jclosed,
         ) = row
         facts = (
             PaymentFacts(
@@ -331,6 +334,7 @@ class Journal:
                 Decimal(jamount) if jamount is not None else None,
                 jcurrency,
                 jversion,
+                jclosed,
             )
             if decision
             else None

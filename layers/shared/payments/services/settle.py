@@ -190,6 +190,17 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         )
     if status == PaymentStatus.COMPLETED and facts.hypay_transaction_id == txn.hypay_id:
         return Decision(Action.NONE, Verdict.GRANTED, Result.COMPLETED, "granted before the journal recorded it")
+    if entry is not None and entry.closed_as is not None:
+        # Its money went back through Hyp's portal: an operator closed the transaction, unverified, for a payment (one
+        # it was named for as a lost saved-card charge). No credits for it; a human settles this payment.
+        return Decision(
+            Action.REVIEW,
+            Verdict.REVIEW,
+            Result.REVIEW,
+            f"Hyp transaction {txn.hypay_id} approved for this payment, {SENT_BACK_BY_ANOTHER} in Hyp's portal for"
+            f" payment {entry.payment_id} (closed as {entry.closed_as})",
+            "DuplicateTransaction",
+        )
     if facts.refunded_by_another is not None:
         # Hyp approved this transaction for this payment, and a refund of another payment sent its money back (an
         # operator named it there as that payment's lost saved-card charge): granting would give credits for money
