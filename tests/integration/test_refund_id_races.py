@@ -42,6 +42,22 @@ def _slow_success(env: Env) -> None:
     )
 
 
+def _page_named_for_another_lost_charge(env: Env, *, hyp_refuses: bool) -> tuple[dict[str, Any], Any, str]:
+    """A page payment of 199.00 paid at Hyp (Id X), its callbacks not delivered yet, and an operator who refunds another
+    customer's lost saved-card charge naming X (the wrong row of the portal; X is in no journal row yet, so nothing
+    refuses it): Hyp refunds X in full, or refuses the refund (the issuer declined: nothing moved, X stays journaled
+    for that payment, unverified). (The page, X's transaction, the lost charge.)"""
+    page = buy(env, pack=PRO, key="races-page")
+    x = pay(env, page)
+    lost, _ = _lost_charge(env, "races-p", user_with_the_saved_card(env.rows, "races-p"))
+    if hyp_refuses:
+        env.sim.faults.add("zikoyAPI", "ccode", ccode=4)
+    body = {"hypay_id": x.id, "original_amount": "199.00", "reason": "money back"}
+    assert refund(lost, body, key=str(uuid.uuid4())).status == (502 if hyp_refuses else 201)
+    assert env.sim.refunded.get(x.id, 0) == (0 if hyp_refuses else 19900)
+    return page, x, lost
+
+
 def _others_lost_charge(env: Env) -> tuple[str, str]:
     """Another customer's saved-card charge whose answer was lost (in review): (user, payment)."""
     user = user_with_the_saved_card(env.rows, "races")
@@ -225,16 +241,8 @@ def test_an_operators_grant_never_takes_over_an_id_a_refund_named_meanwhile_for_
 def test_a_page_callback_never_grants_a_transaction_a_refund_of_another_payment_sent_back(
     env: Env, saved_card: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given a page payment of 199.00 paid on Hyp's page, its callbacks not delivered yet (Hyp Id X)
-    page = buy(env, pack=PRO, key="races-page")
-    x = pay(env, page)
-    # And an operator who refunds another customer's lost saved-card charge naming X (the wrong row of the portal; X is
-    # in no journal row yet, so nothing refuses it): Hyp refunds X in full
-    other = user_with_the_saved_card(env.rows, "races-p")
-    lost, _ = _lost_charge(env, "races-p", other)
-    body = {"hypay_id": x.id, "original_amount": "199.00", "reason": "money back"}
-    assert refund(lost, body, key=str(uuid.uuid4())).status == 201
-    assert env.sim.refunded.get(x.id) == 19900
+    # Given a page payment paid at Hyp (Id X), and another customer's lost charge refunded naming X: Hyp refunded X
+    page, x, _ = _page_named_for_another_lost_charge(env, hyp_refuses=False)
     before = env.credits()
     capsys.readouterr()
     # When the page's callback arrives (Hyp's signed word that X paid it)
@@ -256,16 +264,8 @@ def test_a_refund_tried_again_while_the_page_callback_settles_never_leaves_credi
     saved_card: str,
     envs: Environments,  # noqa: F811
 ) -> None:
-    # Given a page payment paid at Hyp (Id X), its callback not delivered yet
-    page = buy(env, pack=PRO, key="races-page")
-    x = pay(env, page)
-    # And an operator who named X (wrongly) for another customer's lost saved-card charge: Hyp refused that first
-    # refund (the issuer declined), so nothing moved; X stays journaled for that payment, unverified
-    other = user_with_the_saved_card(env.rows, "races-p")
-    lost, _ = _lost_charge(env, "races-p", other)
-    env.sim.faults.add("zikoyAPI", "ccode", ccode=4)
-    body = {"hypay_id": x.id, "original_amount": "199.00", "reason": "money back"}
-    assert refund(lost, body, key=str(uuid.uuid4())).status == 502
+    # Given a page payment paid at Hyp (Id X), and another customer's lost charge whose refund naming X Hyp refused
+    page, x, lost = _page_named_for_another_lost_charge(env, hyp_refuses=True)
     before = env.credits()
     # And a busy server: the callback's grant statement is slow (after its reading statement found no refund)
     slow_down(
@@ -290,16 +290,9 @@ def test_a_refund_tried_again_while_the_page_callback_settles_never_leaves_credi
 def test_a_page_callback_never_grants_a_transaction_an_operator_closed_as_refunded_in_hyp(
     env: Env, saved_card: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given a page payment paid at Hyp (Id X), its callback not delivered yet
-    page = buy(env, pack=PRO, key="races-page")
-    x = pay(env, page)
-    # And an operator who named X (wrongly) for another customer's lost saved-card charge: Hyp refused that refund, so
-    # the operator failed the charge, refunded X in Hyp's portal and closed X's row as refunded there
-    other = user_with_the_saved_card(env.rows, "races-p")
-    lost, _ = _lost_charge(env, "races-p", other)
-    env.sim.faults.add("zikoyAPI", "ccode", ccode=4)
-    body = {"hypay_id": x.id, "original_amount": "199.00", "reason": "money back"}
-    assert refund(lost, body, key=str(uuid.uuid4())).status == 502
+    # Given a page payment paid at Hyp (Id X), and another customer's lost charge whose refund naming X Hyp refused: the
+    # operator failed the charge, refunded X in Hyp's portal and closed X's row as refunded there
+    page, x, lost = _page_named_for_another_lost_charge(env, hyp_refuses=True)
     assert resolve(lost, {"action": "fail", "reason": "the customer has the money back"}, "races-f").status == 200
     env.sim.refund_in_portal(x.id, "199.00")
     assert close(x.id).status == 200
