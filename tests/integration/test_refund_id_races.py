@@ -309,3 +309,93 @@ def test_a_page_callback_never_grants_a_transaction_an_operator_closed_as_refund
     assert journaled == [[page["payment_id"], "refunded_in_hyp"]]
     answer = resolve(page["payment_id"], {"action": "complete", "reason": "portal", "hypay_id": x.id}, "races-c")
     assert answer.status == 409 and env.credits() == before, answer.body
+
+
+def _page_sent_back_through_another(env: Env, amount: str = "199.00", hyp_answer: str | None = None) -> tuple[Any, Any]:
+    """A page payment of 199.00 (Hyp Id X, its callback late), another customer's lost charge refunded naming X
+    (`amount` of it; `hyp_answer` a fault: "lost"), then the page's callback: in review. (The page, X.)"""
+    page = buy(env, pack=PRO, key="races-page")
+    x = pay(env, page)
+    lost, _ = _lost_charge(env, "races-p", user_with_the_saved_card(env.rows, "races-p"))
+    if hyp_answer:
+        env.sim.faults.add("zikoyAPI", hyp_answer)
+    body = {"hypay_id": x.id, "original_amount": "199.00", "amount": amount, "reason": "money back"}
+    assert refund(lost, body, key=str(uuid.uuid4())).status == (202 if hyp_answer else 201)
+    assert browser(x.redirect_query).status == 302 and env.status(page["payment_id"]) == "needs_review"
+    return page, x
+
+
+def _step(page: dict[str, Any]) -> str:
+    [item] = every_item("reason=refunded_through_another_payment")
+    assert item["id"] == f"p:{page['payment_id']}"
+    return str(item["next_step"])
+
+
+@pytest.mark.usefixtures("admin")
+def test_the_queue_says_what_to_do_as_the_money_sent_back_through_another_payment_stands(
+    env: Env, saved_card: str
+) -> None:
+    # Given a page payment whose transaction X was refunded in full through another payment's refund
+    page, x = _page_sent_back_through_another(env)
+    # Then the queue says: all of it went back, fail it (nothing to close); and doing so leaves nothing in the queue
+    assert "went back in full" in _step(page) and "resolve this one fail" in _step(page)
+    assert resolve(page["payment_id"], {"action": "fail", "reason": "money back"}, "races-f").status == 200
+    left = [i["id"] for i in every_item("") if page["payment_id"] in i["id"] or x.id in i["hypay_ids"]]
+    assert left == [] and env.sim.refunded.get(x.id) == 19900  # (the lost charge itself stays, its own to settle)
+
+
+@pytest.mark.usefixtures("admin")
+def test_the_queue_says_to_refund_the_rest_when_part_went_back_through_another_payment(
+    env: Env, saved_card: str
+) -> None:
+    # Given a page payment whose transaction X (199.00) was refunded 50.00 through another payment's refund
+    page, x = _page_sent_back_through_another(env, amount="50.00")
+    step = _step(page)
+    assert "refund the rest (149.00) through this payment" in step, step
+    # When the operator does so, then fails it
+    rest = {"hypay_id": x.id, "amount": "149.00", "reason": "the rest"}
+    assert refund(page["payment_id"], rest, key=str(uuid.uuid4())).status == 201
+    assert resolve(page["payment_id"], {"action": "fail", "reason": "money back"}, "races-f").status == 200
+    # Then all of the customer's money is back, and nothing of it is left in the queue
+    assert env.sim.refunded.get(x.id) == 19900
+    assert [i["id"] for i in every_item("") if page["payment_id"] in i["id"] or x.id in i["hypay_ids"]] == []
+
+
+@pytest.mark.usefixtures("admin")
+def test_the_queue_says_to_complete_the_payment_when_the_refund_naming_it_moved_nothing(
+    env: Env, saved_card: str
+) -> None:
+    # Given a page payment whose transaction X another payment's refund named, Hyp's answer lost
+    page, x = _page_sent_back_through_another(env, hyp_answer="lost")
+    assert "not settled yet" in _step(page)
+    # When the operator finds at Hyp that it moved nothing, and settles it so
+    [[refund_id]] = env.rows("SELECT id::text FROM refunds WHERE original_hypay_id = :x", x=x.id)
+    env.rows("UPDATE refunds SET updated_at = now() - interval '1 hour'")
+    env.sim.refunded.pop(x.id, None)  # Hyp's portal shows no refund of it
+    assert settle(refund_id, {"outcome": "not_refunded", "reason": "Hyp portal: no refund"}).status == 200
+    # Then the queue says to complete the payment with X, and that works: the customer's credits, once
+    step = _step(page)
+    assert f"resolve this one complete with hypay_id {x.id}" in step, step
+    before = env.credits()
+    answer = resolve(page["payment_id"], {"action": "complete", "reason": "paid", "hypay_id": x.id}, "races-c")
+    assert answer.status == 200 and env.credits() == before + 500, answer.body
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_page_transaction_an_operators_finding_took_for_a_refunds_own_sends_its_payment_to_review(
+    env: Env, monkeypatch: pytest.MonkeyPatch, saved_card: str
+) -> None:
+    # Given a refund whose answer was lost, and a page payment paid at Hyp (Id X), its callback late
+    _, refund_id, _ = _lost_refund(env, monkeypatch)
+    env.rows("UPDATE refunds SET updated_at = now() - interval '1 hour'")
+    page = buy(env, pack=PRO, key="races-page")
+    x = pay(env, page)
+    # And an operator who settles the refund naming X as its own transaction (the wrong row of the portal)
+    body = {"outcome": "refunded", "hypay_refund_id": x.id, "reason": "Hyp portal: refunded 20.00"}
+    assert settle(refund_id, body).status == 200
+    before = env.credits()
+    # When the page's callback arrives
+    assert browser(x.redirect_query).status == 302
+    # Then the paid page payment goes to a human (it stayed pending, to expire with the money kept), no credits
+    assert env.status(page["payment_id"]) == "needs_review" and env.credits() == before
+    assert f"p:{page['payment_id']}" in [i["id"] for i in every_item("")]

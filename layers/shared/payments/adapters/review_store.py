@@ -76,6 +76,16 @@ class JournalRow:
 
 
 @dataclass(frozen=True)
+class SentBack:
+    """What became of a transaction's money, whichever payment's refunds or close moved it: refunds confirmed (their
+    sum), refunds not settled (being asked, or their outcome unknown: their ids), and an operator's close."""
+
+    succeeded: Decimal
+    unsettled: list[str]
+    closed_as: str | None
+
+
+@dataclass(frozen=True)
 class UnverifiedSummary:
     hypay_id: str
     callbacks: int
@@ -316,6 +326,26 @@ class ReviewStore:
             if entry.payment_id is not None:
                 found.setdefault(entry.payment_id, []).append(entry)
         return found
+
+    def sent_back_of(self, hypay_ids: list[str]) -> dict[str, SentBack]:
+        """For these journaled transactions, what refunds of them (by their number, whichever payment's) and a close
+        did with their money."""
+        if not hypay_ids:
+            return {}
+        rows = self.db.run(
+            bind(
+                "SELECT t.hypay_id,"
+                " (SELECT COALESCE(sum(r.amount), 0)::text FROM public.refunds r"
+                "   WHERE ltrim(r.original_hypay_id, '0') = ltrim(t.hypay_id, '0') AND r.status = 'succeeded'),"
+                " ARRAY(SELECT r.id::text FROM public.refunds r"
+                "   WHERE ltrim(r.original_hypay_id, '0') = ltrim(t.hypay_id, '0')"
+                "     AND r.status IN ('attempted', 'unknown') ORDER BY r.created_at),"
+                " t.closed_as"
+                " FROM public.hypay_transactions t WHERE t.hypay_id = ANY (string_to_array(:ids, ','))",
+                ids=_ids(hypay_ids),
+            )
+        )
+        return {hid: SentBack(Decimal(done), list(open_ or []), closed) for hid, done, open_, closed in rows}
 
     def unverified_of(self, hypay_ids: list[str]) -> dict[str, UnverifiedSummary]:
         """The callbacks kept for these Hyp Ids while they could not be verified."""

@@ -30,7 +30,14 @@ from pydantic.config import JsonDict
 from payments.adapters import audit
 from payments.adapters.db import Database, Transaction
 from payments.adapters.journal import HypTransaction, Source
-from payments.adapters.review_store import JournalRow, LockedPayment, QueueRow, ResolveStatements, ReviewStore
+from payments.adapters.review_store import (
+    JournalRow,
+    LockedPayment,
+    QueueRow,
+    ResolveStatements,
+    ReviewStore,
+    SentBack,
+)
 from payments.domain import hypay as protocol
 from payments.domain.ids import CANONICAL_UUID
 from payments.domain.payment import PaymentStatus
@@ -257,18 +264,54 @@ _NEXT_STEP = {
     Reason.TRANSACTION_OF_ANOTHER_PAYMENT: "refund the transaction through the payment the detail names"
     " (POST /admin/payments/{that payment}/refund with the hypay_id: its credits are taken back), then resolve this"
     " one fail; settle that payment's own lost charge as its runbook says (docs/operations.md, DuplicateTransaction)",
-    Reason.REFUNDED_THROUGH_ANOTHER_PAYMENT: "its money went back already, through the refund the detail names (an"
-    " operator named this transaction as another payment's lost charge): resolve this one fail, close its transaction"
-    " as refunded in Hyp (POST /admin/transactions/{hypay_id}/close) and tell the customer; the other payment's lost"
-    " charge still has its own transaction to find (docs/operations.md, DuplicateTransaction)",
+    Reason.REFUNDED_THROUGH_ANOTHER_PAYMENT: "compare what the refunds naming its transaction did (Hyp's refunds):"
+    " all of it went back -> resolve this one fail; nothing -> resolve it complete with that hypay_id; part -> refund"
+    " the rest through this payment, then resolve it fail (docs/operations.md, DuplicateTransaction)",
     Reason.OTHER: "read the detail",
 }
 
 
-def _next_step(reason: Reason, row: QueueRow) -> str:
+def _sent_back_step(journal: list[JournalRow], sent_back: dict[str, SentBack]) -> str | None:
+    """A payment whose transaction another payment's refund (or a close) named: what to do as that money stands now
+    (a refund found not refunded since, or only part of it refunded, changes it). None when it cannot be told."""
+    sent = [e for e in journal if SENT_BACK_BY_ANOTHER in (e.detail or "")]
+    facts = sent_back.get(sent[-1].hypay_id) if sent else None
+    if facts is None:
+        return None
+    txn, paid = sent[-1].hypay_id, sent[-1].amount
+    tail = "; the other payment's lost charge still has its own transaction to find"
+    if facts.unsettled:
+        return (
+            f"a refund naming {txn} is not settled yet (refund {', '.join(facts.unsettled)}): settle it as Hyp's"
+            " refunds show it (POST /admin/refunds/{refund_id}/outcome), then this payment"
+        )
+    if facts.closed_as is not None:
+        return f"{txn} went back through Hyp's portal (closed as {facts.closed_as}): resolve this one fail{tail}"
+    if facts.succeeded <= 0:
+        return (
+            f"nothing of {txn} went back (the refunds naming it were refused, or found not refunded): resolve this one"
+            f" complete with hypay_id {txn}"
+        )
+    if paid is not None and facts.succeeded < paid.amount:
+        return (
+            f"{facts.succeeded} of {paid} went back through another payment's refund: refund the rest"
+            f" ({paid.amount - facts.succeeded}) through this payment (POST /admin/payments/{{id}}/refund with hypay_id"
+            f" {txn} and that amount), then resolve it fail{tail}"
+        )
+    return f"{txn} went back in full through another payment's refund: resolve this one fail (nothing to close){tail}"
+
+
+def _next_step(
+    reason: Reason, row: QueueRow, journal: list[JournalRow], sent_back: dict[str, SentBack] | None = None
+) -> str:
     """What to do, for this item as it stands: a transaction of a payment that resolving cannot change any more
     (completed, or closed) is refunded, not resolved; a transaction held while a refund of its payment had no Id of its
-    own yet is compared with Hyp's refunds first."""
+    own yet is compared with Hyp's refunds first; a payment whose transaction another payment's refund named, as
+    that money stands."""
+    if reason == Reason.REFUNDED_THROUGH_ANOTHER_PAYMENT:
+        step = _sent_back_step(journal, sent_back or {})
+        if step is not None:
+            return step
     if row.kind != "payment" and held_while_a_refund_has_no_id(row.decision, row.detail):
         return (
             "compare with Hyp's refunds of this payment: the refund's own transaction -> settle that refund"
@@ -281,7 +324,12 @@ def _next_step(reason: Reason, row: QueueRow) -> str:
     return _NEXT_STEP[reason]
 
 
-def queue_item(row: QueueRow, journal: list[JournalRow], unverified: dict[str, Any] | None) -> dict[str, Any]:
+def queue_item(
+    row: QueueRow,
+    journal: list[JournalRow],
+    unverified: dict[str, Any] | None,
+    sent_back: dict[str, SentBack] | None = None,
+) -> dict[str, Any]:
     """One queue item as the API answers it."""
     reason = classify(
         kind=row.kind,
@@ -317,7 +365,7 @@ def queue_item(row: QueueRow, journal: list[JournalRow], unverified: dict[str, A
         "payment": payment,
         "hypay_ids": [e.hypay_id for e in journal] if row.kind == "payment" else [row.hypay_id],
         "tried": _tried(row, journal),
-        "next_step": _next_step(reason, row),
+        "next_step": _next_step(reason, row, journal, sent_back),
     }
     if row.kind == "payment":
         item["hypay_transactions"] = [_journal_view(e) for e in journal]
@@ -387,6 +435,13 @@ def review_queue(store: ReviewStore, query: QueueQuery) -> dict[str, Any]:
     page, more = found[: query.limit], len(found) > query.limit
     journals = store.journal_of([r.payment_id for r in page if r.kind == "payment" and r.payment_id])
     unverified = store.unverified_of([r.hypay_id for r in page if r.decision == "unverified" and r.hypay_id])
+    named_elsewhere = [
+        e.hypay_id
+        for r in page
+        if r.kind == "payment" and r.payment_id and SENT_BACK_BY_ANOTHER in (r.review_reason or "")
+        for e in journals.get(r.payment_id, [])
+    ]
+    sent_back = store.sent_back_of(named_elsewhere)
     items = []
     for row in page:
         summary = unverified.get(row.hypay_id or "")
@@ -404,6 +459,7 @@ def review_queue(store: ReviewStore, query: QueueQuery) -> dict[str, Any]:
                 }
                 if summary
                 else None,
+                sent_back,
             )
         )
     return {"items": items, "next": encode_cursor(page[-1].since, page[-1].key) if more and page else None}
