@@ -21,6 +21,7 @@ from payments.adapters.journal import HypTransaction, Source
 from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
 from payments.services.settle import OperatorGrantRefused, settle_by_operator
+from payments.services.settle import settle as settle_callback
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_close_transaction import close
 from tests.integration.test_hypay_callback import browser, buy, metric_totals, notify, pay
@@ -381,21 +382,51 @@ def test_the_queue_says_to_complete_the_payment_when_the_refund_naming_it_moved_
     assert answer.status == 200 and env.credits() == before + 500, answer.body
 
 
+def _hyp_reports_its_refund(env: Env, hypay_id: str, page_id: str, amount: str) -> None:
+    """Hyp's verified callback for its refund transaction of a page's transaction: the page's Order, CCode 0."""
+    db = database(env.url)
+    try:
+        txn = HypTransaction(
+            hypay_id=hypay_id,
+            order_ref=page_id,
+            payment_id=uuid.UUID(page_id),
+            ccode=0,
+            amount=Money.of(amount, "ILS"),
+            source=Source.NOTIFY,
+            verified=True,
+        )
+        settle_callback(db, txn)
+    finally:
+        db.close()
+
+
 @pytest.mark.usefixtures("admin")
-def test_a_page_transaction_an_operators_finding_took_for_a_refunds_own_sends_its_payment_to_review(
-    env: Env, monkeypatch: pytest.MonkeyPatch, saved_card: str
+def test_hyps_report_of_its_refund_through_another_payment_changes_nothing_after_the_queue_step(
+    env: Env, saved_card: str
 ) -> None:
-    # Given a refund whose answer was lost, and a page payment paid at Hyp (Id X), its callback late
-    _, refund_id, _ = _lost_refund(env, monkeypatch)
-    env.rows("UPDATE refunds SET updated_at = now() - interval '1 hour'")
+    # Given a page payment whose transaction went back in full through another payment's refund, failed as the queue
+    # says
+    page, _ = _page_sent_back_through_another(env)
+    assert resolve(page["payment_id"], {"action": "fail", "reason": "money back"}, "races-f").status == 200
+    # When Hyp reports its refund transaction (the page's Order), as it may at any time
+    _hyp_reports_its_refund(env, env.sim.reversals[-1].id, page["payment_id"], "199.00")
+    # Then the page's payment stays failed, out of the queue
+    assert env.status(page["payment_id"]) == "failed"
+    assert [i for i in every_item("") if page["payment_id"] in i["id"]] == []
+
+
+@pytest.mark.usefixtures("admin")
+def test_hyps_report_of_its_refund_before_the_page_callback_keeps_the_refund_the_rest_step(
+    env: Env, saved_card: str
+) -> None:
+    # Given a page payment (Id X, its callback late) refunded 50.00 through another payment's refund naming X
     page = buy(env, pack=PRO, key="races-page")
     x = pay(env, page)
-    # And an operator who settles the refund naming X as its own transaction (the wrong row of the portal)
-    body = {"outcome": "refunded", "hypay_refund_id": x.id, "reason": "Hyp portal: refunded 20.00"}
-    assert settle(refund_id, body).status == 200
-    before = env.credits()
-    # When the page's callback arrives
-    assert browser(x.redirect_query).status == 302
-    # Then the paid page payment goes to a human (it stayed pending, to expire with the money kept), no credits
-    assert env.status(page["payment_id"]) == "needs_review" and env.credits() == before
-    assert f"p:{page['payment_id']}" in [i["id"] for i in every_item("")]
+    lost, _ = _lost_charge(env, "races-p", user_with_the_saved_card(env.rows, "races-p"))
+    body = {"hypay_id": x.id, "original_amount": "199.00", "amount": "50.00", "reason": "money back"}
+    assert refund(lost, body, key=str(uuid.uuid4())).status == 201
+    # When Hyp reports its refund transaction (the page's Order) before the page's own callback arrives
+    _hyp_reports_its_refund(env, env.sim.reversals[-1].id, page["payment_id"], "50.00")
+    assert browser(x.redirect_query).status == 302 and env.status(page["payment_id"]) == "needs_review"
+    # Then the queue still says to refund the rest
+    assert "refund the rest (149.00)" in _step(page)

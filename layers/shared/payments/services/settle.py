@@ -162,24 +162,6 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
                 f"Hyp transaction {txn.hypay_id} approved for this payment, journaled for payment {entry.payment_id}",
                 "DuplicateTransaction",
             )
-        if (
-            entry.source == "refund"
-            and txn.source != Source.TOKEN_CHARGE
-            and txn.ccode == protocol.APPROVED
-            and facts is not None
-            and facts.status in (PaymentStatus.PENDING, PaymentStatus.FAILED, PaymentStatus.EXPIRED)
-        ):
-            # Hyp's page approved this Id for this payment's Order, yet the journal holds it as the own transaction of a
-            # refund of another payment: an operator's finding named it so (a refund's own transaction carries its
-            # refunded payment's Order). This payment was paid: it goes to a human, the journal's row as it is.
-            return Decision(
-                Action.REVIEW,
-                entry.decision,
-                Result.REVIEW,
-                f"Hyp transaction {txn.hypay_id} approved for this payment, yet taken as the own transaction of a"
-                f" refund of payment {entry.payment_id} (an operator's finding): compare with Hyp's transactions",
-                "DuplicateTransaction",
-            )
         return Decision(Action.NONE, entry.decision, Result.DUPLICATE, metric="DuplicateTransaction")
     if facts is None:
         return Decision(
