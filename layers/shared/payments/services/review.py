@@ -794,8 +794,10 @@ class ResolvePayment:
             settlement = None
             paying = plan.txn.hypay_id if plan.action == "complete" and plan.txn is not None else None
             if paying is not None and statements.refunded(paying):
-                # Credits for money that went back (or may have) would be free credits: under the same lock as
-                # the refund's, so no race either way.
+                # Credits for money that went back (or may have) would be free credits. This payment's own refunds
+                # take its lock, so no race with them; another payment's refund cannot begin on a transaction the
+                # journal holds for this one, and one begun before is seen here or makes the grant's journal write
+                # answer `duplicate` (journal.py).
                 raise Conflict(
                     f"Hyp transaction {paying} was refunded (or its refund is being confirmed, or it was closed as"
                     " refunded in Hyp's portal): fail the payment instead"
