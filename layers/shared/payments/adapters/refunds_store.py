@@ -246,7 +246,7 @@ _SUCCEEDED_OUTCOME = _OUTCOME.replace("AND status = 'attempted'", "AND status IN
 # What the journal and the other refunds say of a Hyp Id an operator names as a refund's own transaction.
 _REFUND_ID_FACTS = """
 SELECT j.payment_id::text, j.decision, j.detail, j.source, j.amount::text,
-       EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :hyp),
+       (SELECT id::text FROM public.payments WHERE hypay_transaction_id = :hyp),
        (SELECT id::text FROM public.refunds WHERE hypay_refund_id = :hyp AND id <> :rid::uuid LIMIT 1),
        EXISTS (SELECT 1 FROM public.refunds WHERE original_hypay_id = :hyp)
   FROM (SELECT 1) one LEFT JOIN public.hypay_transactions j ON j.hypay_id = :hyp"""
@@ -293,10 +293,6 @@ ON CONFLICT (hypay_id) DO UPDATE SET
     last_seen = now()
  WHERE t.payment_id = EXCLUDED.payment_id AND t.decision IN ('review', 'unverified') AND t.hypay_id <> :original
 RETURNING 1"""
-
-_JOURNALED_AS = """
-SELECT COALESCE(payment_id::text, 'none (unmatched)'), decision, source FROM public.hypay_transactions
- WHERE hypay_id = :hyp"""
 
 # A note on a refund stored as Hyp answered it whose own transaction the journal holds as something else.
 _NOTE_CONFLICT = f"""
@@ -671,11 +667,9 @@ class RefundsStore:
                     if found_by_operator:
                         raise NotRefundable(problem)  # a finding never takes it: refused, nothing of it stored
                     # Hyp's own answer: stored as it is (the money went back), what the journal holds said on the row.
-                    held = tx.run(bind(_JOURNALED_AS, hyp=hypay_refund_id))
-                    where = f"; the journal holds it for payment {held[0][0]} as its {held[0][2]} ({held[0][1]})"
                     conflict = (
-                        f"Hyp answered with refund transaction {hypay_refund_id}, but {problem}{where if held else ''}:"
-                        " compare the two and correct the wrong one"
+                        f"Hyp answered with refund transaction {hypay_refund_id}, but {problem}: compare the two and"
+                        " correct the wrong one"
                     )
                     row = _row(tx.run(bind(_NOTE_CONFLICT, rid=str(row.id), note=conflict))[0])
             else:
@@ -756,8 +750,8 @@ class RefundsStore:
         journaled_for, decision, detail, source, amount, paying, other, refunded = tx.run(
             bind(_REFUND_ID_FACTS, hyp=hypay_refund_id, rid=str(row.id))
         )[0]
-        if paying:
-            return f"Hyp transaction {hypay_refund_id} paid a payment: it is no refund"
+        if paying is not None:
+            return f"Hyp transaction {hypay_refund_id} paid payment {paying}: it is no refund"
         if other is not None:
             return f"Hyp transaction {hypay_refund_id} is refund {other}'s own"
         if refunded:
