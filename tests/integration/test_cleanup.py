@@ -14,7 +14,7 @@ import pytest
 from moto import mock_aws
 
 from ops.lambda_context import LocalLambdaContext
-from payments.adapters.cleanup_store import cleanup_steps, run_paced
+from payments.adapters.cleanup_store import TELL_EVERY_MS, cleanup_steps, run_paced
 from payments.adapters.db import ConnectionParams, Database, QueryError, parse_database_url
 from payments.errors import DatabaseUnavailable
 from payments.services import cleanup as cleanup_service
@@ -361,11 +361,43 @@ def test_a_purge_whose_connection_is_killed_midway_counts_what_committed(product
     # When the purge runs a row a batch, back to back
     report = purged_with_the_block_killed(url, cleaner)
     # Then the statement was sent again on a new connection, everything was purged, and the count is exact: the
-    # batches the killed statement committed (told batch by batch) and the new one's
+    # batches the killed statement committed (each took longer than the block waits between notices: each told) and the
+    # new one's
     assert cleaner.connects == 2
     assert expired_left(db) == 0
     assert report.purged_idempotency_records == before and report.complete
+    # And, sent twice, the report says its counts may be lower bounds (a sending broken midway cannot tell them all)
+    assert report.counts_exact is False
     cleaner.close()
+
+
+def test_a_purge_of_quick_batches_tells_its_count_now_and_then_and_exactly_at_its_end(
+    production: tuple[str, Database],
+) -> None:
+    # Given 400 expired records, purged a row a batch (each batch far quicker than the block waits between notices)
+    _, db = production
+    before = add_expired(db, 397)
+    heard: list[list[list[str]]] = []
+    run_noticed = db.run_noticed
+
+    def noticed(sql: str) -> tuple[list[list[object]], list[list[str]]]:
+        rows, notices = run_noticed(sql)
+        heard.append(notices)
+        return rows, notices
+
+    db.run_noticed = noticed  # type: ignore[method-assign]
+    # When one paced statement purges them all
+    done = run_paced(
+        db, cleanup_steps("public.idempotency_keys")[0], run_ms=60_000, duty_cycle_percent=100, max_pause_seconds=1.0,
+        now=int(time.time()), batch=1,
+    )  # fmt: skip
+    # Then its count is exact and whole, told at its end
+    assert (done.handled, done.more, done.exact) == (before, False, True)
+    assert expired_left(db) == 0
+    [[[*said, last]]] = heard  # one statement, sent once
+    assert last.endswith(f"{before} 0 in all")
+    # And on the way it told far fewer notices than it ran batches (one each TELL_EVERY_MS at most)
+    assert len(said) < before / 4
 
 
 def test_a_batch_of_up_to_half_the_query_timeout_never_outlasts_it(production: tuple[str, Database]) -> None:
@@ -389,15 +421,14 @@ def test_a_batch_of_up_to_half_the_query_timeout_never_outlasts_it(production: t
     short.close()
 
 
-def test_a_purge_sent_again_after_a_conflict_counts_every_attempts_batches(production: tuple[str, Database]) -> None:
-    # Given 8 expired records and one batch that fails once with a serialization failure (40001; as a deadlock
-    # 40P01 or a SERIALIZABLE default_transaction_isolation would), after earlier batches committed
-    _, db = production
-    before = add_expired(db, 5)
-    db.run("""
+def conflict_once_on_the_fifth(db: Database, seconds: float) -> None:
+    """The delete of record `x#5` fails once with a serialization failure (40001; as a deadlock 40P01 or a SERIALIZABLE
+    default_transaction_isolation would); every delete takes `seconds`."""
+    db.run(f"""
         CREATE SEQUENCE conflict_once;
         CREATE FUNCTION conflict_once() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
+          PERFORM pg_sleep({seconds});
           IF OLD.key = 'x#5' AND nextval('conflict_once') = 1 THEN
             RAISE EXCEPTION 'conflict' USING ERRCODE = '40001';
           END IF;
@@ -405,11 +436,39 @@ def test_a_purge_sent_again_after_a_conflict_counts_every_attempts_batches(produ
         END $$;
         CREATE TRIGGER conflict BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION conflict_once();
     """)
+
+
+def test_a_purge_sent_again_after_a_conflict_counts_every_attempts_told_batches(
+    production: tuple[str, Database],
+) -> None:
+    # Given 8 expired records, batches that each take longer than the block waits between notices (so each is told),
+    # and one batch that fails once with a conflict, after earlier batches committed
+    _, db = production
+    before = add_expired(db, 5)
+    conflict_once_on_the_fifth(db, 2 * TELL_EVERY_MS / 1000)
+    # When the purge runs a row a batch, back to back
     report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
     # Then everything was purged (the block was sent again on the same connection)
     assert expired_left(db) == 0 and report.complete
-    # And the count is exact: the first attempt's committed batches and the second's
+    # And the count is exact: the first attempt's committed batches and the second's; but a statement that failed
+    # midway was sent again, so the report says its counts may be lower bounds
     assert report.purged_idempotency_records == before
+    assert report.counts_exact is False
+
+
+def test_a_purge_sent_again_after_a_conflict_says_its_count_is_a_lower_bound(production: tuple[str, Database]) -> None:
+    # Given 8 expired records, batches far quicker than the block waits between notices, and one batch that fails
+    # once with a conflict, after earlier batches committed
+    _, db = production
+    before = add_expired(db, 5)
+    conflict_once_on_the_fifth(db, 0)
+    # When the purge runs a row a batch, back to back
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100))
+    # Then everything was purged, the batches the failed statement committed untold are not counted, and the report
+    # says its counts are lower bounds
+    assert expired_left(db) == 0 and report.complete
+    assert 0 < report.purged_idempotency_records < before
+    assert report.counts_exact is False
 
 
 def test_a_noticed_statement_connects_once_when_the_database_is_down() -> None:

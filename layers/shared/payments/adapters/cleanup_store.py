@@ -135,10 +135,18 @@ def run_step(db: Database, step: Step, **params: Any) -> int:
 PAUSE_FLOOR_SECONDS = 0.001
 _SLEEP_ROUNDING_SECONDS = 0.0005
 
+# How often at most the block tells what it committed while it runs. Each notice is a message sent and a wake-up of
+# the client: told after every batch of a purge (a batch of 50 takes about 0.1 ms), the notices cost the requests
+# running meanwhile more than the batches themselves (docs/benchmarks.md). A batch that takes this long or longer is
+# still told on its own.
+TELL_EVERY_MS = 10
+
 # The server's loop. Each batch is a transaction of its own (a DO block sent alone, outside any transaction block,
-# may COMMIT). After each batch's commit the block tells the rows committed so far in a notice (a block returns no
-# rows): nothing is kept in the session, so a transaction-mode pooler or RDS Proxy may hand the connection on after it
-# (docs/architecture.md), and a connection that breaks midway has told what its batches committed. The notice is sent
+# may COMMIT). After a batch's commit, when TELL_EVERY_MS have passed since it last told, and always at its end, the
+# block tells the rows committed so far in a notice (a block returns no rows): nothing is kept in the session, so a
+# transaction-mode pooler or RDS Proxy may hand the connection on after it (docs/architecture.md), and a statement
+# that fails or whose connection breaks midway has told what its batches committed, but for those of its last
+# TELL_EVERY_MS (committed, not counted: the count is a report, the rows are gone either way). The notice is sent
 # whatever the role's client_min_messages, and not logged (NOTICE is below log_min_messages).
 _PACED = """DO $paced$
 DECLARE
@@ -151,6 +159,7 @@ DECLARE
   took double precision;
   handled bigint := 0;
   n bigint;
+  told_at timestamptz := began;
 BEGIN
   LOOP
     PERFORM set_config('synchronous_commit', 'off', true);
@@ -159,10 +168,15 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     handled := handled + n;
     COMMIT;
-    PERFORM set_config('client_min_messages', 'notice', true);
-    RAISE NOTICE '{told}% %', handled, (n >= {batch})::int;
-    EXIT WHEN n < {batch} OR clock_timestamp() >= ends;{pause}
+    EXIT WHEN n < {batch} OR clock_timestamp() >= ends;
+    IF clock_timestamp() >= told_at + interval '{tell_every_ms} milliseconds' THEN
+      PERFORM set_config('client_min_messages', 'notice', true);
+      RAISE NOTICE '{told}% 1 so far', handled;
+      told_at := clock_timestamp();
+    END IF;{pause}
   END LOOP;
+  PERFORM set_config('client_min_messages', 'notice', true);
+  RAISE NOTICE '{told}% % in all', handled, (n >= {batch})::int;
 END
 $paced$"""
 # After a full batch: its time × rest, at least the floor, at most max_pause, never past the statement's end (nor a
@@ -188,10 +202,12 @@ class NoticesLost(QueryError):
 
 class Paced(Record):
     """What one `run_paced` statement did: rows handled (committed), and whether its last batch was full (more may
-    be left)."""
+    be left). Not `exact` when it was sent more than once and a sending before the last ended without telling its
+    count in all (it failed, or its connection broke): the batches of its last TELL_EVERY_MS may be uncounted."""
 
     handled: int
     more: bool
+    exact: bool = True
 
 
 def run_paced(
@@ -215,21 +231,31 @@ def run_paced(
         )
     # The statement's own token: only its notices count (a trigger on the table may raise notices of its own).
     told = f"{_TOLD} {uuid.uuid4().hex}: "
-    sql = _PACED.format(statement=statement, told=told, batch=int(params["batch"]), run_ms=run_ms, pause=pause)
+    sql = _PACED.format(
+        statement=statement,
+        told=told,
+        batch=int(params["batch"]),
+        run_ms=run_ms,
+        pause=pause,
+        tell_every_ms=TELL_EVERY_MS,
+    )
     if sql.count("$paced$") != 2:  # a bound value can never end the block early (only numbers are bound here)
         raise ValueError("a value bound into a paced step holds the block's quote")
     # The statement is sent again on a new connection when the first one broke, and again after a conflict
-    # (Database.run_noticed): the batches each sending told of were all committed. (A batch that a server process whose
-    # client broke away still runs after its last notice reached us is not counted: at most one.)
+    # (Database.run_noticed): the batches each sending told of were all committed. (Those a sending committed after
+    # its last notice, and those a server process whose client broke away still runs, are not counted.)
     sendings = [_last_told(notices, told) for notices in db.run_noticed(sql)[1]]
-    if sendings[-1] is None:
+    last = sendings[-1]
+    if last is None:
         raise NoticesLost()
-    return Paced(sum(t.handled for t in sendings if t is not None), sendings[-1].more)
+    handled = sum(t.handled for t in sendings if t is not None)
+    return Paced(handled, last.more, all(t is not None and t.exact for t in sendings))
 
 
 def _last_told(notices: list[str], told: str) -> Paced | None:
+    """A sending's last notice: its count so far (not `exact`), or in all."""
     for notice in reversed(notices):
         if notice.startswith(told):
-            handled, more = notice.removeprefix(told).split()
-            return Paced(int(handled), more == "1")
+            handled, more, *said = notice.removeprefix(told).split()
+            return Paced(int(handled), more == "1", said == ["in", "all"])
     return None

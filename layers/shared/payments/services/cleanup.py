@@ -39,8 +39,8 @@ class CleanupReport:
     payments_flagged_for_review: int = 0
     purged_rate_limit_windows: int = 0
     complete: bool = True  # False when the time budget ran out first (the next run goes on)
-    # False when a purge's batches ran but could not be counted (the server's notices did not reach us): the counts
-    # are then lower bounds.
+    # False when a purge's batches ran but could not all be counted (the server's notices did not reach us, or a paced
+    # statement failed or lost its connection midway and was sent again): the counts are then lower bounds.
     counts_exact: bool = True
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -170,6 +170,8 @@ class _Run:
                 max_pause_seconds=MAX_PAUSE_SECONDS, **self.params,
             )  # fmt: skip
             self._count(step, done.handled)
+            if not done.exact:
+                self.report.counts_exact = False
             if not done.more:
                 return True
 
