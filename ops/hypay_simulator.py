@@ -87,6 +87,8 @@ class _Fault:
     action: str
     # latency | hang | html | http500 | ccode | lost (processed, answer lost) | drop (processed, no answer)
     # | cut (processed, the answer's body cut short of its Content-Length, then the connection closed)
+    # | moved (processed, then answered with a redirect to an address that refuses connections: a front of Hyp's, a
+    # load balancer or a maintenance switch, sending callers elsewhere)
     kind: str
     remaining: int
     ccode: int | None = None
@@ -133,6 +135,13 @@ def redirect_sign(encoded: dict[str, str], key: str) -> str:
     """The redirect `Sign` over the eight signed fields, as encoded in the query string."""
     message = "&".join(f"{name}={encoded.get(name, '')}" for name in REDIRECT_SIGNED)
     return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _pairs(raw: str) -> list[tuple[str, str]]:
@@ -413,7 +422,7 @@ class HypaySimulator:
         with self._lock:
             self.calls.append(name)
         fault = self.faults.take(name)
-        if fault is not None and fault.kind in ("lost", "drop", "cut"):
+        if fault is not None and fault.kind in ("lost", "drop", "cut", "moved"):
             # Hyp does the work (a charge, a token, a reversal), then its answer never arrives: an error
             # page, the connection closed, or an answer cut off (a proxy or Hyp closing mid-body).
             self._done_without_answer(action, params)
@@ -427,6 +436,12 @@ class HypaySimulator:
                 request.wfile.flush()
                 with contextlib.suppress(OSError):
                     request.connection.shutdown(socket.SHUT_RDWR)
+                return None
+            if fault.kind == "moved":
+                request.send_response(302)
+                request.send_header("Location", f"http://127.0.0.1:{_closed_port()}/moved")
+                request.send_header("Content-Length", "0")
+                request.end_headers()
                 return None
             if fault.kind == "drop":
                 request.close_connection = True

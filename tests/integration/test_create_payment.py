@@ -255,11 +255,12 @@ def test_declined_saved_card_is_402_with_hyps_code_and_no_credits(env: Env, save
     assert env.credits() == before
 
 
-@pytest.mark.parametrize(("fault", "seconds"), [("hang", 1.5), ("cut", 0.0)])
+@pytest.mark.parametrize(("fault", "seconds"), [("hang", 1.5), ("cut", 0.0), ("moved", 0.0)])
 def test_saved_card_charge_with_unknown_outcome_is_never_retried(
     env: Env, saved_card: str, capsys: pytest.CaptureFixture[str], fault: str, seconds: float
 ) -> None:
-    # Given Hyp does not answer the charge in time, or its answer is cut short (after charging)
+    # Given Hyp does not answer the charge in time, or its answer is cut short, or is a redirect to an address that
+    # refuses connections (after charging)
     env.sim.faults.add("soft", fault, seconds=seconds)
     answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-3")
     # Then 202: being confirmed, the payment in review, counted for the alarm

@@ -454,11 +454,12 @@ def test_a_verified_callback_the_database_refuses_to_settle_is_kept_alarmed_and_
     assert env.status(payment["payment_id"]) == "completed" and env.credits() == 100
 
 
-@pytest.mark.parametrize("ccode", [901, 902])
+@pytest.mark.parametrize("ccode", [901, 902, 400, 401, 402])
 def test_hyp_refusing_our_own_saved_card_request_is_not_yet_and_the_same_key_then_charges_once(
     env: Env, saved_card: str, capsys: pytest.CaptureFixture[str], ccode: int
 ) -> None:
-    # Given Hyp refuses our terminal's permission or credentials for the charge. Ours: nothing moved
+    # Given Hyp refuses our terminal's permission or credentials for the charge, or finds our request invalid (its
+    # validation codes, 400-402). Ours: nothing moved
     before = env.credits()
     env.sim.faults.add("soft", "ccode", ccode=ccode)
     capsys.readouterr()
@@ -476,12 +477,14 @@ def test_hyp_refusing_our_own_saved_card_request_is_not_yet_and_the_same_key_the
     assert env.sim.calls.count("soft") == 2 and len(charged) == 1
 
 
+@pytest.mark.parametrize("ccode", [902, 400, 401, 402])
 def test_hyp_refusing_our_credentials_for_a_payment_page_is_not_yet_and_alarmed(
-    env: Env, capsys: pytest.CaptureFixture[str]
+    env: Env, capsys: pytest.CaptureFixture[str], ccode: int
 ) -> None:
     from tests.support.payments import STARTER
 
-    env.sim.faults.add("SIGN", "ccode", ccode=902)
+    # Given Hyp refuses our credentials, or finds our request invalid, when asked to sign a payment page
+    env.sim.faults.add("SIGN", "ccode", ccode=ccode)
     capsys.readouterr()
     answer = post({"credit_pack_id": STARTER}, key="page")
     assert answer.status == 503 and answer.headers["retry-after"], answer.body

@@ -279,12 +279,13 @@ def test_gateway_outage_changes_nothing_and_the_same_key_then_refunds(
 # -- unknown -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["lost", "drop", "hang"])
+@pytest.mark.parametrize("fault", ["lost", "drop", "hang", "moved"])
 def test_lost_answer_or_timeout_is_unknown_and_never_refunds_twice(
     env: Env, admin: Admin, fault: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     pid, txn = paid(env)
-    # lost: Hyp refunded, then an error page; drop: refunded, connection closed; hang: past our timeout
+    # lost: Hyp refunded, then an error page; drop: refunded, connection closed; hang: past our timeout; moved:
+    # refunded, then a redirect to an address that refuses connections (followed, it looked like nothing was sent)
     env.sim.faults.add("zikoyAPI", fault, seconds=1.5)
     answer = admin.refund(pid, "u-1")
     assert answer.status == 202 and answer.body["status"] == "unknown", answer.body
@@ -492,13 +493,18 @@ def test_a_refunds_own_hyp_id_arriving_as_a_charge_settles_nothing(env: Env, adm
     assert after == [[h, d] for h, d, _ in journal]
 
 
-@pytest.mark.parametrize(("action", "ccode"), [("zikoyAPI", 901), ("zikoyAPI", 902), ("CancelTrans", 902)])
+@pytest.mark.parametrize(
+    ("action", "ccode"),
+    [("zikoyAPI", 901), ("zikoyAPI", 902), ("CancelTrans", 902), ("zikoyAPI", 400), ("zikoyAPI", 401),
+     ("CancelTrans", 400)],
+)  # fmt: skip
 def test_hyp_refusing_our_own_request_moves_nothing_and_the_same_key_then_refunds(
     env: Env, admin: Admin, backend_login: str, monkeypatch: pytest.MonkeyPatch, action: str, ccode: int
 ) -> None:
     from payments.errors import GatewayAuthenticationError
 
-    # Given Hyp refuses our terminal's permission (901) or credentials (902): ours
+    # Given Hyp refuses our terminal's permission (901) or credentials (902), or finds our request invalid (400-402):
+    # ours
     pid, txn = paid(env)
     if action == "CancelTrans":  # the same day: a cancellation (the cut-off lifted, as in the test above)
         monkeypatch.setattr(env.sim, "cancel_until_hour", 24)

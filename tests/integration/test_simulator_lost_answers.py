@@ -1,4 +1,4 @@
-"""The simulator's `lost`, `drop` and `cut` faults do Hyp's work before losing the answer, for a charge and a token too
+"""The simulator's `lost`, `drop`, `cut` and `moved` faults do Hyp's work before losing the answer, for a charge and a token too
 (not only for refunds): the proof suite's saved-card flows rely on a lost answer being a real charge."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tests.integration.test_hypay_client import client, page, sim  # noqa: F401 
 from tests.support.payments import CVV
 
 
-@pytest.mark.parametrize("kind", ["lost", "drop", "cut"])
+@pytest.mark.parametrize("kind", ["lost", "drop", "cut", "moved"])
 def test_a_lost_soft_answer_is_still_a_charge(client: HypayClient, sim: HypaySimulator, kind: str) -> None:  # noqa: F811
     # Given a saved card
     paid = sim.pay(client.payment_page_url(page(order="order-a")), APPROVING_CARD, cvv="125")
@@ -27,7 +27,7 @@ def test_a_lost_soft_answer_is_still_a_charge(client: HypayClient, sim: HypaySim
     assert [(t.ccode, t.amount) for t in charges] == [(0, "10.00")]
 
 
-@pytest.mark.parametrize("kind", ["lost", "drop", "cut"])
+@pytest.mark.parametrize("kind", ["lost", "drop", "cut", "moved"])
 def test_a_lost_token_answer_still_issued_the_token(client: HypayClient, sim: HypaySimulator, kind: str) -> None:  # noqa: F811
     # Given an approved payment
     paid = sim.pay(client.payment_page_url(page(order="order-c")), APPROVING_CARD, cvv="125")

@@ -90,8 +90,9 @@ class GatewayDeclined(GatewayError):
 
 
 class GatewayAuthenticationError(GatewayError):
-    """Hyp refused our terminal's credentials or permissions (902, 901): a configuration problem of ours that moved
-    no money, so "not yet", never a refusal of the customer."""
+    """Hyp refused our terminal's credentials or permissions (902, 901), or found our request invalid (400-402): a
+    problem of ours (configuration, or a request we built) that moved no money, so "not yet", never a refusal of the
+    customer."""
 
     code = "gateway_authentication_error"
 

@@ -231,10 +231,21 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(_HTTPSConnection, req, context=self._context)  # type: ignore[attr-defined]
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is Hyp's answer, never followed: a request that moved money (a charge, a refund) answered with a
+    3xx was sent, and following it would send it (as a GET, to an address of the answer's choosing) again, or fail
+    in a way that looked like nothing was sent. The 3xx becomes an HTTPError: an answer lost, "not yet" or unknown
+    as for any error page."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 @functools.cache
 def _opener() -> urllib.request.OpenerDirector:
-    """urlopen's own opener (the same handlers, proxies and TLS defaults), with connections a caller can cut off."""
-    return urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
+    """urlopen's own opener (the same handlers, proxies and TLS defaults), with connections a caller can cut off and
+    no redirect followed."""
+    return urllib.request.build_opener(_HTTPHandler, _HTTPSHandler, _NoRedirects)
 
 
 def _urlopen(request: urllib.request.Request, timeout: float) -> bytes:
@@ -413,7 +424,8 @@ class HypayClient:
             {"action": "getToken", "Masof": creds.masof, "PassP": creds.passp, "TransId": transaction_id},
             retry=True,
         )
-        protocol.raise_for_ccode(answer, "getToken")
+        # 402 here is Hyp having no token for the transaction (not one of its approved ones): final, not "not yet"
+        protocol.raise_for_ccode(answer, "getToken", invalid_is_ours=False)
         token, tokef = answer.fields.get("Token", ""), answer.fields.get("Tokef", "")
         if not (token.isdigit() and len(tokef) == 4 and tokef.isdigit()):
             raise GatewayUnavailable("Hypay getToken: malformed token answer")

@@ -107,6 +107,9 @@ _MESSAGES = {
     33: "more than the original amount",
     901: "terminal has no permission for this action",
     902: "authentication error (Masof, KEY or PassP)",
+    400: "our request did not validate",
+    401: "our request did not validate",
+    402: "our request did not validate",
     425: "duplicate transaction",
     997: "invalid token",
     998: "cancelled",
@@ -375,8 +378,10 @@ def parse_answer(body: bytes) -> Answer:
     return Answer(decode_query(text), text)
 
 
-def raise_for_ccode(answer: Answer, action: str) -> None:
-    """Typed errors for everything but an approval (CCode 0)."""
+def raise_for_ccode(answer: Answer, action: str, *, invalid_is_ours: bool = True) -> None:
+    """Typed errors for everything but an approval (CCode 0). Hyp finding our request invalid (VALIDATION_CODES) is
+    ours, as its refusal of our credentials is (`GatewayAuthenticationError`: nothing moved, "not yet", alarmed),
+    unless `invalid_is_ours` is False (the call names something Hyp may rightly not have: refused)."""
     code = answer.ccode
     if code == APPROVED:
         return
@@ -389,7 +394,7 @@ def raise_for_ccode(answer: Answer, action: str) -> None:
     meaning = NOT_CHARGED.get(code) or _MESSAGES.get(code) or "refused"
     message = f"Hypay {action}: CCode {code} ({meaning})"
     error: type[GatewayError]
-    if code in (901, 902):
+    if code in (901, 902) or (invalid_is_ours and code in VALIDATION_CODES):
         error = GatewayAuthenticationError
     elif code == 999:
         error = GatewayUnavailable
