@@ -440,7 +440,7 @@ def test_two_verified_deliveries_racing_for_the_first_decision_keep_their_disagr
 
     waiting = (
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        " AND position('WITH p AS (' IN query) > 0"  # the journal's facts (the view keeps too little to see FOR UPDATE)
+        " AND position('WITH j AS (' IN query) > 0"  # the journal's facts (the view keeps too little to see FOR UPDATE)
     )
     threads = []
     for count, (name, amount) in enumerate((("first", "49.90"), ("second", "50.00")), start=1):

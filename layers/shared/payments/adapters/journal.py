@@ -83,6 +83,8 @@ class JournalEntry(Record):
     version: str | None = None
     # An operator closed it as refunded through Hyp's portal (`services.close_transaction`): its money went back.
     closed_as: str | None = None
+    # The Id as the row spells it (the transaction's number is one row, however a delivery spells it).
+    hypay_id: str | None = None
 
 
 class PaymentFacts(Record):
@@ -115,12 +117,20 @@ class Applied(Record):
     existed: bool = False  # the journal already had a row for the transaction (this statement updated it)
 
 
+# The journal's row is read by the transaction's number (sql/014's unique index on it), whatever the spelling of the
+# delivery's Id: a delivery spelling it with more or fewer leading zeros than the row is decided as the same
+# transaction (`hypay_id` answers the row's spelling, which the decision's writes then use), never a second row.
 _FACTS = """
-WITH p AS (
+WITH j AS (
+    SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
+           xmin::text AS version, closed_as, hypay_id
+      FROM public.hypay_transactions WHERE ltrim(hypay_id, '0') = ltrim(:txn, '0')
+), p AS (
     SELECT p.status, p.amount::text AS amount, p.currency, p.user_id::text AS user_id, p.hypay_transaction_id,
            EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase')
                AS granted_before,
-           EXISTS (SELECT 1 FROM public.payments o WHERE o.hypay_transaction_id = :txn AND o.id <> p.id)
+           EXISTS (SELECT 1 FROM public.payments o
+                    WHERE o.hypay_transaction_id = COALESCE((SELECT hypay_id FROM j), :txn) AND o.id <> p.id)
                AS used_elsewhere,
            (SELECT max(r.amount)::text FROM public.refunds r
              WHERE r.payment_id = p.id AND r.method = 'refund'
@@ -131,14 +141,10 @@ WITH p AS (
                AND r.status IN ('attempted', 'succeeded', 'unknown')
              ORDER BY r.created_at LIMIT 1) AS refunded_by_another
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
-), j AS (
-    SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
-           xmin::text AS version, closed_as
-      FROM public.hypay_transactions WHERE hypay_id = :txn
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
        p.unnamed_refund, p.refunded_by_another, j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount,
-       j.currency, j.version, j.closed_as
+       j.currency, j.version, j.closed_as, j.hypay_id
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -309,6 +315,7 @@ class Journal:
             jcurrency,
             jversion,
             jclosed,
+            jspelled,
         ) = row
         facts = (
             PaymentFacts(
@@ -335,6 +342,7 @@ class Journal:
                 jcurrency,
                 jversion,
                 jclosed,
+                jspelled,
             )
             if decision
             else None

@@ -285,7 +285,12 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
     def work(tx: Transaction) -> tuple[Decision, Settlement]:
         journal = Journal(tx)
         facts, entry = journal.facts(txn)
-        resolved = resolve_amount(txn, facts, currency_trusted=currency_trusted)
+        # Decided and written as the journal spells the transaction's number (a delivery may spell it with more or
+        # fewer leading zeros): the same transaction, its one row.
+        spelled = (
+            txn if entry is None or entry.hypay_id in (None, txn.hypay_id) else txn._replace(hypay_id=entry.hypay_id)
+        )
+        resolved = resolve_amount(spelled, facts, currency_trusted=currency_trusted)
         decision = decide(resolved, facts, entry)
         applied = journal.apply(
             resolved,
