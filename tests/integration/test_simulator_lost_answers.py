@@ -1,5 +1,5 @@
-"""The simulator's `lost`, `drop`, `cut` and `moved` faults do Hyp's work before losing the answer, for a charge and a token too
-(not only for refunds): the proof suite's saved-card flows rely on a lost answer being a real charge."""
+"""The simulator's `lost`, `drop`, `cut` and `moved` faults do Hyp's work before losing the answer, for a charge and a
+token too (not only for refunds): the proof suite's saved-card flows rely on a lost answer being a real charge."""
 
 from __future__ import annotations
 
