@@ -424,7 +424,7 @@ class HypaySimulator:
         fault = self.faults.take(name)
         if fault is not None and fault.kind in ("lost", "drop", "cut", "moved"):
             # Hyp does the work (a charge, a token, a reversal), then its answer never arrives: an error
-            # page, the connection closed, or an answer cut off (a proxy or Hyp closing mid-body).
+            # page, the connection closed, an answer cut off (a proxy or Hyp closing mid-body), or a redirect.
             self._done_without_answer(action, params)
             if fault.kind == "cut":
                 request.close_connection = True
