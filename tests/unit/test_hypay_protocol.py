@@ -105,7 +105,9 @@ def test_html_or_garbage_answers_are_gateway_unavailable() -> None:
         (902, GatewayAuthenticationError),
         (901, GatewayAuthenticationError),
         (999, GatewayUnavailable),
-        (400, GatewayRejected),  # validation: Hyp answers it for data too (getToken of a declined transaction)
+        (400, GatewayAuthenticationError),  # validation: our request did not validate (ours, "not yet")
+        (401, GatewayAuthenticationError),
+        (402, GatewayAuthenticationError),
         (425, GatewayRejected),
         (920, GatewayRejected),
     ],
@@ -114,6 +116,14 @@ def test_ccodes_map_to_typed_errors(ccode: int, error: type) -> None:
     with pytest.raises(error) as caught:
         protocol.raise_for_ccode(protocol.parse_answer(f"CCode={ccode}".encode()), "charge")
     assert caught.value.ccode == ccode and caught.value.gateway_message
+
+
+@pytest.mark.parametrize("ccode", [400, 401, 402])
+def test_validation_codes_are_a_refusal_where_the_call_names_what_hyp_may_not_have(ccode: int) -> None:
+    # getToken: Hyp answers them for data too (the token of a declined transaction), never to be asked again
+    with pytest.raises(GatewayRejected) as caught:
+        protocol.raise_for_ccode(protocol.parse_answer(f"CCode={ccode}".encode()), "getToken", invalid_is_ours=False)
+    assert caught.value.ccode == ccode
 
 
 def test_gateway_messages_never_carry_a_card_number() -> None:

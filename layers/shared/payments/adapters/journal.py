@@ -117,14 +117,21 @@ class Applied(Record):
     existed: bool = False  # the journal already had a row for the transaction (this statement updated it)
 
 
-# The journal's row is read by the transaction's number (sql/014's unique index on it), whatever the spelling of the
-# delivery's Id: a delivery spelling it with more or fewer leading zeros than the row is decided as the same
-# transaction (`hypay_id` answers the row's spelling, which the decision's writes then use), never a second row.
+# The journal's row is read by the transaction's number, whatever the spelling of the delivery's Id: a delivery
+# spelling it with more or fewer leading zeros than the row is decided as the same transaction (`hypay_id` answers the
+# row's spelling, which the decision's writes then use), never a second row. The number's every spelling (at most 20
+# digits) is looked up by the journal's key, whatever became of sql/014's index: a journal adopted with one number in
+# two spellings (ops/migrate.py leaves the later row out of the index, for a human to settle) answers one row, the
+# delivery's own spelling first, else the first seen.
 _FACTS = """
 WITH j AS (
     SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
            xmin::text AS version, closed_as, hypay_id
-      FROM public.hypay_transactions WHERE ltrim(hypay_id, '0') = ltrim(:txn, '0')
+      FROM public.hypay_transactions
+     WHERE hypay_id IN (SELECT repeat('0', z) || ltrim(:txn, '0')
+                          FROM generate_series(0, 20 - length(ltrim(:txn, '0'))) z)
+     ORDER BY hypay_id = :txn DESC, first_seen, hypay_id
+     LIMIT 1
 ), p AS (
     SELECT p.status, p.amount::text AS amount, p.currency, p.user_id::text AS user_id, p.hypay_transaction_id,
            EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase')
