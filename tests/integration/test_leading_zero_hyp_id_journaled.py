@@ -121,3 +121,23 @@ def test_a_number_adopted_in_two_spellings_is_read_as_one_row_and_answered(
     assert again.status == 200, again.body
     assert other.status < 500, other.body
     assert env.credits() == before and env.status(a["payment_id"]) == "completed"
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_second_spelling_that_cannot_be_verified_yet_is_kept_under_the_journals_spelling(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a transaction journaled as "77700042" (granted)
+    use_mode(monkeypatch, "hmac")
+    a = buy(env, key=str(uuid.uuid4()))
+    claim = unpaid_claim(a["payment_id"])
+    assert notify(forge([(k, "77700042" if k == "Id" else v) for k, v in claim])).status == 200
+    # When its Id arrives spelled "077700042" while Hyp's VERIFY cannot be reached
+    use_mode(monkeypatch, "both")
+    env.sim.faults.add("VERIFY", "http500", times=4)
+    again = notify(forge([(k, "077700042" if k == "Id" else v) for k, v in claim]))
+    # Then it is "not yet", and kept (before: refused by the number's index, its copy with it, and only logged)
+    assert again.status == 503, again.body
+    assert env.rows("SELECT hypay_id FROM hypay_unverified_callbacks") == [["77700042"]]
+    assert env.rows("SELECT hypay_id, decision FROM hypay_transactions") == [["77700042", "granted"]]
+    assert "unverified hypay callback not kept" not in caplog.text

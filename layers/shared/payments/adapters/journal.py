@@ -412,7 +412,12 @@ class Journal:
 
     def record_unverified(self, txn: HypTransaction, *, detail: str, raw_callback: str) -> None:
         """A callback that could not be verified yet (our side): every distinct one kept as received, and
-        the journal's row for its Id (only when there is none yet: an unverified claim overwrites nothing)."""
+        the journal's row for its Id (only when there is none yet: an unverified claim overwrites nothing). Kept under
+        the Id as the journal spells its number, when it holds it (its one row; a second spelling's row would be
+        refused by sql/014's index, and the copy with it)."""
+        held = self.spellings(txn.hypay_id)
+        if held and txn.hypay_id not in held:
+            txn = txn._replace(hypay_id=held[0])
         raw = raw_callback[:_RAW_KEPT]
         self.runner.run(
             bind(
