@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_callback_attacks import unpaid_claim, use_mode
+from tests.integration.test_close_transaction import REFUNDED, close
 from tests.integration.test_hypay_callback import buy, forge, metric_totals, notify, pay
 from tests.integration.test_refund_lost_charge import _lost_charge
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
@@ -141,3 +142,65 @@ def test_a_second_spelling_that_cannot_be_verified_yet_is_kept_under_the_journal
     assert env.rows("SELECT hypay_id FROM hypay_unverified_callbacks") == [["77700042"]]
     assert env.rows("SELECT hypay_id, decision FROM hypay_transactions") == [["77700042", "granted"]]
     assert "unverified hypay callback not kept" not in caplog.text
+
+
+def _with(claim: list[tuple[str, str]], hyp_id: str) -> str:
+    return forge([(k, hyp_id if k == "Id" else v) for k, v in claim])
+
+
+def _adopted_with(env: Env, left_out: str, insert: str) -> None:
+    """The journal as ops/migrate.py's adoption leaves a number held in two spellings: `insert` writes the second
+    row, and `left_out` stays out of sql/014's index."""
+    env.rows("DROP INDEX public.hypay_transactions_number_key")
+    env.rows(insert)
+    env.rows(
+        "CREATE UNIQUE INDEX hypay_transactions_number_key ON public.hypay_transactions ((ltrim(hypay_id, '0')))"
+        f" WHERE hypay_id NOT IN ('{left_out}')"
+    )
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("spelling", ["77700042", "0077700042"])
+def test_a_number_another_payment_holds_in_another_spelling_is_never_credited_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    # Given payment Q completed by Hyp transaction "077700042", and a journal adopted with the number's other spelling
+    # "77700042" held (first seen) for payment P, unverified
+    use_mode(monkeypatch, "hmac")
+    p, q = buy(env, key=str(uuid.uuid4())), buy(env, key=str(uuid.uuid4()))
+    assert notify(_with(unpaid_claim(q["payment_id"]), "077700042")).status == 200
+    _adopted_with(
+        env,
+        "077700042",
+        "INSERT INTO public.hypay_transactions (hypay_id, payment_id, order_ref, ccode, source, verified, decision,"
+        f" first_seen) VALUES ('77700042', '{p['payment_id']}', '{p['payment_id']}', 0, 'notify', false,"
+        " 'unverified', now() - interval '1 day')",
+    )
+    before = env.credits()
+    # When Hyp's genuine delivery for P arrives, in either spelling that is not Q's
+    answer = notify(_with(unpaid_claim(p["payment_id"]), spelling))
+    # Then P is not credited: Q holds the number (before: compared in one spelling, P was credited a second time for
+    # the transaction; an outside review)
+    assert answer.status < 500, answer.body
+    assert env.credits() == before and env.status(p["payment_id"]) != "completed"
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_close_naming_a_spelling_the_journal_holds_closes_that_row(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a journal adopted with "77700042" (unmatched) and, seen later, "077700042" (unmatched), and the first
+    # delivered again (its row's version moved)
+    use_mode(monkeypatch, "hmac")
+    assert notify(_with(unpaid_claim(str(uuid.uuid4())), "77700042")).status == 404
+    _adopted_with(
+        env,
+        "077700042",
+        "INSERT INTO public.hypay_transactions (hypay_id, order_ref, ccode, amount, currency, source, verified,"
+        " decision, first_seen) VALUES ('077700042', 'not-ours', 0, 49.90, 'ILS', 'notify', true, 'unmatched',"
+        " now() + interval '1 minute')",
+    )
+    assert notify(_with(unpaid_claim(str(uuid.uuid4())), "77700042")).status in (404, 409)
+    # When the operator closes "77700042", as the journal spells it
+    done = close("77700042", REFUNDED)
+    # Then that row is closed, not the other (before: whichever the server returned first)
+    assert done.status == 200, done.body
+    assert env.rows("SELECT hypay_id FROM hypay_transactions WHERE closed_as IS NOT NULL") == [["77700042"]]

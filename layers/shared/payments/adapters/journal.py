@@ -117,27 +117,27 @@ class Applied(Record):
     existed: bool = False  # the journal already had a row for the transaction (this statement updated it)
 
 
-# The journal's row is read by the transaction's number, whatever the spelling of the delivery's Id: a delivery
-# spelling it with more or fewer leading zeros than the row is decided as the same transaction (`hypay_id` answers the
-# row's spelling, which the decision's writes then use), never a second row. The number's every spelling (at most 20
-# digits) is looked up by the journal's key, whatever became of sql/014's index: a journal adopted with one number in
-# two spellings (ops/migrate.py leaves the later row out of the index, for a human to settle) answers one row, the
-# delivery's own spelling first, else the first seen.
-_FACTS = """
+# The transaction is read by its number, whatever the spelling of the delivery's Id: every spelling of the number (at
+# most 20 digits) is looked up by the journal's key and the payments' unique Id, whatever became of sql/014's index.
+# A delivery spelling it with more or fewer leading zeros than its journal row is decided as the same transaction
+# (`hypay_id` answers the row's spelling, which the decision's writes then use), never a second row; another payment
+# holding the number in any spelling holds this transaction. A journal adopted with one number in two spellings
+# (ops/migrate.py leaves the later row out of the index, for a human to settle) answers one row, the delivery's own
+# spelling first, else the first seen (as `Journal.spellings` orders them).
+_SPELLINGS = """(SELECT repeat('0', z) || ltrim(:txn, '0') FROM generate_series(0, 20 - length(ltrim(:txn, '0'))) z)"""
+_FACTS = f"""
 WITH j AS (
     SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
            xmin::text AS version, closed_as, hypay_id
       FROM public.hypay_transactions
-     WHERE hypay_id IN (SELECT repeat('0', z) || ltrim(:txn, '0')
-                          FROM generate_series(0, 20 - length(ltrim(:txn, '0'))) z)
+     WHERE hypay_id IN {_SPELLINGS}
      ORDER BY hypay_id = :txn DESC, first_seen, hypay_id
      LIMIT 1
 ), p AS (
     SELECT p.status, p.amount::text AS amount, p.currency, p.user_id::text AS user_id, p.hypay_transaction_id,
            EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase')
                AS granted_before,
-           EXISTS (SELECT 1 FROM public.payments o
-                    WHERE o.hypay_transaction_id = COALESCE((SELECT hypay_id FROM j), :txn) AND o.id <> p.id)
+           EXISTS (SELECT 1 FROM public.payments o WHERE o.hypay_transaction_id IN {_SPELLINGS} AND o.id <> p.id)
                AS used_elsewhere,
            (SELECT max(r.amount)::text FROM public.refunds r
              WHERE r.payment_id = p.id AND r.method = 'refund'
@@ -294,10 +294,14 @@ class Journal:
         self.runner = runner
 
     def spellings(self, hypay_id: str) -> list[str]:
-        """The Ids the journal holds that are this Hyp Id, with or without leading zeros ("123", "0123"), as held."""
+        """The Ids the journal holds that are this Hyp Id, with or without leading zeros ("123", "0123"), as held: this
+        spelling first, then as first seen (two only in a journal adopted so, `_FACTS`)."""
         number = hypay_id.lstrip("0")
         written = ", ".join(literal("0" * zeros + number) for zeros in range(21 - len(number)))
-        rows = self.runner.run(f"SELECT hypay_id FROM public.hypay_transactions WHERE hypay_id IN ({written})")
+        rows = self.runner.run(
+            f"SELECT hypay_id FROM public.hypay_transactions WHERE hypay_id IN ({written})"
+            f" ORDER BY hypay_id = {literal(hypay_id)} DESC, first_seen, hypay_id"
+        )
         return [row[0] for row in rows]
 
     def facts(self, txn: HypTransaction) -> tuple[PaymentFacts | None, JournalEntry | None]:

@@ -120,6 +120,11 @@ def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
     return f"a verified {txn.source} delivery of Hyp transaction {txn.hypay_id} said " + ", ".join(said)
 
 
+def _same_number(held: str | None, hypay_id: str) -> bool:
+    """Whether `held` is the Hyp transaction `hypay_id`, in any spelling (leading zeros)."""
+    return held is not None and held.lstrip("0") == hypay_id.lstrip("0")
+
+
 def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry | None) -> Decision:
     """The decision on a verified transaction, from the locked payment and the journal's row. Pure."""
     if entry is not None and entry.verified:
@@ -188,7 +193,7 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         return Decision(
             Action.NONE, Verdict.DECLINED, _result_of(Verdict.DECLINED, facts), f"{detail} (while {status})"
         )
-    if status == PaymentStatus.COMPLETED and facts.hypay_transaction_id == txn.hypay_id:
+    if status == PaymentStatus.COMPLETED and _same_number(facts.hypay_transaction_id, txn.hypay_id):
         return Decision(Action.NONE, Verdict.GRANTED, Result.COMPLETED, "granted before the journal recorded it")
     if entry is not None and entry.closed_as is not None:
         # Its money went back through Hyp's portal: an operator closed the transaction, unverified, for a payment (one
