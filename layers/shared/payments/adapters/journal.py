@@ -123,21 +123,22 @@ class Applied(Record):
 # (`hypay_id` answers the row's spelling, which the decision's writes then use), never a second row; another payment
 # holding the number in any spelling holds this transaction. A journal adopted with one number in two spellings
 # (ops/migrate.py leaves the later row out of the index, for a human to settle) answers one row, the delivery's own
-# spelling first, else the first seen (as `Journal.spellings` orders them).
-_SPELLINGS = """(SELECT repeat('0', z) || ltrim(:txn, '0') FROM generate_series(0, 20 - length(ltrim(:txn, '0'))) z)"""
+# spelling first, else the first seen (as `Journal.spellings` orders them). SPELLINGS: every spelling of `:txn`'s
+# number, for `IN`.
+SPELLINGS = """(SELECT repeat('0', z) || ltrim(:txn, '0') FROM generate_series(0, 20 - length(ltrim(:txn, '0'))) z)"""
 _FACTS = f"""
 WITH j AS (
     SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
            xmin::text AS version, closed_as, hypay_id
       FROM public.hypay_transactions
-     WHERE hypay_id IN {_SPELLINGS}
+     WHERE hypay_id IN {SPELLINGS}
      ORDER BY hypay_id = :txn DESC, first_seen, hypay_id
      LIMIT 1
 ), p AS (
     SELECT p.status, p.amount::text AS amount, p.currency, p.user_id::text AS user_id, p.hypay_transaction_id,
            EXISTS (SELECT 1 FROM public.credit_transactions c WHERE c.payment_id = p.id AND c.type = 'purchase')
                AS granted_before,
-           EXISTS (SELECT 1 FROM public.payments o WHERE o.hypay_transaction_id IN {_SPELLINGS} AND o.id <> p.id)
+           EXISTS (SELECT 1 FROM public.payments o WHERE o.hypay_transaction_id IN {SPELLINGS} AND o.id <> p.id)
                AS used_elsewhere,
            (SELECT max(r.amount)::text FROM public.refunds r
              WHERE r.payment_id = p.id AND r.method = 'refund'
@@ -445,6 +446,7 @@ class Journal:
 
 
 __all__ = [
+    "SPELLINGS",
     "Action",
     "Applied",
     "HypTransaction",

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from payments.adapters.db import Rows, bind
-from payments.adapters.journal import GRANTED_IN_FULL
+from payments.adapters.journal import GRANTED_IN_FULL, SPELLINGS
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
 
@@ -420,10 +420,11 @@ class ResolveStatements:
         return _journal_row(rows[0]) if rows else None
 
     def paid_another_payment(self, hypay_id: str, payment_id: UUID) -> bool:
-        """Another payment already holds this Hyp Id (the unique index would refuse it)."""
+        """Another payment already holds this Hyp transaction, in any spelling of its number."""
         rows = self.tx.run(
             bind(
-                "SELECT EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :txn AND id <> :id::uuid)",
+                f"SELECT EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id IN {SPELLINGS}"
+                " AND id <> :id::uuid)",
                 txn=hypay_id,
                 id=str(payment_id),
             )
@@ -433,12 +434,13 @@ class ResolveStatements:
     def refunded(self, hypay_id: str) -> bool:
         """A refund of this transaction moved, or may have moved, money (attempted, succeeded, unknown), whichever
         payment's refund it is (an operator may have named it as another payment's lost charge), or an operator closed
-        it as refunded through Hyp's portal."""
+        it as refunded through Hyp's portal (a row of its number, in any spelling)."""
         rows = self.tx.run(
             bind(
                 "SELECT EXISTS (SELECT 1 FROM public.refunds WHERE ltrim(original_hypay_id, '0') = ltrim(:txn, '0')"
                 " AND status IN ('attempted', 'succeeded', 'unknown'))"
-                " OR EXISTS (SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :txn AND closed_as IS NOT NULL)",
+                f" OR EXISTS (SELECT 1 FROM public.hypay_transactions WHERE hypay_id IN {SPELLINGS}"
+                " AND closed_as IS NOT NULL)",
                 txn=hypay_id,
             )
         )
