@@ -228,48 +228,39 @@ def test_an_operators_complete_with_a_number_another_payment_holds_in_another_sp
     assert notify(_with(unpaid_claim(q["payment_id"]), "077700042")).status == 200
     assert env.status(q["payment_id"]) == "completed"
     _adopted_review_row(env, p["payment_id"])
-    env.rows(
-        "UPDATE payments SET status = 'needs_review', review_reason = 'paid while under review' WHERE id = :id::uuid",
-        id=p["payment_id"],
-    )
-    before = env.credits()
     # When an operator completes P with the number as the queue shows P's row
-    done = resolve(p["payment_id"], {"action": "complete", "reason": "paid", "hypay_id": "77700042"}, str(uuid.uuid4()))
     # Then it is refused (Q holds the transaction), as the callback's decision now refuses it: no second credit
-    assert (done.status, env.credits() - before) == (409, 0), (done.status, done.body, env.credits() - before)
+    assert _completed_as_the_queue_shows(env, p["payment_id"]) == (409, 0)
 
 
 @pytest.mark.usefixtures("admin")
 def test_an_operators_complete_with_a_number_closed_as_refunded_in_another_spelling_is_refused(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given the journal adopted with "77700042" (P's, verified, review) and "077700042" closed as refunded in Hyp's
-    # portal (its money went back)
+    # Given the journal adopted with "077700042" closed as refunded in Hyp's portal (its money went back) and
+    # "77700042" (P's, verified, review)
     use_mode(monkeypatch, "hmac")
     p = buy(env, key=str(uuid.uuid4()))
-    [[amount, currency]] = env.rows(
-        "SELECT amount::text, currency FROM payments WHERE id = :id::uuid", id=p["payment_id"]
-    )
-    env.rows("DROP INDEX public.hypay_transactions_number_key")
-    env.rows(
+    _adopted_with(
+        env,
+        "077700042",
         "INSERT INTO public.hypay_transactions (hypay_id, order_ref, ccode, amount, currency, source, verified,"
-        f" decision, first_seen, closed_as, closed_at) VALUES ('077700042', 'not-ours', 0, {amount}, '{currency}',"
-        " 'notify', true, 'unmatched', now(), 'refunded_in_hyp', now())"
+        " decision, first_seen, closed_as, closed_at) VALUES ('077700042', 'not-ours', 0, 49.90, 'ILS', 'notify',"
+        " true, 'unmatched', now(), 'refunded_in_hyp', now())",
     )
-    env.rows(
-        "INSERT INTO public.hypay_transactions (hypay_id, payment_id, order_ref, ccode, amount, currency, source,"
-        f" verified, decision, first_seen) VALUES ('77700042', '{p['payment_id']}', '{p['payment_id']}', 0, {amount},"
-        f" '{currency}', 'notify', true, 'review', now() - interval '1 day')"
-    )
-    env.rows(
-        "CREATE UNIQUE INDEX hypay_transactions_number_key ON public.hypay_transactions ((ltrim(hypay_id, '0')))"
-        " WHERE hypay_id NOT IN ('077700042')"
-    )
+    _adopted_review_row(env, p["payment_id"])
+    # When an operator completes P with the number as the queue shows P's row
+    # Then refused as refunded (closed in Hyp's portal), as services.review says: no credits for money that went back
+    assert _completed_as_the_queue_shows(env, p["payment_id"]) == (409, 0)
+
+
+def _completed_as_the_queue_shows(env: Env, pid: str) -> tuple[int, int]:
+    """Payment `pid` put in review, then an operator's complete of it with "77700042": (the answer's status, the
+    credits it granted)."""
     env.rows(
         "UPDATE payments SET status = 'needs_review', review_reason = 'paid while under review' WHERE id = :id::uuid",
-        id=p["payment_id"],
+        id=pid,
     )
     before = env.credits()
-    done = resolve(p["payment_id"], {"action": "complete", "reason": "paid", "hypay_id": "77700042"}, str(uuid.uuid4()))
-    # Then refused as refunded (closed in Hyp's portal), as services.review says: no credits for money that went back
-    assert (done.status, env.credits() - before) == (409, 0), (done.status, done.body, env.credits() - before)
+    done = resolve(pid, {"action": "complete", "reason": "paid", "hypay_id": "77700042"}, str(uuid.uuid4()))
+    return done.status, env.credits() - before
