@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
-from payments.adapters.db import Rows, bind, literal
+from payments.adapters.db import Rows, bind
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
 from payments.records import Record
@@ -297,11 +297,12 @@ class Journal:
     def spellings(self, hypay_id: str) -> list[str]:
         """The Ids the journal holds that are this Hyp Id, with or without leading zeros ("123", "0123"), as held: this
         spelling first, then as first seen (two only in a journal adopted so, `_FACTS`)."""
-        number = hypay_id.lstrip("0")
-        written = ", ".join(literal("0" * zeros + number) for zeros in range(21 - len(number)))
         rows = self.runner.run(
-            f"SELECT hypay_id FROM public.hypay_transactions WHERE hypay_id IN ({written})"
-            f" ORDER BY hypay_id = {literal(hypay_id)} DESC, first_seen, hypay_id"
+            bind(
+                f"SELECT hypay_id FROM public.hypay_transactions WHERE hypay_id IN {SPELLINGS}"
+                " ORDER BY hypay_id = :txn DESC, first_seen, hypay_id",
+                txn=hypay_id,
+            )
         )
         return [row[0] for row in rows]
 
@@ -421,7 +422,7 @@ class Journal:
         the Id as the journal spells its number, when it holds it (its one row; a second spelling's row would be
         refused by sql/014's index, and the copy with it)."""
         held = self.spellings(txn.hypay_id)
-        if held and txn.hypay_id not in held:
+        if held:  # its own spelling first, when held
             txn = txn._replace(hypay_id=held[0])
         raw = raw_callback[:_RAW_KEPT]
         self.runner.run(
