@@ -839,6 +839,20 @@ def test_debug_endpoint_exercises_the_real_store(admin: Env, kind: str) -> None:
     assert body["record_after_first_call"] == "completed"
 
 
+@pytest.mark.parametrize("kind", ["basic", "duplicate", "cleanup"])
+def test_debug_endpoint_with_the_database_down_is_not_yet(
+    admin: Env, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store's outage, which Powertools wraps in its own error, is ours: 503 with Retry-After, never a 500
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@/postgres?host=/nonexistent&port=1")
+    reset_function_state(DEBUG)
+    answer = invoke(
+        DEBUG, "GET", f"/debug/test-idempotency?type={kind}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert answer.status == 503, answer.body
+    assert answer.headers.get("retry-after") and answer.json["status"] == 503
+
+
 def test_debug_endpoint_refuses_unknown_types_strangers_and_prod(admin: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     unknown = invoke(DEBUG, "GET", "/debug/test-idempotency?type=chaos", headers=auth)

@@ -124,6 +124,11 @@ class VerificationConfig(Record):
 
 # The verdict on a callback whose Sign is right but that Hyp's VERIFY does not confirm.
 SIGNED_NOT_VERIFIED = "verify (its Sign right)"
+# Why such a callback is kept, not verified yet.
+VERIFY_DISAGREES = (
+    "Hyp's VERIFY says not genuine, its Sign (our terminal's KEY) right: check the terminal's 'verify by signature' "
+    "setting in Hyp's portal (or an unsigned field was edited)"
+)
 
 
 class _Unverifiable(Exception):
@@ -187,7 +192,10 @@ class HypayVerification(BaseMiddlewareHandler):
         except _Unverifiable as exc:
             return self._unavailable(config, raw, exc.reason)
         if verdict == SIGNED_NOT_VERIFIED:
-            return self._reject(config, verdict, source_ip, None)  # never marks a kept copy forged
+            # Its Sign (our terminal's KEY) proves Hyp approved this Id, amount and Order: money Hyp took. VERIFY saying
+            # no is our terminal's setting (its "verify by signature" off) or an unsigned field edited by the link's
+            # holder: not yet, kept (a journal row and the alarm), never refused with nothing written.
+            return self._unavailable(config, raw, VERIFY_DISAGREES)
         if verdict is not None:
             return self._reject(config, verdict, source_ip, raw)
         if self.notify and not allowed(source_ip, config.allowlist):
@@ -203,8 +211,8 @@ class HypayVerification(BaseMiddlewareHandler):
         return next_middleware(app)
 
     def _verify(self, config: VerificationConfig, raw: str) -> str | None:
-        """None when genuine; the failed check's name when forged (`SIGNED_NOT_VERIFIED`: refused, but its Sign was
-        right, so it is no proof of a forgery); `_Unverifiable` when we cannot tell."""
+        """None when genuine; the failed check's name when forged; `SIGNED_NOT_VERIFIED` when VERIFY says no to a
+        callback whose Sign is right (no forgery: not yet, kept); `_Unverifiable` when we cannot tell."""
         mode = config.settings.verify_mode
         gateway = config.gateway
         try:
@@ -227,8 +235,9 @@ class HypayVerification(BaseMiddlewareHandler):
                 if not genuine:
                     check = self._forged_or_ours(gateway, "verify")
                     # Its Sign right (made with our terminal's KEY), VERIFY says no: an unsigned field edited by the
-                    # redirect's holder, or a terminal setting. Refused, but no proof that the text is forged.
-                    return SIGNED_NOT_VERIFIED if signed else check
+                    # redirect's holder, or a terminal setting. No forgery (in `verify` mode too, whose Sign is read
+                    # here only to tell the two apart).
+                    return SIGNED_NOT_VERIFIED if signed or gateway.signed_text(text) is not None else check
         except ConfigurationError as exc:
             raise _Unverifiable(f"configuration: {exc.message}") from None
         except GatewayError as exc:

@@ -24,7 +24,7 @@ SELECT p.id FROM public.payments p
 _FACTS = """
 SELECT t.hypay_id, t.payment_id::text, t.decision, t.verified, t.ccode, t.amount::text, t.currency, t.order_ref,
        t.closed_as, t.closed_by, t.closed_at, t.closed_reason, p.status,
-       COALESCE(p.hypay_transaction_id = t.hypay_id, false),
+       COALESCE(ltrim(p.hypay_transaction_id, '0') = ltrim(t.hypay_id, '0'), false),  -- any spelling of the number
        EXISTS (SELECT 1 FROM public.refunds r
                 WHERE r.original_hypay_id = t.hypay_id AND r.status IN ('attempted', 'unknown')),
        COALESCE((SELECT sum(r.amount) FROM public.refunds r

@@ -592,8 +592,8 @@ class HypayClient:
         answer = self._reversal_call("zikoyAPI", params)
         protocol.raise_for_ccode(answer, "refund")
         refund_id = protocol.hyp_id(answer.fields.get("Id"))
-        if refund_id == transaction_id:
-            refund_id = None  # the refunded transaction's own Id echoed back: not the refund's
+        if protocol.same_hyp_id(refund_id, transaction_id):
+            refund_id = None  # the refunded transaction's own Id echoed back (in any spelling): not the refund's
         if refund_id is None:
             # Approved, but without the refund's Id: the money moved and we cannot name it. A human confirms.
             raise GatewayUnavailable("Hypay refund approved without a transaction Id")
@@ -614,7 +614,7 @@ class HypayClient:
             raise GatewayUnavailable("Hypay cancel approved without ReversalStatus 777")
         # Hyp documents no new Id for a cancellation; one is kept when an answer carries it.
         own_id = protocol.hyp_id(answer.fields.get("Id"))
-        valid = own_id is not None and own_id != transaction_id
+        valid = own_id is not None and not protocol.same_hyp_id(own_id, transaction_id)
         return Reversal("cancel", own_id if valid else None, answer.fields.get("ACode", ""), transaction_id)
 
     def _reversal_credentials(self) -> HypayCredentials:

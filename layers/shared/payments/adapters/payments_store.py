@@ -339,7 +339,7 @@ class PaymentsStore:
         rows = self.db.run(
             bind(
                 """
-            SELECT p.save_card AND p.status = 'completed' AND p.hypay_transaction_id = :hyp
+            SELECT p.save_card AND p.status = 'completed' AND ltrim(p.hypay_transaction_id, '0') = ltrim(:hyp, '0')
                    AND p.completed_at IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM public.saved_cards c
                                      LEFT JOIN public.payments q ON q.id = c.payment_id

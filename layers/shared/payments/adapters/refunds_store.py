@@ -19,6 +19,7 @@ from uuid import UUID
 
 from payments.adapters.db import Database, Transaction, bind
 from payments.adapters.journal import Journal
+from payments.domain import hypay as protocol
 from payments.domain.money import Currency, Money
 from payments.domain.refund import Method, RefundStatus, credits_to_take, held_while_a_refund_has_no_id
 
@@ -202,7 +203,7 @@ SELECT hypay_id FROM public.hypay_transactions
 _SUMS = """
 SELECT COALESCE(sum(amount) FILTER (WHERE status IN ('attempted', 'succeeded', 'unknown')), 0)::text,
        COALESCE(sum(amount) FILTER (WHERE status = 'succeeded' AND id IS DISTINCT FROM :me::uuid), 0)::text
-  FROM public.refunds WHERE payment_id = :id::uuid AND original_hypay_id = :txn"""
+  FROM public.refunds WHERE payment_id = :id::uuid AND ltrim(original_hypay_id, '0') = ltrim(:txn, '0')"""
 
 _INSERT = f"""
 INSERT INTO public.refunds (id, payment_id, original_hypay_id, method, amount, currency, status, reason,
@@ -388,7 +389,9 @@ class RefundsStore:
             raise NoSuchPayment(str(payment_id))
         status, user, amount, currency, paying_id, paid_at, charge_attempted_at, declined_code = rows[0]
         payment_currency = Currency(currency)
-        txn = hypay_id or paying_id or self._held_one(tx, payment_id)
+        # The payment's own Id as the journal spells its number (the web app may have written it with leading zeros
+        # Hyp's delivery did not have): what Hyp is asked about, and what the journal's row and refunds are found by.
+        txn = hypay_id or _as_journaled(tx, paying_id) or self._held_one(tx, payment_id)
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
         named = unjournaled = unverified = False
@@ -412,7 +415,7 @@ class RefundsStore:
             # An amount Hyp's answer gave unreadably is unknown here, not the payment's price (Hyp knows it).
             original = _money(j_amount, Currency(j_currency or payment_currency)) if j_amount is not None else None
             original_at = first_seen
-        elif txn == paying_id:
+        elif protocol.same_hyp_id(txn, paying_id):
             original, original_at = _money(amount, payment_currency), paid_at  # paid before the journal existed
         elif (
             hypay_id is not None
@@ -442,7 +445,7 @@ class RefundsStore:
             original_at,
             _money(reserved, currency),
             _money(refunded, currency),
-            txn == paying_id,
+            protocol.same_hyp_id(txn, paying_id),
             price,
             bool(named),
             unjournaled,

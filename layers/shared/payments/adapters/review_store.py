@@ -167,7 +167,8 @@ WITH items AS (
        AND NOT (t.decision = 'review' AND COALESCE(p.status, '') = 'needs_review')
        -- a legacy item the web app settled: the payment (of a status from before this backend when it was paid) since
        -- completed with this very transaction, for the amount it asked, its credits in the ledger in full
-       AND NOT COALESCE(t.decision = 'review' AND p.status = 'completed' AND p.hypay_transaction_id = t.hypay_id
+       AND NOT COALESCE(t.decision = 'review' AND p.status = 'completed'
+                AND ltrim(p.hypay_transaction_id, '0') = ltrim(t.hypay_id, '0')
                 AND t.previous_status NOT IN ('pending', 'completed', 'failed', 'expired', 'needs_review')
                 AND t.amount = p.amount AND t.currency = p.currency AND {granted_in_full}, false)
        -- a refund's own transaction, held before that refund's Id was known (confirmed since): money that went back

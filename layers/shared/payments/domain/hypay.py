@@ -301,6 +301,12 @@ def hyp_id(value: str | None) -> str | None:
     return value if value is not None and HYP_ID.fullmatch(value) else None
 
 
+def same_hyp_id(one: str | None, other: str | None) -> bool:
+    """Whether two Hyp transaction ids are one transaction: the same number, in any spelling (leading zeros; sql/014
+    holds them one by their number). False when either is missing."""
+    return one is not None and other is not None and one.lstrip("0") == other.lstrip("0")
+
+
 _FORMATS = (
     ("Id", HYP_ID, HYP_ID_PROBLEM),
     ("CCode", re.compile(r"[0-9]{1,3}", re.ASCII), "CCode is not a Hyp code (1 to 3 ASCII digits)"),

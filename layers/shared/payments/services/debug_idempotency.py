@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from payments.adapters.db import Database
-from payments.errors import InvalidRequest
+from payments.errors import DatabaseUnavailable, InvalidRequest
 from payments.services.cleanup import CleanupPolicy, purge_expired_idempotency_records
 
 KINDS = ("basic", "duplicate", "cleanup")
@@ -17,6 +17,9 @@ def exercise(kind: str, db: Database, *, table: str = "idempotency_keys") -> dic
     """Run one scenario on a fresh key and say what happened."""
     # Imported when a scenario runs, not with the cleanup function (Powertools' idempotency utility imports boto3).
     from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyPersistenceLayerError,
+    )
 
     from payments.idempotency import PostgresPersistenceLayer
 
@@ -35,10 +38,17 @@ def exercise(kind: str, db: Database, *, table: str = "idempotency_keys") -> dic
     def record() -> str | None:
         return store.record_status(store.last_claimed_key or "")
 
-    first = work(request={"key": key})
+    def call() -> dict:
+        """`work` once; the store's failures as the other routes answer them (ours: 503, never a 500)."""
+        try:
+            return work(request={"key": key})
+        except IdempotencyPersistenceLayerError as exc:  # Powertools' wrapping of the store's DatabaseUnavailable
+            raise DatabaseUnavailable("the idempotency store is unavailable; try again later") from exc
+
+    first = call()
     report: dict[str, Any] = {"type": kind, "record_after_first_call": record()}
     if kind == "duplicate":
-        second = work(request={"key": key})
+        second = call()
         report |= {"replay_equals_first": second == first}
     if kind == "cleanup":
         time.sleep(2.05)  # past the one-second expiry, in whole seconds as the store counts them

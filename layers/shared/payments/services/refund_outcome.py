@@ -22,6 +22,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from payments.adapters import audit
 from payments.adapters.db import Transaction
 from payments.adapters.refunds_store import NotRefundable, RefundRow, RefundsStore
+from payments.domain import hypay as protocol
 from payments.domain.refund import Method, RefundStatus
 from payments.errors import Conflict, InvalidRequest, NotFound, RequestInProgress
 from payments.observability import logger, metrics
@@ -104,7 +105,7 @@ class RefundOutcome:
             raise Conflict("hypay_refund_id: a cancellation (CancelTrans) makes no transaction of its own")
         if row.method == Method.REFUND and hypay_refund_id is None:
             raise Conflict("hypay_refund_id: required, the Id of Hyp's refund transaction (zikoyAPI)")
-        if hypay_refund_id is not None and hypay_refund_id == row.original_hypay_id:
+        if protocol.same_hyp_id(hypay_refund_id, row.original_hypay_id):
             raise Conflict("hypay_refund_id: that is the refunded transaction's own Id, not the refund's")
 
     @staticmethod
@@ -113,7 +114,9 @@ class RefundOutcome:
         if row.status in (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN):
             return None
         agrees = (
-            outcome == "refunded" and row.status == RefundStatus.SUCCEEDED and row.hypay_refund_id == hypay_refund_id
+            outcome == "refunded"
+            and row.status == RefundStatus.SUCCEEDED
+            and (row.hypay_refund_id == hypay_refund_id or protocol.same_hyp_id(row.hypay_refund_id, hypay_refund_id))
         ) or (outcome == "not_refunded" and row.status == RefundStatus.REFUSED)
         if not agrees:
             raise Conflict(

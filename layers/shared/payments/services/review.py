@@ -871,7 +871,7 @@ def _resolved(
 
 
 def _operator_detail(journal: list[JournalRow], hypay_id: str, admin: str, reason: str) -> str:
-    earlier = next((e.detail for e in journal if e.hypay_id == hypay_id and e.detail), None)
+    earlier = next((e.detail for e in journal if protocol.same_hyp_id(e.hypay_id, hypay_id) and e.detail), None)
     note = f"completed by {admin}: {reason}"
     return f"{earlier} - {note}" if earlier else note
 
