@@ -109,15 +109,22 @@ def test_an_unsigned_field_altered_fails_verify(
     env: Env, monkeypatch: pytest.MonkeyPatch, mode: str, field: str
 ) -> None:
     use_mode(monkeypatch, mode)
+    before = env.credits()
     payment = buy(env)
     transaction = pay(env, payment)
     altered = "&".join(
         f"{k}={'99999' if k == field else v}"
         for k, v in (p.split("=", 1) for p in transaction.redirect_query.split("&"))
     )
-    assert notify(altered).status == 403
+    # An altered copy VERIFY does not confirm, its Sign right (Hyp approved that Id): not yet, kept, nothing decided
+    assert notify(altered).status == 503
     assert env.status(payment["payment_id"]) == "pending"
     assert env.rows("SELECT count(*) FROM invoices") == [[0]]
+    assert env.rows("SELECT decision, verified FROM hypay_transactions") == [["unverified", False]]
+    # Hyp's own delivery then decides, on its own fields: credited once, in the payment's currency
+    assert notify(transaction.redirect_query).status == 200
+    assert env.status(payment["payment_id"]) == "completed" and env.credits() == before + 100
+    assert env.rows("SELECT decision, verified, currency FROM hypay_transactions") == [["granted", True, "ILS"]]
 
 
 def test_hmac_only_trusts_no_unsigned_field(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
