@@ -25,6 +25,9 @@ the real callback), never the middleware's code:
   answers 302 with our `payment_id`, the notification 200 (409 for a Hyp Id another payment owns);
 - steered (genuine plus a name our requests to Hyp use, in any case, or a name given twice): refused;
 - genuine plus other unknown names: either answer is right, but a refusal writes nothing;
+- signed (what Hyp's `Sign` covers, and the Sign, as Hyp sent them; other fields edited, dropped, added or
+  reordered): with the Sign checked (`both`), Hyp's signed decision stands whatever VERIFY says of the rest: either
+  answer is right, as for unknown names (processed, it is that callback's first delivery or a replay);
 - anything else (forged, poison bytes, malformed): refused: `/hypay/notify` 400 or 403 problem+json,
   `/hypay/return` a 302 to the web app's page *without* a `payment_id` (the browser must land somewhere;
   that is this route's rejection). A 302 carrying a `payment_id` means "processed" (or "still
@@ -38,8 +41,8 @@ hold its Hyp Id, verified), a replay never touches money, and under an outage on
 (the callback kept unverified, for reconciliation). At the end, the money invariants: one purchase per
 completed payment, balances equal to their ledgers, each Hyp Id journaled as it was treated.
 
-It expects the stack's default `HYPAY_VERIFY_MODE` (`both`, or `verify`): with `hmac` alone the unsigned
-fields are not checked (by design), and the oracle would rightly see forgeries processed.
+It expects the stack's default `HYPAY_VERIFY_MODE` (`both`): with `hmac` alone the unsigned fields are not checked
+(by design), and with `verify` alone a signed callback with edited fields is refused; the oracle models `both`.
 """
 
 from __future__ import annotations
@@ -456,6 +459,23 @@ class Callback:
 
     def doc_pairs(self) -> tuple[tuple[str, str], ...]:
         return tuple(self.pairs)
+
+    def signed(self) -> tuple[tuple[str, str], ...] | None:
+        return signed_of(self.pairs)
+
+
+def signed_of(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...] | None:
+    """What Hyp's `Sign` covers, as a Sign check reads it (hypay-protocol.md, "Is the redirect genuine?"): the eight
+    signed fields and the Sign, each given once, the values as they arrived (a browser's `%27` for the `'` Hyp sent,
+    the hex in either case); None when one is missing or given twice."""
+    names = [name for name, _ in pairs]
+    if any(names.count(name) != 1 for name in (*SIGNED, "Sign")):
+        return None
+    found = dict(pairs)
+    return (
+        *((name, re.sub("%27", "'", found[name], flags=re.IGNORECASE)) for name in SIGNED),
+        ("Sign", found["Sign"].lower()),
+    )
 
 
 class Shop:
@@ -929,7 +949,7 @@ class View:
     routed: bool
     payload: str
     ascii: bool
-    kind: str  # blank, poison, genuine, steered, extras, forged
+    kind: str  # blank, poison, genuine, steered, extras, signed, forged
     callback: Callback | None
 
 
@@ -955,12 +975,20 @@ def view_of(request: Request, callbacks: list[Callback]) -> View:
     pairs = split_pairs(payload)
     documented = tuple((n, v) for n, v in pairs if n in DOCUMENTED)
     match = next((c for c in callbacks if c.doc_pairs() == documented), None)
+    names = [n for n, _ in pairs]
     if match is None:
-        return View(routed, payload, is_ascii, "forged", None)
+        # Not what Hyp sent, but what its Sign covers is (the other fields edited, dropped, added, reordered): with
+        # the Sign checked (`both`), Hyp's decision on those fields stands, whatever VERIFY says of the rest.
+        signed = signed_of(pairs)
+        match = next((c for c in callbacks if signed is not None and c.signed() == signed), None)
+        if match is None:
+            return View(routed, payload, is_ascii, "forged", None)
+        if any(n.lower() in _STEERING_LOWER for n in names if n not in DOCUMENTED) or len(set(names)) != len(names):
+            return View(routed, payload, is_ascii, "steered", match)
+        return View(routed, payload, is_ascii, "signed", match)
     extras = [n for n, _ in pairs if n not in DOCUMENTED]
     if not extras:
         return View(routed, payload, is_ascii, "genuine", match)
-    names = [n for n, _ in pairs]
     if any(n.lower() in _STEERING_LOWER for n in extras) or len(set(names)) != len(names):
         return View(routed, payload, is_ascii, "steered", match)
     return View(routed, payload, is_ascii, "extras", match)
@@ -1178,8 +1206,9 @@ class Fuzzer:
             "steered": {"refused"},
             "genuine": {"processed"},
             "extras": {"processed", "refused"},
+            "signed": {"processed", "refused"},
         }[view.kind]
-        if outage and view.kind in ("genuine", "extras", "forged"):
+        if outage and view.kind in ("genuine", "extras", "signed", "forged"):
             # Not verifiable yet: notify says 503, the redirect sends the browser to the pending page with the
             # Order it names (which looks like any processed redirect: the tables tell the difference).
             expected = expected | {"unavailable"} | ({"processed"} if request.path == RETURN else set())
@@ -1187,7 +1216,7 @@ class Fuzzer:
             problems.append(f"{view.kind} payload answered as {outcome} (expected {' or '.join(sorted(expected))})")
         if view.kind == "extras":
             self.result.extras[outcome] += 1
-        callback = view.callback if view.kind in ("genuine", "extras") else None
+        callback = view.callback if view.kind in ("genuine", "extras", "signed") else None
         if callback is not None and outcome == "processed":
             problems += self.answered_for(request, callback, answer)
         first = False

@@ -116,14 +116,16 @@ def test_an_unsigned_field_altered_fails_verify(
         f"{k}={'99999' if k == field else v}"
         for k, v in (p.split("=", 1) for p in transaction.redirect_query.split("&"))
     )
-    # An altered copy VERIFY does not confirm, its Sign right (Hyp approved that Id): not yet, kept, nothing decided
-    assert notify(altered).status == 503
-    assert env.status(payment["payment_id"]) == "pending"
-    assert env.rows("SELECT count(*) FROM invoices") == [[0]]
-    assert env.rows("SELECT decision, verified FROM hypay_transactions") == [["unverified", False]]
-    # Hyp's own delivery then decides, on its own fields: credited once, in the payment's currency
-    assert notify(transaction.redirect_query).status == 200
+    if mode == "verify":
+        # VERIFY alone is trusted: an altered copy is refused, nothing decided
+        assert notify(altered).status == 403
+        assert env.status(payment["payment_id"]) == "pending"
+        assert env.rows("SELECT count(*) FROM hypay_transactions") == [[0]]
+        return
+    # With the Sign checked too, the Sign (Hyp's) decides on what it covers: the altered field is not read
+    assert notify(altered).status == 200
     assert env.status(payment["payment_id"]) == "completed" and env.credits() == before + 100
+    assert env.rows("SELECT count(*) FROM invoices") == [[0]]
     assert env.rows("SELECT decision, verified, currency FROM hypay_transactions") == [["granted", True, "ILS"]]
 
 

@@ -254,13 +254,14 @@ def test_each_signed_field_tampered_is_rejected_and_changes_nothing(
     assert metric_totals(capsys.readouterr().out).get(counted) == 2
 
 
-def test_unsigned_field_tampered_is_caught_by_verify(env: Env) -> None:
+def test_unsigned_field_tampered_is_not_read(env: Env) -> None:
     payment = buy(env)
     transaction = pay(env, payment)
     tampered = transaction.redirect_query.replace("Coin=1", "Coin=2")
-    # VERIFY says no; the Sign (Hyp's) is right: not yet, and nothing decided on the tampered currency
-    assert notify(tampered).status == 503
-    assert env.status(payment["payment_id"]) == "pending"
+    # VERIFY says no; the Sign (Hyp's) is right: settled on what it covers, in the payment's own currency
+    assert notify(tampered).status == 200
+    assert env.status(payment["payment_id"]) == "completed"
+    assert env.rows("SELECT currency, verified FROM hypay_transactions") == [["ILS", True]]
 
 
 def test_verify_down_credits_nothing_and_a_later_delivery_does(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

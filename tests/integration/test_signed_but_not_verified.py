@@ -3,10 +3,11 @@
 In `both` mode (the default) the Sign is checked first (an HMAC with our terminal's KEY) and then VERIFY.
 - VERIFY refusing our request itself (Hyp's validation codes 400-402) says nothing of the callback: "not yet" (503),
   kept as in any VERIFY outage. It used to be called forged: 403, nothing written.
-- VERIFY saying "not genuine" (the terminal's "verify by signature" setting off at Hyp, or an unsigned field edited by
-  the redirect's holder): the Sign proves Hyp approved the Id, amount and Order, so it is money Hyp took. "Not yet"
-  (503 / the pending page), kept (its journal row holds the payment, CallbackNotVerifiable alarms), never refused with
-  nothing written; no copy kept earlier is marked forged. In `verify` mode as well (the Sign is read to tell).
+- VERIFY saying "not genuine" to a callback whose Sign is right (the terminal's "verify by signature" setting off at
+  Hyp, or an unsigned field edited by the link's holder): the Sign proves what Hyp decided (Id, code, amount,
+  Order), so the callback is settled on those alone, as in `hmac` mode (the payment's own currency, Coin/Hesh/L4digit/
+  errMsg not read), counted (VerifyDisagreedWithSign, alarmed); never refused with nothing written, never kept to
+  wait (an edited link would hold its payment for ever). In `verify` mode the Sign is not trusted: refused (403).
 A verified redirect the database could not settle this time (a lock wait, a conflict) is kept: nothing else may
 bring it again.
 """
@@ -18,7 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from payments.settings import callback_settings
-from tests.integration.test_hypay_callback import CALLBACK, browser, buy, location, notify, pay
+from tests.integration.test_hypay_callback import CALLBACK, browser, buy, location, metric_totals, notify, pay
 from tests.support.api import reset_function_state
 from tests.support.payments import Env
 
@@ -51,47 +52,43 @@ def test_a_signed_paid_notify_whose_verify_refuses_our_request_is_kept_and_not_y
     assert env.status(payment["payment_id"]) == "completed"
 
 
-@pytest.mark.parametrize("mode", ["both", "verify"])
 @pytest.mark.parametrize("path", ["notify", "browser"])
-def test_a_signed_paid_callback_verify_calls_not_genuine_is_kept_and_not_yet(
-    env: Env, path: str, mode: str, monkeypatch: pytest.MonkeyPatch
+def test_a_signed_paid_callback_verify_calls_not_genuine_is_settled_on_its_sign(
+    env: Env, path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a paid transaction, and Hyp's VERIFY saying "not genuine" to every callback (the terminal's "verify by
     # signature" setting off), its Sign right
-    _mode(monkeypatch, mode)
+    before = env.credits()
     payment = buy(env)
     paid = pay(env, payment)
     env.sim.faults.add("VERIFY", "ccode", ccode=902, times=10)
-    # When its callback arrives: not yet (Hyp sends a notify again; the browser waits on the pending page), never
-    # the failure page
+    # When its callback arrives: settled on what the Sign covers (the success page, 200 to Hyp)
     if path == "notify":
-        answer = notify(paid.redirect_query)
-        assert answer.status == 503 and answer.headers.get("retry-after"), answer.body
+        assert notify(paid.redirect_query).status == 200
     else:
-        assert location(browser(paid.redirect_query))[0] == "https://app.example.test/payments/confirming"
-    # Then it is kept: a row of the journal holds the payment for a human, and the cleanup leaves it pending
-    assert _kept(env, paid.id) == ([["unverified", False]], [[True]])
-    assert env.status(payment["payment_id"]) == "pending"
-    # And once the setting is fixed, its next delivery completes the payment, credited once
+        assert location(browser(paid.redirect_query))[0] == "https://app.example.test/payments/success"
+    # Then the payment is completed and credited once, its journal row verified in the payment's currency, and the
+    # disagreement counted (alarmed)
+    assert env.status(payment["payment_id"]) == "completed" and env.credits() == before + 100
+    assert env.rows("SELECT decision, verified, currency FROM hypay_transactions") == [["granted", True, "ILS"]]
+    assert metric_totals(capsys.readouterr().out).get("VerifyDisagreedWithSign") == 1
+    # And its next delivery, VERIFY working again, changes nothing
     env.sim.faults.clear()
     assert notify(paid.redirect_query).status == 200
-    assert env.status(payment["payment_id"]) == "completed"
-    assert env.rows(
-        "SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=payment["payment_id"]
-    ) == [[1]]
+    assert env.credits() == before + 100
 
 
-def test_a_callback_verify_calls_not_genuine_and_no_key_signed_is_forged(
+def test_in_verify_mode_a_callback_verify_calls_not_genuine_is_refused(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # In `verify` mode, a callback whose Sign is not ours, which VERIFY calls not genuine: forged (403), nothing kept
+    # `verify` mode trusts VERIFY alone: its "not genuine" is a refusal (403), nothing kept
     _mode(monkeypatch, "verify")
     payment = buy(env)
     paid = pay(env, payment)
     env.sim.faults.add("VERIFY", "ccode", ccode=902, times=10)
-    forged = "&".join("Sign=" + "0" * 64 if p.startswith("Sign=") else p for p in paid.redirect_query.split("&"))
-    assert notify(forged).status == 403
+    assert notify(paid.redirect_query).status == 403
     assert _kept(env, paid.id) == ([], [])
+    assert env.status(payment["payment_id"]) == "pending"
 
 
 def test_a_kept_paid_callback_is_not_marked_forged_when_verify_refuses_it_later(env: Env) -> None:
@@ -101,11 +98,12 @@ def test_a_kept_paid_callback_is_not_marked_forged_when_verify_refuses_it_later(
     env.sim.faults.add("VERIFY", "http500", times=4)
     assert notify(paid.redirect_query).status == 503
     env.sim.faults.clear()
-    # When VERIFY then says it is not genuine (its Sign still right)
+    # When VERIFY then says it is not genuine (its Sign still right): settled on its Sign
     env.sim.faults.add("VERIFY", "ccode", ccode=902, times=10)
-    assert notify(paid.redirect_query).status == 503
-    # Then the kept copy is not marked forged: it still holds the payment for a human
-    assert _kept(env, paid.id)[1] == [[True]]
+    assert notify(paid.redirect_query).status == 200
+    # Then the kept copy is not marked forged, and the payment is completed by it
+    assert _kept(env, paid.id) == ([["granted", True]], [[True]])
+    assert env.status(payment["payment_id"]) == "completed"
 
 
 def _claim(sql: str) -> bool:

@@ -124,10 +124,10 @@ class VerificationConfig(Record):
 
 # The verdict on a callback whose Sign is right but that Hyp's VERIFY does not confirm.
 SIGNED_NOT_VERIFIED = "verify (its Sign right)"
-# Why such a callback is kept, not verified yet.
+# What such a callback is logged with: settled on what its Sign covers.
 VERIFY_DISAGREES = (
-    "Hyp's VERIFY says not genuine, its Sign (our terminal's KEY) right: check the terminal's 'verify by signature' "
-    "setting in Hyp's portal (or an unsigned field was edited)"
+    "hypay callback settled on its Sign: Hyp's VERIFY says not genuine, its Sign (our terminal's KEY) right; check the "
+    "terminal's 'verify by signature' setting in Hyp's portal (or an unsigned field was edited)"
 )
 
 
@@ -191,12 +191,7 @@ class HypayVerification(BaseMiddlewareHandler):
             verdict = self._verify(config, raw)
         except _Unverifiable as exc:
             return self._unavailable(config, raw, exc.reason)
-        if verdict == SIGNED_NOT_VERIFIED:
-            # Its Sign (our terminal's KEY) proves Hyp approved this Id, amount and Order: money Hyp took. VERIFY saying
-            # no is our terminal's setting (its "verify by signature" off) or an unsigned field edited by the link's
-            # holder: not yet, kept (a journal row and the alarm), never refused with nothing written.
-            return self._unavailable(config, raw, VERIFY_DISAGREES)
-        if verdict is not None:
+        if verdict is not None and verdict != SIGNED_NOT_VERIFIED:
             return self._reject(config, verdict, source_ip, raw)
         if self.notify and not allowed(source_ip, config.allowlist):
             # Genuine, from an address the list lacks: Hyp's addresses changed (Hyp publishes none, the list is
@@ -207,12 +202,22 @@ class HypayVerification(BaseMiddlewareHandler):
                 "genuine hypay notify from an address outside HYPAY_NOTIFY_ALLOWED_CIDRS: processed",
                 extra={"source_ip": source_ip},
             )
-        app.append_context(hypay_raw=raw, hypay_currency_trusted=config.settings.verify_mode != "hmac")
+        if verdict == SIGNED_NOT_VERIFIED:
+            # Its Sign (our terminal's KEY) proves what Hyp signed: the Id, code, amount and Order. VERIFY saying no is
+            # the terminal's "verify by signature" setting off at Hyp (every callback then), or an unsigned field
+            # edited by the link's holder. Either way Hyp decided this transaction: it is settled on what the Sign
+            # covers, as in `hmac` mode (the payment's own currency; Coin, Hesh, L4digit, errMsg not read), never
+            # refused with nothing written. Counted (alarmed): a setting to fix, or edits to look at.
+            metrics.add_metric(name="VerifyDisagreedWithSign", unit=MetricUnit.Count, value=1)
+            logger.warning(VERIFY_DISAGREES, extra={"notify": self.notify, "source_ip": source_ip})
+        trusted = config.settings.verify_mode != "hmac" and verdict is None
+        app.append_context(hypay_raw=raw, hypay_currency_trusted=trusted)
         return next_middleware(app)
 
     def _verify(self, config: VerificationConfig, raw: str) -> str | None:
         """None when genuine; the failed check's name when forged; `SIGNED_NOT_VERIFIED` when VERIFY says no to a
-        callback whose Sign is right (no forgery: not yet, kept); `_Unverifiable` when we cannot tell."""
+        callback whose Sign is right (no forgery: settled on what the Sign covers); `_Unverifiable` when we cannot
+        tell."""
         mode = config.settings.verify_mode
         gateway = config.gateway
         try:
@@ -235,9 +240,8 @@ class HypayVerification(BaseMiddlewareHandler):
                 if not genuine:
                     check = self._forged_or_ours(gateway, "verify")
                     # Its Sign right (made with our terminal's KEY), VERIFY says no: an unsigned field edited by the
-                    # redirect's holder, or a terminal setting. No forgery (in `verify` mode too, whose Sign is read
-                    # here only to tell the two apart).
-                    return SIGNED_NOT_VERIFIED if signed or gateway.signed_text(text) is not None else check
+                    # redirect's holder, or a terminal setting. No forgery. (In `verify` mode the Sign is not trusted.)
+                    return SIGNED_NOT_VERIFIED if signed else check
         except ConfigurationError as exc:
             raise _Unverifiable(f"configuration: {exc.message}") from None
         except GatewayError as exc:
