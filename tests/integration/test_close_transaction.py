@@ -148,16 +148,22 @@ def test_the_journal_spelling_of_the_number_is_closed(admin: Env) -> None:
     assert (done.status, done.json.get("hypay_id")) == (200, txn), done.body
 
 
-def test_a_transaction_whose_payment_stands_on_it_is_not_closed(admin: Env) -> None:
+@pytest.mark.parametrize("spelled", ["{id}", "0{id}"], ids=["as-hyp-sent-it", "web-app-zero-padded"])
+def test_a_transaction_whose_payment_stands_on_it_is_not_closed(admin: Env, spelled: str) -> None:
     """A payment the web app completed before this backend ('paid', its credits granted by the web app) whose Hyp
     transaction the journal holds for review: closing it would leave its credits with the customer for money refunded
-    in the portal. It is refused; a refund through the API takes them back (an outside review)."""
+    in the portal. It is refused; a refund through the API takes them back (an outside review). Also when the web app
+    wrote Hyp's Id with a leading zero the delivery did not have: one number, one transaction."""
     statuses = "('pending', 'completed', 'failed', 'expired', 'needs_review')"
     payment = buy(admin, key=str(uuid.uuid4()))
     pid = payment["payment_id"]
     paid = pay(admin, payment)
     admin.rows("ALTER TABLE payments DROP CONSTRAINT payments_status_check")
-    admin.rows("UPDATE payments SET status = 'paid', hypay_transaction_id = :t WHERE id = :p::uuid", t=paid.id, p=pid)
+    admin.rows(
+        "UPDATE payments SET status = 'paid', hypay_transaction_id = :t WHERE id = :p::uuid",
+        t=spelled.format(id=paid.id),
+        p=pid,
+    )
     admin.rows(f"ALTER TABLE payments ADD CONSTRAINT payments_status_check CHECK (status IN {statuses}) NOT VALID")
     admin.rows(
         "INSERT INTO credit_transactions (user_id, amount, type, description, payment_id)"

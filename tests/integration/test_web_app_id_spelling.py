@@ -1,8 +1,8 @@
 """A payment the web app completed before this backend journaled anything keeps Hyp's Id as the web app wrote it,
 with a leading zero; Hyp then delivers the same transaction without it, and the journal holds Hyp's spelling. One
 number, one transaction: its refund (named in either spelling, or not named) asks Hyp about Hyp's spelling and takes
-the payment's credits back, its refunds are counted once whatever the spelling, and it is never closed while the
-payment's credits stand on it."""
+the payment's credits back, and its refunds are counted once whatever the spelling (its close:
+test_close_transaction)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,11 @@ import uuid
 
 import pytest
 
-from ops.seed import DEMO_USER_ID
 from tests.integration.test_admin_refund_http import refund
-from tests.integration.test_close_transaction import close
 from tests.integration.test_granted_before_resolved import _web_app_wrote
 from tests.integration.test_hypay_callback import buy, notify, pay
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.support.payments import Env
-
-LEGACY_STATUSES = "('pending', 'completed', 'failed', 'expired', 'needs_review')"
 
 
 def _journaled(env: Env, txn: str, decision: str) -> None:
@@ -65,29 +61,3 @@ def test_the_paying_transaction_is_refunded_once_whatever_the_spelling(env: Env)
     again = refund(pid, {"reason": "customer asked again"}, str(uuid.uuid4()))
     assert again.status == 422, again.body
     assert len(env.rows("SELECT 1 FROM refunds WHERE payment_id = :p::uuid", p=pid)) == 1
-
-
-def test_a_transaction_the_payments_credits_stand_on_is_not_closed(admin: Env) -> None:
-    # Given a payment of a status from before this backend, paid and credited by the web app, its Id with a zero
-    payment = buy(admin, key=str(uuid.uuid4()))
-    pid = payment["payment_id"]
-    paid = pay(admin, payment)
-    admin.rows("ALTER TABLE payments DROP CONSTRAINT payments_status_check")
-    admin.rows(
-        "UPDATE payments SET status = 'paid', hypay_transaction_id = :t WHERE id = :p::uuid", t="0" + paid.id, p=pid
-    )
-    admin.rows(
-        f"ALTER TABLE payments ADD CONSTRAINT payments_status_check CHECK (status IN {LEGACY_STATUSES}) NOT VALID"
-    )
-    admin.rows(
-        "INSERT INTO credit_transactions (user_id, amount, type, description, payment_id)"
-        " VALUES (:u::uuid, 100, 'purchase', 'Starter', :p::uuid)",
-        u=DEMO_USER_ID,
-        p=pid,
-    )
-    assert notify(paid.redirect_query).status == 200
-    _journaled(admin, paid.id, "review")
-    # When an operator closes it as refunded in Hyp's portal
-    answer = close(paid.id)
-    # Then it is refused: the payment's credits stand on it, a refund through the API takes them back
-    assert answer.status == 409 and "refund it through the API" in answer.json["detail"], answer.body
