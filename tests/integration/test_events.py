@@ -28,8 +28,10 @@ EXPECTED = {
     "cleanup_schedule.json": None,  # not HTTP: the cleanup report
     "create_payment_get.json": 200,
     "create_payment_post.json": 201,
-    "hypay_callback_notify_get.json": 403,  # Hyp's documented example: genuine Sign, unknown to VERIFY
-    "hypay_callback_notify_post.json": 403,
+    # Hyp's documented example: its Sign right (the test terminal's KEY), unknown to VERIFY: settled on its Sign, and
+    # its Order is not one of our payments (journaled)
+    "hypay_callback_notify_get.json": 404,
+    "hypay_callback_notify_post.json": 404,
     "hypay_callback_return.json": 302,
     "hypay_callback_return_connection_test.json": 200,
 }

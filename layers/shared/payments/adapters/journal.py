@@ -265,8 +265,17 @@ WITH flagged AS (
 ), {journal}
 SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM journal)"""
 
+# Nothing to change on the payment; but a delivery VERIFY confirmed, of the transaction the payment completed with,
+# gives the invoice number one settled on its Sign alone (Hesh is not signed) could not: kept when none is.
 _NOTHING = """
-WITH {journal}
+WITH invoiced AS (
+    INSERT INTO public.invoices (user_id, payment_id, invoice_number, amount)
+    SELECT p.user_id, p.id, :invoice, p.amount FROM public.payments p
+     WHERE :invoice::text IS NOT NULL AND p.id = :id::uuid AND p.status = 'completed'
+       AND ltrim(p.hypay_transaction_id, '0') = ltrim(:txn, '0')
+    ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL AND legacy_duplicate_of IS NULL DO NOTHING
+    RETURNING 1
+), {journal}
 SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM journal)"""
 
 _RAW_KEPT = 8192  # the longest callback text kept (hypay_unverified_callbacks.raw_callback's check)
@@ -397,8 +406,12 @@ class Journal:
             "contradiction": contradiction[:500] if contradiction else None,
             "seen": seen,
         }
-        if action in (Action.GRANT, Action.BIND):
-            params["invoice"] = txn.invoice_number or None
+        # The invoice Hyp numbered: with a grant, or (`_NOTHING`) from a verified delivery of a transaction granted
+        # before. (Only a delivery whose unsigned fields VERIFY confirmed carries one.)
+        invoiced = action in (Action.GRANT, Action.BIND) or (
+            action == Action.NONE and verdict == Verdict.GRANTED and txn.verified
+        )
+        params["invoice"] = (txn.invoice_number or None) if invoiced else None
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]
         return Applied(
             Verdict(journaled) if journaled is not None else None,

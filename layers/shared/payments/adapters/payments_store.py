@@ -332,10 +332,11 @@ class PaymentsStore:
         )
         return SavedCard(rows[0][0], int(rows[0][1]), int(rows[0][2]), rows[0][3]) if rows else None
 
-    def card_owed(self, payment_id: UUID, hypay_id: str) -> bool:
+    def card_owed(self, payment_id: UUID, hypay_id: str, last4: str | None = None) -> bool:
         """The payment, completed by Hyp transaction `hypay_id`, was bought with "keep my card", and the user's
         saved card is neither from it nor from a payment completed after it (a newer card is never replaced by an
-        older one). Payments are compared by when they completed, never by when a card happened to be written."""
+        older one); or it is from it, saved without its last four digits, which `last4` (a delivery VERIFY confirmed)
+        now gives. Payments are compared by when they completed, never by when a card happened to be written."""
         rows = self.db.run(
             bind(
                 """
@@ -344,10 +345,12 @@ class PaymentsStore:
                    AND NOT EXISTS (SELECT 1 FROM public.saved_cards c
                                      LEFT JOIN public.payments q ON q.id = c.payment_id
                                     WHERE c.user_id = p.user_id
-                                      AND (c.payment_id = p.id OR q.completed_at > p.completed_at))
+                                      AND ((c.payment_id = p.id AND (c.last4 IS NOT NULL OR :last4::text IS NULL))
+                                           OR q.completed_at > p.completed_at))
               FROM public.payments p WHERE p.id = :payment::uuid""",
                 payment=str(payment_id),
                 hyp=hypay_id,
+                last4=last4,
             )
         )
         return bool(rows and rows[0][0])
@@ -410,7 +413,11 @@ _SAVE_CARD = """
 INSERT INTO public.saved_cards AS c (user_id, token, expiry_month, expiry_year, last4, payment_id)
 VALUES (CAST(:user AS uuid), :token, :month, :year, :last4, CAST(:payment AS uuid))
 ON CONFLICT (user_id) DO UPDATE SET token = EXCLUDED.token, expiry_month = EXCLUDED.expiry_month,
-    expiry_year = EXCLUDED.expiry_year, last4 = EXCLUDED.last4, payment_id = EXCLUDED.payment_id,
+    expiry_year = EXCLUDED.expiry_year,
+    -- the same payment's card again: its last four digits are never taken back (a delivery trusted less than the one
+    -- that saved them, settled on its Sign alone, has none)
+    last4 = CASE WHEN c.payment_id = EXCLUDED.payment_id THEN COALESCE(EXCLUDED.last4, c.last4) ELSE EXCLUDED.last4 END,
+    payment_id = EXCLUDED.payment_id,
     updated_at = now()
  WHERE NOT EXISTS (
     SELECT 1 FROM public.payments saved, public.payments incoming

@@ -323,7 +323,7 @@ class HandleCallback:
             return False
         if settlement.credits_granted:
             return settlement.save_card  # granted just now: the grant statement said whether the buyer opted in
-        return self.store.card_owed(callback.payment_id, callback.transaction_id)
+        return self.store.card_owed(callback.payment_id, callback.transaction_id, callback.last4)
 
     @staticmethod
     def _outcome(settlement: Settlement) -> CallbackOutcome:
