@@ -102,3 +102,22 @@ def test_an_edited_link_racing_hyps_verified_notify_keeps_the_saved_cards_last4(
     assert env.rows("SELECT last4 FROM saved_cards WHERE payment_id = :p::uuid", p=payment["payment_id"]) == [
         [APPROVING_CARD[-4:]]
     ]
+
+
+def test_a_payment_the_web_app_completed_gets_no_invoice_from_a_later_delivery(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a payment the web app completed itself before this backend journaled it (it invoices in its own way)
+    _invoices_on(monkeypatch)
+    payment = buy(env)
+    paid = pay(env, payment)
+    env.rows(
+        "UPDATE payments SET status = 'completed', hypay_transaction_id = :h, completed_at = now() WHERE id = :p::uuid",
+        h=paid.id,
+        p=payment["payment_id"],
+    )
+    # When Hyp's verified delivery arrives, carrying the invoice number
+    assert notify(paid.redirect_query).status == 200
+    # Then it is journaled as granted before, and no invoice row is added for the web app's payment
+    assert env.rows("SELECT decision FROM hypay_transactions WHERE hypay_id = :h", h=paid.id) == [["granted"]]
+    assert env.rows("SELECT count(*) FROM invoices WHERE payment_id = :p::uuid", p=payment["payment_id"]) == [[0]]

@@ -406,10 +406,11 @@ class Journal:
             "contradiction": contradiction[:500] if contradiction else None,
             "seen": seen,
         }
-        # The invoice Hyp numbered: with a grant, or (`_NOTHING`) from a verified delivery of a transaction granted
-        # before. (Only a delivery whose unsigned fields VERIFY confirmed carries one.)
+        # The invoice Hyp numbered: with a grant, or (`_NOTHING`) from a verified delivery of a transaction this backend
+        # granted before (its journal row was read: not a payment the web app completed, which invoiced it its way).
+        # Only a delivery whose unsigned fields VERIFY confirmed carries one.
         invoiced = action in (Action.GRANT, Action.BIND) or (
-            action == Action.NONE and verdict == Verdict.GRANTED and txn.verified
+            action == Action.NONE and verdict == Verdict.GRANTED and txn.verified and seen is not None
         )
         params["invoice"] = (txn.invoice_number or None) if invoiced else None
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]
