@@ -104,8 +104,9 @@ def test_an_edited_link_racing_hyps_verified_notify_keeps_the_saved_cards_last4(
     ]
 
 
+@pytest.mark.parametrize("edited_first", [False, True], ids=["verified-only", "signed-copy-first"])
 def test_a_payment_the_web_app_completed_gets_no_invoice_from_a_later_delivery(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, monkeypatch: pytest.MonkeyPatch, edited_first: bool
 ) -> None:
     # Given a payment the web app completed itself before this backend journaled it (it invoices in its own way)
     _invoices_on(monkeypatch)
@@ -116,6 +117,10 @@ def test_a_payment_the_web_app_completed_gets_no_invoice_from_a_later_delivery(
         h=paid.id,
         p=payment["payment_id"],
     )
+    if edited_first:
+        # (the signed link with an unsigned field edited delivered first: settled on its Sign, journaled as granted
+        # before)
+        assert location(browser(_edited(paid.redirect_query)))[0] == SUCCESS_PAGE
     # When Hyp's verified delivery arrives, carrying the invoice number
     assert notify(paid.redirect_query).status == 200
     # Then it is journaled as granted before, and no invoice row is added for the web app's payment

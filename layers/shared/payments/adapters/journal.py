@@ -266,13 +266,19 @@ WITH flagged AS (
 SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM journal)"""
 
 # Nothing to change on the payment; but a delivery VERIFY confirmed, of the transaction the payment completed with,
-# gives the invoice number one settled on its Sign alone (Hesh is not signed) could not: kept when none is.
+# gives the invoice number one settled on its Sign alone (Hesh is not signed) could not: kept when none is. Only for
+# a transaction this backend granted (its journal row says the payment was pending, failed or expired when it was
+# decided), never one the web app completed (journaled 'granted before', the payment 'completed' then): the web app
+# invoices its own way.
 _NOTHING = """
 WITH invoiced AS (
     INSERT INTO public.invoices (user_id, payment_id, invoice_number, amount)
     SELECT p.user_id, p.id, :invoice, p.amount FROM public.payments p
      WHERE :invoice::text IS NOT NULL AND p.id = :id::uuid AND p.status = 'completed'
        AND ltrim(p.hypay_transaction_id, '0') = ltrim(:txn, '0')
+       AND EXISTS (SELECT 1 FROM public.hypay_transactions j
+                    WHERE j.hypay_id = :txn AND j.payment_id = p.id AND j.decision = 'granted'
+                      AND j.previous_status IN ('pending', 'failed', 'expired'))
     ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL AND legacy_duplicate_of IS NULL DO NOTHING
     RETURNING 1
 ), {journal}
@@ -407,8 +413,8 @@ class Journal:
             "seen": seen,
         }
         # The invoice Hyp numbered: with a grant, or (`_NOTHING`) from a verified delivery of a transaction this backend
-        # granted before (its journal row was read: not a payment the web app completed, which invoiced it its way).
-        # Only a delivery whose unsigned fields VERIFY confirmed carries one.
+        # granted before (`_NOTHING` checks the journal's row). Only a delivery whose unsigned fields VERIFY confirmed
+        # carries one.
         invoiced = action in (Action.GRANT, Action.BIND) or (
             action == Action.NONE and verdict == Verdict.GRANTED and txn.verified and seen is not None
         )
