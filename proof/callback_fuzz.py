@@ -37,7 +37,8 @@ Every request is checked: no 5xx; status and media type declared in docs/openapi
 gateway's own answers for methods no route takes: 404 `{"message":"Not Found"}`, and a request line over
 the front door's limit: 414); every table of the public schema compared by content before and after: a
 refused request changes nothing; a genuine one may write only on its first delivery (then the journal must
-hold its Hyp Id, verified), a replay never touches money, and under an outage only the journal may change
+hold its Hyp Id, verified), a replay never touches money (but for what a callback settled on its Sign alone could
+not record: Hyp's verified delivery after it fills in the invoice number and the saved card's last four digits), and under an outage only the journal may change
 (the callback kept unverified, for reconciliation). At the end, the money invariants: one purchase per
 completed payment, balances equal to their ledgers, each Hyp Id journaled as it was treated.
 
@@ -456,6 +457,7 @@ class Callback:
     query: str
     pairs: list[tuple[str, str]]
     processed: bool = False
+    on_sign_only: bool = False  # first settled by a "signed" copy: what only VERIFY vouches for is still to come
 
     def doc_pairs(self) -> tuple[tuple[str, str], ...]:
         return tuple(self.pairs)
@@ -1025,6 +1027,12 @@ class Contract:
         return None
 
 
+def _rows_kept(change: str) -> bool:
+    """A table's "rows before -> after" (`Tables.changed`) says its rows were changed, none added or removed."""
+    before, _, after = change.removesuffix(" rows").partition(" -> ")
+    return before == after
+
+
 class Tables:
     """Every table of the public schema, by content: (rows, md5 of the rows as text, sorted)."""
 
@@ -1073,6 +1081,7 @@ class CallbackFuzzResult:
     outages: int = 0
     kept_unverified: int = 0
     replays_touching_journal: int = 0
+    filled_after_sign_only: int = 0
     gateway: int = 0
     by_route: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
@@ -1093,6 +1102,9 @@ class CallbackFuzzResult:
             "requests under a VERIFY outage": self.outages,
             "of which kept unverified (journal only)": self.kept_unverified,
             "replays that wrote (never money)": self.replays_touching_journal,
+            "verified deliveries after one settled on its Sign (invoice, card's last four filled in)": (
+                self.filled_after_sign_only
+            ),
             "gateway answers (no route, request line too long)": self.gateway,
             "what the function received": dict(sorted(self.views.items())),
             "answers": dict(sorted(self.outcomes.items())),
@@ -1105,6 +1117,7 @@ class CallbackFuzzResult:
 
 class Fuzzer:
     JOURNAL = frozenset({"hypay_transactions", "hypay_unverified_callbacks"})
+    VERIFY_FILLS = frozenset({"invoices", "saved_cards"})
 
     def __init__(self, stack: Stack, budget: int) -> None:
         self.stack = stack
@@ -1223,6 +1236,7 @@ class Fuzzer:
         if callback is not None and not was_processed and self.verified(callback):
             first = True
             callback.processed = True
+            callback.on_sign_only = view.kind == "signed"
             self.result.first_deliveries += 1
             if outcome != "processed":
                 problems.append(f"a callback processed (journal verified) but answered as {outcome}")
@@ -1234,6 +1248,18 @@ class Fuzzer:
             self.result.kept_unverified += 1  # the contract's "kept for reconciliation": never money
         elif callback is not None and was_processed and outcome == "processed" and not set(changed) & Tables.MONEY:
             self.result.replays_touching_journal += 1
+        elif (
+            callback is not None
+            and callback.on_sign_only
+            and view.kind in ("genuine", "extras")
+            and outcome == "processed"
+            and set(changed) & Tables.MONEY <= self.VERIFY_FILLS
+            and ("saved_cards" not in changed or _rows_kept(changed["saved_cards"]))
+        ):
+            # Settled first on its Sign alone: Hyp's verified delivery fills in the invoice number and the saved card's
+            # last four digits the Sign does not cover (a new invoice row, a card's row changed, never a new card)
+            callback.on_sign_only = False
+            self.result.filled_after_sign_only += 1
         else:
             problems.append(f"rows written by a {view.kind} request answered as {outcome}: {changed}")
         return problems
