@@ -143,7 +143,9 @@ class HypayVerification(BaseMiddlewareHandler):
     """`middlewares=[HypayVerification(config_factory, notify=True)]` on a Hypay route.
 
     Outcomes: genuine (the route runs, `app.context["hypay_raw"]` and `["hypay_currency_trusted"]` set);
-    forged (403 / the failure page, counted); refused before any check (a parameter that steers requests
+    forged (403 / the failure page, counted); in `both` mode, its Sign right but VERIFY saying no (the terminal's
+    "verify by signature" off, or an unsigned field edited): the route runs as in `hmac` mode (currency not
+    trusted), counted (VerifyDisagreedWithSign); refused before any check (a parameter that steers requests
     to Hyp, a repeated one, poison bytes: 400 / the failure page); not verifiable yet for a reason of ours
     (our credentials refused, terminal permission, configuration, Hyp unreachable: 503 with Retry-After /
     the pending page, the callback kept for reconciliation and the alarm's metric counted), never a

@@ -17,9 +17,7 @@ def exercise(kind: str, db: Database, *, table: str = "idempotency_keys") -> dic
     """Run one scenario on a fresh key and say what happened."""
     # Imported when a scenario runs, not with the cleanup function (Powertools' idempotency utility imports boto3).
     from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-    from aws_lambda_powertools.utilities.idempotency.exceptions import (
-        IdempotencyPersistenceLayerError,
-    )
+    from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyPersistenceLayerError
 
     from payments.idempotency import PostgresPersistenceLayer
 
