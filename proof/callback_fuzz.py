@@ -38,9 +38,10 @@ gateway's own answers for methods no route takes: 404 `{"message":"Not Found"}`,
 the front door's limit: 414); every table of the public schema compared by content before and after: a
 refused request changes nothing; a genuine one may write only on its first delivery (then the journal must
 hold its Hyp Id, verified), a replay never touches money (but for what a callback settled on its Sign alone could
-not record: Hyp's verified delivery after it fills in the invoice number and the saved card's last four digits), and under an outage only the journal may change
-(the callback kept unverified, for reconciliation). At the end, the money invariants: one purchase per
-completed payment, balances equal to their ledgers, each Hyp Id journaled as it was treated.
+not record: Hyp's verified delivery after it fills in the invoice number and the saved card's last four digits),
+and under an outage only the journal may change (the callback kept unverified, for reconciliation). At the end,
+the money invariants: one purchase per completed payment, balances equal to their ledgers, each Hyp Id journaled
+as it was treated.
 
 It expects the stack's default `HYPAY_VERIFY_MODE` (`both`): with `hmac` alone the unsigned fields are not checked
 (by design), and with `verify` alone a signed callback with edited fields is refused; the oracle models `both`.
