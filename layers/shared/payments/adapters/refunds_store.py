@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from payments.adapters.db import Database, Transaction, bind
-from payments.adapters.journal import Journal
+from payments.adapters.journal import SPELLINGS, Journal
 from payments.domain import hypay as protocol
 from payments.domain.money import Currency, Money
 from payments.domain.refund import Method, RefundStatus, credits_to_take, held_while_a_refund_has_no_id
@@ -154,9 +154,9 @@ SELECT p.status, p.user_id::text, p.amount::text, p.currency, p.hypay_transactio
 # lost: the Id is known nowhere (journaled for no payment, paying none), and the payment has no charge known to Hyp's
 # answers (a verified token_charge row) nor an Id named before whose refund moved or may have moved money (a typo
 # whose refund Hyp refused may be corrected).
-_NAMEABLE = """
+_NAMEABLE = f"""
 SELECT NOT EXISTS (SELECT 1 FROM public.hypay_transactions WHERE hypay_id = :txn)
-   AND NOT EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id = :txn)
+   AND NOT EXISTS (SELECT 1 FROM public.payments WHERE hypay_transaction_id IN {SPELLINGS})  -- in any spelling
    AND NOT EXISTS (SELECT 1 FROM public.hypay_transactions j
                     WHERE j.payment_id = :id::uuid AND j.source = 'token_charge'
                       AND (j.verified OR EXISTS (SELECT 1 FROM public.refunds r
@@ -245,11 +245,12 @@ RETURNING {_COLUMNS}"""
 _SUCCEEDED_OUTCOME = _OUTCOME.replace("AND status = 'attempted'", "AND status IN ('attempted', 'unknown')")
 
 # What the journal and the other refunds say of a Hyp Id an operator names as a refund's own transaction.
-_REFUND_ID_FACTS = """
+# (A payment or a refund holding the number in another spelling counts: the web app may have written leading zeros.)
+_REFUND_ID_FACTS = f"""
 SELECT j.payment_id::text, j.decision, j.detail, j.source, j.amount::text,
-       (SELECT id::text FROM public.payments WHERE hypay_transaction_id = :hyp),
+       (SELECT id::text FROM public.payments WHERE hypay_transaction_id IN {SPELLINGS} LIMIT 1),
        (SELECT id::text FROM public.refunds WHERE hypay_refund_id = :hyp AND id <> :rid::uuid LIMIT 1),
-       EXISTS (SELECT 1 FROM public.refunds WHERE original_hypay_id = :hyp)
+       EXISTS (SELECT 1 FROM public.refunds WHERE ltrim(original_hypay_id, '0') = ltrim(:hyp, '0'))
   FROM (SELECT 1) one LEFT JOIN public.hypay_transactions j ON j.hypay_id = :hyp"""
 
 # An operator found at Hyp that a refund whose outcome was unknown moved nothing: refused, its amount free again. An
@@ -356,6 +357,15 @@ def _money(text: str, currency: Currency) -> Money:
 _UNSETTLED = (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN)
 
 
+def _as_hyp_writes(tx: Transaction, hypay_id: str | None) -> str | None:
+    """`hypay_id` as the journal holds that number, else without leading zeros (as `services.hyp_ids.as_named` takes
+    an operator's)."""
+    if hypay_id is None:
+        return None
+    held = Journal(tx).spellings(hypay_id)
+    return held[0] if held else hypay_id.lstrip("0")
+
+
 def _as_journaled(tx: Transaction, hypay_id: str | None) -> str | None:
     """`hypay_id` as the journal holds that number (with or without leading zeros), else as given."""
     if hypay_id is None:
@@ -389,9 +399,9 @@ class RefundsStore:
             raise NoSuchPayment(str(payment_id))
         status, user, amount, currency, paying_id, paid_at, charge_attempted_at, declined_code = rows[0]
         payment_currency = Currency(currency)
-        # The payment's own Id as the journal spells its number (the web app may have written it with leading zeros
-        # Hyp's delivery did not have): what Hyp is asked about, and what the journal's row and refunds are found by.
-        txn = hypay_id or _as_journaled(tx, paying_id) or self._held_one(tx, payment_id)
+        # The payment's own Id as the journal spells its number, else as Hyp writes it (no leading zero: the web app
+        # may have written some): what Hyp is asked about, and what the journal's row and refunds are found by.
+        txn = hypay_id or _as_hyp_writes(tx, paying_id) or self._held_one(tx, payment_id)
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
         named = unjournaled = unverified = False
@@ -751,7 +761,7 @@ class RefundsStore:
         amount, when known). Never a transaction that paid a payment, one refunded itself, a saved-card charge, one
         decided otherwise (a second charge: money the customer paid), nor another refund's."""
         journaled_for, decision, detail, source, amount, paying, other, refunded = tx.run(
-            bind(_REFUND_ID_FACTS, hyp=hypay_refund_id, rid=str(row.id))
+            bind(_REFUND_ID_FACTS, hyp=hypay_refund_id, txn=hypay_refund_id, rid=str(row.id))
         )[0]
         if paying is not None:
             return f"Hyp transaction {hypay_refund_id} paid payment {paying}: it is no refund"
