@@ -180,7 +180,9 @@ journal AS (
         order_ref = CASE WHEN {keep} THEN t.order_ref ELSE EXCLUDED.order_ref END,
         ccode = CASE WHEN {keep} THEN t.ccode ELSE EXCLUDED.ccode END,
         amount = CASE WHEN {keep} THEN t.amount ELSE EXCLUDED.amount END,
-        currency = CASE WHEN {keep} THEN t.currency ELSE EXCLUDED.currency END,
+        -- (a kept row whose currency was not known, decided on a Sign alone: a delivery that verified it fills it in)
+        currency = CASE WHEN {keep} THEN COALESCE(t.currency, CASE WHEN EXCLUDED.verified THEN EXCLUDED.currency END)
+                        ELSE EXCLUDED.currency END,
         source = CASE WHEN {keep} THEN t.source ELSE EXCLUDED.source END,
         decision = CASE WHEN {keep} THEN t.decision ELSE EXCLUDED.decision END,
         detail = CASE WHEN {keep} THEN t.detail ELSE EXCLUDED.detail END,
@@ -416,7 +418,11 @@ class Journal:
         # granted before (`_NOTHING` checks the journal's row). Only a delivery whose unsigned fields VERIFY confirmed
         # carries one.
         invoiced = action in (Action.GRANT, Action.BIND) or (
-            action == Action.NONE and verdict == Verdict.GRANTED and txn.verified and seen is not None
+            action == Action.NONE
+            and verdict == Verdict.GRANTED
+            and txn.verified
+            and seen is not None
+            and contradiction is None
         )
         params["invoice"] = (txn.invoice_number or None) if invoiced else None
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]

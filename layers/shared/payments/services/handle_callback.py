@@ -104,7 +104,8 @@ class Callback(Record):
             payment_id: UUID | None = UUID(order) if len(order) == 36 else None
         except ValueError:
             payment_id = None
-        currency, currency_known = Currency.ILS, True
+        # Coin not read (HMAC alone): the amount's currency is a stand-in until the payment's own replaces it
+        currency, currency_known = Currency.ILS, False
         if currency_trusted:
             found = CURRENCY_OF_COIN.get(fields.get("Coin", "1") or "1")
             # Verified but not a currency we sell in: journaled for review, never refused unrecorded

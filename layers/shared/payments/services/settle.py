@@ -92,7 +92,7 @@ def resolve_amount(txn: HypTransaction, facts: PaymentFacts | None, *, currency_
     """When the currency was not verified (HMAC only: `Coin` is unsigned), it is the one the payment asked."""
     if currency_trusted or txn.amount is None or facts is None:
         return txn
-    return txn._replace(amount=Money(txn.amount.minor, facts.amount.currency))
+    return txn._replace(amount=Money(txn.amount.minor, facts.amount.currency), currency_known=True)
 
 
 def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
@@ -118,11 +118,6 @@ def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
     if not said:
         return None
     return f"a verified {txn.source} delivery of Hyp transaction {txn.hypay_id} said " + ", ".join(said)
-
-
-def _same_number(held: str | None, hypay_id: str) -> bool:
-    """Whether `held` is the Hyp transaction `hypay_id`, in any spelling (leading zeros)."""
-    return held is not None and held.lstrip("0") == hypay_id.lstrip("0")
 
 
 def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry | None) -> Decision:
@@ -193,7 +188,7 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
         return Decision(
             Action.NONE, Verdict.DECLINED, _result_of(Verdict.DECLINED, facts), f"{detail} (while {status})"
         )
-    if status == PaymentStatus.COMPLETED and _same_number(facts.hypay_transaction_id, txn.hypay_id):
+    if status == PaymentStatus.COMPLETED and protocol.same_hyp_id(facts.hypay_transaction_id, txn.hypay_id):
         return Decision(Action.NONE, Verdict.GRANTED, Result.COMPLETED, "granted before the journal recorded it")
     if entry is not None and entry.closed_as is not None:
         # Its money went back through Hyp's portal: an operator closed the transaction, unverified, for a payment (one
@@ -297,6 +292,10 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
         )
         resolved = resolve_amount(spelled, facts, currency_trusted=currency_trusted)
         decision = decide(resolved, facts, entry)
+        if not currency_trusted and decision.contradiction is not None and entry is not None:
+            decision = decision._replace(contradiction=_contradiction(spelled, entry))
+            if decision.contradiction is None:
+                decision = decision._replace(metric=None)
         applied = journal.apply(
             resolved,
             action=decision.action,
