@@ -191,31 +191,3 @@ def test_usd_payment_sign_only_then_verified(env: Env, monkeypatch: pytest.Monke
     assert state[:4] == ("completed", [[1]], [[hesh, "49.90"]], [["5614", payment["payment_id"]]]), state
     assert state[4] == [[paid.id, "granted", True, "USD", "pending"]]
     assert env.rows("SELECT contradictions FROM hypay_transactions") == [[0]]
-
-
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-
-from tests.integration.test_hypay_callback import served  # noqa: E402,F401
-
-
-def _send(api_url: str, raw: str, kind: str) -> int:
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *a, **k):  # type: ignore[no-untyped-def]
-            return None
-
-    opener = urllib.request.build_opener(NoRedirect)
-    if kind == "notify":
-        req = urllib.request.Request(
-            f"{api_url}/hypay/notify",
-            data=raw.encode(),
-            method="POST",
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
-    else:
-        req = urllib.request.Request(f"{api_url}/hypay/return?{raw}", method="GET")
-    try:
-        with opener.open(req, timeout=60) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return int(e.code)

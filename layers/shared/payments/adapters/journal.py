@@ -323,6 +323,12 @@ class Journal:
         )
         return [row[0] for row in rows]
 
+    def as_hyp_writes(self, hypay_id: str) -> str:
+        """`hypay_id` as the journal holds its number, else as Hyp writes it (no leading zero): one transaction, one
+        spelling, whoever wrote the Id (an operator, the web app)."""
+        held = self.spellings(hypay_id)
+        return held[0] if held else hypay_id.lstrip("0")
+
     def facts(self, txn: HypTransaction) -> tuple[PaymentFacts | None, JournalEntry | None]:
         """Lock the claimed payment (when it exists) and read the journal's row for the transaction."""
         row = self.runner.run(bind(_FACTS, id=str(txn.payment_id) if txn.payment_id else None, txn=txn.hypay_id))[0]
@@ -418,11 +424,7 @@ class Journal:
         # granted before (`_NOTHING` checks the journal's row). Only a delivery whose unsigned fields VERIFY confirmed
         # carries one.
         invoiced = action in (Action.GRANT, Action.BIND) or (
-            action == Action.NONE
-            and verdict == Verdict.GRANTED
-            and txn.verified
-            and seen is not None
-            and contradiction is None
+            action == Action.NONE and verdict == Verdict.GRANTED and txn.verified and contradiction is None
         )
         params["invoice"] = (txn.invoice_number or None) if invoiced else None
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]

@@ -357,15 +357,6 @@ def _money(text: str, currency: Currency) -> Money:
 _UNSETTLED = (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN)
 
 
-def _as_hyp_writes(tx: Transaction, hypay_id: str | None) -> str | None:
-    """`hypay_id` as the journal holds that number, else without leading zeros (as `services.hyp_ids.as_named` takes
-    an operator's)."""
-    if hypay_id is None:
-        return None
-    held = Journal(tx).spellings(hypay_id)
-    return held[0] if held else hypay_id.lstrip("0")
-
-
 def _as_journaled(tx: Transaction, hypay_id: str | None) -> str | None:
     """`hypay_id` as the journal holds that number (with or without leading zeros), else as given."""
     if hypay_id is None:
@@ -401,7 +392,9 @@ class RefundsStore:
         payment_currency = Currency(currency)
         # The payment's own Id as the journal spells its number, else as Hyp writes it (no leading zero: the web app
         # may have written some): what Hyp is asked about, and what the journal's row and refunds are found by.
-        txn = hypay_id or _as_hyp_writes(tx, paying_id) or self._held_one(tx, payment_id)
+        txn = (
+            hypay_id or (Journal(tx).as_hyp_writes(paying_id) if paying_id else None) or self._held_one(tx, payment_id)
+        )
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
         named = unjournaled = unverified = False

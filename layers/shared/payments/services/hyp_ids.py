@@ -28,5 +28,4 @@ def as_named(db: Database, field: str, value: str | None) -> str | None:
         return None
     if protocol.hyp_id(value) is None:
         raise InvalidRequest(f"{field}: {protocol.HYP_ID_PROBLEM}")
-    held = Journal(db).spellings(value)
-    return held[0] if held else value.lstrip("0")
+    return Journal(db).as_hyp_writes(value)
