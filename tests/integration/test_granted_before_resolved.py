@@ -63,9 +63,11 @@ def test_completed_without_a_second_grant_then_refundable_with_its_credits(admin
     assert admin.credits() == credits - 100
 
 
-def test_a_legacy_item_the_web_app_completed_with_its_transaction_leaves_the_queue(admin: Env) -> None:
+@pytest.mark.parametrize("pad", ["", "0"], ids=["as-hyp-writes-it", "zero-padded"])
+def test_a_legacy_item_the_web_app_completed_with_its_transaction_leaves_the_queue(admin: Env, pad: str) -> None:
     """The legacy item's next step is "decide in the web app, then refund or credit by hand": once the web app has
-    completed the payment with that very transaction (and credited it), nothing is left to decide."""
+    completed the payment with that very transaction (and credited it), nothing is left to decide. The web app may
+    write Hyp's Id with a leading zero: the same number, the same transaction."""
     admin.rows("ALTER TABLE payments DROP CONSTRAINT payments_status_check")
     page = buy(admin, key=str(uuid.uuid4()))
     pid = page["payment_id"]
@@ -75,7 +77,7 @@ def test_a_legacy_item_the_web_app_completed_with_its_transaction_leaves_the_que
     assert [i["reason"] for i in every_item() if i["id"] == f"j:{paid.id}"] == ["legacy"]
     admin.rows(
         "UPDATE payments SET status = 'completed', hypay_transaction_id = :h, completed_at = now() WHERE id = :p::uuid",
-        h=paid.id,
+        h=pad + paid.id,
         p=pid,
     )
     # Completed without the credits yet: it still needs a human

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from ops.hypay_simulator import APPROVING_CARD
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_granted_before_resolved import _web_app_wrote
 from tests.integration.test_hypay_callback import buy, notify, pay
@@ -26,11 +27,13 @@ def _journaled(env: Env, txn: str, decision: str) -> None:
     ]
 
 
-def _completed_by_the_web_app(env: Env, *, delivered: bool = True, pad: str = "0") -> tuple[str, str]:
+def _completed_by_the_web_app(
+    env: Env, *, delivered: bool = True, pad: str = "0", save_card: bool = False
+) -> tuple[str, str]:
     """A page payment (49.90, 100 credits) the web app completed, Hyp's Id written with `pad` in front; `delivered`:
-    Hyp's callback has arrived since (journaled as Hyp spells it), else nothing is journaled yet. (The payment, Hyp's
-    Id as Hyp writes it.)"""
-    page = buy(env, key=str(uuid.uuid4()))
+    Hyp's callback has arrived since (journaled as Hyp spells it), else nothing is journaled yet; `save_card`: bought
+    with "keep my card". (The payment, Hyp's Id as Hyp writes it.)"""
+    page = buy(env, key=str(uuid.uuid4()), **({"save_card": True} if save_card else {}))
     pid = page["payment_id"]
     paid = pay(env, page)
     env.rows(
@@ -107,3 +110,12 @@ def test_a_paying_transaction_is_not_taken_as_a_lost_refunds_own(
     assert answer.status == 409, answer.body
     assert env.credits() == credits
     assert env.rows("SELECT count(*) FROM refunds WHERE hypay_refund_id = :x", x=x) == [[0]]
+
+
+@pytest.mark.parametrize("pad", ["", "0"], ids=["as-hyp-writes-it", "zero-padded"])
+def test_hyps_delivery_keeps_the_card_of_a_payment_the_web_app_completed(env: Env, pad: str) -> None:
+    """Bought with "keep my card" and completed by the web app before Hyp's delivery: the delivery (Hyp's spelling)
+    still owes the buyer the card, whichever way the web app wrote the Id; no credits granted twice."""
+    pid, _ = _completed_by_the_web_app(env, pad=pad, save_card=True)
+    assert env.rows("SELECT payment_id::text, last4 FROM saved_cards") == [[pid, APPROVING_CARD[-4:]]]
+    assert env.rows("SELECT count(*) FROM credit_transactions WHERE payment_id = :p::uuid", p=pid) == [[1]]
