@@ -10,6 +10,7 @@ import pytest
 
 from ops.hypay_simulator import Transaction
 from payments.domain import hypay as protocol
+from tests.integration.test_callback_attacks import use_mode
 from tests.integration.test_hypay_callback import browser, buy, forge, location, notify, pay
 from tests.integration.test_signed_edited_first import _invoices_on
 from tests.support.payments import SUCCESS_PAGE, Env
@@ -60,6 +61,14 @@ def test_unmatched_usd_transaction_journal_currency(env: Env, sign_only_first: b
     assert notify(t.redirect_query).status == 404
     # Hyp's verified delivery says USD; the journal must never hold a currency nobody verified
     assert env.rows("SELECT decision, verified, currency FROM hypay_transactions") == [["unmatched", True, "USD"]]
+
+
+def test_unmatched_transaction_in_hmac_mode_journals_no_currency(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hmac` mode reads no Coin, and an Order not ours has no payment to take a currency from: unknown, not ILS."""
+    use_mode(monkeypatch, "hmac")
+    t = _unknown_usd_transaction(env)
+    assert notify(t.redirect_query).status == 404
+    assert env.rows("SELECT decision, verified, currency FROM hypay_transactions") == [["unmatched", True, None]]
 
 
 @pytest.mark.parametrize("sign_only_first", [False, True], ids=["verified-only", "sign-only-first"])
