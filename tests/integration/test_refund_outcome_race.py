@@ -6,6 +6,7 @@ when the attempt started (updated_at)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import uuid
@@ -88,3 +89,67 @@ def test_not_refunded_is_refused_while_a_retaken_attempt_is_asking_hyp(
         answer.body,
         credits - env.credits(),
     )
+
+
+class _Ahead(dt.datetime):
+    """This process's clock ten minutes ahead of the database's (a Lambda's clock is not the database's)."""
+
+    @classmethod
+    def now(cls, tz: dt.tzinfo | None = None) -> _Ahead:  # type: ignore[override]
+        return super().now(tz) + dt.timedelta(minutes=10)
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("found", ["refunded", "not_refunded"])
+def test_a_finding_waits_for_hyp_whatever_the_functions_clock_says(
+    env: Env, monkeypatch: pytest.MonkeyPatch, found: str
+) -> None:
+    """Whether an attempt may still be asking Hyp is timed on the database's clock, which wrote the row: a function
+    whose clock runs ahead took a finding for one older than the window and stored it while Hyp was refunding (an
+    outside review: Hyp's own refund transaction then had no row, the refund answered with the operator's Id)."""
+    use_mode(monkeypatch, "hmac")
+    monkeypatch.setenv("HYPAY_TIMEOUT", "8")
+    from payments.settings import hypay_settings
+    from tests.support.api import reset_function_state
+
+    hypay_settings.cache_clear()
+    reset_function_state("AdminFunction")
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    assert notify(pay(env, payment).redirect_query).status == 200
+    env.sim.faults.add("zikoyAPI", "latency", seconds=2.0)  # Hyp takes 2 s to answer the refund
+    answers = []
+    worker = threading.Thread(
+        target=lambda: answers.append(refund(pid, {"amount": "20.00", "reason": "partial"}, key=str(uuid.uuid4())))
+    )
+    worker.start()
+    deadline = time.monotonic() + 10
+    while "zikoyAPI" not in env.sim.calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "zikoyAPI" in env.sim.calls
+    [[rid]] = env.rows("SELECT id::text FROM refunds WHERE payment_id = :p::uuid", p=pid)
+    # While Hyp is asked, an operator's finding, on a function whose clock runs ten minutes ahead
+    monkeypatch.setattr(dt, "datetime", _Ahead)
+    try:
+        RefundOutcome(RefundsStore(database(env.url)))(
+            refund_id=uuid.UUID(rid),
+            outcome=found,  # type: ignore[arg-type]
+            hypay_refund_id="99999999" if found == "refunded" else None,
+            reason="Hyp portal: what it shows",
+            admin="bob",
+            idempotency_key=str(uuid.uuid4()),
+        )
+        said = "stored"
+    except RequestInProgress:
+        said = "in progress"
+    monkeypatch.undo()
+    worker.join(30)
+    [answer] = answers
+    [hyp_refund] = env.sim.reversals
+    # Hyp's answer wins: the finding waited, the refund holds Hyp's own transaction, journaled
+    assert said == "in progress"
+    assert (answer.status, answer.json["hypay_refund_id"]) == (201, hyp_refund.id), answer.body
+    assert env.rows("SELECT status, hypay_refund_id FROM refunds WHERE id = :r::uuid", r=rid) == [
+        ["succeeded", hyp_refund.id]
+    ]
+    assert env.rows("SELECT count(*) FROM hypay_transactions WHERE hypay_id = :h", h=hyp_refund.id) == [[1]]

@@ -140,6 +140,11 @@ class NotRefundable(LookupError):
     """The payment has no paying transaction, or `hypay_id` is not an approved transaction of it."""
 
 
+class StillAsking(LookupError):
+    """An operator's finding on a refund attempted too recently, by the database's clock: it may still be asking Hyp,
+    whose answer must win."""
+
+
 _COLUMNS = (
     "id::text, payment_id::text, original_hypay_id, method, amount::text, currency, status, hypay_refund_id, ccode,"
     " message, credits_taken, reason, admin, created_at, updated_at"
@@ -252,6 +257,12 @@ SELECT j.payment_id::text, j.decision, j.detail, j.source, j.amount::text,
        (SELECT id::text FROM public.refunds WHERE hypay_refund_id = :hyp AND id <> :rid::uuid LIMIT 1),
        EXISTS (SELECT 1 FROM public.refunds WHERE ltrim(original_hypay_id, '0') = ltrim(:hyp, '0'))
   FROM (SELECT 1) one LEFT JOIN public.hypay_transactions j ON j.hypay_id = :hyp"""
+
+# An attempt not yet older than `settle` seconds, by the database's clock (the one that wrote updated_at; a Lambda's
+# clock may run ahead of it): it may still be asking Hyp.
+_ASKING = """
+SELECT status = 'attempted' AND updated_at >= now() - make_interval(secs => :settle)
+  FROM public.refunds WHERE id = :rid::uuid"""
 
 # An operator found at Hyp that a refund whose outcome was unknown moved nothing: refused, its amount free again. An
 # attempt not yet older than `settle` seconds may still be asking Hyp: left as it is.
@@ -579,10 +590,12 @@ class RefundsStore:
         approval_code: str | None,
         audit: Callable[[Transaction, dict[str, Any], dict[str, Any]], None],
         found_by_operator: bool = False,
+        settle_seconds: int = 0,
     ) -> Finished:
         """In one transaction: the row, the journal, the credits taken back (never below zero), the audit.
         `found_by_operator`: the outcome is an operator's finding, not Hyp's answer: a `hypay_refund_id` that cannot
-        be this refund's own transaction is refused (`NotRefundable`), under the payment's lock."""
+        be this refund's own transaction is refused (`NotRefundable`), and so is an attempt not yet older than
+        `settle_seconds` (`StillAsking`), under the payment's lock."""
         answered_id = hypay_refund_id
 
         def work(tx: Transaction) -> Finished:
@@ -593,6 +606,10 @@ class RefundsStore:
             # reported it first, written with leading zeros): one row per number (sql/014), so the answer is stored on
             # it rather than refused by the unique index after Hyp has refunded.
             hypay_refund_id = _as_journaled(tx, answered_id)
+            if found_by_operator and current.status == RefundStatus.ATTEMPTED:
+                [[asking]] = tx.run(bind(_ASKING, rid=str(refund_id), settle=settle_seconds))
+                if asking:
+                    raise StillAsking("the refund may still be asking Hyp")
             if found_by_operator and hypay_refund_id is not None and current.status in _UNSETTLED:
                 problem = self._refund_id_problem(tx, current, hypay_refund_id)
                 if problem is not None:

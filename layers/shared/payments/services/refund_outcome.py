@@ -5,14 +5,14 @@ or `{"outcome": "not_refunded", "reason": "..."}`. Refunded: stored as Hyp's ans
 back, the journal row of Hyp's refund transaction, the audit row), in one transaction. Not refunded: the row is
 refused and its amount free to be refunded again (with a new Idempotency-Key). Either way nothing is sent to Hyp.
 
-An attempt younger than `SETTLE_SECONDS` may still be asking Hyp: 409 with Retry-After. A refund already settled is
-answered as it is when the finding agrees, else 409 (a human's finding never overwrites Hyp's answer). Repeating the
-request is safe: each outcome is a conditional change of the row under its payment's lock.
+An attempt younger than `SETTLE_SECONDS` (by the database's clock, which wrote it) may still be asking Hyp: 409 with
+Retry-After. A refund already settled is answered as it is when the finding agrees, else 409 (a human's finding never
+overwrites Hyp's answer). Repeating the request is safe: each outcome is a conditional change of the row under its
+payment's lock.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -21,7 +21,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from payments.adapters import audit
 from payments.adapters.db import Transaction
-from payments.adapters.refunds_store import NotRefundable, RefundRow, RefundsStore
+from payments.adapters.refunds_store import NotRefundable, RefundRow, RefundsStore, StillAsking
 from payments.domain import hypay as protocol
 from payments.domain.refund import Method, RefundStatus
 from payments.errors import Conflict, InvalidRequest, NotFound, RequestInProgress
@@ -43,9 +43,8 @@ class Settled:
 class RefundOutcome:
     """`RefundOutcome(store)(refund_id=..., outcome=..., hypay_refund_id=..., reason=..., admin=..., key=...)`."""
 
-    def __init__(self, store: RefundsStore, *, clock: Any = None) -> None:
+    def __init__(self, store: RefundsStore) -> None:
         self.store = store
-        self._now = clock or (lambda: dt.datetime.now(dt.UTC))
 
     def __call__(
         self,
@@ -71,23 +70,30 @@ class RefundOutcome:
         settled = self._as_it_is(row, outcome, hypay_refund_id)
         if settled is not None:
             return settled
-        if row.status == RefundStatus.ATTEMPTED and (self._now() - row.updated_at).total_seconds() < SETTLE_SECONDS:
-            waiting = RequestInProgress("the refund may still be asking Hyp: settle it once its outcome is unknown")
-            waiting.retry_after = SETTLE_SECONDS
-            raise waiting
+        # Whether an attempt may still be asking Hyp is the database's to say (its clock wrote the row's updated_at; a
+        # Lambda's may run ahead of it), in the transaction that stores the finding.
         write = self._audit(row, outcome, hypay_refund_id, reason, admin, idempotency_key)
         if outcome == "refunded":
             try:
                 finished = self.store.succeeded(
-                    refund_id, hypay_refund_id=hypay_refund_id, approval_code=None, audit=write, found_by_operator=True
+                    refund_id,
+                    hypay_refund_id=hypay_refund_id,
+                    approval_code=None,
+                    audit=write,
+                    found_by_operator=True,
+                    settle_seconds=SETTLE_SECONDS,
                 )
             except NotRefundable as exc:
                 raise Conflict(f"hypay_refund_id: {exc}") from None
+            except StillAsking:
+                raise _still_asking() from None
             row = finished.row
         else:
             message = f"not refunded at Hyp, found by {admin}: {reason}"
             stored = self.store.not_refunded(refund_id, message=message, settle_seconds=SETTLE_SECONDS, audit=write)
             row = stored if stored is not None else self._current(refund_id)
+            if stored is None and row.status == RefundStatus.ATTEMPTED:
+                raise _still_asking()  # not older than SETTLE_SECONDS by the database's clock
         settled = self._as_it_is(row, outcome, hypay_refund_id)
         if settled is None:
             raise Conflict(f"refund {row.id} is {row.status} meanwhile: {row.message or 'see the refund'}")
@@ -166,3 +172,9 @@ class RefundOutcome:
             )
 
         return write
+
+
+def _still_asking() -> RequestInProgress:
+    waiting = RequestInProgress("the refund may still be asking Hyp: settle it once its outcome is unknown")
+    waiting.retry_after = SETTLE_SECONDS
+    return waiting
