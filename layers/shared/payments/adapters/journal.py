@@ -103,6 +103,8 @@ class PaymentFacts(Record):
     # A refund of another payment that sent this transaction's money back, or may have (attempted, succeeded, its
     # outcome unknown): an operator named it as that payment's lost saved-card charge. None without one.
     refunded_by_another: UUID | None = None
+    # What it sold is known, and is some credits (SOLD_CREDITS): a grant gives those, never what the catalogue says now.
+    credits_known: bool = True
 
 
 class Applied(Record):
@@ -126,6 +128,14 @@ class Applied(Record):
 # spelling first, else the first seen (as `Journal.spellings` orders them). SPELLINGS: every spelling of `:txn`'s
 # number, for `IN`.
 SPELLINGS = """(SELECT repeat('0', z) || ltrim(:txn, '0') FROM generate_series(0, 20 - length(ltrim(:txn, '0'))) z)"""
+# The credits payment `p` sold: those it recorded when it was priced (`payments.credits`). A payment the web app wrote
+# before that column (NULL) sold its pack's credits, read from the catalogue only while the pack still sells at the
+# price the payment asked (the catalogue's prices are in shekels): a pack the web app changed since (more credits for
+# the same price, another price) is not what was paid for. NULL when not known: a callback then grants nothing (a
+# human decides), an operator cannot complete it.
+SOLD_CREDITS = """COALESCE(p.credits, (SELECT k.credits FROM public.credit_packs k
+                             WHERE k.id = p.credit_pack_id AND k.price = p.amount AND p.currency = 'ILS'))"""
+
 _FACTS = f"""
 WITH j AS (
     SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
@@ -147,12 +157,13 @@ WITH j AS (
            (SELECT r.id::text FROM public.refunds r
              WHERE ltrim(r.original_hypay_id, '0') = ltrim(:txn, '0') AND r.payment_id <> p.id
                AND r.status IN ('attempted', 'succeeded', 'unknown')
-             ORDER BY r.created_at LIMIT 1) AS refunded_by_another
+             ORDER BY r.created_at LIMIT 1) AS refunded_by_another,
+           COALESCE({SOLD_CREDITS} > 0, false) AS credits_known
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
-       p.unnamed_refund, p.refunded_by_another, j.decision, j.payment_id, j.verified, j.source, j.ccode, j.amount,
-       j.currency, j.version, j.closed_as, j.hypay_id
+       p.unnamed_refund, p.refunded_by_another, p.credits_known, j.decision, j.payment_id, j.verified, j.source,
+       j.ccode, j.amount, j.currency, j.version, j.closed_as, j.hypay_id
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
 # The journal row, inserted, or on a later delivery touched (last_seen, deliveries). Overwritten only by
@@ -216,7 +227,7 @@ RETURNING hypay_id"""
 GRANTED_IN_FULL = """(
     (SELECT COALESCE(sum(c.amount), 0) FROM public.credit_transactions c
       WHERE c.payment_id = p.id AND c.type IN ('purchase', 'refund'))
-    = COALESCE(p.credits, (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)))"""
+    = {SOLD_CREDITS})""".replace("{SOLD_CREDITS}", SOLD_CREDITS)
 
 # Action.BIND (an operator's complete of a payment whose credits were granted before: a purchase row the web app wrote
 # while it was pending, the ledger holding its credits in full) is this statement with `{bound}` requiring that, and no
@@ -229,9 +240,7 @@ WITH paid AS (
            completed_at = now(), updated_at = now()
      WHERE p.id = :id::uuid AND p.status = :previous_status
        {bound}
-    RETURNING p.id, p.user_id, p.amount, p.save_card,
-              COALESCE(p.credits,
-                       (SELECT k.credits FROM public.credit_packs k WHERE k.id = p.credit_pack_id)) AS credits,
+    RETURNING p.id, p.user_id, p.amount, p.save_card, {SOLD_CREDITS} AS credits,
               (SELECT k.name FROM public.credit_packs k WHERE k.id = p.credit_pack_id) AS pack_name
 ), granted AS (
     INSERT INTO public.credit_transactions (user_id, amount, type, description, payment_id)
@@ -249,7 +258,7 @@ WITH paid AS (
     RETURNING 1
 ), {journal}
 SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), (SELECT amount FROM granted),
-       (SELECT save_card FROM paid), (SELECT existed FROM journal)"""
+       (SELECT save_card FROM paid), (SELECT existed FROM journal)""".replace("{SOLD_CREDITS}", SOLD_CREDITS)
 
 _FAIL = """
 WITH failed AS (
@@ -342,6 +351,7 @@ class Journal:
             used_elsewhere,
             unnamed_refund,
             refunded_by_another,
+            credits_known,
             decision,
             jpid,
             jverified,
@@ -363,6 +373,7 @@ class Journal:
                 bool(used_elsewhere),
                 Decimal(unnamed_refund) if unnamed_refund is not None else None,
                 UUID(refunded_by_another) if refunded_by_another else None,
+                bool(credits_known),
             )
             if status is not None
             else None

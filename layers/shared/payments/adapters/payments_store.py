@@ -142,7 +142,11 @@ class PaymentsStore:
             )
         )
         kid, name, credits, price, active, uid, email, full_name = rows[0]
-        pack = Pack(UUID(kid), name, int(credits), Money.of(Decimal(price)), bool(active)) if kid else None
+        # A price that is not a number (numeric holds 'NaN') is no price: read as 0, a pack not sold (409, as a price of
+        # 0), never the buyer's bad request
+        amount = Decimal(price) if kid else Decimal(0)
+        price_of = Money.of(amount if amount.is_finite() else Decimal(0))
+        pack = Pack(UUID(kid), name, int(credits), price_of, bool(active)) if kid else None
         profile = Profile(UUID(uid), email, full_name) if uid else None
         return pack, profile
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from payments.adapters.db import Rows, bind
-from payments.adapters.journal import GRANTED_IN_FULL, SPELLINGS
+from payments.adapters.journal import GRANTED_IN_FULL, SOLD_CREDITS, SPELLINGS
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
 
@@ -120,6 +120,8 @@ class LockedPayment:
     kept_found_forged: bool = False
     # The ledger holds its credits in full (GRANTED_IN_FULL): what completing one granted before needs
     granted_in_full: bool = False
+    # What it sold is known and is some credits (SOLD_CREDITS): what completing it grants
+    credits_known: bool = True
 
     def as_state(self) -> dict[str, Any]:
         """What the audit trail records as `before` / `after`."""
@@ -216,8 +218,10 @@ SELECT p.id::text, p.status, p.review_reason, p.amount::text, p.currency, p.user
            > COALESCE((SELECT max(a.at) FROM public.admin_audit_log a
                         WHERE a.payment_id = p.id AND a.action = 'resolve' AND a.after_state ->> 'status' = 'failed'),
                       '-infinity'::timestamptz),
-       COALESCE({granted_in_full}, false)
-  FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE""".replace("{granted_in_full}", GRANTED_IN_FULL)
+       COALESCE({granted_in_full}, false), COALESCE({sold} > 0, false)
+  FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE""".replace("{granted_in_full}", GRANTED_IN_FULL).replace(
+    "{sold}", SOLD_CREDITS
+)
 
 _FAIL = """
 UPDATE public.payments SET status = 'failed', updated_at = now()
@@ -383,7 +387,7 @@ class ResolveStatements:
         if not rows:
             return None
         (pid, status, reason, amount, currency, user, credits, paid_by, attempted, attempted_at, settled, granted,
-         completed_at, balance, declined_code, kept_found_forged, in_full) = rows[0]  # fmt: skip
+         completed_at, balance, declined_code, kept_found_forged, in_full, known) = rows[0]  # fmt: skip
         return LockedPayment(
             UUID(pid),
             PaymentStatus.from_db(status),
@@ -402,6 +406,7 @@ class ResolveStatements:
             declined_code,
             bool(kept_found_forged),
             bool(in_full),
+            bool(known),
         )
 
     def journal_of(self, payment_id: UUID) -> list[JournalRow]:

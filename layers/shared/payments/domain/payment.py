@@ -14,6 +14,10 @@ from pydantic_core import core_schema as cs
 from payments.domain.ids import canonical_uuid
 from payments.records import Record
 
+# The journal detail (and review queue reason) of a payment paid whose credits are not known: the web app wrote it
+# without them and its pack no longer sells credits at its price (adapters.journal.SOLD_CREDITS).
+CREDITS_NOT_KNOWN = "paid, but the credits it sold are not known"
+
 
 class PaymentStatus(StrEnum):
     PENDING = "pending"

@@ -40,7 +40,7 @@ from payments.adapters.review_store import (
 )
 from payments.domain import hypay as protocol
 from payments.domain.ids import CANONICAL_UUID
-from payments.domain.payment import PaymentStatus
+from payments.domain.payment import CREDITS_NOT_KNOWN, PaymentStatus
 from payments.domain.refund import SENT_BACK_BY_ANOTHER, held_while_a_refund_has_no_id
 from payments.errors import (
     Conflict,
@@ -75,6 +75,9 @@ class Reason(StrEnum):
     # Hyp's page approved a transaction for this payment whose money a refund of another payment sent back (an
     # operator named it as that payment's lost saved-card charge)
     REFUNDED_THROUGH_ANOTHER_PAYMENT = "refunded_through_another_payment"
+    # Paid, but what it sold is not known: the web app wrote it without its credits, and its pack no longer sells
+    # credits at its price
+    CREDITS_NOT_KNOWN = "credits_not_known"
     OTHER = "other"
 
 
@@ -89,6 +92,7 @@ _TEXT_REASONS: tuple[tuple[str, Reason], ...] = (
     ("already granted", Reason.PAID_UNDER_REVIEW),
     ("journaled for payment", Reason.TRANSACTION_OF_ANOTHER_PAYMENT),  # settle's detail of that decision
     (SENT_BACK_BY_ANOTHER, Reason.REFUNDED_THROUGH_ANOTHER_PAYMENT),
+    (CREDITS_NOT_KNOWN, Reason.CREDITS_NOT_KNOWN),
 )
 
 
@@ -267,6 +271,8 @@ _NEXT_STEP = {
     Reason.REFUNDED_THROUGH_ANOTHER_PAYMENT: "compare what the refunds naming its transaction did (Hyp's refunds):"
     " all of it went back -> resolve this one fail; nothing -> resolve it complete with that hypay_id; part -> refund"
     " the rest through this payment, then resolve it fail (docs/operations.md, DuplicateTransaction)",
+    Reason.CREDITS_NOT_KNOWN: "find what the customer bought in the web app: once payments.credits holds it, resolve"
+    " complete; else refund the transaction (no credits were granted) and resolve fail",
     Reason.OTHER: "read the detail",
 }
 
@@ -632,6 +638,12 @@ def plan_resolution(
             f"the ledger does not hold payment {payment.id}'s {payment.credits} credits in full (the web app wrote a"
             " purchase of another amount, or reversed it): completing would leave them so and failing would hide"
             " them; settle the credits in the web app, or refund the transaction"
+        )
+    if request.action == "complete" and not payment.credits_known:
+        raise Conflict(
+            f"the credits payment {payment.id} sold are not known (it records none, and its pack no longer sells"
+            " credits at its price): completing would grant none, or today's catalogue; record them in"
+            " payments.credits first, or refund the transaction and resolve fail"
         )
     if request.action == "fail":
         if payment.status == PaymentStatus.FAILED and not payment.kept_found_forged:

@@ -36,7 +36,7 @@ from payments.adapters.journal import (
 )
 from payments.domain import hypay as protocol
 from payments.domain.money import Money
-from payments.domain.payment import PaymentStatus
+from payments.domain.payment import CREDITS_NOT_KNOWN, PaymentStatus
 from payments.domain.refund import HELD_WHILE_A_REFUND_HAS_NO_ID, SENT_BACK_BY_ANOTHER
 from payments.observability import logger, metrics
 from payments.records import Record
@@ -260,6 +260,16 @@ def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry 
             Verdict.REVIEW,
             Result.REVIEW,
             "a purchase was already granted for this payment",
+            "PaidNotPending",
+        )
+    if not facts.credits_known:
+        # A payment the web app wrote without its credits, whose pack the catalogue no longer sells at its price (or
+        # that sells no credits): what the customer paid for is not known here, and today's catalogue is not it.
+        return Decision(
+            Action.REVIEW,
+            Verdict.REVIEW,
+            Result.REVIEW,
+            f"{CREDITS_NOT_KNOWN}: it records none, and its pack no longer sells credits at its price",
             "PaidNotPending",
         )
     late = status != PaymentStatus.PENDING
