@@ -34,6 +34,7 @@ from uuid import UUID
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
 
+from payments import deadline
 from payments.adapters.secrets import read_secret
 from payments.errors import ConfigurationError, DatabaseUnavailable, PaymentError
 from payments.records import Record
@@ -53,6 +54,10 @@ RETRYABLE_CONFLICTS = ("40001", "40P01")
 # Under SERIALIZABLE, a hot row (a user's rate-limit window, a payment) can lose several times in a
 # row: ten attempts, backoff capped at 200 ms, about 1.2 s at the very worst.
 CONFLICT_ATTEMPTS = 10
+# What a transaction's statements leave of the invocation near its end (Database._begin): for the caller's fallback and
+# the answer. The shortest lock wait and statement time a transaction is then given, in milliseconds.
+ROOM_SECONDS = 0.5
+_SHORTEST_MS = 50
 
 Rows = list[list[Any]]
 
@@ -443,8 +448,7 @@ class Database:
         # run on it), never the client's socket timing out, which leaves the connection broken and the time gone.
         lock_ms = max(100, int(query_timeout * 250))
         statement_ms = max(lock_ms + 100, int(query_timeout * 1000) - 1000)
-        self._begin = f"BEGIN; SET LOCAL lock_timeout = {lock_ms}; SET LOCAL statement_timeout = {statement_ms}"
-        self._begin_read_committed = self._begin.replace("BEGIN;", "BEGIN ISOLATION LEVEL READ COMMITTED;", 1)
+        self._lock_ms, self._statement_ms = lock_ms, statement_ms
         self._connect_fn = connect
         self._conn: pg8000.native.Connection | None = None
         self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
@@ -636,10 +640,25 @@ class Database:
                     raise
                 reconnected = True
 
+    def _begin(self, read_committed: bool) -> str:
+        """BEGIN with the transaction's lock and statement timeouts: the configured ones, or less near the
+        invocation's end, so that no statement outlives it: Lambda would end the invocation midway, with Hyp's answer
+        unstored and the caller's fallback (review, naming Hyp's transaction) never run. A statement then leaves
+        ROOM_SECONDS of the invocation for that fallback and the answer, and waits for a lock at most half of what it
+        may take."""
+        lock_ms, statement_ms = self._lock_ms, self._statement_ms
+        left = deadline.seconds_left()
+        if left is not None:
+            budget_ms = int((left + deadline.RESERVE_SECONDS - ROOM_SECONDS) * 1000)
+            lock_ms = max(_SHORTEST_MS, min(lock_ms, budget_ms // 2))
+            statement_ms = max(lock_ms + _SHORTEST_MS, min(statement_ms, budget_ms))
+        begin = "BEGIN ISOLATION LEVEL READ COMMITTED;" if read_committed else "BEGIN;"
+        return f"{begin} SET LOCAL lock_timeout = {lock_ms}; SET LOCAL statement_timeout = {statement_ms}"
+
     @contextmanager
     def transaction(self, *, read_committed: bool = False) -> Iterator[Transaction]:
         """BEGIN ... COMMIT on the reused connection; ROLLBACK on any error. `read_committed`: as `atomic`'s."""
-        begin = self._begin_read_committed if read_committed else self._begin
+        begin = self._begin(read_committed)
         with self._lock:
             try:
                 conn = self._connection()

@@ -23,10 +23,22 @@ ATTEMPTS = 3
 MARGIN_SECONDS = 1.0
 
 
+# The caller's fallback (one short statement: review naming Hyp's transaction, or its answer in words) is tried with at
+# least this much left; the database cuts its lock wait and time to what is left (Database._begin).
+FALLBACK_SECONDS = 0.25
+
+
 def time_for_another() -> bool:
-    """Whether the invocation has time left for another statement (always, outside an invocation)."""
+    """Whether the invocation has time left for another attempt at storing (always, outside an invocation): one that
+    leaves MARGIN_SECONDS, enough for the fallback after it."""
     left = deadline.seconds_left()
     return left is None or left + deadline.RESERVE_SECONDS > MARGIN_SECONDS
+
+
+def time_for_the_fallback() -> bool:
+    """Whether the invocation has time left for the caller's fallback (always, outside an invocation)."""
+    left = deadline.seconds_left()
+    return left is None or left + deadline.RESERVE_SECONDS > FALLBACK_SECONDS
 
 
 def store_answer[T](store_it: Callable[[], T]) -> T:

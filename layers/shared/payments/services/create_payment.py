@@ -43,7 +43,7 @@ from payments.errors import (
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
 from payments.records import Record
-from payments.services.answers import store_answer, time_for_another
+from payments.services.answers import store_answer, time_for_the_fallback
 from payments.services.keyed import Answer, Keyed
 
 
@@ -353,7 +353,7 @@ class CreatePayment:
             error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
             # Not while the database is unreachable (a connection attempt would only spend the time left), nor without
             # time for another statement: the attempt mark already keeps the payment for review.
-            down = isinstance(exc, DatabaseUnavailable) or not time_for_another()
+            down = isinstance(exc, DatabaseUnavailable) or not time_for_the_fallback()
             flagged = not down and self._review_naming(
                 payment_id, hypay_id, f"answered, but its answer could not be stored ({error})"
             )

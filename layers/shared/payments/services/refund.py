@@ -57,7 +57,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
-from payments.services.answers import store_answer, time_for_another
+from payments.services.answers import store_answer, time_for_the_fallback
 from payments.services.hyp_ids import as_named
 from payments.services.keyed import Answer, Keyed
 
@@ -389,7 +389,7 @@ class Refunds:
         """Best effort: what Hyp answered, in words on the refund's row (not only in a log line), in one statement
         that takes no lock of the payment's or the balance's. Not while the database is unreachable, nor without
         time for another statement."""
-        if isinstance(exc, DatabaseUnavailable) or not time_for_another():
+        if isinstance(exc, DatabaseUnavailable) or not time_for_the_fallback():
             return
         error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
         if reversal is not None:

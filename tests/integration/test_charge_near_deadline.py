@@ -1,0 +1,81 @@
+"""Hyp's answer to a saved-card charge arrives at the last moment the invocation allowed for it (a charge is asked only
+with Hyp's timeout and the deadline's reserve left), while the web app holds the buyer's profile row. Storing the
+answer waited for that lock as long as the database allows a transaction (a quarter of DB_QUERY_TIMEOUT), past the
+reserve: Lambda would have ended the invocation with the answer unstored and the fallback unrun (an outside review).
+Near the invocation's end a transaction's lock wait and statement time are cut to what is left, so the answer is
+stored, or its fallback runs (the payment held for review naming Hyp's transaction), before the invocation ends."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from ops.lambda_context import LocalLambdaContext
+from ops.local_api import build_event
+from ops.seed import DEMO_USER_ID
+from tests.support.api import TEMPLATE, load_handler, reset_function_state
+from tests.support.payments import CREATE, CVV, PRO, Env
+from tests.support.pg import connect
+
+
+def test_hyps_late_answer_is_stored_before_the_invocation_ends(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HYPAY_TIMEOUT", "1")
+    from payments.settings import hypay_settings
+
+    hypay_settings.cache_clear()
+    reset_function_state(CREATE)
+    handler = load_handler(TEMPLATE.functions[CREATE])
+
+    def charge(key: str, timeout: float) -> tuple[dict, float]:
+        event = build_event(
+            method="POST",
+            target="/payments",
+            headers={"content-type": "application/json", "Idempotency-Key": key},
+            body=json.dumps({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}).encode(),
+            source_ip="203.0.113.7",
+            route_key="POST /payments",
+            path_parameters={},
+            claims={"sub": DEMO_USER_ID, "aud": "authenticated", "role": "authenticated"},
+        )
+        started = time.monotonic()
+        result = handler(event, LocalLambdaContext(function_name=CREATE, timeout_seconds=timeout))
+        return result, time.monotonic() - started
+
+    charge("warm-up", 20)  # a warm execution environment
+
+    def web_app_holds_the_profile() -> None:  # from when the charge is marked, for 4 s
+        conn = connect(env.url)
+        while not conn.run(
+            "SELECT 1 FROM payments WHERE idempotency_key LIKE '%:late' AND charge_attempt_id IS NOT NULL"
+        ):
+            time.sleep(0.01)
+        conn.run("BEGIN")
+        conn.run("SELECT credits FROM profiles WHERE id = :u::uuid FOR UPDATE", u=DEMO_USER_ID)
+        time.sleep(4)
+        conn.run("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=web_app_holds_the_profile)
+    holder.start()
+    env.sim.faults.add("soft", "latency", times=1, seconds=0.95)  # Hyp answers just within its timeout
+    timeout = 3.1  # the charge needs HYPAY_TIMEOUT + the reserve (3 s) left: asked after < 0.1 s of work
+    result, took = charge("late", timeout)
+    holder.join()
+    assert env.sim.calls.count("soft") == 2  # Hyp charged the card
+    # Answered before Lambda would end it, Hyp's charge on record: completed, or held for review naming it
+    assert took <= timeout, f"answered after {took:.2f} s: Lambda ends the invocation at {timeout} s"
+    [[status, hyp_id, reason]] = env.rows(
+        "SELECT status, hypay_transaction_id, review_reason FROM payments WHERE idempotency_key LIKE '%:late'"
+    )
+    charged = list(env.sim.transactions)[-1]
+    assert status == "completed" and hyp_id == charged or status == "needs_review" and charged in (reason or ""), (
+        status,
+        hyp_id,
+        reason,
+        result,
+    )
