@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from payments.errors import ConfigurationError, PaymentError
+
+# How long reading a secret may take: boto3's defaults (60 s to connect, 60 s to read, retried) would outlast every
+# function's timeout against an endpoint that accepts and never answers (a VPC endpoint whose security group drops
+# HTTPS, a regional degradation): Lambda would end the invocation before its "not yet" answer and its metrics. One
+# attempt of at most 3 s fits the shortest function (the authorizer, 5 s); a value read is cached (`max_age`).
+CONNECT_TIMEOUT_SECONDS = 1.0
+READ_TIMEOUT_SECONDS = 2.0
+
+
+@cache
+def _provider() -> Any:
+    """One Secrets Manager provider per execution environment (its client and its cache of values), bounded in time."""
+    from aws_lambda_powertools.utilities import parameters
+    from botocore.config import Config
+
+    return parameters.SecretsProvider(
+        boto_config=Config(
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            retries={"mode": "standard", "total_max_attempts": 1},
+        )
+    )
 
 
 def read_secret(
@@ -24,9 +47,7 @@ def read_secret(
     from aws_lambda_powertools.utilities import parameters
 
     try:
-        value = parameters.get_secret(
-            arn, transform="json" if json_object else None, max_age=max_age, force_fetch=refresh
-        )
+        value = _provider().get(arn, transform="json" if json_object else None, max_age=max_age, force_fetch=refresh)
     except parameters.exceptions.GetParameterError as exc:
         _count_unreadable(what, exc)
         raise unavailable(f"could not read the {what} secret") from exc
