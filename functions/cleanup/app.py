@@ -78,22 +78,37 @@ def _arrived_ms() -> int:
 def _cleanup(context: Any, *, arrived_ms: int | None = None) -> CleanupReport:
     remaining = getattr(context, "get_remaining_time_in_millis", None) or (lambda: 60_000)
     time_left_ms = remaining
-    reserve_ms = 5_000
     if arrived_ms is not None:
         deadline_ms = arrived_ms + HTTP_DEADLINE_MS
 
         def time_left_ms() -> int:
             return min(remaining(), deadline_ms - int(time.time() * 1000))
 
-        reserve_ms = int(database_settings().query_timeout_seconds * 1000) + _AFTER_THE_BATCHES_MS
-
-    report = run_cleanup(default_database(), policy=_policy(), time_left_ms=time_left_ms, reserve_ms=reserve_ms)
-    for name, value in report.as_dict().items():
-        if not isinstance(value, bool):  # the counts; `complete` and `counts_exact` are in the log line
-            metrics.add_metric(name=f"Cleanup_{name}", unit=MetricUnit.Count, value=int(value))
+    # No batch starts that could outlast the invocation (a statement may take up to the query timeout): Lambda ending
+    # it midway would lose the run's counts, and with them the alarm of a charge it sent to review.
+    reserve_ms = int(database_settings().query_timeout_seconds * 1000) + _AFTER_THE_BATCHES_MS
+    report = CleanupReport()
+    try:
+        run_cleanup(
+            default_database(), policy=_policy(), time_left_ms=time_left_ms, reserve_ms=reserve_ms, report=report
+        )
+    except Exception:
+        # What the run committed before it failed is done (a charge sent to review is not flagged again by the next
+        # run): counted now, or its alarm never fires. The error goes on (the run failed: its own alarm).
+        report.complete = False
+        _count(report)
+        logger.error("cleanup failed midway", extra=report.as_dict())
+        raise
+    _count(report)
     logger.info("cleanup finished", extra=report.as_dict())
     _measure_review_queue()
     return report
+
+
+def _count(report: CleanupReport) -> None:
+    for name, value in report.as_dict().items():
+        if not isinstance(value, bool):  # the counts; `complete` and `counts_exact` are in the log line
+            metrics.add_metric(name=f"Cleanup_{name}", unit=MetricUnit.Count, value=int(value))
 
 
 def _measure_review_queue() -> None:

@@ -87,10 +87,12 @@ def run_cleanup(
     time_left_ms: Callable[[], int] = lambda: 60_000,
     reserve_ms: int = 5_000,
     sleep: Callable[[float], None] = time.sleep,
+    report: CleanupReport | None = None,
 ) -> CleanupReport:
     """Run every step in batches until done or until only `reserve_ms` of the budget is left; between full
-    batches, pause as `policy.duty_cycle_percent` says (never into the reserve)."""
-    report = CleanupReport()
+    batches, pause as `policy.duty_cycle_percent` says (never into the reserve). `report`, when given, is filled in
+    as each statement commits: what a run that raises midway did is in it (its batches are committed)."""
+    report = report if report is not None else CleanupReport()
     params = {
         "now": int(now if now is not None else time.time()),  # the Lambda's clock, as the store's expiry
         "batch": policy.batch_size,
