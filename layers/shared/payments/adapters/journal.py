@@ -129,10 +129,11 @@ class Applied(Record):
 # number, for `IN`.
 SPELLINGS = """(SELECT repeat('0', z) || ltrim(:txn, '0') FROM generate_series(0, 20 - length(ltrim(:txn, '0'))) z)"""
 # The credits payment `p` sold: those it recorded when it was priced (`payments.credits`). A payment the web app wrote
-# before that column (NULL) sold its pack's credits, read from the catalogue only while the pack still sells at the
-# price the payment asked (the catalogue's prices are in shekels): a pack the web app changed since (more credits for
-# the same price, another price) is not what was paid for. NULL when not known: a callback then grants nothing (a
-# human decides), an operator cannot complete it.
+# without them (NULL) sold its pack's credits, read from the catalogue only while the pack still sells at the price the
+# payment asked (the catalogue's prices are in shekels): repriced since (ten times the credits at ten times the price,
+# say), what the catalogue says is not what was paid for. (Other credits at the same price are what the catalogue sells
+# for that price: granted.) NULL when not known, 0 when the pack sells none: a callback then grants nothing (a human
+# decides), an operator cannot complete it.
 SOLD_CREDITS = """COALESCE(p.credits, (SELECT k.credits FROM public.credit_packs k
                              WHERE k.id = p.credit_pack_id AND k.price = p.amount AND p.currency = 'ILS'))"""
 
