@@ -9,13 +9,17 @@ sold (409), not the buyer's bad request."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
+from payments.services import review as review_module
+from payments.services import settle as settle_module
 from tests.integration.test_hypay_callback import browser, buy, pay
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import every_item, resolve
 from tests.support.payments import STARTER, Env, post
+from tests.support.pg import connect
 
 
 def _written_by_the_web_app(env: Env) -> dict:
@@ -69,3 +73,54 @@ def test_a_price_that_is_not_a_number_is_a_pack_not_sold(env: Env) -> None:
     answer = post({"credit_pack_id": STARTER}, key="nan-price")
     assert answer.status == 409 and "not sold" in answer.json["detail"], answer.body
     assert env.rows("SELECT count(*) FROM payments") == [[0]]
+
+
+def _web_app_reprices(env: Env) -> None:
+    """The web app's new offer, committed on a connection of its own: ten times the credits at ten times the price."""
+    web = connect(env.url)
+    web.run("UPDATE credit_packs SET credits = 1000, price = 499.00 WHERE id = :k::uuid", k=STARTER)
+    web.close()
+
+
+def test_a_pack_repriced_while_the_callback_decides_grants_what_was_read(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grant gives the credits read with the decision, under the payment's lock: the catalogue changing in
+    between (the decision's read and the grant are two statements) neither completes it with none nor grants 1000 (an
+    outside review of the first fix)."""
+    payment = _written_by_the_web_app(env)
+    before = env.credits()
+    decide = settle_module.decide
+
+    def decided_then_repriced(*args: Any) -> Any:
+        decision = decide(*args)
+        _web_app_reprices(env)
+        return decision
+
+    monkeypatch.setattr(settle_module, "decide", decided_then_repriced)
+    assert browser(pay(env, payment).redirect_query).status == 302
+    assert (env.status(payment["payment_id"]), env.credits() - before) == ("completed", 100)
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_pack_repriced_while_an_operator_completes_grants_what_was_read(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payment = _written_by_the_web_app(env)
+    pid = payment["payment_id"]
+    env.rows("UPDATE credit_packs SET price = 59.90 WHERE id = :k::uuid", k=STARTER)
+    assert browser(pay(env, payment).redirect_query).status == 302
+    assert env.status(pid) == "needs_review"  # credits_not_known
+    env.rows("UPDATE credit_packs SET price = 49.90 WHERE id = :k::uuid", k=STARTER)  # at the payment's price again
+    before = env.credits()
+    plan = review_module.plan_resolution
+
+    def planned_then_repriced(*args: Any, **kwargs: Any) -> Any:
+        planned = plan(*args, **kwargs)
+        _web_app_reprices(env)
+        return planned
+
+    monkeypatch.setattr(review_module, "plan_resolution", planned_then_repriced)
+    done = resolve(pid, {"action": "complete", "reason": "Hyp shows it paid"}, key=str(uuid.uuid4()))
+    assert (done.status, done.json["credits_granted"]) == (200, 100), done.body
+    assert (env.status(pid), env.credits() - before) == ("completed", 100)

@@ -195,7 +195,11 @@ def test_an_operators_grant_never_takes_over_an_id_another_decision_journaled_si
     db = database(env.url)
     try:
         with pytest.raises(OperatorGrantRefused):
-            db.atomic(lambda tx: settle_by_operator(tx, txn, previous_status=PaymentStatus.NEEDS_REVIEW, detail="op"))
+            db.atomic(
+                lambda tx: settle_by_operator(
+                    tx, txn, previous_status=PaymentStatus.NEEDS_REVIEW, detail="op", credits=100
+                )
+            )
     finally:
         db.close()
     # Then the statement itself refuses it (the resolve decides again, and answers 409): the journal's row, the charge

@@ -13,7 +13,9 @@ from payments.domain.payment import PaymentStatus
 from payments.services.settle import Result, decide
 
 PAYMENT = uuid4()
-FACTS = PaymentFacts(PaymentStatus.COMPLETED, Money.of("49.90", Currency.ILS), uuid4(), "70000001", True, False)
+FACTS = PaymentFacts(
+    PaymentStatus.COMPLETED, Money.of("49.90", Currency.ILS), uuid4(), "70000001", True, False, credits_sold=100
+)
 
 
 def _txn(

@@ -19,7 +19,14 @@ def _decided(unnamed_refund: str, paid: str) -> tuple[Action, str | None]:
     approved transaction of `paid` for it arriving on its page."""
     payment = uuid.uuid4()
     facts = PaymentFacts(
-        PaymentStatus.FAILED, Money.of("49.90"), uuid.uuid4(), None, False, False, Decimal(unnamed_refund)
+        PaymentStatus.FAILED,
+        Money.of("49.90"),
+        uuid.uuid4(),
+        None,
+        False,
+        False,
+        Decimal(unnamed_refund),
+        credits_sold=100,
     )
     txn = HypTransaction("77700009", str(payment), payment, 0, Money.of(paid), Source.NOTIFY, verified=True)
     decision = decide(txn, facts, None)

@@ -103,8 +103,14 @@ class PaymentFacts(Record):
     # A refund of another payment that sent this transaction's money back, or may have (attempted, succeeded, its
     # outcome unknown): an operator named it as that payment's lost saved-card charge. None without one.
     refunded_by_another: UUID | None = None
-    # What it sold is known, and is some credits (SOLD_CREDITS): a grant gives those, never what the catalogue says now.
-    credits_known: bool = True
+    # The credits it sold (SOLD_CREDITS), read under the payment's lock: what a grant gives (passed to it, never read
+    # again: the catalogue may change meanwhile). None when not known.
+    credits_sold: int | None = None
+
+    @property
+    def credits_known(self) -> bool:
+        """What it sold is known, and is some credits."""
+        return self.credits_sold is not None and self.credits_sold > 0
 
 
 class Applied(Record):
@@ -159,11 +165,11 @@ WITH j AS (
              WHERE ltrim(r.original_hypay_id, '0') = ltrim(:txn, '0') AND r.payment_id <> p.id
                AND r.status IN ('attempted', 'succeeded', 'unknown')
              ORDER BY r.created_at LIMIT 1) AS refunded_by_another,
-           COALESCE({SOLD_CREDITS} > 0, false) AS credits_known
+           {SOLD_CREDITS} AS credits_sold
       FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE
 )
 SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.granted_before, p.used_elsewhere,
-       p.unnamed_refund, p.refunded_by_another, p.credits_known, j.decision, j.payment_id, j.verified, j.source,
+       p.unnamed_refund, p.refunded_by_another, p.credits_sold, j.decision, j.payment_id, j.verified, j.source,
        j.ccode, j.amount, j.currency, j.version, j.closed_as, j.hypay_id
   FROM (SELECT 1) one LEFT JOIN p ON true LEFT JOIN j ON true"""
 
@@ -241,7 +247,7 @@ WITH paid AS (
            completed_at = now(), updated_at = now()
      WHERE p.id = :id::uuid AND p.status = :previous_status
        {bound}
-    RETURNING p.id, p.user_id, p.amount, p.save_card, {SOLD_CREDITS} AS credits,
+    RETURNING p.id, p.user_id, p.amount, p.save_card, :credits::int AS credits,
               (SELECT k.name FROM public.credit_packs k WHERE k.id = p.credit_pack_id) AS pack_name
 ), granted AS (
     INSERT INTO public.credit_transactions (user_id, amount, type, description, payment_id)
@@ -259,7 +265,7 @@ WITH paid AS (
     RETURNING 1
 ), {journal}
 SELECT (SELECT decision FROM journal), (SELECT user_id::text FROM paid), (SELECT amount FROM granted),
-       (SELECT save_card FROM paid), (SELECT existed FROM journal)""".replace("{SOLD_CREDITS}", SOLD_CREDITS)
+       (SELECT save_card FROM paid), (SELECT existed FROM journal)"""
 
 _FAIL = """
 WITH failed AS (
@@ -352,7 +358,7 @@ class Journal:
             used_elsewhere,
             unnamed_refund,
             refunded_by_another,
-            credits_known,
+            credits_sold,
             decision,
             jpid,
             jverified,
@@ -374,7 +380,7 @@ class Journal:
                 bool(used_elsewhere),
                 Decimal(unnamed_refund) if unnamed_refund is not None else None,
                 UUID(refunded_by_another) if refunded_by_another else None,
-                bool(credits_known),
+                int(credits_sold) if credits_sold is not None else None,
             )
             if status is not None
             else None
@@ -409,12 +415,17 @@ class Journal:
         override: bool = False,
         contradiction: str | None = None,
         seen: str | None = None,
+        credits: int | None = None,
     ) -> Applied:
         """Change the payment as decided and write the journal row, in one statement. `contradiction`: what a
         verified redelivery said against the journal's decided row, kept on it (counted, the last one's text). `seen`:
         the row's version the decision was taken on (`JournalEntry.version`); changed since (a refund's attempt on it,
-        say), the row is left as it is and `journaled` is None."""
+        say), the row is left as it is and `journaled` is None. `credits`: what a grant gives, the payment's credits
+        sold as read under its lock (SOLD_CREDITS): some, or no grant is made."""
+        if action == Action.GRANT and not (credits is not None and credits > 0):
+            raise ValueError("a grant needs the credits the payment sold")
         params: dict[str, Any] = {
+            "credits": credits,
             "txn": txn.hypay_id,
             "id": str(txn.payment_id) if txn.payment_id else None,
             "order_ref": txn.order_ref[:200] or None,

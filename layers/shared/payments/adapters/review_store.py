@@ -120,8 +120,14 @@ class LockedPayment:
     kept_found_forged: bool = False
     # The ledger holds its credits in full (GRANTED_IN_FULL): what completing one granted before needs
     granted_in_full: bool = False
-    # What it sold is known and is some credits (SOLD_CREDITS): what completing it grants
-    credits_known: bool = True
+    # The credits it sold (SOLD_CREDITS), read under its lock: what completing it grants (passed to the grant, never
+    # read again). None when not known.
+    credits_sold: int | None = None
+
+    @property
+    def credits_known(self) -> bool:
+        """What it sold is known, and is some credits."""
+        return self.credits_sold is not None and self.credits_sold > 0
 
     def as_state(self) -> dict[str, Any]:
         """What the audit trail records as `before` / `after`."""
@@ -218,7 +224,7 @@ SELECT p.id::text, p.status, p.review_reason, p.amount::text, p.currency, p.user
            > COALESCE((SELECT max(a.at) FROM public.admin_audit_log a
                         WHERE a.payment_id = p.id AND a.action = 'resolve' AND a.after_state ->> 'status' = 'failed'),
                       '-infinity'::timestamptz),
-       COALESCE({granted_in_full}, false), COALESCE({sold} > 0, false)
+       COALESCE({granted_in_full}, false), {sold}
   FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE""".replace("{granted_in_full}", GRANTED_IN_FULL).replace(
     "{sold}", SOLD_CREDITS
 )
@@ -387,7 +393,7 @@ class ResolveStatements:
         if not rows:
             return None
         (pid, status, reason, amount, currency, user, credits, paid_by, attempted, attempted_at, settled, granted,
-         completed_at, balance, declined_code, kept_found_forged, in_full, known) = rows[0]  # fmt: skip
+         completed_at, balance, declined_code, kept_found_forged, in_full, sold) = rows[0]  # fmt: skip
         return LockedPayment(
             UUID(pid),
             PaymentStatus.from_db(status),
@@ -406,7 +412,7 @@ class ResolveStatements:
             declined_code,
             bool(kept_found_forged),
             bool(in_full),
-            bool(known),
+            int(sold) if sold is not None else None,
         )
 
     def journal_of(self, payment_id: UUID) -> list[JournalRow]:

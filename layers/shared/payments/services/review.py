@@ -821,6 +821,7 @@ class ResolvePayment:
                     previous_status=payment.status,
                     detail=_operator_detail(journal, plan.txn.hypay_id, admin, request.reason),
                     granted_before=payment.granted_before,
+                    credits=payment.credits_sold,
                 )
             elif not statements.fail(payment_id, payment.stored_status):
                 raise Conflict(f"payment {payment_id} changed while it was being resolved; look again")

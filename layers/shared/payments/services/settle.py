@@ -315,6 +315,7 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
             override=decision.override,
             contradiction=decision.contradiction,
             seen=entry.version if entry is not None else None,
+            credits=facts.credits_sold if facts else None,  # read under the payment's lock, with the decision
         )
         first = entry is None or not entry.verified or decision.override
         if first and applied.journaled != decision.verdict:
@@ -346,7 +347,13 @@ class OperatorGrantRefused(QueryError):
 
 
 def settle_by_operator(
-    tx: Transaction, txn: HypTransaction, *, previous_status: PaymentStatus, detail: str, granted_before: bool = False
+    tx: Transaction,
+    txn: HypTransaction,
+    *,
+    previous_status: PaymentStatus,
+    detail: str,
+    credits: int | None,
+    granted_before: bool = False,
 ) -> Settlement:
     """An operator completes a payment with a Hyp transaction they confirmed: the SAME grant statement a
     callback uses (payment completed, one purchase row, the balance raised, the journal row decided `granted`),
@@ -356,6 +363,7 @@ def settle_by_operator(
     Hyp Id held by no other payment); the unique indexes stop a second grant whatever happens. The journal
     row is overwritten (`override`): its earlier `review` decision is history in the audit trail.
 
+    `credits`: what the payment sold, as the caller read it under the payment's lock (SOLD_CREDITS).
     `granted_before`: the payment's credits were granted already (a purchase row the web app wrote while it was
     pending): it is completed by the transaction without a second grant (`Action.BIND`), its credits standing on it.
     """
@@ -366,6 +374,7 @@ def settle_by_operator(
         detail=detail,
         previous_status=previous_status,
         override=True,
+        credits=credits,
     )
     if applied.journaled != Verdict.GRANTED or applied.user_id is None:
         raise OperatorGrantRefused()
