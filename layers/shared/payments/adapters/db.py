@@ -658,15 +658,15 @@ class Database:
     @contextmanager
     def transaction(self, *, read_committed: bool = False) -> Iterator[Transaction]:
         """BEGIN ... COMMIT on the reused connection; ROLLBACK on any error. `read_committed`: as `atomic`'s."""
-        begin = self._begin(read_committed)
         with self._lock:
+            # The time limits are taken once connected (a reconnect may have spent some of the time left)
             try:
                 conn = self._connection()
-                self._execute(conn, begin)
+                self._execute(conn, self._begin(read_committed))
             except _Broken:
                 try:
                     conn = self._connection()
-                    self._execute(conn, begin)
+                    self._execute(conn, self._begin(read_committed))
                 except _Broken as exc:
                     raise DatabaseUnavailable("could not start a database transaction") from exc
             tx = Transaction(self, conn)

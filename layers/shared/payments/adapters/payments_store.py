@@ -316,16 +316,15 @@ class PaymentsStore:
         return bool(rows)
 
     def flag_for_review(self, payment_id: UUID, reason: str) -> bool:
-        """A pending payment goes to needs_review, saying why. False when it was not pending any more."""
-        rows = self.db.run(
-            bind(
-                "UPDATE public.payments SET review_reason = :reason, status = 'needs_review',"
-                " updated_at = now() WHERE id = :id::uuid AND status = 'pending' RETURNING 1",
-                reason=reason,
-                id=str(payment_id),
-            )
+        """A pending payment goes to needs_review, saying why. False when it was not pending any more. A transaction of
+        its own: its lock wait and time are cut to what the invocation has left (a fallback after Hyp answered)."""
+        sql = bind(
+            "UPDATE public.payments SET review_reason = :reason, status = 'needs_review',"
+            " updated_at = now() WHERE id = :id::uuid AND status = 'pending' RETURNING 1",
+            reason=reason,
+            id=str(payment_id),
         )
-        return bool(rows)
+        return bool(self.db.atomic(lambda tx: tx.run(sql)))
 
     def saved_card(self, user_id: UUID) -> SavedCard | None:
         rows = self.db.run(

@@ -577,8 +577,9 @@ class RefundsStore:
     def note_answer(self, refund_id: UUID, message: str) -> bool:
         """Hyp's answer, in words, on a row still attempted (the one statement it takes: no lock on the payment or
         the balance), for when storing the outcome itself failed: a human settles the refund with it. Whether the
-        row took it."""
-        return bool(self.db.run(bind(_NOTE_ANSWER, rid=str(refund_id), message=message[:1000])))
+        row took it. A transaction of its own: its lock wait and time are cut to what the invocation has left."""
+        sql = bind(_NOTE_ANSWER, rid=str(refund_id), message=message[:1000])
+        return bool(self.db.atomic(lambda tx: tx.run(sql)))
 
     # -- after Hyp answered ---------------------------------------------------------------------
 

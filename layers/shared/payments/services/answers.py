@@ -23,8 +23,8 @@ ATTEMPTS = 3
 MARGIN_SECONDS = 1.0
 
 
-# The caller's fallback (one short statement: review naming Hyp's transaction, or its answer in words) is tried with at
-# least this much left; the database cuts its lock wait and time to what is left (Database._begin).
+# The caller's fallback (one short transaction: review naming Hyp's transaction, or its answer in words) is tried with
+# at least this much left; the database cuts its lock wait and time to what is left (Database._begin).
 FALLBACK_SECONDS = 0.25
 
 

@@ -1,0 +1,52 @@
+"""Near the invocation's end a transaction's lock wait and statement time are cut to what is left, taken once
+connected: a reconnect (the connection broken while Hyp was asked; the secret read again, a slow connect) has spent some
+of it (an outside review: the limits were taken before the reconnect, and the transaction outlived the invocation)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ops.lambda_context import LocalLambdaContext
+from payments import deadline
+from payments.adapters.db import ROOM_SECONDS, Database, GuardedConnection, QueryError, parse_database_url
+from tests.support.pg import connect
+
+
+def test_a_reconnect_is_taken_off_the_transactions_time(database_url: str) -> None:
+    parsed = parse_database_url(database_url)
+    asked: list[bool] = []
+
+    def params(refresh: bool) -> Any:
+        asked.append(refresh)
+        if len(asked) > 1:
+            time.sleep(1.5)  # the reconnect: the secret read again, a slow connect
+        return parsed
+
+    db = Database(params, connect=GuardedConnection)
+    db.run("CREATE TABLE IF NOT EXISTS deadline_row (id int PRIMARY KEY)")
+    db.run("INSERT INTO deadline_row VALUES (1) ON CONFLICT DO NOTHING")
+    [[pid]] = db.run("SELECT pg_backend_pid()")
+    holder = connect(database_url)
+    holder.run("BEGIN")
+    holder.run("SELECT * FROM deadline_row WHERE id = 1 FOR UPDATE")  # the web app holds the row
+    holder.run("SELECT pg_terminate_backend(:p)", p=pid)  # the function's connection broke
+    time.sleep(0.1)
+    timeout = 3.0
+    deadline.start(LocalLambdaContext(function_name="f", timeout_seconds=timeout))
+    started = time.monotonic()
+    try:
+        with db.transaction() as tx:
+            tx.run("SELECT * FROM deadline_row WHERE id = 1 FOR UPDATE")
+        outcome = "ok"
+    except QueryError as exc:
+        outcome = str(exc.sqlstate)
+    finally:
+        took = time.monotonic() - started
+        deadline.clear()
+        holder.run("ROLLBACK")
+        holder.close()
+        db.close()
+    # "Not yet" (the lock not granted), with ROOM_SECONDS left for the caller's fallback and answer
+    assert outcome == "55P03" and len(asked) == 2, (outcome, asked)
+    assert took <= timeout - ROOM_SECONDS + 0.1, f"gave up after {took:.2f} s of a {timeout} s invocation"
