@@ -2,32 +2,92 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
+from payments import deadline
 from payments.errors import ConfigurationError, PaymentError
 
-# How long reading a secret may take: boto3's defaults (60 s to connect, 60 s to read, retried) would outlast every
-# function's timeout against an endpoint that accepts and never answers (a VPC endpoint whose security group drops
-# HTTPS, a regional degradation): Lambda would end the invocation before its "not yet" answer and its metrics. One
-# attempt of at most 3 s fits the shortest function (the authorizer, 5 s); a value read is cached (`max_age`).
+# How long reading a secret may take. boto3's defaults (60 s to connect, 60 s for each wait for bytes, retried) would
+# outlast every function's timeout against an endpoint that accepts and never answers, or trickles its answer (a VPC
+# endpoint whose security group drops HTTPS, a regional degradation): Lambda would end the invocation before its
+# "not yet" answer and its metrics. Two attempts (a pooled connection a NAT dropped while idle fails the first at once),
+# each of 1 s to connect and 1.5 s for each wait, within TOTAL_SECONDS in all (and the invocation's time left): the
+# shortest function (the authorizer, 5 s) still answers. A value read is cached (`max_age`).
 CONNECT_TIMEOUT_SECONDS = 1.0
-READ_TIMEOUT_SECONDS = 2.0
+READ_TIMEOUT_SECONDS = 1.5
+TOTAL_SECONDS = 3.0
+# What a read leaves of the invocation near its end (for the "not yet" answer)
+_ROOM_SECONDS = 0.5
+
+
+class _Secrets:
+    """One Secrets Manager provider per execution environment (its client and its cache of values), and when each
+    secret was last asked for (monotonic, before the asking): a value Powertools still has cached is read without a
+    thread; any other read is given TOTAL_SECONDS in all."""
+
+    def __init__(self) -> None:
+        from aws_lambda_powertools.utilities import parameters
+        from botocore.config import Config
+
+        self.provider = parameters.SecretsProvider(
+            boto_config=Config(
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                read_timeout=READ_TIMEOUT_SECONDS,
+                retries={"mode": "standard", "total_max_attempts": 2},
+            )
+        )
+        self.asked: dict[tuple[str, bool], float] = {}
+
+    def get(self, arn: str, *, json_object: bool, max_age: int, refresh: bool) -> Any:
+        transform: Literal["json"] | None = "json" if json_object else None
+        asked = self.asked.get((arn, json_object))
+        if not refresh and asked is not None and time.monotonic() - asked < max_age - 1:
+            return self.provider.get(arn, transform=transform, max_age=max_age)  # cached (asked since, within max_age)
+        started = time.monotonic()
+        value = _within(
+            _time_limit(),
+            lambda: self.provider.get(arn, transform=transform, max_age=max_age, force_fetch=refresh),
+        )
+        self.asked[(arn, json_object)] = started
+        return value
 
 
 @cache
-def _provider() -> Any:
-    """One Secrets Manager provider per execution environment (its client and its cache of values), bounded in time."""
-    from aws_lambda_powertools.utilities import parameters
-    from botocore.config import Config
+def _secrets() -> _Secrets:
+    return _Secrets()
 
-    return parameters.SecretsProvider(
-        boto_config=Config(
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=READ_TIMEOUT_SECONDS,
-            retries={"mode": "standard", "total_max_attempts": 1},
-        )
-    )
+
+def _time_limit() -> float:
+    left = deadline.seconds_left()
+    if left is None:
+        return TOTAL_SECONDS
+    return max(0.1, min(TOTAL_SECONDS, left + deadline.RESERVE_SECONDS - _ROOM_SECONDS))
+
+
+def _within[T](seconds: float, call: Callable[[], T]) -> T:
+    """`call()`'s result within `seconds` in all, or TimeoutError (the call is left to end in its thread: a value
+    it reads later is cached for the next read). botocore's timeouts bound each wait, not the whole answer."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="secret-read", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
+        raise TimeoutError(f"Secrets Manager did not answer within {seconds:g} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def read_secret(
@@ -41,14 +101,14 @@ def read_secret(
 ) -> Any:
     """The secret's value: a JSON object (default) or its raw text.
 
-    `unavailable` is raised (from the cause) when Secrets Manager cannot be read; a malformed secret is
-    a `ConfigurationError`. `what` names the secret in messages; its value never appears.
+    `unavailable` is raised (from the cause) when Secrets Manager cannot be read, or not within TOTAL_SECONDS; a
+    malformed secret is a `ConfigurationError`. `what` names the secret in messages; its value never appears.
     """
     from aws_lambda_powertools.utilities import parameters
 
     try:
-        value = _provider().get(arn, transform="json" if json_object else None, max_age=max_age, force_fetch=refresh)
-    except parameters.exceptions.GetParameterError as exc:
+        value = _secrets().get(arn, json_object=json_object, max_age=max_age, refresh=refresh)
+    except (parameters.exceptions.GetParameterError, TimeoutError) as exc:
         _count_unreadable(what, exc)
         raise unavailable(f"could not read the {what} secret") from exc
     except parameters.exceptions.TransformParameterError:
@@ -77,7 +137,7 @@ def _count_unreadable(what: str, exc: Exception) -> None:
     object reads its namespace from the environment when first imported."""
     from payments.observability import logger, metrics
 
-    cause = exc.__cause__ or exc.__context__
+    cause = exc.__cause__ or exc.__context__ or exc
     response = getattr(cause, "response", None)
     code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
     if code in _FOR_GOOD:
