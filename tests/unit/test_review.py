@@ -123,6 +123,7 @@ def _payment(status: PaymentStatus = PaymentStatus.NEEDS_REVIEW, **changes: obje
         "amount": Money.of("49.90"),
         "user_id": uuid.UUID(int=2),
         "credits": 100,
+        "credits_sold": 100,
         "paid_by": None,
         "charge_attempted": False,
         "charge_attempted_at": None,

@@ -633,17 +633,17 @@ def plan_resolution(
             " grant; complete it with the transaction that paid (no second grant: the credits then stand on it), and"
             " refund that transaction if the money must go back"
         )
-    if payment.granted_before and not payment.granted_in_full:
-        raise Conflict(
-            f"the ledger does not hold payment {payment.id}'s {payment.credits} credits in full (the web app wrote a"
-            " purchase of another amount, or reversed it): completing would leave them so and failing would hide"
-            " them; settle the credits in the web app, or refund the transaction"
-        )
     if request.action == "complete" and not payment.credits_known:
         raise Conflict(
             f"the credits payment {payment.id} sold are not known (it records none, and its pack no longer sells"
             " credits at its price): completing would grant none, or today's catalogue; record them in"
             " payments.credits first, or refund the transaction and resolve fail"
+        )
+    if payment.granted_before and not payment.granted_in_full:
+        raise Conflict(
+            f"the ledger does not hold payment {payment.id}'s {payment.credits_sold} credits in full (the web app"
+            " wrote a purchase of another amount, or reversed it): completing would leave them so and failing would"
+            " hide them; settle the credits in the web app, or refund the transaction"
         )
     if request.action == "fail":
         if payment.status == PaymentStatus.FAILED and not payment.kept_found_forged:
