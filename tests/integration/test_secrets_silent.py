@@ -117,3 +117,49 @@ def test_a_pooled_connection_dropped_while_idle_is_read_again(secrets_manager: C
     # Read again (a login failure's refresh, or the cache expired): Secrets Manager itself is fine
     assert secrets.read_secret(ARN, what="database", unavailable=DatabaseUnavailable, refresh=True) == {"username": "u"}
     assert state["connections"] == 2
+
+
+def _degrading(conn: socket.socket, state: dict) -> None:
+    """Healthy until `state["trickle"]`; then every answer a byte every 1.4 s."""
+    while _request(conn):
+        state["requests"] = state.get("requests", 0) + 1
+        if state.get("trickle"):
+            for i in range(len(ANSWER)):
+                conn.sendall(ANSWER[i : i + 1])
+                time.sleep(1.4)
+        conn.sendall(ANSWER)
+
+
+def test_a_read_near_the_caches_end_leaves_no_later_read_without_a_limit(
+    secrets_manager: Callable[[Callable], dict],
+) -> None:
+    """A read going to Secrets Manager always fetches: one answered from a cache about to expire made the bookkeeping
+    of what is cached outlive Powertools' copy, and a later read then waited on Secrets Manager with no limit (an
+    outside review)."""
+    state = secrets_manager(_degrading)
+    max_age = 3
+
+    def read() -> object:
+        return secrets.read_secret(ARN, what="database", unavailable=DatabaseUnavailable, max_age=max_age)
+
+    assert read() == {"username": "u"}
+    fetched = time.monotonic()
+    [asked] = secrets._secrets().asked.values()
+    time.sleep(max(0.0, asked + 2.1 - time.monotonic()))  # in the cache's last second
+    assert read() == {"username": "u"}
+    state["trickle"] = True  # Secrets Manager degrades
+    time.sleep(max(0.0, fetched + 3.2 - time.monotonic()))
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(_outcome(read)), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(8)
+    took = time.monotonic() - started
+    assert not worker.is_alive() and took < secrets.TOTAL_SECONDS + 0.5, f"still reading after {took:.1f} s"
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except DatabaseUnavailable as exc:
+        return exc

@@ -50,7 +50,9 @@ class _Secrets:
         started = time.monotonic()
         value = _within(
             _time_limit(),
-            lambda: self.provider.get(arn, transform=transform, max_age=max_age, force_fetch=refresh),
+            # Always from Secrets Manager: what Powertools then caches is at least as fresh as `asked` says (a read
+            # Powertools answered from a cache about to expire would make the bookkeeping outlive it)
+            lambda: self.provider.get(arn, transform=transform, max_age=max_age, force_fetch=True),
         )
         self.asked[(arn, json_object)] = started
         return value
