@@ -24,7 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from uuid import UUID
 
 import pg8000.native
+from pg8000 import converters
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from payments import deadline
 from payments.adapters.secrets import read_secret
-from payments.errors import ConfigurationError, DatabaseUnavailable, PaymentError
+from payments.domain.money import Currency, Money
+from payments.errors import ConfigurationError, DatabaseUnavailable, InvalidRequest, PaymentError
 from payments.records import Record
 from payments.settings import DatabaseSettings, SslMode, database_settings
 
@@ -84,6 +86,17 @@ class QueryError(PaymentError):
         pass: connection (08), resources (53), an object in use or a lock timeout (55), an operator's
         intervention (57), a system error (58)."""
         return not self.retryable and (self.sqlstate or "")[:2] not in _PASSING_CLASSES
+
+
+def stored_money(amount: Any, currency: Any = "ILS") -> Money:
+    """A money column as the database holds it. One no Money can be (numeric holds 'NaN'; a column of the web app's
+    may hold more decimals) is bad data of ours, never the caller's bad request: a QueryError refused for good
+    (SQLSTATE 22000), which a caller treats as the database refusing a statement (a callback is kept and alarmed,
+    a request answered "not yet")."""
+    try:
+        return Money.of(Decimal(amount), Currency(currency))
+    except (InvalidRequest, ArithmeticError, ValueError):
+        raise QueryError("a stored amount is not an amount of money (NaN, or more than 2 decimals)", "22000") from None
 
 
 class ConnectionParams(Record):
@@ -376,6 +389,14 @@ class GuardedConnection(pg8000.native.Connection):
     ask for) never sends the password, so it is answered on any connection (with TLS channel binding when offered).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A timestamp Python cannot hold ('infinity', '-infinity', a year past 9999: the web app's columns may hold
+        # them) is read as the latest or earliest datetime, never as the text pg8000 hands over in its place (code
+        # formatting or comparing it would fail: a 500 for a row, not for a request).
+        self.register_in_adapter(_TIMESTAMPTZ_OID, _bounded(converters.timestamptz_in, aware=True))
+        self.register_in_adapter(_TIMESTAMP_OID, _bounded(converters.timestamp_in, aware=False))
+
     def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
         method = int.from_bytes(data[:4], "big")
         if method in (_AUTH_CLEARTEXT, _AUTH_MD5) and not _tls_verified(self._usock):
@@ -387,6 +408,25 @@ class GuardedConnection(pg8000.native.Connection):
         if method in (_AUTH_CLEARTEXT, _AUTH_MD5, _AUTH_SASL) and self.password is None:
             raise DatabaseUnavailable("the database server asks for a password and none is configured")
         super().handle_AUTHENTICATION_REQUEST(data, context)
+
+
+_TIMESTAMP_OID = 1114
+_TIMESTAMPTZ_OID = 1184
+
+
+def _bounded(read: Callable[[str], Any], *, aware: bool) -> Callable[[str], Any]:
+    """pg8000's reading of a timestamp, with what it leaves as text (infinities, years past 9999) as a datetime."""
+    latest, earliest = datetime.max, datetime.min
+    if aware:
+        latest, earliest = latest.replace(tzinfo=UTC), earliest.replace(tzinfo=UTC)
+
+    def bounded(data: str) -> Any:
+        value = read(data)
+        if isinstance(value, str):
+            return earliest if value.startswith("-") or value.endswith(" BC") else latest
+        return value
+
+    return bounded
 
 
 def _server_error(exc: BaseException) -> DatabaseError | None:

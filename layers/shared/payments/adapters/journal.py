@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
-from payments.adapters.db import Rows, bind
-from payments.domain.money import Currency, Money
+from payments.adapters.db import Rows, bind, stored_money
+from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
 from payments.records import Record
 
@@ -373,7 +373,7 @@ class Journal:
         facts = (
             PaymentFacts(
                 PaymentStatus.from_db(status),
-                Money.of(Decimal(amount), Currency(currency)),
+                stored_money(amount, currency),
                 UUID(user),
                 stored_txn,
                 bool(granted_before),

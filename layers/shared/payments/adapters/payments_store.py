@@ -8,8 +8,8 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
-from payments.adapters.db import Database, QueryError, Transaction, bind
-from payments.domain.money import Currency, Money
+from payments.adapters.db import Database, QueryError, Transaction, bind, stored_money
+from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
 from payments.records import Record
 
@@ -98,7 +98,7 @@ def _payment(row: list[Any]) -> Payment:
         UUID(pid),
         UUID(user),
         PaymentStatus.from_db(status),
-        Money.of(Decimal(amount), Currency(currency)),
+        stored_money(amount, currency),
         credits,
         UUID(pack) if pack else None,
         url,
@@ -119,7 +119,7 @@ def _opened(row: list[Any]) -> OpenedPayment:
         message,
         UUID(pack_id) if pack_id else None,
         bool(saved),
-        Money.of(Decimal(amount), Currency(currency)),
+        stored_money(amount, currency),
         credits,
     )
 

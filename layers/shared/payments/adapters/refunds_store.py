@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from payments.adapters.db import Database, Transaction, bind
+from payments.adapters.db import Database, Transaction, bind, stored_money
 from payments.adapters.journal import SPELLINGS, Journal
 from payments.domain import hypay as protocol
 from payments.domain.money import Currency, Money
@@ -342,7 +342,7 @@ def _row(values: list[Any]) -> RefundRow:
         UUID(pid),
         orig,
         Method(method),
-        Money.of(Decimal(amount), Currency(currency)),
+        stored_money(amount, currency),
         RefundStatus(status),
         hyp,
         ccode,
@@ -362,7 +362,7 @@ def _before(target: Target, attempted: RefundRow) -> Money | None:
 
 
 def _money(text: str, currency: Currency) -> Money:
-    return Money.of(Decimal(text), currency)
+    return stored_money(text, currency)
 
 
 _UNSETTLED = (RefundStatus.ATTEMPTED, RefundStatus.UNKNOWN)

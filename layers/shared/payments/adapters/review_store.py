@@ -10,16 +10,18 @@ Resolving locks the payment (`FOR UPDATE`) and reads what the decision needs in 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
-from payments.adapters.db import Rows, bind
+from payments.adapters.db import Rows, bind, stored_money
 from payments.adapters.journal import GRANTED_IN_FULL, SOLD_CREDITS, SPELLINGS
 from payments.domain.money import Currency, Money
 from payments.domain.payment import PaymentStatus
+from payments.errors import InvalidRequest
 
 
 class Runner(Protocol):
@@ -148,14 +150,14 @@ class LockedPayment:
 
 _QUEUE = """
 WITH items AS (
-    SELECT 'payment'::text AS kind, 'p:' || p.id::text AS key, p.created_at AS since, p.id AS payment_id,
+    SELECT 'payment'::text AS kind, 'p:' || p.id::text AS key, {since(p.created_at)} AS since, p.id AS payment_id,
            NULL::text AS hypay_id, NULL::text AS decision, NULL::text AS detail, p.amount::text AS amount,
            p.currency AS currency, NULL::text AS source, NULL::integer AS ccode, NULL::text AS order_ref,
            NULL::integer AS deliveries, NULL::timestamptz AS last_seen
       FROM public.payments p
      WHERE p.status = 'needs_review'
     UNION ALL
-    SELECT 'journal', 'j:' || t.hypay_id, t.first_seen, t.payment_id, t.hypay_id, t.decision, t.detail,
+    SELECT 'journal', 'j:' || t.hypay_id, {since(t.first_seen)}, t.payment_id, t.hypay_id, t.decision, t.detail,
            t.amount::text, t.currency, t.source, t.ccode, t.order_ref, t.deliveries, t.last_seen
       FROM public.hypay_transactions t
       LEFT JOIN public.payments p ON p.id = t.payment_id
@@ -186,7 +188,7 @@ WITH items AS (
                       WHERE r.original_hypay_id = t.hypay_id AND r.status = 'succeeded'), 0) < COALESCE(t.amount, 1)
     UNION ALL
     -- a refund whose answer was lost (or never stored): it may have moved money
-    SELECT 'refund', 'r:' || r.id::text, r.created_at, r.payment_id, r.original_hypay_id, r.status,
+    SELECT 'refund', 'r:' || r.id::text, {since(r.created_at)}, r.payment_id, r.original_hypay_id, r.status,
            'refund outcome unknown: ' || COALESCE(r.message, 'no answer stored'), r.amount::text, r.currency,
            r.method, r.ccode, NULL, NULL, NULL
       FROM public.refunds r
@@ -203,6 +205,9 @@ SELECT i.kind, i.key, to_char(i.since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:
  WHERE :after_since::timestamptz IS NULL OR (i.since, i.key) > (:after_since::timestamptz, :after_key::text)
  ORDER BY i.since, i.key
  LIMIT :limit""".replace("{granted_in_full}", GRANTED_IN_FULL)
+# An item's `since` within what a timestamp and its age in seconds can be (the web app's columns may hold an infinity):
+# the earliest as the Unix epoch (its age then alarms), a future one as now.
+_QUEUE = re.sub(r"\{since\(([a-z_.]+)\)\}", r"LEAST(GREATEST(\1, 'epoch'::timestamptz), now())", _QUEUE)
 
 _JOURNAL_COLUMNS = (
     "hypay_id, payment_id::text, decision, detail, ccode, amount::text, currency, source, verified, order_ref,"
@@ -236,12 +241,18 @@ RETURNING 1"""
 
 
 def _money(amount: str | None, currency: str | None) -> tuple[Money | None, bool]:
+    """A journal row's or queue item's amount, for showing: None when it is no amount of money (the web app's data; an
+    item is listed whatever it holds), its currency unknown (False) when not one we sell in."""
     if amount is None:
         return None, True
     try:
         return Money.of(Decimal(amount), Currency(currency or "ILS")), currency is not None
     except ValueError:
+        pass
+    try:
         return Money.of(Decimal(amount)), False
+    except (InvalidRequest, ArithmeticError, ValueError):
+        return None, False
 
 
 def _journal_row(row: list[Any]) -> JournalRow:
@@ -399,7 +410,7 @@ class ResolveStatements:
             PaymentStatus.from_db(status),
             status,
             reason,
-            Money.of(Decimal(amount), Currency(currency)),
+            stored_money(amount, currency),
             UUID(user),
             credits,
             paid_by,
