@@ -54,7 +54,10 @@ def choose_method(
     zone = israel()
     if zone is None or amount != original or reserved.minor != 0:
         return Method.REFUND
-    made, today = original_at.astimezone(zone), now.astimezone(zone)
+    try:
+        made, today = original_at.astimezone(zone), now.astimezone(zone)
+    except OverflowError:  # a stored time at the ends of what Python holds (an infinity the web app wrote): not today
+        return Method.REFUND
     if made.date() == today.date() and today.hour < cancel_until_hour:
         return Method.CANCEL
     return Method.REFUND
