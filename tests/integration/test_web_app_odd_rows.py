@@ -6,6 +6,7 @@ a 400 and a lost transaction, a 500 and a queue answering 503 for as long as the
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import pytest
@@ -71,3 +72,45 @@ def test_the_review_queue_lists_a_payment_created_at_an_infinity(env: Env, since
     answer = queue()
     assert answer.status == 200, answer.body
     assert f"p:{pid}" in [i["id"] for i in answer.json["items"]]
+
+
+def _held_since(env: Env, created_at: str) -> str:
+    pid = str(uuid.uuid4())
+    env.rows(
+        "INSERT INTO payments (id, user_id, credit_pack_id, amount, status, credits, review_reason, created_at)"
+        f" VALUES (:p::uuid, :u::uuid, :k::uuid, 49.90, 'needs_review', 100, 'web app flagged', {created_at})",  # noqa: S608
+        p=pid,
+        u=DEMO_USER_ID,
+        k=STARTER,
+    )
+    return pid
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("created_at", ["'infinity'", "now() + interval '1 hour'"], ids=["infinity", "future"])
+def test_paging_lists_every_item_held_since_a_future_time_once(env: Env, created_at: str) -> None:
+    """An item's `since` is the same from one page to the next (a bound of now() moved with every statement: the
+    cursor found the same item again, the next was never listed, an outside review)."""
+    held = {f"p:{_held_since(env, created_at)}" for _ in range(2)}
+    seen: list[str] = []
+    query = "limit=1"
+    for _ in range(6):
+        answer = queue(query)
+        assert answer.status == 200, answer.body
+        seen += [i["id"] for i in answer.json["items"]]
+        if answer.json["next"] is None:
+            break
+        query = f"limit=1&after={answer.json['next']}"
+    assert sorted(seen) == sorted(held), seen
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_filtered_page_ends_whatever_the_items_times(env: Env) -> None:
+    for _ in range(101):  # more than one internal batch of items
+        _held_since(env, "'infinity'")
+    answers: list = []
+    worker = threading.Thread(target=lambda: answers.append(queue("reason=second_charge&limit=1")), daemon=True)
+    worker.start()
+    worker.join(25)  # the function's own timeout is 20 s
+    assert not worker.is_alive(), "the filtered queue was still being read after 25 s"
+    assert answers[0].status == 200 and answers[0].json["items"] == [], answers[0].body

@@ -206,8 +206,13 @@ SELECT i.kind, i.key, to_char(i.since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:
  ORDER BY i.since, i.key
  LIMIT :limit""".replace("{granted_in_full}", GRANTED_IN_FULL)
 # An item's `since` within what a timestamp and its age in seconds can be (the web app's columns may hold an infinity):
-# the earliest as the Unix epoch (its age then alarms), a future one as now.
-_QUEUE = re.sub(r"\{since\(([a-z_.]+)\)\}", r"LEAST(GREATEST(\1, 'epoch'::timestamptz), now())", _QUEUE)
+# the earliest as the Unix epoch (its age then alarms), the latest as the last instant of year 9999 (its age 0). Fixed
+# bounds, never now(): the pages' cursor is the item's `since`, which must be the same from one statement to the next.
+_QUEUE = re.sub(
+    r"\{since\(([a-z_.]+)\)\}",
+    r"LEAST(GREATEST(\1, 'epoch'::timestamptz), '9999-12-31 23:59:59.999999+00'::timestamptz)",
+    _QUEUE,
+)
 
 _JOURNAL_COLUMNS = (
     "hypay_id, payment_id::text, decision, detail, ccode, amount::text, currency, source, verified, order_ref,"
