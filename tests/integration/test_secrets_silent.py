@@ -18,6 +18,7 @@ import pytest
 
 from payments.adapters import secrets
 from payments.errors import DatabaseUnavailable
+from tests.unit.test_hypay_whole_answer import _read_request
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:payments/test/database-AbCdEf"
 BODY = json.dumps({"ARN": ARN, "Name": "n", "SecretString": json.dumps({"username": "u"}), "VersionId": "v"}).encode()
@@ -27,35 +28,20 @@ ANSWER = (
 ) + BODY
 
 
-def _request(conn: socket.socket) -> bool:
-    """Read one HTTP request; False when the client closed the connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return False
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lengths = [int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
-    while len(rest) < (lengths[0] if lengths else 0):
-        rest += conn.recv(65536)
-    return True
-
-
 def _silent(conn: socket.socket, state: dict) -> None:
-    _request(conn)
+    _read_request(conn)
     time.sleep(30)
 
 
 def _trickling(conn: socket.socket, state: dict) -> None:
-    _request(conn)
+    _read_request(conn)
     for i in range(len(ANSWER)):  # a byte every 1.5 s: each wait is shorter than botocore's read timeout
         conn.sendall(ANSWER[i : i + 1])
         time.sleep(1.5)
 
 
 def _healthy(conn: socket.socket, state: dict) -> None:
-    while _request(conn):
+    while _read_request(conn):
         if state.pop("drop_idle", False):  # the pooled connection is gone at the NAT: reset on its next use
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             break
@@ -121,7 +107,7 @@ def test_a_pooled_connection_dropped_while_idle_is_read_again(secrets_manager: C
 
 def _degrading(conn: socket.socket, state: dict) -> None:
     """Healthy until `state["trickle"]`; then every answer a byte every 1.4 s."""
-    while _request(conn):
+    while _read_request(conn):
         state["requests"] = state.get("requests", 0) + 1
         if state.get("trickle"):
             for i in range(len(ANSWER)):
