@@ -316,29 +316,34 @@ def test_resolve_complete_of_a_lost_saved_card_charge_under_every_fault(
 class Refuser(DatabaseFaults):
     """At point `at` (a statement), the database refuses it for good (SQLSTATE 22003, numeric value out of range, as a
     balance leaving the integer range would): it, and every later send of the same statement in that invocation, is
-    refused without running. The retries after it run on a fixed database (the fix deployed)."""
+    refused without running. A transaction's BEGIN or COMMIT refused stands for that transaction refused (a deferred
+    constraint at its commit, say): it alone, not every later transaction of the invocation (another transaction's
+    BEGIN is not the same statement: its fallback's, say). The retries after it run on a fixed database (the fix
+    deployed)."""
 
     refused_label: str | None = None
     refused_after: Point | None = None  # the point just before the refused one
+    refused_again: bool = False  # its later sends are refused too (not a BEGIN or a COMMIT)
 
     def _statement(self, conn: Any, sql: str, run: Any) -> Any:
         if not self.armed:
             return run()
         label = sql_label(sql)
-        if self.refused_label is not None and label == self.refused_label and self.fault == "refused":
+        if self.refused_again and label == self.refused_label and self.fault == "refused":
             self._point(Point("db", label))
             raise DatabaseError({"S": "ERROR", "C": "22003", "M": "integer out of range"})
         if self.fault == "refused" and len(self.trace) == self.at:
             self.refused_after = self.trace[-1] if self.trace else None
             self._point(Point("db", label))
             self.refused_label = label
+            self.refused_again = not label.startswith(("BEGIN", "COMMIT"))
             raise DatabaseError({"S": "ERROR", "C": "22003", "M": "integer out of range"})
         self._point(Point("db", label))
         return run()
 
     @contextmanager
     def invocation(self, at: int | None = None, fault: str | None = None) -> Iterator[None]:
-        self.refused_label, self.refused_after = None, None
+        self.refused_label, self.refused_after, self.refused_again = None, None, False
         with super().invocation(at, fault):
             yield
 
