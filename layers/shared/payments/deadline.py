@@ -37,3 +37,10 @@ def clear() -> None:
 def seconds_left() -> float | None:
     """Seconds until the invocation's deadline (may be negative), None without one."""
     return None if _deadline is None else _deadline - time.monotonic()
+
+
+def until_the_end() -> float | None:
+    """Seconds until Lambda ends the invocation (its deadline and the reserve after it), None without a deadline: what
+    the work after the last call (storing its answer, a fallback) has left."""
+    left = seconds_left()
+    return None if left is None else left + RESERVE_SECONDS

@@ -687,9 +687,9 @@ class Database:
         ROOM_SECONDS of the invocation for that fallback and the answer, and waits for a lock at most half of what it
         may take."""
         lock_ms, statement_ms = self._lock_ms, self._statement_ms
-        left = deadline.seconds_left()
+        left = deadline.until_the_end()
         if left is not None:
-            budget_ms = int((left + deadline.RESERVE_SECONDS - ROOM_SECONDS) * 1000)
+            budget_ms = int((left - ROOM_SECONDS) * 1000)
             lock_ms = max(_SHORTEST_MS, min(lock_ms, budget_ms // 2))
             statement_ms = max(lock_ms + _SHORTEST_MS, min(statement_ms, budget_ms))
         begin = "BEGIN ISOLATION LEVEL READ COMMITTED;" if read_committed else "BEGIN;"

@@ -64,10 +64,10 @@ def _secrets() -> _Secrets:
 
 
 def _time_limit() -> float:
-    left = deadline.seconds_left()
+    left = deadline.until_the_end()
     if left is None:
         return TOTAL_SECONDS
-    return max(0.1, min(TOTAL_SECONDS, left + deadline.RESERVE_SECONDS - _ROOM_SECONDS))
+    return max(0.1, min(TOTAL_SECONDS, left - _ROOM_SECONDS))
 
 
 def _within[T](seconds: float, call: Callable[[], T]) -> T:

@@ -31,14 +31,14 @@ FALLBACK_SECONDS = 0.25
 def time_for_another() -> bool:
     """Whether the invocation has time left for another attempt at storing (always, outside an invocation): one that
     leaves MARGIN_SECONDS, enough for the fallback after it."""
-    left = deadline.seconds_left()
-    return left is None or left + deadline.RESERVE_SECONDS > MARGIN_SECONDS
+    left = deadline.until_the_end()
+    return left is None or left > MARGIN_SECONDS
 
 
 def time_for_the_fallback() -> bool:
     """Whether the invocation has time left for the caller's fallback (always, outside an invocation)."""
-    left = deadline.seconds_left()
-    return left is None or left + deadline.RESERVE_SECONDS > FALLBACK_SECONDS
+    left = deadline.until_the_end()
+    return left is None or left > FALLBACK_SECONDS
 
 
 def store_answer[T](store_it: Callable[[], T]) -> T:
