@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -21,17 +22,15 @@ from tests.support.payments import CREATE, CVV, PRO, Env
 from tests.support.pg import connect
 
 
-@pytest.mark.parametrize(
-    "held",
-    [
-        "SELECT credits FROM profiles WHERE id = :u::uuid FOR UPDATE",  # storing waits; the fallback does not
-        "SELECT 1 FROM payments WHERE idempotency_key LIKE '%:late' AND :u::uuid IS NOT NULL FOR UPDATE",  # both wait
-    ],
-    ids=["profile-row", "payment-row"],
-)
-def test_hyps_late_answer_is_stored_before_the_invocation_ends(
-    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch, held: str
-) -> None:
+PAYMENT_ROW = "SELECT 1 FROM payments WHERE idempotency_key LIKE '%:late' AND :u::uuid IS NOT NULL FOR UPDATE"
+
+
+def _charge_while_held(
+    env: Env, monkeypatch: pytest.MonkeyPatch, held: str, answer: Callable[[], None]
+) -> tuple[dict, float]:
+    """A saved-card charge in an invocation of 3.1 s (HYPAY_TIMEOUT 1 s: asked after < 0.1 s of work), while the web
+    app runs `held` in a transaction from the moment the charge is marked, for 4 s. `answer()` sets Hyp's answer on
+    the simulator (after a warm-up charge). The answer, and how long the invocation took."""
     monkeypatch.setenv("HYPAY_TIMEOUT", "1")
     from payments.settings import hypay_settings
 
@@ -55,6 +54,7 @@ def test_hyps_late_answer_is_stored_before_the_invocation_ends(
         return result, time.monotonic() - started
 
     charge("warm-up", 20)  # a warm execution environment
+    answer()
 
     def web_app_holds_the_row() -> None:  # from when the charge is marked, for 4 s
         conn = connect(env.url)
@@ -70,13 +70,30 @@ def test_hyps_late_answer_is_stored_before_the_invocation_ends(
 
     holder = threading.Thread(target=web_app_holds_the_row)
     holder.start()
-    env.sim.faults.add("soft", "latency", times=1, seconds=0.95)  # Hyp answers just within its timeout
-    timeout = 3.1  # the charge needs HYPAY_TIMEOUT + the reserve (3 s) left: asked after < 0.1 s of work
-    result, took = charge("late", timeout)
-    holder.join()
+    try:
+        return charge("late", TIMEOUT)
+    finally:
+        holder.join()
+
+
+TIMEOUT = 3.1  # the charge needs HYPAY_TIMEOUT + the reserve (3 s) left
+
+
+@pytest.mark.parametrize(
+    "held",
+    ["SELECT credits FROM profiles WHERE id = :u::uuid FOR UPDATE", PAYMENT_ROW],  # storing waits; the fallback too
+    ids=["profile-row", "payment-row"],
+)
+def test_hyps_late_answer_is_stored_before_the_invocation_ends(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    def answer() -> None:  # Hyp answers just within its timeout
+        env.sim.faults.add("soft", "latency", times=1, seconds=0.95)
+
+    result, took = _charge_while_held(env, monkeypatch, held, answer)
     assert env.sim.calls.count("soft") == 2  # Hyp charged the card
     # Answered before Lambda would end it ("being confirmed", or the stored outcome)
-    assert took <= timeout, f"answered after {took:.2f} s: Lambda ends the invocation at {timeout} s"
+    assert took <= TIMEOUT, f"answered after {took:.2f} s: Lambda ends the invocation at {TIMEOUT} s"
     assert result["statusCode"] in (201, 202), result
     [[status, hyp_id, reason, attempted]] = env.rows(
         "SELECT status, hypay_transaction_id, review_reason, charge_attempt_id IS NOT NULL FROM payments"
@@ -94,3 +111,33 @@ def test_hyps_late_answer_is_stored_before_the_invocation_ends(
         # The web app held the payment's own row past the invocation: nothing could be written to it; its charge
         # attempt mark (written before Hyp was asked) keeps it for the cleanup's review, never charged again
         assert (status, attempted) == ("pending", True), (status, hyp_id, reason)
+
+
+@pytest.mark.parametrize("ccode", [4, 300], ids=["declined-without-id", "refused"])
+def test_a_decline_without_an_id_is_stored_or_left_marked_before_the_invocation_ends(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch, ccode: int
+) -> None:
+    """Hyp declines with a CCode and no Id, or refuses (a code neither a decline nor ours): the payment is failed by
+    an update of its own row. That update was an autocommit statement, without the limits a transaction takes near
+    the invocation's end: with the web app holding the row it waited the query timeout (10 s), and again on a new
+    connection, long after Lambda would have ended the invocation (an outside review)."""
+    take = env.sim.faults.take
+
+    def slow_take(action: str) -> object:  # Hyp answers after 0.3 s: the web app holds the row by then
+        rule = take(action)
+        if action == "soft" and rule is not None:
+            time.sleep(0.3)
+        return rule
+
+    def answer() -> None:
+        env.sim.faults.add("soft", "ccode", times=1, ccode=ccode)  # CCode only, no Id
+        monkeypatch.setattr(env.sim.faults, "take", slow_take)
+
+    result, took = _charge_while_held(env, monkeypatch, PAYMENT_ROW, answer)
+    assert took <= TIMEOUT, f"answered after {took:.2f} s: Lambda ends the invocation at {TIMEOUT} s ({result})"
+    # Nothing could be written to the held row: still marked (the cleanup's review), never charged again
+    [[status, attempted]] = env.rows(
+        "SELECT status, charge_attempt_id IS NOT NULL FROM payments WHERE idempotency_key LIKE '%:late'"
+    )
+    assert (status, attempted) == ("pending", True)
+    assert result["statusCode"] in (202, 503), result

@@ -582,6 +582,7 @@ class HypayClient:
         `GatewayUnavailable` when the answer was lost: the refund may exist.
         """
         creds = self._reversal_credentials()
+        _reversible(transaction_id)
         params = {
             "action": "zikoyAPI",
             "Masof": creds.masof,
@@ -607,6 +608,7 @@ class HypayClient:
         cancelled (already transmitted, or no such transaction): nothing moved, a refund may follow.
         """
         creds = self._reversal_credentials()
+        _reversible(transaction_id)
         params = {"action": "CancelTrans", "Masof": creds.masof, "PassP": creds.passp, "TransId": transaction_id}
         answer = self._reversal_call("CancelTrans", params)
         protocol.raise_for_ccode(answer, "cancel")
@@ -660,6 +662,13 @@ class Reversal(Record):
     transaction_id: str | None
     approval_code: str
     original_id: str
+
+
+def _reversible(transaction_id: str) -> None:
+    """Only a Hyp transaction id is ever sent as the transaction to reverse: whatever a caller passes, nothing else
+    reaches Hyp (`GatewayNotAsked`: nothing moved)."""
+    if protocol.hyp_id(transaction_id) is None:
+        raise GatewayNotAsked("Hypay not asked: the transaction to reverse is not a Hyp transaction id")
 
 
 def _charge_from(answer: protocol.Answer) -> Charge:

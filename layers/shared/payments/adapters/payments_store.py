@@ -303,17 +303,16 @@ class PaymentsStore:
         return _payment(rows[0]) if rows else None
 
     def mark_failed(self, payment_id: UUID, *, ccode: int | None, message: str | None) -> bool:
-        """pending -> failed with Hyp's code and message; False when it was not pending any more."""
-        rows = self.db.run(
-            bind(
-                "UPDATE public.payments SET status = 'failed', hypay_ccode = :ccode, hypay_message = :message,"
-                " updated_at = now() WHERE id = :id::uuid AND status = 'pending' RETURNING 1",
-                ccode=ccode,
-                message=message,
-                id=str(payment_id),
-            )
+        """pending -> failed with Hyp's code and message; False when it was not pending any more. A transaction of its
+        own: its lock wait and time are cut to what the invocation has left (Hyp's answer, stored after the call)."""
+        sql = bind(
+            "UPDATE public.payments SET status = 'failed', hypay_ccode = :ccode, hypay_message = :message,"
+            " updated_at = now() WHERE id = :id::uuid AND status = 'pending' RETURNING 1",
+            ccode=ccode,
+            message=message,
+            id=str(payment_id),
         )
-        return bool(rows)
+        return bool(self.db.atomic(lambda tx: tx.run(sql)))
 
     def flag_for_review(self, payment_id: UUID, reason: str) -> bool:
         """A pending payment goes to needs_review, saying why. False when it was not pending any more. A transaction of

@@ -401,6 +401,15 @@ class RefundsStore:
             raise NoSuchPayment(str(payment_id))
         status, user, amount, currency, paying_id, paid_at, charge_attempted_at, declined_code = rows[0]
         payment_currency = Currency(currency)
+        if paying_id is not None and protocol.hyp_id(paying_id) is None:
+            # The web app wrote something that is no Hyp transaction id (`abc`, ` 12`, `1e3`): never sent to Hyp,
+            # never taken for this payment's transaction. The operator names the one to refund, checked as any other.
+            if planning and hypay_id is None:
+                raise NotRefundable(
+                    "the payment's stored Hyp transaction id is not one (1 to 20 ASCII digits): name the transaction"
+                    " to refund (hypay_id)"
+                )
+            paying_id = None
         # The payment's own Id as the journal spells its number, else as Hyp writes it (no leading zero: the web app
         # may have written some): what Hyp is asked about, and what the journal's row and refunds are found by.
         txn = (
@@ -564,11 +573,14 @@ class RefundsStore:
         return self.db.atomic(work, retry_on=(UNIQUE_VIOLATION,))
 
     def switch_to_refund(self, refund_id: UUID, message: str) -> RefundRow | None:
-        """CancelTrans was refused (nothing moved): the same attempted row goes on as a zikoyAPI refund."""
-        rows = self.db.run(bind(_SWITCH, rid=str(refund_id), message=message[:500]))
+        """CancelTrans was refused (nothing moved): the same attempted row goes on as a zikoyAPI refund. A transaction
+        of its own: its lock wait and time are cut to what the invocation has left (Hyp's answer, stored after the
+        call)."""
+        sql = bind(_SWITCH, rid=str(refund_id), message=message[:500])
+        rows = self.db.atomic(lambda tx: tx.run(sql))
         if rows:
             return _row(rows[0])
-        # `run` sends the statement again when the connection broke after it: the first send may have switched it
+        # `atomic` runs it again when the connection broke at its COMMIT: the first run may have switched it
         current = self.get(refund_id)
         if current is not None and current.status == RefundStatus.ATTEMPTED and current.method == Method.REFUND:
             return current

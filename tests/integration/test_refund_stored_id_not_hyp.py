@@ -1,0 +1,91 @@
+"""A refund reads the payment's Hyp transaction id from the payments row, a column the web app writes. Every other Id
+(callbacks, charge answers, an operator's hypay_id) must be a Hyp transaction id (1 to 20 ASCII digits, not all
+zeros); this one was sent as it was: `abc`, a padded number or a 30-digit one went verbatim into CancelTrans and then
+zikoyAPI, answered 502 with a final 'refused' row written (an outside review). Such an Id is never sent and never
+taken for the payment's transaction: the refund is refused (409) before anything is written, and the operator names
+the transaction to refund."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+
+from ops.seed import DEMO_USER_ID
+from payments.adapters import hypay
+from payments.domain.money import Money
+from payments.errors import GatewayNotAsked
+from tests.integration.test_review import ALICE
+from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
+from tests.support.api import invoke
+from tests.support.payments import STARTER, Env
+
+NOT_HYP_IDS = ["abc", " 12", "12788261 ", "\u0661\u0662\u0663", "1" * 30, "1e3", "0"]
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+    """Every request the Hyp client sends, as its fields."""
+    seen: list[dict[str, str]] = []
+    real = hypay._opener()
+
+    class Recording:
+        def open(self, request: Any, timeout: float) -> Any:
+            seen.append(dict(parse_qsl(request.data.decode(), keep_blank_values=True)))
+            return real.open(request, timeout=timeout)
+
+    monkeypatch.setattr(hypay, "_opener", lambda: Recording())
+    return seen
+
+
+def _reversals(sent: list[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(r["action"], r.get("TransId", "")) for r in sent if r.get("action") in ("CancelTrans", "zikoyAPI")]
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("web_app_id", NOT_HYP_IDS)
+@pytest.mark.parametrize("named", [False, True], ids=["unnamed", "named-by-the-operator"])
+def test_a_stored_id_that_is_no_hyp_id_never_reaches_hyp(
+    env: Env, sent: list[dict[str, str]], web_app_id: str, named: bool
+) -> None:
+    pid = str(uuid.uuid4())
+    env.rows(
+        "INSERT INTO payments (id, user_id, credit_pack_id, amount, status, credits, hypay_transaction_id,"
+        " idempotency_key, completed_at) VALUES (:p::uuid, :u::uuid, :k::uuid, 49.90, 'completed', 100, :h, :i, now())",
+        p=pid,
+        u=DEMO_USER_ID,
+        k=STARTER,
+        h=web_app_id,
+        i=f"web-{pid}",
+    )
+    # Named: a number the stored text spells, with a space, as a Hyp Id; still not a transaction of this payment
+    body = {"reason": "customer asked", **({"hypay_id": "12788261"} if named else {})}
+    answer = invoke(
+        "AdminFunction",
+        "POST",
+        f"/admin/payments/{pid}/refund",
+        body=body,
+        headers={"Authorization": f"Bearer {ALICE}", "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert _reversals(sent) == [], answer.status
+    assert answer.status == 409, answer.body
+    assert answer.headers["content-type"] == "application/problem+json"
+    if not named:  # says what to do, without echoing what the row holds
+        assert answer.json["detail"].endswith("name the transaction to refund (hypay_id)"), answer.json
+    assert env.rows("SELECT count(*) FROM refunds WHERE payment_id = :p::uuid", p=pid) == [[0]]
+    assert env.rows("SELECT count(*) FROM admin_audit_log WHERE payment_id = :p::uuid", p=pid) == [[0]]
+
+
+@pytest.mark.parametrize("transaction_id", NOT_HYP_IDS)
+def test_the_client_never_sends_a_reversal_of_what_is_no_hyp_id(
+    env: Env, sent: list[dict[str, str]], transaction_id: str
+) -> None:
+    """The client's own guard, whatever a caller passes: not asked, nothing moved."""
+    client = hypay.HypayClient.from_settings()
+    with pytest.raises(GatewayNotAsked):
+        client.cancel(transaction_id)
+    with pytest.raises(GatewayNotAsked):
+        client.refund(transaction_id, amount=Money.of("49.90"))
+    assert _reversals(sent) == []
