@@ -21,7 +21,6 @@ from tests.support.api import TEMPLATE, load_handler, reset_function_state
 from tests.support.payments import CREATE, CVV, PRO, Env
 from tests.support.pg import connect
 
-
 PAYMENT_ROW = "SELECT 1 FROM payments WHERE idempotency_key LIKE '%:late' AND :u::uuid IS NOT NULL FOR UPDATE"
 
 
