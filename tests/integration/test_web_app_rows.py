@@ -99,3 +99,15 @@ def test_a_pack_priced_at_nothing_is_refused_as_not_sold_writing_nothing(env: En
     # Then it is not sold (409: the client's request was fine), and nothing is written
     assert answer.status == 409, answer.body
     assert env.payments() == []
+
+
+def test_a_pack_named_at_any_length_still_opens_hyps_page_and_is_paid(env: Env) -> None:
+    # A name of 20,000 Hebrew letters: sent whole, it made Hyp's page URL too long to open (414; an outside review)
+    name = "\u05d0" * 20_000
+    env.rows(f"INSERT INTO credit_packs (id, name, credits, price) VALUES ('{ODD_PACK}', '{name}', 100, 10.00)")
+    payment = buy(env, ODD_PACK, key="long-name")
+    assert len(payment["payment_url"]) < 4000
+    paid = pay(env, payment)
+    assert browser(paid.redirect_query).status == 302
+    [[status]] = env.rows("SELECT status FROM payments WHERE id = :p::uuid", p=payment["payment_id"])
+    assert status == "completed"

@@ -68,6 +68,13 @@ def _scoped_key(user_id: UUID, key: str) -> str:
 # large to be taken. An address longer than any valid one is not sent.
 _NAME_PART_MAX = 50
 _EMAIL_MAX = 254
+# The pack's name (the web app's catalogue) is the page's description (Info, the invoice line): Hyp's page URL carries
+# it, so a name of any length must never make that URL too long to open (a Hebrew letter is six characters encoded).
+_DESCRIPTION_MAX = 100
+
+
+def _description(pack: Pack) -> str:
+    return pack.name.strip()[:_DESCRIPTION_MAX].strip()
 
 
 def _customer(profile: Profile) -> Customer:
@@ -176,7 +183,7 @@ class CreatePayment:
         page = PaymentPage(
             pack.price,
             str(payment_id),
-            pack.name,
+            _description(pack),
             _customer(profile),
             self.deps.page_language,
             invoice=self.deps.send_invoice,
@@ -304,7 +311,7 @@ class CreatePayment:
                 token,
                 amount=pack.price,
                 order=str(payment_id),
-                description=pack.name,
+                description=_description(pack),
                 customer=_customer(profile),
                 cvv=cvv,
             )
