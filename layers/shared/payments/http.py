@@ -40,10 +40,14 @@ class _ResponseBuilder(ResponseBuilder):
 
 
 class HttpApi(APIGatewayHttpResolver):
-    """The functions' HTTP API resolver: Powertools' `APIGatewayHttpResolver` with `_ResponseBuilder`."""
+    """The functions' HTTP API resolver: Powertools' `APIGatewayHttpResolver` with `_ResponseBuilder`, never in debug.
+
+    Powertools' debug (on by default where POWERTOOLS_DEV is set) prints every request's whole event to stdout,
+    outside the logging module and its redaction (a CVV, a bearer token), and answers an unhandled error with its
+    traceback."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{**kwargs, "debug": False})
         self._response_builder_class = _ResponseBuilder
         # A path no route matches (API Gateway hands over the decoded path, so `/payments/%22` arrives as
         # `/payments/"`, which no route's pattern takes): a 404 problem, never the app's catch-all 500.
