@@ -444,8 +444,10 @@ def test_a_lost_takeover_is_never_cached(database_url: str) -> None:
         ({"b": 1, "a": "x", "long_key": [3, 2]}, True),
         ({"text": "nul \x00 inside"}, False),  # jsonb refuses \u0000
         ({"ratio": float("nan"), "inf": float("inf")}, False),  # not JSON: jsonb refuses NaN
+        ({"text": "a\ud800b", "\udfff": 1}, False),  # jsonb refuses a lone surrogate (JSON writes it \ud800)
+        ({"text": "a\U0001f600b"}, True),  # a pair, one character: jsonb holds it
     ],
-    ids=["key-order", "nul", "nan"],
+    ids=["key-order", "nul", "nan", "lone-surrogate", "surrogate-pair"],
 )
 def test_a_replay_is_the_stored_answer_byte_for_byte(
     db: Database, database_url: str, answer: dict, jsonb: bool

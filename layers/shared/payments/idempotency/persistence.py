@@ -63,8 +63,8 @@ _RECORD_COLUMNS = (
 
 def _as_jsonb(text: str | None) -> str | None:
     """`text` when jsonb can hold it (the web app's column); None when it cannot: NaN or Infinity (not JSON), a
-    NUL character (jsonb refuses \\u0000), no JSON at all, or JSON nested deeper than Python reads. The exact text
-    is kept in response_text anyway."""
+    NUL character (jsonb refuses \\u0000) or a lone surrogate (\\ud800 with no pair: not a character), no JSON at
+    all, or JSON nested deeper than Python reads. The exact text is kept in response_text anyway."""
     if not text:
         return None
 
@@ -73,19 +73,23 @@ def _as_jsonb(text: str | None) -> str | None:
 
     try:
         value = json.loads(text, parse_constant=refuse)
-        # A NUL in a parsed value was written `\u0000` in the text (json.loads refuses a raw control character).
-        return None if "\\u0000" in text and _holds_nul(value) else text
+        # Either was written as an escape in the text (json.loads refuses a raw control character; a text of ours is
+        # UTF-8, which holds no surrogate), and json.loads reads it into the value (a pair into its one character).
+        return None if "\\u" in text and _unstorable(value) else text
     except (ValueError, RecursionError):  # not JSON, or nested too deep to read here: only the exact text is kept
         return None
 
 
-def _holds_nul(value: Any) -> bool:
+_NOT_IN_JSONB = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(value: Any) -> bool:
     if isinstance(value, str):
-        return "\x00" in value
+        return _NOT_IN_JSONB.search(value) is not None
     if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
 
 
