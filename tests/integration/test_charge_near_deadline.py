@@ -25,11 +25,12 @@ PAYMENT_ROW = "SELECT 1 FROM payments WHERE idempotency_key LIKE '%:late' AND :u
 
 
 def _charge_while_held(
-    env: Env, monkeypatch: pytest.MonkeyPatch, held: str, answer: Callable[[], None]
+    env: Env, monkeypatch: pytest.MonkeyPatch, held: str, answer: Callable[[], None], *, page: bool = False
 ) -> tuple[dict, float]:
     """A saved-card charge in an invocation of 3.1 s (HYPAY_TIMEOUT 1 s: asked after < 0.1 s of work), while the web
     app runs `held` in a transaction from the moment the charge is marked, for 4 s. `answer()` sets Hyp's answer on
-    the simulator (after a warm-up charge). The answer, and how long the invocation took."""
+    the simulator (after a warm-up charge). The answer, and how long the invocation took. `page`: a purchase on Hyp's
+    page instead (the payment held from when it is written)."""
     monkeypatch.setenv("HYPAY_TIMEOUT", "1")
     from payments.settings import hypay_settings
 
@@ -42,7 +43,9 @@ def _charge_while_held(
             method="POST",
             target="/payments",
             headers={"content-type": "application/json", "Idempotency-Key": key},
-            body=json.dumps({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}).encode(),
+            body=json.dumps(
+                {"credit_pack_id": PRO} if page else {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
+            ).encode(),
             source_ip="203.0.113.7",
             route_key="POST /payments",
             path_parameters={},
@@ -58,7 +61,8 @@ def _charge_while_held(
     def web_app_holds_the_row() -> None:  # from when the charge is marked, for 4 s
         conn = connect(env.url)
         while not conn.run(
-            "SELECT 1 FROM payments WHERE idempotency_key LIKE '%:late' AND charge_attempt_id IS NOT NULL"
+            "SELECT 1 FROM payments WHERE idempotency_key LIKE '%:late'"
+            + ("" if page else " AND charge_attempt_id IS NOT NULL")
         ):
             time.sleep(0.01)
         conn.run("BEGIN")
@@ -112,14 +116,15 @@ def test_hyps_late_answer_is_stored_before_the_invocation_ends(
         assert (status, attempted) == ("pending", True), (status, hyp_id, reason)
 
 
-@pytest.mark.parametrize("ccode", [4, 300], ids=["declined-without-id", "refused"])
+@pytest.mark.parametrize("ccode", [4, 300, 902], ids=["declined-without-id", "refused", "credentials-refused"])
 def test_a_decline_without_an_id_is_stored_or_left_marked_before_the_invocation_ends(
     env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch, ccode: int
 ) -> None:
-    """Hyp declines with a CCode and no Id, or refuses (a code neither a decline nor ours): the payment is failed by
-    an update of its own row. That update was an autocommit statement, without the limits a transaction takes near
-    the invocation's end: with the web app holding the row it waited the query timeout (10 s), and again on a new
-    connection, long after Lambda would have ended the invocation (an outside review)."""
+    """Hyp declines with a CCode and no Id, or refuses (a code neither a decline nor ours), or refuses our credentials
+    (nothing charged: the attempt is released): each is an update of the payment's own row. Those were autocommit
+    statements, without the limits a transaction takes near the invocation's end: with the web app holding the row
+    they waited the query timeout (10 s), and again on a new connection, long after Lambda would have ended the
+    invocation (outside reviews)."""
     take = env.sim.faults.take
 
     def slow_take(action: str) -> object:  # Hyp answers after 0.3 s: the web app holds the row by then
@@ -140,3 +145,23 @@ def test_a_decline_without_an_id_is_stored_or_left_marked_before_the_invocation_
     )
     assert (status, attempted) == ("pending", True)
     assert result["statusCode"] in (202, 503), result
+
+
+def test_the_page_of_a_payment_the_web_app_holds_is_answered_before_the_invocation_ends(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hyp signed the page; its URL is stored by an update of the new payment's row, an autocommit statement that
+    waited past the invocation's end while the web app held the row (an outside review)."""
+    take = env.sim.faults.take
+
+    def slow_take(action: str) -> object:  # Hyp signs after 0.3 s: the web app holds the row by then
+        if action == "SIGN":
+            time.sleep(0.3)
+        return take(action)
+
+    def answer() -> None:
+        monkeypatch.setattr(env.sim.faults, "take", slow_take)
+
+    result, took = _charge_while_held(env, monkeypatch, PAYMENT_ROW, answer, page=True)
+    assert took <= TIMEOUT, f"answered after {took:.2f} s: Lambda ends the invocation at {TIMEOUT} s ({result})"
+    assert result["statusCode"] == 503, result  # not yet: the retry (same key) stores the URL and answers it

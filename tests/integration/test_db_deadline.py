@@ -50,3 +50,37 @@ def test_a_reconnect_is_taken_off_the_transactions_time(database_url: str) -> No
     # "Not yet" (the lock not granted), with ROOM_SECONDS left for the caller's fallback and answer
     assert outcome == "55P03" and len(asked) == 2, (outcome, asked)
     assert took <= timeout - ROOM_SECONDS + 0.1, f"gave up after {took:.2f} s of a {timeout} s invocation"
+
+
+def test_an_autocommit_statement_near_the_end_does_not_outlive_the_invocation(database_url: str) -> None:
+    """An autocommit statement had no lock timeout: only the socket's query timeout (10 s), and again on a new
+    connection. With the web app holding the row, storing Hyp's answer by one (a page's URL, a charge attempt released)
+    outlived the invocation (an outside review). Near the end it takes a transaction's limits, in its own round trip;
+    its rows are its own."""
+    db = Database(lambda refresh: parse_database_url(database_url), connect=GuardedConnection)
+    db.run("CREATE TABLE IF NOT EXISTS deadline_row (id int PRIMARY KEY)")
+    db.run("INSERT INTO deadline_row VALUES (1) ON CONFLICT DO NOTHING")
+    holder = connect(database_url)
+    holder.run("BEGIN")
+    holder.run("SELECT * FROM deadline_row WHERE id = 1 FOR UPDATE")  # the web app holds the row
+    timeout = 3.0
+    deadline.start(LocalLambdaContext(function_name="f", timeout_seconds=timeout))
+    started = time.monotonic()
+    try:
+        assert db.run("SELECT 7, 'free'") == [[7, "free"]]  # what a statement answers is its own, near the end too
+        db.run("UPDATE deadline_row SET id = 1 WHERE id = 1 RETURNING id")
+        outcome = "ok"
+    except QueryError as exc:
+        outcome = str(exc.sqlstate)
+    finally:
+        took = time.monotonic() - started
+        deadline.clear()
+        holder.run("ROLLBACK")
+        holder.close()
+    try:
+        # Far from any end (none known: not in Lambda), nothing is sent before it
+        assert db.run("SELECT current_setting('lock_timeout')") == [["0"]]
+    finally:
+        db.close()
+    assert outcome == "55P03", outcome
+    assert took <= timeout - ROOM_SECONDS + 0.1, f"gave up after {took:.2f} s of a {timeout} s invocation"

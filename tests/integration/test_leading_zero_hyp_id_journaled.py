@@ -4,6 +4,7 @@ the operator as the queue shows it, and is that transaction however the operator
 from __future__ import annotations
 
 import uuid
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -38,6 +39,32 @@ def test_a_second_charge_journaled_with_a_leading_zero_can_be_named_by_the_opera
     as_queued = refund(pid, {"hypay_id": second, "reason": "paid twice"}, str(uuid.uuid4()))
     assert (as_queued.status, as_queued.json.get("refund_status")) == (502, "refused"), as_queued.body
     assert env.rows("SELECT original_hypay_id FROM refunds") == [[second]]
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_real_second_charge_journaled_with_a_leading_zero_is_refunded_as_hyp_writes_its_id(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which spelling of a transaction's Id lands first decides the journal's; the refund sent that spelling to Hyp as
+    TransId, which Hyp does not know: CancelTrans and zikoyAPI refused (502), a final refused row, and the charge could
+    never be refunded through the API (an outside review's race). Hyp is asked about its Id as it writes it."""
+    use_mode(monkeypatch, "hmac")  # the re-signed spelling below is then genuine
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    assert notify(pay(env, payment).redirect_query).status == 200
+    second = pay(env, payment)  # Hyp charges the Order a second time
+    padded = [
+        (k, "0" + v if k == "Id" else v)
+        for k, v in parse_qsl(second.redirect_query, keep_blank_values=True)
+        if k != "Sign"
+    ]
+    assert notify(forge(padded)).status == 200  # its notice spelled 0<Id>, first
+    assert env.rows(
+        "SELECT hypay_id, decision FROM hypay_transactions WHERE ltrim(hypay_id, '0') = :i", i=second.id
+    ) == [["0" + second.id, "review"]]
+    answer = refund(pid, {"hypay_id": second.id, "reason": "paid twice"}, str(uuid.uuid4()))
+    assert (answer.status, answer.json.get("status")) == (201, "succeeded"), answer.body
+    assert [r.original_id for r in env.sim.reversals] == [second.id]  # the money Hyp gave back: that charge's
 
 
 def test_a_lost_charge_is_not_completed_with_another_payments_hyp_id_journaled_with_a_leading_zero(

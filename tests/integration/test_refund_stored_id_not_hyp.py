@@ -17,6 +17,9 @@ from ops.seed import DEMO_USER_ID
 from payments.adapters import hypay
 from payments.domain.money import Money
 from payments.errors import GatewayNotAsked
+from tests.integration.test_admin_refund_http import refund
+from tests.integration.test_close_transaction import REFUNDED, close
+from tests.integration.test_hypay_callback import buy, notify, pay
 from tests.integration.test_review import ALICE
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.support.api import invoke
@@ -89,3 +92,49 @@ def test_the_client_never_sends_a_reversal_of_what_is_no_hyp_id(
     with pytest.raises(GatewayNotAsked):
         client.refund(transaction_id, amount=Money.of("49.90"))
     assert _reversals(sent) == []
+
+
+# -- a number spelled with leading zeros is the number, however many (an outside review of the first check) --
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("pad", [4, 16], ids=["20-or-fewer-digits", "more-than-20-digits"])
+def test_refunding_the_paying_transaction_takes_its_credits_back_whatever_its_stored_spelling(
+    env: Env, pad: int
+) -> None:
+    before = env.credits()
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    paid = pay(env, payment)
+    assert notify(paid.redirect_query).status == 200
+    assert env.credits() == before + 100
+    # The web app spells the paying Id with leading zeros (as it may: a legacy payment it completed itself)
+    env.rows("UPDATE payments SET hypay_transaction_id = :h WHERE id = :p::uuid", h="0" * pad + paid.id, p=pid)
+    # It cannot be closed by hand (granted: credits stand on it); a refund through the API is the way
+    assert close(paid.id, REFUNDED).status == 409
+    # The operator refunds it through the API, naming it, as the 409 and the close's refusal say to
+    done = refund(pid, {"hypay_id": paid.id, "reason": "customer asked"}, str(uuid.uuid4()))
+    assert done.status == 201, done.body
+    # Then the money went back and the credits granted for it are taken back
+    assert done.json["credits_taken"] == 100, done.body
+    assert env.credits() == before
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("named", [False, True], ids=["unnamed", "named"])
+def test_a_legacy_payment_whose_id_the_web_app_padded_past_20_digits_can_still_be_refunded(
+    env: Env, named: bool
+) -> None:
+    """A payment the web app completed itself (no journal row), its Hyp Id written zero-padded past 20 characters:
+    the number is the payment's transaction, as everywhere else (a first form of the check above refused it)."""
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    paid = pay(env, payment)  # Hyp charged it; the web app, not us, recorded it
+    env.rows(
+        "UPDATE payments SET status = 'completed', completed_at = now(), hypay_transaction_id = :h WHERE id = :p::uuid",
+        h="0" * 16 + paid.id,
+        p=pid,
+    )
+    body = {"reason": "customer asked", **({"hypay_id": paid.id} if named else {})}
+    done = refund(pid, body, str(uuid.uuid4()))
+    assert done.status == 201, done.body

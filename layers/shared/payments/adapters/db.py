@@ -637,9 +637,11 @@ class Database:
             raise DatabaseUnavailable("the database connection broke; the statement may not have run") from exc
 
     def _send(self, conn: pg8000.native.Connection, sql: str, heard: list[list[str]] | None) -> Rows:
-        """`_execute`; with `heard`, this sending's notices appended to it, whatever the outcome."""
+        """`_execute`, with the limits near the invocation's end (`_near_the_end`; not for a statement whose notices
+        are heard: a paced block commits inside, which it may not do inside another statement's transaction); with
+        `heard`, this sending's notices appended to it, whatever the outcome."""
         if heard is None:
-            return self._execute(conn, sql)
+            return self._execute(conn, self._near_the_end() + sql)
         conn.notices.clear()
         try:
             return self._execute(conn, sql)
@@ -680,20 +682,33 @@ class Database:
                     raise
                 reconnected = True
 
-    def _begin(self, read_committed: bool) -> str:
-        """BEGIN with the transaction's lock and statement timeouts: the configured ones, or less near the
-        invocation's end, so that no statement outlives it: Lambda would end the invocation midway, with Hyp's answer
-        unstored and the caller's fallback (review, naming Hyp's transaction) never run. A statement then leaves
-        ROOM_SECONDS of the invocation for that fallback and the answer, and waits for a lock at most half of what it
-        may take."""
+    def _limits(self, left: float | None) -> str:
+        """A transaction's lock and statement timeouts, as `SET LOCAL`s: the configured ones, or less near the
+        invocation's end (`left` seconds away), so that no statement outlives it: Lambda would end the invocation
+        midway, with Hyp's answer unstored and the caller's fallback (review, naming Hyp's transaction) never run. A
+        statement then leaves ROOM_SECONDS of the invocation for that fallback and the answer, and waits for a lock
+        at most half of what it may take."""
         lock_ms, statement_ms = self._lock_ms, self._statement_ms
-        left = deadline.until_the_end()
         if left is not None:
             budget_ms = int((left - ROOM_SECONDS) * 1000)
             lock_ms = max(_SHORTEST_MS, min(lock_ms, budget_ms // 2))
             statement_ms = max(lock_ms + _SHORTEST_MS, min(statement_ms, budget_ms))
+        return f"SET LOCAL lock_timeout = {lock_ms}; SET LOCAL statement_timeout = {statement_ms}"
+
+    def _begin(self, read_committed: bool) -> str:
+        """BEGIN with the transaction's time limits (`_limits`), in one round trip."""
         begin = "BEGIN ISOLATION LEVEL READ COMMITTED;" if read_committed else "BEGIN;"
-        return f"{begin} SET LOCAL lock_timeout = {lock_ms}; SET LOCAL statement_timeout = {statement_ms}"
+        return f"{begin} {self._limits(deadline.until_the_end())}"
+
+    def _near_the_end(self) -> str:
+        """What an autocommit statement (`run`) is sent after: nothing, unless its answer, waited for as long as the
+        query timeout, could outlive the invocation. Then a transaction's limits near the end (`_limits`), set for
+        the statement's own implicit transaction, in the same round trip (a lock the web app holds is then the
+        server's 55P03 in time for the caller's fallback, not the invocation ended midway)."""
+        left = deadline.until_the_end()
+        if left is None or left - ROOM_SECONDS > self._query_timeout:
+            return ""
+        return f"{self._limits(left)}; "
 
     @contextmanager
     def transaction(self, *, read_committed: bool = False) -> Iterator[Transaction]:

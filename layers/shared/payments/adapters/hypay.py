@@ -419,15 +419,16 @@ class HypayClient:
     def get_token(self, transaction_id: str) -> Token:
         """getToken for an approved transaction: a 19-digit token and its expiry (Tokef = YYMM)."""
         creds = self._credentials()
+        trans_id = _as_hyp_writes(transaction_id)
         answer = self._call(
             "getToken",
-            {"action": "getToken", "Masof": creds.masof, "PassP": creds.passp, "TransId": transaction_id},
+            {"action": "getToken", "Masof": creds.masof, "PassP": creds.passp, "TransId": trans_id},
             retry=True,
         )
         # 402 here is Hyp having no token for the transaction (not one of its approved ones): final, not "not yet"
         protocol.raise_for_ccode(answer, "getToken", invalid_is_ours=False)
         token, tokef = answer.fields.get("Token", ""), answer.fields.get("Tokef", "")
-        if not (token.isdigit() and len(tokef) == 4 and tokef.isdigit()):
+        if not (protocol.hyp_token(token) and len(tokef) == 4 and tokef.isascii() and tokef.isdigit()):
             raise GatewayUnavailable("Hypay getToken: malformed token answer")
         return Token(token, expiry_month=int(tokef[2:]), expiry_year=2000 + int(tokef[:2]))
 
@@ -443,8 +444,10 @@ class HypayClient:
     ) -> Charge:
         """action=soft with a token. Never retried blindly: a lost answer may still be a charge.
 
-        `GatewayNotAsked` when our credentials cannot be read: then nothing was sent.
+        `GatewayNotAsked` when our credentials cannot be read, or the token is not a Hyp token: then nothing was sent.
         """
+        if protocol.hyp_token(token.value) is None:  # only a Hyp token is ever sent as the card (whatever was stored)
+            raise GatewayNotAsked("Hypay not asked: the saved card's token is not a Hyp token")
         try:
             creds = self._credentials()
         except (GatewayError, ConfigurationError) as exc:
@@ -582,12 +585,11 @@ class HypayClient:
         `GatewayUnavailable` when the answer was lost: the refund may exist.
         """
         creds = self._reversal_credentials()
-        _reversible(transaction_id)
         params = {
             "action": "zikoyAPI",
             "Masof": creds.masof,
             "PassP": creds.passp,
-            "TransId": transaction_id,
+            "TransId": _as_hyp_writes(transaction_id),
             "Amount": amount.hypay_amount(),
         }
         answer = self._reversal_call("zikoyAPI", params)
@@ -608,8 +610,8 @@ class HypayClient:
         cancelled (already transmitted, or no such transaction): nothing moved, a refund may follow.
         """
         creds = self._reversal_credentials()
-        _reversible(transaction_id)
-        params = {"action": "CancelTrans", "Masof": creds.masof, "PassP": creds.passp, "TransId": transaction_id}
+        trans_id = _as_hyp_writes(transaction_id)
+        params = {"action": "CancelTrans", "Masof": creds.masof, "PassP": creds.passp, "TransId": trans_id}
         answer = self._reversal_call("CancelTrans", params)
         protocol.raise_for_ccode(answer, "cancel")
         if answer.fields.get("ReversalStatus") != "777":
@@ -664,11 +666,14 @@ class Reversal(Record):
     original_id: str
 
 
-def _reversible(transaction_id: str) -> None:
-    """Only a Hyp transaction id is ever sent as the transaction to reverse: whatever a caller passes, nothing else
-    reaches Hyp (`GatewayNotAsked`: nothing moved)."""
-    if protocol.hyp_id(transaction_id) is None:
-        raise GatewayNotAsked("Hypay not asked: the transaction to reverse is not a Hyp transaction id")
+def _as_hyp_writes(transaction_id: str) -> str:
+    """The Hyp transaction id to send for `transaction_id`, as Hyp writes it (no leading zero: our rows may keep the
+    number as a callback spelled it first). Only a Hyp transaction id is ever sent: whatever a caller passes, nothing
+    else reaches Hyp (`GatewayNotAsked`: nothing moved)."""
+    number = protocol.hyp_number(transaction_id)
+    if number is None:
+        raise GatewayNotAsked("Hypay not asked: the transaction named is not a Hyp transaction id")
+    return number
 
 
 def _charge_from(answer: protocol.Answer) -> Charge:

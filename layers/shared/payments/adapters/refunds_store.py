@@ -401,7 +401,7 @@ class RefundsStore:
             raise NoSuchPayment(str(payment_id))
         status, user, amount, currency, paying_id, paid_at, charge_attempted_at, declined_code = rows[0]
         payment_currency = Currency(currency)
-        if paying_id is not None and protocol.hyp_id(paying_id) is None:
+        if paying_id is not None and protocol.hyp_number(paying_id) is None:
             # The web app wrote something that is no Hyp transaction id (`abc`, ` 12`, `1e3`): never sent to Hyp,
             # never taken for this payment's transaction. The operator names the one to refund, checked as any other.
             if planning and hypay_id is None:

@@ -301,6 +301,22 @@ def hyp_id(value: str | None) -> str | None:
     return value if value is not None and HYP_ID.fullmatch(value) else None
 
 
+# A Hyp token of a card: 19 ASCII digits (getToken's answer; the protocol's `Token`).
+HYP_TOKEN = re.compile(r"[0-9]{19}", re.ASCII)
+
+
+def hyp_token(value: str | None) -> str | None:
+    """`value` when it is a Hyp token, else None."""
+    return value if value is not None and HYP_TOKEN.fullmatch(value) else None
+
+
+def hyp_number(value: str | None) -> str | None:
+    """The Hyp transaction id `value` spells, in any spelling (leading zeros: sql/014 holds them one by their number),
+    as Hyp writes it (no leading zero); None when it spells none (`abc`, ` 12`, `1e3`, all zeros, over 20 digits)."""
+    number = value.lstrip("0") if value is not None else None
+    return number if hyp_id(number) is not None else None
+
+
 def same_hyp_id(one: str | None, other: str | None) -> bool:
     """Whether two Hyp transaction ids are one transaction: the same number, in any spelling (leading zeros; sql/014
     holds them one by their number). False when either is missing."""

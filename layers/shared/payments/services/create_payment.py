@@ -23,6 +23,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
 from payments.adapters.payments_store import ChargeMark, OpenedPayment, Pack, PaymentsStore, Profile, SavedCard
+from payments.domain import hypay as protocol
 from payments.domain.payment import CreatePaymentRequest, PaymentStatus
 from payments.errors import (
     AnotherChargeUnsettled,
@@ -214,6 +215,9 @@ class CreatePayment:
         card = store.saved_card(user_id) if request.saved_card else None
         if request.saved_card and card is None:
             raise Conflict("there is no saved card for this user; pay on the payment page instead")
+        if card is not None and protocol.hyp_token(card.token) is None:
+            # saved_cards is the web app's table too: what it holds is sent to Hyp only when it is a Hyp token
+            raise Conflict("the saved card cannot be charged (its token is not Hyp's); pay on the payment page instead")
         if card is not None and store.charge_unsettled(user_id, _scoped_key(user_id, key)):
             # Before anything is written, and not counted against the rate (the mark decides for good).
             raise AnotherChargeUnsettled("another saved-card charge of this user has no confirmed outcome yet")
@@ -317,8 +321,15 @@ class CreatePayment:
             )
         except (GatewayAuthenticationError, GatewayNotAsked):
             # Hyp was not asked, or refused our terminal's credentials: nothing charged. Ours, so "not yet":
-            # the attempt is released and the error raised (503, the retry may charge).
-            store.release_charge_attempt(payment_id, attempt)
+            # the attempt is released and the error raised (503, the retry may charge). Not released (the database
+            # refusing now), the mark stays: the cleanup sends the payment to review, and the error still goes on
+            # (its alarm).
+            try:
+                store.release_charge_attempt(payment_id, attempt)
+            except PaymentError as exc:
+                logger.error(
+                    "saved card charge attempt not released", extra={"payment_id": str(payment_id), "code": exc.code}
+                )
             raise
         except GatewayError as exc:
             answered = partial(self._not_approved, payment_id, pack, exc)
