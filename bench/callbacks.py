@@ -234,7 +234,7 @@ def _drive_handler(worker: int, work: Work, steps: list[Step] | None, barrier: A
 
     def call(invocations: list[tuple[dict[str, Any], LocalLambdaContext]]) -> None:
         for e, c in invocations:
-            result = handler(e, c)
+            result = handler(e, c.invoked())
             answers.append((result["statusCode"], (result.get("headers") or {}).get("Location", "")))
 
     if steps is None:  # one callback at a time, in the measured order, so each one's statements are known
@@ -252,8 +252,9 @@ def _drive_handler(worker: int, work: Work, steps: list[Step] | None, barrier: A
     [[backend]] = db_module.default_database().run("SELECT pg_backend_pid()")
     pinned = pin(worker, backend, os.environ["DATABASE_URL"])
     # Events and Lambda contexts are built before the clock starts (API Gateway builds the event, Lambda's runtime the
-    # context, not the function); each delivery its own. A context's deadline is its function's timeout away: never
-    # reached within a run.
+    # context, not the function); each delivery its own. A context's deadline is started as its invocation starts
+    # (`invoked`): its function's timeout away, as in Lambda, however long before the context was built (a statement
+    # near an invocation's end is sent with shorter time limits).
     events = {phase: [(event(i), context()) for i in work.measured] for phase in ("first", "replay")}
     spans = _follow(steps, "handler", barrier, lambda phase, k: call(events[phase][work.slice(k)]))
     return {"answers": answers, "spans": spans, "pinned": pinned}
@@ -440,9 +441,9 @@ class CallbacksBench:
             "- **handler**: the function's real `lambda_handler` with a payload 2.0 event of `GET /hypay/return?...`,",
             "  a redirect signed with the terminal's KEY (`HYPAY_VERIFY_MODE=hmac`: the `Sign` HMAC is checked, no",
             "  network); logs at INFO and the metrics written as in Lambda, to /dev/null. Events and Lambda",
-            "  contexts are built before the clock starts (API Gateway and Lambda's runtime build them). Every answer",
-            "  is checked (the success redirect), and after each pass every payment is completed with its credits",
-            "  granted once.",
+            "  contexts are built before the clock starts (API Gateway and Lambda's runtime build them); a context's",
+            "  deadline starts with its invocation, as in Lambda. Every answer is checked (the success redirect), and",
+            "  after each pass every payment is completed with its credits granted once.",
             "  **First delivery**: every payment's first callback; **replayed**: then the same callback again",
             "  (a reload).",
             "- **raw floor**: the statements the handler sent for each callback, recorded in a warm-up pass on an",
