@@ -138,3 +138,25 @@ def test_a_legacy_payment_whose_id_the_web_app_padded_past_20_digits_can_still_b
     body = {"reason": "customer asked", **({"hypay_id": paid.id} if named else {})}
     done = refund(pid, body, str(uuid.uuid4()))
     assert done.status == 201, done.body
+
+
+@pytest.mark.usefixtures("admin")
+@pytest.mark.parametrize("spell", ["{id} ", " {id}", "{id}.0"], ids=["trailing-space", "leading-space", "decimal"])
+def test_naming_the_paying_transaction_as_the_409_says_takes_its_credits_back(env: Env, spell: str) -> None:
+    """The journal's granted row names the payment's paying transaction whatever the payments row says: the refund
+    the 409 asks for takes back the credits it granted (it took none: the money went back, the credits stayed; an
+    outside review)."""
+    before = env.credits()
+    payment = buy(env, key=str(uuid.uuid4()))
+    pid = payment["payment_id"]
+    paid = pay(env, payment)
+    assert notify(paid.redirect_query).status == 200
+    assert env.credits() == before + 100
+    env.rows("UPDATE payments SET hypay_transaction_id = :h WHERE id = :p::uuid", h=spell.format(id=paid.id), p=pid)
+    unnamed = refund(pid, {"reason": "customer asked"}, str(uuid.uuid4()))
+    assert unnamed.status == 409 and "name the transaction" in unnamed.json["detail"], unnamed.body
+    done = refund(pid, {"hypay_id": paid.id, "reason": "customer asked"}, str(uuid.uuid4()))
+    assert done.status == 201, done.body
+    assert [r.original_id for r in env.sim.reversals] == [paid.id]
+    assert done.json["credits_taken"] == 100, done.body
+    assert env.credits() == before

@@ -417,10 +417,11 @@ class RefundsStore:
         )
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
-        named = unjournaled = unverified = False
+        named = unjournaled = unverified = granted = False
         if journal:
             (j_amount, j_currency, decision, ccode, first_seen, named, detail, closed_as, closed_by, unverified,
              refund_of, unnamed) = journal[0]  # fmt: skip
+            granted = decision == "granted"  # it granted this payment's credits, whatever the payments row says
             if planning and refund_of is not None:
                 raise NotRefundable(f"Hyp transaction {txn} is refund {refund_of}'s own: money that went back")
             if planning and closed_as is not None:
@@ -468,7 +469,7 @@ class RefundsStore:
             original_at,
             _money(reserved, currency),
             _money(refunded, currency),
-            protocol.same_hyp_id(txn, paying_id),
+            granted or protocol.same_hyp_id(txn, paying_id),
             price,
             bool(named),
             unjournaled,
