@@ -75,13 +75,17 @@ class _Client(PyJWKClient):
             data = super().fetch_data()
             if not _signing_keys(PyJWKSet.from_dict(data)):
                 raise PyJWKClientError("the JWKS holds no signing key (none with a kid, for signatures)")
-        except (PyJWKClientError, PyJWKSetError, PyJWKError, ValueError):
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the endpoint is not asked again for a cooldown
             # A set with no signing key is no answer either: the last good set stays cached (its keys still verify
-            # tokens until it expires), and the endpoint is not asked again for one cooldown.
+            # tokens until it expires), and the endpoint is not asked again for one cooldown. What PyJWT does not
+            # wrap (a connection reset while the body is read, a key whose `alg` is no string: a TypeError) is the
+            # keys unreadable too.
             if cache is not None:
                 cache.jwk_set_with_timestamp = kept
             self._failed_at = time.monotonic()
-            raise
+            if isinstance(exc, PyJWKClientError | PyJWKSetError | PyJWKError | ValueError):
+                raise
+            raise PyJWKClientConnectionError(f"the JWKS could not be read ({type(exc).__name__})") from exc
         self._failed_at = None
         return data
 
@@ -92,6 +96,8 @@ class _Client(PyJWKClient):
             raise
         except (PyJWKClientError, PyJWKSetError, PyJWKError, ValueError) as exc:
             raise SigningKeysUnavailable("the JWKS holds no usable signing key") from exc
+        except Exception as exc:  # noqa: BLE001 - a set PyJWT cannot read (a key's odd member): the keys, not the token
+            raise SigningKeysUnavailable(f"the JWKS could not be read ({type(exc).__name__})") from exc
 
 
 class JwksKeys:
@@ -128,6 +134,8 @@ class JwksKeys:
         except PyJWKClientError as exc:
             # Not in the set even after a refetch (or the refetch is cooling down).
             raise UnknownSigningKey("no published key has this kid") from exc
+        except Exception as exc:  # noqa: BLE001 - a set PyJWT cannot read (a key's odd member): the keys, not the token
+            raise SigningKeysUnavailable(f"the JWKS could not be read ({type(exc).__name__})") from exc
 
     def refreshed(self, kid: str | None) -> PyJWK | None:
         """Asymmetric keys rotate by `kid`, which `key` already handles: a bad signature is the token's fault."""

@@ -1,0 +1,113 @@
+"""Failures of the JWKS endpoint PyJWT does not wrap (a key whose `alg` is no string: a TypeError; a connection reset
+while the body is read: an OSError) escaped the failure cooldown: every token naming a made-up kid fetched the JWKS
+again, each fetch waiting up to the timeout, and the call failed without the 'keys unavailable' log and metric (an
+outside review). They are the keys unreadable, as every other misbehaviour: one fetch per cooldown."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from ops.local_auth import LocalAuth
+from payments.adapters.jwks import SigningKeysUnavailable
+from payments.services.authorize import TokenRejected
+from tests.support.tokens import claims, jwks_server, sign
+from tests.unit.test_authorize import verifier
+
+
+@pytest.mark.parametrize("trouble", ["alg-not-a-string"])
+def test_odd_jwks_keys_do_not_let_made_up_kids_refetch_each_time(trouble: str) -> None:
+    auth = LocalAuth.generated("es256")
+    with jwks_server(auth) as server:
+        verify = verifier(auth, server, refresh_cooldown_seconds=0.5, timeout_seconds=1)
+        assert verify.verify(sign(auth, claims(auth)))
+        assert server.fetches == 1
+        key = auth.jwks()["keys"][0]
+        # A key whose `alg` is a JSON array: PyJWT looks it up in a dict -> TypeError (no PyJWT error)
+        server.document = {"keys": [{**key, "alg": ["ES256"]}]}
+        time.sleep(0.6)
+        outcomes = []
+        for n in range(20):
+            try:
+                verify.verify(sign(auth, claims(auth), kid=f"made-up-{n}"))
+                outcomes.append("allowed")
+            except TokenRejected as rejected:
+                outcomes.append(rejected.reason)
+            except SigningKeysUnavailable:
+                outcomes.append("keys unavailable")
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(type(exc).__name__)
+        # As for every other misbehaviour (tests/integration/test_authorizer_key_trouble.py): one fetch per cooldown,
+        # and 'keys unavailable' / 'unknown_key', never a stray exception type.
+        assert set(outcomes) <= {"keys unavailable", "unknown_key"} and server.fetches == 2, (
+            sorted(set(outcomes)),
+            server.fetches,
+        )
+
+
+class _ResettingServer:
+    """Answers 200 with headers and half a body, then resets the connection (RST): a load balancer dropping it."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(50)
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/auth/v1/.well-known/jwks.json"
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.fetches += 1
+            try:
+                conn.recv(65536)
+                conn.sendall(
+                    b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{"keys": ['
+                )
+                time.sleep(0.05)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            finally:
+                conn.close()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._sock.close()
+
+
+def test_a_jwks_connection_reset_midway_is_keys_unavailable_and_rate_limited() -> None:
+    from payments.adapters.jwks import JwksKeys
+    from payments.services.authorize import TokenPolicy, TokenVerifier
+
+    auth = LocalAuth.generated("es256")
+    server = _ResettingServer()
+    try:
+        verify = TokenVerifier(
+            TokenPolicy("ES256", auth.issuer, auth.audience, "authenticated"),
+            JwksKeys(server.url, refresh_cooldown_seconds=30, timeout_seconds=1),
+        )
+        outcomes = []
+        for n in range(10):
+            try:
+                verify.verify(sign(auth, claims(auth), kid=f"made-up-{n}"))
+                outcomes.append("allowed")
+            except TokenRejected as rejected:
+                outcomes.append(rejected.reason)
+            except SigningKeysUnavailable:
+                outcomes.append("keys unavailable")
+            except Exception as exc:  # noqa: BLE001
+                outcomes.append(type(exc).__name__)
+        assert outcomes == ["keys unavailable"] * 10 and server.fetches == 1, (sorted(set(outcomes)), server.fetches)
+    finally:
+        server.stop()
