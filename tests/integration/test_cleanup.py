@@ -380,8 +380,8 @@ def test_a_purge_of_quick_batches_tells_its_count_now_and_then_and_exactly_at_it
     heard: list[list[list[str]]] = []
     run_noticed = db.run_noticed
 
-    def noticed(sql: str) -> tuple[list[list[object]], list[list[str]]]:
-        rows, notices = run_noticed(sql)
+    def noticed(sql: str, into: list[list[str]] | None = None) -> tuple[list[list[object]], list[list[str]]]:
+        rows, notices = run_noticed(sql, into)
         heard.append(notices)
         return rows, notices
 

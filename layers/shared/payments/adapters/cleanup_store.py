@@ -43,6 +43,9 @@ class Step(Record):
     field: str  # the report's field
     sql: str  # one bounded batch
     durable: bool = True  # False: it only purges: paced batches on the server, committed without waiting for the WAL
+    # What the batch did, counted again, for one whose first sending's answer was lost (sent again on a new connection):
+    # a batch it committed is no longer found by the second. At least what it did (`:window` seconds back).
+    recount: str | None = None
 
 
 # Each batch commits on its own (an autocommit statement); for a step that is not durable, in one round trip:
@@ -95,6 +98,11 @@ def cleanup_steps(table: str) -> list[Step]:
                  WHERE status = 'pending' AND (review_reason IS NOT NULL OR charge_attempt_id IS NOT NULL)
                    AND GREATEST(created_at, charge_attempted_at) < now() - make_interval(secs => :pending_age)
                  LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+            # Every charged payment sent to review lately (another's too: a count for an alarm, never one short)
+            recount="""
+            SELECT count(*) FROM public.payments
+             WHERE status = 'needs_review' AND (review_reason IS NOT NULL OR charge_attempt_id IS NOT NULL)
+               AND updated_at > now() - make_interval(secs => :window)""",
         ),
         # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One
         # with a callback on record that we could not verify yet stays pending: it may be paid, and completes
@@ -122,9 +130,16 @@ def cleanup_steps(table: str) -> list[Step]:
 
 
 def run_step(db: Database, step: Step, **params: Any) -> int:
-    """One batch of one step, committed on its own; how many rows it handled (one row back, not one a row)."""
+    """One batch of one step, committed on its own; how many rows it handled (one row back, not one a row). Sent again
+    on a new connection (the first sending's answer lost), the step's `recount` when it has one, if more."""
     sql = bind(f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done", **params)
+    resent = db.resent
     [[count]] = db.run(sql if step.durable else _LAZY_COMMIT + sql)
+    if db.resent != resent and step.recount is not None:
+        # Both sendings (and the reconnect between them) took less than this: the first's batch, if committed, is in it
+        window = int(3 * db.query_timeout) + 1
+        [[recounted]] = db.run(bind(step.recount, window=window))
+        return max(int(count), int(recounted))
     return int(count)
 
 
@@ -211,12 +226,21 @@ class Paced(Record):
 
 
 def run_paced(
-    db: Database, step: Step, *, run_ms: int, duty_cycle_percent: int, max_pause_seconds: float, **params: Any
+    db: Database,
+    step: Step,
+    *,
+    run_ms: int,
+    duty_cycle_percent: int,
+    max_pause_seconds: float,
+    told: list[int] | None = None,
+    **params: Any,
 ) -> Paced:
     """Batches of a purge-only step (not `durable`), one after another on the server for about `run_ms`, or half
     the session's statement_timeout if less (the last batch started before then runs to its end), paced so that
     batches fill `duty_cycle_percent` of the time: after each full batch, a pause of its time × (100 - duty) / duty,
-    at least PAUSE_FLOOR_SECONDS (none at 100 %), at most `max_pause_seconds`, never past the end. One round trip."""
+    at least PAUSE_FLOOR_SECONDS (none at 100 %), at most `max_pause_seconds`, never past the end. One round trip.
+    `told`, when given, gets the rows each sending told it committed, also when the statement fails (cancelled, a
+    lock or statement timeout: its batches before were committed)."""
     if step.durable:
         raise ValueError(f"{step.field} changes payments: its batches commit durably, one per statement (run_step)")
     statement = bind(step.sql, **params)
@@ -230,10 +254,10 @@ def run_paced(
             max_pause=repr(float(max_pause_seconds)),
         )
     # The statement's own token: only its notices count (a trigger on the table may raise notices of its own).
-    told = f"{_TOLD} {uuid.uuid4().hex}: "
+    token = f"{_TOLD} {uuid.uuid4().hex}: "
     sql = _PACED.format(
         statement=statement,
-        told=told,
+        told=token,
         batch=int(params["batch"]),
         run_ms=run_ms,
         pause=pause,
@@ -244,7 +268,13 @@ def run_paced(
     # The statement is sent again on a new connection when the first one broke, and again after a conflict
     # (Database.run_noticed): the batches each sending told of were all committed. (Those a sending committed after
     # its last notice, and those a server process whose client broke away still runs, are not counted.)
-    sendings = [_last_told(notices, told) for notices in db.run_noticed(sql)[1]]
+    heard: list[list[str]] = []
+    try:
+        db.run_noticed(sql, heard)
+    finally:
+        sendings = [_last_told(notices, token) for notices in heard]
+        if told is not None:
+            told.extend(t.handled for t in sendings if t is not None)
     last = sendings[-1]
     if last is None:
         raise NoticesLost()

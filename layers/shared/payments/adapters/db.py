@@ -493,6 +493,9 @@ class Database:
         self._conn: pg8000.native.Connection | None = None
         self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
         self.connects = 0
+        # Statements `run` sent again on a new connection after the first broke (the first sending's answer lost, or
+        # never sent): it may have run twice, and a caller counting what it did knows the count may miss the first's.
+        self.resent = 0
         _LIVE.add(self)
 
     @property
@@ -608,11 +611,11 @@ class Database:
         """
         return self._run(sql, None)
 
-    def run_noticed(self, sql: str) -> tuple[Rows, list[list[str]]]:
+    def run_noticed(self, sql: str, heard: list[list[str]] | None = None) -> tuple[Rows, list[list[str]]]:
         """`run`, and the messages of the notices the server sent (`RAISE NOTICE`), one list for each sending of the
         statement: a broken connection's, a conflict's rolled-back attempt's, then the one that answered (the last
-        hundred each)."""
-        heard: list[list[str]] = []
+        hundred each). `heard`, when given, is that list: it holds what was heard also when the statement fails."""
+        heard = [] if heard is None else heard
         return self._run(sql, heard), heard
 
     def _run(self, sql: str, heard: list[list[str]] | None) -> Rows:
@@ -631,6 +634,7 @@ class Database:
             return self._send(self._connection(), sql, heard)
         except _Broken:
             pass
+        self.resent += 1
         try:
             return self._send(self._connection(), sql, heard)
         except _Broken as exc:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 from payments.adapters.cleanup_store import NoticesLost, Step, cleanup_steps, run_paced, run_step
 from payments.adapters.db import Database
+from payments.errors import PaymentError
 from payments.observability import logger
 from payments.settings import DEFAULT_BATCH_SIZE, DEFAULT_DUTY_CYCLE_PERCENT, CleanupSettings
 
@@ -149,7 +150,12 @@ class _Run:
             if self.time_left_ms() < self.reserve_ms:
                 return False
             started = time.monotonic()
+            resent = self.db.resent
             done = run_step(self.db, step, **self.params)
+            if self.db.resent != resent:
+                # Sent again on a new connection, the first sending's answer lost: it may have committed a batch
+                # this count misses (payments sent to review: their alarm then counts on the review queue's)
+                self.report.counts_exact = False
             self._count(step, done)
             if done < self.policy.batch_size:
                 return True
@@ -167,10 +173,18 @@ class _Run:
             if spare <= 0:
                 return False
             run_ms = min(PACED_RUN_MS, spare, int(self.db.query_timeout * 250))
-            done = run_paced(
-                self.db, step, run_ms=run_ms, duty_cycle_percent=self.policy.duty_cycle_percent,
-                max_pause_seconds=MAX_PAUSE_SECONDS, **self.params,
-            )  # fmt: skip
+            told: list[int] = []
+            try:
+                done = run_paced(
+                    self.db, step, run_ms=run_ms, duty_cycle_percent=self.policy.duty_cycle_percent,
+                    max_pause_seconds=MAX_PAUSE_SECONDS, told=told, **self.params,
+                )  # fmt: skip
+            except PaymentError:
+                # Failed midway (cancelled, a timeout, the connection gone): what it told it committed is counted,
+                # and the batches after its last word are not
+                self._count(step, sum(told))
+                self.report.counts_exact = False
+                raise
             self._count(step, done.handled)
             if not done.exact:
                 self.report.counts_exact = False

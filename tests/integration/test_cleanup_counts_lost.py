@@ -1,0 +1,104 @@
+"""What the cleanup reports must count what it did, or say its counts are lower bounds (an outside review):
+- a flag statement that committed and whose answer was lost (the connection broke) was sent again, found nothing left
+  to flag and counted 0 with counts_exact: the charge sent to review never raised its alarm (the next run finds it
+  flagged already). The step's recount, after a statement sent again, counts it;
+- a paced purge cancelled midway (57014: pg_cancel_backend, an operator or a watchdog) lost the count of the batches it
+  had committed, and the report said its counts were exact."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pg8000.native
+import pytest
+from pg8000.exceptions import InterfaceError
+
+from ops.lambda_context import LocalLambdaContext
+from ops.seed import DEMO_USER_ID
+from ops.template import load, load_handler
+from payments.adapters.db import Database, QueryError
+from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
+from tests.integration.test_cleanup import CLEANUP, add_expired, expired_left, production, slow_deletes  # noqa: F401
+from tests.integration.test_cleanup import admin as admin  # noqa: F401 - the fixture
+from tests.integration.test_hypay_callback import metric_totals
+from tests.support.faults import Injector
+from tests.support.payments import Env
+from tests.support.pg import connect
+
+STALE = "cccccccc-0000-4000-8000-0000000000ab"
+EVENT = json.loads((Path(__file__).resolve().parents[2] / "events" / "cleanup_schedule.json").read_text())
+
+
+def test_a_charge_flagged_whose_answer_was_lost_is_still_counted_for_its_alarm(
+    admin: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a saved-card charge attempted 3 h ago whose outcome was never stored
+    admin.rows(
+        "INSERT INTO payments (id, user_id, amount, status, created_at, charge_attempt_id, charge_attempted_at)"
+        " VALUES (:p::uuid, :u::uuid, 10, 'pending', now() - interval '3 hours',"
+        " 'dddddddd-0000-4000-8000-0000000000ab', now() - interval '3 hours')",
+        p=STALE,
+        u=DEMO_USER_ID,
+    )
+    # And the hourly run's flag statement commits, then its answer is lost (the connection breaks: a NAT, a failover)
+    killer = connect(admin.url)
+    injector = Injector(killer)
+    real_run = pg8000.native.Connection.run
+    fired: list[str] = []
+
+    def run(conn: pg8000.native.Connection, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        rows = real_run(conn, sql, stream=stream, types=types, **params)
+        if not fired and "SET status = 'needs_review'" in sql and "charge attempted" in sql:
+            fired.append(sql)
+            injector._sever(conn)
+            raise InterfaceError("network error")
+        return rows
+
+    monkeypatch.setattr(pg8000.native.Connection, "run", run)
+    capsys.readouterr()
+    try:
+        out = load_handler(load().functions[CLEANUP])(EVENT, LocalLambdaContext(function_name=CLEANUP))
+    finally:
+        killer.close()
+    assert fired
+    # Then the charge went to review (by the first sending) ...
+    assert admin.rows("SELECT status FROM payments WHERE id = :p::uuid", p=STALE) == [["needs_review"]]
+    # ... and the metric its alarm (Cleanup_payments_flagged_for_review >= 1) reads counts it; the run says a
+    # statement was sent twice
+    flagged = metric_totals(capsys.readouterr().out).get("Cleanup_payments_flagged_for_review")
+    assert (flagged, out["counts_exact"]) == (1, False), out
+
+
+def test_a_purge_cancelled_midway_is_counted_or_said_inexact(production: tuple[str, Database]) -> None:  # noqa: F811
+    url, db = production
+    before = add_expired(db, 20)
+    slow_deletes(db, 0.02)
+    cleaner = Database(db._params)
+    admin = connect(url)
+
+    def cancel() -> None:
+        time.sleep(0.25)
+        admin.run(
+            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+            " WHERE query LIKE 'DO $paced$%' AND pid <> pg_backend_pid()"
+        )
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    report = CleanupReport()
+    try:
+        with pytest.raises(QueryError):
+            run_cleanup(cleaner, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100), report=report)
+    finally:
+        canceller.join()
+        admin.close()
+        cleaner.close()
+    purged = before - expired_left(db)
+    assert purged > 0  # the cancelled statement's batches committed
+    # The report the function logs ("cleanup failed midway") and counts as metrics: it must either count them, or say
+    # its counts are lower bounds (counts_exact: False), as it does when a sending broke or conflicted midway
+    assert 0 < report.purged_idempotency_records <= purged and report.counts_exact is False, (purged, report)
