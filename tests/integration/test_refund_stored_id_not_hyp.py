@@ -160,3 +160,26 @@ def test_naming_the_paying_transaction_as_the_409_says_takes_its_credits_back(en
     assert [r.original_id for r in env.sim.reversals] == [paid.id]
     assert done.json["credits_taken"] == 100, done.body
     assert env.credits() == before
+
+
+@pytest.mark.usefixtures("admin")
+def test_only_the_granting_transaction_pays_the_payment_when_the_payments_row_names_another(env: Env) -> None:
+    before = env.credits()
+    payment = buy(env)
+    pid = payment["payment_id"]
+    first = pay(env, payment)
+    assert notify(first.redirect_query).status == 200  # granted: 100 credits
+    second = pay(env, payment)  # paid again in another tab: held for review as a second charge
+    assert notify(second.redirect_query).status == 200
+    assert env.credits() == before + 100
+    # The web app's own callback handler records the latest charge on the payments row
+    env.rows("UPDATE payments SET hypay_transaction_id = :h WHERE id = :p::uuid", h=second.id, p=pid)
+    # The customer paid 2 x 49.90 for 100 credits. The operator gives back half of each charge (49.90 in all):
+    a = refund(pid, {"hypay_id": first.id, "amount": "24.95", "reason": "half"}, str(uuid.uuid4()))
+    b = refund(pid, {"hypay_id": second.id, "amount": "24.95", "reason": "half"}, str(uuid.uuid4()))
+    assert a.status == 201 and b.status == 201, (a.body, b.body)
+    taken = a.json["credits_taken"] + b.json["credits_taken"]
+    # One grant of 100 credits, one half of its transaction refunded: 50 credits go back, the second charge's refund
+    # takes none (a first form of the journal's rule counted both transactions as paying it; an outside review)
+    assert taken <= 50, (a.json["credits_taken"], b.json["credits_taken"])
+    assert env.credits() >= before + 50

@@ -27,6 +27,7 @@ import uuid
 from typing import Any
 
 from payments.adapters.db import Database, QueryError, bind
+from payments.errors import PaymentError
 from payments.records import Record
 
 # A callback naming the payment is on record, not verified yet, and the journal's row for its Hyp Id (its only row,
@@ -47,6 +48,9 @@ class Step(Record):
     # a batch it committed is no longer found by the second. At least what it did (`:window` seconds back).
     recount: str | None = None
 
+
+# Why the cleanup sends a stale pending payment with a charge attempt to review (when it has no reason yet).
+FLAGGED_REASON = "saved-card charge attempted, outcome never stored"
 
 # Each batch commits on its own (an autocommit statement); for a step that is not durable, in one round trip:
 # `SET LOCAL` lasts until that implicit transaction's commit, so the session's setting is untouched.
@@ -90,18 +94,19 @@ def cleanup_steps(table: str) -> list[Step]:
         # a retry may reuse an old pending payment and be asking Hyp right now (no row lock is held meanwhile).
         Step(
             "payments_flagged_for_review",
-            """
+            f"""
             UPDATE public.payments p SET status = 'needs_review', updated_at = now(),
-                   review_reason = COALESCE(p.review_reason, 'saved-card charge attempted, outcome never stored')
+                   review_reason = COALESCE(p.review_reason, '{FLAGGED_REASON}')
              WHERE id IN (
                 SELECT id FROM public.payments
                  WHERE status = 'pending' AND (review_reason IS NOT NULL OR charge_attempt_id IS NOT NULL)
                    AND GREATEST(created_at, charge_attempted_at) < now() - make_interval(secs => :pending_age)
                  LIMIT :batch FOR UPDATE SKIP LOCKED)""",
-            # Every charged payment sent to review lately (another's too: a count for an alarm, never one short)
-            recount="""
+            # The payments this step sent to review lately, by the reason it writes (only the cleanup writes it; one
+            # that had a reason before keeps it, and is not found here)
+            recount=f"""
             SELECT count(*) FROM public.payments
-             WHERE status = 'needs_review' AND (review_reason IS NOT NULL OR charge_attempt_id IS NOT NULL)
+             WHERE status = 'needs_review' AND review_reason = '{FLAGGED_REASON}'
                AND updated_at > now() - make_interval(secs => :window)""",
         ),
         # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One
@@ -129,18 +134,22 @@ def cleanup_steps(table: str) -> list[Step]:
     ]
 
 
-def run_step(db: Database, step: Step, **params: Any) -> int:
+def run_step(db: Database, step: Step, *, counted: int = 0, **params: Any) -> int:
     """One batch of one step, committed on its own; how many rows it handled (one row back, not one a row). Sent again
-    on a new connection (the first sending's answer lost), the step's `recount` when it has one, if more."""
+    on a new connection (the first sending's answer lost), the step's `recount`, less the `counted` rows the run's
+    earlier batches of the step handled, when that is more (never an error of its own: the batch's count stands)."""
     sql = bind(f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done", **params)
     resent = db.resent
     [[count]] = db.run(sql if step.durable else _LAZY_COMMIT + sql)
-    if db.resent != resent and step.recount is not None:
-        # Both sendings (and the reconnect between them) took less than this: the first's batch, if committed, is in it
-        window = int(3 * db.query_timeout) + 1
+    if db.resent == resent or step.recount is None:
+        return int(count)
+    # Both sendings (and the reconnect between them) took less than this: the first's batch, if committed, is in it
+    window = int(3 * db.query_timeout) + 1
+    try:
         [[recounted]] = db.run(bind(step.recount, window=window))
-        return max(int(count), int(recounted))
-    return int(count)
+    except PaymentError:
+        return int(count)
+    return max(int(count), int(recounted) - counted)
 
 
 # The shortest pause after a full batch. pg_sleep wakes on whole milliseconds, rounding up (a pause asked for 0.2 ms

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from jwt import PyJWK, PyJWKClient, PyJWKSet
+from jwt.api_jwk import PyJWTSetWithTimestamp
 from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError, PyJWKError, PyJWKSetError
 
 from payments.errors import ConfigurationError, PaymentError
@@ -51,6 +52,10 @@ def _signing_keys(jwk_set: PyJWKSet) -> list[PyJWK]:
     return [key for key in jwk_set.keys if key.public_key_use in ("sig", None) and key.key_id]
 
 
+# How long past its lifespan the last good set may still be served while fetching it again fails (a cooldown at a time).
+MAX_STALE_SECONDS = 300
+
+
 class _Client(PyJWKClient):
     """PyJWT's client, except that trouble with the set itself is ours: PyJWT raises one PyJWKClientError for a set
     that is not a JSON object, a set with no signing key (none with a `kid`, all for encryption) and a `kid` the set
@@ -80,14 +85,28 @@ class _Client(PyJWKClient):
             # tokens until it expires), and the endpoint is not asked again for one cooldown. What PyJWT does not
             # wrap (a connection reset while the body is read, a key whose `alg` is no string: a TypeError) is the
             # keys unreadable too.
-            if cache is not None:
-                cache.jwk_set_with_timestamp = kept
             self._failed_at = time.monotonic()
+            if cache is not None:
+                cache.jwk_set_with_timestamp = self._stale(kept, cache.lifespan)
             if isinstance(exc, PyJWKClientError | PyJWKSetError | PyJWKError | ValueError):
                 raise
             raise PyJWKClientConnectionError(f"the JWKS could not be read ({type(exc).__name__})") from exc
         self._failed_at = None
         return data
+
+    def _stale(self, kept: PyJWTSetWithTimestamp | None, lifespan: float) -> PyJWTSetWithTimestamp | None:
+        """The last good set, after a fetch that failed: kept as it was, and, when it expired, served for the failure's
+        cooldown (its keys verify the tokens they signed: one reset at the set's expiry must not fail every good token
+        for a cooldown), as long as it is no older than its lifespan and MAX_STALE_SECONDS."""
+        if kept is None:
+            return None
+        now = time.monotonic()
+        age = now - kept.get_timestamp()
+        if age < lifespan or age > lifespan + MAX_STALE_SECONDS:
+            return kept
+        served = PyJWTSetWithTimestamp(kept.get_jwk_set())
+        served.timestamp = min(kept.get_timestamp() + MAX_STALE_SECONDS, now - lifespan + self.cooldown_duration)
+        return served
 
     def get_signing_keys(self, refresh: bool = False) -> list[PyJWK]:
         try:

@@ -205,6 +205,11 @@ _HELD = """
 SELECT hypay_id FROM public.hypay_transactions
  WHERE payment_id = :id::uuid AND decision = 'review' AND ccode = 0 ORDER BY first_seen, hypay_id"""
 
+# The transaction that granted the payment's credits (one at most: one purchase per payment).
+_GRANTED_BY = """
+SELECT hypay_id FROM public.hypay_transactions WHERE payment_id = :id::uuid AND decision = 'granted'
+ ORDER BY first_seen LIMIT 1"""
+
 _SUMS = """
 SELECT COALESCE(sum(amount) FILTER (WHERE status IN ('attempted', 'succeeded', 'unknown')), 0)::text,
        COALESCE(sum(amount) FILTER (WHERE status = 'succeeded' AND id IS DISTINCT FROM :me::uuid), 0)::text
@@ -417,11 +422,10 @@ class RefundsStore:
         )
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
-        named = unjournaled = unverified = granted = False
+        named = unjournaled = unverified = False
         if journal:
             (j_amount, j_currency, decision, ccode, first_seen, named, detail, closed_as, closed_by, unverified,
              refund_of, unnamed) = journal[0]  # fmt: skip
-            granted = decision == "granted"  # it granted this payment's credits, whatever the payments row says
             if planning and refund_of is not None:
                 raise NotRefundable(f"Hyp transaction {txn} is refund {refund_of}'s own: money that went back")
             if planning and closed_as is not None:
@@ -469,12 +473,20 @@ class RefundsStore:
             original_at,
             _money(reserved, currency),
             _money(refunded, currency),
-            granted or protocol.same_hyp_id(txn, paying_id),
+            self._pays(tx, payment_id, txn, paying_id),
             price,
             bool(named),
             unjournaled,
             bool(unverified),
         )
+
+    @staticmethod
+    def _pays(tx: Transaction, payment_id: UUID, txn: str, paying_id: str | None) -> bool:
+        """Whether `txn` is the one transaction whose credits the payment granted: the journal's granted row for the
+        payment, whatever the payments row says (the web app writes it); without one (paid before the journal), the
+        payments row's. Only one transaction pays a payment: a refund of another takes no credits."""
+        granted = tx.run(bind(_GRANTED_BY, id=str(payment_id)))
+        return protocol.same_hyp_id(txn, granted[0][0] if granted else paying_id)
 
     @staticmethod
     def _held_one(tx: Transaction, payment_id: UUID) -> str:

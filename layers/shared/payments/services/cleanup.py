@@ -151,11 +151,13 @@ class _Run:
                 return False
             started = time.monotonic()
             resent = self.db.resent
-            done = run_step(self.db, step, **self.params)
-            if self.db.resent != resent:
-                # Sent again on a new connection, the first sending's answer lost: it may have committed a batch
-                # this count misses (payments sent to review: their alarm then counts on the review queue's)
-                self.report.counts_exact = False
+            try:
+                done = run_step(self.db, step, counted=getattr(self.report, step.field), **self.params)
+            finally:
+                if self.db.resent != resent:
+                    # Sent again on a new connection, the first sending's answer lost: it may have committed a batch
+                    # this count misses (the flag step counts its own again: their alarm)
+                    self.report.counts_exact = False
             self._count(step, done)
             if done < self.policy.batch_size:
                 return True
