@@ -5,12 +5,39 @@ of it (an outside review: the limits were taken before the reconnect, and the tr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ops.lambda_context import LocalLambdaContext
 from payments import deadline
 from payments.adapters.db import ROOM_SECONDS, Database, GuardedConnection, QueryError, parse_database_url
 from tests.support.pg import connect
+
+
+def _held_row(db: Database, database_url: str) -> Any:
+    """A row of a table of its own, held (FOR UPDATE) by another session, the web app's: that session, to end."""
+    db.run("CREATE TABLE IF NOT EXISTS deadline_row (id int PRIMARY KEY)")
+    db.run("INSERT INTO deadline_row VALUES (1) ON CONFLICT DO NOTHING")
+    holder = connect(database_url)
+    holder.run("BEGIN")
+    holder.run("SELECT * FROM deadline_row WHERE id = 1 FOR UPDATE")
+    return holder
+
+
+def _near_the_end(work: Callable[[], None], holder: Any, timeout: float = 3.0) -> tuple[str, float]:
+    """`work()` in an invocation of `timeout` seconds, started now, then the holder's transaction ended: its outcome
+    ('ok', or the SQLSTATE the database refused it with) and how long it took."""
+    deadline.start(LocalLambdaContext(function_name="f", timeout_seconds=timeout))
+    started = time.monotonic()
+    try:
+        work()
+        return "ok", time.monotonic() - started
+    except QueryError as exc:
+        return str(exc.sqlstate), time.monotonic() - started
+    finally:
+        deadline.clear()
+        holder.run("ROLLBACK")
+        holder.close()
 
 
 def test_a_reconnect_is_taken_off_the_transactions_time(database_url: str) -> None:
@@ -24,28 +51,19 @@ def test_a_reconnect_is_taken_off_the_transactions_time(database_url: str) -> No
         return parsed
 
     db = Database(params, connect=GuardedConnection)
-    db.run("CREATE TABLE IF NOT EXISTS deadline_row (id int PRIMARY KEY)")
-    db.run("INSERT INTO deadline_row VALUES (1) ON CONFLICT DO NOTHING")
+    holder = _held_row(db, database_url)  # the web app holds the row
     [[pid]] = db.run("SELECT pg_backend_pid()")
-    holder = connect(database_url)
-    holder.run("BEGIN")
-    holder.run("SELECT * FROM deadline_row WHERE id = 1 FOR UPDATE")  # the web app holds the row
     holder.run("SELECT pg_terminate_backend(:p)", p=pid)  # the function's connection broke
     time.sleep(0.1)
     timeout = 3.0
-    deadline.start(LocalLambdaContext(function_name="f", timeout_seconds=timeout))
-    started = time.monotonic()
-    try:
+
+    def work() -> None:
         with db.transaction() as tx:
             tx.run("SELECT * FROM deadline_row WHERE id = 1 FOR UPDATE")
-        outcome = "ok"
-    except QueryError as exc:
-        outcome = str(exc.sqlstate)
+
+    try:
+        outcome, took = _near_the_end(work, holder, timeout)
     finally:
-        took = time.monotonic() - started
-        deadline.clear()
-        holder.run("ROLLBACK")
-        holder.close()
         db.close()
     # "Not yet" (the lock not granted), with ROOM_SECONDS left for the caller's fallback and answer
     assert outcome == "55P03" and len(asked) == 2, (outcome, asked)
@@ -58,25 +76,14 @@ def test_an_autocommit_statement_near_the_end_does_not_outlive_the_invocation(da
     outlived the invocation (an outside review). Near the end it takes a transaction's limits, in its own round trip;
     its rows are its own."""
     db = Database(lambda refresh: parse_database_url(database_url), connect=GuardedConnection)
-    db.run("CREATE TABLE IF NOT EXISTS deadline_row (id int PRIMARY KEY)")
-    db.run("INSERT INTO deadline_row VALUES (1) ON CONFLICT DO NOTHING")
-    holder = connect(database_url)
-    holder.run("BEGIN")
-    holder.run("SELECT * FROM deadline_row WHERE id = 1 FOR UPDATE")  # the web app holds the row
+    holder = _held_row(db, database_url)  # the web app holds the row
     timeout = 3.0
-    deadline.start(LocalLambdaContext(function_name="f", timeout_seconds=timeout))
-    started = time.monotonic()
-    try:
+
+    def work() -> None:
         assert db.run("SELECT 7, 'free'") == [[7, "free"]]  # what a statement answers is its own, near the end too
         db.run("UPDATE deadline_row SET id = 1 WHERE id = 1 RETURNING id")
-        outcome = "ok"
-    except QueryError as exc:
-        outcome = str(exc.sqlstate)
-    finally:
-        took = time.monotonic() - started
-        deadline.clear()
-        holder.run("ROLLBACK")
-        holder.close()
+
+    outcome, took = _near_the_end(work, holder, timeout)
     try:
         # Far from any end (none known: not in Lambda), nothing is sent before it
         assert db.run("SELECT current_setting('lock_timeout')") == [["0"]]

@@ -5,15 +5,12 @@ with two lines, one priced 0.01, by naming a pack `Starter~1~0.01][0~Bonus pack`
 from __future__ import annotations
 
 import re
-from typing import Any
-from urllib.parse import parse_qsl
 
 import pytest
 
-from payments.adapters import hypay
 from payments.domain import hypay as protocol
 from tests.support.api import reset_function_state
-from tests.support.payments import STARTER, Env, post
+from tests.support.payments import STARTER, Env, post, record_hyp_requests
 
 _LINE = re.compile(r"\[([^\[\]]*)\]")
 HOSTILE = ["Starter~1~0.01][0~Bonus pack", "Starter~100~49.90", "Starter] [0~Gift~1~0", "[[~~]]", "~"]
@@ -36,15 +33,7 @@ def test_a_pack_name_never_adds_or_reprices_invoice_lines(env: Env, monkeypatch:
     api_settings.cache_clear()
     reset_function_state("CreatePaymentFunction")
     env.rows("UPDATE credit_packs SET name = :n WHERE id = :p::uuid", n=name, p=STARTER)
-    sent: list[dict[str, str]] = []
-    real = hypay._opener()
-
-    class Recording:
-        def open(self, request: Any, timeout: float) -> Any:
-            sent.append(dict(parse_qsl(request.data.decode(), keep_blank_values=True)))
-            return real.open(request, timeout=timeout)
-
-    monkeypatch.setattr(hypay, "_opener", lambda: Recording())
+    sent = record_hyp_requests(monkeypatch)
     # When the payment page is asked for
     page = post({"credit_pack_id": STARTER}, key="invoice-lines")
     assert page.status == 201, page.body

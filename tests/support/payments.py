@@ -111,3 +111,21 @@ def functions_environment(database_url: str, login: str, sim_url: str) -> dict[s
         "POWERTOOLS_METRICS_NAMESPACE": "PaymentsTest",
         "POWERTOOLS_TRACE_DISABLED": "1",
     }
+
+
+def record_hyp_requests(monkeypatch: Any) -> list[dict[str, str]]:
+    """Every request the Hyp client sends from now on (this test), as its fields, in order; still sent to Hyp."""
+    from urllib.parse import parse_qsl
+
+    from payments.adapters import hypay
+
+    sent: list[dict[str, str]] = []
+    real = hypay._opener()
+
+    class Recording:
+        def open(self, request: Any, timeout: float) -> Any:
+            sent.append(dict(parse_qsl(request.data.decode(), keep_blank_values=True)))
+            return real.open(request, timeout=timeout)
+
+    monkeypatch.setattr(hypay, "_opener", lambda: Recording())
+    return sent
