@@ -150,9 +150,12 @@ _COLUMNS = (
     " message, credits_taken, reason, admin, created_at, updated_at"
 )
 
+# The payment, locked, with the transaction that granted its credits (one at most: one purchase per payment).
 _LOCK_PAYMENT = """
 SELECT p.status, p.user_id::text, p.amount::text, p.currency, p.hypay_transaction_id,
-       COALESCE(p.completed_at, p.updated_at), p.charge_attempted_at, p.hypay_ccode
+       COALESCE(p.completed_at, p.updated_at), p.charge_attempted_at, p.hypay_ccode,
+       (SELECT j.hypay_id FROM public.hypay_transactions j WHERE j.payment_id = p.id AND j.decision = 'granted'
+         ORDER BY j.first_seen LIMIT 1)
   FROM public.payments p WHERE p.id = :id::uuid FOR UPDATE"""
 
 # Whether an operator may name Hyp Id `txn` as the transaction of payment `id`'s saved-card charge whose answer was
@@ -204,11 +207,6 @@ SELECT j.amount::text, j.currency, j.decision, j.ccode, j.first_seen, j.amount_n
 _HELD = """
 SELECT hypay_id FROM public.hypay_transactions
  WHERE payment_id = :id::uuid AND decision = 'review' AND ccode = 0 ORDER BY first_seen, hypay_id"""
-
-# The transaction that granted the payment's credits (one at most: one purchase per payment).
-_GRANTED_BY = """
-SELECT hypay_id FROM public.hypay_transactions WHERE payment_id = :id::uuid AND decision = 'granted'
- ORDER BY first_seen LIMIT 1"""
 
 _SUMS = """
 SELECT COALESCE(sum(amount) FILTER (WHERE status IN ('attempted', 'succeeded', 'unknown')), 0)::text,
@@ -404,7 +402,7 @@ class RefundsStore:
         rows = tx.run(bind(_LOCK_PAYMENT, id=str(payment_id)))
         if not rows:
             raise NoSuchPayment(str(payment_id))
-        status, user, amount, currency, paying_id, paid_at, charge_attempted_at, declined_code = rows[0]
+        status, user, amount, currency, paying_id, paid_at, charge_attempted_at, declined_code, granted_by = rows[0]
         payment_currency = Currency(currency)
         if paying_id is not None and protocol.hyp_number(paying_id) is None:
             # The web app wrote something that is no Hyp transaction id (`abc`, ` 12`, `1e3`): never sent to Hyp,
@@ -473,20 +471,15 @@ class RefundsStore:
             original_at,
             _money(reserved, currency),
             _money(refunded, currency),
-            self._pays(tx, payment_id, txn, paying_id),
+            # Only one transaction pays a payment (a refund of another takes no credits): the one the journal holds
+            # as granting its credits, whatever the payments row says (the web app writes it); without one (paid
+            # before the journal), the payments row's.
+            protocol.same_hyp_id(txn, granted_by or paying_id),
             price,
             bool(named),
             unjournaled,
             bool(unverified),
         )
-
-    @staticmethod
-    def _pays(tx: Transaction, payment_id: UUID, txn: str, paying_id: str | None) -> bool:
-        """Whether `txn` is the one transaction whose credits the payment granted: the journal's granted row for the
-        payment, whatever the payments row says (the web app writes it); without one (paid before the journal), the
-        payments row's. Only one transaction pays a payment: a refund of another takes no credits."""
-        granted = tx.run(bind(_GRANTED_BY, id=str(payment_id)))
-        return protocol.same_hyp_id(txn, granted[0][0] if granted else paying_id)
 
     @staticmethod
     def _held_one(tx: Transaction, payment_id: UUID) -> str:
