@@ -147,6 +147,11 @@ def hypay_return() -> Response[Any]:
             # never reloads): kept, so that the cleanup does not expire a paid payment and the queue shows it.
             # (Refused for good, it was kept already; the database out of reach, keeping would only wait again.)
             _keep_unverified(raw, False, f"verified, not processed yet: database error {exc.sqlstate}")
+        elif isinstance(exc, CallbackInProgress):
+            # The delivery holding the claim may be one Lambda ended mid-work: its claim outlives it with nothing
+            # written, and this may be the last delivery there is. Kept likewise (a live holder's journal row, once
+            # committed, is left as it is: a kept copy overwrites nothing).
+            _keep_unverified(raw, False, "verified, not processed yet: another delivery held it")
         return redirect(pages.pending_url, _order(raw))
     page = {Result.COMPLETED: pages.success_url, Result.FAILED: pages.failure_url, Result.REVIEW: pages.pending_url}
     return redirect(page.get(outcome.result, pages.failure_url), outcome.payment_id)
