@@ -18,9 +18,10 @@ since changed is refused rather than silently skipped.
 
 On a live database the web app keeps running: its requests read and write the tables a migration alters, and
 an `ALTER TABLE` waits for every transaction using the table, while every request that comes after it waits
-for the `ALTER TABLE`. So the run never waits long for a table: each lock it takes waits at most
-`--lock-timeout` seconds (`lock_timeout`, default 5), after which the whole run is rolled back (nothing
-applied, the web app's requests go on) and tried again, a few times, with growing pauses. A run that still
+for the `ALTER TABLE`. So the run takes every lock it needs on existing tables first, together (`_take_locks`: it
+never holds one table while waiting for another, and gives way before the server's deadlock check could abort a
+request of the web app), for at most `--lock-timeout` seconds (default 5), after which the whole run is rolled back
+(nothing applied, the web app's requests go on) and tried again, a few times, with growing pauses. A run that still
 cannot get its locks ends with a message naming the cause (a long transaction, often one left idle: see
 docs/deploy.md). Each statement may run as long as it needs (`--query-timeout`, default 600 s, is only the
 client's guard against a dead connection): an index built over a large table takes its time.
@@ -51,6 +52,8 @@ _FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 7_304_202_611  # arbitrary, constant: the migration runner's advisory lock
 ADOPT_ENV = "MIGRATE_ADOPT_LEGACY"
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
+# What gives way like a busy table: a lock not granted in time, a deadlock or a conflict the server broke on our side.
+GIVES_WAY = (LOCK_NOT_AVAILABLE, "40P01", "40001")
 LOCK_TIMEOUT_SECONDS = 5.0
 ATTEMPTS = 5
 QUERY_TIMEOUT_SECONDS = 600.0
@@ -405,7 +408,7 @@ def run(
                 return _run(tx, migrations, adopt_legacy, backend_statements, lock_timeout_seconds)
         except (QueryError, MigrationError) as exc:
             cause = exc if isinstance(exc, QueryError) else exc.__cause__
-            busy = isinstance(cause, QueryError) and cause.sqlstate == LOCK_NOT_AVAILABLE
+            busy = isinstance(cause, QueryError) and cause.sqlstate in GIVES_WAY
             if busy and attempt < attempts:
                 pause = min(2.0**attempt, 30.0)
                 if say is not None:
@@ -450,12 +453,15 @@ def _run(
     preflight = _preflight(tx, migrations)
     if not preflight.pending:
         return Outcome([])
+    if preflight.findings and not adopt_legacy:
+        raise LegacyRowsFound(preflight)
+    # Every lock the run will take on a table that exists, taken now, together (see `_take_locks`). An adoption's
+    # tables too: writers wait from here to the commit, so the rows adopted are the rows checked.
+    needed = locks_needed([m.sql for m in preflight.pending], _tables(tx))
+    for table in dict.fromkeys(f.rule.table for f in preflight.findings):
+        needed[table] = "ACCESS EXCLUSIVE"
+    _take_locks(tx, needed, lock_timeout_seconds, wait_ms)
     if preflight.findings:
-        if not adopt_legacy:
-            raise LegacyRowsFound(preflight)
-        # Writers wait from here to the commit, so the rows adopted are the rows checked.
-        tables = dict.fromkeys(f.rule.table for f in preflight.findings)
-        tx.run("LOCK TABLE " + ", ".join(f"public.{t}" for t in tables) + " IN ACCESS EXCLUSIVE MODE")
         preflight = _preflight(tx, migrations)
     applied = []
     for migration in preflight.pending:
@@ -482,6 +488,123 @@ def _run(
     if preflight.findings or backend_statements is not None:  # only adoption departs from the tested schema
         _probe(tx, _journal_statements() if backend_statements is None else backend_statements)
     return Outcome(applied, preflight.findings)
+
+
+# PostgreSQL's table lock modes, weakest first, each with the modes it conflicts with (the manual's "Conflicting Lock
+# Modes" table).
+LOCK_MODES = (
+    "ACCESS SHARE",
+    "ROW SHARE",
+    "ROW EXCLUSIVE",
+    "SHARE UPDATE EXCLUSIVE",
+    "SHARE",
+    "SHARE ROW EXCLUSIVE",
+    "EXCLUSIVE",
+    "ACCESS EXCLUSIVE",
+)
+CONFLICTS = {
+    "ACCESS SHARE": frozenset(LOCK_MODES[7:]),
+    "ROW SHARE": frozenset(LOCK_MODES[6:]),
+    "ROW EXCLUSIVE": frozenset(LOCK_MODES[4:]),
+    "SHARE UPDATE EXCLUSIVE": frozenset(LOCK_MODES[3:]),
+    "SHARE": frozenset({"ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", *LOCK_MODES[5:]}),
+    "SHARE ROW EXCLUSIVE": frozenset(LOCK_MODES[2:]),
+    "EXCLUSIVE": frozenset(LOCK_MODES[1:]),
+    "ACCESS EXCLUSIVE": frozenset(LOCK_MODES),
+}
+
+
+def covers(held: str, wanted: str) -> bool:
+    """Whether holding `held` lets this transaction take `wanted` on the same table without waiting: every mode that
+    conflicts with `wanted` conflicts with `held`, so no other transaction can hold one."""
+    return CONFLICTS[wanted] <= CONFLICTS[held]
+
+
+_NAME = r'(?:public\.)?"?([a-z_][a-z0-9_]*)"?'
+# What a statement of a migration file locks, by the table it names: ALTER TABLE and DROP TRIGGER take ACCESS
+# EXCLUSIVE, CREATE TRIGGER and a foreign key's REFERENCES SHARE ROW EXCLUSIVE, CREATE INDEX (not CONCURRENTLY) SHARE,
+# and INSERT / UPDATE / DELETE ROW EXCLUSIVE. A word these patterns catch that is not a table (`UPDATE ON` in a
+# trigger's events) names nothing that exists, and is left out.
+_TAKES = (
+    (re.compile(r"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?" + _NAME, re.I), "ACCESS EXCLUSIVE"),
+    (re.compile(r"\bDROP\s+TRIGGER\s+(?:IF\s+EXISTS\s+)?\w+\s+ON\s+" + _NAME, re.I), "ACCESS EXCLUSIVE"),
+    (
+        re.compile(r"\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+\w+\s[^;]*?\bON\s+" + _NAME, re.I),
+        "SHARE ROW EXCLUSIVE",
+    ),
+    (re.compile(r"\bREFERENCES\s+" + _NAME, re.I), "SHARE ROW EXCLUSIVE"),
+    (re.compile(r"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s[^;]*?\bON\s+(?:ONLY\s+)?" + _NAME, re.I), "SHARE"),
+    (re.compile(r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(?:ONLY\s+)?" + _NAME, re.I), "ROW EXCLUSIVE"),
+)
+_COMMENT = re.compile(r"--[^\n]*")
+# A statement built at run time (`EXECUTE format('CREATE POLICY ... ON public.%I', t)` over a list of names) is not in
+# the text: in a file that has one, every existing table named as a string (`'payments'`) is taken ACCESS EXCLUSIVE.
+_DYNAMIC = re.compile(r"\bEXECUTE\b", re.I)
+_NAMED = re.compile(r"'([a-z_][a-z0-9_]*)'")
+
+
+def locks_needed(sqls: Iterable[str], existing: Iterable[str]) -> dict[str, str]:
+    """The weakest mode per existing table that covers every lock the statements of `sqls` take on it."""
+    tables = set(existing)
+    wanted: dict[str, set[str]] = {}
+    for sql in sqls:
+        text = _COMMENT.sub(" ", sql)
+        takes = [*_TAKES, (_NAMED, "ACCESS EXCLUSIVE")] if _DYNAMIC.search(text) else _TAKES
+        for pattern, mode in takes:
+            for match in pattern.finditer(text):
+                table = match.group(1).lower()
+                if table in tables:
+                    wanted.setdefault(table, set()).add(mode)
+    return {
+        table: next(held for held in LOCK_MODES if all(covers(held, m) for m in modes))
+        for table, modes in sorted(wanted.items())
+    }
+
+
+def _tables(tx: Transaction) -> list[str]:
+    return [name for (name,) in tx.run(
+        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')"
+    )]  # fmt: skip
+
+
+def _take_locks(tx: Transaction, needed: dict[str, str], lock_timeout_seconds: float, wait_ms: int) -> None:
+    """Every lock the run needs on a table that exists, before any file runs, so that the run never holds one table
+    while waiting for another: the web app's transactions use several of them (a request that wrote
+    credit_transactions, then reads payments), and each such wait could close a cycle with one of them.
+
+    PostgreSQL breaks a cycle by aborting whichever waiter checks first: a waiter checks once, `deadlock_timeout`
+    (1 s by default) after it began waiting. Every round of these locks waits at most half that in all, and a request
+    can wait for a lock of the run only after the round took it: the round gives way (its locks released, to a
+    savepoint) before the request checks, so the web app's request is never the one aborted. Rounds go on until
+    `lock_timeout_seconds` have passed (0: no limit), then the run gives way as for any lock not granted."""
+    if not needed:
+        return
+    [[deadlock_seconds]] = tx.run("SELECT extract(epoch FROM current_setting('deadlock_timeout')::interval)::float8")
+    round_ms = max(1, int(float(deadlock_seconds) * 500))
+    by_mode: dict[str, list[str]] = {}
+    for table, mode in needed.items():
+        by_mode.setdefault(mode, []).append(table)
+    statements = [f"LOCK TABLE {', '.join(f'public.{_identifier(t)}' for t in tables)} IN {mode} MODE"
+                  for mode, tables in by_mode.items()]  # fmt: skip
+    until = time.monotonic() + lock_timeout_seconds if lock_timeout_seconds > 0 else None
+    while True:
+        tx.run("SAVEPOINT migrate_locks")
+        began = time.monotonic()
+        try:
+            for statement in statements:
+                left = round_ms - int((time.monotonic() - began) * 1000)
+                tx.run(f"SET LOCAL lock_timeout = '{max(1, left)}ms'")
+                tx.run(statement)
+        except QueryError as exc:
+            if exc.sqlstate not in GIVES_WAY:
+                raise
+            tx.run("ROLLBACK TO SAVEPOINT migrate_locks")  # the round's locks released: the requests behind go on
+            if until is not None and time.monotonic() >= until:
+                raise
+            continue
+        tx.run("RELEASE SAVEPOINT migrate_locks")
+        tx.run(f"SET LOCAL lock_timeout = '{wait_ms}ms'")
+        return
 
 
 def migrate(db: Database, sql_dir: Path = SQL_DIR, *, adopt_legacy: bool = False) -> list[str]:
