@@ -308,3 +308,18 @@ def test_local_authorizer_events_are_what_api_gateway_sends() -> None:
     assert set(sample) <= set(built) | {"cookies", "queryStringParameters", "pathParameters", "stageVariables"}
     assert "body" not in built and built["type"] == "REQUEST" and built["identitySource"] == ["Bearer t"]
     assert built["routeArn"].endswith("/$default/POST/payments") and built["rawQueryString"] == "x=1"
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_a_signed_time_past_any_integer_is_denied_not_an_error(
+    authorizer: ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, claim: str
+) -> None:
+    """JSON's `1e400` (or Infinity) reads as an infinite float: a time no integer holds. Only a token whose signature
+    verifies gets that far, but the issuer is not ours: such a token is denied, never a failed call (API Gateway's
+    500), whatever PyJWT's time checks make of it."""
+    auth = LocalAuth("hs256")
+    configure(monkeypatch, auth, JWT_SECRET=LOCAL_JWT_SECRET)
+    token = sign(auth, claims(auth, **{claim: float("inf")}))
+    assert call(authorizer, request_with(token)) == {"isAuthorized": False}
+    reasons = {getattr(r, "reason", None) for r in caplog.records if r.getMessage() == "token rejected"}
+    assert len(reasons) == 1 and None not in reasons, reasons
