@@ -38,7 +38,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -520,21 +520,32 @@ def covers(held: str, wanted: str) -> bool:
     return CONFLICTS[wanted] <= CONFLICTS[held]
 
 
-_NAME = r'(?:public\.)?"?([a-z_][a-z0-9_]*)"?'
-# What a statement of a migration file locks, by the table it names: ALTER TABLE and DROP TRIGGER take ACCESS
-# EXCLUSIVE, CREATE TRIGGER and a foreign key's REFERENCES SHARE ROW EXCLUSIVE, CREATE INDEX (not CONCURRENTLY) SHARE,
-# and INSERT / UPDATE / DELETE ROW EXCLUSIVE. A word these patterns catch that is not a table (`UPDATE ON` in a
-# trigger's events) names nothing that exists, and is left out.
-_TAKES = (
-    (re.compile(r"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?" + _NAME, re.I), "ACCESS EXCLUSIVE"),
-    (re.compile(r"\bDROP\s+TRIGGER\s+(?:IF\s+EXISTS\s+)?\w+\s+ON\s+" + _NAME, re.I), "ACCESS EXCLUSIVE"),
-    (
-        re.compile(r"\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+\w+\s[^;]*?\bON\s+" + _NAME, re.I),
-        "SHARE ROW EXCLUSIVE",
-    ),
-    (re.compile(r"\bREFERENCES\s+" + _NAME, re.I), "SHARE ROW EXCLUSIVE"),
-    (re.compile(r"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s[^;]*?\bON\s+(?:ONLY\s+)?" + _NAME, re.I), "SHARE"),
-    (re.compile(r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(?:ONLY\s+)?" + _NAME, re.I), "ROW EXCLUSIVE"),
+# A table (or index) as a file may write it: `payments`, `public.payments`, `"public"."payments"`, `public . payments`.
+_NAME = r'(?:"?public"?\s*\.\s*)?"?([a-z_][a-z0-9_]*)"?'
+_IF_EXISTS = r"(?:IF\s+EXISTS\s+)?"
+# What a statement of a migration file locks, by the table it names (PostgreSQL's manual, "Table-Level Locks"): ALTER
+# TABLE, TRUNCATE, DROP TRIGGER, CREATE / ALTER / DROP POLICY, and DROP / ALTER INDEX (on the index's table) take
+# ACCESS EXCLUSIVE; CREATE TRIGGER and a foreign key's REFERENCES SHARE ROW EXCLUSIVE; CREATE INDEX (not CONCURRENTLY)
+# SHARE; COMMENT ON TABLE / COLUMN SHARE UPDATE EXCLUSIVE; INSERT / UPDATE / DELETE / MERGE ROW EXCLUSIVE. A word these
+# patterns catch that is not a table (`UPDATE ON` in a trigger's events) names nothing that exists, and is left out.
+# tests/integration/test_migration_locks.py checks every file against the locks it really takes.
+_TAKES = tuple(
+    (re.compile(pattern, re.I), mode)
+    for pattern, mode in (
+        (r"\bALTER\s+TABLE\s+" + _IF_EXISTS + r"(?:ONLY\s+)?" + _NAME, "ACCESS EXCLUSIVE"),
+        (r"\bTRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?" + _NAME, "ACCESS EXCLUSIVE"),
+        (r"\bDROP\s+TRIGGER\s+" + _IF_EXISTS + r"\w+\s+ON\s+" + _NAME, "ACCESS EXCLUSIVE"),
+        (r"\b(?:CREATE|ALTER|DROP)\s+POLICY\s+" + _IF_EXISTS + r'"?\w+"?\s+ON\s+' + _NAME, "ACCESS EXCLUSIVE"),
+        (r"\b(?:DROP|ALTER)\s+INDEX\s+(?:CONCURRENTLY\s+)?" + _IF_EXISTS + _NAME, "ACCESS EXCLUSIVE"),
+        (
+            r"\bCREATE\s+(?:OR\s+REPLACE\s+)?(?:CONSTRAINT\s+)?TRIGGER\s+\w+\s[^;]*?\bON\s+" + _NAME,
+            "SHARE ROW EXCLUSIVE",
+        ),
+        (r"\bREFERENCES\s+" + _NAME, "SHARE ROW EXCLUSIVE"),
+        (r"\bCREATE\s+(?:UNIQUE\s+)?INDEX\s[^;]*?\bON\s+(?:ONLY\s+)?" + _NAME, "SHARE"),
+        (r"\bCOMMENT\s+ON\s+(?:TABLE|COLUMN)\s+" + _NAME, "SHARE UPDATE EXCLUSIVE"),
+        (r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|MERGE\s+INTO)\s+(?:ONLY\s+)?" + _NAME, "ROW EXCLUSIVE"),
+    )
 )
 _COMMENT = re.compile(r"--[^\n]*")
 # A statement built at run time (`EXECUTE format('CREATE POLICY ... ON public.%I', t)` over a list of names) is not in
@@ -543,17 +554,17 @@ _DYNAMIC = re.compile(r"\bEXECUTE\b", re.I)
 _NAMED = re.compile(r"'([a-z_][a-z0-9_]*)'")
 
 
-def locks_needed(sqls: Iterable[str], existing: Iterable[str]) -> dict[str, str]:
-    """The weakest mode per existing table that covers every lock the statements of `sqls` take on it."""
-    tables = set(existing)
+def locks_needed(sqls: Iterable[str], existing: Mapping[str, str]) -> dict[str, str]:
+    """The weakest mode per existing table that covers every lock the statements of `sqls` take on it. `existing`:
+    each table's name and each index's, to the table it is (or is on): see `_tables`."""
     wanted: dict[str, set[str]] = {}
     for sql in sqls:
         text = _COMMENT.sub(" ", sql)
         takes = [*_TAKES, (_NAMED, "ACCESS EXCLUSIVE")] if _DYNAMIC.search(text) else _TAKES
         for pattern, mode in takes:
             for match in pattern.finditer(text):
-                table = match.group(1).lower()
-                if table in tables:
+                table = existing.get(match.group(1).lower())
+                if table is not None:
                     wanted.setdefault(table, set()).add(mode)
     return {
         table: next(held for held in LOCK_MODES if all(covers(held, m) for m in modes))
@@ -561,10 +572,15 @@ def locks_needed(sqls: Iterable[str], existing: Iterable[str]) -> dict[str, str]
     }
 
 
-def _tables(tx: Transaction) -> list[str]:
-    return [name for (name,) in tx.run(
-        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')"
-    )]  # fmt: skip
+def _tables(tx: Transaction) -> dict[str, str]:
+    """The tables of the schema by name, and their indexes' names, each to the table it is on."""
+    return dict(tx.run(
+        "SELECT c.relname, c.relname FROM pg_class c"
+        " WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')"
+        " UNION ALL SELECT i.relname, t.relname FROM pg_index x"
+        " JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid"
+        " WHERE t.relnamespace = 'public'::regnamespace AND t.relkind IN ('r', 'p')"
+    ))  # fmt: skip
 
 
 def _take_locks(tx: Transaction, needed: dict[str, str], lock_timeout_seconds: float, wait_ms: int) -> None:
@@ -581,11 +597,9 @@ def _take_locks(tx: Transaction, needed: dict[str, str], lock_timeout_seconds: f
         return
     [[deadlock_seconds]] = tx.run("SELECT extract(epoch FROM current_setting('deadlock_timeout')::interval)::float8")
     round_ms = max(1, int(float(deadlock_seconds) * 500))
-    by_mode: dict[str, list[str]] = {}
-    for table, mode in needed.items():
-        by_mode.setdefault(mode, []).append(table)
-    statements = [f"LOCK TABLE {', '.join(f'public.{_identifier(t)}' for t in tables)} IN {mode} MODE"
-                  for mode, tables in by_mode.items()]  # fmt: skip
+    # One statement per table: lock_timeout bounds each table's wait, not a statement's, and the round's time left is
+    # set again before each.
+    statements = [f"LOCK TABLE public.{_identifier(table)} IN {mode} MODE" for table, mode in needed.items()]
     until = time.monotonic() + lock_timeout_seconds if lock_timeout_seconds > 0 else None
     while True:
         tx.run("SAVEPOINT migrate_locks")

@@ -154,3 +154,59 @@ def test_a_web_app_request_using_two_tables_is_never_aborted_and_the_run_goes_on
     assert error is None, f"the web app's request was aborted: {error}"
     assert outcome and not isinstance(outcome[0], Exception), outcome
     assert outcome[0].applied == [m.name for m in discover()]  # type: ignore[attr-defined]
+
+
+def test_a_round_waiting_for_several_tables_in_turn_still_gives_way_before_a_request_checks(production: str) -> None:
+    """lock_timeout bounds each table's wait, not a statement's: a round that locked its tables in one statement
+    per mode waited for three tables in turn, holding the first ones past a request's deadlock check (an outside
+    review of the first form). Each table has its own statement now, the round's time left set before each."""
+    # Given three web app requests, each reading one of the tables the run locks, and ending within half a second
+    w2, w3, w4 = connect(production), connect(production), connect(production)
+    w2.run("BEGIN")
+    w2.run("SELECT count(*) FROM idempotency_keys")
+    w3.run("BEGIN")
+    w3.run("SELECT count(*) FROM invoices")
+    w4.run("BEGIN")
+    w4.run("SELECT count(*) FROM profiles")
+    thread, outcome = _run_in_thread(production)
+    _wait_until_the_run_waits_for(production, "idempotency_keys")
+    started = time.monotonic()
+    threading.Timer(0.35, lambda: w2.run("COMMIT")).start()
+    threading.Timer(0.75, lambda: w3.run("COMMIT")).start()
+    time.sleep(0.05)
+    # When the last of them reads the ledger too (a balance, then its history)
+    error = None
+    try:
+        w4.run("SELECT count(*) FROM credit_transactions")
+        w4.run("COMMIT")
+    except pg8000.exceptions.DatabaseError as exc:
+        error = exc.args[0].get("C"), exc.args[0].get("M"), round(time.monotonic() - started, 2)
+    for conn in (w2, w3, w4):
+        conn.close()
+    thread.join(60)
+    # Then it is never the one aborted, and the run applies everything
+    assert error is None, f"the web app's request was aborted: {error}"
+    assert outcome and not isinstance(outcome[0], Exception), outcome
+
+
+@pytest.mark.parametrize(
+    ("sql", "table", "mode"),
+    [
+        ('ALTER TABLE "public"."payments" ADD COLUMN IF NOT EXISTS note text', "payments", "ACCESS EXCLUSIVE"),
+        ("CREATE INDEX payments_note_idx ON public . payments (status)", "payments", "SHARE"),
+        ("CREATE POLICY p_read ON public.payments FOR SELECT USING (true)", "payments", "ACCESS EXCLUSIVE"),
+        ("DROP POLICY IF EXISTS p_read ON payments", "payments", "ACCESS EXCLUSIVE"),
+        ("COMMENT ON TABLE public.payments IS 'x'", "payments", "SHARE UPDATE EXCLUSIVE"),
+        ("COMMENT ON COLUMN public.payments.status IS 'x'", "payments", "SHARE UPDATE EXCLUSIVE"),
+        ("TRUNCATE TABLE public.transcripts", "transcripts", "ACCESS EXCLUSIVE"),
+        ("DROP INDEX IF EXISTS public.payments_user_idx", "payments", "ACCESS EXCLUSIVE"),
+    ],
+)
+def test_what_a_file_may_write_is_read_as_the_lock_it_takes(production: str, sql: str, table: str, mode: str) -> None:
+    # The index a DROP INDEX names, made first (the production schema has none of that name)
+    db = database(production)
+    with db.transaction() as tx:
+        tx.run("CREATE INDEX IF NOT EXISTS payments_user_idx ON public.payments (user_id)")
+    db.close()
+    needed, uncovered = _uncovered(production, [sql])
+    assert needed.get(table) == mode and uncovered == [], (needed, uncovered)
