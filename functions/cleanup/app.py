@@ -10,6 +10,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from payments import deadline
 from payments.adapters import audit
 from payments.adapters.admin_token import authenticate, tokens_provider
 from payments.adapters.db import default_database, quote_table
@@ -23,7 +24,7 @@ from payments.api_schema import (
     problem_json,
     reads_itself,
 )
-from payments.errors import InvalidRequest, PaymentError
+from payments.errors import DatabaseUnavailable, InvalidRequest, PaymentError
 from payments.http import HttpApi, error_response, problem, unhandled_error
 from payments.observability import http_handler, logger, metrics
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
@@ -59,9 +60,12 @@ def _policy() -> CleanupPolicy:
 
 # API Gateway's HTTP API gives up on an integration 30 s after the request arrived (and answers 503 while the function
 # runs on): a run asked over HTTP counts from the request's arrival (cold start and secrets included), starts no
-# batch that could outlast the deadline (a batch may take up to the query timeout), and leaves time for the
-# review-queue figure, the audit row and the answer; the rest is the next run's (the answer says complete: false).
+# batch that could outlast the deadline (a batch may take up to the query timeout), and leaves time for the audit row
+# and the answer; the rest is the next run's (the answer says complete: false). The invocation's own end is narrowed
+# to API Gateway's (less a second for the answer to travel): a statement sent near it (the audit row after a slow last
+# batch) is sent with limits that fit before it. The review-queue figure is the hourly run's alone.
 HTTP_DEADLINE_MS = 25_000
+API_GATEWAY_MS = 29_000
 _AFTER_THE_BATCHES_MS = 2_000
 
 
@@ -75,11 +79,13 @@ def _arrived_ms() -> int:
     return now
 
 
-def _cleanup(context: Any, *, arrived_ms: int | None = None) -> CleanupReport:
+def _cleanup(context: Any, *, arrived_ms: int | None = None, report: CleanupReport | None = None) -> CleanupReport:
+    """The run (`report` filled as its steps commit); the hourly one (no `arrived_ms`) measures the review queue."""
     remaining = getattr(context, "get_remaining_time_in_millis", None) or (lambda: 60_000)
     time_left_ms = remaining
     if arrived_ms is not None:
         deadline_ms = arrived_ms + HTTP_DEADLINE_MS
+        deadline.narrow((arrived_ms + API_GATEWAY_MS - time.time() * 1000) / 1000)
 
         def time_left_ms() -> int:
             return min(remaining(), deadline_ms - int(time.time() * 1000))
@@ -87,7 +93,7 @@ def _cleanup(context: Any, *, arrived_ms: int | None = None) -> CleanupReport:
     # No batch starts that could outlast the invocation (a statement may take up to the query timeout): Lambda ending
     # it midway would lose the run's counts, and with them the alarm of a charge it sent to review.
     reserve_ms = int(database_settings().query_timeout_seconds * 1000) + _AFTER_THE_BATCHES_MS
-    report = CleanupReport()
+    report = CleanupReport() if report is None else report
     try:
         run_cleanup(
             default_database(), policy=_policy(), time_left_ms=time_left_ms, reserve_ms=reserve_ms, report=report
@@ -101,7 +107,8 @@ def _cleanup(context: Any, *, arrived_ms: int | None = None) -> CleanupReport:
         raise
     _count(report)
     logger.info("cleanup finished", extra=report.as_dict())
-    _measure_review_queue()
+    if arrived_ms is None:
+        _measure_review_queue()
     return report
 
 
@@ -150,8 +157,30 @@ def admin_cleanup() -> Response[Any]:
     key = app.current_event.headers.get("idempotency-key")
     if key is not None and not (key.isascii() and key.isprintable()):
         raise InvalidRequest("the Idempotency-Key header must be printable ASCII")
-    report = _cleanup(app.lambda_context, arrived_ms=_arrived_ms()).as_dict()
+    run = CleanupReport()
+    try:
+        _cleanup(app.lambda_context, arrived_ms=_arrived_ms(), report=run)
+    except Exception as exc:
+        # What its steps committed before the failure (a payment sent to review, payments expired) was done at this
+        # admin's request: in the audit trail too, with the error, as far as the database still takes it. The error
+        # goes on (503: the run is not complete).
+        # Only with time for a reconnect left: the answer must still come before API Gateway gives up.
+        error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
+        left = deadline.until_the_end()
+        try:
+            if left is not None and left < database_settings().connect_timeout_seconds + 1:
+                raise DatabaseUnavailable("no time left to write the audit row")
+            _audit_cleanup(admin, key, {**run.as_dict(), "error": error})
+        except PaymentError as lost:
+            logger.error("failed cleanup run not audited", extra={"reason": lost.code})
+        raise
+    report = run.as_dict()
     # The audit trail: who ran it, and what it changed (the cleanup's own batches commit as they go).
+    _audit_cleanup(admin, key, report)
+    return Response(200, "application/json", report)
+
+
+def _audit_cleanup(admin: str, key: str | None, after: dict[str, Any]) -> None:
     audit.record(
         default_database(),
         admin=admin,
@@ -160,9 +189,8 @@ def admin_cleanup() -> Response[Any]:
         idempotency_key=key[:255] if key else None,
         request={"route": "POST /admin/cleanup-idempotency"},
         before=None,
-        after=report,
+        after=after,
     )
-    return Response(200, "application/json", report)
 
 
 @app.get(

@@ -15,9 +15,10 @@ from ops.seed import DEMO_USER_ID
 from ops.template import load, load_handler
 from payments.errors import DatabaseUnavailable
 from payments.services import cleanup as cleanup_service
-from tests.integration.test_cleanup import CLEANUP
+from tests.integration.test_cleanup import ADMIN_TOKEN, CLEANUP
 from tests.integration.test_cleanup import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_hypay_callback import metric_totals
+from tests.support.api import invoke
 from tests.support.payments import Env
 
 STALE = "cccccccc-0000-4000-8000-0000000000aa"
@@ -52,3 +53,29 @@ def test_a_charge_sent_to_review_is_counted_when_a_later_step_fails(
     monkeypatch.undo()
     load_handler(load().functions[CLEANUP])(EVENT, LocalLambdaContext(function_name=CLEANUP))
     assert metric_totals(capsys.readouterr().out).get("Cleanup_payments_flagged_for_review") == 0
+
+
+def test_a_run_asked_over_http_that_fails_midway_is_in_the_audit_trail_with_what_it_did(
+    admin: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every admin action appends an audit row; a run asked over HTTP that sent a charge to review and then lost the
+    database answered 503 with none (an outside review): the payment changed at an admin's request without a trace."""
+    admin.rows(
+        "INSERT INTO payments (id, user_id, amount, status, created_at, charge_attempt_id, charge_attempted_at)"
+        " VALUES (:p::uuid, :u::uuid, 10, 'pending', now() - interval '3 hours',"
+        " 'dddddddd-0000-4000-8000-0000000000ab', now() - interval '3 hours')",
+        p=STALE,
+        u=DEMO_USER_ID,
+    )
+
+    def purge_fails(*args: object, **kwargs: object) -> object:
+        raise DatabaseUnavailable("database connection lost")
+
+    monkeypatch.setattr(cleanup_service, "run_paced", purge_fails)
+    answer = invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    # Then "not yet" (503: the run is not complete), the charge in review, and the audit row says both
+    assert answer.status == 503, answer.body
+    assert admin.rows("SELECT status FROM payments WHERE id = :p::uuid", p=STALE) == [["needs_review"]]
+    [[after]] = admin.rows("SELECT after_state FROM admin_audit_log WHERE action = 'cleanup'")
+    assert after["payments_flagged_for_review"] == 1 and after["complete"] is False, after
+    assert after["error"] == "database_unavailable", after
