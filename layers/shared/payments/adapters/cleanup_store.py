@@ -26,7 +26,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from payments.adapters.db import Database, QueryError, bind
+from payments.adapters.db import Database, QueryError, Transaction, bind
 from payments.errors import PaymentError
 from payments.records import Record
 
@@ -47,6 +47,11 @@ class Step(Record):
     # What the batch did, counted again, for one whose first sending's answer was lost (sent again on a new connection):
     # a batch it committed is no longer found by the second. At least what it did (`:window` seconds back).
     recount: str | None = None
+    # The batch's rows, locked first (a statement returning their ids), in a READ COMMITTED transaction with `sql`
+    # (which then names them as `:ids`, comma-separated): `sql` runs with a snapshot taken once they are locked, so it
+    # sees what a transaction holding one of them committed meanwhile (a statement's own snapshot is older than its
+    # row locks, and a condition on other tables is not checked again when a row it locks has changed).
+    lock: str | None = None
 
 
 # Why the cleanup sends a stale pending payment with a charge attempt to review (when it has no reason yet).
@@ -112,15 +117,21 @@ def cleanup_steps(table: str) -> list[Step]:
         # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One
         # with a callback on record that we could not verify yet stays pending: it may be paid, and completes
         # when Hyp sends the callback again (the journal's unverified row and the alarm bring a human).
+        # The callback kept meanwhile: a keep locks its payment first (Journal.record_unverified), so a payment being
+        # kept is skipped, and one kept before the lock is seen by the UPDATE's later snapshot.
         Step(
             "expired_payments",
             f"""
-            UPDATE public.payments SET status = 'expired', updated_at = now() WHERE id IN (
-                SELECT id FROM public.payments q
-                 WHERE status = 'pending' AND review_reason IS NULL AND charge_attempt_id IS NULL
-                   AND NOT {_UNVERIFIED_CALLBACK}
-                   AND created_at < now() - make_interval(secs => :pending_age)
-                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+            UPDATE public.payments q SET status = 'expired', updated_at = now()
+             WHERE id = ANY(string_to_array(:ids, ',')::uuid[])
+               AND status = 'pending' AND review_reason IS NULL AND charge_attempt_id IS NULL
+               AND NOT {_UNVERIFIED_CALLBACK}""",
+            lock=f"""
+            SELECT id::text FROM public.payments q
+             WHERE status = 'pending' AND review_reason IS NULL AND charge_attempt_id IS NULL
+               AND NOT {_UNVERIFIED_CALLBACK}
+               AND created_at < now() - make_interval(secs => :pending_age)
+             LIMIT :batch FOR UPDATE SKIP LOCKED""",
         ),
         Step(
             "purged_rate_limit_windows",
@@ -138,6 +149,8 @@ def run_step(db: Database, step: Step, *, counted: int = 0, **params: Any) -> in
     """One batch of one step, committed on its own; how many rows it handled (one row back, not one a row). Sent again
     on a new connection (the first sending's answer lost), the step's `recount`, less the `counted` rows the run's
     earlier batches of the step handled, when that is more (never an error of its own: the batch's count stands)."""
+    if step.lock is not None:
+        return _locked_first(db, step, params)
     sql = bind(f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done", **params)
     resent = db.resent
     [[count]] = db.run(sql if step.durable else _LAZY_COMMIT + sql)
@@ -150,6 +163,20 @@ def run_step(db: Database, step: Step, *, counted: int = 0, **params: Any) -> in
     except PaymentError:
         return int(count)
     return max(int(count), int(recounted) - counted)
+
+
+def _locked_first(db: Database, step: Step, params: dict[str, Any]) -> int:
+    """A step whose batch is locked first (`Step.lock`): both statements in one READ COMMITTED transaction."""
+    update = f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done"
+
+    def batch(tx: Transaction) -> int:
+        ids = [row[0] for row in tx.run(bind(step.lock or "", **params))]
+        if not ids:
+            return 0
+        [[count]] = tx.run(bind(update, **params, ids=",".join(ids)))
+        return int(count)
+
+    return db.atomic(batch, read_committed=True)
 
 
 # The shortest pause after a full batch. pg_sleep wakes on whole milliseconds, rounding up (a pause asked for 0.2 ms

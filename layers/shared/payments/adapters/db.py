@@ -494,7 +494,8 @@ class Database:
         self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
         self.connects = 0
         # Statements `run` sent again on a new connection after the first broke (the first sending's answer lost, or
-        # never sent): it may have run twice, and a caller counting what it did knows the count may miss the first's.
+        # never sent), and transactions `atomic` ran again so: it may have run twice, and a caller counting what it did
+        # knows the count may miss the first's.
         self.resent = 0
         _LIVE.add(self)
 
@@ -685,6 +686,7 @@ class Database:
                 if reconnected:
                     raise
                 reconnected = True
+                self.resent += 1
 
     def _limits(self, left: float | None) -> str:
         """A transaction's lock and statement timeouts, as `SET LOCAL`s: the configured ones, or less near the

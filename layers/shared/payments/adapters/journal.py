@@ -216,6 +216,8 @@ journal AS (
 )"""
 ).replace("{keep}", _KEEP)
 
+_LOCK_NAMED_PAYMENT = "SELECT 1 FROM public.payments WHERE id = :id::uuid FOR UPDATE"
+
 _KEEP_UNVERIFIED = """
 INSERT INTO public.hypay_unverified_callbacks AS u (raw_sha256, hypay_id, payment_id, source, reason, raw_callback)
 VALUES (:sha, :txn, :id::uuid, :source, :reason, :raw)
@@ -471,7 +473,12 @@ class Journal:
         """A callback that could not be verified yet (our side): every distinct one kept as received, and
         the journal's row for its Id (only when there is none yet: an unverified claim overwrites nothing). Kept under
         the Id as the journal spells its number, when it holds it (its one row; a second spelling's row would be
-        refused by sql/014's index, and the copy with it)."""
+        refused by sql/014's index, and the copy with it).
+
+        The payment it names is locked first, as settling locks it: the cleanup skips a payment locked so, and never
+        expires one whose callback is being kept (its own statement's snapshot could not see the keep)."""
+        if txn.payment_id is not None:
+            self.runner.run(bind(_LOCK_NAMED_PAYMENT, id=str(txn.payment_id)))
         held = self.spellings(txn.hypay_id)
         if held:  # its own spelling first, when held
             txn = txn._replace(hypay_id=held[0])
