@@ -19,7 +19,7 @@ from ops.migrate import migrate
 from payments import settings
 from payments.adapters import db as db_module
 from payments.adapters import hypay
-from tests.support.leaks import fail_on_leaks, find_leaks
+from tests.support.leaks import fail_on_leaks, find_leaks, masked
 from tests.support.pg import Server, counting_class, database, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +99,17 @@ def db(database_url: str, counting) -> Iterator[db_module.Database]:
 # A record's clock, process and thread ids and line number: numbers that could equal a short secret
 # (the tests' CVV is four digits) by chance, and never carry one.
 _RECORD_BOOKKEEPING = frozenset({"created", "msecs", "relativeCreated", "process", "thread", "lineno"})
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failure's report (its traceback, an assertion's operands, the captured output and logs pytest prints with it)
+    never repeats a secret or card number the failure was about: masked (`leaks.masked`)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    report.sections = [(title, masked(content)) for title, content in report.sections]
+    if report.failed and report.longrepr is not None:
+        report.longrepr = masked(str(report.longrepr))
 
 
 @pytest.fixture(autouse=True)

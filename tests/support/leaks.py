@@ -53,3 +53,10 @@ def fail_on_leaks(leaked: list[str], where: str) -> None:
     """Fails the test naming only the first four characters of what leaked: the report is output too."""
     if leaked:
         pytest.fail(f"a secret or card number reached {where}: {leaked[0][:4]}... ({len(leaked)} found)", pytrace=False)
+
+
+def masked(text: str) -> str:
+    """`text` with every forbidden value and card number or token replaced: what the suite's own reports show."""
+    for value in FORBIDDEN:
+        text = standing(value).sub("[secret]", text)
+    return _CARD_OR_TOKEN.sub("[card]", text)

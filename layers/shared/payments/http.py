@@ -13,6 +13,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from payments import errors
 from payments.names import repeatable
 from payments.observability import logger, metrics, redact_secrets
+from payments.problems import problem_body
 
 SECURITY_HEADERS = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
@@ -68,8 +69,7 @@ def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | N
     )
 
 
-def _problem_body(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+_problem_body = problem_body
 
 
 def validation_problem(issues: Sequence[Any]) -> Response:

@@ -10,6 +10,7 @@ import hmac
 import re
 from urllib.parse import unquote_to_bytes
 
+from payments.domain.cards import CARD_NUMBER
 from payments.errors import (
     GatewayAuthenticationError,
     GatewayDeclined,
@@ -371,8 +372,10 @@ def invoice_line(description: str, price: str) -> str:
 
 
 def redact(text: str) -> str:
-    """Masks anything that looks like a card number, for messages that came from outside."""
-    return _PAN_LIKE.sub("[redacted]", text)
+    """Masks anything that looks like a card number, for messages that came from outside: written in a card's groups
+    with any separators (`domain.cards`: dots, slashes, no-break spaces ...), and any long run of digits, spaces and
+    hyphens."""
+    return _PAN_LIKE.sub("[redacted]", CARD_NUMBER.sub("[redacted]", text))
 
 
 class Answer(Record):

@@ -43,6 +43,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
+from payments.problems import problem_body
 from payments.records import Record
 from payments.services.answers import store_answer, time_for_the_fallback
 from payments.services.keyed import Answer, Keyed
@@ -113,8 +114,7 @@ def _another_charge_unsettled() -> dict[str, Any]:
     }
 
 
-def _problem(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+_problem = problem_body
 
 
 class CreatePayment:

@@ -57,6 +57,7 @@ from payments.errors import (
 )
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
+from payments.problems import problem_body
 from payments.services.answers import store_answer, time_for_the_fallback
 from payments.services.hyp_ids import as_named
 from payments.services.keyed import Answer, Keyed
@@ -108,8 +109,7 @@ class _Refused(PaymentError):
         self.body = _problem(status, title, detail, **extra)
 
 
-def _problem(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+_problem = problem_body
 
 
 def refusal_words(ccode: int | None, gateway_message: str | None = None) -> str:

@@ -39,6 +39,7 @@ from payments.adapters.review_store import (
     SentBack,
 )
 from payments.domain import hypay as protocol
+from payments.domain.cards import CARD_NUMBER, CARD_NUMBER_PATTERN
 from payments.domain.ids import CANONICAL_UUID
 from payments.domain.payment import CREDITS_NOT_KNOWN, PaymentStatus
 from payments.domain.refund import SENT_BACK_BY_ANOTHER, held_while_a_refund_has_no_id
@@ -147,25 +148,13 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 _PLAIN = r"[^\u0000-\u0008\u000b-\u001f\u007f]"
 _SAID = r"[^\u0000-\u0020\u007f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
-# A card number: 13 to 19 digits (ASCII or full-width) in a row, or written in a card's groups with separators (up to
-# 3 between two groups: spaces of any kind, dots, slashes, underscores, hyphens and dashes): 4-4-4 and then 1 to 4
-# (and 1 to 3), "5326 1053 0098 5614", "5326-1053-0098-5614", "5326 - 1053 - 0098 - 5614"; American Express's and
-# Diners' 4-6-5 and 4-6-4. The number is whole: no letter or digit just before or after it. Two Hyp Ids side by side
-# ("13532200 13532201") are no card's groups; a UUID written 8-4-4-4-12 is no card number (the document's pattern,
-# which cannot say that, refuses the rare UUID whose digit groups read as a card's: stricter, never looser, than the
-# code). An operator's reason is kept for good (the audit trail, which nobody may change; the refund's and the
-# journal's rows): a card number pasted into it would be stored in clear, so it is refused, and the operator writes
-# the reason again without it (a Hyp Id or the payment's id names what is meant). Python's and the OpenAPI tools'
-# `re` read the same pattern (`\s` is Unicode white space in both).
-_DIGIT = "[0-9\uff10-\uff19]"
-_NEAR = "[0-9A-Za-z\uff10-\uff19]"
-_APART = "[\\s._/\\-\u2010-\u2015]{1,3}"
-_CARD_LENGTH_NUMBER = (
-    f"(?<!{_NEAR})(?:{_DIGIT}{{13,19}}"
-    f"|{_DIGIT}{{4}}(?:{_APART}{_DIGIT}{{4}}){{2}}{_APART}{_DIGIT}{{1,4}}(?:{_APART}{_DIGIT}{{1,3}})?"
-    f"|{_DIGIT}{{4}}{_APART}{_DIGIT}{{6}}{_APART}{_DIGIT}{{4,5}})(?!{_NEAR})"
-)
-_CARD_LENGTH = re.compile(_CARD_LENGTH_NUMBER)
+# A card number (domain.cards): a UUID written 8-4-4-4-12 is no card number (the document's pattern, which cannot say
+# that, refuses the rare UUID whose digit groups read as a card's: stricter, never looser, than the code). An
+# operator's reason is kept for good (the audit trail, which nobody may change; the refund's and the journal's rows): a
+# card number pasted into it would be stored in clear, so it is refused, and the operator writes the reason again
+# without it (a Hyp Id or the payment's id names what is meant).
+_CARD_LENGTH_NUMBER = CARD_NUMBER_PATTERN
+_CARD_LENGTH = CARD_NUMBER
 # What `operator_reason` accepts, for the OpenAPI document: plain text with something besides white space, and nothing
 # that reads as a card number.
 OPERATOR_REASON_SCHEMA: JsonDict = {
