@@ -49,11 +49,12 @@ def test_a_decline_naming_the_card_never_answers_or_stores_its_number(
 
 
 @pytest.mark.usefixtures("admin")
-def test_a_card_number_pasted_as_the_hyp_id_is_not_repeated_in_the_answer(env: Env) -> None:
+@pytest.mark.parametrize("pasted", [PAN, PAN + "1226", "0000" + PAN], ids=["alone", "with its expiry", "zero-padded"])
+def test_a_card_number_pasted_as_the_hyp_id_is_not_repeated_in_the_answer(env: Env, pasted: str) -> None:
     payment = buy(env, key=str(uuid.uuid4()))
     assert notify(pay(env, payment).redirect_query).status == 200
-    # When an operator pastes the card number (Luhn-valid, 16 digits) where the Hyp Id goes
-    answer = refund(payment["payment_id"], {"reason": "customer asked", "hypay_id": PAN}, str(uuid.uuid4()))
+    # When an operator pastes the card number (Luhn-valid, 16 digits) where the Hyp Id goes (20 digits are an Id too)
+    answer = refund(payment["payment_id"], {"reason": "customer asked", "hypay_id": pasted}, str(uuid.uuid4()))
     # Then it is refused without repeating it (as a card number in the reason is)
     assert answer.status in (400, 409, 404)
     repeated = PAN in _digits(answer.body)

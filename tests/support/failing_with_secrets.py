@@ -12,6 +12,17 @@ from tests.support.leaks import FORBIDDEN
 
 
 @pytest.mark.skipif(os.environ.get("FAIL_WITH_SECRETS") != "1", reason="run by test_failure_reports only")
+@pytest.mark.parametrize(
+    "body",
+    ["card 5326105300985614.", "card 5326.1053.0098.5614", "card_5326105300985614", "53261053009856141226"],
+    ids=["a full stop after it", "in its groups", "glued to a word", "with its expiry"],  # a test's id is printed too
+)
+def test_fails_holding_a_card_number(body: str) -> None:
+    print("answer body:", body)  # noqa: T201 - what pytest shows as captured output
+    assert "card" not in body and "1226" not in body
+
+
+@pytest.mark.skipif(os.environ.get("FAIL_WITH_SECRETS") != "1", reason="run by test_failure_reports only")
 def test_fails_holding_secrets() -> None:
     secrets = " ".join(FORBIDDEN)
     print("captured stdout:", secrets)  # noqa: T201 - what pytest shows as captured output

@@ -170,6 +170,9 @@ def _locked_first(db: Database, step: Step, params: dict[str, Any]) -> int:
     update = f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done"
 
     def batch(tx: Transaction) -> int:
+        # Two statements where a batch is one: each may take half of a statement's time, so that the batch fits in
+        # what the run keeps back for one (near the invocation's end each takes what is then left, `Transaction.run`).
+        tx.run(f"SET LOCAL statement_timeout = {max(1, db.statement_timeout_ms // 2)}")
         ids = [row[0] for row in tx.run(bind(step.lock or "", **params))]
         if not ids:
             return 0

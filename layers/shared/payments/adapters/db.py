@@ -504,6 +504,11 @@ class Database:
         """Seconds a statement's answer is waited for (the connection is then taken as broken)."""
         return self._query_timeout
 
+    @property
+    def statement_timeout_ms(self) -> int:
+        """A transaction's statement_timeout far from the invocation's end (less near it: `_limits`)."""
+        return self._statement_ms
+
     @classmethod
     def close_all(cls) -> int:
         """Close every Database's connection (each reconnects on its next statement); how many were open.
@@ -755,14 +760,20 @@ class Transaction:
         self._conn = conn
 
     def run(self, sql: str) -> Rows:
-        return self._db._execute(self._conn, sql)
+        """`sql` in the transaction; near the invocation's end, with limits that fit the time then left (the BEGIN's
+        were taken at its start: a transaction of several statements could spend them one after another)."""
+        return self._db._execute(self._conn, self._db._near_the_end() + sql)
 
     def run_with_parameters(self, sql: str, **params: Any) -> Rows:
         """`sql` with `:name` placeholders, its values sent apart from its text (the extended protocol, an unnamed
         statement): for a value the server must never write to its log, as it does with the text of a statement
         that fails (`log_min_error_statement`, ERROR by default; the parameters are not logged with it unless
         `log_parameter_max_length_on_error` is set). Inside the transaction, which keeps a transaction-mode pooler
-        on one server connection for the statement's round trips."""
+        on one server connection for the statement's round trips. Near the invocation's end, its limits are set
+        first, in a round trip of their own (a statement with parameters is one statement)."""
+        near = self._db._near_the_end()
+        if near:
+            self._db._execute(self._conn, near)
         return self._db._execute(self._conn, sql, params)
 
 

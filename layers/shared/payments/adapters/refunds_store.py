@@ -75,6 +75,9 @@ class Target:
     # The journal holds that transaction for this payment unverified (named for an earlier refund of a lost charge, or
     # a callback not verified yet): a page callback may prove it another payment's at any moment.
     journaled_unverified: bool = False
+    # A delivery of that transaction contradicted the journal (another amount, code or Order than first decided): what
+    # Hyp holds may not be `original`, so CancelTrans (the whole transaction, whatever it is) is never chosen for it.
+    contradicted: bool = False
 
     @property
     def credits_basis(self) -> Money:
@@ -199,7 +202,8 @@ SELECT j.amount::text, j.currency, j.decision, j.ccode, j.first_seen, j.amount_n
        (SELECT r.id::text FROM public.refunds r WHERE r.hypay_refund_id = j.hypay_id LIMIT 1),
        EXISTS (SELECT 1 FROM public.refunds r
                 WHERE r.payment_id = j.payment_id AND r.method = 'refund'
-                  AND (r.status IN ('attempted', 'unknown') OR (r.status = 'succeeded' AND r.hypay_refund_id IS NULL)))
+                  AND (r.status IN ('attempted', 'unknown') OR (r.status = 'succeeded' AND r.hypay_refund_id IS NULL))),
+       j.contradictions > 0
   FROM public.hypay_transactions j WHERE j.hypay_id = :txn AND j.payment_id = :id::uuid"""
 
 # A payment's approved transactions held for a human (a payment in review, or closed): what a refund without
@@ -420,10 +424,10 @@ class RefundsStore:
         )
         journal = tx.run(bind(_JOURNAL_ROW, txn=txn, id=str(payment_id)))
         original: Money | None
-        named = unjournaled = unverified = False
+        named = unjournaled = unverified = contradicted = False
         if journal:
             (j_amount, j_currency, decision, ccode, first_seen, named, detail, closed_as, closed_by, unverified,
-             refund_of, unnamed) = journal[0]  # fmt: skip
+             refund_of, unnamed, contradicted) = journal[0]  # fmt: skip
             if planning and refund_of is not None:
                 raise NotRefundable(f"Hyp transaction {txn} is refund {refund_of}'s own: money that went back")
             if planning and closed_as is not None:
@@ -479,6 +483,7 @@ class RefundsStore:
             bool(named),
             unjournaled,
             bool(unverified),
+            bool(contradicted),
         )
 
     @staticmethod

@@ -279,8 +279,8 @@ class Refunds:
             )
         method = (
             Method.REFUND
-            if target.original_named
-            else choose_method(  # a named amount: Hyp must cap it
+            if target.original_named or target.contradicted
+            else choose_method(  # a named amount, or one Hyp's own may differ from: Hyp must cap it
                 amount=wanted,
                 original=target.original,
                 reserved=target.reserved,

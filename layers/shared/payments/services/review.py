@@ -248,7 +248,8 @@ _NEXT_STEP = {
     Reason.CHARGE_OUTCOME_UNKNOWN: "look up Order <payment_id> in Hyp: charged -> resolve complete with hypay_id, or"
     " refund it (hypay_id and original_amount) and resolve fail; not charged -> resolve fail",
     Reason.PAID_UNDER_REVIEW: "resolve complete (grant) or fail and refund",
-    Reason.UNMATCHED: "find the customer in Hyp's portal (order_ref) and refund",
+    Reason.UNMATCHED: "find the customer in Hyp's portal (order_ref) and refund there, then close it:"
+    " POST /admin/transactions/{hypay_id}/close (refunded_in_hyp)",
     Reason.UNVERIFIED: "fix the Hyp credentials or configuration; its next delivery is verified, or POST its raw"
     " callback to /hypay/notify: genuine -> processed, forged -> marked so (docs/operations.md)",
     Reason.LEGACY: "decide in the web app (a status from before this backend), then refund or credit by hand",
