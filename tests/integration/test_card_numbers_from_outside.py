@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.test_admin_refund_http import refund
 from tests.integration.test_hypay_callback import buy, notify, pay
+from tests.integration.test_refund_lost_charge import _lost_charge
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.support.payments import CVV, PRO, Env, post
 
@@ -77,3 +78,12 @@ def test_a_refused_refund_naming_the_card_never_answers_or_stores_its_number(
     # Then neither the 502, nor the idempotency record, nor the refund's row holds the card number
     where = _holding(env, answer.body)
     assert not where, f"the card number is in: {', '.join(where)}"
+
+
+def test_a_card_number_pasted_for_a_lost_charge_is_in_no_member_of_the_answer(admin: Env, saved_card: str) -> None:
+    """The refund of a saved-card charge whose answer was lost names the Id the operator gave in a member of its 422,
+    besides its detail (a review of the first form: the detail masked, the member whole)."""
+    pid, _ = _lost_charge(admin, key="lost-card-pasted")
+    answer = refund(pid, {"hypay_id": PAN, "reason": "money back"}, key=str(uuid.uuid4()))
+    assert answer.status == 422, answer.body
+    assert PAN not in _digits(answer.body), "the answer repeats the card number"
