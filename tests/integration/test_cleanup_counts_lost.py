@@ -19,13 +19,13 @@ import pytest
 from pg8000.exceptions import InterfaceError
 
 from ops.lambda_context import LocalLambdaContext
-from ops.seed import DEMO_USER_ID
 from ops.template import load, load_handler
 from payments.adapters.db import Database, QueryError
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from tests.integration.test_cleanup import CLEANUP, add_expired, expired_left, slow_deletes
 from tests.integration.test_cleanup import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_cleanup import production as production  # noqa: F401 - the fixture
+from tests.integration.test_cleanup_failed_midway import stale_charge
 from tests.integration.test_hypay_callback import metric_totals
 from tests.support.faults import Injector
 from tests.support.payments import Env
@@ -69,13 +69,7 @@ def test_a_charge_flagged_whose_answer_was_lost_is_still_counted_for_its_alarm(
     admin: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a saved-card charge attempted 3 h ago whose outcome was never stored
-    admin.rows(
-        "INSERT INTO payments (id, user_id, amount, status, created_at, charge_attempt_id, charge_attempted_at)"
-        " VALUES (:p::uuid, :u::uuid, 10, 'pending', now() - interval '3 hours',"
-        " 'dddddddd-0000-4000-8000-0000000000ab', now() - interval '3 hours')",
-        p=STALE,
-        u=DEMO_USER_ID,
-    )
+    stale_charge(admin, STALE, "dddddddd-0000-4000-8000-0000000000ab")
     # And the hourly run's flag statement commits, then its answer is lost (the connection breaks: a NAT, a failover)
     killer = connect(admin.url)
     injector = Injector(killer)

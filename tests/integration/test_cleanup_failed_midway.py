@@ -25,17 +25,22 @@ STALE = "cccccccc-0000-4000-8000-0000000000aa"
 EVENT = json.loads((Path(__file__).resolve().parents[2] / "events" / "cleanup_schedule.json").read_text())
 
 
+def stale_charge(env: Env, payment_id: str, attempt: str) -> None:
+    """A saved-card charge attempted 3 h ago (`attempt`, its attempt's id) whose outcome was never stored."""
+    env.rows(
+        "INSERT INTO payments (id, user_id, amount, status, created_at, charge_attempt_id, charge_attempted_at)"
+        " VALUES (:p::uuid, :u::uuid, 10, 'pending', now() - interval '3 hours', :a::uuid, now() - interval '3 hours')",
+        p=payment_id,
+        u=DEMO_USER_ID,
+        a=attempt,
+    )
+
+
 def test_a_charge_sent_to_review_is_counted_when_a_later_step_fails(
     admin: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a saved-card charge attempted 3 h ago whose outcome was never stored, and an expired record to purge
-    admin.rows(
-        "INSERT INTO payments (id, user_id, amount, status, created_at, charge_attempt_id, charge_attempted_at)"
-        " VALUES (:p::uuid, :u::uuid, 10, 'pending', now() - interval '3 hours',"
-        " 'dddddddd-0000-4000-8000-0000000000aa', now() - interval '3 hours')",
-        p=STALE,
-        u=DEMO_USER_ID,
-    )
+    stale_charge(admin, STALE, "dddddddd-0000-4000-8000-0000000000aa")
     admin.rows("INSERT INTO idempotency_keys (key, status, expiry_timestamp) VALUES ('fn#old', 'completed', 1)")
 
     # When the hourly run's purge (after the steps that change payments) loses the database
@@ -60,13 +65,7 @@ def test_a_run_asked_over_http_that_fails_midway_is_in_the_audit_trail_with_what
 ) -> None:
     """Every admin action appends an audit row; a run asked over HTTP that sent a charge to review and then lost the
     database answered 503 with none (an outside review): the payment changed at an admin's request without a trace."""
-    admin.rows(
-        "INSERT INTO payments (id, user_id, amount, status, created_at, charge_attempt_id, charge_attempted_at)"
-        " VALUES (:p::uuid, :u::uuid, 10, 'pending', now() - interval '3 hours',"
-        " 'dddddddd-0000-4000-8000-0000000000ab', now() - interval '3 hours')",
-        p=STALE,
-        u=DEMO_USER_ID,
-    )
+    stale_charge(admin, STALE, "dddddddd-0000-4000-8000-0000000000ab")
 
     def purge_fails(*args: object, **kwargs: object) -> object:
         raise DatabaseUnavailable("database connection lost")
