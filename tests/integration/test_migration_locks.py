@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,32 @@ def test_what_a_file_may_write_is_read_as_the_lock_it_takes(production: str, sql
     db.close()
     needed, uncovered = _uncovered(production, [sql])
     assert needed.get(table) == mode and uncovered == [], (needed, uncovered)
+
+
+def test_a_table_the_role_may_not_lock_is_left_to_the_files_own_statement(production: str) -> None:
+    """LOCK TABLE in SHARE ROW EXCLUSIVE mode needs UPDATE, DELETE or TRUNCATE on the table; a foreign key to it only
+    REFERENCES: a role that may only reference a web app table would fail the run at the lock the file does not need
+    to take that way. That table is left to the file's statement (its lock then taken as the file reaches it)."""
+    role = f"referrer_{uuid.uuid4().hex[:12]}"  # roles are the server's, not the database's: one of its own
+    db = database(production)
+    try:
+        with db.transaction() as tx:
+            tx.run(f"CREATE ROLE {role} NOLOGIN")
+            tx.run(f"GRANT USAGE ON SCHEMA public TO {role}")
+            tx.run(f"GRANT REFERENCES, SELECT ON public.videos TO {role}")
+            tx.run(f"GRANT ALL ON public.payments TO {role}")
+        with pytest.raises(_RolledBack), db.transaction() as tx:
+            tx.run(f"SET LOCAL ROLE {role}")
+            _take_locks(tx, {"payments": "ACCESS EXCLUSIVE", "videos": "SHARE ROW EXCLUSIVE"}, 5.0, 5000)
+            held = tx.run(
+                "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                " WHERE l.pid = pg_backend_pid() AND c.relname IN ('payments', 'videos')"
+            )
+            assert sorted(held) == [["payments", "AccessExclusiveLock"]], held
+            raise _RolledBack()
+    finally:
+        with db.transaction() as tx:
+            tx.run(f"REVOKE ALL ON public.videos, public.payments FROM {role}")
+            tx.run(f"REVOKE ALL ON SCHEMA public FROM {role}")
+            tx.run(f"DROP ROLE {role}")
+        db.close()
