@@ -162,9 +162,9 @@ def admin_cleanup() -> Response[Any]:
         _cleanup(app.lambda_context, arrived_ms=_arrived_ms(), report=run)
     except Exception as exc:
         # What its steps committed before the failure (a payment sent to review, payments expired) was done at this
-        # admin's request: in the audit trail too, with the error, as far as the database still takes it. The error
-        # goes on (503: the run is not complete).
-        # Only with time for a reconnect left: the answer must still come before API Gateway gives up.
+        # admin's request: in the audit trail too, with the error, as far as the database still takes it, and only
+        # with time left for a reconnect (the answer must still come before API Gateway gives up). The error goes on
+        # (503: the run is not complete).
         error = exc.code if isinstance(exc, PaymentError) else type(exc).__name__
         left = deadline.until_the_end()
         try:

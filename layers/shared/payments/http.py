@@ -64,12 +64,9 @@ def problem(status: int, title: str, detail: str, *, headers: dict[str, str] | N
     return Response(
         status_code=status,
         content_type="application/problem+json",
-        body=json.dumps(_problem_body(status, title, detail, **extra)),
+        body=json.dumps(problem_body(status, title, detail, **extra)),
         headers=headers or {},
     )
-
-
-_problem_body = problem_body
 
 
 def validation_problem(issues: Sequence[Any]) -> Response:
@@ -214,7 +211,7 @@ def event_refused(detail: str) -> dict[str, Any]:
         {
             "statusCode": 400,
             "headers": {"Content-Type": "application/problem+json"},
-            "body": json.dumps(_problem_body(400, "Bad Request", detail)),
+            "body": json.dumps(problem_body(400, "Bad Request", detail)),
             "isBase64Encoded": False,
         }
     )

@@ -75,8 +75,9 @@ class Target:
     # The journal holds that transaction for this payment unverified (named for an earlier refund of a lost charge, or
     # a callback not verified yet): a page callback may prove it another payment's at any moment.
     journaled_unverified: bool = False
-    # A delivery of that transaction contradicted the journal (another amount, code or Order than first decided): what
-    # Hyp holds may not be `original`, so CancelTrans (the whole transaction, whatever it is) is never chosen for it.
+    # A verified delivery of that transaction contradicted the journal (approved where it was declined or the reverse,
+    # another amount or currency): what Hyp holds may not be `original`, so CancelTrans (the whole transaction,
+    # whatever it is) is never chosen for it.
     contradicted: bool = False
 
     @property
