@@ -602,8 +602,8 @@ def _take_locks(tx: Transaction, needed: dict[str, str], lock_timeout_seconds: f
     # set again before each.
     statements = {table: f"LOCK TABLE public.{_identifier(table)} IN {mode} MODE" for table, mode in needed.items()}
     until = time.monotonic() + lock_timeout_seconds if lock_timeout_seconds > 0 else None
+    tx.run("SAVEPOINT migrate_locks")  # each round that gives way rolls back to it (the savepoint stays for the next)
     while True:
-        tx.run("SAVEPOINT migrate_locks")
         began = time.monotonic()
         locking = ""
         try:
