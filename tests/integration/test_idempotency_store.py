@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from ops.lambda_context import LocalLambdaContext
 from payments.adapters.db import Database
 from payments.idempotency import PostgresPersistenceLayer
-from tests.support.pg import connect, database
+from tests.support.pg import connect, database, with_user
 
 
 def make_function(
@@ -489,3 +489,33 @@ def test_a_web_app_row_under_a_service_key_is_a_conflict_not_an_outage(database_
     with pytest.raises(Conflict, match="did not write"):
         keyed(None, scope={"key": "k-1"})
     db.close()
+
+
+def test_a_record_a_release_before_009_took_over_replays_that_release_s_answer(
+    db: Database, database_url: str, backend_login: str
+) -> None:
+    import json
+
+    # Given a record this release completed (its exact text kept), which then expired
+    charge, calls = make_function(PostgresPersistenceLayer(database=db), lambda o: {"run": len(calls)})
+    assert charge(order={"order_id": "o-rolled", "amount": 1}) == {"run": 1}
+    conn = connect(with_user(database_url, backend_login))  # as the backend's role, as a deployment runs
+    try:
+        conn.run("UPDATE idempotency_keys SET expiry_timestamp = 1")
+        # When a release from before sql/009 (a rollback) takes the key over and completes it, as its statements did:
+        # response_data alone, response_text unknown to it
+        conn.run(
+            "UPDATE idempotency_keys SET id = gen_random_uuid(), status = 'pending', expiry_timestamp = :expiry,"
+            " in_progress_expiry_timestamp = NULL, response_data = NULL, payment_id = NULL, updated_at = now()",
+            expiry=int(time.time()) + 3600,
+        )
+        conn.run(
+            "UPDATE idempotency_keys SET status = 'completed', response_data = CAST(:data AS jsonb),"
+            " updated_at = now()",
+            data=json.dumps({"run": 2}),
+        )
+    finally:
+        conn.close()
+    # Then this release, deployed again, replays that release's answer: the record's own, not its earlier run's text
+    assert charge(order={"order_id": "o-rolled", "amount": 1}) == {"run": 2} and len(calls) == 1
+    assert rows(database_url, "SELECT response_text FROM idempotency_keys") == [[None]]
