@@ -62,14 +62,22 @@ def _service() -> HandleCallback:
     )
 
 
-def _keep_unverified(raw: str, notify: bool, reason: str) -> None:
-    """Only the database is needed: the Hyp configuration may be what is broken."""
+def _keep_unverified(raw: str, notify: bool, reason: str, *, verified: bool = False) -> None:
+    """Only the database is needed: the Hyp configuration may be what is broken. `verified`: a genuine one the
+    database did not settle (read as its verification allows)."""
     try:
         db = default_database()
     except ConfigurationError:
         logger.error("unverified hypay callback not kept: the database is not configured")
         return
-    keep_unverified(db, raw, source=Source.NOTIFY if notify else Source.REDIRECT, reason=reason)
+    keep_unverified(
+        db,
+        raw,
+        source=Source.NOTIFY if notify else Source.REDIRECT,
+        reason=reason,
+        verified=verified,
+        currency_trusted=bool(app.context.get("hypay_currency_trusted", True)),
+    )
 
 
 def _found_forged(raw: str) -> None:
@@ -146,12 +154,12 @@ def hypay_return() -> Response[Any]:
             # retries, a timeout). Hyp may never send this again (a terminal without notifications, a customer who
             # never reloads): kept, so that the cleanup does not expire a paid payment and the queue shows it.
             # (Refused for good, it was kept already; the database out of reach, keeping would only wait again.)
-            _keep_unverified(raw, False, f"verified, not processed yet: database error {exc.sqlstate}")
+            _keep_unverified(raw, False, f"verified, not processed yet: database error {exc.sqlstate}", verified=True)
         elif isinstance(exc, CallbackInProgress):
             # The delivery holding the claim may be one Lambda ended mid-work: its claim outlives it with nothing
             # written, and this may be the last delivery there is. Kept likewise (a live holder's journal row, once
             # committed, is left as it is: a kept copy overwrites nothing).
-            _keep_unverified(raw, False, "verified, not processed yet: another delivery held it")
+            _keep_unverified(raw, False, "verified, not processed yet: another delivery held it", verified=True)
         return redirect(pages.pending_url, _order(raw))
     page = {Result.COMPLETED: pages.success_url, Result.FAILED: pages.failure_url, Result.REVIEW: pages.pending_url}
     return redirect(page.get(outcome.result, pages.failure_url), outcome.payment_id)

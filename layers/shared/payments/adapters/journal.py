@@ -469,15 +469,25 @@ class Journal:
         rows = self.runner.run(bind(_FOUND_FORGED, sha=_raw_sha256(raw_callback)))
         return rows[0][0] if rows else None
 
-    def record_unverified(self, txn: HypTransaction, *, detail: str, raw_callback: str) -> None:
+    def record_unverified(
+        self,
+        txn: HypTransaction,
+        *,
+        detail: str,
+        raw_callback: str,
+        contradiction: str | None = None,
+        locked: bool = False,
+    ) -> None:
         """A callback that could not be verified yet (our side): every distinct one kept as received, and
         the journal's row for its Id (only when there is none yet: an unverified claim overwrites nothing). Kept under
         the Id as the journal spells its number, when it holds it (its one row; a second spelling's row would be
-        refused by sql/014's index, and the copy with it).
+        refused by sql/014's index, and the copy with it). `contradiction`: what a verified one, kept instead of
+        settled, says against the row (counted on it, as `apply` counts a settled redelivery's).
 
-        The payment it names is locked first, as settling locks it: the cleanup skips a payment locked so, and never
-        expires one whose callback is being kept (its own statement's snapshot could not see the keep)."""
-        if txn.payment_id is not None:
+        The payment it names is locked first, as settling locks it (`locked`: the caller has locked it already): the
+        cleanup skips a payment locked so, and never expires one whose callback is being kept (its own statement's
+        snapshot could not see the keep)."""
+        if txn.payment_id is not None and not locked:
             self.runner.run(bind(_LOCK_NAMED_PAYMENT, id=str(txn.payment_id)))
         held = self.spellings(txn.hypay_id)
         if held:  # its own spelling first, when held
@@ -501,6 +511,7 @@ class Journal:
             detail=detail,
             previous_status=None,
             raw_callback=raw,
+            contradiction=contradiction,
         )
 
 

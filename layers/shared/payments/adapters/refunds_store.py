@@ -285,6 +285,20 @@ UPDATE public.refunds SET message = :message, updated_at = now()
  WHERE id = :rid::uuid AND status = 'attempted'
 RETURNING 1"""
 
+# A same-day cancellation about to be sent, when a verified delivery has contradicted the money of its transaction since
+# the attempt was planned (contradictions on the journal's row): CancelTrans would cancel Hyp's whole charge whatever
+# the row says, so the same attempt goes out as a zikoyAPI refund of the row's amount (capped by Hyp), recorded before
+# the call. The method the attempt goes out with: a second sending (a broken connection) finds it switched already.
+_METHOD_TO_SEND = """
+WITH switched AS (
+    UPDATE public.refunds r SET method = 'refund', message = :message, updated_at = now()
+     WHERE r.id = :rid::uuid AND r.status = 'attempted' AND r.method = 'cancel'
+       AND EXISTS (SELECT 1 FROM public.hypay_transactions j
+                    WHERE j.hypay_id = r.original_hypay_id AND j.payment_id = r.payment_id AND j.contradictions > 0)
+    RETURNING r.method
+)
+SELECT COALESCE((SELECT method FROM switched), (SELECT method FROM public.refunds WHERE id = :rid::uuid))"""
+
 _SWITCH = f"""
 UPDATE public.refunds SET method = 'refund', message = :message, updated_at = now()
  WHERE id = :rid::uuid AND status = 'attempted' AND method = 'cancel'
@@ -597,6 +611,13 @@ class RefundsStore:
         if current is not None and current.status == RefundStatus.ATTEMPTED and current.method == Method.REFUND:
             return current
         return None
+
+    def method_to_send(self, refund_id: UUID, message: str) -> Method:
+        """The method an attempted cancellation goes out with, asked right before the call: a zikoyAPI refund (the
+        switch recorded, with `message`) when a verified delivery has contradicted its transaction's money since it
+        was planned (`_METHOD_TO_SEND`). One statement, safe to send again."""
+        rows = self.db.run(bind(_METHOD_TO_SEND, rid=str(refund_id), message=message[:500]))
+        return Method(rows[0][0])
 
     def note_answer(self, refund_id: UUID, message: str) -> bool:
         """Hyp's answer, in words, on a row still attempted (the one statement it takes: no lock on the payment or

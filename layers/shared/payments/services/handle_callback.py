@@ -24,7 +24,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 
-from payments.adapters.db import Database, QueryError
+from payments.adapters.db import Database, QueryError, Transaction
 from payments.adapters.hypay import HypayClient
 from payments.adapters.journal import HypTransaction, Journal, Source
 from payments.adapters.payments_store import PaymentsStore
@@ -41,7 +41,7 @@ from payments.errors import (
 from payments.idempotency import PostgresPersistenceLayer
 from payments.observability import logger, metrics
 from payments.records import Record
-from payments.services.settle import Result, Settlement, settle
+from payments.services.settle import Result, Settlement, contradiction_kept, settle
 
 # ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
 _CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)
@@ -159,20 +159,35 @@ class Callback(Record):
         }
 
 
-def keep_unverified(db: Database, raw_query: str, *, source: Source, reason: str) -> None:
-    """A callback we cannot verify yet (our configuration, Hyp unreachable): keep it for reconciliation.
+def keep_unverified(
+    db: Database, raw_query: str, *, source: Source, reason: str, verified: bool = False, currency_trusted: bool = True
+) -> None:
+    """A callback we cannot verify yet (our configuration, Hyp unreachable), or a `verified` one the database did not
+    settle (another delivery held it, a statement did not pass): keep it for reconciliation.
 
     Needs the database only (not the gateway, whose configuration may be what is broken). Best effort:
-    a malformed one has nothing to keep, and a database failure is logged with the Hyp Id.
+    a malformed one has nothing to keep, and a database failure is logged with the Hyp Id. A verified one is read as
+    its verification allows (`currency_trusted`: Coin and the other unsigned fields not read without it), and what it
+    says against the journal's decided row is kept on that row and counted, as a settled redelivery's would be.
     """
     try:
-        callback = Callback.parse(raw_query)
+        callback = Callback.parse(raw_query, currency_trusted=currency_trusted or not verified)
     except InvalidRequest:
         return
     txn = callback.transaction(source, verified=False)
+
+    def keep(tx: Transaction) -> str | None:
+        journal = Journal(tx)
+        if not verified:
+            journal.record_unverified(txn, detail=reason, raw_callback=raw_query)
+            return None
+        contradiction = contradiction_kept(journal, callback.transaction(source))  # locks the payment
+        journal.record_unverified(txn, detail=reason, raw_callback=raw_query, contradiction=contradiction, locked=True)
+        return contradiction
+
     try:
         # Both rows or neither: the journal's row is what the queue shows and what holds the payment pending.
-        db.atomic(lambda tx: Journal(tx).record_unverified(txn, detail=reason, raw_callback=raw_query))
+        contradiction = db.atomic(keep)
     except PaymentError as exc:
         logger.error("unverified hypay callback not kept", extra={**callback.log_keys(), "reason": exc.code})
         return
@@ -180,6 +195,12 @@ def keep_unverified(db: Database, raw_query: str, *, source: Source, reason: str
         "unverified hypay callback kept for reconciliation",
         extra={**callback.log_keys(), "ccode": callback.ccode, "reason": reason},
     )
+    if contradiction is not None:
+        metrics.add_metric(name="ContradictingDelivery", unit=MetricUnit.Count, value=1)
+        logger.warning(
+            "hyp transaction delivered again with other facts",
+            extra={**callback.log_keys(), "source": str(source), "detail": contradiction},
+        )
 
 
 class _Delivery(dict[str, Any]):
@@ -311,7 +332,12 @@ class HandleCallback:
         raw = callback.raw_query
         if raw is not None:
             keep_unverified(
-                self.store.db, raw, source=source, reason=f"verified, but not settled: database error {exc.sqlstate}"
+                self.store.db,
+                raw,
+                source=source,
+                reason=f"verified, but not settled: database error {exc.sqlstate}",
+                verified=True,
+                currency_trusted=callback.currency_trusted,
             )
 
     def _card_owed(self, callback: Callback, settlement: Settlement) -> bool:

@@ -84,6 +84,11 @@ _UNKNOWN = (
     " Idempotency-Key (that could refund twice)"
 )
 
+# On an attempt `_still_cancel` switched: why it went out as a refund.
+_CONTRADICTED_SINCE = (
+    "refunded, not cancelled: a verified delivery contradicted the transaction's money after the attempt was planned"
+)
+
 
 AuditWriter = Callable[[Transaction, dict[str, Any], dict[str, Any]], None]
 
@@ -338,7 +343,7 @@ class Refunds:
 
     def _reverse(self, row: RefundRow) -> Reversal:
         gateway = self.deps.gateway
-        if row.method == Method.CANCEL:
+        if row.method == Method.CANCEL and self._still_cancel(row):
             try:
                 return gateway.cancel(row.original_hypay_id)
             except (GatewayRejected, GatewayAuthenticationError) as exc:
@@ -354,6 +359,21 @@ class Refunds:
                     raise RuntimeError("the refund row changed under the attempt") from None
                 logger.info("cancel refused, refunding", extra={"refund_id": str(row.id), "ccode": exc.ccode})
         return gateway.refund(row.original_hypay_id, amount=row.amount)
+
+    def _still_cancel(self, row: RefundRow) -> bool:
+        """Asked again right before CancelTrans goes out: a verified delivery that contradicted the transaction's
+        money after the attempt was planned switches it to a zikoyAPI refund, recorded first (CancelTrans would send
+        back Hyp's whole charge, whatever the row says). Unanswered, nothing is sent: not yet."""
+        try:
+            method = self.deps.store.method_to_send(row.id, _CONTRADICTED_SINCE)
+        except PaymentError as exc:
+            raise GatewayNotAsked(f"the attempt could not be checked before Hyp was asked ({exc.code})") from exc
+        if method != Method.CANCEL:
+            logger.warning(
+                "cancellation switched to a refund: its transaction was contradicted since it was planned",
+                extra={"refund_id": str(row.id), "payment_id": str(row.payment_id)},
+            )
+        return method == Method.CANCEL
 
     def _after_answer(
         self,

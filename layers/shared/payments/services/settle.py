@@ -120,6 +120,19 @@ def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
     return f"a verified {txn.source} delivery of Hyp transaction {txn.hypay_id} said " + ", ".join(said)
 
 
+def contradiction_kept(journal: Journal, txn: HypTransaction) -> str | None:
+    """What a verified callback that is kept instead of settled (the database did not take it, or another delivery
+    held it) says against the journal's verified row for its payment, as a settled redelivery would say it
+    (`_contradiction`); read under the payment's lock. Kept on the row and counted, it reaches what reads a
+    contradiction (the alarm, the queue, the refund's choice of method), as a settled one does."""
+    _, entry = journal.facts(txn)
+    if entry is None or not entry.verified or entry.payment_id != txn.payment_id:
+        return None
+    return _contradiction(
+        txn if entry.hypay_id in (None, txn.hypay_id) else txn._replace(hypay_id=entry.hypay_id), entry
+    )
+
+
 def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry | None) -> Decision:
     """The decision on a verified transaction, from the locked payment and the journal's row. Pure."""
     if entry is not None and entry.verified:
@@ -448,6 +461,7 @@ __all__ = [
     "OperatorGrantRefused",
     "Result",
     "Settlement",
+    "contradiction_kept",
     "decide",
     "report_operator_grant",
     "resolve_amount",
