@@ -143,6 +143,14 @@ SPELLINGS = """(SELECT repeat('0', z) || ltrim(:txn, '0') FROM generate_series(0
 SOLD_CREDITS = """COALESCE(p.credits, (SELECT k.credits FROM public.credit_packs k
                              WHERE k.id = p.credit_pack_id AND k.price = p.amount AND p.currency = 'ILS'))"""
 
+# The journal's row for a Hyp Id alone (`_FACTS`'s `j`): what a kept callback is compared with.
+_ENTRY = f"""
+SELECT decision, payment_id::text, verified, source, ccode, amount::text, currency, xmin::text, closed_as, hypay_id
+  FROM public.hypay_transactions
+ WHERE hypay_id IN {SPELLINGS}
+ ORDER BY hypay_id = :txn DESC, first_seen, hypay_id
+ LIMIT 1"""
+
 _FACTS = f"""
 WITH j AS (
     SELECT decision, payment_id::text AS payment_id, verified, source, ccode, amount::text AS amount, currency,
@@ -323,6 +331,34 @@ _STATEMENTS = {
 }
 
 
+def _entry(
+    decision: str | None,
+    payment_id: str | None,
+    verified: Any,
+    source: str | None,
+    ccode: int | None,
+    amount: str | None,
+    currency: str | None,
+    version: str | None,
+    closed_as: str | None,
+    hypay_id: str | None,
+) -> JournalEntry | None:
+    if not decision:
+        return None
+    return JournalEntry(
+        Verdict(decision),
+        UUID(payment_id) if payment_id else None,
+        bool(verified),
+        source,
+        ccode,
+        Decimal(amount) if amount is not None else None,
+        currency,
+        version,
+        closed_as,
+        hypay_id,
+    )
+
+
 class Journal:
     """The journal's statements, on a database or inside a transaction."""
 
@@ -387,23 +423,17 @@ class Journal:
             if status is not None
             else None
         )
-        entry = (
-            JournalEntry(
-                Verdict(decision),
-                UUID(jpid) if jpid else None,
-                bool(jverified),
-                jsrc,
-                jccode,
-                Decimal(jamount) if jamount is not None else None,
-                jcurrency,
-                jversion,
-                jclosed,
-                jspelled,
-            )
-            if decision
-            else None
-        )
-        return facts, entry
+        return facts, _entry(decision, jpid, jverified, jsrc, jccode, jamount, jcurrency, jversion, jclosed, jspelled)
+
+    def entry(self, txn: HypTransaction) -> JournalEntry | None:
+        """The journal's row for the transaction alone (no payment read, none locked)."""
+        rows = self.runner.run(bind(_ENTRY, txn=txn.hypay_id))
+        return _entry(*rows[0]) if rows else None
+
+    def lock_payment(self, payment_id: UUID | None) -> None:
+        """The payment a callback names locked, as settling locks it (none when it names none, or none that exists)."""
+        if payment_id is not None:
+            self.runner.run(bind(_LOCK_NAMED_PAYMENT, id=str(payment_id)))
 
     def apply(
         self,
@@ -487,8 +517,8 @@ class Journal:
         The payment it names is locked first, as settling locks it (`locked`: the caller has locked it already): the
         cleanup skips a payment locked so, and never expires one whose callback is being kept (its own statement's
         snapshot could not see the keep)."""
-        if txn.payment_id is not None and not locked:
-            self.runner.run(bind(_LOCK_NAMED_PAYMENT, id=str(txn.payment_id)))
+        if not locked:
+            self.lock_payment(txn.payment_id)
         held = self.spellings(txn.hypay_id)
         if held:  # its own spelling first, when held
             txn = txn._replace(hypay_id=held[0])

@@ -181,7 +181,8 @@ def keep_unverified(
         if not verified:
             journal.record_unverified(txn, detail=reason, raw_callback=raw_query)
             return None
-        contradiction = contradiction_kept(journal, callback.transaction(source))  # locks the payment
+        journal.lock_payment(txn.payment_id)  # as settling does, before the journal's row is read
+        contradiction = contradiction_kept(journal, callback.transaction(source))
         journal.record_unverified(txn, detail=reason, raw_callback=raw_query, contradiction=contradiction, locked=True)
         return contradiction
 

@@ -123,9 +123,10 @@ def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
 def contradiction_kept(journal: Journal, txn: HypTransaction) -> str | None:
     """What a verified callback that is kept instead of settled (the database did not take it, or another delivery
     held it) says against the journal's verified row for its payment, as a settled redelivery would say it
-    (`_contradiction`); read under the payment's lock. Kept on the row and counted, it reaches what reads a
-    contradiction (the alarm, the queue, the refund's choice of method), as a settled one does."""
-    _, entry = journal.facts(txn)
+    (`_contradiction`). The journal's row alone is read (the payment, which may be what the database could not take,
+    is not): the caller locks the payment first. Kept on the row and counted, it reaches what reads a contradiction
+    (the alarm, the refund's choice of method), as a settled one does."""
+    entry = journal.entry(txn)
     if entry is None or not entry.verified or entry.payment_id != txn.payment_id:
         return None
     return _contradiction(
