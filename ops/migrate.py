@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from payments.adapters.db import Database, QueryError, Transaction, bind
+from payments.adapters.db import Database, QueryError, Transaction, bind, parse_database_url
 from payments.errors import ConfigurationError, DatabaseUnavailable
 from payments.settings import DatabaseSettings
 
@@ -725,7 +725,7 @@ def _probe(tx: Transaction, statements: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ops.embedded import database_url
+    from ops.embedded import LOCAL_DATA, database_url
 
     parser = argparse.ArgumentParser(prog="python -m ops.migrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="the preflight only: list what is pending and refused")
@@ -752,7 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"seconds the client waits for one statement (default {QUERY_TIMEOUT_SECONDS:g}: index builds take time)",
     )
     args = parser.parse_args(argv)
-    with database_url() as url:
+    local = not os.environ.get("DATABASE_URL")
+    with database_url(Path(os.environ.get("LOCAL_DATA_DIR", str(LOCAL_DATA)))) as url:
         try:
             db = Database.from_settings(DatabaseSettings(DATABASE_URL=url, DB_QUERY_TIMEOUT=args.query_timeout))
         except ConfigurationError as exc:
@@ -761,6 +762,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        # Which database, first (never its password): a DATABASE_URL not exported, or misspelt, falls back to the
+        # local `make run` database, and "up to date" must not pass for production's.
+        print(f"database: {_target(url, local)}", file=sys.stderr)
         try:
             if args.check:
                 return _print_check(db)
@@ -788,6 +792,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_list(outcome.adopted))
     print("applied: " + ", ".join(outcome.applied) if outcome.applied else "database is up to date")
     return 0
+
+
+def _target(url: str, local: bool) -> str:
+    """The database `url` names, as host (or socket folder), port and name; the local one said to be so."""
+    params = parse_database_url(url)
+    where = f"{params.unix_sock or params.host}:{params.port}/{params.database}"
+    return f"{where} (DATABASE_URL is not set: the local make run database)" if local else where
 
 
 def _print_check(db: Database) -> int:

@@ -265,7 +265,7 @@ def serve(port: int, sim_port: int, mode: Mode, data_dir: Path, stop: threading.
             *auth_lines(api, auth),
             f"  demo user     {DEMO_USER_ID} ({DEMO_USER_EMAIL}); JWT issuer {auth.issuer} (a fixed name, any port)",
             f"  demo token    {token}",
-            f"  other user    .venv/bin/python -m ops.token --mode {mode} --user <uuid> [--email <address>]",
+            f"  other user    .venv/bin/python -m ops.token --mode {mode} --user <uuid> --profile [--email <address>]",
             f"  admin token   {admin_token}",
             f"  settings      from the environment: {', '.join(overrides) or 'none'}"
             " (any function setting: NAME=value make run; ports: PORT, HYPAY_SIM_PORT)",

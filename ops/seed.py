@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from payments.adapters.db import Database
+from payments.adapters.db import Database, bind
 
 DEMO_USER_ID = "de000000-0000-4000-8000-000000000001"
 DEMO_USER_EMAIL = "demo@example.co.il"
@@ -23,3 +23,15 @@ ON CONFLICT (id) DO NOTHING;
 def seed(db: Database) -> None:
     with db.transaction() as tx:
         tx.run(SEED_SQL)
+
+
+def add_user(db: Database, user_id: str, email: str) -> None:
+    """A profile for another user (0 credits), as the web app makes one at sign-up. Safe to run again."""
+    db.run(
+        bind(
+            "INSERT INTO public.profiles (id, email, full_name, credits) VALUES (:id::uuid, :email, 'Local user', 0)"
+            " ON CONFLICT (id) DO NOTHING",
+            id=user_id,
+            email=email,
+        )
+    )

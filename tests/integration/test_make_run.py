@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,3 +104,129 @@ def test_ctrl_c_stops_quietly_on_the_chosen_port_with_settings_from_the_environm
     # Then it stops cleanly, with no traceback from it or its workers
     assert process.returncode == 0, rest
     assert "stopped." in rest and "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+
+
+@pytest.mark.skipif("DATABASE_URL" in os.environ, reason="the embedded server is what is tested")
+def test_ctrl_c_stops_the_database_even_after_an_earlier_run_was_killed(private_tmp: Path) -> None:
+    import psutil
+
+    from tests.support.make_run import MakeRun
+
+    data = private_tmp / "pgdata"
+
+    def postmasters() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if cmdline and cmdline[0].endswith("/postgres") and str(data) in cmdline:
+                found.append(proc)
+        return found
+
+    try:
+        # Given a make run killed hard (kill -9, a closed terminal, an OOM kill): its database is left running
+        crashed = MakeRun({"LOCAL_DATA_DIR": str(data)}).start()
+        assert crashed.process is not None
+        crashed.process.kill()
+        crashed.process.wait(timeout=30)
+        # When make run is started again, and stopped with Ctrl-C as the README says ("Ctrl-C stops everything")
+        again = MakeRun({"LOCAL_DATA_DIR": str(data)}).start()
+        code, _ = again.stop()
+        assert code == 0
+        # Then no database server is left running on the folder (the killed run's pid, left in the library's
+        # count of the cluster's users, is no user any more)
+        left = postmasters()
+        assert not left, [p.pid for p in left]
+    finally:
+        for proc in postmasters():
+            proc.terminate()
+
+
+@pytest.mark.skipif("DATABASE_URL" in os.environ, reason="the embedded server is what is tested")
+def test_make_run_starts_in_a_folder_whose_path_has_a_space(private_tmp: Path) -> None:
+    # Given a clone under a folder with a space in its name ("~/My Projects/payments"), i.e. make run's
+    # data folder .local/pgdata under it
+    data = private_tmp / "My Projects" / "payments" / ".local" / "pgdata"
+    data.parent.mkdir(parents=True)
+    os.chmod(private_tmp / "My Projects", 0o755)
+    os.chmod(private_tmp / "My Projects" / "payments", 0o755)
+    os.chmod(data.parent, 0o755)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
+        "PORT": str(free_port()),
+        "HYPAY_SIM_PORT": str(free_port()),
+        "LOCAL_DATA_DIR": str(data),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ops.run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "Ctrl-C stops everything." in line:
+                break
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        if data.is_symlink():  # the cluster, kept in the user's data folder: not left there by a test
+            shutil.rmtree(data.resolve(), ignore_errors=True)
+    out = "".join(lines) + (rest or "")
+    # Then it starts (the server is given the folder through a link without the space: pg_ctl passes it unquoted)
+    assert "Ctrl-C stops everything." in out, out[-3000:]
+
+
+def test_a_token_minted_for_another_user_can_buy_credits(private_tmp: Path) -> None:
+    # Given make run, and the README's command that mints a token for another user (with its profile)
+    import json
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    from tests.support.make_run import MakeRun
+
+    run = MakeRun({"LOCAL_DATA_DIR": str(private_tmp / "pgdata"), "LOCAL_AUTH_DIR": str(private_tmp / "auth")}).start()
+    try:
+        run.drain()
+        user = str(uuid.uuid4())
+        token = subprocess.run(
+            [sys.executable, "-m", "ops.token", "--mode", "rs256", "--user", user, "--profile"],
+            cwd=ROOT,
+            env={
+                **_env({}),
+                "LOCAL_AUTH_DIR": str(private_tmp / "auth"),
+                "LOCAL_DATA_DIR": str(private_tmp / "pgdata"),
+            },
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        # When that user buys a pack as the README's curl does
+        req = urllib.request.Request(
+            f"{run.base}/payments",
+            method="POST",
+            data=json.dumps({"credit_pack_id": "aaaaaaaa-0000-4000-8000-000000000001"}).encode(),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Idempotency-Key": str(uuid.uuid4()),
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, body = resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            status, body = err.code, err.read().decode()
+    finally:
+        run.stop()
+    # Then it buys (without --profile: 404, the signed-in user has no profile)
+    assert status == 201, body

@@ -248,6 +248,24 @@ def test_the_command_reports_an_unreachable_database_in_one_line(
     assert "error: could not connect to the database; nothing was applied" in capsys.readouterr().err
 
 
+def test_the_command_names_the_database_it_worked_on_never_its_password(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ops.migrate import main
+    from payments.adapters.db import parse_database_url
+
+    # Given a deployer's DATABASE_URL (with a password in it)
+    params = parse_database_url(database_url)
+    monkeypatch.setenv("DATABASE_URL", database_url.replace("postgres@", "postgres:s3cret-pw@", 1))
+    # When the runner finishes ("up to date": a DATABASE_URL not exported would have meant the local one)
+    assert main([]) == 0
+    out = capsys.readouterr()
+    # Then it said which database it was, and nothing of the password
+    assert f"{params.unix_sock or params.host}:{params.port}/{params.database}" in out.err
+    assert "not set" not in out.err and "s3cret-pw" not in out.err + out.out
+    assert "database is up to date" in out.out
+
+
 @pytest.mark.parametrize(("seconds", "sent"), [(5.0, "5000ms"), (0.0004, "1ms"), (0, "0ms")])
 def test_the_lock_timeout_is_sent_in_milliseconds_and_zero_means_no_limit(seconds: float, sent: str) -> None:
     from ops.migrate import _run
