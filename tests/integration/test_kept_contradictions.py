@@ -23,16 +23,17 @@ from tests.support.faults import Killed
 from tests.support.payments import PENDING_PAGE, Env
 
 
-def test_a_kept_contradicting_redirect_is_a_contradiction(
-    env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a payment of 49.90 granted on Hyp's answer (journal: 49.90)
+def overcharged(env: Env, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any, list[tuple[str, str]]]:
+    """A payment of 49.90 granted on Hyp's answer (journal: 49.90), whose transaction Hyp's own record says was 99.80;
+    and a verified (signed, HMAC mode) redirect of it saying so."""
     pid, txn = paid(env)
-    # And Hyp's own record of the transaction says 99.80, which a verified (signed) redirect then says
     env.sim.transactions[txn.id].amount = "99.80"
     use_mode(monkeypatch, "hmac")
-    again = forge([(k, txn.id if k == "Id" else v) for k, v in unpaid_claim(pid, amount="99.80")])
-    # And that redirect meets a lock wait once (the web app holding the payment): not settled, kept
+    return pid, txn, forge([(k, txn.id if k == "Id" else v) for k, v in unpaid_claim(pid, amount="99.80")])
+
+
+def kept_not_settled(env: Env, monkeypatch: pytest.MonkeyPatch, redirect: Any) -> None:
+    """The redirect meets a lock wait once (the web app holding the payment): not settled, kept."""
     real = handle_callback.settle
     calls: list[Any] = []
 
@@ -43,9 +44,16 @@ def test_a_kept_contradicting_redirect_is_a_contradiction(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(handle_callback, "settle", lock_wait_once)
-    assert location(browser(again))[0] == PENDING_PAGE
-    assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks WHERE hypay_id = :t", t=txn.id) == [[1]]
+    assert location(browser(redirect))[0] == PENDING_PAGE
 
+
+def test_a_kept_contradicting_redirect_is_a_contradiction(
+    env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a payment Hyp charged more for than it decided, and a verified redirect saying so, kept not settled
+    pid, txn, again = overcharged(env, monkeypatch)
+    kept_not_settled(env, monkeypatch, again)
+    assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks WHERE hypay_id = :t", t=txn.id) == [[1]]
     # Then the journal's row says a verified delivery contradicted it (what the alarm, the queue and the refund read)
     assert env.rows("SELECT amount::text, contradictions FROM hypay_transactions WHERE hypay_id = :t", t=txn.id) == [
         ["49.90", 1]
@@ -55,21 +63,8 @@ def test_a_kept_contradicting_redirect_is_a_contradiction(
 def test_a_same_day_refund_after_a_kept_contradicting_redirect_never_cancels_more_than_its_row(
     env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pid, txn = paid(env)
-    env.sim.transactions[txn.id].amount = "99.80"
-    use_mode(monkeypatch, "hmac")
-    again = forge([(k, txn.id if k == "Id" else v) for k, v in unpaid_claim(pid, amount="99.80")])
-    real = handle_callback.settle
-    calls: list[Any] = []
-
-    def lock_wait_once(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
-            raise QueryError("canceling statement due to lock timeout", "55P03")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(handle_callback, "settle", lock_wait_once)
-    assert location(browser(again))[0] == PENDING_PAGE
+    pid, txn, again = overcharged(env, monkeypatch)
+    kept_not_settled(env, monkeypatch, again)
     # When the operator refunds what the journal says was paid, the same day
     monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
     admin = Admin(env, backend_login, later=dt.timedelta(0))
@@ -80,9 +75,8 @@ def test_a_same_day_refund_after_a_kept_contradicting_redirect_never_cancels_mor
     assert answer.status == 201, answer.body
     # Then Hyp sent back 49.90 (what the refund's row says), not its whole 99.80 charge
     rows = env.rows("SELECT method, amount::text FROM refunds WHERE payment_id = :p::uuid", p=pid)
-    assert txn.id not in env.sim.cancelled and env.sim.refunded.get(txn.id) == 4990, (
-        f"cancelled: {txn.id in env.sim.cancelled}, refunded: {env.sim.refunded.get(txn.id)}; our rows: {rows}"
-    )
+    assert txn.id not in env.sim.cancelled and env.sim.refunded.get(txn.id) == 4990, rows
+    assert rows == [["refund", "49.90"]]
 
 
 def test_a_contradiction_journaled_after_the_refund_was_planned_is_refunded_not_cancelled_whole(
@@ -93,11 +87,8 @@ def test_a_contradiction_journaled_after_the_refund_was_planned_is_refunded_not_
     from payments.services.refund import Refunds
     from tests.integration.test_hypay_callback import notify
 
-    # Given a payment of 49.90 granted, whose Hyp transaction Hyp's own record says was 99.80
-    pid, txn = paid(env)
-    env.sim.transactions[txn.id].amount = "99.80"
-    use_mode(monkeypatch, "hmac")
-    again = forge([(k, txn.id if k == "Id" else v) for k, v in unpaid_claim(pid, amount="99.80")])
+    # Given a payment Hyp charged more for than it decided, and a verified notify saying so still to come
+    pid, txn, again = overcharged(env, monkeypatch)
     real_reverse = Refunds._reverse
 
     def contradiction_lands_first(self: Refunds, row: Any) -> Any:

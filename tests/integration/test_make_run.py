@@ -143,46 +143,26 @@ def test_ctrl_c_stops_the_database_even_after_an_earlier_run_was_killed(private_
 
 @pytest.mark.skipif("DATABASE_URL" in os.environ, reason="the embedded server is what is tested")
 def test_make_run_starts_in_a_folder_whose_path_has_a_space(private_tmp: Path) -> None:
-    # Given a clone under a folder with a space in its name ("~/My Projects/payments"), i.e. make run's
-    # data folder .local/pgdata under it
+    from tests.support.make_run import MakeRun
+
+    # Given a clone under a folder with a space in its name ("~/My Projects/payments"): make run's data folder
+    # .local/pgdata under it
     data = private_tmp / "My Projects" / "payments" / ".local" / "pgdata"
     data.parent.mkdir(parents=True)
-    os.chmod(private_tmp / "My Projects", 0o755)
-    os.chmod(private_tmp / "My Projects" / "payments", 0o755)
-    os.chmod(data.parent, 0o755)
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}:{ROOT}",
-        "PORT": str(free_port()),
-        "HYPAY_SIM_PORT": str(free_port()),
-        "LOCAL_DATA_DIR": str(data),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ops.run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
+    for folder in (data.parent, data.parent.parent, data.parent.parent.parent):
+        os.chmod(folder, 0o755)
+    run = MakeRun({"LOCAL_DATA_DIR": str(data)})
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything." in line:
-                break
+        # When make run starts, then is stopped
+        run.start()
+        started = run.output
+        code, _ = run.stop()
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-        rest, _ = process.communicate(timeout=60)
         if data.is_symlink():  # the cluster, kept in the user's data folder: not left there by a test
             shutil.rmtree(data.resolve(), ignore_errors=True)
-    out = "".join(lines) + (rest or "")
-    # Then it starts (the server is given the folder through a link without the space: pg_ctl passes it unquoted)
-    assert "Ctrl-C stops everything." in out, out[-3000:]
+    # Then it started and stopped (the server is given a folder without the space: pg_ctl passes it unquoted)
+    assert "Ctrl-C stops everything." in started, started[-3000:]
+    assert code == 0
 
 
 def test_a_token_minted_for_another_user_can_buy_credits(private_tmp: Path) -> None:
