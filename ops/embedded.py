@@ -88,6 +88,8 @@ def _without_spaces(data_dir: Path) -> Path:
         if data_dir.resolve() == real.resolve():
             return real
         data_dir.unlink()
+    elif (data_dir / "postmaster.pid").exists():
+        raise RuntimeError(f"a server may be running on {data_dir}: stop it, then start again")
     elif data_dir.exists() and not real.exists():
         shutil.move(data_dir, real)
     elif data_dir.exists():

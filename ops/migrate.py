@@ -753,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     local = not os.environ.get("DATABASE_URL")
-    with database_url(Path(os.environ.get("LOCAL_DATA_DIR", str(LOCAL_DATA)))) as url:
+    with database_url(Path(os.environ.get("LOCAL_DATA_DIR") or LOCAL_DATA)) as url:
         try:
             db = Database.from_settings(DatabaseSettings(DATABASE_URL=url, DB_QUERY_TIMEOUT=args.query_timeout))
         except ConfigurationError as exc:

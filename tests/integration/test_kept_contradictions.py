@@ -110,6 +110,11 @@ def test_a_contradiction_journaled_after_the_refund_was_planned_is_refunded_not_
     assert answer.status == 201, answer.body
     assert txn.id not in env.sim.cancelled and env.sim.refunded.get(txn.id) == 4990, rows
     assert rows == [["refund", "49.90", "succeeded"]]
+    # And the audit says how it went out (its request, what was planned)
+    [(request, after)] = env.rows(
+        "SELECT request, after_state FROM admin_audit_log WHERE payment_id = :p::uuid AND action = 'refund'", p=pid
+    )
+    assert (request["method"], after["method"]) == ("cancel", "refund")
 
 
 def _killed_mid_work(self: HandleCallback, *args: Any, **kwargs: Any) -> Any:

@@ -755,6 +755,7 @@ class RefundsStore:
                 {"refunded": str(target.refunded), "remaining": str(_before(target, current)), "balance": balance},
                 {
                     "refund_status": str(row.status),
+                    "method": str(row.method),  # as sent: a cancellation switched to a refund says so here
                     "refunded": str(finished.refunded),
                     "remaining": str(finished.remaining),
                     "balance": after_balance,
