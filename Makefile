@@ -109,4 +109,5 @@ bench: $(STAMP) ## every benchmark against its baseline, repeated and interleave
 	$(PY) -m bench
 
 clean: ## remove build output and local state (keeps .venv)
+	if [ -L .local/pgdata ]; then rm -rf "$$(readlink -f .local/pgdata)"; fi  # a clone whose path has a space
 	rm -rf .aws-sam .local .pytest_cache

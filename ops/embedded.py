@@ -74,26 +74,29 @@ def _forget_dead_users(data_dir: Path) -> None:
 def _without_spaces(data_dir: Path) -> Path:
     """The folder the server is given. The library passes it to pg_ctl unquoted (`-o "-k <folder>"`), and follows
     links: the cluster of a folder whose path has a space (a clone under "My Projects") lives in the user's data
-    folder instead, named after it, and the folder becomes a link to it (a cluster started there before is moved)."""
+    folder instead, and the folder is a link to it. A link is followed wherever it leads (a clone renamed keeps its
+    cluster); a new one leads to a new folder (after `make clean`, which removes the cluster with the link, a fresh
+    cluster); a cluster started in the folder before is moved there."""
     if not _spaced(data_dir):
         return data_dir
+    if data_dir.is_symlink() and data_dir.resolve().is_dir():
+        real = data_dir.resolve()
+        if _spaced(real):
+            raise RuntimeError(f"{data_dir} leads to {real}, whose path has a space: set LOCAL_DATA_DIR to one without")
+        return real
     import platformdirs
 
-    name = hashlib.sha256(str(data_dir.absolute()).encode()).hexdigest()[:16]
-    real = platformdirs.user_data_path("payments-backend") / f"pgdata-{name}"
+    name = hashlib.sha256(str(data_dir.absolute()).encode()).hexdigest()[:12]
+    real = platformdirs.user_data_path("payments-backend") / f"pgdata-{name}-{os.urandom(4).hex()}"
     if _spaced(real):
         raise RuntimeError(f"the data folder's path has a space ({data_dir}): set LOCAL_DATA_DIR to one without")
     real.parent.mkdir(parents=True, exist_ok=True)
     if data_dir.is_symlink():
-        if data_dir.resolve() == real.resolve():
-            return real
-        data_dir.unlink()
+        data_dir.unlink()  # leads nowhere
     elif (data_dir / "postmaster.pid").exists():
         raise RuntimeError(f"a server may be running on {data_dir}: stop it, then start again")
-    elif data_dir.exists() and not real.exists():
-        shutil.move(data_dir, real)
     elif data_dir.exists():
-        raise RuntimeError(f"both {data_dir} and {real} hold a cluster: remove the one not wanted")
+        shutil.move(data_dir, real)
     data_dir.symlink_to(real, target_is_directory=True)
     return real
 

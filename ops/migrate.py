@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from payments.adapters.db import Database, QueryError, Transaction, bind, parse_database_url
 from payments.errors import ConfigurationError, DatabaseUnavailable
@@ -795,7 +796,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _target(url: str, local: bool) -> str:
-    """The database `url` names, as host (or socket folder), port and name; the local one said to be so."""
+    """The database `url` names, as host (or socket folder), port and name; the local one said to be so. A URL whose
+    password holds `/`, `?` or `#` unencoded is not read as its writer meant (its `@` then falls outside the user
+    part, and the password's pieces into the host, port or name): not printed."""
+    parts = urlsplit(url)
+    if "@" in parts.path + parts.query + parts.fragment:
+        return "(not printed: an '@' outside the URL's user part; percent-encode the password)"
     params = parse_database_url(url)
     where = f"{params.unix_sock or params.host}:{params.port}/{params.database}"
     return f"{where} (DATABASE_URL is not set: the local make run database)" if local else where

@@ -137,30 +137,49 @@ def test_a_kept_redirect_does_not_journal_an_unsigned_coin(env: Env, monkeypatch
     assert rows == [["unverified", False, "ILS"]] or rows == [["unverified", False, None]], rows
 
 
-def test_a_cancellation_that_cannot_be_checked_again_goes_out_as_planned(
-    env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("check", ["unanswered", "committed, its answer lost"])
+def test_a_cancellation_not_checked_before_the_call_is_not_sent_and_a_retry_refunds_the_row(
+    env: Env, backend_login: str, monkeypatch: pytest.MonkeyPatch, check: str
 ) -> None:
     from payments.adapters.refunds_store import RefundsStore
-    from payments.errors import DatabaseUnavailable
+    from payments.errors import DatabaseUnavailable, GatewayNotAsked
+    from payments.services.refund import Refunds
+    from tests.integration.test_hypay_callback import notify
 
-    # Given a same-day full refund whose check right before CancelTrans meets the database out of reach
-    pid, txn = paid(env)
+    # Given a same-day refund planned as a cancellation, a verified delivery contradicting it landing after, and the
+    # check right before CancelTrans unanswered (the database out of reach; or its switch committed, its answer lost)
+    pid, txn, again = overcharged(env, monkeypatch)
+    real_reverse, real_check = Refunds._reverse, RefundsStore.method_to_send
+    checks: list[Any] = []
 
-    def unreachable(self: RefundsStore, *args: Any, **kwargs: Any) -> Any:
+    def contradiction_lands_first(self: Refunds, row: Any) -> Any:
+        if not checks:
+            assert notify(again).status == 200
+        return real_reverse(self, row)
+
+    def check_once_unanswered(self: RefundsStore, *args: Any, **kwargs: Any) -> Any:
+        checks.append(1)
+        if len(checks) > 1:
+            return real_check(self, *args, **kwargs)
+        if check != "unanswered":
+            real_check(self, *args, **kwargs)
         raise DatabaseUnavailable("the database connection broke")
 
-    monkeypatch.setattr(RefundsStore, "method_to_send", unreachable)
+    monkeypatch.setattr(Refunds, "_reverse", contradiction_lands_first)
+    monkeypatch.setattr(RefundsStore, "method_to_send", check_once_unanswered)
     monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
     admin = Admin(env, backend_login, later=dt.timedelta(0))
     try:
-        # When it is asked
+        # When it is asked: then "not yet" (the route's 503), with nothing sent to Hyp and the row released
+        with pytest.raises(GatewayNotAsked):
+            admin.refund(pid, "refund-1", amount="49.90")
+        assert (txn.id in env.sim.cancelled, env.sim.refunded.get(txn.id)) == (False, None)
+        assert env.rows("SELECT status, ccode FROM refunds WHERE payment_id = :p::uuid", p=pid) == [["refused", None]]
+        # And asked again with its key: the same row taken up again and planned anew, refunded by zikoyAPI once
         answer = admin.refund(pid, "refund-1", amount="49.90")
     finally:
         admin.close()
-    # Then it goes out as planned (nothing contradicted it when it was planned), once, its answer stored: never an
-    # attempt left unsent for a retry to call unknown
     assert answer.status == 201, answer.body
-    assert txn.id in env.sim.cancelled and env.sim.calls.count("CancelTrans") == 1
-    assert env.rows("SELECT method, status FROM refunds WHERE payment_id = :p::uuid", p=pid) == [
-        ["cancel", "succeeded"]
-    ]
+    assert txn.id not in env.sim.cancelled and env.sim.refunded.get(txn.id) == 4990
+    rows = env.rows("SELECT method, amount::text, status FROM refunds WHERE payment_id = :p::uuid", p=pid)
+    assert rows == [["refund", "49.90", "succeeded"]]

@@ -363,17 +363,12 @@ class Refunds:
     def _still_cancel(self, row: RefundRow) -> bool:
         """Asked again right before CancelTrans goes out: a verified delivery that contradicted the transaction's
         money after the attempt was planned switches it to a zikoyAPI refund, recorded first (CancelTrans would send
-        back Hyp's whole charge, whatever the row says). Unanswered, the plan stands: it was chosen on the journal
-        under the payment's lock and committed with the attempt, and nothing sent now would leave an attempt a retry
-        can only call unknown."""
+        back Hyp's whole charge, whatever the row says). Unanswered (the switch may even have committed), nothing is
+        sent: not yet (`GatewayNotAsked`: the attempt is released, and a retry with its key plans it again)."""
         try:
             method = self.deps.store.method_to_send(row.id, _CONTRADICTED_SINCE)
         except PaymentError as exc:
-            logger.warning(
-                "cancellation not checked again before it was sent: sent as planned",
-                extra={"refund_id": str(row.id), "payment_id": str(row.payment_id), "reason": exc.code},
-            )
-            return True
+            raise GatewayNotAsked(f"the attempt could not be checked before Hyp was asked ({exc.code})") from exc
         if method != Method.CANCEL:
             logger.warning(
                 "cancellation switched to a refund: its transaction was contradicted since it was planned",
