@@ -67,11 +67,8 @@ def test_a_same_day_refund_after_a_kept_contradicting_redirect_never_cancels_mor
     kept_not_settled(env, monkeypatch, again)
     # When the operator refunds what the journal says was paid, the same day
     monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
-    admin = Admin(env, backend_login, later=dt.timedelta(0))
-    try:
+    with Admin(env, backend_login, later=dt.timedelta(0)) as admin:
         answer = admin.refund(pid, "refund-1", amount="49.90", reason="Hyp charged 99.80 for 49.90")
-    finally:
-        admin.close()
     assert answer.status == 201, answer.body
     # Then Hyp sent back 49.90 (what the refund's row says), not its whole 99.80 charge
     rows = env.rows("SELECT method, amount::text FROM refunds WHERE payment_id = :p::uuid", p=pid)
@@ -100,11 +97,8 @@ def test_a_contradiction_journaled_after_the_refund_was_planned_is_refunded_not_
     monkeypatch.setattr(Refunds, "_reverse", contradiction_lands_first)
     monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
     # When the operator refunds the journal's amount the same day, the contradiction landing after it was planned
-    admin = Admin(env, backend_login, later=dt.timedelta(0))
-    try:
+    with Admin(env, backend_login, later=dt.timedelta(0)) as admin:
         answer = admin.refund(pid, "refund-1", amount="49.90", reason="customer asked")
-    finally:
-        admin.close()
     # Then Hyp sent back 49.90 by zikoyAPI, the switch recorded on the row, never its whole charge by CancelTrans
     rows = env.rows("SELECT method, amount::text, status FROM refunds WHERE payment_id = :p::uuid", p=pid)
     assert answer.status == 201, answer.body
@@ -168,8 +162,7 @@ def test_a_cancellation_not_checked_before_the_call_is_not_sent_and_a_retry_refu
     monkeypatch.setattr(Refunds, "_reverse", contradiction_lands_first)
     monkeypatch.setattr(RefundsStore, "method_to_send", check_once_unanswered)
     monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
-    admin = Admin(env, backend_login, later=dt.timedelta(0))
-    try:
+    with Admin(env, backend_login, later=dt.timedelta(0)) as admin:
         # When it is asked: then "not yet" (the route's 503), with nothing sent to Hyp and the row released
         with pytest.raises(GatewayNotAsked):
             admin.refund(pid, "refund-1", amount="49.90")
@@ -177,8 +170,6 @@ def test_a_cancellation_not_checked_before_the_call_is_not_sent_and_a_retry_refu
         assert env.rows("SELECT status, ccode FROM refunds WHERE payment_id = :p::uuid", p=pid) == [["refused", None]]
         # And asked again with its key: the same row taken up again and planned anew, refunded by zikoyAPI once
         answer = admin.refund(pid, "refund-1", amount="49.90")
-    finally:
-        admin.close()
     assert answer.status == 201, answer.body
     assert txn.id not in env.sim.cancelled and env.sim.refunded.get(txn.id) == 4990
     rows = env.rows("SELECT method, amount::text, status FROM refunds WHERE payment_id = :p::uuid", p=pid)

@@ -31,11 +31,8 @@ def test_refunding_the_difference_of_a_contradicted_amount_refunds_only_the_diff
     ]
     # When the operator follows the ContradictingDelivery runbook the same day: refund the difference, 49.90
     monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
-    admin = Admin(env, backend_login, later=dt.timedelta(0))
-    try:
+    with Admin(env, backend_login, later=dt.timedelta(0)) as admin:
         answer = admin.refund(pid, "difference-1", amount="49.90", reason="Hyp charged 99.80 for 49.90")
-    finally:
-        admin.close()
     assert answer.status == 201, answer.body
     # Then Hyp sent back the difference, 49.90, and the customer keeps the purchase they paid 49.90 for
     assert env.sim.refunded.get(txn.id) == 4990, (

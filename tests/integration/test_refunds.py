@@ -65,6 +65,12 @@ class Admin:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 @pytest.fixture
 def admin(env: Env, backend_login: str):  # noqa: ANN201

@@ -120,6 +120,12 @@ def _contradiction(txn: HypTransaction, entry: JournalEntry) -> str | None:
     return f"a verified {txn.source} delivery of Hyp transaction {txn.hypay_id} said " + ", ".join(said)
 
 
+def _as_journaled(txn: HypTransaction, entry: JournalEntry | None) -> HypTransaction:
+    """The transaction as the journal spells its number (a delivery may spell it with more or fewer leading zeros):
+    the same transaction, its one row, decided and written so."""
+    return txn if entry is None or entry.hypay_id in (None, txn.hypay_id) else txn._replace(hypay_id=entry.hypay_id)
+
+
 def contradiction_kept(journal: Journal, txn: HypTransaction) -> str | None:
     """What a verified callback that is kept instead of settled (the database did not take it, or another delivery
     held it) says against the journal's verified row for its payment, as a settled redelivery would say it
@@ -129,9 +135,7 @@ def contradiction_kept(journal: Journal, txn: HypTransaction) -> str | None:
     entry = journal.entry(txn)
     if entry is None or not entry.verified or entry.payment_id != txn.payment_id:
         return None
-    return _contradiction(
-        txn if entry.hypay_id in (None, txn.hypay_id) else txn._replace(hypay_id=entry.hypay_id), entry
-    )
+    return _contradiction(_as_journaled(txn, entry), entry)
 
 
 def decide(txn: HypTransaction, facts: PaymentFacts | None, entry: JournalEntry | None) -> Decision:
@@ -309,11 +313,7 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
     def work(tx: Transaction) -> tuple[Decision, Settlement]:
         journal = Journal(tx)
         facts, entry = journal.facts(txn)
-        # Decided and written as the journal spells the transaction's number (a delivery may spell it with more or
-        # fewer leading zeros): the same transaction, its one row.
-        spelled = (
-            txn if entry is None or entry.hypay_id in (None, txn.hypay_id) else txn._replace(hypay_id=entry.hypay_id)
-        )
+        spelled = _as_journaled(txn, entry)
         resolved = resolve_amount(spelled, facts, currency_trusted=currency_trusted)
         decision = decide(resolved, facts, entry)
         if not currency_trusted and decision.contradiction is not None and entry is not None:
