@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+import pg8000.native
 import pytest
 
 from ops.hypay_simulator import (
@@ -339,14 +340,23 @@ def test_answer_not_stored_keeps_the_key_in_progress_then_unknown(
 # -- concurrency ---------------------------------------------------------------------------------
 
 
-def test_concurrent_refunds_never_exceed_what_was_paid(env: Env, backend_login: str) -> None:
+@pytest.mark.parametrize("isolation", ["read committed", "repeatable read", "serializable"])
+def test_concurrent_refunds_never_exceed_what_was_paid(
+    env: Env, backend_login: str, database_url: str, isolation: str
+) -> None:
+    # Whatever the database's default isolation: under REPEATABLE READ a refund's snapshot was taken before it waited
+    # for the payment's lock, so it missed the attempts committed meanwhile and every refund was sent to Hyp.
+    name = urlsplit(database_url).path.lstrip("/")
+    env.rows(f"ALTER DATABASE {pg8000.native.identifier(name)} SET default_transaction_isolation = '{isolation}'")
     pid, txn = paid(env)
     answers: list[Any] = []
     lock = threading.Lock()
+    start = threading.Barrier(8)
 
     def one(n: int) -> None:
         service = Admin(env, backend_login)
         try:
+            start.wait()
             answer = service.refund(pid, f"t-{n}", "10.00")
         finally:
             service.close()

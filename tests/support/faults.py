@@ -66,8 +66,8 @@ def _table(name: str) -> str:
 def sql_label(sql: str) -> str:
     """`insert payments`, `update payments, insert credit_transactions, ...`, `select saved_cards`, `BEGIN`."""
     text = " ".join(sql.split())
-    if text.startswith("BEGIN;"):
-        return "BEGIN"  # with its SET LOCAL timeouts
+    if text.startswith(("BEGIN;", "BEGIN ISOLATION LEVEL")):
+        return "BEGIN"  # with its isolation level and SET LOCAL timeouts
     writes: list[str] = []
     for verb, table in _WRITE.findall(text):
         item = f"{verb.split()[0].lower()} {_table(table)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -24,3 +25,21 @@ def test_settings_are_read_from_the_environment_only_in_settings_py() -> None:
         text = path.read_text()
         assert "os.environ" not in text and "os.getenv" not in text, path
         assert not re.search(r'alias="[A-Z_]+"', text), f"{path} declares an environment setting"
+
+
+def test_every_transaction_of_the_service_pins_read_committed() -> None:
+    """The transactions lock a payment, then read what its holder committed: written (and tested) for READ COMMITTED,
+    they say so in their BEGIN, whatever the database's default. Under REPEATABLE READ a snapshot taken before the
+    lock wait missed a concurrent refund's attempt, and the refunds together exceeded what was paid
+    (tests/integration/test_refunds.py)."""
+    calls = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "atomic":
+                pinned = any(
+                    k.arg == "read_committed" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
+                calls.append((f"{path.relative_to(PACKAGE)}:{node.lineno}", pinned))
+    assert len(calls) >= 15, calls  # the scan finds them
+    assert [where for where, pinned in calls if not pinned] == []

@@ -312,7 +312,7 @@ class PaymentsStore:
             message=message,
             id=str(payment_id),
         )
-        return bool(self.db.atomic(lambda tx: tx.run(sql)))
+        return bool(self.db.atomic(lambda tx: tx.run(sql), read_committed=True))
 
     def flag_for_review(self, payment_id: UUID, reason: str) -> bool:
         """A pending payment goes to needs_review, saying why. False when it was not pending any more. A transaction of
@@ -323,7 +323,7 @@ class PaymentsStore:
             reason=reason,
             id=str(payment_id),
         )
-        return bool(self.db.atomic(lambda tx: tx.run(sql)))
+        return bool(self.db.atomic(lambda tx: tx.run(sql), read_committed=True))
 
     def saved_card(self, user_id: UUID) -> SavedCard | None:
         rows = self.db.run(
@@ -373,7 +373,7 @@ class PaymentsStore:
             "last4": last4,
             "payment": str(payment_id),
         }
-        self.db.atomic(lambda tx: tx.run_with_parameters(_SAVE_CARD, **values))
+        self.db.atomic(lambda tx: tx.run_with_parameters(_SAVE_CARD, **values), read_committed=True)
 
     def hit_rate_limit(self, bucket: str, window_seconds: int, request: str, *, limit: int) -> tuple[int, int]:
         """Count `request` in the current fixed window, unless the window already holds `limit` requests (one

@@ -596,14 +596,14 @@ class RefundsStore:
             )
             return Began(_row(inserted[0]), target, created=True)
 
-        return self.db.atomic(work, retry_on=(UNIQUE_VIOLATION,))
+        return self.db.atomic(work, retry_on=(UNIQUE_VIOLATION,), read_committed=True)
 
     def switch_to_refund(self, refund_id: UUID, message: str) -> RefundRow | None:
         """CancelTrans was refused (nothing moved): the same attempted row goes on as a zikoyAPI refund. A transaction
         of its own: its lock wait and time are cut to what the invocation has left (Hyp's answer, stored after the
         call)."""
         sql = bind(_SWITCH, rid=str(refund_id), message=message[:500])
-        rows = self.db.atomic(lambda tx: tx.run(sql))
+        rows = self.db.atomic(lambda tx: tx.run(sql), read_committed=True)
         if rows:
             return _row(rows[0])
         # `atomic` runs it again when the connection broke at its COMMIT: the first run may have switched it
@@ -624,7 +624,7 @@ class RefundsStore:
         the balance), for when storing the outcome itself failed: a human settles the refund with it. Whether the
         row took it. A transaction of its own: its lock wait and time are cut to what the invocation has left."""
         sql = bind(_NOTE_ANSWER, rid=str(refund_id), message=message[:1000])
-        return bool(self.db.atomic(lambda tx: tx.run(sql)))
+        return bool(self.db.atomic(lambda tx: tx.run(sql), read_committed=True))
 
     # -- after Hyp answered ---------------------------------------------------------------------
 
@@ -766,7 +766,7 @@ class RefundsStore:
             )
             return finished
 
-        return self.db.atomic(work)
+        return self.db.atomic(work, read_committed=True)
 
     def not_moved_or_unknown(
         self,
@@ -808,7 +808,7 @@ class RefundsStore:
                 )
             return row
 
-        return self.db.atomic(work)
+        return self.db.atomic(work, read_committed=True)
 
     @staticmethod
     def _refund_id_problem(tx: Transaction, row: RefundRow, hypay_refund_id: str) -> str | None:
@@ -865,7 +865,7 @@ class RefundsStore:
             )
             return _row(rows[0])
 
-        return self.db.atomic(work)
+        return self.db.atomic(work, read_committed=True)
 
     def _finished(
         self, row: RefundRow, target: Target, *, shortfall: int, balance: int | None, conflict: str | None = None

@@ -119,7 +119,7 @@ class CloseTransaction:
             )
             return self._as_it_is(after, outcome), True
 
-        closed, now = self.db.atomic(work)
+        closed, now = self.db.atomic(work, read_committed=True)
         if now:
             metrics.add_metric(name="TransactionClosed", unit=MetricUnit.Count, value=1)
             logger.info(

@@ -188,7 +188,7 @@ def keep_unverified(
 
     try:
         # Both rows or neither: the journal's row is what the queue shows and what holds the payment pending.
-        contradiction = db.atomic(keep)
+        contradiction = db.atomic(keep, read_committed=True)
     except PaymentError as exc:
         logger.error("unverified hypay callback not kept", extra={**callback.log_keys(), "reason": exc.code})
         return

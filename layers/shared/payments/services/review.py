@@ -844,7 +844,7 @@ class ResolvePayment:
 
         # Another resolve naming the same Hyp Id committing meanwhile trips the journal's unique key: run again, it
         # reads that payment's row and answers 409 (already paid another payment), not a 5xx.
-        body, txn, settlement, fresh = self.db.atomic(work, retry_on=(UNIQUE_VIOLATION,))
+        body, txn, settlement, fresh = self.db.atomic(work, retry_on=(UNIQUE_VIOLATION,), read_committed=True)
         if fresh and txn is not None and settlement is not None:
             report_operator_grant(txn, settlement, admin=admin)
         elif fresh:

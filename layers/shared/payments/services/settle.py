@@ -348,7 +348,7 @@ def settle(db: Database, txn: HypTransaction, *, currency_trusted: bool = True) 
             first,
         )
 
-    decision, settlement = db.atomic(work, retry_on=(UNIQUE_VIOLATION,))
+    decision, settlement = db.atomic(work, retry_on=(UNIQUE_VIOLATION,), read_committed=True)
     _report(txn, decision, settlement)
     return settlement
 
