@@ -803,7 +803,12 @@ def _target(url: str, local: bool) -> str:
     if "@" in parts.path + parts.query + parts.fragment:
         return "(not printed: an '@' outside the URL's user part; percent-encode the password)"
     params = parse_database_url(url)
-    where = f"{params.unix_sock or params.host}:{params.port}/{params.database}"
+    # A Unix socket's path already ends in its port (`.s.PGSQL.5432`)
+    where = (
+        f"{params.unix_sock}/{params.database}"
+        if params.unix_sock
+        else f"{params.host}:{params.port}/{params.database}"
+    )
     return f"{where} (DATABASE_URL is not set: the local make run database)" if local else where
 
 

@@ -261,7 +261,8 @@ def test_the_command_names_the_database_it_worked_on_never_its_password(
     assert main([]) == 0
     out = capsys.readouterr()
     # Then it said which database it was, and nothing of the password
-    assert f"{params.unix_sock or params.host}:{params.port}/{params.database}" in out.err
+    where = f"{params.unix_sock}/" if params.unix_sock else f"{params.host}:{params.port}/"
+    assert f"{where}{params.database}" in out.err and ".5432:" not in out.err
     assert "not set" not in out.err and "s3cret-pw" not in out.err + out.out
     assert "database is up to date" in out.out
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,3 +37,32 @@ def test_every_documented_curl_body_is_one_shell_word() -> None:
                     bad.append(f"{doc.name}: {command.strip()[:120]} -> {words}")
     assert checked, "no documented curl with a body found: the pattern no longer matches the docs"
     assert not bad, bad
+
+
+def test_the_printed_ops_commands_find_the_shared_package_without_pythonpath() -> None:
+    # Given `.venv/bin/python -m ops.token ... --profile` as the README and make run's banner print it
+    printed = (ROOT / "README.md").read_text(encoding="utf-8") + (ROOT / "ops" / "run.py").read_text(encoding="utf-8")
+    assert re.search(r"\.venv/bin/python -m ops\.token --mode \S+ --user <uuid> --profile", printed)
+    # When a terminal without the Makefile's PYTHONPATH runs it, --profile imports ops.seed (the payments package)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import ops.seed, payments.settings"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    # Then it is found (it failed with "No module named 'payments'")
+    assert done.returncode == 0, done.stderr[-400:]
+
+
+def test_the_supabase_commands_name_the_ca_where_the_deploy_doc_commits_it() -> None:
+    deploy = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    committed = re.search(r"`(layers/shared/payments/certs/supabase-ca\.crt)`", deploy)
+    assert committed, "the doc says where the Supabase CA is committed"
+    named = re.findall(r"sslrootcert=([^&'\"\s`]+)", deploy)
+    assert named
+    # make migrate and psql run from the repository's root: a relative path is read from there
+    assert set(named) == {committed[1]}, named

@@ -28,3 +28,8 @@ def test_the_printed_target_never_holds_any_of_the_password(url: str) -> None:
     printed = _target(url, local=False)
     pieces = [p for p in password.replace("?", "/").replace("#", "/").split("/") if p]
     assert not any(piece in printed for piece in pieces), printed
+
+
+def test_a_unix_socket_is_named_by_its_path_alone() -> None:
+    said = _target("postgresql://postgres@/payments?host=/tmp/x&port=5433", local=False)
+    assert said == "/tmp/x/.s.PGSQL.5433/payments", said
