@@ -8,8 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
+import pg8000.native
 import pytest
 from moto import mock_aws
 
@@ -624,6 +626,39 @@ def test_a_paced_purge_reports_only_what_committed(production: tuple[str, Databa
     with pytest.raises(ValueError, match="durabl"):
         run_paced(db, cleanup_steps("public.idempotency_keys")[2], run_ms=1_000, duty_cycle_percent=100,
                   max_pause_seconds=1.0, **params)  # fmt: skip
+
+
+def test_every_paced_batch_is_read_committed_whatever_the_databases_default(
+    production: tuple[str, Database],
+) -> None:
+    # Given a database whose sessions default to REPEATABLE READ (where a claim taking an expired row over while a
+    # batch waited for it failed the whole paced statement with 40001), and a trigger noting each batch's level
+    url, db = production
+    name = urlsplit(url).path.lstrip("/")
+    db.run(f"""
+        ALTER DATABASE {pg8000.native.identifier(name)} SET default_transaction_isolation = 'repeatable read';
+        CREATE TABLE purge_levels (level text NOT NULL);
+        CREATE FUNCTION note_level() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          INSERT INTO purge_levels VALUES (current_setting('transaction_isolation'));
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER note_level BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION note_level();
+    """)
+    fresh = database(url)  # a new session: the database's default applies
+    try:
+        [[level]] = fresh.run("SHOW transaction_isolation")
+        assert level == "repeatable read"
+        # When the purge runs its batches on the server, one row a batch
+        step = cleanup_steps("public.idempotency_keys")[0]
+        done = run_paced(
+            fresh, step, run_ms=1_000, duty_cycle_percent=100, max_pause_seconds=1.0, now=int(time.time()), batch=1
+        )
+    finally:
+        fresh.close()
+    # Then every batch ran READ COMMITTED (each statement sees the rows committed before it)
+    assert done.handled == 3
+    assert [row[0] for row in db.run("SELECT level FROM purge_levels")] == ["read committed"] * 3
 
 
 def test_a_paced_purge_is_counted_whatever_the_sessions_messages_setting(production: tuple[str, Database]) -> None:

@@ -215,13 +215,18 @@ DECLARE
   n bigint;
   told_at timestamptz := began;
 BEGIN
+  -- Every batch READ COMMITTED, whatever the database's default (as every transaction of ours): under REPEATABLE READ a
+  -- claim taking an expired row over while a batch waited for it failed the whole statement (40001), which was then
+  -- sent again with its last batches uncounted. The block's own first transaction ends here; the chain keeps the level.
+  COMMIT;
+  SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
   LOOP
     PERFORM set_config('synchronous_commit', 'off', true);
     batch_began := clock_timestamp();
     {statement};
     GET DIAGNOSTICS n = ROW_COUNT;
     handled := handled + n;
-    COMMIT;
+    COMMIT AND CHAIN;
     EXIT WHEN n < {batch} OR clock_timestamp() >= ends;
     IF clock_timestamp() >= told_at + interval '{tell_every_ms} milliseconds' THEN
       PERFORM set_config('client_min_messages', 'notice', true);
