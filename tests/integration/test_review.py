@@ -545,3 +545,33 @@ def test_completing_a_charge_whose_amount_hyp_gave_unreadably_keeps_the_journals
     assert admin.rows("SELECT decision, amount FROM hypay_transactions WHERE hypay_id = :i", i=charged[0]) == [
         ["granted", None]
     ]
+
+
+def test_a_key_reused_after_its_record_expired_never_answers_an_action_that_did_not_happen(
+    admin: Env, saved_card: str
+) -> None:
+    # Given a saved-card charge Hyp made whose answer was lost, failed by an operator (not found in Hyp yet), key K
+    admin.sim.faults.add("soft", "lost")
+    pid = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="reuse-1").json["payment_id"]
+    [charge] = [t for t in admin.sim.transactions.values() if t.order == pid]
+    before = admin.credits()
+    assert resolve(pid, {"action": "fail", "reason": "not seen in Hyp"}, key="K").status == 200
+    # And a day later the stored answer has expired (the cleanup purges it)
+    admin.rows("DELETE FROM idempotency_keys WHERE key LIKE 'admin_resolve#%'")
+    # When the operator, finding the charge in Hyp, completes it and (carelessly) sends the same key
+    answer = resolve(pid, {"action": "complete", "reason": "found in Hyp", "hypay_id": charge.id}, key="K")
+    audits = admin.rows("SELECT request->>'action' FROM admin_audit_log WHERE payment_id = :p::uuid", p=pid)
+    # Then the key is refused for another request (422, as docs/operations.md says): never a 200 saying "complete"
+    # for a payment left failed, with no credits and no audit row of it (the earlier resolution's row was replayed)
+    assert answer.status == 422, (answer.status, answer.body)
+    assert "another request" in answer.json["detail"]
+    assert admin.status(pid) == "failed" and admin.credits() == before and audits == [["fail"]]
+    # And with a new key the completion is done, once, and audited
+    done = resolve(pid, {"action": "complete", "reason": "found in Hyp", "hypay_id": charge.id}, key="K2")
+    assert done.status == 200, done.body
+    assert admin.status(pid) == "completed" and admin.credits() == before + 500
+    # And K's own request again, its record gone too, is K's first answer replayed: nothing is done again
+    admin.rows("DELETE FROM idempotency_keys WHERE key LIKE 'admin_resolve#%'")
+    again = resolve(pid, {"action": "fail", "reason": "not seen in Hyp"}, key="K")
+    assert again.status == 200 and again.json["action"] == "fail" and again.json["status"] == "failed", again.body
+    assert admin.status(pid) == "completed" and admin.credits() == before + 500

@@ -8,6 +8,7 @@ row, once written, stays as written. Write it with the transaction that changes 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -57,10 +58,12 @@ def _json(value: Mapping[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, default=default, sort_keys=True)
 
 
+# The row's id is chosen here: sent as its own statement (`Database.run`), the INSERT is sent again on a new connection
+# when the first one's answer was lost, and the second sending, finding the row the first committed, adds none.
 _INSERT = """
-INSERT INTO public.admin_audit_log (admin, action, payment_id, idempotency_key, request, before_state, after_state)
-VALUES (:admin, :action, :payment::uuid, :key, :request::jsonb, :before::jsonb, :after::jsonb)
-RETURNING id::text"""
+INSERT INTO public.admin_audit_log (id, admin, action, payment_id, idempotency_key, request, before_state, after_state)
+VALUES (:id::uuid, :admin, :action, :payment::uuid, :key, :request::jsonb, :before::jsonb, :after::jsonb)
+ON CONFLICT (id) DO NOTHING"""
 
 _COLUMNS = (
     "id::text, at, admin, action, payment_id::text, idempotency_key, request::text, before_state::text,"
@@ -86,9 +89,11 @@ def record(
     """
     if not admin:
         raise ValueError("an audit row needs the admin's name")
-    rows = db_or_tx.run(
+    row_id = uuid.uuid4()
+    db_or_tx.run(
         bind(
             _INSERT,
+            id=str(row_id),
             admin=admin,
             action=str(AuditAction(action)),
             payment=str(payment_id) if payment_id is not None else None,
@@ -98,7 +103,7 @@ def record(
             after=_json(after),
         )
     )
-    return UUID(rows[0][0])
+    return row_id
 
 
 def entries(db: Runner, *, payment_id: UUID | str | None = None, limit: int = 100) -> list[AuditEntry]:

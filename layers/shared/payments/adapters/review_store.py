@@ -474,12 +474,15 @@ class ResolveStatements:
         )
         return bool(rows[0][0])
 
-    def own_resolution(self, payment_id: UUID, admin: str, idempotency_key: str) -> tuple[str, dict[str, Any]] | None:
-        """This admin's resolution of this payment under this key, already committed (its audit row's id and
-        `after` state): the same request run again after its commit's answer was lost."""
+    def own_resolution(
+        self, payment_id: UUID, admin: str, idempotency_key: str
+    ) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+        """This admin's resolution of this payment under this key, already committed (its audit row's id, `after`
+        state and request): the same request run again after its commit's answer was lost, or the key used again for
+        another request once its idempotency record expired (the caller compares the requests)."""
         rows = self.tx.run(
             bind(
-                "SELECT id::text, after_state FROM public.admin_audit_log WHERE action = 'resolve'"
+                "SELECT id::text, after_state, request FROM public.admin_audit_log WHERE action = 'resolve'"
                 " AND payment_id = :id::uuid AND admin = :admin AND idempotency_key = :key ORDER BY at LIMIT 1",
                 id=str(payment_id),
                 admin=admin,
@@ -488,8 +491,12 @@ class ResolveStatements:
         )
         if not rows:
             return None
-        audit_id, after = rows[0]
-        return audit_id, after if isinstance(after, dict) else json.loads(after)
+        audit_id, after, asked = rows[0]
+        return (
+            audit_id,
+            after if isinstance(after, dict) else json.loads(after),
+            asked if isinstance(asked, dict) else json.loads(asked or "{}"),
+        )
 
     def fail(self, payment_id: UUID, previous_status: str) -> bool:
         """needs_review / pending -> failed, no credits; False when its status was not `previous_status`."""

@@ -45,6 +45,7 @@ from payments.domain.payment import CREDITS_NOT_KNOWN, PaymentStatus
 from payments.domain.refund import SENT_BACK_BY_ANOTHER, held_while_a_refund_has_no_id
 from payments.errors import (
     Conflict,
+    IdempotencyKeyReused,
     InvalidRequest,
     NotFound,
 )
@@ -782,10 +783,17 @@ class ResolvePayment:
             payment = statements.lock(payment_id, settle_seconds=self.charge_settle_seconds)
             if payment is None:
                 raise NotFound(f"no payment {payment_id}")
+            asked = {"action": request.action, "reason": request.reason, "hypay_id": request.hypay_id}
             done = statements.own_resolution(payment_id, admin, key)
+            if done is not None and done[2] != asked:
+                # The key resolved this payment with another request, and its idempotency record has expired since
+                # (or was purged): that resolution's answer is not this request's, and this one is not carried out.
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key already resolved this payment with another request; use a new key"
+                )
             if done is not None:
                 # Committed already (this run repeats it: the commit's answer was lost): its answer, nothing again
-                done_id, done_state = done
+                done_id, done_state, _ = done
                 status, paid_by = done_state.get("status"), done_state.get("hypay_id")
                 granted = done_state.get("credits_granted_now", 0)
                 return _resolved(payment_id, request, status, paid_by, granted, done_id, admin), None, None, False
@@ -823,7 +831,7 @@ class ResolvePayment:
                 action=audit.AuditAction.RESOLVE,
                 payment_id=payment_id,
                 idempotency_key=key,
-                request={"action": request.action, "reason": request.reason, "hypay_id": request.hypay_id},
+                request=asked,
                 before={**payment.as_state(), "hypay_transactions": [_journal_view(e) for e in journal]},
                 after={
                     **after.as_state(),
