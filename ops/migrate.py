@@ -369,7 +369,7 @@ class Outcome:
 
 def check(db: Database, sql_dir: Path = SQL_DIR) -> Preflight:
     """The preflight alone: what is pending and which existing rows it would refuse. Changes nothing."""
-    with db.transaction() as tx:
+    with db.transaction(read_committed=True) as tx:
         tx.run("SET TRANSACTION READ ONLY")
         return _preflight(tx, discover(sql_dir))
 
@@ -377,7 +377,7 @@ def check(db: Database, sql_dir: Path = SQL_DIR) -> Preflight:
 def review(db: Database) -> list[Finding]:
     """Rows adopted earlier and still to be reviewed: marked duplicates, rows breaking a NOT VALID check."""
     found: list[Finding] = []
-    with db.transaction() as tx:
+    with db.transaction(read_committed=True) as tx:
         tx.run("SET TRANSACTION READ ONLY")
         for rule in RULES:
             if _exists(tx, rule.table):
@@ -406,7 +406,7 @@ def run(
     migrations = discover(sql_dir)
     for attempt in range(1, attempts + 1):
         try:
-            with db.transaction() as tx:
+            with db.transaction(read_committed=True) as tx:
                 return _run(tx, migrations, adopt_legacy, backend_statements, lock_timeout_seconds)
         except (QueryError, MigrationError) as exc:
             cause = exc if isinstance(exc, QueryError) else exc.__cause__

@@ -21,7 +21,7 @@ ON CONFLICT (id) DO NOTHING;
 
 
 def seed(db: Database) -> None:
-    with db.transaction() as tx:
+    with db.transaction(read_committed=True) as tx:
         tx.run(SEED_SQL)
 
 

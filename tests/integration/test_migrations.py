@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import pg8000.native
 import pytest
 
-from ops.migrate import MigrationError, discover, migrate
+from ops.migrate import _LOCK_ID, MigrationError, discover, migrate
 from tests.support import schema
 from tests.support.pg import connect, database
 
@@ -284,3 +289,47 @@ def test_the_lock_timeout_is_sent_in_milliseconds_and_zero_means_no_limit(second
     # timeout lifted before it)
     assert statements[:2] == ["SET LOCAL lock_timeout = 0", "SELECT pg_advisory_xact_lock(7304202611)"]
     assert statements.index(f"SET LOCAL lock_timeout = '{sent}'") == 2
+
+
+@pytest.mark.parametrize("isolation", ["read committed", "repeatable read", "serializable"])
+def test_a_runner_that_waited_for_another_finds_the_database_up_to_date(
+    empty_database_url: str, isolation: str
+) -> None:
+    # Given a database whose sessions default to `isolation`, and a runner holding the migrations' lock
+    seed = connect(empty_database_url)
+    seed.run(SEED.read_text(encoding="utf-8"))
+    name = urlsplit(empty_database_url).path.lstrip("/")
+    seed.run(f"ALTER DATABASE {pg8000.native.identifier(name)} SET default_transaction_isolation = '{isolation}'")
+    seed.close()
+    holder = connect(empty_database_url)
+    holder.run("BEGIN")
+    holder.run(f"SELECT pg_advisory_xact_lock({_LOCK_ID})")
+    first = database(empty_database_url)
+    second = database(empty_database_url)
+    out: dict[str, object] = {}
+
+    def go(db: Any, key: str) -> None:
+        try:
+            out[key] = migrate(db)
+        except BaseException as exc:  # noqa: BLE001
+            out[key] = exc
+
+    # When two runners wait for it, one behind the other, and it lets go
+    a = threading.Thread(target=go, args=(first, "a"))
+    a.start()
+    mon = connect(empty_database_url)
+    while not mon.run("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"):
+        time.sleep(0.02)
+    b = threading.Thread(target=go, args=(second, "b"))
+    b.start()
+    while len(mon.run("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'")) < 2:
+        time.sleep(0.02)
+    holder.run("COMMIT")
+    a.join(60)
+    b.join(60)
+    for conn in (holder, mon, first, second):
+        conn.close()
+    # Then the first applies every migration and the second finds the database up to date (under REPEATABLE READ its
+    # snapshot predated its wait: it ran every file again, then failed on schema_migrations' key)
+    results = sorted([out["a"], out["b"]], key=lambda v: bool(v))
+    assert results[0] == [] and results[1] == [m.name for m in discover()], out
