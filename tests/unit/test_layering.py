@@ -28,20 +28,20 @@ def test_settings_are_read_from_the_environment_only_in_settings_py() -> None:
 
 
 def test_every_transaction_of_the_service_pins_read_committed() -> None:
-    """The transactions lock a payment, then read what its holder committed: written (and tested) for READ COMMITTED,
-    they say so in their BEGIN, whatever the database's default. Under REPEATABLE READ a snapshot taken before the
-    lock wait missed a concurrent refund's attempt, and the refunds together exceeded what was paid
-    (tests/integration/test_refunds.py)."""
+    """The transactions lock a payment (the migration runner: its advisory lock), then read what its holder committed:
+    written (and tested) for READ COMMITTED, they say so in their BEGIN, whatever the database's default. Under
+    REPEATABLE READ a snapshot taken before the lock wait missed a concurrent refund's attempt, and the refunds together
+    exceeded what was paid (tests/integration/test_refunds.py)."""
     calls = []
     ops = PACKAGE.parents[2] / "ops"  # the migration runner locks, then reads what a runner before it committed
     for path in [*PACKAGE.rglob("*.py"), *ops.rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and (node.func.attr == "atomic" or _receiver(node.func.value) in ("db", "self.db"))
-                and node.func.attr in ("atomic", "transaction")  # (a callback's `transaction` is its Hyp transaction)
-                and _receiver(node.func.value) != "self"  # Database's own
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            receiver = ast.unparse(node.func.value)
+            # Database.atomic's own call of `self.transaction` aside; a callback's `transaction()` is its Hyp one
+            if (node.func.attr == "atomic" and receiver != "self") or (
+                node.func.attr == "transaction" and receiver in ("db", "self.db")
             ):
                 pinned = any(
                     k.arg == "read_committed" and isinstance(k.value, ast.Constant) and k.value.value is True
@@ -50,7 +50,3 @@ def test_every_transaction_of_the_service_pins_read_committed() -> None:
                 calls.append((f"{path.name}:{node.lineno}", pinned))
     assert len(calls) >= 19, calls  # the scan finds them
     assert [where for where, pinned in calls if not pinned] == []
-
-
-def _receiver(node: ast.expr) -> str:
-    return ast.unparse(node)
