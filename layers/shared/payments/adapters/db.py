@@ -60,11 +60,24 @@ CONFLICT_ATTEMPTS = 10
 # the answer. The shortest lock wait and statement time a transaction is then given, in milliseconds.
 ROOM_SECONDS = 0.5
 _SHORTEST_MS = 50
+# The shortest wait on the client's side (a connect, a statement's answer) near the end; with less left, no connect.
+_SHORTEST_WAIT_SECONDS = 0.05
 
 Rows = list[list[Any]]
 
 
 _PASSING_CLASSES = ("08", "53", "55", "57", "58")
+
+
+def _client_wait(seconds: float) -> float | None:
+    """How long the client may wait for the server (`seconds`, a connect's or a statement's answer's): less near the
+    invocation's end, ending halfway through the room left for the caller's fallback (ROOM_SECONDS: a statement's
+    own limits end it earlier, on the server); None when not even the shortest wait is left."""
+    left = deadline.until_the_end()
+    if left is None or left - ROOM_SECONDS > seconds:
+        return seconds
+    allowed = left - ROOM_SECONDS / 2
+    return min(seconds, allowed) if allowed >= _SHORTEST_WAIT_SECONDS else None
 
 
 class QueryError(PaymentError):
@@ -491,6 +504,7 @@ class Database:
         self._lock_ms, self._statement_ms = lock_ms, statement_ms
         self._connect_fn = connect
         self._conn: pg8000.native.Connection | None = None
+        self._waits = query_timeout  # the open connection's socket timeout (`_client_wait`)
         self._lock = threading.RLock()  # one invocation at a time; guards against accidental sharing
         self.connects = 0
         # Statements `run` sent again on a new connection after the first broke (the first sending's answer lost, or
@@ -544,9 +558,14 @@ class Database:
         refresh = False
         for attempt in (1, 2):
             params = self._params(refresh)
+            wait = _client_wait(self._connect_timeout)
+            if wait is None:
+                # Near the end (Hyp answered, its answer still to be stored): a connect may not outlive the invocation,
+                # or the caller's fallback naming Hyp's transaction never runs.
+                raise DatabaseUnavailable("no time left in the invocation to connect to the database")
             try:
                 conn = self._connect_fn(
-                    params.user, **connect_kwargs(params), timeout=self._connect_timeout, application_name="payments"
+                    params.user, **connect_kwargs(params), timeout=wait, application_name="payments"
                 )
             except ssl.SSLCertVerificationError as exc:
                 raise DatabaseUnavailable(
@@ -569,6 +588,7 @@ class Database:
             sock = getattr(conn, "_usock", None)  # pg8000 has one timeout for both; queries get their own
             if sock is not None:
                 sock.settimeout(self._query_timeout)
+            self._waits = self._query_timeout
             self.connects += 1
             return conn
         raise AssertionError("unreachable")
@@ -597,6 +617,14 @@ class Database:
     # -- statements -------------------------------------------------------------------------
 
     def _execute(self, conn: pg8000.native.Connection, sql: str, params: dict[str, Any] | None = None) -> Rows:
+        # Near the invocation's end the answer is waited for only until just before it (the statement's own limits,
+        # `_limits`, end it on the server first; this ends a wait for packets that never come: a partition)
+        wait = _client_wait(self._query_timeout) or _SHORTEST_WAIT_SECONDS
+        if wait != self._waits:
+            sock = getattr(conn, "_usock", None)
+            if sock is not None:
+                sock.settimeout(wait)
+            self._waits = wait
         try:
             return (conn.run(sql, **params) if params else conn.run(sql)) or []
         except DatabaseError as exc:
