@@ -24,6 +24,26 @@ from tests.support.pg import connect
 PAYMENT_ROW = "SELECT 1 FROM payments WHERE idempotency_key LIKE '%:late' AND :u::uuid IS NOT NULL FOR UPDATE"
 
 
+def timed_purchase(handler: Callable[..., dict], key: str, timeout: float, *, page: bool = False) -> tuple[dict, float]:
+    """POST /payments through create_payment's `handler` in an invocation of `timeout` seconds: a saved-card charge
+    (`page`: a purchase on Hyp's page). The answer, and how long the invocation took."""
+    event = build_event(
+        method="POST",
+        target="/payments",
+        headers={"content-type": "application/json", "Idempotency-Key": key},
+        body=json.dumps(
+            {"credit_pack_id": PRO} if page else {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
+        ).encode(),
+        source_ip="203.0.113.7",
+        route_key="POST /payments",
+        path_parameters={},
+        claims={"sub": DEMO_USER_ID, "aud": "authenticated", "role": "authenticated"},
+    )
+    started = time.monotonic()
+    result = handler(event, LocalLambdaContext(function_name=CREATE, timeout_seconds=timeout))
+    return result, time.monotonic() - started
+
+
 def _charge_while_held(
     env: Env, monkeypatch: pytest.MonkeyPatch, held: str, answer: Callable[[], None], *, page: bool = False
 ) -> tuple[dict, float]:
@@ -39,21 +59,7 @@ def _charge_while_held(
     handler = load_handler(TEMPLATE.functions[CREATE])
 
     def charge(key: str, timeout: float) -> tuple[dict, float]:
-        event = build_event(
-            method="POST",
-            target="/payments",
-            headers={"content-type": "application/json", "Idempotency-Key": key},
-            body=json.dumps(
-                {"credit_pack_id": PRO} if page else {"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}
-            ).encode(),
-            source_ip="203.0.113.7",
-            route_key="POST /payments",
-            path_parameters={},
-            claims={"sub": DEMO_USER_ID, "aud": "authenticated", "role": "authenticated"},
-        )
-        started = time.monotonic()
-        result = handler(event, LocalLambdaContext(function_name=CREATE, timeout_seconds=timeout))
-        return result, time.monotonic() - started
+        return timed_purchase(handler, key, timeout, page=page)
 
     charge("warm-up", 20)  # a warm execution environment
     answer()

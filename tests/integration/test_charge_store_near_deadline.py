@@ -8,61 +8,18 @@ nowhere and logged nowhere."""
 from __future__ import annotations
 
 import contextlib
-import json
-import socket
-import threading
 import time
 
 import pytest
 
-from ops.lambda_context import LocalLambdaContext
-from ops.local_api import build_event
-from ops.seed import DEMO_USER_ID
 from payments.adapters import db as db_module
 from payments.adapters.db import parse_database_url
 from payments.settings import database_settings
+from tests.integration.test_charge_near_deadline import timed_purchase
 from tests.support.api import TEMPLATE, load_handler, reset_function_state
-from tests.support.payments import CREATE, CVV, PRO, Env
+from tests.support.payments import CREATE, Env
 from tests.support.pg import with_user
 from tests.support.tcp_proxy import TcpProxy
-
-
-class SilentWhenTold(TcpProxy):
-    """A TCP front of the database that, once `silent`, takes new connections and never answers on them."""
-
-    silent = False
-    frozen: set[int] = set()  # ids of client sockets whose traffic is no longer forwarded (a partition)
-
-    def freeze_all(self) -> None:
-        with self._lock:
-            self.frozen = {id(client) for client, _ in self._pairs}
-
-    def _pipe_ids(self, src: socket.socket, dst: socket.socket, client: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                while id(client) in self.frozen:
-                    time.sleep(0.05)  # dropped on the floor: nothing forwarded, nothing closed
-                dst.sendall(data)
-        except OSError:
-            pass
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self.silent:
-                with self._lock:
-                    self._pairs.append((client, client))  # held open, nothing forwarded
-                continue
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self._unix_path)
-            with self._lock:
-                self._pairs.append((client, upstream))
-            threading.Thread(target=self._pipe_ids, args=(client, upstream, client), daemon=True).start()
-            threading.Thread(target=self._pipe_ids, args=(upstream, client, client), daemon=True).start()
-
 
 TIMEOUT = 3.1  # as tests/integration/test_charge_near_deadline.py: HYPAY_TIMEOUT 1 s + the 2 s reserve + a little
 
@@ -78,7 +35,7 @@ def test_storing_hyps_charge_does_not_outlive_the_invocation(
     params = parse_database_url(env.url)
     if params.unix_sock is None:
         pytest.skip("the TCP proxy fronts the embedded server's Unix socket")
-    proxy = SilentWhenTold(params.unix_sock)
+    proxy = TcpProxy(params.unix_sock)
     try:
         monkeypatch.setenv(
             "DATABASE_URL", with_user(f"postgresql://postgres@127.0.0.1:{proxy.port}/{params.database}", backend_login)
@@ -93,19 +50,7 @@ def test_storing_hyps_charge_does_not_outlive_the_invocation(
         handler = load_handler(TEMPLATE.functions[CREATE])
 
         def charge(key: str, timeout: float) -> tuple[dict, float]:
-            event = build_event(
-                method="POST",
-                target="/payments",
-                headers={"content-type": "application/json", "Idempotency-Key": key},
-                body=json.dumps({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}).encode(),
-                source_ip="203.0.113.7",
-                route_key="POST /payments",
-                path_parameters={},
-                claims={"sub": DEMO_USER_ID, "aud": "authenticated", "role": "authenticated"},
-            )
-            started = time.monotonic()
-            result = handler(event, LocalLambdaContext(function_name=CREATE, timeout_seconds=timeout))
-            return result, time.monotonic() - started
+            return timed_purchase(handler, key, timeout)
 
         warm, _ = charge("warm-up", 20)  # a warm execution environment, its connection through the proxy
         assert warm["statusCode"] == 201, warm
@@ -125,7 +70,7 @@ def test_storing_hyps_charge_does_not_outlive_the_invocation(
         monkeypatch.setattr(env.sim.faults, "take", hyp_charges_while_the_connection_breaks)
         result, took = charge("late", TIMEOUT)
     finally:
-        proxy.frozen = set()
+        proxy.thaw()
         with contextlib.suppress(Exception):
             proxy.close()
     assert env.sim.calls.count("soft") == 2  # Hyp charged the card

@@ -8,14 +8,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 import pg8000.native
 import pytest
 from moto import mock_aws
-from pg8000.exceptions import InterfaceError
 
 from ops.lambda_context import LocalLambdaContext
 from payments.adapters.cleanup_store import TELL_EVERY_MS, cleanup_steps, run_paced
@@ -24,7 +22,7 @@ from payments.errors import DatabaseUnavailable
 from payments.services import cleanup as cleanup_service
 from payments.services.cleanup import CleanupPolicy, CleanupReport, run_cleanup
 from tests.support.api import invoke, reset_function_state
-from tests.support.faults import Injector
+from tests.support.faults import answer_lost
 from tests.support.payments import Env
 from tests.support.pg import connect, database
 from tests.support.tcp_proxy import TcpProxy
@@ -921,27 +919,10 @@ def test_one_cleanup_run_leaves_one_audit_row_when_the_audit_inserts_answer_is_l
     # Given an expired record for the run to purge
     admin.rows("INSERT INTO idempotency_keys (key, status, expiry_timestamp) VALUES ('fn#old', 'completed', 1)")
     # And the audit row's INSERT commits on the server, then its answer is lost (the connection breaks)
-    killer = connect(admin.url)
-    injector = Injector(killer)
-    real_run = pg8000.native.Connection.run
-    fired: list[str] = []
-
-    def run(conn: pg8000.native.Connection, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
-        rows = real_run(conn, sql, stream=stream, types=types, **params)
-        if not fired and "INSERT INTO public.admin_audit_log" in sql:
-            fired.append(sql)
-            injector._sever(conn)
-            raise InterfaceError("network error")
-        return rows
-
-    monkeypatch.setattr(pg8000.native.Connection, "run", run)
-    try:
+    with answer_lost(admin.url, monkeypatch, lambda sql: "INSERT INTO public.admin_audit_log" in sql) as fired:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Idempotency-Key": "run-1"}
         answer = invoke(CLEANUP, "POST", "/admin/cleanup-idempotency", headers=headers)
-    finally:
-        killer.close()
     assert fired
-    monkeypatch.undo()
     rows = admin.rows("SELECT id, after_state FROM admin_audit_log WHERE action = 'cleanup'")
     # Then the one run the admin asked for is one audit row (it was two: the INSERT, sent again on a new connection,
     # added a second row)

@@ -27,7 +27,7 @@ from tests.integration.test_cleanup import admin as admin  # noqa: F401 - the fi
 from tests.integration.test_cleanup import production as production  # noqa: F401 - the fixture
 from tests.integration.test_cleanup_failed_midway import stale_charge
 from tests.integration.test_hypay_callback import metric_totals
-from tests.support.faults import Injector
+from tests.support.faults import answer_lost
 from tests.support.payments import Env
 from tests.support.pg import connect
 
@@ -71,25 +71,10 @@ def test_a_charge_flagged_whose_answer_was_lost_is_still_counted_for_its_alarm(
     # Given a saved-card charge attempted 3 h ago whose outcome was never stored
     stale_charge(admin, STALE, "dddddddd-0000-4000-8000-0000000000ab")
     # And the hourly run's flag statement commits, then its answer is lost (the connection breaks: a NAT, a failover)
-    killer = connect(admin.url)
-    injector = Injector(killer)
-    real_run = pg8000.native.Connection.run
-    fired: list[str] = []
-
-    def run(conn: pg8000.native.Connection, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
-        rows = real_run(conn, sql, stream=stream, types=types, **params)
-        if not fired and "SET status = 'needs_review'" in sql and "charge attempted" in sql:
-            fired.append(sql)
-            injector._sever(conn)
-            raise InterfaceError("network error")
-        return rows
-
-    monkeypatch.setattr(pg8000.native.Connection, "run", run)
     capsys.readouterr()
-    try:
+    flag = lambda sql: "SET status = 'needs_review'" in sql and "charge attempted" in sql  # noqa: E731
+    with answer_lost(admin.url, monkeypatch, flag) as fired:
         out = load_handler(load().functions[CLEANUP])(EVENT, LocalLambdaContext(function_name=CLEANUP))
-    finally:
-        killer.close()
     assert fired
     # Then the charge went to review (by the first sending) ...
     assert admin.rows("SELECT status FROM payments WHERE id = :p::uuid", p=STALE) == [["needs_review"]]

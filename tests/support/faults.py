@@ -37,6 +37,7 @@ import pytest
 from pg8000.exceptions import InterfaceError
 
 from payments.adapters.hypay import HypayClient
+from tests.support.pg import connect
 
 FAULTS = ("drop_before", "drop_after", "killed")
 
@@ -189,6 +190,32 @@ class Injector:
         [[done]] = self.admin_run("SELECT pg_terminate_backend(:pid, 5000)", pid=pid)
         if not done:
             self.problems.append(f"backend {pid} did not exit")
+
+
+@contextmanager
+def answer_lost(url: str, monkeypatch: pytest.MonkeyPatch, lost: Callable[[str], bool]) -> Iterator[list[str]]:
+    """The first statement `lost(sql)` picks commits on the server, then its connection breaks before the answer
+    reaches us (a NAT, a failover): its server process is terminated and pg8000 raises its network error. Yields the
+    statements it fired on (one at most), for the caller to assert that it did."""
+    killer = connect(url)
+    injector = Injector(killer)
+    real_run = pg8000.native.Connection.run
+    fired: list[str] = []
+
+    def run(conn: pg8000.native.Connection, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        rows = real_run(conn, sql, stream=stream, types=types, **params)
+        if not fired and lost(sql):
+            fired.append(sql)
+            injector._sever(conn)
+            raise InterfaceError("network error")
+        return rows
+
+    monkeypatch.setattr(pg8000.native.Connection, "run", run)
+    try:
+        yield fired
+    finally:
+        monkeypatch.setattr(pg8000.native.Connection, "run", real_run)
+        killer.close()
 
 
 class DatabaseFaults(Injector):

@@ -2,7 +2,9 @@
 
 It gives tests a TCP database endpoint (what RDS, RDS Proxy and Supabase look like), a way to
 cut every connection abruptly, as an idle-timeout in a proxy or a NAT would, with no goodbye
-message from the server, and (`drop_notices`) a pooler that does not pass the server's notices on.
+message from the server, and (`drop_notices`) a pooler that does not pass the server's notices on. Once `silent`, it
+takes new connections and never answers them (RDS Proxy waiting to borrow a connection, a new primary still starting);
+`freeze_all()` stops the open connections' traffic without closing them (a partition).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 
 NOTICE = ord("N")  # NoticeResponse: a type byte and a length like every message after the start-up
 
@@ -26,6 +29,8 @@ class TcpProxy:
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.silent = False
+        self._frozen: set[int] = set()  # ids of the client sockets whose traffic is held (`freeze_all`)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -34,20 +39,35 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.silent:
+                with self._lock:
+                    self._pairs.append((client, client))  # held open, nothing forwarded
+                continue
             upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             upstream.connect(self._unix_path)
             with self._lock:
                 self._pairs.append((client, upstream))
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            back = (upstream, client, self._drop_notices)
+            threading.Thread(target=self._pipe, args=(client, upstream, client), daemon=True).start()
+            back = (upstream, client, client, self._drop_notices)
             threading.Thread(target=self._pipe, args=back, daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, without_notices: bool = False) -> None:
+    def freeze_all(self) -> None:
+        """The open connections carry nothing more, and stay open (a partition); `thaw` ends it."""
+        with self._lock:
+            self._frozen = {id(client) for client, _ in self._pairs}
+
+    def thaw(self) -> None:
+        self._frozen = set()
+
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, client: socket.socket, without_notices: bool = False
+    ) -> None:
         """What `src` sends, to `dst`; `without_notices`: the server's messages, whole, but for its notices."""
         pending = b""
         try:
             while data := src.recv(65536):
+                while id(client) in self._frozen:
+                    time.sleep(0.05)  # held: nothing forwarded, nothing closed
                 if without_notices:
                     data, pending = _but_notices(pending + data)
                 if data:
