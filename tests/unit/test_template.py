@@ -281,7 +281,15 @@ def test_every_function_setting_is_a_parameter() -> None:
     # Every environment variable the settings read is set by the template (local-only ones excepted)
     from payments import settings
 
-    local_only = {"DATABASE_URL", "HYPAY_MASOF", "HYPAY_KEY", "HYPAY_PASSP", "ADMIN_API_TOKEN", "JWT_SECRET"}
+    local_only = {
+        "DATABASE_URL",
+        "HYPAY_MASOF",
+        "HYPAY_KEY",
+        "HYPAY_PASSP",
+        "HYPAY_PREVIOUS_KEY",
+        "ADMIN_API_TOKEN",
+        "JWT_SECRET",
+    }
     declared = set()
     for model in (
         settings.DatabaseSettings,

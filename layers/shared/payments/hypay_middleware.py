@@ -131,6 +131,11 @@ VERIFY_DISAGREES = (
 )
 
 
+# The Sign was made with the KEY before the last rotation (the secret's PreviousKEY): genuine (the KEY was ours), and
+# settled on what the Sign covers, as in `hmac` mode (VERIFY, asked with the new credentials, is not relied on).
+SIGNED_WITH_PREVIOUS_KEY = "hmac (the previous KEY)"
+
+
 class _Unverifiable(Exception):
     """Verification could not be done for a reason that is ours (configuration, Hyp unreachable)."""
 
@@ -193,7 +198,7 @@ class HypayVerification(BaseMiddlewareHandler):
             verdict = self._verify(config, raw)
         except _Unverifiable as exc:
             return self._unavailable(config, raw, exc.reason)
-        if verdict is not None and verdict != SIGNED_NOT_VERIFIED:
+        if verdict is not None and verdict not in (SIGNED_NOT_VERIFIED, SIGNED_WITH_PREVIOUS_KEY):
             return self._reject(config, verdict, source_ip, raw)
         if self.notify and not allowed(source_ip, config.allowlist):
             # Genuine, from an address the list lacks: Hyp's addresses changed (Hyp publishes none, the list is
@@ -212,6 +217,10 @@ class HypayVerification(BaseMiddlewareHandler):
             # refused with nothing written. Counted (alarmed): a setting to fix, or edits to look at.
             metrics.add_metric(name="VerifyDisagreedWithSign", unit=MetricUnit.Count, value=1)
             logger.warning(VERIFY_DISAGREES, extra={"notify": self.notify, "source_ip": source_ip})
+        if verdict == SIGNED_WITH_PREVIOUS_KEY:
+            # A rotation's grace period: counted, so that PreviousKEY is removed from the secret once these stop.
+            metrics.add_metric(name="SignedWithPreviousKey", unit=MetricUnit.Count, value=1)
+            logger.warning("hypay callback signed with the previous KEY: processed", extra={"notify": self.notify})
         trusted = config.settings.verify_mode != "hmac" and verdict is None
         app.append_context(hypay_raw=raw, hypay_currency_trusted=trusted)
         return next_middleware(app)
@@ -228,6 +237,8 @@ class HypayVerification(BaseMiddlewareHandler):
             if signed:
                 matched = gateway.signed_text(raw)  # as received, or as Hyp sent it before a browser re-encoded it
                 if matched is None:
+                    if gateway.signed_with_previous_key(raw):
+                        return SIGNED_WITH_PREVIOUS_KEY
                     return self._forged_or_ours(gateway, "hmac")
                 text = matched
             if mode in ("verify", "both"):

@@ -160,6 +160,7 @@ class HypaySettings(EnvSettings):
     masof: str | None = env("HYPAY_MASOF", OPTIONAL_TEXT)
     key: str | None = env("HYPAY_KEY", OPTIONAL_TEXT, secret=True)
     passp: str | None = env("HYPAY_PASSP", OPTIONAL_TEXT, secret=True)
+    previous_key: str | None = env("HYPAY_PREVIOUS_KEY", OPTIONAL_TEXT, secret=True)  # a rotation's grace period
     # Per attempt; with the one retry of an idempotent call the total stays under `budget_seconds`.
     timeout_seconds: float = env("HYPAY_TIMEOUT", cs.float_schema(gt=0), 6.0)
     budget_seconds: float = env("HYPAY_BUDGET", cs.float_schema(gt=0), 12.0)

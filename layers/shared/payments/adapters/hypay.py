@@ -39,10 +39,13 @@ logger = Logger(child=True)
 class HypayCredentials(Record):
     """A terminal's credentials. Only `masof` ever shows in a repr."""
 
-    _hidden = frozenset({"key", "passp"})
+    _hidden = frozenset({"key", "passp", "previous_key"})
     masof: str
     key: str
     passp: str
+    # The KEY before a rotation, for a grace period (docs/operations.md): a callback of a transaction paid before the
+    # rotation, delivered again after it, carries a Sign made with it.
+    previous_key: str | None = None
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> HypayCredentials:
@@ -56,7 +59,8 @@ class HypayCredentials(Record):
             raise ConfigurationError(f"Hypay credentials lack {exc.args[0]}") from None
         if not (masof.isdigit() and len(masof) == 10):
             raise ConfigurationError("Hypay Masof must be 10 digits")
-        return cls(masof, key, passp)
+        previous = data.get("PreviousKEY")
+        return cls(masof, key, passp, str(previous) if previous and str(previous) != key else None)
 
 
 # What we send that must never come back out of an answer: the terminal's credentials, the card (a token) and
@@ -116,7 +120,8 @@ def _repeats_credentials(answer: protocol.Answer, params: dict[str, str]) -> boo
 
 
 def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentials]:
-    """The Secrets Manager secret (JSON: Masof, KEY, PassP) when configured, else the environment."""
+    """The Secrets Manager secret (JSON: Masof, KEY, PassP, optionally PreviousKEY) when configured, else the
+    environment."""
     if settings.secret_arn:
         arn = settings.secret_arn
 
@@ -128,7 +133,14 @@ def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentia
 
         return from_secret
     if settings.masof and settings.key and settings.passp:
-        creds = HypayCredentials.from_mapping({"Masof": settings.masof, "KEY": settings.key, "PassP": settings.passp})
+        creds = HypayCredentials.from_mapping(
+            {
+                "Masof": settings.masof,
+                "KEY": settings.key,
+                "PassP": settings.passp,
+                "PreviousKEY": settings.previous_key,
+            }
+        )
         return lambda: creds
     raise ConfigurationError("set HYPAY_SECRET_ARN, or HYPAY_MASOF, HYPAY_KEY and HYPAY_PASSP")
 
@@ -361,6 +373,11 @@ class HypayClient:
         """The callback's text as Hyp signed it (as received, or before a browser re-encoded it), or None when its
         `Sign` matches neither."""
         return protocol.signed_text(raw_query, self._credentials().key)
+
+    def signed_with_previous_key(self, raw_query: str) -> bool:
+        """Its `Sign` was made with the KEY before the last rotation (`PreviousKEY`, while the secret holds one)."""
+        previous = self._credentials().previous_key
+        return previous is not None and protocol.signed_text(raw_query, previous) is not None
 
     def verify_redirect(self, raw_query: str) -> bool:
         """APISign/VERIFY, the authoritative check, built from our credentials and the documented
