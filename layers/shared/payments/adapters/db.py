@@ -60,8 +60,12 @@ CONFLICT_ATTEMPTS = 10
 # the answer. The shortest lock wait and statement time a transaction is then given, in milliseconds.
 ROOM_SECONDS = 0.5
 _SHORTEST_MS = 50
-# The shortest wait on the client's side (a connect, a statement's answer) near the end; with less left, no connect.
+# The shortest wait on the client's side for a connect near the end; with less left, no connect.
 _SHORTEST_WAIT_SECONDS = 0.05
+# The shortest wait for a statement's answer: longer than the least time a statement is given on the server (a lock
+# wait of _SHORTEST_MS and as much again, `_limits`), by a round trip's margin, so that the server's own limit (55P03,
+# 57014: the connection intact) always ends a slow statement before the client gives up on it (the connection broken).
+_SHORTEST_ANSWER_WAIT_SECONDS = 2 * _SHORTEST_MS / 1000 + 0.1
 
 Rows = list[list[Any]]
 
@@ -619,7 +623,7 @@ class Database:
     def _execute(self, conn: pg8000.native.Connection, sql: str, params: dict[str, Any] | None = None) -> Rows:
         # Near the invocation's end the answer is waited for only until just before it (the statement's own limits,
         # `_limits`, end it on the server first; this ends a wait for packets that never come: a partition)
-        wait = _client_wait(self._query_timeout) or _SHORTEST_WAIT_SECONDS
+        wait = max(_client_wait(self._query_timeout) or 0.0, _SHORTEST_ANSWER_WAIT_SECONDS)
         if wait != self._waits:
             sock = getattr(conn, "_usock", None)
             if sock is not None:
@@ -764,12 +768,16 @@ class Database:
                 except _Broken as exc:
                     raise DatabaseUnavailable("could not start a database transaction") from exc
             tx = Transaction(self, conn)
+            committing = False
             try:
                 yield tx
+                committing = True
                 self._execute(conn, "COMMIT")
             except _Broken as exc:
                 raise DatabaseUnavailable(
-                    "the database connection broke inside a transaction; it was not committed"
+                    "the database connection broke at the transaction's COMMIT; it may have committed"
+                    if committing
+                    else "the database connection broke inside a transaction; it was not committed"
                 ) from exc
             except BaseException:
                 if self._conn is conn:
