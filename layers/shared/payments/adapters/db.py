@@ -621,8 +621,9 @@ class Database:
     # -- statements -------------------------------------------------------------------------
 
     def _execute(self, conn: pg8000.native.Connection, sql: str, params: dict[str, Any] | None = None) -> Rows:
-        # Near the invocation's end the answer is waited for only until just before it (the statement's own limits,
-        # `_limits`, end it on the server first; this ends a wait for packets that never come: a partition)
+        # Near the invocation's end the answer is waited for only until just before it, never less than the server's
+        # shortest limit and a round trip (the statement's own limits, `_limits`, end it on the server first; this
+        # ends a wait for packets that never come: a partition)
         wait = max(_client_wait(self._query_timeout) or 0.0, _SHORTEST_ANSWER_WAIT_SECONDS)
         if wait != self._waits:
             sock = getattr(conn, "_usock", None)

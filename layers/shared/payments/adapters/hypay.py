@@ -43,7 +43,7 @@ class HypayCredentials(Record):
     masof: str
     key: str
     passp: str
-    # The KEY before a rotation, for a grace period (docs/operations.md): a callback of a transaction paid before the
+    # The KEY before a rotation, for a grace period (docs/integration.md): a callback of a transaction paid before the
     # rotation, delivered again after it, carries a Sign made with it.
     previous_key: str | None = None
 
