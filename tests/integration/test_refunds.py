@@ -21,7 +21,7 @@ from ops.hypay_simulator import (
 from payments.adapters.hypay import HypayClient, HypayCredentials
 from payments.adapters.refunds_store import RefundsStore
 from payments.domain.money import Money
-from payments.errors import GatewayNotAsked, OutcomeUnconfirmed, RequestInProgress
+from payments.errors import GatewayNotAsked, IdempotencyKeyReused, OutcomeUnconfirmed, RequestInProgress
 from payments.idempotency import PostgresPersistenceLayer
 from tests.support.api import invoke
 from tests.support.payments import CALLBACK, STARTER, Env, post
@@ -539,3 +539,63 @@ def test_hyp_refusing_our_own_request_moves_nothing_and_the_same_key_then_refund
     assert env.rows("SELECT count(*) FROM refunds") == [[1]]
     if action == "CancelTrans":
         admin.close()
+
+
+# -- a key sent again after its idempotency record is gone ---------------------------------------
+
+
+def _records_purged(env: Env) -> None:
+    """A week on: the refunds' idempotency records expired and the cleanup purged them (their rows stay)."""
+    env.rows("DELETE FROM idempotency_keys WHERE key LIKE 'refund#%'")
+
+
+def test_a_key_reused_for_another_refund_after_its_record_is_gone_is_refused_not_answered_with_the_first(
+    env: Env, admin: Admin
+) -> None:
+    # Given 20.00 of a 49.90 payment refunded with key K, and K's idempotency record purged a week later
+    pid, txn = paid(env)
+    first = admin.refund(pid, "K", "20.00", reason="partial: one video failed")
+    assert first.status == 201 and first.body["amount"] == "20.00", first.body
+    _records_purged(env)
+    # When an operator refunds another 10.00, for another reason, with the same key
+    with pytest.raises(IdempotencyKeyReused):
+        admin.refund(pid, "K", "10.00", reason="goodwill: support delay")
+    # Then it is refused as the key reused (422 on the route), never told "succeeded" of the first refund; nothing moved
+    assert env.sim.refunded[txn.id] == 2000
+    assert [r[0] for r in refunds(env, pid)] == ["succeeded"]
+    # And the same request as the first, sent again, still gets the first's outcome, Hyp not asked again
+    again = admin.refund(pid, "K", "20.00", reason="partial: one video failed")
+    assert again.status == 201 and again.body["amount"] == "20.00" and again.body["status"] == "succeeded"
+    assert env.sim.refunded[txn.id] == 2000
+    # And with a new key the 10.00 is refunded
+    assert admin.refund(pid, "K2", "10.00", reason="goodwill: support delay").status == 201
+    assert env.sim.refunded[txn.id] == 3000
+
+
+def test_a_key_reused_for_another_transaction_after_its_record_is_gone_is_refused(env: Env, admin: Admin) -> None:
+    # Given a payment page paid twice; the first charge partly refunded with key K, its record purged
+    created = post({"credit_pack_id": STARTER}, key="twice").json
+    first = env.sim.pay(created["payment_url"])
+    redirect(first)
+    second = env.sim.pay(created["payment_url"])
+    redirect(second)
+    pid = created["payment_id"]
+    assert admin.refund(pid, "K", "10.00", reason="paid twice").status == 201
+    _records_purged(env)
+    # When the second charge is refunded with the same key (same amount and reason)
+    with pytest.raises(IdempotencyKeyReused):
+        admin.refund(pid, "K", "10.00", hypay_id=second.id, reason="paid twice")
+    # Then it is refused: the second charge was not refunded, and no answer says it was
+    assert second.id not in env.sim.refunded
+
+
+def test_a_refund_row_from_before_its_request_was_kept_is_answered_as_before(env: Env, admin: Admin) -> None:
+    # Given a refund made before 017 (its row has no request) and its record purged
+    pid, txn = paid(env)
+    assert admin.refund(pid, "K", "20.00").status == 201
+    env.rows("UPDATE refunds SET request = NULL WHERE payment_id = :p::uuid", p=pid)
+    _records_purged(env)
+    # When its key is sent again, with another amount: nothing tells the requests apart; the row's outcome answers
+    answer = admin.refund(pid, "K", "10.00")
+    assert answer.status == 201 and answer.body["amount"] == "20.00"
+    assert env.sim.refunded[txn.id] == 2000

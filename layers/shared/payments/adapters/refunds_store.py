@@ -10,6 +10,7 @@ outcome is a conditional update from `attempted`, so a late or repeated writer c
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class RefundRow:
     admin: str
     created_at: dt.datetime
     updated_at: dt.datetime  # for an attempted row: when its attempt started (inserted, or taken up again)
+    # The request the row was made for, or last taken up again for (None: a row written before 017)
+    request: dict[str, Any] | None = None
 
     @property
     def released(self) -> bool:
@@ -151,7 +154,7 @@ class StillAsking(LookupError):
 
 _COLUMNS = (
     "id::text, payment_id::text, original_hypay_id, method, amount::text, currency, status, hypay_refund_id, ccode,"
-    " message, credits_taken, reason, admin, created_at, updated_at"
+    " message, credits_taken, reason, admin, created_at, updated_at, request"
 )
 
 # The payment, locked, with the transaction that granted its credits (one at most: one purchase per payment).
@@ -220,14 +223,15 @@ SELECT COALESCE(sum(amount) FILTER (WHERE status IN ('attempted', 'succeeded', '
 
 _INSERT = f"""
 INSERT INTO public.refunds (id, payment_id, original_hypay_id, method, amount, currency, status, reason,
-                            idempotency_key, admin)
-VALUES (:rid::uuid, :id::uuid, :txn, :method, :amount::numeric, :currency, 'attempted', :reason, :key, :admin)
+                            idempotency_key, admin, request)
+VALUES (:rid::uuid, :id::uuid, :txn, :method, :amount::numeric, :currency, 'attempted', :reason, :key, :admin,
+        :request::jsonb)
 RETURNING {_COLUMNS}"""
 
 # A released row (Hyp never asked) taken up again by a retry with its key.
 _RETAKE = f"""
 UPDATE public.refunds SET status = 'attempted', method = :method, amount = :amount::numeric, ccode = NULL,
-       message = NULL, updated_at = now()
+       message = NULL, request = :request::jsonb, updated_at = now()
  WHERE id = :rid::uuid AND status = 'refused' AND ccode IS NULL
 RETURNING {_COLUMNS}"""
 
@@ -356,9 +360,24 @@ SELECT {_COLUMNS} FROM public.refunds
 
 
 def _row(values: list[Any]) -> RefundRow:
-    rid, pid, orig, method, amount, currency, status, hyp, ccode, message, taken, reason, admin, created, updated = (
-        values
-    )
+    (
+        rid,
+        pid,
+        orig,
+        method,
+        amount,
+        currency,
+        status,
+        hyp,
+        ccode,
+        message,
+        taken,
+        reason,
+        admin,
+        created,
+        updated,
+        asked,
+    ) = values
     return RefundRow(
         UUID(rid),
         UUID(pid),
@@ -374,6 +393,7 @@ def _row(values: list[Any]) -> RefundRow:
         admin,
         created,
         updated,
+        asked if isinstance(asked, dict) else None,
     )
 
 
@@ -515,9 +535,18 @@ class RefundsStore:
             )
         return str(held[0])
 
-    def begin(self, *, payment_id: UUID, hypay_id: str | None, key: str, plan: Callable[[Target], Planned]) -> Began:
+    def begin(
+        self,
+        *,
+        payment_id: UUID,
+        hypay_id: str | None,
+        key: str,
+        plan: Callable[[Target], Planned],
+        request: dict[str, Any] | None = None,
+    ) -> Began:
         """Under the payment's lock: the key's row when it exists (a retry: `created` False), else `plan`
-        decides (or raises, and nothing is written) and the `attempted` row is inserted and committed."""
+        decides (or raises, and nothing is written) and the `attempted` row is inserted (with `request`, what it was
+        asked for) and committed."""
 
         # The row's id is chosen here, once: when the COMMIT's answer is lost and the work runs again, the row
         # it finds with this id is its own (inserted, Hyp not asked yet), not an earlier invocation's attempt.
@@ -576,6 +605,7 @@ class RefundsStore:
             params = {
                 "method": str(method),
                 "amount": planned.amount.amount,
+                "request": json.dumps(request, sort_keys=True) if request is not None else None,
             }
             if row is not None:
                 retaken = tx.run(bind(_RETAKE, rid=str(row.id), **params))

@@ -51,6 +51,7 @@ from payments.errors import (
     GatewayError,
     GatewayNotAsked,
     GatewayRejected,
+    IdempotencyKeyReused,
     InvalidRequest,
     OutcomeUnconfirmed,
     PaymentError,
@@ -209,12 +210,21 @@ class Refunds:
                 hypay_id=request["hypay_id"],
                 key=f"refund:{payment_id}:{scope['key']}",
                 plan=plan,
+                request=request,
             )
         except NoSuchPayment:
             raise _Refused(404, "Not Found", "no such payment") from None
         except NotRefundable as exc:
             raise _Refused(409, "Conflict", str(exc)) from None
         if not began.created:
+            asked = began.row.request
+            if asked is not None and asked != request:
+                # The key's idempotency record (which compares requests) expired or was purged; its refund's row
+                # did not: it answers only the request it was made for, never another (which would be told of a
+                # refund that was not made for it).
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used for another refund request of this payment; use a new key"
+                )
             return self._earlier_attempt(began, scope)
         return self._ask_hyp(began, scope)
 
