@@ -275,3 +275,36 @@ def test_the_stack_placeholder_secret_is_refused_with_a_clear_error() -> None:
 
     with pytest.raises(ConfigurationError, match="placeholder"):
         params_from_rds_secret({"placeholder": "fill me", "username": "", "password": "", "host": ""})
+
+
+def test_a_kept_row_description_reads_each_statement_as_pg8000_would(db: Database) -> None:
+    """The connection keeps each row description it read: the same statement again reads the same, one with other
+    columns (same count, other types or names) reads its own, and a reader registered afterwards is used."""
+    import pg8000.native
+
+    from payments.adapters import db as db_module
+
+    assert db.run("SELECT 1::int AS a, 'x'::text AS b") == [[1, "x"]]
+    assert db.run("SELECT 2::int AS a, 'y'::text AS b") == [[2, "y"]]
+    assert db.run("SELECT 'z'::text AS a, 3::int AS b") == [["z", 3]]
+    assert db.run("SELECT 4::bigint AS a, NULL::text AS b") == [[4, None]]
+    assert db.run("SELECT 1 WHERE false") == []
+    conn = db._connection()
+    assert isinstance(conn, db_module.GuardedConnection)
+    assert len(conn._descriptions) == 4
+    conn.register_in_adapter(23, lambda text: f"int:{text}")  # int4
+    assert conn._descriptions == {}
+    assert db.run("SELECT 5::int AS a, 'w'::text AS b") == [["int:5", "w"]]
+    conn.run("SET client_encoding TO 'LATIN1'")
+    assert conn.run("SELECT 'é'::text AS a, 6::int AS b") == [["é", "int:6"]]
+    conn.run("SET client_encoding TO 'UTF8'")
+    assert conn.run("SELECT 'é'::text AS a, 6::int AS b") == [["é", "int:6"]]
+    assert isinstance(conn, pg8000.native.Connection)
+
+
+def test_a_connection_keeps_a_bounded_number_of_row_descriptions(db: Database) -> None:
+    from payments.adapters import db as db_module
+
+    for i in range(db_module._DESCRIPTIONS_KEPT + 10):
+        assert db.run(f"SELECT {i} AS c{i}") == [[i]]
+    assert len(db._connection()._descriptions) <= db_module._DESCRIPTIONS_KEPT

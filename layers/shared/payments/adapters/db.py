@@ -407,12 +407,35 @@ class GuardedConnection(pg8000.native.Connection):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._descriptions: dict[tuple[bytes, str], tuple[Any, Any]] = {}
         super().__init__(*args, **kwargs)
         # A timestamp Python cannot hold ('infinity', '-infinity', a year past 9999: the web app's columns may hold
         # them) is read as the latest or earliest datetime, never as the text pg8000 hands over in its place (code
         # formatting or comparing it would fail: a 500 for a row, not for a request).
         self.register_in_adapter(_TIMESTAMPTZ_OID, _bounded(converters.timestamptz_in, aware=True))
         self.register_in_adapter(_TIMESTAMP_OID, _bounded(converters.timestamp_in, aware=False))
+
+    def register_in_adapter(self, oid: int, in_func: Callable[[str], Any]) -> None:
+        super().register_in_adapter(oid, in_func)
+        self._descriptions.clear()  # a kept description's readers may be the replaced ones
+
+    def handle_ROW_DESCRIPTION(self, data: bytes, context: Any) -> None:
+        """pg8000's reading of a statement's columns, kept for the next statement that gets the same description: the
+        project sends the same few statements again and again, and reading a description anew (a dict per column, its
+        name decoded, its reader looked up) cost about as much Python as the rest of a replay's statement. The kept
+        result is the same (the same bytes, the same encoding, the same readers: registering one drops what is kept)
+        and is only read."""
+        key = (data, self._client_encoding)
+        known = self._descriptions.get(key)
+        if known is None:
+            super().handle_ROW_DESCRIPTION(data, context)
+            if len(self._descriptions) >= _DESCRIPTIONS_KEPT:
+                self._descriptions.clear()  # ad hoc statements (an operator's session): start over
+            self._descriptions[key] = (context.columns, context.input_funcs)
+            return
+        context.columns, context.input_funcs = known
+        if context.rows is None:
+            context.rows = []
 
     def handle_AUTHENTICATION_REQUEST(self, data: bytes, context: Any) -> None:
         method = int.from_bytes(data[:4], "big")
@@ -427,6 +450,7 @@ class GuardedConnection(pg8000.native.Connection):
         super().handle_AUTHENTICATION_REQUEST(data, context)
 
 
+_DESCRIPTIONS_KEPT = 256  # distinct row descriptions a connection keeps (the project's statements have a few dozen)
 _TIMESTAMP_OID = 1114
 _TIMESTAMPTZ_OID = 1184
 
