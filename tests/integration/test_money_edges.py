@@ -12,7 +12,7 @@ import pytest
 
 from ops.seed import DEMO_USER_ID
 from ops.template import load_module
-from payments.errors import ConfigurationError, GatewayUnavailable
+from payments.errors import ConfigurationError, GatewayUnavailable, SecretUnavailable
 from payments.services.cleanup import CleanupPolicy, run_cleanup
 from tests.integration.test_callback_attacks import use_mode
 from tests.integration.test_hypay_callback import (
@@ -552,3 +552,82 @@ def test_a_hyp_secret_that_cannot_be_read_for_good_is_not_yet_logged_and_alarmed
     assert metric_totals(capsys.readouterr().out).get("NotConfigured") == 1
     [line] = [r for r in caplog.records if r.getMessage() == "a secret cannot be read"]
     assert (line.secret, line.error) == ("Hypay", "ResourceNotFoundException"), line.__dict__  # type: ignore[attr-defined]
+
+
+def _fail_once_at_get_token(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """The next getToken finds the Hyp secret unreadable (its first step reads the credentials); later ones read it."""
+    from payments.adapters.hypay import HypayClient
+
+    real = HypayClient.get_token
+    failures = [error]
+
+    def get_token(client: HypayClient, transaction_id: str) -> object:
+        if not failures:
+            return real(client, transaction_id)
+        fault = failures.pop()
+        working = client._credentials
+
+        def unreadable() -> object:
+            raise fault
+
+        client._credentials = unreadable  # type: ignore[method-assign]
+        try:
+            return real(client, transaction_id)
+        finally:
+            client._credentials = working  # type: ignore[method-assign]
+
+    monkeypatch.setattr(HypayClient, "get_token", get_token)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigurationError("the Hyp secret is not a JSON object"),  # malformed, or a field missing, after a rotation
+        SecretUnavailable("Secrets Manager is unavailable"),
+    ],
+    ids=["malformed", "unavailable"],
+)
+def test_a_card_not_saved_because_our_hyp_secret_failed_is_saved_by_the_next_delivery(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: Exception
+) -> None:
+    # Given a buyer who asked to keep the card pays, and the Hyp secret cannot be read when getToken is asked
+    payment = buy(env, key="keep-secret", save_card=True)
+    transaction = pay(env, payment)
+    _fail_once_at_get_token(monkeypatch, error)
+    first = notify(transaction.redirect_query)
+    # Then the failure is ours: "not yet" (Hyp sends the notify again), never a final "not saved"
+    assert first.status == 503 and first.headers.get("retry-after"), first.body
+    assert env.status(payment["payment_id"]) == "completed"
+    totals = metric_totals(capsys.readouterr().out)
+    assert totals.get("CardNotSavedYet") == 1 and not totals.get("CardNotSaved"), totals
+    # And the next delivery keeps the card
+    assert notify(transaction.redirect_query).status == 200
+    assert env.rows("SELECT count(*) FROM saved_cards WHERE payment_id = :p::uuid", p=payment["payment_id"]) == [[1]]
+
+
+@pytest.mark.parametrize("sqlstate", ["53100", "53200", "58030"])  # out of disk, out of memory, an I/O error
+def test_a_card_not_saved_for_a_database_failure_that_passes_is_saved_by_the_next_delivery(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sqlstate: str
+) -> None:
+    import pg8000.native
+    from pg8000.exceptions import DatabaseError
+
+    # Given a buyer who asked to keep the card pays, and the database fails the card's INSERT with a passing error
+    payment = buy(env, key=f"keep-{sqlstate}", save_card=True)
+    transaction = pay(env, payment)
+    real_run = pg8000.native.Connection.run
+    failures = [sqlstate]
+
+    def run(conn: pg8000.native.Connection, sql: str, stream: object = None, types: object = None, **params: object):  # noqa: ANN202
+        if failures and "INSERT INTO public.saved_cards" in " ".join(sql.split()):
+            raise DatabaseError({"S": "ERROR", "C": failures.pop(), "M": "could not extend file"})
+        return real_run(conn, sql, stream=stream, types=types, **params)
+
+    monkeypatch.setattr(pg8000.native.Connection, "run", run)
+    first = notify(transaction.redirect_query)
+    # Then it is "not yet", and the next delivery keeps the card
+    assert first.status == 503 and first.headers.get("retry-after"), first.body
+    totals = metric_totals(capsys.readouterr().out)
+    assert totals.get("CardNotSavedYet") == 1 and not totals.get("CardNotSaved"), totals
+    assert notify(transaction.redirect_query).status == 200
+    assert env.rows("SELECT count(*) FROM saved_cards WHERE payment_id = :p::uuid", p=payment["payment_id"]) == [[1]]

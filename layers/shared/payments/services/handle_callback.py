@@ -32,9 +32,8 @@ from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
 from payments.errors import (
     DatabaseUnavailable,
-    GatewayAuthenticationError,
-    GatewayNotAsked,
-    GatewayUnavailable,
+    GatewayDeclined,
+    GatewayRejected,
     InvalidRequest,
     PaymentError,
 )
@@ -360,11 +359,12 @@ class HandleCallback:
     def _save_card(self, callback: Callback, user_id: UUID, payment_id: UUID) -> None:
         """After success, the buyer having opted in: fetch Hyp's token and keep it (never the card number).
 
-        A failure that may pass (Hyp or the database unavailable, our credentials refused) raises
-        CardNotSavedYet: the credits stay granted, the delivery is "not yet" and the next one (Hyp retries its
-        notify; the cleanup never expires a completed payment) saves the card; so does a database conflict or
-        timeout. Hyp refusing the token, or the database refusing the statement for good, is final: counted
-        (CardNotSaved), logged, not raised."""
+        Hyp refusing the token, or the database refusing the statement for good (a constraint, bad data), is final:
+        counted (CardNotSaved), logged, not raised. Any other failure may pass and raises CardNotSavedYet: the
+        credits stay granted, the delivery is "not yet" and the next one (Hyp retries its notify; the cleanup never
+        expires a completed payment) saves the card. Those are ours or passing: Hyp or the database unavailable, our
+        credentials refused, the Hyp secret unreadable or malformed (a configuration error), a database conflict, a
+        timeout, or a failure of a class that passes (out of disk or memory, an I/O error)."""
         try:
             token = self.gateway.get_token(callback.transaction_id)
             self.store.save_card(
@@ -375,14 +375,14 @@ class HandleCallback:
                 expiry_year=token.expiry_year,
                 last4=callback.last4,
             )
-        except (GatewayUnavailable, GatewayAuthenticationError, GatewayNotAsked, DatabaseUnavailable) as exc:
-            self._not_saved_yet(payment_id, exc)
+        except (GatewayDeclined, GatewayRejected) as exc:  # Hyp refused the token
+            self._not_saved(payment_id, exc)
         except QueryError as exc:
-            if exc.retryable or exc.sqlstate == LOCK_NOT_AVAILABLE:  # a conflict or a timeout: it may pass
-                self._not_saved_yet(payment_id, exc)
-            self._not_saved(payment_id, exc)
+            if exc.refused_for_good:
+                self._not_saved(payment_id, exc)
+            self._not_saved_yet(payment_id, exc)
         except PaymentError as exc:
-            self._not_saved(payment_id, exc)
+            self._not_saved_yet(payment_id, exc)
 
     @staticmethod
     def _not_saved(payment_id: UUID, exc: PaymentError) -> None:
@@ -395,9 +395,6 @@ class HandleCallback:
         metrics.add_metric(name="CardNotSavedYet", unit=MetricUnit.Count, value=1)
         logger.warning("card token not saved yet", extra={"payment_id": str(payment_id), "code": exc.code})
         raise CardNotSavedYet("the payment is complete; its card is not saved yet") from exc
-
-
-LOCK_NOT_AVAILABLE = "55P03"
 
 
 class CardNotSavedYet(DatabaseUnavailable):
