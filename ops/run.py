@@ -119,9 +119,23 @@ def _settings_classes() -> list[type[EnvSettings]]:
     ]
 
 
+# The authorizer's settings that name the issuer whose tokens it accepts: make run's own local issuer (it signs the
+# tokens it prints, in the mode AUTH_MODE chooses), never taken from the environment. Taken, they were listed as such
+# and then lost to the local issuer's: a token of the issuer given was refused while the local one passed.
+LOCAL_ISSUER_SETTINGS = frozenset(
+    {"JWT_MODE", "JWT_ISSUER", "JWT_AUDIENCE", "JWT_SECRET", "JWT_SECRET_ARN", "JWKS_URL"}
+)
+
+
 def from_environment(names: set[str]) -> dict[str, str]:
-    """The settings given to `make run` (`HYPAY_VERIFY_MODE=hmac make run`): they win over its own values."""
-    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
+    """The settings given to `make run` (`HYPAY_VERIFY_MODE=hmac make run`): they win over its own values. The local
+    issuer's (LOCAL_ISSUER_SETTINGS) are not among them (`not_taken`)."""
+    return {name: os.environ[name] for name in sorted(names - LOCAL_ISSUER_SETTINGS) if name in os.environ}
+
+
+def not_taken(names: set[str]) -> list[str]:
+    """The settings given to `make run` that it does not take: the local issuer's own."""
+    return sorted(name for name in names & LOCAL_ISSUER_SETTINGS if name in os.environ)
 
 
 def port_from(variable: str, default: int) -> int:
@@ -187,7 +201,9 @@ def _bound[T](port: int, what: str, variable: str, make: Callable[[], T]) -> T:
 def serve(port: int, sim_port: int, mode: Mode, data_dir: Path, stop: threading.Event) -> int:
     auth = LocalAuth.for_mode(mode)
     template = load()
-    overrides = from_environment(setting_names(template))
+    names = setting_names(template)
+    overrides = from_environment(names)
+    ignored = not_taken(names)
 
     # The simulator's transactions and saved cards, kept across runs beside the database's folder (so an old
     # return URL still verifies and a saved card can still be charged).
@@ -269,6 +285,14 @@ def serve(port: int, sim_port: int, mode: Mode, data_dir: Path, stop: threading.
             f"  admin token   {admin_token}",
             f"  settings      from the environment: {', '.join(overrides) or 'none'}"
             " (any function setting: NAME=value make run; ports: PORT, HYPAY_SIM_PORT)",
+            *(
+                [
+                    f"  not taken     {', '.join(ignored)}: the authorizer accepts the local issuer's tokens"
+                    " (its mode: AUTH_MODE)"
+                ]
+                if ignored
+                else []
+            ),
             "",
             "Try each route (paste the two exports first):",
             f"  export TOKEN={token}",

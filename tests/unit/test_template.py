@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ops.template import TEMPLATE, load, rate_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -470,3 +472,24 @@ def test_make_run_passes_every_setting_through() -> None:
     for read in (settings.DatabaseSettings, settings.AuthSettings, settings.CleanupSettings, settings.HypaySettings):
         assert set(read.variable_names()) <= names, read
     assert {"DB_CONNECT_TIMEOUT", "JWKS_TIMEOUT", "HYPAY_KEY"} <= names
+
+
+def test_make_run_takes_no_issuer_setting_it_would_lose_to_its_local_issuer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given make run started with the settings of another issuer (a Supabase project's), and one it does take
+    from ops.run import from_environment, not_taken, setting_names
+
+    given = {
+        "JWT_MODE": "hs256",
+        "JWT_ISSUER": "https://project.supabase.co/auth/v1",
+        "JWT_SECRET": "a-project-secret-0123456789abcdef",
+        "JWKS_URL": "https://project.supabase.co/auth/v1/.well-known/jwks.json",
+        "HYPAY_VERIFY_MODE": "hmac",
+    }
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    names = setting_names(load())
+    # Then the issuer's are not taken (the local authorizer accepts the local issuer's tokens, whatever is given: were
+    # they listed as taken, a token of the issuer given would be refused while the banner said it was in use), and the
+    # banner names them as not taken
+    assert from_environment(names) == {"HYPAY_VERIFY_MODE": "hmac"}
+    assert not_taken(names) == ["JWKS_URL", "JWT_ISSUER", "JWT_MODE", "JWT_SECRET"]
