@@ -34,6 +34,7 @@ from ops.migrate import migrate
 from ops.seed import DEMO_USER_EMAIL, DEMO_USER_ID, seed
 from ops.template import TEMPLATE, Route, Template, _CfnLoader, load
 from payments.adapters.db import Database
+from payments.errors import ConfigurationError, DatabaseUnavailable
 from payments.settings import DatabaseSettings, EnvSettings
 
 FUNCTION_TYPE = "AWS::Serverless::Function"
@@ -183,6 +184,11 @@ def main() -> int:
         return serve(port, sim_port, mode, data_dir, stop)
     except PortInUse as exc:
         print(exc, file=sys.stderr, flush=True)
+        return 1
+    except (DatabaseUnavailable, ConfigurationError) as exc:
+        # An external DATABASE_URL unreachable or refused: one line (its message never holds the password), as
+        # make migrate says it.
+        print(f"make run: {exc}", file=sys.stderr, flush=True)
         return 1
 
 

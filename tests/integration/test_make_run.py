@@ -106,6 +106,33 @@ def test_ctrl_c_stops_quietly_on_the_chosen_port_with_settings_from_the_environm
     assert "stopped." in rest and "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://someone:a-secret-pw@127.0.0.1:1/postgres",  # nothing listens there
+        "postgresql://someone:a-secret-pw@127.0.0.1:notaport/postgres",
+    ],
+    ids=["unreachable", "malformed"],
+)
+def test_an_external_database_it_cannot_use_is_one_clear_line(url: str) -> None:
+    # Given make run pointed at an external database it cannot connect to
+    done = subprocess.run(
+        [sys.executable, "-m", "ops.run"],
+        cwd=ROOT,
+        env=_env({"DATABASE_URL": url, "PORT": "0", "HYPAY_SIM_PORT": "0"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it exits saying so on one line of its own (the function's JSON log line aside), no traceback, no password
+    out = (done.stdout + done.stderr).strip()
+    assert done.returncode == 1, out
+    assert "Traceback" not in out and "a-secret-pw" not in out, out
+    assert [line for line in out.splitlines() if not line.startswith("{")] == [
+        next(line for line in out.splitlines() if line.startswith("make run: ") and "database" in line.lower())
+    ], out
+
+
 @pytest.mark.skipif("DATABASE_URL" in os.environ, reason="the embedded server is what is tested")
 def test_ctrl_c_stops_the_database_even_after_an_earlier_run_was_killed(private_tmp: Path) -> None:
     import psutil
