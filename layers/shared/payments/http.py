@@ -163,42 +163,42 @@ def http_event_problem(event: Any) -> str | None:
 
     API Gateway never sends such an event, but a direct `lambda invoke`, a hand-written test event or a trigger
     configured with payload format 1.0 does; Powertools' resolver would fail on it (a Lambda error, or the
-    catch-all 500). The members read are checked for their type, nothing more: a cheap check on every request.
+    catch-all 500). The members read are checked for their type, nothing more: a cheap check on every request (a
+    JSON event's objects are dicts: checked as such first, the abstract Mapping only for anything else).
     """
-    if not isinstance(event, Mapping):
+    if not _mapping(event):
         return "the event is not a JSON object"
     if event.get("version") != "2.0":
         return "the event is not payload format 2.0"
     context = event.get("requestContext")
-    if not isinstance(context, Mapping):
+    if not _mapping(context):
         return "the event has no requestContext.http.method"
     http = context.get("http")
-    if not isinstance(http, Mapping) or not isinstance(http.get("method"), str):
+    if not _mapping(http) or type(http.get("method")) is not str:
         return "the event has no requestContext.http.method"
-    if not isinstance(context.get("stage"), str):
+    if type(context.get("stage")) is not str:
         return "the event has no requestContext.stage"
-    if not isinstance(http.get("sourceIp"), str):
+    if type(http.get("sourceIp")) is not str:
         return "the event has no requestContext.http.sourceIp"
     authorizer = context.get("authorizer") or {}
-    jwt = (authorizer.get("jwt") or {}) if isinstance(authorizer, Mapping) else None
-    if not (
-        isinstance(jwt, Mapping)
-        and isinstance(jwt.get("claims") or {}, Mapping)
-        and isinstance(authorizer.get("lambda") or {}, Mapping)
-    ):
+    jwt = (authorizer.get("jwt") or {}) if _mapping(authorizer) else None
+    if not (_mapping(jwt) and _mapping(jwt.get("claims") or {}) and _mapping(authorizer.get("lambda") or {})):
         return "the event's requestContext.authorizer is not an object of objects"
-    if not isinstance(event.get("rawPath"), str):
+    if type(event.get("rawPath")) is not str:
         return "the event has no rawPath"
     for member in ("rawQueryString", "body"):
-        if not isinstance(event.get(member, ""), str | None):
+        value = event.get(member, "")
+        if value is not None and type(value) is not str:
             return f"the event's {member} is not a string"
     for member in ("headers", "queryStringParameters", "pathParameters"):
         values = event.get(member)
-        if values is not None and not (
-            isinstance(values, Mapping) and _ONLY_STR.issuperset(map(type, values.values()))
-        ):
+        if values is not None and not (_mapping(values) and _ONLY_STR.issuperset(map(type, values.values()))):
             return f"the event's {member} are not strings"
     return None
+
+
+def _mapping(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 _ONLY_STR = frozenset({str})  # exactly str: a subclass of it is not what a JSON event holds
