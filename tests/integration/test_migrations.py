@@ -333,3 +333,50 @@ def test_a_runner_that_waited_for_another_finds_the_database_up_to_date(
     # snapshot predated its wait: it ran every file again, then failed on schema_migrations' key)
     results = sorted([out["a"], out["b"]], key=lambda v: bool(v))
     assert results[0] == [] and results[1] == [m.name for m in discover()], out
+
+
+# What the web app runs to erase a user, knowing only its own tables (children first, as their foreign keys ask).
+_ERASE_USER = [
+    "DELETE FROM public.idempotency_keys WHERE payment_id IN (SELECT id FROM public.payments WHERE user_id = :u::uuid)",
+    "DELETE FROM public.credit_transactions WHERE user_id = :u::uuid",
+    "DELETE FROM public.invoices WHERE user_id = :u::uuid",
+    "DELETE FROM public.payments WHERE user_id = :u::uuid",
+    "DELETE FROM public.profiles WHERE id = :u::uuid",
+]
+
+
+def test_the_web_app_still_deletes_a_user_or_a_payment_whose_card_was_kept(empty_database_url: str) -> None:
+    # Given the production database migrated, and a user whose card the backend kept after two payments
+    conn = connect(empty_database_url)
+    conn.run(SEED.read_text(encoding="utf-8"))
+    db = database(empty_database_url)
+    migrate(db)
+    db.close()
+    user, first, second = (
+        "5eed0000-0000-4000-8000-000000000001",
+        "5eed0000-0000-4000-8000-000000000002",
+        "5eed0000-0000-4000-8000-000000000003",
+    )
+    conn.run("INSERT INTO public.profiles (id, email, credits) VALUES (:u::uuid, 'erase@example.com', 0)", u=user)
+    for payment in (first, second):
+        conn.run(
+            "INSERT INTO public.payments (id, user_id, amount, status) VALUES (:p::uuid, :u::uuid, 49.90, 'completed')",
+            p=payment,
+            u=user,
+        )
+    conn.run(
+        "INSERT INTO public.saved_cards (user_id, token, expiry_month, expiry_year, last4, payment_id)"
+        " VALUES (:u::uuid, '1234567890123456789', 12, 2030, '0000', :p::uuid)",
+        u=user,
+        p=second,
+    )
+    # When the web app deletes the payment that saved the card / Then the card stays the user's, naming no payment
+    conn.run("DELETE FROM public.payments WHERE id = :p::uuid", p=second)
+    assert conn.run("SELECT payment_id FROM public.saved_cards WHERE user_id = :u::uuid", u=user) == [[None]]
+    # When it erases the user as it did before this backend / Then it can, and the card goes with them
+    conn.run("BEGIN")
+    for sql in _ERASE_USER:
+        conn.run(sql, u=user)
+    conn.run("COMMIT")
+    assert conn.run("SELECT count(*) FROM public.saved_cards WHERE user_id = :u::uuid", u=user) == [[0]]
+    conn.close()
