@@ -290,11 +290,13 @@ def test_purges_pause_on_the_server_in_proportion_to_their_batches(production: t
     # When the expired records are purged a row a batch, batches filling 25 % of the time
     report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=25), sleep=lambda _: None)
     assert report.purged_idempotency_records == 3
-    # Then each batch after the first started at least its own time (30 ms) plus 3 times that (the pause) after the
-    # one before: the pauses are the server's, one statement ran them all
+    # Then each batch after the first started about its own time (30 ms) plus 3 times that (the pause) after the one
+    # before (a pause makes up what the one before slept over or under, within a millisecond or two), and the last
+    # at least that long after the first: the pauses are the server's, one statement ran them all
     at = [r[0] for r in db.run("SELECT at FROM row_transactions WHERE tbl = 'idempotency_keys' ORDER BY at")]
     assert len(at) == 3
-    assert all((b - a).total_seconds() >= 0.03 + 3 * 0.03 for a, b in zip(at, at[1:], strict=False))
+    assert all((b - a).total_seconds() >= 0.03 + 3 * 0.03 - 0.003 for a, b in zip(at, at[1:], strict=False))
+    assert (at[-1] - at[0]).total_seconds() >= 2 * (0.03 + 3 * 0.03) - 0.001
     blocks = [sql for sql in sent if sql.startswith("DO")]
     assert len(blocks) == 3  # one a purge step: the expired records, the web app's old rows, old windows
     assert all("pg_sleep" in sql for sql in blocks)
@@ -302,6 +304,37 @@ def test_purges_pause_on_the_server_in_proportion_to_their_batches(production: t
     sent.clear()
     run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=100), sleep=lambda _: None)
     assert [sql for sql in sent if "pg_sleep" in sql] == []
+
+
+def test_purges_fill_the_share_of_time_asked_whatever_a_pause_rounds_to(production: tuple[str, Database]) -> None:
+    # Given 60 more expired records whose deletes keep the server busy about 0.55 ms a row (shorter than the
+    # shortest pause pg_sleep can take: it wakes on whole milliseconds), each delete's start and end noted
+    _, db = production
+    now = int(time.time())
+    db.run(f"""
+        INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at)
+        SELECT 'fn#share-' || g, 'completed', {now - 60}, 'h', now(), now() FROM generate_series(1, 60) g;
+        CREATE TABLE busy_deletes (began timestamptz, ended timestamptz);
+        CREATE FUNCTION busy_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE began timestamptz := clock_timestamp();
+        BEGIN
+          WHILE clock_timestamp() < began + interval '550 microseconds' LOOP END LOOP;
+          INSERT INTO busy_deletes VALUES (began, clock_timestamp());
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER busy BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION busy_delete();
+    """)
+    # When they are purged a row a batch, batches asked to fill half the time
+    report = run_cleanup(db, policy=CleanupPolicy(batch_size=1, duty_cycle_percent=50), sleep=lambda _: None)
+    assert report.purged_idempotency_records == 63
+    # Then the deletes filled about half the time from the first to the last, less what each batch spends outside its
+    # delete (about 0.45; the pauses make up what each other rounded), where a pause after each batch of its own slept
+    # 1 ms at least (about 0.32)
+    [[busy, span]] = db.run(
+        "SELECT extract(epoch FROM sum(ended - began))::float8, extract(epoch FROM max(ended) - min(began))::float8"
+        " FROM busy_deletes"
+    )
+    assert 0.38 <= busy / span <= 0.6, (busy, span)
 
 
 def test_a_purge_statement_runs_at_most_a_quarter_of_the_query_timeout(production: tuple[str, Database]) -> None:

@@ -13,12 +13,11 @@ rows, old rate-limit windows) run on the server, batch after batch, for about a 
   A crash may lose the last fraction of a second of such batches: the rows come back, still expired
   (claims treat them as absent), and the next run purges them again. The next durable commit on the
   server (any request's) flushes them as well;
-- after each full batch the server pauses (`pg_sleep`) in proportion to the batch's time, and at least
-  about a millisecond (PAUSE_FLOOR_SECONDS; at the default batch size the floor sets the pace): a purge
-  is many short bursts of the server's CPU with the requests' statements in between, where batches sent
-  one per round trip had to be ten times larger to cost as little per row, and each of those bursts
-  delayed every request that came during it. No round trip and no
-  planning per batch: plpgsql keeps the statement's plan.
+- after a full batch the server pauses (`pg_sleep`) for what the batches so far are owed in proportion to
+  their time, once that is about a millisecond (PAUSE_FLOOR_SECONDS): a purge is many short bursts of the
+  server's CPU with the requests' statements in between, where batches sent one per round trip had to be ten
+  times larger to cost as little per row, and each of those bursts delayed every request that came during
+  it. No round trip and no planning per batch: plpgsql keeps the statement's plan.
 """
 
 from __future__ import annotations
@@ -182,10 +181,11 @@ def _locked_first(db: Database, step: Step, params: dict[str, Any]) -> int:
     return db.atomic(batch, read_committed=True)
 
 
-# The shortest pause after a full batch. pg_sleep wakes on whole milliseconds, rounding up (a pause asked for 0.2 ms
-# or 1 ms lasts about 1 or 2): the block asks for half a millisecond less than the pause it means, so that a pause
-# lasts the whole number of milliseconds nearest to it, at least one. (A pause cut short by the statement's end is
-# asked for whole: it must not end before it.)
+# The shortest pause after a full batch: less owed is added to the next batch's. pg_sleep wakes on whole milliseconds,
+# rounding up (a pause asked for 0.2 ms or 1 ms lasts about 1 or 2): the block asks for half a millisecond less than
+# the pause it means, so that a pause lasts the whole number of milliseconds nearest to it, at least one; the next
+# pause makes up the difference. (A pause cut short by the statement's end is asked for whole: it must not end
+# before it.)
 PAUSE_FLOOR_SECONDS = 0.001
 _SLEEP_ROUNDING_SECONDS = 0.0005
 
@@ -210,7 +210,9 @@ DECLARE
   ends CONSTANT timestamptz := began + interval '1 millisecond'
                                * CASE WHEN timeout_ms > 0 THEN least({run_ms}, timeout_ms / 2) ELSE {run_ms} END;
   batch_began timestamptz;
-  took double precision;
+  paced_from timestamptz;
+  busy double precision := 0;
+  owed double precision;
   handled bigint := 0;
   n bigint;
   told_at timestamptz := began;
@@ -220,6 +222,7 @@ BEGIN
   -- sent again with its last batches uncounted. The block's own first transaction ends here; the chain keeps the level.
   COMMIT;
   SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
+  paced_from := clock_timestamp();
   LOOP
     PERFORM set_config('synchronous_commit', 'off', true);
     batch_began := clock_timestamp();
@@ -238,12 +241,17 @@ BEGIN
   RAISE NOTICE '{told}% % in all', handled, (n >= {batch})::int;
 END
 $paced$"""
-# After a full batch: its time × rest, at least the floor, at most max_pause, never past the statement's end (nor a
-# batch started after it).
+# After a full batch: the pause the batches so far are owed (their time × total, less the time since the first began),
+# when it is at least the floor (a shorter one is added to the next's), at most max_pause, never past the statement's
+# end (nor a batch started after it). Owed, not each batch's own: a pause lasts whole milliseconds (asking for 1 ms
+# sleeps 2), so a pause of its own after each batch rounded the batches' share of the time down, to about 16 % where 25
+# was asked at the default batch size; what a pause sleeps over or under is taken from or added to the next.
 _PAUSE = """
-    took := extract(epoch FROM clock_timestamp() - batch_began);
-    PERFORM pg_sleep(least(greatest(took * {rest}, {floor}) - {rounding}, {max_pause},
-                           extract(epoch FROM ends - clock_timestamp())));
+    busy := busy + extract(epoch FROM clock_timestamp() - batch_began);
+    owed := busy * {total} - extract(epoch FROM clock_timestamp() - paced_from);
+    IF owed >= {floor} THEN
+      PERFORM pg_sleep(least(owed - {rounding}, {max_pause}, extract(epoch FROM ends - clock_timestamp())));
+    END IF;
     EXIT WHEN clock_timestamp() >= ends;"""
 _TOLD = "paced batches"
 
@@ -281,8 +289,9 @@ def run_paced(
 ) -> Paced:
     """Batches of a purge-only step (not `durable`), one after another on the server for about `run_ms`, or half
     the session's statement_timeout if less (the last batch started before then runs to its end), paced so that
-    batches fill `duty_cycle_percent` of the time: after each full batch, a pause of its time × (100 - duty) / duty,
-    at least PAUSE_FLOOR_SECONDS (none at 100 %), at most `max_pause_seconds`, never past the end. One round trip.
+    batches fill `duty_cycle_percent` of the time: after a full batch, the pause the batches so far are owed (their
+    time × (100 - duty) / duty, less the pauses taken), when at least PAUSE_FLOOR_SECONDS (none at 100 %), at most
+    `max_pause_seconds`, never past the end. One round trip.
     `told`, when given, gets the rows each sending told it committed, also when the statement fails (cancelled, a
     lock or statement timeout: its batches before were committed)."""
     if step.durable:
@@ -292,7 +301,7 @@ def run_paced(
     pause = ""  # back to back at 100 %
     if duty_cycle_percent < 100:
         pause = _PAUSE.format(
-            rest=repr((100 - duty_cycle_percent) / duty_cycle_percent),
+            total=repr(100 / duty_cycle_percent),
             floor=repr(PAUSE_FLOOR_SECONDS),
             rounding=repr(_SLEEP_ROUNDING_SECONDS),
             max_pause=repr(float(max_pause_seconds)),
