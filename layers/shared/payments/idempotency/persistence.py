@@ -42,6 +42,7 @@ from payments.errors import DatabaseUnavailable
 # A child of the functions' Powertools Logger (same service, same keys); importing payments.observability
 # here would fix the metrics namespace before a test's environment is set.
 logger = Logger(child=True)
+_STD_LOGGER: logging.Logger = getattr(logger, "_logger", None) or logging.getLogger(logger.name)
 
 _TO_DB = {STATUS_CONSTANTS["INPROGRESS"]: "pending", STATUS_CONSTANTS["COMPLETED"]: "completed"}
 _FROM_DB = {db: pt for pt, db in _TO_DB.items()}
@@ -111,8 +112,9 @@ class _Record(DataRecord):
 
 
 def _debugging() -> bool:
-    """Whether a debug line would be written (Powertools' Logger hands `isEnabledFor` to its logging.Logger)."""
-    return bool(logger.isEnabledFor(logging.DEBUG))  # type: ignore[attr-defined]
+    """Whether a debug line would be written: asked of the logging.Logger under Powertools' Logger (which hands
+    `isEnabledFor` on to it only after a failed attribute lookup, a microsecond a call)."""
+    return bool(_STD_LOGGER.isEnabledFor(logging.DEBUG))
 
 
 def _claim_id() -> str:
