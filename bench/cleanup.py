@@ -339,8 +339,9 @@ class CleanupBench:
             "fresh keys through the layer",
             f"({pace}; claim, the function, completion, each timed from its start) while `run_cleanup` (batches of "
             f"{self.policy.batch_size}, `FOR UPDATE SKIP LOCKED`, run on the server in statements of about a second, "
-            f"paced to at most {self.policy.duty_cycle_percent} % of the time with at least a millisecond between "
-            f"batches) purges them all in slices of {self.slice_seconds:g} s, each slice preceded by as long with "
+            f"paced to {self.policy.duty_cycle_percent} % of the time by pauses of a millisecond or more, each the "
+            f"pause the batches so far are owed) purges them all in slices of {self.slice_seconds:g} s, each slice "
+            "preceded by as long with "
             "nothing else running. Idle and purge take turns, so the claims of both see the same machine (its drift "
             "and background work) for about as long (before this, 5 s of idle claims came first and the purge's "
             "about 30 s after). A claim is **during** the purge when it starts within a slice, **idle** when it "
