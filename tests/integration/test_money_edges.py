@@ -26,7 +26,7 @@ from tests.integration.test_hypay_callback import (
     pay,
 )
 from tests.support.api import TEMPLATE, reset_function_state
-from tests.support.payments import CALLBACK, CREATE, CVV, PRO, Env, post
+from tests.support.payments import CALLBACK, CREATE, CVV, PRO, SUCCESS_PAGE, Env, post
 from tests.support.pg import database
 
 
@@ -631,3 +631,24 @@ def test_a_card_not_saved_for_a_database_failure_that_passes_is_saved_by_the_nex
     assert totals.get("CardNotSavedYet") == 1 and not totals.get("CardNotSaved"), totals
     assert notify(transaction.redirect_query).status == 200
     assert env.rows("SELECT count(*) FROM saved_cards WHERE payment_id = :p::uuid", p=payment["payment_id"]) == [[1]]
+
+
+def test_a_card_the_database_refuses_for_good_is_given_up_once_not_not_yet_forever(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a buyer who asked to keep the card pays, and Hyp's getToken gives an expiry whose month (13) the
+    # saved_cards CHECK refuses (sql/003): the same refusal on every attempt
+    payment = buy(env, key="keep-month-13", save_card=True)
+    transaction = env.sim.pay(payment["payment_url"], month="13")
+    assert transaction.ccode == 0
+    # When Hyp delivers its notify, and again, and the buyer's browser comes back
+    answers = [notify(transaction.redirect_query) for _ in range(3)]
+    back = browser(transaction.redirect_query)
+    totals = metric_totals(capsys.readouterr().out)
+    # Then the card is given up (counted, CardNotSaved) and every delivery is answered: never "not yet" on each one
+    # (Hyp would send it until it gives up; the browser would never see its success)
+    assert [a.status for a in answers] == [200, 200, 200], [(a.status, a.body[:120]) for a in answers]
+    assert back.status == 302 and location(back)[0] == SUCCESS_PAGE, back.headers
+    assert totals.get("CardNotSaved", 0) >= 1 and not totals.get("CardNotSavedYet"), totals
+    assert env.status(payment["payment_id"]) == "completed"
+    assert env.rows("SELECT count(*) FROM saved_cards") == [[0]]

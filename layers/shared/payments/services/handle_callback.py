@@ -380,7 +380,8 @@ class HandleCallback:
         except QueryError as exc:
             if exc.refused_for_good:
                 self._not_saved(payment_id, exc)
-            self._not_saved_yet(payment_id, exc)
+            else:
+                self._not_saved_yet(payment_id, exc)
         except PaymentError as exc:
             self._not_saved_yet(payment_id, exc)
 
