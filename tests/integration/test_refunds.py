@@ -319,9 +319,11 @@ def test_answer_not_stored_keeps_the_key_in_progress_then_unknown(
         "CREATE TRIGGER refuse_refund BEFORE INSERT ON hypay_transactions FOR EACH ROW"
         " WHEN (NEW.source = 'refund') EXECUTE FUNCTION refuse_refund()"
     )
-    with pytest.raises(OutcomeUnconfirmed):
+    with pytest.raises(OutcomeUnconfirmed) as unconfirmed:
         admin.refund(pid, "k-1")
-    # Then the error line names Hyp's refund Id (what a human would otherwise search Hyp's portal for)
+    # Then the answer says what happened: Hyp answered, its answer was not stored (not "lost")
+    assert "Hyp answered, but its answer could not be stored" in unconfirmed.value.message
+    # And the error line names Hyp's refund Id (what a human would otherwise search Hyp's portal for)
     [lost] = [r for r in caplog.records if r.getMessage() == "refund answered but not stored"]
     [refund_id] = [r.id for r in env.sim.reversals if r.original_id == txn.id and r.kind == "refund"]
     assert getattr(lost, "hypay_refund_id", None) == refund_id
@@ -599,3 +601,31 @@ def test_a_refund_row_from_before_its_request_was_kept_is_answered_as_before(env
     answer = admin.refund(pid, "K", "10.00")
     assert answer.status == 201 and answer.body["amount"] == "20.00"
     assert env.sim.refunded[txn.id] == 2000
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["request kept", "row from before 017"])
+def test_a_refund_never_sent_is_taken_up_again_only_for_the_request_it_was_made_for(
+    env: Env, admin: Admin, backend_login: str, kept: bool
+) -> None:
+    # Given a payment page paid twice, and a refund of the first charge with key K never sent (Hyp unreachable):
+    # released, its idempotency record deleted with it
+    created = post({"credit_pack_id": STARTER}, key="twice").json
+    first = env.sim.pay(created["payment_url"])
+    redirect(first)
+    second = env.sim.pay(created["payment_url"])
+    redirect(second)
+    pid = created["payment_id"]
+    with Admin(env, backend_login, url="http://127.0.0.1:9/p/") as down, pytest.raises(GatewayNotAsked):
+        down.refund(pid, "K", "10.00", reason="paid twice")
+    assert [r[0] for r in refunds(env, pid)] == ["refused"]
+    if not kept:
+        env.rows("UPDATE refunds SET request = NULL WHERE payment_id = :p::uuid", p=pid)
+    # When K is sent again naming the second charge / Then it is refused as the key reused: the row taken up again
+    # would have refunded the first charge, which this request did not name
+    with pytest.raises(IdempotencyKeyReused):
+        admin.refund(pid, "K", "10.00", hypay_id=second.id, reason="paid twice")
+    assert env.sim.refunded == {}
+    # And K sent again for the request it was made for refunds the first charge, once
+    answer = admin.refund(pid, "K", "10.00", reason="paid twice")
+    assert answer.status == 201 and answer.body["hypay_transaction_id"] == first.id, answer.body
+    assert env.sim.refunded == {first.id: 1000}

@@ -23,6 +23,7 @@ from payments.adapters.journal import SPELLINGS, Journal
 from payments.domain import hypay as protocol
 from payments.domain.money import Currency, Money
 from payments.domain.refund import Method, RefundStatus, credits_to_take, held_while_a_refund_has_no_id
+from payments.errors import IdempotencyKeyReused
 
 UNIQUE_VIOLATION = "23505"
 NOT_SENT = "not sent: "  # message prefix of a row released because Hyp was never asked (ccode NULL, refused)
@@ -397,6 +398,14 @@ def _row(values: list[Any]) -> RefundRow:
     )
 
 
+def _asked_otherwise(row: RefundRow, request: dict[str, Any] | None, hypay_id: str | None) -> bool:
+    """Whether a request differs from the one the row was made for (as far as a row from before 017, which keeps
+    none, tells: the transaction it names)."""
+    if row.request is not None and request is not None and row.request != request:
+        return True
+    return hypay_id is not None and hypay_id.lstrip("0") != row.original_hypay_id.lstrip("0")
+
+
 def _before(target: Target, attempted: RefundRow) -> Money | None:
     """What remained before this attempt (the attempted row is already counted in `reserved`); None: unknown."""
     remaining = target.remaining
@@ -564,6 +573,13 @@ class RefundsStore:
                 return Began(row, target, created=True)  # our own insert, committed before the connection broke
             if row is not None and not row.released:
                 return Began(row, target, created=False)
+            if row is not None and _asked_otherwise(row, request, hypay_id):
+                # Released (Hyp never asked), its idempotency record deleted with it: the key may be sent again for
+                # the same request only. Taken up for another, the row would refund its own transaction (the one the
+                # first request named) for a request naming another.
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used for another refund request of this payment; use a new key"
+                )
             planned = plan(target)
             if target.unjournaled:
                 detail = f"saved-card charge whose answer was lost, named by {planned.admin} for a refund"

@@ -84,6 +84,11 @@ _UNKNOWN = (
     "Hyp's answer was lost: the refund may have happened. It is being confirmed at Hyp; do not retry with a new"
     " Idempotency-Key (that could refund twice)"
 )
+# Hyp answered, and storing its answer failed (the database): the same, said as it is.
+_UNSTORED = (
+    "Hyp answered, but its answer could not be stored: the refund may have happened. It is being confirmed at Hyp;"
+    " do not retry with a new Idempotency-Key (that could refund twice)"
+)
 
 # On an attempt `_still_cancel` switched: why it went out as a refund.
 _CONTRADICTED_SINCE = (
@@ -412,7 +417,7 @@ class Refunds:
                 },
             )
             self._note_answer(row, reversal, refusal, exc)
-            raise OutcomeUnconfirmed(_UNKNOWN, payment_id=str(row.payment_id)) from exc
+            raise OutcomeUnconfirmed(_UNSTORED, payment_id=str(row.payment_id)) from exc
 
     def _note_answer(
         self, row: RefundRow, reversal: Reversal | None, refusal: GatewayError | None, exc: Exception
