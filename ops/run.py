@@ -30,7 +30,7 @@ from ops.hypay_simulator import (
 )
 from ops.local_api import LocalApi, load_cors
 from ops.local_auth import MODES, LocalAuth, Mode, mode_from
-from ops.migrate import migrate
+from ops.migrate import EXIT_LEGACY_ROWS, LegacyRowsFound, MigrationError, migrate
 from ops.seed import DEMO_USER_EMAIL, DEMO_USER_ID, seed
 from ops.template import TEMPLATE, Route, Template, _CfnLoader, load
 from payments.adapters.db import Database
@@ -185,9 +185,18 @@ def main() -> int:
     except PortInUse as exc:
         print(exc, file=sys.stderr, flush=True)
         return 1
-    except (DatabaseUnavailable, ConfigurationError) as exc:
-        # An external DATABASE_URL unreachable or refused: one line (its message never holds the password), as
-        # make migrate says it.
+    except LegacyRowsFound as exc:
+        # An external database whose rows a migration would refuse: the report, as make migrate prints it.
+        print(exc.preflight.report(), file=sys.stderr)
+        print(
+            "make run: nothing was applied; correct those rows, or adopt them: MIGRATE_ADOPT_LEGACY=1 make migrate",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_LEGACY_ROWS
+    except (DatabaseUnavailable, ConfigurationError, MigrationError) as exc:
+        # An external DATABASE_URL unreachable, refused or not ours to migrate (a role that may not create): one line
+        # (its message never holds the password), as make migrate says it.
         print(f"make run: {exc}", file=sys.stderr, flush=True)
         return 1
 

@@ -415,6 +415,18 @@ class GuardedConnection(pg8000.native.Connection):
         self.register_in_adapter(_TIMESTAMPTZ_OID, _bounded(converters.timestamptz_in, aware=True))
         self.register_in_adapter(_TIMESTAMP_OID, _bounded(converters.timestamp_in, aware=False))
 
+    def close(self) -> None:
+        """pg8000's close, and its buffered socket closed too: when its goodbye cannot be sent (the server refused the
+        login, or went away), pg8000 drops the buffered socket with the goodbye still in it, and the collector's flush
+        of it later printed a BrokenPipeError's traceback."""
+        buffered = getattr(self, "_sock", None)
+        try:
+            super().close()
+        finally:
+            if buffered is not None:
+                with contextlib.suppress(Exception):
+                    buffered.close()
+
     def register_in_adapter(self, oid: int, in_func: Callable[[str], Any]) -> None:
         super().register_in_adapter(oid, in_func)
         self._descriptions.clear()  # a kept description's readers may be the replaced ones
