@@ -652,3 +652,43 @@ def test_a_card_the_database_refuses_for_good_is_given_up_once_not_not_yet_forev
     assert totals.get("CardNotSaved", 0) >= 1 and not totals.get("CardNotSavedYet"), totals
     assert env.status(payment["payment_id"]) == "completed"
     assert env.rows("SELECT count(*) FROM saved_cards") == [[0]]
+
+
+def test_a_card_not_saved_because_our_grant_is_missing_is_saved_once_it_is_back(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a buyer who asked to keep the card pays, and the backend's role lost its grant on saved_cards (a
+    # deployment's mistake: 42501, as a table missing or a read-only server after a failover would be)
+    payment = buy(env, key="keep-grant", save_card=True)
+    transaction = pay(env, payment)
+    env.rows("REVOKE INSERT, UPDATE ON public.saved_cards FROM payments_backend")
+    try:
+        first = notify(transaction.redirect_query)
+    finally:
+        env.rows("GRANT INSERT, UPDATE ON public.saved_cards TO payments_backend")
+    # Then it is ours: "not yet", never the card given up
+    totals = metric_totals(capsys.readouterr().out)
+    assert first.status == 503, (first.status, first.body[:200])
+    assert totals.get("CardNotSavedYet") == 1 and not totals.get("CardNotSaved"), totals
+    # And once the grant is back, the next delivery keeps the card
+    assert notify(transaction.redirect_query).status == 200
+    assert env.rows("SELECT count(*) FROM saved_cards WHERE payment_id = :p::uuid", p=payment["payment_id"]) == [[1]]
+
+
+def test_a_token_hyp_answers_unusable_is_given_up_once_not_not_yet_forever(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a buyer who asked to keep the card pays, and Hyp's getToken approves with a token that is not a Hyp token
+    # (8 digits), as it answers every time for that transaction
+    payment = buy(env, key="keep-bad-token", save_card=True)
+    transaction = pay(env, payment)
+    env.sim.transactions[transaction.id].token = "12345678"
+    # When Hyp delivers its notify, and again, and the browser comes back
+    answers = [notify(transaction.redirect_query) for _ in range(3)]
+    back = browser(transaction.redirect_query)
+    totals = metric_totals(capsys.readouterr().out)
+    # Then the card is given up once (CardNotSaved), every delivery answered, the browser shown its success
+    assert [a.status for a in answers] == [200, 200, 200], [(a.status, a.body[:120]) for a in answers]
+    assert location(back)[0] == SUCCESS_PAGE, back.headers
+    assert totals.get("CardNotSaved", 0) >= 1 and not totals.get("CardNotSavedYet"), totals
+    assert env.status(payment["payment_id"]) == "completed"

@@ -104,6 +104,13 @@ class QueryError(PaymentError):
         intervention (57), a system error (58)."""
         return not self.retryable and (self.sqlstate or "")[:2] not in _PASSING_CLASSES
 
+    @property
+    def bad_data(self) -> bool:
+        """The values were refused (class 22: a value out of range, malformed; class 23: a constraint): the same values
+        sent again are refused again. Not a permission, a missing table or column, a read-only server after a
+        failover (42, 25: a configuration or an outage of ours, fixed without the data changing)."""
+        return (self.sqlstate or "")[:2] in ("22", "23")
+
 
 def stored_money(amount: Any, currency: Any = "ILS") -> Money:
     """A money column as the database holds it. One no Money can be (numeric holds 'NaN'; a column of the web app's

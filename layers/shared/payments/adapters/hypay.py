@@ -26,7 +26,7 @@ from payments import deadline
 from payments.adapters.secrets import read_secret
 from payments.domain import hypay as protocol
 from payments.domain.money import CURRENCY_OF_COIN, Currency, Money
-from payments.errors import ConfigurationError, GatewayError, GatewayNotAsked, GatewayUnavailable
+from payments.errors import ConfigurationError, GatewayError, GatewayNotAsked, GatewayRejected, GatewayUnavailable
 from payments.records import Record
 from payments.settings import DEFAULT_URL, HYPAY_URL, HypaySettings, hypay_settings
 from payments.tracing import tracer
@@ -446,7 +446,9 @@ class HypayClient:
         protocol.raise_for_ccode(answer, "getToken", invalid_is_ours=False)
         token, tokef = answer.fields.get("Token", ""), answer.fields.get("Tokef", "")
         if not (protocol.hyp_token(token) and len(tokef) == 4 and tokef.isascii() and tokef.isdigit()):
-            raise GatewayUnavailable("Hypay getToken: malformed token answer")
+            # Hyp's approval of the request (CCode 0), with a token or expiry that cannot be kept: its answer about this
+            # transaction (asked again, it answers the same), refused, never "not yet" on every delivery
+            raise GatewayRejected("Hypay getToken: the token answer cannot be kept (token or Tokef malformed)")
         return Token(token, expiry_month=int(tokef[2:]), expiry_year=2000 + int(tokef[:2]))
 
     def charge_token(

@@ -359,12 +359,13 @@ class HandleCallback:
     def _save_card(self, callback: Callback, user_id: UUID, payment_id: UUID) -> None:
         """After success, the buyer having opted in: fetch Hyp's token and keep it (never the card number).
 
-        Hyp refusing the token, or the database refusing the statement for good (a constraint, bad data), is final:
-        counted (CardNotSaved), logged, not raised. Any other failure may pass and raises CardNotSavedYet: the
-        credits stay granted, the delivery is "not yet" and the next one (Hyp retries its notify; the cleanup never
-        expires a completed payment) saves the card. Those are ours or passing: Hyp or the database unavailable, our
-        credentials refused, the Hyp secret unreadable or malformed (a configuration error), a database conflict, a
-        timeout, or a failure of a class that passes (out of disk or memory, an I/O error)."""
+        Hyp refusing the token or answering one that cannot be kept, or the database refusing the card's values (a
+        constraint, a value out of range: the same every time), is final: counted (CardNotSaved), logged, not raised.
+        Any other failure may pass and raises CardNotSavedYet: the credits stay granted, the delivery is "not yet"
+        and the next one (Hyp retries its notify; the cleanup never expires a completed payment) saves the card.
+        Those are ours or passing: Hyp or the database unavailable, our credentials refused, the Hyp secret
+        unreadable or malformed, a permission or a table missing (a configuration), a read-only server (a
+        failover), a conflict, a timeout, out of disk or memory, an I/O error."""
         try:
             token = self.gateway.get_token(callback.transaction_id)
             self.store.save_card(
@@ -378,7 +379,7 @@ class HandleCallback:
         except (GatewayDeclined, GatewayRejected) as exc:  # Hyp refused the token
             self._not_saved(payment_id, exc)
         except QueryError as exc:
-            if exc.refused_for_good:
+            if exc.bad_data:  # the card's values refused (a CHECK, a value out of range): the same every time
                 self._not_saved(payment_id, exc)
             else:
                 self._not_saved_yet(payment_id, exc)
