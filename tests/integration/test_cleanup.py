@@ -961,3 +961,88 @@ def test_one_cleanup_run_leaves_one_audit_row_when_the_audit_inserts_answer_is_l
     # added a second row)
     assert answer.status == 200, answer.body
     assert len(rows) == 1, rows
+
+
+# -- the server's clock stepping back (an NTP step, a VM's clock corrected) ---------------------------------------
+
+
+def _busy_deletes(db: Database, n: int, microseconds: int) -> None:
+    """`n` more expired records whose deletes keep the server busy `microseconds` each, measured on the real clock;
+    each delete counted in the sequence clock.deleted."""
+    now = int(time.time())
+    db.run(f"""
+        CREATE SCHEMA clock;
+        CREATE SEQUENCE clock.deleted;
+        INSERT INTO idempotency_keys (key, status, expiry_timestamp, request_hash, created_at, updated_at)
+        SELECT 'fn#jump-' || g, 'completed', {now - 60}, 'h', now(), now() FROM generate_series(1, {n}) g;
+        CREATE TABLE busy_deletes (began timestamptz, ended timestamptz);
+        CREATE FUNCTION busy_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE began timestamptz := pg_catalog.clock_timestamp();
+        BEGIN
+          PERFORM nextval('clock.deleted');
+          WHILE pg_catalog.clock_timestamp() < began + interval '{microseconds} microseconds' LOOP END LOOP;
+          INSERT INTO busy_deletes VALUES (began, pg_catalog.clock_timestamp());
+          RETURN OLD;
+        END $$;
+        CREATE TRIGGER busy BEFORE DELETE ON idempotency_keys FOR EACH ROW EXECUTE FUNCTION busy_delete();
+    """)
+
+
+def _clock_steps_back_during_a_delete(db: Database, nth: int, seconds: float) -> None:
+    """The session's clock_timestamp() (the server's wall clock) steps back `seconds` while the `nth` delete runs
+    (inside a batch), as an NTP step or a VM's clock correction does: every reading after that is `seconds` earlier."""
+    db.run(f"""
+        CREATE FUNCTION clock.clock_timestamp() RETURNS timestamptz LANGUAGE sql VOLATILE AS $$
+          SELECT pg_catalog.clock_timestamp()
+                 - CASE WHEN (SELECT last_value FROM clock.deleted) >= {nth}
+                        THEN interval '{int(seconds * 1000)} milliseconds' ELSE interval '0' END $$;
+    """)
+    db.run("SET search_path = clock, pg_catalog, public")
+
+
+def test_a_clock_stepping_back_during_a_batch_does_not_stop_the_pacing(production: tuple[str, Database]) -> None:
+    # Given 1,500 expired records whose deletes keep the server busy 0.4 ms each (0.6 s in all), and a server clock
+    # that steps back 3 s during the 20th delete
+    _, db = production
+    _busy_deletes(db, 1500, 400)
+    _clock_steps_back_during_a_delete(db, nth=20, seconds=3.0)
+    # When they are purged a row a batch, batches asked to fill a quarter of the time
+    policy = CleanupPolicy(batch_size=1, duty_cycle_percent=25, pending_payment_max_age_seconds=10**9)
+    report = run_cleanup(db, policy=policy, sleep=lambda _: None)
+    assert report.purged_idempotency_records == 1503
+    # Then the deletes still filled about a quarter of the real time (before c0553bd the batch measured as having
+    # taken -3 s got the floor's pause, and the pacing went on), not nearly all of it: the purge ran back to back,
+    # never pausing, until its batches had been busy another 3 s (here: the whole backlog)
+    [[busy, span]] = db.run(
+        "SELECT extract(epoch FROM sum(ended - began))::float8, extract(epoch FROM max(ended) - min(began))::float8"
+        " FROM busy_deletes"
+    )
+    assert busy / span <= 0.4, (busy, span)
+
+
+def test_a_clock_stepping_back_never_keeps_a_purge_statement_past_its_end(production: tuple[str, Database]) -> None:
+    # Given 300 expired records whose deletes take 20 ms each (6 s in all), a server clock that steps back 3 s during
+    # the 20th delete (every session's), and a cleaner whose answers are awaited 2 s at most (statements of 0.5 s)
+    from payments.adapters.db import parse_database_url
+
+    url, db = production
+    _busy_deletes(db, 300, 20_000)
+    _clock_steps_back_during_a_delete(db, nth=20, seconds=3.0)
+    [[name]] = db.run("SELECT current_database()")
+    db.run(f'ALTER DATABASE "{name}" SET search_path = clock, pg_catalog, public')
+    parsed = parse_database_url(url)
+    cleaner = Database(lambda refresh: parsed, query_timeout=2.0)
+    # When they are purged a row a batch, back to back, for at most 3 s of the run
+    policy = CleanupPolicy(batch_size=1, duty_cycle_percent=100, pending_payment_max_age_seconds=10**9)
+    deadline = time.monotonic() + 8
+    try:
+        report = run_cleanup(
+            cleaner, policy=policy, time_left_ms=lambda: int((deadline - time.monotonic()) * 1000), reserve_ms=5_000
+        )
+    finally:
+        connects = cleaner.connects
+        cleaner.close()
+    # Then each statement ended about half a second after it began (the run's statements on one connection, the counts
+    # exact), not 3 s later, its client having given up on it (the connection taken for broken, the statement sent
+    # again while the first still ran on the server)
+    assert connects == 1 and report.counts_exact, (connects, report)

@@ -210,11 +210,12 @@ DECLARE
   ends CONSTANT timestamptz := began + interval '1 millisecond'
                                * CASE WHEN timeout_ms > 0 THEN least({run_ms}, timeout_ms / 2) ELSE {run_ms} END;
   batch_began timestamptz;
+  seen timestamptz := began;  -- the clock's last reading
   paced_from timestamptz;
   busy double precision := 0;
   owed double precision;
   handled bigint := 0;
-  n bigint;
+  n bigint := {batch};  -- ended before its first batch (the clock stepped back): more may be left
   told_at timestamptz := began;
 BEGIN
   -- Every batch READ COMMITTED, whatever the database's default (as every transaction of ours): under REPEATABLE READ a
@@ -224,13 +225,17 @@ BEGIN
   SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
   paced_from := clock_timestamp();
   LOOP
-    PERFORM set_config('synchronous_commit', 'off', true);
     batch_began := clock_timestamp();
+    -- The server's clock stepped back (a correction): its end and its pacing would be measured on a clock gone wrong
+    -- (batches past the end, or none paced): the statement ends here, the next starts over.
+    EXIT WHEN batch_began < seen;
+    PERFORM set_config('synchronous_commit', 'off', true);
     {statement};
     GET DIAGNOSTICS n = ROW_COUNT;
     handled := handled + n;
     COMMIT AND CHAIN;
-    EXIT WHEN n < {batch} OR clock_timestamp() >= ends;
+    seen := clock_timestamp();
+    EXIT WHEN n < {batch} OR seen >= ends OR seen < batch_began;
     IF clock_timestamp() >= told_at + interval '{tell_every_ms} milliseconds' THEN
       PERFORM set_config('client_min_messages', 'notice', true);
       RAISE NOTICE '{told}% 1 so far', handled;
@@ -247,8 +252,8 @@ $paced$"""
 # sleeps 2), so a pause of its own after each batch rounded the batches' share of the time down, to about 16 % where 25
 # was asked at the default batch size; what a pause sleeps over or under is taken from or added to the next.
 _PAUSE = """
-    busy := busy + extract(epoch FROM clock_timestamp() - batch_began);
-    owed := busy * {total} - extract(epoch FROM clock_timestamp() - paced_from);
+    busy := busy + extract(epoch FROM seen - batch_began);
+    owed := busy * {total} - extract(epoch FROM seen - paced_from);
     IF owed >= {floor} THEN
       PERFORM pg_sleep(least(owed - {rounding}, {max_pause}, extract(epoch FROM ends - clock_timestamp())));
     END IF;
