@@ -9,27 +9,37 @@
 --
 -- Refunds (007) still refer to their payment with no rule: a refund is a record of money sent back and is kept, so a
 -- payment refunded through this backend cannot be deleted (docs/integration.md: anonymise the user instead).
+-- The keys are found by the column they constrain, whatever their names (a restore by another tool may have renamed
+-- them): every one of saved_cards(user_id) -> profiles and saved_cards(payment_id) -> payments without the rule is
+-- dropped, and the one with the rule added when none has it.
 DO $migration$
+DECLARE
+  wanted record;
+  found record;
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_constraint
-              WHERE conrelid = 'public.saved_cards'::regclass AND conname = 'saved_cards_user_id_fkey'
-                AND confdeltype <> 'c') THEN
-    ALTER TABLE public.saved_cards DROP CONSTRAINT saved_cards_user_id_fkey;
-  END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                  WHERE conrelid = 'public.saved_cards'::regclass AND conname = 'saved_cards_user_id_fkey') THEN
-    ALTER TABLE public.saved_cards ADD CONSTRAINT saved_cards_user_id_fkey
-      FOREIGN KEY (user_id) REFERENCES public.profiles(id) ON DELETE CASCADE;
-  END IF;
-  IF EXISTS (SELECT 1 FROM pg_constraint
-              WHERE conrelid = 'public.saved_cards'::regclass AND conname = 'saved_cards_payment_id_fkey'
-                AND confdeltype <> 'n') THEN
-    ALTER TABLE public.saved_cards DROP CONSTRAINT saved_cards_payment_id_fkey;
-  END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                  WHERE conrelid = 'public.saved_cards'::regclass AND conname = 'saved_cards_payment_id_fkey') THEN
-    ALTER TABLE public.saved_cards ADD CONSTRAINT saved_cards_payment_id_fkey
-      FOREIGN KEY (payment_id) REFERENCES public.payments(id) ON DELETE SET NULL;
-  END IF;
+  FOR wanted IN
+    SELECT * FROM (VALUES ('user_id', 'public.profiles'::regclass, 'c', 'ON DELETE CASCADE'),
+                          ('payment_id', 'public.payments'::regclass, 'n', 'ON DELETE SET NULL'))
+             AS w(col, parent, rule, clause)
+  LOOP
+    FOR found IN
+      SELECT c.conname FROM pg_constraint c
+       WHERE c.conrelid = 'public.saved_cards'::regclass AND c.contype = 'f' AND c.confrelid = wanted.parent
+         AND c.conkey = ARRAY[(SELECT attnum FROM pg_attribute
+                                WHERE attrelid = 'public.saved_cards'::regclass AND attname = wanted.col)]
+         AND c.confdeltype <> wanted.rule
+    LOOP
+      EXECUTE format('ALTER TABLE public.saved_cards DROP CONSTRAINT %I', found.conname);
+    END LOOP;
+    IF NOT EXISTS (
+      SELECT 1 FROM pg_constraint c
+       WHERE c.conrelid = 'public.saved_cards'::regclass AND c.contype = 'f' AND c.confrelid = wanted.parent
+         AND c.conkey = ARRAY[(SELECT attnum FROM pg_attribute
+                                WHERE attrelid = 'public.saved_cards'::regclass AND attname = wanted.col)])
+    THEN
+      EXECUTE format('ALTER TABLE public.saved_cards ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %s(id) %s',
+                     'saved_cards_' || wanted.col || '_fkey', wanted.col, wanted.parent, wanted.clause);
+    END IF;
+  END LOOP;
 END
 $migration$;

@@ -380,3 +380,34 @@ def test_the_web_app_still_deletes_a_user_or_a_payment_whose_card_was_kept(empty
     conn.run("COMMIT")
     assert conn.run("SELECT count(*) FROM public.saved_cards WHERE user_id = :u::uuid", u=user) == [[0]]
     conn.close()
+
+
+def test_018_finds_the_cards_keys_by_their_columns_whatever_their_names(empty_database_url: str) -> None:
+    # Given a database migrated up to 017 whose card keys were renamed (a restore by another tool)
+    conn = connect(empty_database_url)
+    conn.run(SEED.read_text(encoding="utf-8"))
+    db = database(empty_database_url)
+    migrate(db)
+    db.close()
+    conn.run("""
+        ALTER TABLE public.saved_cards DROP CONSTRAINT saved_cards_user_id_fkey;
+        ALTER TABLE public.saved_cards DROP CONSTRAINT saved_cards_payment_id_fkey;
+        ALTER TABLE public.saved_cards ADD CONSTRAINT saved_cards_user
+          FOREIGN KEY (user_id) REFERENCES public.profiles(id);
+        ALTER TABLE public.saved_cards ADD CONSTRAINT saved_cards_payment
+          FOREIGN KEY (payment_id) REFERENCES public.payments(id);
+        DELETE FROM public.schema_migrations WHERE version = '018';
+    """)
+    # When 018 runs (and again, by hand)
+    db = database(empty_database_url)
+    assert any("018" in name for name in migrate(db))
+    db.close()
+    sql = (Path(__file__).resolve().parents[2] / "sql" / "018_saved_cards_go_with_their_user.sql").read_text()
+    conn.run(sql)
+    # Then each column has one key, with the rule
+    keys = conn.run("""
+        SELECT a.attname, c.confdeltype FROM pg_constraint c
+          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+         WHERE c.conrelid = 'public.saved_cards'::regclass AND c.contype = 'f' ORDER BY 1""")
+    assert keys == [["payment_id", "n"], ["user_id", "c"]]
+    conn.close()
