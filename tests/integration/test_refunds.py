@@ -629,3 +629,28 @@ def test_a_refund_never_sent_is_taken_up_again_only_for_the_request_it_was_made_
     answer = admin.refund(pid, "K", "10.00", reason="paid twice")
     assert answer.status == 201 and answer.body["hypay_transaction_id"] == first.id, answer.body
     assert env.sim.refunded == {first.id: 1000}
+
+
+def test_a_refund_never_sent_from_before_017_is_not_taken_up_for_the_payments_own_transaction(
+    env: Env, admin: Admin, backend_login: str
+) -> None:
+    # Given a payment page paid twice, and a refund of the SECOND charge with key K never sent (Hyp unreachable),
+    # written before 017 (its row keeps no request)
+    created = post({"credit_pack_id": STARTER}, key="twice").json
+    first = env.sim.pay(created["payment_url"])
+    redirect(first)
+    second = env.sim.pay(created["payment_url"])
+    redirect(second)
+    pid = created["payment_id"]
+    with Admin(env, backend_login, url="http://127.0.0.1:9/p/") as down, pytest.raises(GatewayNotAsked):
+        down.refund(pid, "K", "10.00", hypay_id=second.id, reason="paid twice")
+    env.rows("UPDATE refunds SET request = NULL WHERE payment_id = :p::uuid", p=pid)
+    # When K is sent again naming no transaction (the payment's own: the first charge) / Then it is refused: the row
+    # taken up again would have refunded the second charge, which this request did not name
+    with pytest.raises(IdempotencyKeyReused):
+        admin.refund(pid, "K", "10.00", reason="paid twice")
+    assert env.sim.refunded == {}
+    # And K sent again naming the second charge refunds it, once
+    answer = admin.refund(pid, "K", "10.00", hypay_id=second.id, reason="paid twice")
+    assert answer.status == 201 and answer.body["hypay_transaction_id"] == second.id, answer.body
+    assert env.sim.refunded == {second.id: 1000}

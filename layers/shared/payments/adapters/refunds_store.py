@@ -400,9 +400,9 @@ def _row(values: list[Any]) -> RefundRow:
 
 def _asked_otherwise(row: RefundRow, request: dict[str, Any] | None, hypay_id: str | None) -> bool:
     """Whether a request differs from the one the row was made for (as far as a row from before 017, which keeps
-    none, tells: the transaction it names)."""
-    if row.request is not None and request is not None and row.request != request:
-        return True
+    none, tells: the transaction it is for, `hypay_id`)."""
+    if row.request is not None:
+        return request is not None and row.request != request
     return hypay_id is not None and hypay_id.lstrip("0") != row.original_hypay_id.lstrip("0")
 
 
@@ -439,6 +439,16 @@ class RefundsStore:
         writer of an outcome locks the payment first, so a writer that held the lock meanwhile has committed, and a
         second outcome is never written over the first (nor a conditional update left with no row)."""
         return _row(tx.run(bind(_BY_ID, id=str(refund_id)))[0])
+
+    def _meant(self, tx: Transaction, payment_id: UUID, row: RefundRow) -> str | None:
+        """For a row from before 017 (it keeps no request), the transaction a request naming none is for: the one a
+        refund of the payment reverses by default ("" when none can be: then not the row's)."""
+        if row.request is not None:
+            return None
+        try:
+            return self._target(tx, payment_id, None, None, planning=True).original_hypay_id
+        except NotRefundable:
+            return ""
 
     def _target(
         self, tx: Transaction, payment_id: UUID, hypay_id: str | None, me: UUID | None, *, planning: bool = False
@@ -573,7 +583,7 @@ class RefundsStore:
                 return Began(row, target, created=True)  # our own insert, committed before the connection broke
             if row is not None and not row.released:
                 return Began(row, target, created=False)
-            if row is not None and _asked_otherwise(row, request, hypay_id):
+            if row is not None and _asked_otherwise(row, request, hypay_id or self._meant(tx, payment_id, row)):
                 # Released (Hyp never asked), its idempotency record deleted with it: the key may be sent again for
                 # the same request only. Taken up for another, the row would refund its own transaction (the one the
                 # first request named) for a request naming another.
