@@ -345,13 +345,19 @@ _ERASE_USER = [
 ]
 
 
-def test_the_web_app_still_deletes_a_user_or_a_payment_whose_card_was_kept(empty_database_url: str) -> None:
-    # Given the production database migrated, and a user whose card the backend kept after two payments
-    conn = connect(empty_database_url)
+def _migrated_production(url: str) -> pg8000.native.Connection:
+    """The production database (the seed schema) migrated; a connection to it."""
+    conn = connect(url)
     conn.run(SEED.read_text(encoding="utf-8"))
-    db = database(empty_database_url)
+    db = database(url)
     migrate(db)
     db.close()
+    return conn
+
+
+def test_the_web_app_still_deletes_a_user_or_a_payment_whose_card_was_kept(empty_database_url: str) -> None:
+    # Given the production database migrated, and a user whose card the backend kept after two payments
+    conn = _migrated_production(empty_database_url)
     user, first, second = (
         "5eed0000-0000-4000-8000-000000000001",
         "5eed0000-0000-4000-8000-000000000002",
@@ -384,11 +390,7 @@ def test_the_web_app_still_deletes_a_user_or_a_payment_whose_card_was_kept(empty
 
 def test_018_finds_the_cards_keys_by_their_columns_whatever_their_names(empty_database_url: str) -> None:
     # Given a database migrated up to 017 whose card keys were renamed (a restore by another tool)
-    conn = connect(empty_database_url)
-    conn.run(SEED.read_text(encoding="utf-8"))
-    db = database(empty_database_url)
-    migrate(db)
-    db.close()
+    conn = _migrated_production(empty_database_url)
     conn.run("""
         ALTER TABLE public.saved_cards DROP CONSTRAINT saved_cards_user_id_fkey;
         ALTER TABLE public.saved_cards DROP CONSTRAINT saved_cards_payment_id_fkey;

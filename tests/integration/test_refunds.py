@@ -215,18 +215,14 @@ def test_credits_already_spent_are_taken_back_only_down_to_zero(env: Env, admin:
 
 def test_a_second_charge_is_refunded_by_its_own_id_and_takes_no_credits(env: Env, admin: Admin) -> None:
     # Given the same payment page paid twice: the second charge is journaled for review
-    created = post({"credit_pack_id": STARTER}, key="twice").json
-    first = env.sim.pay(created["payment_url"])
-    redirect(first)
-    second = env.sim.pay(created["payment_url"])
-    redirect(second)
+    pid, _, second = _paid_twice(env)
     before = env.credits()
-    answer = admin.refund(created["payment_id"], "sc-1", hypay_id=second.id, reason="paid twice")
+    answer = admin.refund(pid, "sc-1", hypay_id=second.id, reason="paid twice")
     assert answer.status == 201 and answer.body["hypay_transaction_id"] == second.id, answer.body
     assert answer.body["credits_taken"] == 0 and env.credits() == before
     assert env.sim.refunded == {second.id: 4990}
     # A Hyp Id that is not a paying transaction of this payment is refused before Hyp
-    assert admin.refund(created["payment_id"], "sc-2", hypay_id="123").status == 409
+    assert admin.refund(pid, "sc-2", hypay_id="123").status == 409
 
 
 # -- refused -------------------------------------------------------------------------------------
@@ -576,12 +572,7 @@ def test_a_key_reused_for_another_refund_after_its_record_is_gone_is_refused_not
 
 def test_a_key_reused_for_another_transaction_after_its_record_is_gone_is_refused(env: Env, admin: Admin) -> None:
     # Given a payment page paid twice; the first charge partly refunded with key K, its record purged
-    created = post({"credit_pack_id": STARTER}, key="twice").json
-    first = env.sim.pay(created["payment_url"])
-    redirect(first)
-    second = env.sim.pay(created["payment_url"])
-    redirect(second)
-    pid = created["payment_id"]
+    pid, _, second = _paid_twice(env)
     assert admin.refund(pid, "K", "10.00", reason="paid twice").status == 201
     _records_purged(env)
     # When the second charge is refunded with the same key (same amount and reason)
@@ -603,20 +594,30 @@ def test_a_refund_row_from_before_its_request_was_kept_is_answered_as_before(env
     assert env.sim.refunded[txn.id] == 2000
 
 
+def _paid_twice(env: Env) -> tuple[str, Transaction, Transaction]:
+    """A payment page paid twice: the payment, its first charge (its own) and its second (journaled for review)."""
+    created = post({"credit_pack_id": STARTER}, key="twice").json
+    first = env.sim.pay(created["payment_url"])
+    redirect(first)
+    second = env.sim.pay(created["payment_url"])
+    redirect(second)
+    return created["payment_id"], first, second
+
+
+def _never_sent(env: Env, backend_login: str, pid: str, **kw: object) -> None:
+    """A refund of 10.00 with key K that was never sent (Hyp unreachable): released, its idempotency record deleted."""
+    with Admin(env, backend_login, url="http://127.0.0.1:9/p/") as down, pytest.raises(GatewayNotAsked):
+        down.refund(pid, "K", "10.00", reason="paid twice", **kw)
+
+
 @pytest.mark.parametrize("kept", [True, False], ids=["request kept", "row from before 017"])
 def test_a_refund_never_sent_is_taken_up_again_only_for_the_request_it_was_made_for(
     env: Env, admin: Admin, backend_login: str, kept: bool
 ) -> None:
     # Given a payment page paid twice, and a refund of the first charge with key K never sent (Hyp unreachable):
     # released, its idempotency record deleted with it
-    created = post({"credit_pack_id": STARTER}, key="twice").json
-    first = env.sim.pay(created["payment_url"])
-    redirect(first)
-    second = env.sim.pay(created["payment_url"])
-    redirect(second)
-    pid = created["payment_id"]
-    with Admin(env, backend_login, url="http://127.0.0.1:9/p/") as down, pytest.raises(GatewayNotAsked):
-        down.refund(pid, "K", "10.00", reason="paid twice")
+    pid, first, second = _paid_twice(env)
+    _never_sent(env, backend_login, pid)
     assert [r[0] for r in refunds(env, pid)] == ["refused"]
     if not kept:
         env.rows("UPDATE refunds SET request = NULL WHERE payment_id = :p::uuid", p=pid)
@@ -636,14 +637,8 @@ def test_a_refund_never_sent_from_before_017_is_not_taken_up_for_the_payments_ow
 ) -> None:
     # Given a payment page paid twice, and a refund of the SECOND charge with key K never sent (Hyp unreachable),
     # written before 017 (its row keeps no request)
-    created = post({"credit_pack_id": STARTER}, key="twice").json
-    first = env.sim.pay(created["payment_url"])
-    redirect(first)
-    second = env.sim.pay(created["payment_url"])
-    redirect(second)
-    pid = created["payment_id"]
-    with Admin(env, backend_login, url="http://127.0.0.1:9/p/") as down, pytest.raises(GatewayNotAsked):
-        down.refund(pid, "K", "10.00", hypay_id=second.id, reason="paid twice")
+    pid, _, second = _paid_twice(env)
+    _never_sent(env, backend_login, pid, hypay_id=second.id)
     env.rows("UPDATE refunds SET request = NULL WHERE payment_id = :p::uuid", p=pid)
     # When K is sent again naming no transaction (the payment's own: the first charge) / Then it is refused: the row
     # taken up again would have refunded the second charge, which this request did not name
