@@ -37,8 +37,15 @@ BEGIN
          AND c.conkey = ARRAY[(SELECT attnum FROM pg_attribute
                                 WHERE attrelid = 'public.saved_cards'::regclass AND attname = wanted.col)])
     THEN
-      EXECUTE format('ALTER TABLE public.saved_cards ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %s(id) %s',
-                     'saved_cards_' || wanted.col || '_fkey', wanted.col, wanted.parent, wanted.clause);
+      IF EXISTS (SELECT 1 FROM pg_constraint
+                  WHERE conrelid = 'public.saved_cards'::regclass AND conname = 'saved_cards_' || wanted.col || '_fkey')
+      THEN  -- the usual name is another key's (the column refers to another table too): the server names this one
+        EXECUTE format('ALTER TABLE public.saved_cards ADD FOREIGN KEY (%I) REFERENCES %s(id) %s',
+                       wanted.col, wanted.parent, wanted.clause);
+      ELSE
+        EXECUTE format('ALTER TABLE public.saved_cards ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %s(id) %s',
+                       'saved_cards_' || wanted.col || '_fkey', wanted.col, wanted.parent, wanted.clause);
+      END IF;
     END IF;
   END LOOP;
 END

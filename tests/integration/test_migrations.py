@@ -413,3 +413,32 @@ def test_018_finds_the_cards_keys_by_their_columns_whatever_their_names(empty_da
          WHERE c.conrelid = 'public.saved_cards'::regclass AND c.contype = 'f' ORDER BY 1""")
     assert keys == [["payment_id", "n"], ["user_id", "c"]]
     conn.close()
+
+
+@pytest.mark.parametrize("column", ["user_id", "payment_id"])
+def test_018_runs_where_the_usual_key_name_is_a_key_to_another_table(empty_database_url: str, column: str) -> None:
+    # Given saved_cards' column also constrained to another table under the name 018 would give its own key (a
+    # saved_cards made before 003, referring to auth.users, say)
+    conn = _migrated_production(empty_database_url)
+    conn.run(f"""
+        CREATE TABLE public.accounts (id uuid PRIMARY KEY);
+        ALTER TABLE public.saved_cards DROP CONSTRAINT saved_cards_{column}_fkey;
+        ALTER TABLE public.saved_cards ADD CONSTRAINT saved_cards_{column}_fkey
+          FOREIGN KEY ({column}) REFERENCES public.accounts(id) NOT VALID;
+        DELETE FROM public.schema_migrations WHERE version = '018';
+    """)
+    # When 018 runs / Then it adds its key under a name of the server's, and leaves the other table's
+    db = database(empty_database_url)
+    migrate(db)
+    db.close()
+    keys = conn.run(
+        """
+        SELECT c.confrelid::regclass::text, c.confdeltype FROM pg_constraint c
+          JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+         WHERE c.conrelid = 'public.saved_cards'::regclass AND c.contype = 'f' AND a.attname = :col ORDER BY 1""",
+        col=column,
+    )
+    rule = "c" if column == "user_id" else "n"
+    parent = "profiles" if column == "user_id" else "payments"
+    assert sorted(keys) == sorted([["accounts", "a"], [parent, rule]]), keys
+    conn.close()
