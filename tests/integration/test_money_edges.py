@@ -654,6 +654,21 @@ def test_a_card_the_database_refuses_for_good_is_given_up_once_not_not_yet_forev
     assert env.rows("SELECT count(*) FROM saved_cards") == [[0]]
 
 
+def test_a_card_a_trigger_refuses_is_given_up_once(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a trigger on saved_cards that refuses every card (RAISE: P0001), and a buyer who asked to keep theirs
+    env.rows("""
+        CREATE FUNCTION refuse_cards() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'no cards kept here'; END $$;
+        CREATE TRIGGER refuse_cards BEFORE INSERT OR UPDATE ON saved_cards FOR EACH ROW EXECUTE FUNCTION refuse_cards();
+    """)
+    payment = buy(env, key="keep-trigger", save_card=True)
+    transaction = pay(env, payment)
+    # When Hyp delivers its notify twice / Then the card is given up once, every delivery answered
+    assert [notify(transaction.redirect_query).status for _ in range(2)] == [200, 200]
+    totals = metric_totals(capsys.readouterr().out)
+    assert totals.get("CardNotSaved", 0) >= 1 and not totals.get("CardNotSavedYet"), totals
+
+
 def test_a_card_not_saved_because_our_grant_is_missing_is_saved_once_it_is_back(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -106,10 +106,11 @@ class QueryError(PaymentError):
 
     @property
     def bad_data(self) -> bool:
-        """The values were refused (class 22: a value out of range, malformed; class 23: a constraint): the same values
-        sent again are refused again. Not a permission, a missing table or column, a read-only server after a
-        failover (42, 25: a configuration or an outage of ours, fixed without the data changing)."""
-        return (self.sqlstate or "")[:2] in ("22", "23")
+        """The values were refused (class 22: a value out of range, malformed; class 23: a constraint; P0: a trigger's
+        own refusal, RAISE): the same values sent again are refused again. Not a permission, a missing table or
+        column, a read-only server after a failover (42, 25: a configuration or an outage of ours, fixed without the
+        data changing)."""
+        return (self.sqlstate or "")[:2] in ("22", "23", "P0")
 
 
 def stored_money(amount: Any, currency: Any = "ILS") -> Money:
