@@ -1,5 +1,6 @@
 -- 018: a saved card never stops the web app from deleting a user or a payment. Changes only the backend's own table's
--- foreign keys (saved_cards, 003). Safe to re-run.
+-- foreign keys (saved_cards, 003); replacing them locks profiles and payments for a moment (their key's triggers
+-- change), taken up front by the migration runner, which gives way to the web app's requests. Safe to re-run.
 
 -- 003 made saved_cards refer to profiles and payments with no rule for their deletion: once the backend had kept a
 -- user's card, the web app's deletion of that user (its payments, then the profile), which worked on the schema it
@@ -18,9 +19,13 @@ DECLARE
   found record;
 BEGIN
   FOR wanted IN
-    SELECT * FROM (VALUES ('user_id', 'public.profiles'::regclass, 'c', 'ON DELETE CASCADE'),
-                          ('payment_id', 'public.payments'::regclass, 'n', 'ON DELETE SET NULL'))
-             AS w(col, parent, rule, clause)
+    -- The referenced tables named as plain strings: dropping a key locks its table ACCESS EXCLUSIVE (its triggers go),
+    -- and the migration runner reads the tables a file with statements built at run time locks from such strings, to
+    -- take every lock before any file runs.
+    SELECT w.col, to_regclass('public.' || w.parent_name) AS parent, w.rule, w.clause
+      FROM (VALUES ('user_id', 'profiles', 'c', 'REFERENCES public.profiles(id) ON DELETE CASCADE'),
+                   ('payment_id', 'payments', 'n', 'REFERENCES public.payments(id) ON DELETE SET NULL'))
+           AS w(col, parent_name, rule, clause)
   LOOP
     FOR found IN
       SELECT c.conname FROM pg_constraint c
@@ -40,11 +45,10 @@ BEGIN
       IF EXISTS (SELECT 1 FROM pg_constraint
                   WHERE conrelid = 'public.saved_cards'::regclass AND conname = 'saved_cards_' || wanted.col || '_fkey')
       THEN  -- the usual name is another key's (the column refers to another table too): the server names this one
-        EXECUTE format('ALTER TABLE public.saved_cards ADD FOREIGN KEY (%I) REFERENCES %s(id) %s',
-                       wanted.col, wanted.parent, wanted.clause);
+        EXECUTE format('ALTER TABLE public.saved_cards ADD FOREIGN KEY (%I) %s', wanted.col, wanted.clause);
       ELSE
-        EXECUTE format('ALTER TABLE public.saved_cards ADD CONSTRAINT %I FOREIGN KEY (%I) REFERENCES %s(id) %s',
-                       'saved_cards_' || wanted.col || '_fkey', wanted.col, wanted.parent, wanted.clause);
+        EXECUTE format('ALTER TABLE public.saved_cards ADD CONSTRAINT %I FOREIGN KEY (%I) %s',
+                       'saved_cards_' || wanted.col || '_fkey', wanted.col, wanted.clause);
       END IF;
     END IF;
   END LOOP;
