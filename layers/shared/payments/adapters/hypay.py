@@ -275,7 +275,11 @@ def _urlopen(request: urllib.request.Request, timeout: float) -> bytes:
         _calling.call = call
         try:
             with _opener().open(request, timeout=timeout) as response:
-                outcome.append(response.read())
+                # A too-long answer is read only as far as needed to know it (`parse_answer` refuses it); any
+                # other whole, as declared (read with a size, http.client would return a cut answer as if complete)
+                length = getattr(response, "length", None)
+                longest = protocol.MAX_ANSWER_BYTES
+                outcome.append(response.read(longest + 1) if length is None or length > longest else response.read())
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
             outcome.append(exc)
 

@@ -386,21 +386,50 @@ class Answer(Record):
 
     @property
     def ccode(self) -> int | None:
+        """The answer's code, or None when it has none or one Hyp never writes (`+0`, ` 0`, an Arabic-Indic zero,
+        `0000`: what `int()` would read as an approval is not Hyp's): then whatever happened is unknown."""
         value = self.fields.get("CCode")
-        try:
-            return int(value) if value is not None else None
-        except ValueError:
+        if value is None or not _CCODE.fullmatch(value):
             return None
+        return int(value)
+
+
+_CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)  # as a callback's CCode (`malformed`)
+# Hyp's answers are a few hundred bytes; a longer one is not Hyp's, and would be stored and handed on (a page URL, a
+# decline's message) into answers over Lambda's 6 MB limit.
+MAX_ANSWER_BYTES = 64 * 1024
+MESSAGE_CHARS = 200  # of Hyp's free text (errMsg) kept and handed on, as a callback's
 
 
 def parse_answer(body: bytes) -> Answer:
-    """Hyp answers HTTP 200 with a query string, even on errors; an HTML page means a system error."""
+    """Hyp answers HTTP 200 with a query string, even on errors; an HTML page means a system error.
+
+    A field named twice with different values (`CCode=0&...&CCode=4`) is refused: which one Hyp meant is unknown, and
+    the last one winning could record a charge or refund that moved money as declined (a callback's repeated name
+    is refused likewise, `callback_refusal`). The Id, when it is not the field repeated, still names the transaction
+    to look up."""
+    if len(body) > MAX_ANSWER_BYTES:
+        raise GatewayUnavailable(f"Hypay's answer is too long ({len(body)} bytes)")
     text = body.decode("latin-1").strip()  # bytes as-is: percent-encoded values are decoded per field
     if not text or text.lstrip().startswith("<") or "<html" in text[:512].lower():
         raise GatewayUnavailable("Hypay answered with an error page instead of a result")
     if "=" not in text:
         raise GatewayUnavailable("Hypay answered something that is not a result")
-    return Answer(decode_query(text), text)
+    fields = decode_query(text)
+    if not _fields(text)[1]:
+        seen: dict[str, str] = {}
+        twice = sorted({name for name, value in _decoded_pairs(text) if seen.setdefault(name, value) != value})
+        if twice:
+            raise GatewayUnavailable(
+                f"Hypay answered {', '.join(twice[:5])} twice, with different values",
+                transaction_id=hyp_id(fields.get("Id")) if "Id" not in twice else None,
+            )
+    return Answer(fields, text)
+
+
+def _decoded_pairs(raw: str) -> list[tuple[str, str]]:
+    """Every (name, decoded value) of a query, repeats included, in order."""
+    return [(name, decode_value(value)) for name, value in _split(raw)]
 
 
 def raise_for_ccode(answer: Answer, action: str, *, invalid_is_ours: bool = True) -> None:
@@ -410,7 +439,7 @@ def raise_for_ccode(answer: Answer, action: str, *, invalid_is_ours: bool = True
     code = answer.ccode
     if code == APPROVED:
         return
-    hyp_message = redact(answer.fields.get("errMsg", "").strip()) or None
+    hyp_message = redact(answer.fields.get("errMsg", "").strip())[:MESSAGE_CHARS] or None
     if code is None:
         # Whatever happened is unknown; the Id, when the answer has one, names the transaction to look up.
         raise GatewayUnavailable(

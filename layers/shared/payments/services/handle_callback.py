@@ -121,7 +121,9 @@ class Callback(Record):
             approval_code=acode if _APPROVAL_CODE.fullmatch(acode) else "",
             invoice_number=hesh if _INVOICE_NUMBER.fullmatch(hesh) else None,
             last4=last4 if _LAST4.fullmatch(last4) else None,
-            message=(protocol.redact(fields.get("errMsg", "").strip())[:200] or None) if currency_trusted else None,
+            message=(protocol.redact(fields.get("errMsg", "").strip())[: protocol.MESSAGE_CHARS] or None)
+            if currency_trusted
+            else None,
             currency_trusted=currency_trusted,
             currency_known=currency_known,
             raw_query=raw_query,
