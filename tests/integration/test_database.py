@@ -91,6 +91,29 @@ def test_break_inside_a_transaction_is_an_error_and_leaves_nothing(db: Database,
     admin.close()
 
 
+def test_a_connection_to_a_server_turned_read_only_is_dropped_and_the_write_sent_anew(db: Database) -> None:
+    # Given a connection kept from before a failover, now to a server that is read-only (here: this session only)
+    db.run("SET default_transaction_read_only = on")
+    # When a write is sent on it / Then the server's refusal (25006) drops it, and the write goes out once more on a
+    # fresh connection (to whatever server the name now names): it is written, no error
+    assert db.run("INSERT INTO rate_limits (bucket, window_start, count) VALUES ('ro', now(), 1) RETURNING count") == [
+        [1]
+    ]
+    assert (db.connects, db.resent) == (2, 1)
+
+
+def test_a_transaction_refused_by_a_read_only_server_is_not_yet_and_the_next_one_reconnects(db: Database) -> None:
+    db.run("SET default_transaction_read_only = on")
+    # A read-only server refuses a transaction's write: nothing was written, an outage of ours ("not yet"), never a
+    # statement refused for good (which a callback's path counts and alarms as CallbackNotSettled)
+    with pytest.raises(DatabaseUnavailable), db.transaction() as tx:
+        tx.run("INSERT INTO rate_limits (bucket, window_start, count) VALUES ('ro', now(), 1)")
+    with db.transaction() as tx:
+        tx.run("INSERT INTO rate_limits (bucket, window_start, count) VALUES ('ro', now(), 2)")
+    assert db.run("SELECT count FROM rate_limits WHERE bucket = 'ro'") == [[2]]
+    assert db.connects == 2
+
+
 def test_error_inside_a_transaction_rolls_back(db: Database) -> None:
     with pytest.raises(RuntimeError), db.transaction() as tx:
         tx.run("INSERT INTO rate_limits (bucket, window_start, count) VALUES ('t', now(), 1)")

@@ -1,7 +1,8 @@
 """Proof, continued: faults the Injector does not enumerate, found automatically at every step.
 
 1. A statement the database cancels (57014, statement timeout), cannot lock in time (55P03, lock_not_available) or
-   fails for a resource or the system (53100 out of disk, 58030 an I/O error):
+   fails for a resource or the system (53100 out of disk, 58030 an I/O error), or is refused by a server turned
+   read-only (25006, after a failover):
    "not yet" failures that pass by themselves, at every database statement of every money flow (purchase,
    redirect, notify, saved-card charge, every admin refund/settle/resolve flow). The statement does not run (a
    cancelled statement commits nothing; inside a transaction, the transaction is rolled back). Only that one
@@ -38,7 +39,14 @@ from tests.support.pg import database
 
 # A statement cancelled or not granted its lock in time, and failures of the classes that pass (out of disk: 53, an
 # I/O error: 58): ours and passing, "not yet" wherever they strike.
-TRANSIENT = {"statement_timeout": "57014", "lock_timeout": "55P03", "disk_full": "53100", "io_error": "58030"}
+# A write refused by a server turned read-only (25006, a failover): the connection is dropped, the statement sent anew.
+TRANSIENT = {
+    "statement_timeout": "57014",
+    "lock_timeout": "55P03",
+    "disk_full": "53100",
+    "io_error": "58030",
+    "read_only": "25006",
+}
 
 
 class Transient(DatabaseFaults):

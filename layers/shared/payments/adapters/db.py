@@ -49,6 +49,10 @@ SYSTEM_CAS = "system"
 
 # SQLSTATEs after which the session is gone: the connection is discarded.
 _SESSION_GONE = ("57P01", "57P02", "57P03", "08000", "08003", "08006")
+# A write refused by a server that is read-only (25006): after a failover, a connection kept from before may be one to
+# the demoted writer or a standby, for as long as it lives. Nothing was written; the connection is dropped like a
+# broken one, so that the statement (or the next request) connects anew, to the server the name now resolves to.
+_READ_ONLY_SERVER = "25006"
 _AUTH_FAILED = ("28P01", "28000")
 # Serialization failure and deadlock: the server rolled the statement (or transaction) back, so
 # running it again is always safe. Retried a few times with jittered backoff.
@@ -678,7 +682,7 @@ class Database:
             return (conn.run(sql, **params) if params else conn.run(sql)) or []
         except DatabaseError as exc:
             state = _sqlstate(exc)
-            if state in _SESSION_GONE:
+            if state in _SESSION_GONE or state == _READ_ONLY_SERVER:
                 self._discard()
                 raise _Broken(exc) from exc
             raise QueryError(_message(exc), state) from exc
