@@ -123,6 +123,8 @@ class Harness:
         self.injector = injector
         self.serial = 0
         self.lost_answers: set[str] = set()  # saved-card charges no live invocation read the answer of
+        # Faults that, at the saved-card charge, leave Hyp's answer unread (the charge's outcome unknown)
+        self.answer_losing: frozenset[str] = frozenset({"drop_after"})
         self.reported: set[str] = set()
         self.baseline = {user: row for user, *row in self.balances()}
 
@@ -254,7 +256,7 @@ class Harness:
         if (
             soft is not None
             and at is not None
-            and ((fault == "drop_after" and at == soft) or (fault == "killed" and at >= soft))
+            and ((fault in self.answer_losing and at == soft) or (fault == "killed" and at >= soft))
         ):
             self.lost_answers |= {
                 t.id for i, t in self.env.sim.transactions.items() if i not in before and is_token_charge(t)
