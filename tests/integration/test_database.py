@@ -106,7 +106,10 @@ def test_a_transaction_refused_by_a_read_only_server_is_not_yet_and_the_next_one
     db.run("SET default_transaction_read_only = on")
     # A read-only server refuses a transaction's write: nothing was written, an outage of ours ("not yet"), never a
     # statement refused for good (which a callback's path counts and alarms as CallbackNotSettled)
-    with pytest.raises(DatabaseUnavailable), db.transaction() as tx:
+    with (
+        pytest.raises(DatabaseUnavailable, match=r"not committed: the server is read-only \(25006\)"),
+        db.transaction() as tx,
+    ):
         tx.run("INSERT INTO rate_limits (bucket, window_start, count) VALUES ('ro', now(), 1)")
     with db.transaction() as tx:
         tx.run("INSERT INTO rate_limits (bucket, window_start, count) VALUES ('ro', now(), 2)")

@@ -128,14 +128,27 @@ def _cut(conn: socket.socket) -> None:
     conn.shutdown(socket.SHUT_RDWR)
 
 
+def _cut_long(conn: socket.socket) -> None:
+    # A decline declared longer than any answer of Hyp's, ending after a few bytes: cut, not a decline
+    body = b"Id=12345678&CCode=4&errMsg=declined"
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (protocol.MAX_ANSWER_BYTES + 5000, body))
+    conn.shutdown(socket.SHUT_RDWR)
+
+
+def _cut_chunk(conn: socket.socket) -> None:
+    body = b"Id=12345678&CCode=4&errMsg=declined"
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s" % (len(body) + 40, body))
+    conn.shutdown(socket.SHUT_RDWR)
+
+
 @pytest.fixture(params=[_declared, _chunked, _close_delimited], ids=["content-length", "chunked", "until-close"])
 def long_answer(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from _serve(request.param)
 
 
-@pytest.fixture
-def cut_answer() -> Iterator[str]:
-    yield from _serve(_cut)
+@pytest.fixture(params=[_cut, _cut_long, _cut_chunk], ids=["declared", "declared-too-long", "chunked"])
+def cut_answer(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from _serve(request.param)
 
 
 def _charge(url: str) -> object:

@@ -684,7 +684,7 @@ class Database:
             state = _sqlstate(exc)
             if state in _SESSION_GONE or state == _READ_ONLY_SERVER:
                 self._discard()
-                raise _Broken(exc) from exc
+                raise _Broken(exc, "the server is read-only (25006)" if state == _READ_ONLY_SERVER else "") from exc
             raise QueryError(_message(exc), state) from exc
         except (InterfaceError, OSError) as exc:  # network error, timeout, closed socket
             self._discard()
@@ -725,7 +725,9 @@ class Database:
         try:
             return self._send(self._connection(), sql, heard)
         except _Broken as exc:
-            raise DatabaseUnavailable("the database connection broke; the statement may not have run") from exc
+            raise DatabaseUnavailable(
+                exc.said("the database connection broke; the statement may not have run")
+            ) from exc
 
     def _send(self, conn: pg8000.native.Connection, sql: str, heard: list[list[str]] | None) -> Rows:
         """`_execute`, with the limits near the invocation's end (`_near_the_end`; not for a statement whose notices
@@ -815,7 +817,7 @@ class Database:
                     conn = self._connection()
                     self._execute(conn, self._begin(read_committed))
                 except _Broken as exc:
-                    raise DatabaseUnavailable("could not start a database transaction") from exc
+                    raise DatabaseUnavailable(exc.said("could not start a database transaction")) from exc
             tx = Transaction(self, conn)
             committing = False
             try:
@@ -824,9 +826,11 @@ class Database:
                 self._execute(conn, "COMMIT")
             except _Broken as exc:
                 raise DatabaseUnavailable(
-                    "the database connection broke at the transaction's COMMIT; it may have committed"
-                    if committing
-                    else "the database connection broke inside a transaction; it was not committed"
+                    exc.said(
+                        "the database connection broke at the transaction's COMMIT; it may have committed"
+                        if committing
+                        else "the database connection broke inside a transaction; it was not committed"
+                    )
                 ) from exc
             except BaseException:
                 if self._conn is conn:
@@ -877,7 +881,15 @@ def _backoff(attempt: int) -> None:
 
 
 class _Broken(Exception):
-    """Internal: the connection is unusable (already discarded)."""
+    """Internal: the connection is unusable (already discarded); `why`, when known beyond a broken connection."""
+
+    def __init__(self, cause: BaseException, why: str = "") -> None:
+        super().__init__(cause)
+        self.why = why
+
+    def said(self, message: str) -> str:
+        """`message`, with why the connection was given up when it was not simply broken."""
+        return f"{message}: {self.why}" if self.why else message
 
 
 _default: Database | None = None

@@ -276,10 +276,17 @@ def _urlopen(request: urllib.request.Request, timeout: float) -> bytes:
         try:
             with _opener().open(request, timeout=timeout) as response:
                 # A too-long answer is read only as far as needed to know it (`parse_answer` refuses it); any
-                # other whole, as declared (read with a size, http.client would return a cut answer as if complete)
+                # other whole, as declared. Read with a size, http.client returns a cut answer as if complete: one
+                # declared too long that ends sooner is cut, whatever it says.
                 length = getattr(response, "length", None)
                 longest = protocol.MAX_ANSWER_BYTES
-                outcome.append(response.read(longest + 1) if length is None or length > longest else response.read())
+                if length is not None and length <= longest:
+                    outcome.append(response.read())
+                else:
+                    body = response.read(longest + 1)
+                    if length is not None and len(body) <= longest:
+                        raise http.client.IncompleteRead(body, length - len(body))
+                    outcome.append(body)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, raised there
             outcome.append(exc)
 
