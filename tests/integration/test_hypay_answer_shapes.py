@@ -7,6 +7,7 @@ on at a size Lambda cannot answer with."""
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from payments.adapters.hypay import HypayClient, HypayCredentials, Token
 from payments.domain.money import Money
+from tests.integration.test_review import admin  # noqa: F401 - the admin tokens fixture
 from tests.support.payments import CVV, PRO, STARTER, Env, post
 
 LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024  # a synchronous invocation's answer; larger is a Lambda error (API GW 5xx)
@@ -185,10 +187,68 @@ def test_a_refund_answered_with_two_ccodes_is_not_refused(env: Env, backend_logi
     pid = created["payment_id"]
     assert env.status(pid) == "completed"
     proxy.rewrites["zikoyAPI"] = lambda data: data + b"&CCode=4"
-    with Admin(env, backend_login, url=proxy.url) as admin:
-        first = admin.refund(pid, "r-1", "20.00")
+    with Admin(env, backend_login, url=proxy.url) as operator:
+        first = operator.refund(pid, "r-1", "20.00")
     rows = env.rows("SELECT status, ccode FROM refunds WHERE payment_id = :p::uuid", p=pid)
     # Hyp made the refund (CCode=0 first): an answer that also says CCode=4 is an unknown outcome, to be confirmed
     # at Hyp, never a refusal the admin would answer by asking again under a new key
     assert env.sim.refunded[txn.id] == 2000
     assert (first.status, first.body["status"], rows) == (202, "unknown", [["unknown", None]]), (first.body, rows)
+
+
+# -- A field named twice whose name is a card number (a malformed answer's unencoded `&` in its free text) ---------
+
+PAN = "5326105300985614"  # Hyp's approving test card
+# A Hyp answer whose free text holds an unencoded '&' (a malfunctioning Hyp): the card number lands in a field *name*,
+# given twice with different values.
+TWICE = f"&{PAN}=a&{PAN}=b".encode()
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(r.getMessage() + " " + json.dumps(r.__dict__, default=str) for r in caplog.get_records("call"))
+
+
+def _tables(env: Env) -> str:
+    out = []
+    for table in ("refunds", "payments", "hypay_transactions", "admin_audit_log", "idempotency_keys"):
+        out += [r[0] for r in env.rows(f"SELECT row_to_json(t)::text FROM {table} t")]
+    return "\n".join(out)
+
+
+@pytest.mark.usefixtures("admin")
+def test_a_refund_answer_naming_a_card_number_twice_is_not_stored_or_logged(
+    env: Env, backend_login: str, proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.integration.test_refunds import Admin, redirect
+    from tests.integration.test_review import queue
+
+    created = post({"credit_pack_id": STARTER}, key="buy-1").json
+    txn = env.sim.pay(created["payment_url"].replace(proxy.url, env.sim.url))
+    redirect(txn)
+    pid = created["payment_id"]
+    proxy.rewrites["zikoyAPI"] = lambda data: data + TWICE
+    with Admin(env, backend_login, url=proxy.url) as operator:
+        answer = operator.refund(pid, "r-1", "20.00")
+    stored = env.rows("SELECT message FROM refunds WHERE payment_id = :p::uuid", p=pid)
+    review = queue()  # GET /admin/review, as an operator reads it
+    logs = _logged(caplog)
+    caplog.clear()  # so that only this test's assertions report (the suite's own log check would too)
+    where = {
+        "refunds.message": PAN in str(stored),
+        "a log line": PAN in logs,
+        "the answer": PAN in json.dumps(answer.body, default=str),
+        "GET /admin/review": PAN in (review.body or ""),
+    }
+    assert not any(where.values()), f"the card number reached: {[w for w, hit in where.items() if hit]}"
+
+
+def test_a_saved_card_charge_answer_naming_a_card_number_twice_is_not_logged(
+    env: Env, saved_card: str, proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy.rewrites["soft"] = lambda data: data + TWICE
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="twice-pan")
+    logs = _logged(caplog)
+    tables = _tables(env)
+    caplog.clear()
+    where = {"a log line": PAN in logs, "a table": PAN in tables, "the answer": PAN in (answer.body or "")}
+    assert not any(where.values()), f"the card number reached: {[w for w, hit in where.items() if hit]}"

@@ -37,6 +37,12 @@ def test_an_id_named_twice_differently_names_no_transaction() -> None:
     assert caught.value.transaction_id is None
 
 
+def test_a_field_named_twice_is_named_only_when_its_name_could_carry_no_card_number() -> None:
+    with pytest.raises(GatewayUnavailable) as caught:
+        protocol.parse_answer(b"Id=12345678&CCode=0&5326105300985614=a&5326105300985614=b")
+    assert caught.value.message == "Hypay answered a field twice, with different values"
+
+
 def test_a_field_named_twice_alike_is_read_as_once() -> None:
     # The same value, whatever its spelling (percent-encoded or not): there is nothing to choose between
     answer = protocol.parse_answer(b"Id=12345678&CCode=0&CCode=%30")

@@ -420,8 +420,11 @@ def parse_answer(body: bytes) -> Answer:
         seen: dict[str, str] = {}
         twice = sorted({name for name, value in _decoded_pairs(text) if seen.setdefault(name, value) != value})
         if twice:
+            # Named only when a name could never carry a card number (the answer's names are Hyp's text, or whatever
+            # a malformed answer's unencoded `&` made of its free text)
+            named = ", ".join(twice) if len(twice) <= 3 and all(map(repeatable, twice)) else "a field"
             raise GatewayUnavailable(
-                f"Hypay answered {', '.join(twice[:5])} twice, with different values",
+                f"Hypay answered {named} twice, with different values",
                 transaction_id=hyp_id(fields.get("Id")) if "Id" not in twice else None,
             )
     return Answer(fields, text)
