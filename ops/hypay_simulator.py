@@ -684,7 +684,10 @@ input{{width:100%;padding:.4rem}}button{{margin-top:1rem;padding:.6rem 1.2rem}}<
             ("Order", transaction.order),
             ("Coin", transaction.coin),
             ("L4digit", transaction.card_last4),
-            ("Hesh", "0"),
+            (
+                "Hesh",
+                str(secrets.randbelow(90_000) + 10_000) if ccode == 0 and params.get("SendHesh") == "True" else "0",
+            ),
         ]
         return _answer(fields)
 

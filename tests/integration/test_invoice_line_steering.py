@@ -10,7 +10,7 @@ import pytest
 
 from payments.domain import hypay as protocol
 from tests.support.api import reset_function_state
-from tests.support.payments import STARTER, Env, post, record_hyp_requests
+from tests.support.payments import CVV, PRO, STARTER, Env, post, record_hyp_requests
 
 _LINE = re.compile(r"\[([^\[\]]*)\]")
 HOSTILE = ["Starter~1~0.01][0~Bonus pack", "Starter~100~49.90", "Starter] [0~Gift~1~0", "[[~~]]", "~"]
@@ -44,3 +44,30 @@ def test_a_pack_name_never_adds_or_reprices_invoice_lines(env: Env, monkeypatch:
     assert lines[0][2:] == ["1", sign["Amount"]], sign["heshDesc"]
     api_settings.cache_clear()
     reset_function_state("CreatePaymentFunction")
+
+
+def test_a_saved_card_charge_asks_hyp_for_its_invoice_and_records_its_number(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With invoices issued by Hyp, a saved-card charge asks for one as the payment page does (it asked for none: Hyp
+    charged every saved-card purchase without an invoice, and none was recorded), one line at the charge's price."""
+    from payments.settings import api_settings
+
+    monkeypatch.setenv("HYPAY_SEND_INVOICE", "true")
+    api_settings.cache_clear()
+    reset_function_state("CreatePaymentFunction")
+    sent = record_hyp_requests(monkeypatch)
+    try:
+        answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="invoice-saved-card")
+        assert answer.status == 201, answer.body
+        [soft] = [s for s in sent if s.get("action") == "soft"]
+        assert (soft.get("SendHesh"), soft.get("Pritim")) == ("True", "True"), sorted(soft)
+        [line] = [found.split("~") for found in _LINE.findall(soft["heshDesc"])]
+        assert line[0] == "0" and line[2:] == ["1", soft["Amount"]], soft["heshDesc"]
+        [[number, amount]] = env.rows(
+            "SELECT invoice_number, amount::text FROM invoices WHERE payment_id = :p::uuid", p=answer.json["payment_id"]
+        )
+        assert number != "0" and amount == soft["Amount"] == "199.00"
+    finally:
+        api_settings.cache_clear()
+        reset_function_state("CreatePaymentFunction")

@@ -471,8 +471,10 @@ class HypayClient:
         description: str,
         customer: Customer = NO_CUSTOMER,
         cvv: str | None = None,
+        invoice: bool = False,
     ) -> Charge:
-        """action=soft with a token. Never retried blindly: a lost answer may still be a charge.
+        """action=soft with a token. Never retried blindly: a lost answer may still be a charge. `invoice`: Hyp issues
+        the charge's invoice (SendHesh, one line as on the payment page), its number coming back as Hesh.
 
         `GatewayNotAsked` when our credentials cannot be read, or the token is not a Hyp token: then nothing was sent.
         """
@@ -502,6 +504,12 @@ class HypayClient:
             "UTF8out": "True",
             "MoreData": "True",
         }
+        if invoice:
+            params |= {
+                "SendHesh": "True",
+                "Pritim": "True",
+                "heshDesc": protocol.invoice_line(description, amount.hypay_amount()),
+            }
         if cvv:
             params["cvv"] = cvv  # passed through only: never kept, logged or echoed
         answer = self._call("soft", params, retry=False)

@@ -318,6 +318,7 @@ class CreatePayment:
                 description=_description(pack),
                 customer=_customer(profile),
                 cvv=cvv,
+                invoice=self.deps.send_invoice,
             )
         except (GatewayAuthenticationError, GatewayNotAsked):
             # Hyp was not asked, or refused our terminal's credentials: nothing charged. Ours, so "not yet":
