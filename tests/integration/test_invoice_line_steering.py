@@ -71,3 +71,32 @@ def test_a_saved_card_charge_asks_hyp_for_its_invoice_and_records_its_number(
     finally:
         api_settings.cache_clear()
         reset_function_state("CreatePaymentFunction")
+
+
+@pytest.mark.parametrize("hesh", ["00", "-1", "EZ", "0.0", "1" * 40])
+def test_a_saved_card_charge_records_only_an_invoice_number_a_callback_would(
+    env: Env, saved_card: str, monkeypatch: pytest.MonkeyPatch, hesh: str
+) -> None:
+    """A charge's `Hesh` that is not an invoice number (`EZ`, `00`, 40 digits) is recorded as none, as a callback's:
+    a row for it would stand for an invoice that may not exist, and hold the payment's one invoice row."""
+    from payments.settings import api_settings
+
+    monkeypatch.setenv("HYPAY_SEND_INVOICE", "true")
+    api_settings.cache_clear()
+    reset_function_state("CreatePaymentFunction")
+    real_soft = env.sim._soft
+    monkeypatch.setattr(
+        env.sim,
+        "_soft",
+        lambda params: "&".join(f"Hesh={hesh}" if p.startswith("Hesh=") else p for p in real_soft(params).split("&")),
+    )
+    try:
+        answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key=f"hesh-{hesh[:8]}")
+        assert answer.status == 201, answer.body
+        assert (
+            env.rows("SELECT invoice_number FROM invoices WHERE payment_id = :p::uuid", p=answer.json["payment_id"])
+            == []
+        )
+    finally:
+        api_settings.cache_clear()
+        reset_function_state("CreatePaymentFunction")

@@ -726,12 +726,12 @@ def _charge_from(answer: protocol.Answer) -> Charge:
     raw_amount = fields.get("Amount", "")
     found = CURRENCY_OF_COIN.get(fields.get("Coin", "1") or "1")
     amount = Money.of(raw_amount, found or Currency.ILS) if protocol.AMOUNT.fullmatch(raw_amount) else None
-    hesh = fields.get("Hesh")
+    hesh = fields.get("Hesh", "")
     return Charge(
         transaction_id,
         fields.get("ACode", ""),
         amount,
-        hesh if hesh not in (None, "", "0") else None,
+        hesh if protocol.INVOICE_NUMBER.fullmatch(hesh) else None,  # as a callback's: only a number Hyp issued
         currency_known=found is not None,
     )
 

@@ -395,6 +395,8 @@ class Answer(Record):
 
 
 _CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)  # as a callback's CCode (`malformed`)
+# An invoice number Hyp issued (`Hesh`); `0` is none, and anything else (`EZ`, `-1`, `00`) is not one to record.
+INVOICE_NUMBER = re.compile(r"[1-9][0-9]{0,19}", re.ASCII)
 # Hyp's answers are a few hundred bytes; a longer one is not Hyp's, and would be stored and handed on (a page URL, a
 # decline's message) into answers over Lambda's 6 MB limit.
 MAX_ANSWER_BYTES = 64 * 1024

@@ -45,7 +45,6 @@ from payments.services.settle import Result, Settlement, contradiction_kept, set
 # ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
 _CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)
 _APPROVAL_CODE = re.compile(r"[0-9A-Za-z]{0,20}", re.ASCII)
-_INVOICE_NUMBER = re.compile(r"[1-9][0-9]{0,19}", re.ASCII)
 _LAST4 = re.compile(r"[0-9]{4}", re.ASCII)
 # The fields `Callback.parse` reads (only these are decoded).
 _PARSED_FIELDS = frozenset({"Id", "CCode", "Amount", "Order", "Coin", "Hesh", "L4digit", "ACode", "errMsg"})
@@ -119,7 +118,7 @@ class Callback(Record):
             ccode=int(ccode),
             amount=Money.of(raw_amount, currency),
             approval_code=acode if _APPROVAL_CODE.fullmatch(acode) else "",
-            invoice_number=hesh if _INVOICE_NUMBER.fullmatch(hesh) else None,
+            invoice_number=hesh if protocol.INVOICE_NUMBER.fullmatch(hesh) else None,
             last4=last4 if _LAST4.fullmatch(last4) else None,
             message=(protocol.redact(fields.get("errMsg", "").strip())[: protocol.MESSAGE_CHARS] or None)
             if currency_trusted
