@@ -24,6 +24,7 @@ from payments.adapters.hypay import HypayClient
 from payments.domain import hypay as protocol
 from tests.integration.test_fault_injection import Harness, every_case
 from tests.integration.test_fault_injection_more import _flows, _held, _installed
+from tests.integration.test_fault_injection_transient import admin_proof
 from tests.integration.test_review import admin  # noqa: F401 - the admin tokens fixture
 from tests.support.faults import DatabaseFaults, Point, hyp_label
 from tests.support.payments import Env
@@ -102,26 +103,4 @@ def test_garbled_answers_at_every_call_to_hyp_of_the_admin_flows(
 ) -> None:
     """Refunds, same-day cancellations, settling and resolving: a refund or cancellation answered in a shape Hyp
     never sends is an unknown outcome (reserved, confirmed later), never refused or repeated."""
-    import datetime as dt
-
-    from payments.services import refund as refund_module
-    from tests.integration.test_fault_injection_admin import FLOWS as ADMIN_FLOWS
-    from tests.integration.test_fault_injection_admin import TOMORROW, AdminHarness, Asks
-
-    monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
-    real_deps = refund_module.RefundsDeps
-    harness: AdminHarness | None = None
-
-    def clock() -> dt.datetime:
-        return dt.datetime.now(dt.UTC) + (harness.later if harness is not None else TOMORROW)
-
-    monkeypatch.setattr(refund_module, "RefundsDeps", lambda s, g: real_deps(s, g, clock=clock, cancel_until_hour=24))
-    asks = Asks(env, monkeypatch)
-    started = time.monotonic()
-    try:
-        with _installed(env, monkeypatch, Garbled, AdminHarness.cold_start) as injector:
-            harness = AdminHarness(env, injector, asks, monkeypatch)
-            found = every_case(harness, ADMIN_FLOWS, harness.clean, faults=(shape,), points=lambda p: p.kind == "hyp")
-    finally:
-        asks.close()
-    _held(f"admin {shape} at every call to Hyp", found, injector, started, capsys)
+    admin_proof(env, monkeypatch, capsys, Garbled, shape, "hyp", f"admin {shape} at every call to Hyp")

@@ -109,6 +109,21 @@ def test_transient_database_errors_and_deadline_at_every_step(
 def test_transient_database_errors_and_deadline_at_every_admin_step(
     env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str
 ) -> None:
+    kind = "hyp" if fault == "no_time" else "db"
+    admin_proof(env, monkeypatch, capsys, Transient, fault, kind, f"admin {fault} at every step")
+
+
+def admin_proof(
+    env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    make: Any,
+    fault: str,
+    kind: str,
+    title: str,
+) -> None:
+    """Every admin flow run with `fault` (of the injector `make` builds) at each of its points of `kind`, the refunds
+    asked a day after the payment (zikoyAPI) unless a flow moves its own clock; every case held."""
     import datetime as dt
 
     from payments.services import refund as refund_module
@@ -122,18 +137,17 @@ def test_transient_database_errors_and_deadline_at_every_admin_step(
         return dt.datetime.now(dt.UTC) + (harness.later if harness is not None else TOMORROW)
 
     monkeypatch.setattr(refund_module, "RefundsDeps", lambda s, g: real_deps(s, g, clock=clock, cancel_until_hour=24))
-    kind = "hyp" if fault == "no_time" else "db"
     asks = Asks(env, monkeypatch)
     started = time.monotonic()
     try:
-        with _installed(env, monkeypatch, Transient, AdminHarness.cold_start) as injector:
+        with _installed(env, monkeypatch, make, AdminHarness.cold_start) as injector:
             harness = AdminHarness(env, injector, asks, monkeypatch)
             found = every_case(
                 harness, _wanted(ADMIN_FLOWS), harness.clean, faults=(fault,), points=lambda p: p.kind == kind
             )
     finally:
         asks.close()
-    _held(f"admin {fault} at every step", found, injector, started, capsys)
+    _held(title, found, injector, started, capsys)
 
 
 # -- 3. the cleanup's own statements faulted --------------------------------------------------------------------
