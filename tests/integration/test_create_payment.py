@@ -109,6 +109,44 @@ def test_unknown_or_inactive_pack(env: Env) -> None:
     assert env.payments() == []
 
 
+def test_a_user_deleted_between_the_checks_and_the_pending_payment_is_404_not_an_outage(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The web app deleting the user while a purchase of theirs is between reading the profile and writing the
+    pending payment: the payment's foreign key refuses it. Gone for good, as the check would have found: 404, never
+    503 and the UnhandledError alarm (an outside review)."""
+    from payments.adapters.payments_store import PaymentsStore
+
+    real = PaymentsStore.pack_and_profile
+
+    def read_then_user_gone(self: PaymentsStore, *args: object, **kwargs: object) -> object:
+        found = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        for table in ("credit_transactions", "invoices", "payments"):
+            env.rows(f"DELETE FROM {table} WHERE user_id = :u::uuid", u=OTHER_USER)
+        env.rows("DELETE FROM profiles WHERE id = :u::uuid", u=OTHER_USER)
+        return found
+
+    monkeypatch.setattr(PaymentsStore, "pack_and_profile", read_then_user_gone)
+    answer = post({"credit_pack_id": STARTER}, key="gone-midway", user=OTHER_USER)
+    monkeypatch.setattr(PaymentsStore, "pack_and_profile", real)
+    retry = post({"credit_pack_id": STARTER}, key="gone-midway", user=OTHER_USER)
+    out = capsys.readouterr().out
+    assert (answer.status, retry.status) == (404, 404), (answer.body, retry.body)
+    assert env.payments() == []
+    assert '"UnhandledError"' not in out
+
+
+def test_a_pack_whose_credits_the_balance_cannot_hold_is_not_sold(env: Env) -> None:
+    """profiles.credits is an integer: a sale whose grant could never be written is refused before anything is
+    written, never paid for and then refused at every delivery of its callback (an outside review)."""
+    env.rows("UPDATE profiles SET credits = 2147483600 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    answer = post({"credit_pack_id": STARTER}, key="overflow")
+    assert answer.status == 409 and "cannot hold" in answer.json["detail"], answer.body
+    assert env.payments() == []
+    env.rows("UPDATE profiles SET credits = 2147483647 - 100 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    assert post({"credit_pack_id": STARTER}, key="fits").status == 201  # the Starter's 100 credits still fit
+
+
 def test_replay_returns_the_same_answer_without_a_second_row_or_sign(env: Env) -> None:
     first = post({"credit_pack_id": STARTER})
     again = post({"credit_pack_id": STARTER})

@@ -39,6 +39,7 @@ class Profile(Record):
     id: UUID
     email: str | None
     full_name: str | None
+    credits: int = 0  # the balance when read
 
 
 class Payment(Record):
@@ -133,7 +134,8 @@ class PaymentsStore:
         rows = self.db.run(
             bind(
                 """
-            SELECT k.id::text, k.name, k.credits, k.price::text, k.is_active, u.id::text, u.email, u.full_name
+            SELECT k.id::text, k.name, k.credits, k.price::text, k.is_active, u.id::text, u.email, u.full_name,
+                   u.credits
               FROM (SELECT 1) one
               LEFT JOIN public.credit_packs k ON k.id = :pack::uuid
               LEFT JOIN public.profiles u ON u.id = :user::uuid""",
@@ -141,13 +143,13 @@ class PaymentsStore:
                 user=str(user_id),
             )
         )
-        kid, name, credits, price, active, uid, email, full_name = rows[0]
+        kid, name, credits, price, active, uid, email, full_name, balance = rows[0]
         # A price that is not a number (numeric holds 'NaN') is no price: read as 0, a pack not sold (409, as a price of
         # 0), never the buyer's bad request
         amount = Decimal(price) if kid else Decimal(0)
         price_of = Money.of(amount if amount.is_finite() else Decimal(0))
         pack = Pack(UUID(kid), name, int(credits), price_of, bool(active)) if kid else None
-        profile = Profile(UUID(uid), email, full_name) if uid else None
+        profile = Profile(UUID(uid), email, full_name, int(balance or 0)) if uid else None
         return pack, profile
 
     def open_pending(self, *, user_id: UUID, pack: Pack, idempotency_key: str, save_card: bool) -> OpenedPayment | None:

@@ -21,6 +21,7 @@ from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from payments.adapters.db import QueryError
 from payments.adapters.hypay import Charge, Customer, HypayClient, PaymentPage, Token
 from payments.adapters.payments_store import ChargeMark, OpenedPayment, Pack, PaymentsStore, Profile, SavedCard
 from payments.domain import hypay as protocol
@@ -69,6 +70,8 @@ def _scoped_key(user_id: UUID, key: str) -> str:
 # characters percent-encoded), so each part is cut short: a profile's name of any length never makes a callback too
 # large to be taken. An address longer than any valid one is not sent.
 _NAME_PART_MAX = 50
+MAX_BALANCE = 2_147_483_647  # profiles.credits is an integer
+FOREIGN_KEY_VIOLATION = "23503"
 _EMAIL_MAX = 254
 # The pack's name (the web app's catalogue) is the page's description (Info, the invoice line): Hyp's page URL carries
 # it, so a name of any length must never make that URL too long to open (a Hebrew letter is six characters encoded).
@@ -161,12 +164,19 @@ class CreatePayment:
                 return earlier
             raise
 
-        opened = store.open_pending(
-            user_id=user_id,
-            pack=pack,
-            idempotency_key=_scoped_key(user_id, scope["key"]),
-            save_card=request.save_card,
-        )
+        try:
+            opened = store.open_pending(
+                user_id=user_id,
+                pack=pack,
+                idempotency_key=_scoped_key(user_id, scope["key"]),
+                save_card=request.save_card,
+            )
+        except QueryError as exc:
+            if exc.sqlstate != FOREIGN_KEY_VIOLATION:
+                raise
+            # The web app deleted the user (or the pack) since they were read: gone for good, as the check before
+            # would have found (never "not yet", an outage alarmed as a bug). Nothing was written.
+            raise NotFound("the signed-in user has no profile, or the credit pack no longer exists") from None
         if opened is None or not _made_by(opened, request):
             raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
         payment_id = opened.id
@@ -212,6 +222,12 @@ class CreatePayment:
             raise PackUnavailable(f"credit pack {request.credit_pack_id} is not sold (no credits, or no price)")
         if profile is None:
             raise NotFound("the signed-in user has no profile")
+        if profile.credits + pack.credits > MAX_BALANCE:
+            # The grant could never be written (profiles.credits is an integer): never sold, rather than paid for
+            # credits that the callback's grant is then refused on every delivery
+            raise PackUnavailable(
+                f"credit pack {request.credit_pack_id} is not sold to this user: the balance cannot hold its credits"
+            )
         card = store.saved_card(user_id) if request.saved_card else None
         if request.saved_card and card is None:
             raise Conflict("there is no saved card for this user; pay on the payment page instead")
