@@ -431,9 +431,9 @@ def test_a_key_rotated_at_hyp_makes_genuine_callbacks_not_yet_once_the_credentia
 def test_a_verified_callback_the_database_refuses_to_settle_is_kept_alarmed_and_never_expired(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given a grant the database refuses for good (the balance would leave the integer range)
-    env.rows("UPDATE profiles SET credits = 2147483600 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    # Given a grant the database refuses for good (the balance, grown since the sale, would leave the integer range)
     payment = buy(env)
+    env.rows("UPDATE profiles SET credits = 2147483600 WHERE id = :u::uuid", u=DEMO_USER_ID)
     transaction = pay(env, payment)
     # When Hyp's genuine notification arrives, again and again
     capsys.readouterr()

@@ -5,6 +5,8 @@ until the cleanup sent it to review hours later without its Id. The callback pat
 
 from __future__ import annotations
 
+import pytest
+
 from ops.seed import DEMO_USER_ID
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.integration.test_review import every_item
@@ -14,10 +16,21 @@ from tests.support.payments import CVV, PRO, Env, post
 def test_an_approved_charge_the_database_refuses_to_settle_goes_to_review_naming_hyps_id(
     admin: Env,  # noqa: F811 - the fixture
     saved_card: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from payments.adapters.payments_store import PaymentsStore
+
     env = admin
-    # Given a grant the database refuses for good: the balance would leave the integer range
-    env.rows("UPDATE profiles SET credits = 2147483600 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    # Given a grant the database refuses for good: the balance, grown once the sale was checked (the web app granting
+    # credits of its own meanwhile), would leave the integer range
+    real = PaymentsStore.pack_and_profile
+
+    def read_then_balance_grown(self: PaymentsStore, *args: object, **kwargs: object) -> object:
+        found = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        env.rows("UPDATE profiles SET credits = 2147483600 WHERE id = :u::uuid", u=DEMO_USER_ID)
+        return found
+
+    monkeypatch.setattr(PaymentsStore, "pack_and_profile", read_then_balance_grown)
     # When the saved card is charged and Hyp approves
     answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="refused-grant")
     [hyp_id] = [t.id for t in env.sim.transactions.values() if t.ccode == 0 and not t.redirect_query]
