@@ -324,9 +324,12 @@ def same_hyp_id(one: str | None, other: str | None) -> bool:
     return one is not None and other is not None and one.lstrip("0") == other.lstrip("0")
 
 
+# A CCode as Hyp writes it, in a callback or an answer: ASCII digits only (re.ASCII: `\d` would take Arabic-Indic
+# digits; int() would take "+0" and "٠").
+CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)
 _FORMATS = (
     ("Id", HYP_ID, HYP_ID_PROBLEM),
-    ("CCode", re.compile(r"[0-9]{1,3}", re.ASCII), "CCode is not a Hyp code (1 to 3 ASCII digits)"),
+    ("CCode", CCODE, "CCode is not a Hyp code (1 to 3 ASCII digits)"),
     ("Amount", re.compile(r"[0-9]{1,9}(\.[0-9]{1,2})?", re.ASCII), "Amount is not an amount"),
 )
 
@@ -389,12 +392,11 @@ class Answer(Record):
         """The answer's code, or None when it has none or one Hyp never writes (`+0`, ` 0`, an Arabic-Indic zero,
         `0000`: what `int()` would read as an approval is not Hyp's): then whatever happened is unknown."""
         value = self.fields.get("CCode")
-        if value is None or not _CCODE.fullmatch(value):
+        if value is None or not CCODE.fullmatch(value):
             return None
         return int(value)
 
 
-_CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)  # as a callback's CCode (`malformed`)
 # An invoice number Hyp issued (`Hesh`); `0` is none, and anything else (`EZ`, `-1`, `00`) is not one to record.
 INVOICE_NUMBER = re.compile(r"[1-9][0-9]{0,19}", re.ASCII)
 # Hyp's answers are a few hundred bytes; a longer one is not Hyp's, and would be stored and handed on (a page URL, a

@@ -66,12 +66,13 @@ def _scoped_key(user_id: UUID, key: str) -> str:
     return f"api:{user_id}:{key}"
 
 
+_MAX_BALANCE = 2_147_483_647  # profiles.credits is an integer
+_FOREIGN_KEY_VIOLATION = "23503"
+
 # What of the buyer goes to Hyp. Hyp echoes the name back in its callbacks (Fild1, signed; a Hebrew letter is six
 # characters percent-encoded), so each part is cut short: a profile's name of any length never makes a callback too
 # large to be taken. An address longer than any valid one is not sent.
 _NAME_PART_MAX = 50
-MAX_BALANCE = 2_147_483_647  # profiles.credits is an integer
-FOREIGN_KEY_VIOLATION = "23503"
 _EMAIL_MAX = 254
 # The pack's name (the web app's catalogue) is the page's description (Info, the invoice line): Hyp's page URL carries
 # it, so a name of any length must never make that URL too long to open (a Hebrew letter is six characters encoded).
@@ -172,7 +173,7 @@ class CreatePayment:
                 save_card=request.save_card,
             )
         except QueryError as exc:
-            if exc.sqlstate != FOREIGN_KEY_VIOLATION:
+            if exc.sqlstate != _FOREIGN_KEY_VIOLATION:
                 raise
             # The web app deleted the user (or the pack) since they were read: gone for good, as the check before
             # would have found (never "not yet", an outage alarmed as a bug). Nothing was written.
@@ -222,7 +223,7 @@ class CreatePayment:
             raise PackUnavailable(f"credit pack {request.credit_pack_id} is not sold (no credits, or no price)")
         if profile is None:
             raise NotFound("the signed-in user has no profile")
-        if profile.credits + pack.credits > MAX_BALANCE:
+        if profile.credits + pack.credits > _MAX_BALANCE:
             # The grant could never be written (profiles.credits is an integer): never sold, rather than paid for
             # credits that the callback's grant is then refused on every delivery
             raise PackUnavailable(

@@ -42,8 +42,6 @@ from payments.observability import logger, metrics
 from payments.records import Record
 from payments.services.settle import Result, Settlement, contradiction_kept, settle
 
-# ASCII digits only (re.ASCII: `\d` would take Arabic-Indic digits; int() would take "+0" and "٠").
-_CCODE = re.compile(r"[0-9]{1,3}", re.ASCII)
 _APPROVAL_CODE = re.compile(r"[0-9A-Za-z]{0,20}", re.ASCII)
 _LAST4 = re.compile(r"[0-9]{4}", re.ASCII)
 # The fields `Callback.parse` reads (only these are decoded).
@@ -92,7 +90,7 @@ class Callback(Record):
         if protocol.hyp_id(transaction_id) is None:
             raise InvalidRequest(protocol.HYP_ID_PROBLEM)
         ccode = fields.get("CCode", "")
-        if not _CCODE.fullmatch(ccode):
+        if not protocol.CCODE.fullmatch(ccode):
             raise InvalidRequest("CCode is not a Hyp code (1 to 3 ASCII digits)")
         raw_amount = fields.get("Amount", "")
         if not protocol.AMOUNT.fullmatch(raw_amount):
