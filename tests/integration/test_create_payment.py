@@ -141,10 +141,23 @@ def test_a_pack_whose_credits_the_balance_cannot_hold_is_not_sold(env: Env) -> N
     written, never paid for and then refused at every delivery of its callback (an outside review)."""
     env.rows("UPDATE profiles SET credits = 2147483600 WHERE id = :u::uuid", u=DEMO_USER_ID)
     answer = post({"credit_pack_id": STARTER}, key="overflow")
-    assert answer.status == 409 and "cannot hold" in answer.json["detail"], answer.body
+    assert answer.status == 409 and "would pass the largest balance" in answer.json["detail"], answer.body
     assert env.payments() == []
     env.rows("UPDATE profiles SET credits = 2147483647 - 100 WHERE id = :u::uuid", u=DEMO_USER_ID)
     assert post({"credit_pack_id": STARTER}, key="fits").status == 201  # the Starter's 100 credits still fit
+
+
+def test_a_retry_reusing_its_pending_payment_is_checked_with_that_payments_credits(env: Env) -> None:
+    """A key whose first attempt left a pending payment that got nowhere (Hyp's SIGN failed) is retried after the
+    web app lowered the pack's credits: the retry sells the payment's own 100 credits, which the balance is checked
+    against, not the catalogue's 1 (an outside review of the check)."""
+    env.sim.faults.add("SIGN", "html", times=2)
+    assert post({"credit_pack_id": STARTER}, key="stale").status == 503
+    env.rows("UPDATE credit_packs SET credits = 1 WHERE id = :p::uuid", p=STARTER)
+    env.rows("UPDATE profiles SET credits = 2147483647 - 50 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    answer = post({"credit_pack_id": STARTER}, key="stale")
+    assert answer.status == 409 and "the pack's 100" in answer.json["detail"], answer.body
+    assert env.sim.calls.count("SIGN") == 2  # the first attempt's two tries; none for the refused retry
 
 
 def test_replay_returns_the_same_answer_without_a_second_row_or_sign(env: Env) -> None:

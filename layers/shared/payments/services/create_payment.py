@@ -59,6 +59,17 @@ class CreatePaymentDeps(Record):
     send_invoice: bool = False
 
 
+def _refuse_if_unholdable(profile: Profile, pack: Pack, request: CreatePaymentRequest) -> None:
+    """PackUnavailable when the user's balance cannot hold the pack's credits: the grant could never be written
+    (profiles.credits is an integer). Never sold, rather than paid for and then refused at every delivery of the
+    callback."""
+    if profile.credits + pack.credits > _MAX_BALANCE:
+        raise PackUnavailable(
+            f"credit pack {request.credit_pack_id} is not sold to this user: a balance of {profile.credits} credits "
+            f"and the pack's {pack.credits} would pass the largest balance ({_MAX_BALANCE})"
+        )
+
+
 def _scoped_key(user_id: UUID, key: str) -> str:
     """The value kept in payments.idempotency_key: unique across users (the column's constraint is global). The key
     is kept as sent: every payment ever made is found by it, whatever its form (an Idempotency-Key is the client's
@@ -176,7 +187,7 @@ class CreatePayment:
             if exc.sqlstate != _FOREIGN_KEY_VIOLATION:
                 raise
             # The web app deleted the user (or the pack) since they were read: gone for good, as the check before
-            # would have found (never "not yet", an outage alarmed as a bug). Nothing was written.
+            # would have found (never "not yet", an outage alarmed as a bug). Nothing but the rate's count was written.
             raise NotFound("the signed-in user has no profile, or the credit pack no longer exists") from None
         if opened is None or not _made_by(opened, request):
             raise IdempotencyKeyReused("this Idempotency-Key already belongs to another payment; use a new key")
@@ -187,6 +198,9 @@ class CreatePayment:
             earlier = self._earlier_attempt(opened, pack)
             if earlier is not None:
                 return earlier
+            # An earlier attempt's payment that got nowhere, made on then's catalogue: its credits, checked as the
+            # pack's were
+            _refuse_if_unholdable(profile, pack, request)
 
         if card is not None:
             return self._charge_saved_card(
@@ -223,12 +237,7 @@ class CreatePayment:
             raise PackUnavailable(f"credit pack {request.credit_pack_id} is not sold (no credits, or no price)")
         if profile is None:
             raise NotFound("the signed-in user has no profile")
-        if profile.credits + pack.credits > _MAX_BALANCE:
-            # The grant could never be written (profiles.credits is an integer): never sold, rather than paid for
-            # credits that the callback's grant is then refused on every delivery
-            raise PackUnavailable(
-                f"credit pack {request.credit_pack_id} is not sold to this user: the balance cannot hold its credits"
-            )
+        _refuse_if_unholdable(profile, pack, request)
         card = store.saved_card(user_id) if request.saved_card else None
         if request.saved_card and card is None:
             raise Conflict("there is no saved card for this user; pay on the payment page instead")
