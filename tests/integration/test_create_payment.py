@@ -160,6 +160,18 @@ def test_a_retry_reusing_its_pending_payment_is_checked_with_that_payments_credi
     assert env.sim.calls.count("SIGN") == 2  # the first attempt's two tries; none for the refused retry
 
 
+def test_a_retry_reusing_its_pending_payment_is_not_refused_for_todays_catalogue_credits(env: Env) -> None:
+    """The other way round: the pack now sells 1000 credits, which the balance cannot hold, but the retry sells its
+    payment's own 100, which it can (an outside review of the check)."""
+    env.sim.faults.add("SIGN", "html", times=2)
+    assert post({"credit_pack_id": STARTER}, key="stale-up").status == 503
+    env.rows("UPDATE credit_packs SET credits = 1000 WHERE id = :p::uuid", p=STARTER)
+    env.rows("UPDATE profiles SET credits = 2147483647 - 500 WHERE id = :u::uuid", u=DEMO_USER_ID)
+    answer = post({"credit_pack_id": STARTER}, key="stale-up")
+    assert answer.status == 201 and answer.json["credits"] == 100, answer.body
+    assert post({"credit_pack_id": STARTER}, key="new-key").status == 409  # a new purchase sells today's 1000
+
+
 def test_replay_returns_the_same_answer_without_a_second_row_or_sign(env: Env) -> None:
     first = post({"credit_pack_id": STARTER})
     again = post({"credit_pack_id": STARTER})

@@ -59,14 +59,14 @@ class CreatePaymentDeps(Record):
     send_invoice: bool = False
 
 
-def _refuse_if_unholdable(profile: Profile, pack: Pack, request: CreatePaymentRequest) -> None:
-    """PackUnavailable when the user's balance cannot hold the pack's credits: the grant could never be written
+def _refuse_if_unholdable(profile: Profile, credits: int, request: CreatePaymentRequest) -> None:
+    """PackUnavailable when the user's balance cannot hold the `credits` sold: the grant could never be written
     (profiles.credits is an integer). Never sold, rather than paid for and then refused at every delivery of the
     callback."""
-    if profile.credits + pack.credits > _MAX_BALANCE:
+    if profile.credits + credits > _MAX_BALANCE:
         raise PackUnavailable(
             f"credit pack {request.credit_pack_id} is not sold to this user: a balance of {profile.credits} credits "
-            f"and the pack's {pack.credits} would pass the largest balance ({_MAX_BALANCE})"
+            f"and the pack's {credits} would pass the largest balance ({_MAX_BALANCE})"
         )
 
 
@@ -200,7 +200,7 @@ class CreatePayment:
                 return earlier
             # An earlier attempt's payment that got nowhere, made on then's catalogue: its credits, checked as the
             # pack's were
-            _refuse_if_unholdable(profile, pack, request)
+            _refuse_if_unholdable(profile, pack.credits, request)
 
         if card is not None:
             return self._charge_saved_card(
@@ -237,7 +237,11 @@ class CreatePayment:
             raise PackUnavailable(f"credit pack {request.credit_pack_id} is not sold (no credits, or no price)")
         if profile is None:
             raise NotFound("the signed-in user has no profile")
-        _refuse_if_unholdable(profile, pack, request)
+        if profile.credits + pack.credits > _MAX_BALANCE:
+            # What is sold is the key's earlier payment's credits when there is one (a retry reuses it, made on then's
+            # catalogue): read only here, when today's would not fit
+            earlier = store.by_key(user_id, _scoped_key(user_id, key))
+            _refuse_if_unholdable(profile, earlier.credits if earlier and earlier.credits else pack.credits, request)
         card = store.saved_card(user_id) if request.saved_card else None
         if request.saved_card and card is None:
             raise Conflict("there is no saved card for this user; pay on the payment page instead")
