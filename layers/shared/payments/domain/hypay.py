@@ -169,7 +169,7 @@ def decode_fields(raw: str, names: frozenset[str]) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=8)
 def _decoded(raw: str) -> tuple[tuple[str, str], ...]:
-    return tuple({name: decode_value(value) for name, value in _split(raw)}.items())
+    return tuple(dict(_decoded_pairs(raw)).items())
 
 
 @functools.lru_cache(maxsize=8)  # read by `unsignable` and by the signature check of the same callback

@@ -59,6 +59,10 @@ class CreatePaymentDeps(Record):
     send_invoice: bool = False
 
 
+_MAX_BALANCE = 2_147_483_647  # profiles.credits is an integer
+_FOREIGN_KEY_VIOLATION = "23503"
+
+
 def _refuse_if_unholdable(profile: Profile, credits: int, request: CreatePaymentRequest) -> None:
     """PackUnavailable when the user's balance cannot hold the `credits` sold: the grant could never be written
     (profiles.credits is an integer). Never sold, rather than paid for and then refused at every delivery of the
@@ -76,9 +80,6 @@ def _scoped_key(user_id: UUID, key: str) -> str:
     opaque value and carries no card data; docs/integration.md)."""
     return f"api:{user_id}:{key}"
 
-
-_MAX_BALANCE = 2_147_483_647  # profiles.credits is an integer
-_FOREIGN_KEY_VIOLATION = "23503"
 
 # What of the buyer goes to Hyp. Hyp echoes the name back in its callbacks (Fild1, signed; a Hebrew letter is six
 # characters percent-encoded), so each part is cut short: a profile's name of any length never makes a callback too
