@@ -194,9 +194,9 @@ _JOURNAL = (
 journal AS (
     INSERT INTO public.hypay_transactions AS t
         (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified, decision, detail,
-         previous_status, approval_code, raw_callback)
+         previous_status, approval_code, raw_callback, invoice_number)
     VALUES (:txn, :id::uuid, :order_ref, :ccode, :amount::numeric, :currency, :source, :verified, :decision,
-            :detail, :previous_status, :acode, :raw)
+            :detail, :previous_status, :acode, :raw, :numbered)
     ON CONFLICT (hypay_id) DO UPDATE SET
         last_seen = now(), deliveries = t.deliveries + 1,
         contradictions = t.contradictions + CASE WHEN :contradiction::text IS NULL THEN 0 ELSE 1 END,
@@ -216,6 +216,8 @@ journal AS (
         approval_code = CASE WHEN {keep} THEN t.approval_code ELSE EXCLUDED.approval_code END,
         raw_callback = CASE WHEN {keep} THEN t.raw_callback ELSE EXCLUDED.raw_callback END,
         decided_at = CASE WHEN {keep} THEN t.decided_at ELSE now() END,
+        -- (one transaction, one invoice: the first number a trusted delivery or answer gave stays)
+        invoice_number = COALESCE(t.invoice_number, EXCLUDED.invoice_number),
         verified = t.verified OR EXCLUDED.verified
      WHERE :seen::text IS NULL OR t.xmin::text = :seen
     RETURNING CASE WHEN :override AND (t.source = 'refund' OR t.payment_id IS DISTINCT FROM :id::uuid)
@@ -482,6 +484,9 @@ class Journal:
             action == Action.NONE and verdict == Verdict.GRANTED and txn.verified and contradiction is None
         )
         params["invoice"] = (txn.invoice_number or None) if invoiced else None
+        # The journal keeps the number whatever is decided (a review's operator completes with it): from a transaction
+        # whose fields were trusted only (an unverified delivery's Hesh is anyone's).
+        params["numbered"] = (txn.invoice_number or None) if txn.verified else None
         journaled, user, granted, save_card, existed = self.runner.run(bind(_STATEMENTS[action], **params))[0]
         return Applied(
             Verdict(journaled) if journaled is not None else None,

@@ -75,6 +75,7 @@ class JournalRow:
     approval_code: str | None
     first_seen: datetime | None
     previous_status: str | None = None  # the payment's status when the transaction was decided
+    invoice_number: str | None = None  # the invoice Hyp numbered for it (sql/019), when a trusted answer gave one
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ _QUEUE = re.sub(
 
 _JOURNAL_COLUMNS = (
     "hypay_id, payment_id::text, decision, detail, ccode, amount::text, currency, source, verified, order_ref,"
-    " approval_code, first_seen, previous_status"
+    " approval_code, first_seen, previous_status, invoice_number"
 )
 
 _LOCK = """
@@ -261,7 +262,22 @@ def _money(amount: str | None, currency: str | None) -> tuple[Money | None, bool
 
 
 def _journal_row(row: list[Any]) -> JournalRow:
-    hypay_id, pid, decision, detail, ccode, amount, currency, source, verified, order_ref, acode, first, before = row
+    (
+        hypay_id,
+        pid,
+        decision,
+        detail,
+        ccode,
+        amount,
+        currency,
+        source,
+        verified,
+        order_ref,
+        acode,
+        first,
+        before,
+        hesh,
+    ) = row
     money, known = _money(amount, currency)
     return JournalRow(
         hypay_id,
@@ -277,6 +293,7 @@ def _journal_row(row: list[Any]) -> JournalRow:
         acode,
         first,
         before,
+        hesh,
     )
 
 

@@ -240,6 +240,7 @@ def _journal_view(entry: JournalRow) -> dict[str, Any]:
         "source": entry.source,
         "verified": entry.verified,
         "first_seen": entry.first_seen.isoformat() if entry.first_seen else None,
+        "invoice_number": entry.invoice_number,
     }
 
 
@@ -731,6 +732,7 @@ def _transaction(payment: LockedPayment, entry: JournalRow) -> HypTransaction:
         source=source,
         verified=True,
         approval_code=entry.approval_code,
+        invoice_number=entry.invoice_number,  # the invoice Hyp numbered for it: recorded with the grant
         currency_known=entry.currency_known,
     )
 
