@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from payments.domain import hypay as protocol
-from tests.integration.test_hypay_callback import browser, buy, pay
+from tests.integration.test_hypay_callback import browser, buy, hmac_only, pay
 from tests.integration.test_money_edges import _answers_rewritten, _field
 from tests.integration.test_review import admin, every_item, resolve  # noqa: F401 - `admin` is a fixture
 from tests.support.api import reset_function_state
@@ -84,8 +84,6 @@ def test_a_callback_whose_fields_were_not_confirmed_names_no_invoice_on_the_jour
     env: Env, invoiced: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`Hesh` is not signed: a delivery checked by its signature alone puts no number on the journal."""
-    from tests.integration.test_hypay_callback import hmac_only
-
     payment = buy(env, key="invoice-unsigned")
     paid = pay(env, payment)
     hmac_only(monkeypatch)
@@ -93,3 +91,84 @@ def test_a_callback_whose_fields_were_not_confirmed_names_no_invoice_on_the_jour
     browser("&".join(fields))
     assert env.status(payment["payment_id"]) == "completed"
     assert env.rows("SELECT invoice_number FROM hypay_transactions WHERE hypay_id = :i", i=paid.id) == [[None]]
+
+
+def _journal_invoice(env: Env, hypay_id: str) -> list[list]:
+    return env.rows(
+        "SELECT payment_id::text, invoice_number FROM hypay_transactions WHERE ltrim(hypay_id, '0') = ltrim(:i, '0')",
+        i=hypay_id,
+    )
+
+
+def test_a_charge_answer_naming_another_payments_transaction_never_gives_that_payment_its_invoice_number(
+    admin: Env,  # noqa: F811 - the fixture
+    saved_card: str,
+    invoiced: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given payment B paid on Hyp's page, settled on its Sign alone (hmac: Hesh not read) and sent to review
+    # (the web app changed its price): its journal row is verified, approved, and names no invoice
+    b = buy(admin, key="b-page")
+    admin.rows("UPDATE payments SET amount = 39.90 WHERE id = :p::uuid", p=b["payment_id"])
+    paid_b = pay(admin, b)
+    hesh_b = protocol.decode_query(paid_b.redirect_query)["Hesh"]
+    hmac_only(monkeypatch)
+    browser(paid_b.redirect_query)
+    assert admin.status(b["payment_id"]) == "needs_review"
+    assert _journal_invoice(admin, paid_b.id) == [[b["payment_id"], None]]
+
+    # When payment A's saved-card charge is answered naming B's transaction (the case create_payment sends to
+    # review as "Hyp's answer named transaction ..., which belongs to another payment"), with A's own invoice
+    sent: list[str] = []
+
+    def with_b_id(answer: str) -> str:
+        sent.append(answer)
+        return "&".join(f"Id={paid_b.id}" if p.startswith("Id=") else p for p in answer.split("&"))
+
+    _answers_rewritten(admin, monkeypatch, with_b_id)
+    a = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="a-charge")
+    hesh_a = protocol.decode_query(sent[0])["Hesh"]
+    assert hesh_a != hesh_b
+
+    # Then B's journal row must not take A's invoice number ...
+    row = _journal_invoice(admin, paid_b.id)
+    # ... and completing B with its own transaction must not record A's invoice as B's
+    done = resolve(b["payment_id"], {"action": "complete", "reason": "Hyp shows 49.90"}, key="b-complete")
+    assert done.status == 200, done.body
+    recorded = _invoices(admin, b["payment_id"])
+    assert (row, recorded) == ([[b["payment_id"], None]], []), (
+        f"A ({a.json.get('payment_id')}) invoice {hesh_a} landed on B's row / invoices"
+    )
+
+
+def test_an_invoice_a_verified_delivery_brings_after_an_operators_complete_is_recorded(
+    admin: Env,  # noqa: F811 - the fixture
+    invoiced: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from payments.settings import callback_settings
+    from tests.support.api import reset_function_state
+
+    # Given a paid payment settled on its Sign alone (hmac: Hesh not read), sent to review (its price changed)
+    b = buy(admin, key="b2-page")
+    admin.rows("UPDATE payments SET amount = 39.90 WHERE id = :p::uuid", p=b["payment_id"])
+    paid = pay(admin, b)
+    number = protocol.decode_query(paid.redirect_query)["Hesh"]
+    hmac_only(monkeypatch)
+    browser(paid.redirect_query)
+    assert admin.status(b["payment_id"]) == "needs_review"
+    # ... and completed by an operator: no number known yet, none recorded
+    done = resolve(b["payment_id"], {"action": "complete", "reason": "Hyp shows it"}, key="b2-complete")
+    assert done.status == 200, done.body
+    assert _invoices(admin, b["payment_id"]) == []
+
+    # When Hyp's verified delivery of the same transaction comes (VERIFY back on), naming its invoice
+    monkeypatch.setenv("HYPAY_VERIFY_MODE", "both")
+    callback_settings.cache_clear()
+    reset_function_state("HypayCallbackFunction")
+    browser(paid.redirect_query)
+
+    # Then the journal learns the number (sql/019) ...
+    assert _journal_invoice(admin, paid.id) == [[b["payment_id"], number]]
+    # ... and invoices records it, as it does for a payment a callback granted on its Sign alone
+    assert _invoices(admin, b["payment_id"]) == [[number, "39.90"]]

@@ -190,7 +190,8 @@ SELECT p.status, p.amount, p.currency, p.user_id, p.hypay_transaction_id, p.gran
 _FOREIGN = "(t.source = 'refund' OR (t.payment_id IS NOT NULL AND t.payment_id IS DISTINCT FROM EXCLUDED.payment_id))"
 _KEEP = f"((:override AND {_FOREIGN}) OR NOT ((NOT t.verified AND EXCLUDED.verified) OR :override))"
 _JOURNAL = (
-    """
+    (
+        """
 journal AS (
     INSERT INTO public.hypay_transactions AS t
         (hypay_id, payment_id, order_ref, ccode, amount, currency, source, verified, decision, detail,
@@ -216,15 +217,20 @@ journal AS (
         approval_code = CASE WHEN {keep} THEN t.approval_code ELSE EXCLUDED.approval_code END,
         raw_callback = CASE WHEN {keep} THEN t.raw_callback ELSE EXCLUDED.raw_callback END,
         decided_at = CASE WHEN {keep} THEN t.decided_at ELSE now() END,
-        -- (one transaction, one invoice: the first number a trusted delivery or answer gave stays)
-        invoice_number = COALESCE(t.invoice_number, EXCLUDED.invoice_number),
+        -- (one transaction, one invoice: the first number a trusted delivery or answer gave stays; never one from a
+        -- write about another payment's row or a refund's, decided `duplicate` against it)
+        invoice_number = CASE WHEN {foreign} THEN t.invoice_number
+                              ELSE COALESCE(t.invoice_number, EXCLUDED.invoice_number) END,
         verified = t.verified OR EXCLUDED.verified
      WHERE :seen::text IS NULL OR t.xmin::text = :seen
     RETURNING CASE WHEN :override AND (t.source = 'refund' OR t.payment_id IS DISTINCT FROM :id::uuid)
                    THEN 'duplicate' ELSE t.decision END,
               t.xmax::text <> '0' AS existed
 )"""
-).replace("{keep}", _KEEP)
+    )
+    .replace("{keep}", _KEEP)
+    .replace("{foreign}", _FOREIGN)
+)
 
 _LOCK_NAMED_PAYMENT = "SELECT 1 FROM public.payments WHERE id = :id::uuid FOR UPDATE"
 
@@ -298,8 +304,8 @@ SELECT (SELECT decision FROM journal), NULL, NULL, NULL, (SELECT existed FROM jo
 # Nothing to change on the payment; but a delivery VERIFY confirmed, of the transaction the payment completed with,
 # gives the invoice number one settled on its Sign alone (Hesh is not signed) could not: kept when none is. Only for
 # a transaction this backend granted (its journal row says the payment was pending, failed or expired when it was
-# decided), never one the web app completed (journaled 'granted before', the payment 'completed' then): the web app
-# invoices its own way.
+# decided, or in review: an operator's complete), never one the web app completed (journaled 'granted before', the
+# payment 'completed' then): the web app invoices its own way.
 _NOTHING = """
 WITH invoiced AS (
     INSERT INTO public.invoices (user_id, payment_id, invoice_number, amount)
@@ -308,7 +314,7 @@ WITH invoiced AS (
        AND ltrim(p.hypay_transaction_id, '0') = ltrim(:txn, '0')
        AND EXISTS (SELECT 1 FROM public.hypay_transactions j
                     WHERE j.hypay_id = :txn AND j.payment_id = p.id AND j.decision = 'granted'
-                      AND j.previous_status IN ('pending', 'failed', 'expired'))
+                      AND j.previous_status IN ('pending', 'failed', 'expired', 'needs_review'))
     ON CONFLICT (payment_id) WHERE payment_id IS NOT NULL AND legacy_duplicate_of IS NULL DO NOTHING
     RETURNING 1
 ), {journal}
