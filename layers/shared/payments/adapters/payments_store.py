@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from payments.adapters.db import Database, QueryError, Transaction, bind, stored_money
 from payments.domain.money import Money
 from payments.domain.payment import PaymentStatus
 from payments.records import Record
+
+if TYPE_CHECKING:
+    from payments.adapters.journal import HypTransaction
 
 UNIQUE_VIOLATION = "23505"
 # The advisory lock (first key) under which a user's saved-card charges are marked one at a time; arbitrary, constant.
@@ -316,16 +319,35 @@ class PaymentsStore:
         )
         return bool(self.db.atomic(lambda tx: tx.run(sql), read_committed=True))
 
-    def flag_for_review(self, payment_id: UUID, reason: str) -> bool:
+    def flag_for_review(self, payment_id: UUID, reason: str, *, journaled: HypTransaction | None = None) -> bool:
         """A pending payment goes to needs_review, saying why. False when it was not pending any more. A transaction of
-        its own: its lock wait and time are cut to what the invocation has left (a fallback after Hyp answered)."""
+        its own: its lock wait and time are cut to what the invocation has left (a fallback after Hyp answered).
+
+        `journaled`: the Hyp transaction that paid it (a charge Hyp approved whose settlement did not pass), written
+        to the journal with it, decided `review` (the payment's row alone is not a record of the transaction: the
+        journal's is what the queue lists, what an operator completes with, and what holds its invoice)."""
         sql = bind(
             "UPDATE public.payments SET review_reason = :reason, status = 'needs_review',"
             " updated_at = now() WHERE id = :id::uuid AND status = 'pending' RETURNING 1",
             reason=reason,
             id=str(payment_id),
         )
-        return bool(self.db.atomic(lambda tx: tx.run(sql), read_committed=True))
+
+        def flag(tx: Transaction) -> bool:
+            flagged = bool(tx.run(sql))
+            if journaled is not None:
+                from payments.adapters.journal import Action, Journal, Verdict  # a fallback's: off the cold start
+
+                Journal(tx).apply(
+                    journaled,
+                    action=Action.NONE,
+                    verdict=Verdict.REVIEW,
+                    detail=reason,
+                    previous_status=PaymentStatus.PENDING,
+                )
+            return flagged
+
+        return self.db.atomic(flag, read_committed=True)
 
     def saved_card(self, user_id: UUID) -> SavedCard | None:
         rows = self.db.run(

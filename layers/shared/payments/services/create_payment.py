@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from aws_lambda_powertools.metrics import MetricUnit
@@ -48,6 +48,9 @@ from payments.problems import problem_body
 from payments.records import Record
 from payments.services.answers import store_answer, time_for_the_fallback
 from payments.services.keyed import Answer, Keyed
+
+if TYPE_CHECKING:
+    from payments.adapters.journal import HypTransaction
 
 
 class CreatePaymentDeps(Record):
@@ -373,7 +376,8 @@ class CreatePayment:
             unknown = partial(self._unknown, payment_id, f"unexpected {type(exc).__name__} while Hyp was asked")
             self._after_answer(payment_id, unknown)
             raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id)) from exc
-        return self._after_answer(payment_id, partial(self._approved, payment_id, pack, charge), charge.transaction_id)
+        charged = _charged(payment_id, charge)
+        return self._after_answer(payment_id, partial(self._approved, payment_id, pack, charged), charged=charged)
 
     def _not_approved(self, payment_id: UUID, pack: Pack, exc: GatewayError) -> dict[str, Any]:
         if isinstance(exc, GatewayDeclined):
@@ -385,8 +389,15 @@ class CreatePayment:
         return self._unknown(payment_id, f"{exc.code}, CCode {exc.ccode}", exc.transaction_id)
 
     def _after_answer(
-        self, payment_id: UUID, store_it: Callable[[], dict[str, Any]], hypay_id: str | None = None
+        self,
+        payment_id: UUID,
+        store_it: Callable[[], dict[str, Any]],
+        hypay_id: str | None = None,
+        charged: HypTransaction | None = None,
     ) -> dict[str, Any]:
+        """`store_it` (the answer stored), or the fallback. `charged`: the transaction Hyp approved, when it did (its
+        Id is `hypay_id`)."""
+        hypay_id = charged.hypay_id if charged is not None else hypay_id
         try:
             return store_answer(store_it)
         except Exception as exc:
@@ -405,48 +416,46 @@ class CreatePayment:
             # time for another statement: the attempt mark already keeps the payment for review.
             down = isinstance(exc, DatabaseUnavailable) or not time_for_the_fallback()
             flagged = not down and self._review_naming(
-                payment_id, hypay_id, f"answered, but its answer could not be stored ({error})"
+                payment_id, hypay_id, f"answered, but its answer could not be stored ({error})", charged
             )
             status = PaymentStatus.NEEDS_REVIEW if flagged else PaymentStatus.PENDING
             raise OutcomeUnconfirmed(_CONFIRMING, payment_id=str(payment_id), status=str(status)) from exc
 
-    def _review_naming(self, payment_id: UUID, hypay_id: str | None, what: str) -> bool:
-        """Best effort: the pending payment to review, its reason naming Hyp's transaction (its Id, else its Order).
-        Whether it went."""
+    def _review_naming(
+        self, payment_id: UUID, hypay_id: str | None, what: str, charged: HypTransaction | None = None
+    ) -> bool:
+        """Best effort: the pending payment to review, its reason naming Hyp's transaction (its Id, else its Order),
+        and the transaction Hyp approved (`charged`) journaled with it. Whether it went."""
+        reason = f"saved-card charge {what}; check {_where(payment_id, hypay_id)}"
+        if charged is not None:
+            try:
+                return self.deps.store.flag_for_review(payment_id, reason, journaled=charged)
+            except PaymentError as exc:
+                # The journal's row may be what the database refuses (the statement that failed wrote one too): the
+                # payment alone, when there is time for it.
+                logger.error(
+                    "saved card charge not journaled for review",
+                    extra={"payment_id": str(payment_id), "hypay_transaction_id": hypay_id, "code": exc.code},
+                )
+                if isinstance(exc, DatabaseUnavailable) or not time_for_the_fallback():
+                    return False
         try:
-            return self.deps.store.flag_for_review(
-                payment_id, f"saved-card charge {what}; check {_where(payment_id, hypay_id)}"
-            )
+            return self.deps.store.flag_for_review(payment_id, reason)
         except PaymentError as exc:
             logger.error(
                 "saved card charge not sent to review", extra={"payment_id": str(payment_id), "code": exc.code}
             )
             return False
 
-    def _approved(self, payment_id: UUID, pack: Pack, charge: Charge) -> dict[str, Any]:
-        from payments.adapters.journal import HypTransaction, Source  # saved-card charges only: off the cold start
-        from payments.services.settle import Result, settle
+    def _approved(self, payment_id: UUID, pack: Pack, charge: HypTransaction) -> dict[str, Any]:
+        from payments.services.settle import Result, settle  # saved-card charges only: off the cold start
 
-        settlement = settle(
-            self.deps.store.db,
-            HypTransaction(
-                hypay_id=charge.transaction_id,
-                order_ref=str(payment_id),
-                payment_id=payment_id,
-                ccode=0,
-                amount=charge.amount,  # None (unreadable) or another currency: review, never taken for the price
-                source=Source.TOKEN_CHARGE,
-                verified=True,
-                approval_code=charge.approval_code or None,
-                invoice_number=charge.invoice_number,
-                currency_known=charge.currency_known,
-            ),
-        )
+        settlement = settle(self.deps.store.db, charge)
         if settlement.result == Result.COMPLETED:
             return {"status": 201, "body": _view(payment_id, pack, None, PaymentStatus.COMPLETED)}
         if settlement.result == Result.REVIEW:
             return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
-        return self._id_of_another(payment_id, charge.transaction_id)
+        return self._id_of_another(payment_id, charge.hypay_id)
 
     def _id_of_another(self, payment_id: UUID, hypay_id: str) -> dict[str, Any]:
         """Hyp's answer to our charge named a transaction the journal holds for another payment: settling left this
@@ -495,6 +504,24 @@ class CreatePayment:
     def _unknown(self, payment_id: UUID, reason: str, hypay_id: str | None = None) -> dict[str, Any]:
         self._outcome_unknown(payment_id, f"saved-card charge outcome unknown ({reason})", hypay_id)
         return _confirming(payment_id, PaymentStatus.NEEDS_REVIEW)
+
+
+def _charged(payment_id: UUID, charge: Charge) -> HypTransaction:
+    """The transaction Hyp's approval of our charge names, as the journal records it."""
+    from payments.adapters.journal import HypTransaction, Source  # saved-card charges only: off the cold start
+
+    return HypTransaction(
+        hypay_id=charge.transaction_id,
+        order_ref=str(payment_id),
+        payment_id=payment_id,
+        ccode=0,
+        amount=charge.amount,  # None (unreadable) or another currency: review, never taken for the price
+        source=Source.TOKEN_CHARGE,
+        verified=True,
+        approval_code=charge.approval_code or None,
+        invoice_number=charge.invoice_number,
+        currency_known=charge.currency_known,
+    )
 
 
 def _where(payment_id: UUID, hypay_id: str | None) -> str:
