@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from payments.adapters.admin_token import authenticate, tokens_provider
+from payments.adapters.admin_token import authenticate_current, tokens_provider
 from payments.adapters.db import default_database
 from payments.adapters.review_store import ReviewStore
 from payments.api_schema import (
@@ -67,7 +67,7 @@ def _tokens() -> Any:
 
 def _admin() -> str:
     """The name of the admin credential the request carries; 401 otherwise (the same for missing and wrong)."""
-    name = authenticate(app.current_event.headers.get("authorization"), _tokens()())
+    name = authenticate_current(app.current_event.headers.get("authorization"), _tokens())
     if name is None:
         raise _NotAnAdmin("a valid admin token is required")
     return name

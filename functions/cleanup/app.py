@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from payments import deadline
 from payments.adapters import audit
-from payments.adapters.admin_token import authenticate, tokens_provider
+from payments.adapters.admin_token import authenticate_current, tokens_provider
 from payments.adapters.db import default_database, quote_table
 from payments.adapters.review_store import ReviewStore
 from payments.api_schema import (
@@ -42,7 +42,7 @@ def _admin_tokens() -> Any:
 
 def _admin() -> str | None:
     """The name of the admin credential the request carries (None: no valid token)."""
-    return authenticate(app.current_event.headers.get("authorization"), _admin_tokens()())
+    return authenticate_current(app.current_event.headers.get("authorization"), _admin_tokens())
 
 
 def _authorized() -> bool:

@@ -197,6 +197,7 @@ class CleanupSettings(EnvSettings):
     pending_payment_max_age_seconds: int = env("CLEANUP_PENDING_PAYMENT_MAX_AGE", cs.int_schema(gt=0), 2 * 3600)
     admin_token_secret_arn: str | None = env("ADMIN_TOKEN_SECRET_ARN", OPTIONAL_TEXT)
     admin_token: str | None = env("ADMIN_API_TOKEN", OPTIONAL_TEXT, secret=True)
+    admin_token_secret_max_age_seconds: int = env("ADMIN_TOKEN_SECRET_MAX_AGE", cs.int_schema(ge=0), 300)
 
 
 class AdminSettings(EnvSettings):
@@ -204,6 +205,7 @@ class AdminSettings(EnvSettings):
 
     admin_token_secret_arn: str | None = env("ADMIN_TOKEN_SECRET_ARN", OPTIONAL_TEXT)
     admin_token: str | None = env("ADMIN_API_TOKEN", OPTIONAL_TEXT, secret=True)
+    admin_token_secret_max_age_seconds: int = env("ADMIN_TOKEN_SECRET_MAX_AGE", cs.int_schema(ge=0), 300)
     review_page_max: int = env("ADMIN_REVIEW_PAGE_MAX", cs.int_schema(gt=0, le=1000), 200)
     # A saved-card charge attempt younger than this may still be running: not resolvable by hand yet.
     charge_settle_seconds: int = env("ADMIN_CHARGE_SETTLE_SECONDS", cs.int_schema(ge=0), 120)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,9 +26,15 @@ MIN_TOKEN_LENGTH = 16
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 
+# A token that matches none makes the secret be read again (it may have been rotated since it was cached), at most
+# once in this many seconds per execution environment: junk tokens cannot turn every request into a read.
+REFRESH_COOLDOWN_SECONDS = 30.0
+
+
 class AdminTokenSettings(Protocol):
     admin_token_secret_arn: str | None
     admin_token: str | None
+    admin_token_secret_max_age_seconds: int
 
 
 def parse_tokens(text: str, *, what: str = "the admin token secret") -> dict[str, str]:
@@ -68,16 +75,43 @@ def parse_tokens(text: str, *, what: str = "the admin token secret") -> dict[str
     return found
 
 
+class SecretTokens:
+    """{name: token} from the secret, kept for ADMIN_TOKEN_SECRET_MAX_AGE (`SecretCacheSeconds`), and read again
+    before then when a presented token matches none (`refreshed`): a token added by a rotation is accepted at once,
+    not after the cached copy ages out."""
+
+    def __init__(self, arn: str, max_age: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._arn = arn
+        self._max_age = max_age
+        self._clock = clock
+        self._last_refresh: float | None = None
+
+    def __call__(self, refresh: bool = False) -> dict[str, str]:
+        text = read_secret(
+            self._arn,
+            what="admin token",
+            unavailable=SecretUnavailable,
+            json_object=False,
+            max_age=self._max_age,
+            refresh=refresh,
+        )
+        return parse_tokens(str(text))
+
+    def refreshed(self) -> dict[str, str] | None:
+        """The tokens read again, if they changed and the cooldown allows; else None."""
+        now = self._clock()
+        if self._last_refresh is not None and now - self._last_refresh < REFRESH_COOLDOWN_SECONDS:
+            return None
+        self._last_refresh = now
+        before = self()
+        after = self(refresh=True)
+        return after if after != before else None
+
+
 def tokens_provider(settings: AdminTokenSettings) -> Callable[[], dict[str, str]]:
-    """{name: token}: from the secret (cached by Powertools parameters), else ADMIN_API_TOKEN (local runs)."""
+    """{name: token}: from the secret (`SecretTokens`), else ADMIN_API_TOKEN (local runs)."""
     if settings.admin_token_secret_arn:
-        arn = settings.admin_token_secret_arn
-
-        def from_secret() -> dict[str, str]:
-            text = str(read_secret(arn, what="admin token", unavailable=SecretUnavailable, json_object=False))
-            return parse_tokens(text)
-
-        return from_secret
+        return SecretTokens(settings.admin_token_secret_arn, settings.admin_token_secret_max_age_seconds)
     if settings.admin_token:
         tokens = parse_tokens(settings.admin_token, what="ADMIN_API_TOKEN")
         return lambda: tokens
@@ -104,6 +138,17 @@ def authenticate(authorization: str | None, tokens: dict[str, str]) -> str | Non
     return matched if scheme.lower() == "bearer" and given.strip() else None
 
 
+def authenticate_current(authorization: str | None, tokens: Callable[[], dict[str, str]]) -> str | None:
+    """`authenticate` against the provider's tokens; a bearer token that matches none is tried once more against the
+    secret read again (`SecretTokens.refreshed`: rotated since it was cached), within its cooldown."""
+    name = authenticate(authorization, tokens())
+    if name is not None or not (authorization or "").strip():
+        return name
+    refreshed = getattr(tokens, "refreshed", None)
+    fresh = refreshed() if refreshed is not None else None
+    return authenticate(authorization, fresh) if fresh is not None else None
+
+
 # -- the single-token interface the cleanup function started with -------------------------------
 
 
@@ -127,4 +172,13 @@ def bearer_matches(authorization: str | None, expected: str) -> bool:
     return authenticate(authorization, {DEFAULT_NAME: expected}) is not None
 
 
-__all__ = ["DEFAULT_NAME", "authenticate", "bearer_matches", "parse_tokens", "token_provider", "tokens_provider"]
+__all__ = [
+    "DEFAULT_NAME",
+    "SecretTokens",
+    "authenticate",
+    "authenticate_current",
+    "bearer_matches",
+    "parse_tokens",
+    "token_provider",
+    "tokens_provider",
+]
