@@ -368,6 +368,7 @@ def test_cleanup_schedule_admin_and_debug_endpoints_as_the_role(backend_admin: E
         "purged_web_app_records": 1,
         "expired_payments": 1,
         "payments_flagged_for_review": 1,
+        "refunds_outcome_unknown": 0,
         "purged_rate_limit_windows": 1,
         "complete": True,
         "counts_exact": True,

@@ -166,6 +166,7 @@ def test_alarms_on_verification_failures_and_amount_mismatches_notify_the_topic(
         "DuplicateTransaction": {"hypay_callback", "create_payment", "admin"},
         "ChargeOutcomeUnknown": {"create_payment"},
         "Cleanup_payments_flagged_for_review": {"cleanup"},
+        "Cleanup_refunds_outcome_unknown": {"cleanup"},
         "DatabaseConnectFailed": {"create_payment", "hypay_callback", "cleanup", "admin"},
         "UnhandledError": {"create_payment", "hypay_callback", "cleanup", "admin"},
         "NotConfigured": {"create_payment", "hypay_callback", "cleanup", "admin"},

@@ -55,6 +55,11 @@ class Step(Record):
 
 # Why the cleanup sends a stale pending payment with a charge attempt to review (when it has no reason yet).
 FLAGGED_REASON = "saved-card charge attempted, outcome never stored"
+# A refund still `attempted` this long after it was written (the admin function asking Hyp ends after 29 s) asked Hyp
+# from an invocation that ended before its answer was stored: it may have moved money. The cleanup marks it `unknown`
+# (what a retry with its key does) with this message, and counts it: the alarm of a refund whose outcome is unknown.
+STALE_REFUND_SECONDS = 600
+STALE_REFUND_MESSAGE = "the invocation asking Hyp ended before its answer was stored (found by the cleanup)"
 
 # Each batch commits on its own (an autocommit statement); for a step that is not durable, in one round trip:
 # `SET LOCAL` lasts until that implicit transaction's commit, so the session's setting is untouched.
@@ -111,6 +116,23 @@ def cleanup_steps(table: str) -> list[Step]:
             recount=f"""
             SELECT count(*) FROM public.payments
              WHERE status = 'needs_review' AND review_reason = '{FLAGGED_REASON}'
+               AND updated_at > now() - make_interval(secs => :window)""",
+        ),
+        # Only a refund nothing was heard of since it was attempted: one whose answer was noted in words (it could not
+        # be stored) counted RefundOutcomeUnknown then. The row stays the same refund, its amount still counted
+        # against what can be refunded; an operator settles it (POST /admin/refunds/{id}/outcome).
+        Step(
+            "refunds_outcome_unknown",
+            f"""
+            UPDATE public.refunds SET status = 'unknown', message = '{STALE_REFUND_MESSAGE}', updated_at = now()
+             WHERE id IN (
+                SELECT id FROM public.refunds
+                 WHERE status = 'attempted' AND message IS NULL
+                   AND updated_at < now() - make_interval(secs => {STALE_REFUND_SECONDS})
+                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
+            recount=f"""
+            SELECT count(*) FROM public.refunds
+             WHERE status = 'unknown' AND message = '{STALE_REFUND_MESSAGE}'
                AND updated_at > now() - make_interval(secs => :window)""",
         ),
         # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One

@@ -38,6 +38,7 @@ class CleanupReport:
     purged_web_app_records: int = 0
     expired_payments: int = 0
     payments_flagged_for_review: int = 0
+    refunds_outcome_unknown: int = 0
     purged_rate_limit_windows: int = 0
     complete: bool = True  # False when the time budget ran out first (the next run goes on)
     # False when a purge's batches ran but could not all be counted (the server's notices did not reach us, or a paced
