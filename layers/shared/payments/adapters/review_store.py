@@ -175,6 +175,13 @@ WITH items AS (
                                AND a.after_state ->> 'status' = 'failed'
                                AND a.at >= (SELECT max(u.found_forged_at) FROM public.hypay_unverified_callbacks u
                                              WHERE u.hypay_id = t.hypay_id)))
+       -- every callback kept for the Id found forged by a check, and no payment of ours named (an Order that is none of
+       -- ours: junk sent while Hyp could not be asked): no payment to fail, no money of ours behind it, and nothing an
+       -- operator could do would take it out (its journal row and kept copies stay)
+       AND NOT (t.decision = 'unverified' AND p.id IS NULL
+                AND EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u WHERE u.hypay_id = t.hypay_id)
+                AND NOT EXISTS (SELECT 1 FROM public.hypay_unverified_callbacks u
+                                 WHERE u.hypay_id = t.hypay_id AND u.found_forged_at IS NULL))
        AND NOT (t.decision = 'review' AND COALESCE(p.status, '') = 'needs_review')
        -- a legacy item the web app settled: the payment (of a status from before this backend when it was paid) since
        -- completed with this very transaction, for the amount it asked, its credits in the ledger in full
