@@ -25,9 +25,10 @@ _ROOM_SECONDS = 0.5
 
 
 class _Secrets:
-    """One Secrets Manager provider per execution environment (its client and its cache of values), and when each
-    secret was last asked for (monotonic, before the asking): a value Powertools still has cached is read without a
-    thread; any other read is given TOTAL_SECONDS in all."""
+    """One Secrets Manager provider per execution environment (its client), the values read, and when the read of
+    each began (monotonic, before the asking): a value read within `max_age` is answered from here, without a thread;
+    any other read is given TOTAL_SECONDS in all. A value is kept only if its read began after the one kept did: a read
+    given up (its thread still running) that answers later never replaces a newer value (a secret rotated meanwhile)."""
 
     def __init__(self) -> None:
         from aws_lambda_powertools.utilities import parameters
@@ -41,21 +42,32 @@ class _Secrets:
             )
         )
         self.asked: dict[tuple[str, bool], float] = {}
+        self.held: dict[tuple[str, bool], Any] = {}
+        self._lock = threading.Lock()
 
     def get(self, arn: str, *, json_object: bool, max_age: int, refresh: bool) -> Any:
         transform: Literal["json"] | None = "json" if json_object else None
-        asked = self.asked.get((arn, json_object))
-        if not refresh and asked is not None and time.monotonic() - asked < max_age - 1:
-            return self.provider.get(arn, transform=transform, max_age=max_age)  # cached (asked since, within max_age)
+        key = (arn, json_object)
+        with self._lock:
+            asked = self.asked.get(key)
+            if not refresh and asked is not None and time.monotonic() - asked < max_age - 1:
+                return self.held[key]  # read since, within max_age
         started = time.monotonic()
-        value = _within(
-            _time_limit(),
-            # Always from Secrets Manager: what Powertools then caches is at least as fresh as `asked` says (a read
-            # Powertools answered from a cache about to expire would make the bookkeeping outlive it)
-            lambda: self.provider.get(arn, transform=transform, max_age=max_age, force_fetch=True),
-        )
-        self.asked[(arn, json_object)] = started
-        return value
+
+        def read() -> Any:
+            # Always from Secrets Manager (never Powertools' cache, which a late read may have overwritten)
+            value = self.provider.get(arn, transform=transform, max_age=max_age, force_fetch=True)
+            self._keep(key, value, started)
+            return value
+
+        return _within(_time_limit(), read)
+
+    def _keep(self, key: tuple[str, bool], value: Any, started: float) -> None:
+        """`value`, read from `started`, kept unless a read that began later was kept already."""
+        with self._lock:
+            asked = self.asked.get(key)
+            if asked is None or asked <= started:
+                self.asked[key], self.held[key] = started, value
 
 
 @cache
