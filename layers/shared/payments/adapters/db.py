@@ -219,22 +219,54 @@ ParamsProvider = Callable[[bool], ConnectionParams]
 """Returns connection parameters; called with True to bypass any cache (after an auth failure)."""
 
 
+class SecretParams:
+    """Connection parameters from the RDS-format secret (a `ParamsProvider`), and `pending()`: those of the version a
+    rotation is putting in place (AWSPENDING), None when there is none. Secrets Manager's single-user rotation changes
+    the password (setSecret) before it makes the new version current (finishSecret): in between, only the pending
+    password logs in."""
+
+    def __init__(self, arn: str, settings: DatabaseSettings) -> None:
+        self._arn = arn
+        self._settings = settings
+
+    def __call__(self, refresh: bool) -> ConnectionParams:
+        return self._read(refresh, None)
+
+    def pending(self) -> ConnectionParams | None:
+        try:
+            return self._read(True, "AWSPENDING")
+        except DatabaseUnavailable as exc:
+            if _no_such_version(exc):
+                return None
+            raise
+
+    def _read(self, refresh: bool, stage: str | None) -> ConnectionParams:
+        secret = read_secret(
+            self._arn,
+            what="database",
+            unavailable=DatabaseUnavailable,
+            max_age=self._settings.secret_max_age_seconds,
+            refresh=refresh,
+            stage=stage,
+        )
+        return params_from_rds_secret(secret, self._settings.ssl_mode, self._settings.ssl_root_cert)
+
+
+def _no_such_version(exc: BaseException) -> bool:
+    """Secrets Manager answered that the secret has no version with the label asked for (no rotation under way)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def params_provider(settings: DatabaseSettings) -> ParamsProvider:
     """The production provider: the Secrets Manager secret when configured, else DATABASE_URL."""
     if settings.secret_arn:
-        arn = settings.secret_arn
-
-        def from_secret(refresh: bool) -> ConnectionParams:
-            secret = read_secret(
-                arn,
-                what="database",
-                unavailable=DatabaseUnavailable,
-                max_age=settings.secret_max_age_seconds,
-                refresh=refresh,
-            )
-            return params_from_rds_secret(secret, settings.ssl_mode, settings.ssl_root_cert)
-
-        return from_secret
+        return SecretParams(settings.secret_arn, settings)
     if settings.url:
         parsed = parse_database_url(settings.url, settings.ssl_mode, settings.ssl_root_cert)
         return lambda refresh: parsed
@@ -608,8 +640,19 @@ class Database:
 
     def _connect(self) -> pg8000.native.Connection:
         refresh = False
-        for attempt in (1, 2):
-            params = self._params(refresh)
+        refused: DatabaseUnavailable | None = None  # the login refused with the current version
+        for attempt in (1, 2, 3):
+            if attempt < 3:
+                params = self._params(refresh)
+            else:
+                # Refused twice with the current version: a rotation may have changed the password before making the
+                # new version current. Its pending version, when there is one, is tried once.
+                pending = getattr(self._params, "pending", None)
+                found = pending() if pending is not None else None
+                if found is None:
+                    assert refused is not None
+                    raise refused
+                params = found
             wait = _client_wait(self._connect_timeout)
             if wait is None:
                 # Near the end (Hyp answered, its answer still to be stored): a connect may not outlive the invocation,
@@ -628,8 +671,11 @@ class Database:
                 # pg8000 may raise InterfaceError("network error") from its close() while handling the server's
                 # FATAL: the server's answer is then further down the chain, and decides as if raised itself.
                 server = _server_error(exc)
-                if server is not None and _sqlstate(server) in _AUTH_FAILED and attempt == 1:
-                    refresh = True  # the secret may have been rotated: read it again, once
+                if server is not None and _sqlstate(server) in _AUTH_FAILED and attempt < 3:
+                    # The secret may have been rotated: read it again, once; then its pending version (above)
+                    refresh = True
+                    refused = DatabaseUnavailable(f"could not connect to the database: {_message(server)}")
+                    refused.__cause__ = exc
                     continue
                 if server is not None:
                     raise DatabaseUnavailable(f"could not connect to the database: {_message(server)}") from exc

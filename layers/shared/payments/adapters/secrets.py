@@ -45,9 +45,10 @@ class _Secrets:
         self.held: dict[tuple[str, bool], Any] = {}
         self._lock = threading.Lock()
 
-    def get(self, arn: str, *, json_object: bool, max_age: int, refresh: bool) -> Any:
+    def get(self, arn: str, *, json_object: bool, max_age: int, refresh: bool, stage: str | None = None) -> Any:
         transform: Literal["json"] | None = "json" if json_object else None
-        key = (arn, json_object)
+        key = (arn, json_object) if stage is None else (f"{arn}@{stage}", json_object)
+        options = {} if stage is None else {"VersionStage": stage}
         with self._lock:
             asked = self.asked.get(key)
             if not refresh and asked is not None and time.monotonic() - asked < max_age - 1:
@@ -56,7 +57,7 @@ class _Secrets:
 
         def read() -> Any:
             # Always from Secrets Manager (never Powertools' cache, which a late read may have overwritten)
-            value = self.provider.get(arn, transform=transform, max_age=max_age, force_fetch=True)
+            value = self.provider.get(arn, transform=transform, max_age=max_age, force_fetch=True, **options)
             self._keep(key, value, started)
             return value
 
@@ -112,8 +113,10 @@ def read_secret(
     max_age: int = 300,
     refresh: bool = False,
     json_object: bool = True,
+    stage: str | None = None,
 ) -> Any:
-    """The secret's value: a JSON object (default) or its raw text.
+    """The secret's value: a JSON object (default) or its raw text; `stage`: the version with that staging label
+    (`AWSPENDING` during a rotation), else the current one.
 
     `unavailable` is raised (from the cause) when Secrets Manager cannot be read, or not within TOTAL_SECONDS; a
     malformed secret is a `ConfigurationError`. `what` names the secret in messages; its value never appears.
@@ -121,9 +124,9 @@ def read_secret(
     from aws_lambda_powertools.utilities import parameters
 
     try:
-        value = _secrets().get(arn, json_object=json_object, max_age=max_age, refresh=refresh)
+        value = _secrets().get(arn, json_object=json_object, max_age=max_age, refresh=refresh, stage=stage)
     except (parameters.exceptions.GetParameterError, TimeoutError) as exc:
-        _count_unreadable(what, exc)
+        _count_unreadable(what, exc, stage)
         raise unavailable(f"could not read the {what} secret") from exc
     except parameters.exceptions.TransformParameterError:
         raise ConfigurationError(f"the {what} secret is not JSON") from None
@@ -145,16 +148,19 @@ _FOR_GOOD = {
 }
 
 
-def _count_unreadable(what: str, exc: Exception) -> None:
+def _count_unreadable(what: str, exc: Exception, stage: str | None = None) -> None:
     """Logged with Secrets Manager's error code (never a value); one no retry changes is also counted `NotConfigured`
-    (alarmed at one): every request needing the secret answers "not yet" until it is fixed. Imported here: the metrics
+    (alarmed at one): every request needing the secret answers "not yet" until it is fixed. A version asked for by its
+    label (`stage`) that does not exist is no rotation under way, not a configuration error. Imported here: the metrics
     object reads its namespace from the environment when first imported."""
     from payments.observability import logger, metrics
 
     cause = exc.__cause__ or exc.__context__ or exc
     response = getattr(cause, "response", None)
     code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-    if code in _FOR_GOOD:
+    if stage is not None and code == "ResourceNotFoundException":
+        logger.info("a secret has no version of this stage", extra={"secret": what, "stage": stage})
+    elif code in _FOR_GOOD:
         metrics.add_metric(name="NotConfigured", unit="Count", value=1)
         logger.error("a secret cannot be read", extra={"secret": what, "error": code})
     else:
