@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
 from aws_lambda_powertools import Logger
@@ -119,19 +119,29 @@ def _repeats_credentials(answer: protocol.Answer, params: dict[str, str]) -> boo
     )
 
 
+class SecretCredentials:
+    """The terminal's credentials from the Secrets Manager secret, kept for HYPAY_SECRET_MAX_AGE; `refresh` reads the
+    secret again now (Hyp refused the cached ones: they may have been rotated since)."""
+
+    def __init__(self, arn: str, max_age: int) -> None:
+        self._arn = arn
+        self._max_age = max_age
+
+    def __call__(self, refresh: bool = False) -> HypayCredentials:
+        secret = read_secret(
+            self._arn, what="Hypay", unavailable=GatewayUnavailable, max_age=self._max_age, refresh=refresh
+        )
+        return HypayCredentials.from_mapping(secret)
+
+    def refresh(self) -> HypayCredentials:
+        return self(refresh=True)
+
+
 def credentials_provider(settings: HypaySettings) -> Callable[[], HypayCredentials]:
     """The Secrets Manager secret (JSON: Masof, KEY, PassP, optionally PreviousKEY) when configured, else the
     environment."""
     if settings.secret_arn:
-        arn = settings.secret_arn
-
-        def from_secret() -> HypayCredentials:
-            secret = read_secret(
-                arn, what="Hypay", unavailable=GatewayUnavailable, max_age=settings.secret_max_age_seconds
-            )
-            return HypayCredentials.from_mapping(secret)
-
-        return from_secret
+        return SecretCredentials(settings.secret_arn, settings.secret_max_age_seconds)
     if settings.masof and settings.key and settings.passp:
         creds = HypayCredentials.from_mapping(
             {
@@ -318,6 +328,10 @@ class HypayClient:
         self._budget = budget_seconds
         self._open = opener
         self._credentials_ok_until = 0.0
+        # Hyp refused our credentials (901/902): the next request reads them again before anything is sent (never
+        # between an answer and its storing), at most once per CREDENTIALS_REFRESH_COOLDOWN_SECONDS.
+        self._credentials_stale = False
+        self._refresh_allowed_at = 0.0
 
     @classmethod
     def from_settings(cls, settings: HypaySettings | None = None) -> HypayClient:
@@ -329,10 +343,31 @@ class HypayClient:
             budget_seconds=settings.budget_seconds,
         )
 
+    # -- the credentials ------------------------------------------------------------------------
+
+    def _creds(self) -> HypayCredentials:
+        """The credentials to send: read again from the secret first when Hyp refused the last ones (a rotation: the
+        portal, then the secret), else the cached ones. Raises as a read does, before anything is sent."""
+        refresh = getattr(self._credentials, "refresh", None)
+        if self._credentials_stale and refresh is not None:
+            self._credentials_stale = False
+            creds = refresh()
+            self._credentials_ok_until = 0.0  # a yes was about the credentials before
+            return cast(HypayCredentials, creds)
+        return self._credentials()
+
+    def _refused_our_credentials(self) -> None:
+        """Hyp answered 901/902: the next request reads the credentials again (within the cooldown). Only flags: it
+        never raises, and nothing is read here (an answer that may have moved money is stored first)."""
+        now = time.monotonic()
+        if now >= self._refresh_allowed_at:
+            self._refresh_allowed_at = now + CREDENTIALS_REFRESH_COOLDOWN_SECONDS
+            self._credentials_stale = True
+
     # -- the calls ------------------------------------------------------------------------------
 
     def _sign_head(self) -> dict[str, str]:
-        creds = self._credentials()
+        creds = self._creds()
         return {
             "action": "APISign",
             "What": "SIGN",
@@ -367,6 +402,11 @@ class HypayClient:
                 "heshDesc": protocol.invoice_line(page.description, page.amount.hypay_amount()),
             }
         answer = self._call("SIGN", params, retry=True)
+        if answer.ccode in _CREDENTIALS_REFUSED and self._credentials_stale and hasattr(self._credentials, "refresh"):
+            # Refused our credentials: signed again once with the secret read again (rotated since it was cached). A
+            # page moves no money: asking twice is safe.
+            params |= self._sign_head()
+            answer = self._call("SIGN", params, retry=True)
         if "signature" not in answer.fields:
             protocol.raise_for_ccode(answer, "SIGN")  # an error answer: CCode, no signature
             raise GatewayUnavailable("Hypay SIGN: answer without a signature")
@@ -383,11 +423,11 @@ class HypayClient:
     def signed_text(self, raw_query: str) -> str | None:
         """The callback's text as Hyp signed it (as received, or before a browser re-encoded it), or None when its
         `Sign` matches neither."""
-        return protocol.signed_text(raw_query, self._credentials().key)
+        return protocol.signed_text(raw_query, self._creds().key)
 
     def signed_with_previous_key(self, raw_query: str) -> bool:
         """Its `Sign` was made with the KEY before the last rotation (`PreviousKEY`, while the secret holds one)."""
-        previous = self._credentials().previous_key
+        previous = self._creds().previous_key
         return previous is not None and protocol.signed_text(raw_query, previous) is not None
 
     def verify_redirect(self, raw_query: str) -> bool:
@@ -399,7 +439,7 @@ class HypayClient:
         when the terminal may not verify (901), `GatewayUnavailable` when Hyp cannot be asked: then
         nothing may be concluded.
         """
-        creds = self._credentials()
+        creds = self._creds()
         head = urlencode(
             {"action": "APISign", "What": "VERIFY", "Masof": creds.masof, "KEY": creds.key, "PassP": creds.passp}
         )
@@ -446,7 +486,7 @@ class HypayClient:
 
     def get_token(self, transaction_id: str) -> Token:
         """getToken for an approved transaction: a 19-digit token and its expiry (Tokef = YYMM)."""
-        creds = self._credentials()
+        creds = self._creds()
         trans_id = _as_hyp_writes(transaction_id)
         answer = self._call(
             "getToken",
@@ -481,7 +521,7 @@ class HypayClient:
         if protocol.hyp_token(token.value) is None:  # only a Hyp token is ever sent as the card (whatever was stored)
             raise GatewayNotAsked("Hypay not asked: the saved card's token is not a Hyp token")
         try:
-            creds = self._credentials()
+            creds = self._creds()
         except (GatewayError, ConfigurationError) as exc:
             raise GatewayNotAsked(f"Hypay not asked: credentials unavailable ({exc.code})") from None
         params = {
@@ -536,6 +576,8 @@ class HypayClient:
         with tracer.provider.in_subsegment(f"## hypay {action}") as subsegment:
             subsegment.put_annotation(key="hypay_action", value=action)
             answer = self._attempts(action, request, retry=retry)
+            if answer.ccode in _CREDENTIALS_REFUSED:
+                self._refused_our_credentials()
             if answer.ccode is not None:
                 subsegment.put_annotation(key="hypay_ccode", value=str(answer.ccode))
             return _without_our_secrets(answer, secrets)
@@ -661,7 +703,7 @@ class HypayClient:
 
     def _reversal_credentials(self) -> HypayCredentials:
         try:
-            return self._credentials()
+            return self._creds()
         except (GatewayError, ConfigurationError) as exc:
             raise GatewayNotAsked(f"Hypay not asked: credentials unavailable ({exc.code})") from None
 
@@ -689,6 +731,10 @@ MIN_ATTEMPT_SECONDS = 1.0
 # forgery (403) or ours (our KEY is off: "not yet", kept): the shorter, the smaller the window in which a KEY just
 # rotated at Hyp turns genuine callbacks into "forgeries"; the longer, the fewer calls forged traffic causes.
 CREDENTIALS_CHECK_REUSE_SECONDS = 5.0
+# Hyp's codes for our terminal's credentials refused (VERIFY's 902 also says "not genuine"), and how often they make the
+# secret be read again.
+_CREDENTIALS_REFUSED = (901, 902)
+CREDENTIALS_REFRESH_COOLDOWN_SECONDS = 30.0
 
 # Connection failures that prove the request never left: refused by the address, or no address at all.
 _NOT_SENT_REASONS = ("(ConnectionRefusedError)", "(gaierror)")

@@ -1,0 +1,116 @@
+"""Hyp's credentials rotated (the portal, then the secret) under warm functions. The Hyp secret was read again only
+when its cached copy expired (SecretCacheSeconds, 300 s by default): every sale, saved-card charge and callback was
+answered 503 in every warm environment until then. Hyp's 901/902 (our credentials refused) now makes the next request
+read the secret again (at most once in 30 s), before anything is sent; a payment page is signed again at once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from ops.hypay_simulator import PUBLIC_TEST_TERMINAL_KEY, PUBLIC_TEST_TERMINAL_MASOF, PUBLIC_TEST_TERMINAL_PASSP
+from payments.adapters import secrets
+from tests.support.api import reset_function_state
+from tests.support.payments import CALLBACK, CREATE, CVV, PRO, STARTER, Env, post
+
+NEW_PASSP = "rotated-PassP-0123456789"
+
+
+@pytest.fixture
+def hyp_secret(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[object, str]]:
+    from payments.settings import hypay_settings
+
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="eu-west-1")
+        value = {
+            "Masof": PUBLIC_TEST_TERMINAL_MASOF,
+            "KEY": PUBLIC_TEST_TERMINAL_KEY,
+            "PassP": PUBLIC_TEST_TERMINAL_PASSP,
+        }
+        arn = client.create_secret(Name="payments/prod/hyp-rotation", SecretString=json.dumps(value))["ARN"]
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+        monkeypatch.setenv("HYPAY_SECRET_ARN", arn)
+        hypay_settings.cache_clear()
+        secrets._secrets.cache_clear()
+        reset_function_state(CREATE)
+        yield client, arn
+        hypay_settings.cache_clear()
+        secrets._secrets.cache_clear()
+        reset_function_state(CREATE)
+        reset_function_state(CALLBACK)
+
+
+def _rotate_passp(env: Env, client: object, arn: str) -> None:
+    env.sim.terminals[PUBLIC_TEST_TERMINAL_MASOF].passp = NEW_PASSP  # the portal
+    value = {"Masof": PUBLIC_TEST_TERMINAL_MASOF, "KEY": PUBLIC_TEST_TERMINAL_KEY, "PassP": NEW_PASSP}
+    client.put_secret_value(SecretId=arn, SecretString=json.dumps(value))  # type: ignore[attr-defined]
+
+
+def test_a_payment_page_after_a_passp_rotation_needs_no_cold_start(env: Env, hyp_secret: tuple[object, str]) -> None:
+    client, arn = hyp_secret
+    # Given a warm create_payment (it read the Hyp secret)
+    assert post({"credit_pack_id": STARTER}, key="before-rotation").status == 201
+    # When the PassP is rotated: in Hyp's portal, then in the secret (the documented order)
+    _rotate_passp(env, client, arn)
+    # Then the next sale works: Hyp's 902 makes the function read the secret again and sign the page again
+    answer = post({"credit_pack_id": STARTER}, key="after-rotation")
+    assert answer.status == 201, answer.body
+    assert env.sim.calls.count("SIGN") == 3  # before, refused, signed
+
+
+def test_a_saved_card_charge_after_a_passp_rotation_needs_no_cold_start(
+    env: Env, saved_card: str, hyp_secret: tuple[object, str]
+) -> None:
+    client, arn = hyp_secret
+    assert post({"credit_pack_id": STARTER}, key="warm").status == 201
+    _rotate_passp(env, client, arn)
+    # The first charge after the rotation is refused (902: nothing charged), answered "not yet" ...
+    first = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-after-rotation")
+    assert first.status == 503, first.body
+    # ... and its retry, with the secret read again before anything is sent, charges
+    answer = post({"credit_pack_id": PRO, "saved_card": True, "cvv": CVV}, key="saved-after-rotation")
+    assert answer.status == 201, answer.body
+    # and charged once
+    assert len([t for t in env.sim.transactions.values() if t.order == answer.json["payment_id"]]) == 1
+
+
+NEW_KEY = "rotated-KEY-0123456789abcdef"
+
+
+def test_a_callback_signed_with_the_new_key_after_a_rotation_needs_no_cold_start(
+    env: Env, hyp_secret: tuple[object, str]
+) -> None:
+    from tests.integration.test_hypay_callback import buy, notify, pay
+
+    client, arn = hyp_secret
+    reset_function_state(CALLBACK)
+    first, second = buy(env, key="first"), buy(env, key="second")
+    # Given a warm callback function (it read the Hyp secret for a delivery)
+    assert notify(pay(env, first).redirect_query).status == 200
+    paid = pay(env, second)  # paid at the moment of the rotation: Hyp signs its redirect with the new KEY
+    # When the KEY and PassP are rotated as docs/integration.md says: the portal, then the secret (old KEY kept)
+    terminal = env.sim.terminals[PUBLIC_TEST_TERMINAL_MASOF]
+    terminal.key, terminal.passp = NEW_KEY, NEW_PASSP
+    value = {
+        "Masof": PUBLIC_TEST_TERMINAL_MASOF,
+        "KEY": NEW_KEY,
+        "PassP": NEW_PASSP,
+        "PreviousKEY": PUBLIC_TEST_TERMINAL_KEY,
+    }
+    client.put_secret_value(SecretId=arn, SecretString=json.dumps(value))  # type: ignore[attr-defined]
+    # Then a payment made now (its callback signed with the new KEY) is "not yet" on its first delivery (kept: the
+    # cached KEY fails, and Hyp refuses the cached PassP) and settled on the next: the secret was read again
+    from ops.hypay_simulator import redirect_sign
+    from payments.domain import hypay as protocol
+
+    pairs = protocol.split_raw_query(paid.redirect_query)
+    sign = redirect_sign(dict(pairs), NEW_KEY)
+    signed = "&".join(f"{k}={sign if k == 'Sign' else v}" for k, v in pairs)
+    assert notify(signed).status == 503
+    answer = notify(signed)
+    assert answer.status == 200, answer.body
+    assert env.status(second["payment_id"]) == "completed"
