@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -189,6 +190,27 @@ def password_role(database_url: str) -> Iterator[str]:
         admin.close()
 
 
+def rds_secret_in_use(
+    monkeypatch: pytest.MonkeyPatch, secret_name: str, role: str, port: int, dbname: str
+) -> tuple[Any, str, dict[str, Any]]:
+    """An RDS-format secret (in moto, which the caller has started) for `role`'s old password, that the functions'
+    database reads: its client, ARN and value."""
+    client = boto3.client("secretsmanager", region_name="eu-west-1")
+    secret = {
+        "engine": "postgres",
+        "username": role,
+        "password": "old-Pa55word",
+        "host": "127.0.0.1",
+        "port": port,
+        "dbname": dbname,
+    }
+    arn = client.create_secret(Name=secret_name, SecretString=json.dumps(secret))["ARN"]
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("DB_SECRET_ARN", arn)
+    monkeypatch.setenv("DB_SSLMODE", "disable")
+    return client, arn, secret
+
+
 def test_rotated_password_is_read_again_after_an_auth_failure(
     proxy: TcpProxy,
     database_url: str,
@@ -201,19 +223,7 @@ def test_rotated_password_is_read_again_after_an_auth_failure(
     admin = connect(database_url)
     with mock_aws():
         # Given a warm connection made with the secret's current password (cached by the function)
-        client = boto3.client("secretsmanager", region_name="eu-west-1")
-        secret = {
-            "engine": "postgres",
-            "username": password_role,
-            "password": "old-Pa55word",
-            "host": "127.0.0.1",
-            "port": proxy.port,
-            "dbname": name,
-        }
-        arn = client.create_secret(Name="payments/rotating", SecretString=json.dumps(secret))["ARN"]
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-        monkeypatch.setenv("DB_SECRET_ARN", arn)
-        monkeypatch.setenv("DB_SSLMODE", "disable")
+        client, arn, secret = rds_secret_in_use(monkeypatch, "payments/rotating", password_role, proxy.port, name)
         assert default_database().run("SELECT current_user") == [[password_role]]
 
         # When the secret is rotated (new password in the database and the secret) and the

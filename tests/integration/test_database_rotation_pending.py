@@ -10,14 +10,13 @@ import json
 import time
 from collections.abc import Iterator
 
-import boto3
 import pytest
 from moto import mock_aws
 
 from payments.adapters import secrets
 from payments.adapters.db import default_database, parse_database_url
 from payments.errors import DatabaseUnavailable
-from tests.integration.test_database import password_role, proxy  # noqa: F401 - fixtures
+from tests.integration.test_database import password_role, proxy, rds_secret_in_use  # noqa: F401 - fixtures
 from tests.integration.test_hypay_callback import metric_totals
 from tests.support.pg import connect
 from tests.support.tcp_proxy import TcpProxy
@@ -34,19 +33,9 @@ def rotating(
     name = parse_database_url(database_url).database
     secrets._secrets.cache_clear()
     with mock_aws():
-        client = boto3.client("secretsmanager", region_name="eu-west-1")
-        secret = {
-            "engine": "postgres",
-            "username": password_role,
-            "password": "old-Pa55word",
-            "host": "127.0.0.1",
-            "port": proxy.port,
-            "dbname": name,
-        }
-        arn = client.create_secret(Name="payments/rotating-pending", SecretString=json.dumps(secret))["ARN"]
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-        monkeypatch.setenv("DB_SECRET_ARN", arn)
-        monkeypatch.setenv("DB_SSLMODE", "disable")
+        client, arn, secret = rds_secret_in_use(
+            monkeypatch, "payments/rotating-pending", password_role, proxy.port, name
+        )
         assert default_database().run("SELECT current_user") == [[password_role]]
         yield client, arn, secret
     secrets._secrets.cache_clear()

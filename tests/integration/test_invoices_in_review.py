@@ -5,6 +5,7 @@ review: completing such a payment recorded none)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -100,22 +101,28 @@ def _journal_invoice(env: Env, hypay_id: str) -> list[list]:
     )
 
 
+def _settled_on_its_sign_in_review(env: Env, monkeypatch: pytest.MonkeyPatch, key: str) -> tuple[str, Any, str]:
+    """A payment paid on Hyp's page whose price the web app changed, settled on its Sign alone (hmac: Hesh not read):
+    in review, its journal row verified, approved, naming no invoice. Its id, Hyp's transaction and its invoice."""
+    payment = buy(env, key=key)
+    env.rows("UPDATE payments SET amount = 39.90 WHERE id = :p::uuid", p=payment["payment_id"])
+    paid = pay(env, payment)
+    hesh = protocol.decode_query(paid.redirect_query)["Hesh"]
+    hmac_only(monkeypatch)
+    browser(paid.redirect_query)
+    assert env.status(payment["payment_id"]) == "needs_review"
+    assert _journal_invoice(env, paid.id) == [[payment["payment_id"], None]]
+    return payment["payment_id"], paid, hesh
+
+
 def test_a_charge_answer_naming_another_payments_transaction_never_gives_that_payment_its_invoice_number(
     admin: Env,  # noqa: F811 - the fixture
     saved_card: str,
     invoiced: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given payment B paid on Hyp's page, settled on its Sign alone (hmac: Hesh not read) and sent to review
-    # (the web app changed its price): its journal row is verified, approved, and names no invoice
-    b = buy(admin, key="b-page")
-    admin.rows("UPDATE payments SET amount = 39.90 WHERE id = :p::uuid", p=b["payment_id"])
-    paid_b = pay(admin, b)
-    hesh_b = protocol.decode_query(paid_b.redirect_query)["Hesh"]
-    hmac_only(monkeypatch)
-    browser(paid_b.redirect_query)
-    assert admin.status(b["payment_id"]) == "needs_review"
-    assert _journal_invoice(admin, paid_b.id) == [[b["payment_id"], None]]
+    # Given payment B settled on its Sign alone and sent to review: its journal row names no invoice
+    b, paid_b, hesh_b = _settled_on_its_sign_in_review(admin, monkeypatch, "b-page")
 
     # When payment A's saved-card charge is answered naming B's transaction (the case create_payment sends to
     # review as "Hyp's answer named transaction ..., which belongs to another payment"), with A's own invoice
@@ -133,10 +140,10 @@ def test_a_charge_answer_naming_another_payments_transaction_never_gives_that_pa
     # Then B's journal row must not take A's invoice number ...
     row = _journal_invoice(admin, paid_b.id)
     # ... and completing B with its own transaction must not record A's invoice as B's
-    done = resolve(b["payment_id"], {"action": "complete", "reason": "Hyp shows 49.90"}, key="b-complete")
+    done = resolve(b, {"action": "complete", "reason": "Hyp shows 49.90"}, key="b-complete")
     assert done.status == 200, done.body
-    recorded = _invoices(admin, b["payment_id"])
-    assert (row, recorded) == ([[b["payment_id"], None]], []), (
+    recorded = _invoices(admin, b)
+    assert (row, recorded) == ([[b, None]], []), (
         f"A ({a.json.get('payment_id')}) invoice {hesh_a} landed on B's row / invoices"
     )
 
@@ -149,18 +156,12 @@ def test_an_invoice_a_verified_delivery_brings_after_an_operators_complete_is_re
     from payments.settings import callback_settings
     from tests.support.api import reset_function_state
 
-    # Given a paid payment settled on its Sign alone (hmac: Hesh not read), sent to review (its price changed)
-    b = buy(admin, key="b2-page")
-    admin.rows("UPDATE payments SET amount = 39.90 WHERE id = :p::uuid", p=b["payment_id"])
-    paid = pay(admin, b)
-    number = protocol.decode_query(paid.redirect_query)["Hesh"]
-    hmac_only(monkeypatch)
-    browser(paid.redirect_query)
-    assert admin.status(b["payment_id"]) == "needs_review"
+    # Given a paid payment settled on its Sign alone, sent to review ...
+    b, paid, number = _settled_on_its_sign_in_review(admin, monkeypatch, "b2-page")
     # ... and completed by an operator: no number known yet, none recorded
-    done = resolve(b["payment_id"], {"action": "complete", "reason": "Hyp shows it"}, key="b2-complete")
+    done = resolve(b, {"action": "complete", "reason": "Hyp shows it"}, key="b2-complete")
     assert done.status == 200, done.body
-    assert _invoices(admin, b["payment_id"]) == []
+    assert _invoices(admin, b) == []
 
     # When Hyp's verified delivery of the same transaction comes (VERIFY back on), naming its invoice
     monkeypatch.setenv("HYPAY_VERIFY_MODE", "both")
@@ -169,6 +170,6 @@ def test_an_invoice_a_verified_delivery_brings_after_an_operators_complete_is_re
     browser(paid.redirect_query)
 
     # Then the journal learns the number (sql/019) ...
-    assert _journal_invoice(admin, paid.id) == [[b["payment_id"], number]]
+    assert _journal_invoice(admin, paid.id) == [[b, number]]
     # ... and invoices records it, as it does for a payment a callback granted on its Sign alone
-    assert _invoices(admin, b["payment_id"]) == [[number, "39.90"]]
+    assert _invoices(admin, b) == [[number, "39.90"]]
