@@ -80,3 +80,81 @@ def test_a_refund_whose_invocation_died_while_hyp_was_asked_is_marked_unknown_an
     # And the next run counts nothing again
     _scheduled_cleanup()
     assert metric_totals(capsys.readouterr().out).get("Cleanup_refunds_outcome_unknown") == 0
+
+
+def test_a_cancellation_hyp_refused_whose_refund_invocation_died_is_marked_unknown(
+    admin: Env,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = admin
+    # Given a same-day full refund whose CancelTrans Hyp refuses (the day's transmission went out: 920), so the same
+    # attempt goes on as a zikoyAPI refund; Hyp refunds it and the invocation is killed before the answer is stored
+    monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
+    died = _paid(env, "died-after-switch")
+    env.sim.transmit()
+    real_refund = HypayClient.refund
+
+    def refund_then_die(self: HypayClient, *args: Any, **kwargs: Any) -> Any:
+        real_refund(self, *args, **kwargs)
+        raise Killed("the Lambda runtime ended the invocation")
+
+    monkeypatch.setattr(HypayClient, "refund", refund_then_die)
+    with pytest.raises(Killed):
+        _refund(died, str(uuid.uuid4()))
+    monkeypatch.setattr(HypayClient, "refund", real_refund)
+    assert env.sim.calls.count("CancelTrans") == 1 and env.sim.calls.count("zikoyAPI") == 1
+    assert env.sim.refund_count() == 1  # the money went back to the card
+    [[status, method, message]] = env.rows(
+        "SELECT status, method, message FROM refunds WHERE payment_id = :p::uuid", p=died
+    )
+    assert (status, method) == ("attempted", "refund"), message
+    env.rows("UPDATE refunds SET updated_at = now() - interval '11 minutes' WHERE payment_id = :p::uuid", p=died)
+    capsys.readouterr()
+    # When the hourly cleanup runs
+    _scheduled_cleanup()
+    # Then, as for any refund whose invocation ended after Hyp was asked, its outcome is unknown and alarmed
+    out = capsys.readouterr().out
+    assert env.rows("SELECT status FROM refunds WHERE payment_id = :p::uuid", p=died) == [["unknown"]], message
+    assert metric_totals(out).get("Cleanup_refunds_outcome_unknown") == 1
+
+
+def test_a_retry_of_a_stale_refund_while_the_cleanup_marks_it_is_answered_unknown_not_a_500(
+    admin: Env,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from payments.adapters.refunds_store import RefundsStore
+
+    env = admin
+    # Given a refund whose invocation was killed after Hyp cancelled the charge, 11 minutes ago
+    died = _paid(env, "died-then-retried")
+    real_cancel = HypayClient.cancel
+
+    def cancel_then_die(self: HypayClient, *args: Any, **kwargs: Any) -> Any:
+        real_cancel(self, *args, **kwargs)
+        raise Killed("the Lambda runtime ended the invocation")
+
+    key = str(uuid.uuid4())
+    monkeypatch.setattr(HypayClient, "cancel", cancel_then_die)
+    with pytest.raises(Killed):
+        _refund(died, key)
+    monkeypatch.setattr(HypayClient, "cancel", real_cancel)
+    env.rows("UPDATE refunds SET updated_at = now() - interval '11 minutes' WHERE payment_id = :p::uuid", p=died)
+    env.rows("UPDATE idempotency_keys SET in_progress_expiry_timestamp = 1 WHERE status = 'pending'")
+    # When the operator retries with the same key just as the hourly cleanup runs: the cleanup marks the row once the
+    # retry has locked the payment and read the row (the cleanup locks no payment)
+    real_read = RefundsStore._read
+    reads = []
+
+    def read_then_cleanup(tx: Any, refund_id: Any) -> Any:
+        row = real_read(tx, refund_id)
+        reads.append(row)
+        if len(reads) == 2:
+            _scheduled_cleanup()
+        return row
+
+    monkeypatch.setattr(RefundsStore, "_read", staticmethod(read_then_cleanup))
+    again = _refund(died, key)
+    # Then the retry is told the outcome is unknown (202), as it would be a moment earlier or later
+    assert again.status == 202, (again.status, again.body)
+    assert env.sim.calls.count("CancelTrans") == 1

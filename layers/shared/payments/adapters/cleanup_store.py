@@ -55,9 +55,10 @@ class Step(Record):
 
 # Why the cleanup sends a stale pending payment with a charge attempt to review (when it has no reason yet).
 FLAGGED_REASON = "saved-card charge attempted, outcome never stored"
-# A refund still `attempted` this long after it was written (the admin function asking Hyp ends after 29 s) asked Hyp
-# from an invocation that ended before its answer was stored: it may have moved money. The cleanup marks it `unknown`
-# (what a retry with its key does) with this message, and counts it: the alarm of a refund whose outcome is unknown.
+# A refund still `attempted` this long after it was last written (the admin function asking Hyp ends after 29 s) asked
+# Hyp from an invocation that ended before its answer was stored: it may have moved money. The cleanup marks it
+# `unknown` (what a retry with its key does), this message added to what it said, and counts it: the alarm of a refund
+# whose outcome is unknown.
 STALE_REFUND_SECONDS = 600
 STALE_REFUND_MESSAGE = "the invocation asking Hyp ended before its answer was stored (found by the cleanup)"
 
@@ -118,22 +119,22 @@ def cleanup_steps(table: str) -> list[Step]:
              WHERE status = 'needs_review' AND review_reason = '{FLAGGED_REASON}'
                AND updated_at > now() - make_interval(secs => :window)""",
         ),
-        # Only a refund nothing was heard of since it was attempted: one whose answer was noted in words (it could not
-        # be stored) counted RefundOutcomeUnknown then. The row stays the same refund, its amount still counted
-        # against what can be refunded; an operator settles it (POST /admin/refunds/{id}/outcome).
+        # Every refund outcome is written holding its payment's lock: the batch locks the payments first (one being
+        # settled right now, by a retry with its key or an operator, is skipped), then marks its refunds. A refund
+        # whose answer was noted in words (it could not be stored: RefundOutcomeUnknown counted then) is marked and
+        # counted too: it is not settled either. The row stays the same refund, its amount still counted against what
+        # can be refunded; an operator settles it (POST /admin/refunds/{id}/outcome).
         Step(
             "refunds_outcome_unknown",
             f"""
-            UPDATE public.refunds SET status = 'unknown', message = '{STALE_REFUND_MESSAGE}', updated_at = now()
-             WHERE id IN (
-                SELECT id FROM public.refunds
-                 WHERE status = 'attempted' AND message IS NULL
-                   AND updated_at < now() - make_interval(secs => {STALE_REFUND_SECONDS})
-                 LIMIT :batch FOR UPDATE SKIP LOCKED)""",
-            recount=f"""
-            SELECT count(*) FROM public.refunds
-             WHERE status = 'unknown' AND message = '{STALE_REFUND_MESSAGE}'
-               AND updated_at > now() - make_interval(secs => :window)""",
+            UPDATE public.refunds SET status = 'unknown', message = concat_ws('; ', message, '{STALE_REFUND_MESSAGE}'),
+                   updated_at = now()
+             WHERE id = ANY(string_to_array(:ids, ',')::uuid[])
+               AND status = 'attempted' AND updated_at < now() - make_interval(secs => {STALE_REFUND_SECONDS})""",
+            lock=f"""
+            SELECT r.id::text FROM public.refunds r JOIN public.payments p ON p.id = r.payment_id
+             WHERE r.status = 'attempted' AND r.updated_at < now() - make_interval(secs => {STALE_REFUND_SECONDS})
+             LIMIT :batch FOR UPDATE OF p, r SKIP LOCKED""",
         ),
         # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One
         # with a callback on record that we could not verify yet stays pending: it may be paid, and completes

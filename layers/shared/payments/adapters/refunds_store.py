@@ -841,19 +841,20 @@ class RefundsStore:
             current = self._read(tx, refund_id)  # as it is once the payment is ours
             if current.status != RefundStatus.ATTEMPTED:
                 return current
-            row = _row(
-                tx.run(
-                    bind(
-                        _OUTCOME,
-                        rid=str(refund_id),
-                        status=str(status),
-                        hyp=None,
-                        ccode=ccode,
-                        message=message[:1000],
-                        taken=0,
-                    )
-                )[0]
+            rows = tx.run(
+                bind(
+                    _OUTCOME,
+                    rid=str(refund_id),
+                    status=str(status),
+                    hyp=None,
+                    ccode=ccode,
+                    message=message[:1000],
+                    taken=0,
+                )
             )
+            if not rows:  # changed since it was read (every writer holds the payment's lock: none should): as it is now
+                return self._read(tx, refund_id)
+            row = _row(rows[0])
             if audit is not None:
                 before = _before(target, current)
                 after = before if status == RefundStatus.REFUSED else target.remaining  # unknown: still reserved
