@@ -13,6 +13,7 @@ from payments.domain import hypay as protocol
 from tests.integration.test_hypay_callback import browser, buy, hmac_only, pay
 from tests.integration.test_money_edges import _answers_rewritten, _field
 from tests.integration.test_review import admin, every_item, resolve  # noqa: F401 - `admin` is a fixture
+from tests.integration.test_unverified_found_forged import verify_down  # noqa: F401 - the fixture
 from tests.support.api import reset_function_state
 from tests.support.payments import CVV, PRO, Env, post
 
@@ -173,3 +174,29 @@ def test_an_invoice_a_verified_delivery_brings_after_an_operators_complete_is_re
     assert _journal_invoice(admin, paid.id) == [[b, number]]
     # ... and invoices records it, as it does for a payment a callback granted on its Sign alone
     assert _invoices(admin, b) == [[number, "39.90"]]
+
+
+def test_a_verified_delivery_over_a_forgers_claim_of_its_id_keeps_its_invoice_on_the_journal(
+    verify_down: Env,  # noqa: F811 - the fixture
+    invoiced: None,
+) -> None:
+    from tests.integration.test_callback_attacks import unpaid_claim
+    from tests.integration.test_hypay_callback import forge, notify
+    from tests.integration.test_unverified_found_forged import WRONG_KEY
+
+    env = verify_down
+    # Given payment A paid (its callback not delivered yet), and a forger's claim of A's Id for payment B, kept
+    # unverified while Hyp could not be asked: the journal's row names B
+    a, b = buy(env, key="a-paid"), buy(env, key="b-claimed")
+    paid = pay(env, a)
+    number = protocol.decode_query(paid.redirect_query)["Hesh"]
+    claim = [(k, paid.id if k == "Id" else v) for k, v in unpaid_claim(b["payment_id"])]
+    env.hang_sign()  # type: ignore[attr-defined]
+    assert notify(forge(claim, key=WRONG_KEY)).status == 503
+    assert _journal_invoice(env, paid.id) == [[b["payment_id"], None]]
+    # When A's genuine callback comes
+    browser(paid.redirect_query)
+    # Then the row is A's, with A's invoice (recorded in invoices too)
+    assert env.status(a["payment_id"]) == "completed"
+    assert _journal_invoice(env, paid.id) == [[a["payment_id"], number]]
+    assert _invoices(env, a["payment_id"]) == [[number, "49.90"]]

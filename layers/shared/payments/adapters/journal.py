@@ -218,8 +218,10 @@ journal AS (
         raw_callback = CASE WHEN {keep} THEN t.raw_callback ELSE EXCLUDED.raw_callback END,
         decided_at = CASE WHEN {keep} THEN t.decided_at ELSE now() END,
         -- (one transaction, one invoice: the first number a trusted delivery or answer gave stays; never one from a
-        -- write about another payment's row or a refund's, decided `duplicate` against it)
-        invoice_number = CASE WHEN {foreign} THEN t.invoice_number
+        -- write about another payment's row or a refund's, decided `duplicate` against it; a row overwritten becomes
+        -- the writer's, its number with it)
+        invoice_number = CASE WHEN NOT {keep} THEN COALESCE(EXCLUDED.invoice_number, t.invoice_number)
+                              WHEN {foreign} THEN t.invoice_number
                               ELSE COALESCE(t.invoice_number, EXCLUDED.invoice_number) END,
         verified = t.verified OR EXCLUDED.verified
      WHERE :seen::text IS NULL OR t.xmin::text = :seen
