@@ -94,3 +94,19 @@ def test_junk_tokens_read_the_secret_again_at_most_once_per_cooldown(
     assert [_review(f"junk-token-{i:020d}") for i in range(5)] == [401] * 5
     # Then the secret was read again from Secrets Manager once for all of them
     assert reads.count(True) == 1
+
+
+def test_a_wrong_admin_token_during_a_secrets_manager_outage_is_401_not_503(
+    admin_secret: tuple[object, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_hyp_credentials_rotation import secrets_manager_outage
+
+    # A warm admin function: the token secret read and cached (good for SecretCacheSeconds)
+    assert _review(OLD) == 200
+
+    secrets_manager_outage(monkeypatch)
+    # A wrong token is a 401 with the cached tokens: the secret read again for it fails during the outage, which is no
+    # reason to answer unauthenticated input 503
+    assert _review("wrong-token-000000000000000000") == 401
+    # and the genuine admin still works from the cached copy
+    assert _review(OLD) == 200

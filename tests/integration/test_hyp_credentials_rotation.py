@@ -114,3 +114,86 @@ def test_a_callback_signed_with_the_new_key_after_a_rotation_needs_no_cold_start
     answer = notify(signed)
     assert answer.status == 200, answer.body
     assert env.status(second["payment_id"]) == "completed"
+
+
+def secrets_manager_outage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets Manager unreachable from now on (its client fails every call: what Powertools has cached still works)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from payments.adapters import secrets
+
+    def unreachable(**kwargs: object) -> object:
+        raise EndpointConnectionError(endpoint_url="https://secretsmanager.eu-west-1.amazonaws.com")
+
+    monkeypatch.setattr(secrets._secrets().provider.client, "get_secret_value", unreachable)
+
+
+def test_verify_mode_a_genuine_callback_right_after_a_rotation_is_not_called_forged(
+    env: Env, hyp_secret: tuple[object, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from payments.settings import callback_settings
+    from tests.integration.test_hypay_callback import buy, notify, pay
+
+    monkeypatch.setenv("HYPAY_VERIFY_MODE", "verify")
+    callback_settings.cache_clear()
+    client, arn = hyp_secret
+    reset_function_state(CALLBACK)
+    first = buy(env, key="first")
+    # A warm callback function (it read the Hyp secret: the old KEY/PassP)
+    assert notify(pay(env, first).redirect_query).status == 200
+    # Each Lambda function is its own process with its own secret cache; in this test process create_payment and
+    # hypay_callback share payments.adapters.secrets._secrets(): the callback's copy is saved here, put back below.
+    from payments.adapters import secrets
+
+    callback_cache = (dict(secrets._secrets().asked), dict(secrets._secrets().held))
+    # The rotation as docs/integration.md says: the portal, then the secret (old KEY kept as PreviousKEY)
+    terminal = env.sim.terminals[PUBLIC_TEST_TERMINAL_MASOF]
+    terminal.key, terminal.passp = NEW_KEY, NEW_PASSP
+    value = {
+        "Masof": PUBLIC_TEST_TERMINAL_MASOF,
+        "KEY": NEW_KEY,
+        "PassP": NEW_PASSP,
+        "PreviousKEY": PUBLIC_TEST_TERMINAL_KEY,
+    }
+    client.put_secret_value(SecretId=arn, SecretString=json.dumps(value))  # type: ignore[attr-defined]
+    secrets._secrets().asked.clear()  # create_payment (another environment) reads the new secret
+    second = buy(env, key="second")
+    paid = pay(env, second)  # a genuine payment, Hyp signs its redirect with the new KEY
+    secrets._secrets().asked.update(callback_cache[0])  # the callback environment still holds the old credentials
+    secrets._secrets().held.update(callback_cache[1])
+    # Its notify: VERIFY with the cached (old) credentials answers 902, and so does the check of those credentials: "not
+    # yet" (kept), never "forged" (a check that read the secret again in the middle, and passed with the new
+    # credentials, called it forged: 403, and Hyp stops sending it).
+    answer = notify(paid.redirect_query)
+    assert answer.status != 403, "a genuine, paid callback was called forged"
+    assert answer.status in (200, 503), answer.body
+    # Hyp stops sending a notify answered 403: the paid transaction must have left a row by now
+    kept = env.rows("SELECT count(*) FROM hypay_unverified_callbacks WHERE hypay_id = :i", i=paid.id)[0][0]
+    assert env.status(second["payment_id"]) == "completed" or kept == 1
+    # Whatever the first answer, the paid transaction leaves a row and is settled on a later delivery
+    assert notify(paid.redirect_query).status == 200
+    assert env.status(second["payment_id"]) == "completed"
+
+
+def test_verify_mode_a_forged_callback_during_a_secrets_manager_outage_is_refused_and_writes_nothing(
+    env: Env, hyp_secret: tuple[object, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from payments.settings import callback_settings
+    from tests.integration.test_callback_attacks import unpaid_claim
+    from tests.integration.test_hypay_callback import buy, forge, notify, pay
+
+    monkeypatch.setenv("HYPAY_VERIFY_MODE", "verify")
+    callback_settings.cache_clear()
+    reset_function_state(CALLBACK)
+    first, second = buy(env, key="first"), buy(env, key="second")
+    # A warm callback function: the Hyp secret read and cached (valid for SecretCacheSeconds, Hyp accepts it)
+    assert notify(pay(env, first).redirect_query).status == 200
+    # Secrets Manager becomes unreachable (the cached credentials are still good for minutes)
+    secrets_manager_outage(monkeypatch)
+    # A forged success for the unpaid payment: Hyp's VERIFY says 902 (not genuine), and Hyp accepts our cached
+    # credentials, so it is a forgery: 403, nothing written (VERIFY's 902 is no refusal of our credentials: taken as
+    # one, the secret was read again, and the outage made the forgery "not yet", kept).
+    forged = forge(unpaid_claim(second["payment_id"]), key="not-our-key-0123456789")
+    answer = notify(forged)
+    assert answer.status == 403, answer.body
+    assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks") == [[0]]

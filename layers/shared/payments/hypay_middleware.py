@@ -232,6 +232,7 @@ class HypayVerification(BaseMiddlewareHandler):
         mode = config.settings.verify_mode
         gateway = config.gateway
         try:
+            gateway.renew_credentials()  # before the check's first step: every step uses the same credentials
             signed = mode in ("hmac", "both")
             text = raw
             if signed:

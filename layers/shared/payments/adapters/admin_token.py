@@ -104,7 +104,10 @@ class SecretTokens:
             return None
         self._last_refresh = now
         before = self()
-        after = self(refresh=True)
+        try:
+            after = self(refresh=True)
+        except (SecretUnavailable, ConfigurationError):
+            return None  # the tokens held still answer (a wrong token stays a 401, never a 503 of ours)
         return after if after != before else None
 
 

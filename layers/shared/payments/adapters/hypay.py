@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
 from aws_lambda_powertools import Logger
@@ -345,15 +345,26 @@ class HypayClient:
 
     # -- the credentials ------------------------------------------------------------------------
 
-    def _creds(self) -> HypayCredentials:
-        """The credentials to send: read again from the secret first when Hyp refused the last ones (a rotation: the
-        portal, then the secret), else the cached ones. Raises as a read does, before anything is sent."""
+    def renew_credentials(self) -> None:
+        """When Hyp refused the last credentials sent (a rotation: the portal, then the secret), the secret read again
+        now; else nothing. A read that fails leaves the cached ones in use (still within their max age). Called before
+        a request is built (`_creds`), and by the callback check before its first step, never within it: every step of
+        one check uses the same credentials (a VERIFY refused with the old ones and a credentials check passed with new
+        ones would call a genuine callback forged)."""
         refresh = getattr(self._credentials, "refresh", None)
-        if self._credentials_stale and refresh is not None:
-            self._credentials_stale = False
-            creds = refresh()
-            self._credentials_ok_until = 0.0  # a yes was about the credentials before
-            return cast(HypayCredentials, creds)
+        if not self._credentials_stale or refresh is None:
+            return
+        self._credentials_stale = False
+        try:
+            refresh()
+        except (GatewayError, ConfigurationError) as exc:
+            logger.warning("hypay credentials not read again", extra={"reason": exc.code})
+            return
+        self._credentials_ok_until = 0.0  # a yes was about the credentials before
+
+    def _creds(self) -> HypayCredentials:
+        """The credentials a request sends: read again first when Hyp refused the last ones (`renew_credentials`)."""
+        self.renew_credentials()
         return self._credentials()
 
     def _refused_our_credentials(self) -> None:
@@ -366,8 +377,8 @@ class HypayClient:
 
     # -- the calls ------------------------------------------------------------------------------
 
-    def _sign_head(self) -> dict[str, str]:
-        creds = self._creds()
+    def _sign_head(self, *, renew: bool = True) -> dict[str, str]:
+        creds = self._creds() if renew else self._credentials()
         return {
             "action": "APISign",
             "What": "SIGN",
@@ -402,7 +413,11 @@ class HypayClient:
                 "heshDesc": protocol.invoice_line(page.description, page.amount.hypay_amount()),
             }
         answer = self._call("SIGN", params, retry=True)
-        if answer.ccode in _CREDENTIALS_REFUSED and self._credentials_stale and hasattr(self._credentials, "refresh"):
+        if (
+            answer.ccode in _CREDENTIALS_REFUSED["SIGN"]
+            and self._credentials_stale
+            and hasattr(self._credentials, "refresh")
+        ):
             # Refused our credentials: signed again once with the secret read again (rotated since it was cached). A
             # page moves no money: asking twice is safe.
             params |= self._sign_head()
@@ -423,11 +438,11 @@ class HypayClient:
     def signed_text(self, raw_query: str) -> str | None:
         """The callback's text as Hyp signed it (as received, or before a browser re-encoded it), or None when its
         `Sign` matches neither."""
-        return protocol.signed_text(raw_query, self._creds().key)
+        return protocol.signed_text(raw_query, self._credentials().key)
 
     def signed_with_previous_key(self, raw_query: str) -> bool:
         """Its `Sign` was made with the KEY before the last rotation (`PreviousKEY`, while the secret holds one)."""
-        previous = self._creds().previous_key
+        previous = self._credentials().previous_key
         return previous is not None and protocol.signed_text(raw_query, previous) is not None
 
     def verify_redirect(self, raw_query: str) -> bool:
@@ -439,7 +454,7 @@ class HypayClient:
         when the terminal may not verify (901), `GatewayUnavailable` when Hyp cannot be asked: then
         nothing may be concluded.
         """
-        creds = self._creds()
+        creds = self._credentials()  # the check's own (`renew_credentials` comes before a check, never within)
         head = urlencode(
             {"action": "APISign", "What": "VERIFY", "Masof": creds.masof, "KEY": creds.key, "PassP": creds.passp}
         )
@@ -470,7 +485,7 @@ class HypayClient:
         if self._credentials_ok_until > now:
             return True
         params = {
-            **self._sign_head(),
+            **self._sign_head(renew=False),  # the credentials the failed check used
             "Amount": "1.00",
             "Coin": "1",
             "Order": "credentials-check",
@@ -576,7 +591,7 @@ class HypayClient:
         with tracer.provider.in_subsegment(f"## hypay {action}") as subsegment:
             subsegment.put_annotation(key="hypay_action", value=action)
             answer = self._attempts(action, request, retry=retry)
-            if answer.ccode in _CREDENTIALS_REFUSED:
+            if answer.ccode in _CREDENTIALS_REFUSED.get(action, ()):
                 self._refused_our_credentials()
             if answer.ccode is not None:
                 subsegment.put_annotation(key="hypay_ccode", value=str(answer.ccode))
@@ -731,9 +746,15 @@ MIN_ATTEMPT_SECONDS = 1.0
 # forgery (403) or ours (our KEY is off: "not yet", kept): the shorter, the smaller the window in which a KEY just
 # rotated at Hyp turns genuine callbacks into "forgeries"; the longer, the fewer calls forged traffic causes.
 CREDENTIALS_CHECK_REUSE_SECONDS = 5.0
-# Hyp's codes for our terminal's credentials refused (VERIFY's 902 also says "not genuine"), and how often they make the
-# secret be read again.
-_CREDENTIALS_REFUSED = (901, 902)
+# Hyp's codes that say our terminal's credentials were refused, by action (VERIFY's 902 is also "not genuine", and
+# CancelTrans's 901 a permission the terminal lacks: neither says so), and how often they make the secret be read again.
+_CREDENTIALS_REFUSED: dict[str, tuple[int, ...]] = {
+    "SIGN": (901, 902),
+    "soft": (901, 902),
+    "getToken": (901, 902),
+    "zikoyAPI": (901, 902),
+    "CancelTrans": (902,),
+}
 CREDENTIALS_REFRESH_COOLDOWN_SECONDS = 30.0
 
 # Connection failures that prove the request never left: refused by the address, or no address at all.
