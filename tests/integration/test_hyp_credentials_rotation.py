@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -93,15 +94,7 @@ def test_a_callback_signed_with_the_new_key_after_a_rotation_needs_no_cold_start
     assert notify(pay(env, first).redirect_query).status == 200
     paid = pay(env, second)  # paid at the moment of the rotation: Hyp signs its redirect with the new KEY
     # When the KEY and PassP are rotated as docs/integration.md says: the portal, then the secret (old KEY kept)
-    terminal = env.sim.terminals[PUBLIC_TEST_TERMINAL_MASOF]
-    terminal.key, terminal.passp = NEW_KEY, NEW_PASSP
-    value = {
-        "Masof": PUBLIC_TEST_TERMINAL_MASOF,
-        "KEY": NEW_KEY,
-        "PassP": NEW_PASSP,
-        "PreviousKEY": PUBLIC_TEST_TERMINAL_KEY,
-    }
-    client.put_secret_value(SecretId=arn, SecretString=json.dumps(value))  # type: ignore[attr-defined]
+    _rotate_key_and_passp(env, client, arn)
     # Then a payment made now (its callback signed with the new KEY) is "not yet" on its first delivery (kept: the
     # cached KEY fails, and Hyp refuses the cached PassP) and settled on the next: the secret was read again
     from ops.hypay_simulator import redirect_sign
@@ -128,25 +121,9 @@ def secrets_manager_outage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(secrets._secrets().provider.client, "get_secret_value", unreachable)
 
 
-def test_verify_mode_a_genuine_callback_right_after_a_rotation_is_not_called_forged(
-    env: Env, hyp_secret: tuple[object, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from payments.settings import callback_settings
-    from tests.integration.test_hypay_callback import buy, notify, pay
-
-    monkeypatch.setenv("HYPAY_VERIFY_MODE", "verify")
-    callback_settings.cache_clear()
-    client, arn = hyp_secret
-    reset_function_state(CALLBACK)
-    first = buy(env, key="first")
-    # A warm callback function (it read the Hyp secret: the old KEY/PassP)
-    assert notify(pay(env, first).redirect_query).status == 200
-    # Each Lambda function is its own process with its own secret cache; in this test process create_payment and
-    # hypay_callback share payments.adapters.secrets._secrets(): the callback's copy is saved here, put back below.
-    from payments.adapters import secrets
-
-    callback_cache = (dict(secrets._secrets().asked), dict(secrets._secrets().held))
-    # The rotation as docs/integration.md says: the portal, then the secret (old KEY kept as PreviousKEY)
+def _rotate_key_and_passp(env: Env, client: Any, arn: str) -> None:
+    """KEY and PassP rotated as docs/integration.md says: in Hyp's portal, then in the secret (the old KEY kept as
+    PreviousKEY)."""
     terminal = env.sim.terminals[PUBLIC_TEST_TERMINAL_MASOF]
     terminal.key, terminal.passp = NEW_KEY, NEW_PASSP
     value = {
@@ -155,12 +132,40 @@ def test_verify_mode_a_genuine_callback_right_after_a_rotation_is_not_called_for
         "PassP": NEW_PASSP,
         "PreviousKEY": PUBLIC_TEST_TERMINAL_KEY,
     }
-    client.put_secret_value(SecretId=arn, SecretString=json.dumps(value))  # type: ignore[attr-defined]
+    client.put_secret_value(SecretId=arn, SecretString=json.dumps(value))
+
+
+def _paid_across_a_rotation(env: Env, client: Any, arn: str, monkeypatch: pytest.MonkeyPatch, mode: str) -> Any:
+    """A warm callback function (in `mode`) holding the old credentials, the rotation done as docs/integration.md says
+    (the portal, then the secret, the old KEY kept as PreviousKEY), and a payment paid since (Hyp signs its redirect
+    with the new KEY): the payment and Hyp's transaction."""
+    from payments.adapters import secrets
+    from payments.settings import callback_settings
+    from tests.integration.test_hypay_callback import buy, notify, pay
+
+    monkeypatch.setenv("HYPAY_VERIFY_MODE", mode)
+    callback_settings.cache_clear()
+    reset_function_state(CALLBACK)
+    assert notify(pay(env, buy(env, key="first")).redirect_query).status == 200
+    # Each Lambda function is its own process with its own secret cache; in this test process create_payment and
+    # hypay_callback share payments.adapters.secrets._secrets(): the callback's copy is saved here, put back below.
+    callback_cache = (dict(secrets._secrets().asked), dict(secrets._secrets().held))
+    _rotate_key_and_passp(env, client, arn)
     secrets._secrets().asked.clear()  # create_payment (another environment) reads the new secret
     second = buy(env, key="second")
-    paid = pay(env, second)  # a genuine payment, Hyp signs its redirect with the new KEY
+    paid = pay(env, second)
     secrets._secrets().asked.update(callback_cache[0])  # the callback environment still holds the old credentials
     secrets._secrets().held.update(callback_cache[1])
+    return second, paid
+
+
+def test_verify_mode_a_genuine_callback_right_after_a_rotation_is_not_called_forged(
+    env: Env, hyp_secret: tuple[object, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_hypay_callback import notify
+
+    client, arn = hyp_secret
+    second, paid = _paid_across_a_rotation(env, client, arn, monkeypatch, "verify")
     # Its notify: VERIFY with the cached (old) credentials answers 902, and so does the check of those credentials: "not
     # yet" (kept), never "forged" (a check that read the secret again in the middle, and passed with the new
     # credentials, called it forged: 403, and Hyp stops sending it).
@@ -197,3 +202,33 @@ def test_verify_mode_a_forged_callback_during_a_secrets_manager_outage_is_refuse
     answer = notify(forged)
     assert answer.status == 403, answer.body
     assert env.rows("SELECT count(*) FROM hypay_unverified_callbacks") == [[0]]
+
+
+@pytest.mark.parametrize(
+    ("mode", "step"), [("verify", "verify_redirect"), ("hmac", "signed_text"), ("both", "signed_text")]
+)
+def test_a_check_uses_one_set_of_credentials_even_when_their_cached_copy_ages_out_midway(
+    env: Env, hyp_secret: tuple[object, str], monkeypatch: pytest.MonkeyPatch, mode: str, step: str
+) -> None:
+    """The cached secret reaching its max age between two steps of one check (VERIFY may take 12 s) made the later
+    step read the new credentials: the Sign or VERIFY failed with the old ones, the credentials check passed with the
+    new ones, and a genuine paid callback was called forged (403, no row)."""
+    from payments.adapters import secrets
+    from payments.adapters.hypay import HypayClient
+    from tests.integration.test_hypay_callback import notify
+
+    client, arn = hyp_secret
+    second, paid = _paid_across_a_rotation(env, client, arn, monkeypatch, mode)
+    original = getattr(HypayClient, step)
+
+    def then_aged_out(self: HypayClient, raw: str) -> Any:
+        answer = original(self, raw)  # with the cached (old) credentials
+        for key in list(secrets._secrets().asked):
+            secrets._secrets().asked[key] -= 10_000  # the copy's max age ends right after
+        return answer
+
+    monkeypatch.setattr(HypayClient, step, then_aged_out)
+    answer = notify(paid.redirect_query)
+    kept = env.rows("SELECT count(*) FROM hypay_unverified_callbacks WHERE hypay_id = :i", i=paid.id)[0][0]
+    assert answer.status == 503 and kept == 1, answer.body
+    assert env.status(second["payment_id"]) == "pending"

@@ -21,7 +21,7 @@ from tests.integration.test_hypay_callback import buy, metric_totals, notify, pa
 from tests.integration.test_review import ADMIN, ALICE, CLEANUP, every_item
 from tests.integration.test_review import admin as admin  # noqa: F401 - the fixture
 from tests.support.api import Answer, invoke
-from tests.support.faults import Killed
+from tests.support.faults import Killed, answer_lost
 from tests.support.payments import Env
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -35,6 +35,21 @@ def _refund(payment_id: str, key: str) -> Answer:
 def _scheduled_cleanup() -> Any:
     event = json.loads((EVENTS / "cleanup_schedule.json").read_text())
     return load_handler(load().functions[CLEANUP])(event, LocalLambdaContext(function_name=CLEANUP))
+
+
+def _killed_after(monkeypatch: pytest.MonkeyPatch, method: str, payment_id: str, key: str) -> None:
+    """An operator's refund of the payment, its invocation killed (Lambda's timeout) right after Hyp's `method`
+    (cancel or refund) answered: Hyp moved the money, nothing of its answer was stored."""
+    real = getattr(HypayClient, method)
+
+    def then_die(self: HypayClient, *args: Any, **kwargs: Any) -> Any:
+        real(self, *args, **kwargs)
+        raise Killed("the Lambda runtime ended the invocation")
+
+    monkeypatch.setattr(HypayClient, method, then_die)
+    with pytest.raises(Killed):
+        _refund(payment_id, key)
+    monkeypatch.setattr(HypayClient, method, real)
 
 
 def _paid(env: Env, key: str) -> str:
@@ -51,19 +66,9 @@ def test_a_refund_whose_invocation_died_while_hyp_was_asked_is_marked_unknown_an
     env = admin
     # Given a refund whose invocation was killed right after Hyp cancelled the charge
     died, fresh = _paid(env, "died"), _paid(env, "fresh")
-    real_cancel = HypayClient.cancel
-
-    def cancel_then_die(self: HypayClient, *args: Any, **kwargs: Any) -> Any:
-        real_cancel(self, *args, **kwargs)
-        raise Killed("the Lambda runtime ended the invocation")
-
-    monkeypatch.setattr(HypayClient, "cancel", cancel_then_die)
-    with pytest.raises(Killed):
-        _refund(died, str(uuid.uuid4()))
+    _killed_after(monkeypatch, "cancel", died, str(uuid.uuid4()))
     # ... and another just as killed, a minute ago (its invocation's end is not that far behind)
-    with pytest.raises(Killed):
-        _refund(fresh, str(uuid.uuid4()))
-    monkeypatch.setattr(HypayClient, "cancel", real_cancel)
+    _killed_after(monkeypatch, "cancel", fresh, str(uuid.uuid4()))
     assert env.sim.calls.count("CancelTrans") == 2
     env.rows("UPDATE refunds SET updated_at = now() - interval '11 minutes' WHERE payment_id = :p::uuid", p=died)
     env.rows("UPDATE refunds SET updated_at = now() - interval '1 minute' WHERE payment_id = :p::uuid", p=fresh)
@@ -93,16 +98,7 @@ def test_a_cancellation_hyp_refused_whose_refund_invocation_died_is_marked_unkno
     monkeypatch.setattr(env.sim, "cancel_until_hour", 24)
     died = _paid(env, "died-after-switch")
     env.sim.transmit()
-    real_refund = HypayClient.refund
-
-    def refund_then_die(self: HypayClient, *args: Any, **kwargs: Any) -> Any:
-        real_refund(self, *args, **kwargs)
-        raise Killed("the Lambda runtime ended the invocation")
-
-    monkeypatch.setattr(HypayClient, "refund", refund_then_die)
-    with pytest.raises(Killed):
-        _refund(died, str(uuid.uuid4()))
-    monkeypatch.setattr(HypayClient, "refund", real_refund)
+    _killed_after(monkeypatch, "refund", died, str(uuid.uuid4()))
     assert env.sim.calls.count("CancelTrans") == 1 and env.sim.calls.count("zikoyAPI") == 1
     assert env.sim.refund_count() == 1  # the money went back to the card
     [[status, method, message]] = env.rows(
@@ -128,17 +124,8 @@ def test_a_retry_of_a_stale_refund_while_the_cleanup_marks_it_is_answered_unknow
     env = admin
     # Given a refund whose invocation was killed after Hyp cancelled the charge, 11 minutes ago
     died = _paid(env, "died-then-retried")
-    real_cancel = HypayClient.cancel
-
-    def cancel_then_die(self: HypayClient, *args: Any, **kwargs: Any) -> Any:
-        real_cancel(self, *args, **kwargs)
-        raise Killed("the Lambda runtime ended the invocation")
-
     key = str(uuid.uuid4())
-    monkeypatch.setattr(HypayClient, "cancel", cancel_then_die)
-    with pytest.raises(Killed):
-        _refund(died, key)
-    monkeypatch.setattr(HypayClient, "cancel", real_cancel)
+    _killed_after(monkeypatch, "cancel", died, key)
     env.rows("UPDATE refunds SET updated_at = now() - interval '11 minutes' WHERE payment_id = :p::uuid", p=died)
     env.rows("UPDATE idempotency_keys SET in_progress_expiry_timestamp = 1 WHERE status = 'pending'")
     # When the operator retries with the same key just as the hourly cleanup runs: the cleanup marks the row once the
@@ -158,3 +145,34 @@ def test_a_retry_of_a_stale_refund_while_the_cleanup_marks_it_is_answered_unknow
     # Then the retry is told the outcome is unknown (202), as it would be a moment earlier or later
     assert again.status == 202, (again.status, again.body)
     assert env.sim.calls.count("CancelTrans") == 1
+
+
+def test_a_stale_refund_marked_whose_commit_answer_was_lost_is_still_counted(
+    admin: Env,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A batch that committed and whose COMMIT's answer was lost is run again (Database.atomic), finds the refunds
+    already unknown and counted 0: the refund's alarm never fired (the next run finds nothing either). The step's
+    recount now counts it, as the flag step's does (test_cleanup_counts_lost)."""
+    env = admin
+    died = _paid(env, "died")
+    _killed_after(monkeypatch, "cancel", died, str(uuid.uuid4()))
+    env.rows("UPDATE refunds SET updated_at = now() - interval '11 minutes' WHERE payment_id = :p::uuid", p=died)
+    capsys.readouterr()
+    seen: list[str] = []
+
+    def lost(sql: str) -> bool:  # the COMMIT of the refund step's transaction
+        if "SET status = 'unknown'" in sql and "public.refunds" in sql:
+            seen.append("update")
+            return False
+        return bool(seen) and sql.strip() == "COMMIT"
+
+    with answer_lost(env.url, monkeypatch, lost) as fired:
+        out = _scheduled_cleanup()
+    assert fired
+    assert env.rows("SELECT status FROM refunds WHERE payment_id = :p::uuid", p=died) == [["unknown"]]
+    counted = metric_totals(capsys.readouterr().out).get("Cleanup_refunds_outcome_unknown")
+    # As for the flag step (test_cleanup_counts_lost): the alarm's metric counts it; counts_exact only reaches a log
+    # line, no alarm reads it
+    assert counted == 1, (counted, out)

@@ -232,34 +232,38 @@ class HypayVerification(BaseMiddlewareHandler):
         mode = config.settings.verify_mode
         gateway = config.gateway
         try:
-            gateway.renew_credentials()  # before the check's first step: every step uses the same credentials
-            signed = mode in ("hmac", "both")
-            text = raw
-            if signed:
-                matched = gateway.signed_text(raw)  # as received, or as Hyp sent it before a browser re-encoded it
-                if matched is None:
-                    if gateway.signed_with_previous_key(raw):
-                        return SIGNED_WITH_PREVIOUS_KEY
-                    return self._forged_or_ours(gateway, "hmac")
-                text = matched
-            if mode in ("verify", "both"):
-                try:
-                    genuine = gateway.verify_redirect(text)
-                    if not genuine and (before_browser := protocol.as_hyp_sent(text)) != text:
-                        # A browser re-encoded an apostrophe Hyp sent as it is, in a field the Sign does not cover (or
-                        # no Sign told which form Hyp sent): asked again about the text as Hyp sent it.
-                        genuine = gateway.verify_redirect(before_browser)
-                except GatewayAuthenticationError:
-                    raise _Unverifiable("Hyp refused our terminal's VERIFY (permission)") from None
-                if not genuine:
-                    check = self._forged_or_ours(gateway, "verify")
-                    # Its Sign right (made with our terminal's KEY), VERIFY says no: an unsigned field edited by the
-                    # redirect's holder, or a terminal setting. No forgery. (In `verify` mode the Sign is not trusted.)
-                    return SIGNED_NOT_VERIFIED if signed else check
+            with gateway.one_check():  # every step with the same credentials
+                return self._steps(gateway, mode, raw)
         except ConfigurationError as exc:
             raise _Unverifiable(f"configuration: {exc.message}") from None
         except GatewayError as exc:
             raise _Unverifiable(f"Hyp could not be asked ({exc.code})") from None
+
+    def _steps(self, gateway: HypayClient, mode: str, raw: str) -> str | None:
+        """`_verify`'s checks, in order."""
+        signed = mode in ("hmac", "both")
+        text = raw
+        if signed:
+            matched = gateway.signed_text(raw)  # as received, or as Hyp sent it before a browser re-encoded it
+            if matched is None:
+                if gateway.signed_with_previous_key(raw):
+                    return SIGNED_WITH_PREVIOUS_KEY
+                return self._forged_or_ours(gateway, "hmac")
+            text = matched
+        if mode in ("verify", "both"):
+            try:
+                genuine = gateway.verify_redirect(text)
+                if not genuine and (before_browser := protocol.as_hyp_sent(text)) != text:
+                    # A browser re-encoded an apostrophe Hyp sent as it is, in a field the Sign does not cover (or
+                    # no Sign told which form Hyp sent): asked again about the text as Hyp sent it.
+                    genuine = gateway.verify_redirect(before_browser)
+            except GatewayAuthenticationError:
+                raise _Unverifiable("Hyp refused our terminal's VERIFY (permission)") from None
+            if not genuine:
+                check = self._forged_or_ours(gateway, "verify")
+                # Its Sign right (made with our terminal's KEY), VERIFY says no: an unsigned field edited by the
+                # redirect's holder, or a terminal setting. No forgery. (In `verify` mode the Sign is not trusted.)
+                return SIGNED_NOT_VERIFIED if signed else check
         return None
 
     @staticmethod

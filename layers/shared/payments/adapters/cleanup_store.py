@@ -135,6 +135,11 @@ def cleanup_steps(table: str) -> list[Step]:
             SELECT r.id::text FROM public.refunds r JOIN public.payments p ON p.id = r.payment_id
              WHERE r.status = 'attempted' AND r.updated_at < now() - make_interval(secs => {STALE_REFUND_SECONDS})
              LIMIT :batch FOR UPDATE OF p, r SKIP LOCKED""",
+            # The refunds this step marked lately, by the words it adds (only the cleanup writes them)
+            recount=f"""
+            SELECT count(*) FROM public.refunds
+             WHERE status = 'unknown' AND message LIKE '%{STALE_REFUND_MESSAGE}'
+               AND updated_at > now() - make_interval(secs => :window)""",
         ),
         # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One
         # with a callback on record that we could not verify yet stays pending: it may be paid, and completes
@@ -172,24 +177,18 @@ def run_step(db: Database, step: Step, *, counted: int = 0, **params: Any) -> in
     on a new connection (the first sending's answer lost), the step's `recount`, less the `counted` rows the run's
     earlier batches of the step handled, when that is more (never an error of its own: the batch's count stands)."""
     if step.lock is not None:
-        return _locked_first(db, step, params)
+        return _locked_first(db, step, params, counted)
     sql = bind(f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done", **params)
     resent = db.resent
     [[count]] = db.run(sql if step.durable else _LAZY_COMMIT + sql)
-    if db.resent == resent or step.recount is None:
-        return int(count)
-    # Both sendings (and the reconnect between them) took less than this: the first's batch, if committed, is in it
-    window = int(3 * db.query_timeout) + 1
-    try:
-        [[recounted]] = db.run(bind(step.recount, window=window))
-    except PaymentError:
-        return int(count)
-    return max(int(count), int(recounted) - counted)
+    return _recounted(db, step, int(count), counted) if db.resent != resent else int(count)
 
 
-def _locked_first(db: Database, step: Step, params: dict[str, Any]) -> int:
-    """A step whose batch is locked first (`Step.lock`): both statements in one READ COMMITTED transaction."""
+def _locked_first(db: Database, step: Step, params: dict[str, Any], counted: int = 0) -> int:
+    """A step whose batch is locked first (`Step.lock`): both statements in one READ COMMITTED transaction. Run again on
+    a new connection (the COMMIT's answer lost: it may have committed), the step's `recount`, as for any step."""
     update = f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done"
+    resent = db.resent
 
     def batch(tx: Transaction) -> int:
         # Two statements where a batch is one: each may take half of a statement's time, so that the batch fits in
@@ -201,7 +200,22 @@ def _locked_first(db: Database, step: Step, params: dict[str, Any]) -> int:
         [[count]] = tx.run(bind(update, **params, ids=",".join(ids)))
         return int(count)
 
-    return db.atomic(batch, read_committed=True)
+    count = db.atomic(batch, read_committed=True)
+    return _recounted(db, step, count, counted) if db.resent != resent else count
+
+
+def _recounted(db: Database, step: Step, count: int, counted: int) -> int:
+    """A batch sent again (the first sending's answer lost): its `recount`, less the `counted` rows the run's earlier
+    batches of the step handled, when that is more than `count` (never an error of its own: `count` stands)."""
+    if step.recount is None:
+        return count
+    # Both sendings (and the reconnect between them) took less than this: the first's batch, if committed, is in it
+    window = int(3 * db.query_timeout) + 1
+    try:
+        [[recounted]] = db.run(bind(step.recount, window=window))
+    except PaymentError:
+        return count
+    return max(count, int(recounted) - counted)
 
 
 # The shortest pause after a full batch: less owed is added to the next batch's. pg_sleep wakes on whole milliseconds,

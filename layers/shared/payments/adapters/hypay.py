@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode
 
@@ -332,6 +332,7 @@ class HypayClient:
         # between an answer and its storing), at most once per CREDENTIALS_REFRESH_COOLDOWN_SECONDS.
         self._credentials_stale = False
         self._refresh_allowed_at = 0.0
+        self._pinned: HypayCredentials | None = None  # a callback check's own (`one_check`)
 
     @classmethod
     def from_settings(cls, settings: HypaySettings | None = None) -> HypayClient:
@@ -367,6 +368,23 @@ class HypayClient:
         self.renew_credentials()
         return self._credentials()
 
+    def _checking(self) -> HypayCredentials:
+        """The credentials of the callback check under way (`one_check`), else the cached ones."""
+        return self._pinned if self._pinned is not None else self._credentials()
+
+    @contextlib.contextmanager
+    def one_check(self) -> Iterator[None]:
+        """Every step of one callback check (the Sign, the previous KEY, VERIFY, the credentials check) uses the same
+        credentials: renewed first (`renew_credentials`), then read once. A step reading them again could get a
+        newer value (the cache's age running out mid-check during a rotation), and a check failed with the old ones
+        then passed with new ones would call a genuine callback forged. Raises as a read does."""
+        self.renew_credentials()
+        self._pinned = self._credentials()
+        try:
+            yield
+        finally:
+            self._pinned = None
+
     def _refused_our_credentials(self) -> None:
         """Hyp answered 901/902: the next request reads the credentials again (within the cooldown). Only flags: it
         never raises, and nothing is read here (an answer that may have moved money is stored first)."""
@@ -378,7 +396,7 @@ class HypayClient:
     # -- the calls ------------------------------------------------------------------------------
 
     def _sign_head(self, *, renew: bool = True) -> dict[str, str]:
-        creds = self._creds() if renew else self._credentials()
+        creds = self._creds() if renew else self._checking()
         return {
             "action": "APISign",
             "What": "SIGN",
@@ -438,11 +456,11 @@ class HypayClient:
     def signed_text(self, raw_query: str) -> str | None:
         """The callback's text as Hyp signed it (as received, or before a browser re-encoded it), or None when its
         `Sign` matches neither."""
-        return protocol.signed_text(raw_query, self._credentials().key)
+        return protocol.signed_text(raw_query, self._checking().key)
 
     def signed_with_previous_key(self, raw_query: str) -> bool:
         """Its `Sign` was made with the KEY before the last rotation (`PreviousKEY`, while the secret holds one)."""
-        previous = self._credentials().previous_key
+        previous = self._checking().previous_key
         return previous is not None and protocol.signed_text(raw_query, previous) is not None
 
     def verify_redirect(self, raw_query: str) -> bool:
@@ -454,7 +472,7 @@ class HypayClient:
         when the terminal may not verify (901), `GatewayUnavailable` when Hyp cannot be asked: then
         nothing may be concluded.
         """
-        creds = self._credentials()  # the check's own (`renew_credentials` comes before a check, never within)
+        creds = self._checking()
         head = urlencode(
             {"action": "APISign", "What": "VERIFY", "Masof": creds.masof, "KEY": creds.key, "PassP": creds.passp}
         )
