@@ -57,8 +57,8 @@ class Step(Record):
 FLAGGED_REASON = "saved-card charge attempted, outcome never stored"
 # A refund still `attempted` this long after it was last written (the admin function asking Hyp ends after 29 s) asked
 # Hyp from an invocation that ended before its answer was stored: it may have moved money. The cleanup marks it
-# `unknown` (what a retry with its key does), this message added to what it said, and counts it: the alarm of a refund
-# whose outcome is unknown.
+# `unknown` (what a retry with its key does), this message (and the run's id) added to what it said, and counts it: the
+# alarm of a refund whose outcome is unknown.
 STALE_REFUND_SECONDS = 600
 STALE_REFUND_MESSAGE = "the invocation asking Hyp ended before its answer was stored (found by the cleanup)"
 
@@ -127,18 +127,20 @@ def cleanup_steps(table: str) -> list[Step]:
         Step(
             "refunds_outcome_unknown",
             f"""
-            UPDATE public.refunds SET status = 'unknown', message = concat_ws('; ', message, '{STALE_REFUND_MESSAGE}'),
-                   updated_at = now()
+            UPDATE public.refunds
+               SET status = 'unknown', updated_at = now(),
+                   message = concat_ws('; ', message, '{STALE_REFUND_MESSAGE} (run ' || :run || ')')
              WHERE id = ANY(string_to_array(:ids, ',')::uuid[])
                AND status = 'attempted' AND updated_at < now() - make_interval(secs => {STALE_REFUND_SECONDS})""",
             lock=f"""
             SELECT r.id::text FROM public.refunds r JOIN public.payments p ON p.id = r.payment_id
              WHERE r.status = 'attempted' AND r.updated_at < now() - make_interval(secs => {STALE_REFUND_SECONDS})
              LIMIT :batch FOR UPDATE OF p, r SKIP LOCKED""",
-            # The refunds this step marked lately, by the words it adds (only the cleanup writes them)
+            # The refunds this run of the step marked, by the words it adds (only the cleanup writes them, naming its
+            # run: a refund an earlier run marked is never counted again)
             recount=f"""
             SELECT count(*) FROM public.refunds
-             WHERE status = 'unknown' AND message LIKE '%{STALE_REFUND_MESSAGE}'
+             WHERE status = 'unknown' AND message LIKE '%{STALE_REFUND_MESSAGE} (run ' || :run || ')'
                AND updated_at > now() - make_interval(secs => :window)""",
         ),
         # Hyp's page gave up long ago; a callback completing one right now holds its row and is skipped. One
@@ -181,7 +183,7 @@ def run_step(db: Database, step: Step, *, counted: int = 0, **params: Any) -> in
     sql = bind(f"WITH done AS ({step.sql} RETURNING 1) SELECT count(*) FROM done", **params)
     resent = db.resent
     [[count]] = db.run(sql if step.durable else _LAZY_COMMIT + sql)
-    return _recounted(db, step, int(count), counted) if db.resent != resent else int(count)
+    return _recounted(db, step, int(count), counted, params) if db.resent != resent else int(count)
 
 
 def _locked_first(db: Database, step: Step, params: dict[str, Any], counted: int = 0) -> int:
@@ -201,10 +203,10 @@ def _locked_first(db: Database, step: Step, params: dict[str, Any], counted: int
         return int(count)
 
     count = db.atomic(batch, read_committed=True)
-    return _recounted(db, step, count, counted) if db.resent != resent else count
+    return _recounted(db, step, count, counted, params) if db.resent != resent else count
 
 
-def _recounted(db: Database, step: Step, count: int, counted: int) -> int:
+def _recounted(db: Database, step: Step, count: int, counted: int, params: dict[str, Any]) -> int:
     """A batch sent again (the first sending's answer lost): its `recount`, less the `counted` rows the run's earlier
     batches of the step handled, when that is more than `count` (never an error of its own: `count` stands)."""
     if step.recount is None:
@@ -212,7 +214,7 @@ def _recounted(db: Database, step: Step, count: int, counted: int) -> int:
     # Both sendings (and the reconnect between them) took less than this: the first's batch, if committed, is in it
     window = int(3 * db.query_timeout) + 1
     try:
-        [[recounted]] = db.run(bind(step.recount, window=window))
+        [[recounted]] = db.run(bind(step.recount, **{**params, "window": window}))
     except PaymentError:
         return count
     return max(count, int(recounted) - counted)

@@ -17,9 +17,11 @@ one batch per statement, for the rest of the run.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from payments.adapters.cleanup_store import NoticesLost, Step, cleanup_steps, run_paced, run_step
 from payments.adapters.db import Database
@@ -95,7 +97,8 @@ def run_cleanup(
     batches, pause as `policy.duty_cycle_percent` says (never into the reserve). `report`, when given, is filled in
     as each statement commits: what a run that raises midway did is in it (its batches are committed)."""
     report = report if report is not None else CleanupReport()
-    params = {
+    params: dict[str, Any] = {
+        "run": os.urandom(8).hex(),  # what a step that names its run writes (a recount counts only this run's rows)
         "now": int(now if now is not None else time.time()),  # the Lambda's clock, as the store's expiry
         "batch": policy.batch_size,
         "web_retention": policy.web_app_retention_seconds,
@@ -136,7 +139,7 @@ class _Run:
 
     db: Database
     policy: CleanupPolicy
-    params: dict[str, int]
+    params: dict[str, Any]
     time_left_ms: Callable[[], int]
     reserve_ms: int
     sleep: Callable[[float], None]
