@@ -52,6 +52,23 @@ def _killed_after(monkeypatch: pytest.MonkeyPatch, method: str, payment_id: str,
     monkeypatch.setattr(HypayClient, method, real)
 
 
+def _cleanup_losing_the_refund_commit(env: Env, monkeypatch: pytest.MonkeyPatch, refund_statement: str) -> Any:
+    """The scheduled cleanup, the answer to the COMMIT of its refund step's first transaction (the one sending a
+    statement holding `refund_statement`) lost after the server committed it."""
+    seen: list[str] = []
+
+    def lost(sql: str) -> bool:
+        if refund_statement in sql and "public.refunds" in sql:
+            seen.append(sql)
+            return False
+        return bool(seen) and sql.strip() == "COMMIT"
+
+    with answer_lost(env.url, monkeypatch, lost) as fired:
+        out = _scheduled_cleanup()
+    assert fired
+    return out
+
+
 def _paid(env: Env, key: str) -> str:
     payment = buy(env, key=key)
     assert notify(pay(env, payment).redirect_query).status == 200
@@ -159,17 +176,7 @@ def test_a_stale_refund_marked_whose_commit_answer_was_lost_is_still_counted(
     _killed_after(monkeypatch, "cancel", died, str(uuid.uuid4()))
     env.rows("UPDATE refunds SET updated_at = now() - interval '11 minutes' WHERE payment_id = :p::uuid", p=died)
     capsys.readouterr()
-    seen: list[str] = []
-
-    def lost(sql: str) -> bool:  # the COMMIT of the refund step's transaction
-        if "SET status = 'unknown'" in sql and "public.refunds" in sql:
-            seen.append("update")
-            return False
-        return bool(seen) and sql.strip() == "COMMIT"
-
-    with answer_lost(env.url, monkeypatch, lost) as fired:
-        out = _scheduled_cleanup()
-    assert fired
+    out = _cleanup_losing_the_refund_commit(env, monkeypatch, "SET status = 'unknown'")
     assert env.rows("SELECT status FROM refunds WHERE payment_id = :p::uuid", p=died) == [["unknown"]]
     counted = metric_totals(capsys.readouterr().out).get("Cleanup_refunds_outcome_unknown")
     # As for the flag step (test_cleanup_counts_lost): the alarm's metric counts it; counts_exact only reaches a log
@@ -196,18 +203,7 @@ def test_a_lost_commit_of_an_empty_refund_batch_never_counts_the_previous_runs_r
     # A run a few seconds later (the admin route's POST /admin/cleanup-idempotency, or the next after a short one):
     # nothing is stale any more; its refund batch locks nothing, and the answer to that empty transaction's COMMIT is
     # lost (the same fault the commit's own test injects)
-    seen: list[str] = []
-
-    def lost(sql: str) -> bool:
-        if "FROM public.refunds r JOIN public.payments p" in sql:
-            seen.append("lock")
-            return False
-        return bool(seen) and sql.strip() == "COMMIT"
-
-    with answer_lost(env.url, monkeypatch, lost) as fired:
-        out = _scheduled_cleanup()
-    assert fired
-    # Then this run marked nothing, yet its report counts the first run's refund again: a second alarm for a refund
-    # already counted (the recount's window and LIKE find the earlier run's row)
+    out = _cleanup_losing_the_refund_commit(env, monkeypatch, "FROM public.refunds r JOIN public.payments p")
+    # Then this run, which marked nothing, counts nothing: the first run's refund is not counted again
     counted = metric_totals(capsys.readouterr().out).get("Cleanup_refunds_outcome_unknown", 0)
     assert counted == 0, (counted, out)
