@@ -36,7 +36,7 @@ from pg8000 import converters
 from pg8000.exceptions import DatabaseError, InterfaceError
 
 from payments import deadline
-from payments.adapters.secrets import read_secret
+from payments.adapters.secrets import error_code, read_secret
 from payments.domain.money import Currency, Money
 from payments.errors import ConfigurationError, DatabaseUnavailable, InvalidRequest, PaymentError
 from payments.records import Record
@@ -236,7 +236,7 @@ class SecretParams:
         try:
             return self._read(True, "AWSPENDING")
         except DatabaseUnavailable as exc:
-            if _no_such_version(exc):
+            if error_code(exc) == "ResourceNotFoundException":  # no version of that stage: no rotation under way
                 return None
             raise
 
@@ -250,17 +250,6 @@ class SecretParams:
             stage=stage,
         )
         return params_from_rds_secret(secret, self._settings.ssl_mode, self._settings.ssl_root_cert)
-
-
-def _no_such_version(exc: BaseException) -> bool:
-    """Secrets Manager answered that the secret has no version with the label asked for (no rotation under way)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        response = getattr(cause, "response", None)
-        if isinstance(response, dict) and response.get("Error", {}).get("Code") == "ResourceNotFoundException":
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 def params_provider(settings: DatabaseSettings) -> ParamsProvider:

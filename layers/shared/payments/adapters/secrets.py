@@ -155,9 +155,8 @@ def _count_unreadable(what: str, exc: Exception, stage: str | None = None) -> No
     object reads its namespace from the environment when first imported."""
     from payments.observability import logger, metrics
 
+    code = error_code(exc)
     cause = exc.__cause__ or exc.__context__ or exc
-    response = getattr(cause, "response", None)
-    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
     if stage is not None and code == "ResourceNotFoundException":
         logger.info("a secret has no version of this stage", extra={"secret": what, "stage": stage})
     elif code in _FOR_GOOD:
@@ -165,3 +164,15 @@ def _count_unreadable(what: str, exc: Exception, stage: str | None = None) -> No
         logger.error("a secret cannot be read", extra={"secret": what, "error": code})
     else:
         logger.warning("a secret could not be read", extra={"secret": what, "error": code or type(cause).__name__})
+
+
+def error_code(exc: BaseException) -> str | None:
+    """Secrets Manager's error code (`ResourceNotFoundException`, ...) of the answer somewhere in `exc`'s chain of
+    causes, None when none is an answer of Secrets Manager's."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            return response.get("Error", {}).get("Code")
+        cause = cause.__cause__ or cause.__context__
+    return None
